@@ -1,0 +1,118 @@
+# dsq: DeepSeek-V4 checkpoint toolchain.  Plain GNU make; `make help` lists targets.
+CC        ?= gcc
+NVCC      ?= nvcc
+CUDA_ARCH ?= sm_90
+SHARED    ?= ../shared
+BUILD     ?= build
+
+ifeq ($(origin CC),default)
+CC := gcc
+endif
+
+PKGS     := libzstd libcjson libpcre2-8 libxxhash
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lzstd -lcjson -lpcre2-8 -lxxhash)
+
+WARN     := -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wstrict-prototypes -Wno-unused-parameter
+CFLAGS   ?= -O2 -g
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) -fopenmp $(CFLAGS) $(PKG_CFLAGS) \
+              -Ilib -Ilib/core -Ilib/format -Ilib/quant -Ilib/eval -I$(BUILD)/gen
+LDLIBS   := -fopenmp $(PKG_LIBS) -lm -lpthread
+TEST_LIBS := -lcmocka
+
+# CUDA is compiled in when nvcc is on the PATH (and NO_CUDA is unset).
+ifeq ($(NO_CUDA),)
+HAVE_NVCC := $(shell command -v $(NVCC) >/dev/null 2>&1 && echo 1)
+endif
+CU_SRC   := $(wildcard kernels/*.cu)
+ifeq ($(HAVE_NVCC)$(if $(CU_SRC),1,),11)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC)))
+ALL_CFLAGS += -DDSQ_HAVE_CUDA=1 -I$(CUDA_HOME)/include
+LDLIBS   += -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++
+CU_OBJ   := $(patsubst %.cu,$(BUILD)/%.o,$(CU_SRC))
+endif
+
+LIB_SRC  := $(sort $(wildcard lib/*/*.c))
+LIB_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC)) $(CU_OBJ)
+CMD_SRC  := $(sort $(wildcard cmd/*.c))
+CMD_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(CMD_SRC))
+TEST_SRC := $(sort $(wildcard tests/test_*.c))
+TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+BENCH_SRC := $(sort $(wildcard bench/*.c))
+BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
+TESTLIB_SRC := $(sort $(wildcard tests/support/*.c))
+TESTLIB_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(TESTLIB_SRC))
+
+.PHONY: all test test-asan bench demo deps clean help lib format
+.DEFAULT_GOAL := all
+
+all: $(BUILD)/dsq $(BUILD)/libdsq.a
+
+help:
+	@echo "targets: all (dsq + libdsq.a), test, test-asan, bench, demo, deps, clean"
+	@echo "vars: CC=$(CC) NVCC=$(NVCC) CUDA_ARCH=$(CUDA_ARCH) SHARED=$(SHARED) NO_CUDA=<set to skip CUDA>"
+
+# Debian packages this project builds and tests with.
+DEB_PKGS := build-essential pkg-config libzstd-dev libcjson-dev libcmocka-dev libpcre2-dev libxxhash-dev zstd nodejs npm
+deps:
+	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "deps: all present"; fi
+
+# The command table is generated from `/* dsq-command: NAME | SUMMARY */` lines in cmd/*.c.
+$(BUILD)/gen/commands.inc: $(CMD_SRC) | $(BUILD)/gen
+	@sed -n 's#^/\* dsq-command: *\([a-z]*\) *| *\(.*\) \*/$$#X(\1, "\2")#p' $(CMD_SRC) > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/gen:
+	@mkdir -p $@
+
+$(BUILD)/%.o: %.c | $(BUILD)/gen/commands.inc
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/kernels/%.o: kernels/%.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) -O2 -arch=$(CUDA_ARCH) -Ilib -Ilib/core -Ilib/format -Ilib/quant -Ilib/eval -Xcompiler -Wall,-Werror -c $< -o $@
+
+$(BUILD)/libdsq.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/dsq: $(CMD_OBJ) $(BUILD)/libdsq.a
+	$(CC) $(ALL_CFLAGS) -o $@ $(CMD_OBJ) $(BUILD)/libdsq.a $(LDLIBS)
+
+$(BUILD)/tests/%: tests/%.c $(TESTLIB_OBJ) $(BUILD)/libdsq.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Itests -MMD -MP -o $@ $< $(TESTLIB_OBJ) $(BUILD)/libdsq.a $(TEST_LIBS) $(LDLIBS)
+
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libdsq.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -O3 -march=native -o $@ $< $(BUILD)/libdsq.a $(LDLIBS)
+
+# Tests run from the repository root; DSQ_SHARED points at ../shared, DSQ_BIN at the CLI.
+test: deps
+	@$(MAKE) --no-print-directory $(BUILD)/dsq $(TEST_BIN)
+	@DSQ_SHARED=$(abspath $(SHARED)) DSQ_BIN=$(abspath $(BUILD)/dsq) DSQ_BUILD=$(abspath $(BUILD)) \
+	  tests/run-tests.sh $(TEST_BIN)
+
+test-asan: deps
+	@$(MAKE) --no-print-directory BUILD=build-asan NO_CUDA=1 \
+	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	  build-asan/dsq $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN))
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  DSQ_SHARED=$(abspath $(SHARED)) DSQ_BIN=$(abspath build-asan/dsq) DSQ_BUILD=$(abspath build-asan) DSQ_ASAN=1 \
+	  tests/run-tests.sh $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN))
+
+bench: deps $(BUILD)/dsq $(BENCH_BIN)
+	@for b in $(BENCH_BIN); do echo "== $$b"; DSQ_BIN=$(abspath $(BUILD)/dsq) $$b || exit 1; done
+
+demo: deps $(BUILD)/dsq
+	@DSQ_BIN=$(abspath $(BUILD)/dsq) samples/demo.sh
+
+clean:
+	rm -rf $(BUILD) build-asan
+
+-include $(shell find $(BUILD) build-asan -name '*.d' 2>/dev/null)

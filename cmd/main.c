@@ -1,0 +1,114 @@
+/* dsq: entry point and subcommand dispatch. */
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cmd.h"
+
+typedef struct command {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *summary;
+} command;
+
+static const command commands[] = {
+#define X(name, summary) {#name, dsq_cmd_##name, summary},
+#include "commands.inc"
+#undef X
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "dsq %s: convert, quantize and validate DeepSeek-V4 checkpoints\n\n", DSQ_VERSION_STRING);
+    fprintf(f, "usage: dsq <command> [options]   (dsq <command> --help for details)\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
+}
+
+int dsq_cmd_fail(const char *cmd, dsq_err *e) {
+    if (e && e->n) {
+        char prefix[64];
+        snprintf(prefix, sizeof prefix, "dsq %s: ", cmd);
+        dsq_err_print(e, stderr, prefix);
+    } else {
+        fprintf(stderr, "dsq %s: failed\n", cmd);
+    }
+    dsq_err_clear(e);
+    return DSQ_EXIT_FAIL;
+}
+
+int dsq_cmd_usage_error(const char *cmd, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "dsq %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, " (see dsq %s --help)\n", cmd);
+    va_end(ap);
+    return DSQ_EXIT_USAGE;
+}
+
+bool dsq_cmd_wants_help(int argc, char **argv) {
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return true;
+    return false;
+}
+
+bool dsq_cmd_parse_u64(const char *s, uint64_t *out) {
+    if (!s || !*s || *s == '-' || isspace((unsigned char)*s)) return false;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end) return false;
+    *out = v;
+    return true;
+}
+
+bool dsq_cmd_parse_size(const char *s, uint64_t *out) {
+    if (!s || !*s || *s == '-') return false;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s) return false;
+    uint64_t mul = 1;
+    if (*end) {
+        switch (toupper((unsigned char)*end)) {
+        case 'K': mul = 1ull << 10; break;
+        case 'M': mul = 1ull << 20; break;
+        case 'G': mul = 1ull << 30; break;
+        case 'T': mul = 1ull << 40; break;
+        default: return false;
+        }
+        end++;
+        if (*end == 'i' || *end == 'I') end++;
+        if (*end == 'B' || *end == 'b') end++;
+        if (*end) return false;
+    }
+    return dsq_mul_u64(v, mul, out);
+}
+
+void dsq_cmd_json_str(FILE *f, const char *s) {
+    fputc('"', f);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
+        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
+        else fputc(*p, f);
+    }
+    fputc('"', f);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return argc < 2 ? DSQ_EXIT_USAGE : DSQ_EXIT_OK;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("dsq %s\n", DSQ_VERSION_STRING);
+        return DSQ_EXIT_OK;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "dsq: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return DSQ_EXIT_USAGE;
+}

@@ -1,0 +1,359 @@
+/* Read-only file mappings, whole-file reads, atomic publication, progress, signals. */
+#include "dsq_core.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+double dsq_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+dsq_status dsq_map_open(const char *path, bool use_mmap, dsq_map *out, dsq_err *err) {
+    memset(out, 0, sizeof *out);
+    out->fd = -1;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return dsq_err_set(err, errno == ENOENT ? DSQ_ERR_MISSING : DSQ_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return dsq_err_set(err, DSQ_ERR_IO, "%s: cannot stat: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return dsq_err_set(err, DSQ_ERR_IO, "%s: not a regular file", path);
+    }
+    out->path = dsq_strdup(path);
+    if (!out->path) {
+        close(fd);
+        return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", path);
+    }
+    out->fd = fd;
+    out->size = (uint64_t)st.st_size;
+    out->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+    if (use_mmap && out->size > 0) {
+        if (out->size > (uint64_t)SIZE_MAX) {
+            dsq_map_close(out);
+            return dsq_err_set(err, DSQ_ERR_OVERFLOW, "%s: file too large to map", path);
+        }
+        void *p = mmap(NULL, (size_t)out->size, PROT_READ, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED) {
+            int e = errno;
+            dsq_map_close(out);
+            return dsq_err_set(err, DSQ_ERR_IO, "%s: mmap failed: %s", path, strerror(e));
+        }
+        out->data = p;
+    }
+    return DSQ_OK;
+}
+
+void dsq_map_close(dsq_map *m) {
+    if (!m) return;
+    if (m->data) munmap((void *)m->data, (size_t)m->size);
+    if (m->fd >= 0) close(m->fd);
+    dsq_free(m->path);
+    memset(m, 0, sizeof *m);
+    m->fd = -1;
+}
+
+dsq_status dsq_map_read(const dsq_map *m, uint64_t offset, void *buf, size_t n, dsq_err *err) {
+    if (offset > m->size || n > m->size - offset)
+        return dsq_err_set(err, DSQ_ERR_RANGE, "%s: read of %zu bytes at offset %llu past end (%llu bytes)", m->path, n,
+                           (unsigned long long)offset, (unsigned long long)m->size);
+    if (m->data) {
+        memcpy(buf, m->data + offset, n);
+        return DSQ_OK;
+    }
+    uint8_t *p = buf;
+    while (n > 0) {
+        ssize_t r = pread(m->fd, p, n, (off_t)offset);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0)
+            return dsq_err_set(err, DSQ_ERR_IO, "%s: read at offset %llu failed: %s", m->path, (unsigned long long)offset,
+                               r < 0 ? strerror(errno) : "unexpected end of file");
+        p += r;
+        n -= (size_t)r;
+        offset += (uint64_t)r;
+    }
+    return DSQ_OK;
+}
+
+static void map_advise(const dsq_map *m, uint64_t offset, uint64_t n, int advice) {
+    if (!m->data || offset >= m->size) return;
+    if (n > m->size - offset) n = m->size - offset;
+    long pg = sysconf(_SC_PAGESIZE);
+    uint64_t start = offset & ~(uint64_t)(pg - 1);
+    madvise((void *)(m->data + start), (size_t)(offset + n - start), advice);
+}
+void dsq_map_willneed(const dsq_map *m, uint64_t offset, uint64_t n) { map_advise(m, offset, n, MADV_WILLNEED); }
+void dsq_map_dontneed(const dsq_map *m, uint64_t offset, uint64_t n) { map_advise(m, offset, n, MADV_DONTNEED); }
+
+dsq_status dsq_read_file(const char *path, size_t max, char **out, size_t *out_len, dsq_err *err) {
+    *out = NULL;
+    dsq_map m;
+    DSQ_TRY(dsq_map_open(path, false, &m, err));
+    if (m.size > max) {
+        dsq_map_close(&m);
+        return dsq_err_set(err, DSQ_ERR_RANGE, "%s: file is %llu bytes, more than the %zu allowed", path,
+                           (unsigned long long)m.size, max);
+    }
+    char *buf = dsq_malloc((size_t)m.size + 1);
+    if (!buf) {
+        dsq_map_close(&m);
+        return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", path);
+    }
+    dsq_status s = dsq_map_read(&m, 0, buf, (size_t)m.size, err);
+    if (s != DSQ_OK) {
+        dsq_free(buf);
+        dsq_map_close(&m);
+        return s;
+    }
+    buf[m.size] = 0;
+    if (out_len) *out_len = (size_t)m.size;
+    *out = buf;
+    dsq_map_close(&m);
+    return DSQ_OK;
+}
+
+bool dsq_path_is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+bool dsq_path_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+char *dsq_path_join(const char *dir, const char *name) {
+    size_t a = strlen(dir), b = strlen(name);
+    char *p = dsq_malloc(a + b + 2);
+    if (!p) return NULL;
+    memcpy(p, dir, a);
+    size_t k = a;
+    if (a > 0 && dir[a - 1] != '/') p[k++] = '/';
+    memcpy(p + k, name, b + 1);
+    return p;
+}
+
+/* ---- atomic files ---- */
+
+static char *tmp_name_for(const char *final_path) {
+    const char *slash = strrchr(final_path, '/');
+    size_t dlen = slash ? (size_t)(slash - final_path + 1) : 0;
+    const char *base = slash ? slash + 1 : final_path;
+    size_t n = dlen + 1 + strlen(base) + strlen(".partial") + 1;
+    char *p = dsq_malloc(n);
+    if (!p) return NULL;
+    snprintf(p, n, "%.*s.%s.partial", (int)dlen, final_path, base);
+    return p;
+}
+
+static dsq_status fsync_dir_of(const char *path, dsq_err *err) {
+    char *copy = dsq_strdup(path);
+    if (!copy) return dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory");
+    const char *dir = dirname(copy);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    dsq_status s = DSQ_OK;
+    if (fd >= 0) {
+        if (fsync(fd) != 0 && errno != EINVAL)
+            s = dsq_err_set(err, DSQ_ERR_IO, "%s: fsync of directory failed: %s", dir, strerror(errno));
+        close(fd);
+    }
+    dsq_free(copy);
+    return s;
+}
+
+dsq_status dsq_afile_open(const char *final_path, const dsq_afile_options *opt, dsq_afile *out, dsq_err *err) {
+    dsq_afile_options o = {0};
+    if (opt) o = *opt;
+    memset(out, 0, sizeof *out);
+    out->fd = -1;
+    if (!o.overwrite && dsq_path_exists(final_path))
+        return dsq_err_set(err, DSQ_ERR_EXISTS, "%s: already exists (use --overwrite to replace it)", final_path);
+    out->final_path = dsq_strdup(final_path);
+    out->tmp_path = tmp_name_for(final_path);
+    if (!out->final_path || !out->tmp_path) {
+        dsq_afile_abort(out);
+        return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", final_path);
+    }
+    int flags = O_WRONLY | O_CREAT | O_CLOEXEC;
+    if (o.keep_partial) {
+        out->fd = open(out->tmp_path, flags, 0644);
+    } else {
+        unlink(out->tmp_path); /* a stale partial from a crashed run without --resume */
+        out->fd = open(out->tmp_path, flags | O_EXCL, 0644);
+    }
+    if (out->fd < 0) {
+        int e = errno;
+        dsq_err_set(err, DSQ_ERR_IO, "%s: cannot create: %s", out->tmp_path, strerror(e));
+        dsq_free(out->tmp_path);
+        out->tmp_path = NULL; /* not ours: do not unlink */
+        dsq_afile_abort(out);
+        return DSQ_ERR_IO;
+    }
+    if (o.preallocate > 0) {
+        int r = posix_fallocate(out->fd, 0, (off_t)o.preallocate);
+        if (r == ENOSPC || r == EFBIG) {
+            dsq_afile_abort(out);
+            return dsq_err_set(err, DSQ_ERR_NOSPACE, "%s: cannot reserve %llu bytes: %s", final_path,
+                               (unsigned long long)o.preallocate, strerror(r));
+        }
+        /* EOPNOTSUPP/EINVAL etc.: the filesystem cannot preallocate; writes will report ENOSPC. */
+    }
+    return DSQ_OK;
+}
+
+static dsq_status write_errno(dsq_afile *f, int e, uint64_t offset, dsq_err *err) {
+    dsq_status s = (e == ENOSPC || e == EFBIG || e == EDQUOT) ? DSQ_ERR_NOSPACE : DSQ_ERR_IO;
+    return dsq_err_set(err, s, "%s: write at offset %llu failed: %s", f->tmp_path, (unsigned long long)offset, strerror(e));
+}
+
+dsq_status dsq_afile_pwrite(dsq_afile *f, uint64_t offset, const void *buf, size_t n, dsq_err *err) {
+    const uint8_t *p = buf;
+    while (n > 0) {
+        if (dsq__fault_hit(DSQ_FAULT_WRITE)) return write_errno(f, EIO, offset, err);
+        size_t chunk = n > (1u << 30) ? (1u << 30) : n;
+        ssize_t r = pwrite(f->fd, p, chunk, (off_t)offset);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return write_errno(f, errno, offset, err);
+        if (r == 0) return write_errno(f, ENOSPC, offset, err);
+        p += r;
+        n -= (size_t)r;
+        offset += (uint64_t)r;
+    }
+    return DSQ_OK;
+}
+
+dsq_status dsq_afile_write(dsq_afile *f, const void *buf, size_t n, dsq_err *err) {
+    DSQ_TRY(dsq_afile_pwrite(f, f->written, buf, n, err));
+    f->written += n;
+    return DSQ_OK;
+}
+
+dsq_status dsq_afile_commit(dsq_afile *f, dsq_err *err) {
+    if (dsq__fault_hit(DSQ_FAULT_FSYNC) || fdatasync(f->fd) != 0) {
+        int e = errno ? errno : EIO;
+        dsq_err_set(err, DSQ_ERR_IO, "%s: fdatasync failed: %s", f->tmp_path, strerror(e));
+        dsq_afile_abort(f);
+        return DSQ_ERR_IO;
+    }
+    int fd = f->fd;
+    f->fd = -1;
+    if (close(fd) != 0) {
+        dsq_err_set(err, DSQ_ERR_IO, "%s: close failed: %s", f->tmp_path, strerror(errno));
+        dsq_afile_abort(f);
+        return DSQ_ERR_IO;
+    }
+    if (rename(f->tmp_path, f->final_path) != 0) {
+        dsq_err_set(err, DSQ_ERR_IO, "%s: rename to %s failed: %s", f->tmp_path, f->final_path, strerror(errno));
+        dsq_afile_abort(f);
+        return DSQ_ERR_IO;
+    }
+    dsq_status s = fsync_dir_of(f->final_path, err);
+    dsq_free(f->tmp_path);
+    dsq_free(f->final_path);
+    memset(f, 0, sizeof *f);
+    f->fd = -1;
+    return s;
+}
+
+void dsq_afile_abort(dsq_afile *f) {
+    if (!f) return;
+    if (f->fd >= 0) close(f->fd);
+    if (f->tmp_path) unlink(f->tmp_path);
+    dsq_free(f->tmp_path);
+    dsq_free(f->final_path);
+    memset(f, 0, sizeof *f);
+    f->fd = -1;
+}
+
+dsq_status dsq_write_file_atomic(const char *path, const void *buf, size_t n, bool overwrite, dsq_err *err) {
+    dsq_afile f;
+    dsq_afile_options o = {.overwrite = overwrite};
+    DSQ_TRY(dsq_afile_open(path, &o, &f, err));
+    dsq_status s = dsq_afile_write(&f, buf, n, err);
+    if (s != DSQ_OK) {
+        dsq_afile_abort(&f);
+        return s;
+    }
+    return dsq_afile_commit(&f, err);
+}
+
+/* ---- progress ---- */
+
+static void human_bytes(double b, char *out, size_t n) {
+    const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int i = 0;
+    while (b >= 1024 && i < 4) {
+        b /= 1024;
+        i++;
+    }
+    snprintf(out, n, "%.1f %s", b, u[i]);
+}
+
+void dsq_progress_begin(dsq_progress *p, const char *label, uint64_t total_bytes) {
+    memset(p, 0, sizeof *p);
+    p->label = label;
+    p->total = total_bytes;
+    p->t_start = p->t_last = dsq_now();
+    p->enabled = isatty(2) && !getenv("DSQ_NO_PROGRESS");
+}
+
+static void progress_draw(dsq_progress *p, double now) {
+    char a[32], b[32], r[32];
+    double el = now - p->t_start;
+    double rate = el > 0 ? (double)p->done / el : 0;
+    human_bytes((double)p->done, a, sizeof a);
+    human_bytes((double)p->total, b, sizeof b);
+    human_bytes(rate, r, sizeof r);
+    double eta = rate > 0 && p->total > p->done ? (double)(p->total - p->done) / rate : 0;
+    fprintf(stderr, "\r%s: %s / %s  %s/s  ETA %02d:%02d  ", p->label, a, b, r, (int)(eta / 60), (int)eta % 60);
+    fflush(stderr);
+}
+
+void dsq_progress_add(dsq_progress *p, uint64_t bytes) {
+    p->done += bytes;
+    if (!p->enabled) return;
+    double now = dsq_now();
+    if (now - p->t_last < 0.1) return;
+    p->t_last = now;
+    progress_draw(p, now);
+}
+
+void dsq_progress_end(dsq_progress *p) {
+    if (!p->enabled) return;
+    progress_draw(p, dsq_now());
+    fputc('\n', stderr);
+}
+
+/* ---- signals ---- */
+
+static volatile sig_atomic_t g_interrupts;
+
+static void on_signal(int sig) {
+    if (g_interrupts++ > 0) {
+        signal(sig, SIG_DFL);
+        raise(sig); /* second signal: exit at once */
+    }
+}
+
+void dsq_signals_install(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+bool dsq_interrupted(void) { return g_interrupts > 0; }

@@ -1,0 +1,71 @@
+#include "dsq_json.h"
+
+#include <math.h>
+#include <string.h>
+
+static const cJSON *find_duplicate(const cJSON *node, int depth) {
+    if (depth > 64) return node; /* absurd nesting: treat as malformed */
+    if (cJSON_IsObject(node)) {
+        for (const cJSON *a = node->child; a; a = a->next) {
+            for (const cJSON *b = a->next; b; b = b->next)
+                if (a->string && b->string && strcmp(a->string, b->string) == 0) return b;
+            const cJSON *d = find_duplicate(a, depth + 1);
+            if (d) return d;
+        }
+    } else if (cJSON_IsArray(node)) {
+        for (const cJSON *a = node->child; a; a = a->next) {
+            const cJSON *d = find_duplicate(a, depth + 1);
+            if (d) return d;
+        }
+    }
+    return NULL;
+}
+
+dsq_status dsq_json_parse(const char *text, size_t len, const char *what, cJSON **out, dsq_err *err) {
+    *out = NULL;
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    if (!root) {
+        size_t at = end && end >= text ? (size_t)(end - text) : 0;
+        return dsq_err_set(err, DSQ_ERR_JSON, "%s: malformed JSON near byte %zu", what, at);
+    }
+    /* Only whitespace (or NUL padding, as some writers add) may follow the value. */
+    for (const char *p = end; p && p < text + len; p++) {
+        if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t' && *p != 0) {
+            cJSON_Delete(root);
+            return dsq_err_set(err, DSQ_ERR_JSON, "%s: trailing bytes after JSON at byte %zu", what, (size_t)(p - text));
+        }
+    }
+    const cJSON *dup = find_duplicate(root, 0);
+    if (dup) {
+        dsq_status s = dsq_err_set(err, DSQ_ERR_DUPLICATE, "%s: duplicate JSON key \"%s\"", what,
+                                   dup->string ? dup->string : "(nested too deep)");
+        cJSON_Delete(root);
+        return s;
+    }
+    *out = root;
+    return DSQ_OK;
+}
+
+bool dsq_json_u64(const cJSON *item, uint64_t *out) {
+    if (!cJSON_IsNumber(item)) return false;
+    double d = item->valuedouble;
+    if (!isfinite(d) || d < 0 || d > 9007199254740992.0 || floor(d) != d) return false;
+    *out = (uint64_t)d;
+    return true;
+}
+
+bool dsq_json_i64(const cJSON *item, int64_t *out) {
+    if (!cJSON_IsNumber(item)) return false;
+    double d = item->valuedouble;
+    if (!isfinite(d) || fabs(d) > 9007199254740992.0 || floor(d) != d) return false;
+    *out = (int64_t)d;
+    return true;
+}
+
+bool dsq_json_f64(const cJSON *item, double *out) {
+    if (!cJSON_IsNumber(item)) return false;
+    if (!isfinite(item->valuedouble)) return false;
+    *out = item->valuedouble;
+    return true;
+}
