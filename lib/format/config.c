@@ -482,6 +482,7 @@ dsq_status dsq_config_parse(const char *json, size_t len, const char *what, dsq_
     else
         dsq_free(p.warn);
     if (p.n_problems) {
+        memset(out, 0, sizeof *out);
         if (warnings) {
             dsq_free(*warnings);
             *warnings = NULL;

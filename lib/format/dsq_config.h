@@ -99,12 +99,14 @@ const char *dsq_routing_name(dsq_routing r);       /* "hash", "score" */
  * two parameters).  `total`/`active` cover the MAIN model only (embed, head, final norm, hc_head and
  * the num_hidden_layers blocks): that is the convention of the published sizes (V4-Flash 284B, Pro
  * 1.6T, spec §3.3).  The MTP blocks are counted apart in total_mtp/active_mtp; add them for the
- * size of everything a checkpoint stores.  Active = everything except routed experts, plus k of the
- * E routed experts per block; embed counts in full (convention, although one row is read).
+ * size of everything a checkpoint stores.  Active per token = everything except the embedding table
+ * (a token reads one row of it) and the routed experts, plus k of the E routed experts per block.
+ * This convention reproduces the published active sizes: Flash 13.27B (13B), Pro 48.85B (49B);
+ * counting the whole embedding table would give 13.80B for Flash, 6% above the published 13B.
  * Implemented in inventory.c by summing the expected inventory (dsq_inventory.h). */
 typedef struct dsq_param_counts {
     uint64_t total, active;
-    uint64_t total_mtp, active_mtp; /* the MTP blocks alone */
+    uint64_t total_mtp, active_mtp; /* the MTP blocks alone (they share the global embed and head) */
     uint64_t routed_experts;        /* routed expert weights of the main layers (part of total) */
     uint64_t embed, head;
 } dsq_param_counts;

@@ -188,7 +188,7 @@ typedef struct dsq_inv_stats {
     uint64_t bytes_by_dtype[DSQ_DTYPE_COUNT];
     uint64_t bytes_by_family[DSQ_FAMILY_COUNT];
     /* Parameters held by the tensors (dsq_param_counts convention: main model apart from MTP).
-     * Active counts need k and E from a config; with c == NULL they equal the totals. */
+     * Active counts need k and E from a config; with c == NULL routed experts count in full. */
     dsq_param_counts params;
 } dsq_inv_stats;
 void dsq_inv_stats_compute(const dsq_v4_config *c, const dsq_tensor_desc *t, size_t n, dsq_inv_stats *out);

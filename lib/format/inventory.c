@@ -567,14 +567,14 @@ static uint64_t share(uint64_t routed, const dsq_v4_config *c) {
     return dsq_mul_u64(routed, k, &rk) ? rk / E : routed / E * k;
 }
 
-/* Active = all but routed experts, plus k/E of them.  `mtp_routed` is the MTP routed count. */
+/* Active = all but the embedding table and the routed experts, plus k/E of the routed experts.  `mtp_routed` is the MTP routed count. */
 static void finish_active(const dsq_v4_config *c, dsq_param_counts *p, uint64_t mtp_routed) {
     if (!c || c->n_routed_experts <= 0) {
-        p->active = p->total;
+        p->active = p->total - p->embed;
         p->active_mtp = p->total_mtp;
         return;
     }
-    p->active = p->total - p->routed_experts + share(p->routed_experts, c);
+    p->active = p->total - p->embed - p->routed_experts + share(p->routed_experts, c);
     p->active_mtp = p->total_mtp - mtp_routed + share(mtp_routed, c);
 }
 
