@@ -136,7 +136,9 @@ typedef enum dsq_inv_scales { DSQ_INV_SCALES_CONFIG = 0, DSQ_INV_SCALES_E8M0 = 1
 typedef struct dsq_inv_options {
     dsq_inv_experts experts;
     dsq_inv_scales scales;
-    bool compressor_fp8; /* compressor wkv / wgate stored F8_E4M3 + 128x128 scale instead of BF16 */
+    bool compressor_fp8;         /* attn.compressor wkv / wgate F8_E4M3 + 128x128 scale instead of BF16 */
+    bool indexer_compressor_fp8; /* attn.indexer.compressor wkv / wgate likewise.  Spec §3.3's "total with
+                                    FP8 compressors" converts the attention compressors only. */
 } dsq_inv_options;
 
 typedef struct dsq_inv_entry {
@@ -165,8 +167,8 @@ const dsq_inv_entry *dsq_inv_find(const dsq_inv *inv, const char *name);
 uint64_t dsq_inv_total_bytes(const dsq_inv *inv);
 
 /* Variants a set of tensors uses (dtype-driven, spec §1.3): experts FP4 if routed expert weights are
- * I8, FP8 if F8_E4M3; scales F32 if scale tensors are F32; compressor_fp8 if a compressor projection is
- * F8_E4M3.  Whatever cannot be decided from the tensors stays at its config default. */
+ * I8, FP8 if F8_E4M3; scales F32 if scale tensors are F32; compressor_fp8 / indexer_compressor_fp8 if
+ * an attention / indexer compressor projection is F8_E4M3.  Whatever cannot be decided from the tensors stays at its config default. */
 void dsq_inv_detect(const dsq_tensor_desc *t, size_t n, dsq_inv_options *out);
 
 /* Compare tensors with the inventory `c` expects under the variants the tensors use.  Every problem is

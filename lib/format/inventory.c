@@ -236,7 +236,7 @@ typedef void (*visit_fn)(void *ctx, const dsq_inv_entry *e);
 
 typedef struct emitter {
     const dsq_v4_config *c;
-    bool experts_fp4, compressor_fp8;
+    bool experts_fp4, compressor_fp8, idx_compressor_fp8;
     dsq_dtype scale_dtype, scale_alt;
     visit_fn visit;
     void *ctx;
@@ -310,8 +310,9 @@ static void expert_pair(emitter *em, dsq_part part, const char *stem, int expert
 }
 
 /* Compressor projection [N, K]: BF16, or FP8 + scale in some releases (spec §1.3). */
-static void compressor_proj(emitter *em, dsq_part part, const char *stem, dsq_family fam, uint64_t n, uint64_t k) {
-    if (em->compressor_fp8)
+static void compressor_proj(emitter *em, dsq_part part, const char *stem, dsq_family fam, uint64_t n, uint64_t k,
+                            bool fp8) {
+    if (fp8)
         fp8_pair(em, part, stem, -1, fam, DSQ_FAMILY_SCALES, n, k);
     else
         plain(em, part, stem, false, fam, DSQ_DTYPE_BF16, 2, n, k);
@@ -360,8 +361,8 @@ static void emit_block(emitter *em, int block) {
         uint64_t cw = (r == CSA_RATIO ? 2 : 1) * hd; /* overlap doubles the projection width */
         const dsq_family C = DSQ_FAMILY_COMPRESSOR;
         plain(em, DSQ_PART_CMP_APE, "attn.compressor.ape", true, C, DSQ_DTYPE_F32, 2, r, cw);
-        compressor_proj(em, DSQ_PART_CMP_WKV, "attn.compressor.wkv", C, cw, D);
-        compressor_proj(em, DSQ_PART_CMP_WGATE, "attn.compressor.wgate", C, cw, D);
+        compressor_proj(em, DSQ_PART_CMP_WKV, "attn.compressor.wkv", C, cw, D, em->compressor_fp8);
+        compressor_proj(em, DSQ_PART_CMP_WGATE, "attn.compressor.wgate", C, cw, D, em->compressor_fp8);
         plain(em, DSQ_PART_CMP_NORM, "attn.compressor.norm", false, N, DSQ_DTYPE_BF16, 1, hd, 0);
     }
     if (r == CSA_RATIO) {
@@ -369,8 +370,9 @@ static void emit_block(emitter *em, int block) {
         fp8_pair(em, DSQ_PART_IDX_WQ_B, "attn.indexer.wq_b", -1, X, S, mul(em, nih, ihd), ql);
         plain(em, DSQ_PART_IDX_WEIGHTS_PROJ, "attn.indexer.weights_proj", false, X, DSQ_DTYPE_BF16, 2, nih, D);
         plain(em, DSQ_PART_IDX_CMP_APE, "attn.indexer.compressor.ape", true, X, DSQ_DTYPE_F32, 2, r, 2 * ihd);
-        compressor_proj(em, DSQ_PART_IDX_CMP_WKV, "attn.indexer.compressor.wkv", X, 2 * ihd, D);
-        compressor_proj(em, DSQ_PART_IDX_CMP_WGATE, "attn.indexer.compressor.wgate", X, 2 * ihd, D);
+        compressor_proj(em, DSQ_PART_IDX_CMP_WKV, "attn.indexer.compressor.wkv", X, 2 * ihd, D, em->idx_compressor_fp8);
+        compressor_proj(em, DSQ_PART_IDX_CMP_WGATE, "attn.indexer.compressor.wgate", X, 2 * ihd, D,
+                        em->idx_compressor_fp8);
         plain(em, DSQ_PART_IDX_CMP_NORM, "attn.indexer.compressor.norm", false, N, DSQ_DTYPE_BF16, 1, ihd, 0);
     }
     plain(em, DSQ_PART_FFN_NORM, "ffn_norm", false, N, DSQ_DTYPE_BF16, 1, D, 0);
@@ -415,6 +417,7 @@ static void resolve_options(const dsq_v4_config *c, const dsq_inv_options *opt, 
     em->scale_dtype = f32 ? DSQ_DTYPE_F32 : DSQ_DTYPE_F8_E8M0;
     em->scale_alt = f32 ? DSQ_DTYPE_F8_E8M0 : DSQ_DTYPE_F32; /* either is accepted (spec §1.3) */
     em->compressor_fp8 = o.compressor_fp8;
+    em->idx_compressor_fp8 = o.indexer_compressor_fp8;
 }
 
 /* Visit every expected tensor in release order.  Returns false when a size overflows. */
@@ -593,8 +596,8 @@ void dsq_inv_detect(const dsq_tensor_desc *t, size_t n, dsq_inv_options *out) {
         dsq_tensor_role r;
         if (!dsq_inv_classify(t[i].name, &r)) continue;
         bool expert = r.part == DSQ_PART_EXPERT_W1 || r.part == DSQ_PART_EXPERT_W2 || r.part == DSQ_PART_EXPERT_W3;
-        bool cmp = r.part == DSQ_PART_CMP_WKV || r.part == DSQ_PART_CMP_WGATE || r.part == DSQ_PART_IDX_CMP_WKV ||
-                   r.part == DSQ_PART_IDX_CMP_WGATE;
+        bool cmp = r.part == DSQ_PART_CMP_WKV || r.part == DSQ_PART_CMP_WGATE;
+        bool idx_cmp = r.part == DSQ_PART_IDX_CMP_WKV || r.part == DSQ_PART_IDX_CMP_WGATE;
         if (r.is_scale) {
             if (out->scales == DSQ_INV_SCALES_CONFIG) {
                 if (t[i].dtype == DSQ_DTYPE_F32) out->scales = DSQ_INV_SCALES_F32;
@@ -603,8 +606,9 @@ void dsq_inv_detect(const dsq_tensor_desc *t, size_t n, dsq_inv_options *out) {
         } else if (expert && out->experts == DSQ_INV_EXPERTS_CONFIG) {
             if (t[i].dtype == DSQ_DTYPE_I8) out->experts = DSQ_INV_EXPERTS_FP4;
             if (t[i].dtype == DSQ_DTYPE_F8_E4M3) out->experts = DSQ_INV_EXPERTS_FP8;
-        } else if (cmp && t[i].dtype == DSQ_DTYPE_F8_E4M3) {
-            out->compressor_fp8 = true;
+        } else if (t[i].dtype == DSQ_DTYPE_F8_E4M3) {
+            if (cmp) out->compressor_fp8 = true;
+            if (idx_cmp) out->indexer_compressor_fp8 = true;
         }
     }
 }
@@ -639,8 +643,8 @@ static void unexpected_reason(const dsq_v4_config *c, const dsq_tensor_role *r, 
         snprintf(buf, n, "block %d is score-routed (num_hash_layers = %d): no tid2eid", block, c->n_hash_layers);
     else if (p == DSQ_PART_GATE_BIAS)
         snprintf(buf, n, "block %d is hash-routed (num_hash_layers = %d): no gate.bias", block, c->n_hash_layers);
-    else if (r->is_scale && (p == DSQ_PART_CMP_WKV || p == DSQ_PART_CMP_WGATE || p == DSQ_PART_IDX_CMP_WKV ||
-                             p == DSQ_PART_IDX_CMP_WGATE) && !v->compressor_fp8)
+    else if (r->is_scale && (((p == DSQ_PART_CMP_WKV || p == DSQ_PART_CMP_WGATE) && !v->compressor_fp8) ||
+                             ((p == DSQ_PART_IDX_CMP_WKV || p == DSQ_PART_IDX_CMP_WGATE) && !v->indexer_compressor_fp8)))
         snprintf(buf, n, "compressor projections of this checkpoint are BF16: no scale");
     else
         snprintf(buf, n, "not in the inventory of this config");
