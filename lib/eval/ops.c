@@ -24,7 +24,7 @@ void dsq_v4_rope_freqs(const dsq_v4_rope *rope, float *freqs) {
     int rd = rope->rope_dim, half = rd / 2;
     for (int i = 0; i < half; i++) {
         float e = (float)(2 * i) / (float)rd;
-        freqs[i] = (float)(1.0 / pow(rope->base, (double)e));
+        freqs[i] = 1.0f / powf((float)rope->base, e); /* f32 as the reference computes it */
     }
     if (!rope->yarn) return;
     double low = floor(yarn_corr(rope->beta_fast, rd, rope->base, rope->original_seq_len));
