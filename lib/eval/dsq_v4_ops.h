@@ -54,6 +54,11 @@ void dsq_v4_hadamard(float *x, int n, bool release);
 void dsq_v4_sparse_attention(const float *q, const float *const *keys, int64_t n_keys, int hd, float sink,
                              float scale, bool release, float *out);
 
+/* ---- selection ------------------------------------------------------------------------------ */
+/* out[k] = indices of the k largest of v[n] (k ≤ n), best first; equal values: lower index first
+ * (spec §8.23, our fixed rule for both the router and the indexer).  NaN ranks below everything. */
+void dsq_v4_topk(const float *v, int64_t n, int64_t k, int64_t *out);
+
 /* ---- small helpers --------------------------------------------------------------------------- */
 void dsq_v4_round_bf16(float *x, int64_t n);
 

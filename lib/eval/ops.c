@@ -224,3 +224,54 @@ void dsq_v4_sparse_attention(const float *q, const float *const *keys, int64_t n
     l += expf(sink - m);
     for (int d = 0; d < hd; d++) out[d] = dsq_bf16_round(out[d] / l);
 }
+
+/* ---- selection ---------------------------------------------------------------------------------- */
+
+/* a ranks before b */
+static inline bool better(const float *v, int64_t a, int64_t b) {
+    float x = v[a] != v[a] ? -INFINITY : v[a], y = v[b] != v[b] ? -INFINITY : v[b];
+    return x > y || (x == y && a < b);
+}
+
+/* heap of k indices with the WORST at the root */
+static void sift_down(const float *v, int64_t *h, int64_t n, int64_t i) {
+    for (;;) {
+        int64_t l = 2 * i + 1, r = l + 1, w = i;
+        if (l < n && better(v, h[w], h[l])) w = l;
+        if (r < n && better(v, h[w], h[r])) w = r;
+        if (w == i) return;
+        int64_t t = h[i];
+        h[i] = h[w];
+        h[w] = t;
+        i = w;
+    }
+}
+
+void dsq_v4_topk(const float *v, int64_t n, int64_t k, int64_t *out) {
+    if (k > n) k = n;
+    if (k <= 0) return;
+    int64_t m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (m < k) {
+            out[m] = i;
+            for (int64_t c = m++; c > 0;) { /* sift up */
+                int64_t p = (c - 1) / 2;
+                if (!better(v, out[p], out[c])) break;
+                int64_t t = out[p];
+                out[p] = out[c];
+                out[c] = t;
+                c = p;
+            }
+        } else if (better(v, i, out[0])) {
+            out[0] = i;
+            sift_down(v, out, k, 0);
+        }
+    }
+    /* heap sort: move the worst to the end repeatedly → best first */
+    for (int64_t end = k - 1; end > 0; end--) {
+        int64_t t = out[0];
+        out[0] = out[end];
+        out[end] = t;
+        sift_down(v, out, end, 0);
+    }
+}

@@ -241,22 +241,10 @@ static dsq_status cache_reserve(const run *r, const v4_block_w *B, v4_layer_cach
 
 /* ---- indexer (spec §4.6) ------------------------------------------------------------------------------- */
 
-typedef struct scored {
-    float score;
-    int64_t j;
-} scored;
-
-/* higher score first, then lower index (spec §8.23) */
-static int scored_cmp(const void *pa, const void *pb) {
-    const scored *a = pa, *b = pb;
-    if (a->score != b->score) return a->score > b->score ? -1 : 1;
-    return a->j < b->j ? -1 : a->j > b->j;
-}
-
 /* Top-k_sel of the valid entries j < n_valid for one query (qi [nih][ihd], head weights w [nih]);
  * out[k_sel] = entry ids, -1 past the valid ones. */
 static void indexer_select(const run *r, const float *qi, const float *w, const float *keys, int64_t n_valid,
-                           int64_t k_sel, scored *buf, int64_t *out) {
+                           int64_t k_sel, float *buf, int64_t *out) {
     const dsq_v4_config *c = r->c;
     int nih = c->index_n_heads, ihd = c->index_head_dim;
     for (int64_t j = 0; j < n_valid; j++) {
@@ -272,12 +260,11 @@ static void indexer_select(const run *r, const float *qi, const float *w, const 
                 s += fmaxf(dot, 0.0f) * w[h];
             }
         }
-        buf[j].score = R(r, s);
-        buf[j].j = j;
+        buf[j] = R(r, s);
     }
     int64_t take = n_valid < k_sel ? n_valid : k_sel;
-    qsort(buf, (size_t)n_valid, sizeof *buf, scored_cmp);
-    for (int64_t i = 0; i < k_sel; i++) out[i] = i < take ? buf[i].j : -1;
+    dsq_v4_topk(buf, n_valid, take, out); /* spec §4.6 step 5: invalid entries (-inf) come last as -1 */
+    for (int64_t i = take; i < k_sel; i++) out[i] = -1;
 }
 
 /* ---- attention (spec §4.4) ------------------------------------------------------------------------------ */
@@ -368,7 +355,7 @@ static dsq_status attention_seg(const run *r, const v4_block_w *B, v4_layer_cach
         bool failed = false;
 #pragma omp parallel num_threads(r->k.threads) if (tc > 1)
         {
-            scored *buf = NULL;
+            float *buf = NULL;
             if (csa && n_comp > 0) {
                 buf = dsq_malloc(sizeof *buf * (size_t)n_comp);
                 if (!buf) {
@@ -470,7 +457,10 @@ static dsq_status moe(const run *r, const v4_block_w *B, const float *a, const i
     dsq_status st = DSQ_OK;
     float *z = NULL, *wsel = NULL, *xg = NULL, *gb = NULL, *ub = NULL, *yb = NULL, *wg = NULL;
     int *isel = NULL;
-    int64_t *rows = NULL;
+    int64_t *rows = NULL, *top = NULL;
+    float *biased = NULL;
+    ALLOC(top, K);
+    ALLOC(biased, E);
     ALLOC(z, (int64_t)E * n);
     ALLOC(isel, (int64_t)K * n);
     ALLOC(wsel, (int64_t)K * n);
@@ -483,33 +473,28 @@ static dsq_status moe(const run *r, const v4_block_w *B, const float *a, const i
         if (B->hash) {
             for (int k = 0; k < K; k++) ids[k] = (int)dsq__ld_i64(B->tid2eid.data + 8 * ((size_t)tok[t] * K + k));
         } else {
-            /* top-k of score + bias; ties: higher first, then lower index (spec §8.23) */
-            for (int k = 0; k < K; k++) {
-                int best = -1;
-                float bv = 0;
-                for (int e = 0; e < E; e++) {
-                    bool used = false;
-                    for (int kk = 0; kk < k; kk++) used |= ids[kk] == e;
-                    if (used) continue;
-                    float v = sc[e] + B->gate_bias[e];
-                    if (best < 0 || v > bv) {
-                        best = e;
-                        bv = v;
-                    }
-                }
-                ids[k] = best;
-            }
+            /* top-k of score + bias (spec §4.7 step 2; ties: spec §8.23) */
+            for (int e = 0; e < E; e++) biased[e] = sc[e] + B->gate_bias[e];
+            dsq_v4_topk(biased, E, K, top);
+            for (int k = 0; k < K; k++) ids[k] = (int)top[k];
         }
         float sum = 0;
         for (int k = 0; k < K; k++) sum += sc[ids[k]];
         for (int k = 0; k < K; k++) wsel[(size_t)t * K + k] = sc[ids[k]] / sum * (float)c->route_scale;
     }
-    ALLOC(xg, (int64_t)D * n);
-    ALLOC(gb, (int64_t)I * n);
-    ALLOC(ub, (int64_t)I * n);
-    ALLOC(yb, (int64_t)D * n);
-    ALLOC(wg, n);
-    ALLOC(rows, n);
+    /* gather buffers sized for the busiest expert (a token may list an expert twice: two rows) */
+    int64_t most = n;
+    for (int e = 0; e < E; e++) {
+        int64_t ne = 0;
+        for (int64_t i = 0; i < (int64_t)K * n; i++) ne += isel[i] == e;
+        if (ne > most) most = ne;
+    }
+    ALLOC(xg, (int64_t)D * most);
+    ALLOC(gb, (int64_t)I * most);
+    ALLOC(ub, (int64_t)I * most);
+    ALLOC(yb, (int64_t)D * most);
+    ALLOC(wg, most);
+    ALLOC(rows, most);
     memset(f, 0, sizeof(float) * D * (size_t)n);
     /* routed experts in ascending id order: each token accumulates its experts in that order */
     for (int e = 0; e < E; e++) {
@@ -543,6 +528,8 @@ done:
     dsq_free(yb);
     dsq_free(wg);
     dsq_free(rows);
+    dsq_free(top);
+    dsq_free(biased);
     return st;
 }
 
