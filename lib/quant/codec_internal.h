@@ -14,7 +14,7 @@ typedef enum dsq__kind {
     DSQ__K_MXFP4, /* e2m1 codes, UE8M0 1x32 */
     DSQ__K_NVFP4, /* e2m1 codes, E4M3 1x16 × tensor scale */
     DSQ__K_INT8,  /* signed int8 × F16 */
-    DSQ__K_INT4,  /* (u - 8) × F16 */
+    DSQ__K_INT4,  /* two's-complement nibble × F16 */
     DSQ__K_INT4A, /* u × F16 + F16 */
     DSQ__K_INT2A, /* u × F16 + F16, 2-bit */
     DSQ__K_RAW,   /* integers: copy only */

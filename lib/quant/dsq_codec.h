@@ -28,21 +28,19 @@
  * | FP8_B128          | fp8-128x128         | 8    | 128 x 128 | UE8M0 (1 B)    | e4m3(q) · 2^(s-127)    |
  * | FP8_B128_F32      | fp8-128x128-f32     | 8    | 128 x 128 | F32 (4 B)      | e4m3(q) · s            |
  * | FP8_R128          | fp8-1x128           | 8    | 1 x 128   | UE8M0          | e4m3(q) · 2^(s-127)    |
- * | FP8_R128_F32      | fp8-1x128-f32       | 8    | 1 x 128   | F32            | e4m3(q) · s            |
  * | FP8_ROW           | fp8-row             | 8    | 1 x cols  | F32            | e4m3(q) · s            |
- * | FP8_ROW_E8M0      | fp8-row-e8m0        | 8    | 1 x cols  | UE8M0          | e4m3(q) · 2^(s-127)    |
  * | MXFP4             | mxfp4               | 4    | 1 x 32    | UE8M0          | e2m1(q) · 2^(s-127)    |
  * | NVFP4             | nvfp4               | 4    | 1 x 16    | E4M3 + F32 ts  | e2m1(q) · f32(e4m3(s)·ts) |
  * | INT8_ROW          | int8-row            | 8    | 1 x cols  | F16            | q · s, q int8 in ±127  |
  * | INT8_G            | int8-gG             | 8    | 1 x G     | F16            | q · s, q int8 in ±127  |
- * | INT4_G            | int4-gG             | 4    | 1 x G     | F16            | (u - 8) · s, u 0..15   |
+ * | INT4_G            | int4-gG             | 4    | 1 x G     | F16            | q · s, q int4 in -8..7 |
  * | INT4_G_ASYM       | int4-gG-asym        | 4    | 1 x G     | F16 + F16 min  | f32(u · s) + m, u 0..15|
  * | INT2_G_ASYM       | int2-gG-asym        | 2    | 1 x G     | F16 + F16 min  | f32(u · s) + m, u 0..3 |
  * | I64 / I32         | i64 / i32           | 64/32| -         | -              | integers (copy only)   |
  *
  * G (dsq_qtensor.group) is one of 16, 32, 64, 128, 256 for the group encodings; for the others
- * `group` must be 0 or the fixed block width of the table.  INT4_G stores q + 8 (offset binary), so
- * q ∈ [-8, 7].  UE8M0 byte 255 and e4m3 codes 0x7F/0xFF are NaN.  NVFP4 has one F32 tensor scale ts.
+ * `group` must be 0 or the fixed block width of the table.  INT4_G stores q as a two's-complement
+ * nibble (formats/spec/dsq.md §5.3).  UE8M0 byte 255 and e4m3 codes 0x7F/0xFF are NaN.  NVFP4 has one F32 tensor scale ts.
  *
  * ---- Quantization rules (encode) ----------------------------------------------------------------
  * FP8 with UE8M0 scales (spec §2.6): per block s = pow2ceil(max(amax, 1e-4)/448),

@@ -195,7 +195,7 @@ static void encode_int_rows(const dsq__qv *v, dsq_qtensor_buf *dst, const float 
                     int q = sym_code(finite_f(xr[c]) ? xr[c] : (xr[c] == xr[c] ? copysignf(3e38f, xr[c]) : 0.0f), s,
                                      qmin, qmax);
                     if (k == DSQ__K_INT8) row[c] = (uint8_t)(int8_t)q;
-                    else row[c >> 1] |= (uint8_t)((q + 8) << ((c & 1) * 4));
+                    else row[c >> 1] |= (uint8_t)((q & 15) << ((c & 1) * 4)); /* two's complement */
                 }
             } else {
                 int qmax = k == DSQ__K_INT4A ? 15 : 3;

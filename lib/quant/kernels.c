@@ -22,7 +22,7 @@ static inline float code_value(dsq__kind k, const uint8_t *row, uint64_t c) {
     case DSQ__K_MXFP4:
     case DSQ__K_NVFP4: return dsq_e2m1_to_f32(nib_at(row, c));
     case DSQ__K_INT8: return (float)(int8_t)row[c];
-    case DSQ__K_INT4: return (float)((int)nib_at(row, c) - 8);
+    case DSQ__K_INT4: return (float)(((int)nib_at(row, c) ^ 8) - 8); /* two's complement nibble */
     case DSQ__K_INT4A: return (float)nib_at(row, c);
     case DSQ__K_INT2A: return (float)crumb_at(row, c);
     default: return 0.0f;
