@@ -444,13 +444,13 @@ static dsq_status compile_stage(dsq_tok *t, stage_kind kind, const char *pattern
     }
     int ecode = 0;
     PCRE2_SIZE eoff = 0;
-    uint32_t flags = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0);
+    uint32_t flags = literal ? PCRE2_UTF | PCRE2_LITERAL : PCRE2_UTF | PCRE2_UCP; /* LITERAL refuses UCP */
     s->re = pcre2_compile((PCRE2_SPTR)pat.data, pat.len, flags, &ecode, &eoff, cc);
     pcre2_compile_context_free(cc);
     if (!s->re) {
         PCRE2_UCHAR msg[160];
         pcre2_get_error_message(ecode, msg, sizeof msg);
-        st = dsq_err_set(err, ecode == PCRE2_ERROR_NOMEMORY ? DSQ_ERR_NOMEM : DSQ_ERR_FORMAT,
+        st = dsq_err_set(err, ecode == PCRE2_ERROR_NOMEMORY || ecode == PCRE2_ERROR_HEAP_FAILED ? DSQ_ERR_NOMEM : DSQ_ERR_FORMAT,
                          "%s: pre-tokenizer regex \"%s\" does not compile at offset %zu: %s", what, pattern,
                          (size_t)eoff, (const char *)msg);
         dsq_tok_text_free(&pat);
