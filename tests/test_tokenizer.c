@@ -328,6 +328,44 @@ static void test_real_long_inputs(void **state) {
     dsq_tok_free(t);
 }
 
+/* Long calls use a per-call word cache (which empties itself when full); short ones do not.  Lines
+ * that start with a letter after a newline are pre-tokenized the same alone or in the whole text, so
+ * encoding the whole must equal encoding line by line. */
+static void test_real_word_cache(void **state) {
+    dsq_tok *t = real_tok(false, false);
+    dsq_tok_text text = {0};
+    uint32_t seed = 777;
+    /* 9000 lines with 4 random letter-only words each: more distinct words than the cache keeps */
+    for (int line = 0; line < 9000; line++) {
+        char w[4][9];
+        for (int k = 0; k < 4; k++) {
+            int len = 3 + (int)(lcg(&seed) >> 29);
+            for (int c = 0; c < len; c++) w[k][c] = (char)('a' + (lcg(&seed) >> 8) % 26);
+            w[k][len] = 0;
+        }
+        char buf[256];
+        int n = snprintf(buf, sizeof buf, "%s the %s %s, 12%u and %s\n", w[0], line % 3 ? "same words" : "中文 words",
+                         w[1], lcg(&seed) % 1000, w[2]);
+        dsq_tok_text_append(&text, buf, (size_t)n, NULL);
+        n = snprintf(buf, sizeof buf, "%s.\n", w[3]);
+        dsq_tok_text_append(&text, buf, (size_t)n, NULL);
+    }
+    dsq_tok_ids whole = {0}, parts = {0};
+    encode_ok(t, text.data, text.len, &whole);
+    for (char *p = text.data, *end = text.data + text.len; p < end;) {
+        char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t n = (size_t)(nl - p) + 1;
+        assert_true(n < 2048);
+        assert_int_equal(dsq_tok_encode(t, p, n, &parts, NULL), DSQ_OK);
+        p += n;
+    }
+    assert_int_equal(whole.n, parts.n);
+    assert_memory_equal(whole.ids, parts.ids, whole.n * sizeof(int32_t));
+    dsq_tok_ids_free(&whole), dsq_tok_ids_free(&parts);
+    dsq_tok_text_free(&text);
+    dsq_tok_free(t);
+}
+
 static void test_real_v4_specials(void **state) {
     dsq_tok *v3 = real_tok(false, false), *v4 = real_tok(true, false);
     dsq_tok_ids ids = {0};
@@ -998,6 +1036,7 @@ int main(void) {
         cmocka_unit_test(test_real_known_ids),
         cmocka_unit_test(test_real_roundtrip_random_bytes),
         cmocka_unit_test(test_real_long_inputs),
+        cmocka_unit_test(test_real_word_cache),
         cmocka_unit_test(test_real_v4_specials),
         cmocka_unit_test(test_chat_render),
         cmocka_unit_test(test_chat_encodes_to_specials),

@@ -234,6 +234,15 @@ for (let i = 0; i < 40; i++) {
   add(`mix-${i}`, s);
 }
 
+// ---- Long texts (≥ 2048 bytes: the C encoder's word cache is on) --------------------------------
+for (let i = 0; i < 4; i++) {
+  let s = "";
+  while (s.length < 3000 + i * 4000) s += pick(pool) + pick(["", " ", "\n", "  ", ". "]);
+  add(`long-mix-${i}`, s);
+}
+add("long-prose", prose.join(" ").repeat(3));
+add("long-code", code.join("\n"));
+
 // ---- Decoding -----------------------------------------------------------------------------------
 addDecode("decode-hello", [19923, 14, 1026, 6397, 344, 33125]);
 addDecode("decode-specials", [0, 128803, 6366, 128804, 1718, 37947, 32, 1]);
