@@ -337,7 +337,7 @@ static void test_real_word_cache(void **state) {
     uint32_t seed = 777;
     /* 9000 lines with 4 random letter-only words each: more distinct words than the cache keeps */
     for (int line = 0; line < 9000; line++) {
-        char w[4][9];
+        char w[4][12]; /* 3..10 letters */
         for (int k = 0; k < 4; k++) {
             int len = 3 + (int)(lcg(&seed) >> 29);
             for (int c = 0; c < len; c++) w[k][c] = (char)('a' + (lcg(&seed) >> 8) % 26);
