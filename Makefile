@@ -28,7 +28,7 @@ CU_SRC   := $(wildcard kernels/*.cu)
 ifeq ($(HAVE_NVCC)$(if $(CU_SRC),1,),11)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC)))
 ALL_CFLAGS += -DDSQ_HAVE_CUDA=1 -I$(CUDA_HOME)/include
-LDLIBS   += -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++
+LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++
 CU_OBJ   := $(patsubst %.cu,$(BUILD)/%.o,$(CU_SRC))
 endif
 
@@ -43,6 +43,7 @@ BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 TESTLIB_SRC := $(sort $(wildcard tests/support/*.c))
 TESTLIB_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(TESTLIB_SRC))
 
+.SECONDARY:
 .PHONY: all test test-asan bench demo deps clean help lib format
 .DEFAULT_GOAL := all
 
@@ -52,13 +53,13 @@ help:
 	@echo "targets: all (dsq + libdsq.a), test, test-asan, bench, demo, deps, clean"
 	@echo "vars: CC=$(CC) NVCC=$(NVCC) CUDA_ARCH=$(CUDA_ARCH) SHARED=$(SHARED) NO_CUDA=<set to skip CUDA>"
 
-# Debian packages this project builds and tests with.  npm counts as present when the command is
-# there: a nodejs package that bundles npm (NodeSource's) conflicts with Debian's npm package.
-DEB_PKGS := build-essential pkg-config libzstd-dev libcjson-dev libcmocka-dev libpcre2-dev libxxhash-dev zstd nodejs npm
+# Debian packages this project builds and tests with.  node/npm count as present when the commands
+# exist (some images ship Node.js outside Debian's packages, which Debian's npm would conflict with).
+DEB_PKGS := build-essential pkg-config libzstd-dev libcjson-dev libcmocka-dev libpcre2-dev libxxhash-dev zstd
 deps:
-	@missing=""; for p in $(DEB_PKGS); do \
-	  case $$p in npm) command -v npm >/dev/null 2>&1 && continue;; esac; \
-	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "deps: installing$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
@@ -89,7 +90,7 @@ $(BUILD)/dsq: $(CMD_OBJ) $(BUILD)/libdsq.a
 
 $(BUILD)/tests/%: tests/%.c $(TESTLIB_OBJ) $(BUILD)/libdsq.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Itests -MMD -MP -o $@ $< $(TESTLIB_OBJ) $(BUILD)/libdsq.a $(TEST_LIBS) $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) -Itests/support -MMD -MP -o $@ $< $(TESTLIB_OBJ) $(BUILD)/libdsq.a $(TEST_LIBS) $(LDLIBS)
 
 $(BUILD)/bench/%: bench/%.c $(BUILD)/libdsq.a
 	@mkdir -p $(dir $@)
