@@ -567,12 +567,71 @@ static void test_malformed(void **state) {
     free(bad);
 }
 
+/* docs/kld-base.md is the format's spec: its header table's offsets and types must describe the bytes
+ * the writer produces. */
+static void test_doc_table_matches(void **state) {
+    char *path = dsq_test_join(tmp, "doc.kld");
+    params pa = {.vocab = 77, .k = 5, .n_ctx = 9, .chunks = 3, .block = 2, .bos = 4};
+    dsq_kbase_info info;
+    int32_t *text = write_base(path, pa, &info);
+    size_t flen;
+    uint8_t *f = (uint8_t *)dsq_test_read(path, &flen);
+    char *doc = dsq_test_read("docs/kld-base.md", NULL);
+    struct {
+        const char *field, *type;
+        uint64_t value;
+    } want[] = {
+        {"version", "u32", 1},
+        {"header_bytes", "u32", 128},
+        {"vocab", "u32", 77},
+        {"k", "u32", 5},
+        {"n_ctx", "u32", 9},
+        {"score_from", "u32", 4},
+        {"n_chunks", "u32", 3},
+        {"bos", "i32", 4},
+        {"stride", "u32", 8},
+        {"block_positions", "u32", 2},
+        {"n_positions", "u64", 12}, /* 3 chunks × (9 - 1 - 4) */
+        {"n_text", "u64", 24},
+        {"tokens_hash", "u64", dsq_kbase_tokens_hash(text, 24)},
+        {"seed", "u64", 1234},
+        {"temperature", "f64", 0x3FF0000000000000ull},
+        {"note_bytes", "u32", strlen("toy model, k=5")},
+        {"flags", "u32", 0},
+        {"checksum", "u64", XXH3_64bits(f, 120)},
+    };
+    int found = 0;
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "| %s | %s |", want[i].type, want[i].field);
+        char *row = strstr(doc, key);
+        if (!row) fprintf(stderr, "docs/kld-base.md: no header row for %s\n", key);
+        assert_non_null(row);
+        /* the offset is the previous cell: "| OFF | TYPE | FIELD |" */
+        char *bar = row;
+        while (bar > doc && bar[-1] != '\n') bar--;
+        unsigned off = (unsigned)strtoul(bar + 1, NULL, 10);
+        uint64_t got = want[i].type[1] == '6' || want[i].type[0] == 'f' ? rd64(f + off) : rd32(f + off);
+        if (got != want[i].value) fprintf(stderr, "%s at %u: %llu != %llu\n", want[i].field, off,
+                                          (unsigned long long)got, (unsigned long long)want[i].value);
+        assert_true(got == want[i].value);
+        found++;
+    }
+    assert_int_equal(found, 18);
+    assert_memory_equal(f, "DSQKLDB\0", 8);
+    free(doc);
+    free(f);
+    free(text);
+    free(path);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_kl_monotone_in_noise),
         cmocka_unit_test(test_writer_misuse),
         cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_doc_table_matches),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -88,7 +88,7 @@ dsq_ppl_result dsq_ppl_from_stat(const dsq_stat *nll);
 #define DSQ_KBASE_HEADER_BYTES 128u
 #define DSQ_KBASE_DEFAULT_K 64u
 #define DSQ_KBASE_MAX_VOCAB (1u << 24)
-#define DSQ_KBASE_MAX_TEXT_TOKENS (1ull << 32)     /* tokens stored in the header section */
+#define DSQ_KBASE_MAX_TEXT_TOKENS (1ull << 28)     /* text tokens stored (4 bytes each in memory) */
 #define DSQ_KBASE_MAX_BLOCK_BYTES (16u << 20)      /* decompressed bytes of one block */
 #define DSQ_KBASE_NOTE_MAX 1024u                   /* free-text provenance note */
 #define DSQ_KBASE_MASS_TOL 1e-3                    /* |Σ p - 1| allowed in a stored record */
