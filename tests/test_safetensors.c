@@ -382,6 +382,78 @@ static void test_write_faults(void **state) {
     free(p);
 }
 
+/* Deterministic mutation fuzzing: flip, insert and truncate bytes of a valid file thousands of times.
+ * Every open must either succeed with a consistent table or fail with a message; ASan/UBSan watch
+ * for anything else. */
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static uint64_t rng(void) {
+    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static void test_mutation_fuzz(void **state) {
+    char *p = dsq_test_join(tmp, "fz.safetensors");
+    uint8_t data[64];
+    for (int i = 0; i < 64; i++) data[i] = (uint8_t)i;
+    dsq_test_write_raw_st(p,
+                          "{\"__metadata__\":{\"format\":\"pt\"},\"a.weight\":{\"dtype\":\"F8_E4M3\",\"shape\":[4,8],"
+                          "\"data_offsets\":[0,32]},\"a.scale\":{\"dtype\":\"F8_E8M0\",\"shape\":[1,1],\"data_offsets\":[32,33]},"
+                          "\"b\":{\"dtype\":\"I64\",\"shape\":[3],\"data_offsets\":[33,57]},\"c\":{\"dtype\":\"U8\",\"shape\":[7],"
+                          "\"data_offsets\":[57,64]}}",
+                          data, sizeof data);
+    size_t len;
+    char *orig = dsq_test_read(p, &len);
+    char *q = dsq_test_join(tmp, "fz2.safetensors");
+    int n_ok = 0, n_fail = 0;
+    int rounds = dsq_test_asan() ? 1500 : 4000;
+    char *buf = malloc(len + 16);
+    for (int r = 0; r < rounds; r++) {
+        memcpy(buf, orig, len);
+        size_t n = len;
+        int edits = 1 + (int)(rng() % 3);
+        for (int e = 0; e < edits; e++) {
+            size_t at = (size_t)(rng() % n);
+            switch (rng() % 4) {
+            case 0: buf[at] ^= (char)(1u << (rng() % 8)); break;                  /* bit flip */
+            case 1: buf[at] = "0123456789{}[]\",:-.e"[rng() % 20]; break;         /* JSON-ish byte */
+            case 2: n = at > 8 ? at : n; break;                                   /* truncate */
+            case 3: if (at < 8) buf[at] = (char)rng(); break;                     /* header length */
+            }
+        }
+        dsq_test_write(q, buf, n);
+        dsq_st *st = NULL;
+        dsq_err err = DSQ_ERR_INIT;
+        if (dsq_st_open(q, NULL, &st, &err) == DSQ_OK) {
+            n_ok++;
+            uint64_t sum = 0;
+            for (size_t i = 0; i < dsq_st_count(st); i++) {
+                const dsq_st_tensor *t = dsq_st_at(st, i);
+                sum += t->n_bytes;
+                /* every view lies inside the file */
+                assert_true(t->file_offset + t->n_bytes <= n);
+                if (t->n_bytes) {
+                    volatile uint8_t x = ((const uint8_t *)t->data)[t->n_bytes - 1];
+                    (void)x;
+                }
+            }
+            assert_int_equal(sum, dsq_st_total_bytes(st));
+            dsq_st_close(st);
+        } else {
+            n_fail++;
+            assert_true(err.n >= 1);
+            assert_true(strlen(err.msg) > 0);
+        }
+        dsq_err_clear(&err);
+    }
+    assert_true(n_fail > rounds / 2);
+    free(buf);
+    free(orig);
+    free(q);
+    free(p);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_model),
@@ -403,6 +475,7 @@ int main(void) {
         cmocka_unit_test(test_writer_round_trip_and_atomicity),
         cmocka_unit_test(test_malloc_faults),
         cmocka_unit_test(test_write_faults),
+        cmocka_unit_test(test_mutation_fuzz),
     };
     return cmocka_run_group_tests_name("safetensors", tests, setup, teardown);
 }

@@ -1,15 +1,45 @@
 #include "dsq_json.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+
+static int cmp_member_name(const void *a, const void *b) {
+    return strcmp((*(const cJSON *const *)a)->string, (*(const cJSON *const *)b)->string);
+}
+
+/* A member of `obj` whose name an earlier member has, or NULL.  Large objects (a tokenizer vocabulary
+ * has 128k members) are checked by sorting the names; pairwise comparison would take minutes. */
+static const cJSON *object_duplicate(const cJSON *obj) {
+    size_t n = 0;
+    for (const cJSON *a = obj->child; a; a = a->next) n += a->string != NULL;
+    if (n > 32) {
+        const cJSON **v = dsq_malloc(n * sizeof *v);
+        if (v) {
+            size_t k = 0;
+            for (const cJSON *a = obj->child; a; a = a->next)
+                if (a->string) v[k++] = a;
+            qsort(v, k, sizeof *v, cmp_member_name);
+            const cJSON *dup = NULL;
+            for (size_t i = 1; i < k && !dup; i++)
+                if (strcmp(v[i - 1]->string, v[i]->string) == 0) dup = v[i];
+            dsq_free(v);
+            return dup;
+        }
+    }
+    for (const cJSON *a = obj->child; a; a = a->next)
+        for (const cJSON *b = a->next; b; b = b->next)
+            if (a->string && b->string && strcmp(a->string, b->string) == 0) return b;
+    return NULL;
+}
 
 static const cJSON *find_duplicate(const cJSON *node, int depth) {
     if (depth > 64) return node; /* absurd nesting: treat as malformed */
     if (cJSON_IsObject(node)) {
+        const cJSON *d = object_duplicate(node);
+        if (d) return d;
         for (const cJSON *a = node->child; a; a = a->next) {
-            for (const cJSON *b = a->next; b; b = b->next)
-                if (a->string && b->string && strcmp(a->string, b->string) == 0) return b;
-            const cJSON *d = find_duplicate(a, depth + 1);
+            d = find_duplicate(a, depth + 1);
             if (d) return d;
         }
     } else if (cJSON_IsArray(node)) {

@@ -60,9 +60,30 @@ typedef struct dsq_v4_config {
     bool tie_word_embeddings;
 } dsq_v4_config;
 
+#define DSQ_CONFIG_MAX_BYTES (16u << 20) /* config.json larger than this is rejected */
+
 /* Parse config.json text.  Errors name the field (missing, wrong type, inconsistent); every problem
  * found is recorded in err.  Unknown fields are accepted; their names are appended to `warnings`
- * (newline-separated, heap, may be NULL) when the pointer is non-NULL. */
+ * (newline-separated, heap, may be NULL) when the pointer is non-NULL.
+ *
+ * Status of the first problem: malformed JSON DSQ_ERR_JSON, duplicate key DSQ_ERR_DUPLICATE, missing
+ * required field DSQ_ERR_MISSING, member of the wrong JSON type (string where a number belongs)
+ * DSQ_ERR_JSON, number that is negative / not an exact integer / outside its limit DSQ_ERR_RANGE,
+ * model_type other than "deepseek_v4" or an unsupported scheme DSQ_ERR_UNSUPPORTED, values that
+ * contradict each other (compress_ratios length, head_dim <= rope dims, ...) DSQ_ERR_CONFIG.
+ * Cross-field rules are checked only when every field parsed, so each problem is reported once.
+ *
+ * Required: model_type, vocab_size, hidden_size, num_hidden_layers, num_attention_heads, head_dim,
+ * qk_rope_head_dim, q_lora_rank, o_lora_rank, o_groups, moe_intermediate_size, n_routed_experts,
+ * num_experts_per_tok, routed_scaling_factor, sliding_window, index_n_heads, index_head_dim,
+ * index_topk, hc_mult, compress_ratios.  Defaults otherwise (reference ModelArgs): num_nextn_predict_layers
+ * 0, num_hash_layers 0, num_key_value_heads 1, n_shared_experts 1, swiglu_limit 10, rope_theta 10000,
+ * compress_rope_theta 160000, rope_scaling absent = no YaRN (beta_fast 32, beta_slow 1 if omitted),
+ * hc_sinkhorn_iters 20, hc_eps 1e-6, rms_norm_eps 1e-6, scoring_func sqrtsoftplus, expert_dtype absent =
+ * FP8 experts, quantization_config absent = unquantized, bos/eos 0/1, max_position_embeddings 1048576.
+ * compress_ratios may hold MORE entries than num_hidden_layers + num_nextn_predict_layers only when
+ * dspark_* fields are present (later Flash revisions); the extra entries are ignored with a warning.
+ * On failure *out is zeroed.  `warnings` is freed by the caller with dsq_free. */
 dsq_status dsq_config_parse(const char *json, size_t len, const char *what, dsq_v4_config *out, char **warnings,
                             dsq_err *err);
 dsq_status dsq_config_load(const char *path, dsq_v4_config *out, char **warnings, dsq_err *err);
@@ -74,13 +95,19 @@ dsq_routing dsq_config_routing(const dsq_v4_config *c, int block);
 const char *dsq_attn_kind_name(dsq_attn_kind k);   /* "sliding", "CSA", "HCA" */
 const char *dsq_routing_name(dsq_routing r);       /* "hash", "score" */
 
-/* Parameter counts (elements, scales excluded): total and active per token.  `with_mtp` includes
- * the MTP blocks.  Active = everything except routed experts, plus k routed experts per block;
- * embed rows count as active (one row is read, but the convention is the full table). */
+/* Parameter counts (elements; scales and the tid2eid table are not parameters; a packed FP4 byte is
+ * two parameters).  `total`/`active` cover the MAIN model only (embed, head, final norm, hc_head and
+ * the num_hidden_layers blocks): that is the convention of the published sizes (V4-Flash 284B, Pro
+ * 1.6T, spec §3.3).  The MTP blocks are counted apart in total_mtp/active_mtp; add them for the
+ * size of everything a checkpoint stores.  Active per token = everything except the embedding table
+ * (a token reads one row of it) and the routed experts, plus k of the E routed experts per block.
+ * This convention reproduces the published active sizes: Flash 13.27B (13B), Pro 48.85B (49B);
+ * counting the whole embedding table would give 13.80B for Flash, 6% above the published 13B.
+ * Implemented in inventory.c by summing the expected inventory (dsq_inventory.h). */
 typedef struct dsq_param_counts {
     uint64_t total, active;
-    uint64_t total_mtp, active_mtp; /* the MTP blocks alone */
-    uint64_t routed_experts;        /* all routed expert weights */
+    uint64_t total_mtp, active_mtp; /* the MTP blocks alone (they share the global embed and head) */
+    uint64_t routed_experts;        /* routed expert weights of the main layers (part of total) */
     uint64_t embed, head;
 } dsq_param_counts;
 void dsq_config_params(const dsq_v4_config *c, dsq_param_counts *out);

@@ -1,0 +1,107 @@
+/* The reference DeepSeek-V4 forward pass on CPU (spec §4), in two numerics (spec §5).
+ *
+ *   dsq_v4_model_open     a checkpoint (directory + config.json) → model (weights stay in their
+ *                         stored encodings, dequantized block by block inside the GEMV/GEMM kernels)
+ *   dsq_v4_seq_create     the caches of one sequence (window ring, compressed entries, indexer keys,
+ *                         compressor states) for every main block and MTP block
+ *   dsq_v4_forward        feed tokens to one or several sequences; layer-major: every item goes
+ *                         through block i before any item touches block i+1
+ *   dsq_v4_mtp_forward    the MTP block(s) on main-model streams
+ *
+ * A call may feed any number of tokens to a sequence at any position: the first call of a
+ * sequence is the prefill, later calls are decode steps (or chunks).  Window index lists and
+ * compressed-entry visibility follow spec §4.4/§4.5 for every split, so exact numerics give the
+ * same logits whatever the split.  No global state: everything lives in the options and objects. */
+#ifndef DSQ_V4_H
+#define DSQ_V4_H
+
+#include "dsq_config.h"
+#include "dsq_core.h"
+#include "dsq_wsrc.h"
+
+typedef enum dsq_numerics {
+    DSQ_NUMERICS_EXACT = 0,   /* dequantized weights, f32 activations, no activation quantization */
+    DSQ_NUMERICS_RELEASE = 1, /* the official arithmetic: bf16 activations, FP8/FP4 simulation (spec §5) */
+} dsq_numerics;
+
+typedef struct dsq_eval_options {
+    dsq_numerics numerics; /* default EXACT */
+    int threads;           /* OpenMP threads; 0 (default) = the OpenMP default */
+    bool no_shared_clamp;  /* default false: the shared expert is clamped like routed ones (spec §8.30) */
+    bool force_scalar;     /* default false: use AVX2/FMA kernels when the CPU has them */
+} dsq_eval_options;
+void dsq_eval_options_default(dsq_eval_options *o);
+/* "exact" / "release" → numerics; false if unknown. */
+bool dsq_numerics_from_name(const char *s, dsq_numerics *out);
+const char *dsq_numerics_name(dsq_numerics n);
+
+typedef struct dsq_v4_model dsq_v4_model;
+
+/* Open PATH (a checkpoint directory holding config.json and safetensors shards).  Validates every
+ * tensor the config requires (presence, encoding, shape) before returning.  Close with
+ * dsq_v4_model_close. */
+dsq_status dsq_v4_model_open(const char *path, dsq_v4_model **out, dsq_err *err);
+/* Build a model over an already open source and a parsed config.  Takes ownership of `src` (closed
+ * by dsq_v4_model_close, also on failure). */
+dsq_status dsq_v4_model_create(dsq_wsrc *src, const dsq_v4_config *cfg, dsq_v4_model **out, dsq_err *err);
+void dsq_v4_model_close(dsq_v4_model *m); /* accepts NULL */
+const dsq_v4_config *dsq_v4_model_config(const dsq_v4_model *m);
+/* Stored bytes of block b's weights (b < n_layers + n_mtp_layers), and of the global tensors. */
+uint64_t dsq_v4_block_bytes(const dsq_v4_model *m, int b);
+uint64_t dsq_v4_global_bytes(const dsq_v4_model *m);
+/* Page-cache hints for block b's weights. */
+void dsq_v4_block_prefetch(const dsq_v4_model *m, int b);
+void dsq_v4_block_release(const dsq_v4_model *m, int b);
+
+/* ---- sequences (caches) ---------------------------------------------------------------------- */
+typedef struct dsq_v4_seq dsq_v4_seq;
+dsq_status dsq_v4_seq_create(const dsq_v4_model *m, dsq_v4_seq **out, dsq_err *err);
+void dsq_v4_seq_free(dsq_v4_seq *s); /* accepts NULL */
+/* Forget everything (spec §8.31): positions back to 0, rings/compressed entries emptied,
+ * compressor states 0 / -inf. */
+void dsq_v4_seq_reset(dsq_v4_seq *s);
+/* Tokens fed so far to the main model / to the MTP block(s). */
+int64_t dsq_v4_seq_pos(const dsq_v4_seq *s);
+int64_t dsq_v4_seq_mtp_pos(const dsq_v4_seq *s);
+/* Bytes of cache held by the sequence now. */
+uint64_t dsq_v4_seq_bytes(const dsq_v4_seq *s);
+
+/* ---- forward --------------------------------------------------------------------------------- */
+/* One sequence's part of a batch: feed `n_tokens` ids at positions seq_pos … seq_pos + n - 1.
+ * Outputs (each may be NULL, caller-owned):
+ *   logits     [n_tokens][vocab_size] f32
+ *   hidden     [n_tokens][hc][dim]    f32, streams entering the output head (final_hidden)
+ *   layer_out  array of n_layers pointers (entries may be NULL), each [n_tokens][hc][dim]: streams
+ *              after block i */
+typedef struct dsq_v4_item {
+    dsq_v4_seq *seq;
+    const int32_t *tokens;
+    int64_t n_tokens;
+    float *logits;
+    float *hidden;
+    float **layer_out;
+} dsq_v4_item;
+
+/* Run items through the main model, layer-major.  Token ids are checked against the vocabulary
+ * first (DSQ_ERR_TOKEN).  On error the sequences' caches are unspecified: reset them. */
+dsq_status dsq_v4_forward(const dsq_v4_model *m, const dsq_eval_options *opt, dsq_v4_item *items, int n_items,
+                          dsq_err *err);
+
+/* Layer-streaming evaluation with a memory cap: groups the items so that the activations and caches
+ * of a group plus the largest block's weights fit in `memory_budget` bytes (0 = no cap: one group),
+ * then runs each group layer-major, prefetching block i+1 (madvise WILLNEED) while block i runs and
+ * releasing block i (DONTNEED) when the group is done with it.  Same results as dsq_v4_forward.
+ * DSQ_ERR_RANGE when even one item does not fit. */
+dsq_status dsq_v4_forward_streaming(const dsq_v4_model *m, const dsq_eval_options *opt, dsq_v4_item *items,
+                                    int n_items, uint64_t memory_budget, dsq_err *err);
+/* Bytes of activations + caches that dsq_v4_forward needs for an item of n_tokens (fresh seq). */
+uint64_t dsq_v4_item_bytes(const dsq_v4_model *m, int64_t n_tokens);
+
+/* MTP block `mtp` (0 ≤ mtp < n_mtp_layers) of spec §4.9 on `n` positions of one sequence, continuing
+ * its MTP caches: hidden [n][hc][dim] = main-model streams at positions t, next_tokens[n] = ids at t+1.
+ * logits [n][vocab] (may be NULL), out_hidden [n][hc][dim] (may be NULL). */
+dsq_status dsq_v4_mtp_forward(const dsq_v4_model *m, const dsq_eval_options *opt, dsq_v4_seq *seq, int mtp,
+                              const float *hidden, const int32_t *next_tokens, int64_t n, float *logits,
+                              float *out_hidden, dsq_err *err);
+
+#endif

@@ -1,0 +1,57 @@
+/* Weight sources: look up a tensor by its canonical checkpoint name (spec §3, e.g.
+ * "layers.3.attn.wq_b.weight") and get a view of it in its STORED encoding — codes, scales,
+ * shape — without copying or dequantizing.  The model code (dsq_v4.h) only talks to this
+ * interface, so a sharded safetensors checkpoint and the .dsq container plug in alike.
+ *
+ * A source implementation fills the function table of dsq_wsrc.  Views are const and valid until
+ * the source is closed.  Sources are safe to query from several threads once opened. */
+#ifndef DSQ_WSRC_H
+#define DSQ_WSRC_H
+
+#include "dsq_core.h"
+#include "dsq_encoding.h"
+
+#define DSQ_WVIEW_MAX_RANK 4
+
+/* One stored tensor.  For 2-D matrices shape = [rows, cols] in LOGICAL elements (an MXFP4 matrix of
+ * [N, K] stores N·K/2 bytes).  `data` and `scale` may be unaligned: read multi-byte elements with
+ * memcpy.  Layouts per encoding (dsq_encoding.h):
+ *   F32 / BF16 / I64 / I32: data = [shape...] row-major, little-endian; scale = NULL.
+ *   FP8_B128:     data = [rows][cols] e4m3 codes; scale = [ceil(rows/128)][ceil(cols/128)] UE8M0 bytes.
+ *   FP8_B128_F32: same codes; scale = [ceil(rows/128)][ceil(cols/128)] f32.
+ *   MXFP4:        data = [rows][cols/2] e2m1 pairs, low nibble = even col; scale = [rows][cols/32] UE8M0. */
+typedef struct dsq_wview {
+    const char *name;    /* canonical name, owned by the source */
+    dsq_encoding enc;
+    int rank;
+    uint64_t shape[DSQ_WVIEW_MAX_RANK];
+    const uint8_t *data;
+    uint64_t data_bytes;
+    const uint8_t *scale; /* NULL when the encoding has none */
+    uint64_t scale_bytes;
+} dsq_wview;
+
+typedef struct dsq_wsrc dsq_wsrc;
+struct dsq_wsrc {
+    void *impl;
+    const char *path; /* what was opened, for messages */
+    /* Fill *out for `name`.  DSQ_ERR_MISSING when absent (err may be NULL for a probe). */
+    dsq_status (*get)(const dsq_wsrc *s, const char *name, dsq_wview *out, dsq_err *err);
+    /* Page-cache hints (madvise WILLNEED / DONTNEED) for a view's bytes; may be no-ops. */
+    void (*prefetch)(const dsq_wsrc *s, const dsq_wview *v);
+    void (*release)(const dsq_wsrc *s, const dsq_wview *v);
+    void (*close)(dsq_wsrc *s); /* frees impl and s */
+};
+
+/* Open a safetensors checkpoint (a directory with model.safetensors.index.json or one
+ * *.safetensors file, or a single file) as a weight source.  Always memory-mapped.
+ * FP8 weights pair with their `.scale` tensor (UE8M0 → FP8_B128, F32 → FP8_B128_F32); I8 weights
+ * with a UE8M0 scale of [rows, cols/16 bytes] are MXFP4.  The result is closed with dsq_wsrc_close. */
+dsq_status dsq_wsrc_open_safetensors(const char *path, dsq_wsrc **out, dsq_err *err);
+/* Accepts NULL. */
+void dsq_wsrc_close(dsq_wsrc *s);
+
+/* Number of elements of a view (product of shape); false on overflow. */
+bool dsq_wview_elements(const dsq_wview *v, uint64_t *out);
+
+#endif

@@ -1,0 +1,784 @@
+/* The V4 forward pass, written to read like spec §4:
+ *   embed → for every block: hc_pre, norm, attention, hc_post, hc_pre, norm, moe, hc_post → head.
+ * Activations are f32 arrays; release numerics (spec §5) round them to bf16 at the listed points.
+ *
+ * Batching: a call carries several "segments" (one per sequence), each feeding T tokens at
+ * positions p0 … p0+T-1 of its sequence.  Linear layers run over all tokens of all segments at
+ * once; attention, compressors and caches are per segment.  The window/compressed index lists are
+ * those of spec §4.4 for a prefill (p0 = 0) or a decode step, and the natural generalisation for
+ * chunks, so any split of a sequence gives the same math. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dsq_numeric.h"
+#include "dsq_v4_ops.h"
+#include "v4_model.h"
+
+enum { Q_CHUNK = 64 }; /* tokens per pass of the q path / attention (bounds the [T][H·hd] buffers) */
+
+typedef struct run {
+    const dsq_v4_model *m;
+    const dsq_v4_config *c;
+    dsq__kern k;
+    bool rel;          /* release numerics */
+    bool shared_clamp; /* spec §8.30 */
+    dsq_err *err;
+} run;
+
+typedef struct seg {
+    dsq_v4_seq *seq;
+    int64_t p0;  /* position of the first token */
+    int64_t T;   /* tokens */
+    int64_t off; /* first row in the batch */
+} seg;
+
+static inline float R(const run *r, float x) { return r->rel ? dsq_bf16_round(x) : x; }
+static inline float sigm(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+#define ALLOC(ptr, count)                                                                                          \
+    do {                                                                                                           \
+        (ptr) = dsq_malloc(sizeof *(ptr) * (size_t)((count) > 0 ? (count) : 1));                                   \
+        if (!(ptr)) {                                                                                              \
+            st = dsq_err_set(r->err, DSQ_ERR_NOMEM, "no memory for %s (%lld elements)", #ptr, (long long)(count)); \
+            goto done;                                                                                             \
+        }                                                                                                          \
+    } while (0)
+#define CHECK(expr)                                                                                                \
+    do {                                                                                                           \
+        st = (expr);                                                                                               \
+        if (st) goto done;                                                                                         \
+    } while (0)
+
+/* ---- linear layers in the two numerics ----------------------------------------------------------- */
+
+typedef enum lin_mode {
+    LIN_F32,  /* f32 GEMM, f32 output (compressor, router, head, hc mixes) */
+    LIN_BF16, /* release: input as is (bf16), output bf16 (wo_a, weights_proj) */
+    LIN_FP8,  /* release: input quantized 1×128 FP8, output bf16 (spec §5 "FP8-linear") */
+} lin_mode;
+
+/* y[t][i] = W[row0+i] · x[t] for i < n_rows. */
+static dsq_status lin_rows(const run *r, lin_mode mode, const dsq_wview *w, uint64_t row0, uint64_t n_rows,
+                           const float *x, size_t ldx, int64_t n, float *y, size_t ldy) {
+    dsq_status st = DSQ_OK;
+    float *xq = NULL;
+    size_t K = (size_t)w->shape[1];
+    if (r->rel && mode == LIN_FP8 && n > 0) {
+        ALLOC(xq, (int64_t)K * n);
+        for (int64_t t = 0; t < n; t++) {
+            memcpy(xq + (size_t)t * K, x + (size_t)t * ldx, K * sizeof(float));
+            dsq_v4_fp8_sim(xq + (size_t)t * K, (int64_t)K, DSQ_FP8_BLOCK);
+        }
+        x = xq;
+        ldx = K;
+    }
+    CHECK(dsq__linear(&r->k, w, row0, n_rows, x, ldx, n, y, ldy, r->err));
+    if (r->rel && mode != LIN_F32)
+        for (int64_t t = 0; t < n; t++) dsq_v4_round_bf16(y + (size_t)t * ldy, (int64_t)n_rows);
+done:
+    dsq_free(xq);
+    return st;
+}
+
+static dsq_status lin(const run *r, lin_mode mode, const dsq_wview *w, const float *x, int64_t n, float *y) {
+    return lin_rows(r, mode, w, 0, w->shape[0], x, (size_t)w->shape[1], n, y, (size_t)w->shape[0]);
+}
+
+/* ---- hyper-connections (spec §4.2) ------------------------------------------------------------------ */
+
+/* X [n][hc][D] → a [n][D], post [n][hc], comb [n][hc][hc]. */
+static dsq_status hc_pre(const run *r, const dsq_wview *fn, const float *scale, const float *base, const float *X,
+                         int64_t n, float *a, float *post, float *comb) {
+    const dsq_v4_config *c = r->c;
+    int hc = c->hc_mult, mix = (2 + hc) * hc;
+    size_t D = (size_t)c->dim, HD = (size_t)hc * D;
+    dsq_status st = DSQ_OK;
+    float *mixes = NULL;
+    ALLOC(mixes, (int64_t)mix * n);
+    CHECK(lin(r, LIN_F32, fn, X, n, mixes));
+#pragma omp parallel for num_threads(r->k.threads) if (n > 1)
+    for (int64_t t = 0; t < n; t++) {
+        const float *v = X + (size_t)t * HD;
+        double ss = 0;
+        for (size_t i = 0; i < HD; i++) ss += (double)v[i] * v[i];
+        float rho = 1.0f / sqrtf((float)(ss / (double)HD) + (float)c->norm_eps);
+        float *m = mixes + (size_t)t * mix, pre[64];
+        for (int i = 0; i < mix; i++) m[i] *= rho;
+        dsq_v4_hc_split(m, scale, base, hc, c->hc_sinkhorn_iters, (float)c->hc_eps, pre, post + (size_t)t * hc,
+                        comb + (size_t)t * hc * hc);
+        float *at = a + (size_t)t * D;
+        for (size_t d = 0; d < D; d++) {
+            float s = 0;
+            for (int j = 0; j < hc; j++) s += pre[j] * v[(size_t)j * D + d];
+            at[d] = R(r, s);
+        }
+    }
+done:
+    dsq_free(mixes);
+    return st;
+}
+
+/* X'[j] = post_j·o + Σ_i C[i][j]·X[i]  (spec §8.12: the column index selects the output stream). */
+static void hc_post(const run *r, const float *o, float *X, const float *post, const float *comb, int64_t n) {
+    int hc = r->c->hc_mult;
+    size_t D = (size_t)r->c->dim;
+#pragma omp parallel for num_threads(r->k.threads) if (n > 1)
+    for (int64_t t = 0; t < n; t++) {
+        float *x = X + (size_t)t * hc * D;
+        const float *C = comb + (size_t)t * hc * hc, *p = post + (size_t)t * hc, *ot = o + (size_t)t * D;
+        for (size_t d = 0; d < D; d++) {
+            float in[64], outv[64];
+            for (int i = 0; i < hc; i++) in[i] = x[(size_t)i * D + d];
+            for (int j = 0; j < hc; j++) {
+                float s = p[j] * ot[d];
+                for (int i = 0; i < hc; i++) s += C[i * hc + j] * in[i];
+                outv[j] = s;
+            }
+            for (int j = 0; j < hc; j++) x[(size_t)j * D + d] = R(r, outv[j]);
+        }
+    }
+}
+
+static void norm_rows(const run *r, float *a, const float *w, int64_t n, int64_t width, size_t ld) {
+#pragma omp parallel for num_threads(r->k.threads) if (n > 1)
+    for (int64_t t = 0; t < n; t++) dsq_v4_rms_norm(a + (size_t)t * ld, w, width, (float)r->c->norm_eps, r->rel, a + (size_t)t * ld);
+}
+
+/* ---- compressor (spec §4.5) -------------------------------------------------------------------------- */
+
+/* Post-process a pooled entry at compressed slot k (spec §4.5): RMSNorm(bf16(c)) → RoPE at k·r →
+ * FP8 simulation of the non-rope dims (attention) or Hadamard + FP4 simulation (indexer). */
+static void compressed_entry(const run *r, const v4_block_w *B, const v4_compressor_w *cw, bool indexer, int64_t k,
+                             float *e) {
+    const dsq_v4_config *c = r->c;
+    int d = cw->d, rd = c->rope_head_dim;
+    for (int i = 0; i < d; i++) e[i] = R(r, e[i]);
+    dsq_v4_rms_norm(e, cw->norm, d, (float)c->norm_eps, r->rel, e);
+    float cs[DSQ_V4_MAX_HEAD_DIM];
+    dsq_v4_rope_cos_sin(B->freqs, rd, k * cw->ratio, cs);
+    dsq_v4_rope_apply(e, d, rd, cs, false, r->rel);
+    if (!indexer) {
+        if (r->rel) dsq_v4_fp8_sim(e, d - rd, DSQ_KV_FP8_BLOCK);
+    } else {
+        dsq_v4_hadamard(e, d, r->rel);
+        if (r->rel) dsq_v4_fp4_sim(e, d);
+    }
+}
+
+/* Feed tokens p0 … p0+T-1 (block input a [T][D]) through a compressor's decode state machine;
+ * every completed window k is pooled, post-processed and written to dst[k][d]. */
+static dsq_status compressor_run(const run *r, const v4_block_w *B, const v4_compressor_w *cw, bool indexer,
+                                 v4_comp_state *s, const float *a, int64_t p0, int64_t T, float *dst) {
+    int ratio = cw->ratio, d = cw->d, cd = cw->c * d;
+    dsq_status st = DSQ_OK;
+    float *kvp = NULL, *g = NULL;
+    ALLOC(kvp, (int64_t)cd * T);
+    ALLOC(g, (int64_t)cd * T);
+    /* spec §8.27: f32 GEMM on the (bf16) input, no activation quantization */
+    CHECK(lin(r, LIN_F32, &cw->wkv, a, T, kvp));
+    CHECK(lin(r, LIN_F32, &cw->wgate, a, T, g));
+    int rows = cw->c * ratio;
+    for (int64_t t = 0; t < T; t++) {
+        int64_t p = p0 + t;
+        int i = (int)(p % ratio);
+        int slot = (cw->overlap ? ratio : 0) + i;
+        float *kv_row = s->kv + (size_t)slot * cd, *sc_row = s->sc + (size_t)slot * cd;
+        const float *ape = cw->ape + (size_t)i * cd;
+        for (int ch = 0; ch < cd; ch++) {
+            kv_row[ch] = kvp[(size_t)t * cd + ch];
+            sc_row[ch] = g[(size_t)t * cd + ch] + ape[ch];
+        }
+        if ((p + 1) % ratio != 0) continue;
+        int64_t k = p / ratio;
+        float *e = dst + (size_t)k * d;
+        /* spec §4.5: per-channel softmax over the window's rows; overlap: rows 0..r-1 use the first
+         * half of slots 0..r-1 (previous window), rows r..2r-1 the second half of slots r..2r-1 */
+        for (int ch = 0; ch < d; ch++) {
+            float mx = -INFINITY;
+            for (int row = 0; row < rows; row++) {
+                int col = cw->overlap && row >= ratio ? d + ch : ch;
+                mx = fmaxf(mx, s->sc[(size_t)row * cd + col]);
+            }
+            float den = 0, num = 0;
+            for (int row = 0; row < rows; row++) {
+                int col = cw->overlap && row >= ratio ? d + ch : ch;
+                float w = expf(s->sc[(size_t)row * cd + col] - mx);
+                den += w;
+                num += w * s->kv[(size_t)row * cd + col];
+            }
+            e[ch] = num / den;
+        }
+        if (cw->overlap) {
+            memcpy(s->kv, s->kv + (size_t)ratio * cd, sizeof(float) * (size_t)ratio * cd);
+            memcpy(s->sc, s->sc + (size_t)ratio * cd, sizeof(float) * (size_t)ratio * cd);
+        }
+        compressed_entry(r, B, cw, indexer, k, e);
+    }
+done:
+    dsq_free(kvp);
+    dsq_free(g);
+    return st;
+}
+
+static dsq_status cache_reserve(const run *r, const v4_block_w *B, v4_layer_cache *lc, int64_t need) {
+    if (need <= lc->cap) return DSQ_OK;
+    int64_t cap = lc->cap ? lc->cap : 16;
+    while (cap < need) cap *= 2;
+    size_t hd = (size_t)r->c->head_dim, ihd = (size_t)r->c->index_head_dim;
+    float *nc = dsq_realloc(lc->comp, sizeof(float) * hd * (size_t)cap);
+    if (!nc) return dsq_err_set(r->err, DSQ_ERR_NOMEM, "no memory for %lld compressed entries", (long long)cap);
+    lc->comp = nc;
+    if (B->kind == DSQ_ATTN_CSA) {
+        float *nk = dsq_realloc(lc->idx_keys, sizeof(float) * ihd * (size_t)cap);
+        if (!nk) return dsq_err_set(r->err, DSQ_ERR_NOMEM, "no memory for %lld indexer keys", (long long)cap);
+        lc->idx_keys = nk;
+    }
+    lc->cap = cap;
+    return DSQ_OK;
+}
+
+/* ---- indexer (spec §4.6) ------------------------------------------------------------------------------- */
+
+/* Top-k_sel of the valid entries j < n_valid for one query (qi [nih][ihd], head weights w [nih]);
+ * out[k_sel] = entry ids, -1 past the valid ones. */
+static void indexer_select(const run *r, const float *qi, const float *w, const float *keys, int64_t n_valid,
+                           int64_t k_sel, float *buf, int64_t *out) {
+    const dsq_v4_config *c = r->c;
+    int nih = c->index_n_heads, ihd = c->index_head_dim;
+    for (int64_t j = 0; j < n_valid; j++) {
+        const float *kj = keys + (size_t)j * ihd;
+        float s = 0;
+        for (int h = 0; h < nih; h++) {
+            float dot = dsq__dot(&r->k, qi + (size_t)h * ihd, kj, (size_t)ihd);
+            if (r->rel) {
+                /* spec §5 row 12: bf16(q·K), relu, bf16(·w_h), f32 head sum → bf16 */
+                dot = dsq_bf16_round(dot);
+                s += dsq_bf16_round(fmaxf(dot, 0.0f) * w[h]);
+            } else {
+                s += fmaxf(dot, 0.0f) * w[h];
+            }
+        }
+        buf[j] = R(r, s);
+    }
+    int64_t take = n_valid < k_sel ? n_valid : k_sel;
+    dsq_v4_topk(buf, n_valid, take, out); /* spec §4.6 step 5: invalid entries (-inf) come last as -1 */
+    for (int64_t i = take; i < k_sel; i++) out[i] = -1;
+}
+
+/* ---- attention (spec §4.4) ------------------------------------------------------------------------------ */
+
+/* Attention of one segment: a [T][D] → out [T][D]; updates the segment's caches. */
+static dsq_status attention_seg(const run *r, const v4_block_w *B, v4_layer_cache *lc, int64_t p0, int64_t T,
+                                const float *a, float *out) {
+    const dsq_v4_config *c = r->c;
+    int H = c->n_heads, hd = c->head_dim, rd = c->rope_head_dim, nd = hd - rd, W = c->window_size;
+    int ql = c->q_lora_rank, G = c->o_groups, ol = c->o_lora_rank;
+    int nih = c->index_n_heads, ihd = c->index_head_dim, ratio = B->ratio;
+    bool csa = B->kind == DSQ_ATTN_CSA;
+    size_t D = (size_t)c->dim, Hhd = (size_t)H * hd;
+    float eps = (float)c->norm_eps, scale = 1.0f / sqrtf((float)hd);
+    dsq_status st = DSQ_OK;
+    float *kv = NULL, *qa = NULL, *q = NULL, *oh = NULL, *u = NULL, *qi = NULL, *iw = NULL;
+    const float **keys = NULL;
+    int64_t *sel = NULL;
+
+    /* kv path: wkv → kv_norm → RoPE → (release) FP8 simulation of the non-rope dims */
+    ALLOC(kv, (int64_t)hd * T);
+    CHECK(lin(r, LIN_FP8, &B->wkv, a, T, kv));
+#pragma omp parallel for num_threads(r->k.threads) if (T > 1)
+    for (int64_t t = 0; t < T; t++) {
+        float *x = kv + (size_t)t * hd, cs[DSQ_V4_MAX_HEAD_DIM];
+        dsq_v4_rms_norm(x, B->kv_norm, hd, eps, r->rel, x);
+        dsq_v4_rope_cos_sin(B->freqs, rd, p0 + t, cs);
+        dsq_v4_rope_apply(x, hd, rd, cs, false, r->rel);
+        if (r->rel) dsq_v4_fp8_sim(x, nd, DSQ_KV_FP8_BLOCK);
+    }
+
+    /* compressors: entries completed by this segment become visible to the tokens that complete them */
+    int64_t n_comp = ratio > 0 ? (p0 + T) / ratio : 0;
+    if (ratio > 0) {
+        CHECK(cache_reserve(r, B, lc, n_comp));
+        CHECK(compressor_run(r, B, &B->comp, false, &lc->cs, a, p0, T, lc->comp));
+        if (csa) CHECK(compressor_run(r, B, &B->idx_comp, true, &lc->ics, a, p0, T, lc->idx_keys));
+        lc->n_comp = n_comp;
+    }
+
+    /* list lengths (spec §4.4 steps 3–4): window part min(S, W) in a prefill, W in decode */
+    int64_t n_win = p0 == 0 ? (T < W ? T : W) : W;
+    int64_t n_cl = ratio == 0 ? 0 : csa ? (n_comp < c->index_topk ? n_comp : c->index_topk) : n_comp;
+    int64_t n_keys = n_win + n_cl;
+    int64_t TC = T < Q_CHUNK ? T : Q_CHUNK;
+    ALLOC(qa, (int64_t)ql * TC);
+    ALLOC(q, (int64_t)Hhd * TC);
+    ALLOC(oh, (int64_t)Hhd * TC);
+    ALLOC(u, (int64_t)G * ol * TC);
+    ALLOC(keys, n_keys * TC);
+    if (csa) {
+        ALLOC(qi, (int64_t)nih * ihd * TC);
+        ALLOC(iw, (int64_t)nih * TC);
+        ALLOC(sel, n_cl * TC);
+    }
+    for (int64_t t0 = 0; t0 < T; t0 += TC) {
+        int64_t tc = T - t0 < TC ? T - t0 : TC;
+        const float *at = a + (size_t)t0 * D;
+        /* q path: wq_a → q_norm (qr) → wq_b → per-head norm → RoPE */
+        CHECK(lin(r, LIN_FP8, &B->wq_a, at, tc, qa));
+        norm_rows(r, qa, B->q_norm, tc, ql, (size_t)ql);
+        CHECK(lin(r, LIN_FP8, &B->wq_b, qa, tc, q));
+        if (csa) {
+            CHECK(lin(r, LIN_FP8, &B->idx_wq_b, qa, tc, qi));
+            CHECK(lin(r, LIN_BF16, &B->idx_weights_proj, at, tc, iw));
+        }
+#pragma omp parallel for num_threads(r->k.threads) if (tc > 1)
+        for (int64_t t = 0; t < tc; t++) {
+            float cs[DSQ_V4_MAX_HEAD_DIM];
+            dsq_v4_rope_cos_sin(B->freqs, rd, p0 + t0 + t, cs);
+            for (int h = 0; h < H; h++) {
+                float *qh = q + (size_t)t * Hhd + (size_t)h * hd;
+                dsq_v4_head_norm(qh, hd, eps, r->rel);
+                dsq_v4_rope_apply(qh, hd, rd, cs, false, r->rel);
+            }
+            if (csa) {
+                for (int h = 0; h < nih; h++) {
+                    float *x = qi + ((size_t)t * nih + h) * ihd;
+                    dsq_v4_rope_apply(x, ihd, rd, cs, false, r->rel);
+                    dsq_v4_hadamard(x, ihd, r->rel);
+                    if (r->rel) dsq_v4_fp4_sim(x, ihd);
+                }
+                float ws = (float)(1.0 / sqrt((double)ihd) / sqrt((double)nih));
+                for (int h = 0; h < nih; h++) iw[t * nih + h] = R(r, iw[t * nih + h] * ws);
+            }
+        }
+        /* index lists: window (ascending positions) then compressed */
+        bool failed = false;
+#pragma omp parallel num_threads(r->k.threads) if (tc > 1)
+        {
+            float *buf = NULL;
+            if (csa && n_comp > 0) {
+                buf = dsq_malloc(sizeof *buf * (size_t)n_comp);
+                if (!buf) {
+#pragma omp atomic write
+                    failed = true;
+                }
+            }
+#pragma omp for schedule(static)
+            for (int64_t t = 0; t < tc; t++) {
+                int64_t pos = p0 + t0 + t;
+                const float **kl = keys + (size_t)t * n_keys;
+                int64_t lo = pos - W + 1 > 0 ? pos - W + 1 : 0, i = 0;
+                for (int64_t qp = lo; qp <= pos; qp++, i++)
+                    kl[i] = qp >= p0 ? kv + (size_t)(qp - p0) * hd : lc->ring + (size_t)(qp % W) * hd;
+                for (; i < n_win; i++) kl[i] = NULL;
+                int64_t n_valid = ratio > 0 ? (pos + 1) / ratio : 0; /* spec §8.21 */
+                if (ratio > 0 && !csa) {
+                    for (int64_t j = 0; j < n_cl; j++) kl[n_win + j] = j < n_valid ? lc->comp + (size_t)j * hd : NULL;
+                } else if (csa && n_cl > 0) {
+                    if (!buf) continue;
+                    int64_t *s = sel + (size_t)t * n_cl;
+                    indexer_select(r, qi + (size_t)t * nih * ihd, iw + (size_t)t * nih, lc->idx_keys, n_valid, n_cl,
+                                   buf, s);
+                    for (int64_t j = 0; j < n_cl; j++) kl[n_win + j] = s[j] >= 0 ? lc->comp + (size_t)s[j] * hd : NULL;
+                }
+            }
+            dsq_free(buf);
+        }
+        if (failed) CHECK(dsq_err_set(r->err, DSQ_ERR_NOMEM, "no memory for indexer scores"));
+        /* sparse attention with sink, then inverse RoPE at the query position */
+#pragma omp parallel for num_threads(r->k.threads) if (tc * H > 1) collapse(2)
+        for (int64_t t = 0; t < tc; t++)
+            for (int h = 0; h < H; h++) {
+                float *o = oh + (size_t)t * Hhd + (size_t)h * hd, cs[DSQ_V4_MAX_HEAD_DIM];
+                dsq_v4_sparse_attention(q + (size_t)t * Hhd + (size_t)h * hd, keys + (size_t)t * n_keys, n_keys, hd,
+                                        B->attn_sink[h], scale, r->rel, o);
+                dsq_v4_rope_cos_sin(B->freqs, rd, p0 + t0 + t, cs);
+                dsq_v4_rope_apply(o, hd, rd, cs, true, r->rel);
+            }
+        /* grouped low-rank output: u_g = wo_a_g · o_g (bf16 GEMM in release, input not quantized) */
+        size_t gw = Hhd / (size_t)G;
+        for (int g = 0; g < G; g++)
+            CHECK(lin_rows(r, LIN_BF16, &B->wo_a, (uint64_t)g * ol, (uint64_t)ol, oh + g * gw, Hhd, tc, u + (size_t)g * ol,
+                           (size_t)G * ol));
+        CHECK(lin(r, LIN_FP8, &B->wo_b, u, tc, out + (size_t)t0 * D));
+    }
+    /* window ring: the last min(T, W) kv rows at slot pos mod W (after the queries used the old ones) */
+    for (int64_t t = T - W > 0 ? T - W : 0; t < T; t++)
+        memcpy(lc->ring + (size_t)((p0 + t) % W) * hd, kv + (size_t)t * hd, sizeof(float) * (size_t)hd);
+done:
+    dsq_free(kv);
+    dsq_free(qa);
+    dsq_free(q);
+    dsq_free(oh);
+    dsq_free(u);
+    dsq_free(keys);
+    dsq_free(qi);
+    dsq_free(iw);
+    dsq_free(sel);
+    return st;
+}
+
+/* ---- MoE (spec §4.7) ----------------------------------------------------------------------------------- */
+
+static inline float softplus(float z) { return z > 20.0f ? z : log1pf(expf(z)); }
+
+/* SwiGLU with clamp (spec §8.18): h = silu(min(g, L)) · clamp(u, -L, L) · weight. */
+static inline float swiglu(float g, float u, float lim, bool clamp) {
+    if (clamp) {
+        g = fminf(g, lim);
+        u = fminf(fmaxf(u, -lim), lim);
+    }
+    return g / (1.0f + expf(-g)) * u;
+}
+
+static dsq_status expert_ffn(const run *r, const dsq_wview *w1, const dsq_wview *w2, const dsq_wview *w3,
+                             const float *x, int64_t n, const float *weight, bool clamp, float *gbuf, float *ubuf,
+                             float *y) {
+    dsq_status st;
+    size_t I = (size_t)w1->shape[0];
+    float lim = (float)r->c->swiglu_limit;
+    DSQ_TRY(lin(r, LIN_FP8, w1, x, n, gbuf));
+    DSQ_TRY(lin(r, LIN_FP8, w3, x, n, ubuf));
+    for (int64_t t = 0; t < n; t++)
+        for (size_t i = 0; i < I; i++) {
+            float h = swiglu(gbuf[t * I + i], ubuf[t * I + i], lim, clamp);
+            if (weight) h *= weight[t];
+            gbuf[t * I + i] = R(r, h);
+        }
+    st = lin(r, LIN_FP8, w2, gbuf, n, y);
+    return st;
+}
+
+/* a [n][D] → f [n][D]; tok[n] for hash routing. */
+static dsq_status moe(const run *r, const v4_block_w *B, const float *a, const int32_t *tok, int64_t n, float *f) {
+    const dsq_v4_config *c = r->c;
+    int E = c->n_routed_experts, K = c->n_activated_experts;
+    size_t D = (size_t)c->dim, I = (size_t)c->moe_inter_dim;
+    dsq_status st = DSQ_OK;
+    float *z = NULL, *wsel = NULL, *xg = NULL, *gb = NULL, *ub = NULL, *yb = NULL, *wg = NULL;
+    int *isel = NULL;
+    int64_t *rows = NULL, *top = NULL;
+    float *biased = NULL;
+    ALLOC(top, K);
+    ALLOC(biased, E);
+    ALLOC(z, (int64_t)E * n);
+    ALLOC(isel, (int64_t)K * n);
+    ALLOC(wsel, (int64_t)K * n);
+    /* router in f32: score = sqrt(softplus(gate·a)) */
+    CHECK(lin(r, LIN_F32, &B->gate, a, n, z));
+    for (int64_t t = 0; t < n; t++) {
+        float *sc = z + (size_t)t * E;
+        for (int e = 0; e < E; e++) sc[e] = sqrtf(softplus(sc[e]));
+        int *ids = isel + (size_t)t * K;
+        if (B->hash) {
+            for (int k = 0; k < K; k++) ids[k] = (int)dsq__ld_i64(B->tid2eid.data + 8 * ((size_t)tok[t] * K + k));
+        } else {
+            /* top-k of score + bias (spec §4.7 step 2; ties: spec §8.23) */
+            for (int e = 0; e < E; e++) biased[e] = sc[e] + B->gate_bias[e];
+            dsq_v4_topk(biased, E, K, top);
+            for (int k = 0; k < K; k++) ids[k] = (int)top[k];
+        }
+        float sum = 0;
+        for (int k = 0; k < K; k++) sum += sc[ids[k]];
+        for (int k = 0; k < K; k++) wsel[(size_t)t * K + k] = sc[ids[k]] / sum * (float)c->route_scale;
+    }
+    /* gather buffers sized for the busiest expert (a token may list an expert twice: two rows) */
+    int64_t most = n;
+    for (int e = 0; e < E; e++) {
+        int64_t ne = 0;
+        for (int64_t i = 0; i < (int64_t)K * n; i++) ne += isel[i] == e;
+        if (ne > most) most = ne;
+    }
+    ALLOC(xg, (int64_t)D * most);
+    ALLOC(gb, (int64_t)I * most);
+    ALLOC(ub, (int64_t)I * most);
+    ALLOC(yb, (int64_t)D * most);
+    ALLOC(wg, most);
+    ALLOC(rows, most);
+    memset(f, 0, sizeof(float) * D * (size_t)n);
+    /* routed experts in ascending id order: each token accumulates its experts in that order */
+    for (int e = 0; e < E; e++) {
+        int64_t ne = 0;
+        for (int64_t t = 0; t < n; t++)
+            for (int k = 0; k < K; k++)
+                if (isel[(size_t)t * K + k] == e) {
+                    rows[ne] = t;
+                    wg[ne] = wsel[(size_t)t * K + k];
+                    memcpy(xg + (size_t)ne * D, a + (size_t)t * D, sizeof(float) * D);
+                    ne++;
+                }
+        if (!ne) continue;
+        CHECK(expert_ffn(r, &B->w1[e], &B->w2[e], &B->w3[e], xg, ne, wg, true, gb, ub, yb));
+        for (int64_t i = 0; i < ne; i++) {
+            float *ft = f + (size_t)rows[i] * D;
+            const float *yt = yb + (size_t)i * D;
+            for (size_t d = 0; d < D; d++) ft[d] += yt[d];
+        }
+    }
+    /* shared expert last */
+    CHECK(expert_ffn(r, &B->sw1, &B->sw2, &B->sw3, a, n, NULL, r->shared_clamp, gb, ub, yb));
+    for (size_t i = 0; i < D * (size_t)n; i++) f[i] = R(r, f[i] + yb[i]);
+done:
+    dsq_free(z);
+    dsq_free(isel);
+    dsq_free(wsel);
+    dsq_free(xg);
+    dsq_free(gb);
+    dsq_free(ub);
+    dsq_free(yb);
+    dsq_free(wg);
+    dsq_free(rows);
+    dsq_free(top);
+    dsq_free(biased);
+    return st;
+}
+
+/* ---- block (spec §4.2) --------------------------------------------------------------------------------- */
+
+static dsq_status block_forward(const run *r, const v4_block_w *B, const seg *segs, int n_segs, int64_t n, float *X,
+                                const int32_t *tok) {
+    const dsq_v4_config *c = r->c;
+    int hc = c->hc_mult;
+    size_t D = (size_t)c->dim;
+    dsq_status st = DSQ_OK;
+    float *a = NULL, *post = NULL, *comb = NULL, *o = NULL;
+    ALLOC(a, (int64_t)D * n);
+    ALLOC(o, (int64_t)D * n);
+    ALLOC(post, (int64_t)hc * n);
+    ALLOC(comb, (int64_t)hc * hc * n);
+
+    CHECK(hc_pre(r, &B->hc_attn_fn, B->hc_attn_scale, B->hc_attn_base, X, n, a, post, comb));
+    norm_rows(r, a, B->attn_norm, n, (int64_t)D, D);
+    for (int s = 0; s < n_segs; s++)
+        CHECK(attention_seg(r, B, &segs[s].seq->lc[B->id], segs[s].p0, segs[s].T, a + (size_t)segs[s].off * D,
+                            o + (size_t)segs[s].off * D));
+    hc_post(r, o, X, post, comb, n);
+
+    CHECK(hc_pre(r, &B->hc_ffn_fn, B->hc_ffn_scale, B->hc_ffn_base, X, n, a, post, comb));
+    norm_rows(r, a, B->ffn_norm, n, (int64_t)D, D);
+    CHECK(moe(r, B, a, tok, n, o));
+    hc_post(r, o, X, post, comb, n);
+done:
+    dsq_free(a);
+    dsq_free(o);
+    dsq_free(post);
+    dsq_free(comb);
+    return st;
+}
+
+/* ---- output head (spec §4.8) ----------------------------------------------------------------------------- */
+
+static dsq_status head(const run *r, const dsq_wview *fn, const float *base, float hscale, const float *normw,
+                       const float *X, int64_t n, float *logits) {
+    const dsq_v4_config *c = r->c;
+    int hc = c->hc_mult;
+    size_t D = (size_t)c->dim, HD = (size_t)hc * D;
+    dsq_status st = DSQ_OK;
+    float *m = NULL, *h = NULL;
+    ALLOC(m, (int64_t)hc * n);
+    ALLOC(h, (int64_t)D * n);
+    CHECK(lin(r, LIN_F32, fn, X, n, m));
+    for (int64_t t = 0; t < n; t++) {
+        const float *v = X + (size_t)t * HD;
+        double ss = 0;
+        for (size_t i = 0; i < HD; i++) ss += (double)v[i] * v[i];
+        float rho = 1.0f / sqrtf((float)(ss / (double)HD) + (float)c->norm_eps), pre[64];
+        for (int j = 0; j < hc; j++) pre[j] = sigm(m[(size_t)t * hc + j] * rho * hscale + base[j]) + (float)c->hc_eps;
+        float *ht = h + (size_t)t * D;
+        for (size_t d = 0; d < D; d++) {
+            float s = 0;
+            for (int j = 0; j < hc; j++) s += pre[j] * v[(size_t)j * D + d];
+            ht[d] = R(r, s);
+        }
+        dsq_v4_rms_norm(ht, normw, (int64_t)D, (float)c->norm_eps, r->rel, ht);
+    }
+    if (logits) CHECK(lin(r, LIN_F32, &r->m->head, h, n, logits));
+done:
+    dsq_free(m);
+    dsq_free(h);
+    return st;
+}
+
+/* ---- drivers --------------------------------------------------------------------------------------------- */
+
+static void run_init(run *r, const dsq_v4_model *m, const dsq_eval_options *opt, dsq_err *err) {
+    dsq_eval_options def;
+    if (!opt) {
+        dsq_eval_options_default(&def);
+        opt = &def;
+    }
+    r->m = m;
+    r->c = &m->cfg;
+    r->rel = opt->numerics == DSQ_NUMERICS_RELEASE;
+    r->shared_clamp = !opt->no_shared_clamp;
+    r->k.avx2 = m->cpu_avx2 && !opt->force_scalar;
+    r->k.threads = opt->threads > 0 ? opt->threads : omp_get_max_threads();
+    r->err = err;
+}
+
+static void embed_rows(const run *r, const int32_t *tok, int64_t n, float *out, size_t ld) {
+    for (int64_t t = 0; t < n; t++) dsq__dequant_rows(&r->m->embed, (uint64_t)tok[t], 1, out + (size_t)t * ld);
+}
+
+static dsq_status check_tokens(const run *r, const int32_t *tok, int64_t n) {
+    for (int64_t t = 0; t < n; t++)
+        DSQ_RETURN_IF(tok[t] < 0 || (uint64_t)tok[t] >= r->c->vocab_size, r->err, DSQ_ERR_TOKEN,
+                      "token %lld (position %lld) is outside the vocabulary [0, %llu)", (long long)tok[t], (long long)t,
+                      (unsigned long long)r->c->vocab_size);
+    return DSQ_OK;
+}
+
+/* Run a group of items layer-major; prefetch/release hints when `stream` is set. */
+static dsq_status forward_group(const run *r, dsq_v4_item *items, int n_items, bool stream) {
+    const dsq_v4_config *c = r->c;
+    const dsq_v4_model *m = r->m;
+    size_t D = (size_t)c->dim, HD = (size_t)c->hc_mult * D;
+    dsq_status st = DSQ_OK;
+    int64_t n = 0;
+    for (int i = 0; i < n_items; i++) {
+        DSQ_TRY(check_tokens(r, items[i].tokens, items[i].n_tokens));
+        n += items[i].n_tokens;
+    }
+    seg *segs = NULL;
+    float *X = NULL;
+    int32_t *tok = NULL;
+    ALLOC(segs, n_items);
+    ALLOC(X, (int64_t)HD * n);
+    ALLOC(tok, n);
+    int64_t off = 0;
+    for (int i = 0; i < n_items; i++) {
+        segs[i] = (seg){items[i].seq, items[i].seq->pos, items[i].n_tokens, off};
+        memcpy(tok + off, items[i].tokens, sizeof(int32_t) * (size_t)items[i].n_tokens);
+        off += items[i].n_tokens;
+    }
+    /* spec §4.1: h = embed[token], copied to every stream */
+    for (int64_t t = 0; t < n; t++) {
+        float *x = X + (size_t)t * HD;
+        embed_rows(r, tok + t, 1, x, D);
+        for (int j = 1; j < c->hc_mult; j++) memcpy(x + (size_t)j * D, x, sizeof(float) * D);
+    }
+    for (int b = 0; b < c->n_layers; b++) {
+        if (stream && b + 1 < c->n_layers) dsq_v4_block_prefetch(m, b + 1);
+        CHECK(block_forward(r, &m->blocks[b], segs, n_items, n, X, tok));
+        if (stream) dsq_v4_block_release(m, b);
+        for (int i = 0; i < n_items; i++)
+            if (items[i].layer_out && items[i].layer_out[b])
+                memcpy(items[i].layer_out[b], X + (size_t)segs[i].off * HD, sizeof(float) * HD * (size_t)segs[i].T);
+    }
+    for (int i = 0; i < n_items; i++) {
+        const float *Xi = X + (size_t)segs[i].off * HD;
+        if (items[i].hidden) memcpy(items[i].hidden, Xi, sizeof(float) * HD * (size_t)segs[i].T);
+        if (items[i].logits)
+            CHECK(head(r, &m->hc_head_fn, m->hc_head_base, m->hc_head_scale, m->norm, Xi, segs[i].T, items[i].logits));
+        items[i].seq->pos += segs[i].T;
+        for (int b = 0; b < c->n_layers; b++) items[i].seq->lc[b].pos += segs[i].T;
+    }
+done:
+    dsq_free(segs);
+    dsq_free(X);
+    dsq_free(tok);
+    return st;
+}
+
+dsq_status dsq_v4_forward(const dsq_v4_model *m, const dsq_eval_options *opt, dsq_v4_item *items, int n_items,
+                          dsq_err *err) {
+    run r;
+    run_init(&r, m, opt, err);
+    for (int i = 0; i < n_items; i++)
+        DSQ_RETURN_IF(items[i].n_tokens < 0 || !items[i].seq || (items[i].n_tokens > 0 && !items[i].tokens), err,
+                      DSQ_ERR_ARG, "forward: item %d is malformed", i);
+    return forward_group(&r, items, n_items, false);
+}
+
+uint64_t dsq_v4_item_bytes(const dsq_v4_model *m, int64_t n_tokens) {
+    const dsq_v4_config *c = &m->cfg;
+    uint64_t t = (uint64_t)n_tokens, per_tok = 0;
+    /* streams, a, o, post/comb, MoE gathers, kv, compressor projections */
+    per_tok += ((uint64_t)c->hc_mult + 6) * c->dim * 4;
+    per_tok += (uint64_t)c->head_dim * 4 * 3;
+    per_tok += (uint64_t)c->n_routed_experts * 4 * 2;
+    uint64_t fixed = (uint64_t)Q_CHUNK * ((uint64_t)c->n_heads * c->head_dim * 2 + (uint64_t)c->q_lora_rank) * 4;
+    uint64_t cache = 0;
+    for (int b = 0; b < m->n_blocks; b++) {
+        const v4_block_w *B = &m->blocks[b];
+        cache += (uint64_t)c->window_size * c->head_dim * 4;
+        if (B->ratio > 0) {
+            cache += t / (uint64_t)B->ratio * 2 * ((uint64_t)c->head_dim + (uint64_t)c->index_head_dim) * 4;
+            cache += 8ull * B->comp.ratio * B->comp.d * 4;
+        }
+    }
+    return per_tok * t + fixed + cache;
+}
+
+dsq_status dsq_v4_forward_streaming(const dsq_v4_model *m, const dsq_eval_options *opt, dsq_v4_item *items,
+                                    int n_items, uint64_t memory_budget, dsq_err *err) {
+    run r;
+    run_init(&r, m, opt, err);
+    uint64_t wmax = 0;
+    for (int b = 0; b < m->cfg.n_layers; b++)
+        if (m->blocks[b].bytes > wmax) wmax = m->blocks[b].bytes;
+    int i = 0;
+    while (i < n_items) {
+        int j = i;
+        uint64_t used = wmax;
+        while (j < n_items) {
+            uint64_t need = dsq_v4_item_bytes(m, items[j].n_tokens);
+            if (memory_budget && used + need > memory_budget && j > i) break;
+            DSQ_RETURN_IF(memory_budget && used + need > memory_budget, err, DSQ_ERR_RANGE,
+                          "memory budget %llu bytes is below one block's weights (%llu) plus one sequence of %lld "
+                          "tokens (%llu)",
+                          (unsigned long long)memory_budget, (unsigned long long)wmax, (long long)items[j].n_tokens,
+                          (unsigned long long)need);
+            used += need;
+            j++;
+        }
+        dsq_v4_block_prefetch(m, 0);
+        DSQ_TRY(forward_group(&r, items + i, j - i, true));
+        i = j;
+    }
+    return DSQ_OK;
+}
+
+dsq_status dsq_v4_mtp_forward(const dsq_v4_model *m, const dsq_eval_options *opt, dsq_v4_seq *seq, int mtp,
+                              const float *hidden, const int32_t *next_tokens, int64_t n, float *logits,
+                              float *out_hidden, dsq_err *err) {
+    run rr, *r = &rr;
+    run_init(r, m, opt, err);
+    const dsq_v4_config *c = &m->cfg;
+    DSQ_RETURN_IF(mtp < 0 || mtp >= c->n_mtp_layers, err, DSQ_ERR_ARG, "MTP block %d: the model has %d", mtp,
+                  c->n_mtp_layers);
+    DSQ_TRY(check_tokens(r, next_tokens, n));
+    const v4_block_w *B = &m->blocks[c->n_layers + mtp];
+    int hc = c->hc_mult;
+    size_t D = (size_t)c->dim, HD = (size_t)hc * D;
+    dsq_status st = DSQ_OK;
+    float *X = NULL, *e = NULL, *ep = NULL, *x = NULL;
+    ALLOC(X, (int64_t)HD * n);
+    ALLOC(e, (int64_t)D * n);
+    ALLOC(ep, (int64_t)D * n);
+    ALLOC(x, (int64_t)HD * n);
+    /* spec §4.9: e = enorm(embed[next]); x_j = hnorm(Xh_j); X_j = e_proj·e + h_proj·x_j */
+    embed_rows(r, next_tokens, n, e, D);
+    norm_rows(r, e, B->enorm, n, (int64_t)D, D);
+    CHECK(lin(r, LIN_FP8, &B->e_proj, e, n, ep));
+    memcpy(x, hidden, sizeof(float) * HD * (size_t)n);
+    norm_rows(r, x, B->hnorm, n * hc, (int64_t)D, D);
+    CHECK(lin(r, LIN_FP8, &B->h_proj, x, n * hc, X));
+    for (int64_t t = 0; t < n; t++)
+        for (int j = 0; j < hc; j++)
+            for (size_t d = 0; d < D; d++) {
+                float *xv = X + (size_t)t * HD + (size_t)j * D + d;
+                *xv = R(r, *xv + ep[(size_t)t * D + d]);
+            }
+    seg s = {seq, seq->lc[B->id].pos, n, 0};
+    CHECK(block_forward(r, B, &s, 1, n, X, next_tokens));
+    if (out_hidden) memcpy(out_hidden, X, sizeof(float) * HD * (size_t)n);
+    if (logits) CHECK(head(r, &B->hc_head_fn, B->hc_head_base, B->hc_head_scale, B->mtp_norm, X, n, logits));
+    seq->lc[B->id].pos += n;
+done:
+    dsq_free(X);
+    dsq_free(e);
+    dsq_free(ep);
+    dsq_free(x);
+    return st;
+}

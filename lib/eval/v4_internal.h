@@ -1,0 +1,52 @@
+/* Internal to lib/eval: the linear-layer kernel over stored encodings and shared helpers. */
+#ifndef DSQ_V4_INTERNAL_H
+#define DSQ_V4_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dsq_core.h"
+#include "dsq_wsrc.h"
+
+/* Kernel settings taken from dsq_eval_options for one call. */
+typedef struct dsq__kern {
+    bool avx2;   /* use the AVX2/FMA twins (only when the CPU has them) */
+    int threads; /* ≥ 1 */
+} dsq__kern;
+
+/* True when this CPU runs the AVX2+FMA kernels. */
+bool dsq__cpu_has_avx2(void);
+
+/* y[t][i] = Σ_k W[row0+i][k] · x[t][k] for t < n_tok, i < n_rows, k < cols(W).
+ * x rows are ldx floats apart, y rows ldy floats apart.  W is dequantized block by block on the fly
+ * (never expanded whole); OpenMP across row tiles.  Each output is the same 8-lane FMA reduction
+ * whatever n_tok, the tiling, the thread count or the AVX2/scalar choice, so results are
+ * bit-identical between those. */
+dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, uint64_t n_rows, const float *x,
+                       size_t ldx, int64_t n_tok, float *y, size_t ldy, dsq_err *err);
+
+/* Dequantize rows [row0, row0+n) of a 2-D view into out[n][cols] f32. */
+void dsq__dequant_rows(const dsq_wview *w, uint64_t row0, uint64_t n, float *out);
+
+/* The 8-lane FMA dot product used by dsq__linear (same bits in both twins). */
+float dsq__dot(const dsq__kern *k, const float *a, const float *b, size_t n);
+
+/* Little-endian unaligned loads. */
+static inline float dsq__ld_f32(const uint8_t *p) {
+    float f;
+    __builtin_memcpy(&f, p, 4);
+    return f;
+}
+static inline uint16_t dsq__ld_u16(const uint8_t *p) {
+    uint16_t v;
+    __builtin_memcpy(&v, p, 2);
+    return v;
+}
+static inline int64_t dsq__ld_i64(const uint8_t *p) {
+    int64_t v;
+    __builtin_memcpy(&v, p, 8);
+    return v;
+}
+
+#endif

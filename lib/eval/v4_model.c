@@ -1,0 +1,462 @@
+/* Loading a V4 model from a weight source: every tensor the config requires is looked up by its
+ * canonical name (spec §3.1), its encoding and shape checked, small parameter tensors (norms,
+ * hyper-connection bases, sinks, ape, biases) copied to f32; big matrices stay views. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "dsq_numeric.h"
+#include "dsq_v4_ops.h"
+#include "v4_model.h"
+
+void dsq_eval_options_default(dsq_eval_options *o) {
+    memset(o, 0, sizeof *o);
+    o->numerics = DSQ_NUMERICS_EXACT;
+}
+
+bool dsq_numerics_from_name(const char *s, dsq_numerics *out) {
+    if (!strcmp(s, "exact")) *out = DSQ_NUMERICS_EXACT;
+    else if (!strcmp(s, "release")) *out = DSQ_NUMERICS_RELEASE;
+    else return false;
+    return true;
+}
+
+const char *dsq_numerics_name(dsq_numerics n) { return n == DSQ_NUMERICS_RELEASE ? "release" : "exact"; }
+
+/* ---- lookups ----------------------------------------------------------------------------------- */
+
+typedef struct loader {
+    dsq_v4_model *m;
+    v4_block_w *blk; /* views get registered here (NULL: global) */
+    dsq_err *err;
+} loader;
+
+static bool is_matrix_enc(dsq_encoding e) {
+    return e == DSQ_ENC_F32 || e == DSQ_ENC_BF16 || e == DSQ_ENC_FP8_B128 || e == DSQ_ENC_FP8_B128_F32 ||
+           e == DSQ_ENC_MXFP4;
+}
+
+static dsq_status track(loader *L, dsq_wview *v) {
+    uint64_t b = v->data_bytes + v->scale_bytes;
+    if (!L->blk) {
+        L->m->global_bytes += b;
+        return DSQ_OK;
+    }
+    v4_block_w *B = L->blk;
+    if (B->n_views == B->cap_views) {
+        int cap = B->cap_views ? 2 * B->cap_views : 32;
+        dsq_wview **nv = dsq_realloc(B->views, sizeof *nv * (size_t)cap);
+        if (!nv) return dsq_err_set(L->err, DSQ_ERR_NOMEM, "no memory for the view list of block %d", B->id);
+        B->views = nv;
+        B->cap_views = cap;
+    }
+    B->views[B->n_views++] = v;
+    B->bytes += b;
+    return DSQ_OK;
+}
+
+/* A matrix [rows, cols] in any supported stored encoding. */
+static dsq_status get_matrix(loader *L, dsq_wview *v, uint64_t rows, uint64_t cols, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static dsq_status get_matrix(loader *L, dsq_wview *v, uint64_t rows, uint64_t cols, const char *fmt, ...) {
+    char name[DSQ_ERR_MSG_MAX / 2];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    const dsq_wsrc *s = L->m->src;
+    DSQ_TRY(s->get(s, name, v, L->err));
+    DSQ_RETURN_IF(!is_matrix_enc(v->enc), L->err, DSQ_ERR_DTYPE, "%s: %s: encoding %d is not supported by the evaluator",
+                  s->path, name, (int)v->enc);
+    DSQ_RETURN_IF(v->rank != 2 || v->shape[0] != rows || v->shape[1] != cols, L->err, DSQ_ERR_SHAPE,
+                  "%s: %s: shape must be [%llu, %llu] for this config", s->path, name, (unsigned long long)rows,
+                  (unsigned long long)cols);
+    DSQ_RETURN_IF(v->enc == DSQ_ENC_MXFP4 && cols % 32 != 0, L->err, DSQ_ERR_SHAPE,
+                  "%s: %s: FP4 columns must be a multiple of 32", s->path, name);
+    return track(L, v);
+}
+
+/* A small vector of n values (F32 or BF16) copied to a new f32 array. */
+static dsq_status get_vec(loader *L, float **out, uint64_t n, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static dsq_status get_vec(loader *L, float **out, uint64_t n, const char *fmt, ...) {
+    char name[DSQ_ERR_MSG_MAX / 2];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    const dsq_wsrc *s = L->m->src;
+    dsq_wview v;
+    DSQ_TRY(s->get(s, name, &v, L->err));
+    uint64_t ne = 0;
+    DSQ_RETURN_IF(!dsq_wview_elements(&v, &ne) || ne != n, L->err, DSQ_ERR_SHAPE,
+                  "%s: %s: must hold %llu values for this config", s->path, name, (unsigned long long)n);
+    DSQ_RETURN_IF(v.enc != DSQ_ENC_F32 && v.enc != DSQ_ENC_BF16, L->err, DSQ_ERR_DTYPE,
+                  "%s: %s: must be F32 or BF16", s->path, name);
+    float *f = dsq_malloc(sizeof(float) * (n ? n : 1));
+    DSQ_RETURN_IF(!f, L->err, DSQ_ERR_NOMEM, "%s: %s: no memory", s->path, name);
+    for (uint64_t i = 0; i < n; i++)
+        f[i] = v.enc == DSQ_ENC_F32 ? dsq__ld_f32(v.data + 4 * i) : dsq_bf16_to_f32(dsq__ld_u16(v.data + 2 * i));
+    for (uint64_t i = 0; i < n; i++)
+        if (!isfinite(f[i])) {
+            dsq_free(f);
+            return dsq_err_set(L->err, DSQ_ERR_NONFINITE, "%s: %s: element %llu is not finite", s->path, name,
+                               (unsigned long long)i);
+        }
+    *out = f;
+    return DSQ_OK;
+}
+
+static dsq_status get_compressor(loader *L, v4_compressor_w *c, const char *prefix, int ratio, int d) {
+    const dsq_v4_config *cfg = &L->m->cfg;
+    c->ratio = ratio;
+    c->overlap = ratio == 4;
+    c->c = c->overlap ? 2 : 1;
+    c->d = d;
+    uint64_t w = (uint64_t)c->c * (uint64_t)d;
+    DSQ_TRY(get_vec(L, &c->ape, (uint64_t)ratio * w, "%scompressor.ape", prefix));
+    DSQ_TRY(get_matrix(L, &c->wkv, w, cfg->dim, "%scompressor.wkv.weight", prefix));
+    DSQ_TRY(get_matrix(L, &c->wgate, w, cfg->dim, "%scompressor.wgate.weight", prefix));
+    DSQ_TRY(get_vec(L, &c->norm, (uint64_t)d, "%scompressor.norm.weight", prefix));
+    return DSQ_OK;
+}
+
+static void rope_of(const dsq_v4_config *c, int ratio, dsq_v4_rope *r) {
+    memset(r, 0, sizeof *r);
+    r->rope_dim = c->rope_head_dim;
+    /* spec §8.2: ratio 0 → rope_theta, no YaRN; ratio > 0 → compress_rope_theta with YaRN */
+    r->base = ratio > 0 ? c->compress_rope_theta : c->rope_theta;
+    r->yarn = ratio > 0 && c->has_yarn;
+    r->factor = c->rope_factor;
+    r->original_seq_len = (double)c->original_seq_len;
+    r->beta_fast = c->beta_fast;
+    r->beta_slow = c->beta_slow;
+}
+
+static dsq_status load_block(loader *L, v4_block_w *B, int b) {
+    dsq_v4_model *m = L->m;
+    const dsq_v4_config *c = &m->cfg;
+    uint64_t D = c->dim, hc = (uint64_t)c->hc_mult, mix = (2 + hc) * hc;
+    uint64_t H = (uint64_t)c->n_heads, hd = (uint64_t)c->head_dim, ql = (uint64_t)c->q_lora_rank;
+    uint64_t G = (uint64_t)c->o_groups, ol = (uint64_t)c->o_lora_rank, I = (uint64_t)c->moe_inter_dim;
+    uint64_t E = (uint64_t)c->n_routed_experts;
+    char P[64];
+    B->id = b;
+    B->mtp = b >= c->n_layers;
+    if (B->mtp) snprintf(P, sizeof P, "mtp.%d.", b - c->n_layers);
+    else snprintf(P, sizeof P, "layers.%d.", b);
+    B->ratio = c->compress_ratios[b];
+    B->kind = B->ratio == 0 ? DSQ_ATTN_SLIDING : B->ratio == 4 ? DSQ_ATTN_CSA : DSQ_ATTN_HCA;
+    B->hash = !B->mtp && b < c->n_hash_layers; /* spec §8.16: MTP blocks are never hash layers */
+    L->blk = B;
+
+    DSQ_TRY(get_vec(L, &B->attn_norm, D, "%sattn_norm.weight", P));
+    DSQ_TRY(get_vec(L, &B->ffn_norm, D, "%sffn_norm.weight", P));
+    DSQ_TRY(get_matrix(L, &B->hc_attn_fn, mix, hc * D, "%shc_attn_fn", P));
+    DSQ_TRY(get_matrix(L, &B->hc_ffn_fn, mix, hc * D, "%shc_ffn_fn", P));
+    DSQ_TRY(get_vec(L, &B->hc_attn_base, mix, "%shc_attn_base", P));
+    DSQ_TRY(get_vec(L, &B->hc_ffn_base, mix, "%shc_ffn_base", P));
+    float *s3 = NULL;
+    DSQ_TRY(get_vec(L, &s3, 3, "%shc_attn_scale", P));
+    memcpy(B->hc_attn_scale, s3, sizeof B->hc_attn_scale);
+    dsq_free(s3);
+    s3 = NULL;
+    DSQ_TRY(get_vec(L, &s3, 3, "%shc_ffn_scale", P));
+    memcpy(B->hc_ffn_scale, s3, sizeof B->hc_ffn_scale);
+    dsq_free(s3);
+
+    DSQ_TRY(get_matrix(L, &B->wq_a, ql, D, "%sattn.wq_a.weight", P));
+    DSQ_TRY(get_vec(L, &B->q_norm, ql, "%sattn.q_norm.weight", P));
+    DSQ_TRY(get_matrix(L, &B->wq_b, H * hd, ql, "%sattn.wq_b.weight", P));
+    DSQ_TRY(get_matrix(L, &B->wkv, hd, D, "%sattn.wkv.weight", P));
+    DSQ_TRY(get_vec(L, &B->kv_norm, hd, "%sattn.kv_norm.weight", P));
+    DSQ_TRY(get_matrix(L, &B->wo_a, G * ol, H * hd / G, "%sattn.wo_a.weight", P));
+    DSQ_TRY(get_matrix(L, &B->wo_b, D, G * ol, "%sattn.wo_b.weight", P));
+    DSQ_TRY(get_vec(L, &B->attn_sink, H, "%sattn.attn_sink", P));
+    dsq_v4_rope rope;
+    rope_of(c, B->ratio, &rope);
+    B->freqs = dsq_malloc(sizeof(float) * (size_t)(c->rope_head_dim / 2));
+    DSQ_RETURN_IF(!B->freqs, L->err, DSQ_ERR_NOMEM, "no memory for RoPE frequencies");
+    dsq_v4_rope_freqs(&rope, B->freqs);
+    if (B->ratio > 0) {
+        char pre[96];
+        snprintf(pre, sizeof pre, "%sattn.", P);
+        DSQ_TRY(get_compressor(L, &B->comp, pre, B->ratio, c->head_dim));
+    }
+    if (B->kind == DSQ_ATTN_CSA) {
+        uint64_t nih = (uint64_t)c->index_n_heads, ihd = (uint64_t)c->index_head_dim;
+        char pre[96];
+        snprintf(pre, sizeof pre, "%sattn.indexer.", P);
+        DSQ_TRY(get_compressor(L, &B->idx_comp, pre, 4, c->index_head_dim));
+        DSQ_TRY(get_matrix(L, &B->idx_wq_b, nih * ihd, ql, "%sattn.indexer.wq_b.weight", P));
+        DSQ_TRY(get_matrix(L, &B->idx_weights_proj, nih, D, "%sattn.indexer.weights_proj.weight", P));
+    }
+
+    DSQ_TRY(get_matrix(L, &B->gate, E, D, "%sffn.gate.weight", P));
+    if (B->hash) {
+        const dsq_wsrc *s = m->src;
+        char name[128];
+        snprintf(name, sizeof name, "%sffn.gate.tid2eid", P);
+        DSQ_TRY(s->get(s, name, &B->tid2eid, L->err));
+        DSQ_RETURN_IF(B->tid2eid.enc != DSQ_ENC_I64 || B->tid2eid.rank != 2 || B->tid2eid.shape[0] != c->vocab_size ||
+                          B->tid2eid.shape[1] != (uint64_t)c->n_activated_experts,
+                      L->err, DSQ_ERR_SHAPE, "%s: %s: must be I64 [%llu, %d]", s->path, name,
+                      (unsigned long long)c->vocab_size, c->n_activated_experts);
+        uint64_t n = c->vocab_size * (uint64_t)c->n_activated_experts;
+        for (uint64_t i = 0; i < n; i++) {
+            int64_t e = dsq__ld_i64(B->tid2eid.data + 8 * i);
+            DSQ_RETURN_IF(e < 0 || e >= (int64_t)E, L->err, DSQ_ERR_RANGE,
+                          "%s: %s: element %llu = %lld is not an expert id in [0, %llu)", s->path, name,
+                          (unsigned long long)i, (long long)e, (unsigned long long)E);
+        }
+        DSQ_TRY(track(L, &B->tid2eid));
+    } else {
+        DSQ_TRY(get_vec(L, &B->gate_bias, E, "%sffn.gate.bias", P));
+    }
+    B->w1 = dsq_calloc(E, sizeof(dsq_wview));
+    B->w2 = dsq_calloc(E, sizeof(dsq_wview));
+    B->w3 = dsq_calloc(E, sizeof(dsq_wview));
+    DSQ_RETURN_IF(!B->w1 || !B->w2 || !B->w3, L->err, DSQ_ERR_NOMEM, "no memory for %llu expert views",
+                  (unsigned long long)E);
+    for (uint64_t e = 0; e < E; e++) {
+        DSQ_TRY(get_matrix(L, &B->w1[e], I, D, "%sffn.experts.%llu.w1.weight", P, (unsigned long long)e));
+        DSQ_TRY(get_matrix(L, &B->w2[e], D, I, "%sffn.experts.%llu.w2.weight", P, (unsigned long long)e));
+        DSQ_TRY(get_matrix(L, &B->w3[e], I, D, "%sffn.experts.%llu.w3.weight", P, (unsigned long long)e));
+    }
+    DSQ_TRY(get_matrix(L, &B->sw1, I, D, "%sffn.shared_experts.w1.weight", P));
+    DSQ_TRY(get_matrix(L, &B->sw2, D, I, "%sffn.shared_experts.w2.weight", P));
+    DSQ_TRY(get_matrix(L, &B->sw3, I, D, "%sffn.shared_experts.w3.weight", P));
+
+    if (B->mtp) {
+        DSQ_TRY(get_matrix(L, &B->e_proj, D, D, "%se_proj.weight", P));
+        DSQ_TRY(get_matrix(L, &B->h_proj, D, D, "%sh_proj.weight", P));
+        DSQ_TRY(get_vec(L, &B->enorm, D, "%senorm.weight", P));
+        DSQ_TRY(get_vec(L, &B->hnorm, D, "%shnorm.weight", P));
+        DSQ_TRY(get_vec(L, &B->mtp_norm, D, "%snorm.weight", P));
+        DSQ_TRY(get_matrix(L, &B->hc_head_fn, hc, hc * D, "%shc_head_fn", P));
+        DSQ_TRY(get_vec(L, &B->hc_head_base, hc, "%shc_head_base", P));
+        float *s1 = NULL;
+        DSQ_TRY(get_vec(L, &s1, 1, "%shc_head_scale", P));
+        B->hc_head_scale = s1[0];
+        dsq_free(s1);
+    }
+    return DSQ_OK;
+}
+
+static void free_compressor(v4_compressor_w *c) {
+    dsq_free(c->ape);
+    dsq_free(c->norm);
+}
+
+static void free_block(v4_block_w *B) {
+    dsq_free(B->attn_norm);
+    dsq_free(B->ffn_norm);
+    dsq_free(B->hc_attn_base);
+    dsq_free(B->hc_ffn_base);
+    dsq_free(B->q_norm);
+    dsq_free(B->kv_norm);
+    dsq_free(B->attn_sink);
+    dsq_free(B->freqs);
+    free_compressor(&B->comp);
+    free_compressor(&B->idx_comp);
+    dsq_free(B->gate_bias);
+    dsq_free(B->w1);
+    dsq_free(B->w2);
+    dsq_free(B->w3);
+    dsq_free(B->enorm);
+    dsq_free(B->hnorm);
+    dsq_free(B->mtp_norm);
+    dsq_free(B->hc_head_base);
+    dsq_free(B->views);
+}
+
+void dsq_v4_model_close(dsq_v4_model *m) {
+    if (!m) return;
+    for (int b = 0; b < m->n_blocks; b++) free_block(&m->blocks[b]);
+    dsq_free(m->blocks);
+    dsq_free(m->norm);
+    dsq_free(m->hc_head_base);
+    dsq_wsrc_close(m->src);
+    dsq_free(m);
+}
+
+/* Limits of this implementation on top of what config parsing checks. */
+static dsq_status check_config(const dsq_v4_config *c, const char *what, dsq_err *err) {
+    DSQ_RETURN_IF(c->n_layers < 1 || c->n_mtp_layers < 0 || c->n_compress_ratios < c->n_layers + c->n_mtp_layers,
+                  err, DSQ_ERR_CONFIG, "%s: need compress_ratios for every layer and MTP block", what);
+    DSQ_RETURN_IF(c->dim < 1 || c->vocab_size < 1 || c->hc_mult < 1 || c->hc_mult > 16 || c->n_heads < 1 || c->o_groups < 1 ||
+                      c->n_heads % c->o_groups != 0,
+                  err, DSQ_ERR_CONFIG, "%s: n_heads must be a positive multiple of o_groups", what);
+    DSQ_RETURN_IF(c->head_dim < 2 || c->head_dim > DSQ_V4_MAX_HEAD_DIM || c->rope_head_dim < 2 ||
+                      c->rope_head_dim % 2 != 0 || c->rope_head_dim > c->head_dim,
+                  err, DSQ_ERR_CONFIG, "%s: head_dim %d / qk_rope_head_dim %d not supported", what, c->head_dim,
+                  c->rope_head_dim);
+    DSQ_RETURN_IF(c->window_size < 1, err, DSQ_ERR_CONFIG, "%s: sliding_window must be positive", what);
+    DSQ_RETURN_IF(c->n_activated_experts < 1 || c->n_activated_experts > c->n_routed_experts, err, DSQ_ERR_CONFIG,
+                  "%s: num_experts_per_tok must be in [1, n_routed_experts]", what);
+    bool any_csa = false;
+    for (int b = 0; b < c->n_layers + c->n_mtp_layers; b++) {
+        DSQ_RETURN_IF(c->compress_ratios[b] < 0, err, DSQ_ERR_CONFIG, "%s: compress_ratios[%d] is negative", what, b);
+        any_csa |= c->compress_ratios[b] == 4;
+    }
+    if (any_csa) {
+        int ihd = c->index_head_dim;
+        DSQ_RETURN_IF(ihd < c->rope_head_dim || ihd > DSQ_V4_MAX_HEAD_DIM || (ihd & (ihd - 1)) != 0 ||
+                          c->index_n_heads < 1 || c->index_topk < 1,
+                      err, DSQ_ERR_CONFIG, "%s: index_head_dim %d must be a power of two ≥ qk_rope_head_dim", what,
+                      ihd);
+    }
+    return DSQ_OK;
+}
+
+dsq_status dsq_v4_model_create(dsq_wsrc *src, const dsq_v4_config *cfg, dsq_v4_model **out, dsq_err *err) {
+    *out = NULL;
+    dsq_status st = check_config(cfg, src->path, err);
+    if (st) {
+        dsq_wsrc_close(src);
+        return st;
+    }
+    dsq_v4_model *m = dsq_calloc(1, sizeof *m);
+    if (!m) {
+        dsq_wsrc_close(src);
+        return dsq_err_set(err, DSQ_ERR_NOMEM, "no memory for the model");
+    }
+    m->cfg = *cfg;
+    m->src = src;
+    m->cpu_avx2 = dsq__cpu_has_avx2();
+    loader L = {m, NULL, err};
+    uint64_t D = cfg->dim, hc = (uint64_t)cfg->hc_mult;
+    st = get_matrix(&L, &m->embed, cfg->vocab_size, D, "embed.weight");
+    if (!st) st = get_matrix(&L, &m->head, cfg->vocab_size, D, "head.weight");
+    if (!st) st = get_vec(&L, &m->norm, D, "norm.weight");
+    if (!st) st = get_matrix(&L, &m->hc_head_fn, hc, hc * D, "hc_head_fn");
+    if (!st) st = get_vec(&L, &m->hc_head_base, hc, "hc_head_base");
+    if (!st) {
+        float *s1 = NULL;
+        st = get_vec(&L, &s1, 1, "hc_head_scale");
+        if (!st) m->hc_head_scale = s1[0];
+        dsq_free(s1);
+    }
+    int nb = cfg->n_layers + cfg->n_mtp_layers;
+    if (!st) {
+        m->blocks = dsq_calloc((size_t)nb, sizeof *m->blocks);
+        if (!m->blocks) st = dsq_err_set(err, DSQ_ERR_NOMEM, "no memory for %d blocks", nb);
+        else m->n_blocks = nb;
+    }
+    for (int b = 0; !st && b < nb; b++) st = load_block(&L, &m->blocks[b], b);
+    if (st) {
+        dsq_v4_model_close(m);
+        return st;
+    }
+    *out = m;
+    return DSQ_OK;
+}
+
+const dsq_v4_config *dsq_v4_model_config(const dsq_v4_model *m) { return &m->cfg; }
+uint64_t dsq_v4_block_bytes(const dsq_v4_model *m, int b) { return m->blocks[b].bytes; }
+uint64_t dsq_v4_global_bytes(const dsq_v4_model *m) { return m->global_bytes; }
+
+void dsq_v4_block_prefetch(const dsq_v4_model *m, int b) {
+    const v4_block_w *B = &m->blocks[b];
+    if (!m->src->prefetch) return;
+    for (int i = 0; i < B->n_views; i++) m->src->prefetch(m->src, B->views[i]);
+}
+
+void dsq_v4_block_release(const dsq_v4_model *m, int b) {
+    const v4_block_w *B = &m->blocks[b];
+    if (!m->src->release) return;
+    for (int i = 0; i < B->n_views; i++) m->src->release(m->src, B->views[i]);
+}
+
+/* ---- sequences ------------------------------------------------------------------------------------ */
+
+static void comp_state_reset(v4_comp_state *s, uint64_t n) {
+    if (!s->kv) return;
+    for (uint64_t i = 0; i < n; i++) {
+        s->kv[i] = 0.0f;
+        s->sc[i] = -INFINITY; /* spec §4.5: state initialised to 0 / -inf */
+    }
+}
+
+static uint64_t comp_state_elems(const v4_compressor_w *c) {
+    return (uint64_t)c->c * (uint64_t)c->ratio * (uint64_t)c->c * (uint64_t)c->d;
+}
+
+void dsq_v4_seq_reset(dsq_v4_seq *s) {
+    if (!s) return;
+    s->pos = 0;
+    for (int b = 0; b < s->m->n_blocks; b++) {
+        const v4_block_w *B = &s->m->blocks[b];
+        v4_layer_cache *lc = &s->lc[b];
+        lc->n_comp = 0;
+        lc->pos = 0;
+        if (B->ratio > 0) comp_state_reset(&lc->cs, comp_state_elems(&B->comp));
+        if (B->kind == DSQ_ATTN_CSA) comp_state_reset(&lc->ics, comp_state_elems(&B->idx_comp));
+    }
+}
+
+void dsq_v4_seq_free(dsq_v4_seq *s) {
+    if (!s) return;
+    for (int b = 0; s->lc && b < s->m->n_blocks; b++) {
+        v4_layer_cache *lc = &s->lc[b];
+        dsq_free(lc->ring);
+        dsq_free(lc->comp);
+        dsq_free(lc->idx_keys);
+        dsq_free(lc->cs.kv);
+        dsq_free(lc->cs.sc);
+        dsq_free(lc->ics.kv);
+        dsq_free(lc->ics.sc);
+    }
+    dsq_free(s->lc);
+    dsq_free(s);
+}
+
+static bool comp_state_alloc(v4_comp_state *s, uint64_t n) {
+    s->kv = dsq_malloc(sizeof(float) * n);
+    s->sc = dsq_malloc(sizeof(float) * n);
+    return s->kv && s->sc;
+}
+
+dsq_status dsq_v4_seq_create(const dsq_v4_model *m, dsq_v4_seq **out, dsq_err *err) {
+    *out = NULL;
+    dsq_v4_seq *s = dsq_calloc(1, sizeof *s);
+    DSQ_RETURN_IF(!s, err, DSQ_ERR_NOMEM, "no memory for a sequence");
+    s->m = m;
+    s->lc = dsq_calloc((size_t)m->n_blocks, sizeof *s->lc);
+    bool ok = s->lc != NULL;
+    const dsq_v4_config *c = &m->cfg;
+    for (int b = 0; ok && b < m->n_blocks; b++) {
+        const v4_block_w *B = &m->blocks[b];
+        v4_layer_cache *lc = &s->lc[b];
+        lc->ring = dsq_calloc((size_t)c->window_size * (size_t)c->head_dim, sizeof(float));
+        ok = lc->ring != NULL;
+        if (ok && B->ratio > 0) ok = comp_state_alloc(&lc->cs, comp_state_elems(&B->comp));
+        if (ok && B->kind == DSQ_ATTN_CSA) ok = comp_state_alloc(&lc->ics, comp_state_elems(&B->idx_comp));
+    }
+    if (!ok) {
+        dsq_v4_seq_free(s);
+        return dsq_err_set(err, DSQ_ERR_NOMEM, "no memory for the caches of a sequence");
+    }
+    dsq_v4_seq_reset(s);
+    *out = s;
+    return DSQ_OK;
+}
+
+int64_t dsq_v4_seq_pos(const dsq_v4_seq *s) { return s->pos; }
+int64_t dsq_v4_seq_mtp_pos(const dsq_v4_seq *s) {
+    return s->m->cfg.n_mtp_layers > 0 ? s->lc[s->m->cfg.n_layers].pos : 0;
+}
+
+uint64_t dsq_v4_seq_bytes(const dsq_v4_seq *s) {
+    const dsq_v4_config *c = &s->m->cfg;
+    uint64_t total = 0;
+    for (int b = 0; b < s->m->n_blocks; b++) {
+        const v4_block_w *B = &s->m->blocks[b];
+        const v4_layer_cache *lc = &s->lc[b];
+        total += (uint64_t)c->window_size * (uint64_t)c->head_dim * 4;
+        total += (uint64_t)lc->cap * ((uint64_t)c->head_dim + (B->kind == DSQ_ATTN_CSA ? (uint64_t)c->index_head_dim : 0)) * 4;
+        if (B->ratio > 0) total += 2 * comp_state_elems(&B->comp) * 4;
+        if (B->kind == DSQ_ATTN_CSA) total += 2 * comp_state_elems(&B->idx_comp) * 4;
+    }
+    return total;
+}

@@ -1,0 +1,324 @@
+/* Caches and batching of the V4 forward pass (exact numerics):
+ *  - decode from any split point (also not multiples of the compress ratios) and chunked feeding
+ *    equal one prefill (≤ 1e-5 relative L2 per row), on the golden model and on a synthetic model
+ *    of another shape (2 hash layers, ratios 128/4/8, hc = 2, 300 tokens);
+ *  - several sequences in one batch equal each sequence run alone (bit-identical);
+ *  - layer-streaming evaluation with a memory budget equals the token-major path (bit-identical);
+ *  - AVX2 kernels equal the scalar twins (bit-identical);
+ *  - fixed rules: top-k ties, the shared-expert clamp switch, ids outside the vocabulary. */
+#include "dsq_v4_ops.h"
+#include "eval_util.h"
+
+#define SPLIT_TOL 1e-5 /* issue 3: decode from any split equals prefill, exact numerics */
+
+static void fwd(const dsq_v4_model *m, const dsq_eval_options *o, dsq_v4_item *items, int n) {
+    dsq_err e = DSQ_ERR_INIT;
+    dsq_status s = dsq_v4_forward(m, o, items, n, &e);
+    if (s) fprintf(stderr, "forward: %s\n", e.msg);
+    assert_int_equal(s, DSQ_OK);
+    dsq_err_clear(&e);
+}
+
+/* Logits of tokens[0..n) fed as: prefill of `split`, then chunks of `chunk` tokens. */
+static float *run_split(const dsq_v4_model *m, const dsq_eval_options *o, const int32_t *tok, int64_t n, int64_t split,
+                        int64_t chunk) {
+    size_t V = dsq_v4_model_config(m)->vocab_size;
+    float *lg = malloc(sizeof(float) * V * (size_t)n);
+    dsq_v4_seq *seq = NULL;
+    assert_int_equal(dsq_v4_seq_create(m, &seq, NULL), DSQ_OK);
+    for (int64_t p = 0; p < n;) {
+        int64_t len = p == 0 ? split : (n - p < chunk ? n - p : chunk);
+        dsq_v4_item it = {seq, tok + p, len, lg + (size_t)p * V, NULL, NULL};
+        fwd(m, o, &it, 1);
+        p += len;
+    }
+    assert_int_equal(dsq_v4_seq_pos(seq), n);
+    dsq_v4_seq_free(seq);
+    return lg;
+}
+
+static void check_close(const char *what, const float *a, const float *b, size_t rows, size_t w, double tol) {
+    double rel = eu_max_rel_l2(a, b, rows, w, NULL);
+    printf("  %-34s max row rel L2 %.3g\n", what, rel);
+    assert_true(rel <= tol);
+}
+
+/* ---- golden model --------------------------------------------------------------------------------- */
+
+static dsq_v4_model *tiny;
+static int32_t *tiny_tok;
+static float *tiny_prefill; /* [160][512] our exact prefill */
+enum { NT = 160, NV = 512 };
+
+static int setup_tiny(void **state) {
+    tiny = eu_open_tiny();
+    dsq_st *g = eu_open_st("golden/v4-tiny/golden-exact.safetensors");
+    tiny_tok = eu_i32(g, "tokens", NULL);
+    dsq_st_close(g);
+    dsq_eval_options o;
+    dsq_eval_options_default(&o);
+    tiny_prefill = run_split(tiny, &o, tiny_tok, NT, NT, 1);
+    return 0;
+}
+static int teardown_tiny(void **state) {
+    dsq_v4_model_close(tiny);
+    free(tiny_tok);
+    free(tiny_prefill);
+    return 0;
+}
+
+static void test_tiny_decode_splits(void **state) {
+    dsq_eval_options o;
+    dsq_eval_options_default(&o);
+    /* ratios 4 and 32, window 16: splits on and off every boundary */
+    const int64_t full[] = {1, 3, 4, 15, 16, 17, 31, 32, 33, 63, 97};
+    const int64_t small[] = {1, 17, 33};
+    const int64_t *splits = dsq_test_asan() ? small : full;
+    size_t ns = dsq_test_asan() ? 3 : sizeof full / sizeof full[0];
+    int64_t n = dsq_test_asan() ? 72 : 130;
+    for (size_t i = 0; i < ns; i++) {
+        float *lg = run_split(tiny, &o, tiny_tok, n, splits[i], 1);
+        char what[64];
+        snprintf(what, sizeof what, "decode from %lld", (long long)splits[i]);
+        check_close(what, lg, tiny_prefill, (size_t)n, NV, SPLIT_TOL);
+        free(lg);
+    }
+    /* chunks of several tokens after the prefill */
+    float *lg = run_split(tiny, &o, tiny_tok, NT, 10, 7);
+    check_close("prefill 10 + chunks of 7", lg, tiny_prefill, NT, NV, SPLIT_TOL);
+    free(lg);
+}
+
+/* Three sequences in one batch (prefill, then batched decode steps) = each alone, bit for bit. */
+static void test_tiny_batch_equals_alone(void **state) {
+    dsq_eval_options o;
+    dsq_eval_options_default(&o);
+    enum { S = 3, STEPS = 4 };
+    int64_t len[S] = {45, 21, 70};
+    const int32_t *src[S] = {tiny_tok, tiny_tok + 50, tiny_tok + 80};
+    dsq_v4_seq *seq[S];
+    float *batch[S], *alone[S];
+    dsq_v4_item items[S];
+    for (int s = 0; s < S; s++) {
+        assert_int_equal(dsq_v4_seq_create(tiny, &seq[s], NULL), DSQ_OK);
+        batch[s] = malloc(sizeof(float) * NV * (size_t)(len[s] + STEPS));
+        items[s] = (dsq_v4_item){seq[s], src[s], len[s], batch[s], NULL, NULL};
+    }
+    fwd(tiny, &o, items, S);
+    for (int k = 0; k < STEPS; k++) {
+        for (int s = 0; s < S; s++)
+            items[s] = (dsq_v4_item){seq[s], src[s] + len[s] + k, 1, batch[s] + (size_t)(len[s] + k) * NV, NULL, NULL};
+        fwd(tiny, &o, items, S);
+    }
+    for (int s = 0; s < S; s++) {
+        alone[s] = run_split(tiny, &o, src[s], len[s] + STEPS, len[s], 1);
+        assert_memory_equal(batch[s], alone[s], sizeof(float) * NV * (size_t)(len[s] + STEPS));
+        free(batch[s]);
+        free(alone[s]);
+        dsq_v4_seq_free(seq[s]);
+    }
+}
+
+/* Layer-streaming (all sequences through block i before block i+1, in budget-sized groups) equals
+ * the token-major path (each sequence through all blocks), bit for bit. */
+static void test_tiny_streaming_equals_token_major(void **state) {
+    dsq_eval_options o;
+    dsq_eval_options_default(&o);
+    enum { S = 3 };
+    int64_t len[S] = {60, 33, 90};
+    const int32_t *src[S] = {tiny_tok, tiny_tok + 60, tiny_tok + 70};
+    dsq_v4_seq *seq[S];
+    float *stream[S];
+    dsq_v4_item items[S];
+    for (int s = 0; s < S; s++) {
+        assert_int_equal(dsq_v4_seq_create(tiny, &seq[s], NULL), DSQ_OK);
+        stream[s] = malloc(sizeof(float) * NV * (size_t)len[s]);
+        items[s] = (dsq_v4_item){seq[s], src[s], len[s], stream[s], NULL, NULL};
+    }
+    /* a budget that holds the largest block and about two of the sequences: forces two groups */
+    uint64_t wmax = 0;
+    for (int b = 0; b < 4; b++)
+        if (dsq_v4_block_bytes(tiny, b) > wmax) wmax = dsq_v4_block_bytes(tiny, b);
+    uint64_t budget = wmax + dsq_v4_item_bytes(tiny, len[0]) + dsq_v4_item_bytes(tiny, len[1]);
+    dsq_err e = DSQ_ERR_INIT;
+    assert_int_equal(dsq_v4_forward_streaming(tiny, &o, items, S, budget, &e), DSQ_OK);
+    for (int s = 0; s < S; s++) {
+        float *alone = run_split(tiny, &o, src[s], len[s], len[s], 1);
+        assert_memory_equal(stream[s], alone, sizeof(float) * NV * (size_t)len[s]);
+        free(alone);
+        free(stream[s]);
+        dsq_v4_seq_free(seq[s]);
+    }
+    /* a budget below one block plus one sequence is refused */
+    dsq_v4_seq *s1 = NULL;
+    assert_int_equal(dsq_v4_seq_create(tiny, &s1, NULL), DSQ_OK);
+    dsq_v4_item it = {s1, tiny_tok, 10, NULL, NULL, NULL};
+    assert_int_equal(dsq_v4_forward_streaming(tiny, &o, &it, 1, wmax, &e), DSQ_ERR_RANGE);
+    dsq_err_clear(&e);
+    dsq_v4_seq_free(s1);
+}
+
+static void test_tiny_avx2_equals_scalar(void **state) {
+    dsq_eval_options o;
+    dsq_eval_options_default(&o);
+    o.force_scalar = true;
+    int64_t n = dsq_test_asan() ? 40 : NT;
+    float *sc = run_split(tiny, &o, tiny_tok, n, n, 1);
+    /* the default options use AVX2 when the CPU has it; the kernels are designed to give the same bits */
+    assert_memory_equal(sc, tiny_prefill, sizeof(float) * NV * (size_t)n);
+    o.numerics = DSQ_NUMERICS_RELEASE;
+    float *rs = run_split(tiny, &o, tiny_tok, n, n, 1);
+    o.force_scalar = false;
+    float *rv = run_split(tiny, &o, tiny_tok, n, n, 1);
+    assert_memory_equal(rs, rv, sizeof(float) * NV * (size_t)n);
+    free(sc);
+    free(rs);
+    free(rv);
+}
+
+/* spec §8.30: the clamp is never active on the tiny golden, so both variants reproduce it. */
+static void test_tiny_shared_clamp_inactive(void **state) {
+    dsq_eval_options o;
+    dsq_eval_options_default(&o);
+    o.no_shared_clamp = true;
+    float *lg = run_split(tiny, &o, tiny_tok, 40, 40, 1);
+    assert_memory_equal(lg, tiny_prefill, sizeof(float) * NV * 40); /* prefix of the 160-token prefill */
+    free(lg);
+}
+
+static void test_bad_tokens(void **state) {
+    dsq_v4_seq *s = NULL;
+    assert_int_equal(dsq_v4_seq_create(tiny, &s, NULL), DSQ_OK);
+    int32_t bad[3] = {5, 512, 7}, neg[1] = {-1};
+    dsq_v4_item it = {s, bad, 3, NULL, NULL, NULL};
+    dsq_err e = DSQ_ERR_INIT;
+    assert_int_equal(dsq_v4_forward(tiny, NULL, &it, 1, &e), DSQ_ERR_TOKEN);
+    assert_non_null(strstr(e.msg, "512"));
+    dsq_err_clear(&e);
+    it.tokens = neg;
+    it.n_tokens = 1;
+    assert_int_equal(dsq_v4_forward(tiny, NULL, &it, 1, &e), DSQ_ERR_TOKEN);
+    dsq_err_clear(&e);
+    assert_int_equal(dsq_v4_seq_pos(s), 0);
+    dsq_v4_seq_free(s);
+}
+
+/* ---- fixed rules ---------------------------------------------------------------------------------- */
+
+static void test_topk_ties(void **state) {
+    float v[8] = {1, 3, 2, 3, 3, -1, 2, NAN};
+    int64_t out[8];
+    dsq_v4_topk(v, 8, 5, out);
+    const int64_t want[5] = {1, 3, 4, 2, 6}; /* higher first; equal values: lower index first */
+    for (int i = 0; i < 5; i++) assert_int_equal(out[i], want[i]);
+    dsq_v4_topk(v, 8, 8, out);
+    assert_int_equal(out[6], 5);
+    assert_int_equal(out[7], 7); /* NaN last */
+    float z[6] = {0, 0, 0, 0, 0, 0};
+    dsq_v4_topk(z, 6, 3, out);
+    for (int i = 0; i < 3; i++) assert_int_equal(out[i], i);
+}
+
+/* ---- a synthetic model of another shape ------------------------------------------------------------- */
+
+static void test_synth_decode_equals_prefill(void **state) {
+    dsq_v4_config c;
+    eu_synth_config(&c);
+    char *dir = NULL;
+    dsq_v4_model *m = eu_open_synth(&c, 7, 1.0f, &dir);
+    dsq_eval_options o;
+    dsq_eval_options_default(&o);
+    int64_t n = dsq_test_asan() ? 140 : 300;
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)n);
+    for (int64_t i = 0; i < n; i++) tok[i] = (int32_t)((i * 37 + i * i) % (int64_t)c.vocab_size);
+    float *pre = run_split(m, &o, tok, n, n, 1);
+    size_t V = c.vocab_size;
+    const int64_t splits[] = {1, 5, 127, 130};
+    for (size_t i = 0; i < (dsq_test_asan() ? 2u : 4u); i++) {
+        float *lg = run_split(m, &o, tok, n, splits[i], 1);
+        char what[64];
+        snprintf(what, sizeof what, "synth decode from %lld", (long long)splits[i]);
+        check_close(what, lg, pre, (size_t)n, V, SPLIT_TOL);
+        free(lg);
+    }
+    float *lg = run_split(m, &o, tok, n, 3, 29);
+    check_close("synth prefill 3 + chunks of 29", lg, pre, (size_t)n, V, SPLIT_TOL);
+    free(lg);
+
+    /* MTP (ratio 4 here): one call over all positions = two calls */
+    size_t HD = (size_t)c.hc_mult * c.dim;
+    float *hidden = malloc(sizeof(float) * HD * (size_t)n);
+    dsq_v4_seq *seq = NULL;
+    assert_int_equal(dsq_v4_seq_create(m, &seq, NULL), DSQ_OK);
+    dsq_v4_item it = {seq, tok, n, NULL, hidden, NULL};
+    fwd(m, &o, &it, 1);
+    float *m1 = malloc(sizeof(float) * V * (size_t)(n - 1)), *m2 = malloc(sizeof(float) * V * (size_t)(n - 1));
+    assert_int_equal(dsq_v4_mtp_forward(m, &o, seq, 0, hidden, tok + 1, n - 1, m1, NULL, NULL), DSQ_OK);
+    dsq_v4_seq_reset(seq);
+    int64_t cut = 101;
+    assert_int_equal(dsq_v4_mtp_forward(m, &o, seq, 0, hidden, tok + 1, cut, m2, NULL, NULL), DSQ_OK);
+    for (int64_t p = cut; p < n - 1; p++)
+        assert_int_equal(dsq_v4_mtp_forward(m, &o, seq, 0, hidden + (size_t)p * HD, tok + 1 + p, 1,
+                                            m2 + (size_t)p * V, NULL, NULL),
+                         DSQ_OK);
+    check_close("synth MTP decode = prefill", m2, m1, (size_t)(n - 1), V, SPLIT_TOL);
+    dsq_v4_seq_free(seq);
+    free(m1);
+    free(m2);
+    free(hidden);
+    free(pre);
+    free(tok);
+    dsq_v4_model_close(m);
+    dsq_test_rmdir(dir);
+    free(dir);
+}
+
+/* With a big shared expert the clamp bites: the switch must change the result, and release
+ * numerics run on this shape too. */
+static void test_synth_shared_clamp_switch(void **state) {
+    dsq_v4_config c;
+    eu_synth_config(&c);
+    c.n_layers = 2;
+    c.n_mtp_layers = 0;
+    char *dir = NULL;
+    dsq_v4_model *m = eu_open_synth(&c, 11, 40.0f, &dir);
+    dsq_eval_options o;
+    dsq_eval_options_default(&o);
+    int32_t tok[24];
+    for (int i = 0; i < 24; i++) tok[i] = (i * 11) % 300;
+    float *on = run_split(m, &o, tok, 24, 24, 1);
+    o.no_shared_clamp = true;
+    float *off = run_split(m, &o, tok, 24, 24, 1);
+    double d = eu_max_rel_l2(off, on, 24, c.vocab_size, NULL);
+    printf("  shared clamp on vs off: max row rel L2 %.3g\n", d);
+    assert_true(d > 1e-3);
+    o.no_shared_clamp = false;
+    o.numerics = DSQ_NUMERICS_RELEASE;
+    float *rel = run_split(m, &o, tok, 24, 24, 1);
+    for (size_t i = 0; i < 24 * c.vocab_size; i++) assert_true(isfinite(rel[i]));
+    free(on);
+    free(off);
+    free(rel);
+    dsq_v4_model_close(m);
+    dsq_test_rmdir(dir);
+    free(dir);
+}
+
+int main(void) {
+    const struct CMUnitTest tiny_tests[] = {
+        cmocka_unit_test(test_tiny_decode_splits),
+        cmocka_unit_test(test_tiny_batch_equals_alone),
+        cmocka_unit_test(test_tiny_streaming_equals_token_major),
+        cmocka_unit_test(test_tiny_avx2_equals_scalar),
+        cmocka_unit_test(test_tiny_shared_clamp_inactive),
+        cmocka_unit_test(test_bad_tokens),
+    };
+    const struct CMUnitTest other[] = {
+        cmocka_unit_test(test_topk_ties),
+        cmocka_unit_test(test_synth_decode_equals_prefill),
+        cmocka_unit_test(test_synth_shared_clamp_switch),
+    };
+    int rc = cmocka_run_group_tests_name("eval_decode_tiny", tiny_tests, setup_tiny, teardown_tiny);
+    rc |= cmocka_run_group_tests_name("eval_decode_synth", other, NULL, NULL);
+    return rc;
+}
