@@ -56,7 +56,7 @@ help:
 
 # Debian packages this project builds and tests with.  node/npm count as present when the commands
 # exist (some images ship Node.js outside Debian's packages, which Debian's npm would conflict with).
-DEB_PKGS := build-essential pkg-config libzstd-dev libcjson-dev libcmocka-dev libpcre2-dev libxxhash-dev zstd
+DEB_PKGS := build-essential pkg-config libzstd-dev libcjson-dev libcmocka-dev libpcre2-dev libxxhash-dev zstd chromium
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
