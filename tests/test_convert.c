@@ -439,12 +439,173 @@ static void test_bad_source(void **state) {
     free(dir);
 }
 
+
+/* ---- re-encoding recipes and verify ---- */
+
+static cJSON *verify_json(const char *dsq, const char *src, int want_rc) {
+    char *out = NULL;
+    int rc = src ? dsq_test_run(&out, NULL, "verify '%s' --source '%s' --json", dsq, src)
+                 : dsq_test_run(&out, NULL, "verify '%s' --json", dsq);
+    assert_int_equal(rc, want_rc);
+    cJSON *j = NULL;
+    assert_int_equal(dsq_json_parse(out, strlen(out), "verify", &j, NULL), DSQ_OK);
+    free(out);
+    return j;
+}
+
+static cJSON *family(cJSON *j, const char *name) {
+    cJSON *f;
+    cJSON_ArrayForEach(f, cJSON_GetObjectItemCaseSensitive(j, "families"))
+        if (!strcmp(cJSON_GetObjectItemCaseSensitive(f, "family")->valuestring, name)) return f;
+    fail_msg("family %s not reported", name);
+    return NULL;
+}
+static double num(cJSON *o, const char *k) { return cJSON_GetObjectItemCaseSensitive(o, k)->valuedouble; }
+
+/* fp8: routed experts FP4 → FP8 128x128 exactly (spec §2.7); everything else byte for byte. */
+static void test_fp8_lossless(void **state) {
+    char *dir = dsq_test_tmpdir(), *out = dsq_test_join(dir, "fp8.dsq"), *src = golden_model();
+    convert_lib(src, out, "fp8", 2);
+    cJSON *j = verify_json(out, src, 0);
+    cJSON *src_j = cJSON_GetObjectItemCaseSensitive(j, "source");
+    assert_int_equal(num(src_j, "missing"), 0);
+    assert_int_equal(num(src_j, "changed"), 0);
+    cJSON *ex = family(j, "routed_experts");
+    assert_int_equal(num(ex, "sources"), 5 * 3 * 8);
+    assert_int_equal(num(ex, "reencoded"), 120);
+    assert_true(num(ex, "max_abs") == 0.0); /* identical dequantized values */
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(ex, "encodings")->valuestring, "fp8-128x128");
+    assert_int_equal(num(family(j, "attention"), "identical"), num(family(j, "attention"), "sources"));
+    cJSON_Delete(j);
+    dsq_ctr_reader *r = NULL;
+    assert_int_equal(dsq_ctr_reader_open(out, NULL, &r, NULL), DSQ_OK);
+    const dsq_ctr_tensor *t = dsq_ctr_find(r, "layers.2.ffn.experts.w2.weight");
+    assert_int_equal(t->encoding, DSQ_ENC_FP8_B128);
+    assert_int_equal(t->shape[0], 8);
+    assert_int_equal(t->parts[1].bytes, 8 * 2 * 1); /* [8, ceil(256/128), ceil(128/128)] UE8M0 */
+    dsq_ctr_reader_close(r);
+    dsq_test_rmdir(dir);
+    free(out);
+    free(src);
+    free(dir);
+}
+
+/* int4 (and a mix of every encoding): bounded error, same bytes whatever the thread count, and an
+ * interrupted int4 conversion resumes to the same bytes. */
+static void test_int4_and_mixed(void **state) {
+    char *dir = dsq_test_tmpdir(), *src = golden_model();
+    char *a = dsq_test_join(dir, "a.dsq"), *b = dsq_test_join(dir, "b.dsq");
+    convert_lib(src, a, "int4", 1);
+    assert_int_equal(dsq_test_run(NULL, NULL, "convert '%s' '%s' --recipe int4 --threads 2", src, b), 0);
+    /* the CLI records other provenance arguments: compare the tensor bytes */
+    dsq_ctr_reader *ra = NULL, *rb = NULL;
+    assert_int_equal(dsq_ctr_reader_open(a, NULL, &ra, NULL), DSQ_OK);
+    assert_int_equal(dsq_ctr_reader_open(b, NULL, &rb, NULL), DSQ_OK);
+    for (size_t i = 0; i < dsq_ctr_count(ra); i++)
+        for (int p = 0; p < dsq_ctr_at(ra, i)->n_parts; p++)
+            assert_true(dsq_ctr_at(ra, i)->parts[p].xxh3 == dsq_ctr_at(rb, i)->parts[p].xxh3);
+    dsq_ctr_reader_close(ra);
+    dsq_ctr_reader_close(rb);
+    cJSON *j = verify_json(a, src, 0);
+    cJSON *ex = family(j, "routed_experts");
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(ex, "encodings")->valuestring, "int4-g32");
+    assert_true(num(ex, "max_rel_rms") > 0.01 && num(ex, "max_rel_rms") < 0.15); /* 4-bit on FP4 data */
+    assert_true(num(ex, "min_cosine") > 0.99);
+    cJSON_Delete(j);
+    /* resume on the re-encoding path */
+    char *c = dsq_test_join(dir, "c.dsq");
+    int rc = dsq_test_run(NULL, NULL, "version >/dev/null; DSQ_CONVERT_TEST_SIGNAL=50:9 '%s' convert '%s' '%s' --recipe int4 --threads 2",
+                          dsq_test_bin(), src, c);
+    assert_int_equal(rc, 137);
+    assert_int_equal(dsq_test_run(NULL, NULL, "convert '%s' '%s' --recipe int4 --resume", src, c), 0);
+    assert_true(same_file(b, c));
+    /* every encoding at once */
+    char *m = dsq_test_join(dir, "mixed.dsq");
+    assert_int_equal(dsq_test_run(NULL, NULL,
+                                  "convert '%s' '%s' --recipe release --override 'layers.0.ffn.experts.*=nvfp4' "
+                                  "--override 'layers.1.ffn.experts.*=int2-g32-asym' --override 'layers.2.ffn.experts.*=int4-g64-asym' "
+                                  "--override 'layers.3.ffn.experts.*=int8-row' --override 'mtp.*.experts.*=fp8-1x128' "
+                                  "--override '*.attn.wq_b.weight=fp8-row' --override '*.shared_experts.*=int8-g128' "
+                                  "--override 'embed.weight=f32' --override '*.wo_b.weight=fp8-128x128-f32' --override '*.wo_a.weight=f16' "
+                                  "--override '*.compressor.w*=mxfp4' --threads 2",
+                                  src, m),
+                     0);
+    j = verify_json(m, src, 0);
+    ex = family(j, "routed_experts");
+    assert_int_equal(num(ex, "reencoded"), 120);
+    assert_true(num(ex, "min_cosine") > 0.9); /* int2 is the worst */
+    assert_true(num(family(j, "embed_head"), "max_abs") == 0.0); /* bf16 → f32 is exact */
+    cJSON_Delete(j);
+    free(m);
+    free(c);
+    dsq_test_rmdir(dir);
+    free(a);
+    free(b);
+    free(src);
+    free(dir);
+}
+
+/* verify catches bit flips in the container and changes in the source checkpoint. */
+static void test_verify_detects(void **state) {
+    char *dir = dsq_test_tmpdir(), *golden = golden_model();
+    char *model = dsq_test_join(dir, "model"), *out = dsq_test_join(dir, "m.dsq");
+    assert_int_equal(dsq_test_run(NULL, NULL, "version >/dev/null; mkdir '%s' && cp '%s'/* '%s/'", model, golden, model), 0);
+    assert_int_equal(dsq_test_run(NULL, NULL, "convert '%s' '%s' --recipe release", model, out), 0);
+    cJSON *j = verify_json(out, model, 0);
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "ok")));
+    cJSON_Delete(j);
+    /* one bit of one expert flipped in the container */
+    dsq_ctr_reader *r = NULL;
+    assert_int_equal(dsq_ctr_reader_open(out, NULL, &r, NULL), DSQ_OK);
+    uint64_t off = dsq_ctr_find(r, "layers.1.ffn.experts.w3.weight")->parts[0].offset + 777;
+    dsq_ctr_reader_close(r);
+    size_t n;
+    char *bytes = dsq_test_read(out, &n);
+    bytes[off] ^= 4;
+    char *bad = dsq_test_join(dir, "bad.dsq");
+    dsq_test_write(bad, bytes, n);
+    free(bytes);
+    char *err = NULL;
+    assert_int_equal(dsq_test_run(NULL, &err, "verify '%s'", bad), 1);
+    assert_non_null(strstr(err, "layers.1.ffn.experts.w3.weight"));
+    assert_non_null(strstr(err, "checksum mismatch"));
+    free(err);
+    j = verify_json(bad, NULL, 1);
+    assert_false(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "checksums_ok")));
+    cJSON_Delete(j);
+    /* the source changed after the conversion: the recorded source checksums tell */
+    dsq_st *st = NULL;
+    char *mf = dsq_test_join(model, "model.safetensors");
+    assert_int_equal(dsq_st_open(mf, NULL, &st, NULL), DSQ_OK);
+    uint64_t soff = dsq_st_find(st, "layers.0.attn.wq_b.weight")->file_offset + 5;
+    dsq_st_close(st);
+    bytes = dsq_test_read(mf, &n);
+    bytes[soff] ^= 1;
+    unlink(mf);
+    dsq_test_write(mf, bytes, n);
+    free(bytes);
+    assert_int_equal(dsq_test_run(NULL, &err, "verify '%s' --source '%s'", out, model), 1);
+    assert_non_null(strstr(err, "layers.0.attn.wq_b.weight changed since the conversion"));
+    free(err);
+    assert_int_equal(dsq_test_run(NULL, NULL, "verify"), 2);
+    assert_int_equal(dsq_test_run(NULL, NULL, "verify --help"), 0);
+    free(mf);
+    free(bad);
+    dsq_test_rmdir(dir);
+    free(model);
+    free(out);
+    free(golden);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_recipes),      cmocka_unit_test(test_release_golden),
         cmocka_unit_test(test_deterministic), cmocka_unit_test(test_cli_dry_run),
         cmocka_unit_test(test_cli_interrupt_resume), cmocka_unit_test(test_cli_ulimit),
         cmocka_unit_test(test_write_failure), cmocka_unit_test(test_bad_source),
+        cmocka_unit_test(test_fp8_lossless),  cmocka_unit_test(test_int4_and_mixed),
+        cmocka_unit_test(test_verify_detects),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

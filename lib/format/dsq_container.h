@@ -93,6 +93,9 @@ const dsq_file_section *dsq_ctr_section(const dsq_ctr_reader *r, size_t i);
 /* Copy n bytes starting `offset` bytes into part p of t (works in both modes). */
 dsq_status dsq_ctr_read(const dsq_ctr_reader *r, const dsq_ctr_tensor *t, int p, uint64_t offset, void *buf, size_t n,
                         dsq_err *err);
+/* Page-cache hints for all parts of t (madvise WILLNEED / DONTNEED; no-ops in pread mode). */
+void dsq_ctr_prefetch(const dsq_ctr_reader *r, const dsq_ctr_tensor *t);
+void dsq_ctr_release(const dsq_ctr_reader *r, const dsq_ctr_tensor *t);
 /* Recompute every part checksum and check the padding bytes are zero; every mismatch is recorded.
  * `progress` may be NULL.  Reads the whole data region (dropping pages behind it). */
 dsq_status dsq_ctr_verify(const dsq_ctr_reader *r, dsq_progress *progress, dsq_err *err);

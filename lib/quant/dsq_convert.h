@@ -67,6 +67,39 @@ typedef struct dsq_convert_stats {
  * are kept, synced, for --resume); any other error removes the partial output. */
 dsq_status dsq_convert_run(dsq_convert_plan *p, dsq_convert_stats *stats, dsq_err *err);
 
+/* ---- verification (dsq verify) ------------------------------------------------------------------ */
+typedef struct dsq_verify_options {
+    const char *path;    /* the .dsq */
+    const char *source;  /* checkpoint to compare with, or NULL */
+    bool no_mmap;        /* pread mode for the checksum pass */
+    bool progress;
+} dsq_verify_options;
+
+#define DSQ_VERIFY_FAMILIES 16
+typedef struct dsq_verify_family {
+    uint64_t tensors, sources;     /* stored tensors, checkpoint tensors they hold */
+    uint64_t identical;            /* sources stored byte for byte */
+    uint64_t reencoded;            /* sources stored in another encoding (compared numerically) */
+    double max_rel_rms, max_abs, min_cosine; /* over the re-encoded sources */
+    char encodings[96];            /* stored encodings, comma-separated */
+} dsq_verify_family;
+
+typedef struct dsq_verify_report {
+    uint64_t tensors, parts, bytes, file_bytes;
+    bool checksums_ok, metadata_ok;
+    bool source_checked;
+    uint64_t sources, sources_identical, sources_reencoded, sources_changed, checkpoint_missing;
+    dsq_verify_family family[DSQ_VERIFY_FAMILIES]; /* indexed by dsq_family */
+    double worst_rel_rms;
+    char worst_name[256];
+} dsq_verify_report;
+
+/* Check a container: structure, every checksum and padding byte, metadata (config, recipe, the
+ * inventory its sources describe); with a source checkpoint also that every checkpoint tensor is
+ * held, unchanged ones byte for byte, re-encoded ones with their error statistics.  Every problem
+ * is recorded in err; rep is filled as far as the checks went. */
+dsq_status dsq_convert_verify(const dsq_verify_options *opt, dsq_verify_report *rep, dsq_err *err);
+
 /* The KV-cache declaration of formats/spec/dsq.md §6.1 for a config (heap JSON text, dsq_free). */
 struct dsq_v4_config;
 char *dsq_convert_kv_cache_json(const struct dsq_v4_config *c);

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dsq_codec.h"
 #include "dsq_inventory.h"
 #include "dsq_json.h"
 #include "dsq_recipe.h"
@@ -45,24 +46,7 @@ static const builtin BUILTINS[] = {
 size_t dsq_recipe_builtin_count(void) { return N_BUILTINS; }
 const char *dsq_recipe_builtin_name(size_t i) { return i < N_BUILTINS ? BUILTINS[i].name : NULL; }
 
-/* ---- encoding names ---- */
-
-typedef struct enc_name {
-    const char *name;
-    dsq_encoding enc;
-    bool grouped; /* name takes -gG */
-} enc_name;
-
-static const enc_name ENCODINGS[] = {
-    {"f32", DSQ_ENC_F32, false},          {"f16", DSQ_ENC_F16, false},
-    {"bf16", DSQ_ENC_BF16, false},        {"fp8-128x128", DSQ_ENC_FP8_B128, false},
-    {"fp8-128x128-f32", DSQ_ENC_FP8_B128_F32, false}, {"fp8-1x128", DSQ_ENC_FP8_R128, false},
-    {"fp8-row", DSQ_ENC_FP8_ROW, false},  {"mxfp4", DSQ_ENC_MXFP4, false},
-    {"nvfp4", DSQ_ENC_NVFP4, false},      {"int8-row", DSQ_ENC_INT8_ROW, false},
-    {"int8", DSQ_ENC_INT8_G, true},       {"int4", DSQ_ENC_INT4_G, true},
-    {"int2", DSQ_ENC_INT2_G_ASYM, true},  {"i64", DSQ_ENC_I64, false},
-    {"i32", DSQ_ENC_I32, false},
-};
+/* ---- encoding names: the codec's names (dsq_codec_parse), plus "keep" ---- */
 
 dsq_status dsq_recipe_parse_target(const char *text, dsq_recipe_target *out, dsq_err *err) {
     memset(out, 0, sizeof *out);
@@ -70,32 +54,14 @@ dsq_status dsq_recipe_parse_target(const char *text, dsq_recipe_target *out, dsq
         out->keep = true;
         return DSQ_OK;
     }
-    for (size_t i = 0; i < sizeof ENCODINGS / sizeof ENCODINGS[0]; i++) {
-        const enc_name *e = &ENCODINGS[i];
-        size_t n = strlen(e->name);
-        if (!e->grouped) {
-            if (!strcmp(text, e->name)) {
-                out->enc = e->enc;
-                return DSQ_OK;
-            }
-            continue;
-        }
-        /* NAME-gG or NAME-gG-asym, G in 16..256 (a power of two) */
-        if (strncmp(text, e->name, n) != 0 || strncmp(text + n, "-g", 2) != 0) continue;
-        char *end;
-        long g = strtol(text + n + 2, &end, 10);
-        bool asym = !strcmp(end, "-asym");
-        if ((*end && !asym) || g < 16 || g > 256 || (g & (g - 1))) break;
-        if (e->enc == DSQ_ENC_INT8_G && asym) break;
-        if (e->enc == DSQ_ENC_INT2_G_ASYM && !asym) break;
-        out->enc = e->enc == DSQ_ENC_INT4_G && asym ? DSQ_ENC_INT4_G_ASYM : e->enc;
-        out->group = (int)g;
-        return DSQ_OK;
-    }
-    return dsq_err_set(err, DSQ_ERR_ARG,
-                       "unknown encoding '%s' (keep, f32, f16, bf16, fp8-128x128, fp8-128x128-f32, fp8-1x128, fp8-row, "
-                       "mxfp4, nvfp4, int8-row, int8-gG, int4-gG, int4-gG-asym, int2-gG-asym; G = 16..256)",
-                       text);
+    dsq_err local = DSQ_ERR_INIT;
+    dsq_status s = dsq_codec_parse(text, &out->enc, &out->group, &local);
+    dsq_err_clear(&local);
+    DSQ_RETURN_IF(s != DSQ_OK || !dsq_codec_known(out->enc), err, DSQ_ERR_ARG,
+                  "unknown encoding '%s' (keep, f32, f16, bf16, fp8-128x128, fp8-128x128-f32, fp8-1x128, fp8-row, "
+                  "mxfp4, nvfp4, int8-row, int8-gG, int4-gG, int4-gG-asym, int2-gG-asym; G = 16..256)",
+                  text);
+    return DSQ_OK;
 }
 
 const char *dsq_recipe_target_name(const dsq_recipe_target *t, char *buf, size_t size) {
@@ -103,20 +69,7 @@ const char *dsq_recipe_target_name(const dsq_recipe_target *t, char *buf, size_t
         snprintf(buf, size, "keep");
         return buf;
     }
-    switch (t->enc) {
-    case DSQ_ENC_INT8_G: snprintf(buf, size, "int8-g%d", t->group); return buf;
-    case DSQ_ENC_INT4_G: snprintf(buf, size, "int4-g%d", t->group); return buf;
-    case DSQ_ENC_INT4_G_ASYM: snprintf(buf, size, "int4-g%d-asym", t->group); return buf;
-    case DSQ_ENC_INT2_G_ASYM: snprintf(buf, size, "int2-g%d-asym", t->group); return buf;
-    default: break;
-    }
-    for (size_t i = 0; i < sizeof ENCODINGS / sizeof ENCODINGS[0]; i++)
-        if (ENCODINGS[i].enc == t->enc) {
-            snprintf(buf, size, "%s", ENCODINGS[i].name);
-            return buf;
-        }
-    snprintf(buf, size, "encoding-%d", (int)t->enc);
-    return buf;
+    return dsq_codec_name(t->enc, t->group, buf, size);
 }
 
 /* ---- recipes ---- */
