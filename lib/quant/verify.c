@@ -3,6 +3,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include "dsq_codec.h"
@@ -10,6 +12,61 @@
 #include "dsq_convert.h"
 #include "dsq_inventory.h"
 #include "dsq_json.h"
+
+/* Views into read-only mappings are dropped from the resident set as they are consumed. */
+#define DROP_CHUNK ((size_t)64 << 20)
+static void drop_pages(const void *p, size_t n) {
+    long pg = sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)p & ~(uintptr_t)(pg - 1), b = (uintptr_t)p + n;
+    if (n) madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+static uint64_t hash_dropping(const void *p, uint64_t n) {
+    XXH3_state_t st;
+    XXH3_64bits_reset(&st);
+    for (uint64_t done = 0; done < n;) {
+        size_t k = n - done > DROP_CHUNK ? DROP_CHUNK : (size_t)(n - done);
+        XXH3_64bits_update(&st, (const uint8_t *)p + done, k);
+        drop_pages((const uint8_t *)p + done, k);
+        done += k;
+    }
+    return (uint64_t)XXH3_64bits_digest(&st);
+}
+
+/* dsq_codec_compare over row chunks of ≤ 64 MiB of the reference, merging the statistics. */
+static dsq_status compare_chunked(const dsq_qtensor *ref, const dsq_qtensor *test, const dsq_codec_options *co,
+                                  dsq_codec_errstats *out, dsq_err *err) {
+    dsq_codec_layout lr, lt;
+    DSQ_TRY(dsq_codec_layout_of(ref->enc, ref->rows, ref->cols, ref->group, &lr, err));
+    DSQ_TRY(dsq_codec_layout_of(test->enc, test->rows, test->cols, test->group, &lt, err));
+    uint64_t step = 128;
+    while (step * 2 * lr.row_bytes <= DROP_CHUNK && step < ref->rows) step *= 2;
+    memset(out, 0, sizeof *out);
+    for (uint64_t r0 = 0; r0 < ref->rows; r0 += step) {
+        uint64_t n = ref->rows - r0 < step ? ref->rows - r0 : step;
+        dsq_qtensor a = *ref, b = *test;
+        a.rows = b.rows = n;
+        a.data = (const uint8_t *)ref->data + r0 * lr.row_bytes;
+        b.data = (const uint8_t *)test->data + r0 * lt.row_bytes;
+        uint64_t ra = lr.block_rows ? r0 / lr.block_rows : 0, rb = lt.block_rows ? r0 / lt.block_rows : 0;
+        uint64_t sra = lr.scale_cols * (uint64_t)lr.scale_size, srb = lt.scale_cols * (uint64_t)lt.scale_size;
+        if (ref->scales) a.scales = (const uint8_t *)ref->scales + ra * sra;
+        if (test->scales) b.scales = (const uint8_t *)test->scales + rb * srb;
+        if (ref->mins) a.mins = (const uint8_t *)ref->mins + ra * lr.scale_cols * (uint64_t)lr.min_size;
+        if (test->mins) b.mins = (const uint8_t *)test->mins + rb * lt.scale_cols * (uint64_t)lt.min_size;
+        dsq_codec_errstats e;
+        DSQ_TRY(dsq_codec_compare(&a, &b, co, &e, err));
+        out->n += e.n;
+        out->sum_sq_ref += e.sum_sq_ref;
+        out->sum_sq_test += e.sum_sq_test;
+        out->sum_sq_diff += e.sum_sq_diff;
+        out->dot += e.dot;
+        if (e.max_abs > out->max_abs) out->max_abs = e.max_abs;
+        drop_pages(a.data, (size_t)(n * lr.row_bytes));
+        drop_pages(b.data, (size_t)(n * lt.row_bytes));
+    }
+    return DSQ_OK;
+}
 
 #define NOTE(expr)                                                                                                     \
     do {                                                                                                               \
@@ -133,11 +190,30 @@ static void add_encoding(dsq_verify_family *f, const char *e) {
 }
 
 /* Compare each source of t with the checkpoint. */
+static dsq_status compare_source(const dsq_ctr_reader *r, const dsq_st *st, const dsq_ctr_tensor *t, uint32_t k,
+                                 dsq_verify_report *rep, dsq_err *err);
+
+/* Compare each source of t with the checkpoint, dropping the pages of both after each source so the
+ * resident set stays at one source's bytes whatever the size of a stack. */
 static dsq_status compare_tensor(const dsq_ctr_reader *r, const dsq_st *st, const dsq_ctr_tensor *t,
+                                 dsq_verify_report *rep, dsq_err *err) {
+    dsq_status first = DSQ_OK;
+    for (uint32_t k = 0; k < t->n_sources; k++) {
+        NOTE(compare_source(r, st, t, k, rep, err));
+        const dsq_st_tensor *g = dsq_st_find(st, t->sources[k].name);
+        const dsq_st_tensor *gs = t->sources[k].scale_name ? dsq_st_find(st, t->sources[k].scale_name) : NULL;
+        if (g) dsq_st_release(st, g);
+        if (gs) dsq_st_release(st, gs);
+        dsq_ctr_release(r, t);
+    }
+    return first;
+}
+
+static dsq_status compare_source(const dsq_ctr_reader *r, const dsq_st *st, const dsq_ctr_tensor *t, uint32_t k,
                                  dsq_verify_report *rep, dsq_err *err) {
     const char *f = dsq_ctr_path(r);
     dsq_status first = DSQ_OK;
-    for (uint32_t k = 0; k < t->n_sources; k++) {
+    do {
         const dsq_ctr_source *s = &t->sources[k];
         dsq_tensor_role role;
         dsq_inv_classify(s->name, &role);
@@ -155,8 +231,8 @@ static dsq_status compare_tensor(const dsq_ctr_reader *r, const dsq_st *st, cons
                              t->name, s->name, dsq_dtype_name(g->dtype), dsq_dtype_name(s->dtype)));
             continue;
         }
-        uint64_t hw = (uint64_t)XXH3_64bits(g->data, (size_t)g->n_bytes);
-        uint64_t hs = gs ? (uint64_t)XXH3_64bits(gs->data, (size_t)gs->n_bytes) : 0;
+        uint64_t hw = hash_dropping(g->data, g->n_bytes);
+        uint64_t hs = gs ? hash_dropping(gs->data, gs->n_bytes) : 0;
         if ((s->xxh3 && s->xxh3 != hw) || (gs && s->scale_xxh3 && s->scale_xxh3 != hs)) {
             rep->sources_changed++;
             NOTE(dsq_err_set(err, DSQ_ERR_CHECKSUM, "%s: source %s changed since the conversion (checksum differs)", f,
@@ -166,9 +242,9 @@ static dsq_status compare_tensor(const dsq_ctr_reader *r, const dsq_st *st, cons
         uint64_t off[DSQ_FILE_MAX_PARTS] = {0}, len[DSQ_FILE_MAX_PARTS] = {0};
         for (int p = 0; p < t->n_parts; p++) dsq_ctr_source_slice(t, s, p, &off[p], &len[p]);
         if (nat == t->encoding) {
-            bool same = len[0] == g->n_bytes && (uint64_t)XXH3_64bits((const uint8_t *)t->parts[0].data + off[0], (size_t)len[0]) == hw;
+            bool same = len[0] == g->n_bytes && hash_dropping((const uint8_t *)t->parts[0].data + off[0], len[0]) == hw;
             if (gs) same = same && t->n_parts > 1 && len[1] == gs->n_bytes &&
-                           (uint64_t)XXH3_64bits((const uint8_t *)t->parts[1].data + off[1], (size_t)len[1]) == hs;
+                           hash_dropping((const uint8_t *)t->parts[1].data + off[1], len[1]) == hs;
             if (same) {
                 fam->identical++;
                 rep->sources_identical++;
@@ -197,7 +273,7 @@ static dsq_status compare_tensor(const dsq_ctr_reader *r, const dsq_st *st, cons
         dsq_codec_errstats es;
         memset(&es, 0, sizeof es);
         dsq_codec_options co = {.allow_nonfinite = true, .name = s->name};
-        dsq_status cs = nat ? dsq_codec_compare(&ref, &test, &co, &es, err)
+        dsq_status cs = nat ? compare_chunked(&ref, &test, &co, &es, err)
                             : dsq_err_set(err, DSQ_ERR_DTYPE, "%s: source %s: unknown stored form", f, s->name);
         if (cs != DSQ_OK) {
             NOTE(cs);
@@ -213,7 +289,7 @@ static dsq_status compare_tensor(const dsq_ctr_reader *r, const dsq_st *st, cons
             rep->worst_rel_rms = rel;
             snprintf(rep->worst_name, sizeof rep->worst_name, "%s", s->name);
         }
-    }
+    } while (0);
     return first;
 }
 
@@ -225,11 +301,6 @@ static dsq_status check_source(dsq_ctr_reader *r, const char *src, dsq_verify_re
     for (size_t i = 0; i < dsq_ctr_count(r); i++) {
         const dsq_ctr_tensor *t = dsq_ctr_at(r, i);
         NOTE(compare_tensor(r, st, t, rep, err));
-        dsq_ctr_release(r, t);
-        for (uint32_t k = 0; k < t->n_sources; k++) {
-            const dsq_st_tensor *g = dsq_st_find(st, t->sources[k].name);
-            if (g) dsq_st_release(st, g);
-        }
     }
     /* every checkpoint tensor is held by the container (as a weight or as its scale) */
     for (size_t i = 0; i < dsq_st_count(st); i++) {

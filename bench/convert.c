@@ -1,0 +1,145 @@
+/* bench/convert: `dsq convert` against a plain copy of the same checkpoint, as ratios.
+ *
+ * Model: $DSQ_BENCH_DIR (default /tmp/dsq-bench-flash-2l: two real-shaped V4-Flash layers, ~12.8 GB),
+ * synthesized with `dsq synth --config samples/configs/deepseek-v4-flash.json --layers 2` when missing.
+ * Outputs go to $DSQ_BENCH_OUT (default /tmp/dsq-bench-convert) and are deleted after each run.
+ * $DSQ_BENCH_RECIPES (default "release fp8 int4") selects the recipes, $DSQ_BENCH_THREADS (default 2)
+ * the threads.
+ *
+ * Baseline: a plain copy of every file of the checkpoint (16 MiB reads and writes, fdatasync), the
+ * least any converter must do.  Each conversion runs as a child process; its wall time, its ratio to
+ * the copy and its peak RSS (ru_maxrss) are printed.  Targets: release ≤ 1.25x, fp8 ≤ 1.25x,
+ * int4 ≤ 2x with 2 threads; peak RSS < 2 GiB.  The source is read once before the copy so both sides
+ * start from the same page-cache state. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "dsq_core.h"
+
+#define CHUNK (16u << 20)
+
+static int run(const char *const *argv, double *seconds, long *maxrss_kb) {
+    double t0 = dsq_now();
+    pid_t pid = fork();
+    if (pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        if (null >= 0) dup2(null, 1);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    int status = 0;
+    struct rusage ru;
+    memset(&ru, 0, sizeof ru);
+    if (pid < 0 || wait4(pid, &status, 0, &ru) < 0) return -1;
+    *seconds = dsq_now() - t0;
+    if (maxrss_kb) *maxrss_kb = ru.ru_maxrss;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* Copy (or just read, when dst_dir is NULL) every regular file of src_dir. */
+static int copy_dir(const char *src_dir, const char *dst_dir, uint64_t *bytes) {
+    DIR *d = opendir(src_dir);
+    if (!d) return -1;
+    char *buf = malloc(CHUNK);
+    struct dirent *e;
+    int rc = 0;
+    *bytes = 0;
+    while (rc == 0 && buf && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char sp[8192], dp[8192];
+        snprintf(sp, sizeof sp, "%s/%s", src_dir, e->d_name);
+        int in = open(sp, O_RDONLY), out = -1;
+        if (in < 0) continue;
+        if (dst_dir) {
+            snprintf(dp, sizeof dp, "%s/%s", dst_dir, e->d_name);
+            out = open(dp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            if (out < 0) rc = -1;
+        }
+        ssize_t n;
+        while (rc == 0 && (n = read(in, buf, CHUNK)) > 0) {
+            *bytes += (uint64_t)n;
+            if (out >= 0 && write(out, buf, (size_t)n) != n) rc = -1;
+        }
+        if (out >= 0 && (fdatasync(out) != 0 || close(out) != 0)) rc = -1;
+        close(in);
+    }
+    free(buf);
+    closedir(d);
+    return rc;
+}
+
+static void rm_dir_files(const char *dir) {
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char p[8192];
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        unlink(p);
+    }
+    if (d) closedir(d);
+}
+
+int main(void) {
+    const char *bin = getenv("DSQ_BIN") ? getenv("DSQ_BIN") : "build/dsq";
+    const char *model = getenv("DSQ_BENCH_DIR") ? getenv("DSQ_BENCH_DIR") : "/tmp/dsq-bench-flash-2l";
+    const char *out = getenv("DSQ_BENCH_OUT") ? getenv("DSQ_BENCH_OUT") : "/tmp/dsq-bench-convert";
+    const char *recipes = getenv("DSQ_BENCH_RECIPES") ? getenv("DSQ_BENCH_RECIPES") : "release fp8 int4";
+    const char *threads = getenv("DSQ_BENCH_THREADS") ? getenv("DSQ_BENCH_THREADS") : "2";
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", model);
+    if (!dsq_path_exists(path)) {
+        printf("bench/convert: synthesizing %s (2 real-shaped V4-Flash layers)\n", model);
+        const char *argv[] = {bin, "synth", "--config", "samples/configs/deepseek-v4-flash.json", "--layers", "2",
+                              "--out", model, "--threads", threads, NULL};
+        double t;
+        if (run(argv, &t, NULL) != 0) {
+            fprintf(stderr, "bench/convert: synth failed\n");
+            return 1;
+        }
+    }
+    mkdir(out, 0755);
+    char copy_dir_path[4096];
+    snprintf(copy_dir_path, sizeof copy_dir_path, "%s/copy", out);
+    mkdir(copy_dir_path, 0755);
+    uint64_t bytes = 0;
+    copy_dir(model, NULL, &bytes); /* warm the page cache: both sides start alike */
+    double t0 = dsq_now();
+    if (copy_dir(model, copy_dir_path, &bytes) != 0) {
+        fprintf(stderr, "bench/convert: copy failed: %s\n", strerror(errno));
+        return 1;
+    }
+    double t_copy = dsq_now() - t0;
+    rm_dir_files(copy_dir_path);
+    rmdir(copy_dir_path);
+    printf("checkpoint %s: %.2f GB\n", model, (double)bytes / 1e9);
+    printf("%-10s %10s %10s %8s %10s %12s\n", "run", "seconds", "GB/s", "ratio", "target", "peak RSS MiB");
+    printf("%-10s %10.2f %10.3f %8.2f %10s %12s\n", "copy", t_copy, (double)bytes / t_copy / 1e9, 1.0, "-", "-");
+    char list[256];
+    snprintf(list, sizeof list, "%s", recipes);
+    int fails = 0;
+    for (char *r = strtok(list, " "); r; r = strtok(NULL, " ")) {
+        char dst[4096];
+        snprintf(dst, sizeof dst, "%s/%s.dsq", out, r);
+        unlink(dst);
+        const char *argv[] = {bin, "convert", model, dst, "--recipe", r, "--threads", threads, NULL};
+        double t;
+        long rss = 0;
+        int rc = run(argv, &t, &rss);
+        double target = !strcmp(r, "int4") ? 2.0 : 1.25;
+        printf("%-10s %10.2f %10.3f %8.2f %9.2fx %12.0f%s\n", r, t, (double)bytes / t / 1e9, t / t_copy, target,
+               (double)rss / 1024.0, rc ? "  FAILED" : "");
+        fails += rc != 0;
+        unlink(dst);
+    }
+    rmdir(out);
+    return fails ? 1 : 0;
+}
