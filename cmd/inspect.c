@@ -5,6 +5,8 @@
 
 #include "cmd.h"
 #include "dsq_config.h"
+#include "dsq_container.h"
+#include "dsq_json.h"
 #include "dsq_inventory.h"
 #include "dsq_safetensors.h"
 
@@ -44,6 +46,7 @@ typedef struct source {
     size_t n_tensors;
     size_t n_shards;
     dsq_st *st;
+    dsq_ctr_reader *ctr;     /* a .dsq container: the tensors are its recorded checkpoint sources */
     dsq_inv *expected;       /* config alone: the expected inventory stands in for the tensors */
     bool has_config;
     char *config_path;
@@ -54,6 +57,7 @@ static void source_close(source *s) {
     dsq_free(s->tensors);
     dsq_inv_free(s->expected);
     dsq_st_close(s->st);
+    dsq_ctr_reader_close(s->ctr);
     free(s->path);
     free(s->config_path);
     memset(s, 0, sizeof *s);
@@ -110,6 +114,39 @@ static dsq_status open_safetensors(source *s, const char *path, const char *conf
     return st;
 }
 
+static bool is_container(const char *path) {
+    FILE *f = fopen(path, "rb");
+    char magic[8] = {0};
+    bool yes = f && fread(magic, 1, 8, f) == 8 && !memcmp(magic, DSQ_FILE_MAGIC, 8);
+    if (f) fclose(f);
+    return yes;
+}
+
+/* A .dsq: the checkpoint it was made from (names, dtypes, shapes of the sources), its config from
+ * the metadata unless --config is given.  Only the header and table are read. */
+static dsq_status open_container(source *s, const char *path, const char *config_path, dsq_err *err) {
+    s->kind = "dsq";
+    s->path = strdup(path);
+    DSQ_TRY(dsq_ctr_reader_open(path, NULL, &s->ctr, err));
+    DSQ_TRY(dsq_ctr_describe_sources(s->ctr, &s->tensors, &s->n_tensors, err));
+    if (config_path) return load_config(s, config_path, err);
+    size_t len;
+    const char *text = dsq_ctr_metadata(s->ctr, &len);
+    cJSON *m = NULL;
+    DSQ_TRY(dsq_json_parse(text, len, path, &m, err));
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(m, "files"), "config.json");
+    dsq_status st = DSQ_OK;
+    if (cJSON_IsString(c)) {
+        st = dsq_config_parse(c->valuestring, strlen(c->valuestring), path, &s->cfg, NULL, err);
+        s->has_config = st == DSQ_OK;
+        size_t n = strlen(path) + 32;
+        s->config_path = malloc(n);
+        if (s->config_path) snprintf(s->config_path, n, "%s (metadata)", path);
+    }
+    cJSON_Delete(m);
+    return st;
+}
+
 /* ---- printing ---------------------------------------------------------------------------------- */
 
 static void human(double v, const char *const *units, int n_units, double base, char *buf, size_t n) {
@@ -152,14 +189,20 @@ typedef struct report {
 static void print_text(const source *s, const report *r, bool list_tensors) {
     char a[64], b[64], c[64], d[64];
     const dsq_v4_config *cf = &s->cfg;
-    if (s->st)
+    if (s->ctr) {
+        uint64_t stored = 0;
+        for (size_t i = 0; i < dsq_ctr_count(s->ctr); i++)
+            for (int p = 0; p < dsq_ctr_at(s->ctr, i)->n_parts; p++) stored += dsq_ctr_at(s->ctr, i)->parts[p].bytes;
+        printf("container:   %s (.dsq, %zu stored tensors, %s stored; below: the %zu checkpoint tensors it holds)\n",
+               s->path, dsq_ctr_count(s->ctr), hbytes(stored, b, sizeof b), s->n_tensors);
+    } else if (s->st)
         printf("checkpoint:  %s (safetensors, %zu shard%s, %zu tensors, %s)\n", s->path, s->n_shards,
                s->n_shards == 1 ? "" : "s", s->n_tensors, hbytes(r->stats.bytes_total, a, sizeof a));
     else
         printf("model:       defined by %s (expected inventory: %zu tensors, %s)\n", s->path, s->n_tensors,
                hbytes(r->stats.bytes_total, a, sizeof a));
     if (s->has_config) {
-        if (s->st) printf("config:      %s\n", s->config_path);
+        if (s->st || s->ctr) printf("config:      %s\n", s->config_path);
         printf("geometry:    vocab %" PRIu64 ", dim %" PRIu64 ", %d layers + %d MTP, %d heads x %d (rope %d), "
                "q_lora %d, o_groups %d x %d\n",
                cf->vocab_size, cf->dim, cf->n_layers, cf->n_mtp_layers, cf->n_heads, cf->head_dim,
@@ -332,7 +375,9 @@ int dsq_cmd_inspect(int argc, char **argv) {
 
     source s = {0};
     dsq_err err = DSQ_ERR_INIT;
-    dsq_status st = path ? open_safetensors(&s, path, config, &err) : open_config_only(&s, config, &err);
+    dsq_status st = !path                  ? open_config_only(&s, config, &err)
+                    : is_container(path)   ? open_container(&s, path, config, &err)
+                                           : open_safetensors(&s, path, config, &err);
     if (st != DSQ_OK) {
         source_close(&s);
         return dsq_cmd_fail(CMD, &err);

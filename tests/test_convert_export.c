@@ -158,10 +158,39 @@ static void test_fp8_and_int4_exports(void **state) {
     free(dir);
 }
 
+/* dsq inspect on a .dsq describes the checkpoint it holds: the same figures as the checkpoint. */
+static void test_inspect_container(void **state) {
+    char *dir = dsq_test_tmpdir(), *src = dsq_test_shared_path("golden/v4-tiny/model"), *dsq = dsq_test_join(dir, "m.dsq");
+    assert_int_equal(dsq_test_run(NULL, NULL, "convert '%s' '%s' --recipe int4", src, dsq), 0);
+    char *a = NULL, *b = NULL;
+    assert_int_equal(dsq_test_run(&a, NULL, "inspect '%s' --json", src), 0);
+    assert_int_equal(dsq_test_run(&b, NULL, "inspect '%s' --json --check", dsq), 0);
+    cJSON *ja = NULL, *jb = NULL;
+    assert_int_equal(dsq_json_parse(a, strlen(a), "a", &ja, NULL), DSQ_OK);
+    assert_int_equal(dsq_json_parse(b, strlen(b), "b", &jb, NULL), DSQ_OK);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(jb, "source")->valuestring, "dsq");
+    const char *keys[] = {"tensors", "bytes", "params_total", "params_active", "n_layers", "kv_bytes_per_token"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        assert_true(cJSON_Compare(cJSON_GetObjectItemCaseSensitive(ja, keys[i]), cJSON_GetObjectItemCaseSensitive(jb, keys[i]), true));
+    assert_true(cJSON_Compare(cJSON_GetObjectItemCaseSensitive(ja, "layers"), cJSON_GetObjectItemCaseSensitive(jb, "layers"), true));
+    cJSON_Delete(ja);
+    cJSON_Delete(jb);
+    free(a);
+    free(b);
+    assert_int_equal(dsq_test_run(&a, NULL, "inspect '%s'", dsq), 0);
+    assert_non_null(strstr(a, "153 stored tensors"));
+    free(a);
+    dsq_test_rmdir(dir);
+    free(dsq);
+    free(src);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_release_round_trip),
         cmocka_unit_test(test_fp8_and_int4_exports),
+        cmocka_unit_test(test_inspect_container),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

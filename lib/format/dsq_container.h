@@ -189,6 +189,13 @@ dsq_status dsq_ctr_pack(const char *in, const char *out, int level, int threads,
 dsq_status dsq_ctr_unpack(const char *in, const char *out, const char *const *names, size_t n_names, bool overwrite,
                           dsq_ctr_pack_stats *stats, dsq_err *err);
 
+/* ---- the source checkpoint, as the inventory sees it ------------------------------------------ */
+struct dsq_tensor_desc;
+/* One descriptor per checkpoint tensor the container holds (weights and their scales) with the dtype
+ * and shape they had in the checkpoint, in table order.  *out is dsq_malloc'd (dsq_free); names
+ * point into r and are valid until it is closed.  Feed it to dsq_inv_check / dsq_inv_stats_compute. */
+dsq_status dsq_ctr_describe_sources(const dsq_ctr_reader *r, struct dsq_tensor_desc **out, size_t *n, dsq_err *err);
+
 /* ---- export to a Hugging Face safetensors checkpoint (dsq export) ----------------------------
  * Every source tensor is written back under its checkpoint name: stacks are split per expert and
  * fused pairs per half.  Tensors stored in the form their checkpoint had (the release recipe) come

@@ -99,36 +99,6 @@ static int source_shape(const dsq_ctr_tensor *t, const dsq_ctr_source *s, uint64
     return r;
 }
 
-/* The checkpoint tensors (weight and scale) source s came from, as the inventory knows them. */
-static void source_descs(const dsq_v4_config *c, const dsq_ctr_tensor *t, const dsq_ctr_source *s, dsq_tensor_desc *w,
-                         dsq_tensor_desc *sc, bool *has_scale) {
-    memset(w, 0, sizeof *w);
-    memset(sc, 0, sizeof *sc);
-    w->name = s->name;
-    w->dtype = s->dtype;
-    w->rank = source_shape(t, s, w->shape);
-    *has_scale = s->scale_name != NULL;
-    if (!*has_scale || w->rank < 2) return;
-    uint64_t n = w->shape[w->rank - 2], k = w->shape[w->rank - 1];
-    sc->name = s->scale_name;
-    sc->dtype = (dsq_dtype)s->scale_dtype;
-    sc->rank = 2;
-    if (s->dtype == DSQ_DTYPE_I8 || s->dtype == DSQ_DTYPE_U8) { /* packed FP4: [N, K/2], scale [N, K/32] */
-        w->shape[w->rank - 1] = k / 2;
-        sc->shape[0] = n;
-        sc->shape[1] = k / 32;
-    } else {
-        uint64_t bn = c->weight_block_n > 0 ? (uint64_t)c->weight_block_n : 128;
-        uint64_t bk = c->weight_block_k > 0 ? (uint64_t)c->weight_block_k : 128;
-        sc->shape[0] = dsq_ceil_div(n, bn);
-        sc->shape[1] = dsq_ceil_div(k, bk);
-    }
-    size_t es = dsq_dtype_size(w->dtype), ss = dsq_dtype_size(sc->dtype);
-    dsq_prod_u64(w->shape, w->rank, &w->n_bytes);
-    w->n_bytes *= es;
-    sc->n_bytes = sc->shape[0] * sc->shape[1] * ss;
-}
-
 static dsq_status check_metadata(dsq_ctr_reader *r, dsq_v4_config *cfg, bool *have_cfg, dsq_err *err) {
     const char *f = dsq_ctr_path(r);
     size_t len;
@@ -162,22 +132,14 @@ static dsq_status check_metadata(dsq_ctr_reader *r, dsq_v4_config *cfg, bool *ha
 
 /* The inventory the container's sources describe must be what the config expects. */
 static dsq_status check_inventory(dsq_ctr_reader *r, const dsq_v4_config *c, dsq_err *err) {
+    dsq_tensor_desc *d = NULL;
     size_t n = 0;
-    for (size_t i = 0; i < dsq_ctr_count(r); i++) n += 2 * (size_t)dsq_ctr_at(r, i)->n_sources;
-    if (n == 0) return DSQ_OK;
-    dsq_tensor_desc *d = dsq_calloc(n, sizeof *d);
-    DSQ_RETURN_IF(!d, err, DSQ_ERR_NOMEM, "out of memory");
-    size_t k = 0;
-    for (size_t i = 0; i < dsq_ctr_count(r); i++) {
-        const dsq_ctr_tensor *t = dsq_ctr_at(r, i);
-        for (uint32_t j = 0; j < t->n_sources; j++) {
-            bool hs;
-            source_descs(c, t, &t->sources[j], &d[k], &d[k + 1], &hs);
-            k += hs ? 2 : 1;
-        }
+    DSQ_TRY(dsq_ctr_describe_sources(r, &d, &n, err));
+    dsq_status s = DSQ_OK;
+    if (n) {
+        dsq_inv_report rep;
+        s = dsq_inv_check(c, d, n, dsq_ctr_path(r), &rep, err);
     }
-    dsq_inv_report rep;
-    dsq_status s = dsq_inv_check(c, d, k, dsq_ctr_path(r), &rep, err);
     dsq_free(d);
     return s;
 }
