@@ -79,21 +79,7 @@ static dsq_status open_config_only(source *s, const char *config_path, dsq_err *
     s->path = strdup(config_path);
     DSQ_TRY(load_config(s, config_path, err));
     DSQ_TRY(dsq_inv_expected(&s->cfg, NULL, &s->expected, err));
-    size_t n = dsq_inv_count(s->expected);
-    s->tensors = dsq_calloc(n ? n : 1, sizeof *s->tensors);
-    if (!s->tensors) return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", config_path);
-    for (size_t i = 0; i < n; i++) {
-        const dsq_inv_entry *e = dsq_inv_at(s->expected, i);
-        dsq_tensor_desc *d = &s->tensors[i];
-        d->name = e->name;
-        d->dtype = e->dtype;
-        d->rank = e->rank;
-        d->shape[0] = e->shape[0];
-        d->shape[1] = e->shape[1];
-        d->n_bytes = e->n_bytes;
-    }
-    s->n_tensors = n;
-    return DSQ_OK;
+    return dsq_inv_describe(s->expected, &s->tensors, &s->n_tensors, err);
 }
 
 static dsq_status open_safetensors(source *s, const char *path, const char *config_path, dsq_err *err) {

@@ -173,6 +173,8 @@ const dsq_inv_entry *dsq_inv_at(const dsq_inv *inv, size_t i);
 /* Entry by name (binary search), NULL if the config does not expect it. */
 const dsq_inv_entry *dsq_inv_find(const dsq_inv *inv, const char *name);
 uint64_t dsq_inv_total_bytes(const dsq_inv *inv);
+/* Describe the expected tensors as a source would (names point into inv; free *out with dsq_free). */
+dsq_status dsq_inv_describe(const dsq_inv *inv, dsq_tensor_desc **out, size_t *n, dsq_err *err);
 
 /* Variants a set of tensors uses (dtype-driven, spec §1.3): experts FP4 if routed expert weights are
  * I8, FP8 if F8_E4M3; scales F32 if scale tensors are F32; compressor_fp8 / indexer_compressor_fp8 if

@@ -549,6 +549,25 @@ const dsq_inv_entry *dsq_inv_find(const dsq_inv *inv, const char *name) {
     return NULL;
 }
 
+dsq_status dsq_inv_describe(const dsq_inv *inv, dsq_tensor_desc **out, size_t *n, dsq_err *err) {
+    *out = NULL;
+    *n = 0;
+    dsq_tensor_desc *d = dsq_calloc(inv->n ? inv->n : 1, sizeof *d);
+    if (!d) return dsq_err_set(err, DSQ_ERR_NOMEM, "inventory: out of memory for %zu tensor descriptions", inv->n);
+    for (size_t i = 0; i < inv->n; i++) {
+        const dsq_inv_entry *e = &inv->e[i];
+        d[i].name = e->name;
+        d[i].dtype = e->dtype;
+        d[i].rank = e->rank;
+        d[i].shape[0] = e->shape[0];
+        d[i].shape[1] = e->shape[1];
+        d[i].n_bytes = e->n_bytes;
+    }
+    *out = d;
+    *n = inv->n;
+    return DSQ_OK;
+}
+
 /* ---- parameter counts (dsq_config.h) ----------------------------------------------------------- */
 
 static void count_params(void *ctx, const dsq_inv_entry *e) {
