@@ -341,6 +341,29 @@ AVX2 void dsq__e4m3_decode_avx2(const uint8_t *codes, uint64_t n, float *out) {
     for (; i < n; i++) out[i] = dsq_e4m3_to_f32(codes[i]);
 }
 
+/* Integer scale search: one candidate on a group of n (multiple of 8) values, the same IEEE operations
+ * as dsq__int_group_eval_scalar (no FMA; RNE by the magic-number add), so the sums are identical. */
+AVX2 void dsq__int_group_eval_avx2(const float *x, int n, const dsq__grp_param *p, dsq__grp_eval *out) {
+    __m256 e = _mm256_setzero_ps(), a = e, b = e, c = e, d = e;
+    __m256 inv = _mm256_set1_ps(p->inv), s = _mm256_set1_ps(p->s), m = _mm256_set1_ps(p->m);
+    __m256 lo = _mm256_set1_ps(p->qmin), hi = _mm256_set1_ps(p->qmax), magic = _mm256_set1_ps(0x1.8p23f);
+    for (int i = 0; i < n; i += 8) {
+        __m256 xv = _mm256_loadu_ps(x + i);
+        __m256 t = p->asym ? _mm256_mul_ps(_mm256_sub_ps(xv, m), inv) : _mm256_mul_ps(xv, inv);
+        t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
+        __m256 q = _mm256_sub_ps(_mm256_add_ps(t, magic), magic);
+        __m256 w = _mm256_mul_ps(q, s);
+        if (p->asym) w = _mm256_add_ps(w, m);
+        __m256 df = _mm256_sub_ps(xv, w);
+        e = _mm256_add_ps(e, _mm256_mul_ps(df, df));
+        a = _mm256_add_ps(a, _mm256_mul_ps(xv, q));
+        b = _mm256_add_ps(b, _mm256_mul_ps(q, q));
+        c = _mm256_add_ps(c, q);
+        d = _mm256_add_ps(d, xv);
+    }
+    out->err = hsum(e), out->sxq = hsum(a), out->sqq = hsum(b), out->sq = hsum(c), out->sx = hsum(d);
+}
+
 #else /* not x86: the scalar twins stand in (dsq_codec_best_isa never returns AVX2 there) */
 
 void dsq__decode_span_avx2(const dsq__qv *v, uint64_t r, uint64_t c0, uint64_t n, float *out) {
@@ -350,6 +373,9 @@ float dsq__dot_f32_avx2(const float *a, const float *b, uint64_t n) { return dsq
 float dsq__dot_row_avx2(const dsq__qv *v, uint64_t r, const float *x) { return dsq__dot_row_scalar(v, r, x); }
 void dsq__e4m3_decode_avx2(const uint8_t *codes, uint64_t n, float *out) {
     for (uint64_t i = 0; i < n; i++) out[i] = dsq_e4m3_to_f32(codes[i]);
+}
+void dsq__int_group_eval_avx2(const float *x, int n, const dsq__grp_param *p, dsq__grp_eval *out) {
+    dsq__int_group_eval_scalar(x, n, p, out);
 }
 
 #endif
