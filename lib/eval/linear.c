@@ -245,6 +245,7 @@ __attribute__((target("avx2,fma"))) static void tile_avx2(const float *w, size_t
 __attribute__((target("avx2,fma"), always_inline)) static inline __m256 wvec(const dsq_wview *w, uint64_t r, uint64_t c) {
     uint64_t cols = w->shape[1];
     switch (w->enc) {
+    case DSQ_ENC_F32: return _mm256_loadu_ps((const float *)(const void *)(w->data + 4 * (r * cols + c)));
     case DSQ_ENC_BF16: {
         __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w->data + 2 * (r * cols + c))));
         return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
@@ -288,6 +289,7 @@ __attribute__((target("avx2,fma"))) static void fused1_avx2(const dsq_wview *w, 
     dsq_wview we = *w;
     /* one loop per encoding so wvec's switch folds away */
     switch (w->enc) {
+    case DSQ_ENC_F32: we.enc = DSQ_ENC_F32; FUSED_BODY(); break;
     case DSQ_ENC_BF16: we.enc = DSQ_ENC_BF16; FUSED_BODY(); break;
     case DSQ_ENC_FP8_B128: we.enc = DSQ_ENC_FP8_B128; FUSED_BODY(); break;
     case DSQ_ENC_FP8_B128_F32: we.enc = DSQ_ENC_FP8_B128_F32; FUSED_BODY(); break;
@@ -325,7 +327,7 @@ __attribute__((target("avx2,fma"))) static void fused1_avx2(const dsq_wview *w, 
 #undef FUSED_BODY
 
 static bool fusable(const dsq_wview *w) {
-    return w->shape[1] % 8 == 0 && (w->enc == DSQ_ENC_BF16 || w->enc == DSQ_ENC_FP8_B128 ||
+    return w->shape[1] % 8 == 0 && (w->enc == DSQ_ENC_F32 || w->enc == DSQ_ENC_BF16 || w->enc == DSQ_ENC_FP8_B128 ||
                                      w->enc == DSQ_ENC_FP8_B128_F32 || w->enc == DSQ_ENC_MXFP4);
 }
 #endif
@@ -353,12 +355,14 @@ dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, ui
     double work = (double)n_rows * (double)cols * (double)(n_tok > 0 ? n_tok : 1);
     int nt = work < 65536.0 ? 1 : k->threads;
     bool avx2 = k->avx2, failed = false;
+    bool fused = false;
 #ifdef HAVE_X86
-    bool fused = avx2 && n_tok == 1 && fusable(w);
+    fused = avx2 && n_tok == 1 && fusable(w);
 #endif
 #pragma omp parallel num_threads(nt)
     {
-        float *buf = dsq_malloc_aligned(sizeof(float) * ROW_TILE * cols);
+        /* the fused one-token path needs no scratch except for a last partial tile */
+        float *buf = dsq_malloc_aligned(sizeof(float) * ROW_TILE * (fused && n_rows % ROW_TILE == 0 ? 1 : cols));
         if (!buf) {
 #pragma omp atomic write
             failed = true;
