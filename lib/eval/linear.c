@@ -195,28 +195,32 @@ __attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const 
     return s;
 }
 
-/* ROW_TILE rows × NT tokens (NT ≤ TOK_TILE, a compile-time constant after inlining); each (row,
- * token) pair keeps its own lane accumulator, so the result does not depend on the tiling, and the
- * ROW_TILE independent chains hide the FMA latency even for one token (decode). */
-__attribute__((target("avx2,fma"), always_inline)) static inline void tile_avx2_nt(const float *w, size_t ldw,
-                                                                                 const float *x, size_t ldx, size_t n,
-                                                                                 float *y, size_t ldy, const int NT) {
-    __m256 acc[ROW_TILE][TOK_TILE];
-    for (int r = 0; r < ROW_TILE; r++)
-        for (int t = 0; t < NT; t++) acc[r][t] = _mm256_setzero_ps();
+/* ROW_TILE (4) rows × 3 tokens with twelve named accumulators (arrays of __m256 get spilled to the
+ * stack); each (row, token) pair keeps its own lane accumulator, so the result does not depend on
+ * the tiling. */
+__attribute__((target("avx2,fma"))) static void tile4x3_avx2(const float *w, size_t ldw, const float *x, size_t ldx,
+                                                             size_t n, float *y, size_t ldy) {
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a10 = a00, a11 = a00, a12 = a00;
+    __m256 a20 = a00, a21 = a00, a22 = a00, a30 = a00, a31 = a00, a32 = a00;
+    const float *w0 = w, *w1 = w + ldw, *w2 = w + 2 * ldw, *w3 = w + 3 * ldw;
+    const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx;
     size_t k = 0;
     for (; k + 8 <= n; k += 8) {
-        __m256 xv[TOK_TILE];
-        for (int t = 0; t < NT; t++) xv[t] = _mm256_loadu_ps(x + t * ldx + k);
-        for (int r = 0; r < ROW_TILE; r++) {
-            __m256 wv = _mm256_loadu_ps(w + r * ldw + k);
-            for (int t = 0; t < NT; t++) acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
-        }
+        __m256 v0 = _mm256_loadu_ps(x0 + k), v1 = _mm256_loadu_ps(x1 + k), v2 = _mm256_loadu_ps(x2 + k), wv;
+        wv = _mm256_loadu_ps(w0 + k);
+        a00 = _mm256_fmadd_ps(wv, v0, a00), a01 = _mm256_fmadd_ps(wv, v1, a01), a02 = _mm256_fmadd_ps(wv, v2, a02);
+        wv = _mm256_loadu_ps(w1 + k);
+        a10 = _mm256_fmadd_ps(wv, v0, a10), a11 = _mm256_fmadd_ps(wv, v1, a11), a12 = _mm256_fmadd_ps(wv, v2, a12);
+        wv = _mm256_loadu_ps(w2 + k);
+        a20 = _mm256_fmadd_ps(wv, v0, a20), a21 = _mm256_fmadd_ps(wv, v1, a21), a22 = _mm256_fmadd_ps(wv, v2, a22);
+        wv = _mm256_loadu_ps(w3 + k);
+        a30 = _mm256_fmadd_ps(wv, v0, a30), a31 = _mm256_fmadd_ps(wv, v1, a31), a32 = _mm256_fmadd_ps(wv, v2, a32);
     }
-    for (int r = 0; r < ROW_TILE; r++)
-        for (int t = 0; t < NT; t++) {
+    __m256 acc[12] = {a00, a01, a02, a10, a11, a12, a20, a21, a22, a30, a31, a32};
+    for (int r = 0; r < 4; r++)
+        for (int t = 0; t < 3; t++) {
             float l[8];
-            _mm256_storeu_ps(l, acc[r][t]);
+            _mm256_storeu_ps(l, acc[r * 3 + t]);
             float s = hsum8(l);
             const float *wr = w + r * ldw, *xt = x + t * ldx;
             for (size_t kk = k; kk < n; kk++) s = fmaf(wr[kk], xt[kk], s);
@@ -226,16 +230,12 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void tile_avx2_
 
 __attribute__((target("avx2,fma"))) static void tile_avx2(const float *w, size_t ldw, int nr, const float *x,
                                                           size_t ldx, int nt, size_t n, float *y, size_t ldy) {
-    if (nr != ROW_TILE) {
-        for (int t = 0; t < nt; t++)
-            for (int r = 0; r < nr; r++) y[t * ldy + r] = dot_avx2(w + r * ldw, x + t * ldx, n);
+    if (nr == ROW_TILE && nt == TOK_TILE) {
+        tile4x3_avx2(w, ldw, x, ldx, n, y, ldy);
         return;
     }
-    switch (nt) {
-    case 1: tile_avx2_nt(w, ldw, x, ldx, n, y, ldy, 1); break;
-    case 2: tile_avx2_nt(w, ldw, x, ldx, n, y, ldy, 2); break;
-    default: tile_avx2_nt(w, ldw, x, ldx, n, y, ldy, 3); break;
-    }
+    for (int t = 0; t < nt; t++)
+        for (int r = 0; r < nr; r++) y[t * ldy + r] = dot_avx2(w + r * ldw, x + t * ldx, n);
 }
 #endif
 
