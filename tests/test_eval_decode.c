@@ -317,6 +317,82 @@ static void test_synth_shared_clamp_switch(void **state) {
     free(dir);
 }
 
+/* ---- model validation: a weight source that hides or alters one tensor ---------------------------- */
+
+typedef struct mutant {
+    dsq_wsrc *inner;
+    const char *target;
+    int how; /* 0 hide, 1 wrong shape, 2 wrong encoding, 3 NaN scale */
+    uint8_t nan_scale[64];
+} mutant;
+
+static dsq_status mut_get(const dsq_wsrc *s, const char *name, dsq_wview *v, dsq_err *err) {
+    mutant *mu = s->impl;
+    if (strcmp(name, mu->target) != 0) return mu->inner->get(mu->inner, name, v, err);
+    if (mu->how == 0) return dsq_err_set(err, DSQ_ERR_MISSING, "%s: tensor %s is missing", s->path, name);
+    DSQ_TRY(mu->inner->get(mu->inner, name, v, err));
+    if (mu->how == 1) v->shape[0] += 1;
+    if (mu->how == 2) v->enc = DSQ_ENC_INT4_G;
+    if (mu->how == 3) {
+        memcpy(mu->nan_scale, v->scale, v->scale_bytes < 64 ? v->scale_bytes : 64);
+        mu->nan_scale[0] = 0xff;
+        v->scale = mu->nan_scale;
+    }
+    return DSQ_OK;
+}
+
+static void mut_close(dsq_wsrc *s) {
+    mutant *mu = s->impl;
+    dsq_wsrc_close(mu->inner);
+    free(mu);
+    free(s);
+}
+
+static dsq_status open_mutant(const char *target, int how, dsq_err *e) {
+    char *p = dsq_test_shared_path("golden/v4-tiny/model");
+    dsq_wsrc *inner = NULL;
+    assert_int_equal(dsq_wsrc_open_safetensors(p, &inner, NULL), DSQ_OK);
+    free(p);
+    mutant *mu = calloc(1, sizeof *mu);
+    mu->inner = inner;
+    mu->target = target;
+    mu->how = how;
+    dsq_wsrc *s = calloc(1, sizeof *s);
+    *s = (dsq_wsrc){mu, "mutant", mut_get, NULL, NULL, mut_close};
+    dsq_v4_config c;
+    eu_tiny_config(&c);
+    dsq_v4_model *m = NULL;
+    dsq_status st = dsq_v4_model_create(s, &c, &m, e); /* takes s, also on failure */
+    dsq_v4_model_close(m);
+    return st;
+}
+
+static void test_model_validation(void **state) {
+    struct {
+        const char *name;
+        int how;
+        dsq_status want;
+    } cases[] = {
+        {"layers.2.attn.compressor.wgate.weight", 0, DSQ_ERR_MISSING},
+        {"layers.1.attn.indexer.wq_b.weight", 1, DSQ_ERR_SHAPE},
+        {"mtp.0.ffn.experts.7.w2.weight", 2, DSQ_ERR_DTYPE},
+        {"layers.3.attn.wo_b.weight", 3, DSQ_ERR_NONFINITE},
+        {"layers.0.ffn.gate.tid2eid", 1, DSQ_ERR_SHAPE},
+        {"hc_head_base", 0, DSQ_ERR_MISSING},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        dsq_err e = DSQ_ERR_INIT;
+        dsq_status st = open_mutant(cases[i].name, cases[i].how, &e);
+        printf("  %-40s → %s: %s\n", cases[i].name, dsq_status_str(st), e.msg);
+        assert_int_equal(st, cases[i].want);
+        assert_non_null(strstr(e.msg, cases[i].name));
+        dsq_err_clear(&e);
+    }
+    dsq_err e = DSQ_ERR_INIT;
+    assert_int_equal(open_mutant("no.such.tensor", 0, &e), DSQ_OK); /* the wrapper itself is sound */
+    dsq_err_clear(&e);
+}
+
 int main(void) {
     const struct CMUnitTest tiny_tests[] = {
         cmocka_unit_test(test_tiny_decode_splits),
@@ -329,6 +405,7 @@ int main(void) {
     };
     const struct CMUnitTest other[] = {
         cmocka_unit_test(test_topk_ties),
+        cmocka_unit_test(test_model_validation),
         cmocka_unit_test(test_synth_decode_equals_prefill),
         cmocka_unit_test(test_synth_shared_clamp_switch),
     };

@@ -74,6 +74,12 @@ static dsq_status get_matrix(loader *L, dsq_wview *v, uint64_t rows, uint64_t co
                   (unsigned long long)cols);
     DSQ_RETURN_IF(v->enc == DSQ_ENC_MXFP4 && cols % 32 != 0, L->err, DSQ_ERR_SHAPE,
                   "%s: %s: FP4 columns must be a multiple of 32", s->path, name);
+    /* RELIABILITY.md: NaN scales are rejected.  128×128 block scales are small enough to scan at open;
+     * the 1×32 expert scales (GBs on a real checkpoint) are not scanned here. */
+    if (v->enc == DSQ_ENC_FP8_B128)
+        for (uint64_t i = 0; i < v->scale_bytes; i++)
+            DSQ_RETURN_IF(v->scale[i] == 0xff, L->err, DSQ_ERR_NONFINITE, "%s: %s: scale %llu is the E8M0 NaN (0xFF)",
+                          s->path, name, (unsigned long long)i);
     return track(L, v);
 }
 
