@@ -11,6 +11,13 @@
 #include "dsq_safetensors.h"
 #include "dsq_v4.h"
 
+/* Default options for the suites: one thread (results do not depend on the thread count — a test
+ * checks that — and spinning OpenMP teams crawl on a shared, oversubscribed CI machine). */
+static inline void eu_opts(dsq_eval_options *o) {
+    dsq_eval_options_default(o);
+    o->threads = 1;
+}
+
 /* Open shared/<rel> as safetensors (asserts). */
 static inline dsq_st *eu_open_st(const char *rel) {
     char *p = dsq_test_shared_path(rel);

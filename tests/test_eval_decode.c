@@ -56,7 +56,7 @@ static int setup_tiny(void **state) {
     tiny_tok = eu_i32(g, "tokens", NULL);
     dsq_st_close(g);
     dsq_eval_options o;
-    dsq_eval_options_default(&o);
+    eu_opts(&o);
     tiny_prefill = run_split(tiny, &o, tiny_tok, NT, NT, 1);
     return 0;
 }
@@ -69,7 +69,7 @@ static int teardown_tiny(void **state) {
 
 static void test_tiny_decode_splits(void **state) {
     dsq_eval_options o;
-    dsq_eval_options_default(&o);
+    eu_opts(&o);
     /* ratios 4 and 32, window 16: splits on and off every boundary */
     const int64_t full[] = {1, 3, 4, 15, 16, 17, 31, 32, 33, 63, 97};
     const int64_t small[] = {1, 17, 33};
@@ -92,7 +92,7 @@ static void test_tiny_decode_splits(void **state) {
 /* Three sequences in one batch (prefill, then batched decode steps) = each alone, bit for bit. */
 static void test_tiny_batch_equals_alone(void **state) {
     dsq_eval_options o;
-    dsq_eval_options_default(&o);
+    eu_opts(&o);
     enum { S = 3, STEPS = 4 };
     int64_t len[S] = {45, 21, 70};
     const int32_t *src[S] = {tiny_tok, tiny_tok + 50, tiny_tok + 80};
@@ -123,7 +123,7 @@ static void test_tiny_batch_equals_alone(void **state) {
  * the token-major path (each sequence through all blocks), bit for bit. */
 static void test_tiny_streaming_equals_token_major(void **state) {
     dsq_eval_options o;
-    dsq_eval_options_default(&o);
+    eu_opts(&o);
     enum { S = 3 };
     int64_t len[S] = {60, 33, 90};
     const int32_t *src[S] = {tiny_tok, tiny_tok + 60, tiny_tok + 70};
@@ -160,7 +160,7 @@ static void test_tiny_streaming_equals_token_major(void **state) {
 
 static void test_tiny_avx2_equals_scalar(void **state) {
     dsq_eval_options o;
-    dsq_eval_options_default(&o);
+    eu_opts(&o);
     o.force_scalar = true;
     int64_t n = dsq_test_asan() ? 40 : NT;
     float *sc = run_split(tiny, &o, tiny_tok, n, n, 1);
@@ -176,10 +176,21 @@ static void test_tiny_avx2_equals_scalar(void **state) {
     free(rv);
 }
 
+/* Results do not depend on the thread count (every output is one fixed-order reduction). */
+static void test_tiny_threads_equal(void **state) {
+    dsq_eval_options o;
+    eu_opts(&o);
+    o.threads = 2;
+    int64_t n = dsq_test_asan() ? 24 : 80;
+    float *lg = run_split(tiny, &o, tiny_tok, n, n - 3, 1);
+    assert_memory_equal(lg, tiny_prefill, sizeof(float) * NV * (size_t)n);
+    free(lg);
+}
+
 /* spec §8.30: the clamp is never active on the tiny golden, so both variants reproduce it. */
 static void test_tiny_shared_clamp_inactive(void **state) {
     dsq_eval_options o;
-    dsq_eval_options_default(&o);
+    eu_opts(&o);
     o.no_shared_clamp = true;
     float *lg = run_split(tiny, &o, tiny_tok, 40, 40, 1);
     assert_memory_equal(lg, tiny_prefill, sizeof(float) * NV * 40); /* prefix of the 160-token prefill */
@@ -192,12 +203,14 @@ static void test_bad_tokens(void **state) {
     int32_t bad[3] = {5, 512, 7}, neg[1] = {-1};
     dsq_v4_item it = {s, bad, 3, NULL, NULL, NULL};
     dsq_err e = DSQ_ERR_INIT;
-    assert_int_equal(dsq_v4_forward(tiny, NULL, &it, 1, &e), DSQ_ERR_TOKEN);
+    dsq_eval_options o;
+    eu_opts(&o);
+    assert_int_equal(dsq_v4_forward(tiny, &o, &it, 1, &e), DSQ_ERR_TOKEN);
     assert_non_null(strstr(e.msg, "512"));
     dsq_err_clear(&e);
     it.tokens = neg;
     it.n_tokens = 1;
-    assert_int_equal(dsq_v4_forward(tiny, NULL, &it, 1, &e), DSQ_ERR_TOKEN);
+    assert_int_equal(dsq_v4_forward(tiny, &o, &it, 1, &e), DSQ_ERR_TOKEN);
     dsq_err_clear(&e);
     assert_int_equal(dsq_v4_seq_pos(s), 0);
     dsq_v4_seq_free(s);
@@ -227,7 +240,7 @@ static void test_synth_decode_equals_prefill(void **state) {
     char *dir = NULL;
     dsq_v4_model *m = eu_open_synth(&c, 7, 1.0f, &dir);
     dsq_eval_options o;
-    dsq_eval_options_default(&o);
+    eu_opts(&o);
     int64_t n = dsq_test_asan() ? 140 : 300;
     int32_t *tok = malloc(sizeof(int32_t) * (size_t)n);
     for (int64_t i = 0; i < n; i++) tok[i] = (int32_t)((i * 37 + i * i) % (int64_t)c.vocab_size);
@@ -283,7 +296,7 @@ static void test_synth_shared_clamp_switch(void **state) {
     char *dir = NULL;
     dsq_v4_model *m = eu_open_synth(&c, 11, 40.0f, &dir);
     dsq_eval_options o;
-    dsq_eval_options_default(&o);
+    eu_opts(&o);
     int32_t tok[24];
     for (int i = 0; i < 24; i++) tok[i] = (i * 11) % 300;
     float *on = run_split(m, &o, tok, 24, 24, 1);
@@ -304,17 +317,95 @@ static void test_synth_shared_clamp_switch(void **state) {
     free(dir);
 }
 
+/* ---- model validation: a weight source that hides or alters one tensor ---------------------------- */
+
+typedef struct mutant {
+    dsq_wsrc *inner;
+    const char *target;
+    int how; /* 0 hide, 1 wrong shape, 2 wrong encoding, 3 NaN scale */
+    uint8_t nan_scale[64];
+} mutant;
+
+static dsq_status mut_get(const dsq_wsrc *s, const char *name, dsq_wview *v, dsq_err *err) {
+    mutant *mu = s->impl;
+    if (strcmp(name, mu->target) != 0) return mu->inner->get(mu->inner, name, v, err);
+    if (mu->how == 0) return dsq_err_set(err, DSQ_ERR_MISSING, "%s: tensor %s is missing", s->path, name);
+    DSQ_TRY(mu->inner->get(mu->inner, name, v, err));
+    if (mu->how == 1) v->shape[0] += 1;
+    if (mu->how == 2) v->enc = DSQ_ENC_INT4_G;
+    if (mu->how == 3) {
+        memcpy(mu->nan_scale, v->scale, v->scale_bytes < 64 ? v->scale_bytes : 64);
+        mu->nan_scale[0] = 0xff;
+        v->scale = mu->nan_scale;
+    }
+    return DSQ_OK;
+}
+
+static void mut_close(dsq_wsrc *s) {
+    mutant *mu = s->impl;
+    dsq_wsrc_close(mu->inner);
+    free(mu);
+    free(s);
+}
+
+static dsq_status open_mutant(const char *target, int how, dsq_err *e) {
+    char *p = dsq_test_shared_path("golden/v4-tiny/model");
+    dsq_wsrc *inner = NULL;
+    assert_int_equal(dsq_wsrc_open_safetensors(p, &inner, NULL), DSQ_OK);
+    free(p);
+    mutant *mu = calloc(1, sizeof *mu);
+    mu->inner = inner;
+    mu->target = target;
+    mu->how = how;
+    dsq_wsrc *s = calloc(1, sizeof *s);
+    *s = (dsq_wsrc){mu, "mutant", mut_get, NULL, NULL, mut_close};
+    dsq_v4_config c;
+    eu_tiny_config(&c);
+    dsq_v4_model *m = NULL;
+    dsq_status st = dsq_v4_model_create(s, &c, &m, e); /* takes s, also on failure */
+    dsq_v4_model_close(m);
+    return st;
+}
+
+static void test_model_validation(void **state) {
+    struct {
+        const char *name;
+        int how;
+        dsq_status want;
+    } cases[] = {
+        {"layers.2.attn.compressor.wgate.weight", 0, DSQ_ERR_MISSING},
+        {"layers.1.attn.indexer.wq_b.weight", 1, DSQ_ERR_SHAPE},
+        {"mtp.0.ffn.experts.7.w2.weight", 2, DSQ_ERR_DTYPE},
+        {"layers.3.attn.wo_b.weight", 3, DSQ_ERR_NONFINITE},
+        {"layers.0.ffn.gate.tid2eid", 1, DSQ_ERR_SHAPE},
+        {"hc_head_base", 0, DSQ_ERR_MISSING},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        dsq_err e = DSQ_ERR_INIT;
+        dsq_status st = open_mutant(cases[i].name, cases[i].how, &e);
+        printf("  %-40s → %s: %s\n", cases[i].name, dsq_status_str(st), e.msg);
+        assert_int_equal(st, cases[i].want);
+        assert_non_null(strstr(e.msg, cases[i].name));
+        dsq_err_clear(&e);
+    }
+    dsq_err e = DSQ_ERR_INIT;
+    assert_int_equal(open_mutant("no.such.tensor", 0, &e), DSQ_OK); /* the wrapper itself is sound */
+    dsq_err_clear(&e);
+}
+
 int main(void) {
     const struct CMUnitTest tiny_tests[] = {
         cmocka_unit_test(test_tiny_decode_splits),
         cmocka_unit_test(test_tiny_batch_equals_alone),
         cmocka_unit_test(test_tiny_streaming_equals_token_major),
         cmocka_unit_test(test_tiny_avx2_equals_scalar),
+        cmocka_unit_test(test_tiny_threads_equal),
         cmocka_unit_test(test_tiny_shared_clamp_inactive),
         cmocka_unit_test(test_bad_tokens),
     };
     const struct CMUnitTest other[] = {
         cmocka_unit_test(test_topk_ties),
+        cmocka_unit_test(test_model_validation),
         cmocka_unit_test(test_synth_decode_equals_prefill),
         cmocka_unit_test(test_synth_shared_clamp_switch),
     };
