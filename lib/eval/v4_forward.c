@@ -390,8 +390,8 @@ static dsq_status attention_seg(const run *r, const v4_block_w *B, v4_layer_cach
         for (int64_t t = 0; t < tc; t++)
             for (int h = 0; h < H; h++) {
                 float *o = oh + (size_t)t * Hhd + (size_t)h * hd, cs[DSQ_V4_MAX_HEAD_DIM];
-                dsq_v4_sparse_attention(q + (size_t)t * Hhd + (size_t)h * hd, keys + (size_t)t * n_keys, n_keys, hd,
-                                        B->attn_sink[h], scale, r->rel, o);
+                dsq__sparse_attention(&r->k, q + (size_t)t * Hhd + (size_t)h * hd, keys + (size_t)t * n_keys, n_keys,
+                                      hd, B->attn_sink[h], scale, r->rel, o);
                 dsq_v4_rope_cos_sin(B->freqs, rd, p0 + t0 + t, cs);
                 dsq_v4_rope_apply(o, hd, rd, cs, true, r->rel);
             }

@@ -32,6 +32,10 @@ void dsq__dequant_rows(const dsq_wview *w, uint64_t row0, uint64_t n, float *out
 /* The 8-lane FMA dot product used by dsq__linear (same bits in both twins). */
 float dsq__dot(const dsq__kern *k, const float *a, const float *b, size_t n);
 
+/* dsq_v4_sparse_attention with the kernel's dot product (kern NULL = scalar). */
+void dsq__sparse_attention(const dsq__kern *kern, const float *q, const float *const *keys, int64_t n_keys, int hd,
+                           float sink, float scale, bool release, float *out);
+
 /* Little-endian unaligned loads. */
 static inline float dsq__ld_f32(const uint8_t *p) {
     float f;

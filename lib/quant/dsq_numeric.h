@@ -39,32 +39,61 @@ static inline float dsq_bf16_to_f32(uint16_t h) { return dsq_bits_f32((uint32_t)
 /* Round a float to the nearest bf16 value, returned as float. */
 static inline float dsq_bf16_round(float f) { return dsq_bf16_to_f32(dsq_bf16_from_f32(f)); }
 
+/* ---- IEEE binary16 (F16) ---- */
+/* f32 → f16, RNE; overflow → ±Inf (values ≥ 65520 in magnitude), NaN → quiet NaN, subnormals kept. */
+static inline uint16_t dsq_f16_from_f32(float f) {
+    uint32_t u = dsq_f32_bits(f);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* ≥ 65520 rounds past 65504 */
+    if (a >= 0x38800000u) {                                   /* normal: ≥ 2^-14 */
+        uint32_t r = (a + 0xfffu + ((a >> 13) & 1u)) >> 13;  /* carry may bump the exponent */
+        return (uint16_t)(sign | (r - (112u << 10)));
+    }
+    /* subnormal: multiples of 2^-24; x·2^24 < 2^10 is exact and the magic add rounds it RNE */
+    float q = (dsq_bits_f32(a) * 0x1p24f + 0x1p23f) - 0x1p23f;
+    return (uint16_t)(sign | (uint16_t)q);
+}
+static inline float dsq_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0) {
+        float v = (float)m * 0x1p-24f;
+        return sign ? -v : v;
+    }
+    if (e == 31) return dsq_bits_f32(sign | 0x7f800000u | (m << 13));
+    return dsq_bits_f32(sign | ((e + 112u) << 23) | (m << 13));
+}
+/* Largest finite f16. */
+#define DSQ_F16_MAX 65504.0f
+
 /* ---- FP8 e4m3fn ---- */
 static inline float dsq_e4m3_to_f32(uint8_t b) { return dsq_e4m3_lut[b]; }
+static inline int dsq_e4m3_is_nan(uint8_t b) { return (b & 0x7f) == 0x7f; }
 /* f32 → e4m3fn, RNE, saturating to ±448 (the reference clamps first); NaN → 0x7F.
  * Values that round to zero keep their sign. */
 static inline uint8_t dsq_e4m3_from_f32(float x) {
-    if (x != x) return 0x7f;
-    uint8_t sign = (dsq_f32_bits(x) >> 31) ? 0x80 : 0;
-    float a = fabsf(x);
-    if (a > DSQ_E4M3_MAX) a = DSQ_E4M3_MAX;
-    if (a < 0x1p-6f) { /* subnormal range: multiples of 2^-9 */
-        int q = (int)rintf(a * 0x1p9f); /* 0..8, q == 8 is the min normal, code 0x08 */
-        return (uint8_t)(sign | q);
+    uint32_t u = dsq_f32_bits(x);
+    uint8_t sign = (uint8_t)((u >> 24) & 0x80u);
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return 0x7f;
+    if (a > 0x43e00000u) a = 0x43e00000u; /* clamp to 448 (Inf included) */
+    if (a < 0x3c800000u) {                /* below 2^-6: subnormal grid of 2^-9, RNE via magic add */
+        float q = (dsq_bits_f32(a) * 0x1p9f + 0x1p23f) - 0x1p23f; /* 0..8; 8 = min normal 0x08 */
+        return (uint8_t)(sign | (uint8_t)q);
     }
-    int e;
-    frexpf(a, &e); /* a = f · 2^e, f in [0.5, 1) → floor(log2 a) = e - 1 */
-    e -= 1;
-    int q = (int)rintf(ldexpf(a, 3 - e)); /* in [8, 16] */
-    if (q == 16) {
-        q = 8;
-        e += 1;
-    }
-    return (uint8_t)(sign | ((e + 7) << 3) | (q - 8));
+    /* keep 3 mantissa bits, RNE; a carry moves into the exponent field by itself */
+    uint32_t r = (a + 0x7ffffu + ((a >> 20) & 1u)) >> 20;
+    return (uint8_t)(sign | (uint8_t)(r - (120u << 3)));
 }
 
 /* ---- UE8M0 ---- */
-static inline float dsq_e8m0_to_f32(uint8_t b) { return ldexpf(1.0f, (int)b - 127); } /* 255 is NaN: check first */
+/* 2^(b-127); byte 255 is NaN. */
+static inline float dsq_e8m0_to_f32(uint8_t b) {
+    if (b == 0) return 0x1p-127f;
+    if (b == 0xff) return NAN;
+    return dsq_bits_f32((uint32_t)b << 23);
+}
 static inline int dsq_e8m0_is_nan(uint8_t b) { return b == 0xff; }
 
 /* Smallest power of two ≥ t (t > 0, finite, normal), as a UE8M0 byte: spec §2.5. */

@@ -1,0 +1,254 @@
+/* `dsq eval logits`: token file → forward pass → safetensors of logits (and optional extras). */
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dsq_eval.h"
+#include "dsq_safetensors.h"
+
+#define TOKENS_TEXT_MAX (1u << 30) /* 1 GiB of text ids */
+
+static dsq_status tokens_from_st(const char *path, dsq_st *st, int32_t **out, int64_t *n, dsq_err *err) {
+    const dsq_st_tensor *t = dsq_st_find(st, "tokens");
+    DSQ_RETURN_IF(!t, err, DSQ_ERR_MISSING, "%s: no tensor named tokens", path);
+    DSQ_RETURN_IF(t->dtype != DSQ_DTYPE_I32 && t->dtype != DSQ_DTYPE_I64, err, DSQ_ERR_DTYPE,
+                  "%s: tokens: dtype %s, want I32", path, dsq_dtype_name(t->dtype));
+    DSQ_RETURN_IF(t->n_elements > INT32_MAX, err, DSQ_ERR_RANGE, "%s: tokens: too many ids", path);
+    int32_t *v = dsq_malloc(sizeof(int32_t) * (t->n_elements ? t->n_elements : 1));
+    DSQ_RETURN_IF(!v, err, DSQ_ERR_NOMEM, "%s: no memory for %llu ids", path, (unsigned long long)t->n_elements);
+    uint8_t *raw = dsq_malloc(t->n_bytes ? t->n_bytes : 1);
+    if (!raw) {
+        dsq_free(v);
+        return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: no memory", path);
+    }
+    dsq_status s = dsq_st_read(st, t, 0, raw, t->n_bytes, err);
+    for (uint64_t i = 0; !s && i < t->n_elements; i++) {
+        int64_t id;
+        if (t->dtype == DSQ_DTYPE_I32) {
+            int32_t x;
+            memcpy(&x, raw + 4 * i, 4);
+            id = x;
+        } else {
+            memcpy(&id, raw + 8 * i, 8);
+        }
+        if (id < INT32_MIN || id > INT32_MAX)
+            s = dsq_err_set(err, DSQ_ERR_TOKEN, "%s: tokens[%llu] = %lld is out of range", path, (unsigned long long)i,
+                            (long long)id);
+        v[i] = (int32_t)id;
+    }
+    dsq_free(raw);
+    if (s) {
+        dsq_free(v);
+        return s;
+    }
+    *out = v;
+    *n = (int64_t)t->n_elements;
+    return DSQ_OK;
+}
+
+static dsq_status tokens_from_text(const char *path, int32_t **out, int64_t *n, dsq_err *err) {
+    char *text = NULL;
+    size_t len = 0;
+    DSQ_TRY(dsq_read_file(path, TOKENS_TEXT_MAX, &text, &len, err));
+    int64_t cap = 256, cnt = 0;
+    int32_t *v = dsq_malloc(sizeof(int32_t) * (size_t)cap);
+    dsq_status s = v ? DSQ_OK : dsq_err_set(err, DSQ_ERR_NOMEM, "no memory");
+    const char *p = text;
+    while (!s) {
+        while (*p && isspace((unsigned char)*p)) p++;
+        if (!*p) break;
+        char *end;
+        errno = 0;
+        long long id = strtoll(p, &end, 10);
+        if (end == p || (*end && !isspace((unsigned char)*end)) || errno) {
+            s = dsq_err_set(err, DSQ_ERR_FORMAT, "%s: byte %lld: not a token id", path, (long long)(p - text));
+            break;
+        }
+        if (id < INT32_MIN || id > INT32_MAX) {
+            s = dsq_err_set(err, DSQ_ERR_TOKEN, "%s: token %lld (index %lld) is out of range", path, id, (long long)cnt);
+            break;
+        }
+        if (cnt == cap) {
+            cap *= 2;
+            int32_t *nv = dsq_realloc(v, sizeof(int32_t) * (size_t)cap);
+            if (!nv) {
+                s = dsq_err_set(err, DSQ_ERR_NOMEM, "no memory");
+                break;
+            }
+            v = nv;
+        }
+        v[cnt++] = (int32_t)id;
+        p = end;
+    }
+    dsq_free(text);
+    if (s) {
+        dsq_free(v);
+        return s;
+    }
+    *out = v;
+    *n = cnt;
+    return DSQ_OK;
+}
+
+dsq_status dsq_eval_read_tokens(const char *path, int32_t **out, int64_t *n, dsq_err *err) {
+    *out = NULL;
+    *n = 0;
+    /* a safetensors file starts with an 8-byte header length followed by '{' */
+    FILE *f = fopen(path, "rb");
+    DSQ_RETURN_IF(!f, err, DSQ_ERR_IO, "%s: %s", path, strerror(errno));
+    unsigned char head[9] = {0};
+    size_t got = fread(head, 1, sizeof head, f);
+    fclose(f);
+    if (got == sizeof head && head[8] == '{') {
+        dsq_st *st = NULL;
+        DSQ_TRY(dsq_st_open(path, NULL, &st, err));
+        dsq_status s = tokens_from_st(path, st, out, n, err);
+        dsq_st_close(st);
+        return s;
+    }
+    return tokens_from_text(path, out, n, err);
+}
+
+/* ---- the job ----------------------------------------------------------------------------------- */
+
+typedef struct outputs {
+    float *logits;      /* [rows][V] */
+    float *mtp;         /* [n-1][V] */
+    float *hidden;      /* [n][hc][D] */
+    float **layer_out;  /* [L] × [n][hc][D] */
+} outputs;
+
+static dsq_status write_outputs(const dsq_eval_logits_options *opt, const dsq_v4_config *c, const outputs *o,
+                                int64_t n, int64_t rows, dsq_err *err) {
+    dsq_st_writer *w = NULL;
+    DSQ_TRY(dsq_st_writer_create(opt->out, opt->overwrite, &w, err));
+    uint64_t V = c->vocab_size, hc = (uint64_t)c->hc_mult, D = c->dim;
+    uint64_t s_logits[2] = {(uint64_t)rows, V}, s_mtp[2] = {(uint64_t)(n - 1), V}, s_hid[3] = {(uint64_t)n, hc, D};
+    dsq_status s = dsq_st_writer_meta(w, "numerics", dsq_numerics_name(opt->eval.numerics), err);
+    if (!s) s = dsq_st_writer_add(w, "logits", DSQ_DTYPE_F32, 2, s_logits, err);
+    if (!s && o->mtp) s = dsq_st_writer_add(w, "mtp_logits", DSQ_DTYPE_F32, 2, s_mtp, err);
+    char name[64];
+    for (int b = 0; !s && o->layer_out && b < c->n_layers; b++) {
+        snprintf(name, sizeof name, "layer_out.%d", b);
+        s = dsq_st_writer_add(w, name, DSQ_DTYPE_F32, 3, s_hid, err);
+    }
+    if (!s && o->layer_out) s = dsq_st_writer_add(w, "final_hidden", DSQ_DTYPE_F32, 3, s_hid, err);
+    if (!s) s = dsq_st_writer_begin(w, err);
+    if (!s) s = dsq_st_writer_write(w, o->logits, sizeof(float) * (size_t)(rows * (int64_t)V), err);
+    if (!s && o->mtp) s = dsq_st_writer_write(w, o->mtp, sizeof(float) * (size_t)((n - 1) * (int64_t)V), err);
+    size_t hb = sizeof(float) * (size_t)n * hc * D;
+    for (int b = 0; !s && o->layer_out && b < c->n_layers; b++) s = dsq_st_writer_write(w, o->layer_out[b], hb, err);
+    if (!s && o->layer_out) s = dsq_st_writer_write(w, o->hidden, hb, err);
+    if (s) {
+        dsq_st_writer_free(w);
+        return s;
+    }
+    return dsq_st_writer_finish(w, err);
+}
+
+dsq_status dsq_eval_logits(const dsq_eval_logits_options *opt, dsq_eval_logits_report *report, dsq_err *err) {
+    dsq_eval_logits_report rep;
+    memset(&rep, 0, sizeof rep);
+    int32_t *tok = NULL;
+    int64_t n = 0;
+    DSQ_TRY(dsq_eval_read_tokens(opt->tokens, &tok, &n, err));
+    dsq_v4_model *m = NULL;
+    dsq_v4_seq *seq = NULL;
+    outputs o;
+    memset(&o, 0, sizeof o);
+    float *pre_logits = NULL;
+    float **step_lo = NULL;
+    dsq_status s = DSQ_OK;
+    if (n < 1 || (opt->mtp && n < 2)) {
+        s = dsq_err_set(err, DSQ_ERR_ARG, "%s: %lld tokens: need at least %d", opt->tokens, (long long)n, opt->mtp ? 2 : 1);
+        goto done;
+    }
+    if (opt->decode_from < 0 || opt->decode_from > n) {
+        s = dsq_err_set(err, DSQ_ERR_ARG, "--decode-from %lld: must be in [1, %lld]", (long long)opt->decode_from,
+                        (long long)n);
+        goto done;
+    }
+    s = dsq_v4_model_open(opt->model, &m, err);
+    if (s) goto done;
+    const dsq_v4_config *c = dsq_v4_model_config(m);
+    if (opt->mtp && c->n_mtp_layers < 1) {
+        s = dsq_err_set(err, DSQ_ERR_ARG, "%s: --mtp: the model has no MTP block", opt->model);
+        goto done;
+    }
+    /* validate every id before any work (the forward pass checks them again) */
+    for (int64_t i = 0; i < n; i++)
+        if (tok[i] < 0 || (uint64_t)tok[i] >= c->vocab_size) {
+            s = dsq_err_set(err, DSQ_ERR_TOKEN, "%s: token %d at index %lld is outside the vocabulary [0, %llu)",
+                            opt->tokens, tok[i], (long long)i, (unsigned long long)c->vocab_size);
+            goto done;
+        }
+    size_t V = c->vocab_size, HD = (size_t)c->hc_mult * c->dim;
+    int64_t P = opt->decode_from > 0 ? opt->decode_from : n;
+    int64_t rows = opt->decode_from > 0 ? n - P + 1 : n;
+    bool need_hidden = opt->mtp || opt->dump_hidden;
+    o.logits = dsq_malloc(sizeof(float) * V * (size_t)rows);
+    pre_logits = opt->decode_from > 0 ? dsq_malloc(sizeof(float) * V * (size_t)P) : o.logits;
+    if (need_hidden) o.hidden = dsq_malloc(sizeof(float) * HD * (size_t)n);
+    if (opt->mtp) o.mtp = dsq_malloc(sizeof(float) * V * (size_t)(n - 1));
+    if (opt->dump_hidden) {
+        o.layer_out = dsq_calloc((size_t)c->n_layers, sizeof(float *));
+        step_lo = dsq_calloc((size_t)c->n_layers, sizeof(float *));
+        for (int b = 0; o.layer_out && b < c->n_layers; b++) o.layer_out[b] = dsq_malloc(sizeof(float) * HD * (size_t)n);
+    }
+    bool ok = o.logits && pre_logits && (!need_hidden || o.hidden) && (!opt->mtp || o.mtp) &&
+              (!opt->dump_hidden || (o.layer_out && step_lo));
+    for (int b = 0; ok && opt->dump_hidden && b < c->n_layers; b++) ok = o.layer_out[b] != NULL;
+    if (!ok) {
+        s = dsq_err_set(err, DSQ_ERR_NOMEM, "no memory for the outputs of %lld tokens", (long long)n);
+        goto done;
+    }
+    s = dsq_v4_seq_create(m, &seq, err);
+    if (s) goto done;
+
+    double t0 = dsq_now();
+    dsq_v4_item it = {seq, tok, P, pre_logits, o.hidden, o.layer_out};
+    if (opt->memory_budget) s = dsq_v4_forward_streaming(m, &opt->eval, &it, 1, opt->memory_budget, err);
+    else s = dsq_v4_forward(m, &opt->eval, &it, 1, err);
+    if (s) goto done;
+    rep.seconds_prefill = dsq_now() - t0;
+    rep.prefill_tokens = P;
+    if (opt->decode_from > 0) {
+        memcpy(o.logits, pre_logits + (size_t)(P - 1) * V, sizeof(float) * V);
+        t0 = dsq_now();
+        for (int64_t p = P; p < n && !s; p++) {
+            for (int b = 0; step_lo && b < c->n_layers; b++) step_lo[b] = o.layer_out[b] + (size_t)p * HD;
+            dsq_v4_item st = {seq, tok + p, 1, o.logits + (size_t)(p - P + 1) * V,
+                              o.hidden ? o.hidden + (size_t)p * HD : NULL, step_lo};
+            s = dsq_v4_forward(m, &opt->eval, &st, 1, err);
+            if (!s && dsq_interrupted()) s = dsq_err_set(err, DSQ_ERR_INTERRUPTED, "interrupted at position %lld", (long long)p);
+        }
+        if (s) goto done;
+        rep.seconds_decode = dsq_now() - t0;
+        rep.decode_tokens = n - P;
+    }
+    if (opt->mtp) {
+        t0 = dsq_now();
+        s = dsq_v4_mtp_forward(m, &opt->eval, seq, 0, o.hidden, tok + 1, n - 1, o.mtp, NULL, err);
+        if (s) goto done;
+        rep.seconds_mtp = dsq_now() - t0;
+    }
+    s = write_outputs(opt, c, &o, n, rows, err);
+    rep.n_tokens = n;
+    rep.rows = rows;
+    rep.vocab = V;
+done:
+    if (report) *report = rep;
+    if (pre_logits != o.logits) dsq_free(pre_logits);
+    dsq_free(o.logits);
+    dsq_free(o.mtp);
+    dsq_free(o.hidden);
+    for (int b = 0; o.layer_out && m && b < dsq_v4_model_config(m)->n_layers; b++) dsq_free(o.layer_out[b]);
+    dsq_free(o.layer_out);
+    dsq_free(step_lo);
+    dsq_v4_seq_free(seq);
+    dsq_v4_model_close(m);
+    dsq_free(tok);
+    return s;
+}

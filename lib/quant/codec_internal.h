@@ -1,0 +1,97 @@
+/* Internal to lib/quant: per-encoding facts and the resolved view the kernels work on. */
+#ifndef DSQ_CODEC_INTERNAL_H
+#define DSQ_CODEC_INTERNAL_H
+
+#include "dsq_codec.h"
+
+typedef enum dsq__scale_kind { DSQ__SC_NONE, DSQ__SC_E8M0, DSQ__SC_F32, DSQ__SC_F16, DSQ__SC_E4M3 } dsq__scale_kind;
+
+typedef enum dsq__kind {
+    DSQ__K_F32,
+    DSQ__K_F16,
+    DSQ__K_BF16,
+    DSQ__K_FP8,   /* e4m3 codes, block scales */
+    DSQ__K_MXFP4, /* e2m1 codes, UE8M0 1x32 */
+    DSQ__K_NVFP4, /* e2m1 codes, E4M3 1x16 × tensor scale */
+    DSQ__K_INT8,  /* signed int8 × F16 */
+    DSQ__K_INT4,  /* two's-complement nibble × F16 */
+    DSQ__K_INT4A, /* u × F16 + F16 */
+    DSQ__K_INT2A, /* u × F16 + F16, 2-bit */
+    DSQ__K_RAW,   /* integers: copy only */
+} dsq__kind;
+
+/* Column block of a scale: a positive width, whole-row, or the tensor's `group`. */
+enum { DSQ__BC_ROW = 0, DSQ__BC_GROUP = -1 };
+
+typedef struct dsq__codec_info {
+    dsq_encoding enc;
+    const char *name;  /* base name; group encodings append -gG (and -asym) */
+    dsq__kind kind;
+    int bits;
+    int block_rows;    /* 0: no scales */
+    int block_cols;    /* > 0, DSQ__BC_ROW or DSQ__BC_GROUP */
+    dsq__scale_kind scale;
+    bool mins;
+} dsq__codec_info;
+
+/* NULL for an unknown encoding. */
+const dsq__codec_info *dsq__codec_info_of(dsq_encoding enc);
+
+/* A descriptor with its layout resolved: what the kernels index with. */
+typedef struct dsq__qv {
+    const dsq_qtensor *t;
+    const dsq__codec_info *info;
+    uint64_t row_bytes;
+    uint64_t brows, bcols;   /* scale block (bcols = cols for whole-row scales) */
+    uint64_t scale_cols;
+} dsq__qv;
+
+/* Fill v from a descriptor already accepted by dsq_codec_check. */
+void dsq__qv_init(dsq__qv *v, const dsq_qtensor *t);
+
+/* Scale (as float) of block (r / brows, c / bcols).  NVFP4: f32(e4m3(s) · ts). */
+static inline float dsq__scale_at(const dsq__qv *v, uint64_t r, uint64_t c) {
+    uint64_t i = (r / v->brows) * v->scale_cols + c / v->bcols;
+    switch (v->info->scale) {
+    case DSQ__SC_E8M0: return dsq_e8m0_to_f32(((const uint8_t *)v->t->scales)[i]);
+    case DSQ__SC_F32: {
+        float f;
+        memcpy(&f, (const uint8_t *)v->t->scales + 4 * i, 4);
+        return f;
+    }
+    case DSQ__SC_F16: {
+        uint16_t h;
+        memcpy(&h, (const uint8_t *)v->t->scales + 2 * i, 2);
+        return dsq_f16_to_f32(h);
+    }
+    case DSQ__SC_E4M3: return dsq_e4m3_to_f32(((const uint8_t *)v->t->scales)[i]) * v->t->tensor_scale;
+    default: return 1.0f;
+    }
+}
+static inline float dsq__min_at(const dsq__qv *v, uint64_t r, uint64_t c) {
+    uint64_t i = (r / v->brows) * v->scale_cols + c / v->bcols;
+    uint16_t h;
+    memcpy(&h, (const uint8_t *)v->t->mins + 2 * i, 2);
+    return dsq_f16_to_f32(h);
+}
+
+/* Decode n elements of row r starting at column c0 into out (scalar reference). */
+void dsq__decode_span_scalar(const dsq__qv *v, uint64_t r, uint64_t c0, uint64_t n, float *out);
+/* The same, AVX2 where it has a fast path (falls back to scalar); identical results. */
+void dsq__decode_span_avx2(const dsq__qv *v, uint64_t r, uint64_t c0, uint64_t n, float *out);
+/* Σ_c W[r,c]·x[c] over the whole row. */
+float dsq__dot_row_scalar(const dsq__qv *v, uint64_t r, const float *x);
+float dsq__dot_row_avx2(const dsq__qv *v, uint64_t r, const float *x);
+/* Σ_i a[i]·b[i] in f32. */
+float dsq__dot_f32_scalar(const float *a, const float *b, uint64_t n);
+float dsq__dot_f32_avx2(const float *a, const float *b, uint64_t n);
+/* e4m3 bytes → floats (n values). */
+void dsq__e4m3_decode_avx2(const uint8_t *codes, uint64_t n, float *out);
+
+/* Resolve DSQ_ISA_AUTO and downgrade AVX2 on CPUs without it. */
+dsq_isa dsq__isa_resolve(dsq_isa isa);
+
+/* NVFP4 block of n ≤ 16 values with tensor scale ts: n nibbles (one per byte) and the E4M3 scale. */
+void dsq__nvfp4_encode_block(const float *x, int n, float ts, uint8_t *nibbles, uint8_t *scale);
+
+#endif

@@ -1,0 +1,265 @@
+/* Decode and dot-product kernels: the portable scalar twins, and the drivers that pick the AVX2
+ * versions (kernels_avx2.c) at run time. */
+#include <math.h>
+#include <string.h>
+
+#include "codec_internal.h"
+
+enum { GEMM_CHUNK = 512 }; /* columns dequantized at a time by the batched kernels (multiple of every block) */
+
+static inline uint8_t nib_at(const uint8_t *row, uint64_t c) { return (uint8_t)((row[c >> 1] >> ((c & 1) * 4)) & 15); }
+static inline uint8_t crumb_at(const uint8_t *row, uint64_t c) { return (uint8_t)((row[c >> 2] >> ((c & 3) * 2)) & 3); }
+static inline uint16_t u16_at(const uint8_t *p, uint64_t i) {
+    uint16_t h;
+    memcpy(&h, p + 2 * i, 2);
+    return h;
+}
+
+/* Unscaled value of code c in a row of a block-scaled kind (INT4A/INT2A: the integer u). */
+static inline float code_value(dsq__kind k, const uint8_t *row, uint64_t c) {
+    switch (k) {
+    case DSQ__K_FP8: return dsq_e4m3_to_f32(row[c]);
+    case DSQ__K_MXFP4:
+    case DSQ__K_NVFP4: return dsq_e2m1_to_f32(nib_at(row, c));
+    case DSQ__K_INT8: return (float)(int8_t)row[c];
+    case DSQ__K_INT4: return (float)(((int)nib_at(row, c) ^ 8) - 8); /* two's complement nibble */
+    case DSQ__K_INT4A: return (float)nib_at(row, c);
+    case DSQ__K_INT2A: return (float)crumb_at(row, c);
+    default: return 0.0f;
+    }
+}
+
+void dsq__decode_span_scalar(const dsq__qv *v, uint64_t r, uint64_t c0, uint64_t n, float *out) {
+    const uint8_t *row = (const uint8_t *)v->t->data + r * v->row_bytes;
+    dsq__kind k = v->info->kind;
+    switch (k) {
+    case DSQ__K_F32: memcpy(out, row + 4 * c0, n * 4); return;
+    case DSQ__K_F16:
+        for (uint64_t i = 0; i < n; i++) out[i] = dsq_f16_to_f32(u16_at(row, c0 + i));
+        return;
+    case DSQ__K_BF16:
+        for (uint64_t i = 0; i < n; i++) out[i] = dsq_bf16_to_f32(u16_at(row, c0 + i));
+        return;
+    case DSQ__K_RAW: memset(out, 0, n * 4); return;
+    default: break;
+    }
+    uint64_t c = c0, end = c0 + n;
+    while (c < end) {
+        uint64_t bend = (c / v->bcols + 1) * v->bcols;
+        if (bend > end) bend = end;
+        float s = dsq__scale_at(v, r, c);
+        if (v->info->mins) {
+            float m = dsq__min_at(v, r, c);
+            for (; c < bend; c++) out[c - c0] = code_value(k, row, c) * s + m;
+        } else {
+            for (; c < bend; c++) out[c - c0] = code_value(k, row, c) * s;
+        }
+    }
+}
+
+float dsq__dot_f32_scalar(const float *a, const float *b, uint64_t n) {
+    float acc = 0;
+    for (uint64_t i = 0; i < n; i++) acc += a[i] * b[i];
+    return acc;
+}
+
+float dsq__dot_row_scalar(const dsq__qv *v, uint64_t r, const float *x) {
+    const uint8_t *row = (const uint8_t *)v->t->data + r * v->row_bytes;
+    uint64_t cols = v->t->cols;
+    dsq__kind k = v->info->kind;
+    float acc = 0;
+    switch (k) {
+    case DSQ__K_F32: {
+        const float *w = (const float *)(const void *)row;
+        for (uint64_t c = 0; c < cols; c++) {
+            float f;
+            memcpy(&f, w + c, 4);
+            acc += f * x[c];
+        }
+        return acc;
+    }
+    case DSQ__K_F16:
+        for (uint64_t c = 0; c < cols; c++) acc += dsq_f16_to_f32(u16_at(row, c)) * x[c];
+        return acc;
+    case DSQ__K_BF16:
+        for (uint64_t c = 0; c < cols; c++) acc += dsq_bf16_to_f32(u16_at(row, c)) * x[c];
+        return acc;
+    case DSQ__K_RAW: return 0.0f;
+    default: break;
+    }
+    /* block by block: Σ_blocks s·Σ q·x (+ m·Σ x) */
+    for (uint64_t c0 = 0; c0 < cols; c0 += v->bcols) {
+        uint64_t end = c0 + v->bcols < cols ? c0 + v->bcols : cols;
+        float bq = 0, bx = 0;
+        for (uint64_t c = c0; c < end; c++) bq += code_value(k, row, c) * x[c];
+        acc += dsq__scale_at(v, r, c0) * bq;
+        if (v->info->mins) {
+            for (uint64_t c = c0; c < end; c++) bx += x[c];
+            acc += dsq__min_at(v, r, c0) * bx;
+        }
+    }
+    return acc;
+}
+
+/* ---- drivers ------------------------------------------------------------------------------------ */
+
+void dsq_codec_dot_rows_isa(const dsq_qtensor *w, const float *x, uint64_t row0, uint64_t nrows, float *y,
+                            dsq_isa isa) {
+    dsq__qv v;
+    dsq__qv_init(&v, w);
+    if (dsq__isa_resolve(isa) == DSQ_ISA_AVX2) {
+        for (uint64_t i = 0; i < nrows; i++) y[i] = dsq__dot_row_avx2(&v, row0 + i, x);
+    } else {
+        for (uint64_t i = 0; i < nrows; i++) y[i] = dsq__dot_row_scalar(&v, row0 + i, x);
+    }
+}
+void dsq_codec_dot_rows(const dsq_qtensor *w, const float *x, uint64_t row0, uint64_t nrows, float *y) {
+    dsq_codec_dot_rows_isa(w, x, row0, nrows, y, DSQ_ISA_AUTO);
+}
+
+void dsq_codec_gemm_rows_isa(const dsq_qtensor *w, const float *x, uint64_t n, uint64_t ldx, uint64_t row0,
+                             uint64_t nrows, float *y, uint64_t ldy, dsq_isa isa) {
+    dsq__qv v;
+    dsq__qv_init(&v, w);
+    bool avx = dsq__isa_resolve(isa) == DSQ_ISA_AVX2;
+    float chunk[GEMM_CHUNK] __attribute__((aligned(64)));
+    uint64_t cols = w->cols;
+    for (uint64_t i = 0; i < nrows; i++) {
+        for (uint64_t j = 0; j < n; j++) y[j * ldy + i] = 0.0f;
+        for (uint64_t c0 = 0; c0 < cols; c0 += GEMM_CHUNK) {
+            uint64_t nc = cols - c0 < GEMM_CHUNK ? cols - c0 : GEMM_CHUNK;
+            if (avx) dsq__decode_span_avx2(&v, row0 + i, c0, nc, chunk);
+            else dsq__decode_span_scalar(&v, row0 + i, c0, nc, chunk);
+            for (uint64_t j = 0; j < n; j++)
+                y[j * ldy + i] += avx ? dsq__dot_f32_avx2(chunk, x + j * ldx + c0, nc)
+                                      : dsq__dot_f32_scalar(chunk, x + j * ldx + c0, nc);
+        }
+    }
+}
+void dsq_codec_gemm_rows(const dsq_qtensor *w, const float *x, uint64_t n, uint64_t ldx, uint64_t row0,
+                         uint64_t nrows, float *y, uint64_t ldy) {
+    dsq_codec_gemm_rows_isa(w, x, n, ldx, row0, nrows, y, ldy, DSQ_ISA_AUTO);
+}
+
+void dsq_codec_fp8_linear_rows_isa(const dsq_qtensor *w, const float *q, const float *sa, uint64_t n,
+                                   uint64_t row0, uint64_t nrows, float *y, uint64_t ldy, dsq_isa isa) {
+    dsq__qv v;
+    dsq__qv_init(&v, w);
+    bool avx = dsq__isa_resolve(isa) == DSQ_ISA_AVX2;
+    float chunk[GEMM_CHUNK] __attribute__((aligned(64)));
+    uint64_t cols = w->cols, nb = dsq_ceil_div(cols, DSQ_FP8_BLOCK);
+    for (uint64_t i = 0; i < nrows; i++) {
+        for (uint64_t j = 0; j < n; j++) y[j * ldy + i] = 0.0f;
+        for (uint64_t c0 = 0; c0 < cols; c0 += GEMM_CHUNK) {
+            uint64_t nc = cols - c0 < GEMM_CHUNK ? cols - c0 : GEMM_CHUNK;
+            if (avx) dsq__decode_span_avx2(&v, row0 + i, c0, nc, chunk);
+            else dsq__decode_span_scalar(&v, row0 + i, c0, nc, chunk);
+            for (uint64_t j = 0; j < n; j++) {
+                float acc = y[j * ldy + i];
+                for (uint64_t b0 = 0; b0 < nc; b0 += DSQ_FP8_BLOCK) {
+                    uint64_t len = nc - b0 < DSQ_FP8_BLOCK ? nc - b0 : DSQ_FP8_BLOCK;
+                    const float *qa = q + j * cols + c0 + b0;
+                    float blk = avx ? dsq__dot_f32_avx2(chunk + b0, qa, len) : dsq__dot_f32_scalar(chunk + b0, qa, len);
+                    acc += sa[j * nb + (c0 + b0) / DSQ_FP8_BLOCK] * blk;
+                }
+                y[j * ldy + i] = acc;
+            }
+        }
+    }
+}
+void dsq_codec_fp8_linear_rows(const dsq_qtensor *w, const float *q, const float *sa, uint64_t n, uint64_t row0,
+                               uint64_t nrows, float *y, uint64_t ldy) {
+    dsq_codec_fp8_linear_rows_isa(w, q, sa, n, row0, nrows, y, ldy, DSQ_ISA_AUTO);
+}
+
+/* ---- decode with checks -------------------------------------------------------------------------- */
+
+static inline bool finite_f(float f) { return (dsq_f32_bits(f) & 0x7f800000u) != 0x7f800000u; }
+
+dsq_status dsq_codec_decode(const dsq_qtensor *src, uint64_t row0, uint64_t nrows, float *out,
+                            const dsq_codec_options *opt, dsq_err *err) {
+    dsq_codec_options o = {0};
+    if (opt) o = *opt;
+    const char *nm = o.name ? o.name : "tensor";
+    DSQ_TRY(dsq_codec_check(src, nm, err));
+    DSQ_RETURN_IF(!dsq_codec_is_float(src->enc), err, DSQ_ERR_UNSUPPORTED, "%s: integer tensor cannot be decoded to floats", nm);
+    uint64_t end;
+    DSQ_RETURN_IF(!dsq_add_u64(row0, nrows, &end) || end > src->rows, err, DSQ_ERR_RANGE,
+                  "%s: rows %llu..%llu outside the %llu rows", nm, (unsigned long long)row0,
+                  (unsigned long long)(row0 + nrows), (unsigned long long)src->rows);
+    dsq__qv v;
+    dsq__qv_init(&v, src);
+    bool avx = dsq__isa_resolve(o.isa) == DSQ_ISA_AVX2;
+    uint64_t cols = src->cols;
+    for (uint64_t i = 0; i < nrows; i++) {
+        float *o_row = out + i * cols;
+        if (avx) dsq__decode_span_avx2(&v, row0 + i, 0, cols, o_row);
+        else dsq__decode_span_scalar(&v, row0 + i, 0, cols, o_row);
+        if (o.allow_nonfinite) continue;
+        for (uint64_t c = 0; c < cols; c++)
+            if (!finite_f(o_row[c]))
+                return dsq_err_set(err, DSQ_ERR_NONFINITE, "%s: element [%llu, %llu] decodes to %s", nm,
+                                   (unsigned long long)(row0 + i), (unsigned long long)c,
+                                   o_row[c] != o_row[c] ? "NaN" : "infinity");
+    }
+    return DSQ_OK;
+}
+
+dsq_status dsq_codec_check_finite(const dsq_qtensor *t, const char *name, dsq_err *err) {
+    const char *nm = name ? name : "tensor";
+    DSQ_TRY(dsq_codec_check(t, nm, err));
+    dsq__qv v;
+    dsq__qv_init(&v, t);
+    const uint8_t *d = t->data;
+    dsq__kind k = v.info->kind;
+    for (uint64_t r = 0; r < t->rows; r++) {
+        const uint8_t *row = d + r * v.row_bytes;
+        for (uint64_t c = 0; c < t->cols; c++) {
+            bool bad = false;
+            if (k == DSQ__K_F32) {
+                float f;
+                memcpy(&f, row + 4 * c, 4);
+                bad = !finite_f(f);
+            } else if (k == DSQ__K_F16) {
+                bad = (u16_at(row, c) & 0x7c00u) == 0x7c00u;
+            } else if (k == DSQ__K_BF16) {
+                bad = (u16_at(row, c) & 0x7f80u) == 0x7f80u;
+            } else if (k == DSQ__K_FP8) {
+                bad = dsq_e4m3_is_nan(row[c]);
+            }
+            if (bad)
+                return dsq_err_set(err, DSQ_ERR_NONFINITE, "%s: element [%llu, %llu] is NaN or infinite", nm,
+                                   (unsigned long long)r, (unsigned long long)c);
+        }
+    }
+    if (v.info->scale == DSQ__SC_NONE) return DSQ_OK;
+    uint64_t srows = dsq_ceil_div(t->rows, v.brows);
+    for (uint64_t i = 0; i < srows; i++) {
+        for (uint64_t j = 0; j < v.scale_cols; j++) {
+            uint64_t idx = i * v.scale_cols + j;
+            const uint8_t *s = t->scales;
+            bool bad = false;
+            switch (v.info->scale) {
+            case DSQ__SC_E8M0: bad = dsq_e8m0_is_nan(s[idx]); break;
+            case DSQ__SC_E4M3: bad = dsq_e4m3_is_nan(s[idx]); break;
+            case DSQ__SC_F16: {
+                bad = (u16_at(s, idx) & 0x7c00u) == 0x7c00u;
+                if (v.info->mins) bad = bad || (u16_at(t->mins, idx) & 0x7c00u) == 0x7c00u;
+                break;
+            }
+            case DSQ__SC_F32: {
+                float f;
+                memcpy(&f, s + 4 * idx, 4);
+                bad = !finite_f(f);
+                break;
+            }
+            default: break;
+            }
+            if (bad)
+                return dsq_err_set(err, DSQ_ERR_NONFINITE, "%s: scale [%llu, %llu] (rows from %llu, cols from %llu) is NaN or infinite",
+                                   nm, (unsigned long long)i, (unsigned long long)j,
+                                   (unsigned long long)(i * v.brows), (unsigned long long)(j * v.bcols));
+        }
+    }
+    return DSQ_OK;
+}

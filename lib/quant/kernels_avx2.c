@@ -1,0 +1,355 @@
+/* AVX2/FMA/F16C kernels, compiled with function-level target attributes so the build flags stay
+ * baseline x86-64; kernels.c calls them only when dsq_codec_best_isa() says the CPU has them.
+ *
+ * Decode is bit-identical to the scalar twin (same products, no FMA contraction).  The dot kernels
+ * accumulate in 8 lanes and per block, so they differ from the scalar twin by f32 rounding only.
+ *
+ * Tricks used:
+ *  - e4m3 → f32: the byte's 7 magnitude bits shifted left by 7 form an IEEE half of value
+ *    e4m3·2^-8 (normals and subnormals alike); F16C converts 8 at once and the block scale absorbs
+ *    the 2^8.  NaN codes (0x7F/0xFF) would read as 480, so decode takes them through the scalar path.
+ *  - e2m1 / int4 / uint4 → f32: pshufb on a 16-entry int8 table (e2m1 as 2·value), then
+ *    sign-extend and convert; the factor 1/2 is applied separately so products match the scalar
+ *    code bit for bit. */
+#include <immintrin.h>
+#include <string.h>
+
+#include "codec_internal.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+
+static const int8_t lut_e2m1x2[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+static const int8_t lut_int4[16] = {0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1};
+static const int8_t lut_uint4[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+
+AVX2 static inline float hsum(__m256 v) {
+    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
+    return _mm_cvtss_f32(lo);
+}
+
+/* 16 e4m3 bytes → 2×8 floats of value e4m3·2^-8. */
+AVX2 static inline void e4m3x16(const uint8_t *p, __m256 *a, __m256 *b) {
+    __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)p));
+    __m256i h = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x7f)), 7),
+                                _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x80)), 8));
+    *a = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+    *b = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+}
+AVX2 static inline bool has_e4m3_nan(const uint8_t *p) {
+    __m128i b = _mm_and_si128(_mm_loadu_si128((const __m128i *)(const void *)p), _mm_set1_epi8(0x7f));
+    return _mm_movemask_epi8(_mm_cmpeq_epi8(b, _mm_set1_epi8(0x7f))) != 0;
+}
+
+/* 16 packed bytes (32 nibbles, low nibble first) → 32 int8 table values in element order. */
+AVX2 static inline void nib32(const uint8_t *p, __m128i lut, __m128i *e0, __m128i *e1) {
+    __m128i b = _mm_loadu_si128((const __m128i *)(const void *)p);
+    __m128i m = _mm_set1_epi8(0x0f);
+    __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+    *e0 = _mm_shuffle_epi8(lut, _mm_unpacklo_epi8(lo, hi));
+    *e1 = _mm_shuffle_epi8(lut, _mm_unpackhi_epi8(lo, hi));
+}
+/* 8 packed bytes → the 16 raw nibbles in element order. */
+AVX2 static inline __m128i nib16_raw(const uint8_t *p) {
+    __m128i b = _mm_loadl_epi64((const __m128i *)(const void *)p);
+    __m128i m = _mm_set1_epi8(0x0f);
+    return _mm_unpacklo_epi8(_mm_and_si128(b, m), _mm_and_si128(_mm_srli_epi16(b, 4), m));
+}
+/* e2m1 sign (nibble bit 3) of lanes 0-7 / 8-15 of raw nibbles, as f32 sign bits: keeps -0. */
+AVX2 static inline __m256 sign_lo(__m128i raw) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu8_epi32(_mm_and_si128(raw, _mm_set1_epi8(8))), 28));
+}
+AVX2 static inline __m256 sign_hi(__m128i raw) { return sign_lo(_mm_srli_si128(raw, 8)); }
+/* 8 packed bytes (16 nibbles) → 16 int8 table values. */
+AVX2 static inline __m128i nib16(const uint8_t *p, __m128i lut) {
+    __m128i b = _mm_loadl_epi64((const __m128i *)(const void *)p);
+    __m128i m = _mm_set1_epi8(0x0f);
+    __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+    return _mm_shuffle_epi8(lut, _mm_unpacklo_epi8(lo, hi));
+}
+/* 8 packed bytes (32 two-bit codes) → 32 uint8 in element order. */
+AVX2 static inline void crumb32(const uint8_t *p, __m128i *e0, __m128i *e1) {
+    __m128i b = _mm_loadl_epi64((const __m128i *)(const void *)p);
+    __m128i m = _mm_set1_epi8(3);
+    __m128i c0 = _mm_and_si128(b, m), c1 = _mm_and_si128(_mm_srli_epi16(b, 2), m);
+    __m128i c2 = _mm_and_si128(_mm_srli_epi16(b, 4), m), c3 = _mm_and_si128(_mm_srli_epi16(b, 6), m);
+    __m128i p01 = _mm_unpacklo_epi8(c0, c1), p23 = _mm_unpacklo_epi8(c2, c3);
+    *e0 = _mm_unpacklo_epi16(p01, p23);
+    *e1 = _mm_unpackhi_epi16(p01, p23);
+}
+/* int8 lanes 0-7 / 8-15 of v → floats. */
+AVX2 static inline __m256 i8lo(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)); }
+AVX2 static inline __m256 i8hi(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8))); }
+
+/* ---- decode ------------------------------------------------------------------------------------- */
+
+AVX2 void dsq__decode_span_avx2(const dsq__qv *v, uint64_t r, uint64_t c0, uint64_t n, float *out) {
+    const uint8_t *row = (const uint8_t *)v->t->data + r * v->row_bytes;
+    dsq__kind k = v->info->kind;
+    uint64_t end = c0 + n, c = c0;
+    switch (k) {
+    case DSQ__K_F32: memcpy(out, row + 4 * c0, n * 4); return;
+    case DSQ__K_F16:
+        for (; c + 8 <= end; c += 8)
+            _mm256_storeu_ps(out + (c - c0), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * c))));
+        if (c < end) dsq__decode_span_scalar(v, r, c, end - c, out + (c - c0));
+        return;
+    case DSQ__K_BF16:
+        for (; c + 8 <= end; c += 8) {
+            __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * c)));
+            _mm256_storeu_ps(out + (c - c0), _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+        }
+        if (c < end) dsq__decode_span_scalar(v, r, c, end - c, out + (c - c0));
+        return;
+    case DSQ__K_RAW: dsq__decode_span_scalar(v, r, c0, n, out); return;
+    default: break;
+    }
+    while (c < end) {
+        uint64_t bend = (c / v->bcols + 1) * v->bcols;
+        if (bend > end) bend = end;
+        float s = dsq__scale_at(v, r, c);
+        float *o = out + (c - c0);
+        switch (k) {
+        case DSQ__K_FP8: {
+            float s8 = s * 256.0f;
+            if (!(s8 - s8 == 0.0f)) break; /* scale too large to fold 2^8 in: scalar below */
+            __m256 vs = _mm256_set1_ps(s8);
+            for (; c + 16 <= bend; c += 16, o += 16) {
+                if (has_e4m3_nan(row + c)) {
+                    dsq__decode_span_scalar(v, r, c, 16, o);
+                    continue;
+                }
+                __m256 a, b;
+                e4m3x16(row + c, &a, &b);
+                _mm256_storeu_ps(o, _mm256_mul_ps(a, vs));
+                _mm256_storeu_ps(o + 8, _mm256_mul_ps(b, vs));
+            }
+            break;
+        }
+        case DSQ__K_MXFP4:
+        case DSQ__K_NVFP4:
+        case DSQ__K_INT4:
+        case DSQ__K_INT4A: {
+            if (c & 1) break;
+            __m128i lut = _mm_loadu_si128((const __m128i *)(const void *)(k == DSQ__K_INT4    ? lut_int4
+                                                                         : k == DSQ__K_INT4A ? lut_uint4
+                                                                                             : lut_e2m1x2));
+            bool fp4 = k == DSQ__K_MXFP4 || k == DSQ__K_NVFP4;
+            __m256 vs = _mm256_set1_ps(s), half = _mm256_set1_ps(fp4 ? 0.5f : 1.0f);
+            __m256 vm = _mm256_set1_ps(k == DSQ__K_INT4A ? dsq__min_at(v, r, c) : 0.0f);
+            __m256 sbit = _mm256_set1_ps(-0.0f), ssign = _mm256_and_ps(vs, sbit);
+            for (; c + 16 <= bend; c += 16, o += 16) {
+                __m128i raw = nib16_raw(row + c / 2), e = _mm_shuffle_epi8(lut, raw);
+                __m256 f0 = _mm256_mul_ps(_mm256_mul_ps(i8lo(e), half), vs);
+                __m256 f1 = _mm256_mul_ps(_mm256_mul_ps(i8hi(e), half), vs);
+                if (k == DSQ__K_INT4A) f0 = _mm256_add_ps(f0, vm), f1 = _mm256_add_ps(f1, vm);
+                if (fp4) { /* sign = code sign ^ scale sign, also for ±0 (int8 tables have no -0) */
+                    f0 = _mm256_or_ps(_mm256_andnot_ps(sbit, f0), _mm256_xor_ps(sign_lo(raw), ssign));
+                    f1 = _mm256_or_ps(_mm256_andnot_ps(sbit, f1), _mm256_xor_ps(sign_hi(raw), ssign));
+                }
+                _mm256_storeu_ps(o, f0);
+                _mm256_storeu_ps(o + 8, f1);
+            }
+            break;
+        }
+        case DSQ__K_INT8: {
+            __m256 vs = _mm256_set1_ps(s);
+            for (; c + 8 <= bend; c += 8, o += 8)
+                _mm256_storeu_ps(o, _mm256_mul_ps(i8lo(_mm_loadl_epi64((const __m128i *)(const void *)(row + c))), vs));
+            break;
+        }
+        case DSQ__K_INT2A: {
+            if (c & 3) break;
+            __m256 vs = _mm256_set1_ps(s), vm = _mm256_set1_ps(dsq__min_at(v, r, c));
+            for (; c + 32 <= bend; c += 32, o += 32) {
+                __m128i e0, e1;
+                crumb32(row + c / 4, &e0, &e1);
+                __m256 f[4] = {i8lo(e0), i8hi(e0), i8lo(e1), i8hi(e1)};
+                for (int q = 0; q < 4; q++) _mm256_storeu_ps(o + 8 * q, _mm256_add_ps(_mm256_mul_ps(f[q], vs), vm));
+            }
+            break;
+        }
+        default: break;
+        }
+        if (c < bend) {
+            dsq__decode_span_scalar(v, r, c, bend - c, out + (c - c0));
+            c = bend;
+        }
+    }
+}
+
+/* ---- dot products ----------------------------------------------------------------------------- */
+
+AVX2 float dsq__dot_f32_avx2(const float *a, const float *b, uint64_t n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    uint64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    float acc = hsum(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) acc += a[i] * b[i];
+    return acc;
+}
+
+/* Scalar tail of a block: Σ code·x over [c, end) using the scalar decoder (one element at a time). */
+static float tail_dot(const dsq__qv *v, uint64_t r, uint64_t c, uint64_t end, const float *x, float *sum_x) {
+    float buf[32], acc = 0, sx = 0;
+    while (c < end) {
+        uint64_t n = end - c < 32 ? end - c : 32;
+        dsq__decode_span_scalar(v, r, c, n, buf);
+        for (uint64_t i = 0; i < n; i++) acc += buf[i] * x[c + i], sx += x[c + i];
+        c += n;
+    }
+    if (sum_x) *sum_x = sx;
+    return acc;
+}
+
+AVX2 float dsq__dot_row_avx2(const dsq__qv *v, uint64_t r, const float *x) {
+    const uint8_t *row = (const uint8_t *)v->t->data + r * v->row_bytes;
+    uint64_t cols = v->t->cols, c = 0;
+    dsq__kind k = v->info->kind;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float tail = 0;
+    switch (k) {
+    case DSQ__K_F32: return dsq__dot_f32_avx2((const float *)(const void *)row, x, cols);
+    case DSQ__K_F16:
+        for (; c + 16 <= cols; c += 16) {
+            __m256 a = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * c)));
+            __m256 b = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * c + 16)));
+            acc0 = _mm256_fmadd_ps(a, _mm256_loadu_ps(x + c), acc0);
+            acc1 = _mm256_fmadd_ps(b, _mm256_loadu_ps(x + c + 8), acc1);
+        }
+        for (; c < cols; c++) {
+            uint16_t h;
+            memcpy(&h, row + 2 * c, 2);
+            tail += dsq_f16_to_f32(h) * x[c];
+        }
+        return hsum(_mm256_add_ps(acc0, acc1)) + tail;
+    case DSQ__K_BF16:
+        for (; c + 16 <= cols; c += 16) {
+            __m256i w = _mm256_loadu_si256((const __m256i *)(const void *)(row + 2 * c));
+            __m256 a = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(w)), 16));
+            __m256 b = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(w, 1)), 16));
+            acc0 = _mm256_fmadd_ps(a, _mm256_loadu_ps(x + c), acc0);
+            acc1 = _mm256_fmadd_ps(b, _mm256_loadu_ps(x + c + 8), acc1);
+        }
+        for (; c < cols; c++) {
+            uint16_t h;
+            memcpy(&h, row + 2 * c, 2);
+            tail += dsq_bf16_to_f32(h) * x[c];
+        }
+        return hsum(_mm256_add_ps(acc0, acc1)) + tail;
+    case DSQ__K_RAW: return 0.0f;
+    default: break;
+    }
+    bool fp4 = k == DSQ__K_MXFP4 || k == DSQ__K_NVFP4;
+    __m128i lut = _mm_loadu_si128((const __m128i *)(const void *)(k == DSQ__K_INT4    ? lut_int4
+                                                                 : k == DSQ__K_INT4A ? lut_uint4
+                                                                                     : lut_e2m1x2));
+    for (uint64_t c0 = 0; c0 < cols; c0 += v->bcols) {
+        uint64_t bend = c0 + v->bcols < cols ? c0 + v->bcols : cols;
+        float s = dsq__scale_at(v, r, c0);
+        __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps(); /* Σ code·x */
+        __m256 x0 = _mm256_setzero_ps(), x1 = _mm256_setzero_ps(); /* Σ x (asymmetric kinds) */
+        float mul = s;  /* what the block sum of (vector code values)·x is multiplied by */
+        c = c0;
+        switch (k) {
+        case DSQ__K_FP8:
+            mul = s * 256.0f;
+            for (; c + 16 <= bend; c += 16) {
+                __m256 a, b;
+                e4m3x16(row + c, &a, &b);
+                b0 = _mm256_fmadd_ps(a, _mm256_loadu_ps(x + c), b0);
+                b1 = _mm256_fmadd_ps(b, _mm256_loadu_ps(x + c + 8), b1);
+            }
+            break;
+        case DSQ__K_MXFP4:
+        case DSQ__K_NVFP4:
+        case DSQ__K_INT4:
+        case DSQ__K_INT4A:
+            if (fp4) mul = s * 0.5f;
+            for (; c + 32 <= bend; c += 32) {
+                __m128i e0, e1;
+                nib32(row + c / 2, lut, &e0, &e1);
+                __m256 xa = _mm256_loadu_ps(x + c), xb = _mm256_loadu_ps(x + c + 8);
+                __m256 xc = _mm256_loadu_ps(x + c + 16), xd = _mm256_loadu_ps(x + c + 24);
+                b0 = _mm256_fmadd_ps(i8lo(e0), xa, b0);
+                b1 = _mm256_fmadd_ps(i8hi(e0), xb, b1);
+                b0 = _mm256_fmadd_ps(i8lo(e1), xc, b0);
+                b1 = _mm256_fmadd_ps(i8hi(e1), xd, b1);
+                if (k == DSQ__K_INT4A) x0 = _mm256_add_ps(x0, _mm256_add_ps(xa, xc)), x1 = _mm256_add_ps(x1, _mm256_add_ps(xb, xd));
+            }
+            for (; c + 16 <= bend; c += 16) {
+                __m128i e = nib16(row + c / 2, lut);
+                __m256 xa = _mm256_loadu_ps(x + c), xb = _mm256_loadu_ps(x + c + 8);
+                b0 = _mm256_fmadd_ps(i8lo(e), xa, b0);
+                b1 = _mm256_fmadd_ps(i8hi(e), xb, b1);
+                if (k == DSQ__K_INT4A) x0 = _mm256_add_ps(x0, xa), x1 = _mm256_add_ps(x1, xb);
+            }
+            break;
+        case DSQ__K_INT8:
+            for (; c + 16 <= bend; c += 16) {
+                __m128i e = _mm_loadu_si128((const __m128i *)(const void *)(row + c));
+                b0 = _mm256_fmadd_ps(i8lo(e), _mm256_loadu_ps(x + c), b0);
+                b1 = _mm256_fmadd_ps(i8hi(e), _mm256_loadu_ps(x + c + 8), b1);
+            }
+            break;
+        case DSQ__K_INT2A:
+            for (; c + 32 <= bend; c += 32) {
+                __m128i e0, e1;
+                crumb32(row + c / 4, &e0, &e1);
+                __m256 xa = _mm256_loadu_ps(x + c), xb = _mm256_loadu_ps(x + c + 8);
+                __m256 xc = _mm256_loadu_ps(x + c + 16), xd = _mm256_loadu_ps(x + c + 24);
+                b0 = _mm256_fmadd_ps(i8lo(e0), xa, b0);
+                b1 = _mm256_fmadd_ps(i8hi(e0), xb, b1);
+                b0 = _mm256_fmadd_ps(i8lo(e1), xc, b0);
+                b1 = _mm256_fmadd_ps(i8hi(e1), xd, b1);
+                x0 = _mm256_add_ps(x0, _mm256_add_ps(xa, xc)), x1 = _mm256_add_ps(x1, _mm256_add_ps(xb, xd));
+            }
+            break;
+        default: break;
+        }
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(mul), _mm256_add_ps(b0, b1), acc0);
+        if (v->info->mins) acc1 = _mm256_fmadd_ps(_mm256_set1_ps(dsq__min_at(v, r, c0)), _mm256_add_ps(x0, x1), acc1);
+        if (c < bend) {
+            /* scalar remainder of this block: decoded values already include scale (and min) */
+            tail += tail_dot(v, r, c, bend, x, NULL);
+        }
+    }
+    return hsum(_mm256_add_ps(acc0, acc1)) + tail;
+}
+
+AVX2 void dsq__e4m3_decode_avx2(const uint8_t *codes, uint64_t n, float *out) {
+    uint64_t i = 0;
+    __m256 k = _mm256_set1_ps(256.0f);
+    for (; i + 16 <= n; i += 16) {
+        if (has_e4m3_nan(codes + i)) {
+            for (int j = 0; j < 16; j++) out[i + j] = dsq_e4m3_to_f32(codes[i + j]);
+            continue;
+        }
+        __m256 a, b;
+        e4m3x16(codes + i, &a, &b);
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(a, k));
+        _mm256_storeu_ps(out + i + 8, _mm256_mul_ps(b, k));
+    }
+    for (; i < n; i++) out[i] = dsq_e4m3_to_f32(codes[i]);
+}
+
+#else /* not x86: the scalar twins stand in (dsq_codec_best_isa never returns AVX2 there) */
+
+void dsq__decode_span_avx2(const dsq__qv *v, uint64_t r, uint64_t c0, uint64_t n, float *out) {
+    dsq__decode_span_scalar(v, r, c0, n, out);
+}
+float dsq__dot_f32_avx2(const float *a, const float *b, uint64_t n) { return dsq__dot_f32_scalar(a, b, n); }
+float dsq__dot_row_avx2(const dsq__qv *v, uint64_t r, const float *x) { return dsq__dot_row_scalar(v, r, x); }
+void dsq__e4m3_decode_avx2(const uint8_t *codes, uint64_t n, float *out) {
+    for (uint64_t i = 0; i < n; i++) out[i] = dsq_e4m3_to_f32(codes[i]);
+}
+
+#endif

@@ -1,0 +1,160 @@
+/* `dsq eval logits` end to end through the CLI ($DSQ_BIN) on shared/golden/v4-tiny: outputs against
+ * golden-exact (README tolerance: row relative L2 ≤ 1e-4, same arg-max), option handling, errors. */
+#include "eval_util.h"
+
+static char *tmp, *model, *golden;
+
+static int setup(void **state) {
+    tmp = dsq_test_tmpdir();
+    model = dsq_test_shared_path("golden/v4-tiny/model");
+    golden = dsq_test_shared_path("golden/v4-tiny/golden-exact.safetensors");
+    return 0;
+}
+static int teardown(void **state) {
+    dsq_test_rmdir(tmp);
+    free(tmp);
+    free(model);
+    free(golden);
+    return 0;
+}
+
+static void compare(dsq_st *out, const char *name, dsq_st *g, const char *gname, size_t rows, size_t w) {
+    const dsq_st_tensor *t = dsq_st_find(out, name);
+    assert_non_null(t);
+    assert_int_equal(t->dtype, DSQ_DTYPE_F32);
+    size_t n = 0;
+    float *a = eu_f32(out, name, &n), *b = eu_f32(g, gname, NULL);
+    assert_true(n >= rows * w);
+    size_t mism = 0;
+    double rel = eu_max_rel_l2(a, b, rows, w, &mism);
+    printf("  %-14s vs %-16s rel L2 %.3g\n", name, gname, rel);
+    assert_true(rel <= 1e-4);
+    assert_int_equal(mism, 0);
+    free(a);
+    free(b);
+}
+
+/* Text token file, prefill, JSON report; then the golden safetensors as token file with decode and MTP. */
+static void test_logits_prefill_decode_mtp(void **state) {
+    dsq_st *g = eu_open_st("golden/v4-tiny/golden-exact.safetensors");
+    size_t n = 0;
+    int32_t *tok = eu_i32(g, "tokens", &n);
+    char *txt = dsq_test_join(tmp, "tokens.txt"), *out = dsq_test_join(tmp, "a.safetensors");
+    FILE *f = fopen(txt, "w");
+    for (size_t i = 0; i < n; i++) fprintf(f, "%d%s", tok[i], i % 10 == 9 ? "\n" : " ");
+    fclose(f);
+    char *so = NULL, *se = NULL;
+    int rc = dsq_test_run(&so, &se, "eval logits %s --tokens %s --out %s --json --threads 2", model, txt, out);
+    if (rc) fprintf(stderr, "%s", se);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(so, "\"rows\": 160"));
+    assert_non_null(strstr(so, "\"numerics\": \"exact\""));
+    free(so), free(se);
+    char *p = out;
+    dsq_st *o = NULL;
+    assert_int_equal(dsq_st_open(p, NULL, &o, NULL), DSQ_OK);
+    assert_int_equal(dsq_st_find(o, "logits")->shape[0], 160);
+    compare(o, "logits", g, "prefill_logits", 160, 512);
+    assert_null(dsq_st_find(o, "mtp_logits"));
+    dsq_st_close(o);
+
+    /* the output exists: refused without --overwrite */
+    rc = dsq_test_run(NULL, &se, "eval logits %s --tokens %s --out %s", model, txt, out);
+    assert_int_equal(rc, 1);
+    free(se);
+
+    rc = dsq_test_run(&so, &se, "eval logits %s --tokens %s --out %s --overwrite --decode-from 100 --mtp", model,
+                      golden, out);
+    if (rc) fprintf(stderr, "%s", se);
+    assert_int_equal(rc, 0);
+    free(so), free(se);
+    assert_int_equal(dsq_st_open(p, NULL, &o, NULL), DSQ_OK);
+    assert_int_equal(dsq_st_find(o, "logits")->shape[0], 61); /* n − P + 1 */
+    compare(o, "logits", g, "decode_logits", 60, 512);
+    compare(o, "mtp_logits", g, "mtp_logits", 159, 512);
+    dsq_st_close(o);
+    dsq_st_close(g);
+    free(tok);
+    free(txt);
+    free(out);
+}
+
+static void test_dump_hidden_and_budget(void **state) {
+    dsq_st *g = eu_open_st("golden/v4-tiny/golden-exact.safetensors");
+    char *out = dsq_test_join(tmp, "h.safetensors");
+    char *se = NULL;
+    int rc = dsq_test_run(NULL, &se, "eval logits %s --tokens %s --out %s --dump-hidden --memory-budget 64M", model,
+                          golden, out);
+    if (rc) fprintf(stderr, "%s", se);
+    assert_int_equal(rc, 0);
+    free(se);
+    dsq_st *o = NULL;
+    assert_int_equal(dsq_st_open(out, NULL, &o, NULL), DSQ_OK);
+    const dsq_st_tensor *t = dsq_st_find(o, "layer_out.2");
+    assert_non_null(t);
+    assert_int_equal(t->rank, 3);
+    assert_int_equal(t->shape[1], 4);
+    compare(o, "layer_out.3", g, "layer_out.3", 640, 256);
+    compare(o, "final_hidden", g, "final_hidden", 640, 256);
+    compare(o, "logits", g, "prefill_logits", 160, 512);
+    dsq_st_close(o);
+    dsq_st_close(g);
+    free(out);
+}
+
+static void test_release_numerics_cli(void **state) {
+    char *out = dsq_test_join(tmp, "r.safetensors"), *txt = dsq_test_join(tmp, "r.txt");
+    dsq_test_write(txt, "0 5 9 200 17 3\n", 15);
+    char *se = NULL;
+    int rc = dsq_test_run(NULL, &se, "eval logits %s --tokens %s --out %s --numerics release", model, txt, out);
+    if (rc) fprintf(stderr, "%s", se);
+    assert_int_equal(rc, 0);
+    free(se);
+    dsq_st *o = NULL;
+    assert_int_equal(dsq_st_open(out, NULL, &o, NULL), DSQ_OK);
+    assert_string_equal(dsq_st_metadata(o, "numerics"), "release");
+    assert_int_equal(dsq_st_find(o, "logits")->shape[0], 6);
+    dsq_st_close(o);
+    free(out);
+    free(txt);
+}
+
+static void test_errors(void **state) {
+    char *out = dsq_test_join(tmp, "e.safetensors"), *txt = dsq_test_join(tmp, "bad.txt");
+    char *se = NULL;
+    dsq_test_write(txt, "1 2 512 3", 9);
+    assert_int_equal(dsq_test_run(NULL, &se, "eval logits %s --tokens %s --out %s", model, txt, out), 1);
+    assert_non_null(strstr(se, "vocabulary"));
+    free(se);
+    assert_false(dsq_path_exists(out));
+    dsq_test_write(txt, "1 2 x3", 6);
+    assert_int_equal(dsq_test_run(NULL, &se, "eval logits %s --tokens %s --out %s", model, txt, out), 1);
+    free(se);
+    dsq_test_write(txt, "1 2 3", 5);
+    assert_int_equal(dsq_test_run(NULL, &se, "eval logits %s --tokens %s --out %s --decode-from 9", model, txt, out), 1);
+    free(se);
+    assert_int_equal(dsq_test_run(NULL, &se, "eval logits %s --tokens %s", model, txt), 2);
+    free(se);
+    assert_int_equal(dsq_test_run(NULL, &se, "eval logits %s --tokens %s --out %s --numerics fast", model, txt, out), 2);
+    free(se);
+    assert_int_equal(dsq_test_run(NULL, &se, "eval bogus %s", model), 2);
+    free(se);
+    assert_int_equal(dsq_test_run(NULL, &se, "eval logits /nonexistent --tokens %s --out %s", txt, out), 1);
+    free(se);
+    char *so = NULL;
+    assert_int_equal(dsq_test_run(&so, NULL, "eval logits --help"), 0);
+    assert_non_null(strstr(so, "--decode-from"));
+    free(so);
+    free(out);
+    free(txt);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_logits_prefill_decode_mtp),
+        cmocka_unit_test(test_dump_hidden_and_budget),
+        cmocka_unit_test(test_release_numerics_cli),
+        cmocka_unit_test(test_errors),
+    };
+    return cmocka_run_group_tests_name("eval_cli", tests, setup, teardown);
+}
