@@ -454,6 +454,48 @@ static void test_mutation_fuzz(void **state) {
     free(p);
 }
 
+/* The CLI on corrupted files: exit status 1, one line per problem naming the file, never a crash. */
+static void test_cli_on_corrupted_files(void **state) {
+    struct {
+        const char *name, *hdr, *needle;
+        size_t data;
+    } cases[] = {
+        {"c-dtype.safetensors", "{\"a\":{\"dtype\":\"F4\",\"shape\":[4],\"data_offsets\":[0,4]}}", "unknown dtype", 4},
+        {"c-past.safetensors", "{\"a\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[100,104]}}", "past the data section", 4},
+        {"c-ovl.safetensors",
+         "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[2],"
+         "\"data_offsets\":[4,12]}}",
+         "overlap", 12},
+        {"c-json.safetensors", "{\"a\":{\"dtype\":\"U8\",", "malformed JSON", 0},
+        {"c-ovf.safetensors", "{\"a\":{\"dtype\":\"F64\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,8]}}",
+         "overflows", 8},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *p = dsq_test_join(tmp, cases[i].name);
+        uint8_t *d = calloc(1, cases[i].data + 1);
+        dsq_test_write_raw_st(p, cases[i].hdr, d, cases[i].data);
+        char *out = NULL, *err = NULL;
+        int rc = dsq_test_run(&out, &err, "inspect '%s'", p);
+        if (rc != 1 || !strstr(err, cases[i].needle)) fprintf(stderr, "%s: rc %d stderr: %s\n", cases[i].name, rc, err);
+        assert_int_equal(rc, 1);
+        assert_non_null(strstr(err, cases[i].needle));
+        assert_non_null(strstr(err, p));
+        assert_int_equal(strncmp(err, "dsq inspect: ", 13), 0);
+        free(out);
+        free(err);
+        free(d);
+        free(p);
+    }
+    /* a truncated header and a missing shard through a directory */
+    char *p = dsq_test_join(tmp, "c-trunc.safetensors");
+    dsq_test_write(p, "\x10\x00\x00", 3);
+    char *err = NULL;
+    assert_int_equal(dsq_test_run(NULL, &err, "inspect '%s'", p), 1);
+    assert_non_null(strstr(err, "too short"));
+    free(err);
+    free(p);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_model),
@@ -476,6 +518,7 @@ int main(void) {
         cmocka_unit_test(test_malloc_faults),
         cmocka_unit_test(test_write_faults),
         cmocka_unit_test(test_mutation_fuzz),
+        cmocka_unit_test(test_cli_on_corrupted_files),
     };
     return cmocka_run_group_tests_name("safetensors", tests, setup, teardown);
 }
