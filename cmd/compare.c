@@ -1,4 +1,4 @@
-/* dsq-command: compare | compare quantized builds with a reference: KL, PPL ratio, MC accuracy; REPORT.md + REPORT.html */
+/* dsq-command: compare | compare builds with a reference (KL, PPL ratio, MC accuracy); REPORT.md + REPORT.html */
 /* `dsq compare REF Q1 [Q2 ...] --text TEXTFILE --out DIR`: a KL base of REF (DIR/ref.kld), then each
  * build against it, optionally a multiple-choice task with flips against REF's answers, and the
  * report (lib/eval/dsq_report.h). */
@@ -38,7 +38,8 @@ static uint64_t build_bytes(const char *path) {
     if (!d) return 0;
     for (struct dirent *e; (e = readdir(d));) {
         size_t n = strlen(e->d_name);
-        bool want = (n > 12 && !strcmp(e->d_name + n - 12, ".safetensors")) || (n > 4 && !strcmp(e->d_name + n - 4, ".dsq"));
+        bool want =
+            (n > 12 && !strcmp(e->d_name + n - 12, ".safetensors")) || (n > 4 && !strcmp(e->d_name + n - 4, ".dsq"));
         char *p = want ? dsq_path_join(path, e->d_name) : NULL;
         if (p && stat(p, &st) == 0 && S_ISREG(st.st_mode)) sum += (uint64_t)st.st_size;
         dsq_free(p);
@@ -93,7 +94,8 @@ static dsq_status compare(run *R, dsq_report *rep, dsq_report_build *b, dsq_err 
     dsq_ppl_result ppl;
     dsq_base_options bo = {.k = R->top_k, .overwrite = R->overwrite};
     char note[DSQ_KBASE_NOTE_MAX];
-    snprintf(note, sizeof note, "dsq compare reference %s, %s numerics", R->ref, dsq_numerics_name(R->so.eval.numerics));
+    snprintf(note, sizeof note, "dsq compare reference %s, %s numerics", R->ref,
+             dsq_numerics_name(R->so.eval.numerics));
     bo.note = note;
     fprintf(stderr, "compare: reference %s\n", R->ref);
     if (s == DSQ_OK) s = dsq_score_save_base(m, &R->so, &bo, ids, n, base, &ppl, err);
@@ -159,21 +161,32 @@ int dsq_cmd_compare(int argc, char **argv) {
         if (r > 0) continue;
         bool has_val = i + 1 < argc;
         uint64_t v;
-        if (!strcmp(a, "--text") && has_val) R.text = argv[++i];
-        else if (!strcmp(a, "--tokens") && has_val) R.tokens = argv[++i];
-        else if (!strcmp(a, "--task") && has_val) R.task = argv[++i];
-        else if (!strcmp(a, "--out") && has_val) R.out = argv[++i];
-        else if (!strcmp(a, "--title") && has_val) R.title = argv[++i];
+        if (!strcmp(a, "--text") && has_val)
+            R.text = argv[++i];
+        else if (!strcmp(a, "--tokens") && has_val)
+            R.tokens = argv[++i];
+        else if (!strcmp(a, "--task") && has_val)
+            R.task = argv[++i];
+        else if (!strcmp(a, "--out") && has_val)
+            R.out = argv[++i];
+        else if (!strcmp(a, "--title") && has_val)
+            R.title = argv[++i];
         else if (!strcmp(a, "--top-k") && has_val) {
             if (!dsq_cmd_parse_u64(argv[++i], &v) || v < 1 || v > DSQ_KBASE_MAX_VOCAB)
                 return dsq_cmd_usage_error(me, "--top-k needs a count ≥ 1, not '%s'", argv[i]);
             R.top_k = (uint32_t)v;
-        } else if (!strcmp(a, "--overwrite")) R.overwrite = true;
-        else if (!strcmp(a, "--json")) R.json = true;
-        else if (a[0] == '-') return dsq_cmd_usage_error(me, "unknown or incomplete option '%s'", a);
-        else if (!R.ref) R.ref = a;
-        else if (R.n_builds < (int)(sizeof R.builds / sizeof R.builds[0])) R.builds[R.n_builds++] = a;
-        else return dsq_cmd_usage_error(me, "too many builds (at most 64)");
+        } else if (!strcmp(a, "--overwrite"))
+            R.overwrite = true;
+        else if (!strcmp(a, "--json"))
+            R.json = true;
+        else if (a[0] == '-')
+            return dsq_cmd_usage_error(me, "unknown or incomplete option '%s'", a);
+        else if (!R.ref)
+            R.ref = a;
+        else if (R.n_builds < (int)(sizeof R.builds / sizeof R.builds[0]))
+            R.builds[R.n_builds++] = a;
+        else
+            return dsq_cmd_usage_error(me, "too many builds (at most 64)");
     }
     if (!R.ref || !R.n_builds) return dsq_cmd_usage_error(me, "need REF and at least one build");
     if (!R.text == !R.tokens) return dsq_cmd_usage_error(me, "give exactly one of --text FILE and --tokens FILE");
@@ -220,8 +233,9 @@ int dsq_cmd_compare(int argc, char **argv) {
                 dsq_cmd_json_str(stdout, R.builds[i]);
                 printf(", \"bytes\": %llu, ", (unsigned long long)b[i].file_bytes);
                 dsq__cmd_json_kld(stdout, &b[i].kld);
-                if (b[i].has_mc) printf(", \"mc_acc\": %.17g, \"mc_acc_se\": %.17g, \"mc_flip_rate\": %.17g", b[i].mc_acc,
-                                        b[i].mc_acc_se, b[i].mc_flip_rate);
+                if (b[i].has_mc)
+                    printf(", \"mc_acc\": %.17g, \"mc_acc_se\": %.17g, \"mc_flip_rate\": %.17g", b[i].mc_acc,
+                           b[i].mc_acc_se, b[i].mc_flip_rate);
                 printf("}");
             }
             printf("]}\n");
@@ -230,8 +244,10 @@ int dsq_cmd_compare(int argc, char **argv) {
             for (int i = 0; i < R.n_builds; i++) {
                 printf("%-24s %14llu %12.5g %9.2f%% %10.5f", b[i].name, (unsigned long long)b[i].file_bytes,
                        b[i].kld.kl_mean, 100 * b[i].kld.top1, b[i].kld.ppl_ratio);
-                if (b[i].has_mc) printf(" %11.2f%%\n", 100 * b[i].mc_acc);
-                else printf(" %12s\n", "—");
+                if (b[i].has_mc)
+                    printf(" %11.2f%%\n", 100 * b[i].mc_acc);
+                else
+                    printf(" %12s\n", "—");
             }
             printf("report: %s/REPORT.md, %s/REPORT.html\n", R.out, R.out);
         }

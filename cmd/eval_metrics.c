@@ -34,7 +34,8 @@ dsq_status dsq__cmd_load_tokens(const char *model_dir, const char *text_path, co
     if (s == DSQ_OK) s = dsq_tok_encode(tok, text, len, &v, err);
     if (s == DSQ_OK) {
         *ids = dsq_malloc((v.n ? v.n : 1) * sizeof **ids);
-        if (!*ids) s = dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory for %zu tokens", v.n);
+        if (!*ids)
+            s = dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory for %zu tokens", v.n);
         else {
             memcpy(*ids, v.ids, v.n * sizeof **ids);
             *n = v.n;
@@ -50,10 +51,14 @@ int dsq__cmd_score_option(const char *me, int argc, char **argv, int *i, dsq_sco
     const char *a = argv[*i];
     bool has_val = *i + 1 < argc;
     uint64_t v = 0;
-    if (!strcmp(a, "--scalar")) o->eval.force_scalar = true;
-    else if (!strcmp(a, "--no-shared-clamp")) o->eval.no_shared_clamp = true;
-    else if (!strcmp(a, "--no-bos")) o->no_bos = true;
-    else if (!has_val) return 0;
+    if (!strcmp(a, "--scalar"))
+        o->eval.force_scalar = true;
+    else if (!strcmp(a, "--no-shared-clamp"))
+        o->eval.no_shared_clamp = true;
+    else if (!strcmp(a, "--no-bos"))
+        o->no_bos = true;
+    else if (!has_val)
+        return 0;
     else if (!strcmp(a, "--numerics")) {
         if (!dsq_numerics_from_name(argv[++*i], &o->eval.numerics)) {
             dsq_cmd_usage_error(me, "--numerics must be exact or release, not '%s'", argv[*i]);
@@ -88,28 +93,32 @@ int dsq__cmd_score_option(const char *me, int argc, char **argv, int *i, dsq_sco
             return -1;
         }
         o->batch = (uint32_t)v;
-    } else return 0;
+    } else
+        return 0;
     return 1;
 }
 
 void dsq__cmd_score_option_help(FILE *f) {
-    fprintf(f, "  --tokens FILE          pre-tokenized ids instead of TEXTFILE (safetensors I32 `tokens` or\n"
-               "                         whitespace-separated ids), for models without a tokenizer\n"
-               "  --ctx N                tokens per chunk including BOS (default %d); the second half is scored\n"
-               "  --chunks K             score only the first K chunks (default: all complete chunks)\n"
-               "  --batch N              chunks per layer-major pass (default %d)\n"
-               "  --no-bos               chunks without the BOS token\n"
-               "  --numerics exact|release  exact: f32 (default); release: the official bf16/FP8/FP4 arithmetic\n"
-               "  --memory-budget SIZE   layer-streaming within SIZE bytes (K/M/G suffixes)\n"
-               "  --threads N            OpenMP threads (default: all)\n"
-               "  --no-shared-clamp      do not clamp the shared expert's SwiGLU\n"
-               "  --scalar               portable kernels only (no AVX2)\n",
+    fprintf(f,
+            "  --tokens FILE          pre-tokenized ids instead of TEXTFILE (safetensors I32 `tokens` or\n"
+            "                         whitespace-separated ids), for models without a tokenizer\n"
+            "  --ctx N                tokens per chunk including BOS (default %d); the second half is scored\n"
+            "  --chunks K             score only the first K chunks (default: all complete chunks)\n"
+            "  --batch N              chunks per layer-major pass (default %d)\n"
+            "  --no-bos               chunks without the BOS token\n"
+            "  --numerics exact|release  exact: f32 (default); release: the official bf16/FP8/FP4 arithmetic\n"
+            "  --memory-budget SIZE   layer-streaming within SIZE bytes (K/M/G suffixes)\n"
+            "  --threads N            OpenMP threads (default: all)\n"
+            "  --no-shared-clamp      do not clamp the shared expert's SwiGLU\n"
+            "  --scalar               portable kernels only (no AVX2)\n",
             DSQ_SCORE_DEFAULT_CTX, DSQ_SCORE_DEFAULT_BATCH);
 }
 
 static void json_num(FILE *f, double v) {
-    if (isfinite(v)) fprintf(f, "%.17g", v);
-    else fputs("null", f);
+    if (isfinite(v))
+        fprintf(f, "%.17g", v);
+    else
+        fputs("null", f);
 }
 
 static void json_ppl(FILE *f, const char *key, const dsq_ppl_result *p) {
@@ -129,12 +138,22 @@ void dsq__cmd_json_kld(FILE *f, const dsq_kld_stats *s) {
         const char *k;
         double v;
     } x[] = {
-        {"kl_mean", s->kl_mean},       {"kl_mean_se", s->kl_mean_se}, {"kl_median", s->kl_median},
-        {"kl_median_se", s->kl_median_se}, {"kl_p99", s->kl_p99},   {"kl_p99_se", s->kl_p99_se},
-        {"kl_max", s->kl_max},         {"top1", s->top1},             {"top1_se", s->top1_se},
-        {"same_sample", s->same_sample}, {"same_sample_se", s->same_sample_se},
-        {"ppl_ratio", s->ppl_ratio},   {"ppl_ratio_se", s->ppl_ratio_se}, {"dp_mean", s->dp_mean},
-        {"dp_mean_se", s->dp_mean_se}, {"dp_rms", s->dp_rms},
+        {"kl_mean", s->kl_mean},
+        {"kl_mean_se", s->kl_mean_se},
+        {"kl_median", s->kl_median},
+        {"kl_median_se", s->kl_median_se},
+        {"kl_p99", s->kl_p99},
+        {"kl_p99_se", s->kl_p99_se},
+        {"kl_max", s->kl_max},
+        {"top1", s->top1},
+        {"top1_se", s->top1_se},
+        {"same_sample", s->same_sample},
+        {"same_sample_se", s->same_sample_se},
+        {"ppl_ratio", s->ppl_ratio},
+        {"ppl_ratio_se", s->ppl_ratio_se},
+        {"dp_mean", s->dp_mean},
+        {"dp_mean_se", s->dp_mean_se},
+        {"dp_rms", s->dp_rms},
     };
     fprintf(f, "\"positions\": %llu", (unsigned long long)s->n);
     for (size_t i = 0; i < sizeof x / sizeof x[0]; i++) {
@@ -177,8 +196,10 @@ void dsq__cmd_print_kld(FILE *f, const dsq_kld_stats *s) {
     for (int b = 0; b < DSQ_KLD_BANDS; b++) {
         fprintf(f, "  [%.1f, %.1f%c  %8llu positions  ", b / 5.0, (b + 1) / 5.0, b == DSQ_KLD_BANDS - 1 ? ']' : ')',
                 (unsigned long long)s->band_n[b]);
-        if (s->band_n[b]) fprintf(f, "%.6g\n", s->band_kl_mean[b]);
-        else fprintf(f, "—\n");
+        if (s->band_n[b])
+            fprintf(f, "%.6g\n", s->band_kl_mean[b]);
+        else
+            fprintf(f, "—\n");
     }
 }
 
@@ -214,12 +235,18 @@ static int parse(const char *me, int argc, char **argv, int max_pos, args *a, ex
         r = extra ? extra(ctx, me, argc, argv, &i) : 0;
         if (r < 0) return DSQ_EXIT_USAGE;
         if (r > 0) continue;
-        if (!strcmp(s, "--tokens") && i + 1 < argc) a->tokens = argv[++i];
-        else if (!strcmp(s, "--json")) a->json = true;
-        else if (!strcmp(s, "--overwrite")) a->overwrite = true;
-        else if (s[0] == '-' && s[1]) return dsq_cmd_usage_error(me, "unknown or incomplete option '%s'", s);
-        else if (a->n_pos < max_pos) a->pos[a->n_pos++] = s;
-        else return dsq_cmd_usage_error(me, "unexpected argument '%s'", s);
+        if (!strcmp(s, "--tokens") && i + 1 < argc)
+            a->tokens = argv[++i];
+        else if (!strcmp(s, "--json"))
+            a->json = true;
+        else if (!strcmp(s, "--overwrite"))
+            a->overwrite = true;
+        else if (s[0] == '-' && s[1])
+            return dsq_cmd_usage_error(me, "unknown or incomplete option '%s'", s);
+        else if (a->n_pos < max_pos)
+            a->pos[a->n_pos++] = s;
+        else
+            return dsq_cmd_usage_error(me, "unexpected argument '%s'", s);
     }
     return DSQ_EXIT_OK;
 }
@@ -288,8 +315,10 @@ static int kld_extra(void *ctx, const char *me, int argc, char **argv, int *i) {
     const char *a = argv[*i];
     if (*i + 1 >= argc) return 0;
     uint64_t v;
-    if (!strcmp(a, "--save-base")) k->save_base = argv[++*i];
-    else if (!strcmp(a, "--base")) k->base = argv[++*i];
+    if (!strcmp(a, "--save-base"))
+        k->save_base = argv[++*i];
+    else if (!strcmp(a, "--base"))
+        k->base = argv[++*i];
     else if (!strcmp(a, "--top-k")) {
         if (!dsq_cmd_parse_u64(argv[++*i], &v) || v < 1 || v > DSQ_KBASE_MAX_VOCAB) {
             dsq_cmd_usage_error(me, "--top-k needs a count ≥ 1, not '%s'", argv[*i]);
@@ -309,7 +338,8 @@ static int kld_extra(void *ctx, const char *me, int argc, char **argv, int *i) {
             return -1;
         }
         k->bo.temperature = t;
-    } else return 0;
+    } else
+        return 0;
     return 1;
 }
 
@@ -373,8 +403,8 @@ int dsq__eval_kld(int argc, char **argv) {
             json_ppl(stdout, "ref", &ppl);
             printf("}\n");
         } else {
-            printf("%s: KL base of %llu positions; reference ppl %.6g ± %.4g\n", k.save_base,
-                   (unsigned long long)ppl.n, ppl.ppl, ppl.ppl_se);
+            printf("%s: KL base of %llu positions; reference ppl %.6g ± %.4g\n", k.save_base, (unsigned long long)ppl.n,
+                   ppl.ppl, ppl.ppl_se);
         }
     } else if (a.json) {
         printf("{\"base\": ");
@@ -460,11 +490,14 @@ int dsq__eval_diff(int argc, char **argv) {
     } else {
         printf("block   fed cosine   fed SQNR dB   own cosine   own SQNR dB\n");
         for (int b = 0; b < d.n_blocks; b++) {
-            if (d.fed) printf("%5d   %10.7f   %11.3f", b, dsq_diff_cosine(&d.fed[b]), dsq_diff_sqnr_db(&d.fed[b]));
-            else printf("%5d   %10s   %11s", b, "—", "—");
+            if (d.fed)
+                printf("%5d   %10.7f   %11.3f", b, dsq_diff_cosine(&d.fed[b]), dsq_diff_sqnr_db(&d.fed[b]));
+            else
+                printf("%5d   %10s   %11s", b, "—", "—");
             printf("   %10.7f   %11.3f\n", dsq_diff_cosine(&d.own[b]), dsq_diff_sqnr_db(&d.own[b]));
         }
-        printf("final   %10s   %11s   %10.7f   %11.3f\n", "", "", dsq_diff_cosine(&d.final), dsq_diff_sqnr_db(&d.final));
+        printf("final   %10s   %11s   %10.7f   %11.3f\n", "", "", dsq_diff_cosine(&d.final),
+               dsq_diff_sqnr_db(&d.final));
         printf("KL(REF ‖ CAND) of the final logits, every position:\n");
         dsq__cmd_print_kld(stdout, &d.kld);
     }
@@ -483,15 +516,18 @@ static int mc_extra(void *ctx, const char *me, int argc, char **argv, int *i) {
     mc_args *k = ctx;
     const char *a = argv[*i];
     if (*i + 1 >= argc) return 0;
-    if (!strcmp(a, "--base")) k->answers_base = argv[++*i];
-    else if (!strcmp(a, "--save-answers")) k->save_answers = argv[++*i];
+    if (!strcmp(a, "--base"))
+        k->answers_base = argv[++*i];
+    else if (!strcmp(a, "--save-answers"))
+        k->save_answers = argv[++*i];
     else if (!strcmp(a, "--first") || !strcmp(a, "--count")) {
         uint64_t *dst = a[2] == 'f' ? &k->first : &k->count;
         if (!dsq_cmd_parse_u64(argv[++*i], dst)) {
             dsq_cmd_usage_error(me, "%s needs an unsigned integer, not '%s'", a, argv[*i]);
             return -1;
         }
-    } else return 0;
+    } else
+        return 0;
     return 1;
 }
 
@@ -499,7 +535,8 @@ int dsq__eval_mc(int argc, char **argv) {
     const char *me = "eval mc";
     if (dsq_cmd_wants_help(argc, argv)) {
         printf("usage: dsq eval mc MODEL TASK.jsonl [--base ANSWERS] [--save-answers FILE] [options]\n\n"
-               "Multiple choice (HellaSwag-style JSONL: {\"ctx\"|\"context\": str, \"endings\": [str...], \"label\": int}).\n"
+               "Multiple choice (HellaSwag-style JSONL: {\"ctx\"|\"context\": str, \"endings\": [str...], \"label\": "
+               "int}).\n"
                "Each ending is scored as \" \" + ending after BOS + context: the sum of its token log-probs\n"
                "(raw) and that sum divided by the ending's UTF-8 bytes + 1 (norm, tokenizer-independent).\n"
                "Prints accuracy ± sqrt(p(1-p)/n).  --base compares with a previous run's answers file and\n"
@@ -539,8 +576,9 @@ int dsq__eval_mc(int argc, char **argv) {
         return finish_fail(me, s, &e);
     }
     if (a.json) {
-        printf("{\"items\": %llu, \"acc_raw\": %.17g, \"acc_raw_se\": %.17g, \"acc_norm\": %.17g, \"acc_norm_se\": %.17g",
-               (unsigned long long)r.n, r.acc_raw, r.acc_raw_se, r.acc_norm, r.acc_norm_se);
+        printf(
+            "{\"items\": %llu, \"acc_raw\": %.17g, \"acc_raw_se\": %.17g, \"acc_norm\": %.17g, \"acc_norm_se\": %.17g",
+            (unsigned long long)r.n, r.acc_raw, r.acc_raw_se, r.acc_norm, r.acc_norm_se);
         if (k.answers_base)
             printf(", \"flips_raw\": %llu, \"flips_norm\": %llu, \"flip_rate_raw\": %.17g, \"flip_rate_norm\": %.17g",
                    (unsigned long long)fl.raw, (unsigned long long)fl.norm, fl.raw_rate, fl.norm_rate);

@@ -75,7 +75,8 @@ int dsq_cmd_generate(int argc, char **argv) {
         if (r > 0) continue;
         bool has_val = i + 1 < argc;
         uint64_t v;
-        if (!strcmp(a, "--prompt") && has_val) prompt = argv[++i];
+        if (!strcmp(a, "--prompt") && has_val)
+            prompt = argv[++i];
         else if (!strcmp(a, "-n") && has_val) {
             if (!dsq_cmd_parse_u64(argv[++i], &v) || v < 1 || v > (1u << 20))
                 return dsq_cmd_usage_error(me, "-n needs a count ≥ 1, not '%s'", argv[i]);
@@ -88,13 +89,20 @@ int dsq_cmd_generate(int argc, char **argv) {
         } else if (!strcmp(a, "--seed") && has_val) {
             if (!dsq_cmd_parse_u64(argv[++i], &g.seed))
                 return dsq_cmd_usage_error(me, "--seed needs an unsigned integer, not '%s'", argv[i]);
-        } else if (!strcmp(a, "--chat")) chat = true;
-        else if (!strcmp(a, "--thinking")) chat = thinking = true;
-        else if (!strcmp(a, "--ignore-eos")) g.ignore_eos = true;
-        else if (!strcmp(a, "--json")) json = true;
-        else if (a[0] == '-') return dsq_cmd_usage_error(me, "unknown or incomplete option '%s'", a);
-        else if (!model) model = a;
-        else return dsq_cmd_usage_error(me, "unexpected argument '%s'", a);
+        } else if (!strcmp(a, "--chat"))
+            chat = true;
+        else if (!strcmp(a, "--thinking"))
+            chat = thinking = true;
+        else if (!strcmp(a, "--ignore-eos"))
+            g.ignore_eos = true;
+        else if (!strcmp(a, "--json"))
+            json = true;
+        else if (a[0] == '-')
+            return dsq_cmd_usage_error(me, "unknown or incomplete option '%s'", a);
+        else if (!model)
+            model = a;
+        else
+            return dsq_cmd_usage_error(me, "unexpected argument '%s'", a);
     }
     if (!model) return dsq_cmd_usage_error(me, "missing MODEL");
     if (!prompt) return dsq_cmd_usage_error(me, "missing --prompt TEXT");

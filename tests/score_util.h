@@ -27,7 +27,8 @@ static inline double su_nrand(void) {
 
 /* A copy of the golden model (at gpath) in TMP/NAME with every BF16 tensor whose name contains `which`
  * multiplied element-wise by (1 + sigma·N(0,1)).  Returns the directory (malloc). */
-static inline char *su_perturbed(const char *tmp, const char *gpath, const char *name, const char *which, double sigma) {
+static inline char *su_perturbed(const char *tmp, const char *gpath, const char *name, const char *which,
+                                 double sigma) {
     char *dir = dsq_test_join(tmp, name);
     assert_int_equal(mkdir(dir, 0755), 0);
     char *src_cfg = dsq_test_join(gpath, "config.json"), *dst_cfg = dsq_test_join(dir, "config.json");
@@ -71,25 +72,28 @@ static inline char *su_perturbed(const char *tmp, const char *gpath, const char 
 /* A byte-level BPE tokenizer.json: ids 0/1 = BOS/EOS added tokens, 2 + b = byte b, no merges. */
 static inline char *su_byte_tokenizer_json(void) {
     char *j = malloc(1 << 16);
-    size_t n = (size_t)sprintf(j, "{\"version\":\"1.0\",\"added_tokens\":["
-                                  "{\"id\":0,\"content\":\"<bos>\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,"
-                                  "\"normalized\":false,\"special\":true},"
-                                  "{\"id\":1,\"content\":\"<eos>\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,"
-                                  "\"normalized\":false,\"special\":true}],"
-                                  "\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,"
-                                  "\"trim_offsets\":true,\"use_regex\":false},\"post_processor\":null,"
-                                  "\"decoder\":{\"type\":\"ByteLevel\",\"add_prefix_space\":true,\"trim_offsets\":true,"
-                                  "\"use_regex\":true},\"model\":{\"type\":\"BPE\",\"dropout\":null,\"unk_token\":null,"
-                                  "\"continuing_subword_prefix\":null,\"end_of_word_suffix\":null,\"fuse_unk\":false,"
-                                  "\"byte_fallback\":false,\"vocab\":{");
+    size_t n =
+        (size_t)sprintf(j, "{\"version\":\"1.0\",\"added_tokens\":["
+                           "{\"id\":0,\"content\":\"<bos>\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,"
+                           "\"normalized\":false,\"special\":true},"
+                           "{\"id\":1,\"content\":\"<eos>\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,"
+                           "\"normalized\":false,\"special\":true}],"
+                           "\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,"
+                           "\"trim_offsets\":true,\"use_regex\":false},\"post_processor\":null,"
+                           "\"decoder\":{\"type\":\"ByteLevel\",\"add_prefix_space\":true,\"trim_offsets\":true,"
+                           "\"use_regex\":true},\"model\":{\"type\":\"BPE\",\"dropout\":null,\"unk_token\":null,"
+                           "\"continuing_subword_prefix\":null,\"end_of_word_suffix\":null,\"fuse_unk\":false,"
+                           "\"byte_fallback\":false,\"vocab\":{");
     /* GPT-2 byte → code point map */
     int extra = 0;
     for (int b = 0; b < 256; b++) {
         int cp = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255) ? b : 256 + extra++;
         char u[8];
         if (cp < 0x80) {
-            if (cp == '"' || cp == '\\') snprintf(u, sizeof u, "\\%c", cp);
-            else snprintf(u, sizeof u, "%c", cp);
+            if (cp == '"' || cp == '\\')
+                snprintf(u, sizeof u, "\\%c", cp);
+            else
+                snprintf(u, sizeof u, "%c", cp);
         } else {
             u[0] = (char)(0xC0 | (cp >> 6));
             u[1] = (char)(0x80 | (cp & 0x3F));

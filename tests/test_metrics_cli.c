@@ -87,7 +87,7 @@ static double num(const cJSON *j, const char *key) {
 
 static void test_help_and_usage(void **state) {
     const char *helps[] = {"eval ppl --help", "eval kld --help", "eval diff --help", "eval mc --help",
-                           "compare --help", "generate --help", "eval --help"};
+                           "compare --help",  "generate --help", "eval --help"};
     for (size_t i = 0; i < sizeof helps / sizeof helps[0]; i++) {
         char *out = NULL;
         assert_int_equal(dsq_test_run(&out, NULL, "%s", helps[i]), 0);
@@ -224,7 +224,8 @@ static void test_mc(void **state) {
     assert_true(num(j, "flips_norm") == 0 && num(j, "flip_rate_raw") == 0);
     cJSON_Delete(j);
     /* release numerics against the exact answers: flips are counted (not necessarily non-zero) */
-    snprintf(args, sizeof args, "eval mc '%s' '%s' --threads 1 --numerics release --base '%s' --json", tokmodel, tp, ans);
+    snprintf(args, sizeof args, "eval mc '%s' '%s' --threads 1 --numerics release --base '%s' --json", tokmodel, tp,
+             ans);
     j = run_json(0, args);
     assert_true(num(j, "flip_rate_norm") >= 0 && num(j, "flip_rate_norm") <= 1);
     cJSON_Delete(j);
@@ -261,6 +262,19 @@ static void test_compare(void **state) {
     free(m);
     free(h);
     run_json(1, args); /* files exist without --overwrite */
+    /* release numerics, one build, replacing the report */
+    snprintf(args, sizeof args,
+             "compare '%s' '%s' --tokens '%s' --out '%s' --ctx 32 --chunks 2 --threads 1 --numerics release "
+             "--overwrite --json",
+             gpath, q2, tokfile, out);
+    j = run_json(0, args);
+    b1 = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "builds"), 0);
+    assert_true(num(b1, "kl_mean") > 0 && num(b1, "positions") == 30);
+    cJSON_Delete(j);
+    m = dsq_test_read(md, NULL);
+    assert_non_null(strstr(m, "release numerics"));
+    assert_null(strstr(m, "q-small"));
+    free(m);
     free(md);
     free(html);
     free(tp);
@@ -309,8 +323,8 @@ static void test_generate(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_help_and_usage), cmocka_unit_test(test_ppl),     cmocka_unit_test(test_kld),
-        cmocka_unit_test(test_diff),           cmocka_unit_test(test_mc),      cmocka_unit_test(test_compare),
+        cmocka_unit_test(test_help_and_usage), cmocka_unit_test(test_ppl), cmocka_unit_test(test_kld),
+        cmocka_unit_test(test_diff),           cmocka_unit_test(test_mc),  cmocka_unit_test(test_compare),
         cmocka_unit_test(test_generate),
     };
     if (getenv("DSQ_TEST_FILTER")) cmocka_set_test_filter(getenv("DSQ_TEST_FILTER"));

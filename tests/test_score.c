@@ -16,8 +16,8 @@
 #include "score_util.h"
 
 static char *tmp;
-static dsq_v4_model *gm;   /* the golden model */
-static int32_t *gtok;      /* its 160 golden tokens */
+static dsq_v4_model *gm; /* the golden model */
+static int32_t *gtok;    /* its 160 golden tokens */
 static size_t n_gtok;
 static char *gpath;
 
@@ -55,8 +55,8 @@ static dsq_score_options opts(dsq_numerics num) {
     dsq_score_options_default(&o);
     o.eval.numerics = num;
     o.eval.threads = 1; /* the eval suites cover threading; one thread keeps this suite fast on a busy machine */
-    o.n_ctx = 32; /* 160 tokens → 5 chunks of BOS + 31, 15 scored positions each */
-    o.batch = 3;  /* batches of 3 and 2 chunks */
+    o.n_ctx = 32;       /* 160 tokens → 5 chunks of BOS + 31, 15 scored positions each */
+    o.batch = 3;        /* batches of 3 and 2 chunks */
     return o;
 }
 
@@ -176,8 +176,10 @@ static void test_diff(void **state) {
     assert_int_equal(dsq_score_diff_run(gpath, dir, &o, gtok, n_gtok, true, &d, &err), DSQ_OK);
     for (int b = 0; b < 4; b++) {
         double own = dsq_diff_sqnr_db(&d.own[b]), fed = dsq_diff_sqnr_db(&d.fed[b]);
-        if (b < 2) assert_true(isinf(own) && isinf(fed));
-        else assert_true(isfinite(own) && own > 0);
+        if (b < 2)
+            assert_true(isinf(own) && isinf(fed));
+        else
+            assert_true(isfinite(own) && own > 0);
         if (b == 2) assert_true(isfinite(fed) && fabs(fed - own) < 1e-9); /* same input at the first changed block */
         if (b == 3) assert_true(isinf(fed));
         assert_true(dsq_diff_cosine(&d.own[b]) > 0.9);
@@ -294,12 +296,9 @@ static void test_generate(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_ppl_matches_direct),
-        cmocka_unit_test(test_kld_self_zero_and_release),
-        cmocka_unit_test(test_kld_grows_with_noise),
-        cmocka_unit_test(test_diff),
-        cmocka_unit_test(test_mc_matches_direct),
-        cmocka_unit_test(test_generate),
+        cmocka_unit_test(test_ppl_matches_direct),   cmocka_unit_test(test_kld_self_zero_and_release),
+        cmocka_unit_test(test_kld_grows_with_noise), cmocka_unit_test(test_diff),
+        cmocka_unit_test(test_mc_matches_direct),    cmocka_unit_test(test_generate),
     };
     if (getenv("DSQ_TEST_FILTER")) cmocka_set_test_filter(getenv("DSQ_TEST_FILTER"));
     return cmocka_run_group_tests(tests, setup, teardown);

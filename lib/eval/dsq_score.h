@@ -15,23 +15,23 @@
 #include "dsq_tokenizer.h"
 #include "dsq_v4.h"
 
-#define DSQ_SCORE_DEFAULT_CTX 512
-#define DSQ_SCORE_DEFAULT_BATCH 4
+#define DSQ_SCORE_DEFAULT_CTX      512
+#define DSQ_SCORE_DEFAULT_BATCH    4
 #define DSQ_SCORE_MAX_LOGITS_BYTES (1ull << 30) /* logits held per batch; the batch shrinks to fit */
 
 typedef struct dsq_score_progress {
-    uint64_t done, total;   /* scored positions */
-    dsq_ppl_result ppl;     /* running perplexity of the model being run */
+    uint64_t done, total; /* scored positions */
+    dsq_ppl_result ppl;   /* running perplexity of the model being run */
 } dsq_score_progress;
 typedef void (*dsq_score_progress_fn)(void *user, const dsq_score_progress *p);
 
 typedef struct dsq_score_options {
-    dsq_eval_options eval;    /* numerics, threads, ... */
-    uint32_t n_ctx;           /* tokens per chunk including BOS (default DSQ_SCORE_DEFAULT_CTX) */
-    uint32_t max_chunks;      /* 0 = every complete chunk of the text */
-    bool no_bos;              /* chunks without BOS (default false: config bos_token_id) */
-    uint32_t batch;           /* chunks per layer-major pass (default DSQ_SCORE_DEFAULT_BATCH) */
-    uint64_t memory_budget;   /* dsq_v4_forward_streaming's cap (0 = none) */
+    dsq_eval_options eval;          /* numerics, threads, ... */
+    uint32_t n_ctx;                 /* tokens per chunk including BOS (default DSQ_SCORE_DEFAULT_CTX) */
+    uint32_t max_chunks;            /* 0 = every complete chunk of the text */
+    bool no_bos;                    /* chunks without BOS (default false: config bos_token_id) */
+    uint32_t batch;                 /* chunks per layer-major pass (default DSQ_SCORE_DEFAULT_BATCH) */
+    uint64_t memory_budget;         /* dsq_v4_forward_streaming's cap (0 = none) */
     dsq_score_progress_fn progress; /* called after every batch; may be NULL */
     void *user;
 } dsq_score_options;
@@ -46,10 +46,10 @@ dsq_status dsq_score_ppl(const dsq_v4_model *m, const dsq_score_options *o, cons
                          dsq_ppl_result *out, dsq_err *err);
 
 typedef struct dsq_base_options {
-    uint32_t k;          /* top-k ids per position (0 = DSQ_KBASE_DEFAULT_K, clamped to the vocabulary) */
-    uint64_t seed;       /* Gumbel-max seed for the same-sample statistic (default 0) */
-    double temperature;  /* its temperature (0 = 1.0) */
-    const char *note;    /* provenance text stored in the file (may be NULL; truncated to the limit) */
+    uint32_t k;         /* top-k ids per position (0 = DSQ_KBASE_DEFAULT_K, clamped to the vocabulary) */
+    uint64_t seed;      /* Gumbel-max seed for the same-sample statistic (default 0) */
+    double temperature; /* its temperature (0 = 1.0) */
+    const char *note;   /* provenance text stored in the file (may be NULL; truncated to the limit) */
     bool overwrite;
 } dsq_base_options;
 
@@ -62,13 +62,13 @@ dsq_status dsq_score_save_base(const dsq_v4_model *m, const dsq_score_options *o
 /* Compare the model with a base: the chunk plan and tokens come from the base.  When `text` is not
  * NULL it must hold at least the base's tokens, identical (the candidate scores the same tokens),
  * otherwise DSQ_ERR_CHECKSUM; o->n_ctx / max_chunks / no_bos are ignored. */
-dsq_status dsq_score_kld(const dsq_v4_model *m, const dsq_score_options *o, const char *base_path,
-                         const int32_t *text, uint64_t n_text, dsq_kld_stats *out, dsq_err *err);
+dsq_status dsq_score_kld(const dsq_v4_model *m, const dsq_score_options *o, const char *base_path, const int32_t *text,
+                         uint64_t n_text, dsq_kld_stats *out, dsq_err *err);
 
 /* Multiple choice with the model and its tokenizer (BOS = the config's bos_token_id unless
  * o->no_bos).  Each ending is one prefill of BOS + context + continuation. */
-dsq_status dsq_score_mc(const dsq_v4_model *m, const dsq_score_options *o, const dsq_tok *tok,
-                        const dsq_mc_task *task, size_t first, size_t count, dsq_mc_result *out, dsq_err *err);
+dsq_status dsq_score_mc(const dsq_v4_model *m, const dsq_score_options *o, const dsq_tok *tok, const dsq_mc_task *task,
+                        size_t first, size_t count, dsq_mc_result *out, dsq_err *err);
 
 /* Layer diff of CAND against REF (same architecture) over the chunks of the text (all positions).
  * own[b]: CAND's streams after block b against REF's, each model running on its own (errors
@@ -78,8 +78,8 @@ dsq_status dsq_score_mc(const dsq_v4_model *m, const dsq_score_options *o, const
  * (k = vocab). */
 typedef struct dsq_score_diff {
     int n_blocks;
-    dsq_diff_acc *own;  /* [n_blocks] */
-    dsq_diff_acc *fed;  /* [n_blocks] or NULL */
+    dsq_diff_acc *own; /* [n_blocks] */
+    dsq_diff_acc *fed; /* [n_blocks] or NULL */
     dsq_diff_acc final;
     dsq_kld_stats kld;
 } dsq_score_diff;

@@ -175,8 +175,8 @@ static dsq_status kld_row(void *user, uint64_t position, const float *row, int32
     return dsq_kld_acc_add(j->acc, &p, err);
 }
 
-dsq_status dsq_score_kld(const dsq_v4_model *m, const dsq_score_options *o, const char *base_path,
-                         const int32_t *text, uint64_t n_text, dsq_kld_stats *out, dsq_err *err) {
+dsq_status dsq_score_kld(const dsq_v4_model *m, const dsq_score_options *o, const char *base_path, const int32_t *text,
+                         uint64_t n_text, dsq_kld_stats *out, dsq_err *err) {
     const dsq_v4_config *cfg = dsq_v4_model_config(m);
     kld_job j = {0};
     DSQ_TRY(dsq_kbase_reader_open(base_path, &j.r, err));
@@ -198,7 +198,8 @@ dsq_status dsq_score_kld(const dsq_v4_model *m, const dsq_score_options *o, cons
         dsq_kbase_record rec;
         bool done;
         s = dsq_kbase_reader_next(j.r, &rec, &done, err);
-        if (s == DSQ_OK && !done) s = dsq_err_set(err, DSQ_ERR_UNEXPECTED, "%s: more positions than planned", base_path);
+        if (s == DSQ_OK && !done)
+            s = dsq_err_set(err, DSQ_ERR_UNEXPECTED, "%s: more positions than planned", base_path);
     }
     if (s == DSQ_OK) s = dsq_kld_acc_stats(j.acc, out, err);
     dsq_kld_acc_free(j.acc);
@@ -256,8 +257,8 @@ static dsq_status mc_span(void *user, const int32_t *ids, size_t n, size_t start
     return DSQ_OK;
 }
 
-dsq_status dsq_score_mc(const dsq_v4_model *m, const dsq_score_options *o, const dsq_tok *tok,
-                        const dsq_mc_task *task, size_t first, size_t count, dsq_mc_result *out, dsq_err *err) {
+dsq_status dsq_score_mc(const dsq_v4_model *m, const dsq_score_options *o, const dsq_tok *tok, const dsq_mc_task *task,
+                        size_t first, size_t count, dsq_mc_result *out, dsq_err *err) {
     mc_job j = {.m = m, .o = o, .tok = tok};
     DSQ_TRY(dsq_v4_seq_create(m, &j.seq, err));
     dsq_mc_options mo = {.bos = model_bos(m, o), .first = first, .count = count};
@@ -374,7 +375,8 @@ static dsq_status run_one(const dsq_v4_model *m, const dsq_eval_options *eo, con
                           float *logits, float *hidden, float **layer_out, dsq_err *err) {
     dsq_v4_seq *seq;
     DSQ_TRY(dsq_v4_seq_create(m, &seq, err));
-    dsq_v4_item it = {.seq = seq, .tokens = tok, .n_tokens = n, .logits = logits, .hidden = hidden, .layer_out = layer_out};
+    dsq_v4_item it = {
+        .seq = seq, .tokens = tok, .n_tokens = n, .logits = logits, .hidden = hidden, .layer_out = layer_out};
     dsq_status s = dsq_v4_forward(m, eo, &it, 1, err);
     dsq_v4_seq_free(seq);
     return s;
@@ -397,12 +399,13 @@ dsq_status dsq_score_diff_run(const char *ref_path, const char *cand_path, const
     if (s == DSQ_OK && (cr->vocab_size != cc->vocab_size || cr->dim != cc->dim || cr->n_layers != cc->n_layers ||
                         cr->hc_mult != cc->hc_mult))
         s = dsq_err_set(err, DSQ_ERR_CONFIG, "%s and %s are different architectures", ref_path, cand_path);
-    if (s == DSQ_OK) s = hybrid_model(sr, sc, 1, 0, false, cr, &mr, err);                /* all REF */
+    if (s == DSQ_OK) s = hybrid_model(sr, sc, 1, 0, false, cr, &mr, err);               /* all REF */
     if (s == DSQ_OK) s = hybrid_model(sr, sc, 0, cr->n_layers - 1, true, cr, &mc, err); /* all CAND */
     dsq_ppl_plan plan;
     if (s == DSQ_OK) s = dsq_score_plan(mr, o, n_text, &plan, err);
     int L = cr ? cr->n_layers : 0;
-    uint64_t V = cr ? cr->vocab_size : 0, n = s == DSQ_OK ? plan.n_ctx : 0, stream = cr ? (uint64_t)cr->hc_mult * cr->dim : 0;
+    uint64_t V = cr ? cr->vocab_size : 0, n = s == DSQ_OK ? plan.n_ctx : 0,
+             stream = cr ? (uint64_t)cr->hc_mult * cr->dim : 0;
     if (s == DSQ_OK) s = diff_bufs_alloc(&br, L, n, V, stream, err);
     if (s == DSQ_OK) s = diff_bufs_alloc(&bc, L, n, V, stream, err);
     if (s == DSQ_OK) {
@@ -421,7 +424,8 @@ dsq_status dsq_score_diff_run(const char *ref_path, const char *cand_path, const
         dsq_ppl_plan_chunk(&plan, text, c, chunk);
         s = run_one(mr, &o->eval, chunk, (int64_t)n, br.logits, br.hidden, br.layer_out, err);
         if (s == DSQ_OK) s = run_one(mc, &o->eval, chunk, (int64_t)n, bc.logits, bc.hidden, bc.layer_out, err);
-        for (int b = 0; s == DSQ_OK && b < L; b++) dsq_diff_add(&out->own[b], br.layer_out[b], bc.layer_out[b], n * stream);
+        for (int b = 0; s == DSQ_OK && b < L; b++)
+            dsq_diff_add(&out->own[b], br.layer_out[b], bc.layer_out[b], n * stream);
         if (s == DSQ_OK) dsq_diff_add(&out->final, br.hidden, bc.hidden, n * stream);
         for (uint64_t p = 0; s == DSQ_OK && p < n; p++, position++) {
             dsq_kbase_record rec;
