@@ -6,6 +6,7 @@
  *  - layer-streaming evaluation with a memory budget equals the token-major path (bit-identical);
  *  - AVX2 kernels equal the scalar twins (bit-identical);
  *  - fixed rules: top-k ties, the shared-expert clamp switch, ids outside the vocabulary. */
+#include "dsq_codec.h"
 #include "dsq_v4_ops.h"
 #include "eval_util.h"
 
@@ -322,8 +323,12 @@ static void test_synth_shared_clamp_switch(void **state) {
 typedef struct mutant {
     dsq_wsrc *inner;
     const char *target;
-    int how; /* 0 hide, 1 wrong shape, 2 wrong encoding, 3 NaN scale */
+    int how; /* 0 hide, 1 wrong shape, 2 wrong encoding, 3 NaN scale, 4 re-encode to `to` */
     uint8_t nan_scale[64];
+    dsq_encoding to;
+    int to_group;
+    void *buf[2]; /* re-encoded codes and scales */
+    float tensor_scale;
 } mutant;
 
 static dsq_status mut_get(const dsq_wsrc *s, const char *name, dsq_wview *v, dsq_err *err) {
@@ -332,7 +337,26 @@ static dsq_status mut_get(const dsq_wsrc *s, const char *name, dsq_wview *v, dsq
     if (mu->how == 0) return dsq_err_set(err, DSQ_ERR_MISSING, "%s: tensor %s is missing", s->path, name);
     DSQ_TRY(mu->inner->get(mu->inner, name, v, err));
     if (mu->how == 1) v->shape[0] += 1;
-    if (mu->how == 2) v->enc = DSQ_ENC_INT4_G;
+    if (mu->how == 2) v->enc = (dsq_encoding)99; /* no such encoding */
+    if (mu->how == 4) { /* the same tensor in another codec of lib/quant */
+        dsq_codec_layout lay;
+        assert_int_equal(dsq_codec_layout_of(mu->to, v->shape[0], v->shape[1], mu->to_group, &lay, NULL), DSQ_OK);
+        if (!mu->buf[0]) {
+            mu->buf[0] = calloc(1, lay.data_bytes);
+            mu->buf[1] = calloc(1, lay.scale_bytes ? lay.scale_bytes : 1);
+            dsq_qtensor src = {v->enc, v->shape[0], v->shape[1], 0, v->data, v->scale, NULL, 0};
+            dsq_qtensor_buf dst = {mu->to, v->shape[0], v->shape[1], mu->to_group, mu->buf[0], mu->buf[1], NULL, 0};
+            assert_int_equal(dsq_codec_reencode(&src, &dst, NULL, NULL, NULL), DSQ_OK);
+            mu->tensor_scale = dst.tensor_scale;
+        }
+        v->tensor_scale = mu->tensor_scale;
+        v->enc = mu->to;
+        v->group = mu->to_group;
+        v->data = mu->buf[0];
+        v->data_bytes = lay.data_bytes;
+        v->scale = lay.scale_bytes ? mu->buf[1] : NULL;
+        v->scale_bytes = lay.scale_bytes;
+    }
     if (mu->how == 3) {
         memcpy(mu->nan_scale, v->scale, v->scale_bytes < 64 ? v->scale_bytes : 64);
         mu->nan_scale[0] = 0xff;
@@ -344,11 +368,13 @@ static dsq_status mut_get(const dsq_wsrc *s, const char *name, dsq_wview *v, dsq
 static void mut_close(dsq_wsrc *s) {
     mutant *mu = s->impl;
     dsq_wsrc_close(mu->inner);
+    free(mu->buf[0]);
+    free(mu->buf[1]);
     free(mu);
     free(s);
 }
 
-static dsq_status open_mutant(const char *target, int how, dsq_err *e) {
+static dsq_wsrc *mutant_src(const char *target, int how, dsq_encoding to, int group) {
     char *p = dsq_test_shared_path("golden/v4-tiny/model");
     dsq_wsrc *inner = NULL;
     assert_int_equal(dsq_wsrc_open_safetensors(p, &inner, NULL), DSQ_OK);
@@ -357,8 +383,15 @@ static dsq_status open_mutant(const char *target, int how, dsq_err *e) {
     mu->inner = inner;
     mu->target = target;
     mu->how = how;
+    mu->to = to;
+    mu->to_group = group;
     dsq_wsrc *s = calloc(1, sizeof *s);
     *s = (dsq_wsrc){mu, "mutant", mut_get, NULL, NULL, mut_close};
+    return s;
+}
+
+static dsq_status open_mutant(const char *target, int how, dsq_err *e) {
+    dsq_wsrc *s = mutant_src(target, how, DSQ_ENC_F32, 0);
     dsq_v4_config c;
     eu_tiny_config(&c);
     dsq_v4_model *m = NULL;
@@ -393,6 +426,45 @@ static void test_model_validation(void **state) {
     dsq_err_clear(&e);
 }
 
+/* Weights in the other codecs of lib/quant run through the same model: lossless re-encodings give the
+ * same logits bit for bit, a lossy INT8 one stays close. */
+static void test_other_codecs(void **state) {
+    struct {
+        const char *name;
+        dsq_encoding to;
+        int group;
+        double tol;
+    } cases[] = {
+        {"layers.1.ffn.experts.3.w1.weight", DSQ_ENC_FP8_B128, 0, 0.0},     /* MXFP4 → FP8 (spec §2.7) */
+        {"layers.2.attn.wq_b.weight", DSQ_ENC_FP8_B128_F32, 0, 0.0},       /* UE8M0 → F32 scales */
+        {"layers.0.attn.wo_b.weight", DSQ_ENC_INT8_G, 32, 5e-2},           /* lossy */
+        {"layers.3.ffn.shared_experts.w2.weight", DSQ_ENC_NVFP4, 0, 5e-2}, /* lossy */
+    };
+    dsq_eval_options o;
+    eu_opts(&o);
+    int64_t n = 24;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        dsq_wsrc *s = mutant_src(cases[i].name, 4, cases[i].to, cases[i].group);
+        dsq_v4_config c;
+        eu_tiny_config(&c);
+        dsq_v4_model *m = NULL;
+        dsq_err e = DSQ_ERR_INIT;
+        dsq_status st = dsq_v4_model_create(s, &c, &m, &e);
+        if (st) fprintf(stderr, "%s\n", e.msg);
+        assert_int_equal(st, DSQ_OK);
+        float *lg = run_split(m, &o, tiny_tok, n, n, 1);
+        float *dec = run_split(m, &o, tiny_tok, n, 5, 1); /* the one-token kernels too */
+        double rel = eu_max_rel_l2(lg, tiny_prefill, (size_t)n, NV, NULL);
+        printf("  %-40s as encoding %d: max row rel L2 %.3g\n", cases[i].name, (int)cases[i].to, rel);
+        if (cases[i].tol == 0.0) assert_memory_equal(lg, tiny_prefill, sizeof(float) * NV * (size_t)n);
+        else assert_true(rel <= cases[i].tol && rel > 0);
+        assert_true(eu_max_rel_l2(dec, lg, (size_t)n, NV, NULL) <= SPLIT_TOL);
+        free(lg);
+        free(dec);
+        dsq_v4_model_close(m);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tiny_tests[] = {
         cmocka_unit_test(test_tiny_decode_splits),
@@ -402,6 +474,7 @@ int main(void) {
         cmocka_unit_test(test_tiny_threads_equal),
         cmocka_unit_test(test_tiny_shared_clamp_inactive),
         cmocka_unit_test(test_bad_tokens),
+        cmocka_unit_test(test_other_codecs),
     };
     const struct CMUnitTest other[] = {
         cmocka_unit_test(test_topk_ties),
