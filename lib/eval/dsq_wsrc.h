@@ -19,7 +19,8 @@
  *   F32 / BF16 / I64 / I32: data = [shape...] row-major, little-endian; scale = NULL.
  *   FP8_B128:     data = [rows][cols] e4m3 codes; scale = [ceil(rows/128)][ceil(cols/128)] UE8M0 bytes.
  *   FP8_B128_F32: same codes; scale = [ceil(rows/128)][ceil(cols/128)] f32.
- *   MXFP4:        data = [rows][cols/2] e2m1 pairs, low nibble = even col; scale = [rows][cols/32] UE8M0. */
+ *   MXFP4:        data = [rows][cols/2] e2m1 pairs, low nibble = even col; scale = [rows][cols/32] UE8M0.
+ *   any other float encoding: the layouts of lib/quant/dsq_codec.h (scale, mins, group, tensor_scale). */
 typedef struct dsq_wview {
     const char *name;    /* canonical name, owned by the source */
     dsq_encoding enc;
@@ -29,6 +30,11 @@ typedef struct dsq_wview {
     uint64_t data_bytes;
     const uint8_t *scale; /* NULL when the encoding has none */
     uint64_t scale_bytes;
+    /* the other codecs of lib/quant/dsq_codec.h (a .dsq container may hold them): */
+    int group;            /* group width of INT*_G encodings, else 0 */
+    const uint8_t *mins;  /* F16 minimums of the asymmetric encodings, else NULL */
+    uint64_t mins_bytes;
+    float tensor_scale;   /* NVFP4 tensor scale, else 0 */
 } dsq_wview;
 
 typedef struct dsq_wsrc dsq_wsrc;

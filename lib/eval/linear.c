@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "dsq_core.h"
+#include "dsq_codec.h"
 #include "dsq_numeric.h"
 #include "v4_internal.h"
 
@@ -71,31 +72,6 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void fp4x32(con
 
 /* ---- dequantization --------------------------------------------------------------------------- */
 
-static void dequant_fp8_b128(const dsq_wview *w, uint64_t r, float *out) {
-    uint64_t cols = w->shape[1], nbk = dsq_ceil_div(cols, 128);
-    const uint8_t *codes = w->data + r * cols;
-    for (uint64_t bk = 0; bk < nbk; bk++) {
-        uint64_t si = (r / 128) * nbk + bk;
-        float s = w->enc == DSQ_ENC_FP8_B128 ? e8m0(w->scale[si]) : dsq__ld_f32(w->scale + 4 * si);
-        uint64_t c1 = (bk + 1) * 128 < cols ? (bk + 1) * 128 : cols;
-        for (uint64_t c = bk * 128; c < c1; c++) out[c] = dsq_e4m3_lut[codes[c]] * s;
-    }
-}
-
-static void dequant_mxfp4(const dsq_wview *w, uint64_t r, float *out) {
-    uint64_t cols = w->shape[1], nb = cols / 32;
-    const uint8_t *codes = w->data + r * (cols / 2);
-    const uint8_t *sc = w->scale + r * nb;
-    for (uint64_t b = 0; b < nb; b++) {
-        float s = e8m0(sc[b]);
-        for (uint64_t j = 0; j < 16; j++) {
-            uint8_t byte = codes[b * 16 + j];
-            out[b * 32 + 2 * j] = dsq_e2m1_lut[byte & 15] * s;      /* low nibble = even column */
-            out[b * 32 + 2 * j + 1] = dsq_e2m1_lut[byte >> 4] * s;
-        }
-    }
-}
-
 #ifdef HAVE_X86
 /* AVX2 twins of the row dequantizers: exact conversions, so the same floats as the LUT paths
  * (except NaN codes, which model loading never lets through to the kernels' results). */
@@ -144,28 +120,23 @@ static void dequant_rows_avx2(const dsq_wview *w, uint64_t row0, uint64_t n, flo
         case DSQ_ENC_FP8_B128:
         case DSQ_ENC_FP8_B128_F32: dequant_fp8_b128_avx2(w, r, o); break;
         case DSQ_ENC_MXFP4: dequant_mxfp4_avx2(w, r, o); break;
-        default: dsq__dequant_rows(w, r, 1, o); break;
+        default: dsq__dequant_rows(w, r, 1, o); break; /* the other codecs: lib/quant */
         }
     }
 }
 #endif
 
+dsq_qtensor dsq__qtensor_of(const dsq_wview *w) {
+    dsq_qtensor q = {w->enc, w->shape[0], w->shape[1], w->group, w->data, w->scale, w->mins, w->tensor_scale};
+    return q;
+}
+
+/* The portable path: lib/quant's decoder (exact for every encoding, so the same values as the AVX2
+ * twins below).  Non-finite checks happen once at model load, not here. */
 void dsq__dequant_rows(const dsq_wview *w, uint64_t row0, uint64_t n, float *out) {
-    uint64_t cols = w->shape[1];
-    for (uint64_t i = 0; i < n; i++) {
-        uint64_t r = row0 + i;
-        float *o = out + i * cols;
-        switch (w->enc) {
-        case DSQ_ENC_F32: memcpy(o, w->data + r * cols * 4, cols * 4); break;
-        case DSQ_ENC_BF16:
-            for (uint64_t c = 0; c < cols; c++) o[c] = dsq_bf16_to_f32(dsq__ld_u16(w->data + 2 * (r * cols + c)));
-            break;
-        case DSQ_ENC_FP8_B128:
-        case DSQ_ENC_FP8_B128_F32: dequant_fp8_b128(w, r, o); break;
-        case DSQ_ENC_MXFP4: dequant_mxfp4(w, r, o); break;
-        default: memset(o, 0, cols * 4); break; /* rejected at model load */
-        }
-    }
+    dsq_qtensor q = dsq__qtensor_of(w);
+    dsq_codec_options o = {true, w->name, DSQ_ISA_SCALAR};
+    (void)dsq_codec_decode(&q, row0, n, out, &o, NULL); /* descriptor validated at load */
 }
 
 /* ---- dot products ------------------------------------------------------------------------------ */
@@ -400,4 +371,18 @@ dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, ui
     }
     if (failed) return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: no memory for a %zu-column dequantization tile", w->name, cols);
     return DSQ_OK;
+}
+
+void dsq__fp8_linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, uint64_t n_rows, const float *q,
+                     const float *sa, int64_t n_tok, float *y, size_t ldy) {
+    dsq_qtensor qt = dsq__qtensor_of(w);
+    dsq_isa isa = k->avx2 ? DSQ_ISA_AUTO : DSQ_ISA_SCALAR;
+    enum { CHUNK = 16 };
+    int64_t n_chunks = (int64_t)dsq_ceil_div(n_rows, CHUNK);
+    double work = (double)n_rows * (double)w->shape[1] * (double)(n_tok > 0 ? n_tok : 1);
+#pragma omp parallel for num_threads(work < 65536.0 ? 1 : k->threads) schedule(static)
+    for (int64_t c = 0; c < n_chunks; c++) {
+        uint64_t r0 = (uint64_t)c * CHUNK, nr = n_rows - r0 < CHUNK ? n_rows - r0 : CHUNK;
+        dsq_codec_fp8_linear_rows_isa(&qt, q, sa, (uint64_t)n_tok, row0 + r0, nr, y + r0, ldy, isa);
+    }
 }
