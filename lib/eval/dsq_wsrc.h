@@ -9,6 +9,7 @@
 #define DSQ_WSRC_H
 
 #include "dsq_core.h"
+#include "dsq_config.h"
 #include "dsq_encoding.h"
 
 #define DSQ_WVIEW_MAX_RANK 4
@@ -54,6 +55,16 @@ struct dsq_wsrc {
  * FP8 weights pair with their `.scale` tensor (UE8M0 → FP8_B128, F32 → FP8_B128_F32); I8 weights
  * with a UE8M0 scale of [rows, cols/16 bytes] are MXFP4.  The result is closed with dsq_wsrc_close. */
 dsq_status dsq_wsrc_open_safetensors(const char *path, dsq_wsrc **out, dsq_err *err);
+/* Open a .dsq container as a weight source (lib/eval/wsrc_dsq.c): checkpoint names resolve to their
+ * slice of a stacked or fused tensor through the container's source records.  When cfg is non-NULL
+ * it receives the metadata's model.config. */
+dsq_status dsq_wsrc_open_dsq(const char *path, dsq_v4_config *cfg, dsq_wsrc **out, dsq_err *err);
+/* True when PATH is a regular file starting with the .dsq magic. */
+bool dsq_wsrc_is_dsq(const char *path);
+/* Open whatever PATH is: a .dsq container (config from its metadata) or a checkpoint directory
+ * (config.json + safetensors).  cfg receives the config. */
+dsq_status dsq_wsrc_open_path(const char *path, dsq_v4_config *cfg, dsq_wsrc **out, dsq_err *err);
+
 /* Accepts NULL. */
 void dsq_wsrc_close(dsq_wsrc *s);
 

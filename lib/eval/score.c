@@ -328,14 +328,7 @@ static dsq_status hybrid_model(const dsq_wsrc *ref, const dsq_wsrc *cand, int lo
 }
 
 static dsq_status open_source(const char *path, dsq_v4_config *cfg, dsq_wsrc **src, dsq_err *err) {
-    *src = NULL;
-    DSQ_RETURN_IF(!dsq_path_is_dir(path), err, DSQ_ERR_ARG, "%s: not a checkpoint directory", path);
-    char *cp = dsq_path_join(path, "config.json");
-    DSQ_RETURN_IF(!cp, err, DSQ_ERR_NOMEM, "out of memory");
-    dsq_status s = dsq_config_load(cp, cfg, NULL, err);
-    dsq_free(cp);
-    if (s == DSQ_OK) s = dsq_wsrc_open_safetensors(path, src, err);
-    return s;
+    return dsq_wsrc_open_path(path, cfg, src, err);
 }
 
 void dsq_score_diff_clear(dsq_score_diff *d) {
