@@ -36,8 +36,12 @@ static void add_file(dsq_tok_text *corpus, const char *path, size_t *kind_bytes)
 }
 
 static int b64v(int c) {
-    return c >= 'A' && c <= 'Z' ? c - 'A' : c >= 'a' && c <= 'z' ? c - 'a' + 26 : c >= '0' && c <= '9' ? c - '0' + 52
-           : c == '+' ? 62 : c == '/' ? 63 : -1;
+    return c >= 'A' && c <= 'Z'   ? c - 'A'
+           : c >= 'a' && c <= 'z' ? c - 'a' + 26
+           : c >= '0' && c <= '9' ? c - '0' + 52
+           : c == '+'             ? 62
+           : c == '/'             ? 63
+                                  : -1;
 }
 
 /* Every text and byte string of the fixture, newline-separated. */
@@ -164,7 +168,8 @@ int main(int argc, char **argv) {
     printf("encode: %.1f MB/s (interpreted regex)\n", corpus.len / nojit_dt / 1e6);
     printf("encode: %.1f MB/s in %zu calls of 200 bytes\n", short_bytes / short_dt / 1e6, n_calls);
     printf("decode: %.1f MB/s\n", out.len / dec_best / 1e6);
-    if (out.len != corpus.len) printf("note: decoded %zu bytes of %zu (invalid UTF-8 was repaired)\n", out.len, corpus.len);
+    if (out.len != corpus.len)
+        printf("note: decoded %zu bytes of %zu (invalid UTF-8 was repaired)\n", out.len, corpus.len);
 
     dsq_tok_ids_free(&ids);
     dsq_tok_ids_free(&tmp);

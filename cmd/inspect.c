@@ -4,9 +4,9 @@
 #include <string.h>
 
 #include "cmd.h"
-#include "dsq_config.h"
 #include "dsq_container.h"
-#include "dsq_json.h"
+#include "inspect.h"
+#include "dsq_config.h"
 #include "dsq_inventory.h"
 #include "dsq_safetensors.h"
 
@@ -40,14 +40,13 @@ static void usage(void) {
  * What inspect describes: a tensor listing, optionally with a config.  A new kind of checkpoint
  * (the .dsq container) adds an opener here; everything below works on the listing. */
 typedef struct source {
-    const char *kind;        /* "safetensors", "config" */
+    const char *kind; /* "safetensors", "config" */
     char *path;
     dsq_tensor_desc *tensors; /* NULL for a config alone */
     size_t n_tensors;
     size_t n_shards;
     dsq_st *st;
-    dsq_ctr_reader *ctr;     /* a .dsq container: the tensors are its recorded checkpoint sources */
-    dsq_inv *expected;       /* config alone: the expected inventory stands in for the tensors */
+    dsq_inv *expected; /* config alone: the expected inventory stands in for the tensors */
     bool has_config;
     char *config_path;
     dsq_v4_config cfg;
@@ -57,7 +56,6 @@ static void source_close(source *s) {
     dsq_free(s->tensors);
     dsq_inv_free(s->expected);
     dsq_st_close(s->st);
-    dsq_ctr_reader_close(s->ctr);
     free(s->path);
     free(s->config_path);
     memset(s, 0, sizeof *s);
@@ -83,21 +81,7 @@ static dsq_status open_config_only(source *s, const char *config_path, dsq_err *
     s->path = strdup(config_path);
     DSQ_TRY(load_config(s, config_path, err));
     DSQ_TRY(dsq_inv_expected(&s->cfg, NULL, &s->expected, err));
-    size_t n = dsq_inv_count(s->expected);
-    s->tensors = dsq_calloc(n ? n : 1, sizeof *s->tensors);
-    if (!s->tensors) return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", config_path);
-    for (size_t i = 0; i < n; i++) {
-        const dsq_inv_entry *e = dsq_inv_at(s->expected, i);
-        dsq_tensor_desc *d = &s->tensors[i];
-        d->name = e->name;
-        d->dtype = e->dtype;
-        d->rank = e->rank;
-        d->shape[0] = e->shape[0];
-        d->shape[1] = e->shape[1];
-        d->n_bytes = e->n_bytes;
-    }
-    s->n_tensors = n;
-    return DSQ_OK;
+    return dsq_inv_describe(s->expected, &s->tensors, &s->n_tensors, err);
 }
 
 static dsq_status open_safetensors(source *s, const char *path, const char *config_path, dsq_err *err) {
@@ -111,39 +95,6 @@ static dsq_status open_safetensors(source *s, const char *path, const char *conf
     if (!cp) return dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory");
     dsq_status st = dsq_path_exists(cp) ? load_config(s, cp, err) : DSQ_OK;
     dsq_free(cp);
-    return st;
-}
-
-static bool is_container(const char *path) {
-    FILE *f = fopen(path, "rb");
-    char magic[8] = {0};
-    bool yes = f && fread(magic, 1, 8, f) == 8 && !memcmp(magic, DSQ_FILE_MAGIC, 8);
-    if (f) fclose(f);
-    return yes;
-}
-
-/* A .dsq: the checkpoint it was made from (names, dtypes, shapes of the sources), its config from
- * the metadata unless --config is given.  Only the header and table are read. */
-static dsq_status open_container(source *s, const char *path, const char *config_path, dsq_err *err) {
-    s->kind = "dsq";
-    s->path = strdup(path);
-    DSQ_TRY(dsq_ctr_reader_open(path, NULL, &s->ctr, err));
-    DSQ_TRY(dsq_ctr_describe_sources(s->ctr, &s->tensors, &s->n_tensors, err));
-    if (config_path) return load_config(s, config_path, err);
-    size_t len;
-    const char *text = dsq_ctr_metadata(s->ctr, &len);
-    cJSON *m = NULL;
-    DSQ_TRY(dsq_json_parse(text, len, path, &m, err));
-    const cJSON *c = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(m, "files"), "config.json");
-    dsq_status st = DSQ_OK;
-    if (cJSON_IsString(c)) {
-        st = dsq_config_parse(c->valuestring, strlen(c->valuestring), path, &s->cfg, NULL, err);
-        s->has_config = st == DSQ_OK;
-        size_t n = strlen(path) + 32;
-        s->config_path = malloc(n);
-        if (s->config_path) snprintf(s->config_path, n, "%s (metadata)", path);
-    }
-    cJSON_Delete(m);
     return st;
 }
 
@@ -189,24 +140,18 @@ typedef struct report {
 static void print_text(const source *s, const report *r, bool list_tensors) {
     char a[64], b[64], c[64], d[64];
     const dsq_v4_config *cf = &s->cfg;
-    if (s->ctr) {
-        uint64_t stored = 0;
-        for (size_t i = 0; i < dsq_ctr_count(s->ctr); i++)
-            for (int p = 0; p < dsq_ctr_at(s->ctr, i)->n_parts; p++) stored += dsq_ctr_at(s->ctr, i)->parts[p].bytes;
-        printf("container:   %s (.dsq, %zu stored tensors, %s stored; below: the %zu checkpoint tensors it holds)\n",
-               s->path, dsq_ctr_count(s->ctr), hbytes(stored, b, sizeof b), s->n_tensors);
-    } else if (s->st)
+    if (s->st)
         printf("checkpoint:  %s (safetensors, %zu shard%s, %zu tensors, %s)\n", s->path, s->n_shards,
                s->n_shards == 1 ? "" : "s", s->n_tensors, hbytes(r->stats.bytes_total, a, sizeof a));
     else
         printf("model:       defined by %s (expected inventory: %zu tensors, %s)\n", s->path, s->n_tensors,
                hbytes(r->stats.bytes_total, a, sizeof a));
     if (s->has_config) {
-        if (s->st || s->ctr) printf("config:      %s\n", s->config_path);
+        if (s->st) printf("config:      %s\n", s->config_path);
         printf("geometry:    vocab %" PRIu64 ", dim %" PRIu64 ", %d layers + %d MTP, %d heads x %d (rope %d), "
                "q_lora %d, o_groups %d x %d\n",
-               cf->vocab_size, cf->dim, cf->n_layers, cf->n_mtp_layers, cf->n_heads, cf->head_dim,
-               cf->rope_head_dim, cf->q_lora_rank, cf->o_groups, cf->o_lora_rank);
+               cf->vocab_size, cf->dim, cf->n_layers, cf->n_mtp_layers, cf->n_heads, cf->head_dim, cf->rope_head_dim,
+               cf->q_lora_rank, cf->o_groups, cf->o_lora_rank);
         printf("             experts %d routed (top-%d) + %d shared, inner %d, %s; %d hash layers; window %d; "
                "indexer %d x %d top-%d; hc %d\n",
                cf->n_routed_experts, cf->n_activated_experts, cf->n_shared_experts, cf->moe_inter_dim,
@@ -226,20 +171,26 @@ static void print_text(const source *s, const report *r, bool list_tensors) {
     printf("by dtype:\n");
     for (int t = 0; t < DSQ_DTYPE_COUNT; t++)
         if (r->stats.bytes_by_dtype[t])
-            printf("  %-22s %12s  %5.1f%%\n", dsq_dtype_name((dsq_dtype)t), hbytes(r->stats.bytes_by_dtype[t], a, sizeof a),
-                   100.0 * (double)r->stats.bytes_by_dtype[t] / (double)(r->stats.bytes_total ? r->stats.bytes_total : 1));
+            printf("  %-22s %12s  %5.1f%%\n", dsq_dtype_name((dsq_dtype)t),
+                   hbytes(r->stats.bytes_by_dtype[t], a, sizeof a),
+                   100.0 * (double)r->stats.bytes_by_dtype[t] /
+                       (double)(r->stats.bytes_total ? r->stats.bytes_total : 1));
     printf("by family:\n");
     for (int f = 0; f < DSQ_FAMILY_COUNT; f++)
         if (r->stats.bytes_by_family[f])
-            printf("  %-22s %12s  %5.1f%%\n", dsq_family_name((dsq_family)f), hbytes(r->stats.bytes_by_family[f], a, sizeof a),
-                   100.0 * (double)r->stats.bytes_by_family[f] / (double)(r->stats.bytes_total ? r->stats.bytes_total : 1));
+            printf("  %-22s %12s  %5.1f%%\n", dsq_family_name((dsq_family)f),
+                   hbytes(r->stats.bytes_by_family[f], a, sizeof a),
+                   100.0 * (double)r->stats.bytes_by_family[f] /
+                       (double)(r->stats.bytes_total ? r->stats.bytes_total : 1));
     if (s->has_config) {
         printf("layers:      block  attention  ratio  routing\n");
         int blocks = cf->n_layers + cf->n_mtp_layers;
         for (int i = 0; i < blocks; i++) {
             char name[32];
-            if (i < cf->n_layers) snprintf(name, sizeof name, "%d", i);
-            else snprintf(name, sizeof name, "mtp.%d", i - cf->n_layers);
+            if (i < cf->n_layers)
+                snprintf(name, sizeof name, "%d", i);
+            else
+                snprintf(name, sizeof name, "mtp.%d", i - cf->n_layers);
             printf("             %-6s %-10s %5d  %s\n", name, dsq_attn_kind_name(dsq_config_attn_kind(cf, i)),
                    dsq_config_ratio(cf, i), dsq_routing_name(dsq_config_routing(cf, i)));
         }
@@ -261,9 +212,9 @@ static void print_text(const source *s, const report *r, bool list_tensors) {
             printf("check:       ok: %zu tensors match the inventory of the config%s\n", s->n_tensors,
                    r->check.n_ignored ? " (MTP copies ignored)" : "");
         else
-            printf("check:       FAILED: %zu missing, %zu unexpected, %zu wrong dtype, %zu wrong shape, %zu duplicate\n",
-                   r->check.n_missing, r->check.n_unexpected, r->check.n_dtype, r->check.n_shape,
-                   r->check.n_duplicate);
+            printf(
+                "check:       FAILED: %zu missing, %zu unexpected, %zu wrong dtype, %zu wrong shape, %zu duplicate\n",
+                r->check.n_missing, r->check.n_unexpected, r->check.n_dtype, r->check.n_shape, r->check.n_duplicate);
     }
 }
 
@@ -360,32 +311,38 @@ int dsq_cmd_inspect(int argc, char **argv) {
     const char *path = NULL, *config = NULL;
     bool json = false, list = false, check = false;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--json")) json = true;
-        else if (!strcmp(argv[i], "--tensors")) list = true;
-        else if (!strcmp(argv[i], "--check")) check = true;
+        if (!strcmp(argv[i], "--json"))
+            json = true;
+        else if (!strcmp(argv[i], "--tensors"))
+            list = true;
+        else if (!strcmp(argv[i], "--check"))
+            check = true;
         else if (!strcmp(argv[i], "--config")) {
             if (++i >= argc) return dsq_cmd_usage_error(CMD, "--config needs a file");
             config = argv[i];
-        } else if (argv[i][0] == '-' && argv[i][1]) return dsq_cmd_usage_error(CMD, "unknown option '%s'", argv[i]);
-        else if (path) return dsq_cmd_usage_error(CMD, "more than one PATH ('%s', '%s')", path, argv[i]);
-        else path = argv[i];
+        } else if (argv[i][0] == '-' && argv[i][1])
+            return dsq_cmd_usage_error(CMD, "unknown option '%s'", argv[i]);
+        else if (path)
+            return dsq_cmd_usage_error(CMD, "more than one PATH ('%s', '%s')", path, argv[i]);
+        else
+            path = argv[i];
     }
     if (!path && !config) return dsq_cmd_usage_error(CMD, "give a checkpoint PATH or --config FILE");
     if (!path && check) return dsq_cmd_usage_error(CMD, "--check needs a checkpoint PATH");
 
+    if (path && !config && dsq_ctr_sniff(path)) return dsq__inspect_dsq(path, json, list, check);
+
     source s = {0};
     dsq_err err = DSQ_ERR_INIT;
-    dsq_status st = !path                  ? open_config_only(&s, config, &err)
-                    : is_container(path)   ? open_container(&s, path, config, &err)
-                                           : open_safetensors(&s, path, config, &err);
+    dsq_status st = path ? open_safetensors(&s, path, config, &err) : open_config_only(&s, config, &err);
     if (st != DSQ_OK) {
         source_close(&s);
         return dsq_cmd_fail(CMD, &err);
     }
     if (check && !s.has_config) {
         source_close(&s);
-        fprintf(stderr, "dsq %s: %s: no config.json next to the checkpoint: --check needs one (--config FILE)\n",
-                CMD, path);
+        fprintf(stderr, "dsq %s: %s: no config.json next to the checkpoint: --check needs one (--config FILE)\n", CMD,
+                path);
         return DSQ_EXIT_FAIL;
     }
     report r = {0};
@@ -406,8 +363,10 @@ int dsq_cmd_inspect(int argc, char **argv) {
         }
         dsq_err_clear(&err);
     }
-    if (json) print_json(&s, &r, list);
-    else print_text(&s, &r, list);
+    if (json)
+        print_json(&s, &r, list);
+    else
+        print_text(&s, &r, list);
     source_close(&s);
     return rc;
 }

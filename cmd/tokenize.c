@@ -56,11 +56,16 @@ static void print_json_bytes(const char *s, size_t n) {
     fputc('"', stdout);
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') printf("\\%c", c);
-        else if (c == '\n') fputs("\\n", stdout);
-        else if (c == '\t') fputs("\\t", stdout);
-        else if (c < 0x20 || c == 0x7F) printf("\\u%04x", c);
-        else fputc(c, stdout);
+        if (c == '"' || c == '\\')
+            printf("\\%c", c);
+        else if (c == '\n')
+            fputs("\\n", stdout);
+        else if (c == '\t')
+            fputs("\\t", stdout);
+        else if (c < 0x20 || c == 0x7F)
+            printf("\\u%04x", c);
+        else
+            fputc(c, stdout);
     }
     fputc('"', stdout);
 }
@@ -77,20 +82,31 @@ int dsq_cmd_tokenize(int argc, char **argv) {
     dsq_tok_decode_options dopt = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "--decode")) decode = true;
-        else if (!strcmp(a, "--json")) json = true;
-        else if (!strcmp(a, "--stats")) stats = true;
-        else if (!strcmp(a, "--skip-special")) dopt.skip_special = true;
-        else if (!strcmp(a, "--lossy")) dopt.lossy = true;
-        else if (!strcmp(a, "--chat")) chat = true;
-        else if (!strcmp(a, "--thinking")) thinking = true;
-        else if (!strcmp(a, "--v4-specials")) topt.v4_specials = true;
+        if (!strcmp(a, "--decode"))
+            decode = true;
+        else if (!strcmp(a, "--json"))
+            json = true;
+        else if (!strcmp(a, "--stats"))
+            stats = true;
+        else if (!strcmp(a, "--skip-special"))
+            dopt.skip_special = true;
+        else if (!strcmp(a, "--lossy"))
+            dopt.lossy = true;
+        else if (!strcmp(a, "--chat"))
+            chat = true;
+        else if (!strcmp(a, "--thinking"))
+            thinking = true;
+        else if (!strcmp(a, "--v4-specials"))
+            topt.v4_specials = true;
         else if (!strcmp(a, "--system")) {
             if (++i == argc) return dsq_cmd_usage_error("tokenize", "--system needs a value");
             system = argv[i];
-        } else if (a[0] == '-' && a[1]) return dsq_cmd_usage_error("tokenize", "unknown option '%s'", a);
-        else if (n_pos == 2) return dsq_cmd_usage_error("tokenize", "unexpected argument '%s'", a);
-        else pos[n_pos++] = a;
+        } else if (a[0] == '-' && a[1])
+            return dsq_cmd_usage_error("tokenize", "unknown option '%s'", a);
+        else if (n_pos == 2)
+            return dsq_cmd_usage_error("tokenize", "unexpected argument '%s'", a);
+        else
+            pos[n_pos++] = a;
     }
     if (n_pos != 2) return dsq_cmd_usage_error("tokenize", "need MODEL|tokenizer.json and TEXT|-");
     if (decode && chat) return dsq_cmd_usage_error("tokenize", "--chat encodes; it cannot go with --decode");

@@ -2,6 +2,7 @@
 #ifndef DSQ_EVAL_UTIL_H
 #define DSQ_EVAL_UTIL_H
 
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,13 @@
 #include "dsq_numeric.h"
 #include "dsq_safetensors.h"
 #include "dsq_v4.h"
+
+/* Default options for the suites: one thread (results do not depend on the thread count — a test
+ * checks that — and spinning OpenMP teams crawl on a shared, oversubscribed CI machine). */
+static inline void eu_opts(dsq_eval_options *o) {
+    dsq_eval_options_default(o);
+    o->threads = 1;
+}
 
 /* Open shared/<rel> as safetensors (asserts). */
 static inline dsq_st *eu_open_st(const char *rel) {
@@ -143,269 +151,57 @@ static inline dsq_v4_model *eu_open_tiny(void) {
     return m;
 }
 
-/* ---- synthetic models ------------------------------------------------------------------------
- * A random V4 model of any shape, quantized like the release (FP8 128×128 UE8M0, routed experts
- * FP4 1×32), written with dsq_st_write_file.  Used to test shapes other than the golden one. */
-typedef struct eu_synth {
-    dsq_st_item *items;
-    size_t n, cap;
-    uint64_t rng;
-    float shared_gain; /* multiplies the shared experts' w3 (to make the SwiGLU clamp bite) */
-} eu_synth;
-
-static inline float eu_rand(eu_synth *s) { /* uniform [-1, 1) */
-    s->rng ^= s->rng << 13;
-    s->rng ^= s->rng >> 7;
-    s->rng ^= s->rng << 17;
-    return (float)((s->rng >> 11) * 0x1.0p-53 * 2.0 - 1.0);
+/* ---- synthetic models (`dsq synth`) --------------------------------------------------------------
+ * A shape unlike the golden one: 2 hash layers, ratios 128 / 4 / 8 and SWA, an MTP block with
+ * ratio 4, hc = 2, dim 384, head_dim 192, window 8, 6 experts top-3.  `layers` main layers, no MTP when mtp is false. */
+static inline char *eu_synth_config_json(const char *dir, int layers, bool mtp) {
+    char *base = dsq_test_shared_path("golden/v4-tiny/model/config.json");
+    char *text = dsq_test_read(base, NULL);
+    free(base);
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    assert_non_null(j);
+    struct { const char *k; double v; } nums[] = {
+        {"vocab_size", 300}, {"hidden_size", 384}, {"num_hidden_layers", layers}, {"num_nextn_predict_layers", mtp},
+        {"num_hash_layers", 2}, {"num_attention_heads", 2}, {"head_dim", 192}, {"qk_rope_head_dim", 64},
+        {"q_lora_rank", 128}, {"o_lora_rank", 64}, {"o_groups", 2}, {"moe_intermediate_size", 128},
+        {"n_routed_experts", 6}, {"num_experts_per_tok", 3}, {"sliding_window", 8}, {"index_n_heads", 4},
+        {"index_head_dim", 64}, {"index_topk", 5}, {"hc_mult", 2},
+    };
+    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++)
+        cJSON_ReplaceItemInObject(j, nums[i].k, cJSON_CreateNumber(nums[i].v));
+    cJSON_ReplaceItemInObject(cJSON_GetObjectItem(j, "rope_scaling"), "original_max_position_embeddings",
+                              cJSON_CreateNumber(32));
+    const int all[6] = {0, 128, 4, 8, 4, 4};
+    int cr[7], n = 0;
+    for (int i = 0; i < layers; i++) cr[n++] = all[i % 5];
+    if (mtp) cr[n++] = 4;
+    cJSON_ReplaceItemInObject(j, "compress_ratios", cJSON_CreateIntArray(cr, n));
+    char *out = cJSON_Print(j);
+    cJSON_Delete(j);
+    char *path = dsq_test_join(dir, "synth-config.json");
+    dsq_test_write(path, out, strlen(out));
+    free(out);
+    return path;
 }
 
-static inline void eu_add(eu_synth *s, const char *name, dsq_dtype dt, int rank, const uint64_t *shape, void *data) {
-    if (s->n == s->cap) {
-        s->cap = s->cap ? 2 * s->cap : 256;
-        s->items = realloc(s->items, sizeof *s->items * s->cap);
-    }
-    dsq_st_item *it = &s->items[s->n++];
-    memset(it, 0, sizeof *it);
-    it->name = strdup(name);
-    it->dtype = dt;
-    it->rank = rank;
-    for (int i = 0; i < rank; i++) it->shape[i] = shape[i];
-    it->data = data;
-}
-
-static inline float *eu_rand_f32(eu_synth *s, size_t n, float center, float amp) {
-    float *f = malloc(sizeof(float) * (n ? n : 1));
-    for (size_t i = 0; i < n; i++) f[i] = center + amp * eu_rand(s);
-    return f;
-}
-
-static inline void eu_vec(eu_synth *s, const char *name, dsq_dtype dt, size_t n, float center, float amp) {
-    float *f = eu_rand_f32(s, n, center, amp);
-    uint64_t shape[1] = {n};
-    if (dt == DSQ_DTYPE_BF16) {
-        uint16_t *h = malloc(2 * (n ? n : 1));
-        for (size_t i = 0; i < n; i++) h[i] = dsq_bf16_from_f32(f[i]);
-        free(f);
-        eu_add(s, name, dt, 1, shape, h);
-    } else {
-        eu_add(s, name, dt, 1, shape, f);
-    }
-}
-
-static inline void eu_f32_mat(eu_synth *s, const char *name, size_t rows, size_t cols, float amp) {
-    uint64_t shape[2] = {rows, cols};
-    eu_add(s, name, DSQ_DTYPE_F32, 2, shape, eu_rand_f32(s, rows * cols, 0, amp));
-}
-
-static inline void eu_bf16_mat(eu_synth *s, const char *name, size_t rows, size_t cols) {
-    float amp = sqrtf(3.0f / (float)cols);
-    uint16_t *h = malloc(2 * rows * cols);
-    for (size_t i = 0; i < rows * cols; i++) h[i] = dsq_bf16_from_f32(amp * eu_rand(s));
-    uint64_t shape[2] = {rows, cols};
-    eu_add(s, name, DSQ_DTYPE_BF16, 2, shape, h);
-}
-
-/* FP8 e4m3 with 128×128 UE8M0 block scales (spec §2.6), partial edge blocks allowed. */
-static inline void eu_fp8_mat(eu_synth *s, const char *name, size_t rows, size_t cols, float gain) {
-    float amp = gain * sqrtf(3.0f / (float)cols);
-    float *w = eu_rand_f32(s, rows * cols, 0, amp);
-    size_t br = (rows + 127) / 128, bc = (cols + 127) / 128;
-    uint8_t *codes = malloc(rows * cols), *sc = malloc(br * bc);
-    for (size_t bi = 0; bi < br; bi++)
-        for (size_t bj = 0; bj < bc; bj++) {
-            float amax = 0;
-            for (size_t r = bi * 128; r < rows && r < bi * 128 + 128; r++)
-                for (size_t c = bj * 128; c < cols && c < bj * 128 + 128; c++) amax = fmaxf(amax, fabsf(w[r * cols + c]));
-            uint8_t b = dsq_fp8_scale_e8m0(amax);
-            sc[bi * bc + bj] = b;
-            float sv = dsq_e8m0_to_f32(b);
-            for (size_t r = bi * 128; r < rows && r < bi * 128 + 128; r++)
-                for (size_t c = bj * 128; c < cols && c < bj * 128 + 128; c++)
-                    codes[r * cols + c] = dsq_e4m3_from_f32(w[r * cols + c] / sv);
-        }
-    free(w);
-    uint64_t shape[2] = {rows, cols}, sshape[2] = {br, bc};
-    char sname[256];
-    snprintf(sname, sizeof sname, "%.*s.scale", (int)(strlen(name) - 7), name);
-    eu_add(s, name, DSQ_DTYPE_F8_E4M3, 2, shape, codes);
-    eu_add(s, sname, DSQ_DTYPE_F8_E8M0, 2, sshape, sc);
-}
-
-/* Packed FP4 e2m1 (I8 [rows, cols/2]) with UE8M0 [rows, cols/32]. */
-static inline void eu_fp4_mat(eu_synth *s, const char *name, size_t rows, size_t cols) {
-    float amp = sqrtf(3.0f / (float)cols);
-    uint8_t *codes = calloc(rows * cols / 2, 1), *sc = malloc(rows * cols / 32);
-    for (size_t r = 0; r < rows; r++)
-        for (size_t b = 0; b < cols / 32; b++) {
-            float v[32], amax = 0;
-            for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(v[i] = amp * eu_rand(s)));
-            uint8_t sb = dsq_fp4_scale_e8m0(amax);
-            sc[r * (cols / 32) + b] = sb;
-            float sv = dsq_e8m0_to_f32(sb);
-            for (int i = 0; i < 32; i++) {
-                uint8_t nib = dsq_e2m1_from_f32(v[i] / sv);
-                size_t c = b * 32 + (size_t)i;
-                codes[r * cols / 2 + c / 2] |= (uint8_t)(c % 2 ? nib << 4 : nib);
-            }
-        }
-    uint64_t shape[2] = {rows, cols / 2}, sshape[2] = {rows, cols / 32};
-    char sname[256];
-    snprintf(sname, sizeof sname, "%.*s.scale", (int)(strlen(name) - 7), name);
-    eu_add(s, name, DSQ_DTYPE_I8, 2, shape, codes);
-    eu_add(s, sname, DSQ_DTYPE_F8_E8M0, 2, sshape, sc);
-}
-
-static inline void eu_compressor(eu_synth *s, const char *prefix, int ratio, int d, size_t D) {
-    char n[256];
-    int c = ratio == 4 ? 2 : 1;
-    snprintf(n, sizeof n, "%scompressor.ape", prefix);
-    eu_f32_mat(s, n, (size_t)ratio, (size_t)(c * d), 0.5f);
-    snprintf(n, sizeof n, "%scompressor.wkv.weight", prefix);
-    eu_bf16_mat(s, n, (size_t)(c * d), D);
-    snprintf(n, sizeof n, "%scompressor.wgate.weight", prefix);
-    eu_bf16_mat(s, n, (size_t)(c * d), D);
-    snprintf(n, sizeof n, "%scompressor.norm.weight", prefix);
-    eu_vec(s, n, DSQ_DTYPE_BF16, (size_t)d, 1.0f, 0.2f);
-}
-
-/* Write a random model for config c to dir/model.safetensors; returns the path of dir. */
-static inline void eu_synth_write(const char *dir, const dsq_v4_config *c, uint64_t seed, float shared_gain) {
-    eu_synth s = {NULL, 0, 0, seed * 2654435761u + 1, shared_gain};
-    size_t D = c->dim, V = c->vocab_size, hc = (size_t)c->hc_mult, mix = (2 + hc) * hc;
-    size_t H = (size_t)c->n_heads, hd = (size_t)c->head_dim, ql = (size_t)c->q_lora_rank, G = (size_t)c->o_groups;
-    size_t ol = (size_t)c->o_lora_rank, I = (size_t)c->moe_inter_dim, E = (size_t)c->n_routed_experts;
-    size_t K = (size_t)c->n_activated_experts;
-    char n[256];
-    uint64_t shp[2];
-    {
-        uint16_t *h = malloc(2 * V * D);
-        for (size_t i = 0; i < V * D; i++) h[i] = dsq_bf16_from_f32(eu_rand(&s));
-        shp[0] = V, shp[1] = D;
-        eu_add(&s, "embed.weight", DSQ_DTYPE_BF16, 2, shp, h);
-    }
-    eu_bf16_mat(&s, "head.weight", V, D);
-    eu_vec(&s, "norm.weight", DSQ_DTYPE_BF16, D, 1.0f, 0.2f);
-    for (int b = 0; b < c->n_layers + c->n_mtp_layers; b++) {
-        char P[64];
-        bool mtp = b >= c->n_layers;
-        if (mtp) snprintf(P, sizeof P, "mtp.%d.", b - c->n_layers);
-        else snprintf(P, sizeof P, "layers.%d.", b);
-        int ratio = c->compress_ratios[b];
-#define NM(fmt) (snprintf(n, sizeof n, "%s" fmt, P), n)
-        eu_vec(&s, NM("attn_norm.weight"), DSQ_DTYPE_BF16, D, 1.0f, 0.2f);
-        eu_vec(&s, NM("ffn_norm.weight"), DSQ_DTYPE_BF16, D, 1.0f, 0.2f);
-        eu_f32_mat(&s, NM("hc_attn_fn"), mix, hc * D, 0.05f);
-        eu_f32_mat(&s, NM("hc_ffn_fn"), mix, hc * D, 0.05f);
-        eu_vec(&s, NM("hc_attn_base"), DSQ_DTYPE_F32, mix, 0.0f, 0.5f);
-        eu_vec(&s, NM("hc_ffn_base"), DSQ_DTYPE_F32, mix, 0.0f, 0.5f);
-        eu_vec(&s, NM("hc_attn_scale"), DSQ_DTYPE_F32, 3, 1.0f, 0.3f);
-        eu_vec(&s, NM("hc_ffn_scale"), DSQ_DTYPE_F32, 3, 1.0f, 0.3f);
-        eu_fp8_mat(&s, NM("attn.wq_a.weight"), ql, D, 1);
-        eu_vec(&s, NM("attn.q_norm.weight"), DSQ_DTYPE_BF16, ql, 1.0f, 0.2f);
-        eu_fp8_mat(&s, NM("attn.wq_b.weight"), H * hd, ql, 1);
-        eu_fp8_mat(&s, NM("attn.wkv.weight"), hd, D, 1);
-        eu_vec(&s, NM("attn.kv_norm.weight"), DSQ_DTYPE_BF16, hd, 1.0f, 0.2f);
-        eu_fp8_mat(&s, NM("attn.wo_a.weight"), G * ol, H * hd / G, 1);
-        eu_fp8_mat(&s, NM("attn.wo_b.weight"), D, G * ol, 1);
-        eu_vec(&s, NM("attn.attn_sink"), DSQ_DTYPE_F32, H, 0.0f, 1.0f);
-        if (ratio > 0) eu_compressor(&s, NM("attn."), ratio, (int)hd, D);
-        if (ratio == 4) {
-            size_t nih = (size_t)c->index_n_heads, ihd = (size_t)c->index_head_dim;
-            eu_compressor(&s, NM("attn.indexer."), 4, (int)ihd, D);
-            eu_fp8_mat(&s, NM("attn.indexer.wq_b.weight"), nih * ihd, ql, 1);
-            eu_bf16_mat(&s, NM("attn.indexer.weights_proj.weight"), nih, D);
-        }
-        eu_bf16_mat(&s, NM("ffn.gate.weight"), E, D);
-        if (!mtp && b < c->n_hash_layers) {
-            int64_t *t = malloc(8 * V * K);
-            for (size_t v = 0; v < V; v++)
-                for (size_t k = 0; k < K; k++) t[v * K + k] = (int64_t)((v * 7 + k * 2 + (size_t)b) % E);
-            shp[0] = V, shp[1] = K;
-            eu_add(&s, NM("ffn.gate.tid2eid"), DSQ_DTYPE_I64, 2, shp, t);
-        } else {
-            eu_vec(&s, NM("ffn.gate.bias"), DSQ_DTYPE_F32, E, 0.0f, 0.3f);
-        }
-        for (size_t e = 0; e < E; e++) {
-            snprintf(n, sizeof n, "%sffn.experts.%zu.w1.weight", P, e);
-            eu_fp4_mat(&s, n, I, D);
-            snprintf(n, sizeof n, "%sffn.experts.%zu.w2.weight", P, e);
-            eu_fp4_mat(&s, n, D, I);
-            snprintf(n, sizeof n, "%sffn.experts.%zu.w3.weight", P, e);
-            eu_fp4_mat(&s, n, I, D);
-        }
-        eu_fp8_mat(&s, NM("ffn.shared_experts.w1.weight"), I, D, shared_gain);
-        eu_fp8_mat(&s, NM("ffn.shared_experts.w2.weight"), D, I, 1);
-        eu_fp8_mat(&s, NM("ffn.shared_experts.w3.weight"), I, D, shared_gain);
-        if (mtp) {
-            eu_fp8_mat(&s, NM("e_proj.weight"), D, D, 1);
-            eu_fp8_mat(&s, NM("h_proj.weight"), D, D, 1);
-            eu_vec(&s, NM("enorm.weight"), DSQ_DTYPE_BF16, D, 1.0f, 0.2f);
-            eu_vec(&s, NM("hnorm.weight"), DSQ_DTYPE_BF16, D, 1.0f, 0.2f);
-            eu_vec(&s, NM("norm.weight"), DSQ_DTYPE_BF16, D, 1.0f, 0.2f);
-            eu_f32_mat(&s, NM("hc_head_fn"), hc, hc * D, 0.05f);
-            eu_vec(&s, NM("hc_head_base"), DSQ_DTYPE_F32, hc, 0.0f, 0.5f);
-            eu_vec(&s, NM("hc_head_scale"), DSQ_DTYPE_F32, 1, 1.0f, 0.3f);
-        }
-#undef NM
-    }
-    eu_f32_mat(&s, "hc_head_fn", hc, hc * D, 0.05f);
-    eu_vec(&s, "hc_head_base", DSQ_DTYPE_F32, hc, 0.0f, 0.5f);
-    eu_vec(&s, "hc_head_scale", DSQ_DTYPE_F32, 1, 1.0f, 0.3f);
-    char *path = dsq_test_join(dir, "model.safetensors");
-    dsq_err e = DSQ_ERR_INIT;
-    dsq_status st = dsq_st_write_file(path, s.items, s.n, true, &e);
-    if (st) fprintf(stderr, "synth: %s\n", e.msg);
-    assert_int_equal(st, DSQ_OK);
-    dsq_err_clear(&e);
-    free(path);
-    for (size_t i = 0; i < s.n; i++) {
-        free((void *)s.items[i].name);
-        free((void *)s.items[i].data);
-    }
-    free(s.items);
-}
-
-/* A shape unlike the golden one: 2 hash layers, ratios 128/4/8 and SWA, hc = 2, partial FP8 blocks. */
-static inline void eu_synth_config(dsq_v4_config *c) {
-    eu_tiny_config(c);
-    c->vocab_size = 300;
-    c->dim = 160;
-    c->n_layers = 5;
-    c->n_mtp_layers = 1;
-    c->n_hash_layers = 2;
-    c->n_heads = 2;
-    c->head_dim = 64;
-    c->rope_head_dim = 32;
-    c->q_lora_rank = 96;
-    c->o_lora_rank = 48;
-    c->o_groups = 2;
-    c->moe_inter_dim = 96;
-    c->n_routed_experts = 6;
-    c->n_activated_experts = 3;
-    c->window_size = 8;
-    int cr[6] = {0, 128, 4, 8, 4, 4};
-    memcpy(c->compress_ratios, cr, sizeof cr);
-    c->n_compress_ratios = 6;
-    c->original_seq_len = 32;
-    c->index_n_heads = 4;
-    c->index_head_dim = 32;
-    c->index_topk = 5;
-    c->hc_mult = 2;
-}
-
-/* Write a synth model to a new temp dir and open it; *dir gets the dir (free + rmdir by caller). */
-static inline dsq_v4_model *eu_open_synth(const dsq_v4_config *c, uint64_t seed, float shared_gain, char **dir) {
+/* `dsq synth` that shape into a new temp dir and open it; *dir gets the dir (free + rmdir by caller). */
+static inline dsq_v4_model *eu_open_synth(int layers, bool mtp, uint64_t seed, char **dir) {
     *dir = dsq_test_tmpdir();
-    eu_synth_write(*dir, c, seed, shared_gain);
-    dsq_wsrc *src = NULL;
+    char *cfg = eu_synth_config_json(*dir, layers, mtp), *mdir = dsq_test_join(*dir, "model"), *se = NULL;
+    int rc = dsq_test_run(NULL, &se, "synth --config %s --out %s --seed %llu --threads 1", cfg, mdir,
+                          (unsigned long long)seed);
+    if (rc) fprintf(stderr, "dsq synth: %s\n", se ? se : "");
+    assert_int_equal(rc, 0);
+    free(se);
     dsq_v4_model *m = NULL;
     dsq_err e = DSQ_ERR_INIT;
-    dsq_status st = dsq_wsrc_open_safetensors(*dir, &src, &e);
-    if (!st) st = dsq_v4_model_create(src, c, &m, &e);
+    dsq_status st = dsq_v4_model_open(mdir, &m, &e);
     if (st) dsq_err_print(&e, stderr, "synth open: ");
     assert_int_equal(st, DSQ_OK);
     dsq_err_clear(&e);
+    free(cfg);
+    free(mdir);
     return m;
 }
 

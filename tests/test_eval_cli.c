@@ -44,7 +44,7 @@ static void test_logits_prefill_decode_mtp(void **state) {
     for (size_t i = 0; i < n; i++) fprintf(f, "%d%s", tok[i], i % 10 == 9 ? "\n" : " ");
     fclose(f);
     char *so = NULL, *se = NULL;
-    int rc = dsq_test_run(&so, &se, "eval logits %s --tokens %s --out %s --json --threads 2", model, txt, out);
+    int rc = dsq_test_run(&so, &se, "eval logits %s --tokens %s --out %s --json --threads 1", model, txt, out);
     if (rc) fprintf(stderr, "%s", se);
     assert_int_equal(rc, 0);
     assert_non_null(strstr(so, "\"rows\": 160"));
@@ -63,7 +63,7 @@ static void test_logits_prefill_decode_mtp(void **state) {
     assert_int_equal(rc, 1);
     free(se);
 
-    rc = dsq_test_run(&so, &se, "eval logits %s --tokens %s --out %s --overwrite --decode-from 100 --mtp", model,
+    rc = dsq_test_run(&so, &se, "eval logits %s --tokens %s --out %s --overwrite --decode-from 100 --mtp --threads 1", model,
                       golden, out);
     if (rc) fprintf(stderr, "%s", se);
     assert_int_equal(rc, 0);
@@ -83,7 +83,7 @@ static void test_dump_hidden_and_budget(void **state) {
     dsq_st *g = eu_open_st("golden/v4-tiny/golden-exact.safetensors");
     char *out = dsq_test_join(tmp, "h.safetensors");
     char *se = NULL;
-    int rc = dsq_test_run(NULL, &se, "eval logits %s --tokens %s --out %s --dump-hidden --memory-budget 64M", model,
+    int rc = dsq_test_run(NULL, &se, "eval logits %s --tokens %s --out %s --dump-hidden --memory-budget 64M --threads 1", model,
                           golden, out);
     if (rc) fprintf(stderr, "%s", se);
     assert_int_equal(rc, 0);
@@ -106,7 +106,7 @@ static void test_release_numerics_cli(void **state) {
     char *out = dsq_test_join(tmp, "r.safetensors"), *txt = dsq_test_join(tmp, "r.txt");
     dsq_test_write(txt, "0 5 9 200 17 3\n", 15);
     char *se = NULL;
-    int rc = dsq_test_run(NULL, &se, "eval logits %s --tokens %s --out %s --numerics release", model, txt, out);
+    int rc = dsq_test_run(NULL, &se, "eval logits %s --tokens %s --out %s --numerics release --threads 1", model, txt, out);
     if (rc) fprintf(stderr, "%s", se);
     assert_int_equal(rc, 0);
     free(se);

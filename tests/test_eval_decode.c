@@ -5,7 +5,9 @@
  *  - several sequences in one batch equal each sequence run alone (bit-identical);
  *  - layer-streaming evaluation with a memory budget equals the token-major path (bit-identical);
  *  - AVX2 kernels equal the scalar twins (bit-identical);
- *  - fixed rules: top-k ties, the shared-expert clamp switch, ids outside the vocabulary. */
+ *  - fixed rules: top-k ties, the shared-expert clamp switch, ids outside the vocabulary;
+ *  - weights in other lib/quant codecs; validation of missing/misshaped/NaN weights. */
+#include "dsq_codec.h"
 #include "dsq_v4_ops.h"
 #include "eval_util.h"
 
@@ -56,7 +58,7 @@ static int setup_tiny(void **state) {
     tiny_tok = eu_i32(g, "tokens", NULL);
     dsq_st_close(g);
     dsq_eval_options o;
-    dsq_eval_options_default(&o);
+    eu_opts(&o);
     tiny_prefill = run_split(tiny, &o, tiny_tok, NT, NT, 1);
     return 0;
 }
@@ -69,7 +71,7 @@ static int teardown_tiny(void **state) {
 
 static void test_tiny_decode_splits(void **state) {
     dsq_eval_options o;
-    dsq_eval_options_default(&o);
+    eu_opts(&o);
     /* ratios 4 and 32, window 16: splits on and off every boundary */
     const int64_t full[] = {1, 3, 4, 15, 16, 17, 31, 32, 33, 63, 97};
     const int64_t small[] = {1, 17, 33};
@@ -92,7 +94,7 @@ static void test_tiny_decode_splits(void **state) {
 /* Three sequences in one batch (prefill, then batched decode steps) = each alone, bit for bit. */
 static void test_tiny_batch_equals_alone(void **state) {
     dsq_eval_options o;
-    dsq_eval_options_default(&o);
+    eu_opts(&o);
     enum { S = 3, STEPS = 4 };
     int64_t len[S] = {45, 21, 70};
     const int32_t *src[S] = {tiny_tok, tiny_tok + 50, tiny_tok + 80};
@@ -123,7 +125,7 @@ static void test_tiny_batch_equals_alone(void **state) {
  * the token-major path (each sequence through all blocks), bit for bit. */
 static void test_tiny_streaming_equals_token_major(void **state) {
     dsq_eval_options o;
-    dsq_eval_options_default(&o);
+    eu_opts(&o);
     enum { S = 3 };
     int64_t len[S] = {60, 33, 90};
     const int32_t *src[S] = {tiny_tok, tiny_tok + 60, tiny_tok + 70};
@@ -160,7 +162,7 @@ static void test_tiny_streaming_equals_token_major(void **state) {
 
 static void test_tiny_avx2_equals_scalar(void **state) {
     dsq_eval_options o;
-    dsq_eval_options_default(&o);
+    eu_opts(&o);
     o.force_scalar = true;
     int64_t n = dsq_test_asan() ? 40 : NT;
     float *sc = run_split(tiny, &o, tiny_tok, n, n, 1);
@@ -176,10 +178,21 @@ static void test_tiny_avx2_equals_scalar(void **state) {
     free(rv);
 }
 
+/* Results do not depend on the thread count (every output is one fixed-order reduction). */
+static void test_tiny_threads_equal(void **state) {
+    dsq_eval_options o;
+    eu_opts(&o);
+    o.threads = 2;
+    int64_t n = dsq_test_asan() ? 24 : 80;
+    float *lg = run_split(tiny, &o, tiny_tok, n, n - 3, 1);
+    assert_memory_equal(lg, tiny_prefill, sizeof(float) * NV * (size_t)n);
+    free(lg);
+}
+
 /* spec §8.30: the clamp is never active on the tiny golden, so both variants reproduce it. */
 static void test_tiny_shared_clamp_inactive(void **state) {
     dsq_eval_options o;
-    dsq_eval_options_default(&o);
+    eu_opts(&o);
     o.no_shared_clamp = true;
     float *lg = run_split(tiny, &o, tiny_tok, 40, 40, 1);
     assert_memory_equal(lg, tiny_prefill, sizeof(float) * NV * 40); /* prefix of the 160-token prefill */
@@ -192,12 +205,14 @@ static void test_bad_tokens(void **state) {
     int32_t bad[3] = {5, 512, 7}, neg[1] = {-1};
     dsq_v4_item it = {s, bad, 3, NULL, NULL, NULL};
     dsq_err e = DSQ_ERR_INIT;
-    assert_int_equal(dsq_v4_forward(tiny, NULL, &it, 1, &e), DSQ_ERR_TOKEN);
+    dsq_eval_options o;
+    eu_opts(&o);
+    assert_int_equal(dsq_v4_forward(tiny, &o, &it, 1, &e), DSQ_ERR_TOKEN);
     assert_non_null(strstr(e.msg, "512"));
     dsq_err_clear(&e);
     it.tokens = neg;
     it.n_tokens = 1;
-    assert_int_equal(dsq_v4_forward(tiny, NULL, &it, 1, &e), DSQ_ERR_TOKEN);
+    assert_int_equal(dsq_v4_forward(tiny, &o, &it, 1, &e), DSQ_ERR_TOKEN);
     dsq_err_clear(&e);
     assert_int_equal(dsq_v4_seq_pos(s), 0);
     dsq_v4_seq_free(s);
@@ -222,12 +237,11 @@ static void test_topk_ties(void **state) {
 /* ---- a synthetic model of another shape ------------------------------------------------------------- */
 
 static void test_synth_decode_equals_prefill(void **state) {
-    dsq_v4_config c;
-    eu_synth_config(&c);
     char *dir = NULL;
-    dsq_v4_model *m = eu_open_synth(&c, 7, 1.0f, &dir);
+    dsq_v4_model *m = eu_open_synth(5, true, 7, &dir);
+    dsq_v4_config c = *dsq_v4_model_config(m);
     dsq_eval_options o;
-    dsq_eval_options_default(&o);
+    eu_opts(&o);
     int64_t n = dsq_test_asan() ? 140 : 300;
     int32_t *tok = malloc(sizeof(int32_t) * (size_t)n);
     for (int64_t i = 0; i < n; i++) tok[i] = (int32_t)((i * 37 + i * i) % (int64_t)c.vocab_size);
@@ -273,35 +287,182 @@ static void test_synth_decode_equals_prefill(void **state) {
     free(dir);
 }
 
-/* With a big shared expert the clamp bites: the switch must change the result, and release
- * numerics run on this shape too. */
-static void test_synth_shared_clamp_switch(void **state) {
+/* ---- model validation: a weight source that hides or alters one tensor ---------------------------- */
+
+typedef struct mutant {
+    dsq_wsrc *inner;
+    const char *target;
+    int how; /* 0 hide, 1 wrong shape, 2 wrong encoding, 3 NaN scale, 4 re-encode to `to` */
+    uint8_t nan_scale[64];
+    dsq_encoding to;
+    int to_group;
+    void *buf[2]; /* re-encoded codes and scales */
+    float tensor_scale;
+} mutant;
+
+static dsq_status mut_get(const dsq_wsrc *s, const char *name, dsq_wview *v, dsq_err *err) {
+    mutant *mu = s->impl;
+    if (strcmp(name, mu->target) != 0) return mu->inner->get(mu->inner, name, v, err);
+    if (mu->how == 0) return dsq_err_set(err, DSQ_ERR_MISSING, "%s: tensor %s is missing", s->path, name);
+    DSQ_TRY(mu->inner->get(mu->inner, name, v, err));
+    if (mu->how == 1) v->shape[0] += 1;
+    if (mu->how == 2) v->enc = (dsq_encoding)99; /* no such encoding */
+    if (mu->how == 4) { /* the same tensor in another codec of lib/quant */
+        dsq_codec_layout lay;
+        assert_int_equal(dsq_codec_layout_of(mu->to, v->shape[0], v->shape[1], mu->to_group, &lay, NULL), DSQ_OK);
+        if (!mu->buf[0]) {
+            mu->buf[0] = calloc(1, lay.data_bytes);
+            mu->buf[1] = calloc(1, lay.scale_bytes ? lay.scale_bytes : 1);
+            dsq_qtensor src = {v->enc, v->shape[0], v->shape[1], 0, v->data, v->scale, NULL, 0};
+            dsq_qtensor_buf dst = {mu->to, v->shape[0], v->shape[1], mu->to_group, mu->buf[0], mu->buf[1], NULL, 0};
+            assert_int_equal(dsq_codec_reencode(&src, &dst, NULL, NULL, NULL), DSQ_OK);
+            mu->tensor_scale = dst.tensor_scale;
+        }
+        v->tensor_scale = mu->tensor_scale;
+        v->enc = mu->to;
+        v->group = mu->to_group;
+        v->data = mu->buf[0];
+        v->data_bytes = lay.data_bytes;
+        v->scale = lay.scale_bytes ? mu->buf[1] : NULL;
+        v->scale_bytes = lay.scale_bytes;
+    }
+    if (mu->how == 5) { /* every block scale × 2^6 */
+        memcpy(mu->nan_scale, v->scale, v->scale_bytes < 64 ? v->scale_bytes : 64);
+        for (uint64_t i = 0; i < v->scale_bytes && i < 64; i++) mu->nan_scale[i] = (uint8_t)(mu->nan_scale[i] + 6);
+        v->scale = mu->nan_scale;
+    }
+    if (mu->how == 3) {
+        memcpy(mu->nan_scale, v->scale, v->scale_bytes < 64 ? v->scale_bytes : 64);
+        mu->nan_scale[0] = 0xff;
+        v->scale = mu->nan_scale;
+    }
+    return DSQ_OK;
+}
+
+static void mut_close(dsq_wsrc *s) {
+    mutant *mu = s->impl;
+    dsq_wsrc_close(mu->inner);
+    free(mu->buf[0]);
+    free(mu->buf[1]);
+    free(mu);
+    free(s);
+}
+
+static dsq_wsrc *mutant_src(const char *target, int how, dsq_encoding to, int group) {
+    char *p = dsq_test_shared_path("golden/v4-tiny/model");
+    dsq_wsrc *inner = NULL;
+    assert_int_equal(dsq_wsrc_open_safetensors(p, &inner, NULL), DSQ_OK);
+    free(p);
+    mutant *mu = calloc(1, sizeof *mu);
+    mu->inner = inner;
+    mu->target = target;
+    mu->how = how;
+    mu->to = to;
+    mu->to_group = group;
+    dsq_wsrc *s = calloc(1, sizeof *s);
+    *s = (dsq_wsrc){mu, "mutant", mut_get, NULL, NULL, mut_close};
+    return s;
+}
+
+static dsq_status open_mutant(const char *target, int how, dsq_err *e) {
+    dsq_wsrc *s = mutant_src(target, how, DSQ_ENC_F32, 0);
     dsq_v4_config c;
-    eu_synth_config(&c);
-    c.n_layers = 2;
-    c.n_mtp_layers = 0;
-    char *dir = NULL;
-    dsq_v4_model *m = eu_open_synth(&c, 11, 40.0f, &dir);
+    eu_tiny_config(&c);
+    dsq_v4_model *m = NULL;
+    dsq_status st = dsq_v4_model_create(s, &c, &m, e); /* takes s, also on failure */
+    dsq_v4_model_close(m);
+    return st;
+}
+
+static void test_model_validation(void **state) {
+    struct {
+        const char *name;
+        int how;
+        dsq_status want;
+    } cases[] = {
+        {"layers.2.attn.compressor.wgate.weight", 0, DSQ_ERR_MISSING},
+        {"layers.1.attn.indexer.wq_b.weight", 1, DSQ_ERR_SHAPE},
+        {"mtp.0.ffn.experts.7.w2.weight", 2, DSQ_ERR_DTYPE},
+        {"layers.3.attn.wo_b.weight", 3, DSQ_ERR_NONFINITE},
+        {"layers.0.ffn.gate.tid2eid", 1, DSQ_ERR_SHAPE},
+        {"hc_head_base", 0, DSQ_ERR_MISSING},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        dsq_err e = DSQ_ERR_INIT;
+        dsq_status st = open_mutant(cases[i].name, cases[i].how, &e);
+        printf("  %-40s → %s: %s\n", cases[i].name, dsq_status_str(st), e.msg);
+        assert_int_equal(st, cases[i].want);
+        assert_non_null(strstr(e.msg, cases[i].name));
+        dsq_err_clear(&e);
+    }
+    dsq_err e = DSQ_ERR_INIT;
+    assert_int_equal(open_mutant("no.such.tensor", 0, &e), DSQ_OK); /* the wrapper itself is sound */
+    dsq_err_clear(&e);
+}
+
+/* Weights in the other codecs of lib/quant run through the same model: lossless re-encodings give the
+ * same logits bit for bit, a lossy INT8 one stays close. */
+static void test_other_codecs(void **state) {
+    struct {
+        const char *name;
+        dsq_encoding to;
+        int group;
+        double tol;
+    } cases[] = {
+        {"layers.1.ffn.experts.3.w1.weight", DSQ_ENC_FP8_B128, 0, 0.0},     /* MXFP4 → FP8 (spec §2.7) */
+        {"layers.2.attn.wq_b.weight", DSQ_ENC_FP8_B128_F32, 0, 0.0},       /* UE8M0 → F32 scales */
+        {"layers.0.attn.wo_b.weight", DSQ_ENC_INT8_G, 32, 5e-2},           /* lossy */
+        {"layers.3.ffn.shared_experts.w2.weight", DSQ_ENC_NVFP4, 0, 5e-2}, /* lossy */
+    };
     dsq_eval_options o;
-    dsq_eval_options_default(&o);
-    int32_t tok[24];
-    for (int i = 0; i < 24; i++) tok[i] = (i * 11) % 300;
-    float *on = run_split(m, &o, tok, 24, 24, 1);
+    eu_opts(&o);
+    int64_t n = 24;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        dsq_wsrc *s = mutant_src(cases[i].name, 4, cases[i].to, cases[i].group);
+        dsq_v4_config c;
+        eu_tiny_config(&c);
+        dsq_v4_model *m = NULL;
+        dsq_err e = DSQ_ERR_INIT;
+        dsq_status st = dsq_v4_model_create(s, &c, &m, &e);
+        if (st) fprintf(stderr, "%s\n", e.msg);
+        assert_int_equal(st, DSQ_OK);
+        float *lg = run_split(m, &o, tiny_tok, n, n, 1);
+        float *dec = run_split(m, &o, tiny_tok, n, 5, 1); /* the one-token kernels too */
+        double rel = eu_max_rel_l2(lg, tiny_prefill, (size_t)n, NV, NULL);
+        printf("  %-40s as encoding %d: max row rel L2 %.3g\n", cases[i].name, (int)cases[i].to, rel);
+        if (cases[i].tol == 0.0) assert_memory_equal(lg, tiny_prefill, sizeof(float) * NV * (size_t)n);
+        else assert_true(rel <= cases[i].tol && rel > 0);
+        assert_true(eu_max_rel_l2(dec, lg, (size_t)n, NV, NULL) <= SPLIT_TOL);
+        free(lg);
+        free(dec);
+        dsq_v4_model_close(m);
+    }
+}
+
+/* With a big shared expert the clamp bites (its FP8 block scales raised 2^6 here): the switch must
+ * change the result, and release numerics stay finite. */
+static void test_shared_clamp_switch(void **state) {
+    dsq_wsrc *s = mutant_src("layers.2.ffn.shared_experts.w3.weight", 5, DSQ_ENC_F32, 0);
+    dsq_v4_config c;
+    eu_tiny_config(&c);
+    dsq_v4_model *m = NULL;
+    assert_int_equal(dsq_v4_model_create(s, &c, &m, NULL), DSQ_OK);
+    dsq_eval_options o;
+    eu_opts(&o);
+    float *on = run_split(m, &o, tiny_tok, 24, 24, 1);
     o.no_shared_clamp = true;
-    float *off = run_split(m, &o, tok, 24, 24, 1);
-    double d = eu_max_rel_l2(off, on, 24, c.vocab_size, NULL);
+    float *off = run_split(m, &o, tiny_tok, 24, 24, 1);
+    double d = eu_max_rel_l2(off, on, 24, NV, NULL);
     printf("  shared clamp on vs off: max row rel L2 %.3g\n", d);
     assert_true(d > 1e-3);
     o.no_shared_clamp = false;
     o.numerics = DSQ_NUMERICS_RELEASE;
-    float *rel = run_split(m, &o, tok, 24, 24, 1);
-    for (size_t i = 0; i < 24 * c.vocab_size; i++) assert_true(isfinite(rel[i]));
+    float *rel = run_split(m, &o, tiny_tok, 24, 24, 1);
+    for (size_t i = 0; i < 24 * NV; i++) assert_true(isfinite(rel[i]));
     free(on);
     free(off);
     free(rel);
     dsq_v4_model_close(m);
-    dsq_test_rmdir(dir);
-    free(dir);
 }
 
 int main(void) {
@@ -310,13 +471,16 @@ int main(void) {
         cmocka_unit_test(test_tiny_batch_equals_alone),
         cmocka_unit_test(test_tiny_streaming_equals_token_major),
         cmocka_unit_test(test_tiny_avx2_equals_scalar),
+        cmocka_unit_test(test_tiny_threads_equal),
         cmocka_unit_test(test_tiny_shared_clamp_inactive),
         cmocka_unit_test(test_bad_tokens),
+        cmocka_unit_test(test_other_codecs),
+        cmocka_unit_test(test_shared_clamp_switch),
     };
     const struct CMUnitTest other[] = {
         cmocka_unit_test(test_topk_ties),
+        cmocka_unit_test(test_model_validation),
         cmocka_unit_test(test_synth_decode_equals_prefill),
-        cmocka_unit_test(test_synth_shared_clamp_switch),
     };
     int rc = cmocka_run_group_tests_name("eval_decode_tiny", tiny_tests, setup_tiny, teardown_tiny);
     rc |= cmocka_run_group_tests_name("eval_decode_synth", other, NULL, NULL);

@@ -56,7 +56,7 @@ static void test_exact_prefill_layers_mtp(void **state) {
     fixture *f = *state;
     const dsq_v4_config *c = dsq_v4_model_config(f->m);
     dsq_eval_options o;
-    dsq_eval_options_default(&o);
+    eu_opts(&o);
     dsq_v4_seq *seq = NULL;
     assert_int_equal(dsq_v4_seq_create(f->m, &seq, NULL), DSQ_OK);
     float *logits = malloc(sizeof(float) * N_TOK * VOCAB), *hidden = malloc(sizeof(float) * N_TOK * HC_D);
@@ -97,7 +97,7 @@ static void test_exact_prefill_layers_mtp(void **state) {
 static void test_exact_decode(void **state) {
     fixture *f = *state;
     dsq_eval_options o;
-    dsq_eval_options_default(&o);
+    eu_opts(&o);
     dsq_v4_seq *seq = NULL;
     assert_int_equal(dsq_v4_seq_create(f->m, &seq, NULL), DSQ_OK);
     float *pre = malloc(sizeof(float) * DECODE_FROM * VOCAB), *dec = malloc(sizeof(float) * 60 * VOCAB);
@@ -120,7 +120,7 @@ static void test_exact_decode(void **state) {
 static void test_release_prefill(void **state) {
     fixture *f = *state;
     dsq_eval_options o;
-    dsq_eval_options_default(&o);
+    eu_opts(&o);
     o.numerics = DSQ_NUMERICS_RELEASE;
     dsq_v4_seq *seq = NULL;
     assert_int_equal(dsq_v4_seq_create(f->m, &seq, NULL), DSQ_OK);

@@ -1,6 +1,7 @@
 /* Single operations of lib/eval against shared/golden/v4-tiny/ops.safetensors (README.md there):
  * RoPE tables (abs ≤ 1e-6), hyper-connection split (rel ≤ 1e-6), sparse attention (release ≤ 1 bf16
- * ulp, exact rel ≤ 1e-5), and the activation simulations the model uses (bit-exact / ≤ 1 ulp). */
+ * ulp, exact rel ≤ 1e-5), and the lib/quant activation simulations as the model calls them. */
+#include "dsq_codec.h"
 #include "dsq_v4_ops.h"
 #include "eval_util.h"
 
@@ -122,12 +123,12 @@ static void test_attention_sink_semantics(void **state) {
 static void test_act_sims(void **state) {
     size_t n = 0;
     float *in = eu_f32(ops, "act_fp8.in_bf16", &n), *g = eu_f32(ops, "act_fp8_sim64.out_bf16", NULL);
-    for (size_t r = 0; r < n / 256; r++) dsq_v4_fp8_sim(in + r * 256, 256, 64);
+    for (size_t r = 0; r < n / 256; r++) dsq_act_fp8_sim(in + r * 256, 256, 64);
     for (size_t i = 0; i < n; i++) assert_true(dsq_f32_bits(in[i]) == dsq_f32_bits(g[i]));
     free(in), free(g);
     in = eu_f32(ops, "act_fp4_sim.in_bf16", &n);
     g = eu_f32(ops, "act_fp4_sim.out_bf16", NULL);
-    for (size_t r = 0; r < n / 128; r++) dsq_v4_fp4_sim(in + r * 128, 128);
+    for (size_t r = 0; r < n / 128; r++) dsq_act_fp4_sim(in + r * 128, 128, 32);
     for (size_t i = 0; i < n; i++) assert_true(dsq_f32_bits(in[i]) == dsq_f32_bits(g[i]));
     free(in), free(g);
     in = eu_f32(ops, "hadamard.in_bf16", &n);

@@ -222,7 +222,8 @@ static void run_fixture(bool no_jit) {
         size_t nd;
         uint8_t *wd = b64_decode(jstr(ex[i], "decoded_b64"), &nd);
         assert_int_equal(dsq_tok_decode(t, want.ids, want.n, &lossy, &text, NULL), DSQ_OK);
-        if (text.len != nd || memcmp(text.data, wd, nd)) fprintf(stderr, "%s: decode of the ids differs\n", name), bad++;
+        if (text.len != nd || memcmp(text.data, wd, nd))
+            fprintf(stderr, "%s: decode of the ids differs\n", name), bad++;
         free(wd), free(bytes);
         dsq_tok_text_free(&text);
     }
@@ -272,8 +273,9 @@ static uint32_t lcg(uint32_t *s) { return *s = *s * 1664525u + 1013904223u; }
 
 static void test_real_roundtrip_random_bytes(void **state) {
     dsq_tok *t = real_tok(false, false);
-    static const char *const bits[] = {"a", "the ", " ", "  ", "\n", "\t", "中", "文", "😀", "é", "e\xcc\x81", "123",
-                                       "'s", "<｜User｜>", "<｜", "\xff", "\xc3", "\xe4\xb8", "\xed\xa0\x80", "!", "\r\n"};
+    static const char *const bits[] = {"a",   "the ", " ",    "  ",        "\n",           "\t", "中",
+                                       "文",  "😀",    "é",    "e\xcc\x81", "123",          "'s", "<｜User｜>",
+                                       "<｜", "\xff", "\xc3", "\xe4\xb8",  "\xed\xa0\x80", "!",  "\r\n"};
     uint32_t seed = 12345;
     dsq_tok_ids ids = {0};
     uint8_t buf[512];
@@ -467,14 +469,22 @@ static void test_utf8_sanitize(void **state) {
     } cases[] = {
         {"abc", 3, "abc"},
         {"\x80", 1, "\xEF\xBF\xBD"},
-        {"\xC0\x80", 2, "\xEF\xBF\xBD\xEF\xBF\xBD"},         /* overlong: C0 is never valid */
+        {"\xC0\x80", 2, "\xEF\xBF\xBD\xEF\xBF\xBD"},                 /* overlong: C0 is never valid */
         {"\xE0\x80\x80", 3, "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD"}, /* E0 needs A0..BF next */
-        {"\xE0\xA0", 2, "\xEF\xBF\xBD"},                      /* truncated: one U+FFFD */
+        {"\xE0\xA0", 2, "\xEF\xBF\xBD"},                             /* truncated: one U+FFFD */
         {"\xED\xA0\x80", 3, "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD"}, /* surrogate */
         {"\xF4\x90\x80\x80", 4, "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD"},
         {"\xF0\x90\x80", 3, "\xEF\xBF\xBD"},
-        {"\xF0\x90\x80" "A", 4, "\xEF\xBF\xBD" "A"},
-        {"\xC2" "A", 2, "\xEF\xBF\xBD" "A"},
+        {"\xF0\x90\x80"
+         "A",
+         4,
+         "\xEF\xBF\xBD"
+         "A"},
+        {"\xC2"
+         "A",
+         2,
+         "\xEF\xBF\xBD"
+         "A"},
         {"a\0b", 3, "a\0b"},
         {"\xE4\xB8\xAD", 3, "\xE4\xB8\xAD"},
         {"\xFF\xFE", 2, "\xEF\xBF\xBD\xEF\xBF\xBD"},
@@ -509,8 +519,10 @@ static void byte_level_char(int b, char out[3]) {
             extra++;
         }
     }
-    if (cp < 0x80) out[0] = (char)cp, out[1] = 0;
-    else out[0] = (char)(0xC0 | cp >> 6), out[1] = (char)(0x80 | (cp & 0x3F)), out[2] = 0;
+    if (cp < 0x80)
+        out[0] = (char)cp, out[1] = 0;
+    else
+        out[0] = (char)(0xC0 | cp >> 6), out[1] = (char)(0x80 | (cp & 0x3F)), out[2] = 0;
 }
 
 /* JSON-escape a byte-level string (only '"' and '\\' need it). */
@@ -538,8 +550,9 @@ static void putf(dsq_tok_text *s, const char *fmt, ...) {
 static char *synth(const char *const *extra, const char *const *merges, const char *added, const char *pre,
                    const char *model_extra) {
     dsq_tok_text s = {0};
-    putf(&s, "{\"version\":\"1.0\",\"added_tokens\":%s,\"normalizer\":null,\"pre_tokenizer\":%s,"
-             "\"post_processor\":null,\"decoder\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":\"BPE\"%s,\"vocab\":{",
+    putf(&s,
+         "{\"version\":\"1.0\",\"added_tokens\":%s,\"normalizer\":null,\"pre_tokenizer\":%s,"
+         "\"post_processor\":null,\"decoder\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":\"BPE\"%s,\"vocab\":{",
          added ? added : "[]", pre ? pre : "{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":false}",
          model_extra ? model_extra : "");
     for (int b = 0; b < 256; b++) {
@@ -584,10 +597,10 @@ static void test_synth_merge_order(void **state) {
     const char *m1[] = {"a a", "b c", "a b", "aa b", NULL};
     char *j = synth(extra, m1, NULL, NULL, NULL);
     dsq_tok *t = load_synth(j, DSQ_OK);
-    EXPECT_IDS(t, "aaa", 256, 'a');      /* equal ranks: leftmost pair first */
+    EXPECT_IDS(t, "aaa", 256, 'a'); /* equal ranks: leftmost pair first */
     EXPECT_IDS(t, "aaaa", 256, 256);
-    EXPECT_IDS(t, "abc", 'a', 258);      /* "b c" outranks "a b" */
-    EXPECT_IDS(t, "aab", 259);           /* a a → aa, then aa b */
+    EXPECT_IDS(t, "abc", 'a', 258); /* "b c" outranks "a b" */
+    EXPECT_IDS(t, "aab", 259);      /* a a → aa, then aa b */
     EXPECT_IDS(t, "x", 'x');
     dsq_tok_ids none = {0};
     encode_ok(t, "", 0, &none);
@@ -599,7 +612,7 @@ static void test_synth_merge_order(void **state) {
     j = synth(extra, m2, NULL, NULL, NULL);
     t = load_synth(j, DSQ_OK);
     EXPECT_IDS(t, "abc", 257, 'c');
-    EXPECT_IDS(t, "aab", 'a', 257);      /* "a b" (rank 0) beats "a a" (rank 2) */
+    EXPECT_IDS(t, "aab", 'a', 257); /* "a b" (rank 0) beats "a a" (rank 2) */
     dsq_tok_free(t);
     free(j);
     /* a duplicated merge takes its later rank (ref: Map keeps the last index) */
@@ -625,16 +638,17 @@ static void test_synth_merge_order(void **state) {
 }
 
 static void test_synth_added_tokens(void **state) {
-    const char *added = "[{\"id\":300,\"content\":\"<x>\",\"special\":true},{\"id\":301,\"content\":\"<xy>\"},"
-                        "{\"id\":302,\"content\":\"[M]\",\"lstrip\":true},{\"id\":303,\"content\":\"[R]\",\"rstrip\":true}]";
+    const char *added =
+        "[{\"id\":300,\"content\":\"<x>\",\"special\":true},{\"id\":301,\"content\":\"<xy>\"},"
+        "{\"id\":302,\"content\":\"[M]\",\"lstrip\":true},{\"id\":303,\"content\":\"[R]\",\"rstrip\":true}]";
     char *j = synth(NULL, NULL, added, NULL, NULL);
     dsq_tok *t = load_synth(j, DSQ_OK);
     EXPECT_IDS(t, "<x><xy><x", 300, 301, '<', 'x');
     EXPECT_IDS(t, "a<xy>b", 'a', 301, 'b');
-    EXPECT_IDS(t, "a \t[M] b", 'a', 302, ' ', 'b');     /* lstrip eats the white space on its left only */
-    EXPECT_IDS(t, "a [R] \n b", 'a', ' ', 303, 'b');   /* rstrip: on its right only */
+    EXPECT_IDS(t, "a \t[M] b", 'a', 302, ' ', 'b');  /* lstrip eats the white space on its left only */
+    EXPECT_IDS(t, "a [R] \n b", 'a', ' ', 303, 'b'); /* rstrip: on its right only */
     EXPECT_IDS(t, "  [M]", 302);
-    EXPECT_IDS(t, "a\xc2\xa0[M]", 'a', 302);            /* JavaScript trim() includes U+00A0 */
+    EXPECT_IDS(t, "a\xc2\xa0[M]", 'a', 302);             /* JavaScript trim() includes U+00A0 */
     EXPECT_IDS(t, "a\xc2\x85[M]", 'a', 0xC2, 0x85, 302); /* ...but not U+0085 */
     assert_int_equal(dsq_tok_find(t, "<xy>", 4), 301);
     assert_true(dsq_tok_is_special(t, 300));
@@ -670,8 +684,8 @@ static void test_synth_byte_level_options(void **state) {
                     "{\"type\":\"ByteLevel\",\"add_prefix_space\":true,\"use_regex\":false}", NULL);
     dsq_tok *t = load_synth(j, DSQ_OK);
     EXPECT_IDS(t, "ab", 256, 'b');
-    EXPECT_IDS(t, " ab", 256, 'b');                /* no second space */
-    EXPECT_IDS(t, "a<x>a", 256, 300, 256);          /* every section gets its prefix (ref) */
+    EXPECT_IDS(t, " ab", 256, 'b');        /* no second space */
+    EXPECT_IDS(t, "a<x>a", 256, 300, 256); /* every section gets its prefix (ref) */
     dsq_tok_free(t);
     free(j);
     /* use_regex: the GPT-2 pattern cuts "a  a" into "a", " ", " a" */
@@ -698,14 +712,15 @@ static void test_synth_js_regex_semantics(void **state) {
     /* x+0xC2 = 256, x+0xEF = 257, "x0" = 258, x+0xD9 = 259 */
     const char *extra[] = {"xÂ", "xï", "x0", "xÙ", NULL};
     const char *merges[] = {"x Â", "x ï", "x 0", "x Ù", NULL};
-    const char *pre = "{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":{\"Regex\":\"\\\\s|\\\\d\"},"
-                      "\"behavior\":\"Isolated\",\"invert\":false},{\"type\":\"ByteLevel\",\"use_regex\":false}]}";
+    const char *pre =
+        "{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":{\"Regex\":\"\\\\s|\\\\d\"},"
+        "\"behavior\":\"Isolated\",\"invert\":false},{\"type\":\"ByteLevel\",\"use_regex\":false}]}";
     char *j = synth(extra, merges, NULL, pre, NULL);
     dsq_tok *t = load_synth(j, DSQ_OK);
-    EXPECT_IDS(t, "x\xc2\x85", 256, 0x85);                  /* U+0085 is not \s: no split, x+C2 merges */
-    EXPECT_IDS(t, "x\xef\xbb\xbf", 'x', 0xEF, 0xBB, 0xBF);  /* U+FEFF is \s: split */
+    EXPECT_IDS(t, "x\xc2\x85", 256, 0x85);                 /* U+0085 is not \s: no split, x+C2 merges */
+    EXPECT_IDS(t, "x\xef\xbb\xbf", 'x', 0xEF, 0xBB, 0xBF); /* U+FEFF is \s: split */
     EXPECT_IDS(t, "x\xd9\xa3", 259, 0xA3);                 /* \d is ASCII in JS: Arabic-Indic 3 is no split... */
-    EXPECT_IDS(t, "x0", 'x', '0');                          /* ...but '0' is */
+    EXPECT_IDS(t, "x0", 'x', '0');                         /* ...but '0' is */
     dsq_tok_free(t);
     free(j);
     /* same file without the JIT */
@@ -733,8 +748,8 @@ static void test_synth_malformed(void **state) {
         {"subword suffix", NULL, NULL, ",\"end_of_word_suffix\":\"</w>\"", NULL, NULL, DSQ_ERR_UNSUPPORTED},
         {"added content twice", "[{\"id\":300,\"content\":\"<x>\"},{\"id\":301,\"content\":\"<x>\"}]", NULL, NULL, NULL,
          NULL, DSQ_ERR_DUPLICATE},
-        {"added id twice", "[{\"id\":300,\"content\":\"<x>\"},{\"id\":300,\"content\":\"<y>\"}]", NULL, NULL, NULL, NULL,
-         DSQ_ERR_DUPLICATE},
+        {"added id twice", "[{\"id\":300,\"content\":\"<x>\"},{\"id\":300,\"content\":\"<y>\"}]", NULL, NULL, NULL,
+         NULL, DSQ_ERR_DUPLICATE},
         {"added without content", "[{\"id\":300}]", NULL, NULL, NULL, NULL, DSQ_ERR_JSON},
         {"added empty content", "[{\"id\":300,\"content\":\"\"}]", NULL, NULL, NULL, NULL, DSQ_ERR_JSON},
         {"added id negative", "[{\"id\":-1,\"content\":\"<x>\"}]", NULL, NULL, NULL, NULL, DSQ_ERR_RANGE},
@@ -803,8 +818,9 @@ static void test_synth_malformed(void **state) {
          DSQ_ERR_UNSUPPORTED},
         {"decoder", "{\"pre_tokenizer\":{\"type\":\"ByteLevel\"},\"decoder\":{\"type\":\"Metaspace\"}}",
          DSQ_ERR_UNSUPPORTED},
-        {"normalizer", "{\"normalizer\":{\"type\":\"NFC\"},\"pre_tokenizer\":{\"type\":\"ByteLevel\"},\"decoder\":{"
-                       "\"type\":\"ByteLevel\"}}",
+        {"normalizer",
+         "{\"normalizer\":{\"type\":\"NFC\"},\"pre_tokenizer\":{\"type\":\"ByteLevel\"},\"decoder\":{"
+         "\"type\":\"ByteLevel\"}}",
          DSQ_ERR_UNSUPPORTED},
         {"vocab not an object",
          "{\"pre_tokenizer\":{\"type\":\"ByteLevel\"},\"decoder\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":\"BPE\","
@@ -951,8 +967,9 @@ static void test_parse_ids(void **state) {
     static const struct {
         const char *s;
         dsq_status want;
-    } bad[] = {{"[1,", DSQ_ERR_JSON}, {"{}", DSQ_ERR_JSON}, {"[-1]", DSQ_ERR_TOKEN}, {"[1.5]", DSQ_ERR_TOKEN},
-               {"[\"1\"]", DSQ_ERR_TOKEN}, {"[16777216]", DSQ_ERR_TOKEN}, {"[1] 2", DSQ_ERR_JSON}};
+    } bad[] = {{"[1,", DSQ_ERR_JSON},    {"{}", DSQ_ERR_JSON},       {"[-1]", DSQ_ERR_TOKEN},
+               {"[1.5]", DSQ_ERR_TOKEN}, {"[\"1\"]", DSQ_ERR_TOKEN}, {"[16777216]", DSQ_ERR_TOKEN},
+               {"[1] 2", DSQ_ERR_JSON}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_int_equal(dsq_tok_parse_ids(bad[i].s, strlen(bad[i].s), "ids", &ids, NULL), bad[i].want);
         assert_int_equal(ids.n, 3); /* unchanged on failure */
@@ -965,8 +982,9 @@ static void test_fault_injection(void **state) {
     const char *extra[] = {"aa", "ab", NULL};
     const char *merges[] = {"a a", "a b", NULL};
     const char *added = "[{\"id\":300,\"content\":\"<x>\",\"lstrip\":true}]";
-    const char *pre = "{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":{\"Regex\":\"\\\\p{N}{1,3}\"},"
-                      "\"behavior\":\"Isolated\"},{\"type\":\"ByteLevel\",\"add_prefix_space\":true}]}";
+    const char *pre =
+        "{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":{\"Regex\":\"\\\\p{N}{1,3}\"},"
+        "\"behavior\":\"Isolated\"},{\"type\":\"ByteLevel\",\"add_prefix_space\":true}]}";
     char *j = synth(extra, merges, added, pre, NULL);
     const char *text = "aab 12345 <x> \xff aaaa";
     /* the fault-free result (prefix spaces added, lstrip applied) */

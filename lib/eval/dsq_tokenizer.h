@@ -35,8 +35,8 @@
 
 /* Limits quoted by docs/commands.md.  Token ids are below DSQ_TOK_MAX_ID; a tokenizer.json is at
  * most DSQ_TOK_MAX_JSON bytes; a Split stage count is at most DSQ_TOK_MAX_STAGES. */
-#define DSQ_TOK_MAX_ID (1 << 24)
-#define DSQ_TOK_MAX_JSON ((size_t)256 << 20)
+#define DSQ_TOK_MAX_ID     (1 << 24)
+#define DSQ_TOK_MAX_JSON   ((size_t)256 << 20)
 #define DSQ_TOK_MAX_STAGES 16
 
 typedef struct dsq_tok dsq_tok;
@@ -54,8 +54,8 @@ typedef struct dsq_tok_options {
 /* Load from the bytes of a tokenizer.json (need not be NUL-terminated; not retained).  `what` names
  * the source in messages.  opt may be NULL (all defaults).  On success *out is the caller's; free it
  * with dsq_tok_free. */
-dsq_status dsq_tok_load_json(const char *json, size_t len, const char *what, const dsq_tok_options *opt,
-                             dsq_tok **out, dsq_err *err);
+dsq_status dsq_tok_load_json(const char *json, size_t len, const char *what, const dsq_tok_options *opt, dsq_tok **out,
+                             dsq_err *err);
 /* Load from a tokenizer.json file, or from a directory holding one (a checkpoint directory). */
 dsq_status dsq_tok_open(const char *path, const dsq_tok_options *opt, dsq_tok **out, dsq_err *err);
 void dsq_tok_free(dsq_tok *t);
@@ -113,7 +113,11 @@ dsq_status dsq_tok_utf8_sanitize(const void *p, size_t n, dsq_tok_text *out, dsq
 
 /* ---- V4 chat format (spec §7) ------------------------------------------------------------------ */
 
-typedef enum dsq_chat_role { DSQ_CHAT_ROLE_SYSTEM = 0, DSQ_CHAT_ROLE_USER = 1, DSQ_CHAT_ROLE_ASSISTANT = 2 } dsq_chat_role;
+typedef enum dsq_chat_role {
+    DSQ_CHAT_ROLE_SYSTEM = 0,
+    DSQ_CHAT_ROLE_USER = 1,
+    DSQ_CHAT_ROLE_ASSISTANT = 2
+} dsq_chat_role;
 typedef enum dsq_chat_mode { DSQ_CHAT_MODE_CHAT = 0, DSQ_CHAT_MODE_THINKING = 1 } dsq_chat_mode;
 
 typedef struct dsq_chat_msg {
@@ -122,11 +126,11 @@ typedef struct dsq_chat_msg {
     const char *reasoning; /* assistant turns in thinking mode: the text between <think> and </think>; may be NULL */
 } dsq_chat_msg;
 
-#define DSQ_CHAT_BOS "<｜begin▁of▁sentence｜>"
-#define DSQ_CHAT_EOS "<｜end▁of▁sentence｜>"
-#define DSQ_CHAT_USER "<｜User｜>"
+#define DSQ_CHAT_BOS       "<｜begin▁of▁sentence｜>"
+#define DSQ_CHAT_EOS       "<｜end▁of▁sentence｜>"
+#define DSQ_CHAT_USER      "<｜User｜>"
 #define DSQ_CHAT_ASSISTANT "<｜Assistant｜>"
-#define DSQ_CHAT_THINK "<think>"
+#define DSQ_CHAT_THINK     "<think>"
 #define DSQ_CHAT_THINK_END "</think>"
 
 /* Render a conversation as text and APPEND it to *out:

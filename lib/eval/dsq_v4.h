@@ -49,6 +49,10 @@ const dsq_v4_config *dsq_v4_model_config(const dsq_v4_model *m);
 /* Stored bytes of block b's weights (b < n_layers + n_mtp_layers), and of the global tensors. */
 uint64_t dsq_v4_block_bytes(const dsq_v4_model *m, int b);
 uint64_t dsq_v4_global_bytes(const dsq_v4_model *m);
+/* What one token costs in the main model (MTP excluded): the weight bytes it reads (all non-routed
+ * weights, k routed experts per block at their average size, the head, one embedding row) and the
+ * multiply-adds of its linear layers (attention scores excluded). */
+void dsq_v4_token_cost(const dsq_v4_model *m, uint64_t *weight_bytes, uint64_t *macs);
 /* Page-cache hints for block b's weights. */
 void dsq_v4_block_prefetch(const dsq_v4_model *m, int b);
 void dsq_v4_block_release(const dsq_v4_model *m, int b);

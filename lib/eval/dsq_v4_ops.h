@@ -38,12 +38,7 @@ void dsq_v4_rms_norm(const float *x, const float *w, int64_t n, float eps, bool 
 /* Per-head parameterless norm of spec §4.4 step 1; release uses the bf16 arithmetic of spec §5 row 7. */
 void dsq_v4_head_norm(float *q, int hd, float eps, bool release);
 
-/* ---- block formats of activations (spec §2.5) ---------------------------------------------- */
-/* In-place FP8 e4m3 quantize→dequantize of x[n] in blocks of `block` (last block may be partial).
- * The dequantized value is rounded to bf16 (the "simulation" of spec §2.5). */
-void dsq_v4_fp8_sim(float *x, int64_t n, int block);
-/* In-place FP4 e2m1 simulation in 1×32 blocks, result bf16. */
-void dsq_v4_fp4_sim(float *x, int64_t n);
+/* ---- activation formats: lib/quant (dsq_act_fp8_sim, dsq_act_fp4_sim, dsq_hadamard) ---------- */
 /* In-place Walsh–Hadamard transform of x[n] (n a power of two) scaled by n^-1/2; release → bf16. */
 void dsq_v4_hadamard(float *x, int n, bool release);
 

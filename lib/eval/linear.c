@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "dsq_core.h"
+#include "dsq_codec.h"
 #include "dsq_numeric.h"
 #include "v4_internal.h"
 
@@ -17,6 +18,16 @@
 
 enum { ROW_TILE = 4, TOK_TILE = 3 };
 
+/* UE8M0 byte → 2^(b-127) from the bits (ldexpf goes through a slow libm call); 255 (NaN) is
+ * rejected before weights reach the kernels. */
+static inline float e8m0(uint8_t b) {
+    if (b == 0) return 0x1p-127f;
+    uint32_t u = (uint32_t)b << 23;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
 bool dsq__cpu_has_avx2(void) {
 #ifdef HAVE_X86
     __builtin_cpu_init();
@@ -26,32 +37,40 @@ bool dsq__cpu_has_avx2(void) {
 #endif
 }
 
+#ifdef HAVE_X86
+/* 8 e4m3 codes (one per 32-bit lane) → f32, exactly.  Normal codes get their exponent rebased in the
+ * integer domain; subnormal codes (exponent 0) are m·2^-9.  No denormal f32 operand ever reaches a
+ * multiply (those take a microcode assist of ~100 cycles each). */
+__attribute__((target("avx2,fma"), always_inline)) static inline __m256 e4m3x8(__m256i b) {
+    __m256i mag = _mm256_and_si256(b, _mm256_set1_epi32(0x7f));
+    __m256 normal = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_slli_epi32(mag, 20), _mm256_set1_epi32(120 << 23)));
+    __m256 sub = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(b, _mm256_set1_epi32(7))), _mm256_set1_ps(0x1p-9f));
+    __m256i is_sub = _mm256_cmpeq_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x78)), _mm256_setzero_si256());
+    __m256 f = _mm256_blendv_ps(normal, sub, _mm256_castsi256_ps(is_sub));
+    __m256i sign = _mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x80)), 24);
+    return _mm256_or_ps(f, _mm256_castsi256_ps(sign));
+}
+#endif
+
+#ifdef HAVE_X86
+/* 16 packed e2m1 bytes → 32 values × s in out[0..3] (column order, low nibble first).  The nibble
+ * table holds 2·value as int8 (exact), multiplied by s/2 (exact: a power of two): the same
+ * floats as the LUT path, except that code 8 (-0) gives +0, which changes no sum. */
+__attribute__((target("avx2,fma"), always_inline)) static inline void fp4x32(const uint8_t *p, float s, __m256 out[4]) {
+    const __m128i lut = _mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+    __m128i b = _mm_loadu_si128((const __m128i *)p);
+    __m128i lo = _mm_and_si128(b, _mm_set1_epi8(15)), hi = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(15));
+    __m128i v0 = _mm_shuffle_epi8(lut, _mm_unpacklo_epi8(lo, hi)); /* columns 0..15 */
+    __m128i v1 = _mm_shuffle_epi8(lut, _mm_unpackhi_epi8(lo, hi)); /* columns 16..31 */
+    __m256 hs = _mm256_set1_ps(s * 0.5f);
+    out[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v0)), hs);
+    out[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v0, 8))), hs);
+    out[2] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v1)), hs);
+    out[3] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v1, 8))), hs);
+}
+#endif
+
 /* ---- dequantization --------------------------------------------------------------------------- */
-
-static void dequant_fp8_b128(const dsq_wview *w, uint64_t r, float *out) {
-    uint64_t cols = w->shape[1], nbk = dsq_ceil_div(cols, 128);
-    const uint8_t *codes = w->data + r * cols;
-    for (uint64_t bk = 0; bk < nbk; bk++) {
-        uint64_t si = (r / 128) * nbk + bk;
-        float s = w->enc == DSQ_ENC_FP8_B128 ? dsq_e8m0_to_f32(w->scale[si]) : dsq__ld_f32(w->scale + 4 * si);
-        uint64_t c1 = (bk + 1) * 128 < cols ? (bk + 1) * 128 : cols;
-        for (uint64_t c = bk * 128; c < c1; c++) out[c] = dsq_e4m3_lut[codes[c]] * s;
-    }
-}
-
-static void dequant_mxfp4(const dsq_wview *w, uint64_t r, float *out) {
-    uint64_t cols = w->shape[1], nb = cols / 32;
-    const uint8_t *codes = w->data + r * (cols / 2);
-    const uint8_t *sc = w->scale + r * nb;
-    for (uint64_t b = 0; b < nb; b++) {
-        float s = dsq_e8m0_to_f32(sc[b]);
-        for (uint64_t j = 0; j < 16; j++) {
-            uint8_t byte = codes[b * 16 + j];
-            out[b * 32 + 2 * j] = dsq_e2m1_lut[byte & 15] * s;      /* low nibble = even column */
-            out[b * 32 + 2 * j + 1] = dsq_e2m1_lut[byte >> 4] * s;
-        }
-    }
-}
 
 #ifdef HAVE_X86
 /* AVX2 twins of the row dequantizers: exact conversions, so the same floats as the LUT paths
@@ -59,19 +78,13 @@ static void dequant_mxfp4(const dsq_wview *w, uint64_t r, float *out) {
 __attribute__((target("avx2,fma"))) static void dequant_fp8_b128_avx2(const dsq_wview *w, uint64_t r, float *out) {
     uint64_t cols = w->shape[1], nbk = dsq_ceil_div(cols, 128);
     const uint8_t *codes = w->data + r * cols;
-    const __m256 bias = _mm256_set1_ps(0x1p120f);
-    const __m256i m7f = _mm256_set1_epi32(0x7f), m80 = _mm256_set1_epi32(0x80);
     for (uint64_t bk = 0; bk < nbk; bk++) {
         uint64_t si = (r / 128) * nbk + bk;
-        float s = w->enc == DSQ_ENC_FP8_B128 ? dsq_e8m0_to_f32(w->scale[si]) : dsq__ld_f32(w->scale + 4 * si);
+        float s = w->enc == DSQ_ENC_FP8_B128 ? e8m0(w->scale[si]) : dsq__ld_f32(w->scale + 4 * si);
         __m256 sv = _mm256_set1_ps(s);
         uint64_t c = bk * 128, c1 = (bk + 1) * 128 < cols ? (bk + 1) * 128 : cols;
         for (; c + 8 <= c1; c += 8) {
-            __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(codes + c)));
-            __m256i mag = _mm256_slli_epi32(_mm256_and_si256(b, m7f), 20);
-            __m256i sign = _mm256_slli_epi32(_mm256_and_si256(b, m80), 24);
-            __m256 f = _mm256_mul_ps(_mm256_castsi256_ps(mag), bias); /* e4m3 → f32, subnormals included */
-            f = _mm256_or_ps(f, _mm256_castsi256_ps(sign));
+            __m256 f = e4m3x8(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(codes + c))));
             _mm256_storeu_ps(out + c, _mm256_mul_ps(f, sv));
         }
         for (; c < c1; c++) out[c] = dsq_e4m3_lut[codes[c]] * s;
@@ -80,24 +93,11 @@ __attribute__((target("avx2,fma"))) static void dequant_fp8_b128_avx2(const dsq_
 
 __attribute__((target("avx2,fma"))) static void dequant_mxfp4_avx2(const dsq_wview *w, uint64_t r, float *out) {
     uint64_t cols = w->shape[1], nb = cols / 32;
-    const uint8_t *codes = w->data + r * (cols / 2);
-    const uint8_t *sc = w->scale + r * nb;
-    const __m256 mags = _mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f);
-    const __m128i m15 = _mm_set1_epi32(15);
-    const __m256i m8 = _mm256_set1_epi32(8);
+    const uint8_t *codes = w->data + r * (cols / 2), *sc = w->scale + r * nb;
     for (uint64_t b = 0; b < nb; b++) {
-        __m256 sv = _mm256_set1_ps(dsq_e8m0_to_f32(sc[b]));
-        for (int q = 0; q < 4; q++) { /* 4 bytes → 8 values, low nibble first */
-            uint32_t four;
-            memcpy(&four, codes + b * 16 + (uint64_t)q * 4, 4);
-            __m128i v = _mm_cvtepu8_epi32(_mm_cvtsi32_si128((int)four));
-            __m128i lo = _mm_and_si128(v, m15), hi = _mm_srli_epi32(v, 4);
-            __m256i idx = _mm256_set_m128i(_mm_unpackhi_epi32(lo, hi), _mm_unpacklo_epi32(lo, hi));
-            __m256 f = _mm256_permutevar8x32_ps(mags, idx);
-            __m256i sign = _mm256_slli_epi32(_mm256_and_si256(idx, m8), 28);
-            f = _mm256_or_ps(f, _mm256_castsi256_ps(sign));
-            _mm256_storeu_ps(out + b * 32 + (uint64_t)q * 8, _mm256_mul_ps(f, sv));
-        }
+        __m256 v[4];
+        fp4x32(codes + b * 16, e8m0(sc[b]), v);
+        for (int i = 0; i < 4; i++) _mm256_storeu_ps(out + b * 32 + (uint64_t)i * 8, v[i]);
     }
 }
 
@@ -120,28 +120,23 @@ static void dequant_rows_avx2(const dsq_wview *w, uint64_t row0, uint64_t n, flo
         case DSQ_ENC_FP8_B128:
         case DSQ_ENC_FP8_B128_F32: dequant_fp8_b128_avx2(w, r, o); break;
         case DSQ_ENC_MXFP4: dequant_mxfp4_avx2(w, r, o); break;
-        default: dsq__dequant_rows(w, r, 1, o); break;
+        default: dsq__dequant_rows(w, r, 1, o); break; /* the other codecs: lib/quant */
         }
     }
 }
 #endif
 
+dsq_qtensor dsq__qtensor_of(const dsq_wview *w) {
+    dsq_qtensor q = {w->enc, w->shape[0], w->shape[1], w->group, w->data, w->scale, w->mins, w->tensor_scale};
+    return q;
+}
+
+/* The portable path: lib/quant's decoder (exact for every encoding, so the same values as the AVX2
+ * twins below).  Non-finite checks happen once at model load, not here. */
 void dsq__dequant_rows(const dsq_wview *w, uint64_t row0, uint64_t n, float *out) {
-    uint64_t cols = w->shape[1];
-    for (uint64_t i = 0; i < n; i++) {
-        uint64_t r = row0 + i;
-        float *o = out + i * cols;
-        switch (w->enc) {
-        case DSQ_ENC_F32: memcpy(o, w->data + r * cols * 4, cols * 4); break;
-        case DSQ_ENC_BF16:
-            for (uint64_t c = 0; c < cols; c++) o[c] = dsq_bf16_to_f32(dsq__ld_u16(w->data + 2 * (r * cols + c)));
-            break;
-        case DSQ_ENC_FP8_B128:
-        case DSQ_ENC_FP8_B128_F32: dequant_fp8_b128(w, r, o); break;
-        case DSQ_ENC_MXFP4: dequant_mxfp4(w, r, o); break;
-        default: memset(o, 0, cols * 4); break; /* rejected at model load */
-        }
-    }
+    dsq_qtensor q = dsq__qtensor_of(w);
+    dsq_codec_options o = {true, w->name, DSQ_ISA_SCALAR};
+    (void)dsq_codec_decode(&q, row0, n, out, &o, NULL); /* descriptor validated at load */
 }
 
 /* ---- dot products ------------------------------------------------------------------------------ */
@@ -171,36 +166,140 @@ __attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const 
     return s;
 }
 
-/* ROW_TILE rows × TOK_TILE tokens; each (row, token) pair keeps its own lane accumulator, so the
- * result does not depend on the tiling. */
-__attribute__((target("avx2,fma"))) static void tile_avx2(const float *w, size_t ldw, int nr, const float *x,
-                                                          size_t ldx, int nt, size_t n, float *y, size_t ldy) {
-    if (nr != ROW_TILE || nt != TOK_TILE) {
-        for (int t = 0; t < nt; t++)
-            for (int r = 0; r < nr; r++) y[t * ldy + r] = dot_avx2(w + r * ldw, x + t * ldx, n);
-        return;
-    }
-    __m256 acc[ROW_TILE][TOK_TILE];
-    for (int r = 0; r < ROW_TILE; r++)
-        for (int t = 0; t < TOK_TILE; t++) acc[r][t] = _mm256_setzero_ps();
+/* ROW_TILE (4) rows × 3 tokens with twelve named accumulators (arrays of __m256 get spilled to the
+ * stack); each (row, token) pair keeps its own lane accumulator, so the result does not depend on
+ * the tiling. */
+__attribute__((target("avx2,fma"))) static void tile4x3_avx2(const float *w, size_t ldw, const float *x, size_t ldx,
+                                                             size_t n, float *y, size_t ldy) {
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a10 = a00, a11 = a00, a12 = a00;
+    __m256 a20 = a00, a21 = a00, a22 = a00, a30 = a00, a31 = a00, a32 = a00;
+    const float *w0 = w, *w1 = w + ldw, *w2 = w + 2 * ldw, *w3 = w + 3 * ldw;
+    const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx;
     size_t k = 0;
     for (; k + 8 <= n; k += 8) {
-        __m256 xv[TOK_TILE];
-        for (int t = 0; t < TOK_TILE; t++) xv[t] = _mm256_loadu_ps(x + t * ldx + k);
-        for (int r = 0; r < ROW_TILE; r++) {
-            __m256 wv = _mm256_loadu_ps(w + r * ldw + k);
-            for (int t = 0; t < TOK_TILE; t++) acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
-        }
+        __m256 v0 = _mm256_loadu_ps(x0 + k), v1 = _mm256_loadu_ps(x1 + k), v2 = _mm256_loadu_ps(x2 + k), wv;
+        wv = _mm256_loadu_ps(w0 + k);
+        a00 = _mm256_fmadd_ps(wv, v0, a00), a01 = _mm256_fmadd_ps(wv, v1, a01), a02 = _mm256_fmadd_ps(wv, v2, a02);
+        wv = _mm256_loadu_ps(w1 + k);
+        a10 = _mm256_fmadd_ps(wv, v0, a10), a11 = _mm256_fmadd_ps(wv, v1, a11), a12 = _mm256_fmadd_ps(wv, v2, a12);
+        wv = _mm256_loadu_ps(w2 + k);
+        a20 = _mm256_fmadd_ps(wv, v0, a20), a21 = _mm256_fmadd_ps(wv, v1, a21), a22 = _mm256_fmadd_ps(wv, v2, a22);
+        wv = _mm256_loadu_ps(w3 + k);
+        a30 = _mm256_fmadd_ps(wv, v0, a30), a31 = _mm256_fmadd_ps(wv, v1, a31), a32 = _mm256_fmadd_ps(wv, v2, a32);
     }
-    for (int r = 0; r < ROW_TILE; r++)
-        for (int t = 0; t < TOK_TILE; t++) {
+    __m256 acc[12] = {a00, a01, a02, a10, a11, a12, a20, a21, a22, a30, a31, a32};
+    for (int r = 0; r < 4; r++)
+        for (int t = 0; t < 3; t++) {
             float l[8];
-            _mm256_storeu_ps(l, acc[r][t]);
+            _mm256_storeu_ps(l, acc[r * 3 + t]);
             float s = hsum8(l);
             const float *wr = w + r * ldw, *xt = x + t * ldx;
             for (size_t kk = k; kk < n; kk++) s = fmaf(wr[kk], xt[kk], s);
             y[t * ldy + r] = s;
         }
+}
+
+__attribute__((target("avx2,fma"))) static void tile_avx2(const float *w, size_t ldw, int nr, const float *x,
+                                                          size_t ldx, int nt, size_t n, float *y, size_t ldy) {
+    if (nr == ROW_TILE && nt == TOK_TILE) {
+        tile4x3_avx2(w, ldw, x, ldx, n, y, ldy);
+        return;
+    }
+    for (int t = 0; t < nt; t++)
+        for (int r = 0; r < nr; r++) y[t * ldy + r] = dot_avx2(w + r * ldw, x + t * ldx, n);
+}
+#endif
+
+#ifdef HAVE_X86
+/* One token (decode): ROW_TILE rows dequantized in registers and reduced at once, no scratch.
+ * Same weight values and the same per-lane FMA order as dequantize-then-dot, so the same bits. */
+__attribute__((target("avx2,fma"), always_inline)) static inline __m256 wvec(const dsq_wview *w, uint64_t r, uint64_t c) {
+    uint64_t cols = w->shape[1];
+    switch (w->enc) {
+    case DSQ_ENC_F32: return _mm256_loadu_ps((const float *)(const void *)(w->data + 4 * (r * cols + c)));
+    case DSQ_ENC_BF16: {
+        __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w->data + 2 * (r * cols + c))));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+    }
+    case DSQ_ENC_FP8_B128:
+    case DSQ_ENC_FP8_B128_F32: {
+        uint64_t si = (r / 128) * dsq_ceil_div(cols, 128) + c / 128;
+        float s = w->enc == DSQ_ENC_FP8_B128 ? e8m0(w->scale[si]) : dsq__ld_f32(w->scale + 4 * si);
+        __m256 f = e4m3x8(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(w->data + r * cols + c))));
+        return _mm256_mul_ps(f, _mm256_set1_ps(s));
+    }
+    default: { /* MXFP4 */
+        const __m256 mags = _mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f);
+        uint32_t four;
+        memcpy(&four, w->data + r * (cols / 2) + c / 2, 4);
+        __m128i v = _mm_cvtepu8_epi32(_mm_cvtsi32_si128((int)four));
+        __m128i lo = _mm_and_si128(v, _mm_set1_epi32(15)), hi = _mm_srli_epi32(v, 4);
+        __m256i idx = _mm256_set_m128i(_mm_unpackhi_epi32(lo, hi), _mm_unpacklo_epi32(lo, hi));
+        __m256 f = _mm256_permutevar8x32_ps(mags, idx);
+        __m256i sign = _mm256_slli_epi32(_mm256_and_si256(idx, _mm256_set1_epi32(8)), 28);
+        f = _mm256_or_ps(f, _mm256_castsi256_ps(sign));
+        return _mm256_mul_ps(f, _mm256_set1_ps(e8m0(w->scale[r * (cols / 32) + c / 32])));
+    }
+    }
+}
+
+#define FUSED_BODY()                                                                                               \
+    do {                                                                                                           \
+        for (uint64_t c = 0; c < cols; c += 8) {                                                                  \
+            __m256 xv = _mm256_loadu_ps(x + c);                                                                    \
+            a0 = _mm256_fmadd_ps(wvec(&we, r0, c), xv, a0);                                                        \
+            a1 = _mm256_fmadd_ps(wvec(&we, r0 + 1, c), xv, a1);                                                    \
+            a2 = _mm256_fmadd_ps(wvec(&we, r0 + 2, c), xv, a2);                                                    \
+            a3 = _mm256_fmadd_ps(wvec(&we, r0 + 3, c), xv, a3);                                                    \
+        }                                                                                                          \
+    } while (0)
+
+__attribute__((target("avx2,fma"))) static void fused1_avx2(const dsq_wview *w, uint64_t r0, const float *x, float *y) {
+    uint64_t cols = w->shape[1];
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0; /* ROW_TILE = 4 chains, kept in registers */
+    dsq_wview we = *w;
+    /* one loop per encoding so wvec's switch folds away */
+    switch (w->enc) {
+    case DSQ_ENC_F32: we.enc = DSQ_ENC_F32; FUSED_BODY(); break;
+    case DSQ_ENC_BF16: we.enc = DSQ_ENC_BF16; FUSED_BODY(); break;
+    case DSQ_ENC_FP8_B128: we.enc = DSQ_ENC_FP8_B128; FUSED_BODY(); break;
+    case DSQ_ENC_FP8_B128_F32: we.enc = DSQ_ENC_FP8_B128_F32; FUSED_BODY(); break;
+    default: { /* MXFP4: 32 columns per scale byte */
+        uint64_t nb = cols / 32;
+        const uint8_t *c0 = w->data + r0 * (cols / 2), *s0 = w->scale + r0 * nb;
+#define FP4_ROW(r, acc)                                                                                            \
+    do {                                                                                                           \
+        __m256 v[4];                                                                                               \
+        fp4x32(c0 + (uint64_t)(r) * (cols / 2) + b * 16, e8m0(s0[(uint64_t)(r) * nb + b]), v);                     \
+        acc = _mm256_fmadd_ps(v[0], x0, acc);                                                                      \
+        acc = _mm256_fmadd_ps(v[1], x1, acc);                                                                      \
+        acc = _mm256_fmadd_ps(v[2], x2, acc);                                                                      \
+        acc = _mm256_fmadd_ps(v[3], x3, acc);                                                                      \
+    } while (0)
+        for (uint64_t b = 0; b < nb; b++) {
+            __m256 x0 = _mm256_loadu_ps(x + b * 32), x1 = _mm256_loadu_ps(x + b * 32 + 8);
+            __m256 x2 = _mm256_loadu_ps(x + b * 32 + 16), x3 = _mm256_loadu_ps(x + b * 32 + 24);
+            FP4_ROW(0, a0);
+            FP4_ROW(1, a1);
+            FP4_ROW(2, a2);
+            FP4_ROW(3, a3);
+        }
+#undef FP4_ROW
+        break;
+    }
+    }
+    __m256 acc[4] = {a0, a1, a2, a3};
+    for (int r = 0; r < ROW_TILE; r++) {
+        float l[8];
+        _mm256_storeu_ps(l, acc[r]);
+        y[r] = hsum8(l);
+    }
+}
+#undef FUSED_BODY
+
+static bool fusable(const dsq_wview *w) {
+    return w->shape[1] % 8 == 0 && (w->enc == DSQ_ENC_F32 || w->enc == DSQ_ENC_BF16 || w->enc == DSQ_ENC_FP8_B128 ||
+                                     w->enc == DSQ_ENC_FP8_B128_F32 || w->enc == DSQ_ENC_MXFP4);
 }
 #endif
 
@@ -227,9 +326,14 @@ dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, ui
     double work = (double)n_rows * (double)cols * (double)(n_tok > 0 ? n_tok : 1);
     int nt = work < 65536.0 ? 1 : k->threads;
     bool avx2 = k->avx2, failed = false;
+    bool fused = false;
+#ifdef HAVE_X86
+    fused = avx2 && n_tok == 1 && fusable(w);
+#endif
 #pragma omp parallel num_threads(nt)
     {
-        float *buf = dsq_malloc_aligned(sizeof(float) * ROW_TILE * cols);
+        /* the fused one-token path needs no scratch except for a last partial tile */
+        float *buf = dsq_malloc_aligned(sizeof(float) * ROW_TILE * (fused && n_rows % ROW_TILE == 0 ? 1 : cols));
         if (!buf) {
 #pragma omp atomic write
             failed = true;
@@ -239,6 +343,12 @@ dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, ui
             if (!buf) continue;
             uint64_t r0 = (uint64_t)tile * ROW_TILE;
             int nr = (int)(n_rows - r0 < ROW_TILE ? n_rows - r0 : ROW_TILE);
+#ifdef HAVE_X86
+            if (avx2 && fused && nr == ROW_TILE) {
+                fused1_avx2(w, row0 + r0, x, y + r0);
+                continue;
+            }
+#endif
 #ifdef HAVE_X86
             if (avx2) dequant_rows_avx2(w, row0 + r0, (uint64_t)nr, buf);
             else
@@ -261,4 +371,18 @@ dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, ui
     }
     if (failed) return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: no memory for a %zu-column dequantization tile", w->name, cols);
     return DSQ_OK;
+}
+
+void dsq__fp8_linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, uint64_t n_rows, const float *q,
+                     const float *sa, int64_t n_tok, float *y, size_t ldy) {
+    dsq_qtensor qt = dsq__qtensor_of(w);
+    dsq_isa isa = k->avx2 ? DSQ_ISA_AUTO : DSQ_ISA_SCALAR;
+    enum { CHUNK = 16 };
+    int64_t n_chunks = (int64_t)dsq_ceil_div(n_rows, CHUNK);
+    double work = (double)n_rows * (double)w->shape[1] * (double)(n_tok > 0 ? n_tok : 1);
+#pragma omp parallel for num_threads(work < 65536.0 ? 1 : k->threads) schedule(static)
+    for (int64_t c = 0; c < n_chunks; c++) {
+        uint64_t r0 = (uint64_t)c * CHUNK, nr = n_rows - r0 < CHUNK ? n_rows - r0 : CHUNK;
+        dsq_codec_fp8_linear_rows_isa(&qt, q, sa, (uint64_t)n_tok, row0 + r0, nr, y + r0, ldy, isa);
+    }
 }

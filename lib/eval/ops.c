@@ -4,6 +4,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "dsq_codec.h"
 #include "dsq_numeric.h"
 #include "dsq_v4_ops.h"
 #include "v4_internal.h"
@@ -130,37 +131,9 @@ void dsq_v4_head_norm(float *q, int hd, float eps, bool release) {
 
 /* ---- block formats ------------------------------------------------------------------------------- */
 
-void dsq_v4_fp8_sim(float *x, int64_t n, int block) {
-    for (int64_t b0 = 0; b0 < n; b0 += block) {
-        int64_t e = b0 + block < n ? b0 + block : n;
-        float amax = 0;
-        for (int64_t i = b0; i < e; i++) amax = fmaxf(amax, fabsf(x[i]));
-        float s = dsq_e8m0_to_f32(dsq_fp8_scale_e8m0(amax));
-        for (int64_t i = b0; i < e; i++)
-            x[i] = dsq_bf16_round(dsq_e4m3_to_f32(dsq_e4m3_from_f32(x[i] / s)) * s);
-    }
-}
-
-void dsq_v4_fp4_sim(float *x, int64_t n) {
-    for (int64_t b0 = 0; b0 < n; b0 += DSQ_FP4_BLOCK) {
-        int64_t e = b0 + DSQ_FP4_BLOCK < n ? b0 + DSQ_FP4_BLOCK : n;
-        float amax = 0;
-        for (int64_t i = b0; i < e; i++) amax = fmaxf(amax, fabsf(x[i]));
-        float s = dsq_e8m0_to_f32(dsq_fp4_scale_e8m0(amax));
-        for (int64_t i = b0; i < e; i++) x[i] = dsq_bf16_round(dsq_e2m1_to_f32(dsq_e2m1_from_f32(x[i] / s)) * s);
-    }
-}
-
 void dsq_v4_hadamard(float *x, int n, bool release) {
-    for (int h = 1; h < n; h *= 2)
-        for (int i = 0; i < n; i += 2 * h)
-            for (int j = i; j < i + h; j++) {
-                float a = x[j], b = x[j + h];
-                x[j] = a + b;
-                x[j + h] = a - b;
-            }
-    float s = 1.0f / sqrtf((float)n);
-    for (int i = 0; i < n; i++) x[i] = rnd(x[i] * s, release);
+    dsq_hadamard(x, (uint64_t)n);
+    if (release) dsq_v4_round_bf16(x, n);
 }
 
 /* ---- sparse attention ------------------------------------------------------------------------------ */

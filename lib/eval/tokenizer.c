@@ -114,14 +114,22 @@ static size_t utf8_next(const uint8_t *p, size_t n, uint32_t *cp) {
     }
     size_t need;
     uint8_t lo = 0x80, hi = 0xBF;
-    if (b >= 0xC2 && b <= 0xDF) need = 1;
-    else if (b == 0xE0) need = 2, lo = 0xA0;
-    else if ((b >= 0xE1 && b <= 0xEC) || b == 0xEE || b == 0xEF) need = 2;
-    else if (b == 0xED) need = 2, hi = 0x9F;
-    else if (b == 0xF0) need = 3, lo = 0x90;
-    else if (b >= 0xF1 && b <= 0xF3) need = 3;
-    else if (b == 0xF4) need = 3, hi = 0x8F;
-    else return 0;
+    if (b >= 0xC2 && b <= 0xDF)
+        need = 1;
+    else if (b == 0xE0)
+        need = 2, lo = 0xA0;
+    else if ((b >= 0xE1 && b <= 0xEC) || b == 0xEE || b == 0xEF)
+        need = 2;
+    else if (b == 0xED)
+        need = 2, hi = 0x9F;
+    else if (b == 0xF0)
+        need = 3, lo = 0x90;
+    else if (b >= 0xF1 && b <= 0xF3)
+        need = 3;
+    else if (b == 0xF4)
+        need = 3, hi = 0x8F;
+    else
+        return 0;
     if (n < need + 1) return 0;
     uint32_t c = b & (0x3F >> need);
     for (size_t k = 1; k <= need; k++) {
@@ -138,7 +146,8 @@ static bool js_space(uint32_t c) {
     return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) ||
            c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000 || c == 0xFEFF;
 }
-#define JS_SPACE_CLASS "\\t\\n\\x0b\\f\\r \\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}\\x{202f}\\x{205f}\\x{3000}\\x{feff}"
+#define JS_SPACE_CLASS                                                                                                 \
+    "\\t\\n\\x0b\\f\\r \\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}\\x{202f}\\x{205f}\\x{3000}\\x{feff}"
 
 dsq_status dsq_tok_text_append(dsq_tok_text *s, const void *p, size_t n, dsq_err *err) {
     uint64_t need;
@@ -148,7 +157,9 @@ dsq_status dsq_tok_text_append(dsq_tok_text *s, const void *p, size_t n, dsq_err
         uint64_t cap = s->cap ? s->cap : 64;
         while (cap < need) cap *= 2;
         char *d = dsq_realloc(s->data, (size_t)cap);
-        if (!d) return dsq_err_set(err, DSQ_ERR_NOMEM, "tokenizer: out of memory for %llu bytes of text", (unsigned long long)cap);
+        if (!d)
+            return dsq_err_set(err, DSQ_ERR_NOMEM, "tokenizer: out of memory for %llu bytes of text",
+                               (unsigned long long)cap);
         s->data = d;
         s->cap = (size_t)cap;
     }
@@ -173,7 +184,8 @@ void dsq_tok_ids_free(dsq_tok_ids *v) {
 static dsq_status ids_push(dsq_tok_ids *v, int32_t id, dsq_err *err) {
     if (v->n == v->cap) {
         size_t cap = v->cap ? v->cap * 2 : 256;
-        if (cap > SIZE_MAX / sizeof(int32_t)) return dsq_err_set(err, DSQ_ERR_OVERFLOW, "tokenizer: id array overflows");
+        if (cap > SIZE_MAX / sizeof(int32_t))
+            return dsq_err_set(err, DSQ_ERR_OVERFLOW, "tokenizer: id array overflows");
         int32_t *d = dsq_realloc(v->ids, cap * sizeof(int32_t));
         if (!d) return dsq_err_set(err, DSQ_ERR_NOMEM, "tokenizer: out of memory for %zu ids", cap);
         v->ids = d;
@@ -214,13 +226,20 @@ dsq_status dsq_tok_utf8_sanitize(const void *src, size_t n, dsq_tok_text *out, d
         uint8_t b = p[i];
         size_t need = 0;
         uint8_t lo = 0x80, hi = 0xBF;
-        if (b >= 0xC2 && b <= 0xDF) need = 1;
-        else if (b == 0xE0) need = 2, lo = 0xA0;
-        else if ((b >= 0xE1 && b <= 0xEC) || b == 0xEE || b == 0xEF) need = 2;
-        else if (b == 0xED) need = 2, hi = 0x9F;
-        else if (b == 0xF0) need = 3, lo = 0x90;
-        else if (b >= 0xF1 && b <= 0xF3) need = 3;
-        else if (b == 0xF4) need = 3, hi = 0x8F;
+        if (b >= 0xC2 && b <= 0xDF)
+            need = 1;
+        else if (b == 0xE0)
+            need = 2, lo = 0xA0;
+        else if ((b >= 0xE1 && b <= 0xEC) || b == 0xEE || b == 0xEF)
+            need = 2;
+        else if (b == 0xED)
+            need = 2, hi = 0x9F;
+        else if (b == 0xF0)
+            need = 3, lo = 0x90;
+        else if (b >= 0xF1 && b <= 0xF3)
+            need = 3;
+        else if (b == 0xF4)
+            need = 3, hi = 0x8F;
         size_t j = i + 1;
         for (size_t k = 0; k < need && j < n && p[j] >= lo && p[j] <= hi; k++, j++) lo = 0x80, hi = 0xBF;
         DSQ_TRY(dsq_tok_text_append(out, repl, 3, err));
@@ -299,7 +318,8 @@ static dsq_status trie_insert(dsq_tok *t, const uint8_t *p, size_t n, int32_t ad
         node = c;
     }
     if (t->trie[node].added != TRIE_NONE)
-        return dsq_err_set(err, DSQ_ERR_DUPLICATE, "%s: added token \"%.*s\" appears twice", what, (int)n, (const char *)p);
+        return dsq_err_set(err, DSQ_ERR_DUPLICATE, "%s: added token \"%.*s\" appears twice", what, (int)n,
+                           (const char *)p);
     t->trie[node].added = added;
     return DSQ_OK;
 }
@@ -388,12 +408,16 @@ static dsq_status translate_regex(const char *src, dsq_tok_text *out, const char
         char tmp[2] = {p[0], 0};
         if (*p == '\\' && p[1]) {
             char c = p[1];
-            if (c == 's') rep = in_class ? JS_SPACE_CLASS : "[" JS_SPACE_CLASS "]";
-            else if (c == 'd') rep = in_class ? "0-9" : "[0-9]";
-            else if (c == 'w') rep = in_class ? "A-Za-z0-9_" : "[A-Za-z0-9_]";
+            if (c == 's')
+                rep = in_class ? JS_SPACE_CLASS : "[" JS_SPACE_CLASS "]";
+            else if (c == 'd')
+                rep = in_class ? "0-9" : "[0-9]";
+            else if (c == 'w')
+                rep = in_class ? "A-Za-z0-9_" : "[A-Za-z0-9_]";
             else if (c == 'S' || c == 'D' || c == 'W') {
                 if (in_class)
-                    return dsq_err_set(err, DSQ_ERR_UNSUPPORTED, "%s: regex uses \\%c inside a character class", what, c);
+                    return dsq_err_set(err, DSQ_ERR_UNSUPPORTED, "%s: regex uses \\%c inside a character class", what,
+                                       c);
                 rep = c == 'S' ? "[^" JS_SPACE_CLASS "]" : c == 'D' ? "[^0-9]" : "[^A-Za-z0-9_]";
             }
             if (rep) {
@@ -409,7 +433,8 @@ static dsq_status translate_regex(const char *src, dsq_tok_text *out, const char
             DSQ_TRY(dsq_tok_text_append(out, p, 1, err));
             if (p[1] == '^') DSQ_TRY(dsq_tok_text_append(out, ++p, 1, err));
             if (p[1] == ']' || p[1] == '[')
-                return dsq_err_set(err, DSQ_ERR_UNSUPPORTED, "%s: regex class starting with '%c' reads differently in JavaScript", what, p[1]);
+                return dsq_err_set(err, DSQ_ERR_UNSUPPORTED,
+                                   "%s: regex class starting with '%c' reads differently in JavaScript", what, p[1]);
             continue;
         }
         if (in_class && *p == ']') in_class = false;
@@ -431,8 +456,8 @@ static dsq_status compile_stage(dsq_tok *t, stage_kind kind, const char *pattern
         return DSQ_OK;
     }
     dsq_tok_text pat = {0};
-    dsq_status st = literal ? dsq_tok_text_append(&pat, pattern, strlen(pattern), err)
-                            : translate_regex(pattern, &pat, what, err);
+    dsq_status st =
+        literal ? dsq_tok_text_append(&pat, pattern, strlen(pattern), err) : translate_regex(pattern, &pat, what, err);
     if (st != DSQ_OK) {
         dsq_tok_text_free(&pat);
         return st;
@@ -450,9 +475,10 @@ static dsq_status compile_stage(dsq_tok *t, stage_kind kind, const char *pattern
     if (!s->re) {
         PCRE2_UCHAR msg[160];
         pcre2_get_error_message(ecode, msg, sizeof msg);
-        st = dsq_err_set(err, ecode == PCRE2_ERROR_NOMEMORY || ecode == PCRE2_ERROR_HEAP_FAILED ? DSQ_ERR_NOMEM : DSQ_ERR_FORMAT,
-                         "%s: pre-tokenizer regex \"%s\" does not compile at offset %zu: %s", what, pattern,
-                         (size_t)eoff, (const char *)msg);
+        st = dsq_err_set(
+            err, ecode == PCRE2_ERROR_NOMEMORY || ecode == PCRE2_ERROR_HEAP_FAILED ? DSQ_ERR_NOMEM : DSQ_ERR_FORMAT,
+            "%s: pre-tokenizer regex \"%s\" does not compile at offset %zu: %s", what, pattern, (size_t)eoff,
+            (const char *)msg);
         dsq_tok_text_free(&pat);
         return st;
     }
@@ -502,7 +528,8 @@ static dsq_status load_pipeline(dsq_tok *t, const cJSON *root, const char *what,
     if (json_is(pre, "type", "ByteLevel")) return load_byte_level(t, pre, what, err);
     const cJSON *list = cJSON_GetObjectItemCaseSensitive(pre, "pretokenizers");
     if (!json_is(pre, "type", "Sequence") || !cJSON_IsArray(list))
-        return dsq_err_set(err, DSQ_ERR_UNSUPPORTED, "%s: pre_tokenizer must be ByteLevel or a Sequence ending in ByteLevel", what);
+        return dsq_err_set(err, DSQ_ERR_UNSUPPORTED,
+                           "%s: pre_tokenizer must be ByteLevel or a Sequence ending in ByteLevel", what);
     int n = cJSON_GetArraySize(list), i = 0;
     for (const cJSON *it = list->child; it; it = it->next, i++) {
         if (json_is(it, "type", "Split")) {
@@ -510,7 +537,8 @@ static dsq_status load_pipeline(dsq_tok *t, const cJSON *root, const char *what,
         } else if (json_is(it, "type", "ByteLevel") && i == n - 1) {
             return load_byte_level(t, it, what, err);
         } else {
-            return dsq_err_set(err, DSQ_ERR_UNSUPPORTED, "%s: pre-tokenizer %d is neither Split nor a final ByteLevel", what, i);
+            return dsq_err_set(err, DSQ_ERR_UNSUPPORTED, "%s: pre-tokenizer %d is neither Split nor a final ByteLevel",
+                               what, i);
         }
     }
     return dsq_err_set(err, DSQ_ERR_UNSUPPORTED, "%s: pre-tokenizer Sequence does not end in ByteLevel", what);
@@ -532,9 +560,12 @@ static const struct {
     int32_t id;
 } v4_specials[] = {
     /* spec §7: V4 adds these above the V3 file's 128814. */
-    {"<think>", 128821},         {"</think>", 128822},       {"｜DSML｜", 128825},         {"<｜latest_reminder｜>", 128828},
-    {"<｜action｜>", 128829},     {"<｜query｜>", 128830},     {"<｜authority｜>", 128831},  {"<｜domain｜>", 128832},
-    {"<｜title｜>", 128836},      {"<｜extracted_url｜>", 128844}, {"<｜read_url｜>", 128845},
+    {"<think>", 128821},         {"</think>", 128822},
+    {"｜DSML｜", 128825},        {"<｜latest_reminder｜>", 128828},
+    {"<｜action｜>", 128829},    {"<｜query｜>", 128830},
+    {"<｜authority｜>", 128831}, {"<｜domain｜>", 128832},
+    {"<｜title｜>", 128836},     {"<｜extracted_url｜>", 128844},
+    {"<｜read_url｜>", 128845},
 };
 enum { N_V4_SPECIALS = sizeof v4_specials / sizeof v4_specials[0] };
 
@@ -581,25 +612,28 @@ static dsq_status load_added(dsq_tok *t, const cJSON *added, const bool *extra, 
 }
 
 /* Which V4 specials must be added; fails when one conflicts with the file's tokens. */
-static dsq_status plan_v4_specials(const cJSON *vocab, const cJSON *added, bool *extra, const char *what, dsq_err *err) {
+static dsq_status plan_v4_specials(const cJSON *vocab, const cJSON *added, bool *extra, const char *what,
+                                   dsq_err *err) {
     for (int k = 0; k < N_V4_SPECIALS; k++) {
         extra[k] = true;
         for (const cJSON *it = added ? added->child : NULL; it; it = it->next) {
             const cJSON *c = cJSON_GetObjectItemCaseSensitive(it, "content");
             uint64_t id;
             bool same_content = cJSON_IsString(c) && strcmp(c->valuestring, v4_specials[k].content) == 0;
-            bool same_id = dsq_json_u64(cJSON_GetObjectItemCaseSensitive(it, "id"), &id) && id == (uint64_t)v4_specials[k].id;
-            if (same_content && same_id) extra[k] = false;
+            bool same_id =
+                dsq_json_u64(cJSON_GetObjectItemCaseSensitive(it, "id"), &id) && id == (uint64_t)v4_specials[k].id;
+            if (same_content && same_id)
+                extra[k] = false;
             else if (same_content || same_id)
-                return dsq_err_set(err, DSQ_ERR_DUPLICATE, "%s: V4 special token %s (id %d) conflicts with added token \"%s\"",
-                                   what, v4_specials[k].content, (int)v4_specials[k].id,
-                                   cJSON_IsString(c) ? c->valuestring : "?");
+                return dsq_err_set(
+                    err, DSQ_ERR_DUPLICATE, "%s: V4 special token %s (id %d) conflicts with added token \"%s\"", what,
+                    v4_specials[k].content, (int)v4_specials[k].id, cJSON_IsString(c) ? c->valuestring : "?");
         }
         for (const cJSON *it = vocab->child; extra[k] && it; it = it->next) {
             uint64_t id;
             if (dsq_json_u64(it, &id) && id == (uint64_t)v4_specials[k].id)
-                return dsq_err_set(err, DSQ_ERR_DUPLICATE, "%s: V4 special token %s: id %d is vocabulary entry \"%s\"", what,
-                                   v4_specials[k].content, (int)v4_specials[k].id, it->string);
+                return dsq_err_set(err, DSQ_ERR_DUPLICATE, "%s: V4 special token %s: id %d is vocabulary entry \"%s\"",
+                                   what, v4_specials[k].content, (int)v4_specials[k].id, it->string);
         }
     }
     return DSQ_OK;
@@ -620,7 +654,8 @@ static bool merge_parts(const dsq_tok *t, const cJSON *m, uint32_t rank, dsq_tok
         b = sp + 1;
         const char *sp2 = strchr(b, ' ');
         nb = sp2 ? (size_t)(sp2 - b) : strlen(b);
-    } else if (cJSON_IsArray(m) && cJSON_GetArraySize(m) == 2 && cJSON_IsString(m->child) && cJSON_IsString(m->child->next)) {
+    } else if (cJSON_IsArray(m) && cJSON_GetArraySize(m) == 2 && cJSON_IsString(m->child) &&
+               cJSON_IsString(m->child->next)) {
         a = m->child->valuestring, na = strlen(a);
         b = m->child->next->valuestring, nb = strlen(b);
     } else {
@@ -644,7 +679,8 @@ static bool merge_parts(const dsq_tok *t, const cJSON *m, uint32_t rank, dsq_tok
     return true;
 }
 
-static dsq_status load_model(dsq_tok *t, const cJSON *root, const dsq_tok_options *opt, const char *what, dsq_err *err) {
+static dsq_status load_model(dsq_tok *t, const cJSON *root, const dsq_tok_options *opt, const char *what,
+                             dsq_err *err) {
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
     const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
@@ -673,7 +709,8 @@ static dsq_status load_model(dsq_tok *t, const cJSON *root, const dsq_tok_option
     }
     for (const cJSON *it = added ? added->child : NULL; it; it = it->next) {
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(it, "content");
-        DSQ_TRY(read_id(cJSON_GetObjectItemCaseSensitive(it, "id"), what, cJSON_IsString(c) ? c->valuestring : "?", &id, err));
+        DSQ_TRY(read_id(cJSON_GetObjectItemCaseSensitive(it, "id"), what, cJSON_IsString(c) ? c->valuestring : "?", &id,
+                        err));
         if (id > max_id) max_id = id;
     }
     for (int k = 0; k < N_V4_SPECIALS; k++)
@@ -690,7 +727,8 @@ static dsq_status load_model(dsq_tok *t, const cJSON *root, const dsq_tok_option
     for (const cJSON *it = vocab->child; st == DSQ_OK && it; it = it->next) {
         read_id(it, what, it->string, &id, NULL);
         if (t->flags[id]) {
-            st = dsq_err_set(err, DSQ_ERR_DUPLICATE, "%s: vocabulary entry \"%s\" reuses id %d", what, it->string, (int)id);
+            st = dsq_err_set(err, DSQ_ERR_DUPLICATE, "%s: vocabulary entry \"%s\" reuses id %d", what, it->string,
+                             (int)id);
             break;
         }
         scratch.len = 0;
@@ -699,7 +737,8 @@ static dsq_status load_model(dsq_tok *t, const cJSON *root, const dsq_tok_option
         if (st != DSQ_OK) break;
         /* An entry outside the byte-level alphabet (ids 0-2 of DeepSeek's file) can never come out of
          * BPE; it keeps its text as its piece and stays out of the lookup table. */
-        st = clean ? add_piece(t, &arena, id, scratch.data, scratch.len, what, err) : add_piece(t, &arena, id, it->string, len, what, err);
+        st = clean ? add_piece(t, &arena, id, scratch.data, scratch.len, what, err)
+                   : add_piece(t, &arena, id, it->string, len, what, err);
         t->pieces = arena.data; /* the table reads pieces back */
         t->flags[id] = TOK_PRESENT;
         if (st == DSQ_OK && clean) {
@@ -727,8 +766,10 @@ static dsq_status load_model(dsq_tok *t, const cJSON *root, const dsq_tok_option
     if (st == DSQ_OK) {
         t->merge_mask = table_size(n_merges) - 1;
         t->merges = dsq_malloc((t->merge_mask + 1) * sizeof *t->merges);
-        if (!t->merges) st = dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory for %zu merges", what, n_merges);
-        else memset(t->merges, 0xFF, (t->merge_mask + 1) * sizeof *t->merges);
+        if (!t->merges)
+            st = dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory for %zu merges", what, n_merges);
+        else
+            memset(t->merges, 0xFF, (t->merge_mask + 1) * sizeof *t->merges);
     }
     uint32_t rank = 0;
     for (const cJSON *it = merges->child; st == DSQ_OK && it; it = it->next, rank++) {
@@ -773,7 +814,8 @@ dsq_status dsq_tok_load_json(const char *json, size_t len, const char *what, con
     t->gctx = pcre2_general_context_create(pcre_alloc, pcre_free, NULL);
     t->cap_trie = 64;
     t->trie = dsq_malloc(t->cap_trie * sizeof *t->trie);
-    if (!t->gctx || !t->trie) st = dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", what);
+    if (!t->gctx || !t->trie)
+        st = dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", what);
     else {
         t->trie[0] = (trie_node){TRIE_NONE, TRIE_NONE, TRIE_NONE, 0};
         t->n_trie = 1;
@@ -861,7 +903,8 @@ typedef struct encoder {
 static dsq_status heap_push(encoder *e, uint64_t key, int32_t left, int32_t right) {
     if (e->heap_n == e->heap_cap) {
         size_t cap = e->heap_cap ? e->heap_cap * 2 : 256;
-        if (cap > SIZE_MAX / sizeof(heap_entry)) return dsq_err_set(e->err, DSQ_ERR_OVERFLOW, "tokenizer: BPE heap overflows");
+        if (cap > SIZE_MAX / sizeof(heap_entry))
+            return dsq_err_set(e->err, DSQ_ERR_OVERFLOW, "tokenizer: BPE heap overflows");
         heap_entry *h = dsq_realloc(e->heap, cap * sizeof *h);
         if (!h) return dsq_err_set(e->err, DSQ_ERR_NOMEM, "tokenizer: out of memory for the BPE heap");
         e->heap = h;
@@ -1012,7 +1055,8 @@ static dsq_status bpe_cached(encoder *e, const uint8_t *p, size_t n) {
     DSQ_TRY(bpe(e, p, n));
     DSQ_TRY(cache_make_room(e));
     if (e->cache_words.len > UINT32_MAX - n || e->cache_ids.n > UINT32_MAX - n) return DSQ_OK; /* no room: skip */
-    cache_slot c = {h, (uint32_t)e->cache_words.len, (uint32_t)n, (uint32_t)e->cache_ids.n, (uint32_t)(e->out->n - first)};
+    cache_slot c = {h, (uint32_t)e->cache_words.len, (uint32_t)n, (uint32_t)e->cache_ids.n,
+                    (uint32_t)(e->out->n - first)};
     DSQ_TRY(dsq_tok_text_append(&e->cache_words, p, n, e->err));
     for (size_t k = first; k < e->out->n; k++) DSQ_TRY(ids_push(&e->cache_ids, e->out->ids[k], e->err));
     size_t i = (size_t)h & e->cache_mask;
@@ -1107,8 +1151,10 @@ static dsq_status encode_valid(encoder *e, const uint8_t *p, size_t n) {
         int32_t a = sec[k].added;
         /* A stripped added token is text again unless it is now another token's content (ref looks it up). */
         if (strip) a = trie_exact(t, p + sec[k].start, sec[k].len);
-        if (a != TRIE_NONE) st = ids_push(e->out, t->added[a].id, e->err);
-        else st = run_stage(e, p + sec[k].start, sec[k].len, 0);
+        if (a != TRIE_NONE)
+            st = ids_push(e->out, t->added[a].id, e->err);
+        else
+            st = run_stage(e, p + sec[k].start, sec[k].len, 0);
     }
     dsq_free(sec);
     return st;
@@ -1154,8 +1200,9 @@ dsq_status dsq_tok_decode(const dsq_tok *t, const int32_t *ids, size_t n, const 
         if (i < n) {
             int32_t id = ids[i];
             if (id < 0 || (uint32_t)id >= t->n_ids || !(t->flags[id] & TOK_PRESENT)) {
-                st = dsq_err_set(err, DSQ_ERR_TOKEN, "tokenizer: id %lld at position %zu is not a token of this vocabulary",
-                                 (long long)id, i);
+                st = dsq_err_set(err, DSQ_ERR_TOKEN,
+                                 "tokenizer: id %lld at position %zu is not a token of this vocabulary", (long long)id,
+                                 i);
                 break;
             }
             if (skip && (t->flags[id] & TOK_SPECIAL)) continue;
@@ -1170,7 +1217,8 @@ dsq_status dsq_tok_decode(const dsq_tok *t, const int32_t *ids, size_t n, const 
             st = dsq_tok_utf8_sanitize(run.data, run.len, out, err);
             run.len = 0;
         }
-        if (added && st == DSQ_OK) st = dsq_tok_text_append(out, t->pieces + t->piece_off[ids[i]], t->piece_len[ids[i]], err);
+        if (added && st == DSQ_OK)
+            st = dsq_tok_text_append(out, t->pieces + t->piece_off[ids[i]], t->piece_len[ids[i]], err);
     }
     dsq_tok_text_free(&run);
     if (st != DSQ_OK && out->data) {
@@ -1184,11 +1232,13 @@ dsq_status dsq_tok_parse_ids(const char *json, size_t len, const char *what, dsq
     cJSON *root = NULL;
     DSQ_TRY(dsq_json_parse(json, len, what, &root, err));
     size_t n0 = out->n, i = 0;
-    dsq_status st = cJSON_IsArray(root) ? DSQ_OK : dsq_err_set(err, DSQ_ERR_JSON, "%s: not a JSON array of token ids", what);
+    dsq_status st =
+        cJSON_IsArray(root) ? DSQ_OK : dsq_err_set(err, DSQ_ERR_JSON, "%s: not a JSON array of token ids", what);
     for (const cJSON *it = root->child; st == DSQ_OK && it; it = it->next, i++) {
         uint64_t v;
         if (!dsq_json_u64(it, &v) || v >= DSQ_TOK_MAX_ID)
-            st = dsq_err_set(err, DSQ_ERR_TOKEN, "%s: element %zu is not a token id in [0, %d)", what, i, DSQ_TOK_MAX_ID);
+            st = dsq_err_set(err, DSQ_ERR_TOKEN, "%s: element %zu is not a token id in [0, %d)", what, i,
+                             DSQ_TOK_MAX_ID);
         else
             st = ids_push(out, (int32_t)v, err);
     }
@@ -1205,7 +1255,8 @@ dsq_status dsq_chat_render(const dsq_chat_msg *msgs, size_t n, dsq_chat_mode mod
         return dsq_err_set(err, DSQ_ERR_ARG, "chat: unknown mode %d", (int)mode);
     size_t last_user = SIZE_MAX;
     for (size_t i = 0; i < n; i++) {
-        if (msgs[i].role == DSQ_CHAT_ROLE_USER) last_user = i;
+        if (msgs[i].role == DSQ_CHAT_ROLE_USER)
+            last_user = i;
         else if (msgs[i].role == DSQ_CHAT_ROLE_SYSTEM && i != 0)
             return dsq_err_set(err, DSQ_ERR_ARG, "chat: message %zu: a system message must come first", i);
         else if (msgs[i].role != DSQ_CHAT_ROLE_SYSTEM && msgs[i].role != DSQ_CHAT_ROLE_ASSISTANT)
@@ -1214,13 +1265,19 @@ dsq_status dsq_chat_render(const dsq_chat_msg *msgs, size_t n, dsq_chat_mode mod
     if (add_generation_prompt && (n == 0 || msgs[n - 1].role != DSQ_CHAT_ROLE_USER))
         return dsq_err_set(err, DSQ_ERR_ARG, "chat: a generation prompt must follow a user message");
     size_t len0 = out->len;
-#define PUT(s) do { st = dsq_tok_text_append(out, (s), strlen(s), err); if (st != DSQ_OK) goto fail; } while (0)
+#define PUT(s)                                                                                                         \
+    do {                                                                                                               \
+        st = dsq_tok_text_append(out, (s), strlen(s), err);                                                            \
+        if (st != DSQ_OK) goto fail;                                                                                   \
+    } while (0)
     dsq_status st;
     PUT(DSQ_CHAT_BOS);
     for (size_t i = 0; i < n; i++) {
         const char *content = msgs[i].content ? msgs[i].content : "";
         switch (msgs[i].role) {
-        case DSQ_CHAT_ROLE_SYSTEM: PUT(content); break;
+        case DSQ_CHAT_ROLE_SYSTEM:
+            PUT(content);
+            break;
         case DSQ_CHAT_ROLE_USER:
             PUT(DSQ_CHAT_USER);
             PUT(content);

@@ -63,22 +63,23 @@ typedef enum lin_mode {
 static dsq_status lin_rows(const run *r, lin_mode mode, const dsq_wview *w, uint64_t row0, uint64_t n_rows,
                            const float *x, size_t ldx, int64_t n, float *y, size_t ldy) {
     dsq_status st = DSQ_OK;
-    float *xq = NULL;
-    size_t K = (size_t)w->shape[1];
+    float *q = NULL, *sa = NULL;
+    size_t K = (size_t)w->shape[1], nb = (size_t)dsq_ceil_div(K, DSQ_FP8_BLOCK);
     if (r->rel && mode == LIN_FP8 && n > 0) {
-        ALLOC(xq, (int64_t)K * n);
-        for (int64_t t = 0; t < n; t++) {
-            memcpy(xq + (size_t)t * K, x + (size_t)t * ldx, K * sizeof(float));
-            dsq_v4_fp8_sim(xq + (size_t)t * K, (int64_t)K, DSQ_FP8_BLOCK);
-        }
-        x = xq;
-        ldx = K;
+        /* spec §5 FP8-linear: the input quantized per token in 1×128 blocks, Σ_b s_a·Σ q_a·w */
+        ALLOC(q, (int64_t)K * n);
+        ALLOC(sa, (int64_t)nb * n);
+        for (int64_t t = 0; t < n; t++)
+            dsq_act_fp8_quant_values(x + (size_t)t * ldx, K, DSQ_FP8_BLOCK, q + (size_t)t * K, sa + (size_t)t * nb);
+        dsq__fp8_linear(&r->k, w, row0, n_rows, q, sa, n, y, ldy);
+    } else {
+        CHECK(dsq__linear(&r->k, w, row0, n_rows, x, ldx, n, y, ldy, r->err));
     }
-    CHECK(dsq__linear(&r->k, w, row0, n_rows, x, ldx, n, y, ldy, r->err));
     if (r->rel && mode != LIN_F32)
         for (int64_t t = 0; t < n; t++) dsq_v4_round_bf16(y + (size_t)t * ldy, (int64_t)n_rows);
 done:
-    dsq_free(xq);
+    dsq_free(q);
+    dsq_free(sa);
     return st;
 }
 
@@ -160,10 +161,10 @@ static void compressed_entry(const run *r, const v4_block_w *B, const v4_compres
     dsq_v4_rope_cos_sin(B->freqs, rd, k * cw->ratio, cs);
     dsq_v4_rope_apply(e, d, rd, cs, false, r->rel);
     if (!indexer) {
-        if (r->rel) dsq_v4_fp8_sim(e, d - rd, DSQ_KV_FP8_BLOCK);
+        if (r->rel) dsq_act_fp8_sim(e, (uint64_t)(d - rd), DSQ_KV_FP8_BLOCK);
     } else {
         dsq_v4_hadamard(e, d, r->rel);
-        if (r->rel) dsq_v4_fp4_sim(e, d);
+        if (r->rel) dsq_act_fp4_sim(e, (uint64_t)d, DSQ_FP4_BLOCK);
     }
 }
 
@@ -293,7 +294,7 @@ static dsq_status attention_seg(const run *r, const v4_block_w *B, v4_layer_cach
         dsq_v4_rms_norm(x, B->kv_norm, hd, eps, r->rel, x);
         dsq_v4_rope_cos_sin(B->freqs, rd, p0 + t, cs);
         dsq_v4_rope_apply(x, hd, rd, cs, false, r->rel);
-        if (r->rel) dsq_v4_fp8_sim(x, nd, DSQ_KV_FP8_BLOCK);
+        if (r->rel) dsq_act_fp8_sim(x, (uint64_t)nd, DSQ_KV_FP8_BLOCK);
     }
 
     /* compressors: entries completed by this segment become visible to the tokens that complete them */
@@ -345,7 +346,7 @@ static dsq_status attention_seg(const run *r, const v4_block_w *B, v4_layer_cach
                     float *x = qi + ((size_t)t * nih + h) * ihd;
                     dsq_v4_rope_apply(x, ihd, rd, cs, false, r->rel);
                     dsq_v4_hadamard(x, ihd, r->rel);
-                    if (r->rel) dsq_v4_fp4_sim(x, ihd);
+                    if (r->rel) dsq_act_fp4_sim(x, (uint64_t)ihd, DSQ_FP4_BLOCK);
                 }
                 float ws = (float)(1.0 / sqrt((double)ihd) / sqrt((double)nih));
                 for (int h = 0; h < nih; h++) iw[t * nih + h] = R(r, iw[t * nih + h] * ws);

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dsq_codec.h"
 #include "dsq_core.h"
 #include "dsq_wsrc.h"
 
@@ -26,7 +27,14 @@ bool dsq__cpu_has_avx2(void);
 dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, uint64_t n_rows, const float *x,
                        size_t ldx, int64_t n_tok, float *y, size_t ldy, dsq_err *err);
 
-/* Dequantize rows [row0, row0+n) of a 2-D view into out[n][cols] f32. */
+/* Release FP8-linear (spec §5) through lib/quant: q [n_tok][cols] e4m3 values and sa
+ * [n_tok][ceil(cols/128)] scales of the 1×128-quantized input; y as in dsq__linear.  OpenMP across rows. */
+void dsq__fp8_linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, uint64_t n_rows, const float *q,
+                     const float *sa, int64_t n_tok, float *y, size_t ldy);
+
+/* The lib/quant descriptor of a 2-D view. */
+dsq_qtensor dsq__qtensor_of(const dsq_wview *w);
+/* Dequantize rows [row0, row0+n) of a 2-D view into out[n][cols] f32 (lib/quant's decoder). */
 void dsq__dequant_rows(const dsq_wview *w, uint64_t row0, uint64_t n, float *out);
 
 /* The 8-lane FMA dot product used by dsq__linear (same bits in both twins). */

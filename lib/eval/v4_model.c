@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "dsq_codec.h"
 #include "dsq_numeric.h"
 #include "dsq_v4_ops.h"
 #include "v4_model.h"
@@ -31,11 +32,6 @@ typedef struct loader {
     v4_block_w *blk; /* views get registered here (NULL: global) */
     dsq_err *err;
 } loader;
-
-static bool is_matrix_enc(dsq_encoding e) {
-    return e == DSQ_ENC_F32 || e == DSQ_ENC_BF16 || e == DSQ_ENC_FP8_B128 || e == DSQ_ENC_FP8_B128_F32 ||
-           e == DSQ_ENC_MXFP4;
-}
 
 static dsq_status track(loader *L, dsq_wview *v) {
     uint64_t b = v->data_bytes + v->scale_bytes;
@@ -67,13 +63,29 @@ static dsq_status get_matrix(loader *L, dsq_wview *v, uint64_t rows, uint64_t co
     va_end(ap);
     const dsq_wsrc *s = L->m->src;
     DSQ_TRY(s->get(s, name, v, L->err));
-    DSQ_RETURN_IF(!is_matrix_enc(v->enc), L->err, DSQ_ERR_DTYPE, "%s: %s: encoding %d is not supported by the evaluator",
-                  s->path, name, (int)v->enc);
+    DSQ_RETURN_IF(!dsq_codec_known(v->enc) || !dsq_codec_is_float(v->enc), L->err, DSQ_ERR_DTYPE,
+                  "%s: %s: encoding %d is not a weight encoding", s->path, name, (int)v->enc);
     DSQ_RETURN_IF(v->rank != 2 || v->shape[0] != rows || v->shape[1] != cols, L->err, DSQ_ERR_SHAPE,
                   "%s: %s: shape must be [%llu, %llu] for this config", s->path, name, (unsigned long long)rows,
                   (unsigned long long)cols);
     DSQ_RETURN_IF(v->enc == DSQ_ENC_MXFP4 && cols % 32 != 0, L->err, DSQ_ERR_SHAPE,
                   "%s: %s: FP4 columns must be a multiple of 32", s->path, name);
+    /* the byte sizes the codec expects for this shape (lib/quant layouts) */
+    dsq_codec_layout lay;
+    char what[DSQ_ERR_MSG_MAX / 2 + 64];
+    snprintf(what, sizeof what, "%s: %s", s->path, name);
+    DSQ_TRY(dsq_codec_layout_of(v->enc, rows, cols, v->group, &lay, L->err));
+    DSQ_RETURN_IF(v->data_bytes != lay.data_bytes || v->scale_bytes != lay.scale_bytes || v->mins_bytes != lay.min_bytes,
+                  L->err, DSQ_ERR_SHAPE, "%s: stored bytes (%llu codes, %llu scales) do not match the encoding's layout",
+                  what, (unsigned long long)v->data_bytes, (unsigned long long)v->scale_bytes);
+    dsq_qtensor q = dsq__qtensor_of(v);
+    DSQ_TRY(dsq_codec_check(&q, what, L->err));
+    /* RELIABILITY.md: NaN scales are rejected.  128×128 block scales are small enough to scan at open;
+     * the 1×32 expert scales (GBs on a real checkpoint) are not scanned here. */
+    if (v->enc == DSQ_ENC_FP8_B128)
+        for (uint64_t i = 0; i < v->scale_bytes; i++)
+            DSQ_RETURN_IF(v->scale[i] == 0xff, L->err, DSQ_ERR_NONFINITE, "%s: %s: scale %llu is the E8M0 NaN (0xFF)",
+                          s->path, name, (unsigned long long)i);
     return track(L, v);
 }
 
@@ -355,6 +367,38 @@ dsq_status dsq_v4_model_create(dsq_wsrc *src, const dsq_v4_config *cfg, dsq_v4_m
 const dsq_v4_config *dsq_v4_model_config(const dsq_v4_model *m) { return &m->cfg; }
 uint64_t dsq_v4_block_bytes(const dsq_v4_model *m, int b) { return m->blocks[b].bytes; }
 uint64_t dsq_v4_global_bytes(const dsq_v4_model *m) { return m->global_bytes; }
+
+static bool is_routed(const v4_block_w *B, int E, const dsq_wview *v) {
+    return (v >= B->w1 && v < B->w1 + E) || (v >= B->w2 && v < B->w2 + E) || (v >= B->w3 && v < B->w3 + E);
+}
+
+void dsq_v4_token_cost(const dsq_v4_model *m, uint64_t *weight_bytes, uint64_t *macs) {
+    const dsq_v4_config *c = &m->cfg;
+    int E = c->n_routed_experts, K = c->n_activated_experts;
+    uint64_t bytes = 0, mac = 0;
+    for (int b = 0; b < c->n_layers; b++) {
+        const v4_block_w *B = &m->blocks[b];
+        uint64_t routed = 0;
+        for (int i = 0; i < B->n_views; i++) {
+            const dsq_wview *v = B->views[i];
+            uint64_t vb = v->data_bytes + v->scale_bytes;
+            if (is_routed(B, E, v)) {
+                routed += vb;
+                continue;
+            }
+            if (v->enc == DSQ_ENC_I64) continue; /* tid2eid: one row read */
+            bytes += vb;
+            mac += v->shape[0] * v->shape[1];
+        }
+        bytes += routed / (uint64_t)E * (uint64_t)K;
+        mac += (uint64_t)K * 3 * (uint64_t)c->moe_inter_dim * c->dim;
+    }
+    /* head, hc head, final norm, one embedding row */
+    bytes += m->head.data_bytes + m->hc_head_fn.data_bytes + m->embed.data_bytes / m->embed.shape[0] + c->dim * 2;
+    mac += m->head.shape[0] * m->head.shape[1] + m->hc_head_fn.shape[0] * m->hc_head_fn.shape[1];
+    if (weight_bytes) *weight_bytes = bytes;
+    if (macs) *macs = mac;
+}
 
 void dsq_v4_block_prefetch(const dsq_v4_model *m, int b) {
     const v4_block_w *B = &m->blocks[b];

@@ -80,16 +80,30 @@ static dsq_status st_get(const dsq_wsrc *s, const char *name, dsq_wview *v, dsq_
     return DSQ_OK;
 }
 
-static const dsq_st_tensor *tensor_of(const dsq_wsrc *s, const dsq_wview *v) { return dsq_st_find(s->impl, v->name); }
+/* The view's tensor and, for quantized weights, its .scale tensor. */
+static void tensors_of(const dsq_wsrc *s, const dsq_wview *v, const dsq_st_tensor *out[2]) {
+    out[0] = dsq_st_find(s->impl, v->name);
+    out[1] = NULL;
+    size_t len = strlen(v->name);
+    if (!v->scale || len < 7 || len - 7 + 7 >= DSQ_ST_MAX_NAME) return;
+    char sname[DSQ_ST_MAX_NAME + 8];
+    memcpy(sname, v->name, len - 7);
+    memcpy(sname + len - 7, ".scale", 7);
+    out[1] = dsq_st_find(s->impl, sname);
+}
 
 static void st_prefetch(const dsq_wsrc *s, const dsq_wview *v) {
-    const dsq_st_tensor *t = tensor_of(s, v);
-    if (t) dsq_st_prefetch(s->impl, t);
+    const dsq_st_tensor *t[2];
+    tensors_of(s, v, t);
+    for (int i = 0; i < 2; i++)
+        if (t[i]) dsq_st_prefetch(s->impl, t[i]);
 }
 
 static void st_release(const dsq_wsrc *s, const dsq_wview *v) {
-    const dsq_st_tensor *t = tensor_of(s, v);
-    if (t) dsq_st_release(s->impl, t);
+    const dsq_st_tensor *t[2];
+    tensors_of(s, v, t);
+    for (int i = 0; i < 2; i++)
+        if (t[i]) dsq_st_release(s->impl, t[i]);
 }
 
 static void st_close(dsq_wsrc *s) {
