@@ -288,10 +288,26 @@ static void test_records(void **state) {
     free(spec);
 }
 
+/* dsq.h stands alone: a C99 program including nothing else compiles pedantically and runs. */
+static void test_header_standalone(void **state) {
+    char *dir = dsq_test_tmpdir();
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "printf '#include \"dsq.h\"\\nint main(void){dsq_file_header h; uint8_t b[128]={0}; dsq_file_part_layout p[4]; "
+             "uint64_t s[2]={4,64}; memcpy(b, DSQ_FILE_MAGIC, 8); return dsq_file_header_decode(b,&h) + "
+             "(dsq_file_encoding_layout(DSQ_FILE_ENC_MXFP4,2,s,1,32,p) == 2 && p[0].bytes == 128 && p[1].bytes == 8 ? 0 : 1);}\\n' "
+             "| %s -std=c99 -pedantic-errors -Wall -Wextra -Werror -Ilib/format -x c - -o '%s/h' && '%s/h'",
+             getenv("CC") ? getenv("CC") : "cc", dir, dir);
+    assert_int_equal(system(cmd), 0);
+    dsq_test_rmdir(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_header_fields), cmocka_unit_test(test_limits), cmocka_unit_test(test_sections_and_dtypes),
         cmocka_unit_test(test_encodings),     cmocka_unit_test(test_records),
+        cmocka_unit_test(test_header_standalone),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
