@@ -27,6 +27,7 @@
 #define CHUNK (16u << 20)
 
 static int run(const char *const *argv, double *seconds, long *maxrss_kb) {
+    fflush(stdout); /* a buffered line must not be inherited by the child */
     double t0 = dsq_now();
     pid_t pid = fork();
     if (pid == 0) {
