@@ -96,8 +96,8 @@ dsq_status dsq_v4_forward(const dsq_v4_model *m, const dsq_eval_options *opt, ds
  * then runs each group layer-major, prefetching block i+1 (madvise WILLNEED) while block i runs and
  * releasing block i (DONTNEED) when the group is done with it.  Same results as dsq_v4_forward.
  * DSQ_ERR_RANGE when even one item does not fit. */
-dsq_status dsq_v4_forward_streaming(const dsq_v4_model *m, const dsq_eval_options *opt, dsq_v4_item *items,
-                                    int n_items, uint64_t memory_budget, dsq_err *err);
+dsq_status dsq_v4_forward_streaming(const dsq_v4_model *m, const dsq_eval_options *opt, dsq_v4_item *items, int n_items,
+                                    uint64_t memory_budget, dsq_err *err);
 /* Bytes of activations + caches that dsq_v4_forward needs for an item of n_tokens (fresh seq). */
 uint64_t dsq_v4_item_bytes(const dsq_v4_model *m, int64_t n_tokens);
 

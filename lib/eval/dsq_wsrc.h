@@ -22,7 +22,7 @@
  *   MXFP4:        data = [rows][cols/2] e2m1 pairs, low nibble = even col; scale = [rows][cols/32] UE8M0.
  *   any other float encoding: the layouts of lib/quant/dsq_codec.h (scale, mins, group, tensor_scale). */
 typedef struct dsq_wview {
-    const char *name;    /* canonical name, owned by the source */
+    const char *name; /* canonical name, owned by the source */
     dsq_encoding enc;
     int rank;
     uint64_t shape[DSQ_WVIEW_MAX_RANK];
@@ -31,10 +31,10 @@ typedef struct dsq_wview {
     const uint8_t *scale; /* NULL when the encoding has none */
     uint64_t scale_bytes;
     /* the other codecs of lib/quant/dsq_codec.h (a .dsq container may hold them): */
-    int group;            /* group width of INT*_G encodings, else 0 */
-    const uint8_t *mins;  /* F16 minimums of the asymmetric encodings, else NULL */
+    int group;           /* group width of INT*_G encodings, else 0 */
+    const uint8_t *mins; /* F16 minimums of the asymmetric encodings, else NULL */
     uint64_t mins_bytes;
-    float tensor_scale;   /* NVFP4 tensor scale, else 0 */
+    float tensor_scale; /* NVFP4 tensor scale, else 0 */
 } dsq_wview;
 
 typedef struct dsq_wsrc dsq_wsrc;

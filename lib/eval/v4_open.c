@@ -19,4 +19,3 @@ dsq_status dsq_v4_model_open(const char *path, dsq_v4_model **out, dsq_err *err)
     dsq_free(cfg);
     return st;
 }
-
