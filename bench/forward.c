@@ -4,7 +4,7 @@
  *
  * The model lives in $DSQ_BENCH_DIR (default /tmp/dsq-bench-flash-2l, ~13 GB with the MTP block).
  * When missing it is made with `dsq synth --config samples/configs/deepseek-v4-flash.json --layers 2`.
- * Environment: DSQ_BENCH_THREADS (2), DSQ_BENCH_PREFILL (tokens, 128), DSQ_BENCH_DECODE (steps, 6). */
+ * Environment: DSQ_BENCH_THREADS (2), DSQ_BENCH_PREFILL (tokens, 128), DSQ_BENCH_DECODE (steps, 16). */
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
@@ -104,7 +104,7 @@ int main(int argc, char **argv) {
     }
     const char *dir = getenv("DSQ_BENCH_DIR") ? getenv("DSQ_BENCH_DIR") : "/tmp/dsq-bench-flash-2l";
     int threads = (int)env_long("DSQ_BENCH_THREADS", 2);
-    int64_t n_prefill = env_long("DSQ_BENCH_PREFILL", 128), n_decode = env_long("DSQ_BENCH_DECODE", 6);
+    int64_t n_prefill = env_long("DSQ_BENCH_PREFILL", 128), n_decode = env_long("DSQ_BENCH_DECODE", 16);
     if (ensure_model(dir)) return 1;
 
     double bw = read_bandwidth(threads), peak = fma_peak(threads);

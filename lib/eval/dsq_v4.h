@@ -92,10 +92,10 @@ dsq_status dsq_v4_forward(const dsq_v4_model *m, const dsq_eval_options *opt, ds
                           dsq_err *err);
 
 /* Layer-streaming evaluation with a memory cap: groups the items so that the activations and caches
- * of a group plus the largest block's weights fit in `memory_budget` bytes (0 = no cap: one group),
- * then runs each group layer-major, prefetching block i+1 (madvise WILLNEED) while block i runs and
- * releasing block i (DONTNEED) when the group is done with it.  Same results as dsq_v4_forward.
- * DSQ_ERR_RANGE when even one item does not fit. */
+ * of a group plus the largest block's weights (or the embedding + head) fit in `memory_budget` bytes (0 = no cap: one
+ * group), then runs each group layer-major, prefetching block i+1 (madvise WILLNEED) while block i runs and releasing
+ * block i (DONTNEED) when the group is done with it.  Same results as dsq_v4_forward. DSQ_ERR_RANGE when even one item
+ * does not fit. */
 dsq_status dsq_v4_forward_streaming(const dsq_v4_model *m, const dsq_eval_options *opt, dsq_v4_item *items, int n_items,
                                     uint64_t memory_budget, dsq_err *err);
 /* Bytes of activations + caches that dsq_v4_forward needs for an item of n_tokens (fresh seq). */

@@ -719,6 +719,7 @@ dsq_status dsq_v4_forward_streaming(const dsq_v4_model *m, const dsq_eval_option
     uint64_t wmax = 0;
     for (int b = 0; b < m->cfg.n_layers; b++)
         if (m->blocks[b].bytes > wmax) wmax = m->blocks[b].bytes;
+    if (m->global_bytes > wmax) wmax = m->global_bytes; /* the head stage: embed/head + activations */
     int i = 0;
     while (i < n_items) {
         int j = i;
