@@ -37,7 +37,8 @@ const char *dsq_numerics_name(dsq_numerics n);
 
 typedef struct dsq_v4_model dsq_v4_model;
 
-/* Open PATH (a checkpoint directory holding config.json and safetensors shards).  Validates every
+/* Open PATH (a checkpoint directory holding config.json and safetensors shards, or a .dsq container
+ * whose metadata carries the config).  Validates every
  * tensor the config requires (presence, encoding, shape) before returning.  Close with
  * dsq_v4_model_close. */
 dsq_status dsq_v4_model_open(const char *path, dsq_v4_model **out, dsq_err *err);

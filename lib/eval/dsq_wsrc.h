@@ -54,6 +54,11 @@ struct dsq_wsrc {
  * FP8 weights pair with their `.scale` tensor (UE8M0 → FP8_B128, F32 → FP8_B128_F32); I8 weights
  * with a UE8M0 scale of [rows, cols/16 bytes] are MXFP4.  The result is closed with dsq_wsrc_close. */
 dsq_status dsq_wsrc_open_safetensors(const char *path, dsq_wsrc **out, dsq_err *err);
+/* Open a .dsq container as a weight source.  A canonical name resolves to the stored tensor holding
+ * it: itself, or its slice of a stacked tensor (routed experts [E, out, in]) or of a fused one
+ * (compressor wkv|wgate).  *config_json (may be NULL; heap, dsq_free) receives the source config from
+ * the metadata (model.config).  No page-cache hints yet. */
+dsq_status dsq_wsrc_open_container(const char *path, dsq_wsrc **out, char **config_json, dsq_err *err);
 /* Accepts NULL. */
 void dsq_wsrc_close(dsq_wsrc *s);
 
