@@ -45,7 +45,7 @@ TESTLIB_SRC := $(sort $(wildcard tests/support/*.c))
 TESTLIB_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(TESTLIB_SRC))
 
 .SECONDARY:
-.PHONY: all test test-asan bench demo deps clean help fuzz
+.PHONY: all test test-asan bench demo deps clean help fuzz check-flash-layer
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/dsq $(BUILD)/libdsq.a
@@ -125,6 +125,10 @@ test-asan: deps
 
 bench: deps $(BUILD)/dsq $(BENCH_BIN) $(TOK_JSON)
 	@for b in $(BENCH_BIN); do echo "== $$b"; DSQ_BIN=$(abspath $(BUILD)/dsq) $$b || exit 1; done
+
+# Issue 2's full-size synth → inspect round trip (9.3 GB, disk-bound): not in `make test`.
+check-flash-layer: deps $(BUILD)/dsq
+	@DSQ_BIN=$(abspath $(BUILD)/dsq) tests/check-flash-layer.sh
 
 demo: deps $(BUILD)/dsq
 	@DSQ_BIN=$(abspath $(BUILD)/dsq) samples/demo.sh

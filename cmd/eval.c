@@ -6,6 +6,7 @@
 
 #include "cmd.h"
 #include "dsq_eval.h"
+#include "eval_metrics.h" /* ppl, kld, diff, mc: cmd/eval_metrics.c */
 
 static void logits_help(FILE *f) {
     fprintf(f, "usage: dsq eval logits MODEL --tokens FILE --out OUT.safetensors [options]\n\n"
@@ -122,6 +123,10 @@ typedef struct subcommand {
 
 static const subcommand subs[] = {
     {"logits", cmd_logits, "logits of every position (prefill or decode), optional MTP and hidden states"},
+    {"ppl", dsq__eval_ppl, "perplexity ± standard error over chunks of a text"},
+    {"kld", dsq__eval_kld, "save a KL base (--save-base) or KL divergence against one (--base)"},
+    {"diff", dsq__eval_diff, "per-block cosine/SQNR of two checkpoints' hidden states, then final KL"},
+    {"mc", dsq__eval_mc, "multiple-choice accuracy (HellaSwag-style JSONL), flips against saved answers"},
 };
 
 static void usage(FILE *f) {

@@ -4,6 +4,8 @@
 #include <string.h>
 
 #include "cmd.h"
+#include "dsq_container.h"
+#include "inspect.h"
 #include "dsq_config.h"
 #include "dsq_inventory.h"
 #include "dsq_safetensors.h"
@@ -38,13 +40,13 @@ static void usage(void) {
  * What inspect describes: a tensor listing, optionally with a config.  A new kind of checkpoint
  * (the .dsq container) adds an opener here; everything below works on the listing. */
 typedef struct source {
-    const char *kind;        /* "safetensors", "config" */
+    const char *kind; /* "safetensors", "config" */
     char *path;
     dsq_tensor_desc *tensors; /* NULL for a config alone */
     size_t n_tensors;
     size_t n_shards;
     dsq_st *st;
-    dsq_inv *expected;       /* config alone: the expected inventory stands in for the tensors */
+    dsq_inv *expected; /* config alone: the expected inventory stands in for the tensors */
     bool has_config;
     char *config_path;
     dsq_v4_config cfg;
@@ -79,21 +81,7 @@ static dsq_status open_config_only(source *s, const char *config_path, dsq_err *
     s->path = strdup(config_path);
     DSQ_TRY(load_config(s, config_path, err));
     DSQ_TRY(dsq_inv_expected(&s->cfg, NULL, &s->expected, err));
-    size_t n = dsq_inv_count(s->expected);
-    s->tensors = dsq_calloc(n ? n : 1, sizeof *s->tensors);
-    if (!s->tensors) return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", config_path);
-    for (size_t i = 0; i < n; i++) {
-        const dsq_inv_entry *e = dsq_inv_at(s->expected, i);
-        dsq_tensor_desc *d = &s->tensors[i];
-        d->name = e->name;
-        d->dtype = e->dtype;
-        d->rank = e->rank;
-        d->shape[0] = e->shape[0];
-        d->shape[1] = e->shape[1];
-        d->n_bytes = e->n_bytes;
-    }
-    s->n_tensors = n;
-    return DSQ_OK;
+    return dsq_inv_describe(s->expected, &s->tensors, &s->n_tensors, err);
 }
 
 static dsq_status open_safetensors(source *s, const char *path, const char *config_path, dsq_err *err) {
@@ -162,8 +150,8 @@ static void print_text(const source *s, const report *r, bool list_tensors) {
         if (s->st) printf("config:      %s\n", s->config_path);
         printf("geometry:    vocab %" PRIu64 ", dim %" PRIu64 ", %d layers + %d MTP, %d heads x %d (rope %d), "
                "q_lora %d, o_groups %d x %d\n",
-               cf->vocab_size, cf->dim, cf->n_layers, cf->n_mtp_layers, cf->n_heads, cf->head_dim,
-               cf->rope_head_dim, cf->q_lora_rank, cf->o_groups, cf->o_lora_rank);
+               cf->vocab_size, cf->dim, cf->n_layers, cf->n_mtp_layers, cf->n_heads, cf->head_dim, cf->rope_head_dim,
+               cf->q_lora_rank, cf->o_groups, cf->o_lora_rank);
         printf("             experts %d routed (top-%d) + %d shared, inner %d, %s; %d hash layers; window %d; "
                "indexer %d x %d top-%d; hc %d\n",
                cf->n_routed_experts, cf->n_activated_experts, cf->n_shared_experts, cf->moe_inter_dim,
@@ -183,20 +171,26 @@ static void print_text(const source *s, const report *r, bool list_tensors) {
     printf("by dtype:\n");
     for (int t = 0; t < DSQ_DTYPE_COUNT; t++)
         if (r->stats.bytes_by_dtype[t])
-            printf("  %-22s %12s  %5.1f%%\n", dsq_dtype_name((dsq_dtype)t), hbytes(r->stats.bytes_by_dtype[t], a, sizeof a),
-                   100.0 * (double)r->stats.bytes_by_dtype[t] / (double)(r->stats.bytes_total ? r->stats.bytes_total : 1));
+            printf("  %-22s %12s  %5.1f%%\n", dsq_dtype_name((dsq_dtype)t),
+                   hbytes(r->stats.bytes_by_dtype[t], a, sizeof a),
+                   100.0 * (double)r->stats.bytes_by_dtype[t] /
+                       (double)(r->stats.bytes_total ? r->stats.bytes_total : 1));
     printf("by family:\n");
     for (int f = 0; f < DSQ_FAMILY_COUNT; f++)
         if (r->stats.bytes_by_family[f])
-            printf("  %-22s %12s  %5.1f%%\n", dsq_family_name((dsq_family)f), hbytes(r->stats.bytes_by_family[f], a, sizeof a),
-                   100.0 * (double)r->stats.bytes_by_family[f] / (double)(r->stats.bytes_total ? r->stats.bytes_total : 1));
+            printf("  %-22s %12s  %5.1f%%\n", dsq_family_name((dsq_family)f),
+                   hbytes(r->stats.bytes_by_family[f], a, sizeof a),
+                   100.0 * (double)r->stats.bytes_by_family[f] /
+                       (double)(r->stats.bytes_total ? r->stats.bytes_total : 1));
     if (s->has_config) {
         printf("layers:      block  attention  ratio  routing\n");
         int blocks = cf->n_layers + cf->n_mtp_layers;
         for (int i = 0; i < blocks; i++) {
             char name[32];
-            if (i < cf->n_layers) snprintf(name, sizeof name, "%d", i);
-            else snprintf(name, sizeof name, "mtp.%d", i - cf->n_layers);
+            if (i < cf->n_layers)
+                snprintf(name, sizeof name, "%d", i);
+            else
+                snprintf(name, sizeof name, "mtp.%d", i - cf->n_layers);
             printf("             %-6s %-10s %5d  %s\n", name, dsq_attn_kind_name(dsq_config_attn_kind(cf, i)),
                    dsq_config_ratio(cf, i), dsq_routing_name(dsq_config_routing(cf, i)));
         }
@@ -218,9 +212,9 @@ static void print_text(const source *s, const report *r, bool list_tensors) {
             printf("check:       ok: %zu tensors match the inventory of the config%s\n", s->n_tensors,
                    r->check.n_ignored ? " (MTP copies ignored)" : "");
         else
-            printf("check:       FAILED: %zu missing, %zu unexpected, %zu wrong dtype, %zu wrong shape, %zu duplicate\n",
-                   r->check.n_missing, r->check.n_unexpected, r->check.n_dtype, r->check.n_shape,
-                   r->check.n_duplicate);
+            printf(
+                "check:       FAILED: %zu missing, %zu unexpected, %zu wrong dtype, %zu wrong shape, %zu duplicate\n",
+                r->check.n_missing, r->check.n_unexpected, r->check.n_dtype, r->check.n_shape, r->check.n_duplicate);
     }
 }
 
@@ -317,18 +311,26 @@ int dsq_cmd_inspect(int argc, char **argv) {
     const char *path = NULL, *config = NULL;
     bool json = false, list = false, check = false;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--json")) json = true;
-        else if (!strcmp(argv[i], "--tensors")) list = true;
-        else if (!strcmp(argv[i], "--check")) check = true;
+        if (!strcmp(argv[i], "--json"))
+            json = true;
+        else if (!strcmp(argv[i], "--tensors"))
+            list = true;
+        else if (!strcmp(argv[i], "--check"))
+            check = true;
         else if (!strcmp(argv[i], "--config")) {
             if (++i >= argc) return dsq_cmd_usage_error(CMD, "--config needs a file");
             config = argv[i];
-        } else if (argv[i][0] == '-' && argv[i][1]) return dsq_cmd_usage_error(CMD, "unknown option '%s'", argv[i]);
-        else if (path) return dsq_cmd_usage_error(CMD, "more than one PATH ('%s', '%s')", path, argv[i]);
-        else path = argv[i];
+        } else if (argv[i][0] == '-' && argv[i][1])
+            return dsq_cmd_usage_error(CMD, "unknown option '%s'", argv[i]);
+        else if (path)
+            return dsq_cmd_usage_error(CMD, "more than one PATH ('%s', '%s')", path, argv[i]);
+        else
+            path = argv[i];
     }
     if (!path && !config) return dsq_cmd_usage_error(CMD, "give a checkpoint PATH or --config FILE");
     if (!path && check) return dsq_cmd_usage_error(CMD, "--check needs a checkpoint PATH");
+
+    if (path && !config && dsq_ctr_sniff(path)) return dsq__inspect_dsq(path, json, list, check);
 
     source s = {0};
     dsq_err err = DSQ_ERR_INIT;
@@ -339,8 +341,8 @@ int dsq_cmd_inspect(int argc, char **argv) {
     }
     if (check && !s.has_config) {
         source_close(&s);
-        fprintf(stderr, "dsq %s: %s: no config.json next to the checkpoint: --check needs one (--config FILE)\n",
-                CMD, path);
+        fprintf(stderr, "dsq %s: %s: no config.json next to the checkpoint: --check needs one (--config FILE)\n", CMD,
+                path);
         return DSQ_EXIT_FAIL;
     }
     report r = {0};
@@ -361,8 +363,10 @@ int dsq_cmd_inspect(int argc, char **argv) {
         }
         dsq_err_clear(&err);
     }
-    if (json) print_json(&s, &r, list);
-    else print_text(&s, &r, list);
+    if (json)
+        print_json(&s, &r, list);
+    else
+        print_text(&s, &r, list);
     source_close(&s);
     return rc;
 }

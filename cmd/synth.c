@@ -43,8 +43,10 @@ int dsq_cmd_synth(int argc, char **argv) {
         const char *a = argv[i];
         bool has_value = i + 1 < argc;
         uint64_t v;
-        if (!strcmp(a, "--config") && has_value) config = argv[++i];
-        else if (!strcmp(a, "--out") && has_value) out = argv[++i];
+        if (!strcmp(a, "--config") && has_value)
+            config = argv[++i];
+        else if (!strcmp(a, "--out") && has_value)
+            out = argv[++i];
         else if (!strcmp(a, "--seed") && has_value) {
             if (!dsq_cmd_parse_u64(argv[++i], &opt.seed)) return dsq_cmd_usage_error(CMD, "bad --seed '%s'", argv[i]);
         } else if (!strcmp(a, "--layers") && has_value) {
@@ -58,9 +60,12 @@ int dsq_cmd_synth(int argc, char **argv) {
             if (!dsq_cmd_parse_u64(argv[++i], &v) || v == 0 || v > 1024)
                 return dsq_cmd_usage_error(CMD, "bad --threads '%s'", argv[i]);
             opt.threads = (int)v;
-        } else if (!strcmp(a, "--overwrite")) opt.overwrite = true;
-        else if (!strcmp(a, "--json")) json = true;
-        else return dsq_cmd_usage_error(CMD, "unknown or incomplete option '%s'", a);
+        } else if (!strcmp(a, "--overwrite"))
+            opt.overwrite = true;
+        else if (!strcmp(a, "--json"))
+            json = true;
+        else
+            return dsq_cmd_usage_error(CMD, "unknown or incomplete option '%s'", a);
     }
     if (!config) return dsq_cmd_usage_error(CMD, "--config is required");
     if (!out) return dsq_cmd_usage_error(CMD, "--out is required");

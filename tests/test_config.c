@@ -215,8 +215,7 @@ static void test_negative(void **state) {
     expect_mutation_fails("\"num_hidden_layers\": 4", "\"num_hidden_layers\": -4", DSQ_ERR_RANGE,
                           "\"num_hidden_layers\" must be non-negative");
     expect_mutation_fails("    32,\n", "    -32,\n", DSQ_ERR_RANGE, "compress_ratios[2]");
-    expect_mutation_fails("\"n_routed_experts\": 8", "\"n_routed_experts\": 0", DSQ_ERR_RANGE,
-                          "\"n_routed_experts\"");
+    expect_mutation_fails("\"n_routed_experts\": 8", "\"n_routed_experts\": 0", DSQ_ERR_RANGE, "\"n_routed_experts\"");
 }
 
 static void test_compress_ratios_length(void **state) {
@@ -235,8 +234,7 @@ static void test_inconsistent_dims(void **state) {
                           "\"num_experts_per_tok\"");
     expect_mutation_fails("\"num_key_value_heads\": 1", "\"num_key_value_heads\": 4", DSQ_ERR_CONFIG,
                           "\"num_key_value_heads\"");
-    expect_mutation_fails("\"n_shared_experts\": 1", "\"n_shared_experts\": 2", DSQ_ERR_CONFIG,
-                          "\"n_shared_experts\"");
+    expect_mutation_fails("\"n_shared_experts\": 1", "\"n_shared_experts\": 2", DSQ_ERR_CONFIG, "\"n_shared_experts\"");
     expect_mutation_fails("\"hidden_size\": 256", "\"hidden_size\": 200", DSQ_ERR_CONFIG,
                           "\"hidden_size\" = 200 must be a multiple of 128");
     expect_mutation_fails("\"moe_intermediate_size\": 128", "\"moe_intermediate_size\": 96", DSQ_ERR_CONFIG,
@@ -251,8 +249,7 @@ static void test_duplicate_key(void **state) {
     expect_mutation_fails("\"hidden_size\": 256,", "\"hidden_size\": 256, \"hidden_size\": 512,", DSQ_ERR_DUPLICATE,
                           "hidden_size");
     /* nested */
-    expect_mutation_fails("\"beta_slow\": 1,", "\"beta_slow\": 1, \"beta_slow\": 2,", DSQ_ERR_DUPLICATE,
-                          "beta_slow");
+    expect_mutation_fails("\"beta_slow\": 1,", "\"beta_slow\": 1, \"beta_slow\": 2,", DSQ_ERR_DUPLICATE, "beta_slow");
 }
 
 static void test_malformed_json(void **state) {
@@ -356,7 +353,7 @@ static void test_defaults(void **state) {
     assert_true(c.swiglu_limit == 10.0 && c.rope_theta == 10000.0 && c.compress_rope_theta == 160000.0);
     assert_int_equal(c.hc_sinkhorn_iters, 20);
     assert_true(c.hc_eps == 1e-6 && c.norm_eps == 1e-6);
-    assert_false(c.expert_fp4);        /* absent expert_dtype: FP8 experts */
+    assert_false(c.expert_fp4); /* absent expert_dtype: FP8 experts */
     assert_false(c.has_quant_config);
     assert_false(c.has_yarn);
     assert_int_equal(c.eos_token_id, 1);
@@ -388,14 +385,14 @@ static void test_load_errors(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_golden_values),    cmocka_unit_test(test_flash_pro_params),
-        cmocka_unit_test(test_kv_bytes),         cmocka_unit_test(test_missing_field),
-        cmocka_unit_test(test_mistyped_field),   cmocka_unit_test(test_non_integer),
-        cmocka_unit_test(test_negative),         cmocka_unit_test(test_compress_ratios_length),
+        cmocka_unit_test(test_golden_values),     cmocka_unit_test(test_flash_pro_params),
+        cmocka_unit_test(test_kv_bytes),          cmocka_unit_test(test_missing_field),
+        cmocka_unit_test(test_mistyped_field),    cmocka_unit_test(test_non_integer),
+        cmocka_unit_test(test_negative),          cmocka_unit_test(test_compress_ratios_length),
         cmocka_unit_test(test_inconsistent_dims), cmocka_unit_test(test_duplicate_key),
-        cmocka_unit_test(test_malformed_json),   cmocka_unit_test(test_wrong_model_type),
-        cmocka_unit_test(test_collects_all),     cmocka_unit_test(test_extra_fields),
-        cmocka_unit_test(test_defaults),         cmocka_unit_test(test_load_errors),
+        cmocka_unit_test(test_malformed_json),    cmocka_unit_test(test_wrong_model_type),
+        cmocka_unit_test(test_collects_all),      cmocka_unit_test(test_extra_fields),
+        cmocka_unit_test(test_defaults),          cmocka_unit_test(test_load_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

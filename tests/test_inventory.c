@@ -82,10 +82,20 @@ static void test_classify(void **state) {
     assert_true(dsq_inv_classify("mtp.1.shared_head.head.weight", &r));
     assert_int_equal(r.part, DSQ_PART_MTP_COPY);
 
-    const char *bad[] = {"model.embed.weight", "layers.01.attn_norm.weight", "layers.x.attn_norm.weight",
-                         "layers.1.attn_norm.scale", "layers.1.attn_norm", "embed.scale", "layers.1.e_proj.weight",
-                         "mtp.0.ffn.experts.1.w4.weight", "layers.1.ffn.experts.-1.w1.weight", "hc_attn_fn",
-                         "layers.99999999999.attn_norm.weight", "", "layers.", "layers.1.attn.wq_a.weight.x"};
+    const char *bad[] = {"model.embed.weight",
+                         "layers.01.attn_norm.weight",
+                         "layers.x.attn_norm.weight",
+                         "layers.1.attn_norm.scale",
+                         "layers.1.attn_norm",
+                         "embed.scale",
+                         "layers.1.e_proj.weight",
+                         "mtp.0.ffn.experts.1.w4.weight",
+                         "layers.1.ffn.experts.-1.w1.weight",
+                         "hc_attn_fn",
+                         "layers.99999999999.attn_norm.weight",
+                         "",
+                         "layers.",
+                         "layers.1.attn.wq_a.weight.x"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         if (dsq_inv_classify(bad[i], &r)) fprintf(stderr, "classified: %s\n", bad[i]);
         assert_false(dsq_inv_classify(bad[i], &r));
@@ -450,9 +460,12 @@ static void test_alloc_failures(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_classify),           cmocka_unit_test(test_expected_release),
-        cmocka_unit_test(test_golden_checks_clean), cmocka_unit_test(test_mutated_inventory),
-        cmocka_unit_test(test_problem_statuses),   cmocka_unit_test(test_variants),
+        cmocka_unit_test(test_classify),
+        cmocka_unit_test(test_expected_release),
+        cmocka_unit_test(test_golden_checks_clean),
+        cmocka_unit_test(test_mutated_inventory),
+        cmocka_unit_test(test_problem_statuses),
+        cmocka_unit_test(test_variants),
         cmocka_unit_test(test_alloc_failures),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -186,8 +186,10 @@ static void test_kl_monotone_in_noise(void **state) {
         dsq_kld_stats s;
         assert_int_equal(dsq_kld_acc_stats(acc, &s, NULL), DSQ_OK);
         assert_int_equal(s.n, 4 * 15);
-        if (variant == 0) assert_true(s.kl_mean == 0 && s.top1 == 1 && s.same_sample == 1 && s.ppl_ratio == 1);
-        else assert_true(s.kl_mean > prev);
+        if (variant == 0)
+            assert_true(s.kl_mean == 0 && s.top1 == 1 && s.same_sample == 1 && s.ppl_ratio == 1);
+        else
+            assert_true(s.kl_mean > prev);
         prev = s.kl_mean;
         dsq_kld_acc_free(acc);
         dsq_kld_ctx_free(c);
@@ -245,8 +247,10 @@ static void test_writer_misuse(void **state) {
     dsq_fault_set(DSQ_FAULT_WRITE, 1);
     dsq_status s = DSQ_OK;
     for (int i = 0; i < 20 && s == DSQ_OK; i++) s = dsq_kbase_writer_add(w, &rec, &err);
-    if (s == DSQ_OK) s = dsq_kbase_writer_finish(w, &err);
-    else dsq_kbase_writer_free(w);
+    if (s == DSQ_OK)
+        s = dsq_kbase_writer_finish(w, &err);
+    else
+        dsq_kbase_writer_free(w);
     dsq_fault_set(DSQ_FAULT_WRITE, 0);
     assert_int_equal(s, DSQ_ERR_IO);
     assert_false(dsq_path_exists(p2));
@@ -479,35 +483,53 @@ static void test_malformed(void **state) {
         enc_opts o = {0};
         uint8_t *h = p.header, *b0 = p.block[0];
         const char *n = m->name;
-        if (!strcmp(n, "bad magic")) h[0] ^= 1;
-        else if (!strcmp(n, "version 2")) dsq_put_u32le(h + 8, 2);
-        else if (!strcmp(n, "header size")) dsq_put_u32le(h + 12, 64);
-        else if (!strcmp(n, "header checksum")) h[20] ^= 1, o.keep_checksum = true;
+        if (!strcmp(n, "bad magic"))
+            h[0] ^= 1;
+        else if (!strcmp(n, "version 2"))
+            dsq_put_u32le(h + 8, 2);
+        else if (!strcmp(n, "header size"))
+            dsq_put_u32le(h + 12, 64);
+        else if (!strcmp(n, "header checksum"))
+            h[20] ^= 1, o.keep_checksum = true;
         else if (!strcmp(n, "truncated header")) {
             dsq_test_write(bad, h, 100);
             free_parts(&p);
             goto check;
-        } else if (!strcmp(n, "k > vocab")) dsq_put_u32le(h + 20, 101);
-        else if (!strcmp(n, "k = 0")) dsq_put_u32le(h + 20, 0);
-        else if (!strcmp(n, "vocab = 0")) dsq_put_u32le(h + 16, 0);
-        else if (!strcmp(n, "n_ctx < 3")) dsq_put_u32le(h + 24, 2), dsq_put_u32le(h + 28, 1);
-        else if (!strcmp(n, "score_from")) dsq_put_u32le(h + 28, 2);
-        else if (!strcmp(n, "stride")) dsq_put_u32le(h + 40, 8);
-        else if (!strcmp(n, "bos >= vocab")) dsq_put_u32le(h + 36, 100);
-        else if (!strcmp(n, "positions mismatch")) dsq_put_u64le(h + 48, 16);
+        } else if (!strcmp(n, "k > vocab"))
+            dsq_put_u32le(h + 20, 101);
+        else if (!strcmp(n, "k = 0"))
+            dsq_put_u32le(h + 20, 0);
+        else if (!strcmp(n, "vocab = 0"))
+            dsq_put_u32le(h + 16, 0);
+        else if (!strcmp(n, "n_ctx < 3"))
+            dsq_put_u32le(h + 24, 2), dsq_put_u32le(h + 28, 1);
+        else if (!strcmp(n, "score_from"))
+            dsq_put_u32le(h + 28, 2);
+        else if (!strcmp(n, "stride"))
+            dsq_put_u32le(h + 40, 8);
+        else if (!strcmp(n, "bos >= vocab"))
+            dsq_put_u32le(h + 36, 100);
+        else if (!strcmp(n, "positions mismatch"))
+            dsq_put_u64le(h + 48, 16);
         else if (!strcmp(n, "huge text")) {
             dsq_put_u32le(h + 32, 0xFFFFFFFFu); /* n_chunks: 4G chunks × 7 tokens */
             dsq_put_u64le(h + 48, 0xFFFFFFFFull * 3);
             dsq_put_u64le(h + 56, 0xFFFFFFFFull * 7);
-        } else if (!strcmp(n, "block positions 0")) dsq_put_u32le(h + 44, 0);
-        else if (!strcmp(n, "block too big")) dsq_put_u32le(h + 44, 0x7FFFFFFFu);
-        else if (!strcmp(n, "temperature NaN")) dsq_put_u64le(h + 80, 0x7FF8000000000000ull);
-        else if (!strcmp(n, "flags")) dsq_put_u32le(h + 92, 1);
-        else if (!strcmp(n, "reserved")) h[110] = 1;
+        } else if (!strcmp(n, "block positions 0"))
+            dsq_put_u32le(h + 44, 0);
+        else if (!strcmp(n, "block too big"))
+            dsq_put_u32le(h + 44, 0x7FFFFFFFu);
+        else if (!strcmp(n, "temperature NaN"))
+            dsq_put_u64le(h + 80, 0x7FF8000000000000ull);
+        else if (!strcmp(n, "flags"))
+            dsq_put_u32le(h + 92, 1);
+        else if (!strcmp(n, "reserved"))
+            h[110] = 1;
         else if (!strcmp(n, "note too long")) {
             memset(p.note, 'a', 1500);
             p.note_len = 1500;
-        } else if (!strcmp(n, "note control byte")) p.note[2] = '\t';
+        } else if (!strcmp(n, "note control byte"))
+            p.note[2] = '\t';
         else if (!strcmp(n, "note past end")) {
             encode(bad, &p, &o);
             /* claim a longer note than the file holds (and fix the checksum) */
@@ -522,31 +544,47 @@ static void test_malformed(void **state) {
         } else if (!strcmp(n, "token hash")) {
             p.tokens[0] ^= 1; /* still < vocab */
             if (rd32(p.tokens) >= 100) p.tokens[0] ^= 3;
-        } else if (!strcmp(n, "token out of vocab")) dsq_put_u32le(p.tokens + 4, 100);
-        else if (!strcmp(n, "token section short")) p.tokens_len -= 4;
-        else if (!strcmp(n, "no frame checksum")) o.no_frame_sum = true;
-        else if (!strcmp(n, "corrupt frame")) o.corrupt_frame = true;
-        else if (!strcmp(n, "two frames")) o.double_frame = true;
+        } else if (!strcmp(n, "token out of vocab"))
+            dsq_put_u32le(p.tokens + 4, 100);
+        else if (!strcmp(n, "token section short"))
+            p.tokens_len -= 4;
+        else if (!strcmp(n, "no frame checksum"))
+            o.no_frame_sum = true;
+        else if (!strcmp(n, "corrupt frame"))
+            o.corrupt_frame = true;
+        else if (!strcmp(n, "two frames"))
+            o.double_frame = true;
         else if (!strcmp(n, "block count")) {
             p.block_n[0] = 5;
             p.block_len[0] = 5 * REC;
-        } else if (!strcmp(n, "compressed size beyond bound")) o.zn_delta = 1u << 30;
-        else if (!strcmp(n, "block past end")) o.drop_bytes = 10;
+        } else if (!strcmp(n, "compressed size beyond bound"))
+            o.zn_delta = 1u << 30;
+        else if (!strcmp(n, "block past end"))
+            o.drop_bytes = 10;
         else if (!strcmp(n, "truncated blocks")) {
             free(p.block[2]);
             p.n_blocks = 2;
-        } else if (!strcmp(n, "trailing bytes")) o.trailer = "xyz";
-        else if (!strcmp(n, "record id out of vocab")) dsq_put_u32le(b0 + REC + 16 + 4 * 3, 100);
-        else if (!strcmp(n, "record target out of vocab")) dsq_put_u32le(b0 + 2 * REC, 0xFFFFFFFFu);
-        else if (!strcmp(n, "duplicate id")) memcpy(b0 + 16 + 4 * 5, b0 + 16 + 4 * 2, 4);
-        else if (!strcmp(n, "log-prob NaN")) set_lp(b0, 1, 4, NAN);
-        else if (!strcmp(n, "log-prob positive")) set_lp(b0, 0, 0, 0.5f);
-        else if (!strcmp(n, "log-probs increasing")) set_lp(b0, 0, 3, rec_lp(b0, 0, 2) + 0.1f);
+        } else if (!strcmp(n, "trailing bytes"))
+            o.trailer = "xyz";
+        else if (!strcmp(n, "record id out of vocab"))
+            dsq_put_u32le(b0 + REC + 16 + 4 * 3, 100);
+        else if (!strcmp(n, "record target out of vocab"))
+            dsq_put_u32le(b0 + 2 * REC, 0xFFFFFFFFu);
+        else if (!strcmp(n, "duplicate id"))
+            memcpy(b0 + 16 + 4 * 5, b0 + 16 + 4 * 2, 4);
+        else if (!strcmp(n, "log-prob NaN"))
+            set_lp(b0, 1, 4, NAN);
+        else if (!strcmp(n, "log-prob positive"))
+            set_lp(b0, 0, 0, 0.5f);
+        else if (!strcmp(n, "log-probs increasing"))
+            set_lp(b0, 0, 3, rec_lp(b0, 0, 2) + 0.1f);
         else if (!strcmp(n, "mass not 1")) {
             for (int j = 0; j < FK; j++) set_lp(b0, 3, j, rec_lp(b0, 3, j) - 0.01f);
             set_f32(b0 + 3 * REC + 12, -30.0f);
-        } else if (!strcmp(n, "rest NaN")) set_f32(b0 + 4 * REC + 12, NAN);
-        else if (!strcmp(n, "target inconsistent")) set_f32(b0 + 8, 0.0f);
+        } else if (!strcmp(n, "rest NaN"))
+            set_f32(b0 + 4 * REC + 12, NAN);
+        else if (!strcmp(n, "target inconsistent"))
+            set_f32(b0 + 8, 0.0f);
         encode(bad, &p, &o);
         free_parts(&p);
     check:;
@@ -612,8 +650,9 @@ static void test_doc_table_matches(void **state) {
         while (bar > doc && bar[-1] != '\n') bar--;
         unsigned off = (unsigned)strtoul(bar + 1, NULL, 10);
         uint64_t got = want[i].type[1] == '6' || want[i].type[0] == 'f' ? rd64(f + off) : rd32(f + off);
-        if (got != want[i].value) fprintf(stderr, "%s at %u: %llu != %llu\n", want[i].field, off,
-                                          (unsigned long long)got, (unsigned long long)want[i].value);
+        if (got != want[i].value)
+            fprintf(stderr, "%s at %u: %llu != %llu\n", want[i].field, off, (unsigned long long)got,
+                    (unsigned long long)want[i].value);
         assert_true(got == want[i].value);
         found++;
     }
@@ -627,10 +666,8 @@ static void test_doc_table_matches(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_roundtrip),
-        cmocka_unit_test(test_kl_monotone_in_noise),
-        cmocka_unit_test(test_writer_misuse),
-        cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_roundtrip),         cmocka_unit_test(test_kl_monotone_in_noise),
+        cmocka_unit_test(test_writer_misuse),     cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_doc_table_matches),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -80,9 +80,10 @@ static dsq_status bigram_span(void *user, const int32_t *ids, size_t n, size_t s
 }
 
 static void test_parse_ok(void **state) {
-    const char *text = "{\"ctx\": \"A man\", \"endings\": [\"runs.\", \"sits.\", \"flies.\"], \"label\": 2}\n"
-                       "\n"
-                       "{\"context\": \"Caf\\u00e9 \xe2\x98\x95\", \"endings\": [\"x\", \"y\"], \"label\": \"1\", \"extra\": [1]}\r\n";
+    const char *text =
+        "{\"ctx\": \"A man\", \"endings\": [\"runs.\", \"sits.\", \"flies.\"], \"label\": 2}\n"
+        "\n"
+        "{\"context\": \"Caf\\u00e9 \xe2\x98\x95\", \"endings\": [\"x\", \"y\"], \"label\": \"1\", \"extra\": [1]}\r\n";
     dsq_mc_task *t;
     dsq_err err = DSQ_ERR_INIT;
     assert_int_equal(dsq_mc_task_parse(text, strlen(text), "mem", &t, &err), DSQ_OK);

@@ -521,12 +521,18 @@ static void test_kl_golden_exact_vs_release(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_log_softmax_hand), cmocka_unit_test(test_log_softmax_random),
-        cmocka_unit_test(test_row_errors),       cmocka_unit_test(test_argmax_and_gumbel),
-        cmocka_unit_test(test_stat_and_quantiles), cmocka_unit_test(test_ppl_plan),
-        cmocka_unit_test(test_ppl_result),       cmocka_unit_test(test_diff),
-        cmocka_unit_test(test_kl_hand),          cmocka_unit_test(test_kl_self_is_zero),
-        cmocka_unit_test(test_kl_vs_reference),  cmocka_unit_test(test_kl_bands_hist),
+        cmocka_unit_test(test_log_softmax_hand),
+        cmocka_unit_test(test_log_softmax_random),
+        cmocka_unit_test(test_row_errors),
+        cmocka_unit_test(test_argmax_and_gumbel),
+        cmocka_unit_test(test_stat_and_quantiles),
+        cmocka_unit_test(test_ppl_plan),
+        cmocka_unit_test(test_ppl_result),
+        cmocka_unit_test(test_diff),
+        cmocka_unit_test(test_kl_hand),
+        cmocka_unit_test(test_kl_self_is_zero),
+        cmocka_unit_test(test_kl_vs_reference),
+        cmocka_unit_test(test_kl_bands_hist),
         cmocka_unit_test(test_kl_golden_exact_vs_release),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

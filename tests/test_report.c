@@ -51,15 +51,17 @@ static dsq_kld_stats fake_stats(double scale, double agree) {
 }
 
 static const dsq_report_family fam_fp8[] = {
-    {"attn.wq_a", 0.021, 0.004, 0.99978}, {"attn.wkv", 0.022, 0.005, 0.99976}, {"attn.wo_b", 0.020, 0.003, 0.9998},
-    {"ffn.shared.w1", 0.023, 0.006, 0.99974}, {"ffn.experts.w1", 0.024, 0.007, 0.99971}, {"ffn.experts.w2", 0.025, 0.007, 0.9997},
+    {"attn.wq_a", 0.021, 0.004, 0.99978},      {"attn.wkv", 0.022, 0.005, 0.99976},
+    {"attn.wo_b", 0.020, 0.003, 0.9998},       {"ffn.shared.w1", 0.023, 0.006, 0.99974},
+    {"ffn.experts.w1", 0.024, 0.007, 0.99971}, {"ffn.experts.w2", 0.025, 0.007, 0.9997},
 };
 static const dsq_report_family fam_int4[] = {
-    {"attn.wq_a", 0.081, 0.02, 0.9967}, {"attn.wkv", 0.085, 0.021, 0.9964}, {"attn.wo_b", 0.079, 0.018, 0.9969},
-    {"ffn.shared.w1", 0.090, 0.03, 0.9959}, {"ffn.experts.w1", 0.094, 0.031, 0.9956}, {"ffn.experts.w2", 0.097, 0.033, 0.9953},
+    {"attn.wq_a", 0.081, 0.02, 0.9967},       {"attn.wkv", 0.085, 0.021, 0.9964},
+    {"attn.wo_b", 0.079, 0.018, 0.9969},      {"ffn.shared.w1", 0.090, 0.03, 0.9959},
+    {"ffn.experts.w1", 0.094, 0.031, 0.9956}, {"ffn.experts.w2", 0.097, 0.033, 0.9953},
 };
 static const dsq_report_family fam_q2[] = {
-    {"attn.wq_a", 0.31, 0.09, 0.951}, {"attn.wkv", 0.33, 0.1, 0.944}, {"attn.wo_b", 0.30, 0.08, 0.953},
+    {"attn.wq_a", 0.31, 0.09, 0.951},     {"attn.wkv", 0.33, 0.1, 0.944},        {"attn.wo_b", 0.30, 0.08, 0.953},
     {"ffn.shared.w1", 0.36, 0.12, 0.933}, {"ffn.experts.w1", 0.41, 0.13, 0.912}, {"ffn.experts.w2", 0.43, 0.14, 0.903},
 };
 
@@ -218,8 +220,10 @@ static void test_write(void **state) {
         dsq_status s = dsq_report_render_html(&r, &x, NULL, &err);
         dsq_fault_set(DSQ_FAULT_MALLOC, 0);
         assert_true(s == DSQ_OK || s == DSQ_ERR_NOMEM);
-        if (s == DSQ_OK) dsq_free(x);
-        else assert_null(x);
+        if (s == DSQ_OK)
+            dsq_free(x);
+        else
+            assert_null(x);
     }
     free(m);
     free(h);
@@ -236,7 +240,7 @@ static void test_write(void **state) {
 
 typedef struct render {
     int rc;
-    bool console;       /* any console message, uncaught error or failed resource in Chromium's log */
+    bool console; /* any console message, uncaught error or failed resource in Chromium's log */
     long png_bytes;
     long colors;
     double non_background;
@@ -259,7 +263,8 @@ static render run_chromium(const char *html_path, const char *png, const char *t
     out.console = strstr(text, ":CONSOLE") || strstr(text, "Uncaught") || strstr(text, "net::ERR_");
     if (out.rc != 0) fprintf(stderr, "[%s] chromium exit status %d, log:\n%s\n", tag, out.rc, text);
     for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n")) /* the console lines alone */
-        if (strstr(l, ":CONSOLE") || strstr(l, "Uncaught") || strstr(l, "net::ERR_")) fprintf(stderr, "[%s] %s\n", tag, l);
+        if (strstr(l, ":CONSOLE") || strstr(l, "Uncaught") || strstr(l, "net::ERR_"))
+            fprintf(stderr, "[%s] %s\n", tag, l);
     free(text);
     struct stat st;
     out.png_bytes = stat(png, &st) == 0 ? (long)st.st_size : -1;
@@ -302,8 +307,8 @@ static void test_chromium_renders(void **state) {
     assert_false(x.console);
     assert_true(x.png_bytes > 30000);
     assert_int_equal(x.width, 1280);
-    assert_true(x.colors > 200);              /* text antialiasing and six palette colours */
-    assert_true(x.non_background > 0.03);     /* tables and charts, not an empty page */
+    assert_true(x.colors > 200);          /* text antialiasing and six palette colours */
+    assert_true(x.non_background > 0.03); /* tables and charts, not an empty page */
 
     /* The checks catch a broken page: a script error shows in the log ... */
     char *bad = dsq_test_join(tmp, "bad.html"), *bad_png = dsq_test_join(tmp, "bad.png");

@@ -54,8 +54,8 @@ typedef struct dsq_ppl_plan {
     uint32_t n_ctx;      /* tokens per evaluated chunk, including BOS (≥ 3) */
     uint32_t score_from; /* first scored chunk position (n_ctx/2) */
     uint32_t n_chunks;
-    int32_t bos;         /* BOS id, or -1 for none */
-    uint32_t stride;     /* text tokens consumed per chunk: n_ctx-1 with BOS, n_ctx without */
+    int32_t bos;     /* BOS id, or -1 for none */
+    uint32_t stride; /* text tokens consumed per chunk: n_ctx-1 with BOS, n_ctx without */
 } dsq_ppl_plan;
 /* Plan chunks over n_text tokens; max_chunks = 0 means as many as fit.  DSQ_ERR_ARG if n_ctx < 3
  * or the text holds no complete chunk. */
@@ -83,35 +83,35 @@ dsq_ppl_result dsq_ppl_from_stat(const dsq_stat *nll);
  * the probability mass outside those k ids, the log-prob of the actual next token and a Gumbel-max
  * sample.  Written in zstd-compressed blocks of positions and read back one position at a time, so
  * memory stays O(vocab + block) whatever the number of positions. */
-#define DSQ_KBASE_MAGIC "DSQKLDB\0"
-#define DSQ_KBASE_VERSION 1u
-#define DSQ_KBASE_HEADER_BYTES 128u
-#define DSQ_KBASE_DEFAULT_K 64u
-#define DSQ_KBASE_MAX_VOCAB (1u << 24)
-#define DSQ_KBASE_MAX_TEXT_TOKENS (1ull << 28)     /* text tokens stored (4 bytes each in memory) */
-#define DSQ_KBASE_MAX_BLOCK_BYTES (16u << 20)      /* decompressed bytes of one block */
-#define DSQ_KBASE_NOTE_MAX 1024u                   /* free-text provenance note */
-#define DSQ_KBASE_MASS_TOL 1e-3                    /* |Σ p - 1| allowed in a stored record */
+#define DSQ_KBASE_MAGIC           "DSQKLDB\0"
+#define DSQ_KBASE_VERSION         1u
+#define DSQ_KBASE_HEADER_BYTES    128u
+#define DSQ_KBASE_DEFAULT_K       64u
+#define DSQ_KBASE_MAX_VOCAB       (1u << 24)
+#define DSQ_KBASE_MAX_TEXT_TOKENS (1ull << 28) /* text tokens stored (4 bytes each in memory) */
+#define DSQ_KBASE_MAX_BLOCK_BYTES (16u << 20)  /* decompressed bytes of one block */
+#define DSQ_KBASE_NOTE_MAX        1024u        /* free-text provenance note */
+#define DSQ_KBASE_MASS_TOL        1e-3         /* |Σ p - 1| allowed in a stored record */
 
 typedef struct dsq_kbase_info {
     uint32_t vocab;
-    uint32_t k;               /* stored ids per position, 1 ≤ k ≤ vocab */
-    dsq_ppl_plan plan;        /* how positions were produced */
-    uint64_t n_positions;     /* = dsq_ppl_plan_positions(&plan) */
-    uint64_t n_text;          /* = dsq_ppl_plan_text_tokens(&plan) */
-    uint64_t tokens_hash;     /* XXH3-64 of the text tokens as little-endian int32 */
-    uint64_t seed;            /* Gumbel-max seed of `sample` */
-    double temperature;       /* Gumbel-max temperature of `sample` (> 0) */
-    uint32_t block_positions; /* positions per compressed block (the last may hold fewer) */
+    uint32_t k;                        /* stored ids per position, 1 ≤ k ≤ vocab */
+    dsq_ppl_plan plan;                 /* how positions were produced */
+    uint64_t n_positions;              /* = dsq_ppl_plan_positions(&plan) */
+    uint64_t n_text;                   /* = dsq_ppl_plan_text_tokens(&plan) */
+    uint64_t tokens_hash;              /* XXH3-64 of the text tokens as little-endian int32 */
+    uint64_t seed;                     /* Gumbel-max seed of `sample` */
+    double temperature;                /* Gumbel-max temperature of `sample` (> 0) */
+    uint32_t block_positions;          /* positions per compressed block (the last may hold fewer) */
     char note[DSQ_KBASE_NOTE_MAX + 1]; /* NUL-terminated, no control bytes */
 } dsq_kbase_info;
 
 /* One position.  ids/lps are [k], ordered by reference logit descending (ties: lower id first). */
 typedef struct dsq_kbase_record {
-    int32_t target;    /* the token that actually follows */
-    int32_t sample;    /* Gumbel-max sample of the full row at (seed, position, temperature) */
-    float target_lp;   /* log p(target) */
-    float rest_lp;     /* log of the probability mass outside ids (-inf when there is none) */
+    int32_t target;  /* the token that actually follows */
+    int32_t sample;  /* Gumbel-max sample of the full row at (seed, position, temperature) */
+    float target_lp; /* log p(target) */
+    float rest_lp;   /* log of the probability mass outside ids (-inf when there is none) */
     uint32_t k;
     const int32_t *ids;
     const float *lps;
@@ -163,12 +163,12 @@ dsq_status dsq_kld_ref_record(dsq_kld_ctx *c, const float *row, int32_t target, 
                               dsq_kbase_record *rec, dsq_err *err);
 
 typedef struct dsq_kld_pos {
-    double kl;           /* KL_k(ref ‖ cand), nats */
-    double ref_top1_p;   /* p_ref of the ref's top-1 token */
+    double kl;                /* KL_k(ref ‖ cand), nats */
+    double ref_top1_p;        /* p_ref of the ref's top-1 token */
     double nll_ref, nll_cand; /* -log p(target), both rounded through float like the record */
-    double dp;           /* p_cand(target) - p_ref(target) */
-    bool top1_agree;     /* argmax of the candidate row == ref top-1 */
-    bool sample_agree;   /* candidate's Gumbel-max sample (same seed, position) == ref's */
+    double dp;                /* p_cand(target) - p_ref(target) */
+    bool top1_agree;          /* argmax of the candidate row == ref top-1 */
+    bool sample_agree;        /* candidate's Gumbel-max sample (same seed, position) == ref's */
 } dsq_kld_pos;
 /* Compare a candidate logits row with a base record (record's target must be in range). */
 dsq_status dsq_kld_compare(dsq_kld_ctx *c, const dsq_kbase_record *ref, const float *cand_row, uint64_t position,
@@ -177,9 +177,9 @@ dsq_status dsq_kld_compare(dsq_kld_ctx *c, const dsq_kbase_record *ref, const fl
 /* KL histogram: bin 0 holds KL < 1e-6 (including ≤ 0), bins 1..28 are log-spaced with
  * DSQ_KLD_HIST_PER_DECADE bins per decade over [1e-6, 10), the last bin KL ≥ 10. */
 #define DSQ_KLD_HIST_PER_DECADE 4
-#define DSQ_KLD_HIST_LO_EXP (-6)
-#define DSQ_KLD_HIST_HI_EXP 1
-#define DSQ_KLD_HIST_BINS (2 + DSQ_KLD_HIST_PER_DECADE * (DSQ_KLD_HIST_HI_EXP - DSQ_KLD_HIST_LO_EXP))
+#define DSQ_KLD_HIST_LO_EXP     (-6)
+#define DSQ_KLD_HIST_HI_EXP     1
+#define DSQ_KLD_HIST_BINS       (2 + DSQ_KLD_HIST_PER_DECADE * (DSQ_KLD_HIST_HI_EXP - DSQ_KLD_HIST_LO_EXP))
 /* Lower edge of bin b (b ≥ 1); 0 for b = 0. */
 double dsq_kld_hist_edge(int b);
 int dsq_kld_hist_bin(double kl);
@@ -192,8 +192,8 @@ typedef struct dsq_kld_stats {
     double kl_mean, kl_mean_se;
     double kl_median, kl_median_se;
     double kl_p99, kl_p99_se;
-    double kl_max;            /* no standard error: an extreme order statistic has none worth quoting */
-    double top1, top1_se;     /* agreement rate, sqrt(p(1-p)/n) */
+    double kl_max;        /* no standard error: an extreme order statistic has none worth quoting */
+    double top1, top1_se; /* agreement rate, sqrt(p(1-p)/n) */
     double same_sample, same_sample_se;
     dsq_ppl_result ppl_ref, ppl_cand;
     double ppl_ratio, ppl_ratio_se; /* exp(mean(nll_cand - nll_ref)), delta method on the paired difference */
@@ -219,8 +219,8 @@ dsq_status dsq_kld_acc_stats(const dsq_kld_acc *a, dsq_kld_stats *out, dsq_err *
  * ending's UTF-8 byte length (+1 for the space), which does not depend on the tokenizer, so models
  * with different tokenizers compare fairly.  Ties go to the lower ending index. */
 #define DSQ_MC_MAX_ENDINGS 64
-#define DSQ_MC_MAX_LINE (1u << 20)     /* bytes per JSONL line */
-#define DSQ_MC_MAX_FILE (1ull << 30)   /* bytes per task file */
+#define DSQ_MC_MAX_LINE    (1u << 20)   /* bytes per JSONL line */
+#define DSQ_MC_MAX_FILE    (1ull << 30) /* bytes per task file */
 
 typedef struct dsq_mc_item {
     const char *ctx;
@@ -252,15 +252,15 @@ typedef struct dsq_mc_answer {
 } dsq_mc_answer;
 
 typedef struct dsq_mc_options {
-    int32_t bos;      /* prepended to every sequence; -1 for none */
+    int32_t bos;         /* prepended to every sequence; -1 for none */
     size_t first, count; /* items [first, first+count); count 0 = to the end */
 } dsq_mc_options;
 
 typedef struct dsq_mc_result {
     uint64_t n;
     double acc_raw, acc_raw_se, acc_norm, acc_norm_se; /* se = sqrt(p(1-p)/n) */
-    dsq_mc_answer *answers; /* [n], dsq_free by the caller (dsq_mc_result_clear) */
-    double *ll;             /* [Σ endings] summed log-likelihoods, item-major; dsq_free */
+    dsq_mc_answer *answers;                            /* [n], dsq_free by the caller (dsq_mc_result_clear) */
+    double *ll;                                        /* [Σ endings] summed log-likelihoods, item-major; dsq_free */
 } dsq_mc_result;
 /* Score items with the callbacks.  Context and continuation are tokenized as tok(ctx) and
  * tok(ctx + " " + ending); when the second starts with the first, the rest is the continuation,
@@ -274,8 +274,8 @@ void dsq_mc_result_clear(dsq_mc_result *r);
 dsq_status dsq_mc_answers_write(const char *path, const dsq_mc_task *t, const dsq_mc_options *opt,
                                 const dsq_mc_result *r, bool overwrite, dsq_err *err);
 typedef struct dsq_mc_flips {
-    uint64_t n;             /* items compared */
-    uint64_t raw, norm;     /* items whose chosen answer changed */
+    uint64_t n;         /* items compared */
+    uint64_t raw, norm; /* items whose chosen answer changed */
     double raw_rate, norm_rate;
 } dsq_mc_flips;
 /* Compare a result with an answers file written for the same task and item range. */

@@ -13,33 +13,33 @@
 /* Quantization error of one tensor family (e.g. "attn.wq_a", "ffn.experts.w1") in one build. */
 typedef struct dsq_report_family {
     const char *family;
-    double rel_rms;  /* sqrt(Σ(w - ŵ)² / Σw²) */
-    double max_abs;  /* max |w - ŵ| */
-    double cosine;   /* cosine similarity of w and ŵ */
+    double rel_rms; /* sqrt(Σ(w - ŵ)² / Σw²) */
+    double max_abs; /* max |w - ŵ| */
+    double cosine;  /* cosine similarity of w and ŵ */
 } dsq_report_family;
 
 typedef struct dsq_report_build {
-    const char *name;          /* shown as given (escaped) */
+    const char *name; /* shown as given (escaped) */
     uint64_t file_bytes;
     bool has_kld;
-    dsq_kld_stats kld;         /* KL, top-1, same-sample, ppl ratio, Δp, bands, histogram */
+    dsq_kld_stats kld; /* KL, top-1, same-sample, ppl ratio, Δp, bands, histogram */
     bool has_mc;
-    double mc_acc, mc_acc_se;  /* length-normalised accuracy */
+    double mc_acc, mc_acc_se; /* length-normalised accuracy */
     bool has_flips;
-    double mc_flip_rate;       /* items whose chosen answer differs from the reference's */
+    double mc_flip_rate; /* items whose chosen answer differs from the reference's */
     size_t n_families;
     const dsq_report_family *families;
 } dsq_report_build;
 
 typedef struct dsq_report {
-    const char *title;         /* default "dsq comparison report" */
-    const char *reference;     /* reference model name */
-    uint64_t reference_bytes;  /* 0 if unknown */
-    double ref_ppl, ref_ppl_se; /* reference perplexity (0 if not measured) */
+    const char *title;                /* default "dsq comparison report" */
+    const char *reference;            /* reference model name */
+    uint64_t reference_bytes;         /* 0 if unknown */
+    double ref_ppl, ref_ppl_se;       /* reference perplexity (0 if not measured) */
     double ref_mc_acc, ref_mc_acc_se; /* reference MC accuracy (negative if not measured) */
-    const char *text_desc;     /* e.g. "wiki.test.raw: 40 chunks of 512 tokens (10,200 scored)"; may be NULL */
-    const char *task_desc;     /* may be NULL */
-    const char *generated_by;  /* command line or tool version; may be NULL */
+    const char *text_desc;            /* e.g. "wiki.test.raw: 40 chunks of 512 tokens (10,200 scored)"; may be NULL */
+    const char *task_desc;            /* may be NULL */
+    const char *generated_by;         /* command line or tool version; may be NULL */
     size_t n_builds;
     const dsq_report_build *builds;
 } dsq_report;

@@ -9,6 +9,7 @@
 #define DSQ_WSRC_H
 
 #include "dsq_core.h"
+#include "dsq_config.h"
 #include "dsq_encoding.h"
 
 #define DSQ_WVIEW_MAX_RANK 4
@@ -22,7 +23,7 @@
  *   MXFP4:        data = [rows][cols/2] e2m1 pairs, low nibble = even col; scale = [rows][cols/32] UE8M0.
  *   any other float encoding: the layouts of lib/quant/dsq_codec.h (scale, mins, group, tensor_scale). */
 typedef struct dsq_wview {
-    const char *name; /* canonical name, owned by the source */
+    const char *name;    /* canonical name, owned by the source */
     dsq_encoding enc;
     int rank;
     uint64_t shape[DSQ_WVIEW_MAX_RANK];
@@ -31,10 +32,10 @@ typedef struct dsq_wview {
     const uint8_t *scale; /* NULL when the encoding has none */
     uint64_t scale_bytes;
     /* the other codecs of lib/quant/dsq_codec.h (a .dsq container may hold them): */
-    int group;           /* group width of INT*_G encodings, else 0 */
-    const uint8_t *mins; /* F16 minimums of the asymmetric encodings, else NULL */
+    int group;            /* group width of INT*_G encodings, else 0 */
+    const uint8_t *mins;  /* F16 minimums of the asymmetric encodings, else NULL */
     uint64_t mins_bytes;
-    float tensor_scale; /* NVFP4 tensor scale, else 0 */
+    float tensor_scale;   /* NVFP4 tensor scale, else 0 */
 } dsq_wview;
 
 typedef struct dsq_wsrc dsq_wsrc;
@@ -54,11 +55,16 @@ struct dsq_wsrc {
  * FP8 weights pair with their `.scale` tensor (UE8M0 → FP8_B128, F32 → FP8_B128_F32); I8 weights
  * with a UE8M0 scale of [rows, cols/16 bytes] are MXFP4.  The result is closed with dsq_wsrc_close. */
 dsq_status dsq_wsrc_open_safetensors(const char *path, dsq_wsrc **out, dsq_err *err);
-/* Open a .dsq container as a weight source.  A canonical name resolves to the stored tensor holding
- * it: itself, or its slice of a stacked tensor (routed experts [E, out, in]) or of a fused one
- * (compressor wkv|wgate).  *config_json (may be NULL; heap, dsq_free) receives the source config from
- * the metadata (model.config).  No page-cache hints yet. */
-dsq_status dsq_wsrc_open_container(const char *path, dsq_wsrc **out, char **config_json, dsq_err *err);
+/* Open a .dsq container as a weight source (lib/eval/wsrc_dsq.c): checkpoint names resolve to their
+ * slice of a stacked or fused tensor through the container's source records.  When cfg is non-NULL
+ * it receives the metadata's model.config. */
+dsq_status dsq_wsrc_open_dsq(const char *path, dsq_v4_config *cfg, dsq_wsrc **out, dsq_err *err);
+/* True when PATH is a regular file starting with the .dsq magic. */
+bool dsq_wsrc_is_dsq(const char *path);
+/* Open whatever PATH is: a .dsq container (config from its metadata) or a checkpoint directory
+ * (config.json + safetensors).  cfg receives the config. */
+dsq_status dsq_wsrc_open_path(const char *path, dsq_v4_config *cfg, dsq_wsrc **out, dsq_err *err);
+
 /* Accepts NULL. */
 void dsq_wsrc_close(dsq_wsrc *s);
 

@@ -118,9 +118,8 @@ dsq_status dsq_ppl_plan_make(uint64_t n_text, uint32_t n_ctx, uint32_t max_chunk
     p.stride = p.bos >= 0 ? n_ctx - 1 : n_ctx;
     uint64_t fit = n_text / p.stride;
     if (max_chunks && fit > max_chunks) fit = max_chunks;
-    DSQ_RETURN_IF(fit == 0, err, DSQ_ERR_ARG,
-                  "%llu tokens do not fill one chunk of %u (%u text tokens per chunk)", (unsigned long long)n_text,
-                  n_ctx, p.stride);
+    DSQ_RETURN_IF(fit == 0, err, DSQ_ERR_ARG, "%llu tokens do not fill one chunk of %u (%u text tokens per chunk)",
+                  (unsigned long long)n_text, n_ctx, p.stride);
     DSQ_RETURN_IF(fit > UINT32_MAX, err, DSQ_ERR_RANGE, "too many chunks (%llu)", (unsigned long long)fit);
     p.n_chunks = (uint32_t)fit;
     *out = p;

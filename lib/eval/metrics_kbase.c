@@ -28,7 +28,7 @@ enum {
     OFF_NOTE_BYTES = 88,
     OFF_FLAGS = 92,
     OFF_TOKENS_FRAME_BYTES = 96,
-    OFF_CHECKSUM = 120, /* XXH3-64 of bytes [0, 120) */
+    OFF_CHECKSUM = 120,   /* XXH3-64 of bytes [0, 120) */
     BLOCK_HEAD_BYTES = 8, /* u32 positions, u32 compressed bytes */
     RECORD_FIXED_BYTES = 16,
     ZSTD_LEVEL = 3,
@@ -108,9 +108,9 @@ struct dsq_kbase_writer {
     bool open;
     dsq_kbase_info info;
     uint64_t rec_bytes, added;
-    uint8_t *block;       /* [block_positions × rec_bytes] records being gathered */
+    uint8_t *block; /* [block_positions × rec_bytes] records being gathered */
     uint32_t in_block;
-    uint8_t *zbuf;        /* compressed output */
+    uint8_t *zbuf; /* compressed output */
     size_t zcap;
     ZSTD_CCtx *cctx;
 };
@@ -295,16 +295,16 @@ struct dsq_kbase_reader {
     bool mapped;
     dsq_kbase_info info;
     int32_t *text;
-    uint64_t pos;          /* file offset of the next block */
+    uint64_t pos; /* file offset of the next block */
     uint64_t rec_bytes, read;
-    uint8_t *block;        /* [block_positions × rec_bytes] decompressed */
+    uint8_t *block; /* [block_positions × rec_bytes] decompressed */
     uint32_t in_block, next_in_block;
     uint8_t *zbuf;
     size_t zcap;
     ZSTD_DCtx *dctx;
-    int32_t *ids;          /* [k] decoded views of the current record */
+    int32_t *ids; /* [k] decoded views of the current record */
     float *lps;
-    uint32_t *stamp;       /* [vocab] distinctness marks */
+    uint32_t *stamp; /* [vocab] distinctness marks */
     uint32_t gen;
 };
 
@@ -355,7 +355,8 @@ static dsq_status read_header(dsq_kbase_reader *r, dsq_err *err) {
     DSQ_RETURN_IF(size < sizeof h, err, DSQ_ERR_TRUNCATED, "%s: %llu bytes, shorter than the %u-byte header", path,
                   (unsigned long long)size, DSQ_KBASE_HEADER_BYTES);
     DSQ_TRY(dsq_map_read(&r->map, 0, h, sizeof h, err));
-    DSQ_RETURN_IF(memcmp(h, DSQ_KBASE_MAGIC, 8) != 0, err, DSQ_ERR_MAGIC, "%s: not a dsq KL base file (bad magic)", path);
+    DSQ_RETURN_IF(memcmp(h, DSQ_KBASE_MAGIC, 8) != 0, err, DSQ_ERR_MAGIC, "%s: not a dsq KL base file (bad magic)",
+                  path);
     dsq_cursor c = dsq_cursor_make(h, sizeof h);
     dsq_cursor_seek(&c, OFF_VERSION);
     uint32_t version = dsq_cursor_u32le(&c), header_bytes = dsq_cursor_u32le(&c);
@@ -500,7 +501,8 @@ static dsq_status check_record(dsq_kbase_reader *r, const dsq_kbase_record *rec,
     const char *path = r->map.path;
     unsigned long long at = (unsigned long long)r->read;
     uint32_t vocab = r->info.vocab, k = r->info.k;
-    DSQ_RETURN_IF(rec->target < 0 || (uint32_t)rec->target >= vocab || rec->sample < 0 || (uint32_t)rec->sample >= vocab,
+    DSQ_RETURN_IF(rec->target < 0 || (uint32_t)rec->target >= vocab || rec->sample < 0 ||
+                      (uint32_t)rec->sample >= vocab,
                   err, DSQ_ERR_TOKEN, "%s: position %llu: target %d / sample %d outside the vocabulary", path, at,
                   (int)rec->target, (int)rec->sample);
     if (++r->gen == 0) {

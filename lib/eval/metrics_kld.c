@@ -9,12 +9,15 @@ struct dsq_kld_ctx {
     uint32_t vocab, k;
     double temperature;
     uint64_t seed;
-    uint32_t *stamp;   /* [vocab] membership marks: stamp[i] == gen ⇔ i is in the current id set */
+    uint32_t *stamp; /* [vocab] membership marks: stamp[i] == gen ⇔ i is in the current id set */
     uint32_t gen;
-    int32_t *ids;      /* [k] the last reference record's ids */
-    float *lps;        /* [k] its log-probs */
-    float *cand_lps;   /* [k] candidate log-probs at the reference's ids */
-    struct cand { float x; int32_t id; } *heap; /* [k] top-k selection */
+    int32_t *ids;    /* [k] the last reference record's ids */
+    float *lps;      /* [k] its log-probs */
+    float *cand_lps; /* [k] candidate log-probs at the reference's ids */
+    struct cand {
+        float x;
+        int32_t id;
+    } * heap; /* [k] top-k selection */
 };
 
 dsq_status dsq_kld_ctx_create(uint32_t vocab, uint32_t k, double temperature, uint64_t seed, dsq_kld_ctx **out,

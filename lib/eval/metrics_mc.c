@@ -120,7 +120,8 @@ static dsq_status add_item(dsq_mc_task *t, const cJSON *root, const char *what, 
                   line, n_end, DSQ_MC_MAX_ENDINGS);
     int e = 0;
     for (const cJSON *x = endings->child; x; x = x->next, e++)
-        DSQ_RETURN_IF(!text_ok(x), err, DSQ_ERR_JSON, "%s:%zu: ending %d is not a non-empty UTF-8 string", what, line, e);
+        DSQ_RETURN_IF(!text_ok(x), err, DSQ_ERR_JSON, "%s:%zu: ending %d is not a non-empty UTF-8 string", what, line,
+                      e);
     const cJSON *label = cJSON_GetObjectItemCaseSensitive(root, "label");
     uint64_t lab = 0;
     bool lab_ok = false;
@@ -132,8 +133,8 @@ static dsq_status add_item(dsq_mc_task *t, const cJSON *root, const char *what, 
         if (lab_ok) lab = strtoull(label->valuestring, NULL, 10);
     }
     DSQ_RETURN_IF(!label, err, DSQ_ERR_MISSING, "%s:%zu: no \"label\"", what, line);
-    DSQ_RETURN_IF(!lab_ok || lab >= (uint64_t)n_end, err, DSQ_ERR_RANGE,
-                  "%s:%zu: label is not an integer in [0, %d)", what, line, n_end);
+    DSQ_RETURN_IF(!lab_ok || lab >= (uint64_t)n_end, err, DSQ_ERR_RANGE, "%s:%zu: label is not an integer in [0, %d)",
+                  what, line, n_end);
 
     if (t->n == t->cap) {
         size_t cap = t->cap ? t->cap * 2 : 256;
@@ -230,7 +231,8 @@ uint64_t dsq_mc_task_hash(const dsq_mc_task *t) {
         dsq_put_u32le(b, it->n_endings);
         dsq_put_u32le(b + 4, it->label);
         XXH3_64bits_update(&st, b, sizeof b);
-        for (uint32_t e = 0; e < it->n_endings; e++) XXH3_64bits_update(&st, it->endings[e], strlen(it->endings[e]) + 1);
+        for (uint32_t e = 0; e < it->n_endings; e++)
+            XXH3_64bits_update(&st, it->endings[e], strlen(it->endings[e]) + 1);
     }
     return XXH3_64bits_digest(&st);
 }
@@ -272,8 +274,8 @@ static dsq_status grow(scratch *s, size_t n, dsq_err *err) {
 }
 
 static dsq_status score_ending(const dsq_mc_item *it, uint32_t e, const int32_t *ctx_ids, size_t n_ctx, int32_t bos,
-                               dsq_mc_tokenize_fn tok, void *tok_user, dsq_mc_span_fn span, void *span_user,
-                               scratch *s, double *ll, size_t item_no, dsq_err *err) {
+                               dsq_mc_tokenize_fn tok, void *tok_user, dsq_mc_span_fn span, void *span_user, scratch *s,
+                               double *ll, size_t item_no, dsq_err *err) {
     size_t lc = strlen(it->ctx), le = strlen(it->endings[e]);
     char *joined = dsq_malloc(lc + le + 2);
     DSQ_RETURN_IF(!joined, err, DSQ_ERR_NOMEM, "item %zu: out of memory", item_no);
@@ -309,7 +311,8 @@ static dsq_status score_ending(const dsq_mc_item *it, uint32_t e, const int32_t 
         double sum = 0;
         for (size_t j = 0; j < n_cont; j++) sum += s->lp[j];
         if (isnan(sum) || sum > 0)
-            st = dsq_err_set(err, DSQ_ERR_NONFINITE, "item %zu ending %u: log-likelihood %g is not ≤ 0", item_no, e, sum);
+            st = dsq_err_set(err, DSQ_ERR_NONFINITE, "item %zu ending %u: log-likelihood %g is not ≤ 0", item_no, e,
+                             sum);
         *ll = sum;
     }
     dsq_free(full);
@@ -336,7 +339,8 @@ dsq_status dsq_mc_score(const dsq_mc_task *t, const dsq_mc_options *opt, dsq_mc_
     r.ll = dsq_calloc(n_ll, sizeof *r.ll);
     double *norm = dsq_malloc(DSQ_MC_MAX_ENDINGS * sizeof *norm);
     scratch s = {0};
-    dsq_status st = r.answers && r.ll && norm ? DSQ_OK : dsq_err_set(err, DSQ_ERR_NOMEM, "multiple choice: out of memory");
+    dsq_status st =
+        r.answers && r.ll && norm ? DSQ_OK : dsq_err_set(err, DSQ_ERR_NOMEM, "multiple choice: out of memory");
     uint64_t ok_raw = 0, ok_norm = 0;
     double *ll = r.ll;
     for (size_t i = first; st == DSQ_OK && i < first + count; i++) {

@@ -55,14 +55,26 @@ __attribute__((format(printf, 2, 3))) static void sb_printf(sb *s, const char *f
 static void sb_html(sb *s, const char *t) {
     for (; t && *t; t++) {
         switch (*t) {
-        case '&': sb_puts(s, "&amp;"); break;
-        case '<': sb_puts(s, "&lt;"); break;
-        case '>': sb_puts(s, "&gt;"); break;
-        case '"': sb_puts(s, "&quot;"); break;
-        case '\'': sb_puts(s, "&#39;"); break;
+        case '&':
+            sb_puts(s, "&amp;");
+            break;
+        case '<':
+            sb_puts(s, "&lt;");
+            break;
+        case '>':
+            sb_puts(s, "&gt;");
+            break;
+        case '"':
+            sb_puts(s, "&quot;");
+            break;
+        case '\'':
+            sb_puts(s, "&#39;");
+            break;
         default:
-            if ((unsigned char)*t < 0x20) sb_put(s, " ", 1);
-            else sb_put(s, t, 1);
+            if ((unsigned char)*t < 0x20)
+                sb_put(s, " ", 1);
+            else
+                sb_put(s, t, 1);
         }
     }
 }
@@ -88,28 +100,39 @@ typedef struct num {
 
 static num fmt_g(double v, int sig) {
     num r;
-    if (isnan(v)) snprintf(r.s, sizeof r.s, "—");
-    else if (isinf(v)) snprintf(r.s, sizeof r.s, v > 0 ? "∞" : "−∞");
-    else if (v == 0) snprintf(r.s, sizeof r.s, "0");
-    else if (fabs(v) >= 1e-3 && fabs(v) < 1e5) snprintf(r.s, sizeof r.s, "%.*g", sig, v);
-    else snprintf(r.s, sizeof r.s, "%.*e", sig - 1, v);
+    if (isnan(v))
+        snprintf(r.s, sizeof r.s, "—");
+    else if (isinf(v))
+        snprintf(r.s, sizeof r.s, v > 0 ? "∞" : "−∞");
+    else if (v == 0)
+        snprintf(r.s, sizeof r.s, "0");
+    else if (fabs(v) >= 1e-3 && fabs(v) < 1e5)
+        snprintf(r.s, sizeof r.s, "%.*g", sig, v);
+    else
+        snprintf(r.s, sizeof r.s, "%.*e", sig - 1, v);
     return r;
 }
 
 static num fmt_pct(double v) {
     num r;
-    if (isnan(v)) snprintf(r.s, sizeof r.s, "—");
-    else snprintf(r.s, sizeof r.s, "%.2f%%", 100 * v);
+    if (isnan(v))
+        snprintf(r.s, sizeof r.s, "—");
+    else
+        snprintf(r.s, sizeof r.s, "%.2f%%", 100 * v);
     return r;
 }
 
 static num fmt_bytes(uint64_t b) {
     num r;
     double v = (double)b;
-    if (v >= 1024.0 * 1024 * 1024) snprintf(r.s, sizeof r.s, "%.2f GiB", v / (1024.0 * 1024 * 1024));
-    else if (v >= 1024.0 * 1024) snprintf(r.s, sizeof r.s, "%.2f MiB", v / (1024.0 * 1024));
-    else if (v >= 1024.0) snprintf(r.s, sizeof r.s, "%.1f KiB", v / 1024.0);
-    else snprintf(r.s, sizeof r.s, "%llu B", (unsigned long long)b);
+    if (v >= 1024.0 * 1024 * 1024)
+        snprintf(r.s, sizeof r.s, "%.2f GiB", v / (1024.0 * 1024 * 1024));
+    else if (v >= 1024.0 * 1024)
+        snprintf(r.s, sizeof r.s, "%.2f MiB", v / (1024.0 * 1024));
+    else if (v >= 1024.0)
+        snprintf(r.s, sizeof r.s, "%.1f KiB", v / 1024.0);
+    else
+        snprintf(r.s, sizeof r.s, "%llu B", (unsigned long long)b);
     return r;
 }
 
@@ -117,9 +140,12 @@ static const char *band_label[DSQ_KLD_BANDS] = {"[0, 0.2)", "[0.2, 0.4)", "[0.4,
 
 static num hist_label(int b) {
     num r;
-    if (b == 0) snprintf(r.s, sizeof r.s, "< 1e-6");
-    else if (b == DSQ_KLD_HIST_BINS - 1) snprintf(r.s, sizeof r.s, "≥ 10");
-    else snprintf(r.s, sizeof r.s, "[%.3g, %.3g)", dsq_kld_hist_edge(b), dsq_kld_hist_edge(b + 1));
+    if (b == 0)
+        snprintf(r.s, sizeof r.s, "< 1e-6");
+    else if (b == DSQ_KLD_HIST_BINS - 1)
+        snprintf(r.s, sizeof r.s, "≥ 10");
+    else
+        snprintf(r.s, sizeof r.s, "[%.3g, %.3g)", dsq_kld_hist_edge(b), dsq_kld_hist_edge(b + 1));
     return r;
 }
 
@@ -213,8 +239,10 @@ static void md_summary(sb *s, const dsq_report *r) {
         } else {
             sb_puts(s, " | — | — | — | — | — | — | — | — | —");
         }
-        if (b->has_mc) sb_printf(s, " | %s ± %s", fmt_pct(b->mc_acc).s, fmt_pct(b->mc_acc_se).s);
-        else sb_puts(s, " | —");
+        if (b->has_mc)
+            sb_printf(s, " | %s ± %s", fmt_pct(b->mc_acc).s, fmt_pct(b->mc_acc_se).s);
+        else
+            sb_puts(s, " | —");
         sb_printf(s, " | %s |\n", b->has_flips ? fmt_pct(b->mc_flip_rate).s : "—");
     }
 }
@@ -254,7 +282,8 @@ static void md_bands_hist(sb *s, const dsq_report *r) {
         sb_printf(s, "| %s |", hist_label(h).s);
         for (size_t i = 0; i < r->n_builds; i++) {
             const dsq_report_build *b = &r->builds[i];
-            if (b->has_kld) sb_printf(s, " %s |", fmt_pct((double)b->kld.hist[h] / (double)(b->kld.n ? b->kld.n : 1)).s);
+            if (b->has_kld)
+                sb_printf(s, " %s |", fmt_pct((double)b->kld.hist[h] / (double)(b->kld.n ? b->kld.n : 1)).s);
         }
         sb_puts(s, "\n");
     }
@@ -405,8 +434,8 @@ static void chart_size_kl(sb *s, const dsq_report *r) {
     svg_axes(s, &xa, &ya, W, H, "file size (GiB)", "mean KL (nats/token, log scale)");
     if (r->reference_bytes) {
         double x = ax_map(&xa, (double)r->reference_bytes / gib);
-        sb_printf(s, "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"#888\" stroke-dasharray=\"4 3\"/>\n", x,
-                  MT, x, H - MB);
+        sb_printf(s, "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"#888\" stroke-dasharray=\"4 3\"/>\n",
+                  x, MT, x, H - MB);
         svg_text(s, x - 4, MT + 12, "end", " fill=\"#666\"", "reference size");
     }
     for (size_t i = 0; i < r->n_builds; i++) {
@@ -551,18 +580,22 @@ static const char *css =
     "footer{color:#777;font-size:.8em;margin-top:2em}code{font-size:.95em}\n";
 
 static void html_summary(sb *s, const dsq_report *r) {
-    sb_puts(s, "<h2>Summary</h2>\n<div class=\"scroll\"><table class=\"summary\">\n<tr><th>build</th><th>size</th><th>mean KL</th>"
+    sb_puts(s, "<h2>Summary</h2>\n<div class=\"scroll\"><table "
+               "class=\"summary\">\n<tr><th>build</th><th>size</th><th>mean KL</th>"
                "<th>median KL</th><th>p99 KL</th><th>max KL</th><th>top-1 agree</th><th>same sample</th>"
                "<th>PPL ratio</th><th>Δp mean</th><th>Δp RMS</th><th>MC acc</th><th>MC flips</th></tr>\n");
     for (size_t i = 0; i < r->n_builds; i++) {
         const dsq_report_build *b = &r->builds[i];
         const dsq_kld_stats *k = &b->kld;
-        sb_printf(s, "<tr><td><i style=\"display:inline-block;width:10px;height:10px;background:%s;margin-right:6px\">"
-                     "</i>", palette[i % PALETTE_N]);
+        sb_printf(s,
+                  "<tr><td><i style=\"display:inline-block;width:10px;height:10px;background:%s;margin-right:6px\">"
+                  "</i>",
+                  palette[i % PALETTE_N]);
         sb_html(s, b->name);
         sb_printf(s, "</td><td>%s", fmt_bytes(b->file_bytes).s);
         if (r->reference_bytes)
-            sb_printf(s, "<br><small>%.1f%% of ref</small>", 100.0 * (double)b->file_bytes / (double)r->reference_bytes);
+            sb_printf(s, "<br><small>%.1f%% of ref</small>",
+                      100.0 * (double)b->file_bytes / (double)r->reference_bytes);
         sb_puts(s, "</td>");
         if (b->has_kld) {
             sb_printf(s, "<td>%s<br><small>± %s</small></td>", fmt_g(k->kl_mean, 3).s, fmt_g(k->kl_mean_se, 2).s);
@@ -576,8 +609,10 @@ static void html_summary(sb *s, const dsq_report *r) {
         } else {
             sb_puts(s, "<td>—</td><td>—</td><td>—</td><td>—</td><td>—</td><td>—</td><td>—</td><td>—</td><td>—</td>");
         }
-        if (b->has_mc) sb_printf(s, "<td>%s<br><small>± %s</small></td>", fmt_pct(b->mc_acc).s, fmt_pct(b->mc_acc_se).s);
-        else sb_puts(s, "<td>—</td>");
+        if (b->has_mc)
+            sb_printf(s, "<td>%s<br><small>± %s</small></td>", fmt_pct(b->mc_acc).s, fmt_pct(b->mc_acc_se).s);
+        else
+            sb_puts(s, "<td>—</td>");
         sb_printf(s, "<td>%s</td></tr>\n", b->has_flips ? fmt_pct(b->mc_flip_rate).s : "—");
     }
     sb_puts(s, "</table></div>\n");
@@ -585,7 +620,8 @@ static void html_summary(sb *s, const dsq_report *r) {
 
 static void html_bands(sb *s, const dsq_report *r) {
     if (!any_kld(r)) return;
-    sb_puts(s, "<h2>Mean KL by the reference's top-1 probability</h2>\n<div class=\"scroll\"><table>\n<tr><th>build</th>");
+    sb_puts(s,
+            "<h2>Mean KL by the reference's top-1 probability</h2>\n<div class=\"scroll\"><table>\n<tr><th>build</th>");
     for (int j = 0; j < DSQ_KLD_BANDS; j++) sb_printf(s, "<th>%s</th>", band_label[j]);
     sb_puts(s, "</tr>\n");
     for (size_t i = 0; i < r->n_builds; i++) {
@@ -625,7 +661,8 @@ static void html_families(sb *s, const dsq_report *r) {
             const dsq_report_build *b = &r->builds[i];
             if (!b->n_families) continue;
             const dsq_report_family *x = find_family(b, names[f]);
-            if (!x) sb_puts(s, "<td>—</td>");
+            if (!x)
+                sb_puts(s, "<td>—</td>");
             else
                 sb_printf(s, "<td>%s · %s · %s</td>", fmt_g(x->rel_rms, 3).s, fmt_g(x->max_abs, 3).s,
                           x->cosine > 0.9999 && x->cosine < 1 ? fmt_g(x->cosine, 8).s : fmt_g(x->cosine, 5).s);

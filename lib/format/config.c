@@ -11,13 +11,13 @@
 
 /* Limits on sizes a config may declare.  They keep every product the inventory and the counters form
  * (e.g. E·3·I·D per block times the block count) far inside uint64_t. */
-#define CFG_MAX_VOCAB (1ull << 24)
-#define CFG_MAX_DIM (1ull << 17)    /* hidden_size, head_dim, ranks, inner dims */
-#define CFG_MAX_COUNT (1ull << 14)  /* heads, groups, experts, top-k, hc_mult */
+#define CFG_MAX_VOCAB  (1ull << 24)
+#define CFG_MAX_DIM    (1ull << 17) /* hidden_size, head_dim, ranks, inner dims */
+#define CFG_MAX_COUNT  (1ull << 14) /* heads, groups, experts, top-k, hc_mult */
 #define CFG_MAX_WINDOW (1ull << 24)
-#define CFG_MAX_RATIO (1ull << 16)
-#define CFG_MAX_ITERS 100000ull
-#define CFG_WARN_MAX (64u * 1024u)  /* cap on the warnings text */
+#define CFG_MAX_RATIO  (1ull << 16)
+#define CFG_MAX_ITERS  100000ull
+#define CFG_WARN_MAX   (64u * 1024u) /* cap on the warnings text */
 
 /* Ratio of a CSA block (spec §1.2); every other positive ratio is HCA.  Block sizes of spec §2.4
  * (lib/format does not depend on lib/quant, so they are named here too). */
@@ -26,9 +26,9 @@ enum { CSA_RATIO = 4, FP8_BLOCK = 128, KV_FP8_BLOCK = 64, FP4_BLOCK = 32 };
 typedef enum field_kind { F_U64, F_INT, F_F64, F_BOOL, F_I64 } field_kind;
 
 typedef struct field {
-    const char *key;   /* HF config.json key */
+    const char *key; /* HF config.json key */
     field_kind kind;
-    size_t off;        /* offset in dsq_v4_config */
+    size_t off; /* offset in dsq_v4_config */
     bool required;
     double def;        /* default when absent and not required */
     uint64_t min, max; /* integer range (F_U64 / F_INT) */
@@ -74,10 +74,10 @@ static const field FIELDS[] = {
 
 /* Keys read by special code below, or informative keys of released configs (no warning). */
 static const char *const KNOWN_KEYS[] = {
-    "model_type", "compress_ratios", "rope_scaling", "quantization_config", "expert_dtype", "scoring_func",
-    "architectures", "attention_bias", "attention_dropout", "hidden_act", "initializer_range",
-    "norm_topk_prob", "topk_method", "torch_dtype", "transformers_version", "use_cache", "auto_map",
-    "_name_or_path", "pad_token_id",
+    "model_type",        "compress_ratios", "rope_scaling",   "quantization_config", "expert_dtype",
+    "scoring_func",      "architectures",   "attention_bias", "attention_dropout",   "hidden_act",
+    "initializer_range", "norm_topk_prob",  "topk_method",    "torch_dtype",         "transformers_version",
+    "use_cache",         "auto_map",        "_name_or_path",  "pad_token_id",
 };
 
 typedef struct parser {
@@ -183,11 +183,21 @@ static void read_field(parser *p, const cJSON *root, const field *f, dsq_v4_conf
             return;
         }
         switch (f->kind) {
-        case F_U64: *(uint64_t *)dst = (uint64_t)f->def; break;
-        case F_INT: *(int *)dst = (int)f->def; break;
-        case F_F64: *(double *)dst = f->def; break;
-        case F_BOOL: *(bool *)dst = f->def != 0; break;
-        case F_I64: *(int64_t *)dst = (int64_t)f->def; break;
+        case F_U64:
+            *(uint64_t *)dst = (uint64_t)f->def;
+            break;
+        case F_INT:
+            *(int *)dst = (int)f->def;
+            break;
+        case F_F64:
+            *(double *)dst = f->def;
+            break;
+        case F_BOOL:
+            *(bool *)dst = f->def != 0;
+            break;
+        case F_I64:
+            *(int64_t *)dst = (int64_t)f->def;
+            break;
         }
         return;
     }
@@ -199,7 +209,9 @@ static void read_field(parser *p, const cJSON *root, const field *f, dsq_v4_conf
     case F_INT:
         if (read_u64(p, v, f->key, f->min, f->max, &u)) *(int *)dst = (int)u;
         break;
-    case F_F64: read_f64(p, v, f->key, (double *)dst); break;
+    case F_F64:
+        read_f64(p, v, f->key, (double *)dst);
+        break;
     case F_BOOL:
         if (!cJSON_IsBool(v))
             problem(p, DSQ_ERR_JSON, "\"%s\" must be a boolean, not %s", f->key, json_type_name(v));
@@ -233,8 +245,7 @@ static void read_compress_ratios(parser *p, const cJSON *root, dsq_v4_config *c)
     }
     int n = cJSON_GetArraySize(v);
     if (n > DSQ_MAX_LAYERS) {
-        problem(p, DSQ_ERR_RANGE, "\"compress_ratios\" has %d entries, more than the %d supported", n,
-                DSQ_MAX_LAYERS);
+        problem(p, DSQ_ERR_RANGE, "\"compress_ratios\" has %d entries, more than the %d supported", n, DSQ_MAX_LAYERS);
         return;
     }
     int i = 0;
@@ -324,12 +335,12 @@ static void read_quant_config(parser *p, const cJSON *root, dsq_v4_config *c) {
             return;
         }
         uint64_t bn, bk;
-        bool ok = read_u64(p, cJSON_GetArrayItem(b, 0), "quantization_config.weight_block_size[0]", 1,
-                           CFG_MAX_DIM, &bn);
-        ok &= read_u64(p, cJSON_GetArrayItem(b, 1), "quantization_config.weight_block_size[1]", 1, CFG_MAX_DIM,
-                       &bk);
+        bool ok =
+            read_u64(p, cJSON_GetArrayItem(b, 0), "quantization_config.weight_block_size[0]", 1, CFG_MAX_DIM, &bn);
+        ok &= read_u64(p, cJSON_GetArrayItem(b, 1), "quantization_config.weight_block_size[1]", 1, CFG_MAX_DIM, &bk);
         if (ok && (bn != FP8_BLOCK || bk != FP8_BLOCK))
-            problem(p, DSQ_ERR_UNSUPPORTED, "\"quantization_config.weight_block_size\" is [%llu, %llu]; only [128, 128] is supported",
+            problem(p, DSQ_ERR_UNSUPPORTED,
+                    "\"quantization_config.weight_block_size\" is [%llu, %llu]; only [128, 128] is supported",
                     (unsigned long long)bn, (unsigned long long)bk);
     }
 }
@@ -389,7 +400,9 @@ static void check_consistency(parser *p, const cJSON *root, dsq_v4_config *c) {
         for (const cJSON *m = root->child; m; m = m->next)
             if (m->string && !strncmp(m->string, "dspark", 6)) dspark = true;
         if (dspark)
-            warn(p, "compress_ratios: %d entries beyond num_hidden_layers + num_nextn_predict_layers = %d belong to dspark_* blocks and are ignored",
+            warn(p,
+                 "compress_ratios: %d entries beyond num_hidden_layers + num_nextn_predict_layers = %d belong to "
+                 "dspark_* blocks and are ignored",
                  c->n_compress_ratios - blocks, blocks);
         else
             problem(p, DSQ_ERR_CONFIG,
@@ -402,8 +415,7 @@ static void check_consistency(parser *p, const cJSON *root, dsq_v4_config *c) {
     if (c->n_kv_heads != 1)
         problem(p, DSQ_ERR_CONFIG, "\"num_key_value_heads\" = %d; V4 has exactly one shared KV head", c->n_kv_heads);
     if (c->n_shared_experts != 1)
-        problem(p, DSQ_ERR_CONFIG, "\"n_shared_experts\" = %d; V4 has exactly one shared expert",
-                c->n_shared_experts);
+        problem(p, DSQ_ERR_CONFIG, "\"n_shared_experts\" = %d; V4 has exactly one shared expert", c->n_shared_experts);
     if (c->rope_head_dim % 2)
         problem(p, DSQ_ERR_CONFIG, "\"qk_rope_head_dim\" = %d must be even (rotary pairs)", c->rope_head_dim);
     if (c->head_dim <= c->rope_head_dim)
@@ -416,7 +428,8 @@ static void check_consistency(parser *p, const cJSON *root, dsq_v4_config *c) {
         problem(p, DSQ_ERR_CONFIG, "\"index_head_dim\" = %d is smaller than \"qk_rope_head_dim\" = %d",
                 c->index_head_dim, c->rope_head_dim);
     if (!is_pow2((uint64_t)c->index_head_dim) || c->index_head_dim % FP4_BLOCK)
-        problem(p, DSQ_ERR_CONFIG, "\"index_head_dim\" = %d must be a power of two and a multiple of %d (Hadamard, FP4 blocks)",
+        problem(p, DSQ_ERR_CONFIG,
+                "\"index_head_dim\" = %d must be a power of two and a multiple of %d (Hadamard, FP4 blocks)",
                 c->index_head_dim, FP4_BLOCK);
     if (c->n_heads % c->o_groups)
         problem(p, DSQ_ERR_CONFIG, "\"num_attention_heads\" = %d is not a multiple of \"o_groups\" = %d", c->n_heads,
@@ -437,12 +450,11 @@ static void check_consistency(parser *p, const cJSON *root, dsq_v4_config *c) {
     };
     for (size_t i = 0; i < sizeof k_dims / sizeof k_dims[0]; i++)
         if (k_dims[i].v % FP8_BLOCK)
-            problem(p, DSQ_ERR_CONFIG, "\"%s\" = %llu must be a multiple of %d (FP8 activation blocks)",
-                    k_dims[i].what, (unsigned long long)k_dims[i].v, FP8_BLOCK);
+            problem(p, DSQ_ERR_CONFIG, "\"%s\" = %llu must be a multiple of %d (FP8 activation blocks)", k_dims[i].what,
+                    (unsigned long long)k_dims[i].v, FP8_BLOCK);
     if (c->route_scale <= 0)
         problem(p, DSQ_ERR_CONFIG, "\"routed_scaling_factor\" = %g must be positive", c->route_scale);
-    if (c->swiglu_limit <= 0)
-        problem(p, DSQ_ERR_CONFIG, "\"swiglu_limit\" = %g must be positive", c->swiglu_limit);
+    if (c->swiglu_limit <= 0) problem(p, DSQ_ERR_CONFIG, "\"swiglu_limit\" = %g must be positive", c->swiglu_limit);
     if (c->rope_theta <= 1 || c->compress_rope_theta <= 1)
         problem(p, DSQ_ERR_CONFIG, "\"rope_theta\" and \"compress_rope_theta\" must exceed 1");
     if (c->hc_eps < 0 || c->norm_eps <= 0)
@@ -521,9 +533,12 @@ dsq_routing dsq_config_routing(const dsq_v4_config *c, int block) {
 
 const char *dsq_attn_kind_name(dsq_attn_kind k) {
     switch (k) {
-    case DSQ_ATTN_SLIDING: return "sliding";
-    case DSQ_ATTN_CSA: return "CSA";
-    case DSQ_ATTN_HCA: return "HCA";
+    case DSQ_ATTN_SLIDING:
+        return "sliding";
+    case DSQ_ATTN_CSA:
+        return "CSA";
+    case DSQ_ATTN_HCA:
+        return "HCA";
     }
     return "?";
 }

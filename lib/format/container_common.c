@@ -33,14 +33,15 @@ static const char *const dtype_names[DSQ_DTYPE_COUNT] = {"F64", "F32",  "F16", "
 bool dsq__ctr_dtype_known(int dtype) { return dtype >= 0 && dtype < DSQ_DTYPE_COUNT; }
 const char *dsq__ctr_dtype_name(int dtype) { return dsq__ctr_dtype_known(dtype) ? dtype_names[dtype] : "?"; }
 
+/* The codec names of lib/quant/dsq_codec.h, without the group width. */
 const char *dsq_ctr_encoding_name(dsq_encoding e) {
     switch (e) {
     case DSQ_ENC_F32: return "f32";
     case DSQ_ENC_F16: return "f16";
     case DSQ_ENC_BF16: return "bf16";
-    case DSQ_ENC_FP8_B128: return "fp8-b128";
-    case DSQ_ENC_FP8_B128_F32: return "fp8-b128-f32";
-    case DSQ_ENC_FP8_R128: return "fp8-r128";
+    case DSQ_ENC_FP8_B128: return "fp8-128x128";
+    case DSQ_ENC_FP8_B128_F32: return "fp8-128x128-f32";
+    case DSQ_ENC_FP8_R128: return "fp8-1x128";
     case DSQ_ENC_FP8_ROW: return "fp8-row";
     case DSQ_ENC_MXFP4: return "mxfp4";
     case DSQ_ENC_NVFP4: return "nvfp4";
@@ -53,6 +54,17 @@ const char *dsq_ctr_encoding_name(dsq_encoding e) {
     case DSQ_ENC_INT2_G_ASYM: return "int2-g-asym";
     }
     return "unknown";
+}
+
+const char *dsq_ctr_tensor_encoding_name(const dsq_ctr_tensor *t, char *buf, size_t size) {
+    switch (t->encoding) {
+    case DSQ_ENC_INT8_G: snprintf(buf, size, "int8-g%u", t->block_cols); break;
+    case DSQ_ENC_INT4_G: snprintf(buf, size, "int4-g%u", t->block_cols); break;
+    case DSQ_ENC_INT4_G_ASYM: snprintf(buf, size, "int4-g%u-asym", t->block_cols); break;
+    case DSQ_ENC_INT2_G_ASYM: snprintf(buf, size, "int2-g%u-asym", t->block_cols); break;
+    default: snprintf(buf, size, "%s", dsq_ctr_encoding_name(t->encoding)); break;
+    }
+    return buf;
 }
 
 const dsq_ctr_part *dsq_ctr_tensor_part(const dsq_ctr_tensor *t, int kind) {

@@ -621,12 +621,29 @@ dsq_status dsq_ctr_read(const dsq_ctr_reader *r, const dsq_ctr_tensor *t, int p,
     return r->src.read(r->src.ctx, part->offset + offset, buf, n, err);
 }
 
+void dsq_ctr_prefetch(const dsq_ctr_reader *r, const dsq_ctr_tensor *t) {
+    if (!r->map) return;
+    for (int p = 0; p < t->n_parts; p++) dsq_map_willneed(r->map, t->parts[p].offset, t->parts[p].bytes);
+}
+void dsq_ctr_release(const dsq_ctr_reader *r, const dsq_ctr_tensor *t) {
+    if (!r->map) return;
+    for (int p = 0; p < t->n_parts; p++) dsq_map_dontneed(r->map, t->parts[p].offset, t->parts[p].bytes);
+}
+
 /* XXH3 of [offset, offset+n) of the source, in chunks (pread) or at once (mmap). */
 static dsq_status hash_range(const dsq_ctr_reader *r, uint64_t offset, uint64_t n, uint8_t **chunk, uint64_t *out,
                              dsq_err *err) {
     if (r->src.map) {
-        *out = dsq__ctr_xxh3(r->src.map + offset, (size_t)n);
-        if (r->map) dsq_map_dontneed(r->map, offset, n);
+        /* 64 MiB at a time, dropping the pages behind: a multi-GB part never stays resident */
+        XXH3_state_t ms;
+        XXH3_64bits_reset(&ms);
+        for (uint64_t done = 0; done < n;) {
+            size_t k = n - done > (64u << 20) ? (64u << 20) : (size_t)(n - done);
+            XXH3_64bits_update(&ms, r->src.map + offset + done, k);
+            if (r->map) dsq_map_dontneed(r->map, offset + done, k);
+            done += k;
+        }
+        *out = (uint64_t)XXH3_64bits_digest(&ms);
         return DSQ_OK;
     }
     if (!*chunk && !(*chunk = dsq_malloc(CHUNK))) return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", r->path);
@@ -724,4 +741,15 @@ dsq_status dsq_ctr_verify(const dsq_ctr_reader *r, dsq_progress *progress, dsq_e
     dsq_free(refs);
     dsq_free(chunk);
     return first;
+}
+
+bool dsq_ctr_sniff(const char *path) {
+    if (dsq_path_is_dir(path)) return false;
+    dsq_map m;
+    if (dsq_map_open(path, false, &m, NULL) != DSQ_OK) return false;
+    uint8_t magic[DSQ_FILE_MAGIC_BYTES] = {0};
+    bool yes = m.size >= DSQ_FILE_MAGIC_BYTES && dsq_map_read(&m, 0, magic, DSQ_FILE_MAGIC_BYTES, NULL) == DSQ_OK &&
+               memcmp(magic, DSQ_FILE_MAGIC, DSQ_FILE_MAGIC_BYTES) == 0;
+    dsq_map_close(&m);
+    return yes;
 }

@@ -56,8 +56,10 @@ typedef struct dsq_ctr_tensor {
 
 /* The part of a given kind, or NULL. */
 const dsq_ctr_part *dsq_ctr_tensor_part(const dsq_ctr_tensor *t, int kind);
-/* Encoding names used in messages and JSON: "f32", "bf16", "fp8-b128", "mxfp4", ... (never NULL). */
+/* Encoding names (the codec spellings without group width): "f32", "bf16", "fp8-128x128", "mxfp4",
+ * "int4-g", ... (never NULL).  dsq_ctr_tensor_encoding_name adds t's group: "int4-g32-asym". */
 const char *dsq_ctr_encoding_name(dsq_encoding e);
+const char *dsq_ctr_tensor_encoding_name(const dsq_ctr_tensor *t, char *buf, size_t size);
 /* The byte range [*offset, *offset + *bytes) of part p (index into t->parts) that holds source s.
  * Returns false when the part cannot be split by that source (a shared NVFP4 tensor scale). */
 bool dsq_ctr_source_slice(const dsq_ctr_tensor *t, const dsq_ctr_source *s, int p, uint64_t *offset, uint64_t *bytes);
@@ -69,6 +71,9 @@ typedef struct dsq_ctr_reader_options {
     bool no_mmap; /* pread mode (default false: mmap) */
     bool verify;  /* also check every part checksum and the zero padding at open (default false) */
 } dsq_ctr_reader_options;
+
+/* True when PATH is a regular file that starts with the .dsq magic (nothing else is validated). */
+bool dsq_ctr_sniff(const char *path);
 
 /* Open a .dsq file.  On failure *out is NULL and err lists every problem found.  opt may be NULL. */
 dsq_status dsq_ctr_reader_open(const char *path, const dsq_ctr_reader_options *opt, dsq_ctr_reader **out,
@@ -93,6 +98,9 @@ const dsq_file_section *dsq_ctr_section(const dsq_ctr_reader *r, size_t i);
 /* Copy n bytes starting `offset` bytes into part p of t (works in both modes). */
 dsq_status dsq_ctr_read(const dsq_ctr_reader *r, const dsq_ctr_tensor *t, int p, uint64_t offset, void *buf, size_t n,
                         dsq_err *err);
+/* Page-cache hints for all parts of t (madvise WILLNEED / DONTNEED; no-ops in pread mode). */
+void dsq_ctr_prefetch(const dsq_ctr_reader *r, const dsq_ctr_tensor *t);
+void dsq_ctr_release(const dsq_ctr_reader *r, const dsq_ctr_tensor *t);
 /* Recompute every part checksum and check the padding bytes are zero; every mismatch is recorded.
  * `progress` may be NULL.  Reads the whole data region (dropping pages behind it). */
 dsq_status dsq_ctr_verify(const dsq_ctr_reader *r, dsq_progress *progress, dsq_err *err);
@@ -183,5 +191,29 @@ dsq_status dsq_ctr_pack(const char *in, const char *out, int level, int threads,
  * part bytes and checksums), decompressing only their frames and the header/table frames. */
 dsq_status dsq_ctr_unpack(const char *in, const char *out, const char *const *names, size_t n_names, bool overwrite,
                           dsq_ctr_pack_stats *stats, dsq_err *err);
+
+/* ---- export to a Hugging Face safetensors checkpoint (dsq export) ----------------------------
+ * Every source tensor is written back under its checkpoint name: stacks are split per expert and
+ * fused pairs per half.  Tensors stored in the form their checkpoint had (the release recipe) come
+ * back byte for byte with the original dtype and shape; other encodings are written as their codes
+ * (weight), `.scale`, `.min` and `.tensor_scale` tensors, named in each shard's __metadata__
+ * ("dsq.encoding.NAME" = codec name) and in config.json's quantization_config.dsq.  config.json is
+ * the source's verbatim when nothing changed form; otherwise expert_dtype / quantization_config are
+ * adjusted.  Shards model-0000i-of-0000n.safetensors + model.safetensors.index.json when the data
+ * exceeds shard_size, else model.safetensors; tokenizer files and generation_config.json from the
+ * metadata.  Each file is written atomically; the directory is created if missing and must not
+ * hold a checkpoint already unless overwrite. */
+typedef struct dsq_ctr_export_options {
+    uint64_t shard_size; /* 0: 5 GiB */
+    bool overwrite;
+    bool progress;
+} dsq_ctr_export_options;
+typedef struct dsq_ctr_export_stats {
+    size_t tensors, shards, files;
+    uint64_t bytes;
+    bool verbatim_config; /* config.json written unchanged */
+} dsq_ctr_export_stats;
+dsq_status dsq_ctr_export_safetensors(const char *dsq, const char *outdir, const dsq_ctr_export_options *opt,
+                                      dsq_ctr_export_stats *stats, dsq_err *err);
 
 #endif

@@ -98,10 +98,10 @@ typedef enum dsq_family {
 
 typedef struct dsq_tensor_role {
     dsq_scope scope;
-    int index;        /* layer i or MTP block m; -1 for global tensors */
+    int index; /* layer i or MTP block m; -1 for global tensors */
     dsq_part part;
-    int expert;       /* routed expert id; -1 otherwise */
-    bool is_scale;    /* the .scale companion of a quantized weight */
+    int expert;    /* routed expert id; -1 otherwise */
+    bool is_scale; /* the .scale companion of a quantized weight */
     dsq_family family;
 } dsq_tensor_role;
 
@@ -110,8 +110,8 @@ typedef struct dsq_tensor_role {
 bool dsq_inv_classify(const char *name, dsq_tensor_role *out);
 /* Block index of a layer/MTP role (layer i → i, MTP m → n_layers + m), -1 for global. */
 int dsq_inv_role_block(const dsq_v4_config *c, const dsq_tensor_role *r);
-const char *dsq_part_name(dsq_part p);       /* "attn.wq_a", "ffn.experts", ... */
-const char *dsq_family_name(dsq_family f);   /* "routed_experts", "attention", ... */
+const char *dsq_part_name(dsq_part p);     /* "attn.wq_a", "ffn.experts", ... */
+const char *dsq_family_name(dsq_family f); /* "routed_experts", "attention", ... */
 bool dsq_family_from_name(const char *s, dsq_family *out);
 
 /* ---- tensors of a source (safetensors, .dsq) ------------------------------------------------- */
@@ -131,8 +131,16 @@ dsq_status dsq_inv_describe_st(const dsq_st *st, dsq_tensor_desc **out, size_t *
 /* Release variants that differ in dtype (spec §1.3).  Zero-initialised options follow the config:
  * routed experts FP4 when expert_dtype is "fp4" else FP8, scales E8M0 when scale_fmt is "ue8m0"
  * else F32, compressors BF16. */
-typedef enum dsq_inv_experts { DSQ_INV_EXPERTS_CONFIG = 0, DSQ_INV_EXPERTS_FP4 = 1, DSQ_INV_EXPERTS_FP8 = 2 } dsq_inv_experts;
-typedef enum dsq_inv_scales { DSQ_INV_SCALES_CONFIG = 0, DSQ_INV_SCALES_E8M0 = 1, DSQ_INV_SCALES_F32 = 2 } dsq_inv_scales;
+typedef enum dsq_inv_experts {
+    DSQ_INV_EXPERTS_CONFIG = 0,
+    DSQ_INV_EXPERTS_FP4 = 1,
+    DSQ_INV_EXPERTS_FP8 = 2
+} dsq_inv_experts;
+typedef enum dsq_inv_scales {
+    DSQ_INV_SCALES_CONFIG = 0,
+    DSQ_INV_SCALES_E8M0 = 1,
+    DSQ_INV_SCALES_F32 = 2
+} dsq_inv_scales;
 typedef struct dsq_inv_options {
     dsq_inv_experts experts;
     dsq_inv_scales scales;
@@ -148,7 +156,7 @@ typedef struct dsq_inv_entry {
     int rank;            /* 1 or 2 */
     uint64_t shape[2];
     uint64_t n_bytes;
-    uint64_t params;     /* parameters it holds: elements, ×2 for packed FP4; 0 for scales and tid2eid */
+    uint64_t params; /* parameters it holds: elements, ×2 for packed FP4; 0 for scales and tid2eid */
     dsq_tensor_role role;
 } dsq_inv_entry;
 
@@ -165,10 +173,13 @@ const dsq_inv_entry *dsq_inv_at(const dsq_inv *inv, size_t i);
 /* Entry by name (binary search), NULL if the config does not expect it. */
 const dsq_inv_entry *dsq_inv_find(const dsq_inv *inv, const char *name);
 uint64_t dsq_inv_total_bytes(const dsq_inv *inv);
+/* Describe the expected tensors as a source would (names point into inv; free *out with dsq_free). */
+dsq_status dsq_inv_describe(const dsq_inv *inv, dsq_tensor_desc **out, size_t *n, dsq_err *err);
 
 /* Variants a set of tensors uses (dtype-driven, spec §1.3): experts FP4 if routed expert weights are
  * I8, FP8 if F8_E4M3; scales F32 if scale tensors are F32; compressor_fp8 / indexer_compressor_fp8 if
- * an attention / indexer compressor projection is F8_E4M3.  Whatever cannot be decided from the tensors stays at its config default. */
+ * an attention / indexer compressor projection is F8_E4M3.  Whatever cannot be decided from the tensors stays at its
+ * config default. */
 void dsq_inv_detect(const dsq_tensor_desc *t, size_t n, dsq_inv_options *out);
 
 /* Compare tensors with the inventory `c` expects under the variants the tensors use.  Every problem is

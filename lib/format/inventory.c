@@ -90,13 +90,11 @@ static const part_info PARTS[] = {
 };
 
 static const char *const FAMILY_NAMES[DSQ_FAMILY_COUNT] = {
-    "embed_head", "attention", "compressor", "indexer", "router", "routed_experts", "routed_expert_scales",
-    "shared_experts", "hc", "norms", "mtp", "scales", "other",
+    "embed_head",     "attention", "compressor", "indexer", "router", "routed_experts", "routed_expert_scales",
+    "shared_experts", "hc",        "norms",      "mtp",     "scales", "other",
 };
 
-const char *dsq_family_name(dsq_family f) {
-    return (unsigned)f < DSQ_FAMILY_COUNT ? FAMILY_NAMES[f] : "?";
-}
+const char *dsq_family_name(dsq_family f) { return (unsigned)f < DSQ_FAMILY_COUNT ? FAMILY_NAMES[f] : "?"; }
 
 bool dsq_family_from_name(const char *s, dsq_family *out) {
     for (int f = 0; f < DSQ_FAMILY_COUNT; f++)
@@ -109,11 +107,16 @@ bool dsq_family_from_name(const char *s, dsq_family *out) {
 
 const char *dsq_part_name(dsq_part p) {
     switch (p) {
-    case DSQ_PART_EXPERT_W1: return "ffn.experts.w1";
-    case DSQ_PART_EXPERT_W2: return "ffn.experts.w2";
-    case DSQ_PART_EXPERT_W3: return "ffn.experts.w3";
-    case DSQ_PART_MTP_COPY: return "mtp_copy";
-    default: break;
+    case DSQ_PART_EXPERT_W1:
+        return "ffn.experts.w1";
+    case DSQ_PART_EXPERT_W2:
+        return "ffn.experts.w2";
+    case DSQ_PART_EXPERT_W3:
+        return "ffn.experts.w3";
+    case DSQ_PART_MTP_COPY:
+        return "mtp_copy";
+    default:
+        break;
     }
     for (size_t i = 0; i < sizeof PARTS / sizeof PARTS[0]; i++)
         if (PARTS[i].part == p) return PARTS[i].stem;
@@ -192,9 +195,7 @@ bool dsq_inv_classify(const char *name, dsq_tensor_role *out) {
         if (!ok_where || !match_stem(pi, rest, &scale)) continue;
         out->part = pi->part;
         out->is_scale = scale;
-        out->family = !scale                  ? pi->family
-                      : want == W_EXPERT      ? DSQ_FAMILY_ROUTED_EXPERT_SCALES
-                                              : DSQ_FAMILY_SCALES;
+        out->family = !scale ? pi->family : want == W_EXPERT ? DSQ_FAMILY_ROUTED_EXPERT_SCALES : DSQ_FAMILY_SCALES;
         return true;
     }
     out->expert = -1;
@@ -203,9 +204,12 @@ bool dsq_inv_classify(const char *name, dsq_tensor_role *out) {
 
 int dsq_inv_role_block(const dsq_v4_config *c, const dsq_tensor_role *r) {
     switch (r->scope) {
-    case DSQ_SCOPE_LAYER: return r->index;
-    case DSQ_SCOPE_MTP: return c->n_layers + r->index;
-    default: return -1;
+    case DSQ_SCOPE_LAYER:
+        return r->index;
+    case DSQ_SCOPE_MTP:
+        return c->n_layers + r->index;
+    default:
+        return -1;
     }
 }
 
@@ -256,8 +260,7 @@ static uint64_t mul(emitter *em, uint64_t a, uint64_t b) {
 }
 
 static void emit(emitter *em, const char *stem, const char *suffix, int expert, dsq_part part, bool is_scale,
-                 dsq_family family, dsq_dtype dt, dsq_dtype alt, int rank, uint64_t d0, uint64_t d1,
-                 uint64_t params) {
+                 dsq_family family, dsq_dtype dt, dsq_dtype alt, int rank, uint64_t d0, uint64_t d1, uint64_t params) {
     char name[DSQ_INV_NAME_MAX];
     if (expert >= 0)
         snprintf(name, sizeof name, "%sffn.experts.%d.%s%s", em->prefix, expert, stem, suffix);
@@ -285,8 +288,7 @@ static void emit(emitter *em, const char *stem, const char *suffix, int expert, 
 static void plain(emitter *em, dsq_part part, const char *stem, bool bare, dsq_family fam, dsq_dtype dt, int rank,
                   uint64_t d0, uint64_t d1) {
     uint64_t elems = rank > 1 ? mul(em, d0, d1) : d0;
-    emit(em, stem, bare ? "" : ".weight", -1, part, false, fam, dt, dt, rank, d0, d1,
-         dt == DSQ_DTYPE_I64 ? 0 : elems);
+    emit(em, stem, bare ? "" : ".weight", -1, part, false, fam, dt, dt, rank, d0, d1, dt == DSQ_DTYPE_I64 ? 0 : elems);
 }
 
 /* FP8 e4m3 weight [N, K] + its 128x128 block scale [ceil(N/128), ceil(K/128)] (spec §2.4). */
@@ -305,8 +307,8 @@ static void expert_pair(emitter *em, dsq_part part, const char *stem, int expert
     }
     emit(em, stem, ".weight", expert, part, false, DSQ_FAMILY_ROUTED_EXPERTS, DSQ_DTYPE_I8, DSQ_DTYPE_I8, 2, n, k / 2,
          mul(em, n, k));
-    emit(em, stem, ".scale", expert, part, true, DSQ_FAMILY_ROUTED_EXPERT_SCALES, em->scale_dtype, em->scale_alt, 2,
-         n, k / FP4_BLOCK, 0);
+    emit(em, stem, ".scale", expert, part, true, DSQ_FAMILY_ROUTED_EXPERT_SCALES, em->scale_dtype, em->scale_alt, 2, n,
+         k / FP4_BLOCK, 0);
 }
 
 /* Compressor projection [N, K]: BF16, or FP8 + scale in some releases (spec §1.3). */
@@ -448,9 +450,9 @@ static bool enumerate(const dsq_v4_config *c, const dsq_inv_options *opt, visit_
 struct dsq_inv {
     dsq_inv_entry *e;
     size_t n, cap;
-    char *names;               /* all names, NUL-separated */
+    char *names; /* all names, NUL-separated */
     size_t names_len, names_cap;
-    size_t *name_off;          /* offsets while building */
+    size_t *name_off;             /* offsets while building */
     const dsq_inv_entry **sorted; /* by name, for dsq_inv_find */
     uint64_t total_bytes;
     bool oom;
@@ -547,12 +549,31 @@ const dsq_inv_entry *dsq_inv_find(const dsq_inv *inv, const char *name) {
     return NULL;
 }
 
+dsq_status dsq_inv_describe(const dsq_inv *inv, dsq_tensor_desc **out, size_t *n, dsq_err *err) {
+    *out = NULL;
+    *n = 0;
+    dsq_tensor_desc *d = dsq_calloc(inv->n ? inv->n : 1, sizeof *d);
+    if (!d) return dsq_err_set(err, DSQ_ERR_NOMEM, "inventory: out of memory for %zu tensor descriptions", inv->n);
+    for (size_t i = 0; i < inv->n; i++) {
+        const dsq_inv_entry *e = &inv->e[i];
+        d[i].name = e->name;
+        d[i].dtype = e->dtype;
+        d[i].rank = e->rank;
+        d[i].shape[0] = e->shape[0];
+        d[i].shape[1] = e->shape[1];
+        d[i].n_bytes = e->n_bytes;
+    }
+    *out = d;
+    *n = inv->n;
+    return DSQ_OK;
+}
+
 /* ---- parameter counts (dsq_config.h) ----------------------------------------------------------- */
 
 static void count_params(void *ctx, const dsq_inv_entry *e) {
     dsq_param_counts *p = ctx;
-    bool routed = e->role.part == DSQ_PART_EXPERT_W1 || e->role.part == DSQ_PART_EXPERT_W2 ||
-                  e->role.part == DSQ_PART_EXPERT_W3;
+    bool routed =
+        e->role.part == DSQ_PART_EXPERT_W1 || e->role.part == DSQ_PART_EXPERT_W2 || e->role.part == DSQ_PART_EXPERT_W3;
     if (e->role.scope == DSQ_SCOPE_MTP) {
         p->total_mtp += e->params;
         if (routed) p->active_mtp += e->params; /* scaled by k/E below */
@@ -570,7 +591,8 @@ static uint64_t share(uint64_t routed, const dsq_v4_config *c) {
     return dsq_mul_u64(routed, k, &rk) ? rk / E : routed / E * k;
 }
 
-/* Active = all but the embedding table and the routed experts, plus k/E of the routed experts.  `mtp_routed` is the MTP routed count. */
+/* Active = all but the embedding table and the routed experts, plus k/E of the routed experts.  `mtp_routed` is the MTP
+ * routed count. */
 static void finish_active(const dsq_v4_config *c, dsq_param_counts *p, uint64_t mtp_routed) {
     if (!c || c->n_routed_experts <= 0) {
         p->active = p->total - p->embed;
@@ -643,8 +665,9 @@ static void unexpected_reason(const dsq_v4_config *c, const dsq_tensor_role *r, 
         snprintf(buf, n, "block %d is score-routed (num_hash_layers = %d): no tid2eid", block, c->n_hash_layers);
     else if (p == DSQ_PART_GATE_BIAS)
         snprintf(buf, n, "block %d is hash-routed (num_hash_layers = %d): no gate.bias", block, c->n_hash_layers);
-    else if (r->is_scale && (((p == DSQ_PART_CMP_WKV || p == DSQ_PART_CMP_WGATE) && !v->compressor_fp8) ||
-                             ((p == DSQ_PART_IDX_CMP_WKV || p == DSQ_PART_IDX_CMP_WGATE) && !v->indexer_compressor_fp8)))
+    else if (r->is_scale &&
+             (((p == DSQ_PART_CMP_WKV || p == DSQ_PART_CMP_WGATE) && !v->compressor_fp8) ||
+              ((p == DSQ_PART_IDX_CMP_WKV || p == DSQ_PART_IDX_CMP_WGATE) && !v->indexer_compressor_fp8)))
         snprintf(buf, n, "compressor projections of this checkpoint are BF16: no scale");
     else
         snprintf(buf, n, "not in the inventory of this config");
@@ -665,10 +688,10 @@ dsq_status dsq_inv_check(const dsq_v4_config *c, const dsq_tensor_desc *t, size_
         return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory checking the inventory", what);
     }
     dsq_status first = DSQ_OK;
-#define PROBLEM(code, ...)                                                                                        \
-    do {                                                                                                          \
-        if (first == DSQ_OK) first = (code);                                                                      \
-        dsq_err_set(err, (code), __VA_ARGS__);                                                                    \
+#define PROBLEM(code, ...)                                                                                             \
+    do {                                                                                                               \
+        if (first == DSQ_OK) first = (code);                                                                           \
+        dsq_err_set(err, (code), __VA_ARGS__);                                                                         \
     } while (0)
     for (size_t i = 0; i < n; i++) {
         const dsq_inv_entry *e = dsq_inv_find(inv, t[i].name);

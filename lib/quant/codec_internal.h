@@ -85,11 +85,37 @@ float dsq__dot_row_avx2(const dsq__qv *v, uint64_t r, const float *x);
 /* Σ_i a[i]·b[i] in f32. */
 float dsq__dot_f32_scalar(const float *a, const float *b, uint64_t n);
 float dsq__dot_f32_avx2(const float *a, const float *b, uint64_t n);
-/* e4m3 bytes → floats (n values). */
-void dsq__e4m3_decode_avx2(const uint8_t *codes, uint64_t n, float *out);
 
 /* Resolve DSQ_ISA_AUTO and downgrade AVX2 on CPUs without it. */
 dsq_isa dsq__isa_resolve(dsq_isa isa);
+
+/* ---- integer scale search (encode_int.c) -------------------------------------------------------
+ * One candidate (scale s with inv = 1/s or 0, min m) evaluated on a group: per element
+ *   t = (x - m)·inv (asymmetric) or x·inv, clamped to [qmin, qmax], q = RNE(t) (magic-number add),
+ *   x̂ = q·s (+ m), err += (x - x̂)², plus the least-squares sums Σxq, Σq², Σq, Σx;
+ * accumulated in 8 lanes (element i in lane i mod 8) and reduced ((l0+l4)+(l2+l6))+((l1+l5)+(l3+l7)).
+ * The scalar and AVX2 versions perform the same IEEE operations, so they return identical sums and the
+ * encoder's output does not depend on the CPU. */
+typedef struct dsq__grp_param {
+    float s, inv, m, qmin, qmax;
+    bool asym;
+    bool sums; /* false: only err is computed (the other fields of the result are 0) */
+} dsq__grp_param;
+typedef struct dsq__grp_eval {
+    float err, sxq, sqq, sq, sx;
+} dsq__grp_eval;
+void dsq__int_group_eval_scalar(const float *x, int n, const dsq__grp_param *p, dsq__grp_eval *out);
+/* n a multiple of 8 */
+void dsq__int_group_eval_avx2(const float *x, int n, const dsq__grp_param *p, dsq__grp_eval *out);
+/* Codes of a group for one (s, inv, m): the arithmetic of the evaluation, q as int8. */
+void dsq__int_group_codes_scalar(const float *x, int n, const dsq__grp_param *p, int8_t *q);
+void dsq__int_group_codes_avx2(const float *x, int n, const dsq__grp_param *p, int8_t *q); /* n % 8 == 0 */
+/* Smallest and largest of n ≥ 1 finite values. */
+void dsq__minmax_scalar(const float *x, int n, float *lo, float *hi);
+void dsq__minmax_avx2(const float *x, int n, float *lo, float *hi); /* n % 8 == 0 */
+/* Encode rows of an INT8/INT4/INT2 encoding (allocates one row of scratch). */
+dsq_status dsq__encode_int_rows(const dsq__qv *v, dsq_qtensor_buf *dst, const float *x, uint64_t row0,
+                                uint64_t nrows, dsq_isa isa, const char *name, dsq_err *err);
 
 /* NVFP4 block of n ≤ 16 values with tensor scale ts: n nibbles (one per byte) and the E4M3 scale. */
 void dsq__nvfp4_encode_block(const float *x, int n, float ts, uint8_t *nibbles, uint8_t *scale);

@@ -52,6 +52,8 @@
  *   decoded group (F16 rounding of scale and min included); the amax/qmax scale is always one of the
  *   candidates, so the search is never worse than it.  Asymmetric groups fit (scale, min) by least
  *   squares.  An all-zero group gets scale 0 (and min 0); nothing is divided by a zero scale.
+ *   The AVX2 search performs the same IEEE operations as the scalar one: encoded bytes never depend
+ *   on the CPU (or on how a tensor is split into slabs).
  * Huge values saturate (to ±448·s, ±6·s, the F16 scale range); denormal inputs are quantized like
  * any other value.
  *

@@ -116,28 +116,13 @@ static inline uint8_t dsq_fp4_scale_e8m0(float amax) {
 
 /* ---- FP4 e2m1 ---- */
 static inline float dsq_e2m1_to_f32(uint8_t nib) { return dsq_e2m1_lut[nib & 15]; }
-/* f32 → e2m1 nibble: clamp to [-6, 6], RNE on {0,.5,1,1.5,2,3,4,6}, ties to the even code. */
+/* f32 → e2m1 nibble: clamp to [-6, 6], RNE on {0,.5,1,1.5,2,3,4,6}, ties to the even code.
+ * The code counts the midpoints below |x|: ties at .25 1.25 2.5 5 go down (strict >), ties at
+ * .75 1.75 3.5 go up (≥), which is "to the even code".  NaN gives ±0. */
 static inline uint8_t dsq_e2m1_from_f32(float x) {
     uint8_t sign = (dsq_f32_bits(x) >> 31) ? 8 : 0;
     float a = fabsf(x);
-    if (x != x) a = 0;
-    uint8_t c;
-    /* midpoints: .25 .75 1.25 1.75 2.5 3.5 5; at a tie choose the even code */
-    if (a < 0.25f) c = 0;
-    else if (a == 0.25f) c = 0;
-    else if (a < 0.75f) c = 1;
-    else if (a == 0.75f) c = 2;
-    else if (a < 1.25f) c = 2;
-    else if (a == 1.25f) c = 2;
-    else if (a < 1.75f) c = 3;
-    else if (a == 1.75f) c = 4;
-    else if (a < 2.5f) c = 4;
-    else if (a == 2.5f) c = 4;
-    else if (a < 3.5f) c = 5;
-    else if (a == 3.5f) c = 6;
-    else if (a < 5.0f) c = 6;
-    else if (a == 5.0f) c = 6;
-    else c = 7;
+    int c = (a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) + (a > 2.5f) + (a >= 3.5f) + (a > 5.0f);
     return (uint8_t)(sign | c);
 }
 

@@ -28,7 +28,7 @@
 #include "dsq_safetensors.h"
 
 #define DSQ_SYNTH_DEFAULT_SHARD (4ull << 30) /* 4 GiB */
-#define DSQ_SYNTH_CHUNK (32u << 20)          /* bytes generated per step */
+#define DSQ_SYNTH_CHUNK         (32u << 20)  /* bytes generated per step */
 
 typedef struct dsq_synth_options {
     uint64_t seed;       /* default 0 */
@@ -43,14 +43,13 @@ typedef struct dsq_synth_options {
 
 typedef struct dsq_synth_result {
     size_t n_tensors, n_shards;
-    uint64_t bytes;    /* tensor data bytes written */
-    double seconds;    /* wall time of generation + writing */
+    uint64_t bytes; /* tensor data bytes written */
+    double seconds; /* wall time of generation + writing */
 } dsq_synth_result;
 
 /* The config.json text synth writes for `opt->layers` (a verbatim copy when layers is 0): heap,
  * NUL-terminated, freed with dsq_free.  Fails if the result does not parse as a V4 config. */
-dsq_status dsq_synth_config_text(const char *json, size_t len, const char *what, int layers, char **out,
-                                 dsq_err *err);
+dsq_status dsq_synth_config_text(const char *json, size_t len, const char *what, int layers, char **out, dsq_err *err);
 
 /* Write a random checkpoint for the config at `config_path` into directory `out_dir` (created if
  * missing): config.json, model.safetensors or shards + model.safetensors.index.json, each file
@@ -63,8 +62,7 @@ dsq_status dsq_synth_write(const char *config_path, const char *out_dir, const d
 typedef struct dsq_synth_gen dsq_synth_gen;
 /* A generator for config c (borrowed: must outlive it) and seed, using `threads` OpenMP threads
  * (0 = default).  Holds a 256 KiB normal quantile table.  Free with dsq_synth_gen_free. */
-dsq_status dsq_synth_gen_create(const dsq_v4_config *c, uint64_t seed, int threads, dsq_synth_gen **out,
-                                dsq_err *err);
+dsq_status dsq_synth_gen_create(const dsq_v4_config *c, uint64_t seed, int threads, dsq_synth_gen **out, dsq_err *err);
 void dsq_synth_gen_free(dsq_synth_gen *g);
 
 /* Write rows [row0, row0 + rows) (rows of shape[0]; elements for rank 1) of expected tensor `e` into

@@ -4,13 +4,6 @@
 
 #include "codec_internal.h"
 
-enum { SCALE_CANDIDATES = 10 };
-
-/* Multipliers of the amax/qmax scale tried by the integer scale search (1.0 = the plain rule).
- * Values below 1 clip the largest elements to shrink the step for all others. */
-static const float scale_factors[SCALE_CANDIDATES] = {1.0f, 1.03f, 0.97f, 0.94f, 0.91f,
-                                                      0.88f, 0.85f, 0.82f, 0.79f, 0.76f};
-
 static inline bool finite_f(float v) { return (dsq_f32_bits(v) & 0x7f800000u) != 0x7f800000u; }
 
 /* F16 value of a scale or min, saturated to the F16 range; NaN/Inf never reach here. */
@@ -19,7 +12,6 @@ static inline uint16_t f16_sat(float v) {
     if (v < -DSQ_F16_MAX) v = -DSQ_F16_MAX;
     return dsq_f16_from_f32(v);
 }
-static inline float f16_round_sat(float v) { return dsq_f16_to_f32(f16_sat(v)); }
 
 static inline void put_u16(void *base, uint64_t i, uint16_t v) { memcpy((uint8_t *)base + 2 * i, &v, 2); }
 static inline void put_f32(void *base, uint64_t i, float v) { memcpy((uint8_t *)base + 4 * i, &v, 4); }
@@ -42,176 +34,6 @@ static float amax_finite(const float *x, uint64_t n) {
         if (a > m && finite_f(a)) m = a;
     }
     return m;
-}
-
-/* ---- integer groups ----------------------------------------------------------------------------- */
-
-/* Symmetric: q = clamp(rint(x/s), qmin, qmax), error Σ(x - q·s)².  NaN counts as 0, ±Inf saturates. */
-static double sym_error(const float *x, int n, float s, int qmin, int qmax, double *sxq, double *sqq) {
-    double e = 0, a = 0, b = 0;
-    float inv = 1.0f / s;
-    for (int i = 0; i < n; i++) {
-        float v = finite_f(x[i]) ? x[i] : 0.0f;
-        float q = rintf(v * inv);
-        if (q < (float)qmin) q = (float)qmin;
-        if (q > (float)qmax) q = (float)qmax;
-        double d = (double)v - (double)(q * s);
-        e += d * d;
-        a += (double)v * q;
-        b += (double)q * q;
-    }
-    if (sxq) *sxq = a;
-    if (sqq) *sqq = b;
-    return e;
-}
-
-/* Best F16 scale for a symmetric group; 0 for an all-zero group. */
-static float sym_search(const float *x, int n, int qmin, int qmax) {
-    float amax = 0, sgn = 1;
-    for (int i = 0; i < n; i++) {
-        float a = fabsf(x[i]);
-        if (!finite_f(x[i])) continue;
-        if (a > amax) {
-            amax = a;
-            sgn = x[i] < 0 ? -1.0f : 1.0f;
-        }
-    }
-    if (amax == 0.0f) return 0.0f;
-    float best_s = 0;
-    double best_e = INFINITY;
-    for (int k = 0; k <= SCALE_CANDIDATES; k++) {
-        /* the last candidate maps a negative extreme onto qmin (int4: -8) */
-        if (k == SCALE_CANDIDATES && !(sgn < 0 && -qmin > qmax)) break;
-        float s = k < SCALE_CANDIDATES ? f16_round_sat(amax / (float)qmax * scale_factors[k])
-                                       : f16_round_sat(amax / (float)-qmin);
-        if (s == 0.0f) s = 0x1p-24f;
-        double e = sym_error(x, n, s, qmin, qmax, NULL, NULL);
-        if (e < best_e) best_e = e, best_s = s;
-    }
-    /* least-squares refinement: with the codes fixed, the best scale is Σxq/Σq² */
-    for (int it = 0; it < 2; it++) {
-        double sxq, sqq;
-        sym_error(x, n, best_s, qmin, qmax, &sxq, &sqq);
-        if (sqq <= 0) break;
-        float s = f16_round_sat((float)(sxq / sqq));
-        if (!(s > 0.0f) || s == best_s) break;
-        double e = sym_error(x, n, s, qmin, qmax, NULL, NULL);
-        if (!(e < best_e)) break;
-        best_e = e, best_s = s;
-    }
-    return best_s;
-}
-
-static inline int sym_code(float v, float s, int qmin, int qmax) {
-    if (s == 0.0f || !(v == v)) return 0;
-    float q = rintf(v / s);
-    if (q < (float)qmin) q = (float)qmin;
-    if (q > (float)qmax) q = (float)qmax;
-    return (int)q;
-}
-
-static double asym_error(const float *x, int n, float s, float m, int qmax, double acc[5]) {
-    double e = 0;
-    double sq = 0, sqq = 0, sx = 0, sxq = 0;
-    for (int i = 0; i < n; i++) {
-        float v = finite_f(x[i]) ? x[i] : 0.0f;
-        float q = s > 0.0f ? rintf((v - m) / s) : 0.0f;
-        if (q < 0.0f) q = 0.0f;
-        if (q > (float)qmax) q = (float)qmax;
-        double d = (double)v - (double)(q * s + m);
-        e += d * d;
-        sq += q, sqq += (double)q * q, sx += v, sxq += (double)v * q;
-    }
-    if (acc) acc[0] = sq, acc[1] = sqq, acc[2] = sx, acc[3] = sxq, acc[4] = n;
-    return e;
-}
-
-/* Best F16 (scale, min) for an asymmetric group x ≈ u·s + m, u ∈ [0, qmax]. */
-static void asym_search(const float *x, int n, int qmax, float *s_out, float *m_out) {
-    float lo = INFINITY, hi = -INFINITY;
-    for (int i = 0; i < n; i++) {
-        float v = finite_f(x[i]) ? x[i] : 0.0f;
-        if (v < lo) lo = v;
-        if (v > hi) hi = v;
-    }
-    if (n == 0 || (lo == 0.0f && hi == 0.0f)) {
-        *s_out = 0, *m_out = 0;
-        return;
-    }
-    float best_s = 0, best_m = f16_round_sat(lo);
-    double best_e = asym_error(x, n, 0.0f, best_m, qmax, NULL);
-    for (int k = 0; k < SCALE_CANDIDATES; k++) {
-        float f = scale_factors[k] > 1.0f ? 1.0f : scale_factors[k];
-        float mid = 0.5f * (lo + hi), half = 0.5f * (hi - lo) * f;
-        float m = f16_round_sat(k == 0 ? lo : mid - half);
-        float s = f16_round_sat((k == 0 ? hi - lo : 2.0f * half) / (float)qmax);
-        if (s == 0.0f && hi > lo) s = 0x1p-24f;
-        double e = asym_error(x, n, s, m, qmax, NULL);
-        if (e < best_e) best_e = e, best_s = s, best_m = m;
-    }
-    /* least squares on (s, m) with the codes fixed */
-    for (int it = 0; it < 2; it++) {
-        double a[5];
-        asym_error(x, n, best_s, best_m, qmax, a);
-        double det = a[4] * a[1] - a[0] * a[0];
-        if (!(det > 0)) break;
-        double s = (a[4] * a[3] - a[0] * a[2]) / det;
-        double m = (a[2] - s * a[0]) / a[4];
-        if (!(s > 0)) break;
-        float s16 = f16_round_sat((float)s), m16 = f16_round_sat((float)m);
-        if (s16 == best_s && m16 == best_m) break;
-        double e = asym_error(x, n, s16, m16, qmax, NULL);
-        if (!(e < best_e)) break;
-        best_e = e, best_s = s16, best_m = m16;
-    }
-    *s_out = best_s, *m_out = best_m;
-}
-
-static inline int asym_code(float v, float s, float m, int qmax) {
-    if (!(v == v) || s == 0.0f) return 0;
-    float q = rintf((v - m) / s);
-    if (q < 0.0f) q = 0.0f;
-    if (q > (float)qmax) q = (float)qmax;
-    return (int)q;
-}
-
-static void encode_int_rows(const dsq__qv *v, dsq_qtensor_buf *dst, const float *x, uint64_t row0,
-                            uint64_t nrows) {
-    dsq__kind k = v->info->kind;
-    uint64_t cols = dst->cols, g = v->bcols;
-    for (uint64_t i = 0; i < nrows; i++) {
-        uint64_t r = row0 + i;
-        const float *xr = x + i * cols;
-        uint8_t *row = (uint8_t *)dst->data + r * v->row_bytes;
-        memset(row, 0, v->row_bytes);
-        for (uint64_t b = 0; b * g < cols; b++) {
-            uint64_t c0 = b * g, n = cols - c0 < g ? cols - c0 : g;
-            uint64_t si = r * v->scale_cols + b;
-            if (k == DSQ__K_INT8 || k == DSQ__K_INT4) {
-                int qmin = k == DSQ__K_INT8 ? -127 : -8, qmax = k == DSQ__K_INT8 ? 127 : 7;
-                float s = sym_search(xr + c0, (int)n, qmin, qmax);
-                put_u16(dst->scales, si, f16_sat(s));
-                for (uint64_t c = c0; c < c0 + n; c++) {
-                    int q = sym_code(finite_f(xr[c]) ? xr[c] : (xr[c] == xr[c] ? copysignf(3e38f, xr[c]) : 0.0f), s,
-                                     qmin, qmax);
-                    if (k == DSQ__K_INT8) row[c] = (uint8_t)(int8_t)q;
-                    else row[c >> 1] |= (uint8_t)((q & 15) << ((c & 1) * 4)); /* two's complement */
-                }
-            } else {
-                int qmax = k == DSQ__K_INT4A ? 15 : 3;
-                float s, m;
-                asym_search(xr + c0, (int)n, qmax, &s, &m);
-                put_u16(dst->scales, si, f16_sat(s));
-                put_u16(dst->mins, si, f16_sat(m));
-                for (uint64_t c = c0; c < c0 + n; c++) {
-                    float xv = finite_f(xr[c]) ? xr[c] : (xr[c] == xr[c] ? copysignf(3e38f, xr[c]) : 0.0f);
-                    int u = asym_code(xv, s, m, qmax);
-                    if (k == DSQ__K_INT4A) row[c >> 1] |= (uint8_t)(u << ((c & 1) * 4));
-                    else row[c >> 2] |= (uint8_t)(u << ((c & 3) * 2));
-                }
-            }
-        }
-    }
 }
 
 /* ---- FP8 / MXFP4 / NVFP4 ------------------------------------------------------------------------ */
@@ -401,7 +223,7 @@ dsq_status dsq_codec_encode(dsq_qtensor_buf *dst, const float *x, uint64_t row0,
     case DSQ__K_INT8:
     case DSQ__K_INT4:
     case DSQ__K_INT4A:
-    case DSQ__K_INT2A: encode_int_rows(&v, dst, x, row0, nrows); break;
+    case DSQ__K_INT2A: return dsq__encode_int_rows(&v, dst, x, row0, nrows, dsq__isa_resolve(o.isa), nm, err);
     case DSQ__K_RAW: break;
     }
     return DSQ_OK;

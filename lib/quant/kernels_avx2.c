@@ -325,20 +325,65 @@ AVX2 float dsq__dot_row_avx2(const dsq__qv *v, uint64_t r, const float *x) {
     return hsum(_mm256_add_ps(acc0, acc1)) + tail;
 }
 
-AVX2 void dsq__e4m3_decode_avx2(const uint8_t *codes, uint64_t n, float *out) {
-    uint64_t i = 0;
-    __m256 k = _mm256_set1_ps(256.0f);
-    for (; i + 16 <= n; i += 16) {
-        if (has_e4m3_nan(codes + i)) {
-            for (int j = 0; j < 16; j++) out[i + j] = dsq_e4m3_to_f32(codes[i + j]);
-            continue;
+/* Integer scale search: one candidate on a group of n (multiple of 8) values, the same IEEE operations
+ * as dsq__int_group_eval_scalar (no FMA; RNE by the magic-number add), so the sums are identical. */
+AVX2 void dsq__int_group_eval_avx2(const float *x, int n, const dsq__grp_param *p, dsq__grp_eval *out) {
+    __m256 e = _mm256_setzero_ps(), a = e, b = e, c = e, d = e;
+    __m256 inv = _mm256_set1_ps(p->inv), s = _mm256_set1_ps(p->s), m = _mm256_set1_ps(p->m);
+    __m256 lo = _mm256_set1_ps(p->qmin), hi = _mm256_set1_ps(p->qmax), magic = _mm256_set1_ps(0x1.8p23f);
+    if (!p->sums && !p->asym) { /* the hot case: symmetric candidates, error only */
+        for (int i = 0; i < n; i += 8) {
+            __m256 xv = _mm256_loadu_ps(x + i);
+            __m256 t = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(xv, inv), lo), hi);
+            __m256 q = _mm256_sub_ps(_mm256_add_ps(t, magic), magic);
+            __m256 df = _mm256_sub_ps(xv, _mm256_mul_ps(q, s));
+            e = _mm256_add_ps(e, _mm256_mul_ps(df, df));
         }
-        __m256 a, b;
-        e4m3x16(codes + i, &a, &b);
-        _mm256_storeu_ps(out + i, _mm256_mul_ps(a, k));
-        _mm256_storeu_ps(out + i + 8, _mm256_mul_ps(b, k));
+        out->err = hsum(e), out->sxq = out->sqq = out->sq = out->sx = 0;
+        return;
     }
-    for (; i < n; i++) out[i] = dsq_e4m3_to_f32(codes[i]);
+    for (int i = 0; i < n; i += 8) {
+        __m256 xv = _mm256_loadu_ps(x + i);
+        __m256 t = p->asym ? _mm256_mul_ps(_mm256_sub_ps(xv, m), inv) : _mm256_mul_ps(xv, inv);
+        t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
+        __m256 q = _mm256_sub_ps(_mm256_add_ps(t, magic), magic);
+        __m256 w = _mm256_mul_ps(q, s);
+        if (p->asym) w = _mm256_add_ps(w, m);
+        __m256 df = _mm256_sub_ps(xv, w);
+        e = _mm256_add_ps(e, _mm256_mul_ps(df, df));
+        if (!p->sums) continue;
+        a = _mm256_add_ps(a, _mm256_mul_ps(xv, q));
+        b = _mm256_add_ps(b, _mm256_mul_ps(q, q));
+        c = _mm256_add_ps(c, q);
+        d = _mm256_add_ps(d, xv);
+    }
+    out->err = hsum(e), out->sxq = hsum(a), out->sqq = hsum(b), out->sq = hsum(c), out->sx = hsum(d);
+}
+
+AVX2 void dsq__int_group_codes_avx2(const float *x, int n, const dsq__grp_param *p, int8_t *q) {
+    __m256 inv = _mm256_set1_ps(p->inv), m = _mm256_set1_ps(p->m);
+    __m256 lo = _mm256_set1_ps(p->qmin), hi = _mm256_set1_ps(p->qmax), magic = _mm256_set1_ps(0x1.8p23f);
+    for (int i = 0; i < n; i += 8) {
+        __m256 xv = _mm256_loadu_ps(x + i);
+        __m256 t = p->asym ? _mm256_mul_ps(_mm256_sub_ps(xv, m), inv) : _mm256_mul_ps(xv, inv);
+        t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
+        __m256i qi = _mm256_cvttps_epi32(_mm256_sub_ps(_mm256_add_ps(t, magic), magic)); /* exact integers */
+        __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(qi), _mm256_extracti128_si256(qi, 1));
+        _mm_storel_epi64((__m128i *)(void *)(q + i), _mm_packs_epi16(w, w));
+    }
+}
+
+AVX2 void dsq__minmax_avx2(const float *x, int n, float *lo, float *hi) {
+    __m256 a = _mm256_loadu_ps(x), b = a;
+    for (int i = 8; i < n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        a = _mm256_min_ps(a, v), b = _mm256_max_ps(b, v);
+    }
+    float la[8], lb[8];
+    _mm256_storeu_ps(la, a), _mm256_storeu_ps(lb, b);
+    float mn = la[0], mx = lb[0];
+    for (int l = 1; l < 8; l++) mn = la[l] < mn ? la[l] : mn, mx = lb[l] > mx ? lb[l] : mx;
+    *lo = mn, *hi = mx;
 }
 
 #else /* not x86: the scalar twins stand in (dsq_codec_best_isa never returns AVX2 there) */
@@ -348,8 +393,12 @@ void dsq__decode_span_avx2(const dsq__qv *v, uint64_t r, uint64_t c0, uint64_t n
 }
 float dsq__dot_f32_avx2(const float *a, const float *b, uint64_t n) { return dsq__dot_f32_scalar(a, b, n); }
 float dsq__dot_row_avx2(const dsq__qv *v, uint64_t r, const float *x) { return dsq__dot_row_scalar(v, r, x); }
-void dsq__e4m3_decode_avx2(const uint8_t *codes, uint64_t n, float *out) {
-    for (uint64_t i = 0; i < n; i++) out[i] = dsq_e4m3_to_f32(codes[i]);
+void dsq__int_group_eval_avx2(const float *x, int n, const dsq__grp_param *p, dsq__grp_eval *out) {
+    dsq__int_group_eval_scalar(x, n, p, out);
 }
+void dsq__int_group_codes_avx2(const float *x, int n, const dsq__grp_param *p, int8_t *q) {
+    dsq__int_group_codes_scalar(x, n, p, q);
+}
+void dsq__minmax_avx2(const float *x, int n, float *lo, float *hi) { dsq__minmax_scalar(x, n, lo, hi); }
 
 #endif

@@ -89,8 +89,11 @@ static void fp4_shift_range(const uint8_t *row, uint64_t c0, uint64_t n, int *tm
     *tmin = down, *tmax = up;
 }
 
-/* e2m1 code of value(q)·2^t (on the grid by construction). */
-static uint8_t fp4_shift_code(uint8_t q, int t) { return dsq_e2m1_from_f32(ldexpf(dsq_e2m1_to_f32(q), t)); }
+/* e2m1 code of value(q)·2^t (on the grid when t is in the block's allowed range), t = -3..3. */
+static void fp4_shift_table(uint8_t lut[7][16]) {
+    for (int t = -3; t <= 3; t++)
+        for (int q = 0; q < 16; q++) lut[t + 3][q] = dsq_e2m1_from_f32(ldexpf(dsq_e2m1_to_f32((uint8_t)q), t));
+}
 
 /* e4m3 code of 2^j for j in [-9, 8]. */
 static uint8_t e4m3_pow2(int j) { return j >= -6 ? (uint8_t)((j + 7) << 3) : (uint8_t)(1 << (j + 9)); }
@@ -133,6 +136,8 @@ static void mxfp4_to_nvfp4(const dsq__qv *s, dsq_qtensor_buf *dst, const dsq__qv
     }
     float ts = ldexpf(1.0f, best_k);
     dst->tensor_scale = ts;
+    uint8_t shift_lut[7][16];
+    fp4_shift_table(shift_lut);
     /* pass 2 */
     for (uint64_t r = 0; r < src->rows; r++) {
         const uint8_t *in = (const uint8_t *)src->data + r * s->row_bytes;
@@ -163,7 +168,7 @@ static void mxfp4_to_nvfp4(const dsq__qv *s, dsq_qtensor_buf *dst, const dsq__qv
             if (t_pick != 99) {
                 *sc = e4m3_pow2(e - best_k - t_pick);
                 for (uint64_t c = c0; c < c0 + n; c++)
-                    out[c >> 1] |= (uint8_t)(fp4_shift_code(nib_at(in, c), t_pick) << ((c & 1) * 4));
+                    out[c >> 1] |= (uint8_t)(shift_lut[t_pick + 3][nib_at(in, c)] << ((c & 1) * 4));
                 continue;
             }
             /* does not fit the E4M3 window: re-quantize this block by the NVFP4 rule */

@@ -14,11 +14,11 @@
 #include "dsq_numeric.h"
 #include "dsq_safetensors.h"
 
-#define GOLDEN_GAMMA 0x9E3779B97F4A7C15ull
-#define NORMAL_TABLE (1u << 16) /* quantiles of N(0,1), indexed by 16 random bits */
+#define GOLDEN_GAMMA   0x9E3779B97F4A7C15ull
+#define NORMAL_TABLE   (1u << 16) /* quantiles of N(0,1), indexed by 16 random bits */
 #define SYNTH_MAX_TOPK 64
-#define COMB_DIAG 4.0f /* hc comb logits on the diagonal: softmax row ≈ [0.95, 0.017, ...] for hc = 4 */
-#define FILL_BATCH 256 /* values generated per call when streaming unquantized tensors */
+#define COMB_DIAG      4.0f /* hc comb logits on the diagonal: softmax row ≈ [0.95, 0.017, ...] for hc = 4 */
+#define FILL_BATCH     256  /* values generated per call when streaming unquantized tensors */
 
 struct dsq_synth_gen {
     const dsq_v4_config *c;
@@ -45,7 +45,7 @@ static uint64_t tensor_seed(uint64_t seed, const char *name) {
 
 /* Inverse standard normal CDF, Acklam's rational approximation (relative error < 1.2e-9). */
 static double inv_normal_cdf(double p) {
-    static const double a[6] = {-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
+    static const double a[6] = {-3.969683028665376e+01, 2.209460984245205e+02,  -2.759285104469687e+02,
                                 1.383577518672690e+02,  -3.066479806614716e+01, 2.506628277459239e+00};
     static const double b[5] = {-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
                                 6.680131188771972e+01, -1.328068155288572e+01};
@@ -65,8 +65,7 @@ static double inv_normal_cdf(double p) {
            (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1);
 }
 
-dsq_status dsq_synth_gen_create(const dsq_v4_config *c, uint64_t seed, int threads, dsq_synth_gen **out,
-                                dsq_err *err) {
+dsq_status dsq_synth_gen_create(const dsq_v4_config *c, uint64_t seed, int threads, dsq_synth_gen **out, dsq_err *err) {
     *out = NULL;
     dsq_synth_gen *g = dsq_malloc(sizeof *g);
     if (!g) return dsq_err_set(err, DSQ_ERR_NOMEM, "synth: out of memory");
@@ -133,8 +132,8 @@ static inline uint8_t e4m3_fast(float x) {
 static inline uint8_t e2m1_fast(float x) {
     uint8_t sign = (uint8_t)((dsq_f32_bits(x) >> 28) & 8);
     float a = fabsf(x);
-    uint8_t c = (uint8_t)((a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) + (a > 2.5f) + (a >= 3.5f) +
-                          (a > 5.0f));
+    uint8_t c =
+        (uint8_t)((a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) + (a > 2.5f) + (a >= 3.5f) + (a > 5.0f));
     return (uint8_t)(sign | c);
 }
 
@@ -168,7 +167,14 @@ static bool is_norm(dsq_part p) {
 
 static tgen make_tgen(const dsq_synth_gen *g, const dsq_inv_entry *e) {
     const dsq_v4_config *c = g->c;
-    tgen t = {g, G_NORMAL, 0.0f, 0.0f, tensor_seed(g->seed, e->name), c->hc_mult, 1, c->n_routed_experts,
+    tgen t = {g,
+              G_NORMAL,
+              0.0f,
+              0.0f,
+              tensor_seed(g->seed, e->name),
+              c->hc_mult,
+              1,
+              c->n_routed_experts,
               c->n_activated_experts};
     if (e->rank == 2) t.cols = e->dtype == DSQ_DTYPE_I8 ? 2 * e->shape[1] : e->shape[1];
     dsq_part p = e->role.part;
@@ -214,8 +220,10 @@ static void values(const tgen *t, uint64_t first, size_t n, float *out) {
         uint64_t hc = (uint64_t)t->hc;
         for (size_t k = 0; k < n; k++) {
             uint64_t i = first + k;
-            if (i < hc) out[k] += pre_logit(t->hc);
-            else if (i >= 2 * hc && (i - 2 * hc) / hc == (i - 2 * hc) % hc) out[k] += COMB_DIAG;
+            if (i < hc)
+                out[k] += pre_logit(t->hc);
+            else if (i >= 2 * hc && (i - 2 * hc) / hc == (i - 2 * hc) % hc)
+                out[k] += COMB_DIAG;
         }
     } else if (t->mode == G_HC_HEAD_BASE) {
         for (size_t k = 0; k < n; k++) out[k] += pre_logit(t->hc);
@@ -235,8 +243,10 @@ static inline void put32f(uint8_t *p, float f) {
 }
 
 static inline void put_scale(uint8_t *dst, size_t i, uint8_t e8m0, dsq_dtype dt) {
-    if (dt == DSQ_DTYPE_F32) put32f(dst + 4 * i, ldexpf(1.0f, (int)e8m0 - 127));
-    else dst[i] = e8m0;
+    if (dt == DSQ_DTYPE_F32)
+        put32f(dst + 4 * i, ldexpf(1.0f, (int)e8m0 - 127));
+    else
+        dst[i] = e8m0;
 }
 
 /* ---- generators per storage type ----------------------------------------------------------------- */
@@ -352,16 +362,22 @@ void dsq_synth_rows(const dsq_synth_gen *g, const dsq_inv_entry *e, uint64_t row
     uint8_t *out = dst, *sc = scale_out;
     uint64_t cols = e->rank == 2 ? e->shape[1] : 1;
     switch (e->dtype) {
-    case DSQ_DTYPE_F8_E4M3: gen_fp8(&t, row0, rows, cols, out, sc, scale_dtype); break;
-    case DSQ_DTYPE_I8: gen_fp4(&t, row0, rows, 2 * cols, out, sc, scale_dtype); break;
-    case DSQ_DTYPE_I64: gen_tid2eid(&t, row0, rows, out); break;
-    default: gen_plain(&t, row0 * cols, rows * cols, e->dtype, out); break;
+    case DSQ_DTYPE_F8_E4M3:
+        gen_fp8(&t, row0, rows, cols, out, sc, scale_dtype);
+        break;
+    case DSQ_DTYPE_I8:
+        gen_fp4(&t, row0, rows, 2 * cols, out, sc, scale_dtype);
+        break;
+    case DSQ_DTYPE_I64:
+        gen_tid2eid(&t, row0, rows, out);
+        break;
+    default:
+        gen_plain(&t, row0 * cols, rows * cols, e->dtype, out);
+        break;
     }
 }
 
-
-dsq_status dsq_synth_config_text(const char *json, size_t len, const char *what, int layers, char **out,
-                                 dsq_err *err) {
+dsq_status dsq_synth_config_text(const char *json, size_t len, const char *what, int layers, char **out, dsq_err *err) {
     *out = NULL;
     dsq_v4_config c;
     DSQ_TRY(dsq_config_parse(json, len, what, &c, NULL, err));
@@ -387,8 +403,8 @@ dsq_status dsq_synth_config_text(const char *json, size_t len, const char *what,
     if (!ok) cJSON_Delete(ratios);
     ok = ok && cJSON_ReplaceItemInObjectCaseSensitive(root, "num_hidden_layers", cJSON_CreateNumber(layers));
     if (ok && cJSON_GetObjectItemCaseSensitive(root, "num_hash_layers"))
-        ok = cJSON_ReplaceItemInObjectCaseSensitive(root, "num_hash_layers",
-                                                    cJSON_CreateNumber(c.n_hash_layers < layers ? c.n_hash_layers : layers));
+        ok = cJSON_ReplaceItemInObjectCaseSensitive(
+            root, "num_hash_layers", cJSON_CreateNumber(c.n_hash_layers < layers ? c.n_hash_layers : layers));
     char *text = ok ? cJSON_Print(root) : NULL;
     cJSON_Delete(root);
     if (!text) return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory adjusting the config", what);
@@ -478,8 +494,8 @@ static dsq_status write_index(const char *dir, const dsq_inv *inv, const shard_p
                                   i + 1 < dsq_inv_count(inv) ? "," : "");
     n += (size_t)snprintf(buf + n, cap - n, "  }\n}\n");
     char *path = dsq_path_join(dir, DSQ_ST_INDEX_NAME);
-    dsq_status s = path ? dsq_write_file_atomic(path, buf, n, overwrite, err)
-                        : dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory");
+    dsq_status s =
+        path ? dsq_write_file_atomic(path, buf, n, overwrite, err) : dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory");
     dsq_free(path);
     dsq_free(buf);
     return s;
@@ -496,8 +512,8 @@ typedef struct job {
 } job;
 
 static bool is_quant_weight(const dsq_inv_entry *e) {
-    return e->dtype == DSQ_DTYPE_F8_E4M3 || (e->dtype == DSQ_DTYPE_I8 && e->role.part >= DSQ_PART_EXPERT_W1 &&
-                                             e->role.part <= DSQ_PART_EXPERT_W3);
+    return e->dtype == DSQ_DTYPE_F8_E4M3 ||
+           (e->dtype == DSQ_DTYPE_I8 && e->role.part >= DSQ_PART_EXPERT_W1 && e->role.part <= DSQ_PART_EXPERT_W3);
 }
 
 /* Rows generated per step: bounded by the chunk, a multiple of 128 for FP8 blocks. */
@@ -580,8 +596,10 @@ static size_t plan_shards(const dsq_inv *inv, uint64_t shard_size, shard_plan *s
         sp[ns - 1].bytes += b;
     }
     for (size_t s = 0; s < ns; s++) {
-        if (ns == 1) snprintf(sp[s].file, sizeof sp[s].file, "model.safetensors");
-        else snprintf(sp[s].file, sizeof sp[s].file, "model-%05zu-of-%05zu.safetensors", s + 1, ns);
+        if (ns == 1)
+            snprintf(sp[s].file, sizeof sp[s].file, "model.safetensors");
+        else
+            snprintf(sp[s].file, sizeof sp[s].file, "model-%05zu-of-%05zu.safetensors", s + 1, ns);
     }
     return ns;
 }
@@ -637,7 +655,8 @@ dsq_status dsq_synth_write(const char *config_path, const char *out_dir, const d
         jb.chunk_cap = chunk;
         jb.chunk = dsq_malloc_aligned(chunk);
         jb.scales = dsq_malloc(scales);
-        if (!jb.chunk || !jb.scales) s = dsq_err_set(err, DSQ_ERR_NOMEM, "synth: out of memory for %zu-byte buffers", chunk);
+        if (!jb.chunk || !jb.scales)
+            s = dsq_err_set(err, DSQ_ERR_NOMEM, "synth: out of memory for %zu-byte buffers", chunk);
     }
     dsq_synth_gen *gen = NULL;
     if (s == DSQ_OK) s = dsq_synth_gen_create(&c, opt.seed, opt.threads, &gen, err);

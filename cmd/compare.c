@@ -1,0 +1,262 @@
+/* dsq-command: compare | compare builds with a reference (KL, PPL ratio, MC accuracy); REPORT.md + REPORT.html */
+/* `dsq compare REF Q1 [Q2 ...] --text TEXTFILE --out DIR`: a KL base of REF (DIR/ref.kld), then each
+ * build against it, optionally a multiple-choice task with flips against REF's answers, and the
+ * report (lib/eval/dsq_report.h). */
+#include <dirent.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "dsq_report.h"
+#include "eval_metrics.h"
+
+static void help(void) {
+    printf("usage: dsq compare REF Q1 [Q2 ...] (--text TEXTFILE | --tokens FILE) --out DIR [options]\n\n"
+           "Runs REF over the text and keeps its top-k log-probs (DIR/ref.kld), then runs every build Q\n"
+           "on the same tokens: KL(REF ‖ Q) statistics, top-1 agreement, same-sample rate, PPL ratio.\n"
+           "With --task, multiple-choice accuracy of every model and each build's flip rate against REF's\n"
+           "answers (DIR/ref-answers.jsonl).  Writes DIR/REPORT.md and a self-contained DIR/REPORT.html\n"
+           "(tables, size-vs-KL chart, KL histogram).  Text is tokenized with REF's tokenizer.json.\n"
+           "  --out DIR              report directory (created if missing)\n"
+           "  --task TASK.jsonl      HellaSwag-style multiple-choice task (needs REF's tokenizer)\n"
+           "  --top-k K              ids kept per position in the base (default %u)\n"
+           "  --title TEXT           report title\n"
+           "  --overwrite            replace existing files in DIR\n"
+           "  --json                 print the per-build numbers as JSON\n",
+           DSQ_KBASE_DEFAULT_K);
+    dsq__cmd_score_option_help(stdout);
+}
+
+/* Bytes of a build: a file's size, or the *.safetensors / *.dsq files of a directory. */
+static uint64_t build_bytes(const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0) return 0;
+    if (!S_ISDIR(st.st_mode)) return (uint64_t)st.st_size;
+    uint64_t sum = 0;
+    DIR *d = opendir(path);
+    if (!d) return 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        size_t n = strlen(e->d_name);
+        bool want =
+            (n > 12 && !strcmp(e->d_name + n - 12, ".safetensors")) || (n > 4 && !strcmp(e->d_name + n - 4, ".dsq"));
+        char *p = want ? dsq_path_join(path, e->d_name) : NULL;
+        if (p && stat(p, &st) == 0 && S_ISREG(st.st_mode)) sum += (uint64_t)st.st_size;
+        dsq_free(p);
+    }
+    closedir(d);
+    return sum;
+}
+
+/* The last path component, without trailing slashes (heap). */
+static char *build_name(const char *path) {
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/') n--;
+    size_t b = n;
+    while (b > 0 && path[b - 1] != '/') b--;
+    char *s = dsq_malloc(n - b + 1);
+    if (s) {
+        memcpy(s, path + b, n - b);
+        s[n - b] = 0;
+    }
+    return s;
+}
+
+typedef struct run {
+    const char *ref, *out, *text, *tokens, *task, *title;
+    const char *builds[64];
+    int n_builds;
+    dsq_score_options so;
+    uint32_t top_k;
+    bool overwrite, json;
+} run;
+
+static dsq_status score_mc(const char *model_path, const dsq_score_options *so, const dsq_tok *tok,
+                           const dsq_mc_task *task, dsq_mc_result *r, dsq_err *err) {
+    dsq_v4_model *m;
+    DSQ_TRY(dsq_v4_model_open(model_path, &m, err));
+    dsq_status s = dsq_score_mc(m, so, tok, task, 0, 0, r, err);
+    dsq_v4_model_close(m);
+    return s;
+}
+
+static dsq_status compare(run *R, dsq_report *rep, dsq_report_build *b, dsq_err *err) {
+    char *base = dsq_path_join(R->out, "ref.kld"), *answers = dsq_path_join(R->out, "ref-answers.jsonl");
+    int32_t *ids = NULL;
+    uint64_t n = 0;
+    dsq_v4_model *m = NULL;
+    dsq_tok *tok = NULL;
+    dsq_mc_task *task = NULL;
+    dsq_mc_result mr = {0};
+    dsq_status s = base && answers ? DSQ_OK : dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory");
+    if (s == DSQ_OK) s = dsq__cmd_load_tokens(R->ref, R->text, R->tokens, &ids, &n, err);
+    if (s == DSQ_OK) s = dsq_v4_model_open(R->ref, &m, err);
+    dsq_ppl_result ppl;
+    dsq_base_options bo = {.k = R->top_k, .overwrite = R->overwrite};
+    char note[DSQ_KBASE_NOTE_MAX];
+    snprintf(note, sizeof note, "dsq compare reference %s, %s numerics", R->ref,
+             dsq_numerics_name(R->so.eval.numerics));
+    bo.note = note;
+    fprintf(stderr, "compare: reference %s\n", R->ref);
+    if (s == DSQ_OK) s = dsq_score_save_base(m, &R->so, &bo, ids, n, base, &ppl, err);
+    dsq_v4_model_close(m);
+    m = NULL;
+    if (s == DSQ_OK) {
+        rep->ref_ppl = ppl.ppl;
+        rep->ref_ppl_se = ppl.ppl_se;
+    }
+    if (s == DSQ_OK && R->task) {
+        s = dsq_tok_open(R->ref, NULL, &tok, err);
+        if (s == DSQ_OK) s = dsq_mc_task_open(R->task, &task, err);
+        if (s == DSQ_OK) s = score_mc(R->ref, &R->so, tok, task, &mr, err);
+        if (s == DSQ_OK) s = dsq_mc_answers_write(answers, task, NULL, &mr, R->overwrite, err);
+        if (s == DSQ_OK) {
+            rep->ref_mc_acc = mr.acc_norm;
+            rep->ref_mc_acc_se = mr.acc_norm_se;
+        }
+        dsq_mc_result_clear(&mr);
+    }
+    for (int i = 0; s == DSQ_OK && i < R->n_builds; i++) {
+        fprintf(stderr, "compare: build %s\n", R->builds[i]);
+        b[i].file_bytes = build_bytes(R->builds[i]);
+        s = dsq_v4_model_open(R->builds[i], &m, err);
+        if (s == DSQ_OK) s = dsq_score_kld(m, &R->so, base, ids, n, &b[i].kld, err);
+        dsq_v4_model_close(m);
+        m = NULL;
+        b[i].has_kld = s == DSQ_OK;
+        if (s == DSQ_OK && task) {
+            dsq_mc_flips fl;
+            s = score_mc(R->builds[i], &R->so, tok, task, &mr, err);
+            if (s == DSQ_OK) s = dsq_mc_flips_vs_file(answers, task, NULL, &mr, &fl, err);
+            if (s == DSQ_OK) {
+                b[i].has_mc = b[i].has_flips = true;
+                b[i].mc_acc = mr.acc_norm;
+                b[i].mc_acc_se = mr.acc_norm_se;
+                b[i].mc_flip_rate = fl.norm_rate;
+            }
+            dsq_mc_result_clear(&mr);
+        }
+    }
+    dsq_mc_task_free(task);
+    dsq_tok_free(tok);
+    dsq_free(ids);
+    dsq_free(base);
+    dsq_free(answers);
+    return s;
+}
+
+int dsq_cmd_compare(int argc, char **argv) {
+    const char *me = "compare";
+    if (dsq_cmd_wants_help(argc, argv)) {
+        help();
+        return DSQ_EXIT_OK;
+    }
+    run R;
+    memset(&R, 0, sizeof R);
+    dsq_score_options_default(&R.so);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int r = dsq__cmd_score_option(me, argc, argv, &i, &R.so);
+        if (r < 0) return DSQ_EXIT_USAGE;
+        if (r > 0) continue;
+        bool has_val = i + 1 < argc;
+        uint64_t v;
+        if (!strcmp(a, "--text") && has_val)
+            R.text = argv[++i];
+        else if (!strcmp(a, "--tokens") && has_val)
+            R.tokens = argv[++i];
+        else if (!strcmp(a, "--task") && has_val)
+            R.task = argv[++i];
+        else if (!strcmp(a, "--out") && has_val)
+            R.out = argv[++i];
+        else if (!strcmp(a, "--title") && has_val)
+            R.title = argv[++i];
+        else if (!strcmp(a, "--top-k") && has_val) {
+            if (!dsq_cmd_parse_u64(argv[++i], &v) || v < 1 || v > DSQ_KBASE_MAX_VOCAB)
+                return dsq_cmd_usage_error(me, "--top-k needs a count ≥ 1, not '%s'", argv[i]);
+            R.top_k = (uint32_t)v;
+        } else if (!strcmp(a, "--overwrite"))
+            R.overwrite = true;
+        else if (!strcmp(a, "--json"))
+            R.json = true;
+        else if (a[0] == '-')
+            return dsq_cmd_usage_error(me, "unknown or incomplete option '%s'", a);
+        else if (!R.ref)
+            R.ref = a;
+        else if (R.n_builds < (int)(sizeof R.builds / sizeof R.builds[0]))
+            R.builds[R.n_builds++] = a;
+        else
+            return dsq_cmd_usage_error(me, "too many builds (at most 64)");
+    }
+    if (!R.ref || !R.n_builds) return dsq_cmd_usage_error(me, "need REF and at least one build");
+    if (!R.text == !R.tokens) return dsq_cmd_usage_error(me, "give exactly one of --text FILE and --tokens FILE");
+    if (!R.out) return dsq_cmd_usage_error(me, "missing --out DIR");
+    if (mkdir(R.out, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "dsq compare: %s: cannot create: %s\n", R.out, strerror(errno));
+        return DSQ_EXIT_FAIL;
+    }
+    dsq_signals_install();
+    dsq_report_build b[64];
+    memset(b, 0, sizeof b);
+    char *names[64] = {0}, *ref_name = build_name(R.ref);
+    for (int i = 0; i < R.n_builds; i++) b[i].name = names[i] = build_name(R.builds[i]);
+    char cmdline[1024];
+    size_t len = (size_t)snprintf(cmdline, sizeof cmdline, "dsq %s", DSQ_VERSION_STRING);
+    for (int i = 0; i < argc && len < sizeof cmdline; i++)
+        len += (size_t)snprintf(cmdline + len, sizeof cmdline - len, " %s", argv[i]);
+    char text_desc[512] = "";
+    dsq_report rep = {.title = R.title,
+                      .reference = ref_name,
+                      .reference_bytes = build_bytes(R.ref),
+                      .ref_mc_acc = -1,
+                      .text_desc = text_desc,
+                      .task_desc = R.task,
+                      .generated_by = cmdline,
+                      .n_builds = (size_t)R.n_builds,
+                      .builds = b};
+    dsq_err e = DSQ_ERR_INIT;
+    dsq_status s = compare(&R, &rep, b, &e);
+    if (s == DSQ_OK)
+        snprintf(text_desc, sizeof text_desc, "%s: %llu positions scored in chunks of %u tokens, %s numerics",
+                 R.text ? R.text : R.tokens, (unsigned long long)b[0].kld.n, R.so.n_ctx,
+                 dsq_numerics_name(R.so.eval.numerics));
+    if (s == DSQ_OK) s = dsq_report_write(&rep, R.out, R.overwrite, &e);
+    if (s == DSQ_OK) {
+        if (R.json) {
+            printf("{\"out\": ");
+            dsq_cmd_json_str(stdout, R.out);
+            printf(", \"builds\": [");
+            for (int i = 0; i < R.n_builds; i++) {
+                printf("%s{\"name\": ", i ? ", " : "");
+                dsq_cmd_json_str(stdout, b[i].name);
+                printf(", \"path\": ");
+                dsq_cmd_json_str(stdout, R.builds[i]);
+                printf(", \"bytes\": %llu, ", (unsigned long long)b[i].file_bytes);
+                dsq__cmd_json_kld(stdout, &b[i].kld);
+                if (b[i].has_mc)
+                    printf(", \"mc_acc\": %.17g, \"mc_acc_se\": %.17g, \"mc_flip_rate\": %.17g", b[i].mc_acc,
+                           b[i].mc_acc_se, b[i].mc_flip_rate);
+                printf("}");
+            }
+            printf("]}\n");
+        } else {
+            printf("%-24s %14s %12s %10s %10s %12s\n", "build", "bytes", "mean KL", "top-1", "PPL ratio", "MC acc");
+            for (int i = 0; i < R.n_builds; i++) {
+                printf("%-24s %14llu %12.5g %9.2f%% %10.5f", b[i].name, (unsigned long long)b[i].file_bytes,
+                       b[i].kld.kl_mean, 100 * b[i].kld.top1, b[i].kld.ppl_ratio);
+                if (b[i].has_mc)
+                    printf(" %11.2f%%\n", 100 * b[i].mc_acc);
+                else
+                    printf(" %12s\n", "—");
+            }
+            printf("report: %s/REPORT.md, %s/REPORT.html\n", R.out, R.out);
+        }
+    }
+    for (int i = 0; i < R.n_builds; i++) dsq_free(names[i]);
+    dsq_free(ref_name);
+    if (s != DSQ_OK) {
+        dsq_cmd_fail(me, &e);
+        return s == DSQ_ERR_INTERRUPTED ? DSQ_EXIT_INTERRUPTED : DSQ_EXIT_FAIL;
+    }
+    return DSQ_EXIT_OK;
+}

@@ -1,0 +1,218 @@
+/* dsq-command: convert | convert a checkpoint into a .dsq container with a recipe */
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cmd.h"
+#include "dsq_convert.h"
+#include "dsq_inventory.h"
+
+static void help(void) {
+    printf("usage: dsq convert SRC OUT.dsq --recipe NAME|FILE [--override GLOB=ENCODING]... [--threads N]\n"
+           "                   [--resume] [--dry-run] [--overwrite] [--force] [--allow-nonfinite] [--json]\n\n"
+           "Re-encodes a DeepSeek-V4 checkpoint (a directory with config.json and safetensors shards) into a\n"
+           ".dsq container, tensor by tensor with bounded memory.  Routed experts are stacked per layer and\n"
+           "projection, compressor wkv|wgate fused.  The output appears only when complete and verified;\n"
+           "Ctrl-C keeps .OUT.dsq.partial and a journal for --resume, which produces identical bytes.\n\n"
+           "  --recipe NAME|FILE    built-in recipe (dsq recipes lists them) or a recipe JSON file\n"
+           "  --override G=E        encoding E for tensors matching glob G (before the recipe's rules)\n"
+           "  --threads N           encoding threads (default 1); the output does not depend on N\n"
+           "  --resume              continue an interrupted conversion of the same job\n"
+           "  --dry-run             print the plan per family (encodings, bytes, size, free space, time)\n"
+           "  --overwrite           replace OUT.dsq if it exists\n"
+           "  --force               allow re-encoding protected tensors (norms, hc_*, ape, sinks, bias, tid2eid)\n"
+           "  --allow-nonfinite     store NaN/Inf instead of failing\n"
+           "  --json                print the plan or the result as one JSON object\n");
+}
+
+static void human(double b, char *out, size_t n) {
+    const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int i = 0;
+    while (b >= 1024 && i < 4) b /= 1024, i++;
+    snprintf(out, n, "%.2f %s", b, u[i]);
+}
+
+/* Assumed throughputs for the time estimate (MB/s): see bench/convert.c for measured ones. */
+#define EST_COPY_MBPS 800.0
+#define EST_ENCODE_MBPS 150.0
+
+static void print_plan(const dsq_convert_plan *p, const char *out, bool json) {
+    struct fam {
+        uint64_t tensors, in, out;
+        char encs[256];
+    } f[DSQ_FAMILY_COUNT];
+    memset(f, 0, sizeof f);
+    for (size_t i = 0; i < dsq_convert_plan_count(p); i++) {
+        const dsq_convert_item *it = dsq_convert_plan_item(p, i);
+        struct fam *x = &f[it->family < DSQ_FAMILY_COUNT ? it->family : DSQ_FAMILY_OTHER];
+        x->tensors++;
+        x->in += it->bytes_in;
+        x->out += it->bytes_out;
+        char e[64];
+        snprintf(e, sizeof e, "%s%s%s", dsq_ctr_encoding_name(it->src_enc), it->copy ? "" : "->",
+                 it->copy ? "" : dsq_ctr_encoding_name(it->dst_enc));
+        if (!strstr(x->encs, e) && strlen(x->encs) + strlen(e) + 2 < sizeof x->encs) {
+            if (x->encs[0]) strcat(x->encs, ",");
+            strcat(x->encs, e);
+        }
+    }
+    uint64_t in, bout, file;
+    dsq_convert_plan_totals(p, &in, &bout, &file);
+    uint64_t freeb = dsq_convert_plan_free_space(p);
+    double secs = dsq_convert_plan_estimate_seconds(p, EST_COPY_MBPS, EST_ENCODE_MBPS);
+    if (json) {
+        printf("{\"output\": ");
+        dsq_cmd_json_str(stdout, out);
+        printf(", \"tensors\": %zu, \"bytes_in\": %llu, \"bytes_out\": %llu, \"file_bytes\": %llu, \"free_bytes\": %llu, "
+               "\"estimated_seconds\": %.1f, \"families\": [",
+               dsq_convert_plan_count(p), (unsigned long long)in, (unsigned long long)bout, (unsigned long long)file,
+               (unsigned long long)freeb, secs);
+        bool first = true;
+        for (int k = 0; k < DSQ_FAMILY_COUNT; k++) {
+            if (!f[k].tensors) continue;
+            printf("%s{\"family\": \"%s\", \"encodings\": \"%s\", \"tensors\": %llu, \"bytes_in\": %llu, \"bytes_out\": %llu}",
+                   first ? "" : ", ", dsq_family_name((dsq_family)k), f[k].encs, (unsigned long long)f[k].tensors,
+                   (unsigned long long)f[k].in, (unsigned long long)f[k].out);
+            first = false;
+        }
+        printf("]}\n");
+        return;
+    }
+    printf("%-24s %-34s %8s %14s %14s\n", "family", "encoding", "tensors", "bytes in", "bytes out");
+    for (int k = 0; k < DSQ_FAMILY_COUNT; k++) {
+        if (!f[k].tensors) continue;
+        char a[32], b[32];
+        human((double)f[k].in, a, sizeof a);
+        human((double)f[k].out, b, sizeof b);
+        printf("%-24s %-34s %8llu %14s %14s\n", dsq_family_name((dsq_family)k), f[k].encs,
+               (unsigned long long)f[k].tensors, a, b);
+    }
+    char a[32], b[32], c[32], d[32];
+    human((double)in, a, sizeof a);
+    human((double)bout, b, sizeof b);
+    human((double)file, c, sizeof c);
+    human((double)freeb, d, sizeof d);
+    printf("total: %zu tensors, %s in -> %s stored; output file %s; free space %s%s; estimated time %.0f s\n",
+           dsq_convert_plan_count(p), a, b, c, d, freeb && freeb < file ? " (NOT ENOUGH)" : "", secs);
+}
+
+/* Test hook: DSQ_CONVERT_TEST_SIGNAL="N:SIG" raises signal SIG after N tensors were written, so tests
+ * interrupt (SIGINT) or kill (SIGKILL) a conversion at a chosen point. */
+static void test_signal(void *ctx, size_t n) {
+    const int *when = ctx;
+    if ((size_t)when[0] == n) raise(when[1]);
+}
+
+int dsq_cmd_convert(int argc, char **argv) {
+    if (dsq_cmd_wants_help(argc, argv)) {
+        help();
+        return DSQ_EXIT_OK;
+    }
+    const char *pos[2] = {NULL, NULL}, *recipe_name = NULL;
+    int npos = 0;
+    uint64_t threads = 1;
+    bool resume = false, dry = false, overwrite = false, force = false, nonfinite = false, json = false;
+    const char **overrides = dsq_calloc((size_t)argc + 1, sizeof *overrides);
+    const char **command = dsq_calloc(2 * (size_t)argc + 8, sizeof *command);
+    size_t n_over = 0;
+    int rc = DSQ_EXIT_OK;
+    if (!overrides || !command) return DSQ_EXIT_FAIL;
+    for (int i = 1; i < argc && rc == DSQ_EXIT_OK; i++) {
+        const char *a = argv[i];
+        bool has = i + 1 < argc;
+        if (!strcmp(a, "--recipe") && has) recipe_name = argv[++i];
+        else if (!strcmp(a, "--override") && has) overrides[n_over++] = argv[++i];
+        else if (!strcmp(a, "--threads") && has) {
+            if (!dsq_cmd_parse_u64(argv[++i], &threads) || threads < 1 || threads > 1024)
+                rc = dsq_cmd_usage_error("convert", "--threads needs a number 1..1024");
+        } else if (!strcmp(a, "--resume")) resume = true;
+        else if (!strcmp(a, "--dry-run")) dry = true;
+        else if (!strcmp(a, "--overwrite")) overwrite = true;
+        else if (!strcmp(a, "--force")) force = true;
+        else if (!strcmp(a, "--allow-nonfinite")) nonfinite = true;
+        else if (!strcmp(a, "--json")) json = true;
+        else if (a[0] == '-' && a[1]) rc = dsq_cmd_usage_error("convert", "unknown or incomplete option '%s'", a);
+        else if (npos < 2) pos[npos++] = a;
+        else rc = dsq_cmd_usage_error("convert", "unexpected argument '%s'", a);
+    }
+    if (rc == DSQ_EXIT_OK && npos != 2) rc = dsq_cmd_usage_error("convert", "need SRC and OUT.dsq");
+    if (rc == DSQ_EXIT_OK && !recipe_name) rc = dsq_cmd_usage_error("convert", "--recipe is required");
+    if (rc != DSQ_EXIT_OK) {
+        dsq_free(overrides);
+        dsq_free(command);
+        return rc;
+    }
+    dsq_err err = DSQ_ERR_INIT;
+    dsq_recipe *recipe = NULL;
+    dsq_convert_plan *plan = NULL;
+    char src_abs[PATH_MAX];
+    if (!realpath(pos[0], src_abs)) snprintf(src_abs, sizeof src_abs, "%s", pos[0]);
+    /* canonical job arguments: what the output depends on (not --threads/--resume/--overwrite/OUT) */
+    size_t nc = 0;
+    const char *slash = strrchr(src_abs, '/');
+    command[nc++] = "convert";
+    command[nc++] = slash && slash[1] ? slash + 1 : src_abs;
+    command[nc++] = "--recipe";
+    command[nc++] = recipe_name;
+    for (size_t k = 0; k < n_over; k++) command[nc++] = "--override", command[nc++] = overrides[k];
+    if (force) command[nc++] = "--force";
+    if (nonfinite) command[nc++] = "--allow-nonfinite";
+    command[nc] = NULL;
+    dsq_status s = dsq_recipe_load(recipe_name, &recipe, &err);
+    for (size_t k = 0; s == DSQ_OK && k < n_over; k++) s = dsq_recipe_override(recipe, overrides[k], &err);
+    dsq_convert_options o = {.src = src_abs,
+                             .out = pos[1],
+                             .recipe = recipe,
+                             .threads = (int)threads,
+                             .resume = resume,
+                             .overwrite = overwrite,
+                             .force = force,
+                             .allow_nonfinite = nonfinite,
+                             .command = command,
+                             .progress = true};
+    int when[2] = {0, 0};
+    const char *hook = getenv("DSQ_CONVERT_TEST_SIGNAL");
+    if (hook && sscanf(hook, "%d:%d", &when[0], &when[1]) == 2 && when[0] > 0) {
+        o.after_tensor = test_signal;
+        o.ctx = when;
+    }
+    if (s == DSQ_OK) s = dsq_convert_plan_make(&o, &plan, &err);
+    if (s == DSQ_OK && dry) {
+        print_plan(plan, pos[1], json);
+    } else if (s == DSQ_OK) {
+        dsq_signals_install();
+        signal(SIGXFSZ, SIG_IGN); /* `ulimit -f`: writes fail with EFBIG instead of killing us */
+        dsq_convert_stats st;
+        s = dsq_convert_run(plan, &st, &err);
+        if (s == DSQ_OK) {
+            if (json)
+                printf("{\"output\": \"%s\", \"tensors\": %llu, \"resumed\": %llu, \"bytes_in\": %llu, \"bytes_out\": %llu, "
+                       "\"file_bytes\": %llu, \"seconds\": %.3f}\n",
+                       pos[1], (unsigned long long)(st.tensors + st.tensors_resumed), (unsigned long long)st.tensors_resumed,
+                       (unsigned long long)st.bytes_in, (unsigned long long)st.bytes_out,
+                       (unsigned long long)st.file_bytes, st.seconds);
+            else {
+                char a[32], b[32];
+                human((double)st.bytes_in, a, sizeof a);
+                human((double)st.file_bytes, b, sizeof b);
+                printf("%s: %llu tensors (%llu resumed), %s in -> %s, %.1f s\n", pos[1],
+                       (unsigned long long)(st.tensors + st.tensors_resumed), (unsigned long long)st.tensors_resumed, a, b,
+                       st.seconds);
+            }
+        }
+    }
+    if (s == DSQ_ERR_INTERRUPTED) {
+        dsq_err_print(&err, stderr, "dsq convert: ");
+        dsq_err_clear(&err);
+        rc = DSQ_EXIT_INTERRUPTED;
+    } else if (s != DSQ_OK) {
+        rc = dsq_cmd_fail("convert", &err);
+    }
+    dsq_convert_plan_free(plan);
+    dsq_recipe_free(recipe);
+    dsq_free(overrides);
+    dsq_free(command);
+    return rc;
+}

@@ -1,0 +1,595 @@
+/* `dsq eval ppl|kld|diff|mc`: argument parsing and printing around lib/eval/dsq_score.h. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dsq_eval.h"
+#include "eval_metrics.h"
+
+#define TEXT_MAX ((size_t)1 << 30) /* bytes of a text file to tokenize */
+
+/* ---- shared helpers ------------------------------------------------------------------------------ */
+
+dsq_status dsq__cmd_load_tokens(const char *model_dir, const char *text_path, const char *tokens_path, int32_t **ids,
+                                uint64_t *n, dsq_err *err) {
+    *ids = NULL;
+    *n = 0;
+    if (tokens_path) {
+        int64_t cnt = 0;
+        DSQ_TRY(dsq_eval_read_tokens(tokens_path, ids, &cnt, err));
+        *n = (uint64_t)cnt;
+        return DSQ_OK;
+    }
+    DSQ_RETURN_IF(!text_path, err, DSQ_ERR_ARG, "no text file and no --tokens");
+    dsq_tok *tok = NULL;
+    dsq_status s = dsq_tok_open(model_dir, NULL, &tok, err);
+    if (s != DSQ_OK) {
+        dsq_err_set(err, s, "%s: no usable tokenizer.json; give pre-tokenized ids with --tokens FILE", model_dir);
+        return s;
+    }
+    char *text = NULL;
+    size_t len = 0;
+    dsq_tok_ids v = {0};
+    s = dsq_read_file(text_path, TEXT_MAX, &text, &len, err);
+    if (s == DSQ_OK) s = dsq_tok_encode(tok, text, len, &v, err);
+    if (s == DSQ_OK) {
+        *ids = dsq_malloc((v.n ? v.n : 1) * sizeof **ids);
+        if (!*ids)
+            s = dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory for %zu tokens", v.n);
+        else {
+            memcpy(*ids, v.ids, v.n * sizeof **ids);
+            *n = v.n;
+        }
+    }
+    dsq_tok_ids_free(&v);
+    dsq_free(text);
+    dsq_tok_free(tok);
+    return s;
+}
+
+int dsq__cmd_score_option(const char *me, int argc, char **argv, int *i, dsq_score_options *o) {
+    const char *a = argv[*i];
+    bool has_val = *i + 1 < argc;
+    uint64_t v = 0;
+    if (!strcmp(a, "--scalar"))
+        o->eval.force_scalar = true;
+    else if (!strcmp(a, "--no-shared-clamp"))
+        o->eval.no_shared_clamp = true;
+    else if (!strcmp(a, "--no-bos"))
+        o->no_bos = true;
+    else if (!has_val)
+        return 0;
+    else if (!strcmp(a, "--numerics")) {
+        if (!dsq_numerics_from_name(argv[++*i], &o->eval.numerics)) {
+            dsq_cmd_usage_error(me, "--numerics must be exact or release, not '%s'", argv[*i]);
+            return -1;
+        }
+    } else if (!strcmp(a, "--threads")) {
+        if (!dsq_cmd_parse_u64(argv[++*i], &v) || v < 1 || v > 4096) {
+            dsq_cmd_usage_error(me, "--threads needs a count ≥ 1, not '%s'", argv[*i]);
+            return -1;
+        }
+        o->eval.threads = (int)v;
+    } else if (!strcmp(a, "--memory-budget")) {
+        if (!dsq_cmd_parse_size(argv[++*i], &o->memory_budget) || !o->memory_budget) {
+            dsq_cmd_usage_error(me, "--memory-budget needs a size, not '%s'", argv[*i]);
+            return -1;
+        }
+    } else if (!strcmp(a, "--ctx")) {
+        if (!dsq_cmd_parse_u64(argv[++*i], &v) || v < 3 || v > (1u << 24)) {
+            dsq_cmd_usage_error(me, "--ctx needs a chunk length of at least 3 tokens, not '%s'", argv[*i]);
+            return -1;
+        }
+        o->n_ctx = (uint32_t)v;
+    } else if (!strcmp(a, "--chunks")) {
+        if (!dsq_cmd_parse_u64(argv[++*i], &v) || v < 1 || v > UINT32_MAX) {
+            dsq_cmd_usage_error(me, "--chunks needs a count ≥ 1, not '%s'", argv[*i]);
+            return -1;
+        }
+        o->max_chunks = (uint32_t)v;
+    } else if (!strcmp(a, "--batch")) {
+        if (!dsq_cmd_parse_u64(argv[++*i], &v) || v < 1 || v > 4096) {
+            dsq_cmd_usage_error(me, "--batch needs a count ≥ 1, not '%s'", argv[*i]);
+            return -1;
+        }
+        o->batch = (uint32_t)v;
+    } else
+        return 0;
+    return 1;
+}
+
+void dsq__cmd_score_option_help(FILE *f) {
+    fprintf(f,
+            "  --tokens FILE          pre-tokenized ids instead of TEXTFILE (safetensors I32 `tokens` or\n"
+            "                         whitespace-separated ids), for models without a tokenizer\n"
+            "  --ctx N                tokens per chunk including BOS (default %d); the second half is scored\n"
+            "  --chunks K             score only the first K chunks (default: all complete chunks)\n"
+            "  --batch N              chunks per layer-major pass (default %d)\n"
+            "  --no-bos               chunks without the BOS token\n"
+            "  --numerics exact|release  exact: f32 (default); release: the official bf16/FP8/FP4 arithmetic\n"
+            "  --memory-budget SIZE   layer-streaming within SIZE bytes (K/M/G suffixes)\n"
+            "  --threads N            OpenMP threads (default: all)\n"
+            "  --no-shared-clamp      do not clamp the shared expert's SwiGLU\n"
+            "  --scalar               portable kernels only (no AVX2)\n",
+            DSQ_SCORE_DEFAULT_CTX, DSQ_SCORE_DEFAULT_BATCH);
+}
+
+static void json_num(FILE *f, double v) {
+    if (isfinite(v))
+        fprintf(f, "%.17g", v);
+    else
+        fputs("null", f);
+}
+
+static void json_ppl(FILE *f, const char *key, const dsq_ppl_result *p) {
+    fprintf(f, "\"%s\": {\"ppl\": ", key);
+    json_num(f, p->ppl);
+    fputs(", \"ppl_se\": ", f);
+    json_num(f, p->ppl_se);
+    fputs(", \"mean_nll\": ", f);
+    json_num(f, p->mean_nll);
+    fputs(", \"mean_nll_se\": ", f);
+    json_num(f, p->mean_nll_se);
+    fprintf(f, ", \"positions\": %llu}", (unsigned long long)p->n);
+}
+
+void dsq__cmd_json_kld(FILE *f, const dsq_kld_stats *s) {
+    struct {
+        const char *k;
+        double v;
+    } x[] = {
+        {"kl_mean", s->kl_mean},
+        {"kl_mean_se", s->kl_mean_se},
+        {"kl_median", s->kl_median},
+        {"kl_median_se", s->kl_median_se},
+        {"kl_p99", s->kl_p99},
+        {"kl_p99_se", s->kl_p99_se},
+        {"kl_max", s->kl_max},
+        {"top1", s->top1},
+        {"top1_se", s->top1_se},
+        {"same_sample", s->same_sample},
+        {"same_sample_se", s->same_sample_se},
+        {"ppl_ratio", s->ppl_ratio},
+        {"ppl_ratio_se", s->ppl_ratio_se},
+        {"dp_mean", s->dp_mean},
+        {"dp_mean_se", s->dp_mean_se},
+        {"dp_rms", s->dp_rms},
+    };
+    fprintf(f, "\"positions\": %llu", (unsigned long long)s->n);
+    for (size_t i = 0; i < sizeof x / sizeof x[0]; i++) {
+        fprintf(f, ", \"%s\": ", x[i].k);
+        json_num(f, x[i].v);
+    }
+    fputs(", ", f);
+    json_ppl(f, "ref", &s->ppl_ref);
+    fputs(", ", f);
+    json_ppl(f, "cand", &s->ppl_cand);
+    fputs(", \"bands\": [", f);
+    for (int b = 0; b < DSQ_KLD_BANDS; b++) {
+        fprintf(f, "%s{\"lo\": %.1f, \"n\": %llu, \"kl_mean\": ", b ? ", " : "", b / (double)DSQ_KLD_BANDS,
+                (unsigned long long)s->band_n[b]);
+        json_num(f, s->band_kl_mean[b]);
+        fputs("}", f);
+    }
+    fputs("], \"histogram\": [", f);
+    for (int b = 0; b < DSQ_KLD_HIST_BINS; b++) {
+        fprintf(f, "%s{\"lo\": ", b ? ", " : "");
+        json_num(f, dsq_kld_hist_edge(b));
+        fprintf(f, ", \"n\": %llu}", (unsigned long long)s->hist[b]);
+    }
+    fputs("]", f);
+}
+
+void dsq__cmd_print_kld(FILE *f, const dsq_kld_stats *s) {
+    fprintf(f, "positions        %llu\n", (unsigned long long)s->n);
+    fprintf(f, "mean KL          %.6g ± %.2g nats\n", s->kl_mean, s->kl_mean_se);
+    fprintf(f, "median KL        %.6g ± %.2g\n", s->kl_median, s->kl_median_se);
+    fprintf(f, "p99 KL           %.6g ± %.2g\n", s->kl_p99, s->kl_p99_se);
+    fprintf(f, "max KL           %.6g\n", s->kl_max);
+    fprintf(f, "top-1 agreement  %.4f%% ± %.4f%%\n", 100 * s->top1, 100 * s->top1_se);
+    fprintf(f, "same sample      %.4f%% ± %.4f%%\n", 100 * s->same_sample, 100 * s->same_sample_se);
+    fprintf(f, "PPL reference    %.6g ± %.3g\n", s->ppl_ref.ppl, s->ppl_ref.ppl_se);
+    fprintf(f, "PPL candidate    %.6g ± %.3g\n", s->ppl_cand.ppl, s->ppl_cand.ppl_se);
+    fprintf(f, "PPL ratio        %.6f ± %.6f\n", s->ppl_ratio, s->ppl_ratio_se);
+    fprintf(f, "Δp (target)      mean %.4g ± %.2g, RMS %.4g\n", s->dp_mean, s->dp_mean_se, s->dp_rms);
+    fprintf(f, "mean KL by reference top-1 probability:\n");
+    for (int b = 0; b < DSQ_KLD_BANDS; b++) {
+        fprintf(f, "  [%.1f, %.1f%c  %8llu positions  ", b / 5.0, (b + 1) / 5.0, b == DSQ_KLD_BANDS - 1 ? ']' : ')',
+                (unsigned long long)s->band_n[b]);
+        if (s->band_n[b])
+            fprintf(f, "%.6g\n", s->band_kl_mean[b]);
+        else
+            fprintf(f, "—\n");
+    }
+}
+
+static int finish_fail(const char *me, dsq_status s, dsq_err *e) {
+    dsq_cmd_fail(me, e);
+    return s == DSQ_ERR_INTERRUPTED ? DSQ_EXIT_INTERRUPTED : DSQ_EXIT_FAIL;
+}
+
+static void progress_line(void *user, const dsq_score_progress *p) {
+    fprintf(stderr, "%s: %llu/%llu positions, ppl %.5g ± %.3g\n", (const char *)user, (unsigned long long)p->done,
+            (unsigned long long)p->total, p->ppl.ppl, p->ppl.ppl_se);
+}
+
+/* Positional arguments and the options every subcommand shares. */
+typedef struct args {
+    const char *pos[3];
+    int n_pos;
+    const char *tokens;
+    bool json, overwrite;
+    dsq_score_options so;
+} args;
+
+/* Parse common options; `extra` handles subcommand options (returns 1 consumed, 0 not, -1 error). */
+typedef int (*extra_fn)(void *ctx, const char *me, int argc, char **argv, int *i);
+static int parse(const char *me, int argc, char **argv, int max_pos, args *a, extra_fn extra, void *ctx) {
+    memset(a, 0, sizeof *a);
+    dsq_score_options_default(&a->so);
+    for (int i = 1; i < argc; i++) {
+        const char *s = argv[i];
+        int r = dsq__cmd_score_option(me, argc, argv, &i, &a->so);
+        if (r < 0) return DSQ_EXIT_USAGE;
+        if (r > 0) continue;
+        r = extra ? extra(ctx, me, argc, argv, &i) : 0;
+        if (r < 0) return DSQ_EXIT_USAGE;
+        if (r > 0) continue;
+        if (!strcmp(s, "--tokens") && i + 1 < argc)
+            a->tokens = argv[++i];
+        else if (!strcmp(s, "--json"))
+            a->json = true;
+        else if (!strcmp(s, "--overwrite"))
+            a->overwrite = true;
+        else if (s[0] == '-' && s[1])
+            return dsq_cmd_usage_error(me, "unknown or incomplete option '%s'", s);
+        else if (a->n_pos < max_pos)
+            a->pos[a->n_pos++] = s;
+        else
+            return dsq_cmd_usage_error(me, "unexpected argument '%s'", s);
+    }
+    return DSQ_EXIT_OK;
+}
+
+/* ---- ppl ----------------------------------------------------------------------------------------- */
+
+int dsq__eval_ppl(int argc, char **argv) {
+    const char *me = "eval ppl";
+    if (dsq_cmd_wants_help(argc, argv)) {
+        printf("usage: dsq eval ppl MODEL TEXTFILE|--tokens FILE [options]\n\n"
+               "Perplexity with its standard error: the text is cut into chunks of --ctx tokens starting with\n"
+               "BOS, each evaluated on its own, and the second half of every chunk is scored.  The running\n"
+               "value is printed on standard error after every batch of chunks.\n");
+        dsq__cmd_score_option_help(stdout);
+        printf("  --json                 print {\"ppl\", \"ppl_se\", \"mean_nll\", ...} on standard output\n");
+        return DSQ_EXIT_OK;
+    }
+    args a;
+    int rc = parse(me, argc, argv, 2, &a, NULL, NULL);
+    if (rc) return rc;
+    if (a.n_pos < 1) return dsq_cmd_usage_error(me, "missing MODEL");
+    if (a.n_pos < 2 && !a.tokens) return dsq_cmd_usage_error(me, "missing TEXTFILE or --tokens FILE");
+    if (a.n_pos == 2 && a.tokens) return dsq_cmd_usage_error(me, "give TEXTFILE or --tokens, not both");
+    dsq_signals_install();
+    dsq_err e = DSQ_ERR_INIT;
+    dsq_v4_model *m = NULL;
+    int32_t *ids = NULL;
+    uint64_t n = 0;
+    dsq_status s = dsq_v4_model_open(a.pos[0], &m, &e);
+    if (s == DSQ_OK) s = dsq__cmd_load_tokens(a.pos[0], a.n_pos > 1 ? a.pos[1] : NULL, a.tokens, &ids, &n, &e);
+    dsq_ppl_plan plan;
+    if (s == DSQ_OK) s = dsq_score_plan(m, &a.so, n, &plan, &e);
+    dsq_ppl_result r;
+    a.so.progress = progress_line;
+    a.so.user = (void *)me;
+    if (s == DSQ_OK) s = dsq_score_ppl(m, &a.so, ids, n, &r, &e);
+    dsq_free(ids);
+    dsq_v4_model_close(m);
+    if (s != DSQ_OK) return finish_fail(me, s, &e);
+    if (a.json) {
+        printf("{\"numerics\": \"%s\", \"ctx\": %u, \"chunks\": %u, \"tokens\": %llu, ",
+               dsq_numerics_name(a.so.eval.numerics), plan.n_ctx, plan.n_chunks, (unsigned long long)n);
+        json_ppl(stdout, "result", &r);
+        printf(", \"ppl\": ");
+        json_num(stdout, r.ppl);
+        printf(", \"ppl_se\": ");
+        json_num(stdout, r.ppl_se);
+        printf("}\n");
+    } else {
+        printf("ppl %.6g ± %.4g (mean NLL %.6f ± %.6f) over %llu positions: %u chunks of %u tokens, %s numerics\n",
+               r.ppl, r.ppl_se, r.mean_nll, r.mean_nll_se, (unsigned long long)r.n, plan.n_chunks, plan.n_ctx,
+               dsq_numerics_name(a.so.eval.numerics));
+    }
+    return DSQ_EXIT_OK;
+}
+
+/* ---- kld ----------------------------------------------------------------------------------------- */
+
+typedef struct kld_args {
+    const char *save_base, *base;
+    dsq_base_options bo;
+} kld_args;
+
+static int kld_extra(void *ctx, const char *me, int argc, char **argv, int *i) {
+    kld_args *k = ctx;
+    const char *a = argv[*i];
+    if (*i + 1 >= argc) return 0;
+    uint64_t v;
+    if (!strcmp(a, "--save-base"))
+        k->save_base = argv[++*i];
+    else if (!strcmp(a, "--base"))
+        k->base = argv[++*i];
+    else if (!strcmp(a, "--top-k")) {
+        if (!dsq_cmd_parse_u64(argv[++*i], &v) || v < 1 || v > DSQ_KBASE_MAX_VOCAB) {
+            dsq_cmd_usage_error(me, "--top-k needs a count ≥ 1, not '%s'", argv[*i]);
+            return -1;
+        }
+        k->bo.k = (uint32_t)v;
+    } else if (!strcmp(a, "--seed")) {
+        if (!dsq_cmd_parse_u64(argv[++*i], &k->bo.seed)) {
+            dsq_cmd_usage_error(me, "--seed needs an unsigned integer, not '%s'", argv[*i]);
+            return -1;
+        }
+    } else if (!strcmp(a, "--temperature")) {
+        char *end;
+        double t = strtod(argv[++*i], &end);
+        if (*end || !(t > 0) || !isfinite(t)) {
+            dsq_cmd_usage_error(me, "--temperature needs a positive number, not '%s'", argv[*i]);
+            return -1;
+        }
+        k->bo.temperature = t;
+    } else
+        return 0;
+    return 1;
+}
+
+int dsq__eval_kld(int argc, char **argv) {
+    const char *me = "eval kld";
+    if (dsq_cmd_wants_help(argc, argv)) {
+        printf("usage: dsq eval kld MODEL TEXTFILE|--tokens FILE --save-base BASE [options]\n"
+               "       dsq eval kld MODEL [TEXTFILE|--tokens FILE] --base BASE [options]\n\n"
+               "--save-base runs MODEL as the reference and stores, per scored position, its top-k log-probs,\n"
+               "the log of the remaining mass, the next token and a Gumbel-max sample (docs/kld-base.md).\n"
+               "--base runs MODEL as a candidate on the base's tokens (the text, when given, must tokenize to\n"
+               "the same ids) and prints KL(reference ‖ MODEL): mean, median, p99, max with standard errors,\n"
+               "top-1 agreement, same-sample rate, PPL ratio, Δp of the reference token, KL by the reference's\n"
+               "top-1 probability.  KL over top-k + rest is a lower bound of the full KL (exact for k = vocab).\n");
+        dsq__cmd_score_option_help(stdout);
+        printf("  --top-k K              ids stored per position (default %u)\n"
+               "  --seed S, --temperature T   Gumbel-max noise of the same-sample statistic (default 0, 1.0)\n"
+               "  --overwrite            replace an existing BASE\n"
+               "  --json                 print the statistics as JSON\n",
+               DSQ_KBASE_DEFAULT_K);
+        return DSQ_EXIT_OK;
+    }
+    args a;
+    kld_args k = {0};
+    int rc = parse(me, argc, argv, 2, &a, kld_extra, &k);
+    if (rc) return rc;
+    if (a.n_pos < 1) return dsq_cmd_usage_error(me, "missing MODEL");
+    if (!k.save_base == !k.base) return dsq_cmd_usage_error(me, "give exactly one of --save-base BASE and --base BASE");
+    if (k.save_base && a.n_pos < 2 && !a.tokens) return dsq_cmd_usage_error(me, "missing TEXTFILE or --tokens FILE");
+    if (a.n_pos == 2 && a.tokens) return dsq_cmd_usage_error(me, "give TEXTFILE or --tokens, not both");
+    dsq_signals_install();
+    dsq_err e = DSQ_ERR_INIT;
+    dsq_v4_model *m = NULL;
+    int32_t *ids = NULL;
+    uint64_t n = 0;
+    dsq_status s = dsq_v4_model_open(a.pos[0], &m, &e);
+    if (s == DSQ_OK && (a.n_pos > 1 || a.tokens))
+        s = dsq__cmd_load_tokens(a.pos[0], a.n_pos > 1 ? a.pos[1] : NULL, a.tokens, &ids, &n, &e);
+    a.so.progress = progress_line;
+    a.so.user = (void *)me;
+    dsq_ppl_result ppl;
+    dsq_kld_stats st;
+    char note[DSQ_KBASE_NOTE_MAX];
+    if (k.save_base) {
+        snprintf(note, sizeof note, "dsq %s reference %s, %s numerics", DSQ_VERSION_STRING, a.pos[0],
+                 dsq_numerics_name(a.so.eval.numerics));
+        k.bo.note = note;
+        k.bo.overwrite = a.overwrite;
+        if (s == DSQ_OK) s = dsq_score_save_base(m, &a.so, &k.bo, ids, n, k.save_base, &ppl, &e);
+    } else if (s == DSQ_OK) {
+        s = dsq_score_kld(m, &a.so, k.base, ids, n, &st, &e);
+    }
+    dsq_free(ids);
+    dsq_v4_model_close(m);
+    if (s != DSQ_OK) return finish_fail(me, s, &e);
+    if (k.save_base) {
+        if (a.json) {
+            printf("{\"base\": ");
+            dsq_cmd_json_str(stdout, k.save_base);
+            printf(", ");
+            json_ppl(stdout, "ref", &ppl);
+            printf("}\n");
+        } else {
+            printf("%s: KL base of %llu positions; reference ppl %.6g ± %.4g\n", k.save_base, (unsigned long long)ppl.n,
+                   ppl.ppl, ppl.ppl_se);
+        }
+    } else if (a.json) {
+        printf("{\"base\": ");
+        dsq_cmd_json_str(stdout, k.base);
+        printf(", \"numerics\": \"%s\", ", dsq_numerics_name(a.so.eval.numerics));
+        dsq__cmd_json_kld(stdout, &st);
+        printf("}\n");
+    } else {
+        printf("KL(reference ‖ %s), base %s:\n", a.pos[0], k.base);
+        dsq__cmd_print_kld(stdout, &st);
+    }
+    return DSQ_EXIT_OK;
+}
+
+/* ---- diff ---------------------------------------------------------------------------------------- */
+
+static int diff_extra(void *ctx, const char *me, int argc, char **argv, int *i) {
+    if (strcmp(argv[*i], "--own-only")) return 0;
+    *(bool *)ctx = true;
+    return 1;
+}
+
+static void json_diff(FILE *f, const char *key, const dsq_diff_acc *d) {
+    fprintf(f, "\"%s\": {\"cosine\": ", key);
+    json_num(f, dsq_diff_cosine(d));
+    fputs(", \"sqnr_db\": ", f);
+    json_num(f, dsq_diff_sqnr_db(d));
+    fputs(", \"rel_rms\": ", f);
+    json_num(f, dsq_diff_rel_rms(d));
+    fputs(", \"max_abs\": ", f);
+    json_num(f, d->max_abs);
+    fprintf(f, ", \"nonfinite\": %llu}", (unsigned long long)d->nonfinite);
+}
+
+int dsq__eval_diff(int argc, char **argv) {
+    const char *me = "eval diff";
+    if (dsq_cmd_wants_help(argc, argv)) {
+        printf("usage: dsq eval diff REF CAND TEXTFILE|--tokens FILE [options]\n\n"
+               "Runs both checkpoints over the same tokens (chunks as in ppl; default --chunks 1) and prints,\n"
+               "per block, the cosine similarity and SQNR (10·log10(Σref²/Σ(ref−cand)²) dB) of CAND's\n"
+               "hidden streams against REF's: `fed` gives CAND's block REF's input, so each block's own\n"
+               "error shows (a model of REF blocks before it and CAND's block: O(blocks²) block runs);\n"
+               "`own` runs CAND on its own, errors compounding.  Then KL(REF ‖ CAND) of the final logits\n"
+               "over every position (full vocabulary).  TEXTFILE is tokenized with REF's tokenizer.\n");
+        dsq__cmd_score_option_help(stdout);
+        printf("  --own-only             skip the REF-fed runs\n"
+               "  --json                 print the statistics as JSON\n");
+        return DSQ_EXIT_OK;
+    }
+    args a;
+    bool own_only = false;
+    int rc = parse(me, argc, argv, 3, &a, diff_extra, &own_only);
+    if (rc) return rc;
+    if (a.n_pos < 2) return dsq_cmd_usage_error(me, "missing REF and CAND");
+    if (a.n_pos < 3 && !a.tokens) return dsq_cmd_usage_error(me, "missing TEXTFILE or --tokens FILE");
+    if (a.n_pos == 3 && a.tokens) return dsq_cmd_usage_error(me, "give TEXTFILE or --tokens, not both");
+    if (!a.so.max_chunks) a.so.max_chunks = 1;
+    dsq_signals_install();
+    dsq_err e = DSQ_ERR_INIT;
+    int32_t *ids = NULL;
+    uint64_t n = 0;
+    dsq_score_diff d;
+    dsq_status s = dsq__cmd_load_tokens(a.pos[0], a.n_pos > 2 ? a.pos[2] : NULL, a.tokens, &ids, &n, &e);
+    if (s == DSQ_OK) s = dsq_score_diff_run(a.pos[0], a.pos[1], &a.so, ids, n, !own_only, &d, &e);
+    dsq_free(ids);
+    if (s != DSQ_OK) return finish_fail(me, s, &e);
+    if (a.json) {
+        printf("{\"numerics\": \"%s\", \"blocks\": [", dsq_numerics_name(a.so.eval.numerics));
+        for (int b = 0; b < d.n_blocks; b++) {
+            printf("%s{\"block\": %d, ", b ? ", " : "", b);
+            json_diff(stdout, "own", &d.own[b]);
+            if (d.fed) {
+                printf(", ");
+                json_diff(stdout, "fed", &d.fed[b]);
+            }
+            printf("}");
+        }
+        printf("], ");
+        json_diff(stdout, "final_hidden", &d.final);
+        printf(", \"kl\": {");
+        dsq__cmd_json_kld(stdout, &d.kld);
+        printf("}}\n");
+    } else {
+        printf("block   fed cosine   fed SQNR dB   own cosine   own SQNR dB\n");
+        for (int b = 0; b < d.n_blocks; b++) {
+            if (d.fed)
+                printf("%5d   %10.7f   %11.3f", b, dsq_diff_cosine(&d.fed[b]), dsq_diff_sqnr_db(&d.fed[b]));
+            else
+                printf("%5d   %10s   %11s", b, "—", "—");
+            printf("   %10.7f   %11.3f\n", dsq_diff_cosine(&d.own[b]), dsq_diff_sqnr_db(&d.own[b]));
+        }
+        printf("final   %10s   %11s   %10.7f   %11.3f\n", "", "", dsq_diff_cosine(&d.final),
+               dsq_diff_sqnr_db(&d.final));
+        printf("KL(REF ‖ CAND) of the final logits, every position:\n");
+        dsq__cmd_print_kld(stdout, &d.kld);
+    }
+    dsq_score_diff_clear(&d);
+    return DSQ_EXIT_OK;
+}
+
+/* ---- mc ------------------------------------------------------------------------------------------ */
+
+typedef struct mc_args {
+    const char *answers_base, *save_answers;
+    uint64_t first, count;
+} mc_args;
+
+static int mc_extra(void *ctx, const char *me, int argc, char **argv, int *i) {
+    mc_args *k = ctx;
+    const char *a = argv[*i];
+    if (*i + 1 >= argc) return 0;
+    if (!strcmp(a, "--base"))
+        k->answers_base = argv[++*i];
+    else if (!strcmp(a, "--save-answers"))
+        k->save_answers = argv[++*i];
+    else if (!strcmp(a, "--first") || !strcmp(a, "--count")) {
+        uint64_t *dst = a[2] == 'f' ? &k->first : &k->count;
+        if (!dsq_cmd_parse_u64(argv[++*i], dst)) {
+            dsq_cmd_usage_error(me, "%s needs an unsigned integer, not '%s'", a, argv[*i]);
+            return -1;
+        }
+    } else
+        return 0;
+    return 1;
+}
+
+int dsq__eval_mc(int argc, char **argv) {
+    const char *me = "eval mc";
+    if (dsq_cmd_wants_help(argc, argv)) {
+        printf("usage: dsq eval mc MODEL TASK.jsonl [--base ANSWERS] [--save-answers FILE] [options]\n\n"
+               "Multiple choice (HellaSwag-style JSONL: {\"ctx\"|\"context\": str, \"endings\": [str...], \"label\": "
+               "int}).\n"
+               "Each ending is scored as \" \" + ending after BOS + context: the sum of its token log-probs\n"
+               "(raw) and that sum divided by the ending's UTF-8 bytes + 1 (norm, tokenizer-independent).\n"
+               "Prints accuracy ± sqrt(p(1-p)/n).  --base compares with a previous run's answers file and\n"
+               "prints the flip rate (items whose chosen answer changed).  Needs MODEL's tokenizer.json.\n"
+               "  --save-answers FILE    write this run's answers (JSONL) for a later --base\n"
+               "  --first N, --count N   score items [N, N+count) only\n"
+               "  --numerics, --threads, --scalar, --no-shared-clamp, --no-bos   as for ppl\n"
+               "  --overwrite            replace an existing answers file\n"
+               "  --json                 print the results as JSON\n");
+        return DSQ_EXIT_OK;
+    }
+    args a;
+    mc_args k = {0};
+    int rc = parse(me, argc, argv, 2, &a, mc_extra, &k);
+    if (rc) return rc;
+    if (a.n_pos < 2) return dsq_cmd_usage_error(me, "missing MODEL and TASK.jsonl");
+    if (a.tokens) return dsq_cmd_usage_error(me, "--tokens does not apply: tasks are text");
+    dsq_signals_install();
+    dsq_err e = DSQ_ERR_INIT;
+    dsq_v4_model *m = NULL;
+    dsq_tok *tok = NULL;
+    dsq_mc_task *task = NULL;
+    dsq_mc_result r = {0};
+    dsq_mc_flips fl = {0};
+    dsq_status s = dsq_v4_model_open(a.pos[0], &m, &e);
+    if (s == DSQ_OK) s = dsq_tok_open(a.pos[0], NULL, &tok, &e);
+    if (s == DSQ_OK) s = dsq_mc_task_open(a.pos[1], &task, &e);
+    dsq_mc_options mo = {.first = (size_t)k.first, .count = (size_t)k.count};
+    if (s == DSQ_OK) s = dsq_score_mc(m, &a.so, tok, task, mo.first, mo.count, &r, &e);
+    if (s == DSQ_OK && k.answers_base) s = dsq_mc_flips_vs_file(k.answers_base, task, &mo, &r, &fl, &e);
+    if (s == DSQ_OK && k.save_answers) s = dsq_mc_answers_write(k.save_answers, task, &mo, &r, a.overwrite, &e);
+    dsq_mc_task_free(task);
+    dsq_tok_free(tok);
+    dsq_v4_model_close(m);
+    if (s != DSQ_OK) {
+        dsq_mc_result_clear(&r);
+        return finish_fail(me, s, &e);
+    }
+    if (a.json) {
+        printf(
+            "{\"items\": %llu, \"acc_raw\": %.17g, \"acc_raw_se\": %.17g, \"acc_norm\": %.17g, \"acc_norm_se\": %.17g",
+            (unsigned long long)r.n, r.acc_raw, r.acc_raw_se, r.acc_norm, r.acc_norm_se);
+        if (k.answers_base)
+            printf(", \"flips_raw\": %llu, \"flips_norm\": %llu, \"flip_rate_raw\": %.17g, \"flip_rate_norm\": %.17g",
+                   (unsigned long long)fl.raw, (unsigned long long)fl.norm, fl.raw_rate, fl.norm_rate);
+        printf("}\n");
+    } else {
+        printf("%llu items: accuracy %.2f%% ± %.2f%% (length-normalised), %.2f%% ± %.2f%% (raw)\n",
+               (unsigned long long)r.n, 100 * r.acc_norm, 100 * r.acc_norm_se, 100 * r.acc_raw, 100 * r.acc_raw_se);
+        if (k.answers_base)
+            printf("flips against %s: %.2f%% (%llu) normalised, %.2f%% (%llu) raw\n", k.answers_base,
+                   100 * fl.norm_rate, (unsigned long long)fl.norm, 100 * fl.raw_rate, (unsigned long long)fl.raw);
+    }
+    dsq_mc_result_clear(&r);
+    return DSQ_EXIT_OK;
+}

@@ -1,0 +1,51 @@
+/* dsq-command: export | write a .dsq container back as a Hugging Face safetensors checkpoint */
+#include <string.h>
+
+#include "cmd.h"
+#include "dsq_container.h"
+
+static void help(void) {
+    printf("usage: dsq export FILE.dsq OUTDIR [--format safetensors] [--shard-size SIZE] [--overwrite] [--json]\n\n"
+           "Writes every checkpoint tensor the container holds back under its own name (stacked experts\n"
+           "and fused wkv|wgate split again), with config.json, generation_config.json and the tokenizer\n"
+           "files from the metadata.  Tensors converted with the release recipe come back byte for byte;\n"
+           "FP8 experts (recipe fp8) as F8_E4M3 + F8_E8M0 scales with expert_dtype \"fp8\"; other encodings\n"
+           "as codes + .scale/.min/.tensor_scale tensors described in quantization_config.dsq and each\n"
+           "shard's __metadata__.  Shards of at most SIZE (default 5G) with model.safetensors.index.json,\n"
+           "or one model.safetensors.  Every shard is read back and checked before the command succeeds.\n");
+}
+
+int dsq_cmd_export(int argc, char **argv) {
+    if (dsq_cmd_wants_help(argc, argv)) {
+        help();
+        return DSQ_EXIT_OK;
+    }
+    const char *pos[2] = {NULL, NULL};
+    int npos = 0;
+    dsq_ctr_export_options o = {.progress = true};
+    bool json = false;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--overwrite")) o.overwrite = true;
+        else if (!strcmp(argv[i], "--json")) json = true;
+        else if (!strcmp(argv[i], "--format") && i + 1 < argc) {
+            if (strcmp(argv[++i], "safetensors") != 0)
+                return dsq_cmd_usage_error("export", "unknown format '%s' (only safetensors)", argv[i]);
+        } else if (!strcmp(argv[i], "--shard-size") && i + 1 < argc) {
+            if (!dsq_cmd_parse_size(argv[++i], &o.shard_size) || o.shard_size == 0)
+                return dsq_cmd_usage_error("export", "bad --shard-size '%s'", argv[i]);
+        } else if (argv[i][0] == '-' && argv[i][1]) return dsq_cmd_usage_error("export", "unknown or incomplete option '%s'", argv[i]);
+        else if (npos < 2) pos[npos++] = argv[i];
+        else return dsq_cmd_usage_error("export", "unexpected argument '%s'", argv[i]);
+    }
+    if (npos != 2) return dsq_cmd_usage_error("export", "need FILE.dsq and OUTDIR");
+    dsq_err err = DSQ_ERR_INIT;
+    dsq_ctr_export_stats st;
+    if (dsq_ctr_export_safetensors(pos[0], pos[1], &o, &st, &err) != DSQ_OK) return dsq_cmd_fail("export", &err);
+    if (json)
+        printf("{\"dir\": \"%s\", \"tensors\": %zu, \"shards\": %zu, \"files\": %zu, \"bytes\": %llu, \"config_verbatim\": %s}\n",
+               pos[1], st.tensors, st.shards, st.files, (unsigned long long)st.bytes, st.verbatim_config ? "true" : "false");
+    else
+        printf("%s: %zu tensors in %zu shard(s), %llu bytes; config.json %s\n", pos[1], st.tensors, st.shards,
+               (unsigned long long)st.bytes, st.verbatim_config ? "as in the source" : "adjusted to the stored encodings");
+    return DSQ_EXIT_OK;
+}

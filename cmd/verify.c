@@ -1,0 +1,97 @@
+/* dsq-command: verify | check a .dsq container's checksums and metadata, optionally against its source */
+#include <string.h>
+
+#include "cmd.h"
+#include "dsq_convert.h"
+#include "dsq_inventory.h"
+
+static void help(void) {
+    printf("usage: dsq verify FILE.dsq [--source SRC] [--no-mmap] [--json]\n\n"
+           "Validates the container structure, recomputes every tensor checksum (XXH3-64) and checks the\n"
+           "padding bytes, the metadata (config, KV-cache declaration) and the tensor inventory its sources\n"
+           "describe.  With --source, also checks that every checkpoint tensor is held, that unchanged\n"
+           "tensors are byte-identical to the checkpoint and that the checkpoint did not change since the\n"
+           "conversion, and reports per family the error of re-encoded tensors (relative RMS, max abs,\n"
+           "cosine).  Exit status 1 when any problem is found (each printed on one line).\n");
+}
+
+static void print_json(const char *path, const dsq_verify_report *r, bool ok, size_t problems) {
+    printf("{\"file\": ");
+    dsq_cmd_json_str(stdout, path);
+    printf(", \"ok\": %s, \"problems\": %zu, \"tensors\": %llu, \"parts\": %llu, \"bytes\": %llu, \"file_bytes\": %llu, "
+           "\"checksums_ok\": %s, \"metadata_ok\": %s",
+           ok ? "true" : "false", problems, (unsigned long long)r->tensors, (unsigned long long)r->parts,
+           (unsigned long long)r->bytes, (unsigned long long)r->file_bytes, r->checksums_ok ? "true" : "false",
+           r->metadata_ok ? "true" : "false");
+    if (r->source_checked) {
+        printf(", \"source\": {\"sources\": %llu, \"identical\": %llu, \"reencoded\": %llu, \"changed\": %llu, "
+               "\"missing\": %llu, \"worst_rel_rms\": %.9g, \"worst\": ",
+               (unsigned long long)r->sources, (unsigned long long)r->sources_identical,
+               (unsigned long long)r->sources_reencoded, (unsigned long long)r->sources_changed,
+               (unsigned long long)r->checkpoint_missing, r->worst_rel_rms);
+        dsq_cmd_json_str(stdout, r->worst_name);
+        printf("}");
+    }
+    printf(", \"families\": [");
+    bool first = true;
+    for (int k = 0; k < DSQ_VERIFY_FAMILIES && k < DSQ_FAMILY_COUNT; k++) {
+        const dsq_verify_family *f = &r->family[k];
+        if (!f->tensors && !f->sources) continue;
+        printf("%s{\"family\": \"%s\", \"tensors\": %llu, \"encodings\": \"%s\"", first ? "" : ", ",
+               dsq_family_name((dsq_family)k), (unsigned long long)f->tensors, f->encodings);
+        if (r->source_checked)
+            printf(", \"sources\": %llu, \"identical\": %llu, \"reencoded\": %llu, \"max_rel_rms\": %.9g, \"max_abs\": %.9g, "
+                   "\"min_cosine\": %.9g",
+                   (unsigned long long)f->sources, (unsigned long long)f->identical, (unsigned long long)f->reencoded,
+                   f->max_rel_rms, f->max_abs, f->reencoded ? f->min_cosine : 1.0);
+        printf("}");
+        first = false;
+    }
+    printf("]}\n");
+}
+
+int dsq_cmd_verify(int argc, char **argv) {
+    if (dsq_cmd_wants_help(argc, argv)) {
+        help();
+        return DSQ_EXIT_OK;
+    }
+    const char *path = NULL, *source = NULL;
+    bool json = false, no_mmap = false;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json")) json = true;
+        else if (!strcmp(argv[i], "--no-mmap")) no_mmap = true;
+        else if (!strcmp(argv[i], "--source") && i + 1 < argc) source = argv[++i];
+        else if (argv[i][0] == '-' && argv[i][1]) return dsq_cmd_usage_error("verify", "unknown or incomplete option '%s'", argv[i]);
+        else if (!path) path = argv[i];
+        else return dsq_cmd_usage_error("verify", "unexpected argument '%s'", argv[i]);
+    }
+    if (!path) return dsq_cmd_usage_error("verify", "need FILE.dsq");
+    dsq_err err = DSQ_ERR_INIT;
+    dsq_verify_report rep;
+    dsq_verify_options o = {.path = path, .source = source, .no_mmap = no_mmap, .progress = true};
+    dsq_status s = dsq_convert_verify(&o, &rep, &err);
+    size_t problems = err.n;
+    if (json) print_json(path, &rep, s == DSQ_OK, problems);
+    else if (rep.tensors) {
+        printf("%s: %llu tensors, %llu parts, %llu bytes; checksums %s; metadata %s\n", path,
+               (unsigned long long)rep.tensors, (unsigned long long)rep.parts, (unsigned long long)rep.bytes,
+               rep.checksums_ok ? "ok" : "BAD", rep.metadata_ok ? "ok" : "BAD");
+        if (rep.source_checked) {
+            printf("source %s: %llu tensors, %llu identical, %llu re-encoded, %llu changed, %llu missing\n", source,
+                   (unsigned long long)rep.sources, (unsigned long long)rep.sources_identical,
+                   (unsigned long long)rep.sources_reencoded, (unsigned long long)rep.sources_changed,
+                   (unsigned long long)rep.checkpoint_missing);
+            printf("%-24s %-24s %8s %10s %10s %12s %12s %10s\n", "family", "encodings", "tensors", "identical", "reencoded",
+                   "max rel rms", "max abs", "min cos");
+            for (int k = 0; k < DSQ_VERIFY_FAMILIES && k < DSQ_FAMILY_COUNT; k++) {
+                const dsq_verify_family *f = &rep.family[k];
+                if (!f->sources) continue;
+                printf("%-24s %-24s %8llu %10llu %10llu %12.4g %12.4g %10.6f\n", dsq_family_name((dsq_family)k),
+                       f->encodings, (unsigned long long)f->sources, (unsigned long long)f->identical,
+                       (unsigned long long)f->reencoded, f->max_rel_rms, f->max_abs, f->reencoded ? f->min_cosine : 1.0);
+            }
+        }
+    }
+    if (s != DSQ_OK) return dsq_cmd_fail("verify", &err);
+    return DSQ_EXIT_OK;
+}

@@ -1,0 +1,168 @@
+/* Weight source over a .dsq container (dsq_wsrc.h).  The model asks for checkpoint names
+ * ("layers.3.ffn.experts.7.w1.weight", "layers.1.attn.compressor.wgate.weight"); the container holds
+ * experts stacked [E, out, in] and compressor projections fused wkv|wgate (formats/spec/dsq.md §5.5),
+ * each recording its sources.  A view is the source's slice of the stored tensor: zero-copy pointers
+ * into the mapping, in the stored encoding.  The config comes from the metadata's model.config. */
+#include <string.h>
+
+#include "dsq_container.h"
+#include "dsq_json.h"
+#include "dsq_wsrc.h"
+
+typedef struct dsq_impl {
+    dsq_ctr_reader *r;
+} dsq_impl;
+
+/* The stored tensor holding `name`, and the source record when it is a slice. */
+static bool locate(const dsq_ctr_reader *r, const char *name, const dsq_ctr_tensor **t, const dsq_ctr_source **s) {
+    if (dsq_ctr_find_source(r, name, t, s)) return true;
+    *s = NULL;
+    *t = dsq_ctr_find(r, name);
+    return *t != NULL;
+}
+
+static dsq_status ctr_get(const dsq_wsrc *w, const char *name, dsq_wview *v, dsq_err *err) {
+    const dsq_impl *im = w->impl;
+    memset(v, 0, sizeof *v);
+    const dsq_ctr_tensor *t;
+    const dsq_ctr_source *s;
+    if (!locate(im->r, name, &t, &s))
+        return dsq_err_set(err, DSQ_ERR_MISSING, "%s: tensor %s is missing", w->path, name);
+    v->name = s ? s->name : t->name;
+    v->enc = t->encoding;
+    /* logical shape of the slice: a squeezed source drops the outer axis, a row range keeps it */
+    int rank = t->rank;
+    uint64_t shape[DSQ_FILE_MAX_RANK];
+    for (int i = 0; i < rank; i++) shape[i] = t->shape[i];
+    if (s && s->squeeze) {
+        for (int i = 1; i < rank; i++) shape[i - 1] = shape[i];
+        rank--;
+    } else if (s) {
+        shape[0] = s->count;
+    }
+    DSQ_RETURN_IF(rank > DSQ_WVIEW_MAX_RANK, err, DSQ_ERR_SHAPE, "%s: %s: rank %d is too high", w->path, name, rank);
+    v->rank = rank;
+    for (int i = 0; i < rank; i++) v->shape[i] = shape[i];
+    if (t->encoding == DSQ_ENC_INT8_G || t->encoding == DSQ_ENC_INT4_G || t->encoding == DSQ_ENC_INT4_G_ASYM ||
+        t->encoding == DSQ_ENC_INT2_G_ASYM)
+        v->group = (int)t->block_cols;
+    if (t->encoding == DSQ_ENC_FP8_B128 || t->encoding == DSQ_ENC_FP8_B128_F32)
+        DSQ_RETURN_IF(t->block_rows != 128 || t->block_cols != 128, err, DSQ_ERR_UNSUPPORTED,
+                      "%s: %s: FP8 blocks of %ux%u (the evaluator reads 128x128)", w->path, t->name, t->block_rows,
+                      t->block_cols);
+    for (int p = 0; p < t->n_parts; p++) {
+        const dsq_ctr_part *part = &t->parts[p];
+        DSQ_RETURN_IF(!part->data && part->bytes, err, DSQ_ERR_STATE, "%s: %s: part %d is not mapped", w->path, t->name,
+                      p);
+        uint64_t off = 0, bytes = part->bytes;
+        if (s && !dsq_ctr_source_slice(t, s, p, &off, &bytes)) {
+            /* a shared per-matrix tensor scale (NVFP4 fused rows): every slice uses it whole */
+            off = 0;
+            bytes = part->bytes;
+        }
+        const uint8_t *base = (const uint8_t *)part->data + off;
+        switch (part->kind) {
+        case DSQ_FILE_PART_DATA:
+            v->data = base;
+            v->data_bytes = bytes;
+            break;
+        case DSQ_FILE_PART_SCALES:
+            v->scale = base;
+            v->scale_bytes = bytes;
+            break;
+        case DSQ_FILE_PART_MINS:
+            v->mins = base;
+            v->mins_bytes = bytes;
+            break;
+        case DSQ_FILE_PART_TENSOR_SCALE:
+            DSQ_RETURN_IF(bytes != 4, err, DSQ_ERR_SHAPE, "%s: %s: a slice's tensor scale spans %llu bytes", w->path,
+                          t->name, (unsigned long long)bytes);
+            memcpy(&v->tensor_scale, base, 4);
+            break;
+        }
+    }
+    return DSQ_OK;
+}
+
+static void ctr_prefetch(const dsq_wsrc *w, const dsq_wview *v) {
+    const dsq_impl *im = w->impl;
+    const dsq_ctr_tensor *t;
+    const dsq_ctr_source *s;
+    if (locate(im->r, v->name, &t, &s)) dsq_ctr_prefetch(im->r, t);
+}
+
+static void ctr_release(const dsq_wsrc *w, const dsq_wview *v) {
+    const dsq_impl *im = w->impl;
+    const dsq_ctr_tensor *t;
+    const dsq_ctr_source *s;
+    if (locate(im->r, v->name, &t, &s)) dsq_ctr_release(im->r, t);
+}
+
+static void ctr_close(dsq_wsrc *w) {
+    dsq_impl *im = w->impl;
+    dsq_ctr_reader_close(im->r);
+    dsq_free(im);
+    dsq_free(w);
+}
+
+/* model.config of the metadata, parsed as a config.json. */
+static dsq_status config_from_metadata(const dsq_ctr_reader *r, dsq_v4_config *cfg, dsq_err *err) {
+    const char *path = dsq_ctr_path(r);
+    size_t len = 0;
+    const char *meta = dsq_ctr_metadata(r, &len);
+    DSQ_RETURN_IF(!meta, err, DSQ_ERR_MISSING, "%s: no metadata", path);
+    cJSON *root = NULL;
+    DSQ_TRY(dsq_json_parse(meta, len, path, &root, err));
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(model, "config");
+    dsq_status st;
+    if (!cJSON_IsObject(c)) {
+        st = dsq_err_set(err, DSQ_ERR_MISSING, "%s: metadata has no model.config object", path);
+    } else {
+        char *text = cJSON_PrintUnformatted(c);
+        st = text ? dsq_config_parse(text, strlen(text), path, cfg, NULL, err)
+                  : dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", path);
+        cJSON_free(text);
+    }
+    cJSON_Delete(root);
+    return st;
+}
+
+dsq_status dsq_wsrc_open_dsq(const char *path, dsq_v4_config *cfg, dsq_wsrc **out, dsq_err *err) {
+    *out = NULL;
+    dsq_ctr_reader *r = NULL;
+    DSQ_TRY(dsq_ctr_reader_open(path, NULL, &r, err));
+    dsq_status st = cfg ? config_from_metadata(r, cfg, err) : DSQ_OK;
+    dsq_impl *im = st ? NULL : dsq_calloc(1, sizeof *im);
+    dsq_wsrc *w = st ? NULL : dsq_calloc(1, sizeof *w);
+    if (!st && (!im || !w)) st = dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", path);
+    if (st) {
+        dsq_free(im);
+        dsq_free(w);
+        dsq_ctr_reader_close(r);
+        return st;
+    }
+    im->r = r;
+    w->impl = im;
+    w->path = dsq_ctr_path(r);
+    w->get = ctr_get;
+    w->prefetch = ctr_prefetch;
+    w->release = ctr_release;
+    w->close = ctr_close;
+    *out = w;
+    return DSQ_OK;
+}
+
+bool dsq_wsrc_is_dsq(const char *path) { return dsq_ctr_sniff(path); }
+
+dsq_status dsq_wsrc_open_path(const char *path, dsq_v4_config *cfg, dsq_wsrc **out, dsq_err *err) {
+    *out = NULL;
+    if (dsq_wsrc_is_dsq(path)) return dsq_wsrc_open_dsq(path, cfg, out, err);
+    DSQ_RETURN_IF(!dsq_path_is_dir(path), err, DSQ_ERR_ARG, "%s: not a checkpoint directory or a .dsq file", path);
+    char *cp = dsq_path_join(path, "config.json");
+    DSQ_RETURN_IF(!cp, err, DSQ_ERR_NOMEM, "out of memory");
+    dsq_status st = dsq_config_load(cp, cfg, NULL, err);
+    dsq_free(cp);
+    if (st == DSQ_OK) st = dsq_wsrc_open_safetensors(path, out, err);
+    return st;
+}

@@ -1,0 +1,107 @@
+/* Checkpoint → .dsq conversion: plan (inventory check, recipe, stacking, fusion), then a streaming
+ * run that holds at most a bounded chunk of one tensor in memory whatever the model size.
+ *
+ *   dsq_convert_plan_make   validate the source (config, inventory), resolve every tensor's target
+ *                           encoding, stack routed experts [E, out, in], fuse compressor wkv|wgate
+ *   dsq_convert_plan_*      the plan: per output tensor and per family (for --dry-run)
+ *   dsq_convert_run         write the container (.partial + journal, resumable, atomic publication)
+ *
+ * Output bytes depend only on the source, the recipe and the tool version: not on thread counts or on
+ * where a run was interrupted and resumed (formats/spec/dsq.md §7). */
+#ifndef DSQ_CONVERT_H
+#define DSQ_CONVERT_H
+
+#include "dsq_container.h"
+#include "dsq_core.h"
+#include "dsq_recipe.h"
+
+typedef struct dsq_convert_options {
+    const char *src;          /* checkpoint directory or .safetensors file */
+    const char *out;          /* OUT.dsq */
+    const dsq_recipe *recipe; /* borrowed */
+    int threads;              /* 0: 1 */
+    bool resume, overwrite;
+    bool force;               /* allow re-encoding protected tensors */
+    bool allow_nonfinite;     /* pass NaN/Inf through the codecs instead of failing */
+    const char *const *command; /* canonical arguments recorded in the provenance (NULL-terminated) */
+    bool progress;            /* progress line on a TTY (dsq_progress rules) */
+    /* Called after each tensor is written and journaled (n = tensors written in this run). */
+    void (*after_tensor)(void *ctx, size_t n);
+    void *ctx;
+} dsq_convert_options;
+
+typedef struct dsq_convert_plan dsq_convert_plan;
+
+/* Build the plan.  Every problem (inventory, recipe, protected tensor, unsupported re-encoding) is
+ * collected in err.  opt is copied; the recipe must outlive the plan. */
+dsq_status dsq_convert_plan_make(const dsq_convert_options *opt, dsq_convert_plan **out, dsq_err *err);
+void dsq_convert_plan_free(dsq_convert_plan *p);
+
+/* One output tensor of the plan. */
+typedef struct dsq_convert_item {
+    const char *name;         /* stored name */
+    dsq_encoding src_enc, dst_enc;
+    int group;                /* target group (INT*_G), 0 otherwise */
+    int family;               /* dsq_family of its sources */
+    uint32_t n_sources;
+    bool copy;                /* bytes copied unchanged */
+    uint64_t bytes_in;        /* source bytes (weights + scales) */
+    uint64_t bytes_out;       /* stored part bytes */
+} dsq_convert_item;
+size_t dsq_convert_plan_count(const dsq_convert_plan *p);
+const dsq_convert_item *dsq_convert_plan_item(const dsq_convert_plan *p, size_t i);
+/* Totals: source bytes, data-region bytes of the output, the output file size (estimated tail). */
+void dsq_convert_plan_totals(const dsq_convert_plan *p, uint64_t *bytes_in, uint64_t *bytes_out, uint64_t *file_bytes);
+/* Free bytes on the output's filesystem (0 if unknown). */
+uint64_t dsq_convert_plan_free_space(const dsq_convert_plan *p);
+/* Rough wall time in seconds: copies at `copy_mbps`, re-encodes at `encode_mbps` per thread. */
+double dsq_convert_plan_estimate_seconds(const dsq_convert_plan *p, double copy_mbps, double encode_mbps);
+
+typedef struct dsq_convert_stats {
+    uint64_t tensors, tensors_resumed;
+    uint64_t bytes_in, bytes_out, file_bytes;
+    double seconds;
+} dsq_convert_stats;
+
+/* Run the plan.  DSQ_ERR_INTERRUPTED when dsq_interrupted() became true (the .partial and its journal
+ * are kept, synced, for --resume); any other error removes the partial output. */
+dsq_status dsq_convert_run(dsq_convert_plan *p, dsq_convert_stats *stats, dsq_err *err);
+
+/* ---- verification (dsq verify) ------------------------------------------------------------------ */
+typedef struct dsq_verify_options {
+    const char *path;    /* the .dsq */
+    const char *source;  /* checkpoint to compare with, or NULL */
+    bool no_mmap;        /* pread mode for the checksum pass */
+    bool progress;
+} dsq_verify_options;
+
+#define DSQ_VERIFY_FAMILIES 16
+typedef struct dsq_verify_family {
+    uint64_t tensors, sources;     /* stored tensors, checkpoint tensors they hold */
+    uint64_t identical;            /* sources stored byte for byte */
+    uint64_t reencoded;            /* sources stored in another encoding (compared numerically) */
+    double max_rel_rms, max_abs, min_cosine; /* over the re-encoded sources */
+    char encodings[96];            /* stored encodings, comma-separated */
+} dsq_verify_family;
+
+typedef struct dsq_verify_report {
+    uint64_t tensors, parts, bytes, file_bytes;
+    bool checksums_ok, metadata_ok;
+    bool source_checked;
+    uint64_t sources, sources_identical, sources_reencoded, sources_changed, checkpoint_missing;
+    dsq_verify_family family[DSQ_VERIFY_FAMILIES]; /* indexed by dsq_family */
+    double worst_rel_rms;
+    char worst_name[256];
+} dsq_verify_report;
+
+/* Check a container: structure, every checksum and padding byte, metadata (config, recipe, the
+ * inventory its sources describe); with a source checkpoint also that every checkpoint tensor is
+ * held, unchanged ones byte for byte, re-encoded ones with their error statistics.  Every problem
+ * is recorded in err; rep is filled as far as the checks went. */
+dsq_status dsq_convert_verify(const dsq_verify_options *opt, dsq_verify_report *rep, dsq_err *err);
+
+/* The KV-cache declaration of formats/spec/dsq.md §6.1 for a config (heap JSON text, dsq_free). */
+struct dsq_v4_config;
+char *dsq_convert_kv_cache_json(const struct dsq_v4_config *c);
+
+#endif

@@ -1,0 +1,294 @@
+/* dsq verify: a container's checksums and metadata, and its fidelity to the source checkpoint. */
+#define XXH_STATIC_LINKING_ONLY
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "dsq_codec.h"
+#include "dsq_config.h"
+#include "dsq_convert.h"
+#include "dsq_inventory.h"
+#include "dsq_json.h"
+
+#define NOTE(expr)                                                                                                     \
+    do {                                                                                                               \
+        dsq_status s_ = (expr);                                                                                        \
+        if (s_ != DSQ_OK && first == DSQ_OK) first = s_;                                                               \
+    } while (0)
+
+/* The encoding a checkpoint stores a (weight dtype, scale dtype) pair in (spec §3), or 0. */
+static dsq_encoding natural_encoding(int dtype, int scale_dtype) {
+    switch (dtype) {
+    case DSQ_DTYPE_F32: return scale_dtype < 0 ? DSQ_ENC_F32 : 0;
+    case DSQ_DTYPE_F16: return scale_dtype < 0 ? DSQ_ENC_F16 : 0;
+    case DSQ_DTYPE_BF16: return scale_dtype < 0 ? DSQ_ENC_BF16 : 0;
+    case DSQ_DTYPE_I64: return scale_dtype < 0 ? DSQ_ENC_I64 : 0;
+    case DSQ_DTYPE_I32: return scale_dtype < 0 ? DSQ_ENC_I32 : 0;
+    case DSQ_DTYPE_F8_E4M3:
+        return scale_dtype == DSQ_DTYPE_F8_E8M0 ? DSQ_ENC_FP8_B128 : scale_dtype == DSQ_DTYPE_F32 ? DSQ_ENC_FP8_B128_F32 : 0;
+    case DSQ_DTYPE_I8:
+    case DSQ_DTYPE_U8: return scale_dtype == DSQ_DTYPE_F8_E8M0 ? DSQ_ENC_MXFP4 : 0;
+    }
+    return 0;
+}
+
+/* Logical shape of source s inside t (the slice, without the squeezed axis). */
+static int source_shape(const dsq_ctr_tensor *t, const dsq_ctr_source *s, uint64_t *shape) {
+    if (t->rank == 0) return 0;
+    int r = 0;
+    if (!s->squeeze) shape[r++] = s->count;
+    for (int d = 1; d < t->rank; d++) shape[r++] = t->shape[d];
+    return r;
+}
+
+/* The checkpoint tensors (weight and scale) source s came from, as the inventory knows them. */
+static void source_descs(const dsq_v4_config *c, const dsq_ctr_tensor *t, const dsq_ctr_source *s, dsq_tensor_desc *w,
+                         dsq_tensor_desc *sc, bool *has_scale) {
+    memset(w, 0, sizeof *w);
+    memset(sc, 0, sizeof *sc);
+    w->name = s->name;
+    w->dtype = s->dtype;
+    w->rank = source_shape(t, s, w->shape);
+    *has_scale = s->scale_name != NULL;
+    if (!*has_scale || w->rank < 2) return;
+    uint64_t n = w->shape[w->rank - 2], k = w->shape[w->rank - 1];
+    sc->name = s->scale_name;
+    sc->dtype = (dsq_dtype)s->scale_dtype;
+    sc->rank = 2;
+    if (s->dtype == DSQ_DTYPE_I8 || s->dtype == DSQ_DTYPE_U8) { /* packed FP4: [N, K/2], scale [N, K/32] */
+        w->shape[w->rank - 1] = k / 2;
+        sc->shape[0] = n;
+        sc->shape[1] = k / 32;
+    } else {
+        uint64_t bn = c->weight_block_n > 0 ? (uint64_t)c->weight_block_n : 128;
+        uint64_t bk = c->weight_block_k > 0 ? (uint64_t)c->weight_block_k : 128;
+        sc->shape[0] = dsq_ceil_div(n, bn);
+        sc->shape[1] = dsq_ceil_div(k, bk);
+    }
+    size_t es = dsq_dtype_size(w->dtype), ss = dsq_dtype_size(sc->dtype);
+    dsq_prod_u64(w->shape, w->rank, &w->n_bytes);
+    w->n_bytes *= es;
+    sc->n_bytes = sc->shape[0] * sc->shape[1] * ss;
+}
+
+static dsq_status check_metadata(dsq_ctr_reader *r, dsq_v4_config *cfg, bool *have_cfg, dsq_err *err) {
+    const char *f = dsq_ctr_path(r);
+    size_t len;
+    const char *text = dsq_ctr_metadata(r, &len);
+    cJSON *m = NULL;
+    *have_cfg = false;
+    DSQ_TRY(dsq_json_parse(text, len, f, &m, err));
+    dsq_status first = DSQ_OK;
+    const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(m, "format");
+    if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, "dsq") != 0)
+        NOTE(dsq_err_set(err, DSQ_ERR_MISSING, "%s: metadata: \"format\" is not \"dsq\"", f));
+    const cJSON *files = cJSON_GetObjectItemCaseSensitive(m, "files");
+    const cJSON *cj = cJSON_GetObjectItemCaseSensitive(files, "config.json");
+    if (cJSON_IsString(cj)) {
+        dsq_status s = dsq_config_parse(cj->valuestring, strlen(cj->valuestring), "metadata files.config.json", cfg, NULL, err);
+        NOTE(s);
+        *have_cfg = s == DSQ_OK;
+    }
+    const cJSON *kv = cJSON_GetObjectItemCaseSensitive(m, "kv_cache");
+    if (*have_cfg) {
+        char *want = dsq_convert_kv_cache_json(cfg);
+        cJSON *wj = NULL;
+        if (want && dsq_json_parse(want, strlen(want), "kv", &wj, NULL) == DSQ_OK && !cJSON_Compare(wj, kv, true))
+            NOTE(dsq_err_set(err, DSQ_ERR_CONFIG, "%s: metadata: kv_cache does not match the config", f));
+        cJSON_Delete(wj);
+        dsq_free(want);
+    }
+    cJSON_Delete(m);
+    return first;
+}
+
+/* The inventory the container's sources describe must be what the config expects. */
+static dsq_status check_inventory(dsq_ctr_reader *r, const dsq_v4_config *c, dsq_err *err) {
+    size_t n = 0;
+    for (size_t i = 0; i < dsq_ctr_count(r); i++) n += 2 * (size_t)dsq_ctr_at(r, i)->n_sources;
+    if (n == 0) return DSQ_OK;
+    dsq_tensor_desc *d = dsq_calloc(n, sizeof *d);
+    DSQ_RETURN_IF(!d, err, DSQ_ERR_NOMEM, "out of memory");
+    size_t k = 0;
+    for (size_t i = 0; i < dsq_ctr_count(r); i++) {
+        const dsq_ctr_tensor *t = dsq_ctr_at(r, i);
+        for (uint32_t j = 0; j < t->n_sources; j++) {
+            bool hs;
+            source_descs(c, t, &t->sources[j], &d[k], &d[k + 1], &hs);
+            k += hs ? 2 : 1;
+        }
+    }
+    dsq_inv_report rep;
+    dsq_status s = dsq_inv_check(c, d, k, dsq_ctr_path(r), &rep, err);
+    dsq_free(d);
+    return s;
+}
+
+static void add_encoding(dsq_verify_family *f, const char *e) {
+    if (strstr(f->encodings, e)) return;
+    if (strlen(f->encodings) + strlen(e) + 2 >= sizeof f->encodings) return;
+    if (f->encodings[0]) strcat(f->encodings, ",");
+    strcat(f->encodings, e);
+}
+
+/* Compare each source of t with the checkpoint. */
+static dsq_status compare_tensor(const dsq_ctr_reader *r, const dsq_st *st, const dsq_ctr_tensor *t,
+                                 dsq_verify_report *rep, dsq_err *err) {
+    const char *f = dsq_ctr_path(r);
+    dsq_status first = DSQ_OK;
+    for (uint32_t k = 0; k < t->n_sources; k++) {
+        const dsq_ctr_source *s = &t->sources[k];
+        dsq_tensor_role role;
+        dsq_inv_classify(s->name, &role);
+        dsq_verify_family *fam = &rep->family[role.family < DSQ_VERIFY_FAMILIES ? role.family : DSQ_FAMILY_OTHER];
+        fam->sources++;
+        rep->sources++;
+        const dsq_st_tensor *g = dsq_st_find(st, s->name), *gs = s->scale_name ? dsq_st_find(st, s->scale_name) : NULL;
+        if (!g || (s->scale_name && !gs)) {
+            NOTE(dsq_err_set(err, DSQ_ERR_MISSING, "%s: tensor %s: source %s is not in the checkpoint", f, t->name,
+                             g ? s->scale_name : s->name));
+            continue;
+        }
+        if ((int)g->dtype != (int)s->dtype || (gs && (int)gs->dtype != s->scale_dtype)) {
+            NOTE(dsq_err_set(err, DSQ_ERR_DTYPE, "%s: tensor %s: source %s has dtype %s in the checkpoint, %s recorded", f,
+                             t->name, s->name, dsq_dtype_name(g->dtype), dsq_dtype_name(s->dtype)));
+            continue;
+        }
+        uint64_t hw = (uint64_t)XXH3_64bits(g->data, (size_t)g->n_bytes);
+        uint64_t hs = gs ? (uint64_t)XXH3_64bits(gs->data, (size_t)gs->n_bytes) : 0;
+        if ((s->xxh3 && s->xxh3 != hw) || (gs && s->scale_xxh3 && s->scale_xxh3 != hs)) {
+            rep->sources_changed++;
+            NOTE(dsq_err_set(err, DSQ_ERR_CHECKSUM, "%s: source %s changed since the conversion (checksum differs)", f,
+                             s->name));
+        }
+        dsq_encoding nat = natural_encoding((int)s->dtype, s->scale_dtype);
+        uint64_t off[DSQ_FILE_MAX_PARTS] = {0}, len[DSQ_FILE_MAX_PARTS] = {0};
+        for (int p = 0; p < t->n_parts; p++) dsq_ctr_source_slice(t, s, p, &off[p], &len[p]);
+        if (nat == t->encoding) {
+            bool same = len[0] == g->n_bytes && (uint64_t)XXH3_64bits((const uint8_t *)t->parts[0].data + off[0], (size_t)len[0]) == hw;
+            if (gs) same = same && t->n_parts > 1 && len[1] == gs->n_bytes &&
+                           (uint64_t)XXH3_64bits((const uint8_t *)t->parts[1].data + off[1], (size_t)len[1]) == hs;
+            if (same) {
+                fam->identical++;
+                rep->sources_identical++;
+            } else {
+                NOTE(dsq_err_set(err, DSQ_ERR_CHECKSUM, "%s: tensor %s: the bytes of source %s differ from the checkpoint",
+                                 f, t->name, s->name));
+            }
+            continue;
+        }
+        /* re-encoded: numeric comparison, slab by slab */
+        uint64_t shape[DSQ_FILE_MAX_RANK];
+        int rank = source_shape(t, s, shape);
+        uint64_t cols = rank ? shape[rank - 1] : 1, rows = 1;
+        for (int d = 0; d + 1 < rank; d++) rows *= shape[d];
+        dsq_qtensor ref = {nat, rows, cols, 0, g->data, gs ? gs->data : NULL, NULL, 0};
+        dsq_qtensor test = {t->encoding, rows, cols, 0, (const uint8_t *)t->parts[0].data + off[0], NULL, NULL, 0};
+        if (t->encoding == DSQ_ENC_INT8_G || t->encoding == DSQ_ENC_INT4_G || t->encoding == DSQ_ENC_INT4_G_ASYM ||
+            t->encoding == DSQ_ENC_INT2_G_ASYM)
+            test.group = (int)t->block_cols;
+        for (int p = 1; p < t->n_parts; p++) {
+            const uint8_t *ptr = (const uint8_t *)t->parts[p].data + off[p];
+            if (t->parts[p].kind == DSQ_FILE_PART_SCALES) test.scales = ptr;
+            else if (t->parts[p].kind == DSQ_FILE_PART_MINS) test.mins = ptr;
+            else if (t->parts[p].kind == DSQ_FILE_PART_TENSOR_SCALE) memcpy(&test.tensor_scale, ptr, 4);
+        }
+        dsq_codec_errstats es;
+        memset(&es, 0, sizeof es);
+        dsq_codec_options co = {.allow_nonfinite = true, .name = s->name};
+        dsq_status cs = nat ? dsq_codec_compare(&ref, &test, &co, &es, err)
+                            : dsq_err_set(err, DSQ_ERR_DTYPE, "%s: source %s: unknown stored form", f, s->name);
+        if (cs != DSQ_OK) {
+            NOTE(cs);
+            continue;
+        }
+        double rel = dsq_codec_errstats_rel_rms(&es), cosv = dsq_codec_errstats_cosine(&es);
+        if (fam->reencoded == 0 || rel > fam->max_rel_rms) fam->max_rel_rms = rel;
+        if (fam->reencoded == 0 || cosv < fam->min_cosine) fam->min_cosine = cosv;
+        if (es.max_abs > fam->max_abs) fam->max_abs = es.max_abs;
+        fam->reencoded++;
+        rep->sources_reencoded++;
+        if (rel > rep->worst_rel_rms || rep->worst_name[0] == 0) {
+            rep->worst_rel_rms = rel;
+            snprintf(rep->worst_name, sizeof rep->worst_name, "%s", s->name);
+        }
+    }
+    return first;
+}
+
+static dsq_status check_source(dsq_ctr_reader *r, const char *src, dsq_verify_report *rep, dsq_err *err) {
+    dsq_st *st = NULL;
+    DSQ_TRY(dsq_st_open(src, NULL, &st, err));
+    rep->source_checked = true;
+    dsq_status first = DSQ_OK;
+    for (size_t i = 0; i < dsq_ctr_count(r); i++) {
+        const dsq_ctr_tensor *t = dsq_ctr_at(r, i);
+        NOTE(compare_tensor(r, st, t, rep, err));
+        dsq_ctr_release(r, t);
+        for (uint32_t k = 0; k < t->n_sources; k++) {
+            const dsq_st_tensor *g = dsq_st_find(st, t->sources[k].name);
+            if (g) dsq_st_release(st, g);
+        }
+    }
+    /* every checkpoint tensor is held by the container (as a weight or as its scale) */
+    for (size_t i = 0; i < dsq_st_count(st); i++) {
+        const dsq_st_tensor *g = dsq_st_at(st, i);
+        const dsq_ctr_source *s;
+        if (dsq_ctr_find_source(r, g->name, NULL, NULL)) continue;
+        size_t n = strlen(g->name);
+        bool held = false;
+        if (n > 6 && n < 600 && !strcmp(g->name + n - 6, ".scale")) {
+            char w[640];
+            snprintf(w, sizeof w, "%.*s.weight", (int)(n - 6), g->name);
+            held = dsq_ctr_find_source(r, w, NULL, &s) && s->scale_name && !strcmp(s->scale_name, g->name);
+        }
+        if (!held) {
+            rep->checkpoint_missing++;
+            NOTE(dsq_err_set(err, DSQ_ERR_MISSING, "%s: checkpoint tensor %s is not in the container", dsq_ctr_path(r),
+                             g->name));
+        }
+    }
+    dsq_st_close(st);
+    return first;
+}
+
+dsq_status dsq_convert_verify(const dsq_verify_options *opt, dsq_verify_report *rep, dsq_err *err) {
+    memset(rep, 0, sizeof *rep);
+    dsq_ctr_reader *r = NULL;
+    dsq_ctr_reader_options ro = {.no_mmap = opt->no_mmap && !opt->source};
+    DSQ_TRY(dsq_ctr_reader_open(opt->path, &ro, &r, err));
+    dsq_status first = DSQ_OK;
+    const dsq_file_header *h = dsq_ctr_header(r);
+    rep->tensors = dsq_ctr_count(r);
+    rep->file_bytes = h->file_bytes;
+    for (size_t i = 0; i < dsq_ctr_count(r); i++) {
+        const dsq_ctr_tensor *t = dsq_ctr_at(r, i);
+        rep->parts += (uint64_t)t->n_parts;
+        dsq_tensor_role role;
+        dsq_inv_classify(t->n_sources ? t->sources[0].name : t->name, &role);
+        dsq_verify_family *fam = &rep->family[role.family < DSQ_VERIFY_FAMILIES ? role.family : DSQ_FAMILY_OTHER];
+        fam->tensors++;
+        char en[32];
+        bool grouped = t->encoding == DSQ_ENC_INT8_G || t->encoding == DSQ_ENC_INT4_G ||
+                       t->encoding == DSQ_ENC_INT4_G_ASYM || t->encoding == DSQ_ENC_INT2_G_ASYM;
+        add_encoding(fam, dsq_codec_name(t->encoding, grouped ? (int)t->block_cols : 0, en, sizeof en));
+        for (int p = 0; p < t->n_parts; p++) rep->bytes += t->parts[p].bytes;
+    }
+    dsq_progress prog;
+    dsq_progress_begin(&prog, "verify", rep->bytes);
+    if (!opt->progress) prog.enabled = false;
+    dsq_status s = dsq_ctr_verify(r, &prog, err);
+    dsq_progress_end(&prog);
+    rep->checksums_ok = s == DSQ_OK;
+    NOTE(s);
+    dsq_v4_config cfg;
+    bool have_cfg = false;
+    s = check_metadata(r, &cfg, &have_cfg, err);
+    if (s == DSQ_OK && have_cfg) s = check_inventory(r, &cfg, err);
+    rep->metadata_ok = s == DSQ_OK;
+    NOTE(s);
+    if (opt->source) NOTE(check_source(r, opt->source, rep, err));
+    dsq_ctr_reader_close(r);
+    return first;
+}
