@@ -4,9 +4,9 @@
  *
  * The model lives in $DSQ_BENCH_DIR (default /tmp/dsq-bench-flash-2l, ~13 GB with the MTP block).
  * When missing it is made with `dsq synth --config samples/configs/deepseek-v4-flash.json --layers 2`.
- * Environment: DSQ_BENCH_THREADS (2), DSQ_BENCH_PREFILL (tokens, 128), DSQ_BENCH_DECODE (steps, 6). */
-#include <math.h>
+ * Environment: DSQ_BENCH_THREADS (2), DSQ_BENCH_PREFILL (tokens, 128), DSQ_BENCH_DECODE (steps, 16). */
 #include <immintrin.h>
+#include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -104,7 +104,7 @@ int main(int argc, char **argv) {
     }
     const char *dir = getenv("DSQ_BENCH_DIR") ? getenv("DSQ_BENCH_DIR") : "/tmp/dsq-bench-flash-2l";
     int threads = (int)env_long("DSQ_BENCH_THREADS", 2);
-    int64_t n_prefill = env_long("DSQ_BENCH_PREFILL", 128), n_decode = env_long("DSQ_BENCH_DECODE", 6);
+    int64_t n_prefill = env_long("DSQ_BENCH_PREFILL", 128), n_decode = env_long("DSQ_BENCH_DECODE", 16);
     if (ensure_model(dir)) return 1;
 
     double bw = read_bandwidth(threads), peak = fma_peak(threads);
@@ -121,7 +121,8 @@ int main(int argc, char **argv) {
     dsq_v4_token_cost(m, &wbytes, &macs);
     printf("model: %d layers (dim %llu, %d experts, top-%d), %.2f GB of weights read per decode token, %.2f GMAC "
            "per token\n",
-           c->n_layers, (unsigned long long)c->dim, c->n_routed_experts, c->n_activated_experts, wbytes / 1e9, macs / 1e9);
+           c->n_layers, (unsigned long long)c->dim, c->n_routed_experts, c->n_activated_experts, wbytes / 1e9,
+           macs / 1e9);
 
     dsq_eval_options o;
     dsq_eval_options_default(&o);
