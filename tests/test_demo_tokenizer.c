@@ -2,7 +2,8 @@
  * on samples/text/sample.txt) and the tokenizer plumbing around checkpoints and containers:
  * the C tokenizer reproduces the trainer's ids for the sample text and round-trips it; dsq synth
  * --tokenizer copies it (and refuses one whose ids do not fit the vocabulary); dsq convert embeds it
- * in the .dsq metadata and dsq_tok_open / dsq tokenize / dsq eval ppl / dsq compare read it there. */
+ * in the .dsq metadata and dsq_tok_open / dsq tokenize / dsq eval ppl / dsq compare read it there;
+ * dsq compare's per-family quantization error table for builds of the REF checkpoint. */
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
@@ -224,8 +225,75 @@ static void test_text_on_containers(void **state) {
     char *md = dsq_test_join(rep, "REPORT.md");
     char *r = dsq_test_read(md, NULL);
     assert_non_null(strstr(r, "int4.dsq"));
+    assert_null(strstr(r, "Quantization error by tensor family")); /* REF is not a checkpoint directory */
     free(r);
     free(md);
+    free(rep);
+}
+
+static const cJSON *family(const cJSON *build, const char *name) {
+    const cJSON *f;
+    cJSON_ArrayForEach(f, cJSON_GetObjectItemCaseSensitive(build, "families")) {
+        if (!strcmp(cJSON_GetObjectItemCaseSensitive(f, "family")->valuestring, name)) return f;
+    }
+    return NULL;
+}
+
+/* compare fills the per-family quantization error table from dsq verify --source REF for .dsq builds
+ * of the REF checkpoint: lossless families 0 (cosine 1), the int4 experts a few percent; a build of
+ * another checkpoint gets no table. */
+static void test_compare_families(void **state) {
+    char args[4096], *rep = dsq_test_join(tmp, "report-fam");
+    snprintf(args, sizeof args, "compare '%s' '%s' '%s' --text %s --out '%s' --ctx 256 --chunks 1 --threads 2 --json",
+             model, rel_dsq, int4_dsq, TEXT, rep);
+    cJSON *j = run_json(args);
+    const cJSON *builds = cJSON_GetObjectItemCaseSensitive(j, "builds");
+    const cJSON *rel = cJSON_GetArrayItem(builds, 0), *q4 = cJSON_GetArrayItem(builds, 1);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(rel, "families")), 10);
+    const cJSON *f;
+    cJSON_ArrayForEach(f, cJSON_GetObjectItemCaseSensitive(rel, "families")) {
+        assert_true(num(f, "rel_rms") == 0 && num(f, "max_abs") == 0 && num(f, "cosine") == 1);
+    }
+    const cJSON *ex = family(q4, "routed_experts"), *at = family(q4, "attention");
+    assert_non_null(ex);
+    assert_non_null(at);
+    assert_true(num(ex, "rel_rms") > 0.01 && num(ex, "rel_rms") < 0.2); /* int4-g32 of FP4 codes */
+    assert_true(num(ex, "cosine") > 0.99 && num(ex, "cosine") < 1);
+    assert_true(num(at, "rel_rms") == 0 && num(at, "cosine") == 1); /* kept as shipped */
+    cJSON_Delete(j);
+    char *md = dsq_test_join(rep, "REPORT.md"), *html = dsq_test_join(rep, "REPORT.html");
+    char *r = dsq_test_read(md, NULL), *h = dsq_test_read(html, NULL);
+    char *sec = strstr(r, "## Quantization error by tensor family");
+    assert_non_null(sec);
+    assert_non_null(strstr(sec, "### int4.dsq"));
+    assert_non_null(strstr(sec, "| routed\\_experts | 0.0"));
+    assert_non_null(strstr(h, "Quantization error by tensor family"));
+    free(r);
+    free(h);
+    /* the golden model is another checkpoint: the int4 build does not verify against it */
+    char *gold = dsq_test_shared_path("golden/v4-tiny/model"), *err = NULL;
+    /* (the golden model has no tokenizer: the sample text's ids) */
+    char *ids = dsq_test_join(tmp, "sample-ids.txt");
+    {
+        size_t tl = 0;
+        char *trained = dsq_test_read(TRAINED, &tl);
+        for (char *p = trained; *p; p++)
+            if (*p == '[' || *p == ']' || *p == ',') *p = ' ';
+        dsq_test_write(ids, trained, strlen(trained));
+        free(trained);
+    }
+    snprintf(args, sizeof args, "compare '%s' '%s' --tokens '%s' --out '%s' --ctx 256 --chunks 1 --threads 2 --overwrite",
+             gold, int4_dsq, ids, rep);
+    assert_int_equal(dsq_test_run(NULL, &err, "%s", args), 0);
+    assert_non_null(strstr(err, "no per-family error table"));
+    r = dsq_test_read(md, NULL);
+    assert_null(strstr(r, "Quantization error by tensor family"));
+    free(r);
+    free(err);
+    free(ids);
+    free(gold);
+    free(md);
+    free(html);
     free(rep);
 }
 
@@ -235,6 +303,7 @@ int main(void) {
         cmocka_unit_test(test_synth_tokenizer),
         cmocka_unit_test(test_container_tokenizer),
         cmocka_unit_test(test_text_on_containers),
+        cmocka_unit_test(test_compare_families),
     };
     if (getenv("DSQ_TEST_FILTER")) cmocka_set_test_filter(getenv("DSQ_TEST_FILTER"));
     return cmocka_run_group_tests(tests, setup, teardown);
