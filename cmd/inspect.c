@@ -4,6 +4,8 @@
 #include <string.h>
 
 #include "cmd.h"
+#include "dsq_container.h"
+#include "inspect.h"
 #include "dsq_config.h"
 #include "dsq_inventory.h"
 #include "dsq_safetensors.h"
@@ -327,6 +329,8 @@ int dsq_cmd_inspect(int argc, char **argv) {
     }
     if (!path && !config) return dsq_cmd_usage_error(CMD, "give a checkpoint PATH or --config FILE");
     if (!path && check) return dsq_cmd_usage_error(CMD, "--check needs a checkpoint PATH");
+
+    if (path && !config && dsq_ctr_sniff(path)) return dsq__inspect_dsq(path, json, list, check);
 
     source s = {0};
     dsq_err err = DSQ_ERR_INIT;

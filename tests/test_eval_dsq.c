@@ -60,8 +60,8 @@ static double mean_rel_l2(const float *a, const float *b, size_t rows, size_t w)
 static float *logits(const char *m, const char *tokens, const char *extra, size_t *rows) {
     char *out = dsq_test_join(tmp, "logits.safetensors");
     char *se = NULL;
-    int rc = dsq_test_run(NULL, &se, "eval logits '%s' --tokens '%s' --out '%s' --overwrite --threads 1 %s", m, tokens, out,
-                          extra);
+    int rc = dsq_test_run(NULL, &se, "eval logits '%s' --tokens '%s' --out '%s' --overwrite --threads 1 %s", m, tokens,
+                          out, extra);
     if (rc) fprintf(stderr, "%s", se);
     assert_int_equal(rc, 0);
     free(se);
@@ -160,11 +160,16 @@ static void test_slices(void **state) {
     assert_int_equal(dsq_wsrc_open_path(rel, &cfg, &wc, &err), DSQ_OK);
     assert_int_equal(cfg.n_layers, 4);
     assert_int_equal(cfg.n_routed_experts, 8);
-    const char *names[] = {"layers.1.ffn.experts.0.w1.weight",     "layers.1.ffn.experts.7.w2.weight",
-                           "mtp.0.ffn.experts.5.w3.weight",        "layers.1.attn.compressor.wkv.weight",
-                           "layers.1.attn.compressor.wgate.weight", "layers.3.attn.indexer.compressor.wgate.weight",
-                           "layers.2.attn.compressor.wkv.weight",   "layers.0.attn.wq_b.weight",
-                           "embed.weight",                          "layers.0.ffn.gate.tid2eid"};
+    const char *names[] = {"layers.1.ffn.experts.0.w1.weight",
+                           "layers.1.ffn.experts.7.w2.weight",
+                           "mtp.0.ffn.experts.5.w3.weight",
+                           "layers.1.attn.compressor.wkv.weight",
+                           "layers.1.attn.compressor.wgate.weight",
+                           "layers.3.attn.indexer.compressor.wgate.weight",
+                           "layers.2.attn.compressor.wkv.weight",
+                           "layers.0.attn.wq_b.weight",
+                           "embed.weight",
+                           "layers.0.ffn.gate.tid2eid"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         dsq_wview a, b;
         assert_int_equal(ws->get(ws, names[i], &a, &err), DSQ_OK);

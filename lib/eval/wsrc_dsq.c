@@ -26,7 +26,8 @@ static dsq_status ctr_get(const dsq_wsrc *w, const char *name, dsq_wview *v, dsq
     memset(v, 0, sizeof *v);
     const dsq_ctr_tensor *t;
     const dsq_ctr_source *s;
-    if (!locate(im->r, name, &t, &s)) return dsq_err_set(err, DSQ_ERR_MISSING, "%s: tensor %s is missing", w->path, name);
+    if (!locate(im->r, name, &t, &s))
+        return dsq_err_set(err, DSQ_ERR_MISSING, "%s: tensor %s is missing", w->path, name);
     v->name = s ? s->name : t->name;
     v->enc = t->encoding;
     /* logical shape of the slice: a squeezed source drops the outer axis, a row range keeps it */
@@ -152,15 +153,7 @@ dsq_status dsq_wsrc_open_dsq(const char *path, dsq_v4_config *cfg, dsq_wsrc **ou
     return DSQ_OK;
 }
 
-bool dsq_wsrc_is_dsq(const char *path) {
-    if (dsq_path_is_dir(path)) return false;
-    dsq_map m;
-    if (dsq_map_open(path, false, &m, NULL) != DSQ_OK) return false;
-    uint8_t magic[8] = {0};
-    bool yes = m.size >= 8 && dsq_map_read(&m, 0, magic, 8, NULL) == DSQ_OK && memcmp(magic, DSQ_FILE_MAGIC, 8) == 0;
-    dsq_map_close(&m);
-    return yes;
-}
+bool dsq_wsrc_is_dsq(const char *path) { return dsq_ctr_sniff(path); }
 
 dsq_status dsq_wsrc_open_path(const char *path, dsq_v4_config *cfg, dsq_wsrc **out, dsq_err *err) {
     *out = NULL;

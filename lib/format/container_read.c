@@ -742,3 +742,14 @@ dsq_status dsq_ctr_verify(const dsq_ctr_reader *r, dsq_progress *progress, dsq_e
     dsq_free(chunk);
     return first;
 }
+
+bool dsq_ctr_sniff(const char *path) {
+    if (dsq_path_is_dir(path)) return false;
+    dsq_map m;
+    if (dsq_map_open(path, false, &m, NULL) != DSQ_OK) return false;
+    uint8_t magic[DSQ_FILE_MAGIC_BYTES] = {0};
+    bool yes = m.size >= DSQ_FILE_MAGIC_BYTES && dsq_map_read(&m, 0, magic, DSQ_FILE_MAGIC_BYTES, NULL) == DSQ_OK &&
+               memcmp(magic, DSQ_FILE_MAGIC, DSQ_FILE_MAGIC_BYTES) == 0;
+    dsq_map_close(&m);
+    return yes;
+}

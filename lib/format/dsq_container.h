@@ -72,6 +72,9 @@ typedef struct dsq_ctr_reader_options {
     bool verify;  /* also check every part checksum and the zero padding at open (default false) */
 } dsq_ctr_reader_options;
 
+/* True when PATH is a regular file that starts with the .dsq magic (nothing else is validated). */
+bool dsq_ctr_sniff(const char *path);
+
 /* Open a .dsq file.  On failure *out is NULL and err lists every problem found.  opt may be NULL. */
 dsq_status dsq_ctr_reader_open(const char *path, const dsq_ctr_reader_options *opt, dsq_ctr_reader **out,
                                dsq_err *err);
