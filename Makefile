@@ -68,8 +68,12 @@ deps:
 	else echo "deps: all present"; fi
 
 # The command table is generated from `/* dsq-command: NAME | SUMMARY */` lines in cmd/*.c.
-$(BUILD)/gen/commands.inc: $(CMD_SRC) | $(BUILD)/gen
-	@sed -n 's#^/\* dsq-command: *\([a-z]*\) *| *\(.*\) \*/$$#X(\1, "\2")#p' $(CMD_SRC) > $@.tmp && mv $@.tmp $@
+# Regenerated on every run and replaced only when it changes, so a deleted cmd/*.c drops out too.
+$(BUILD)/gen/commands.inc: FORCE | $(BUILD)/gen
+	@sed -n 's#^/\* dsq-command: *\([a-z]*\) *| *\(.*\) \*/$$#X(\1, "\2")#p' $(CMD_SRC) > $@.tmp; \
+	if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv $@.tmp $@; fi
+
+FORCE:
 
 $(BUILD)/gen:
 	@mkdir -p $@

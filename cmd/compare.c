@@ -8,7 +8,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "dsq_convert.h"
+#include "dsq_inventory.h"
 #include "dsq_report.h"
+#include "dsq_wsrc.h"
 #include "eval_metrics.h"
 
 static void help(void) {
@@ -65,6 +68,7 @@ static char *build_name(const char *path) {
 typedef struct run {
     const char *ref, *out, *text, *tokens, *task, *title;
     const char *builds[64];
+    dsq_report_family families[64][DSQ_VERIFY_FAMILIES]; /* per build, from dsq verify --source REF */
     int n_builds;
     dsq_score_options so;
     uint32_t top_k;
@@ -78,6 +82,37 @@ static dsq_status score_mc(const char *model_path, const dsq_score_options *so, 
     dsq_status s = dsq_score_mc(m, so, tok, task, 0, 0, r, err);
     dsq_v4_model_close(m);
     return s;
+}
+
+/* The quantization error per tensor family of a .dsq build made from the REF checkpoint, as `dsq verify
+ * --source REF` computes it (rel RMS and cosine of the family's worst tensor, its largest |w − ŵ|),
+ * into fam[0..DSQ_VERIFY_FAMILIES).  Returns the count: 0 when REF is not a checkpoint directory or
+ * the build not a .dsq, and, with a note, when the build does not verify against REF.  Interruption
+ * is the only error passed on. */
+static dsq_status build_families(const char *ref, const char *build, dsq_report_family *fam, size_t *n) {
+    *n = 0;
+    if (!dsq_path_is_dir(ref) || !dsq_wsrc_is_dsq(build)) return DSQ_OK;
+    dsq_verify_options o = {.path = build, .source = ref};
+    dsq_verify_report rep;
+    dsq_err e = DSQ_ERR_INIT;
+    dsq_status s = dsq_convert_verify(&o, &rep, &e);
+    if (s == DSQ_ERR_INTERRUPTED) return s;
+    if (s != DSQ_OK || !rep.source_checked || rep.sources_changed || rep.checkpoint_missing) {
+        fprintf(stderr, "compare: %s: no per-family error table (it does not verify against %s: %s)\n", build, ref,
+                s != DSQ_OK ? e.msg : "tensors changed or missing");
+        dsq_err_clear(&e);
+        return DSQ_OK;
+    }
+    dsq_err_clear(&e);
+    for (int k = 0; k < DSQ_VERIFY_FAMILIES && k < DSQ_FAMILY_COUNT; k++) {
+        const dsq_verify_family *f = &rep.family[k];
+        if (!f->sources) continue;
+        fam[(*n)++] = (dsq_report_family){.family = dsq_family_name((dsq_family)k),
+                                          .rel_rms = f->max_rel_rms,
+                                          .max_abs = f->max_abs,
+                                          .cosine = f->reencoded ? f->min_cosine : 1.0};
+    }
+    return DSQ_OK;
 }
 
 static dsq_status compare(run *R, dsq_report *rep, dsq_report_build *b, dsq_err *err) {
@@ -124,6 +159,11 @@ static dsq_status compare(run *R, dsq_report *rep, dsq_report_build *b, dsq_err 
         dsq_v4_model_close(m);
         m = NULL;
         b[i].has_kld = s == DSQ_OK;
+        if (s == DSQ_OK) {
+            s = build_families(R->ref, R->builds[i], R->families[i], &b[i].n_families);
+            b[i].families = R->families[i];
+            if (s != DSQ_OK) dsq_err_set(err, s, "%s: interrupted", R->builds[i]);
+        }
         if (s == DSQ_OK && task) {
             dsq_mc_flips fl;
             s = score_mc(R->builds[i], &R->so, tok, task, &mr, err);
@@ -236,6 +276,13 @@ int dsq_cmd_compare(int argc, char **argv) {
                 if (b[i].has_mc)
                     printf(", \"mc_acc\": %.17g, \"mc_acc_se\": %.17g, \"mc_flip_rate\": %.17g", b[i].mc_acc,
                            b[i].mc_acc_se, b[i].mc_flip_rate);
+                printf(", \"families\": [");
+                for (size_t f = 0; f < b[i].n_families; f++) {
+                    const dsq_report_family *x = &b[i].families[f];
+                    printf("%s{\"family\": \"%s\", \"rel_rms\": %.17g, \"max_abs\": %.17g, \"cosine\": %.17g}",
+                           f ? ", " : "", x->family, x->rel_rms, x->max_abs, x->cosine);
+                }
+                printf("]");
                 printf("}");
             }
             printf("]}\n");

@@ -9,23 +9,22 @@
 #include "eval_metrics.h" /* ppl, kld, diff, mc: cmd/eval_metrics.c */
 
 static void logits_help(FILE *f) {
-    fprintf(f,
-            "usage: dsq eval logits MODEL --tokens FILE --out OUT.safetensors [options]\n\n"
-            "Runs the DeepSeek-V4 forward pass (spec section 4) and writes `logits` F32 [n, vocab].\n"
-            "  MODEL                  checkpoint directory (config.json + safetensors)\n"
-            "  --tokens FILE          safetensors with an I32 tensor `tokens`, or a text file of ids\n"
-            "  --out FILE             output safetensors (written atomically)\n"
-            "  --numerics exact|release  exact: f32 (default); release: the official bf16/FP8/FP4 arithmetic\n"
-            "  --decode-from P        prefill P tokens, then one token at a time; logits then holds\n"
-            "                         [n-P+1, vocab]: position P-1, then one row per decode step\n"
-            "  --mtp                  also `mtp_logits` [n-1, vocab] from the MTP block\n"
-            "  --dump-hidden          also `layer_out.N` [n, hc, dim] per block and `final_hidden`\n"
-            "  --memory-budget SIZE   layer-streaming prefill within SIZE bytes (K/M/G suffixes)\n"
-            "  --threads N            OpenMP threads (default: all)\n"
-            "  --no-shared-clamp      do not clamp the shared expert's SwiGLU (earlier reference revision)\n"
-            "  --scalar               portable kernels only (no AVX2)\n"
-            "  --overwrite            replace an existing output\n"
-            "  --json                 print the report as JSON\n");
+    fprintf(f, "usage: dsq eval logits MODEL --tokens FILE --out OUT.safetensors [options]\n\n"
+               "Runs the DeepSeek-V4 forward pass (spec section 4) and writes `logits` F32 [n, vocab].\n"
+               "  MODEL                  checkpoint directory (config.json + safetensors)\n"
+               "  --tokens FILE          safetensors with an I32 tensor `tokens`, or a text file of ids\n"
+               "  --out FILE             output safetensors (written atomically)\n"
+               "  --numerics exact|release  exact: f32 (default); release: the official bf16/FP8/FP4 arithmetic\n"
+               "  --decode-from P        prefill P tokens, then one token at a time; logits then holds\n"
+               "                         [n-P+1, vocab]: position P-1, then one row per decode step\n"
+               "  --mtp                  also `mtp_logits` [n-1, vocab] from the MTP block\n"
+               "  --dump-hidden          also `layer_out.N` [n, hc, dim] per block and `final_hidden`\n"
+               "  --memory-budget SIZE   layer-streaming prefill within SIZE bytes (K/M/G suffixes)\n"
+               "  --threads N            OpenMP threads (default: all)\n"
+               "  --no-shared-clamp      do not clamp the shared expert's SwiGLU (earlier reference revision)\n"
+               "  --scalar               portable kernels only (no AVX2)\n"
+               "  --overwrite            replace an existing output\n"
+               "  --json                 print the report as JSON\n");
 }
 
 static int cmd_logits(int argc, char **argv) {
@@ -42,8 +41,10 @@ static int cmd_logits(int argc, char **argv) {
         const char *a = argv[i];
         bool has_val = i + 1 < argc;
         uint64_t v = 0;
-        if (!strcmp(a, "--tokens") && has_val) o.tokens = argv[++i];
-        else if (!strcmp(a, "--out") && has_val) o.out = argv[++i];
+        if (!strcmp(a, "--tokens") && has_val)
+            o.tokens = argv[++i];
+        else if (!strcmp(a, "--out") && has_val)
+            o.out = argv[++i];
         else if (!strcmp(a, "--numerics") && has_val) {
             if (!dsq_numerics_from_name(argv[++i], &o.eval.numerics))
                 return dsq_cmd_usage_error(me, "--numerics must be exact or release, not '%s'", argv[i]);
@@ -58,15 +59,24 @@ static int cmd_logits(int argc, char **argv) {
         } else if (!strcmp(a, "--memory-budget") && has_val) {
             if (!dsq_cmd_parse_size(argv[++i], &o.memory_budget) || !o.memory_budget)
                 return dsq_cmd_usage_error(me, "--memory-budget needs a size, not '%s'", argv[i]);
-        } else if (!strcmp(a, "--mtp")) o.mtp = true;
-        else if (!strcmp(a, "--dump-hidden")) o.dump_hidden = true;
-        else if (!strcmp(a, "--no-shared-clamp")) o.eval.no_shared_clamp = true;
-        else if (!strcmp(a, "--scalar")) o.eval.force_scalar = true;
-        else if (!strcmp(a, "--overwrite")) o.overwrite = true;
-        else if (!strcmp(a, "--json")) json = true;
-        else if (a[0] == '-') return dsq_cmd_usage_error(me, "unknown or incomplete option '%s'", a);
-        else if (!o.model) o.model = a;
-        else return dsq_cmd_usage_error(me, "unexpected argument '%s'", a);
+        } else if (!strcmp(a, "--mtp"))
+            o.mtp = true;
+        else if (!strcmp(a, "--dump-hidden"))
+            o.dump_hidden = true;
+        else if (!strcmp(a, "--no-shared-clamp"))
+            o.eval.no_shared_clamp = true;
+        else if (!strcmp(a, "--scalar"))
+            o.eval.force_scalar = true;
+        else if (!strcmp(a, "--overwrite"))
+            o.overwrite = true;
+        else if (!strcmp(a, "--json"))
+            json = true;
+        else if (a[0] == '-')
+            return dsq_cmd_usage_error(me, "unknown or incomplete option '%s'", a);
+        else if (!o.model)
+            o.model = a;
+        else
+            return dsq_cmd_usage_error(me, "unexpected argument '%s'", a);
     }
     if (!o.model) return dsq_cmd_usage_error(me, "missing MODEL");
     if (!o.tokens) return dsq_cmd_usage_error(me, "missing --tokens FILE");
@@ -87,7 +97,8 @@ static int cmd_logits(int argc, char **argv) {
         dsq_cmd_json_str(stdout, o.out);
         printf(", \"numerics\": \"%s\", \"tokens\": %lld, \"rows\": %lld, \"vocab\": %llu, "
                "\"prefill_tokens\": %lld, \"prefill_seconds\": %.6f, \"prefill_tokens_per_s\": %.3f, "
-               "\"decode_tokens\": %lld, \"decode_seconds\": %.6f, \"decode_tokens_per_s\": %.3f, \"mtp_seconds\": %.6f}\n",
+               "\"decode_tokens\": %lld, \"decode_seconds\": %.6f, \"decode_tokens_per_s\": %.3f, \"mtp_seconds\": "
+               "%.6f}\n",
                dsq_numerics_name(o.eval.numerics), (long long)r.n_tokens, (long long)r.rows,
                (unsigned long long)r.vocab, (long long)r.prefill_tokens, r.seconds_prefill, pre_tps,
                (long long)r.decode_tokens, r.seconds_decode, dec_tps, r.seconds_mtp);
@@ -95,7 +106,9 @@ static int cmd_logits(int argc, char **argv) {
         printf("%s: logits [%lld, %llu] (%s numerics) from %lld tokens\n", o.out, (long long)r.rows,
                (unsigned long long)r.vocab, dsq_numerics_name(o.eval.numerics), (long long)r.n_tokens);
         printf("prefill %lld tokens in %.3f s (%.1f tok/s)", (long long)r.prefill_tokens, r.seconds_prefill, pre_tps);
-        if (r.decode_tokens) printf(", decode %lld tokens in %.3f s (%.2f tok/s)", (long long)r.decode_tokens, r.seconds_decode, dec_tps);
+        if (r.decode_tokens)
+            printf(", decode %lld tokens in %.3f s (%.2f tok/s)", (long long)r.decode_tokens, r.seconds_decode,
+                   dec_tps);
         if (o.mtp) printf(", MTP %.3f s", r.seconds_mtp);
         printf("\n");
     }

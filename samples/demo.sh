@@ -2,7 +2,9 @@
 # `make demo`: the main job on the bundled sample.  Synthesizes the tiny V4 sample model from
 # samples/configs/v4-tiny.json, checks and inspects it, then runs the reference forward pass on a
 # short token sequence (exact numerics, prefill and step-by-step decode), converts it under the
-# release, fp8 and int4 recipes and verifies the containers.  Outputs go to out/demo/.
+# release, fp8 and int4 recipes, verifies the containers, and compares the three builds with the
+# source on samples/text/sample.txt (tokenized with the sample's byte-level BPE tokenizer, which
+# the containers carry in their metadata): REPORT.md and REPORT.html.  Outputs go to out/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DSQ=${DSQ_BIN:-build/dsq}
@@ -10,7 +12,8 @@ OUT=out/demo
 mkdir -p "$OUT"
 
 echo "== dsq synth: a random V4 checkpoint in the release layout (samples/configs/v4-tiny.json)"
-"$DSQ" synth --config samples/configs/v4-tiny.json --out "$OUT/model" --seed 1 --overwrite
+"$DSQ" synth --config samples/configs/v4-tiny.json --out "$OUT/model" --seed 1 --overwrite \
+  --tokenizer samples/tokenizer/tokenizer.json
 
 echo
 echo "== dsq inspect --check: the inventory matches the config"
@@ -34,6 +37,15 @@ echo "== dsq verify: checksums, metadata, and the re-encoding error against the 
 for r in release int4; do
   "$DSQ" verify "$OUT/sample-$r.dsq" --source "$OUT/model"
 done
+
+echo
+echo "== dsq tokenize: the sample text with the tokenizer stored in a container"
+"$DSQ" tokenize "$OUT/sample-int4.dsq" - --json < samples/text/sample.txt | cut -c 1-60
+echo
+
+echo "== dsq compare: KL, top-1 agreement, PPL ratio of each build against the source, on the sample text"
+"$DSQ" compare "$OUT/model" "$OUT/sample-release.dsq" "$OUT/sample-fp8.dsq" "$OUT/sample-int4.dsq" \
+  --text samples/text/sample.txt --ctx 256 --out "$OUT/report" --title "dsq demo: the tiny V4 sample" --overwrite
 
 echo
 echo "demo outputs are in $OUT/"

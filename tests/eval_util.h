@@ -7,9 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dsq_test.h"
 #include "dsq_numeric.h"
 #include "dsq_safetensors.h"
+#include "dsq_test.h"
 #include "dsq_v4.h"
 
 /* Default options for the suites: one thread (results do not depend on the thread count — a test
@@ -42,7 +42,9 @@ static inline float *eu_f32(const dsq_st *st, const char *name, size_t *n) {
     const uint8_t *d = t->data;
     for (uint64_t i = 0; i < t->n_elements; i++) {
         switch (t->dtype) {
-        case DSQ_DTYPE_F32: memcpy(&f[i], d + 4 * i, 4); break;
+        case DSQ_DTYPE_F32:
+            memcpy(&f[i], d + 4 * i, 4);
+            break;
         case DSQ_DTYPE_I16:
         case DSQ_DTYPE_BF16: {
             uint16_t h;
@@ -56,8 +58,11 @@ static inline float *eu_f32(const dsq_st *st, const char *name, size_t *n) {
             f[i] = (float)v;
             break;
         }
-        case DSQ_DTYPE_U8: f[i] = d[i]; break;
-        default: fail_msg("%s: unexpected dtype", name);
+        case DSQ_DTYPE_U8:
+            f[i] = d[i];
+            break;
+        default:
+            fail_msg("%s: unexpected dtype", name);
         }
     }
     if (n) *n = (size_t)t->n_elements;
@@ -153,7 +158,8 @@ static inline dsq_v4_model *eu_open_tiny(void) {
 
 /* ---- synthetic models (`dsq synth`) --------------------------------------------------------------
  * A shape unlike the golden one: 2 hash layers, ratios 128 / 4 / 8 and SWA, an MTP block with
- * ratio 4, hc = 2, dim 384, head_dim 192, window 8, 6 experts top-3.  `layers` main layers, no MTP when mtp is false. */
+ * ratio 4, hc = 2, dim 384, head_dim 192, window 8, 6 experts top-3.  `layers` main layers, no MTP when mtp is false.
+ */
 static inline char *eu_synth_config_json(const char *dir, int layers, bool mtp) {
     char *base = dsq_test_shared_path("golden/v4-tiny/model/config.json");
     char *text = dsq_test_read(base, NULL);
@@ -161,12 +167,29 @@ static inline char *eu_synth_config_json(const char *dir, int layers, bool mtp) 
     cJSON *j = cJSON_Parse(text);
     free(text);
     assert_non_null(j);
-    struct { const char *k; double v; } nums[] = {
-        {"vocab_size", 300}, {"hidden_size", 384}, {"num_hidden_layers", layers}, {"num_nextn_predict_layers", mtp},
-        {"num_hash_layers", 2}, {"num_attention_heads", 2}, {"head_dim", 192}, {"qk_rope_head_dim", 64},
-        {"q_lora_rank", 128}, {"o_lora_rank", 64}, {"o_groups", 2}, {"moe_intermediate_size", 128},
-        {"n_routed_experts", 6}, {"num_experts_per_tok", 3}, {"sliding_window", 8}, {"index_n_heads", 4},
-        {"index_head_dim", 64}, {"index_topk", 5}, {"hc_mult", 2},
+    struct {
+        const char *k;
+        double v;
+    } nums[] = {
+        {"vocab_size", 300},
+        {"hidden_size", 384},
+        {"num_hidden_layers", layers},
+        {"num_nextn_predict_layers", mtp},
+        {"num_hash_layers", 2},
+        {"num_attention_heads", 2},
+        {"head_dim", 192},
+        {"qk_rope_head_dim", 64},
+        {"q_lora_rank", 128},
+        {"o_lora_rank", 64},
+        {"o_groups", 2},
+        {"moe_intermediate_size", 128},
+        {"n_routed_experts", 6},
+        {"num_experts_per_tok", 3},
+        {"sliding_window", 8},
+        {"index_n_heads", 4},
+        {"index_head_dim", 64},
+        {"index_topk", 5},
+        {"hc_mult", 2},
     };
     for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++)
         cJSON_ReplaceItemInObject(j, nums[i].k, cJSON_CreateNumber(nums[i].v));

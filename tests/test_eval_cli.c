@@ -63,8 +63,8 @@ static void test_logits_prefill_decode_mtp(void **state) {
     assert_int_equal(rc, 1);
     free(se);
 
-    rc = dsq_test_run(&so, &se, "eval logits %s --tokens %s --out %s --overwrite --decode-from 100 --mtp --threads 1", model,
-                      golden, out);
+    rc = dsq_test_run(&so, &se, "eval logits %s --tokens %s --out %s --overwrite --decode-from 100 --mtp --threads 1",
+                      model, golden, out);
     if (rc) fprintf(stderr, "%s", se);
     assert_int_equal(rc, 0);
     free(so), free(se);
@@ -83,8 +83,9 @@ static void test_dump_hidden_and_budget(void **state) {
     dsq_st *g = eu_open_st("golden/v4-tiny/golden-exact.safetensors");
     char *out = dsq_test_join(tmp, "h.safetensors");
     char *se = NULL;
-    int rc = dsq_test_run(NULL, &se, "eval logits %s --tokens %s --out %s --dump-hidden --memory-budget 64M --threads 1", model,
-                          golden, out);
+    int rc =
+        dsq_test_run(NULL, &se, "eval logits %s --tokens %s --out %s --dump-hidden --memory-budget 64M --threads 1",
+                     model, golden, out);
     if (rc) fprintf(stderr, "%s", se);
     assert_int_equal(rc, 0);
     free(se);
@@ -106,7 +107,8 @@ static void test_release_numerics_cli(void **state) {
     char *out = dsq_test_join(tmp, "r.safetensors"), *txt = dsq_test_join(tmp, "r.txt");
     dsq_test_write(txt, "0 5 9 200 17 3\n", 15);
     char *se = NULL;
-    int rc = dsq_test_run(NULL, &se, "eval logits %s --tokens %s --out %s --numerics release --threads 1", model, txt, out);
+    int rc =
+        dsq_test_run(NULL, &se, "eval logits %s --tokens %s --out %s --numerics release --threads 1", model, txt, out);
     if (rc) fprintf(stderr, "%s", se);
     assert_int_equal(rc, 0);
     free(se);
@@ -131,11 +133,13 @@ static void test_errors(void **state) {
     assert_int_equal(dsq_test_run(NULL, &se, "eval logits %s --tokens %s --out %s", model, txt, out), 1);
     free(se);
     dsq_test_write(txt, "1 2 3", 5);
-    assert_int_equal(dsq_test_run(NULL, &se, "eval logits %s --tokens %s --out %s --decode-from 9", model, txt, out), 1);
+    assert_int_equal(dsq_test_run(NULL, &se, "eval logits %s --tokens %s --out %s --decode-from 9", model, txt, out),
+                     1);
     free(se);
     assert_int_equal(dsq_test_run(NULL, &se, "eval logits %s --tokens %s", model, txt), 2);
     free(se);
-    assert_int_equal(dsq_test_run(NULL, &se, "eval logits %s --tokens %s --out %s --numerics fast", model, txt, out), 2);
+    assert_int_equal(dsq_test_run(NULL, &se, "eval logits %s --tokens %s --out %s --numerics fast", model, txt, out),
+                     2);
     free(se);
     assert_int_equal(dsq_test_run(NULL, &se, "eval bogus %s", model), 2);
     free(se);

@@ -272,9 +272,9 @@ static void test_synth_decode_equals_prefill(void **state) {
     int64_t cut = 101;
     assert_int_equal(dsq_v4_mtp_forward(m, &o, seq, 0, hidden, tok + 1, cut, m2, NULL, NULL), DSQ_OK);
     for (int64_t p = cut; p < n - 1; p++)
-        assert_int_equal(dsq_v4_mtp_forward(m, &o, seq, 0, hidden + (size_t)p * HD, tok + 1 + p, 1,
-                                            m2 + (size_t)p * V, NULL, NULL),
-                         DSQ_OK);
+        assert_int_equal(
+            dsq_v4_mtp_forward(m, &o, seq, 0, hidden + (size_t)p * HD, tok + 1 + p, 1, m2 + (size_t)p * V, NULL, NULL),
+            DSQ_OK);
     check_close("synth MTP decode = prefill", m2, m1, (size_t)(n - 1), V, SPLIT_TOL);
     dsq_v4_seq_free(seq);
     free(m1);
@@ -307,7 +307,7 @@ static dsq_status mut_get(const dsq_wsrc *s, const char *name, dsq_wview *v, dsq
     DSQ_TRY(mu->inner->get(mu->inner, name, v, err));
     if (mu->how == 1) v->shape[0] += 1;
     if (mu->how == 2) v->enc = (dsq_encoding)99; /* no such encoding */
-    if (mu->how == 4) { /* the same tensor in another codec of lib/quant */
+    if (mu->how == 4) {                          /* the same tensor in another codec of lib/quant */
         dsq_codec_layout lay;
         assert_int_equal(dsq_codec_layout_of(mu->to, v->shape[0], v->shape[1], mu->to_group, &lay, NULL), DSQ_OK);
         if (!mu->buf[0]) {
@@ -409,7 +409,7 @@ static void test_other_codecs(void **state) {
         int group;
         double tol;
     } cases[] = {
-        {"layers.1.ffn.experts.3.w1.weight", DSQ_ENC_FP8_B128, 0, 0.0},     /* MXFP4 → FP8 (spec §2.7) */
+        {"layers.1.ffn.experts.3.w1.weight", DSQ_ENC_FP8_B128, 0, 0.0},    /* MXFP4 → FP8 (spec §2.7) */
         {"layers.2.attn.wq_b.weight", DSQ_ENC_FP8_B128_F32, 0, 0.0},       /* UE8M0 → F32 scales */
         {"layers.0.attn.wo_b.weight", DSQ_ENC_INT8_G, 32, 5e-2},           /* lossy */
         {"layers.3.ffn.shared_experts.w2.weight", DSQ_ENC_NVFP4, 0, 5e-2}, /* lossy */
@@ -430,8 +430,10 @@ static void test_other_codecs(void **state) {
         float *dec = run_split(m, &o, tiny_tok, n, 5, 1); /* the one-token kernels too */
         double rel = eu_max_rel_l2(lg, tiny_prefill, (size_t)n, NV, NULL);
         printf("  %-40s as encoding %d: max row rel L2 %.3g\n", cases[i].name, (int)cases[i].to, rel);
-        if (cases[i].tol == 0.0) assert_memory_equal(lg, tiny_prefill, sizeof(float) * NV * (size_t)n);
-        else assert_true(rel <= cases[i].tol && rel > 0);
+        if (cases[i].tol == 0.0)
+            assert_memory_equal(lg, tiny_prefill, sizeof(float) * NV * (size_t)n);
+        else
+            assert_true(rel <= cases[i].tol && rel > 0);
         assert_true(eu_max_rel_l2(dec, lg, (size_t)n, NV, NULL) <= SPLIT_TOL);
         free(lg);
         free(dec);

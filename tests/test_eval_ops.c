@@ -57,8 +57,10 @@ static void test_rope_apply_inverse(void **state) {
 }
 
 static void test_hc_split(void **state) {
-    float *mixes = eu_f32(ops, "hc.mixes", NULL), *scale = eu_f32(ops, "hc.scale", NULL), *base = eu_f32(ops, "hc.base", NULL);
-    float *gpre = eu_f32(ops, "hc.pre", NULL), *gpost = eu_f32(ops, "hc.post", NULL), *gcomb = eu_f32(ops, "hc.comb", NULL);
+    float *mixes = eu_f32(ops, "hc.mixes", NULL), *scale = eu_f32(ops, "hc.scale", NULL),
+          *base = eu_f32(ops, "hc.base", NULL);
+    float *gpre = eu_f32(ops, "hc.pre", NULL), *gpost = eu_f32(ops, "hc.post", NULL),
+          *gcomb = eu_f32(ops, "hc.comb", NULL);
     double worst = 0;
     for (int t = 0; t < 32; t++) {
         float pre[4], post[4], comb[16];
@@ -134,16 +136,18 @@ static void test_act_sims(void **state) {
     in = eu_f32(ops, "hadamard.in_bf16", &n);
     g = eu_f32(ops, "hadamard.out_bf16", NULL);
     for (size_t r = 0; r < n / 128; r++) dsq_v4_hadamard(in + r * 128, 128, true);
-    for (size_t i = 0; i < n; i++)
-        assert_true(abs((int)dsq_bf16_from_f32(in[i]) - (int)dsq_bf16_from_f32(g[i])) <= 1);
+    for (size_t i = 0; i < n; i++) assert_true(abs((int)dsq_bf16_from_f32(in[i]) - (int)dsq_bf16_from_f32(g[i])) <= 1);
     free(in), free(g);
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_rope_tables),      cmocka_unit_test(test_rope_apply_inverse),
-        cmocka_unit_test(test_hc_split),         cmocka_unit_test(test_sparse_attention),
-        cmocka_unit_test(test_attention_sink_semantics), cmocka_unit_test(test_act_sims),
+        cmocka_unit_test(test_rope_tables),
+        cmocka_unit_test(test_rope_apply_inverse),
+        cmocka_unit_test(test_hc_split),
+        cmocka_unit_test(test_sparse_attention),
+        cmocka_unit_test(test_attention_sink_semantics),
+        cmocka_unit_test(test_act_sims),
     };
     return cmocka_run_group_tests_name("eval_ops", tests, setup, teardown);
 }

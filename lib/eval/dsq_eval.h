@@ -12,20 +12,20 @@
 dsq_status dsq_eval_read_tokens(const char *path, int32_t **out, int64_t *n, dsq_err *err);
 
 typedef struct dsq_eval_logits_options {
-    const char *model;        /* checkpoint directory */
-    const char *tokens;       /* token file (dsq_eval_read_tokens) */
-    const char *out;          /* output .safetensors */
-    dsq_eval_options eval;    /* numerics, threads, shared clamp, scalar kernels */
-    int64_t decode_from;      /* 0: one prefill; P > 0: prefill P tokens, then one token at a time */
-    bool mtp;                 /* also mtp_logits [n-1, vocab] */
-    bool dump_hidden;         /* also layer_out.N [n, hc, dim] and final_hidden */
-    uint64_t memory_budget;   /* 0 = none; else layer-streaming prefill under this cap (bytes) */
-    bool overwrite;           /* replace an existing output file */
+    const char *model;      /* checkpoint directory */
+    const char *tokens;     /* token file (dsq_eval_read_tokens) */
+    const char *out;        /* output .safetensors */
+    dsq_eval_options eval;  /* numerics, threads, shared clamp, scalar kernels */
+    int64_t decode_from;    /* 0: one prefill; P > 0: prefill P tokens, then one token at a time */
+    bool mtp;               /* also mtp_logits [n-1, vocab] */
+    bool dump_hidden;       /* also layer_out.N [n, hc, dim] and final_hidden */
+    uint64_t memory_budget; /* 0 = none; else layer-streaming prefill under this cap (bytes) */
+    bool overwrite;         /* replace an existing output file */
 } dsq_eval_logits_options;
 
 typedef struct dsq_eval_logits_report {
-    int64_t n_tokens;         /* tokens read */
-    int64_t rows;             /* rows of `logits` written */
+    int64_t n_tokens; /* tokens read */
+    int64_t rows;     /* rows of `logits` written */
     uint64_t vocab;
     double seconds_prefill, seconds_decode, seconds_mtp;
     int64_t prefill_tokens, decode_tokens;

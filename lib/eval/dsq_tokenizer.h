@@ -56,7 +56,8 @@ typedef struct dsq_tok_options {
  * with dsq_tok_free. */
 dsq_status dsq_tok_load_json(const char *json, size_t len, const char *what, const dsq_tok_options *opt, dsq_tok **out,
                              dsq_err *err);
-/* Load from a tokenizer.json file, or from a directory holding one (a checkpoint directory). */
+/* Load from a tokenizer.json file, from a directory holding one (a checkpoint directory), or from a
+ * .dsq container (the tokenizer.json text its metadata carries under `tokenizer`). */
 dsq_status dsq_tok_open(const char *path, const dsq_tok_options *opt, dsq_tok **out, dsq_err *err);
 void dsq_tok_free(dsq_tok *t);
 

@@ -37,7 +37,8 @@ const char *dsq_numerics_name(dsq_numerics n);
 
 typedef struct dsq_v4_model dsq_v4_model;
 
-/* Open PATH (a checkpoint directory holding config.json and safetensors shards).  Validates every
+/* Open PATH (a checkpoint directory holding config.json and safetensors shards, or a .dsq container
+ * whose metadata carries the config).  Validates every
  * tensor the config requires (presence, encoding, shape) before returning.  Close with
  * dsq_v4_model_close. */
 dsq_status dsq_v4_model_open(const char *path, dsq_v4_model **out, dsq_err *err);
@@ -92,12 +93,12 @@ dsq_status dsq_v4_forward(const dsq_v4_model *m, const dsq_eval_options *opt, ds
                           dsq_err *err);
 
 /* Layer-streaming evaluation with a memory cap: groups the items so that the activations and caches
- * of a group plus the largest block's weights fit in `memory_budget` bytes (0 = no cap: one group),
- * then runs each group layer-major, prefetching block i+1 (madvise WILLNEED) while block i runs and
- * releasing block i (DONTNEED) when the group is done with it.  Same results as dsq_v4_forward.
- * DSQ_ERR_RANGE when even one item does not fit. */
-dsq_status dsq_v4_forward_streaming(const dsq_v4_model *m, const dsq_eval_options *opt, dsq_v4_item *items,
-                                    int n_items, uint64_t memory_budget, dsq_err *err);
+ * of a group plus the largest block's weights (or the embedding + head) fit in `memory_budget` bytes (0 = no cap: one
+ * group), then runs each group layer-major, prefetching block i+1 (madvise WILLNEED) while block i runs and releasing
+ * block i (DONTNEED) when the group is done with it.  Same results as dsq_v4_forward. DSQ_ERR_RANGE when even one item
+ * does not fit. */
+dsq_status dsq_v4_forward_streaming(const dsq_v4_model *m, const dsq_eval_options *opt, dsq_v4_item *items, int n_items,
+                                    uint64_t memory_budget, dsq_err *err);
 /* Bytes of activations + caches that dsq_v4_forward needs for an item of n_tokens (fresh seq). */
 uint64_t dsq_v4_item_bytes(const dsq_v4_model *m, int64_t n_tokens);
 

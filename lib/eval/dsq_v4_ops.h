@@ -12,10 +12,10 @@
 
 /* ---- RoPE (spec §4.3) ------------------------------------------------------------------------ */
 typedef struct dsq_v4_rope {
-    int rope_dim;       /* rd (even) */
-    double base;        /* rope_theta or compress_rope_theta */
-    bool yarn;          /* apply the YaRN frequency ramp */
-    double factor;      /* rope_factor */
+    int rope_dim;  /* rd (even) */
+    double base;   /* rope_theta or compress_rope_theta */
+    bool yarn;     /* apply the YaRN frequency ramp */
+    double factor; /* rope_factor */
     double original_seq_len;
     double beta_fast, beta_slow;
 } dsq_v4_rope;
@@ -46,8 +46,8 @@ void dsq_v4_hadamard(float *x, int n, bool release);
 /* One query head: q[hd], key/value rows keys[i] (NULL = empty slot, index -1), n_keys of them in
  * list order, sink logit, softmax scale.  out[hd].  Release: bf16 q/kv assumed, chunks of 64,
  * bf16 P in P·V, output bf16.  Exact: f32 softmax with the sink as an extra logit. */
-void dsq_v4_sparse_attention(const float *q, const float *const *keys, int64_t n_keys, int hd, float sink,
-                             float scale, bool release, float *out);
+void dsq_v4_sparse_attention(const float *q, const float *const *keys, int64_t n_keys, int hd, float sink, float scale,
+                             bool release, float *out);
 
 /* ---- selection ------------------------------------------------------------------------------ */
 /* out[k] = indices of the k largest of v[n] (k ≤ n), best first; equal values: lower index first

@@ -67,7 +67,8 @@ static dsq_status tokens_from_text(const char *path, int32_t **out, int64_t *n, 
             break;
         }
         if (id < INT32_MIN || id > INT32_MAX) {
-            s = dsq_err_set(err, DSQ_ERR_TOKEN, "%s: token %lld (index %lld) is out of range", path, id, (long long)cnt);
+            s = dsq_err_set(err, DSQ_ERR_TOKEN, "%s: token %lld (index %lld) is out of range", path, id,
+                            (long long)cnt);
             break;
         }
         if (cnt == cap) {
@@ -114,14 +115,14 @@ dsq_status dsq_eval_read_tokens(const char *path, int32_t **out, int64_t *n, dsq
 /* ---- the job ----------------------------------------------------------------------------------- */
 
 typedef struct outputs {
-    float *logits;      /* [rows][V] */
-    float *mtp;         /* [n-1][V] */
-    float *hidden;      /* [n][hc][D] */
-    float **layer_out;  /* [L] × [n][hc][D] */
+    float *logits;     /* [rows][V] */
+    float *mtp;        /* [n-1][V] */
+    float *hidden;     /* [n][hc][D] */
+    float **layer_out; /* [L] × [n][hc][D] */
 } outputs;
 
-static dsq_status write_outputs(const dsq_eval_logits_options *opt, const dsq_v4_config *c, const outputs *o,
-                                int64_t n, int64_t rows, dsq_err *err) {
+static dsq_status write_outputs(const dsq_eval_logits_options *opt, const dsq_v4_config *c, const outputs *o, int64_t n,
+                                int64_t rows, dsq_err *err) {
     dsq_st_writer *w = NULL;
     DSQ_TRY(dsq_st_writer_create(opt->out, opt->overwrite, &w, err));
     uint64_t V = c->vocab_size, hc = (uint64_t)c->hc_mult, D = c->dim;
@@ -162,7 +163,8 @@ dsq_status dsq_eval_logits(const dsq_eval_logits_options *opt, dsq_eval_logits_r
     float **step_lo = NULL;
     dsq_status s = DSQ_OK;
     if (n < 1 || (opt->mtp && n < 2)) {
-        s = dsq_err_set(err, DSQ_ERR_ARG, "%s: %lld tokens: need at least %d", opt->tokens, (long long)n, opt->mtp ? 2 : 1);
+        s = dsq_err_set(err, DSQ_ERR_ARG, "%s: %lld tokens: need at least %d", opt->tokens, (long long)n,
+                        opt->mtp ? 2 : 1);
         goto done;
     }
     if (opt->decode_from < 0 || opt->decode_from > n) {
@@ -195,7 +197,8 @@ dsq_status dsq_eval_logits(const dsq_eval_logits_options *opt, dsq_eval_logits_r
     if (opt->dump_hidden) {
         o.layer_out = dsq_calloc((size_t)c->n_layers, sizeof(float *));
         step_lo = dsq_calloc((size_t)c->n_layers, sizeof(float *));
-        for (int b = 0; o.layer_out && b < c->n_layers; b++) o.layer_out[b] = dsq_malloc(sizeof(float) * HD * (size_t)n);
+        for (int b = 0; o.layer_out && b < c->n_layers; b++)
+            o.layer_out[b] = dsq_malloc(sizeof(float) * HD * (size_t)n);
     }
     bool ok = o.logits && pre_logits && (!need_hidden || o.hidden) && (!opt->mtp || o.mtp) &&
               (!opt->dump_hidden || (o.layer_out && step_lo));
@@ -209,8 +212,10 @@ dsq_status dsq_eval_logits(const dsq_eval_logits_options *opt, dsq_eval_logits_r
 
     double t0 = dsq_now();
     dsq_v4_item it = {seq, tok, P, pre_logits, o.hidden, o.layer_out};
-    if (opt->memory_budget) s = dsq_v4_forward_streaming(m, &opt->eval, &it, 1, opt->memory_budget, err);
-    else s = dsq_v4_forward(m, &opt->eval, &it, 1, err);
+    if (opt->memory_budget)
+        s = dsq_v4_forward_streaming(m, &opt->eval, &it, 1, opt->memory_budget, err);
+    else
+        s = dsq_v4_forward(m, &opt->eval, &it, 1, err);
     if (s) goto done;
     rep.seconds_prefill = dsq_now() - t0;
     rep.prefill_tokens = P;
@@ -219,10 +224,12 @@ dsq_status dsq_eval_logits(const dsq_eval_logits_options *opt, dsq_eval_logits_r
         t0 = dsq_now();
         for (int64_t p = P; p < n && !s; p++) {
             for (int b = 0; step_lo && b < c->n_layers; b++) step_lo[b] = o.layer_out[b] + (size_t)p * HD;
-            dsq_v4_item st = {seq, tok + p, 1, o.logits + (size_t)(p - P + 1) * V,
-                              o.hidden ? o.hidden + (size_t)p * HD : NULL, step_lo};
+            dsq_v4_item st = {
+                seq,    tok + p, 1, o.logits + (size_t)(p - P + 1) * V, o.hidden ? o.hidden + (size_t)p * HD : NULL,
+                step_lo};
             s = dsq_v4_forward(m, &opt->eval, &st, 1, err);
-            if (!s && dsq_interrupted()) s = dsq_err_set(err, DSQ_ERR_INTERRUPTED, "interrupted at position %lld", (long long)p);
+            if (!s && dsq_interrupted())
+                s = dsq_err_set(err, DSQ_ERR_INTERRUPTED, "interrupted at position %lld", (long long)p);
         }
         if (s) goto done;
         rep.seconds_decode = dsq_now() - t0;

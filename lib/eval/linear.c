@@ -6,8 +6,8 @@
 #include <omp.h>
 #include <string.h>
 
-#include "dsq_core.h"
 #include "dsq_codec.h"
+#include "dsq_core.h"
 #include "dsq_numeric.h"
 #include "v4_internal.h"
 
@@ -31,7 +31,7 @@ static inline float e8m0(uint8_t b) {
 bool dsq__cpu_has_avx2(void) {
 #ifdef HAVE_X86
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 #else
     return false;
 #endif
@@ -116,11 +116,19 @@ static void dequant_rows_avx2(const dsq_wview *w, uint64_t row0, uint64_t n, flo
         uint64_t r = row0 + i;
         float *o = out + i * cols;
         switch (w->enc) {
-        case DSQ_ENC_BF16: dequant_bf16_avx2(w->data + 2 * r * cols, cols, o); break;
+        case DSQ_ENC_BF16:
+            dequant_bf16_avx2(w->data + 2 * r * cols, cols, o);
+            break;
         case DSQ_ENC_FP8_B128:
-        case DSQ_ENC_FP8_B128_F32: dequant_fp8_b128_avx2(w, r, o); break;
-        case DSQ_ENC_MXFP4: dequant_mxfp4_avx2(w, r, o); break;
-        default: dsq__dequant_rows(w, r, 1, o); break; /* the other codecs: lib/quant */
+        case DSQ_ENC_FP8_B128_F32:
+            dequant_fp8_b128_avx2(w, r, o);
+            break;
+        case DSQ_ENC_MXFP4:
+            dequant_mxfp4_avx2(w, r, o);
+            break;
+        default:
+            dsq__dequant_rows(w, r, 1, o);
+            break; /* the other codecs: lib/quant */
         }
     }
 }
@@ -213,10 +221,12 @@ __attribute__((target("avx2,fma"))) static void tile_avx2(const float *w, size_t
 #ifdef HAVE_X86
 /* One token (decode): ROW_TILE rows dequantized in registers and reduced at once, no scratch.
  * Same weight values and the same per-lane FMA order as dequantize-then-dot, so the same bits. */
-__attribute__((target("avx2,fma"), always_inline)) static inline __m256 wvec(const dsq_wview *w, uint64_t r, uint64_t c) {
+__attribute__((target("avx2,fma"), always_inline)) static inline __m256 wvec(const dsq_wview *w, uint64_t r,
+                                                                             uint64_t c) {
     uint64_t cols = w->shape[1];
     switch (w->enc) {
-    case DSQ_ENC_F32: return _mm256_loadu_ps((const float *)(const void *)(w->data + 4 * (r * cols + c)));
+    case DSQ_ENC_F32:
+        return _mm256_loadu_ps((const float *)(const void *)(w->data + 4 * (r * cols + c)));
     case DSQ_ENC_BF16: {
         __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w->data + 2 * (r * cols + c))));
         return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
@@ -243,15 +253,50 @@ __attribute__((target("avx2,fma"), always_inline)) static inline __m256 wvec(con
     }
 }
 
-#define FUSED_BODY()                                                                                               \
-    do {                                                                                                           \
-        for (uint64_t c = 0; c < cols; c += 8) {                                                                  \
-            __m256 xv = _mm256_loadu_ps(x + c);                                                                    \
-            a0 = _mm256_fmadd_ps(wvec(&we, r0, c), xv, a0);                                                        \
-            a1 = _mm256_fmadd_ps(wvec(&we, r0 + 1, c), xv, a1);                                                    \
-            a2 = _mm256_fmadd_ps(wvec(&we, r0 + 2, c), xv, a2);                                                    \
-            a3 = _mm256_fmadd_ps(wvec(&we, r0 + 3, c), xv, a3);                                                    \
-        }                                                                                                          \
+/* FP8 128x128, four rows, one token: 16 codes at a time become fp16 bit patterns (e4m3 value ·
+ * 2^-8, subnormals included) converted by F16C, then ·256·s — exact, so the same weights as the
+ * other paths, and the same per-lane FMA order. */
+__attribute__((target("avx2,fma,f16c"))) static void fp8_rows4(const dsq_wview *w, uint64_t r0, const float *x,
+                                                               __m256 *a0, __m256 *a1, __m256 *a2, __m256 *a3) {
+    uint64_t cols = w->shape[1], nbk = cols / 128, si0 = (r0 / 128) * nbk;
+    const uint8_t *base = w->data + r0 * cols;
+    const __m256i m7f = _mm256_set1_epi16(0x7f), m80 = _mm256_set1_epi16(0x80);
+    const __m256 k256 = _mm256_set1_ps(256.0f);
+    __m256 A0 = *a0, A1 = *a1, A2 = *a2, A3 = *a3;
+    for (uint64_t bk = 0; bk < nbk; bk++) {
+        float sc = w->enc == DSQ_ENC_FP8_B128 ? e8m0(w->scale[si0 + bk]) : dsq__ld_f32(w->scale + 4 * (si0 + bk));
+        __m256 sv = _mm256_set1_ps(sc);
+        for (uint64_t c = bk * 128; c < bk * 128 + 128; c += 16) {
+            __m256 x0 = _mm256_loadu_ps(x + c), x1 = _mm256_loadu_ps(x + c + 8);
+#define FP8_ROW(r, A)                                                                                                  \
+    do {                                                                                                               \
+        __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(base + (uint64_t)(r)*cols + c)));           \
+        __m256i h = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(b, m7f), 7),                                    \
+                                    _mm256_slli_epi16(_mm256_and_si256(b, m80), 8));                                   \
+        __m256 f0 = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), k256), sv);                \
+        __m256 f1 = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), k256), sv);           \
+        A = _mm256_fmadd_ps(f0, x0, A);                                                                                \
+        A = _mm256_fmadd_ps(f1, x1, A);                                                                                \
+    } while (0)
+            FP8_ROW(0, A0);
+            FP8_ROW(1, A1);
+            FP8_ROW(2, A2);
+            FP8_ROW(3, A3);
+#undef FP8_ROW
+        }
+    }
+    *a0 = A0, *a1 = A1, *a2 = A2, *a3 = A3;
+}
+
+#define FUSED_BODY()                                                                                                   \
+    do {                                                                                                               \
+        for (uint64_t c = 0; c < cols; c += 8) {                                                                       \
+            __m256 xv = _mm256_loadu_ps(x + c);                                                                        \
+            a0 = _mm256_fmadd_ps(wvec(&we, r0, c), xv, a0);                                                            \
+            a1 = _mm256_fmadd_ps(wvec(&we, r0 + 1, c), xv, a1);                                                        \
+            a2 = _mm256_fmadd_ps(wvec(&we, r0 + 2, c), xv, a2);                                                        \
+            a3 = _mm256_fmadd_ps(wvec(&we, r0 + 3, c), xv, a3);                                                        \
+        }                                                                                                              \
     } while (0)
 
 __attribute__((target("avx2,fma"))) static void fused1_avx2(const dsq_wview *w, uint64_t r0, const float *x, float *y) {
@@ -260,21 +305,37 @@ __attribute__((target("avx2,fma"))) static void fused1_avx2(const dsq_wview *w, 
     dsq_wview we = *w;
     /* one loop per encoding so wvec's switch folds away */
     switch (w->enc) {
-    case DSQ_ENC_F32: we.enc = DSQ_ENC_F32; FUSED_BODY(); break;
-    case DSQ_ENC_BF16: we.enc = DSQ_ENC_BF16; FUSED_BODY(); break;
-    case DSQ_ENC_FP8_B128: we.enc = DSQ_ENC_FP8_B128; FUSED_BODY(); break;
-    case DSQ_ENC_FP8_B128_F32: we.enc = DSQ_ENC_FP8_B128_F32; FUSED_BODY(); break;
+    case DSQ_ENC_F32:
+        we.enc = DSQ_ENC_F32;
+        FUSED_BODY();
+        break;
+    case DSQ_ENC_BF16:
+        we.enc = DSQ_ENC_BF16;
+        FUSED_BODY();
+        break;
+    case DSQ_ENC_FP8_B128:
+    case DSQ_ENC_FP8_B128_F32:
+        if (cols % 128 == 0) {
+            fp8_rows4(w, r0, x, &a0, &a1, &a2, &a3);
+            break;
+        }
+        we.enc = w->enc;
+        if (we.enc == DSQ_ENC_FP8_B128)
+            FUSED_BODY();
+        else
+            FUSED_BODY();
+        break;
     default: { /* MXFP4: 32 columns per scale byte */
         uint64_t nb = cols / 32;
         const uint8_t *c0 = w->data + r0 * (cols / 2), *s0 = w->scale + r0 * nb;
-#define FP4_ROW(r, acc)                                                                                            \
-    do {                                                                                                           \
-        __m256 v[4];                                                                                               \
-        fp4x32(c0 + (uint64_t)(r) * (cols / 2) + b * 16, e8m0(s0[(uint64_t)(r) * nb + b]), v);                     \
-        acc = _mm256_fmadd_ps(v[0], x0, acc);                                                                      \
-        acc = _mm256_fmadd_ps(v[1], x1, acc);                                                                      \
-        acc = _mm256_fmadd_ps(v[2], x2, acc);                                                                      \
-        acc = _mm256_fmadd_ps(v[3], x3, acc);                                                                      \
+#define FP4_ROW(r, acc)                                                                                                \
+    do {                                                                                                               \
+        __m256 v[4];                                                                                                   \
+        fp4x32(c0 + (uint64_t)(r) * (cols / 2) + b * 16, e8m0(s0[(uint64_t)(r)*nb + b]), v);                           \
+        acc = _mm256_fmadd_ps(v[0], x0, acc);                                                                          \
+        acc = _mm256_fmadd_ps(v[1], x1, acc);                                                                          \
+        acc = _mm256_fmadd_ps(v[2], x2, acc);                                                                          \
+        acc = _mm256_fmadd_ps(v[3], x3, acc);                                                                          \
     } while (0)
         for (uint64_t b = 0; b < nb; b++) {
             __m256 x0 = _mm256_loadu_ps(x + b * 32), x1 = _mm256_loadu_ps(x + b * 32 + 8);
@@ -299,7 +360,7 @@ __attribute__((target("avx2,fma"))) static void fused1_avx2(const dsq_wview *w, 
 
 static bool fusable(const dsq_wview *w) {
     return w->shape[1] % 8 == 0 && (w->enc == DSQ_ENC_F32 || w->enc == DSQ_ENC_BF16 || w->enc == DSQ_ENC_FP8_B128 ||
-                                     w->enc == DSQ_ENC_FP8_B128_F32 || w->enc == DSQ_ENC_MXFP4);
+                                    w->enc == DSQ_ENC_FP8_B128_F32 || w->enc == DSQ_ENC_MXFP4);
 }
 #endif
 
@@ -350,7 +411,8 @@ dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, ui
             }
 #endif
 #ifdef HAVE_X86
-            if (avx2) dequant_rows_avx2(w, row0 + r0, (uint64_t)nr, buf);
+            if (avx2)
+                dequant_rows_avx2(w, row0 + r0, (uint64_t)nr, buf);
             else
 #endif
                 dsq__dequant_rows(w, row0 + r0, (uint64_t)nr, buf);
@@ -369,7 +431,8 @@ dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, ui
         }
         dsq_free_aligned(buf);
     }
-    if (failed) return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: no memory for a %zu-column dequantization tile", w->name, cols);
+    if (failed)
+        return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: no memory for a %zu-column dequantization tile", w->name, cols);
     return DSQ_OK;
 }
 

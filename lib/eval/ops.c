@@ -138,11 +138,10 @@ void dsq_v4_hadamard(float *x, int n, bool release) {
 
 /* ---- sparse attention ------------------------------------------------------------------------------ */
 
-
 enum { ATTN_CHUNK = 64 };
 
-void dsq_v4_sparse_attention(const float *q, const float *const *keys, int64_t n_keys, int hd, float sink,
-                             float scale, bool release, float *out) {
+void dsq_v4_sparse_attention(const float *q, const float *const *keys, int64_t n_keys, int hd, float sink, float scale,
+                             bool release, float *out) {
     dsq__sparse_attention(NULL, q, keys, n_keys, hd, sink, scale, release, out);
 }
 

@@ -294,7 +294,7 @@ static void md_families(sb *s, const dsq_report *r) {
     size_t nf = family_union(r, names, MAX_FAMILIES);
     if (!nf) return;
     sb_puts(s, "\n## Quantization error by tensor family (`dsq verify`)\n\nrel RMS = ‖w − ŵ‖ / ‖w‖; "
-               "max abs = max |w − ŵ|; cosine of w and ŵ.\n");
+               "max abs = max |w − ŵ|; cosine of w and ŵ (from `dsq compare`: the family's worst tensor).\n");
     for (size_t i = 0; i < r->n_builds; i++) {
         const dsq_report_build *b = &r->builds[i];
         if (!b->n_families) continue;

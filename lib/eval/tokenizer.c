@@ -11,7 +11,9 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "dsq_container.h"
 #include "dsq_json.h"
+#include "dsq_wsrc.h"
 
 enum {
     TOK_PRESENT = 1, /* some token has this id */
@@ -832,8 +834,36 @@ dsq_status dsq_tok_load_json(const char *json, size_t len, const char *what, con
     return DSQ_OK;
 }
 
+/* The tokenizer.json text a .dsq container carries in its metadata (`tokenizer` {"tokenizer.json"}). */
+static dsq_status open_from_container(const char *path, const dsq_tok_options *opt, dsq_tok **out, dsq_err *err) {
+    dsq_ctr_reader *r = NULL;
+    DSQ_TRY(dsq_ctr_reader_open(path, NULL, &r, err));
+    size_t len = 0;
+    const char *meta = dsq_ctr_metadata(r, &len);
+    cJSON *m = NULL;
+    dsq_status st = meta ? dsq_json_parse(meta, len, path, &m, err)
+                         : dsq_err_set(err, DSQ_ERR_MISSING, "%s: container has no metadata", path);
+    if (st == DSQ_OK) {
+        const cJSON *tj = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(m, "tokenizer"),
+                                                           "tokenizer.json");
+        if (!cJSON_IsString(tj))
+            st = dsq_err_set(err, DSQ_ERR_MISSING, "%s: metadata has no tokenizer.tokenizer.json (the source "
+                             "checkpoint had no tokenizer.json)", path);
+        else {
+            char *what = dsq_path_join(path, "tokenizer.json");
+            st = what ? dsq_tok_load_json(tj->valuestring, strlen(tj->valuestring), what, opt, out, err)
+                      : dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", path);
+            dsq_free(what);
+        }
+    }
+    cJSON_Delete(m);
+    dsq_ctr_reader_close(r);
+    return st;
+}
+
 dsq_status dsq_tok_open(const char *path, const dsq_tok_options *opt, dsq_tok **out, dsq_err *err) {
     *out = NULL;
+    if (dsq_wsrc_is_dsq(path)) return open_from_container(path, opt, out, err);
     char *file = dsq_path_is_dir(path) ? dsq_path_join(path, "tokenizer.json") : dsq_strdup(path);
     if (!file) return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", path);
     char *json = NULL;

@@ -37,18 +37,18 @@ typedef struct seg {
 static inline float R(const run *r, float x) { return r->rel ? dsq_bf16_round(x) : x; }
 static inline float sigm(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-#define ALLOC(ptr, count)                                                                                          \
-    do {                                                                                                           \
-        (ptr) = dsq_malloc(sizeof *(ptr) * (size_t)((count) > 0 ? (count) : 1));                                   \
-        if (!(ptr)) {                                                                                              \
-            st = dsq_err_set(r->err, DSQ_ERR_NOMEM, "no memory for %s (%lld elements)", #ptr, (long long)(count)); \
-            goto done;                                                                                             \
-        }                                                                                                          \
+#define ALLOC(ptr, count)                                                                                              \
+    do {                                                                                                               \
+        (ptr) = dsq_malloc(sizeof *(ptr) * (size_t)((count) > 0 ? (count) : 1));                                       \
+        if (!(ptr)) {                                                                                                  \
+            st = dsq_err_set(r->err, DSQ_ERR_NOMEM, "no memory for %s (%lld elements)", #ptr, (long long)(count));     \
+            goto done;                                                                                                 \
+        }                                                                                                              \
     } while (0)
-#define CHECK(expr)                                                                                                \
-    do {                                                                                                           \
-        st = (expr);                                                                                               \
-        if (st) goto done;                                                                                         \
+#define CHECK(expr)                                                                                                    \
+    do {                                                                                                               \
+        st = (expr);                                                                                                   \
+        if (st) goto done;                                                                                             \
     } while (0)
 
 /* ---- linear layers in the two numerics ----------------------------------------------------------- */
@@ -144,7 +144,8 @@ static void hc_post(const run *r, const float *o, float *X, const float *post, c
 
 static void norm_rows(const run *r, float *a, const float *w, int64_t n, int64_t width, size_t ld) {
 #pragma omp parallel for num_threads(r->k.threads) if (n > 1)
-    for (int64_t t = 0; t < n; t++) dsq_v4_rms_norm(a + (size_t)t * ld, w, width, (float)r->c->norm_eps, r->rel, a + (size_t)t * ld);
+    for (int64_t t = 0; t < n; t++)
+        dsq_v4_rms_norm(a + (size_t)t * ld, w, width, (float)r->c->norm_eps, r->rel, a + (size_t)t * ld);
 }
 
 /* ---- compressor (spec §4.5) -------------------------------------------------------------------------- */
@@ -386,7 +387,7 @@ static dsq_status attention_seg(const run *r, const v4_block_w *B, v4_layer_cach
             dsq_free(buf);
         }
         if (failed) CHECK(dsq_err_set(r->err, DSQ_ERR_NOMEM, "no memory for indexer scores"));
-        /* sparse attention with sink, then inverse RoPE at the query position */
+            /* sparse attention with sink, then inverse RoPE at the query position */
 #pragma omp parallel for num_threads(r->k.threads) if (tc * H > 1) collapse(2)
         for (int64_t t = 0; t < tc; t++)
             for (int h = 0; h < H; h++) {
@@ -399,8 +400,8 @@ static dsq_status attention_seg(const run *r, const v4_block_w *B, v4_layer_cach
         /* grouped low-rank output: u_g = wo_a_g · o_g (bf16 GEMM in release, input not quantized) */
         size_t gw = Hhd / (size_t)G;
         for (int g = 0; g < G; g++)
-            CHECK(lin_rows(r, LIN_BF16, &B->wo_a, (uint64_t)g * ol, (uint64_t)ol, oh + g * gw, Hhd, tc, u + (size_t)g * ol,
-                           (size_t)G * ol));
+            CHECK(lin_rows(r, LIN_BF16, &B->wo_a, (uint64_t)g * ol, (uint64_t)ol, oh + g * gw, Hhd, tc,
+                           u + (size_t)g * ol, (size_t)G * ol));
         CHECK(lin(r, LIN_FP8, &B->wo_b, u, tc, out + (size_t)t0 * D));
     }
     /* window ring: the last min(T, W) kv rows at slot pos mod W (after the queries used the old ones) */
@@ -711,13 +712,14 @@ uint64_t dsq_v4_item_bytes(const dsq_v4_model *m, int64_t n_tokens) {
     return per_tok * t + fixed + cache;
 }
 
-dsq_status dsq_v4_forward_streaming(const dsq_v4_model *m, const dsq_eval_options *opt, dsq_v4_item *items,
-                                    int n_items, uint64_t memory_budget, dsq_err *err) {
+dsq_status dsq_v4_forward_streaming(const dsq_v4_model *m, const dsq_eval_options *opt, dsq_v4_item *items, int n_items,
+                                    uint64_t memory_budget, dsq_err *err) {
     run r;
     run_init(&r, m, opt, err);
     uint64_t wmax = 0;
     for (int b = 0; b < m->cfg.n_layers; b++)
         if (m->blocks[b].bytes > wmax) wmax = m->blocks[b].bytes;
+    if (m->global_bytes > wmax) wmax = m->global_bytes; /* the head stage: embed/head + activations */
     int i = 0;
     while (i < n_items) {
         int j = i;

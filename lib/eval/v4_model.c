@@ -17,9 +17,12 @@ void dsq_eval_options_default(dsq_eval_options *o) {
 }
 
 bool dsq_numerics_from_name(const char *s, dsq_numerics *out) {
-    if (!strcmp(s, "exact")) *out = DSQ_NUMERICS_EXACT;
-    else if (!strcmp(s, "release")) *out = DSQ_NUMERICS_RELEASE;
-    else return false;
+    if (!strcmp(s, "exact"))
+        *out = DSQ_NUMERICS_EXACT;
+    else if (!strcmp(s, "release"))
+        *out = DSQ_NUMERICS_RELEASE;
+    else
+        return false;
     return true;
 }
 
@@ -75,9 +78,10 @@ static dsq_status get_matrix(loader *L, dsq_wview *v, uint64_t rows, uint64_t co
     char what[DSQ_ERR_MSG_MAX / 2 + 64];
     snprintf(what, sizeof what, "%s: %s", s->path, name);
     DSQ_TRY(dsq_codec_layout_of(v->enc, rows, cols, v->group, &lay, L->err));
-    DSQ_RETURN_IF(v->data_bytes != lay.data_bytes || v->scale_bytes != lay.scale_bytes || v->mins_bytes != lay.min_bytes,
-                  L->err, DSQ_ERR_SHAPE, "%s: stored bytes (%llu codes, %llu scales) do not match the encoding's layout",
-                  what, (unsigned long long)v->data_bytes, (unsigned long long)v->scale_bytes);
+    DSQ_RETURN_IF(
+        v->data_bytes != lay.data_bytes || v->scale_bytes != lay.scale_bytes || v->mins_bytes != lay.min_bytes, L->err,
+        DSQ_ERR_SHAPE, "%s: stored bytes (%llu codes, %llu scales) do not match the encoding's layout", what,
+        (unsigned long long)v->data_bytes, (unsigned long long)v->scale_bytes);
     dsq_qtensor q = dsq__qtensor_of(v);
     DSQ_TRY(dsq_codec_check(&q, what, L->err));
     /* RELIABILITY.md: NaN scales are rejected.  128×128 block scales are small enough to scan at open;
@@ -90,7 +94,8 @@ static dsq_status get_matrix(loader *L, dsq_wview *v, uint64_t rows, uint64_t co
 }
 
 /* A small vector of n values (F32 or BF16) copied to a new f32 array. */
-static dsq_status get_vec(loader *L, float **out, uint64_t n, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static dsq_status get_vec(loader *L, float **out, uint64_t n, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 static dsq_status get_vec(loader *L, float **out, uint64_t n, const char *fmt, ...) {
     char name[DSQ_ERR_MSG_MAX / 2];
     va_list ap;
@@ -103,8 +108,8 @@ static dsq_status get_vec(loader *L, float **out, uint64_t n, const char *fmt, .
     uint64_t ne = 0;
     DSQ_RETURN_IF(!dsq_wview_elements(&v, &ne) || ne != n, L->err, DSQ_ERR_SHAPE,
                   "%s: %s: must hold %llu values for this config", s->path, name, (unsigned long long)n);
-    DSQ_RETURN_IF(v.enc != DSQ_ENC_F32 && v.enc != DSQ_ENC_BF16, L->err, DSQ_ERR_DTYPE,
-                  "%s: %s: must be F32 or BF16", s->path, name);
+    DSQ_RETURN_IF(v.enc != DSQ_ENC_F32 && v.enc != DSQ_ENC_BF16, L->err, DSQ_ERR_DTYPE, "%s: %s: must be F32 or BF16",
+                  s->path, name);
     float *f = dsq_malloc(sizeof(float) * (n ? n : 1));
     DSQ_RETURN_IF(!f, L->err, DSQ_ERR_NOMEM, "%s: %s: no memory", s->path, name);
     for (uint64_t i = 0; i < n; i++)
@@ -155,8 +160,10 @@ static dsq_status load_block(loader *L, v4_block_w *B, int b) {
     char P[64];
     B->id = b;
     B->mtp = b >= c->n_layers;
-    if (B->mtp) snprintf(P, sizeof P, "mtp.%d.", b - c->n_layers);
-    else snprintf(P, sizeof P, "layers.%d.", b);
+    if (B->mtp)
+        snprintf(P, sizeof P, "mtp.%d.", b - c->n_layers);
+    else
+        snprintf(P, sizeof P, "layers.%d.", b);
     B->ratio = c->compress_ratios[b];
     B->kind = B->ratio == 0 ? DSQ_ATTN_SLIDING : B->ratio == 4 ? DSQ_ATTN_CSA : DSQ_ATTN_HCA;
     B->hash = !B->mtp && b < c->n_hash_layers; /* spec §8.16: MTP blocks are never hash layers */
@@ -294,10 +301,10 @@ void dsq_v4_model_close(dsq_v4_model *m) {
 
 /* Limits of this implementation on top of what config parsing checks. */
 static dsq_status check_config(const dsq_v4_config *c, const char *what, dsq_err *err) {
-    DSQ_RETURN_IF(c->n_layers < 1 || c->n_mtp_layers < 0 || c->n_compress_ratios < c->n_layers + c->n_mtp_layers,
-                  err, DSQ_ERR_CONFIG, "%s: need compress_ratios for every layer and MTP block", what);
-    DSQ_RETURN_IF(c->dim < 1 || c->vocab_size < 1 || c->hc_mult < 1 || c->hc_mult > 16 || c->n_heads < 1 || c->o_groups < 1 ||
-                      c->n_heads % c->o_groups != 0,
+    DSQ_RETURN_IF(c->n_layers < 1 || c->n_mtp_layers < 0 || c->n_compress_ratios < c->n_layers + c->n_mtp_layers, err,
+                  DSQ_ERR_CONFIG, "%s: need compress_ratios for every layer and MTP block", what);
+    DSQ_RETURN_IF(c->dim < 1 || c->vocab_size < 1 || c->hc_mult < 1 || c->hc_mult > 16 || c->n_heads < 1 ||
+                      c->o_groups < 1 || c->n_heads % c->o_groups != 0,
                   err, DSQ_ERR_CONFIG, "%s: n_heads must be a positive multiple of o_groups", what);
     DSQ_RETURN_IF(c->head_dim < 2 || c->head_dim > DSQ_V4_MAX_HEAD_DIM || c->rope_head_dim < 2 ||
                       c->rope_head_dim % 2 != 0 || c->rope_head_dim > c->head_dim,
@@ -352,8 +359,10 @@ dsq_status dsq_v4_model_create(dsq_wsrc *src, const dsq_v4_config *cfg, dsq_v4_m
     int nb = cfg->n_layers + cfg->n_mtp_layers;
     if (!st) {
         m->blocks = dsq_calloc((size_t)nb, sizeof *m->blocks);
-        if (!m->blocks) st = dsq_err_set(err, DSQ_ERR_NOMEM, "no memory for %d blocks", nb);
-        else m->n_blocks = nb;
+        if (!m->blocks)
+            st = dsq_err_set(err, DSQ_ERR_NOMEM, "no memory for %d blocks", nb);
+        else
+            m->n_blocks = nb;
     }
     for (int b = 0; !st && b < nb; b++) st = load_block(&L, &m->blocks[b], b);
     if (st) {
@@ -498,7 +507,8 @@ uint64_t dsq_v4_seq_bytes(const dsq_v4_seq *s) {
         const v4_block_w *B = &s->m->blocks[b];
         const v4_layer_cache *lc = &s->lc[b];
         total += (uint64_t)c->window_size * (uint64_t)c->head_dim * 4;
-        total += (uint64_t)lc->cap * ((uint64_t)c->head_dim + (B->kind == DSQ_ATTN_CSA ? (uint64_t)c->index_head_dim : 0)) * 4;
+        total += (uint64_t)lc->cap *
+                 ((uint64_t)c->head_dim + (B->kind == DSQ_ATTN_CSA ? (uint64_t)c->index_head_dim : 0)) * 4;
         if (B->ratio > 0) total += 2 * comp_state_elems(&B->comp) * 4;
         if (B->kind == DSQ_ATTN_CSA) total += 2 * comp_state_elems(&B->idx_comp) * 4;
     }

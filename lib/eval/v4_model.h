@@ -9,19 +9,19 @@
 typedef struct v4_compressor_w {
     int ratio, c, d;
     bool overlap;
-    float *ape;       /* [r][c·d] owned */
-    dsq_wview wkv;    /* [c·d, D] */
-    dsq_wview wgate;  /* [c·d, D] */
-    float *norm;      /* [d] owned */
+    float *ape;      /* [r][c·d] owned */
+    dsq_wview wkv;   /* [c·d, D] */
+    dsq_wview wgate; /* [c·d, D] */
+    float *norm;     /* [d] owned */
 } v4_compressor_w;
 
 enum { V4_MAX_VIEWS_PER_BLOCK = 64 };
 
 typedef struct v4_block_w {
-    int id;          /* 0 … n_layers-1 main, n_layers + m for MTP block m */
-    int ratio;       /* compress ratio */
+    int id;    /* 0 … n_layers-1 main, n_layers + m for MTP block m */
+    int ratio; /* compress ratio */
     dsq_attn_kind kind;
-    bool hash;       /* hash routing (main layers < n_hash_layers) */
+    bool hash; /* hash routing (main layers < n_hash_layers) */
     bool mtp;
     float *attn_norm, *ffn_norm;       /* [D] */
     dsq_wview hc_attn_fn, hc_ffn_fn;   /* F32 [mix, hc·D] */
@@ -29,18 +29,18 @@ typedef struct v4_block_w {
     float hc_attn_scale[3], hc_ffn_scale[3];
     /* attention */
     dsq_wview wq_a, wq_b, wkv, wo_a, wo_b;
-    float *q_norm;    /* [ql] */
-    float *kv_norm;   /* [hd] */
-    float *attn_sink; /* [H] */
-    float *freqs;     /* [rd/2] RoPE frequencies of this block (YaRN when ratio > 0) */
-    v4_compressor_w comp;     /* ratio > 0 */
-    v4_compressor_w idx_comp; /* CSA */
-    dsq_wview idx_wq_b;       /* CSA [nih·ihd, ql] */
+    float *q_norm;              /* [ql] */
+    float *kv_norm;             /* [hd] */
+    float *attn_sink;           /* [H] */
+    float *freqs;               /* [rd/2] RoPE frequencies of this block (YaRN when ratio > 0) */
+    v4_compressor_w comp;       /* ratio > 0 */
+    v4_compressor_w idx_comp;   /* CSA */
+    dsq_wview idx_wq_b;         /* CSA [nih·ihd, ql] */
     dsq_wview idx_weights_proj; /* CSA [nih, D] */
     /* MoE */
-    dsq_wview gate;   /* [E, D] */
-    float *gate_bias; /* [E], non-hash blocks */
-    dsq_wview tid2eid; /* I64 [V, k], hash blocks */
+    dsq_wview gate;          /* [E, D] */
+    float *gate_bias;        /* [E], non-hash blocks */
+    dsq_wview tid2eid;       /* I64 [V, k], hash blocks */
     dsq_wview *w1, *w2, *w3; /* [E] each */
     dsq_wview sw1, sw2, sw3;
     /* MTP */
@@ -58,12 +58,12 @@ typedef struct v4_block_w {
 struct dsq_v4_model {
     dsq_v4_config cfg;
     dsq_wsrc *src;
-    dsq_wview embed, head;  /* [V, D] */
-    float *norm;            /* [D] */
-    dsq_wview hc_head_fn;   /* [hc, hc·D] */
-    float *hc_head_base;    /* [hc] */
+    dsq_wview embed, head; /* [V, D] */
+    float *norm;           /* [D] */
+    dsq_wview hc_head_fn;  /* [hc, hc·D] */
+    float *hc_head_base;   /* [hc] */
     float hc_head_scale;
-    v4_block_w *blocks;     /* n_layers + n_mtp_layers */
+    v4_block_w *blocks; /* n_layers + n_mtp_layers */
     int n_blocks;
     uint64_t global_bytes;
     bool cpu_avx2;
@@ -75,11 +75,11 @@ typedef struct v4_comp_state {
 } v4_comp_state;
 
 typedef struct v4_layer_cache {
-    float *ring;       /* [W][hd], slot = pos mod W */
-    float *comp;       /* [cap][hd] compressed entries */
-    float *idx_keys;   /* [cap][ihd] indexer keys (CSA) */
+    float *ring;     /* [W][hd], slot = pos mod W */
+    float *comp;     /* [cap][hd] compressed entries */
+    float *idx_keys; /* [cap][ihd] indexer keys (CSA) */
     int64_t n_comp, cap;
-    int64_t pos;       /* tokens this block has seen */
+    int64_t pos; /* tokens this block has seen */
     v4_comp_state cs, ics;
 } v4_layer_cache;
 

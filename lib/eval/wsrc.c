@@ -33,12 +33,21 @@ static dsq_status st_get(const dsq_wsrc *s, const char *name, dsq_wview *v, dsq_
     v->data = t->data;
     v->data_bytes = t->n_bytes;
     switch (t->dtype) {
-    case DSQ_DTYPE_F32: v->enc = DSQ_ENC_F32; return DSQ_OK;
-    case DSQ_DTYPE_BF16: v->enc = DSQ_ENC_BF16; return DSQ_OK;
-    case DSQ_DTYPE_I64: v->enc = DSQ_ENC_I64; return DSQ_OK;
-    case DSQ_DTYPE_I32: v->enc = DSQ_ENC_I32; return DSQ_OK;
+    case DSQ_DTYPE_F32:
+        v->enc = DSQ_ENC_F32;
+        return DSQ_OK;
+    case DSQ_DTYPE_BF16:
+        v->enc = DSQ_ENC_BF16;
+        return DSQ_OK;
+    case DSQ_DTYPE_I64:
+        v->enc = DSQ_ENC_I64;
+        return DSQ_OK;
+    case DSQ_DTYPE_I32:
+        v->enc = DSQ_ENC_I32;
+        return DSQ_OK;
     case DSQ_DTYPE_F8_E4M3:
-    case DSQ_DTYPE_I8: break;
+    case DSQ_DTYPE_I8:
+        break;
     default:
         return dsq_err_set(err, DSQ_ERR_DTYPE, "%s: %s: dtype %s is not a weight encoding", s->path, name,
                            dsq_dtype_name(t->dtype));
@@ -71,10 +80,10 @@ static dsq_status st_get(const dsq_wsrc *s, const char *name, dsq_wview *v, dsq_
     /* I8: packed e2m1, [rows, cols/2] bytes with UE8M0 [rows, cols/32] (spec §2.3, §8.9) */
     uint64_t lcols = 0;
     DSQ_RETURN_IF(!dsq_mul_u64(cols, 2, &lcols), err, DSQ_ERR_OVERFLOW, "%s: %s: too wide", s->path, name);
-    DSQ_RETURN_IF(sc->dtype != DSQ_DTYPE_F8_E8M0 || sc->shape[0] != rows || lcols % 32 != 0 || sc->shape[1] != lcols / 32,
-                  err, DSQ_ERR_SHAPE, "%s: %s: an FP4 weight [%llu, %llu bytes] needs F8_E8M0 scales [%llu, %llu]",
-                  s->path, sname, (unsigned long long)rows, (unsigned long long)cols, (unsigned long long)rows,
-                  (unsigned long long)(lcols / 32));
+    DSQ_RETURN_IF(
+        sc->dtype != DSQ_DTYPE_F8_E8M0 || sc->shape[0] != rows || lcols % 32 != 0 || sc->shape[1] != lcols / 32, err,
+        DSQ_ERR_SHAPE, "%s: %s: an FP4 weight [%llu, %llu bytes] needs F8_E8M0 scales [%llu, %llu]", s->path, sname,
+        (unsigned long long)rows, (unsigned long long)cols, (unsigned long long)rows, (unsigned long long)(lcols / 32));
     v->enc = DSQ_ENC_MXFP4;
     v->shape[1] = lcols;
     return DSQ_OK;
