@@ -4,11 +4,11 @@
 #include <string.h>
 
 #include "cmd.h"
-#include "dsq_container.h"
-#include "inspect.h"
 #include "dsq_config.h"
+#include "dsq_container.h"
 #include "dsq_inventory.h"
 #include "dsq_safetensors.h"
+#include "inspect.h"
 
 static const char *CMD = "inspect";
 
@@ -137,6 +137,33 @@ typedef struct report {
     dsq_inv_report check;
 } report;
 
+/* The per-block table, shared with the .dsq view (cmd/inspect_dsq.c). */
+void dsq__inspect_layers_text(const dsq_v4_config *cf) {
+    printf("layers:      block  attention  ratio  routing\n");
+    for (int i = 0; i < cf->n_layers + cf->n_mtp_layers; i++) {
+        char name[32];
+        if (i < cf->n_layers)
+            snprintf(name, sizeof name, "%d", i);
+        else
+            snprintf(name, sizeof name, "mtp.%d", i - cf->n_layers);
+        printf("             %-6s %-10s %5d  %s\n", name, dsq_attn_kind_name(dsq_config_attn_kind(cf, i)),
+               dsq_config_ratio(cf, i), dsq_routing_name(dsq_config_routing(cf, i)));
+    }
+}
+
+/* ,"layers":[...],"mtp_layers":[...] — main blocks, then MTP blocks indexed from 0. */
+void dsq__inspect_layers_json(const dsq_v4_config *cf) {
+    for (int pass = 0; pass < 2; pass++) {
+        printf(pass ? "],\"mtp_layers\":[" : ",\"layers\":[");
+        int from = pass ? cf->n_layers : 0, to = pass ? cf->n_layers + cf->n_mtp_layers : cf->n_layers;
+        for (int i = from; i < to; i++)
+            printf("%s{\"index\":%d,\"attention\":\"%s\",\"compress_ratio\":%d,\"routing\":\"%s\"}",
+                   i > from ? "," : "", pass ? i - cf->n_layers : i, dsq_attn_kind_name(dsq_config_attn_kind(cf, i)),
+                   dsq_config_ratio(cf, i), dsq_routing_name(dsq_config_routing(cf, i)));
+    }
+    printf("]");
+}
+
 static void print_text(const source *s, const report *r, bool list_tensors) {
     char a[64], b[64], c[64], d[64];
     const dsq_v4_config *cf = &s->cfg;
@@ -183,17 +210,7 @@ static void print_text(const source *s, const report *r, bool list_tensors) {
                    100.0 * (double)r->stats.bytes_by_family[f] /
                        (double)(r->stats.bytes_total ? r->stats.bytes_total : 1));
     if (s->has_config) {
-        printf("layers:      block  attention  ratio  routing\n");
-        int blocks = cf->n_layers + cf->n_mtp_layers;
-        for (int i = 0; i < blocks; i++) {
-            char name[32];
-            if (i < cf->n_layers)
-                snprintf(name, sizeof name, "%d", i);
-            else
-                snprintf(name, sizeof name, "mtp.%d", i - cf->n_layers);
-            printf("             %-6s %-10s %5d  %s\n", name, dsq_attn_kind_name(dsq_config_attn_kind(cf, i)),
-                   dsq_config_ratio(cf, i), dsq_routing_name(dsq_config_routing(cf, i)));
-        }
+        dsq__inspect_layers_text(cf);
         printf("KV cache:    %.1f B per token (compact; %.0f B bf16), fixed %s per sequence (compact; %s bf16)\n",
                r->kv.per_token_compact, r->kv.per_token_bf16, hbytes(r->kv.fixed_compact, a, sizeof a),
                hbytes(r->kv.fixed_bf16, b, sizeof b));
@@ -268,16 +285,7 @@ static void print_json(const source *s, const report *r, bool list_tensors) {
                cf->expert_fp4 ? "fp4" : "fp8");
         json_u64_member("config_params_total", r->cfg_params.total, true);
         json_u64_member("config_params_active", r->cfg_params.active, true);
-        for (int pass = 0; pass < 2; pass++) {
-            printf(pass ? "],\"mtp_layers\":[" : ",\"layers\":[");
-            int from = pass ? cf->n_layers : 0, to = pass ? cf->n_layers + cf->n_mtp_layers : cf->n_layers;
-            for (int i = from; i < to; i++)
-                printf("%s{\"index\":%d,\"attention\":\"%s\",\"compress_ratio\":%d,\"routing\":\"%s\"}",
-                       i > from ? "," : "", pass ? i - cf->n_layers : i,
-                       dsq_attn_kind_name(dsq_config_attn_kind(cf, i)), dsq_config_ratio(cf, i),
-                       dsq_routing_name(dsq_config_routing(cf, i)));
-        }
-        printf("]");
+        dsq__inspect_layers_json(cf);
         printf(",\"kv_bytes_per_token\":%.4f,\"kv_bytes_per_token_bf16\":%.4f", r->kv.per_token_compact,
                r->kv.per_token_bf16);
         json_u64_member("kv_fixed_bytes", r->kv.fixed_compact, true);

@@ -4,6 +4,12 @@
 
 #include <stdbool.h>
 
+#include "dsq_config.h"
+
+/* The per-block table (text) and the "layers"/"mtp_layers" JSON members, for both views. */
+void dsq__inspect_layers_text(const dsq_v4_config *cf);
+void dsq__inspect_layers_json(const dsq_v4_config *cf);
+
 /* Returns the command's exit status. */
 int dsq__inspect_dsq(const char *path, bool json, bool list, bool check);
 

@@ -148,12 +148,9 @@ int dsq__inspect_dsq(const char *path, bool json, bool list, bool check) {
                 printf("%s\"%s\": %" PRIu64, first ? "" : ", ", dsq_family_name((dsq_family)f), sm.bytes_by_family[f]);
                 first = false;
             }
-        printf("}, \"layers\": [");
-        for (int b = 0; b < cfg.n_layers + cfg.n_mtp_layers; b++)
-            printf("%s{\"index\": %d, \"attention\": \"%s\", \"compress_ratio\": %d, \"routing\": \"%s\"}",
-                   b ? ", " : "", b, dsq_attn_kind_name(dsq_config_attn_kind(&cfg, b)), dsq_config_ratio(&cfg, b),
-                   dsq_routing_name(dsq_config_routing(&cfg, b)));
-        printf("], \"kv_bytes_per_token\": %.4f, \"kv_cache\": ", kv.per_token_compact);
+        printf("}");
+        dsq__inspect_layers_json(&cfg);
+        printf(", \"kv_bytes_per_token\": %.4f, \"kv_cache\": ", kv.per_token_compact);
         char *kvt = kvj ? cJSON_PrintUnformatted(kvj) : NULL;
         printf("%s", kvt ? kvt : "null");
         cJSON_free(kvt);
@@ -193,16 +190,7 @@ int dsq__inspect_dsq(const char *path, bool json, bool list, bool check) {
             if (sm.bytes_by_family[f])
                 printf("  %-22s %14" PRIu64 "  %5.1f%%\n", dsq_family_name((dsq_family)f), sm.bytes_by_family[f],
                        100.0 * (double)sm.bytes_by_family[f] / (double)(sm.stored_bytes ? sm.stored_bytes : 1));
-        printf("layers:      block  attention  ratio  routing\n");
-        for (int b = 0; b < cfg.n_layers + cfg.n_mtp_layers; b++) {
-            char name[32];
-            if (b < cfg.n_layers)
-                snprintf(name, sizeof name, "%d", b);
-            else
-                snprintf(name, sizeof name, "mtp.%d", b - cfg.n_layers);
-            printf("             %-6s %-10s %5d  %s\n", name, dsq_attn_kind_name(dsq_config_attn_kind(&cfg, b)),
-                   dsq_config_ratio(&cfg, b), dsq_routing_name(dsq_config_routing(&cfg, b)));
-        }
+        dsq__inspect_layers_text(&cfg);
         printf("KV cache:    declared %s layout, %.2f B per token", kv_enc, declared);
         const cJSON *fb = cJSON_GetObjectItemCaseSensitive(kvj, "fixed_bytes");
         if (cJSON_IsNumber(fb)) printf(", %.0f B fixed per sequence", fb->valuedouble);

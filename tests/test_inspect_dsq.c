@@ -38,11 +38,20 @@ static void test_inspect_container(void **state) {
     assert_true(num(c, "kv_bytes_per_token") == num(k, "kv_bytes_per_token"));
     assert_int_equal((int)num(c, "n_layers"), 4);
     const cJSON *layers = cJSON_GetObjectItemCaseSensitive(c, "layers");
-    const char *kinds[] = {"sliding", "CSA", "HCA", "CSA", "sliding"};
-    assert_int_equal(cJSON_GetArraySize(layers), 5);
-    for (int i = 0; i < 5; i++)
+    const char *kinds[] = {"sliding", "CSA", "HCA", "CSA"};
+    assert_int_equal(cJSON_GetArraySize(layers), 4);
+    for (int i = 0; i < 4; i++)
         assert_string_equal(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(layers, i), "attention")->valuestring,
                             kinds[i]);
+    /* the same layers and MTP blocks as the checkpoint's view */
+    char *lc = cJSON_PrintUnformatted(layers),
+         *lk = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(k, "layers"));
+    assert_string_equal(lc, lk);
+    free(lc), free(lk);
+    lc = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(c, "mtp_layers"));
+    lk = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(k, "mtp_layers"));
+    assert_string_equal(lc, lk);
+    free(lc), free(lk);
     const cJSON *enc = cJSON_GetObjectItemCaseSensitive(c, "bytes_by_encoding");
     assert_non_null(cJSON_GetObjectItemCaseSensitive(enc, "int4-g"));
     assert_null(cJSON_GetObjectItemCaseSensitive(enc, "mxfp4"));
