@@ -6,9 +6,13 @@
  * $DSQ_BENCH_RECIPES (default "release fp8 int4") selects the recipes, $DSQ_BENCH_THREADS (default 2)
  * the threads.
  *
- * Baseline: a plain copy of every file of the checkpoint (16 MiB reads and writes, fdatasync), the
- * least any converter must do.  Each conversion runs as a child process; its wall time, its ratio to
- * the copy and its peak RSS (ru_maxrss) are printed.  Targets: release ≤ 1.25x, fp8 ≤ 1.25x,
+ * Baselines: "the time to read the source and write the same number of bytes".  `copy` is a plain
+ * copy of every file of the checkpoint (16 MiB reads and writes, fdatasync); a recipe's output can be
+ * larger or smaller than its source (fp8 ~1.5x: routed experts FP4 → FP8), so after each conversion
+ * `copy=out` reads the whole source again and writes exactly as many bytes as that recipe's output
+ * (fdatasync), the least any converter producing that output must do.  Each conversion runs as a child
+ * process; its wall time, its output size, the seconds of both baselines, both ratios and its peak RSS
+ * (ru_maxrss) are printed.  Targets (on the ratio to copy=out): release ≤ 1.25x, fp8 ≤ 1.25x,
  * int4 ≤ 2x with 2 threads; peak RSS < 2 GiB.  The source is read once before the copy so both sides
  * start from the same page-cache state. */
 #include <dirent.h>
@@ -77,6 +81,46 @@ static int copy_dir(const char *src_dir, const char *dst_dir, uint64_t *bytes) {
     return rc;
 }
 
+/* Read every regular file of src_dir and write `out_bytes` bytes to dst (spread in proportion to the
+ * bytes read, repeating a chunk when the output is larger than the source), then fdatasync. */
+static int copy_sized(const char *src_dir, uint64_t src_bytes, const char *dst, uint64_t out_bytes) {
+    DIR *d = opendir(src_dir);
+    if (!d) return -1;
+    char *buf = malloc(CHUNK);
+    int out = open(dst, O_WRONLY | O_CREAT | O_TRUNC, 0644), rc = buf && out >= 0 ? 0 : -1;
+    uint64_t read_total = 0, written = 0;
+    struct dirent *e;
+    while (rc == 0 && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char sp[8192];
+        snprintf(sp, sizeof sp, "%s/%s", src_dir, e->d_name);
+        int in = open(sp, O_RDONLY);
+        if (in < 0) continue;
+        ssize_t n;
+        while (rc == 0 && (n = read(in, buf, CHUNK)) > 0) {
+            read_total += (uint64_t)n;
+            uint64_t goal = src_bytes ? (uint64_t)((double)out_bytes * (double)read_total / (double)src_bytes) : out_bytes;
+            if (goal > out_bytes) goal = out_bytes;
+            while (rc == 0 && written < goal) {
+                size_t k = goal - written < (uint64_t)n ? (size_t)(goal - written) : (size_t)n;
+                if (write(out, buf, k) != (ssize_t)k) rc = -1;
+                written += k;
+            }
+        }
+        close(in);
+    }
+    while (rc == 0 && buf && written < out_bytes) { /* rounding: the last few bytes */
+        size_t k = out_bytes - written < CHUNK ? (size_t)(out_bytes - written) : CHUNK;
+        if (write(out, buf, k) != (ssize_t)k) rc = -1;
+        written += k;
+    }
+    if (out >= 0 && (fdatasync(out) != 0 || close(out) != 0)) rc = -1;
+    free(buf);
+    closedir(d);
+    unlink(dst);
+    return rc;
+}
+
 static void rm_dir_files(const char *dir) {
     DIR *d = opendir(dir);
     struct dirent *e;
@@ -122,8 +166,10 @@ int main(void) {
     rm_dir_files(copy_dir_path);
     rmdir(copy_dir_path);
     printf("checkpoint %s: %.2f GB\n", model, (double)bytes / 1e9);
-    printf("%-10s %10s %10s %8s %10s %12s\n", "run", "seconds", "GB/s", "ratio", "target", "peak RSS MiB");
-    printf("%-10s %10.2f %10.3f %8.2f %10s %12s\n", "copy", t_copy, (double)bytes / t_copy / 1e9, 1.0, "-", "-");
+    printf("%-8s %8s %8s %10s %10s %10s %10s %7s %12s\n", "run", "seconds", "out GB", "copy s", "copy=out s",
+           "/copy", "/copy=out", "target", "peak RSS MiB");
+    printf("%-8s %8.2f %8.2f %10.2f %10s %10.2f %10s %7s %12s\n", "copy", t_copy, (double)bytes / 1e9, t_copy, "-", 1.0,
+           "-", "-", "-");
     char list[256];
     snprintf(list, sizeof list, "%s", recipes);
     int fails = 0;
@@ -135,11 +181,26 @@ int main(void) {
         double t;
         long rss = 0;
         int rc = run(argv, &t, &rss);
-        double target = !strcmp(r, "int4") ? 2.0 : 1.25;
-        printf("%-10s %10.2f %10.3f %8.2f %9.2fx %12.0f%s\n", r, t, (double)bytes / t / 1e9, t / t_copy, target,
-               (double)rss / 1024.0, rc ? "  FAILED" : "");
-        fails += rc != 0;
+        struct stat sb;
+        uint64_t out_bytes = rc == 0 && stat(dst, &sb) == 0 ? (uint64_t)sb.st_size : 0;
         unlink(dst);
+        /* the same-bytes baseline for this recipe, from the same page-cache state */
+        char sized[4096];
+        snprintf(sized, sizeof sized, "%s/copy-%s.bin", out, r);
+        double t_sized = 0;
+        if (out_bytes) {
+            copy_dir(model, NULL, &bytes);
+            double t1 = dsq_now();
+            if (copy_sized(model, bytes, sized, out_bytes) != 0) {
+                fprintf(stderr, "bench/convert: sized copy failed: %s\n", strerror(errno));
+                rc = 1;
+            }
+            t_sized = dsq_now() - t1;
+        }
+        double target = !strcmp(r, "int4") ? 2.0 : 1.25;
+        printf("%-8s %8.2f %8.2f %10.2f %10.2f %10.2f %10.2f %6.2fx %12.0f%s\n", r, t, (double)out_bytes / 1e9, t_copy,
+               t_sized, t / t_copy, t_sized > 0 ? t / t_sized : 0.0, target, (double)rss / 1024.0, rc ? "  FAILED" : "");
+        fails += rc != 0;
     }
     rmdir(out);
     return fails ? 1 : 0;

@@ -1,7 +1,9 @@
 /* Re-encoding step of the converter: each source matrix is read in row chunks (multiples of 128
  * rows, ≤ CHUNK_SRC bytes), re-encoded by lib/quant/dsq_codec.h in 128-row slabs spread over the
  * threads, and written at its planned slice.  Slabs are independent, so the bytes do not depend on
- * the thread count or the chunk size. */
+ * the thread count or the chunk size.  Two output buffers alternate: while the team encodes chunk
+ * k, one of its threads writes chunk k-1 (in order, so the writer's streaming hashes still apply),
+ * then joins the encoding (dynamic schedule). */
 #define XXH_STATIC_LINKING_ONLY
 #include <math.h>
 #include <omp.h>
@@ -63,6 +65,27 @@ static dsq_status read_rows(dsq_convert_plan *p, chunk_io *c, uint64_t r0, uint6
         DSQ_TRY(dsq_st_read(p->st, s->s, first * c->src_scale_row_bytes, in + *data_bytes, (size_t)*scale_bytes, err));
         XXH3_64bits_update(&c->hs, in + *data_bytes, (size_t)*scale_bytes);
     }
+    return DSQ_OK;
+}
+
+/* An encoded chunk waiting to be written: rows [r0, r0+n) in data/scales/mins buffers. */
+typedef struct pending {
+    bool valid;
+    uint64_t r0;
+    dsq_codec_layout nl;
+    const uint8_t *od, *os, *om;
+} pending;
+
+static dsq_status write_chunk(dsq_ctr_writer *w, uint32_t i, const pending *pw, const uint64_t *off, int p_scale,
+                              int p_min, uint64_t row_bytes, uint64_t drb, uint64_t d_scale_row, uint64_t d_min_row,
+                              dsq_err *err) {
+    DSQ_TRY(dsq_ctr_writer_write(w, i, 0, off[0] + pw->r0 * row_bytes, pw->od, (size_t)pw->nl.data_bytes, err));
+    if (p_scale >= 0)
+        DSQ_TRY(dsq_ctr_writer_write(w, i, p_scale, off[p_scale] + (pw->r0 / drb) * d_scale_row, pw->os,
+                                     (size_t)pw->nl.scale_bytes, err));
+    if (p_min >= 0)
+        DSQ_TRY(dsq_ctr_writer_write(w, i, p_min, off[p_min] + (pw->r0 / drb) * d_min_row, pw->om,
+                                     (size_t)pw->nl.min_bytes, err));
     return DSQ_OK;
 }
 
@@ -128,7 +151,7 @@ static dsq_status reencode_source(dsq_convert_plan *p, dsq_ctr_writer *w, uint32
     dsq_codec_layout cl;
     DSQ_TRY(dsq_codec_layout_of(o->enc, n_max, c.cols, o->group, &cl, err));
     size_t in_need = (size_t)(n_max * c.src_row_bytes + (s->s ? (dsq_ceil_div(n_max, src_block_rows(s)) + 1) * c.src_scale_row_bytes : 0));
-    size_t out_need = (size_t)(cl.data_bytes + cl.scale_bytes + cl.min_bytes);
+    size_t out_one = (size_t)(cl.data_bytes + cl.scale_bytes + cl.min_bytes), out_need = 2 * out_one;
     DSQ_RETURN_IF(!grow(&work->in, &work->in_cap, in_need) || !grow(&work->out, &work->out_cap, out_need), err,
                   DSQ_ERR_NOMEM, "out of memory for a %zu-byte chunk", in_need + out_need);
     XXH3_64bits_reset(&c.hw);
@@ -143,12 +166,16 @@ static dsq_status reencode_source(dsq_convert_plan *p, dsq_ctr_writer *w, uint32
     uint64_t drb = c.dl.block_rows ? c.dl.block_rows : 1;
     uint64_t d_scale_row = c.dl.scale_cols * (uint64_t)c.dl.scale_size, d_min_row = c.dl.scale_cols * (uint64_t)c.dl.min_size;
     int threads = p->opt.threads;
-    for (uint64_t r0 = 0; r0 < c.rows; r0 += chunk_rows) {
+    pending pw = {0};
+    dsq_err werr;
+    dsq_err_init(&werr);
+    uint64_t parity = 0;
+    for (uint64_t r0 = 0; r0 < c.rows; r0 += chunk_rows, parity ^= 1) {
         uint64_t n = c.rows - r0 < chunk_rows ? c.rows - r0 : chunk_rows, db, sb;
         DSQ_TRY(read_rows(p, &c, r0, n, work->in, &db, &sb, err));
         dsq_codec_layout nl;
         DSQ_TRY(dsq_codec_layout_of(o->enc, n, c.cols, o->group, &nl, err));
-        uint8_t *od = work->out, *os = od + nl.data_bytes, *om = os + nl.scale_bytes;
+        uint8_t *od = work->out + parity * out_one, *os = od + nl.data_bytes, *om = os + nl.scale_bytes;
         uint64_t sbr = src_block_rows(s), slabs = dsq_ceil_div(n, SLAB);
         /* NVFP4 in one call picks its own tensor scale: one slab of work for one thread */
         bool split = !(o->enc == DSQ_ENC_NVFP4 && whole);
@@ -158,7 +185,12 @@ static dsq_status reencode_source(dsq_convert_plan *p, dsq_ctr_writer *w, uint32
         int nerr = nt < 64 ? nt : 64;
         for (int e = 0; e < nerr; e++) dsq_err_init(&terr[e]);
         float got_ts = ts;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+        dsq_status wst = DSQ_OK;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+        {
+#pragma omp single nowait
+        if (pw.valid) wst = write_chunk(w, i, &pw, off, p_scale, p_min, c.dl.row_bytes, drb, d_scale_row, d_min_row, &werr);
+#pragma omp for schedule(dynamic)
         for (uint64_t sl = 0; sl < (split ? slabs : 1); sl++) {
             uint64_t a = split ? sl * SLAB : 0, m = split ? (n - a < SLAB ? n - a : SLAB) : n;
             dsq_qtensor src = {s->enc, m, c.cols, 0, work->in + a * c.src_row_bytes,
@@ -175,6 +207,13 @@ static dsq_status reencode_source(dsq_convert_plan *p, dsq_ctr_writer *w, uint32
                 if (first == DSQ_OK) first = st;
             }
         }
+        }
+        if (wst != DSQ_OK) {
+            for (int e = 0; e < nerr; e++) dsq_err_clear(&terr[e]);
+            dsq_err_set(err, wst, "%s", werr.msg);
+            dsq_err_clear(&werr);
+            return wst;
+        }
         if (first != DSQ_OK) {
             for (int e = 0; e < nerr; e++)
                 if (terr[e].n && (!err || err->n == 0 || e == 0)) {
@@ -185,12 +224,9 @@ static dsq_status reencode_source(dsq_convert_plan *p, dsq_ctr_writer *w, uint32
         for (int e = 0; e < nerr; e++) dsq_err_clear(&terr[e]);
         DSQ_TRY(first);
         ts = got_ts;
-        DSQ_TRY(dsq_ctr_writer_write(w, i, 0, off[0] + r0 * c.dl.row_bytes, od, (size_t)nl.data_bytes, err));
-        if (p_scale >= 0)
-            DSQ_TRY(dsq_ctr_writer_write(w, i, p_scale, off[p_scale] + (r0 / drb) * d_scale_row, os, (size_t)nl.scale_bytes, err));
-        if (p_min >= 0)
-            DSQ_TRY(dsq_ctr_writer_write(w, i, p_min, off[p_min] + (r0 / drb) * d_min_row, om, (size_t)nl.min_bytes, err));
+        pw = (pending){true, r0, nl, od, os, om};
     }
+    if (pw.valid) DSQ_TRY(write_chunk(w, i, &pw, off, p_scale, p_min, c.dl.row_bytes, drb, d_scale_row, d_min_row, err));
     if (p_ts >= 0) {
         uint8_t b[4];
         memcpy(b, &ts, 4);

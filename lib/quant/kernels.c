@@ -212,7 +212,9 @@ dsq_status dsq_codec_check_finite(const dsq_qtensor *t, const char *name, dsq_er
     dsq__qv_init(&v, t);
     const uint8_t *d = t->data;
     dsq__kind k = v.info->kind;
-    for (uint64_t r = 0; r < t->rows; r++) {
+    /* e2m1 and integer codes are always finite: only their scales can be NaN */
+    bool codes_can_be_nan = k == DSQ__K_F32 || k == DSQ__K_F16 || k == DSQ__K_BF16 || k == DSQ__K_FP8;
+    for (uint64_t r = 0; codes_can_be_nan && r < t->rows; r++) {
         const uint8_t *row = d + r * v.row_bytes;
         for (uint64_t c = 0; c < t->cols; c++) {
             bool bad = false;

@@ -25,6 +25,10 @@ static void mxfp4_to_fp8(const dsq__qv *s, dsq_qtensor_buf *dst, const dsq__qv *
     uint8_t lut[15][16];
     for (int dd = 0; dd <= 14; dd++)
         for (int q = 0; q < 16; q++) lut[dd][q] = dsq_e4m3_from_f32(ldexpf(dsq_e2m1_to_f32((uint8_t)q), 6 - dd));
+    /* the same per packed byte: the two e4m3 codes of its low and high nibble, in output order */
+    uint8_t blut[15][256][2];
+    for (int dd = 0; dd <= 14; dd++)
+        for (int x = 0; x < 256; x++) blut[dd][x][0] = lut[dd][x & 15], blut[dd][x][1] = lut[dd][x >> 4];
     for (uint64_t r0 = 0; r0 < src->rows; r0 += 128) {
         uint64_t nr = min_u64(128, src->rows - r0);
         for (uint64_t c0 = 0; c0 < src->cols; c0 += 128) {
@@ -52,7 +56,10 @@ static void mxfp4_to_fp8(const dsq__qv *s, dsq_qtensor_buf *dst, const dsq__qv *
                     uint64_t ca = g * DSQ_FP4_BLOCK > c0 ? g * DSQ_FP4_BLOCK : c0;
                     uint64_t cb = min_u64((g + 1) * DSQ_FP4_BLOCK, c0 + nc);
                     if (dd <= 14) {
-                        for (uint64_t c = ca; c < cb; c++) out[c] = lut[dd][nib_at(in, c)];
+                        uint64_t c = ca;
+                        if ((ca & 1) == 0) /* whole bytes: two codes per input byte */
+                            for (const uint8_t (*bl)[2] = blut[dd]; c + 2 <= cb; c += 2) memcpy(out + c, bl[in[c >> 1]], 2);
+                        for (; c < cb; c++) out[c] = lut[dd][nib_at(in, c)];
                         continue;
                     }
                     /* d > 14: the cast rounds, as in the official converter */
