@@ -19,6 +19,8 @@ static void help(void) {
            "  --recipe NAME|FILE    built-in recipe (dsq recipes lists them) or a recipe JSON file\n"
            "  --override G=E        encoding E for tensors matching glob G (before the recipe's rules)\n"
            "  --threads N           encoding threads (default 1); the output does not depend on N\n"
+           "  --chunk-bytes SIZE    source bytes re-encoded per step (default 32M, at least 128 rows);\n"
+           "                        bounds memory, the output does not depend on it\n"
            "  --resume              continue an interrupted conversion of the same job\n"
            "  --dry-run             print the plan per family (encodings, bytes, size, free space, time)\n"
            "  --overwrite           replace OUT.dsq if it exists\n"
@@ -112,7 +114,7 @@ int dsq_cmd_convert(int argc, char **argv) {
     }
     const char *pos[2] = {NULL, NULL}, *recipe_name = NULL;
     int npos = 0;
-    uint64_t threads = 1;
+    uint64_t threads = 1, chunk_bytes = 0;
     bool resume = false, dry = false, overwrite = false, force = false, nonfinite = false, json = false;
     const char **overrides = dsq_calloc((size_t)argc + 1, sizeof *overrides);
     const char **command = dsq_calloc(2 * (size_t)argc + 8, sizeof *command);
@@ -127,6 +129,9 @@ int dsq_cmd_convert(int argc, char **argv) {
         else if (!strcmp(a, "--threads") && has) {
             if (!dsq_cmd_parse_u64(argv[++i], &threads) || threads < 1 || threads > 1024)
                 rc = dsq_cmd_usage_error("convert", "--threads needs a number 1..1024");
+        } else if (!strcmp(a, "--chunk-bytes") && has) {
+            if (!dsq_cmd_parse_size(argv[++i], &chunk_bytes) || chunk_bytes < 1)
+                rc = dsq_cmd_usage_error("convert", "--chunk-bytes needs a size (e.g. 32M)");
         } else if (!strcmp(a, "--resume")) resume = true;
         else if (!strcmp(a, "--dry-run")) dry = true;
         else if (!strcmp(a, "--overwrite")) overwrite = true;
@@ -166,6 +171,7 @@ int dsq_cmd_convert(int argc, char **argv) {
                              .out = pos[1],
                              .recipe = recipe,
                              .threads = (int)threads,
+                             .chunk_bytes = chunk_bytes,
                              .resume = resume,
                              .overwrite = overwrite,
                              .force = force,

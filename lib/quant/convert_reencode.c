@@ -144,9 +144,10 @@ static dsq_status reencode_source(dsq_convert_plan *p, dsq_ctr_writer *w, uint32
                       (p_min >= 0 && len[p_min] != c.dl.min_bytes) || (p_ts >= 0 && len[p_ts] != 4),
                   err, DSQ_ERR_STATE, "%s: %s: container layout and codec layout of %s disagree", p->out, name,
                   dsq_ctr_encoding_name(o->enc));
-    /* chunk rows: a multiple of 128, at most CHUNK_SRC source bytes (at least one slab) */
+    /* chunk rows: a multiple of 128, at most chunk_bytes (default CHUNK_SRC) source bytes, at least one slab */
+    uint64_t chunk_cap = p->opt.chunk_bytes ? p->opt.chunk_bytes : CHUNK_SRC;
     uint64_t chunk_rows = SLAB;
-    while (chunk_rows * 2 * c.src_row_bytes <= CHUNK_SRC && chunk_rows < c.rows) chunk_rows *= 2;
+    while (chunk_rows * 2 * c.src_row_bytes <= chunk_cap && chunk_rows < c.rows) chunk_rows *= 2;
     uint64_t n_max = chunk_rows < c.rows ? chunk_rows : c.rows;
     dsq_codec_layout cl;
     DSQ_TRY(dsq_codec_layout_of(o->enc, n_max, c.cols, o->group, &cl, err));

@@ -20,6 +20,8 @@ typedef struct dsq_convert_options {
     const char *out;          /* OUT.dsq */
     const dsq_recipe *recipe; /* borrowed */
     int threads;              /* 0: 1 */
+    uint64_t chunk_bytes;     /* source bytes re-encoded per chunk, rounded to 128-row slabs (0: 32 MiB);
+                                 the output does not depend on it */
     bool resume, overwrite;
     bool force;               /* allow re-encoding protected tensors */
     bool allow_nonfinite;     /* pass NaN/Inf through the codecs instead of failing */
