@@ -106,6 +106,30 @@ static int cp_to_byte(uint32_t cp) {
     return -1;
 }
 
+/* A UTF-8 lead byte (above 0x7F): the number of continuation bytes it needs and the allowed range of
+ * the FIRST one (Unicode Table 3-7: no overlongs, surrogates or code points above U+10FFFF); false when
+ * b cannot start a well-formed sequence. */
+static bool utf8_lead(uint8_t b, size_t *need, uint8_t *lo, uint8_t *hi) {
+    *lo = 0x80, *hi = 0xBF;
+    if (b >= 0xC2 && b <= 0xDF)
+        *need = 1;
+    else if (b == 0xE0)
+        *need = 2, *lo = 0xA0;
+    else if ((b >= 0xE1 && b <= 0xEC) || b == 0xEE || b == 0xEF)
+        *need = 2;
+    else if (b == 0xED)
+        *need = 2, *hi = 0x9F;
+    else if (b == 0xF0)
+        *need = 3, *lo = 0x90;
+    else if (b >= 0xF1 && b <= 0xF3)
+        *need = 3;
+    else if (b == 0xF4)
+        *need = 3, *hi = 0x8F;
+    else
+        return false;
+    return true;
+}
+
 /* Decode one code point of valid UTF-8 starting at p (n bytes available); returns its length, 0 when
  * the bytes are not well-formed UTF-8. */
 static size_t utf8_next(const uint8_t *p, size_t n, uint32_t *cp) {
@@ -115,23 +139,8 @@ static size_t utf8_next(const uint8_t *p, size_t n, uint32_t *cp) {
         return 1;
     }
     size_t need;
-    uint8_t lo = 0x80, hi = 0xBF;
-    if (b >= 0xC2 && b <= 0xDF)
-        need = 1;
-    else if (b == 0xE0)
-        need = 2, lo = 0xA0;
-    else if ((b >= 0xE1 && b <= 0xEC) || b == 0xEE || b == 0xEF)
-        need = 2;
-    else if (b == 0xED)
-        need = 2, hi = 0x9F;
-    else if (b == 0xF0)
-        need = 3, lo = 0x90;
-    else if (b >= 0xF1 && b <= 0xF3)
-        need = 3;
-    else if (b == 0xF4)
-        need = 3, hi = 0x8F;
-    else
-        return 0;
+    uint8_t lo, hi;
+    if (!utf8_lead(b, &need, &lo, &hi)) return 0;
     if (n < need + 1) return 0;
     uint32_t c = b & (0x3F >> need);
     for (size_t k = 1; k <= need; k++) {
@@ -226,22 +235,9 @@ dsq_status dsq_tok_utf8_sanitize(const void *src, size_t n, dsq_tok_text *out, d
         if (i == n) break;
         /* p[i] starts an ill-formed sequence: consume its maximal valid prefix, emit one U+FFFD. */
         uint8_t b = p[i];
-        size_t need = 0;
-        uint8_t lo = 0x80, hi = 0xBF;
-        if (b >= 0xC2 && b <= 0xDF)
-            need = 1;
-        else if (b == 0xE0)
-            need = 2, lo = 0xA0;
-        else if ((b >= 0xE1 && b <= 0xEC) || b == 0xEE || b == 0xEF)
-            need = 2;
-        else if (b == 0xED)
-            need = 2, hi = 0x9F;
-        else if (b == 0xF0)
-            need = 3, lo = 0x90;
-        else if (b >= 0xF1 && b <= 0xF3)
-            need = 3;
-        else if (b == 0xF4)
-            need = 3, hi = 0x8F;
+        size_t need;
+        uint8_t lo, hi;
+        if (!utf8_lead(b, &need, &lo, &hi)) need = 0; /* not a lead byte: it alone becomes U+FFFD */
         size_t j = i + 1;
         for (size_t k = 0; k < need && j < n && p[j] >= lo && p[j] <= hi; k++, j++) lo = 0x80, hi = 0xBF;
         DSQ_TRY(dsq_tok_text_append(out, repl, 3, err));
@@ -863,7 +859,7 @@ static dsq_status open_from_container(const char *path, const dsq_tok_options *o
 
 dsq_status dsq_tok_open(const char *path, const dsq_tok_options *opt, dsq_tok **out, dsq_err *err) {
     *out = NULL;
-    if (dsq_wsrc_is_dsq(path)) return open_from_container(path, opt, out, err);
+    if (dsq_ctr_sniff(path)) return open_from_container(path, opt, out, err);
     char *file = dsq_path_is_dir(path) ? dsq_path_join(path, "tokenizer.json") : dsq_strdup(path);
     if (!file) return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", path);
     char *json = NULL;
