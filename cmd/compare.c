@@ -91,7 +91,7 @@ static dsq_status score_mc(const char *model_path, const dsq_score_options *so, 
  * is the only error passed on. */
 static dsq_status build_families(const char *ref, const char *build, dsq_report_family *fam, size_t *n) {
     *n = 0;
-    if (!dsq_path_is_dir(ref) || !dsq_wsrc_is_dsq(build)) return DSQ_OK;
+    if (!dsq_path_is_dir(ref) || !dsq_ctr_sniff(build)) return DSQ_OK;
     dsq_verify_options o = {.path = build, .source = ref};
     dsq_verify_report rep;
     dsq_err e = DSQ_ERR_INIT;

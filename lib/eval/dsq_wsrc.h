@@ -59,8 +59,6 @@ dsq_status dsq_wsrc_open_safetensors(const char *path, dsq_wsrc **out, dsq_err *
  * slice of a stacked or fused tensor through the container's source records.  When cfg is non-NULL
  * it receives the metadata's model.config. */
 dsq_status dsq_wsrc_open_dsq(const char *path, dsq_v4_config *cfg, dsq_wsrc **out, dsq_err *err);
-/* True when PATH is a regular file starting with the .dsq magic. */
-bool dsq_wsrc_is_dsq(const char *path);
 /* Open whatever PATH is: a .dsq container (config from its metadata) or a checkpoint directory
  * (config.json + safetensors).  cfg receives the config. */
 dsq_status dsq_wsrc_open_path(const char *path, dsq_v4_config *cfg, dsq_wsrc **out, dsq_err *err);
