@@ -89,30 +89,38 @@ float dsq__dot_f32_avx2(const float *a, const float *b, uint64_t n);
 /* Resolve DSQ_ISA_AUTO and downgrade AVX2 on CPUs without it. */
 dsq_isa dsq__isa_resolve(dsq_isa isa);
 
-/* ---- integer scale search (encode_int.c) -------------------------------------------------------
- * One candidate (scale s with inv = 1/s or 0, min m) evaluated on a group: per element
- *   t = (x - m)·inv (asymmetric) or x·inv, clamped to [qmin, qmax], q = RNE(t) (magic-number add),
- *   x̂ = q·s (+ m), err += (x - x̂)², plus the least-squares sums Σxq, Σq², Σq, Σx;
- * accumulated in 8 lanes (element i in lane i mod 8) and reduced ((l0+l4)+(l2+l6))+((l1+l5)+(l3+l7)).
- * The scalar and AVX2 versions perform the same IEEE operations, so they return identical sums and the
- * encoder's output does not depend on the CPU. */
+/* ---- integer scale search (encode_int.c defines it, kernels_avx2.c runs it eight groups at a time) --
+ * dsq__int_search_scalar: the F16 scale (and min) of one group of n finite values; see encode_int.c.
+ * dsq__int_search8_avx2: the same for eight groups of n values each, given transposed
+ * (xt[i·8 + j] = value i of group j), with the same IEEE operations per lane, so the results are
+ * identical to eight scalar calls. */
+typedef struct dsq__int_spec {
+    int qmin, qmax;
+    bool asym;
+} dsq__int_spec;
+enum { DSQ__INT_FACTORS = 10 };
+/* 1.0 = the plain rule; below 1 clips the largest elements to shrink the step for all others */
+extern const float dsq__int_factors[DSQ__INT_FACTORS];
+/* Round to the nearest F16 value after saturating to ±65504 (NaN stays NaN); F16C's vcvtps2ph with
+ * RNE gives the same for every input (tests/test_codec_props.c checks every rounding boundary). */
+static inline float dsq__f16r(float v) {
+    v = 65504.0f < v ? 65504.0f : v; /* _mm256_min_ps(65504, v): NaN passes */
+    v = -65504.0f > v ? -65504.0f : v;
+    return dsq_f16_to_f32(dsq_f16_from_f32(v));
+}
+void dsq__int_search_scalar(const float *x, int n, const dsq__int_spec *sp, float *s, float *m);
+void dsq__int_search8_avx2(const float *xt, int n, const dsq__int_spec *sp, float s[8], float m[8]);
+/* xt[i·8 + j] = p[j][i] for i < n */
+void dsq__transpose8_avx2(const float *const p[8], int n, float *xt);
+/* F16 rounding of 8 floats by F16C after saturation (the vector form of dsq__f16r), for the tests */
+void dsq__f16r8_avx2(const float in[8], float out[8]);
+/* Codes of a group for one (s, inv = s > 0 ? 1/s : 0, m): t = x·inv or (x − m)·inv, clamped, RNE. */
 typedef struct dsq__grp_param {
     float s, inv, m, qmin, qmax;
     bool asym;
-    bool sums; /* false: only err is computed (the other fields of the result are 0) */
 } dsq__grp_param;
-typedef struct dsq__grp_eval {
-    float err, sxq, sqq, sq, sx;
-} dsq__grp_eval;
-void dsq__int_group_eval_scalar(const float *x, int n, const dsq__grp_param *p, dsq__grp_eval *out);
-/* n a multiple of 8 */
-void dsq__int_group_eval_avx2(const float *x, int n, const dsq__grp_param *p, dsq__grp_eval *out);
-/* Codes of a group for one (s, inv, m): the arithmetic of the evaluation, q as int8. */
 void dsq__int_group_codes_scalar(const float *x, int n, const dsq__grp_param *p, int8_t *q);
 void dsq__int_group_codes_avx2(const float *x, int n, const dsq__grp_param *p, int8_t *q); /* n % 8 == 0 */
-/* Smallest and largest of n ≥ 1 finite values. */
-void dsq__minmax_scalar(const float *x, int n, float *lo, float *hi);
-void dsq__minmax_avx2(const float *x, int n, float *lo, float *hi); /* n % 8 == 0 */
 /* Encode rows of an INT8/INT4/INT2 encoding (allocates one row of scratch). */
 dsq_status dsq__encode_int_rows(const dsq__qv *v, dsq_qtensor_buf *dst, const float *x, uint64_t row0,
                                 uint64_t nrows, dsq_isa isa, const char *name, dsq_err *err);

@@ -2,60 +2,121 @@
  * round-to-nearest with a per-group scale search that minimises the squared error of the decoded
  * group, F16 rounding of scale and min included.
  *
- * Search: candidate scales (amax/qmax)·f for the factors below (the asymmetric search shrinks the
- * [min, max] range by the same factors), each evaluated exactly; then up to two least-squares steps
- * from the best one (codes fixed → best scale Σxq/Σq², or the 2x2 fit of scale and min), each kept
- * only if it lowers the error.  Candidate 0 is the plain amax/qmax (or (max-min)/qmax) rule, so the
- * result is never worse than that rule, group by group. */
+ * Search (dsq__int_search_scalar defines it; the AVX2 twin runs eight groups at once, one per lane,
+ * with the same IEEE operations in the same order, so the bytes do not depend on the CPU):
+ * candidate scales (amax/qmax)·f for the factors below (the asymmetric search shrinks the [min, max]
+ * range by the same factors), each evaluated exactly; then up to two least-squares steps from the
+ * best one (codes fixed → best scale Σxq/Σq², or the 2x2 fit of scale and min), each kept only if it
+ * lowers the error.  Candidate 0 is the plain amax/qmax (or (max-min)/qmax) rule, so the result is
+ * never worse than that rule, group by group.
+ *
+ * The error of a candidate over a group is accumulated element by element in one f32 sum:
+ *   t = x·inv (or (x − m)·inv), clamped to [qmin, qmax], q = RNE(t),
+ *   d = fma(−q, s, x) (or x − fma(q, s, m)), err = fma(d, d, err)
+ * and the least-squares sums likewise (Σxq and Σq² by fma, Σq and Σx by addition). */
 #include <math.h>
 #include <string.h>
 
 #include "codec_internal.h"
 
-enum { N_FACTORS = 10 };
-/* 1.0 = the plain rule; below 1 clips the largest elements to shrink the step for all others */
-static const float factors[N_FACTORS] = {1.0f, 1.03f, 0.97f, 0.94f, 0.91f, 0.88f, 0.85f, 0.82f, 0.79f, 0.76f};
+const float dsq__int_factors[DSQ__INT_FACTORS] = {1.0f, 1.03f, 0.97f, 0.94f, 0.91f, 0.88f, 0.85f, 0.82f, 0.79f, 0.76f};
 
 static inline bool finite_f(float v) { return (dsq_f32_bits(v) & 0x7f800000u) != 0x7f800000u; }
-static inline uint16_t f16_sat(float v) {
-    if (v > DSQ_F16_MAX) v = DSQ_F16_MAX;
-    if (v < -DSQ_F16_MAX) v = -DSQ_F16_MAX;
-    return dsq_f16_from_f32(v);
-}
-static inline float f16r(float v) { return dsq_f16_to_f32(f16_sat(v)); }
 
-/* RNE of t for |t| < 2^22: the same two IEEE additions the AVX2 twin performs. */
-static inline float rne_small(float t) { return (t + 0x1.8p23f) - 0x1.8p23f; }
-static inline float lane_sum(const float l[8]) { return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7])); }
+/* ---- the scalar definition of one group's search ------------------------------------------------ */
 
-void dsq__int_group_eval_scalar(const float *x, int n, const dsq__grp_param *p, dsq__grp_eval *out) {
-    float e[8] = {0}, a[8] = {0}, b[8] = {0}, c[8] = {0}, d[8] = {0};
+typedef struct gsum {
+    float err, sxq, sqq, sq, sx;
+} gsum;
+
+static gsum geval(const float *x, int n, float s, float m, const dsq__int_spec *sp, bool sums) {
+    float inv = s > 0.0f ? 1.0f / s : 0.0f, qmin = (float)sp->qmin, qmax = (float)sp->qmax;
+    gsum g = {0, 0, 0, 0, 0};
     for (int i = 0; i < n; i++) {
-        int l = i & 7;
         float xv = x[i];
-        float t = p->asym ? (xv - p->m) * p->inv : xv * p->inv;
-        t = t > p->qmin ? t : p->qmin; /* _mm256_max_ps(t, qmin) */
-        t = t < p->qmax ? t : p->qmax; /* _mm256_min_ps(t, qmax) */
-        float q = rne_small(t);
-        float w = p->asym ? q * p->s + p->m : q * p->s;
-        float df = xv - w;
-        e[l] = e[l] + df * df;
-        if (!p->sums) continue;
-        a[l] = a[l] + xv * q;
-        b[l] = b[l] + q * q;
-        c[l] = c[l] + q;
-        d[l] = d[l] + xv;
+        float t = sp->asym ? (xv - m) * inv : xv * inv;
+        t = t > qmin ? t : qmin; /* _mm256_max_ps(t, qmin) */
+        t = t < qmax ? t : qmax; /* _mm256_min_ps(t, qmax) */
+        float q = nearbyintf(t);
+        float d = sp->asym ? xv - fmaf(q, s, m) : fmaf(-q, s, xv);
+        g.err = fmaf(d, d, g.err);
+        if (!sums) continue;
+        g.sxq = fmaf(xv, q, g.sxq);
+        g.sqq = fmaf(q, q, g.sqq);
+        g.sq = g.sq + q;
+        g.sx = g.sx + xv;
     }
-    out->err = lane_sum(e), out->sxq = lane_sum(a), out->sqq = lane_sum(b), out->sq = lane_sum(c), out->sx = lane_sum(d);
+    return g;
 }
 
-void dsq__minmax_scalar(const float *x, int n, float *lo, float *hi) {
-    float a = x[0], b = x[0];
+void dsq__int_search_scalar(const float *x, int n, const dsq__int_spec *sp, float *s_out, float *m_out) {
+    float lo = x[0], hi = x[0];
     for (int i = 1; i < n; i++) {
-        a = x[i] < a ? x[i] : a;
-        b = x[i] > b ? x[i] : b;
+        lo = x[i] < lo ? x[i] : lo; /* _mm256_min_ps(x, lo) */
+        hi = x[i] > hi ? x[i] : hi;
     }
-    *lo = a, *hi = b;
+    float qmaxf = (float)sp->qmax;
+    if (!sp->asym) {
+        float nlo = -lo, amax = hi > nlo ? hi : nlo;
+        bool neg = nlo == amax && -sp->qmin > sp->qmax; /* a negative extreme can map onto qmin (int4: -8) */
+        *m_out = 0.0f;
+        if (amax == 0.0f) {
+            *s_out = 0.0f;
+            return;
+        }
+        float base = amax / qmaxf, best_s = 0, best_e = 0;
+        for (int k = 0; k <= DSQ__INT_FACTORS; k++) {
+            if (k == DSQ__INT_FACTORS && !neg) break;
+            float s = dsq__f16r(k < DSQ__INT_FACTORS ? base * dsq__int_factors[k] : amax / (float)-sp->qmin);
+            if (s == 0.0f) s = 0x1p-24f;
+            float e = geval(x, n, s, 0, sp, false).err;
+            if (k == 0 || e < best_e) best_e = e, best_s = s; /* k = 0 even if Inf */
+        }
+        gsum best = geval(x, n, best_s, 0, sp, true);
+        for (int it = 0; it < 2; it++) { /* codes fixed: the best scale is Σxq / Σq² */
+            if (!(best.sqq > 0.0f)) break;
+            float s = dsq__f16r((float)((double)best.sxq / (double)best.sqq));
+            if (!(s > 0.0f) || s == best_s) break;
+            gsum g = geval(x, n, s, 0, sp, true);
+            if (!(g.err < best_e)) break;
+            best_e = g.err, best_s = s, best = g;
+        }
+        *s_out = best_s;
+        return;
+    }
+    if (lo == 0.0f && hi == 0.0f) {
+        *s_out = 0, *m_out = 0;
+        return;
+    }
+    if (hi == lo) { /* a constant group needs no scale */
+        *s_out = 0, *m_out = dsq__f16r(lo);
+        return;
+    }
+    float best_s = 0, best_m = 0, best_e = 0;
+    float mid = 0.5f * (lo + hi), range = hi - lo, half0 = 0.5f * range;
+    for (int k = 0; k < DSQ__INT_FACTORS; k++) {
+        float f = dsq__int_factors[k] > 1.0f ? 1.0f : dsq__int_factors[k];
+        float half = half0 * f;
+        float m = dsq__f16r(k == 0 ? lo : mid - half);
+        float s = dsq__f16r((k == 0 ? range : 2.0f * half) / qmaxf);
+        if (s == 0.0f) s = 0x1p-24f;
+        float e = geval(x, n, s, m, sp, false).err;
+        if (k == 0 || e < best_e) best_e = e, best_s = s, best_m = m; /* k = 0 even if Inf */
+    }
+    gsum best = geval(x, n, best_s, best_m, sp, true);
+    for (int it = 0; it < 2; it++) { /* codes fixed: least squares for (s, m) */
+        double N = n, sq = best.sq, sqq = best.sqq, sx = best.sx, sxq = best.sxq;
+        double det = N * sqq - sq * sq;
+        if (!(det > 0)) break;
+        double s = (N * sxq - sq * sx) / det, m = (sx - s * sq) / N;
+        if (!(s > 0)) break;
+        float s16 = dsq__f16r((float)s), m16 = dsq__f16r((float)m);
+        if (s16 == 0.0f || (s16 == best_s && m16 == best_m)) break;
+        gsum g = geval(x, n, s16, m16, sp, true);
+        if (!(g.err < best_e)) break;
+        best_e = g.err, best_s = s16, best_m = m16, best = g;
+    }
+    *s_out = best_s, *m_out = best_m;
 }
 
 void dsq__int_group_codes_scalar(const float *x, int n, const dsq__grp_param *p, int8_t *q) {
@@ -63,145 +124,115 @@ void dsq__int_group_codes_scalar(const float *x, int n, const dsq__grp_param *p,
         float t = p->asym ? (x[i] - p->m) * p->inv : x[i] * p->inv;
         t = t > p->qmin ? t : p->qmin;
         t = t < p->qmax ? t : p->qmax;
-        q[i] = (int8_t)rne_small(t);
+        q[i] = (int8_t)nearbyintf(t);
     }
 }
 
-typedef struct searcher {
+/* ---- rows --------------------------------------------------------------------------------------- */
+
+typedef struct enc_ctx {
+    const dsq__qv *v;
+    dsq_qtensor_buf *dst;
+    const float *xc; /* what is encoded: NaN → 0, ±Inf → ±3e38 (saturates) */
+    uint64_t row0, cols;
+    dsq__int_spec sp;
+    dsq__kind kind;
     bool avx2;
-} searcher;
+} enc_ctx;
 
-static void eval(const searcher *S, const float *x, int n, float s, float m, int qmin, int qmax, bool asym,
-                 bool sums, dsq__grp_eval *out) {
-    dsq__grp_param p = {s, s > 0.0f ? 1.0f / s : 0.0f, m, (float)qmin, (float)qmax, asym, sums};
-    if (S->avx2 && (n & 7) == 0) dsq__int_group_eval_avx2(x, n, &p, out);
-    else dsq__int_group_eval_scalar(x, n, &p, out);
-}
-
-/* Best F16 scale of a symmetric group (q ∈ [qmin, qmax]); 0 for an all-zero group. */
-static float sym_search(const searcher *S, const float *x, int n, float lo, float hi, int qmin, int qmax) {
-    float amax = hi > -lo ? hi : -lo, sgn = -lo == amax ? -1.0f : 1.0f; /* sgn < 0: a negative extreme */
-    if (amax == 0.0f) return 0.0f;
-    float best_s = 0, best_e = INFINITY;
-    dsq__grp_eval best_ev = {0}, ev;
-    for (int k = 0; k <= N_FACTORS; k++) {
-        /* the extra last candidate maps a negative extreme onto qmin (int4: -8) */
-        if (k == N_FACTORS && !(sgn < 0 && -qmin > qmax)) break;
-        float s = k < N_FACTORS ? f16r(amax / (float)qmax * factors[k]) : f16r(amax / (float)-qmin);
-        if (s == 0.0f) s = 0x1p-24f;
-        eval(S, x, n, s, 0, qmin, qmax, false, false, &ev);
-        if (k == 0 || ev.err < best_e) best_e = ev.err, best_s = s; /* k = 0 even if Inf */
+/* Store the scale (and min) of group b of chunk row i and its codes. */
+static void emit(const enc_ctx *C, uint64_t i, uint64_t b, float s, float m) {
+    const dsq__qv *v = C->v;
+    uint64_t g = v->bcols, c0 = b * g, n = C->cols - c0 < g ? C->cols - c0 : g, r = C->row0 + i;
+    uint64_t si = r * v->scale_cols + b;
+    uint16_t hs = dsq_f16_from_f32(s), hm = dsq_f16_from_f32(m); /* s, m are F16 values already */
+    memcpy((uint8_t *)C->dst->scales + 2 * si, &hs, 2);
+    if (C->sp.asym) memcpy((uint8_t *)C->dst->mins + 2 * si, &hm, 2);
+    uint8_t *row = (uint8_t *)C->dst->data + r * v->row_bytes;
+    const float *xc = C->xc + i * C->cols;
+    dsq__grp_param p = {s, s > 0.0f ? 1.0f / s : 0.0f, m, (float)C->sp.qmin, (float)C->sp.qmax, C->sp.asym};
+    int8_t q[DSQ_CODEC_MAX_GROUP];
+    for (uint64_t k0 = 0; k0 < n; k0 += DSQ_CODEC_MAX_GROUP) {
+        int nk = (int)(n - k0 < DSQ_CODEC_MAX_GROUP ? n - k0 : DSQ_CODEC_MAX_GROUP);
+        uint64_t cb = c0 + k0;
+        if (C->avx2 && (nk & 7) == 0) dsq__int_group_codes_avx2(xc + cb, nk, &p, q);
+        else dsq__int_group_codes_scalar(xc + cb, nk, &p, q);
+        if (C->kind == DSQ__K_INT8) {
+            memcpy(row + cb, q, (size_t)nk);
+        } else if (C->kind == DSQ__K_INT2A) {
+            for (int j = 0; j < nk; j++) row[(cb + j) >> 2] |= (uint8_t)(q[j] << (((cb + j) & 3) * 2));
+        } else { /* two's-complement or unsigned nibbles, low nibble first (cb is even: groups are) */
+            for (int j = 0; j + 1 < nk; j += 2) row[(cb + j) >> 1] = (uint8_t)((q[j] & 15) | ((q[j + 1] & 15) << 4));
+            if (nk & 1) row[(cb + nk - 1) >> 1] |= (uint8_t)(q[nk - 1] & 15);
+        }
     }
-    for (int it = 0; it < 2; it++) { /* codes fixed: the best scale is Σxq / Σq² */
-        if (it == 0) eval(S, x, n, best_s, 0, qmin, qmax, false, true, &best_ev);
-        if (!(best_ev.sqq > 0.0f)) break;
-        float s = f16r((float)((double)best_ev.sxq / (double)best_ev.sqq));
-        if (!(s > 0.0f) || s == best_s) break;
-        eval(S, x, n, s, 0, qmin, qmax, false, true, &ev);
-        if (!(ev.err < best_e)) break;
-        best_e = ev.err, best_s = s, best_ev = ev;
-    }
-    return best_s;
-}
-
-/* Best F16 (scale, min) of an asymmetric group x ≈ u·s + m, u ∈ [0, qmax]. */
-static void asym_search(const searcher *S, const float *x, int n, float lo, float hi, int qmax, float *s_out,
-                        float *m_out) {
-    if (lo == 0.0f && hi == 0.0f) {
-        *s_out = 0, *m_out = 0;
-        return;
-    }
-    dsq__grp_eval ev, best_ev = {0};
-    float best_s = 0, best_m = f16r(lo), best_e = INFINITY;
-    if (hi == lo) { /* a constant group needs no scale */
-        *s_out = 0, *m_out = best_m;
-        return;
-    }
-    for (int k = 0; k < N_FACTORS; k++) {
-        float f = factors[k] > 1.0f ? 1.0f : factors[k];
-        float mid = 0.5f * (lo + hi), half = 0.5f * (hi - lo) * f;
-        float m = f16r(k == 0 ? lo : mid - half);
-        float s = f16r((k == 0 ? hi - lo : 2.0f * half) / (float)qmax);
-        if (s == 0.0f) s = 0x1p-24f;
-        eval(S, x, n, s, m, 0, qmax, true, false, &ev);
-        if (k == 0 || ev.err < best_e) best_e = ev.err, best_s = s, best_m = m; /* k = 0 even if Inf */
-    }
-    for (int it = 0; it < 2; it++) { /* codes fixed: least squares for (s, m) */
-        if (it == 0) eval(S, x, n, best_s, best_m, 0, qmax, true, true, &best_ev);
-        double N = n, sq = best_ev.sq, sqq = best_ev.sqq, sx = best_ev.sx, sxq = best_ev.sxq;
-        double det = N * sqq - sq * sq;
-        if (!(det > 0)) break;
-        double s = (N * sxq - sq * sx) / det, m = (sx - s * sq) / N;
-        if (!(s > 0)) break;
-        float s16 = f16r((float)s), m16 = f16r((float)m);
-        if (s16 == 0.0f || (s16 == best_s && m16 == best_m)) break;
-        eval(S, x, n, s16, m16, 0, qmax, true, true, &ev);
-        if (!(ev.err < best_e)) break;
-        best_e = ev.err, best_s = s16, best_m = m16, best_ev = ev;
-    }
-    *s_out = best_s, *m_out = best_m;
 }
 
 dsq_status dsq__encode_int_rows(const dsq__qv *v, dsq_qtensor_buf *dst, const float *x, uint64_t row0,
                                 uint64_t nrows, dsq_isa isa, const char *name, dsq_err *err) {
     dsq__kind k = v->info->kind;
-    uint64_t cols = dst->cols, g = v->bcols;
-    searcher S = {isa == DSQ_ISA_AVX2};
-    bool asym = k == DSQ__K_INT4A || k == DSQ__K_INT2A;
-    int qmin = k == DSQ__K_INT8 ? -127 : k == DSQ__K_INT4 ? -8 : 0;
-    int qmax = k == DSQ__K_INT8 ? 127 : k == DSQ__K_INT4 ? 7 : k == DSQ__K_INT4A ? 15 : 3;
-    /* row_f: the row with NaN/Inf set to 0 for the search (they take no part in choosing scales);
-     * row_c: what is encoded (NaN → 0, ±Inf → ±3e38, which saturates); both 32-byte aligned */
-    uint64_t bytes;
-    DSQ_RETURN_IF(!dsq_mul_u64(cols, 2 * sizeof(float), &bytes), err, DSQ_ERR_OVERFLOW, "%s: row too long", name);
-    float *row_f = dsq_malloc_aligned((size_t)bytes);
-    DSQ_RETURN_IF(!row_f, err, DSQ_ERR_NOMEM, "%s: cannot allocate a row of %llu floats", name, (unsigned long long)cols);
-    float *row_c = row_f + cols;
-    int8_t q[DSQ_CODEC_MAX_GROUP];
-    for (uint64_t i = 0; i < nrows; i++) {
-        uint64_t r = row0 + i;
-        const float *xr = x + i * cols, *xf = xr, *xc = xr;
-        bool clean = true;
-        for (uint64_t c = 0; c < cols; c++) clean &= finite_f(xr[c]);
-        if (!clean) {
-            for (uint64_t c = 0; c < cols; c++) {
-                row_f[c] = finite_f(xr[c]) ? xr[c] : 0.0f;
-                row_c[c] = finite_f(xr[c]) || xr[c] != xr[c] ? row_f[c] : copysignf(3e38f, xr[c]);
-            }
-            xf = row_f, xc = row_c;
+    uint64_t cols = dst->cols, g = v->bcols, gpr = dsq_ceil_div(cols, g), full = cols / g;
+    enc_ctx C = {v, dst, x, row0, cols, {0, 0, false}, k, isa == DSQ_ISA_AVX2};
+    C.sp.asym = k == DSQ__K_INT4A || k == DSQ__K_INT2A;
+    C.sp.qmin = k == DSQ__K_INT8 ? -127 : k == DSQ__K_INT4 ? -8 : 0;
+    C.sp.qmax = k == DSQ__K_INT8 ? 127 : k == DSQ__K_INT4 ? 7 : k == DSQ__K_INT4A ? 15 : 3;
+    uint64_t total, bytes;
+    DSQ_RETURN_IF(!dsq_mul_u64(nrows, cols, &total), err, DSQ_ERR_OVERFLOW, "%s: chunk too large", name);
+    /* xf: the values with NaN/Inf set to 0 for the search (they take no part in choosing scales); xc:
+     * what is encoded.  Both are x itself unless the chunk holds a non-finite value (rare). */
+    float *clean = NULL, *xt = NULL;
+    const float *xf = x;
+    bool finite = true;
+    for (uint64_t i = 0; i < total && finite; i++) finite = finite_f(x[i]);
+    if (!finite) {
+        DSQ_RETURN_IF(!dsq_mul_u64(total, 2 * sizeof(float), &bytes), err, DSQ_ERR_OVERFLOW, "%s: chunk too large", name);
+        clean = dsq_malloc_aligned((size_t)bytes);
+        DSQ_RETURN_IF(!clean, err, DSQ_ERR_NOMEM, "%s: cannot allocate %llu bytes of scratch", name,
+                      (unsigned long long)bytes);
+        for (uint64_t i = 0; i < total; i++) {
+            clean[i] = finite_f(x[i]) ? x[i] : 0.0f;
+            clean[total + i] = finite_f(x[i]) || x[i] != x[i] ? clean[i] : copysignf(3e38f, x[i]);
         }
-        uint8_t *row = (uint8_t *)dst->data + r * v->row_bytes;
-        memset(row, 0, v->row_bytes);
-        for (uint64_t b = 0; b * g < cols; b++) {
-            uint64_t c0 = b * g, n = cols - c0 < g ? cols - c0 : g;
-            uint64_t si = r * v->scale_cols + b;
-            bool vec = S.avx2 && (n & 7) == 0;
-            float s, m = 0.0f, lo, hi;
-            if (vec) dsq__minmax_avx2(xf + c0, (int)n, &lo, &hi);
-            else dsq__minmax_scalar(xf + c0, (int)n, &lo, &hi);
-            if (asym) asym_search(&S, xf + c0, (int)n, lo, hi, qmax, &s, &m);
-            else s = sym_search(&S, xf + c0, (int)n, lo, hi, qmin, qmax);
-            uint16_t hs = f16_sat(s), hm = f16_sat(m);
-            memcpy((uint8_t *)dst->scales + 2 * si, &hs, 2);
-            if (asym) memcpy((uint8_t *)dst->mins + 2 * si, &hm, 2);
-            /* codes with exactly the arithmetic of the evaluation, a chunk of ≤ 256 at a time */
-            dsq__grp_param p = {s, s > 0.0f ? 1.0f / s : 0.0f, m, (float)qmin, (float)qmax, asym, false};
-            for (uint64_t k0 = 0; k0 < n; k0 += DSQ_CODEC_MAX_GROUP) {
-                int nk = (int)(n - k0 < DSQ_CODEC_MAX_GROUP ? n - k0 : DSQ_CODEC_MAX_GROUP);
-                uint64_t cb = c0 + k0;
-                if (S.avx2 && (nk & 7) == 0) dsq__int_group_codes_avx2(xc + cb, nk, &p, q);
-                else dsq__int_group_codes_scalar(xc + cb, nk, &p, q);
-                if (k == DSQ__K_INT8) {
-                    memcpy(row + cb, q, (size_t)nk);
-                } else if (k == DSQ__K_INT2A) {
-                    for (int j = 0; j < nk; j++) row[(cb + j) >> 2] |= (uint8_t)(q[j] << (((cb + j) & 3) * 2));
-                } else { /* two's-complement or unsigned nibbles, low nibble first (cb is even: groups are) */
-                    for (int j = 0; j + 1 < nk; j += 2) row[(cb + j) >> 1] = (uint8_t)((q[j] & 15) | ((q[j + 1] & 15) << 4));
-                    if (nk & 1) row[(cb + nk - 1) >> 1] |= (uint8_t)(q[nk - 1] & 15);
-                }
-            }
-        }
+        xf = clean, C.xc = clean + total;
     }
-    dsq_free_aligned(row_f);
+    for (uint64_t i = 0; i < nrows; i++) memset((uint8_t *)dst->data + (row0 + i) * v->row_bytes, 0, v->row_bytes);
+    /* Full-length groups go eight at a time through the AVX2 search (transposed: lane j = group j),
+     * taken in (row, group) order across rows; short tail groups and the last < 8 go one by one. */
+    uint64_t n_full = nrows * full, done = 0;
+    if (C.avx2 && n_full >= 8) {
+        DSQ_RETURN_IF(!dsq_mul_u64(g, 8 * sizeof(float), &bytes), err, DSQ_ERR_OVERFLOW, "%s: group too long", name);
+        xt = dsq_malloc_aligned((size_t)bytes);
+        if (!xt) {
+            dsq_free_aligned(clean);
+            return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: cannot allocate a search tile", name);
+        }
+        for (; done + 8 <= n_full; done += 8) {
+            const float *p[8];
+            for (int j = 0; j < 8; j++) {
+                uint64_t id = done + (uint64_t)j, i = id / full, b = id % full;
+                p[j] = xf + i * cols + b * g;
+            }
+            dsq__transpose8_avx2(p, (int)g, xt);
+            float s[8], m[8];
+            dsq__int_search8_avx2(xt, (int)g, &C.sp, s, m);
+            for (int j = 0; j < 8; j++) {
+                uint64_t id = done + (uint64_t)j;
+                emit(&C, id / full, id % full, s[j], m[j]);
+            }
+        }
+        dsq_free_aligned(xt);
+    }
+    for (uint64_t id = done; id < nrows * gpr; id++) {
+        /* the remaining full groups (ids < n_full in full-group numbering) and every tail group */
+        uint64_t i, b;
+        if (id < n_full) i = id / full, b = id % full;
+        else if (gpr == full) break;
+        else i = id - n_full, b = full; /* row i's tail group */
+        uint64_t c0 = b * g, n = cols - c0 < g ? cols - c0 : g;
+        float s, m;
+        dsq__int_search_scalar(xf + i * cols + c0, (int)n, &C.sp, &s, &m);
+        emit(&C, i, b, s, m);
+    }
+    dsq_free_aligned(clean);
     return DSQ_OK;
 }

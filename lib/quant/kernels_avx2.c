@@ -325,39 +325,187 @@ AVX2 float dsq__dot_row_avx2(const dsq__qv *v, uint64_t r, const float *x) {
     return hsum(_mm256_add_ps(acc0, acc1)) + tail;
 }
 
-/* Integer scale search: one candidate on a group of n (multiple of 8) values, the same IEEE operations
- * as dsq__int_group_eval_scalar (no FMA; RNE by the magic-number add), so the sums are identical. */
-AVX2 void dsq__int_group_eval_avx2(const float *x, int n, const dsq__grp_param *p, dsq__grp_eval *out) {
-    __m256 e = _mm256_setzero_ps(), a = e, b = e, c = e, d = e;
-    __m256 inv = _mm256_set1_ps(p->inv), s = _mm256_set1_ps(p->s), m = _mm256_set1_ps(p->m);
-    __m256 lo = _mm256_set1_ps(p->qmin), hi = _mm256_set1_ps(p->qmax), magic = _mm256_set1_ps(0x1.8p23f);
-    if (!p->sums && !p->asym) { /* the hot case: symmetric candidates, error only */
-        for (int i = 0; i < n; i += 8) {
-            __m256 xv = _mm256_loadu_ps(x + i);
-            __m256 t = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(xv, inv), lo), hi);
-            __m256 q = _mm256_sub_ps(_mm256_add_ps(t, magic), magic);
-            __m256 df = _mm256_sub_ps(xv, _mm256_mul_ps(q, s));
-            e = _mm256_add_ps(e, _mm256_mul_ps(df, df));
+/* ---- integer scale search, eight groups at once (lane j = group j; see encode_int.c) ------------- */
+
+AVX2 static inline __m256 f16r8(__m256 v) {
+    v = _mm256_max_ps(_mm256_set1_ps(-65504.0f), _mm256_min_ps(_mm256_set1_ps(65504.0f), v)); /* NaN passes */
+    return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+AVX2 void dsq__f16r8_avx2(const float in[8], float out[8]) { _mm256_storeu_ps(out, f16r8(_mm256_loadu_ps(in))); }
+
+typedef struct gsum8 {
+    __m256 err, sxq, sqq, sq, sx;
+} gsum8;
+
+/* Error (and with `sums` the least-squares sums) of one candidate (s, m) in each lane. */
+AVX2 static inline gsum8 geval8(const float *xt, int n, __m256 s, __m256 m, __m256 qmin, __m256 qmax, bool asym,
+                                bool sums) {
+    __m256 inv = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), s), _mm256_cmp_ps(s, _mm256_setzero_ps(), _CMP_GT_OQ));
+    gsum8 g = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int i = 0; i < n; i++) {
+        __m256 xv = _mm256_load_ps(xt + 8 * i);
+        __m256 t = asym ? _mm256_mul_ps(_mm256_sub_ps(xv, m), inv) : _mm256_mul_ps(xv, inv);
+        t = _mm256_min_ps(_mm256_max_ps(t, qmin), qmax);
+        __m256 q = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256 d = asym ? _mm256_sub_ps(xv, _mm256_fmadd_ps(q, s, m)) : _mm256_fnmadd_ps(q, s, xv);
+        g.err = _mm256_fmadd_ps(d, d, g.err);
+        if (!sums) continue;
+        g.sxq = _mm256_fmadd_ps(xv, q, g.sxq);
+        g.sqq = _mm256_fmadd_ps(q, q, g.sqq);
+        g.sq = _mm256_add_ps(g.sq, q);
+        g.sx = _mm256_add_ps(g.sx, xv);
+    }
+    return g;
+}
+
+AVX2 static inline __m256 blend(__m256 a, __m256 b, __m256 mask) { return _mm256_blendv_ps(a, b, mask); }
+AVX2 static inline gsum8 blend_sum(gsum8 a, gsum8 b, __m256 mask) {
+    return (gsum8){blend(a.err, b.err, mask), blend(a.sxq, b.sxq, mask), blend(a.sqq, b.sqq, mask),
+                   blend(a.sq, b.sq, mask), blend(a.sx, b.sx, mask)};
+}
+/* (float)((double)a / (double)b) in each lane */
+AVX2 static inline __m256 div_d(__m256 a, __m256 b) {
+    __m256d lo = _mm256_div_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(a)), _mm256_cvtps_pd(_mm256_castps256_ps128(b)));
+    __m256d hi = _mm256_div_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(a, 1)), _mm256_cvtps_pd(_mm256_extractf128_ps(b, 1)));
+    return _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
+}
+
+AVX2 static void search8_sym(const float *xt, int n, const dsq__int_spec *sp, __m256 lo, __m256 hi, float *s_out) {
+    const __m256 zero = _mm256_setzero_ps(), tiny = _mm256_set1_ps(0x1p-24f);
+    const __m256 qmin = _mm256_set1_ps((float)sp->qmin), qmax = _mm256_set1_ps((float)sp->qmax);
+    __m256 nlo = _mm256_xor_ps(lo, _mm256_set1_ps(-0.0f)), amax = _mm256_max_ps(hi, nlo);
+    __m256 neg = -sp->qmin > sp->qmax ? _mm256_cmp_ps(nlo, amax, _CMP_EQ_OQ) : zero;
+    __m256 base = _mm256_div_ps(amax, qmax), best_s = zero, best_e = zero;
+    for (int k = 0; k <= DSQ__INT_FACTORS; k++) {
+        if (k == DSQ__INT_FACTORS && _mm256_movemask_ps(neg) == 0) break;
+        __m256 s = f16r8(k < DSQ__INT_FACTORS ? _mm256_mul_ps(base, _mm256_set1_ps(dsq__int_factors[k]))
+                                              : _mm256_div_ps(amax, _mm256_set1_ps((float)-sp->qmin)));
+        s = blend(s, tiny, _mm256_cmp_ps(s, zero, _CMP_EQ_OQ));
+        __m256 e = geval8(xt, n, s, zero, qmin, qmax, false, false).err;
+        if (k == 0) {
+            best_e = e, best_s = s;
+            continue;
         }
-        out->err = hsum(e), out->sxq = out->sqq = out->sq = out->sx = 0;
+        __m256 take = _mm256_cmp_ps(e, best_e, _CMP_LT_OQ);
+        if (k == DSQ__INT_FACTORS) take = _mm256_and_ps(take, neg);
+        best_e = blend(best_e, e, take), best_s = blend(best_s, s, take);
+    }
+    gsum8 best = geval8(xt, n, best_s, zero, qmin, qmax, false, true);
+    __m256 live = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+    for (int it = 0; it < 2; it++) {
+        live = _mm256_and_ps(live, _mm256_cmp_ps(best.sqq, zero, _CMP_GT_OQ));
+        __m256 s = f16r8(div_d(best.sxq, best.sqq));
+        live = _mm256_and_ps(live, _mm256_cmp_ps(s, zero, _CMP_GT_OQ));
+        live = _mm256_and_ps(live, _mm256_cmp_ps(s, best_s, _CMP_NEQ_UQ));
+        if (_mm256_movemask_ps(live) == 0) break;
+        gsum8 g = geval8(xt, n, s, zero, qmin, qmax, false, true);
+        live = _mm256_and_ps(live, _mm256_cmp_ps(g.err, best_e, _CMP_LT_OQ));
+        best_e = blend(best_e, g.err, live), best_s = blend(best_s, s, live), best = blend_sum(best, g, live);
+    }
+    best_s = _mm256_andnot_ps(_mm256_cmp_ps(amax, zero, _CMP_EQ_OQ), best_s); /* all-zero group: scale 0 */
+    _mm256_storeu_ps(s_out, best_s);
+}
+
+AVX2 static void search8_asym(const float *xt, int n, const dsq__int_spec *sp, __m256 lo, __m256 hi, float *s_out,
+                              float *m_out) {
+    const __m256 zero = _mm256_setzero_ps(), tiny = _mm256_set1_ps(0x1p-24f), half_c = _mm256_set1_ps(0.5f);
+    const __m256 qmin = _mm256_set1_ps((float)sp->qmin), qmax = _mm256_set1_ps((float)sp->qmax);
+    __m256 best_s = zero, best_m = zero, best_e = zero;
+    __m256 mid = _mm256_mul_ps(half_c, _mm256_add_ps(lo, hi)), range = _mm256_sub_ps(hi, lo);
+    __m256 half0 = _mm256_mul_ps(half_c, range);
+    for (int k = 0; k < DSQ__INT_FACTORS; k++) {
+        float f = dsq__int_factors[k] > 1.0f ? 1.0f : dsq__int_factors[k];
+        __m256 half = _mm256_mul_ps(half0, _mm256_set1_ps(f));
+        __m256 m = f16r8(k == 0 ? lo : _mm256_sub_ps(mid, half));
+        __m256 s = f16r8(_mm256_div_ps(k == 0 ? range : _mm256_mul_ps(_mm256_set1_ps(2.0f), half), qmax));
+        s = blend(s, tiny, _mm256_cmp_ps(s, zero, _CMP_EQ_OQ));
+        __m256 e = geval8(xt, n, s, m, qmin, qmax, true, false).err;
+        if (k == 0) {
+            best_e = e, best_s = s, best_m = m;
+            continue;
+        }
+        __m256 take = _mm256_cmp_ps(e, best_e, _CMP_LT_OQ);
+        best_e = blend(best_e, e, take), best_s = blend(best_s, s, take), best_m = blend(best_m, m, take);
+    }
+    gsum8 best = geval8(xt, n, best_s, best_m, qmin, qmax, true, true);
+    __m256 live = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+    const __m256d N = _mm256_set1_pd((double)n), dz = _mm256_setzero_pd();
+    for (int it = 0; it < 2; it++) {
+        __m256 s16v, m16v;
+        __m256d sv[2], mv[2];
+        __m256 ok = zero;
+        for (int h = 0; h < 2; h++) { /* lanes 0-3, then 4-7, in double */
+#define HALF(v) _mm256_cvtps_pd(h ? _mm256_extractf128_ps(v, 1) : _mm256_castps256_ps128(v))
+            __m256d sq = HALF(best.sq), sqq = HALF(best.sqq), sx = HALF(best.sx), sxq = HALF(best.sxq);
+#undef HALF
+            __m256d det = _mm256_sub_pd(_mm256_mul_pd(N, sqq), _mm256_mul_pd(sq, sq));
+            __m256d s = _mm256_div_pd(_mm256_sub_pd(_mm256_mul_pd(N, sxq), _mm256_mul_pd(sq, sx)), det);
+            __m256d m = _mm256_div_pd(_mm256_sub_pd(sx, _mm256_mul_pd(s, sq)), N);
+            __m256d good = _mm256_and_pd(_mm256_cmp_pd(det, dz, _CMP_GT_OQ), _mm256_cmp_pd(s, dz, _CMP_GT_OQ));
+            __m128 g4 = _mm256_cvtpd_ps(_mm256_and_pd(good, _mm256_set1_pd(1.0)));
+            ok = h ? _mm256_insertf128_ps(ok, g4, 1) : _mm256_castps128_ps256(g4);
+            sv[h] = s, mv[h] = m;
+        }
+        s16v = f16r8(_mm256_set_m128(_mm256_cvtpd_ps(sv[1]), _mm256_cvtpd_ps(sv[0])));
+        m16v = f16r8(_mm256_set_m128(_mm256_cvtpd_ps(mv[1]), _mm256_cvtpd_ps(mv[0])));
+        live = _mm256_and_ps(live, _mm256_cmp_ps(ok, zero, _CMP_NEQ_OQ));
+        __m256 same = _mm256_and_ps(_mm256_cmp_ps(s16v, best_s, _CMP_EQ_OQ), _mm256_cmp_ps(m16v, best_m, _CMP_EQ_OQ));
+        live = _mm256_andnot_ps(_mm256_or_ps(_mm256_cmp_ps(s16v, zero, _CMP_EQ_OQ), same), live);
+        if (_mm256_movemask_ps(live) == 0) break;
+        gsum8 g = geval8(xt, n, s16v, m16v, qmin, qmax, true, true);
+        live = _mm256_and_ps(live, _mm256_cmp_ps(g.err, best_e, _CMP_LT_OQ));
+        best_e = blend(best_e, g.err, live), best_s = blend(best_s, s16v, live), best_m = blend(best_m, m16v, live);
+        best = blend_sum(best, g, live);
+    }
+    /* constant groups need no scale (min = the value; +0 for a group of zeros, whatever their signs) */
+    __m256 cst = _mm256_cmp_ps(hi, lo, _CMP_EQ_OQ);
+    __m256 zeros = _mm256_and_ps(_mm256_cmp_ps(lo, zero, _CMP_EQ_OQ), _mm256_cmp_ps(hi, zero, _CMP_EQ_OQ));
+    best_s = _mm256_andnot_ps(cst, best_s);
+    best_m = _mm256_andnot_ps(zeros, blend(best_m, f16r8(lo), cst));
+    _mm256_storeu_ps(s_out, best_s);
+    _mm256_storeu_ps(m_out, best_m);
+}
+
+AVX2 void dsq__int_search8_avx2(const float *xt, int n, const dsq__int_spec *sp, float s[8], float m[8]) {
+    __m256 lo = _mm256_load_ps(xt), hi = lo;
+    for (int i = 1; i < n; i++) {
+        __m256 v = _mm256_load_ps(xt + 8 * i);
+        lo = _mm256_min_ps(v, lo), hi = _mm256_max_ps(v, hi);
+    }
+    if (sp->asym) {
+        search8_asym(xt, n, sp, lo, hi, s, m);
         return;
     }
-    for (int i = 0; i < n; i += 8) {
-        __m256 xv = _mm256_loadu_ps(x + i);
-        __m256 t = p->asym ? _mm256_mul_ps(_mm256_sub_ps(xv, m), inv) : _mm256_mul_ps(xv, inv);
-        t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
-        __m256 q = _mm256_sub_ps(_mm256_add_ps(t, magic), magic);
-        __m256 w = _mm256_mul_ps(q, s);
-        if (p->asym) w = _mm256_add_ps(w, m);
-        __m256 df = _mm256_sub_ps(xv, w);
-        e = _mm256_add_ps(e, _mm256_mul_ps(df, df));
-        if (!p->sums) continue;
-        a = _mm256_add_ps(a, _mm256_mul_ps(xv, q));
-        b = _mm256_add_ps(b, _mm256_mul_ps(q, q));
-        c = _mm256_add_ps(c, q);
-        d = _mm256_add_ps(d, xv);
+    search8_sym(xt, n, sp, lo, hi, s);
+    _mm256_storeu_ps(m, _mm256_setzero_ps());
+}
+
+AVX2 void dsq__transpose8_avx2(const float *const p[8], int n, float *xt) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 r0 = _mm256_loadu_ps(p[0] + i), r1 = _mm256_loadu_ps(p[1] + i), r2 = _mm256_loadu_ps(p[2] + i);
+        __m256 r3 = _mm256_loadu_ps(p[3] + i), r4 = _mm256_loadu_ps(p[4] + i), r5 = _mm256_loadu_ps(p[5] + i);
+        __m256 r6 = _mm256_loadu_ps(p[6] + i), r7 = _mm256_loadu_ps(p[7] + i);
+        __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+        __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+        __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+        __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+        __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+        __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+        __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+        __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+        float *o = xt + 8 * i;
+        _mm256_store_ps(o + 0, _mm256_permute2f128_ps(u0, u4, 0x20));
+        _mm256_store_ps(o + 8, _mm256_permute2f128_ps(u1, u5, 0x20));
+        _mm256_store_ps(o + 16, _mm256_permute2f128_ps(u2, u6, 0x20));
+        _mm256_store_ps(o + 24, _mm256_permute2f128_ps(u3, u7, 0x20));
+        _mm256_store_ps(o + 32, _mm256_permute2f128_ps(u0, u4, 0x31));
+        _mm256_store_ps(o + 40, _mm256_permute2f128_ps(u1, u5, 0x31));
+        _mm256_store_ps(o + 48, _mm256_permute2f128_ps(u2, u6, 0x31));
+        _mm256_store_ps(o + 56, _mm256_permute2f128_ps(u3, u7, 0x31));
     }
-    out->err = hsum(e), out->sxq = hsum(a), out->sqq = hsum(b), out->sq = hsum(c), out->sx = hsum(d);
+    for (; i < n; i++)
+        for (int j = 0; j < 8; j++) xt[8 * i + j] = p[j][i];
 }
 
 AVX2 void dsq__int_group_codes_avx2(const float *x, int n, const dsq__grp_param *p, int8_t *q) {
@@ -373,19 +521,6 @@ AVX2 void dsq__int_group_codes_avx2(const float *x, int n, const dsq__grp_param 
     }
 }
 
-AVX2 void dsq__minmax_avx2(const float *x, int n, float *lo, float *hi) {
-    __m256 a = _mm256_loadu_ps(x), b = a;
-    for (int i = 8; i < n; i += 8) {
-        __m256 v = _mm256_loadu_ps(x + i);
-        a = _mm256_min_ps(a, v), b = _mm256_max_ps(b, v);
-    }
-    float la[8], lb[8];
-    _mm256_storeu_ps(la, a), _mm256_storeu_ps(lb, b);
-    float mn = la[0], mx = lb[0];
-    for (int l = 1; l < 8; l++) mn = la[l] < mn ? la[l] : mn, mx = lb[l] > mx ? lb[l] : mx;
-    *lo = mn, *hi = mx;
-}
-
 #else /* not x86: the scalar twins stand in (dsq_codec_best_isa never returns AVX2 there) */
 
 void dsq__decode_span_avx2(const dsq__qv *v, uint64_t r, uint64_t c0, uint64_t n, float *out) {
@@ -393,12 +528,22 @@ void dsq__decode_span_avx2(const dsq__qv *v, uint64_t r, uint64_t c0, uint64_t n
 }
 float dsq__dot_f32_avx2(const float *a, const float *b, uint64_t n) { return dsq__dot_f32_scalar(a, b, n); }
 float dsq__dot_row_avx2(const dsq__qv *v, uint64_t r, const float *x) { return dsq__dot_row_scalar(v, r, x); }
-void dsq__int_group_eval_avx2(const float *x, int n, const dsq__grp_param *p, dsq__grp_eval *out) {
-    dsq__int_group_eval_scalar(x, n, p, out);
+void dsq__int_search8_avx2(const float *xt, int n, const dsq__int_spec *sp, float s[8], float m[8]) {
+    float col[DSQ_CODEC_MAX_GROUP];
+    for (int j = 0; j < 8; j++) { /* (only the tests call it here: dsq_codec_best_isa is scalar) */
+        for (int i = 0; i < n && i < DSQ_CODEC_MAX_GROUP; i++) col[i] = xt[8 * i + j];
+        dsq__int_search_scalar(col, n < DSQ_CODEC_MAX_GROUP ? n : DSQ_CODEC_MAX_GROUP, sp, s + j, m + j);
+    }
+}
+void dsq__transpose8_avx2(const float *const p[8], int n, float *xt) {
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < 8; j++) xt[8 * i + j] = p[j][i];
+}
+void dsq__f16r8_avx2(const float in[8], float out[8]) {
+    for (int j = 0; j < 8; j++) out[j] = dsq__f16r(in[j]);
 }
 void dsq__int_group_codes_avx2(const float *x, int n, const dsq__grp_param *p, int8_t *q) {
     dsq__int_group_codes_scalar(x, n, p, q);
 }
-void dsq__minmax_avx2(const float *x, int n, float *lo, float *hi) { dsq__minmax_scalar(x, n, lo, hi); }
 
 #endif
