@@ -121,9 +121,13 @@ typedef struct dsq__grp_param {
 } dsq__grp_param;
 void dsq__int_group_codes_scalar(const float *x, int n, const dsq__grp_param *p, int8_t *q);
 void dsq__int_group_codes_avx2(const float *x, int n, const dsq__grp_param *p, int8_t *q); /* n % 8 == 0 */
+/* Low nibbles of n int8 codes (n % 16 == 0), two per byte, low nibble first. */
+void dsq__pack_nibbles_avx2(const int8_t *q, int n, uint8_t *out);
+/* Whether all n values are finite (the scalar form is a loop over dsq_f32_bits). */
+bool dsq__all_finite_avx2(const float *x, uint64_t n);
 /* Encode rows of an INT8/INT4/INT2 encoding (allocates one row of scratch). */
 dsq_status dsq__encode_int_rows(const dsq__qv *v, dsq_qtensor_buf *dst, const float *x, uint64_t row0,
-                                uint64_t nrows, dsq_isa isa, const char *name, dsq_err *err);
+                                uint64_t nrows, dsq_isa isa, bool finite, const char *name, dsq_err *err);
 
 /* NVFP4 block of n ≤ 16 values with tensor scale ts: n nibbles (one per byte) and the E4M3 scale. */
 void dsq__nvfp4_encode_block(const float *x, int n, float ts, uint8_t *nibbles, uint8_t *scale);

@@ -190,8 +190,11 @@ dsq_status dsq_codec_encode(dsq_qtensor_buf *dst, const float *x, uint64_t row0,
                   (unsigned long long)end, (unsigned long long)v.brows);
     if (nrows == 0 || dst->cols == 0) return DSQ_OK;
     DSQ_RETURN_IF(!x, err, DSQ_ERR_ARG, "%s: no input", nm);
-    if (!o.allow_nonfinite) DSQ_TRY(find_nonfinite(x, row0, nrows, dst->cols, nm, err));
     uint64_t cols = dst->cols;
+    dsq_isa isa = dsq__isa_resolve(o.isa);
+    /* a chunk is < 2^64 bytes: it is in memory */
+    bool finite = isa == DSQ_ISA_AVX2 ? dsq__all_finite_avx2(x, nrows * cols) : find_nonfinite(x, row0, nrows, cols, nm, NULL) == DSQ_OK;
+    if (!finite && !o.allow_nonfinite) return find_nonfinite(x, row0, nrows, cols, nm, err);
     switch (v.info->kind) {
     case DSQ__K_F32:
         memcpy((uint8_t *)dst->data + row0 * cols * 4, x, nrows * cols * 4);
@@ -223,7 +226,7 @@ dsq_status dsq_codec_encode(dsq_qtensor_buf *dst, const float *x, uint64_t row0,
     case DSQ__K_INT8:
     case DSQ__K_INT4:
     case DSQ__K_INT4A:
-    case DSQ__K_INT2A: return dsq__encode_int_rows(&v, dst, x, row0, nrows, dsq__isa_resolve(o.isa), nm, err);
+    case DSQ__K_INT2A: return dsq__encode_int_rows(&v, dst, x, row0, nrows, isa, finite, nm, err);
     case DSQ__K_RAW: break;
     }
     return DSQ_OK;

@@ -157,7 +157,9 @@ static void emit(const enc_ctx *C, uint64_t i, uint64_t b, float s, float m) {
         uint64_t cb = c0 + k0;
         if (C->avx2 && (nk & 7) == 0) dsq__int_group_codes_avx2(xc + cb, nk, &p, q);
         else dsq__int_group_codes_scalar(xc + cb, nk, &p, q);
-        if (C->kind == DSQ__K_INT8) {
+        if (C->avx2 && C->kind != DSQ__K_INT8 && C->kind != DSQ__K_INT2A && (nk & 15) == 0) {
+            dsq__pack_nibbles_avx2(q, nk, row + (cb >> 1));
+        } else if (C->kind == DSQ__K_INT8) {
             memcpy(row + cb, q, (size_t)nk);
         } else if (C->kind == DSQ__K_INT2A) {
             for (int j = 0; j < nk; j++) row[(cb + j) >> 2] |= (uint8_t)(q[j] << (((cb + j) & 3) * 2));
@@ -169,7 +171,7 @@ static void emit(const enc_ctx *C, uint64_t i, uint64_t b, float s, float m) {
 }
 
 dsq_status dsq__encode_int_rows(const dsq__qv *v, dsq_qtensor_buf *dst, const float *x, uint64_t row0,
-                                uint64_t nrows, dsq_isa isa, const char *name, dsq_err *err) {
+                                uint64_t nrows, dsq_isa isa, bool finite, const char *name, dsq_err *err) {
     dsq__kind k = v->info->kind;
     uint64_t cols = dst->cols, g = v->bcols, gpr = dsq_ceil_div(cols, g), full = cols / g;
     enc_ctx C = {v, dst, x, row0, cols, {0, 0, false}, k, isa == DSQ_ISA_AVX2};
@@ -182,8 +184,6 @@ dsq_status dsq__encode_int_rows(const dsq__qv *v, dsq_qtensor_buf *dst, const fl
      * what is encoded.  Both are x itself unless the chunk holds a non-finite value (rare). */
     float *clean = NULL, *xt = NULL;
     const float *xf = x;
-    bool finite = true;
-    for (uint64_t i = 0; i < total && finite; i++) finite = finite_f(x[i]);
     if (!finite) {
         DSQ_RETURN_IF(!dsq_mul_u64(total, 2 * sizeof(float), &bytes), err, DSQ_ERR_OVERFLOW, "%s: chunk too large", name);
         clean = dsq_malloc_aligned((size_t)bytes);
@@ -206,19 +206,19 @@ dsq_status dsq__encode_int_rows(const dsq__qv *v, dsq_qtensor_buf *dst, const fl
             dsq_free_aligned(clean);
             return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: cannot allocate a search tile", name);
         }
+        uint64_t ri = 0, bi = 0; /* (row, group) of group number `done` */
         for (; done + 8 <= n_full; done += 8) {
             const float *p[8];
+            uint64_t gi[8], gb[8];
             for (int j = 0; j < 8; j++) {
-                uint64_t id = done + (uint64_t)j, i = id / full, b = id % full;
-                p[j] = xf + i * cols + b * g;
+                gi[j] = ri, gb[j] = bi;
+                p[j] = xf + ri * cols + bi * g;
+                if (++bi == full) bi = 0, ri++;
             }
             dsq__transpose8_avx2(p, (int)g, xt);
             float s[8], m[8];
             dsq__int_search8_avx2(xt, (int)g, &C.sp, s, m);
-            for (int j = 0; j < 8; j++) {
-                uint64_t id = done + (uint64_t)j;
-                emit(&C, id / full, id % full, s[j], m[j]);
-            }
+            for (int j = 0; j < 8; j++) emit(&C, gi[j], gb[j], s[j], m[j]);
         }
         dsq_free_aligned(xt);
     }

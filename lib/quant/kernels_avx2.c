@@ -358,6 +358,36 @@ AVX2 static inline gsum8 geval8(const float *xt, int n, __m256 s, __m256 m, __m2
     return g;
 }
 
+/* Errors of four candidates (s_c, m_c) at once: four independent accumulation chains per pass over
+ * the data; each chain is exactly geval8's error. */
+AVX2 static inline void geval8x4(const float *xt, int n, const __m256 s[4], const __m256 m[4], __m256 qmin,
+                                 __m256 qmax, bool asym, __m256 err[4]) {
+    const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+    __m256 s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3], m0 = m[0], m1 = m[1], m2 = m[2], m3 = m[3];
+    __m256 i0 = _mm256_and_ps(_mm256_div_ps(one, s0), _mm256_cmp_ps(s0, zero, _CMP_GT_OQ));
+    __m256 i1 = _mm256_and_ps(_mm256_div_ps(one, s1), _mm256_cmp_ps(s1, zero, _CMP_GT_OQ));
+    __m256 i2 = _mm256_and_ps(_mm256_div_ps(one, s2), _mm256_cmp_ps(s2, zero, _CMP_GT_OQ));
+    __m256 i3 = _mm256_and_ps(_mm256_div_ps(one, s3), _mm256_cmp_ps(s3, zero, _CMP_GT_OQ));
+    __m256 e0 = zero, e1 = zero, e2 = zero, e3 = zero;
+    for (int i = 0; i < n; i++) {
+        __m256 xv = _mm256_load_ps(xt + 8 * i);
+#define ONE(S, M, I, E)                                                                                                \
+    do {                                                                                                               \
+        __m256 t = asym ? _mm256_mul_ps(_mm256_sub_ps(xv, M), I) : _mm256_mul_ps(xv, I);                               \
+        t = _mm256_min_ps(_mm256_max_ps(t, qmin), qmax);                                                               \
+        __m256 q = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);                                  \
+        __m256 d = asym ? _mm256_sub_ps(xv, _mm256_fmadd_ps(q, S, M)) : _mm256_fnmadd_ps(q, S, xv);                    \
+        E = _mm256_fmadd_ps(d, d, E);                                                                                  \
+    } while (0)
+        ONE(s0, m0, i0, e0);
+        ONE(s1, m1, i1, e1);
+        ONE(s2, m2, i2, e2);
+        ONE(s3, m3, i3, e3);
+#undef ONE
+    }
+    err[0] = e0, err[1] = e1, err[2] = e2, err[3] = e3;
+}
+
 AVX2 static inline __m256 blend(__m256 a, __m256 b, __m256 mask) { return _mm256_blendv_ps(a, b, mask); }
 AVX2 static inline gsum8 blend_sum(gsum8 a, gsum8 b, __m256 mask) {
     return (gsum8){blend(a.err, b.err, mask), blend(a.sxq, b.sxq, mask), blend(a.sqq, b.sqq, mask),
@@ -376,19 +406,23 @@ AVX2 static void search8_sym(const float *xt, int n, const dsq__int_spec *sp, __
     __m256 nlo = _mm256_xor_ps(lo, _mm256_set1_ps(-0.0f)), amax = _mm256_max_ps(hi, nlo);
     __m256 neg = -sp->qmin > sp->qmax ? _mm256_cmp_ps(nlo, amax, _CMP_EQ_OQ) : zero;
     __m256 base = _mm256_div_ps(amax, qmax), best_s = zero, best_e = zero;
-    for (int k = 0; k <= DSQ__INT_FACTORS; k++) {
-        if (k == DSQ__INT_FACTORS && _mm256_movemask_ps(neg) == 0) break;
-        __m256 s = f16r8(k < DSQ__INT_FACTORS ? _mm256_mul_ps(base, _mm256_set1_ps(dsq__int_factors[k]))
-                                              : _mm256_div_ps(amax, _mm256_set1_ps((float)-sp->qmin)));
-        s = blend(s, tiny, _mm256_cmp_ps(s, zero, _CMP_EQ_OQ));
-        __m256 e = geval8(xt, n, s, zero, qmin, qmax, false, false).err;
+    int nk = _mm256_movemask_ps(neg) ? DSQ__INT_FACTORS + 1 : DSQ__INT_FACTORS;
+    __m256 cs[12], cm[12] = {zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero}, ce[12];
+    for (int k = 0; k < 12; k++) {
+        int kk = k < nk ? k : nk - 1; /* padding: repeats the last candidate, never taken */
+        __m256 s = f16r8(kk < DSQ__INT_FACTORS ? _mm256_mul_ps(base, _mm256_set1_ps(dsq__int_factors[kk]))
+                                               : _mm256_div_ps(amax, _mm256_set1_ps((float)-sp->qmin)));
+        cs[k] = blend(s, tiny, _mm256_cmp_ps(s, zero, _CMP_EQ_OQ));
+    }
+    for (int k = 0; k < nk; k += 4) geval8x4(xt, n, cs + k, cm + k, qmin, qmax, false, ce + k);
+    for (int k = 0; k < nk; k++) {
         if (k == 0) {
-            best_e = e, best_s = s;
+            best_e = ce[0], best_s = cs[0];
             continue;
         }
-        __m256 take = _mm256_cmp_ps(e, best_e, _CMP_LT_OQ);
+        __m256 take = _mm256_cmp_ps(ce[k], best_e, _CMP_LT_OQ);
         if (k == DSQ__INT_FACTORS) take = _mm256_and_ps(take, neg);
-        best_e = blend(best_e, e, take), best_s = blend(best_s, s, take);
+        best_e = blend(best_e, ce[k], take), best_s = blend(best_s, cs[k], take);
     }
     gsum8 best = geval8(xt, n, best_s, zero, qmin, qmax, false, true);
     __m256 live = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
@@ -413,19 +447,23 @@ AVX2 static void search8_asym(const float *xt, int n, const dsq__int_spec *sp, _
     __m256 best_s = zero, best_m = zero, best_e = zero;
     __m256 mid = _mm256_mul_ps(half_c, _mm256_add_ps(lo, hi)), range = _mm256_sub_ps(hi, lo);
     __m256 half0 = _mm256_mul_ps(half_c, range);
-    for (int k = 0; k < DSQ__INT_FACTORS; k++) {
-        float f = dsq__int_factors[k] > 1.0f ? 1.0f : dsq__int_factors[k];
+    __m256 cs[12], cm[12], ce[12];
+    for (int k = 0; k < 12; k++) {
+        int kk = k < DSQ__INT_FACTORS ? k : DSQ__INT_FACTORS - 1; /* padding, never taken */
+        float f = dsq__int_factors[kk] > 1.0f ? 1.0f : dsq__int_factors[kk];
         __m256 half = _mm256_mul_ps(half0, _mm256_set1_ps(f));
-        __m256 m = f16r8(k == 0 ? lo : _mm256_sub_ps(mid, half));
-        __m256 s = f16r8(_mm256_div_ps(k == 0 ? range : _mm256_mul_ps(_mm256_set1_ps(2.0f), half), qmax));
-        s = blend(s, tiny, _mm256_cmp_ps(s, zero, _CMP_EQ_OQ));
-        __m256 e = geval8(xt, n, s, m, qmin, qmax, true, false).err;
+        cm[k] = f16r8(kk == 0 ? lo : _mm256_sub_ps(mid, half));
+        __m256 s = f16r8(_mm256_div_ps(kk == 0 ? range : _mm256_mul_ps(_mm256_set1_ps(2.0f), half), qmax));
+        cs[k] = blend(s, tiny, _mm256_cmp_ps(s, zero, _CMP_EQ_OQ));
+    }
+    for (int k = 0; k < DSQ__INT_FACTORS; k += 4) geval8x4(xt, n, cs + k, cm + k, qmin, qmax, true, ce + k);
+    for (int k = 0; k < DSQ__INT_FACTORS; k++) {
         if (k == 0) {
-            best_e = e, best_s = s, best_m = m;
+            best_e = ce[0], best_s = cs[0], best_m = cm[0];
             continue;
         }
-        __m256 take = _mm256_cmp_ps(e, best_e, _CMP_LT_OQ);
-        best_e = blend(best_e, e, take), best_s = blend(best_s, s, take), best_m = blend(best_m, m, take);
+        __m256 take = _mm256_cmp_ps(ce[k], best_e, _CMP_LT_OQ);
+        best_e = blend(best_e, ce[k], take), best_s = blend(best_s, cs[k], take), best_m = blend(best_m, cm[k], take);
     }
     gsum8 best = geval8(xt, n, best_s, best_m, qmin, qmax, true, true);
     __m256 live = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
@@ -521,6 +559,41 @@ AVX2 void dsq__int_group_codes_avx2(const float *x, int n, const dsq__grp_param 
     }
 }
 
+/* Low nibbles of n (multiple of 16) int8 codes, two per byte, low nibble first. */
+AVX2 void dsq__pack_nibbles_avx2(const int8_t *q, int n, uint8_t *out) {
+    const __m128i m = _mm_set1_epi16(0x0f0f), lo8 = _mm_set1_epi16(0x00ff);
+    for (int i = 0; i < n; i += 32) {
+        __m128i a = _mm_and_si128(_mm_loadu_si128((const __m128i *)(const void *)(q + i)), m);
+        a = _mm_and_si128(_mm_or_si128(a, _mm_srli_epi16(a, 4)), lo8); /* byte pair → one byte */
+        __m128i b = a;
+        if (i + 16 < n) {
+            b = _mm_and_si128(_mm_loadu_si128((const __m128i *)(const void *)(q + i + 16)), m);
+            b = _mm_and_si128(_mm_or_si128(b, _mm_srli_epi16(b, 4)), lo8);
+        }
+        __m128i r = _mm_packus_epi16(a, b);
+        if (i + 16 < n) _mm_storeu_si128((__m128i *)(void *)(out + i / 2), r);
+        else _mm_storel_epi64((__m128i *)(void *)(out + i / 2), r);
+    }
+}
+
+/* Whether all n values are finite. */
+AVX2 bool dsq__all_finite_avx2(const float *x, uint64_t n) {
+    const __m256i e = _mm256_set1_epi32(0x7f800000);
+    uint64_t i = 0;
+    while (i + 8 <= n) {
+        __m256i bad = _mm256_setzero_si256();
+        uint64_t end = n - i > 4096 ? i + 4096 : n;
+        for (; i + 8 <= end; i += 8) {
+            __m256i v = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(const void *)(x + i)), e);
+            bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(v, e));
+        }
+        if (!_mm256_testz_si256(bad, bad)) return false;
+    }
+    for (; i < n; i++)
+        if ((dsq_f32_bits(x[i]) & 0x7f800000u) == 0x7f800000u) return false;
+    return true;
+}
+
 #else /* not x86: the scalar twins stand in (dsq_codec_best_isa never returns AVX2 there) */
 
 void dsq__decode_span_avx2(const dsq__qv *v, uint64_t r, uint64_t c0, uint64_t n, float *out) {
@@ -544,6 +617,14 @@ void dsq__f16r8_avx2(const float in[8], float out[8]) {
 }
 void dsq__int_group_codes_avx2(const float *x, int n, const dsq__grp_param *p, int8_t *q) {
     dsq__int_group_codes_scalar(x, n, p, q);
+}
+void dsq__pack_nibbles_avx2(const int8_t *q, int n, uint8_t *out) {
+    for (int j = 0; j + 1 < n; j += 2) out[j / 2] = (uint8_t)((q[j] & 15) | ((q[j + 1] & 15) << 4));
+}
+bool dsq__all_finite_avx2(const float *x, uint64_t n) {
+    for (uint64_t i = 0; i < n; i++)
+        if ((dsq_f32_bits(x[i]) & 0x7f800000u) == 0x7f800000u) return false;
+    return true;
 }
 
 #endif
