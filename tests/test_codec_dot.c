@@ -15,7 +15,7 @@
 #define DOT_TOL 1e-6
 
 static const char *encs[] = {"f32",         "f16",          "bf16",          "fp8-128x128",   "fp8-128x128-f32",
-                             "fp8-1x128",   "fp8-row",       "mxfp4",
+                             "fp8-1x128",   "fp8-row",       "fp8-1x128-f32", "fp8-row-e8m0",  "mxfp4",
                              "nvfp4",       "int8-row",      "int8-g128",    "int8-g16",      "int4-g32",
                              "int4-g64",    "int4-g128",     "int4-g32-asym", "int4-g64-asym", "int4-g256-asym",
                              "int2-g32-asym", "int2-g128-asym"};

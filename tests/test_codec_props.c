@@ -38,6 +38,8 @@ static const enc_case cases[] = {
     {"int2-g32-asym", 0.350},    /* 0.303 */
     {"int8-g16", 0.0052},        /* 0.0043 */
     {"int4-g256", 0.120},        /* 0.103 */
+    {"fp8-1x128-f32", 0.032},    /* 0.0258 */
+    {"fp8-row-e8m0", 0.032},     /* 0.0265 */
 };
 enum { N_CASES = sizeof cases / sizeof cases[0] };
 
@@ -76,6 +78,23 @@ static void test_layout(void **state) {
     assert_int_equal(dsq_codec_layout_of(DSQ_ENC_INT8_ROW, 7, 9, 0, &L, NULL), DSQ_OK);
     assert_int_equal(L.scale_cols, 1);
     assert_int_equal(L.scale_bytes, 14);
+    assert_int_equal(dsq_codec_layout_of(DSQ_ENC_FP8_R128_F32, 200, 300, 128, &L, NULL), DSQ_OK);
+    assert_int_equal(L.data_bytes, 60000);
+    assert_int_equal(L.block_rows, 1);
+    assert_int_equal(L.block_cols, 128);
+    assert_int_equal(L.scale_rows, 200);
+    assert_int_equal(L.scale_cols, 3);
+    assert_int_equal(L.scale_size, 4);
+    assert_int_equal(L.scale_bytes, 2400);
+    assert_int_equal(dsq_codec_layout_of(DSQ_ENC_FP8_ROW_E8M0, 200, 300, 0, &L, NULL), DSQ_OK);
+    assert_int_equal(L.data_bytes, 60000);
+    assert_int_equal(L.block_cols, 300);
+    assert_int_equal(L.scale_rows, 200);
+    assert_int_equal(L.scale_cols, 1);
+    assert_int_equal(L.scale_size, 1);
+    assert_int_equal(L.scale_bytes, 200);
+    assert_int_equal(dsq_codec_layout_of(DSQ_ENC_FP8_ROW_E8M0, 4, 64, 32, &L, NULL), DSQ_ERR_ARG);
+    assert_int_equal(dsq_codec_layout_of(DSQ_ENC_FP8_R128_F32, 4, 64, 64, &L, NULL), DSQ_ERR_ARG);
     assert_int_equal(dsq_codec_layout_of(DSQ_ENC_I64, 7, 6, 0, &L, NULL), DSQ_OK);
     assert_int_equal(L.data_bytes, 336);
     assert_int_equal(L.scale_bytes, 0);
@@ -94,7 +113,7 @@ static void test_layout(void **state) {
 
 static void test_names(void **state) {
     (void)state;
-    const char *names[] = {"f32", "f16", "bf16", "fp8-128x128", "fp8-128x128-f32", "fp8-1x128", "fp8-row", "mxfp4", "nvfp4", "int8-row", "int8-g128", "int8-g16",
+    const char *names[] = {"f32", "f16", "bf16", "fp8-128x128", "fp8-128x128-f32", "fp8-1x128", "fp8-row", "fp8-1x128-f32", "fp8-row-e8m0", "mxfp4", "nvfp4", "int8-row", "int8-g128", "int8-g16",
                            "int4-g32", "int4-g64", "int4-g128", "int4-g256", "int4-g32-asym", "int4-g64-asym",
                            "int2-g32-asym", "int2-g128-asym", "i64", "i32"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
@@ -112,8 +131,14 @@ static void test_names(void **state) {
     assert_int_equal(g, 64);
     parse_ok("fp8-128x128", &enc, &g);
     assert_int_equal(enc, DSQ_ENC_FP8_B128);
+    parse_ok("fp8-1x128-f32", &enc, &g);
+    assert_int_equal(enc, DSQ_ENC_FP8_R128_F32);
+    assert_int_equal(g, 0);
+    parse_ok("fp8-row-e8m0", &enc, &g);
+    assert_int_equal(enc, DSQ_ENC_FP8_ROW_E8M0);
     const char *bad[] = {"", "fp8", "int4", "int4-g", "int4-g33", "int4-g32-sym", "int2-g32", "int4-g-32",
-                         "int4-g512", "mxfp4-g32", "F32", "int8-g128x", "nvfp4 "};
+                         "int4-g512", "mxfp4-g32", "F32", "int8-g128x", "nvfp4 ",
+                         "fp8-row-f32", "fp8-1x128-e8m0", "fp8-row-ue8m0", "fp8-1x128-f32 ", "fp8-row-e8m0-g32"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         dsq_err e = DSQ_ERR_INIT;
         assert_int_equal(dsq_codec_parse(bad[i], &enc, &g, &e), DSQ_ERR_ARG);
@@ -136,6 +161,7 @@ static float stored_scale(const dsq_qtensor_buf *b, const dsq_codec_layout *L, u
     }
     switch (b->enc) {
     case DSQ_ENC_FP8_B128_F32:
+    case DSQ_ENC_FP8_R128_F32:
     case DSQ_ENC_FP8_ROW: {
         float f;
         memcpy(&f, (uint8_t *)b->scales + 4 * i, 4);
@@ -295,7 +321,7 @@ static void test_zeros_and_denormals(void **state) {
                 /* integer encodings: an all-zero group has scale 0 (and min 0) */
                 if (L.scale_size == 2)
                     for (uint64_t k = 0; k < L.scale_bytes; k++) assert_int_equal(((uint8_t *)b.scales)[k], 0);
-                if (enc == DSQ_ENC_FP8_ROW || enc == DSQ_ENC_FP8_B128_F32)
+                if (enc == DSQ_ENC_FP8_ROW || enc == DSQ_ENC_FP8_B128_F32 || enc == DSQ_ENC_FP8_R128_F32)
                     for (uint64_t k = 0; k < L.scale_bytes; k++) assert_int_equal(((uint8_t *)b.scales)[k], 0);
             }
             qbuf_free(&b);
@@ -340,7 +366,8 @@ static void test_nonfinite_rejected(void **state) {
                     assert_true(fabsf(y[j] - x[j]) <= 0.5f * fabsf(x[j]) + 0.7f);
             float yb = y[3 * C + 5];
             if (k == 0 && (enc == DSQ_ENC_F32 || enc == DSQ_ENC_F16 || enc == DSQ_ENC_BF16 || enc == DSQ_ENC_FP8_B128 ||
-                           enc == DSQ_ENC_FP8_R128 || enc == DSQ_ENC_FP8_ROW))
+                           enc == DSQ_ENC_FP8_R128 || enc == DSQ_ENC_FP8_ROW || enc == DSQ_ENC_FP8_R128_F32 ||
+                           enc == DSQ_ENC_FP8_ROW_E8M0))
                 assert_true(isnan(yb));
             if (k > 0 && enc != DSQ_ENC_F32) { /* ±Inf saturates to a finite value of the right sign */
                 assert_true(isfinite(yb));
@@ -366,7 +393,8 @@ static void test_nonfinite_codes_in_source(void **state) {
     float x[R * C], y[R * C];
     rng g = {11};
     fill_gauss(&g, x, R * C, 1.0f);
-    const char *encs[] = {"fp8-128x128", "fp8-1x128", "mxfp4", "nvfp4", "int4-g32", "f16", "bf16"};
+    const char *encs[] = {"fp8-128x128", "fp8-1x128", "fp8-1x128-f32", "fp8-row-e8m0", "mxfp4", "nvfp4", "int4-g32",
+                          "f16", "bf16"};
     for (size_t i = 0; i < sizeof encs / sizeof encs[0]; i++) {
         dsq_encoding enc;
         int group;
@@ -378,7 +406,9 @@ static void test_nonfinite_codes_in_source(void **state) {
             if (where == 0) {
                 if (enc == DSQ_ENC_F16) memcpy((uint8_t *)b.data + 2 * (2 * C + 3), &(uint16_t){0x7c00}, 2);
                 else if (enc == DSQ_ENC_BF16) memcpy((uint8_t *)b.data + 2 * (2 * C + 3), &(uint16_t){0x7fc0}, 2);
-                else if (enc == DSQ_ENC_FP8_B128 || enc == DSQ_ENC_FP8_R128) ((uint8_t *)b.data)[2 * C + 3] = 0xff;
+                else if (enc == DSQ_ENC_FP8_B128 || enc == DSQ_ENC_FP8_R128 || enc == DSQ_ENC_FP8_R128_F32 ||
+                         enc == DSQ_ENC_FP8_ROW_E8M0)
+                    ((uint8_t *)b.data)[2 * C + 3] = 0xff;
                 else { qbuf_free(&b); continue; } /* no NaN codes in e2m1 / int4 */
             } else {
                 if (!b.scales) { qbuf_free(&b); continue; }
@@ -387,6 +417,7 @@ static void test_nonfinite_codes_in_source(void **state) {
                 uint64_t si = enc == DSQ_ENC_FP8_B128 ? 0 : 2 * L.scale_cols; /* row 2's first scale */
                 if (enc == DSQ_ENC_INT4_G) memcpy((uint8_t *)b.scales + 2 * si, &(uint16_t){0x7e00}, 2);
                 else if (enc == DSQ_ENC_NVFP4) ((uint8_t *)b.scales)[si] = 0x7f;
+                else if (enc == DSQ_ENC_FP8_R128_F32) memcpy((uint8_t *)b.scales + 4 * si, &(float){NAN}, 4);
                 else ((uint8_t *)b.scales)[si] = 0xff;
             }
             dsq_qtensor t = dsq_qtensor_view(&b);
@@ -436,7 +467,8 @@ static void test_huge_saturate(void **state) {
         }
         if (enc == DSQ_ENC_F16) assert_true(y[5] == -65504.0f);
         if (enc == DSQ_ENC_INT8_ROW) assert_true(y[5] == -65504.0f * 127);
-        if (enc == DSQ_ENC_FP8_B128 || enc == DSQ_ENC_F32 || enc == DSQ_ENC_FP8_ROW)
+        if (enc == DSQ_ENC_FP8_B128 || enc == DSQ_ENC_F32 || enc == DSQ_ENC_FP8_ROW || enc == DSQ_ENC_FP8_R128_F32 ||
+            enc == DSQ_ENC_FP8_ROW_E8M0)
             assert_true(fabsf(y[5] + 3e38f) <= 3e38f * 0.07f);
         qbuf_free(&b);
         dsq_err_clear(&e);
@@ -624,6 +656,9 @@ static void test_reencode_paths(void **state) {
     }
     /* value-preserving pairs: FP8 scale formats, FP8 block shapes with UE8M0 scales, into wider formats */
     const char *exact[][2] = {{"fp8-128x128", "fp8-128x128-f32"}, {"fp8-128x128", "fp8-1x128"},
+                              {"fp8-128x128", "fp8-1x128-f32"},  {"fp8-128x128-f32", "fp8-1x128-f32"},
+                              {"fp8-1x128", "fp8-1x128-f32"},    {"fp8-row-e8m0", "fp8-row"},
+                              {"fp8-row-e8m0", "f32"},           {"fp8-1x128-f32", "f32"},
                               {"mxfp4", "fp8-1x128"},
                               {"fp8-128x128", "f32"},            {"bf16", "f32"},
                               {"f16", "f32"},                    {"mxfp4", "bf16"},
@@ -644,6 +679,35 @@ static void test_reencode_paths(void **state) {
         qbuf_free(&a);
         qbuf_free(&b);
         dsq_err_clear(&e);
+    }
+    /* FP8 128x128 → 1x128 (either scale format): the same codes, each block scale replicated per row */
+    const char *split[][2] = {{"fp8-128x128", "fp8-1x128"}, {"fp8-128x128", "fp8-1x128-f32"},
+                              {"fp8-128x128-f32", "fp8-1x128-f32"}};
+    for (size_t i = 0; i < sizeof split / sizeof split[0]; i++) {
+        dsq_qtensor_buf a, b;
+        encode_new(&a, split[i][0], R, C, x);
+        encode_new(&b, split[i][1], R, C, NULL);
+        dsq_qtensor ta = dsq_qtensor_view(&a);
+        dsq_reencode_report rep;
+        assert_int_equal(dsq_codec_reencode(&ta, &b, NULL, &rep, NULL), DSQ_OK);
+        assert_true(rep.exact_path);
+        assert_false(rep.byte_copy);
+        assert_int_equal(rep.blocks, R * 3);
+        assert_int_equal(rep.blocks_inexact, 0);
+        assert_memory_equal(a.data, b.data, (size_t)R * C);
+        bool f32 = b.enc == DSQ_ENC_FP8_R128_F32;
+        for (int r = 0; r < R; r++)
+            for (int j = 0; j < 3; j++) {
+                float want = a.enc == DSQ_ENC_FP8_B128 ? dsq_e8m0_to_f32(((uint8_t *)a.scales)[(r / 128) * 3 + j])
+                                                       : ((float *)a.scales)[(r / 128) * 3 + j];
+                float got = f32 ? ((float *)b.scales)[r * 3 + j] : dsq_e8m0_to_f32(((uint8_t *)b.scales)[r * 3 + j]);
+                assert_true(memcmp(&want, &got, 4) == 0);
+            }
+        decoded(&a, y0);
+        decoded(&b, y1);
+        assert_memory_equal(y0, y1, R * C * sizeof(float));
+        qbuf_free(&a);
+        qbuf_free(&b);
     }
     /* generic path = decode then encode */
     const char *lossy[][2] = {{"fp8-128x128", "int4-g32"}, {"mxfp4", "int4-g64-asym"}, {"bf16", "nvfp4"},
@@ -703,6 +767,55 @@ static void test_reencode_f32_scales_to_e8m0(void **state) {
     free(x);
     free(y0);
     free(y1);
+}
+
+/* The two FP8 variants follow the rules of their siblings: UE8M0 per row = pow2ceil(max(amax, 1e-4)/448)
+ * as FP8_B128/FP8_R128; F32 per 1x128 block = amax/448 as FP8_ROW / FP8_B128_F32.  Rows of at most 128
+ * columns are one block, so the pairs (fp8-row-e8m0, fp8-1x128) and (fp8-1x128-f32, fp8-row) must then
+ * give the same bytes. */
+static void test_fp8_variant_scale_rules(void **state) {
+    (void)state;
+    enum { R = 37, C = 300 };
+    float *x = malloc(R * C * sizeof(float));
+    rng g = {77};
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) x[r * C + c] = ldexpf(rng_gauss(&g), (r % 9) * 3 - 12 + (c / 128) * 2);
+    for (int c = 0; c < C; c++) x[5 * C + c] = 0.0f;  /* an all-zero row */
+    for (int c = 0; c < 128; c++) x[6 * C + c] = 0.0f; /* an all-zero 1x128 block */
+    dsq_qtensor_buf a, b;
+    encode_new(&a, "fp8-row-e8m0", R, C, x);
+    encode_new(&b, "fp8-1x128-f32", R, C, x);
+    for (int r = 0; r < R; r++) {
+        float amax = 0, bmax[3] = {0};
+        for (int c = 0; c < C; c++) {
+            amax = fmaxf(amax, fabsf(x[r * C + c]));
+            bmax[c / 128] = fmaxf(bmax[c / 128], fabsf(x[r * C + c]));
+        }
+        assert_int_equal(((uint8_t *)a.scales)[r], dsq_fp8_scale_e8m0(amax));
+        for (int j = 0; j < 3; j++) assert_true(((float *)b.scales)[r * 3 + j] == bmax[j] / DSQ_E4M3_MAX);
+        for (int c = 0; c < C; c++) { /* codes: RNE of x/s */
+            float sa = dsq_e8m0_to_f32(((uint8_t *)a.scales)[r]), sb = ((float *)b.scales)[r * 3 + c / 128];
+            assert_int_equal(((uint8_t *)a.data)[r * C + c], dsq_e4m3_from_f32(x[r * C + c] * (1.0f / sa)));
+            assert_int_equal(((uint8_t *)b.data)[r * C + c], sb > 0 ? dsq_e4m3_from_f32(x[r * C + c] / sb) : 0);
+        }
+    }
+    assert_true(((float *)b.scales)[6 * 3] == 0.0f);
+    qbuf_free(&a);
+    qbuf_free(&b);
+    /* one block per row: sibling encodings give identical bytes */
+    enum { C2 = 128 };
+    const char *same[][2] = {{"fp8-row-e8m0", "fp8-1x128"}, {"fp8-1x128-f32", "fp8-row"}};
+    for (size_t i = 0; i < 2; i++) {
+        encode_new(&a, same[i][0], R, C2, x);
+        encode_new(&b, same[i][1], R, C2, x);
+        dsq_codec_layout L;
+        dsq_codec_layout_of(a.enc, R, C2, 0, &L, NULL);
+        assert_memory_equal(a.data, b.data, (size_t)R * C2);
+        assert_memory_equal(a.scales, b.scales, L.scale_bytes);
+        qbuf_free(&a);
+        qbuf_free(&b);
+    }
+    free(x);
 }
 
 static void test_compare_stats(void **state) {
@@ -769,6 +882,7 @@ int main(void) {
         cmocka_unit_test(test_check_descriptor),
         cmocka_unit_test(test_reencode_paths),
         cmocka_unit_test(test_reencode_f32_scales_to_e8m0),
+        cmocka_unit_test(test_fp8_variant_scale_rules),
         cmocka_unit_test(test_compare_stats),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

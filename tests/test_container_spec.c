@@ -194,6 +194,7 @@ static void test_encodings(void **state) {
         {"INT8_G", DSQ_FILE_ENC_INT8_G},     {"INT4_G", DSQ_FILE_ENC_INT4_G},
         {"INT4_G_ASYM", DSQ_FILE_ENC_INT4_G_ASYM}, {"I64", DSQ_FILE_ENC_I64},
         {"I32", DSQ_FILE_ENC_I32},           {"INT2_G_ASYM", DSQ_FILE_ENC_INT2_G_ASYM},
+        {"FP8_R128_F32", DSQ_FILE_ENC_FP8_R128_F32}, {"FP8_ROW_E8M0", DSQ_FILE_ENC_FP8_ROW_E8M0},
         {NULL, 0},
     };
     assert_int_equal(t.rows, DSQ_FILE_ENC_MAX);

@@ -1,8 +1,10 @@
 /* dsq convert: recipes, the release conversion of the golden model (every source tensor byte for
  * byte, stacks, fusions, metadata, KV-cache declaration), determinism, interruption and resume,
- * `ulimit -f`, dry run, protected tensors. */
+ * `ulimit -f`, a real full filesystem (tmpfs), dry run, protected tensors. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "dsq_config.h"
@@ -465,6 +467,118 @@ static void test_bad_source(void **state) {
 }
 
 
+/* ---- a real full filesystem ---- */
+
+/* The scenario runs in one shell script on a small tmpfs mounted at $1; results go to files in $2
+ * (outside the mount).  Exit 77: tmpfs could not be mounted.  The trap unmounts on every path; in
+ * a private mount namespace the mount also dies with the script. */
+static const char ENOSPC_SCRIPT[] =
+    "set -u\n"
+    "M=$1 R=$2 BIN=$3 SRC=$4\n"
+    "mount -t tmpfs -o size=1m tmpfs \"$M\" 2>\"$R/mount-err\" || exit 77\n"
+    "trap 'umount \"$M\" 2>/dev/null' EXIT\n"
+    "remount() { umount \"$M\" && mount -t tmpfs -o size=$1 tmpfs \"$M\" || exit 78; }\n"
+    /* 1: the output cannot fit: refused before anything is written */
+    "\"$BIN\" convert \"$SRC\" \"$M/m.dsq\" --recipe release >/dev/null 2>\"$R/err1\"; echo $? >\"$R/rc1\"\n"
+    "ls -A \"$M\" >\"$R/ls1\"\n"
+    /* 2: room at the start; the filesystem fills while the conversion is stopped after 20 tensors */
+    "remount 8m\n"
+    "DSQ_CONVERT_TEST_SIGNAL=20:19 \"$BIN\" convert \"$SRC\" \"$M/m.dsq\" --recipe release >/dev/null 2>\"$R/err2\" &\n"
+    "pid=$!; i=0\n"
+    "while [ \"$(cut -d' ' -f3 /proc/$pid/stat 2>/dev/null)\" != T ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done\n"
+    "df -k \"$M\" | tail -n 1 >\"$R/df2\"\n"
+    "dd if=/dev/zero of=\"$M/fill\" bs=64k 2>/dev/null\n"
+    "kill -CONT $pid; wait $pid; echo $? >\"$R/rc2\"\n"
+    "rm -f \"$M/fill\"; ls -A \"$M\" >\"$R/ls2\"\n"
+    /* 3: a big enough filesystem: the same conversion succeeds and verifies */
+    "remount 16m\n"
+    "\"$BIN\" convert \"$SRC\" \"$M/m.dsq\" --recipe release >/dev/null 2>\"$R/err3\"; echo $? >\"$R/rc3\"\n"
+    "\"$BIN\" verify \"$M/m.dsq\" >/dev/null 2>&1; echo $? >\"$R/vrc3\"\n"
+    "ls -A \"$M\" >\"$R/ls3\"\n";
+
+static char *result(const char *dir, const char *name) {
+    char *p = dsq_test_join(dir, name);
+    char *t = dsq_test_read(p, NULL);
+    free(p);
+    return t;
+}
+
+/* One line, ending in a newline. */
+static void assert_one_line(const char *t) {
+    const char *nl = strchr(t, '\n');
+    if (!nl || nl[1] != 0) fail_msg("expected one line, got: %s", t);
+}
+
+/* Converting the golden model onto a tmpfs that is too small, and onto one that fills up during the
+ * conversion (a real ENOSPC from the kernel, not fault injection): exit 1, one line naming the output
+ * and the problem, nothing left behind; then the same conversion into a big enough tmpfs succeeds.
+ * Needs to mount tmpfs: as root, or in an unprivileged user namespace; else skipped with the reason. */
+static void test_enospc_tmpfs(void **state) {
+    char *dir = dsq_test_tmpdir(), *src = golden_model();
+    char *mnt = dsq_test_join(dir, "mnt"), *res = dsq_test_join(dir, "res"), *script = dsq_test_join(dir, "enospc.sh");
+    assert_int_equal(mkdir(mnt, 0700), 0);
+    assert_int_equal(mkdir(res, 0700), 0);
+    dsq_test_write(script, ENOSPC_SCRIPT, strlen(ENOSPC_SCRIPT));
+    char bin[4096];
+    assert_non_null(realpath(dsq_test_bin(), bin));
+    /* private mount namespace (root), user + mount namespace (unprivileged), plain mount (root) */
+    static const char *const ways[] = {"unshare --mount --propagation private sh",
+                                       "unshare --user --map-root-user --mount sh", "sh"};
+    int rc = 77;
+    const char *how = NULL;
+    for (size_t i = 0; i < sizeof ways / sizeof ways[0] && rc == 77; i++) {
+        char cmd[16384];
+        snprintf(cmd, sizeof cmd, "%s '%s' '%s' '%s' '%s' '%s' 2>/dev/null", ways[i], script, mnt, res, bin, src);
+        int st = system(cmd);
+        rc = st == -1 ? 77 : WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+        how = ways[i];
+    }
+    if (rc == 77) {
+        char *p = dsq_test_join(res, "mount-err"), why[512] = "unknown";
+        FILE *f = fopen(p, "r");
+        if (f) {
+            if (!fgets(why, sizeof why, f)) snprintf(why, sizeof why, "mount failed");
+            fclose(f);
+        }
+        free(p);
+        why[strcspn(why, "\n")] = 0;
+        dsq_test_rmdir(dir);
+        printf("  SKIPPED: cannot mount a tmpfs here (as root, in a user namespace or plainly): %s\n", why);
+        free(script), free(res), free(mnt), free(src), free(dir);
+        skip();
+    }
+    printf("  ENOSPC scenario ran via '%s'\n", how);
+    assert_int_equal(rc, 0);
+    char *t;
+    /* 1: refused up front */
+    t = result(res, "rc1"), assert_string_equal(t, "1\n"), free(t);
+    t = result(res, "err1");
+    assert_one_line(t);
+    assert_non_null(strstr(t, "m.dsq"));
+    assert_non_null(strstr(t, "not enough free space"));
+    free(t);
+    t = result(res, "ls1"), assert_string_equal(t, ""), free(t);
+    /* 2: the kernel's ENOSPC in the middle of the conversion */
+    t = result(res, "rc2"), assert_string_equal(t, "1\n"), free(t);
+    t = result(res, "err2");
+    printf("  %s", t);
+    assert_one_line(t);
+    assert_non_null(strstr(t, "m.dsq"));
+    assert_non_null(strstr(t, "No space left on device"));
+    free(t);
+    t = result(res, "ls2"), assert_string_equal(t, ""), free(t); /* no m.dsq, .partial or .journal */
+    /* 3: enough room */
+    t = result(res, "rc3"), assert_string_equal(t, "0\n"), free(t);
+    t = result(res, "vrc3"), assert_string_equal(t, "0\n"), free(t);
+    t = result(res, "ls3"), assert_string_equal(t, "m.dsq\n"), free(t);
+    /* nothing is left mounted */
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "! grep -q ' %s ' /proc/self/mounts", mnt);
+    assert_int_equal(system(cmd), 0);
+    dsq_test_rmdir(dir);
+    free(script), free(res), free(mnt), free(src), free(dir);
+}
+
 /* ---- re-encoding recipes and verify ---- */
 
 static cJSON *verify_json(const char *dsq, const char *src, int want_rc) {
@@ -508,6 +622,49 @@ static void test_fp8_lossless(void **state) {
     assert_int_equal(t->encoding, DSQ_ENC_FP8_B128);
     assert_int_equal(t->shape[0], 8);
     assert_int_equal(t->parts[1].bytes, 8 * 2 * 1); /* [8, ceil(256/128), ceil(128/128)] UE8M0 */
+    dsq_ctr_reader_close(r);
+    dsq_test_rmdir(dir);
+    free(out);
+    free(src);
+    free(dir);
+}
+
+/* The two FP8 variants from the release's FP8 128x128: attention → fp8-1x128-f32 and shared experts →
+ * fp8-1x128 are exact (codes copied, block scales replicated per row); the MTP projections →
+ * fp8-row-e8m0 / fp8-row re-quantize per row.  verify --source passes and reports each encoding. */
+static void test_fp8_variants(void **state) {
+    char *dir = dsq_test_tmpdir(), *out = dsq_test_join(dir, "v.dsq"), *src = golden_model();
+    assert_int_equal(dsq_test_run(NULL, NULL,
+                                  "convert '%s' '%s' --recipe release --override '*.attn.w*=fp8-1x128-f32' "
+                                  "--override '*.shared_experts.*=fp8-1x128' --override 'mtp.*.e_proj.weight=fp8-row-e8m0' "
+                                  "--override 'mtp.*.h_proj.weight=fp8-row'",
+                                  src, out),
+                     0);
+    cJSON *j = verify_json(out, src, 0);
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "ok")));
+    cJSON *at = family(j, "attention"), *sh = family(j, "shared_experts"), *mtp = family(j, "mtp");
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(at, "encodings")->valuestring, "f32,fp8-1x128-f32");
+    assert_int_equal(num(at, "reencoded"), 25);
+    assert_true(num(at, "max_abs") == 0.0); /* identical dequantized values */
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(sh, "encodings")->valuestring, "fp8-1x128");
+    assert_int_equal(num(sh, "reencoded"), 15);
+    assert_true(num(sh, "max_abs") == 0.0);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(mtp, "encodings")->valuestring, "fp8-row-e8m0,fp8-row");
+    assert_int_equal(num(mtp, "reencoded"), 2);
+    assert_true(num(mtp, "max_rel_rms") > 0.001 && num(mtp, "max_rel_rms") < 0.04); /* e4m3 re-rounding */
+    assert_true(num(mtp, "min_cosine") > 0.999);
+    cJSON_Delete(j);
+    dsq_ctr_reader *r = NULL;
+    assert_int_equal(dsq_ctr_reader_open(out, NULL, &r, NULL), DSQ_OK);
+    const dsq_ctr_tensor *t = dsq_ctr_find(r, "layers.0.attn.wq_a.weight");
+    assert_int_equal(t->encoding, DSQ_ENC_FP8_R128_F32);
+    assert_int_equal(t->block_rows, 1);
+    assert_int_equal(t->block_cols, 128);
+    assert_int_equal(t->parts[1].bytes, t->shape[0] * dsq_ceil_div(t->shape[1], 128) * 4);
+    t = dsq_ctr_find(r, "mtp.0.e_proj.weight");
+    assert_int_equal(t->encoding, DSQ_ENC_FP8_ROW_E8M0);
+    assert_int_equal(t->block_cols, 0);
+    assert_int_equal(t->parts[1].bytes, t->shape[0]);
     dsq_ctr_reader_close(r);
     dsq_test_rmdir(dir);
     free(out);
@@ -630,7 +787,9 @@ int main(void) {
         cmocka_unit_test(test_cli_dry_run),
         cmocka_unit_test(test_cli_interrupt_resume), cmocka_unit_test(test_cli_ulimit),
         cmocka_unit_test(test_write_failure), cmocka_unit_test(test_bad_source),
-        cmocka_unit_test(test_fp8_lossless),  cmocka_unit_test(test_int4_and_mixed),
+        cmocka_unit_test(test_enospc_tmpfs),
+        cmocka_unit_test(test_fp8_lossless),  cmocka_unit_test(test_fp8_variants),
+        cmocka_unit_test(test_int4_and_mixed),
         cmocka_unit_test(test_verify_detects),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

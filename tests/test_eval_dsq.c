@@ -133,6 +133,34 @@ static void test_recipes_through_container(void **state) {
     free(rel), free(fp8), free(i4), free(tokens);
 }
 
+/* The FP8 variants through the evaluator: 128x128 → 1x128 (UE8M0 or F32 scales) is exact, so the
+ * logits equal the checkpoint's up to summation order; per-row scales (UE8M0 or F32) re-quantize the
+ * attention and shared experts: a real but small change. */
+static void test_fp8_variants_through_container(void **state) {
+    char *tokens = token_file(40);
+    size_t r0, r1, r2;
+    float *ref = logits(model, tokens, "", &r0);
+    char *ex = convert_as("fp8-1x128", "--recipe release --override '*.attn.w*=fp8-1x128-f32' "
+                                        "--override '*.shared_experts.*=fp8-1x128'");
+    float *a = logits(ex, tokens, "", &r1);
+    assert_int_equal(r1, 40);
+    size_t mism = 0;
+    double e = eu_max_rel_l2(a, ref, 40, 512, &mism);
+    printf("  fp8-1x128(-f32).dsq vs checkpoint: max row rel L2 %.3g\n", e);
+    assert_true(e <= 1e-5);
+    assert_int_equal(mism, 0);
+    char *row = convert_as("fp8-row", "--recipe release --override '*.attn.w*=fp8-row-e8m0' "
+                                      "--override '*.shared_experts.*=fp8-row'");
+    float *b = logits(row, tokens, "", &r2);
+    assert_int_equal(r2, 40);
+    for (size_t i = 0; i < 40 * 512; i++) assert_true(isfinite(b[i]));
+    double m = mean_rel_l2(b, ref, 40, 512);
+    printf("  fp8-row(-e8m0).dsq vs checkpoint: mean row rel L2 %.3g\n", m);
+    assert_true(m > 1e-5); /* the weights really were re-quantized */
+    assert_true(m < 0.2); /* below int4 experts (0.22 on these tokens) */
+    free(a), free(b), free(ref), free(ex), free(row), free(tokens);
+}
+
 /* Decode from a container (window ring, compressor state, indexer keys) equals its prefill. */
 static void test_decode_from_container(void **state) {
     char *tokens = token_file(60);
@@ -225,6 +253,7 @@ static void test_slices(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_recipes_through_container),
+        cmocka_unit_test(test_fp8_variants_through_container),
         cmocka_unit_test(test_decode_from_container),
         cmocka_unit_test(test_slices),
     };

@@ -18,6 +18,9 @@ _Static_assert((int)DSQ_FILE_ENC_INT4_G == (int)DSQ_ENC_INT4_G && (int)DSQ_FILE_
                    (int)DSQ_FILE_ENC_I64 == (int)DSQ_ENC_I64 && (int)DSQ_FILE_ENC_I32 == (int)DSQ_ENC_I32 &&
                    (int)DSQ_FILE_ENC_INT2_G_ASYM == (int)DSQ_ENC_INT2_G_ASYM,
                "encoding values");
+_Static_assert((int)DSQ_FILE_ENC_FP8_R128_F32 == (int)DSQ_ENC_FP8_R128_F32 &&
+                   (int)DSQ_FILE_ENC_FP8_ROW_E8M0 == (int)DSQ_ENC_FP8_ROW_E8M0,
+               "encoding values");
 _Static_assert((int)DSQ_FILE_DTYPE_F32 == (int)DSQ_DTYPE_F32 && (int)DSQ_FILE_DTYPE_F16 == (int)DSQ_DTYPE_F16 &&
                    (int)DSQ_FILE_DTYPE_BF16 == (int)DSQ_DTYPE_BF16 && (int)DSQ_FILE_DTYPE_F8_E4M3 == (int)DSQ_DTYPE_F8_E4M3 &&
                    (int)DSQ_FILE_DTYPE_F8_E8M0 == (int)DSQ_DTYPE_F8_E8M0 && (int)DSQ_FILE_DTYPE_I8 == (int)DSQ_DTYPE_I8 &&
@@ -52,6 +55,8 @@ const char *dsq_ctr_encoding_name(dsq_encoding e) {
     case DSQ_ENC_I64: return "i64";
     case DSQ_ENC_I32: return "i32";
     case DSQ_ENC_INT2_G_ASYM: return "int2-g-asym";
+    case DSQ_ENC_FP8_R128_F32: return "fp8-1x128-f32";
+    case DSQ_ENC_FP8_ROW_E8M0: return "fp8-row-e8m0";
     }
     return "unknown";
 }

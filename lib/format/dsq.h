@@ -132,7 +132,9 @@ enum dsq_file_encoding {
     DSQ_FILE_ENC_I64 = 14,
     DSQ_FILE_ENC_I32 = 15,
     DSQ_FILE_ENC_INT2_G_ASYM = 16,
-    DSQ_FILE_ENC_MAX = 16,
+    DSQ_FILE_ENC_FP8_R128_F32 = 17,
+    DSQ_FILE_ENC_FP8_ROW_E8M0 = 18,
+    DSQ_FILE_ENC_MAX = 18,
 };
 
 /* Tensor record fixed part: byte offsets (spec §5.1). */
@@ -272,6 +274,7 @@ static inline int dsq_file_encoding_layout(uint32_t encoding, int rank, const ui
             if (br < 1 || bc < 1) return -3;
             break;
         case DSQ_FILE_ENC_FP8_ROW:
+        case DSQ_FILE_ENC_FP8_ROW_E8M0:
         case DSQ_FILE_ENC_INT8_ROW:
             if (br != 1 || bc != 0) return -3;
             break;
@@ -281,7 +284,7 @@ static inline int dsq_file_encoding_layout(uint32_t encoding, int rank, const ui
         case DSQ_FILE_ENC_NVFP4:
             if (br != 1 || bc != 16) return -3;
             break;
-        default: /* FP8_R128, INT8_G, INT4_G, INT4_G_ASYM, INT2_G_ASYM */
+        default: /* FP8_R128, FP8_R128_F32, INT8_G, INT4_G, INT4_G_ASYM, INT2_G_ASYM */
             if (br != 1 || bc < 1) return -3;
             break;
         }
@@ -301,11 +304,13 @@ static inline int dsq_file_encoding_layout(uint32_t encoding, int rank, const ui
         switch (encoding) {
         case DSQ_FILE_ENC_FP8_B128:
         case DSQ_FILE_ENC_FP8_R128:
+        case DSQ_FILE_ENC_FP8_ROW_E8M0:
             parts[0].dtype = DSQ_FILE_DTYPE_F8_E4M3;
             parts[1].dtype = DSQ_FILE_DTYPE_F8_E8M0;
             parts[1].bytes = groups;
             break;
         case DSQ_FILE_ENC_FP8_B128_F32:
+        case DSQ_FILE_ENC_FP8_R128_F32:
         case DSQ_FILE_ENC_FP8_ROW:
             parts[0].dtype = DSQ_FILE_DTYPE_F8_E4M3;
             parts[1].dtype = DSQ_FILE_DTYPE_F32;

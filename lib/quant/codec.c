@@ -14,6 +14,8 @@ static const dsq__codec_info infos[] = {
     {DSQ_ENC_FP8_B128_F32, "fp8-128x128-f32", DSQ__K_FP8, 8, 128, 128, DSQ__SC_F32, false},
     {DSQ_ENC_FP8_R128, "fp8-1x128", DSQ__K_FP8, 8, 1, 128, DSQ__SC_E8M0, false},
     {DSQ_ENC_FP8_ROW, "fp8-row", DSQ__K_FP8, 8, 1, DSQ__BC_ROW, DSQ__SC_F32, false},
+    {DSQ_ENC_FP8_R128_F32, "fp8-1x128-f32", DSQ__K_FP8, 8, 1, 128, DSQ__SC_F32, false},
+    {DSQ_ENC_FP8_ROW_E8M0, "fp8-row-e8m0", DSQ__K_FP8, 8, 1, DSQ__BC_ROW, DSQ__SC_E8M0, false},
     {DSQ_ENC_MXFP4, "mxfp4", DSQ__K_MXFP4, 4, 1, DSQ_FP4_BLOCK, DSQ__SC_E8M0, false},
     {DSQ_ENC_NVFP4, "nvfp4", DSQ__K_NVFP4, 4, 1, DSQ_NVFP4_BLOCK, DSQ__SC_E4M3, false},
     {DSQ_ENC_INT8_ROW, "int8-row", DSQ__K_INT8, 8, 1, DSQ__BC_ROW, DSQ__SC_F16, false},
@@ -133,7 +135,7 @@ dsq_status dsq_codec_parse(const char *name, dsq_encoding *enc, int *group, dsq_
     }
     return dsq_err_set(err, DSQ_ERR_ARG,
                        "unknown encoding '%s' (known: f32 f16 bf16 fp8-128x128 fp8-128x128-f32 fp8-1x128 "
-                       "fp8-row mxfp4 nvfp4 int8-row int8-gG int4-gG int4-gG-asym "
+                       "fp8-1x128-f32 fp8-row fp8-row-e8m0 mxfp4 nvfp4 int8-row int8-gG int4-gG int4-gG-asym "
                        "int2-gG-asym i64 i32; G = 16..256)",
                        name);
 }

@@ -84,8 +84,10 @@ static void target_block(const dsq_convert_plan *p, dsq_encoding e, int group, u
         *br = p->cfg.weight_block_n > 0 ? (uint32_t)p->cfg.weight_block_n : 128;
         *bc = p->cfg.weight_block_k > 0 ? (uint32_t)p->cfg.weight_block_k : 128;
         return;
-    case DSQ_ENC_FP8_R128: *br = 1, *bc = 128; return;
+    case DSQ_ENC_FP8_R128:
+    case DSQ_ENC_FP8_R128_F32: *br = 1, *bc = 128; return;
     case DSQ_ENC_FP8_ROW:
+    case DSQ_ENC_FP8_ROW_E8M0:
     case DSQ_ENC_INT8_ROW: *br = 1, *bc = 0; return;
     case DSQ_ENC_MXFP4: *br = 1, *bc = 32; return;
     case DSQ_ENC_NVFP4: *br = 1, *bc = 16; return;

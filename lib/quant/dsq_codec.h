@@ -29,6 +29,8 @@
  * | FP8_B128_F32      | fp8-128x128-f32     | 8    | 128 x 128 | F32 (4 B)      | e4m3(q) · s            |
  * | FP8_R128          | fp8-1x128           | 8    | 1 x 128   | UE8M0          | e4m3(q) · 2^(s-127)    |
  * | FP8_ROW           | fp8-row             | 8    | 1 x cols  | F32            | e4m3(q) · s            |
+ * | FP8_R128_F32      | fp8-1x128-f32       | 8    | 1 x 128   | F32            | e4m3(q) · s            |
+ * | FP8_ROW_E8M0      | fp8-row-e8m0        | 8    | 1 x cols  | UE8M0          | e4m3(q) · 2^(s-127)    |
  * | MXFP4             | mxfp4               | 4    | 1 x 32    | UE8M0          | e2m1(q) · 2^(s-127)    |
  * | NVFP4             | nvfp4               | 4    | 1 x 16    | E4M3 + F32 ts  | e2m1(q) · f32(e4m3(s)·ts) |
  * | INT8_ROW          | int8-row            | 8    | 1 x cols  | F16            | q · s, q int8 in ±127  |
@@ -219,6 +221,8 @@ typedef struct dsq_reencode_report {
  *     is re-quantized by the NVFP4 rule (counted in blocks_inexact, its error in max_abs_change);
  *   - FP8 with UE8M0 scales ↔ the same block shape with F32 scales: codes copied, scales converted
  *     (a non-power-of-two F32 scale makes that block re-quantized);
+ *   - FP8 128x128 → FP8 1x128 (UE8M0 → UE8M0 or F32, F32 → F32): codes copied, each block scale
+ *     replicated to its 128 rows: exact (FP8_B128 → FP8_R128 / FP8_R128_F32);
  *   - otherwise: decode a slab to f32, encode it (dsq_codec_encode rules).  NVFP4 targets take a
  *     first pass over the source to find amax unless dst->tensor_scale is already set.
  * rep may be NULL. */

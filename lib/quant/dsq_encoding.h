@@ -21,6 +21,8 @@ typedef enum dsq_encoding {
     DSQ_ENC_I64 = 14,         /* raw integers (tid2eid) */
     DSQ_ENC_I32 = 15,
     DSQ_ENC_INT2_G_ASYM = 16, /* uint2 packed four per byte (lowest bits = first col), F16 scale + F16 min per group */
+    DSQ_ENC_FP8_R128_F32 = 17, /* e4m3, 1x128 blocks along cols, F32 scales [rows, ceil(cols/128)] */
+    DSQ_ENC_FP8_ROW_E8M0 = 18, /* e4m3, one UE8M0 scale per row [rows] */
 } dsq_encoding;
 
 #endif

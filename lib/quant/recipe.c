@@ -58,8 +58,8 @@ dsq_status dsq_recipe_parse_target(const char *text, dsq_recipe_target *out, dsq
     dsq_status s = dsq_codec_parse(text, &out->enc, &out->group, &local);
     dsq_err_clear(&local);
     DSQ_RETURN_IF(s != DSQ_OK || !dsq_codec_known(out->enc), err, DSQ_ERR_ARG,
-                  "unknown encoding '%s' (keep, f32, f16, bf16, fp8-128x128, fp8-128x128-f32, fp8-1x128, fp8-row, "
-                  "mxfp4, nvfp4, int8-row, int8-gG, int4-gG, int4-gG-asym, int2-gG-asym; G = 16..256)",
+                  "unknown encoding '%s' (keep, f32, f16, bf16, fp8-128x128, fp8-128x128-f32, fp8-1x128, "
+                  "fp8-1x128-f32, fp8-row, fp8-row-e8m0, mxfp4, nvfp4, int8-row, int8-gG, int4-gG, int4-gG-asym, int2-gG-asym; G = 16..256)",
                   text);
     return DSQ_OK;
 }

@@ -257,6 +257,35 @@ static bool same_fp8_blocks(const dsq__codec_info *a, const dsq__codec_info *b) 
            a->block_cols == b->block_cols && a->scale != b->scale;
 }
 
+/* ---- FP8: 128x128 blocks → 1x128 blocks (the same codes, each block scale replicated per row) ------ */
+
+/* Source FP8 blocks of br > 1 rows, target FP8 blocks of one row and the same width; exact when the
+ * target scale can hold the source scale: UE8M0 → UE8M0 / F32, F32 → F32. */
+static bool fp8_row_split(const dsq__codec_info *a, const dsq__codec_info *b) {
+    return a->kind == DSQ__K_FP8 && b->kind == DSQ__K_FP8 && a->block_rows > 1 && b->block_rows == 1 &&
+           a->block_cols == b->block_cols && (a->scale == DSQ__SC_E8M0 || b->scale == DSQ__SC_F32);
+}
+
+static void fp8_replicate_rows(const dsq__qv *s, dsq_qtensor_buf *dst, const dsq__qv *d, dsq_reencode_report *rep) {
+    const dsq_qtensor *src = s->t;
+    memcpy(dst->data, src->data, src->rows * s->row_bytes);
+    bool from_e8 = s->info->scale == DSQ__SC_E8M0, to_e8 = d->info->scale == DSQ__SC_E8M0;
+    for (uint64_t r = 0; r < src->rows; r++) {
+        uint64_t si = (r / s->brows) * s->scale_cols;
+        for (uint64_t j = 0; j < d->scale_cols; j++, rep->blocks++) {
+            uint64_t di = r * d->scale_cols + j;
+            if (from_e8 && to_e8) {
+                ((uint8_t *)dst->scales)[di] = ((const uint8_t *)src->scales)[si + j];
+            } else if (from_e8) {
+                float f = dsq_e8m0_to_f32(((const uint8_t *)src->scales)[si + j]);
+                memcpy((uint8_t *)dst->scales + 4 * di, &f, 4);
+            } else {
+                memcpy((uint8_t *)dst->scales + 4 * di, (const uint8_t *)src->scales + 4 * (si + j), 4);
+            }
+        }
+    }
+}
+
 static dsq_status slab_scratch(uint64_t cols, float **out, const char *nm, dsq_err *err) {
     uint64_t bytes;
     DSQ_RETURN_IF(!dsq_mul_u64(cols, (uint64_t)DSQ_CODEC_SLAB_ROWS * sizeof(float), &bytes) || bytes > SIZE_MAX, err,
@@ -307,6 +336,11 @@ dsq_status dsq_codec_reencode(const dsq_qtensor *src, dsq_qtensor_buf *dst, cons
     }
     if (src->enc == DSQ_ENC_MXFP4 && dst->enc == DSQ_ENC_NVFP4) {
         mxfp4_to_nvfp4(&s, dst, &d, rep);
+        rep->exact_path = true;
+        return DSQ_OK;
+    }
+    if (fp8_row_split(s.info, d.info)) {
+        fp8_replicate_rows(&s, dst, &d, rep);
         rep->exact_path = true;
         return DSQ_OK;
     }

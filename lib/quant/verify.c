@@ -144,8 +144,16 @@ static dsq_status check_inventory(dsq_ctr_reader *r, const dsq_v4_config *c, dsq
     return s;
 }
 
+/* Add e to the comma-separated list unless already there (whole names: "fp8-row" is not in
+ * "fp8-row-e8m0"). */
 static void add_encoding(dsq_verify_family *f, const char *e) {
-    if (strstr(f->encodings, e)) return;
+    size_t n = strlen(e);
+    for (const char *p = f->encodings; *p;) {
+        size_t len = strcspn(p, ",");
+        if (len == n && strncmp(p, e, n) == 0) return;
+        p += len;
+        if (*p == ',') p++;
+    }
     if (strlen(f->encodings) + strlen(e) + 2 >= sizeof f->encodings) return;
     if (f->encodings[0]) strcat(f->encodings, ",");
     strcat(f->encodings, e);
