@@ -685,42 +685,90 @@ char *dsq_convert_kv_cache_json(const dsq_v4_config *c) {
 
 #define COPY_CHUNK (16u << 20)
 
-/* Stream `n` bytes of checkpoint tensor t into part p of output i at `dst_off`; returns its XXH3. */
-static dsq_status copy_bytes(dsq_convert_plan *p, dsq_ctr_writer *w, uint32_t i, int part, uint64_t dst_off,
-                             const dsq_st_tensor *t, uint8_t *buf, uint64_t *hash, dsq_err *err) {
-    XXH3_state_t st;
-    XXH3_64bits_reset(&st);
-    for (uint64_t pos = 0; pos < t->n_bytes;) {
-        size_t k = t->n_bytes - pos > COPY_CHUNK ? COPY_CHUNK : (size_t)(t->n_bytes - pos);
-        DSQ_TRY(dsq_st_read(p->st, t, pos, buf, k, err));
-        XXH3_64bits_update(&st, buf, k);
-        DSQ_TRY(dsq_ctr_writer_write(w, i, part, dst_off + pos, buf, k, err));
-        pos += k;
-    }
-    *hash = (uint64_t)XXH3_64bits_digest(&st);
-    return DSQ_OK;
-}
+/* Byte copy of every source of output i (data, then scales, source by source) into its slices, in
+ * COPY_CHUNK pieces through two buffers: while one thread writes piece j, another reads and hashes
+ * piece j+1.  Pieces are written in order, so the writer's streaming part hashes apply. */
+typedef struct cseg {
+    const dsq_st_tensor *t;
+    int part;
+    uint64_t off;
+    XXH3_state_t h;
+} cseg;
 
-static dsq_status run_copy(dsq_convert_plan *p, dsq_ctr_writer *w, uint32_t i, uint8_t *buf, dsq_err *err) {
+static dsq_status run_copy(dsq_convert_plan *p, dsq_ctr_writer *w, uint32_t i, uint8_t *buf[2], dsq_err *err) {
     const cv_out *o = &p->outs[i];
     const dsq_ctr_tensor *t = dsq_ctr_writer_tensor(w, i);
-    for (uint32_t k = 0; k < o->n_src; k++) {
+    cseg *sg = dsq_malloc_aligned(sizeof(cseg) * 2 * (size_t)(o->n_src ? o->n_src : 1)); /* XXH3 state: 64-aligned */
+    DSQ_RETURN_IF(!sg, err, DSQ_ERR_NOMEM, "out of memory");
+    size_t ns = 0;
+    dsq_status st = DSQ_OK;
+    for (uint32_t k = 0; k < o->n_src && st == DSQ_OK; k++) {
         const cv_src *s = &o->src[k];
-        uint64_t off, n, hw = 0, hs = 0;
+        uint64_t off, n;
         dsq_ctr_source_slice(t, &t->sources[k], 0, &off, &n);
-        DSQ_RETURN_IF(n != s->w->n_bytes, err, DSQ_ERR_SHAPE, "%s: tensor %s: %llu bytes, its slot holds %llu",
-                      dir_of(p), s->w->name, (unsigned long long)s->w->n_bytes, (unsigned long long)n);
-        DSQ_TRY(copy_bytes(p, w, i, 0, off, s->w, buf, &hw, err));
-        if (s->s) {
-            DSQ_RETURN_IF(t->n_parts < 2, err, DSQ_ERR_STATE, "%s: tensor %s has no scale part", dir_of(p), o->name);
-            dsq_ctr_source_slice(t, &t->sources[k], 1, &off, &n);
-            DSQ_RETURN_IF(n != s->s->n_bytes, err, DSQ_ERR_SHAPE, "%s: tensor %s: %llu bytes, its slot holds %llu",
-                          dir_of(p), s->s->name, (unsigned long long)s->s->n_bytes, (unsigned long long)n);
-            DSQ_TRY(copy_bytes(p, w, i, 1, off, s->s, buf, &hs, err));
+        if (n != s->w->n_bytes) {
+            st = dsq_err_set(err, DSQ_ERR_SHAPE, "%s: tensor %s: %llu bytes, its slot holds %llu", dir_of(p), s->w->name,
+                             (unsigned long long)s->w->n_bytes, (unsigned long long)n);
+            break;
         }
+        sg[ns].t = s->w, sg[ns].part = 0, sg[ns].off = off;
+        XXH3_64bits_reset(&sg[ns++].h);
+        if (!s->s) continue;
+        if (t->n_parts < 2) {
+            st = dsq_err_set(err, DSQ_ERR_STATE, "%s: tensor %s has no scale part", dir_of(p), o->name);
+            break;
+        }
+        dsq_ctr_source_slice(t, &t->sources[k], 1, &off, &n);
+        if (n != s->s->n_bytes) {
+            st = dsq_err_set(err, DSQ_ERR_SHAPE, "%s: tensor %s: %llu bytes, its slot holds %llu", dir_of(p), s->s->name,
+                             (unsigned long long)s->s->n_bytes, (unsigned long long)n);
+            break;
+        }
+        sg[ns].t = s->s, sg[ns].part = 1, sg[ns].off = off;
+        XXH3_64bits_reset(&sg[ns++].h);
+    }
+    /* pieces of COPY_CHUNK bytes: piece j is (segment cs, position cpos, length clen) in buf[j & 1] */
+    size_t cs = 0;
+    uint64_t cpos = 0, clen = 0;
+    while (cs < ns && sg[cs].t->n_bytes == 0) cs++; /* empty tensors: nothing to copy */
+    bool have = st == DSQ_OK && cs < ns;
+    int slot = 0;
+    if (have) {
+        clen = sg[cs].t->n_bytes < COPY_CHUNK ? sg[cs].t->n_bytes : COPY_CHUNK;
+        st = dsq_st_read(p->st, sg[cs].t, 0, buf[0], (size_t)clen, err);
+        if (st == DSQ_OK) XXH3_64bits_update(&sg[cs].h, buf[0], (size_t)clen);
+    }
+    while (st == DSQ_OK && have) {
+        size_t nsg = cs;
+        uint64_t npos = cpos + clen, nlen = 0;
+        while (nsg < ns && npos >= sg[nsg].t->n_bytes) nsg++, npos = 0;
+        bool have_next = nsg < ns;
+        if (have_next) nlen = sg[nsg].t->n_bytes - npos < COPY_CHUNK ? sg[nsg].t->n_bytes - npos : COPY_CHUNK;
+        dsq_status wst = DSQ_OK, rst = DSQ_OK;
+        dsq_err rerr;
+        dsq_err_init(&rerr);
+#pragma omp parallel sections num_threads(2) if (have_next && p->opt.threads > 1)
+        {
+#pragma omp section
+            wst = dsq_ctr_writer_write(w, i, sg[cs].part, sg[cs].off + cpos, buf[slot], (size_t)clen, err);
+#pragma omp section
+            if (have_next) {
+                rst = dsq_st_read(p->st, sg[nsg].t, npos, buf[slot ^ 1], (size_t)nlen, &rerr);
+                if (rst == DSQ_OK) XXH3_64bits_update(&sg[nsg].h, buf[slot ^ 1], (size_t)nlen);
+            }
+        }
+        if (wst != DSQ_OK) st = wst;
+        else if (rst != DSQ_OK) st = dsq_err_set(err, rst, "%s", rerr.msg);
+        dsq_err_clear(&rerr);
+        cs = nsg, cpos = npos, clen = nlen, slot ^= 1, have = have_next;
+    }
+    for (uint32_t k = 0, q = 0; st == DSQ_OK && k < o->n_src; k++) {
+        uint64_t hw = (uint64_t)XXH3_64bits_digest(&sg[q++].h), hs = 0;
+        if (o->src[k].s) hs = (uint64_t)XXH3_64bits_digest(&sg[q++].h);
         dsq_ctr_writer_set_source_hash(w, i, k, hw, hs);
     }
-    return DSQ_OK;
+    dsq_free_aligned(sg);
+    return st;
 }
 
 static dsq_status add_outputs(dsq_convert_plan *p, dsq_ctr_writer *w, dsq_err *err) {
@@ -760,8 +808,9 @@ dsq_status dsq_convert_run(dsq_convert_plan *p, dsq_convert_stats *stats, dsq_er
     if (s == DSQ_OK) s = dsq_ctr_writer_set_metadata(w, meta, strlen(meta), err);
     dsq_free(meta);
     if (s == DSQ_OK) s = dsq_ctr_writer_begin(w, err);
-    uint8_t *buf = s == DSQ_OK ? dsq_malloc(COPY_CHUNK) : NULL;
-    if (s == DSQ_OK && !buf) s = dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory");
+    uint8_t *buf[2] = {NULL, NULL};
+    if (s == DSQ_OK) buf[0] = dsq_malloc(COPY_CHUNK), buf[1] = dsq_malloc(COPY_CHUNK);
+    if (s == DSQ_OK && (!buf[0] || !buf[1])) s = dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory");
     cv_work work;
     memset(&work, 0, sizeof work);
     dsq_progress prog;
@@ -775,7 +824,8 @@ dsq_status dsq_convert_run(dsq_convert_plan *p, dsq_convert_stats *stats, dsq_er
         }
         if (dsq_interrupted()) {
             dsq_progress_end(&prog);
-            dsq_free(buf);
+            dsq_free(buf[0]);
+            dsq_free(buf[1]);
             dsq__cv_work_free(&work);
             dsq_status ss = dsq_ctr_writer_suspend(w, err);
             if (ss != DSQ_OK) return ss;
@@ -790,7 +840,8 @@ dsq_status dsq_convert_run(dsq_convert_plan *p, dsq_convert_stats *stats, dsq_er
         if (s == DSQ_OK && p->opt.after_tensor) p->opt.after_tensor(p->opt.ctx, (size_t)st0.tensors);
     }
     dsq_progress_end(&prog);
-    dsq_free(buf);
+    dsq_free(buf[0]);
+    dsq_free(buf[1]);
     dsq__cv_work_free(&work);
     if (s != DSQ_OK) {
         dsq_ctr_writer_free(w); /* removes .partial and journal (ENOSPC, EIO, bad data) */

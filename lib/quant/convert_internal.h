@@ -52,8 +52,8 @@ struct dsq_convert_plan {
 
 /* Scratch reused across tensors by the re-encoding step. */
 typedef struct cv_work {
-    uint8_t *in, *out;
-    size_t in_cap, out_cap;
+    uint8_t *ins[2], *outs[2]; /* the re-encode pipeline's two input and two output slots */
+    size_t in_caps[2], out_caps[2];
 } cv_work;
 void dsq__cv_work_free(cv_work *w);
 

@@ -1,9 +1,9 @@
 /* Re-encoding step of the converter: each source matrix is read in row chunks (multiples of 128
  * rows, ≤ CHUNK_SRC bytes), re-encoded by lib/quant/dsq_codec.h in 128-row slabs spread over the
  * threads, and written at its planned slice.  Slabs are independent, so the bytes do not depend on
- * the thread count or the chunk size.  Two output buffers alternate: while the team encodes chunk
- * k, one of its threads writes chunk k-1 (in order, so the writer's streaming hashes still apply),
- * then joins the encoding (dynamic schedule). */
+ * the thread count or the chunk size.  The chunks of all sources of an output tensor (a layer's
+ * 256 experts, say) form one pipeline: while the team encodes chunk j, one of its threads writes
+ * chunk j-1 and reads chunk j+1, then joins the encoding (see dsq__cv_run_reencode). */
 #define XXH_STATIC_LINKING_ONLY
 #include <math.h>
 #include <omp.h>
@@ -18,10 +18,12 @@
 #define SLAB 128u
 
 void dsq__cv_work_free(cv_work *w) {
-    dsq_free(w->in);
-    dsq_free(w->out);
-    w->in = w->out = NULL;
-    w->in_cap = w->out_cap = 0;
+    for (int q = 0; q < 2; q++) {
+        dsq_free(w->ins[q]);
+        dsq_free(w->outs[q]);
+        w->ins[q] = w->outs[q] = NULL;
+        w->in_caps[q] = w->out_caps[q] = 0;
+    }
 }
 
 static bool grow(uint8_t **buf, size_t *cap, size_t need) {
@@ -100,8 +102,8 @@ static dsq_status source_amax(dsq_convert_plan *p, chunk_io *c, uint64_t chunk_r
     *amax = 0;
     for (uint64_t r0 = 0; s == DSQ_OK && r0 < c->rows; r0 += chunk_rows) {
         uint64_t n = c->rows - r0 < chunk_rows ? c->rows - r0 : chunk_rows, db, sb;
-        s = read_rows(p, c, r0, n, work->in, &db, &sb, err);
-        dsq_qtensor q = {c->s->enc, n, c->cols, 0, work->in, c->s->s ? work->in + db : NULL, NULL, 0};
+        s = read_rows(p, c, r0, n, work->ins[0], &db, &sb, err);
+        dsq_qtensor q = {c->s->enc, n, c->cols, 0, work->ins[0], c->s->s ? work->ins[0] + db : NULL, NULL, 0};
         for (uint64_t a = 0; s == DSQ_OK && a < n; a += SLAB) {
             uint64_t m = n - a < SLAB ? n - a : SLAB;
             s = dsq_codec_decode(&q, a, m, f, &co, err);
@@ -115,130 +117,230 @@ static dsq_status source_amax(dsq_convert_plan *p, chunk_io *c, uint64_t chunk_r
     return s;
 }
 
-static dsq_status reencode_source(dsq_convert_plan *p, dsq_ctr_writer *w, uint32_t i, uint32_t k, cv_work *work,
-                                  dsq_err *err) {
+/* One source of an output tensor, ready to be read in chunks. */
+typedef struct src_ctx {
+    uint32_t k;
+    chunk_io c;
+    uint64_t off[DSQ_FILE_MAX_PARTS];
+    int p_scale, p_min, p_ts;
+    uint64_t chunk_rows, drb, d_scale_row, d_min_row;
+    bool whole;
+    float ts; /* NVFP4 tensor scale: from a pre-pass over several chunks, or picked by the one-chunk encode */
+} src_ctx;
+
+static dsq_status prepare_source(dsq_convert_plan *p, dsq_ctr_writer *w, uint32_t i, uint32_t k, src_ctx *x,
+                                 dsq_err *err) {
     const cv_out *o = &p->outs[i];
     const cv_src *s = &o->src[k];
     const dsq_ctr_tensor *t = dsq_ctr_writer_tensor(w, i);
     const char *name = s->w->name;
-    chunk_io c;
-    memset(&c, 0, sizeof c);
-    c.s = s;
-    matrix_of(s, &c.rows, &c.cols);
-    c.src_row_bytes = s->w->n_bytes / c.rows;
-    if (s->s) c.src_scale_row_bytes = s->s->n_bytes / dsq_ceil_div(c.rows, src_block_rows(s));
-    DSQ_TRY(dsq_codec_layout_of(o->enc, c.rows, c.cols, o->group, &c.dl, err));
+    memset(x, 0, sizeof *x);
+    x->k = k;
+    chunk_io *c = &x->c;
+    c->s = s;
+    matrix_of(s, &c->rows, &c->cols);
+    c->src_row_bytes = s->w->n_bytes / c->rows;
+    if (s->s) c->src_scale_row_bytes = s->s->n_bytes / dsq_ceil_div(c->rows, src_block_rows(s));
+    DSQ_TRY(dsq_codec_layout_of(o->enc, c->rows, c->cols, o->group, &c->dl, err));
     DSQ_RETURN_IF((o->enc == DSQ_ENC_FP8_B128 || o->enc == DSQ_ENC_FP8_B128_F32) && (o->br != 128 || o->bc != 128), err,
                   DSQ_ERR_UNSUPPORTED, "%s: %s: FP8 blocks of %ux%u are not supported by the codecs", p->out, name,
                   o->br, o->bc);
     /* the part slices this source owns, in part order (DATA, SCALES, MINS or TENSOR_SCALE) */
-    uint64_t off[DSQ_FILE_MAX_PARTS] = {0}, len[DSQ_FILE_MAX_PARTS] = {0};
-    for (int q = 0; q < t->n_parts; q++) dsq_ctr_source_slice(t, &t->sources[k], q, &off[q], &len[q]);
-    int p_scale = -1, p_min = -1, p_ts = -1;
+    uint64_t len[DSQ_FILE_MAX_PARTS] = {0};
+    for (int q = 0; q < t->n_parts; q++) dsq_ctr_source_slice(t, &t->sources[k], q, &x->off[q], &len[q]);
+    x->p_scale = x->p_min = x->p_ts = -1;
     for (int q = 0; q < t->n_parts; q++) {
-        if (t->parts[q].kind == DSQ_FILE_PART_SCALES) p_scale = q;
-        if (t->parts[q].kind == DSQ_FILE_PART_MINS) p_min = q;
-        if (t->parts[q].kind == DSQ_FILE_PART_TENSOR_SCALE) p_ts = q;
+        if (t->parts[q].kind == DSQ_FILE_PART_SCALES) x->p_scale = q;
+        if (t->parts[q].kind == DSQ_FILE_PART_MINS) x->p_min = q;
+        if (t->parts[q].kind == DSQ_FILE_PART_TENSOR_SCALE) x->p_ts = q;
     }
-    DSQ_RETURN_IF(len[0] != c.dl.data_bytes || (p_scale >= 0 && len[p_scale] != c.dl.scale_bytes) ||
-                      (p_min >= 0 && len[p_min] != c.dl.min_bytes) || (p_ts >= 0 && len[p_ts] != 4),
+    DSQ_RETURN_IF(len[0] != c->dl.data_bytes || (x->p_scale >= 0 && len[x->p_scale] != c->dl.scale_bytes) ||
+                      (x->p_min >= 0 && len[x->p_min] != c->dl.min_bytes) || (x->p_ts >= 0 && len[x->p_ts] != 4),
                   err, DSQ_ERR_STATE, "%s: %s: container layout and codec layout of %s disagree", p->out, name,
                   dsq_ctr_encoding_name(o->enc));
     /* chunk rows: a multiple of 128, at most chunk_bytes (default CHUNK_SRC) source bytes, at least one slab */
     uint64_t chunk_cap = p->opt.chunk_bytes ? p->opt.chunk_bytes : CHUNK_SRC;
-    uint64_t chunk_rows = SLAB;
-    while (chunk_rows * 2 * c.src_row_bytes <= chunk_cap && chunk_rows < c.rows) chunk_rows *= 2;
-    uint64_t n_max = chunk_rows < c.rows ? chunk_rows : c.rows;
-    dsq_codec_layout cl;
-    DSQ_TRY(dsq_codec_layout_of(o->enc, n_max, c.cols, o->group, &cl, err));
-    size_t in_need = (size_t)(n_max * c.src_row_bytes + (s->s ? (dsq_ceil_div(n_max, src_block_rows(s)) + 1) * c.src_scale_row_bytes : 0));
-    size_t out_one = (size_t)(cl.data_bytes + cl.scale_bytes + cl.min_bytes), out_need = 2 * out_one;
-    DSQ_RETURN_IF(!grow(&work->in, &work->in_cap, in_need) || !grow(&work->out, &work->out_cap, out_need), err,
-                  DSQ_ERR_NOMEM, "out of memory for a %zu-byte chunk", in_need + out_need);
-    XXH3_64bits_reset(&c.hw);
-    XXH3_64bits_reset(&c.hs);
-    float ts = 0;
-    bool whole = chunk_rows >= c.rows;
-    if (o->enc == DSQ_ENC_NVFP4 && !whole) {
+    x->chunk_rows = SLAB;
+    while (x->chunk_rows * 2 * c->src_row_bytes <= chunk_cap && x->chunk_rows < c->rows) x->chunk_rows *= 2;
+    x->whole = x->chunk_rows >= c->rows;
+    x->drb = c->dl.block_rows ? c->dl.block_rows : 1;
+    x->d_scale_row = c->dl.scale_cols * (uint64_t)c->dl.scale_size;
+    x->d_min_row = c->dl.scale_cols * (uint64_t)c->dl.min_size;
+    XXH3_64bits_reset(&c->hw);
+    XXH3_64bits_reset(&c->hs);
+    if (o->enc == DSQ_ENC_NVFP4 && !x->whole) {
+        cv_work tmp;
+        memset(&tmp, 0, sizeof tmp);
+        size_t in_need = (size_t)(x->chunk_rows * c->src_row_bytes +
+                                  (s->s ? (dsq_ceil_div(x->chunk_rows, src_block_rows(s)) + 1) * c->src_scale_row_bytes : 0));
+        DSQ_RETURN_IF(!grow(&tmp.ins[0], &tmp.in_caps[0], in_need), err, DSQ_ERR_NOMEM, "out of memory for a %zu-byte chunk", in_need);
         float amax = 0;
-        DSQ_TRY(source_amax(p, &c, chunk_rows, work, &amax, err));
-        ts = dsq_codec_nvfp4_tensor_scale(amax);
+        dsq_status st = source_amax(p, c, x->chunk_rows, &tmp, &amax, err);
+        dsq__cv_work_free(&tmp);
+        DSQ_TRY(st);
+        x->ts = dsq_codec_nvfp4_tensor_scale(amax);
     }
-    uint64_t drb = c.dl.block_rows ? c.dl.block_rows : 1;
-    uint64_t d_scale_row = c.dl.scale_cols * (uint64_t)c.dl.scale_size, d_min_row = c.dl.scale_cols * (uint64_t)c.dl.min_size;
-    int threads = p->opt.threads;
-    pending pw = {0};
-    dsq_err werr;
-    dsq_err_init(&werr);
-    uint64_t parity = 0;
-    for (uint64_t r0 = 0; r0 < c.rows; r0 += chunk_rows, parity ^= 1) {
-        uint64_t n = c.rows - r0 < chunk_rows ? c.rows - r0 : chunk_rows, db, sb;
-        DSQ_TRY(read_rows(p, &c, r0, n, work->in, &db, &sb, err));
-        dsq_codec_layout nl;
-        DSQ_TRY(dsq_codec_layout_of(o->enc, n, c.cols, o->group, &nl, err));
-        uint8_t *od = work->out + parity * out_one, *os = od + nl.data_bytes, *om = os + nl.scale_bytes;
-        uint64_t sbr = src_block_rows(s), slabs = dsq_ceil_div(n, SLAB);
-        /* NVFP4 in one call picks its own tensor scale: one slab of work for one thread */
-        bool split = !(o->enc == DSQ_ENC_NVFP4 && whole);
-        int nt = split && slabs >= 2 * (uint64_t)threads ? threads : 1; /* tiny chunks: not worth a team */
-        dsq_status first = DSQ_OK;
-        dsq_err terr[64];
-        int nerr = nt < 64 ? nt : 64;
-        for (int e = 0; e < nerr; e++) dsq_err_init(&terr[e]);
-        float got_ts = ts;
-        dsq_status wst = DSQ_OK;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-        {
-#pragma omp single nowait
-        if (pw.valid) wst = write_chunk(w, i, &pw, off, p_scale, p_min, c.dl.row_bytes, drb, d_scale_row, d_min_row, &werr);
-#pragma omp for schedule(dynamic)
-        for (uint64_t sl = 0; sl < (split ? slabs : 1); sl++) {
-            uint64_t a = split ? sl * SLAB : 0, m = split ? (n - a < SLAB ? n - a : SLAB) : n;
-            dsq_qtensor src = {s->enc, m, c.cols, 0, work->in + a * c.src_row_bytes,
-                               s->s ? work->in + db + (a / sbr) * c.src_scale_row_bytes : NULL, NULL, 0};
-            dsq_qtensor_buf dst = {o->enc, m, c.cols, o->group, od + a * c.dl.row_bytes,
-                                   d_scale_row ? os + (a / drb) * d_scale_row : NULL,
-                                   d_min_row ? om + (a / drb) * d_min_row : NULL, ts};
-            dsq_codec_options co = {.allow_nonfinite = p->opt.allow_nonfinite, .name = name};
-            int tid = omp_get_thread_num() % nerr;
-            dsq_status st = dsq_codec_reencode(&src, &dst, &co, NULL, &terr[tid]);
-            if (!split) got_ts = dst.tensor_scale;
-            if (st != DSQ_OK) {
-#pragma omp critical(cv_first)
-                if (first == DSQ_OK) first = st;
-            }
-        }
-        }
-        if (wst != DSQ_OK) {
-            for (int e = 0; e < nerr; e++) dsq_err_clear(&terr[e]);
-            dsq_err_set(err, wst, "%s", werr.msg);
-            dsq_err_clear(&werr);
-            return wst;
-        }
-        if (first != DSQ_OK) {
-            for (int e = 0; e < nerr; e++)
-                if (terr[e].n && (!err || err->n == 0 || e == 0)) {
-                    dsq_err_set(err, terr[e].status, "%s", terr[e].msg);
-                    break;
-                }
-        }
-        for (int e = 0; e < nerr; e++) dsq_err_clear(&terr[e]);
-        DSQ_TRY(first);
-        ts = got_ts;
-        pw = (pending){true, r0, nl, od, os, om};
-    }
-    if (pw.valid) DSQ_TRY(write_chunk(w, i, &pw, off, p_scale, p_min, c.dl.row_bytes, drb, d_scale_row, d_min_row, err));
-    if (p_ts >= 0) {
-        uint8_t b[4];
-        memcpy(b, &ts, 4);
-        DSQ_TRY(dsq_ctr_writer_write(w, i, p_ts, off[p_ts], b, 4, err));
-    }
-    dsq_ctr_writer_set_source_hash(w, i, k, (uint64_t)XXH3_64bits_digest(&c.hw),
-                                   s->s ? (uint64_t)XXH3_64bits_digest(&c.hs) : 0);
     return DSQ_OK;
 }
 
-dsq_status dsq__cv_run_reencode(dsq_convert_plan *p, dsq_ctr_writer *w, uint32_t i, cv_work *work, dsq_err *err) {
-    for (uint32_t k = 0; k < p->outs[i].n_src; k++) DSQ_TRY(reencode_source(p, w, i, k, work, err));
+/* After the last chunk of a source: its tensor scale part and its source hashes. */
+static dsq_status finish_source(dsq_ctr_writer *w, uint32_t i, src_ctx *x, dsq_err *err) {
+    if (x->p_ts >= 0) {
+        uint8_t b[4];
+        memcpy(b, &x->ts, 4);
+        DSQ_TRY(dsq_ctr_writer_write(w, i, x->p_ts, x->off[x->p_ts], b, 4, err));
+    }
+    dsq_ctr_writer_set_source_hash(w, i, x->k, (uint64_t)XXH3_64bits_digest(&x->c.hw),
+                                   x->c.s->s ? (uint64_t)XXH3_64bits_digest(&x->c.hs) : 0);
     return DSQ_OK;
+}
+
+/* A chunk of some source in flight: read into in slot `slot`, encoded into out slot `slot`. */
+typedef struct item {
+    src_ctx *x;
+    uint64_t r0, n, db;
+    dsq_codec_layout nl;
+    int slot;
+    bool last; /* the source's last chunk */
+} item;
+
+/* The sizes a slot needs for any chunk of source x. */
+static void slot_needs(const dsq_convert_plan *p, uint32_t i, const src_ctx *x, size_t *in_need, size_t *out_need) {
+    const cv_out *o = &p->outs[i];
+    const chunk_io *c = &x->c;
+    uint64_t n_max = x->chunk_rows < c->rows ? x->chunk_rows : c->rows;
+    dsq_codec_layout cl;
+    memset(&cl, 0, sizeof cl);
+    dsq_codec_layout_of(o->enc, n_max, c->cols, o->group, &cl, NULL); /* checked for the whole matrix already */
+    *in_need = (size_t)(n_max * c->src_row_bytes +
+                        (c->s->s ? (dsq_ceil_div(n_max, src_block_rows(c->s)) + 1) * c->src_scale_row_bytes : 0));
+    *out_need = (size_t)(cl.data_bytes + cl.scale_bytes + cl.min_bytes);
+}
+
+static dsq_status read_item(dsq_convert_plan *p, uint32_t i, cv_work *work, item *it, dsq_err *err) {
+    size_t in_need, out_need;
+    slot_needs(p, i, it->x, &in_need, &out_need);
+    DSQ_RETURN_IF(!grow(&work->ins[it->slot], &work->in_caps[it->slot], in_need) ||
+                      !grow(&work->outs[it->slot], &work->out_caps[it->slot], out_need),
+                  err, DSQ_ERR_NOMEM, "out of memory for a %zu-byte chunk", in_need + out_need);
+    uint64_t sb;
+    DSQ_TRY(read_rows(p, &it->x->c, it->r0, it->n, work->ins[it->slot], &it->db, &sb, err));
+    return dsq_codec_layout_of(p->outs[i].enc, it->n, it->x->c.cols, p->outs[i].group, &it->nl, err);
+}
+
+static dsq_status write_item(dsq_ctr_writer *w, uint32_t i, cv_work *work, const item *it, dsq_err *err) {
+    const src_ctx *x = it->x;
+    const uint8_t *od = work->outs[it->slot];
+    pending pw = {true, it->r0, it->nl, od, od + it->nl.data_bytes, od + it->nl.data_bytes + it->nl.scale_bytes};
+    return write_chunk(w, i, &pw, x->off, x->p_scale, x->p_min, x->c.dl.row_bytes, x->drb, x->d_scale_row,
+                       x->d_min_row, err);
+}
+
+/* The next chunk after `cur` (same source, or the first chunk of source k+1, prepared into `spare`). */
+static dsq_status next_item(dsq_convert_plan *p, dsq_ctr_writer *w, uint32_t i, const item *cur, src_ctx *spare,
+                            item *nx, bool *have, dsq_err *err) {
+    *have = false;
+    src_ctx *x = cur->x;
+    uint64_t r0 = cur->r0 + cur->n;
+    if (r0 >= x->c.rows) {
+        if (x->k + 1 >= p->outs[i].n_src) return DSQ_OK;
+        DSQ_TRY(prepare_source(p, w, i, x->k + 1, spare, err));
+        x = spare, r0 = 0;
+    }
+    uint64_t n = x->c.rows - r0 < x->chunk_rows ? x->c.rows - r0 : x->chunk_rows;
+    *nx = (item){x, r0, n, 0, {0}, cur->slot ^ 1, r0 + n >= x->c.rows};
+    *have = true;
+    return DSQ_OK;
+}
+
+/* Re-encode every source of output i as one pipeline of chunks: while the team encodes chunk j, one
+ * of its threads writes chunk j-1 and then reads chunk j+1 (possibly the next source's first), and
+ * joins the encoding (dynamic schedule).  Chunks are written in order, so the writer's streaming
+ * hashes apply. */
+dsq_status dsq__cv_run_reencode(dsq_convert_plan *p, dsq_ctr_writer *w, uint32_t i, cv_work *work, dsq_err *err) {
+    const cv_out *o = &p->outs[i];
+    if (o->n_src == 0) return DSQ_OK;
+    src_ctx *ctx = dsq_calloc(3, sizeof *ctx); /* a source in flight can span three chunks: written, encoded, read */
+    DSQ_RETURN_IF(!ctx, err, DSQ_ERR_NOMEM, "out of memory");
+    dsq_status st = prepare_source(p, w, i, 0, &ctx[0], err);
+    item cur = {&ctx[0], 0, 0, 0, {0}, 0, false}, prev = {0}, nx = {0};
+    bool have_prev = false, have_next = false;
+    if (st == DSQ_OK) {
+        cur.n = ctx[0].c.rows < ctx[0].chunk_rows ? ctx[0].c.rows : ctx[0].chunk_rows;
+        cur.last = cur.n >= ctx[0].c.rows;
+        st = read_item(p, i, work, &cur, err);
+    }
+    int threads = p->opt.threads;
+    while (st == DSQ_OK) {
+        /* the context the next source goes to: neither cur's nor prev's */
+        src_ctx *spare = NULL;
+        for (int q = 0; q < 3 && !spare; q++)
+            if (&ctx[q] != cur.x && (!have_prev || &ctx[q] != prev.x)) spare = &ctx[q];
+        st = next_item(p, w, i, &cur, spare, &nx, &have_next, err);
+        if (st != DSQ_OK) break;
+        src_ctx *x = cur.x;
+        const cv_src *s = x->c.s;
+        uint8_t *in = work->ins[cur.slot], *od = work->outs[cur.slot];
+        uint8_t *os = od + cur.nl.data_bytes, *om = os + cur.nl.scale_bytes;
+        uint64_t n = cur.n, sbr = src_block_rows(s), slabs = dsq_ceil_div(n, SLAB);
+        /* NVFP4 in one call picks its own tensor scale: one slab of work for one thread */
+        bool split = !(o->enc == DSQ_ENC_NVFP4 && x->whole);
+        int nt = split && slabs >= 2 * (uint64_t)threads ? threads : 1; /* tiny chunks: not worth a team */
+        dsq_status first = DSQ_OK, wst = DSQ_OK, rst = DSQ_OK;
+        dsq_err terr[64], werr;
+        dsq_err_init(&werr);
+        int nerr = nt < 64 ? nt : 64;
+        for (int e = 0; e < nerr; e++) dsq_err_init(&terr[e]);
+        float got_ts = x->ts, ts = x->ts;
+        const char *name = s->w->name;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+        {
+#pragma omp single nowait
+            {
+                if (have_prev) wst = write_item(w, i, work, &prev, &werr);
+                if (wst == DSQ_OK && have_next) rst = read_item(p, i, work, &nx, &werr);
+            }
+#pragma omp for schedule(dynamic)
+            for (uint64_t sl = 0; sl < (split ? slabs : 1); sl++) {
+                uint64_t a = split ? sl * SLAB : 0, m = split ? (n - a < SLAB ? n - a : SLAB) : n;
+                dsq_qtensor src = {s->enc, m, x->c.cols, 0, in + a * x->c.src_row_bytes,
+                                   s->s ? in + cur.db + (a / sbr) * x->c.src_scale_row_bytes : NULL, NULL, 0};
+                dsq_qtensor_buf dst = {o->enc, m, x->c.cols, o->group, od + a * x->c.dl.row_bytes,
+                                       x->d_scale_row ? os + (a / x->drb) * x->d_scale_row : NULL,
+                                       x->d_min_row ? om + (a / x->drb) * x->d_min_row : NULL, ts};
+                dsq_codec_options co = {.allow_nonfinite = p->opt.allow_nonfinite, .name = name};
+                int tid = omp_get_thread_num() % nerr;
+                dsq_status est = dsq_codec_reencode(&src, &dst, &co, NULL, &terr[tid]);
+                if (!split) got_ts = dst.tensor_scale;
+                if (est != DSQ_OK) {
+#pragma omp critical(cv_first)
+                    if (first == DSQ_OK) first = est;
+                }
+            }
+        }
+        if (wst != DSQ_OK || rst != DSQ_OK) {
+            st = dsq_err_set(err, wst != DSQ_OK ? wst : rst, "%s", werr.msg);
+        } else if (first != DSQ_OK) {
+            for (int e = 0; e < nerr; e++)
+                if (terr[e].n) {
+                    dsq_err_set(err, terr[e].status, "%s", terr[e].msg);
+                    break;
+                }
+            st = first;
+        }
+        dsq_err_clear(&werr);
+        for (int e = 0; e < nerr; e++) dsq_err_clear(&terr[e]);
+        if (st != DSQ_OK) break;
+        x->ts = got_ts;
+        /* the previous chunk is on disk: if it ended its source, that source is complete */
+        if (have_prev && prev.last && prev.x != cur.x) st = finish_source(w, i, prev.x, err);
+        if (st != DSQ_OK) break;
+        prev = cur, have_prev = true;
+        if (!have_next) break;
+        cur = nx;
+    }
+    if (st == DSQ_OK && have_prev) st = write_item(w, i, work, &prev, err);
+    if (st == DSQ_OK && have_prev) st = finish_source(w, i, prev.x, err);
+    dsq_free(ctx);
+    return st;
 }
