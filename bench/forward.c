@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "dsq_config.h"
@@ -223,6 +224,8 @@ int main(int argc, char **argv) {
     probe_run(&pr, 2, bw_s, &n_bw);
     double dec_s[32];
     int64_t pos = n_prefill;
+    struct rusage ru0, ru1;
+    getrusage(RUSAGE_SELF, &ru0);
     for (int b = 0; b < reps; b++) {
         probe_run(&pr, 1, bw_s, &n_bw);
         t0 = dsq_now();
@@ -232,14 +235,17 @@ int main(int argc, char **argv) {
         }
         dec_s[b] = (double)n_decode / (dsq_now() - t0);
     }
+    getrusage(RUSAGE_SELF, &ru1);
     probe_run(&pr, 2, bw_s, &n_bw);
     stats bw = stats_of(bw_s, n_bw), dec = stats_of(dec_s, reps);
     double ceiling = bw.med * 1e9 / (double)wbytes;
     printf("bandwidth: streaming read (AVX2 loads, %d threads, 1 GiB) %.2f GB/s median of %d, spread %.2f-%.2f\n",
            threads, bw.med, n_bw, bw.lo, bw.hi);
     printf("decode:  %.3f tok/s median of %d blocks of %lld steps (spread %.3f-%.3f), %.2f GB/s of weights; "
-           "bandwidth ceiling %.3f tok/s; ratio %.2f (target 0.5)\n",
-           dec.med, reps, (long long)n_decode, dec.lo, dec.hi, dec.med * wbytes / 1e9, ceiling, dec.med / ceiling);
+           "bandwidth ceiling %.3f tok/s; ratio %.2f (target 0.5); page faults per step: %.1f major, %.1f minor\n",
+           dec.med, reps, (long long)n_decode, dec.lo, dec.hi, dec.med * wbytes / 1e9, ceiling, dec.med / ceiling,
+           (double)(ru1.ru_majflt - ru0.ru_majflt) / (double)(n_decode * reps),
+           (double)(ru1.ru_minflt - ru0.ru_minflt) / (double)(n_decode * reps));
 
     /* where decode time goes: the BF16 head GEMV alone (one thread, all threads) and a plain read of
      * the same mapped bytes */
