@@ -288,6 +288,74 @@ __attribute__((target("avx2,fma,f16c"))) static void fp8_rows4(const dsq_wview *
     *a0 = A0, *a1 = A1, *a2 = A2, *a3 = A3;
 }
 
+/* ---- AVX-512 twins of the one-token kernels ---------------------------------------------------------
+ * A zmm register holds two rows × the same 8 columns: lanes 0-7 are row A's 8-lane accumulator,
+ * lanes 8-15 row B's.  Each row thus keeps exactly its AVX2 accumulator (column order, one FMA per
+ * lane per 8 columns) and the same final lane sum, so the bits are those of the AVX2 and scalar
+ * twins, with half the decode instructions per weight. */
+
+bool dsq__cpu_has_avx512(void) {
+#ifdef HAVE_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+#else
+    return false;
+#endif
+}
+
+/* [v | v]: the same 8 columns of x for both rows of a pair. */
+__attribute__((target("avx512f"), always_inline)) static inline __m512 dup8(const float *x) {
+    __m256 v = _mm256_loadu_ps(x);
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(v)), _mm256_castps_pd(v), 1));
+}
+
+/* [a × 8 | b × 8] */
+__attribute__((target("avx512f"), always_inline)) static inline __m512 pair_scale(float a, float b) {
+    return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b));
+}
+
+/* Two rows' final lane sums. */
+__attribute__((target("avx512f"), always_inline)) static inline void pair_sums(__m512 acc, float *y) {
+    float l[16];
+    _mm512_storeu_ps(l, acc);
+    y[0] = hsum8(l);
+    y[1] = hsum8(l + 8);
+}
+
+/* MXFP4, four rows: the nibble of column 8k+j sits at bit 4j of the k-th 32-bit word of a 16-byte
+ * block; a 16-entry permute maps it to its e2m1 value (code 8, -0, gives +0 as in fp4x32), times
+ * the block's power-of-two scale (exact: the same float as 2v·s/2). */
+__attribute__((target("avx512f,avx512bw"))) static void fp4_rows4_avx512(const dsq_wview *w, uint64_t r0, const float *x,
+                                                                          float *y) {
+    uint64_t cols = w->shape[1], nb = cols / 32, lb = cols / 2;
+    const uint8_t *c0 = w->data + r0 * lb, *s0 = w->scale + r0 * nb;
+    const __m512 tab = _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, 0.0f, -0.5f, -1.0f, -1.5f, -2.0f,
+                                      -3.0f, -4.0f, -6.0f);
+    const __m512i sh = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
+    const __m512i i0 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4);
+    const __m512i one = _mm512_set1_epi32(1);
+    __m512 a01 = _mm512_setzero_ps(), a23 = a01;
+    for (uint64_t b = 0; b < nb; b++) {
+        const uint8_t *p = c0 + b * 16;
+        __m512i q01 = _mm512_inserti32x4(_mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)p)),
+                                         _mm_loadu_si128((const __m128i *)(p + lb)), 1);
+        __m512i q23 = _mm512_inserti32x4(_mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(p + 2 * lb))),
+                                         _mm_loadu_si128((const __m128i *)(p + 3 * lb)), 1);
+        __m512 s01 = pair_scale(e8m0(s0[b]), e8m0(s0[nb + b]));
+        __m512 s23 = pair_scale(e8m0(s0[2 * nb + b]), e8m0(s0[3 * nb + b]));
+        __m512i idx = i0;
+        for (int k = 0; k < 4; k++, idx = _mm512_add_epi32(idx, one)) {
+            __m512 xv = dup8(x + b * 32 + (uint64_t)k * 8);
+            __m512i n01 = _mm512_srlv_epi32(_mm512_permutexvar_epi32(idx, q01), sh);
+            __m512i n23 = _mm512_srlv_epi32(_mm512_permutexvar_epi32(idx, q23), sh);
+            a01 = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_permutexvar_ps(n01, tab), s01), xv, a01);
+            a23 = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_permutexvar_ps(n23, tab), s23), xv, a23);
+        }
+    }
+    pair_sums(a01, y);
+    pair_sums(a23, y + 2);
+}
+
 #define FUSED_BODY()                                                                                                   \
     do {                                                                                                               \
         for (uint64_t c = 0; c < cols; c += 8) {                                                                       \
@@ -299,8 +367,14 @@ __attribute__((target("avx2,fma,f16c"))) static void fp8_rows4(const dsq_wview *
         }                                                                                                              \
     } while (0)
 
-__attribute__((target("avx2,fma"))) static void fused1_avx2(const dsq_wview *w, uint64_t r0, const float *x, float *y) {
+__attribute__((target("avx2,fma"))) static void fused1_avx2(const dsq_wview *w, uint64_t r0, const float *x, float *y,
+                                                            bool avx512) {
     uint64_t cols = w->shape[1];
+    if (avx512 && w->enc == DSQ_ENC_MXFP4) {
+        fp4_rows4_avx512(w, r0, x, y);
+        return;
+    }
+
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0; /* ROW_TILE = 4 chains, kept in registers */
     dsq_wview we = *w;
     /* one loop per encoding so wvec's switch folds away */
@@ -315,7 +389,7 @@ __attribute__((target("avx2,fma"))) static void fused1_avx2(const dsq_wview *w, 
         break;
     case DSQ_ENC_FP8_B128:
     case DSQ_ENC_FP8_B128_F32:
-        if (cols % 128 == 0) {
+        if (cols % 128 == 0 && r0 / 128 == (r0 + 3) / 128) { /* the four rows share their scale row */
             fp8_rows4(w, r0, x, &a0, &a1, &a2, &a3);
             break;
         }
@@ -442,6 +516,7 @@ dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, ui
     bf16 = fused && w->enc == DSQ_ENC_BF16;
 #endif
     int tile_rows = bf16 ? 8 : ROW_TILE;
+    bool avx512 = fused && dsq__cpu_has_avx512();
     int64_t n_tiles = (int64_t)dsq_ceil_div(n_rows, (uint64_t)tile_rows);
 #pragma omp parallel num_threads(nt)
     {
@@ -466,7 +541,7 @@ dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, ui
                 int nr = (int)(t1r - r0 < ROW_TILE ? t1r - r0 : ROW_TILE);
 #ifdef HAVE_X86
                 if (avx2 && fused && nr == ROW_TILE) {
-                    fused1_avx2(w, row0 + r0, x, y + r0);
+                    fused1_avx2(w, row0 + r0, x, y + r0, avx512);
                     continue;
                 }
 #endif
