@@ -17,6 +17,8 @@
 #endif
 
 enum { ROW_TILE = 4, TOK_TILE = 3 };
+/* One-token kernels: rows of a BF16 tile; how far ahead in each row weights are prefetched. */
+enum { BF16_TILE = 8, PF_BYTES = 1024 };
 
 /* UE8M0 byte → 2^(b-127) from the bits (ldexpf goes through a slow libm call); 255 (NaN) is
  * rejected before weights reach the kernels. */
@@ -356,6 +358,49 @@ __attribute__((target("avx512f,avx512bw"))) static void fp4_rows4_avx512(const d
     pair_sums(a23, y + 2);
 }
 
+/* FP8 128x128, four rows (cols a multiple of 128): for each row pair, 16 columns of both rows
+ * become 32 fp16 bit patterns (e4m3 · 2^-8, as fp8_rows4) arranged [A c..c+7 | B c..c+7] and
+ * [A c+8..c+15 | B c+8..c+15], then ·256·s and one FMA each: fp8_rows4's values and order. */
+__attribute__((target("avx512f,avx512bw"))) static void fp8_rows4_avx512(const dsq_wview *w, uint64_t r0, const float *x,
+                                                                          float *y) {
+    uint64_t cols = w->shape[1], nbk = cols / 128, si0 = (r0 / 128) * nbk;
+    const uint8_t *base = w->data + r0 * cols;
+    const __m512i m7f = _mm512_set1_epi16(0x7f), m80 = _mm512_set1_epi16(0x80);
+    const __m512 k256 = _mm512_set1_ps(256.0f);
+    const bool e8 = w->enc == DSQ_ENC_FP8_B128;
+    __m512 a01 = _mm512_setzero_ps(), a23 = a01;
+    for (uint64_t bk = 0; bk < nbk; bk++) {
+        /* rows r0 … r0+3 share their 128-row scale block (checked by the caller) */
+        float sc = e8 ? e8m0(w->scale[si0 + bk]) : dsq__ld_f32(w->scale + 4 * (si0 + bk));
+        __m512 sv = _mm512_set1_ps(sc);
+        for (int r = 0; r < 4; r++) {
+            const char *pf = (const char *)(base + (uint64_t)r * cols + bk * 128 + PF_BYTES);
+            _mm_prefetch(pf, _MM_HINT_T0);
+            _mm_prefetch(pf + 64, _MM_HINT_T0);
+        }
+        for (uint64_t c = bk * 128; c < bk * 128 + 128; c += 16) {
+            __m512 x0 = dup8(x + c), x1 = dup8(x + c + 8);
+#define FP8_PAIR(ra, A)                                                                                                \
+    do {                                                                                                               \
+        __m128i qa = _mm_loadu_si128((const __m128i *)(base + (uint64_t)(ra)*cols + c));                               \
+        __m128i qb = _mm_loadu_si128((const __m128i *)(base + (uint64_t)((ra) + 1) * cols + c));                       \
+        __m512i b = _mm512_cvtepu8_epi16(_mm256_set_m128i(_mm_unpackhi_epi64(qa, qb), _mm_unpacklo_epi64(qa, qb)));   \
+        __m512i h = _mm512_or_si512(_mm512_slli_epi16(_mm512_and_si512(b, m7f), 7),                                    \
+                                    _mm512_slli_epi16(_mm512_and_si512(b, m80), 8));                                   \
+        __m512 f0 = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(h)), k256), sv);                \
+        __m512 f1 = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)), k256), sv);          \
+        A = _mm512_fmadd_ps(f0, x0, A);                                                                                \
+        A = _mm512_fmadd_ps(f1, x1, A);                                                                                \
+    } while (0)
+            FP8_PAIR(0, a01);
+            FP8_PAIR(2, a23);
+#undef FP8_PAIR
+        }
+    }
+    pair_sums(a01, y);
+    pair_sums(a23, y + 2);
+}
+
 #define FUSED_BODY()                                                                                                   \
     do {                                                                                                               \
         for (uint64_t c = 0; c < cols; c += 8) {                                                                       \
@@ -374,7 +419,11 @@ __attribute__((target("avx2,fma"))) static void fused1_avx2(const dsq_wview *w, 
         fp4_rows4_avx512(w, r0, x, y);
         return;
     }
-
+    if (avx512 && (w->enc == DSQ_ENC_FP8_B128 || w->enc == DSQ_ENC_FP8_B128_F32) && cols % 128 == 0 &&
+        r0 / 128 == (r0 + 3) / 128) {
+        fp8_rows4_avx512(w, r0, x, y);
+        return;
+    }
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0; /* ROW_TILE = 4 chains, kept in registers */
     dsq_wview we = *w;
     /* one loop per encoding so wvec's switch folds away */
@@ -437,8 +486,6 @@ __attribute__((target("avx2,fma"))) static void fused1_avx2(const dsq_wview *w, 
  * outstanding to run at the memory's streaming rate; each row keeps its own 8-lane accumulator in
  * column order and the same final lane sum, so the bits are those of fused1_avx2 and the scalar
  * twin. */
-enum { BF16_TILE = 8, PF_BYTES = 1024 };
-
 __attribute__((target("avx2,fma"))) static void bf16_rows8(const dsq_wview *w, uint64_t r0, const float *x,
                                                            float *y) {
     uint64_t cols = w->shape[1];
