@@ -17,6 +17,8 @@
 #endif
 
 enum { ROW_TILE = 4, TOK_TILE = 3 };
+/* One-token kernels: rows of a BF16 tile; how far ahead in each row weights are prefetched. */
+enum { BF16_TILE = 8, PF_BYTES = 1024 };
 
 /* UE8M0 byte → 2^(b-127) from the bits (ldexpf goes through a slow libm call); 255 (NaN) is
  * rejected before weights reach the kernels. */
@@ -288,6 +290,117 @@ __attribute__((target("avx2,fma,f16c"))) static void fp8_rows4(const dsq_wview *
     *a0 = A0, *a1 = A1, *a2 = A2, *a3 = A3;
 }
 
+/* ---- AVX-512 twins of the one-token kernels ---------------------------------------------------------
+ * A zmm register holds two rows × the same 8 columns: lanes 0-7 are row A's 8-lane accumulator,
+ * lanes 8-15 row B's.  Each row thus keeps exactly its AVX2 accumulator (column order, one FMA per
+ * lane per 8 columns) and the same final lane sum, so the bits are those of the AVX2 and scalar
+ * twins, with half the decode instructions per weight. */
+
+bool dsq__cpu_has_avx512(void) {
+#ifdef HAVE_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+#else
+    return false;
+#endif
+}
+
+/* [v | v]: the same 8 columns of x for both rows of a pair. */
+__attribute__((target("avx512f"), always_inline)) static inline __m512 dup8(const float *x) {
+    __m256 v = _mm256_loadu_ps(x);
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(v)), _mm256_castps_pd(v), 1));
+}
+
+/* [a × 8 | b × 8] */
+__attribute__((target("avx512f"), always_inline)) static inline __m512 pair_scale(float a, float b) {
+    return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b));
+}
+
+/* Two rows' final lane sums. */
+__attribute__((target("avx512f"), always_inline)) static inline void pair_sums(__m512 acc, float *y) {
+    float l[16];
+    _mm512_storeu_ps(l, acc);
+    y[0] = hsum8(l);
+    y[1] = hsum8(l + 8);
+}
+
+/* MXFP4, four rows: the nibble of column 8k+j sits at bit 4j of the k-th 32-bit word of a 16-byte
+ * block; a 16-entry permute maps it to its e2m1 value (code 8, -0, gives +0 as in fp4x32), times
+ * the block's power-of-two scale (exact: the same float as 2v·s/2). */
+__attribute__((target("avx512f,avx512bw"))) static void fp4_rows4_avx512(const dsq_wview *w, uint64_t r0, const float *x,
+                                                                          float *y) {
+    uint64_t cols = w->shape[1], nb = cols / 32, lb = cols / 2;
+    const uint8_t *c0 = w->data + r0 * lb, *s0 = w->scale + r0 * nb;
+    const __m512 tab = _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, 0.0f, -0.5f, -1.0f, -1.5f, -2.0f,
+                                      -3.0f, -4.0f, -6.0f);
+    const __m512i sh = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
+    const __m512i i0 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4);
+    const __m512i one = _mm512_set1_epi32(1);
+    __m512 a01 = _mm512_setzero_ps(), a23 = a01;
+    for (uint64_t b = 0; b < nb; b++) {
+        const uint8_t *p = c0 + b * 16;
+        __m512i q01 = _mm512_inserti32x4(_mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)p)),
+                                         _mm_loadu_si128((const __m128i *)(p + lb)), 1);
+        __m512i q23 = _mm512_inserti32x4(_mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(p + 2 * lb))),
+                                         _mm_loadu_si128((const __m128i *)(p + 3 * lb)), 1);
+        __m512 s01 = pair_scale(e8m0(s0[b]), e8m0(s0[nb + b]));
+        __m512 s23 = pair_scale(e8m0(s0[2 * nb + b]), e8m0(s0[3 * nb + b]));
+        __m512i idx = i0;
+        for (int k = 0; k < 4; k++, idx = _mm512_add_epi32(idx, one)) {
+            __m512 xv = dup8(x + b * 32 + (uint64_t)k * 8);
+            __m512i n01 = _mm512_srlv_epi32(_mm512_permutexvar_epi32(idx, q01), sh);
+            __m512i n23 = _mm512_srlv_epi32(_mm512_permutexvar_epi32(idx, q23), sh);
+            a01 = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_permutexvar_ps(n01, tab), s01), xv, a01);
+            a23 = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_permutexvar_ps(n23, tab), s23), xv, a23);
+        }
+    }
+    pair_sums(a01, y);
+    pair_sums(a23, y + 2);
+}
+
+/* FP8 128x128, four rows (cols a multiple of 128): for each row pair, 16 columns of both rows
+ * become 32 fp16 bit patterns (e4m3 · 2^-8, as fp8_rows4) arranged [A c..c+7 | B c..c+7] and
+ * [A c+8..c+15 | B c+8..c+15], then ·256·s and one FMA each: fp8_rows4's values and order. */
+__attribute__((target("avx512f,avx512bw"))) static void fp8_rows4_avx512(const dsq_wview *w, uint64_t r0, const float *x,
+                                                                          float *y) {
+    uint64_t cols = w->shape[1], nbk = cols / 128, si0 = (r0 / 128) * nbk;
+    const uint8_t *base = w->data + r0 * cols;
+    const __m512i m7f = _mm512_set1_epi16(0x7f), m80 = _mm512_set1_epi16(0x80);
+    const __m512 k256 = _mm512_set1_ps(256.0f);
+    const bool e8 = w->enc == DSQ_ENC_FP8_B128;
+    __m512 a01 = _mm512_setzero_ps(), a23 = a01;
+    for (uint64_t bk = 0; bk < nbk; bk++) {
+        /* rows r0 … r0+3 share their 128-row scale block (checked by the caller) */
+        float sc = e8 ? e8m0(w->scale[si0 + bk]) : dsq__ld_f32(w->scale + 4 * (si0 + bk));
+        __m512 sv = _mm512_set1_ps(sc);
+        for (int r = 0; r < 4; r++) {
+            const char *pf = (const char *)(base + (uint64_t)r * cols + bk * 128 + PF_BYTES);
+            _mm_prefetch(pf, _MM_HINT_T0);
+            _mm_prefetch(pf + 64, _MM_HINT_T0);
+        }
+        for (uint64_t c = bk * 128; c < bk * 128 + 128; c += 16) {
+            __m512 x0 = dup8(x + c), x1 = dup8(x + c + 8);
+#define FP8_PAIR(ra, A)                                                                                                \
+    do {                                                                                                               \
+        __m128i qa = _mm_loadu_si128((const __m128i *)(base + (uint64_t)(ra)*cols + c));                               \
+        __m128i qb = _mm_loadu_si128((const __m128i *)(base + (uint64_t)((ra) + 1) * cols + c));                       \
+        __m512i b = _mm512_cvtepu8_epi16(_mm256_set_m128i(_mm_unpackhi_epi64(qa, qb), _mm_unpacklo_epi64(qa, qb)));   \
+        __m512i h = _mm512_or_si512(_mm512_slli_epi16(_mm512_and_si512(b, m7f), 7),                                    \
+                                    _mm512_slli_epi16(_mm512_and_si512(b, m80), 8));                                   \
+        __m512 f0 = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(h)), k256), sv);                \
+        __m512 f1 = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)), k256), sv);          \
+        A = _mm512_fmadd_ps(f0, x0, A);                                                                                \
+        A = _mm512_fmadd_ps(f1, x1, A);                                                                                \
+    } while (0)
+            FP8_PAIR(0, a01);
+            FP8_PAIR(2, a23);
+#undef FP8_PAIR
+        }
+    }
+    pair_sums(a01, y);
+    pair_sums(a23, y + 2);
+}
+
 #define FUSED_BODY()                                                                                                   \
     do {                                                                                                               \
         for (uint64_t c = 0; c < cols; c += 8) {                                                                       \
@@ -299,8 +412,18 @@ __attribute__((target("avx2,fma,f16c"))) static void fp8_rows4(const dsq_wview *
         }                                                                                                              \
     } while (0)
 
-__attribute__((target("avx2,fma"))) static void fused1_avx2(const dsq_wview *w, uint64_t r0, const float *x, float *y) {
+__attribute__((target("avx2,fma"))) static void fused1_avx2(const dsq_wview *w, uint64_t r0, const float *x, float *y,
+                                                            bool avx512) {
     uint64_t cols = w->shape[1];
+    if (avx512 && w->enc == DSQ_ENC_MXFP4) {
+        fp4_rows4_avx512(w, r0, x, y);
+        return;
+    }
+    if (avx512 && (w->enc == DSQ_ENC_FP8_B128 || w->enc == DSQ_ENC_FP8_B128_F32) && cols % 128 == 0 &&
+        r0 / 128 == (r0 + 3) / 128) {
+        fp8_rows4_avx512(w, r0, x, y);
+        return;
+    }
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0; /* ROW_TILE = 4 chains, kept in registers */
     dsq_wview we = *w;
     /* one loop per encoding so wvec's switch folds away */
@@ -315,7 +438,7 @@ __attribute__((target("avx2,fma"))) static void fused1_avx2(const dsq_wview *w, 
         break;
     case DSQ_ENC_FP8_B128:
     case DSQ_ENC_FP8_B128_F32:
-        if (cols % 128 == 0) {
+        if (cols % 128 == 0 && r0 / 128 == (r0 + 3) / 128) { /* the four rows share their scale row */
             fp8_rows4(w, r0, x, &a0, &a1, &a2, &a3);
             break;
         }
@@ -358,6 +481,50 @@ __attribute__((target("avx2,fma"))) static void fused1_avx2(const dsq_wview *w, 
 }
 #undef FUSED_BODY
 
+/* BF16, eight rows, one token (the output head: 1 GB read per decode token).  Eight row streams in
+ * flight and a software prefetch PF_BYTES ahead in each row keep enough cache-line misses
+ * outstanding to run at the memory's streaming rate; each row keeps its own 8-lane accumulator in
+ * column order and the same final lane sum, so the bits are those of fused1_avx2 and the scalar
+ * twin. */
+__attribute__((target("avx2,fma"))) static void bf16_rows8(const dsq_wview *w, uint64_t r0, const float *x,
+                                                           float *y) {
+    uint64_t cols = w->shape[1];
+    const uint8_t *p = w->data + 2 * r0 * cols;
+    size_t ld = (size_t)(2 * cols);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+#define BF16_LD(r, c) \
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p + (r)*ld + 2 * (c)))), 16))
+#define BF16_STEP(c)                                                                                                   \
+    do {                                                                                                               \
+        __m256 xv = _mm256_loadu_ps(x + (c));                                                                          \
+        a0 = _mm256_fmadd_ps(BF16_LD(0, c), xv, a0);                                                                   \
+        a1 = _mm256_fmadd_ps(BF16_LD(1, c), xv, a1);                                                                   \
+        a2 = _mm256_fmadd_ps(BF16_LD(2, c), xv, a2);                                                                   \
+        a3 = _mm256_fmadd_ps(BF16_LD(3, c), xv, a3);                                                                   \
+        a4 = _mm256_fmadd_ps(BF16_LD(4, c), xv, a4);                                                                   \
+        a5 = _mm256_fmadd_ps(BF16_LD(5, c), xv, a5);                                                                   \
+        a6 = _mm256_fmadd_ps(BF16_LD(6, c), xv, a6);                                                                   \
+        a7 = _mm256_fmadd_ps(BF16_LD(7, c), xv, a7);                                                                   \
+    } while (0)
+    uint64_t c = 0;
+    for (; c + 32 <= cols; c += 32) { /* one 64-byte line per row per step */
+        for (size_t r = 0; r < BF16_TILE; r++) _mm_prefetch((const char *)(p + r * ld + 2 * c + PF_BYTES), _MM_HINT_T0);
+        BF16_STEP(c);
+        BF16_STEP(c + 8);
+        BF16_STEP(c + 16);
+        BF16_STEP(c + 24);
+    }
+    for (; c < cols; c += 8) BF16_STEP(c);
+#undef BF16_STEP
+#undef BF16_LD
+    __m256 acc[BF16_TILE] = {a0, a1, a2, a3, a4, a5, a6, a7};
+    for (int r = 0; r < BF16_TILE; r++) {
+        float l[8];
+        _mm256_storeu_ps(l, acc[r]);
+        y[r] = hsum8(l);
+    }
+}
+
 static bool fusable(const dsq_wview *w) {
     return w->shape[1] % 8 == 0 && (w->enc == DSQ_ENC_F32 || w->enc == DSQ_ENC_BF16 || w->enc == DSQ_ENC_FP8_B128 ||
                                     w->enc == DSQ_ENC_FP8_B128_F32 || w->enc == DSQ_ENC_MXFP4);
@@ -383,7 +550,6 @@ static void tile_scalar(const float *w, size_t ldw, int nr, const float *x, size
 dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, uint64_t n_rows, const float *x,
                        size_t ldx, int64_t n_tok, float *y, size_t ldy, dsq_err *err) {
     size_t cols = (size_t)w->shape[1];
-    int64_t n_tiles = (int64_t)dsq_ceil_div(n_rows, ROW_TILE);
     double work = (double)n_rows * (double)cols * (double)(n_tok > 0 ? n_tok : 1);
     int nt = work < 65536.0 ? 1 : k->threads;
     bool avx2 = k->avx2, failed = false;
@@ -391,6 +557,14 @@ dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, ui
 #ifdef HAVE_X86
     fused = avx2 && n_tok == 1 && fusable(w);
 #endif
+    /* rows per scheduling unit: BF16 one-token tiles stream eight rows at once */
+    bool bf16 = false;
+#ifdef HAVE_X86
+    bf16 = fused && w->enc == DSQ_ENC_BF16;
+#endif
+    int tile_rows = bf16 ? 8 : ROW_TILE;
+    bool avx512 = fused && dsq__cpu_has_avx512();
+    int64_t n_tiles = (int64_t)dsq_ceil_div(n_rows, (uint64_t)tile_rows);
 #pragma omp parallel num_threads(nt)
     {
         /* the fused one-token path needs no scratch except for a last partial tile */
@@ -402,31 +576,40 @@ dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, ui
 #pragma omp for schedule(static)
         for (int64_t tile = 0; tile < n_tiles; tile++) {
             if (!buf) continue;
-            uint64_t r0 = (uint64_t)tile * ROW_TILE;
-            int nr = (int)(n_rows - r0 < ROW_TILE ? n_rows - r0 : ROW_TILE);
+            uint64_t t0r = (uint64_t)tile * (uint64_t)tile_rows;
+            uint64_t t1r = n_rows - t0r < (uint64_t)tile_rows ? n_rows : t0r + (uint64_t)tile_rows;
 #ifdef HAVE_X86
-            if (avx2 && fused && nr == ROW_TILE) {
-                fused1_avx2(w, row0 + r0, x, y + r0);
+            if (bf16 && t1r - t0r == BF16_TILE) {
+                bf16_rows8(w, row0 + t0r, x, y + t0r);
                 continue;
             }
 #endif
+            for (uint64_t r0 = t0r; r0 < t1r; r0 += ROW_TILE) {
+                int nr = (int)(t1r - r0 < ROW_TILE ? t1r - r0 : ROW_TILE);
 #ifdef HAVE_X86
-            if (avx2)
-                dequant_rows_avx2(w, row0 + r0, (uint64_t)nr, buf);
-            else
-#endif
-                dsq__dequant_rows(w, row0 + r0, (uint64_t)nr, buf);
-            for (int64_t t0 = 0; t0 < n_tok; t0 += TOK_TILE) {
-                int ntk = (int)(n_tok - t0 < TOK_TILE ? n_tok - t0 : TOK_TILE);
-                const float *xt = x + (size_t)t0 * ldx;
-                float *yt = y + (size_t)t0 * ldy + r0;
-#ifdef HAVE_X86
-                if (avx2) {
-                    tile_avx2(buf, cols, nr, xt, ldx, ntk, cols, yt, ldy);
+                if (avx2 && fused && nr == ROW_TILE) {
+                    fused1_avx2(w, row0 + r0, x, y + r0, avx512);
                     continue;
                 }
 #endif
-                tile_scalar(buf, cols, nr, xt, ldx, ntk, cols, yt, ldy);
+#ifdef HAVE_X86
+                if (avx2)
+                    dequant_rows_avx2(w, row0 + r0, (uint64_t)nr, buf);
+                else
+#endif
+                    dsq__dequant_rows(w, row0 + r0, (uint64_t)nr, buf);
+                for (int64_t t0 = 0; t0 < n_tok; t0 += TOK_TILE) {
+                    int ntk = (int)(n_tok - t0 < TOK_TILE ? n_tok - t0 : TOK_TILE);
+                    const float *xt = x + (size_t)t0 * ldx;
+                    float *yt = y + (size_t)t0 * ldy + r0;
+#ifdef HAVE_X86
+                    if (avx2) {
+                        tile_avx2(buf, cols, nr, xt, ldx, ntk, cols, yt, ldy);
+                        continue;
+                    }
+#endif
+                    tile_scalar(buf, cols, nr, xt, ldx, ntk, cols, yt, ldy);
+                }
             }
         }
         dsq_free_aligned(buf);

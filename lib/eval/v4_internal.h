@@ -18,6 +18,8 @@ typedef struct dsq__kern {
 
 /* True when this CPU runs the AVX2+FMA kernels. */
 bool dsq__cpu_has_avx2(void);
+/* True when this CPU also runs the AVX-512 (F+BW) twins of the one-token kernels (same bits). */
+bool dsq__cpu_has_avx512(void);
 
 /* y[t][i] = Σ_k W[row0+i][k] · x[t][k] for t < n_tok, i < n_rows, k < cols(W).
  * x rows are ldx floats apart, y rows ldy floats apart.  W is dequantized block by block on the fly

@@ -1,0 +1,95 @@
+/* The evaluator's linear kernel (lib/eval/linear.c, dsq__linear): the vector one-token kernels
+ * (AVX2, and the AVX-512 row-pair twins where the CPU has them: 8-row BF16 tiles, 4-row FP8 and
+ * MXFP4 tiles) give the same bits as the scalar twin, for every encoding the model uses, row counts
+ * that leave partial tiles, column counts that are and are not multiples of the blocks, one and two
+ * threads, and for several tokens (the dequantize-then-tile path). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <cmocka.h>
+
+#include "codec_util.h"
+#include "v4_internal.h"
+
+typedef struct lcase {
+    const char *enc;
+    uint64_t rows, cols;
+} lcase;
+
+static void check_case(const lcase *c, rng *g) {
+    dsq_encoding enc;
+    int group;
+    assert_int_equal(dsq_codec_parse(c->enc, &enc, &group, NULL), DSQ_OK);
+    dsq_qtensor_buf b;
+    assert_int_equal(qbuf_alloc(&b, enc, c->rows, c->cols, group), 0);
+    uint64_t n = c->rows * c->cols;
+    float *w = malloc(sizeof(float) * n);
+    /* magnitudes spread over 2^-12 … 2^6 so block scales differ from block to block */
+    for (uint64_t i = 0; i < n; i++) w[i] = ldexpf(rng_gauss(g), (int)((i / 32 + i / c->cols) % 19) - 12);
+    assert_int_equal(dsq_codec_encode(&b, w, 0, c->rows, NULL, NULL), DSQ_OK);
+    dsq_codec_layout L;
+    assert_int_equal(dsq_codec_layout_of(enc, c->rows, c->cols, group, &L, NULL), DSQ_OK);
+    dsq_wview v = {.name = c->enc, .enc = enc, .rank = 2, .shape = {c->rows, c->cols}, .data = b.data,
+                   .data_bytes = L.data_bytes, .scale = b.scales, .scale_bytes = L.scale_bytes, .group = group};
+    enum { NT = 5 };
+    float *x = malloc(sizeof(float) * c->cols * NT);
+    for (uint64_t i = 0; i < c->cols * NT; i++) x[i] = ldexpf(rng_gauss(g), (int)(i % 11) - 5);
+    float *ys = malloc(sizeof(float) * c->rows * NT), *yv = malloc(sizeof(float) * c->rows * NT);
+    int64_t toks[] = {1, NT};
+    for (int ti = 0; ti < 2; ti++) {
+        int64_t nt = toks[ti];
+        dsq__kern ks = {false, 1};
+        assert_int_equal(dsq__linear(&ks, &v, 0, c->rows, x, c->cols, nt, ys, c->rows, NULL), DSQ_OK);
+        for (int th = 1; th <= 2; th++) {
+            dsq__kern kv = {dsq__cpu_has_avx2(), th};
+            memset(yv, 0xff, sizeof(float) * c->rows * (size_t)nt);
+            assert_int_equal(dsq__linear(&kv, &v, 0, c->rows, x, c->cols, nt, yv, c->rows, NULL), DSQ_OK);
+            for (uint64_t i = 0; i < c->rows * (uint64_t)nt; i++)
+                if (memcmp(&ys[i], &yv[i], sizeof(float)) != 0) {
+                    fprintf(stderr, "%s [%llu x %llu] tokens %lld threads %d: output %llu: vector %.9g, scalar %.9g\n",
+                            c->enc, (unsigned long long)c->rows, (unsigned long long)c->cols, (long long)nt, th,
+                            (unsigned long long)i, yv[i], ys[i]);
+                    fail();
+                }
+        }
+    }
+    /* a row window (row0 > 0), as the grouped output projection uses */
+    if (c->rows > 9) {
+        dsq__kern ks = {false, 1}, kv = {dsq__cpu_has_avx2(), 2};
+        assert_int_equal(dsq__linear(&ks, &v, 3, c->rows - 3, x, c->cols, 1, ys, c->rows, NULL), DSQ_OK);
+        assert_int_equal(dsq__linear(&kv, &v, 3, c->rows - 3, x, c->cols, 1, yv, c->rows, NULL), DSQ_OK);
+        for (uint64_t i = 0; i < c->rows - 3; i++)
+            if (memcmp(&ys[i], &yv[i], sizeof(float)) != 0) {
+                fprintf(stderr, "%s [%llu x %llu] rows 3…: output %llu: vector %.9g, scalar %.9g\n", c->enc,
+                        (unsigned long long)c->rows, (unsigned long long)c->cols, (unsigned long long)i, yv[i], ys[i]);
+                fail();
+            }
+    }
+    free(w);
+    free(x);
+    free(ys);
+    free(yv);
+    qbuf_free(&b);
+}
+
+static void test_vector_equals_scalar(void **state) {
+    (void)state;
+    if (!dsq__cpu_has_avx2()) skip();
+    printf("  vector kernels: AVX2%s\n", dsq__cpu_has_avx512() ? " + AVX-512 row pairs" : "");
+    static const lcase cases[] = {
+        {"bf16", 8, 64},    {"bf16", 29, 96},   {"bf16", 136, 264}, {"bf16", 4, 32},
+        {"f32", 13, 40},    {"f32", 16, 128},   {"fp8-128x128", 13, 256},
+        {"fp8-128x128", 136, 384}, {"fp8-128x128", 20, 200}, {"fp8-128x128-f32", 12, 256},
+        {"mxfp4", 13, 64},  {"mxfp4", 136, 256}, {"mxfp4", 7, 96},   {"mxfp4", 24, 32},
+    };
+    rng g = {0x5eed1234};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_case(&cases[i], &g);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_vector_equals_scalar),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
