@@ -166,6 +166,20 @@ dsq_status dsq_map_read(const dsq_map *m, uint64_t offset, void *buf, size_t n, 
 void dsq_map_willneed(const dsq_map *m, uint64_t offset, uint64_t n);
 void dsq_map_dontneed(const dsq_map *m, uint64_t offset, uint64_t n);
 
+/* Forward reads of a big file with O_DIRECT (buffered where the filesystem refuses it) through an
+ * 8 MiB window: reading a file once costs no page-cache allocation and evicts nothing. */
+typedef struct dsq_seqread {
+    int fd;
+    bool direct;
+    uint64_t size, wstart, wlen;
+    uint8_t *buf;
+    char *path;
+} dsq_seqread;
+dsq_status dsq_seqread_open(const char *path, dsq_seqread *out, dsq_err *err);
+/* Up to n bytes at offset: *p points at *got ≥ 1 of them (n > 0), valid until the next call. */
+dsq_status dsq_seqread_get(dsq_seqread *s, uint64_t offset, uint64_t n, const uint8_t **p, size_t *got, dsq_err *err);
+void dsq_seqread_close(dsq_seqread *s);
+
 /* Read a whole (small) file into a NUL-terminated heap buffer; `max` caps its size. */
 dsq_status dsq_read_file(const char *path, size_t max, char **out, size_t *out_len, dsq_err *err);
 bool dsq_path_is_dir(const char *path);
@@ -180,17 +194,27 @@ typedef struct dsq_afile {
     char *final_path, *tmp_path;
     int fd;
     uint64_t written;  /* bytes written so far at the current position (sequential writes) */
+    int dfd;           /* the same file opened O_DIRECT (options.direct), or -1 */
+    uint8_t *bounce;   /* DSQ_AFILE_BOUNCE bytes, 4096-aligned, for direct writes */
 } dsq_afile;
 typedef struct dsq_afile_options {
     bool overwrite;    /* replace an existing final file (default false → DSQ_ERR_EXISTS) */
     bool keep_partial; /* do not remove an existing partial (resume) */
     uint64_t preallocate; /* posix_fallocate this many bytes when > 0 */
+    /* Write the 4096-aligned middle of large pwrites with O_DIRECT (through a bounce buffer), the
+     * unaligned edges buffered: bulk output then costs no page-cache allocation and evicts nothing.
+     * Falls back to buffered writes where the filesystem refuses O_DIRECT (tmpfs).  A file with
+     * direct writes takes pwrites from one thread at a time. */
+    bool direct;
 } dsq_afile_options;
+enum { DSQ_AFILE_BOUNCE = 8u << 20, DSQ_AFILE_DIRECT_MIN = 256u << 10 };
 dsq_status dsq_afile_open(const char *final_path, const dsq_afile_options *opt, dsq_afile *out, dsq_err *err);
 dsq_status dsq_afile_write(dsq_afile *f, const void *buf, size_t n, dsq_err *err);
 dsq_status dsq_afile_pwrite(dsq_afile *f, uint64_t offset, const void *buf, size_t n, dsq_err *err);
 dsq_status dsq_afile_commit(dsq_afile *f, dsq_err *err);
 void dsq_afile_abort(dsq_afile *f);
+/* Close without publishing and keep the partial file (a suspended, resumable job). */
+void dsq_afile_release(dsq_afile *f);
 
 /* Write a whole buffer atomically to path. */
 dsq_status dsq_write_file_atomic(const char *path, const void *buf, size_t n, bool overwrite, dsq_err *err);

@@ -173,11 +173,85 @@ static dsq_status fsync_dir_of(const char *path, dsq_err *err) {
     return s;
 }
 
+/* 4096-aligned memory for O_DIRECT buffers (freed with free()). */
+static void *page_alloc(size_t n) {
+    if (dsq__fault_hit(DSQ_FAULT_MALLOC)) return NULL;
+    void *p = NULL;
+    return posix_memalign(&p, 4096, n ? n : 1) == 0 ? p : NULL;
+}
+
+/* ---- sequential reads with O_DIRECT ---- */
+
+enum { SEQ_WINDOW = 8u << 20 };
+
+dsq_status dsq_seqread_open(const char *path, dsq_seqread *out, dsq_err *err) {
+    memset(out, 0, sizeof *out);
+    out->fd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
+    out->direct = out->fd >= 0;
+    if (out->fd < 0) out->fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (out->fd < 0) return dsq_err_set(err, DSQ_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    out->path = dsq_strdup(path);
+    out->buf = page_alloc(SEQ_WINDOW);
+    if (fstat(out->fd, &sb) != 0 || !out->path || !out->buf) {
+        dsq_seqread_close(out);
+        return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: cannot set up reading", path);
+    }
+    out->size = (uint64_t)sb.st_size;
+    return DSQ_OK;
+}
+
+void dsq_seqread_close(dsq_seqread *s) {
+    if (s->fd >= 0) close(s->fd);
+    free(s->buf);
+    dsq_free(s->path);
+    memset(s, 0, sizeof *s);
+    s->fd = -1;
+}
+
+dsq_status dsq_seqread_get(dsq_seqread *s, uint64_t offset, uint64_t n, const uint8_t **p, size_t *got, dsq_err *err) {
+    if (offset > s->size || n > s->size - offset)
+        return dsq_err_set(err, DSQ_ERR_RANGE, "%s: read of %llu bytes at offset %llu past end (%llu bytes)", s->path,
+                           (unsigned long long)n, (unsigned long long)offset, (unsigned long long)s->size);
+    if (n == 0) {
+        *p = s->buf, *got = 0;
+        return DSQ_OK;
+    }
+    if (offset < s->wstart || offset >= s->wstart + s->wlen) {
+        uint64_t start = offset / 4096 * 4096, want = s->size - start < SEQ_WINDOW ? s->size - start : SEQ_WINDOW;
+        uint64_t len = 0;
+        while (len < want) {
+            size_t ask = s->direct ? SEQ_WINDOW - (size_t)len : (size_t)(want - len); /* direct: whole blocks */
+            ssize_t r = pread(s->fd, s->buf + len, ask, (off_t)(start + len));
+            if (r < 0 && errno == EINTR) continue;
+            if (r < 0 && errno == EINVAL && s->direct) { /* refused after all: read buffered */
+                int fd = open(s->path, O_RDONLY | O_CLOEXEC);
+                if (fd < 0) return dsq_err_set(err, DSQ_ERR_IO, "%s: cannot open: %s", s->path, strerror(errno));
+                close(s->fd);
+                s->fd = fd, s->direct = false;
+                continue;
+            }
+            if (r <= 0)
+                return dsq_err_set(err, DSQ_ERR_IO, "%s: read at offset %llu failed: %s", s->path,
+                                   (unsigned long long)(start + len), r < 0 ? strerror(errno) : "unexpected end of file");
+            len += (uint64_t)r;
+            if (s->direct && len % 4096) break; /* end of file */
+        }
+        if (len < want && len <= offset - start)
+            return dsq_err_set(err, DSQ_ERR_IO, "%s: short read at offset %llu", s->path, (unsigned long long)start);
+        s->wstart = start, s->wlen = len < want ? len : want;
+    }
+    uint64_t avail = s->wstart + s->wlen - offset;
+    *p = s->buf + (offset - s->wstart);
+    *got = (size_t)(avail < n ? avail : n);
+    return DSQ_OK;
+}
+
 dsq_status dsq_afile_open(const char *final_path, const dsq_afile_options *opt, dsq_afile *out, dsq_err *err) {
     dsq_afile_options o = {0};
     if (opt) o = *opt;
     memset(out, 0, sizeof *out);
-    out->fd = -1;
+    out->fd = out->dfd = -1;
     if (!o.overwrite && dsq_path_exists(final_path))
         return dsq_err_set(err, DSQ_ERR_EXISTS, "%s: already exists (use --overwrite to replace it)", final_path);
     out->final_path = dsq_strdup(final_path);
@@ -201,6 +275,13 @@ dsq_status dsq_afile_open(const char *final_path, const dsq_afile_options *opt, 
         dsq_afile_abort(out);
         return DSQ_ERR_IO;
     }
+    if (o.direct) {
+        out->dfd = open(out->tmp_path, O_WRONLY | O_CLOEXEC | O_DIRECT);
+        if (out->dfd >= 0 && !(out->bounce = page_alloc(DSQ_AFILE_BOUNCE))) {
+            close(out->dfd);
+            out->dfd = -1;
+        }
+    }
     if (o.preallocate > 0) {
         int r = posix_fallocate(out->fd, 0, (off_t)o.preallocate);
         if (r == ENOSPC || r == EFBIG) {
@@ -218,12 +299,12 @@ static dsq_status write_errno(dsq_afile *f, int e, uint64_t offset, dsq_err *err
     return dsq_err_set(err, s, "%s: write at offset %llu failed: %s", f->tmp_path, (unsigned long long)offset, strerror(e));
 }
 
-dsq_status dsq_afile_pwrite(dsq_afile *f, uint64_t offset, const void *buf, size_t n, dsq_err *err) {
+static dsq_status pwrite_fd(dsq_afile *f, int fd, uint64_t offset, const void *buf, size_t n, dsq_err *err) {
     const uint8_t *p = buf;
     while (n > 0) {
         if (dsq__fault_hit(DSQ_FAULT_WRITE)) return write_errno(f, EIO, offset, err);
         size_t chunk = n > (1u << 30) ? (1u << 30) : n;
-        ssize_t r = pwrite(f->fd, p, chunk, (off_t)offset);
+        ssize_t r = pwrite(fd, p, chunk, (off_t)offset);
         if (r < 0 && errno == EINTR) continue;
         if (r < 0) return write_errno(f, errno, offset, err);
         if (r == 0) return write_errno(f, ENOSPC, offset, err);
@@ -234,13 +315,65 @@ dsq_status dsq_afile_pwrite(dsq_afile *f, uint64_t offset, const void *buf, size
     return DSQ_OK;
 }
 
+enum { DIO_ALIGN = 4096 };
+
+/* The aligned middle [a, b) of a write through the bounce buffer with O_DIRECT.  A short direct write
+ * (possible near ENOSPC) or EINVAL (a filesystem that takes O_DIRECT opens but not these writes)
+ * falls back to buffered writes for the rest, which report the real error if there is one. */
+static dsq_status direct_middle(dsq_afile *f, uint64_t a, const uint8_t *src, uint64_t len, dsq_err *err) {
+    while (len > 0 && f->dfd >= 0) {
+        size_t k = len > DSQ_AFILE_BOUNCE ? DSQ_AFILE_BOUNCE : (size_t)len;
+        if (dsq__fault_hit(DSQ_FAULT_WRITE)) return write_errno(f, EIO, a, err);
+        memcpy(f->bounce, src, k);
+        ssize_t r;
+        do r = pwrite(f->dfd, f->bounce, k, (off_t)a);
+        while (r < 0 && errno == EINTR);
+        if (r < 0 && errno != EINVAL) return write_errno(f, errno, a, err);
+        if (r != (ssize_t)k) { /* EINVAL or short: finish this piece and the rest buffered */
+            close(f->dfd);
+            f->dfd = -1;
+            break;
+        }
+        a += k, src += k, len -= k;
+    }
+    return len ? pwrite_fd(f, f->fd, a, src, (size_t)len, err) : DSQ_OK;
+}
+
+dsq_status dsq_afile_pwrite(dsq_afile *f, uint64_t offset, const void *buf, size_t n, dsq_err *err) {
+    if (f->dfd < 0 || n < DSQ_AFILE_DIRECT_MIN) return pwrite_fd(f, f->fd, offset, buf, n, err);
+    const uint8_t *p = buf;
+    uint64_t a = (offset + DIO_ALIGN - 1) / DIO_ALIGN * DIO_ALIGN, b = (offset + n) / DIO_ALIGN * DIO_ALIGN;
+    if (b <= a) return pwrite_fd(f, f->fd, offset, buf, n, err);
+    /* the edges' partial blocks are written buffered; the direct range never shares a block with them */
+    DSQ_TRY(pwrite_fd(f, f->fd, offset, p, (size_t)(a - offset), err));
+    DSQ_TRY(direct_middle(f, a, p + (a - offset), b - a, err));
+    return pwrite_fd(f, f->fd, b, p + (b - offset), (size_t)(offset + n - b), err);
+}
+
 dsq_status dsq_afile_write(dsq_afile *f, const void *buf, size_t n, dsq_err *err) {
     DSQ_TRY(dsq_afile_pwrite(f, f->written, buf, n, err));
     f->written += n;
     return DSQ_OK;
 }
 
+static void close_direct(dsq_afile *f) {
+    if (f->dfd >= 0) close(f->dfd);
+    f->dfd = -1;
+    free(f->bounce);
+    f->bounce = NULL;
+}
+
+void dsq_afile_release(dsq_afile *f) {
+    close_direct(f);
+    if (f->fd >= 0) close(f->fd);
+    dsq_free(f->tmp_path);
+    dsq_free(f->final_path);
+    memset(f, 0, sizeof *f);
+    f->fd = f->dfd = -1;
+}
+
 dsq_status dsq_afile_commit(dsq_afile *f, dsq_err *err) {
+    close_direct(f);
     if (dsq__fault_hit(DSQ_FAULT_FSYNC) || fdatasync(f->fd) != 0) {
         int e = errno ? errno : EIO;
         dsq_err_set(err, DSQ_ERR_IO, "%s: fdatasync failed: %s", f->tmp_path, strerror(e));
@@ -263,18 +396,19 @@ dsq_status dsq_afile_commit(dsq_afile *f, dsq_err *err) {
     dsq_free(f->tmp_path);
     dsq_free(f->final_path);
     memset(f, 0, sizeof *f);
-    f->fd = -1;
+    f->fd = f->dfd = -1;
     return s;
 }
 
 void dsq_afile_abort(dsq_afile *f) {
     if (!f) return;
+    close_direct(f);
     if (f->fd >= 0) close(f->fd);
     if (f->tmp_path) unlink(f->tmp_path);
     dsq_free(f->tmp_path);
     dsq_free(f->final_path);
     memset(f, 0, sizeof *f);
-    f->fd = -1;
+    f->fd = f->dfd = -1;
 }
 
 dsq_status dsq_write_file_atomic(const char *path, const void *buf, size_t n, bool overwrite, dsq_err *err) {

@@ -25,6 +25,7 @@ struct dsq_ctr_reader {
     uint32_t *source_owner;  /* tensor index of each source */
     size_t n_sources;
     dsq__strmap by_name, by_source;
+    bool verify_direct;
 };
 
 #define CHUNK (4u << 20)
@@ -560,6 +561,7 @@ dsq_status dsq_ctr_reader_open(const char *path, const dsq_ctr_reader_options *o
         return s;
     }
     r->map = m;
+    r->verify_direct = o.verify_direct;
     if (o.verify) {
         s = dsq_ctr_verify(r, NULL, err);
         if (s != DSQ_OK) {
@@ -631,8 +633,21 @@ void dsq_ctr_release(const dsq_ctr_reader *r, const dsq_ctr_tensor *t) {
 }
 
 /* XXH3 of [offset, offset+n) of the source, in chunks (pread) or at once (mmap). */
-static dsq_status hash_range(const dsq_ctr_reader *r, uint64_t offset, uint64_t n, uint8_t **chunk, uint64_t *out,
-                             dsq_err *err) {
+static dsq_status hash_range(const dsq_ctr_reader *r, dsq_seqread *sq, uint64_t offset, uint64_t n, uint8_t **chunk,
+                             uint64_t *out, dsq_err *err) {
+    if (sq) {
+        XXH3_state_t ss;
+        XXH3_64bits_reset(&ss);
+        while (n > 0) {
+            const uint8_t *p;
+            size_t got;
+            DSQ_TRY(dsq_seqread_get(sq, offset, n, &p, &got, err));
+            XXH3_64bits_update(&ss, p, got);
+            offset += got, n -= got;
+        }
+        *out = (uint64_t)XXH3_64bits_digest(&ss);
+        return DSQ_OK;
+    }
     if (r->src.map) {
         /* 64 MiB at a time, dropping the pages behind: a multi-GB part never stays resident */
         XXH3_state_t ms;
@@ -663,14 +678,23 @@ static dsq_status hash_range(const dsq_ctr_reader *r, uint64_t offset, uint64_t 
 dsq_status dsq_ctr_part_hash(const dsq_ctr_reader *r, const dsq_ctr_tensor *t, int p, uint64_t *out, dsq_err *err) {
     DSQ_RETURN_IF(!r->data_readable, err, DSQ_ERR_STATE, "%s: tensor data is not available from this source", r->path);
     uint8_t *chunk = NULL;
-    dsq_status s = hash_range(r, t->parts[p].offset, t->parts[p].bytes, &chunk, out, err);
+    dsq_status s = hash_range(r, NULL, t->parts[p].offset, t->parts[p].bytes, &chunk, out, err);
     dsq_free(chunk);
     return s;
 }
 
 /* Gaps must be zero: [from, to). */
-static dsq_status check_zero(const dsq_ctr_reader *r, uint64_t from, uint64_t to, uint8_t **chunk, const char *what,
-                             dsq_err *err) {
+static dsq_status check_zero(const dsq_ctr_reader *r, dsq_seqread *sq, uint64_t from, uint64_t to, uint8_t **chunk,
+                             const char *what, dsq_err *err) {
+    while (sq && from < to) {
+        const uint8_t *p;
+        size_t got;
+        DSQ_TRY(dsq_seqread_get(sq, from, to - from, &p, &got, err));
+        for (size_t i = 0; i < got; i++)
+            DSQ_RETURN_IF(p[i] != 0, err, DSQ_ERR_FORMAT, "%s: non-zero padding byte at offset %llu (%s)", r->path,
+                          (unsigned long long)(from + i), what);
+        from += got;
+    }
     if (!*chunk && !(*chunk = dsq_malloc(CHUNK))) return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", r->path);
     while (from < to) {
         size_t k = to - from > CHUNK ? CHUNK : (size_t)(to - from);
@@ -701,17 +725,26 @@ dsq_status dsq_ctr_verify(const dsq_ctr_reader *r, dsq_progress *progress, dsq_e
             refs[k].part = p;
         }
     qsort(refs, np, sizeof *refs, part_ref_cmp);
+    /* one forward pass over the file: with O_DIRECT when asked (a file just written that way) */
+    dsq_seqread seq, *sq = NULL;
+    if (r->verify_direct && r->map) {
+        if (dsq_seqread_open(r->path, &seq, err) != DSQ_OK) {
+            dsq_free(refs);
+            return DSQ_ERR_IO;
+        }
+        sq = &seq;
+    }
     uint64_t pos = DSQ_FILE_HEADER_BYTES;
-    dsq_status s = check_zero(r, pos, r->hdr.data_offset, &chunk, "before the data region", err);
+    dsq_status s = check_zero(r, sq, pos, r->hdr.data_offset, &chunk, "before the data region", err);
     if (s != DSQ_OK) first = s;
     pos = r->hdr.data_offset;
     for (size_t i = 0; i < np && first != DSQ_ERR_IO; i++) {
         const dsq_ctr_tensor *t = &r->tensors[refs[i].tensor];
         const dsq_ctr_part *part = &t->parts[refs[i].part];
-        s = check_zero(r, pos, part->offset, &chunk, "between parts", err);
+        s = check_zero(r, sq, pos, part->offset, &chunk, "between parts", err);
         if (s != DSQ_OK && first == DSQ_OK) first = s;
         uint64_t h;
-        s = hash_range(r, part->offset, part->bytes, &chunk, &h, err);
+        s = hash_range(r, sq, part->offset, part->bytes, &chunk, &h, err);
         if (s != DSQ_OK) {
             if (first == DSQ_OK) first = s;
             break;
@@ -730,14 +763,15 @@ dsq_status dsq_ctr_verify(const dsq_ctr_reader *r, dsq_progress *progress, dsq_e
     /* padding after the data region and between the sections */
     if (first == DSQ_OK) {
         uint64_t end = r->hdr.data_offset + r->hdr.data_bytes;
-        s = check_zero(r, end, r->hdr.directory_offset, &chunk, "after the data region", err);
+        s = check_zero(r, sq, end, r->hdr.directory_offset, &chunk, "after the data region", err);
         uint64_t prev = r->hdr.directory_offset + (uint64_t)r->hdr.section_count * r->hdr.section_entry_bytes;
         for (size_t i = 0; i < r->n_sections && s == DSQ_OK; i++) {
-            s = check_zero(r, prev, r->sections[i].offset, &chunk, "between sections", err);
+            s = check_zero(r, sq, prev, r->sections[i].offset, &chunk, "between sections", err);
             prev = r->sections[i].offset + r->sections[i].stored_bytes;
         }
         if (s != DSQ_OK) first = s;
     }
+    if (sq) dsq_seqread_close(sq);
     dsq_free(refs);
     dsq_free(chunk);
     return first;

@@ -461,7 +461,8 @@ dsq_status dsq_ctr_writer_begin(dsq_ctr_writer *w, dsq_err *err) {
     dsq_status s = check_free_space(w, resuming ? partial : NULL, need, err);
     dsq_free(partial);
     DSQ_TRY(s);
-    dsq_afile_options ao = {.overwrite = w->opt.overwrite, .keep_partial = resuming, .preallocate = w->cursor};
+    dsq_afile_options ao = {.overwrite = w->opt.overwrite, .keep_partial = resuming, .preallocate = w->cursor,
+                            .direct = w->opt.direct};
     DSQ_TRY(dsq_afile_open(w->path, &ao, &w->af, err));
     w->begun = true;
     w->rfd = open(w->af.tmp_path, O_RDONLY | O_CLOEXEC);
@@ -653,7 +654,7 @@ dsq_status dsq_ctr_writer_finish(dsq_ctr_writer *w, dsq_err *err) {
     if (s == DSQ_OK) {
         /* reopen and verify every checksum before the final name appears (RELIABILITY.md §1) */
         dsq_ctr_reader *r = NULL;
-        dsq_ctr_reader_options ro = {.verify = true};
+        dsq_ctr_reader_options ro = {.verify = true, .verify_direct = w->opt.direct};
         s = dsq_ctr_reader_open(w->af.tmp_path, &ro, &r, err);
         dsq_ctr_reader_close(r);
         if (s != DSQ_OK) dsq_err_set(err, s, "%s: verification of the written file failed", w->af.tmp_path);
@@ -676,11 +677,7 @@ dsq_status dsq_ctr_writer_suspend(dsq_ctr_writer *w, dsq_err *err) {
             s = dsq_err_set(err, DSQ_ERR_IO, "%s: fdatasync failed: %s", w->af.tmp_path, strerror(errno));
         if (w->jfd >= 0 && fsync(w->jfd) != 0 && s == DSQ_OK)
             s = dsq_err_set(err, DSQ_ERR_IO, "%s: fsync failed: %s", w->journal_path, strerror(errno));
-        if (w->af.fd >= 0) close(w->af.fd);
-        dsq_free(w->af.tmp_path);
-        dsq_free(w->af.final_path);
-        memset(&w->af, 0, sizeof w->af);
-        w->af.fd = -1;
+        dsq_afile_release(&w->af);
     }
     close_fds(w);
     writer_release(w);

@@ -70,6 +70,8 @@ typedef struct dsq_ctr_reader dsq_ctr_reader;
 typedef struct dsq_ctr_reader_options {
     bool no_mmap; /* pread mode (default false: mmap) */
     bool verify;  /* also check every part checksum and the zero padding at open (default false) */
+    bool verify_direct; /* read for that check with O_DIRECT (dsq_seqread): for a file just written
+                           with direct I/O, whose bytes are not in the page cache */
 } dsq_ctr_reader_options;
 
 /* True when PATH is a regular file that starts with the .dsq magic (nothing else is validated). */
@@ -137,6 +139,8 @@ typedef struct dsq_ctr_writer_options {
     uint64_t large_threshold; /* 0: DSQ_FILE_DEFAULT_LARGE_THRESHOLD */
     const char *fingerprint;  /* job identity for resume (tool version, arguments, input stats) */
     int compress_metadata;    /* 0 auto (zstd when it saves space), 1 always, -1 never */
+    bool direct;              /* bulk data written, and verified at finish, with O_DIRECT where the
+                                 filesystem allows (default: buffered) */
 } dsq_ctr_writer_options;
 
 /* Create a writer for `path` (nothing touches the disk until begin).  opt may be NULL. */
