@@ -3,8 +3,8 @@
  * Model: $DSQ_BENCH_DIR (default /tmp/dsq-bench-flash-2l: two real-shaped V4-Flash layers, ~12.8 GB),
  * synthesized with `dsq synth --config samples/configs/deepseek-v4-flash.json --layers 2` when missing.
  * Outputs go to $DSQ_BENCH_OUT (default /tmp/dsq-bench-convert) and are deleted after each run.
- * $DSQ_BENCH_RECIPES (default "release fp8 int4") selects the recipes, $DSQ_BENCH_THREADS (default 2)
- * the threads.
+ * $DSQ_BENCH_RECIPES (default "release fp8 int4 int4+direct") selects the recipes (NAME+direct: with
+ * --direct-io), $DSQ_BENCH_THREADS (default 2) the threads.
  *
  * Baselines: "the time to read the source and write the same number of bytes".  `copy` is a plain
  * copy of every file of the checkpoint (16 MiB reads and writes, fdatasync); a recipe's output can be
@@ -12,7 +12,8 @@
  * `copy=out` reads the whole source again and writes exactly as many bytes as that recipe's output
  * (fdatasync), the least any converter producing that output must do.  Each conversion runs as a child
  * process; its wall time, its output size, the seconds of both baselines, both ratios and its peak RSS
- * (ru_maxrss) are printed.  Targets (on the ratio to copy=out): release ≤ 1.25x, fp8 ≤ 1.25x,
+ * (ru_maxrss) are printed.  Each recipe runs $DSQ_BENCH_REPS times (default 2), each run followed by its
+ * copy=out sample; the table shows the means and the ratio of the means.  Targets (on the ratio to copy=out): release ≤ 1.25x, fp8 ≤ 1.25x,
  * int4 ≤ 2x with 2 threads; peak RSS < 2 GiB.  The source is read once before the copy so both sides
  * start from the same page-cache state. */
 #include <dirent.h>
@@ -137,8 +138,10 @@ int main(void) {
     const char *bin = getenv("DSQ_BIN") ? getenv("DSQ_BIN") : "build/dsq";
     const char *model = getenv("DSQ_BENCH_DIR") ? getenv("DSQ_BENCH_DIR") : "/tmp/dsq-bench-flash-2l";
     const char *out = getenv("DSQ_BENCH_OUT") ? getenv("DSQ_BENCH_OUT") : "/tmp/dsq-bench-convert";
-    const char *recipes = getenv("DSQ_BENCH_RECIPES") ? getenv("DSQ_BENCH_RECIPES") : "release fp8 int4";
+    const char *recipes = getenv("DSQ_BENCH_RECIPES") ? getenv("DSQ_BENCH_RECIPES") : "release fp8 int4 int4+direct";
     const char *threads = getenv("DSQ_BENCH_THREADS") ? getenv("DSQ_BENCH_THREADS") : "2";
+    int reps = getenv("DSQ_BENCH_REPS") ? atoi(getenv("DSQ_BENCH_REPS")) : 2;
+    if (reps < 1) reps = 1;
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", model);
     if (!dsq_path_exists(path)) {
@@ -176,28 +179,46 @@ int main(void) {
     for (char *r = strtok(list, " "); r; r = strtok(NULL, " ")) {
         char dst[4096];
         snprintf(dst, sizeof dst, "%s/%s.dsq", out, r);
-        unlink(dst);
-        const char *argv[] = {bin, "convert", model, dst, "--recipe", r, "--threads", threads, NULL};
-        double t;
+        /* reps × (convert, then the same-bytes copy from the same page-cache state): the machine is
+         * shared and disk-bound, so the ratio uses the sums of the alternating samples */
+        double t_sum = 0, sized_sum = 0;
         long rss = 0;
-        int rc = run(argv, &t, &rss);
-        struct stat sb;
-        uint64_t out_bytes = rc == 0 && stat(dst, &sb) == 0 ? (uint64_t)sb.st_size : 0;
-        unlink(dst);
-        /* the same-bytes baseline for this recipe, from the same page-cache state */
-        char sized[4096];
-        snprintf(sized, sizeof sized, "%s/copy-%s.bin", out, r);
-        double t_sized = 0;
-        if (out_bytes) {
-            copy_dir(model, NULL, &bytes);
-            double t1 = dsq_now();
-            if (copy_sized(model, bytes, sized, out_bytes) != 0) {
-                fprintf(stderr, "bench/convert: sized copy failed: %s\n", strerror(errno));
-                rc = 1;
+        uint64_t out_bytes = 0;
+        int rc = 0;
+        /* "NAME+direct": the recipe with --direct-io */
+        char recipe[64];
+        snprintf(recipe, sizeof recipe, "%s", r);
+        char *plus = strchr(recipe, '+');
+        bool direct = plus && !strcmp(plus, "+direct");
+        if (plus) *plus = 0;
+        for (int rep = 0; rep < reps && rc == 0; rep++) {
+            unlink(dst);
+            const char *argv[] = {bin,   "convert", model, dst, "--recipe", recipe, "--threads", threads,
+                                  direct ? "--direct-io" : NULL, NULL};
+            double t;
+            long rss1 = 0;
+            rc = run(argv, &t, &rss1);
+            struct stat sb;
+            out_bytes = rc == 0 && stat(dst, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+            unlink(dst);
+            if (rss1 > rss) rss = rss1;
+            char sized[4096];
+            snprintf(sized, sizeof sized, "%s/copy-%s.bin", out, r);
+            double t_sized = 0;
+            if (out_bytes) {
+                copy_dir(model, NULL, &bytes);
+                double t1 = dsq_now();
+                if (copy_sized(model, bytes, sized, out_bytes) != 0) {
+                    fprintf(stderr, "bench/convert: sized copy failed: %s\n", strerror(errno));
+                    rc = 1;
+                }
+                t_sized = dsq_now() - t1;
             }
-            t_sized = dsq_now() - t1;
+            printf("  %s sample %d: convert %.2f s, copy=out %.2f s\n", r, rep + 1, t, t_sized);
+            t_sum += t, sized_sum += t_sized;
         }
-        double target = !strcmp(r, "int4") ? 2.0 : 1.25;
+        double t = t_sum / reps, t_sized = sized_sum / reps;
+        double target = !strcmp(recipe, "int4") ? 2.0 : 1.25;
         printf("%-8s %8.2f %8.2f %10.2f %10.2f %10.2f %10.2f %6.2fx %12.0f%s\n", r, t, (double)out_bytes / 1e9, t_copy,
                t_sized, t / t_copy, t_sized > 0 ? t / t_sized : 0.0, target, (double)rss / 1024.0, rc ? "  FAILED" : "");
         fails += rc != 0;

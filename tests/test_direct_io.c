@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "dsq_container.h"
@@ -184,11 +186,57 @@ static void test_container_direct_equals_buffered(void **state) {
     dsq_free(dir);
 }
 
+/* The background verifier reads every finished tensor back from the disk: a byte changed on disk
+ * after it was written (the writer hashed what it was given) fails finish, and no output appears. */
+static void test_verifier_catches_disk_corruption(void **state) {
+    (void)state;
+    char *dir = dsq_test_tmpdir();
+    char *path = dsq_path_join(dir, "v.dsq");
+    const uint64_t size = 6u << 20;
+    uint8_t *data = malloc(size);
+    for (uint64_t i = 0; i < size; i++) data[i] = (uint8_t)(rnd() >> 45);
+    dsq_ctr_writer *w = NULL;
+    dsq_ctr_writer_options o = {.direct = true};
+    dsq_err e = DSQ_ERR_INIT;
+    assert_int_equal(dsq_ctr_writer_create(path, &o, &w, &e), DSQ_OK);
+    for (int i = 0; i < 2; i++) {
+        const char *name = i ? "b" : "a";
+        dsq_ctr_source_desc sd = {name, NULL, 0, size / 4, false, DSQ_DTYPE_I32, -1, DSQ_FILE_SHARD_UNKNOWN};
+        dsq_ctr_tensor_desc d = {name, DSQ_ENC_I32, 1, {size / 4}, 0, 0, 1, &sd};
+        assert_int_equal(dsq_ctr_writer_add(w, &d, NULL, &e), DSQ_OK);
+    }
+    assert_int_equal(dsq_ctr_writer_begin(w, &e), DSQ_OK);
+    for (uint32_t i = 0; i < 2; i++) {
+        assert_int_equal(dsq_ctr_writer_write(w, i, 0, 0, data, (size_t)size, &e), DSQ_OK);
+        if (i == 1) { /* tensor b: flip one byte on disk behind the writer's back */
+            const dsq_ctr_tensor *t = dsq_ctr_writer_tensor(w, i);
+            char *partial = dsq_path_join(dir, ".v.dsq.partial");
+            int fd = open(partial, O_WRONLY);
+            assert_true(fd >= 0);
+            uint8_t b = (uint8_t)(data[12345] ^ 1);
+            assert_int_equal(pwrite(fd, &b, 1, (off_t)(t->parts[0].offset + 12345)), 1);
+            close(fd);
+            dsq_free(partial);
+        }
+        assert_int_equal(dsq_ctr_writer_end_tensor(w, i, &e), DSQ_OK);
+    }
+    assert_int_equal(dsq_ctr_writer_finish(w, &e), DSQ_ERR_CHECKSUM);
+    assert_non_null(strstr(e.msg, "tensor b"));
+    assert_non_null(strstr(e.msg, "reads back with checksum"));
+    dsq_err_clear(&e);
+    assert_false(dsq_path_exists(path));
+    free(data);
+    dsq_free(path);
+    dsq_test_rmdir(dir);
+    dsq_free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_afile_direct_equals_buffered),
         cmocka_unit_test(test_seqread_ranges),
         cmocka_unit_test(test_container_direct_equals_buffered),
+        cmocka_unit_test(test_verifier_catches_disk_corruption),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

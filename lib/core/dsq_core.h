@@ -178,6 +178,8 @@ typedef struct dsq_seqread {
 dsq_status dsq_seqread_open(const char *path, dsq_seqread *out, dsq_err *err);
 /* Up to n bytes at offset: *p points at *got ≥ 1 of them (n > 0), valid until the next call. */
 dsq_status dsq_seqread_get(dsq_seqread *s, uint64_t offset, uint64_t n, const uint8_t **p, size_t *got, dsq_err *err);
+/* Drop the window: the next read comes from the file (bytes around it may have changed since). */
+void dsq_seqread_forget(dsq_seqread *s);
 void dsq_seqread_close(dsq_seqread *s);
 
 /* Read a whole (small) file into a NUL-terminated heap buffer; `max` caps its size. */

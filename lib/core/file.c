@@ -201,6 +201,8 @@ dsq_status dsq_seqread_open(const char *path, dsq_seqread *out, dsq_err *err) {
     return DSQ_OK;
 }
 
+void dsq_seqread_forget(dsq_seqread *s) { s->wstart = s->wlen = 0; }
+
 void dsq_seqread_close(dsq_seqread *s) {
     if (s->fd >= 0) close(s->fd);
     free(s->buf);
@@ -218,10 +220,14 @@ dsq_status dsq_seqread_get(dsq_seqread *s, uint64_t offset, uint64_t n, const ui
         return DSQ_OK;
     }
     if (offset < s->wstart || offset >= s->wstart + s->wlen) {
-        uint64_t start = offset / 4096 * 4096, want = s->size - start < SEQ_WINDOW ? s->size - start : SEQ_WINDOW;
+        /* what is asked for, in whole blocks, at most the window */
+        uint64_t start = offset / 4096 * 4096, end = offset + n;
+        end = (end + 4095) / 4096 * 4096;
+        if (end > s->size) end = s->size;
+        uint64_t want = end - start < SEQ_WINDOW ? end - start : SEQ_WINDOW;
         uint64_t len = 0;
         while (len < want) {
-            size_t ask = s->direct ? SEQ_WINDOW - (size_t)len : (size_t)(want - len); /* direct: whole blocks */
+            size_t ask = s->direct ? (size_t)((want - len + 4095) / 4096 * 4096) : (size_t)(want - len); /* whole blocks */
             ssize_t r = pread(s->fd, s->buf + len, ask, (off_t)(start + len));
             if (r < 0 && errno == EINTR) continue;
             if (r < 0 && errno == EINVAL && s->direct) { /* refused after all: read buffered */

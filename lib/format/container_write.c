@@ -3,6 +3,7 @@
 #define XXH_STATIC_LINKING_ONLY
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +46,7 @@ struct dsq_ctr_writer {
     int rfd, jfd;
     uint32_t done_count;
     uint64_t plan_hash;
+    struct verifier *ver; /* direct mode: checks each finished tensor from disk in the background */
 };
 
 static uint64_t pad8(uint64_t x) { return (x + 7) & ~(uint64_t)7; }
@@ -450,6 +452,137 @@ static dsq_status check_free_space(dsq_ctr_writer *w, const char *partial, uint6
     return DSQ_OK;
 }
 
+/* ---- background verification (direct mode) ----
+ * Each finished tensor's parts are read back with O_DIRECT and their XXH3 compared, on a thread of
+ * their own, while the next tensors are encoded and written; finish waits for the queue and then
+ * checks the structure and padding.  So every checksum is verified from the disk before the rename
+ * (RELIABILITY.md §1) without a second pass over the whole file at the end. */
+typedef struct vjob {
+    uint64_t off, bytes, xxh3;
+    uint32_t tensor;
+    int part;
+} vjob;
+
+typedef struct verifier {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    vjob *q;
+    size_t head, tail, cap;
+    bool stop;
+    const dsq_ctr_writer *w;
+    dsq_seqread sr;
+    dsq_err err;
+} verifier;
+
+static void *verifier_main(void *arg) {
+    verifier *v = arg;
+    for (;;) {
+        pthread_mutex_lock(&v->mu);
+        while (!v->stop && v->head == v->tail) pthread_cond_wait(&v->cv, &v->mu);
+        if (v->head == v->tail) {
+            pthread_mutex_unlock(&v->mu);
+            break;
+        }
+        vjob j = v->q[v->head++];
+        bool failed = v->err.status != DSQ_OK;
+        pthread_mutex_unlock(&v->mu);
+        if (failed) continue; /* drain */
+        XXH3_state_t st;
+        XXH3_64bits_reset(&st);
+        dsq_seqread_forget(&v->sr); /* neighbouring bytes may have been written since the last read */
+        dsq_err e;
+        dsq_err_init(&e);
+        dsq_status s = DSQ_OK;
+        for (uint64_t o = j.off, n = j.bytes; s == DSQ_OK && n > 0;) {
+            const uint8_t *p;
+            size_t got;
+            s = dsq_seqread_get(&v->sr, o, n, &p, &got, &e);
+            if (s == DSQ_OK) XXH3_64bits_update(&st, p, got), o += got, n -= got;
+        }
+        uint64_t h = (uint64_t)XXH3_64bits_digest(&st);
+        if (s == DSQ_OK && h != j.xxh3)
+            s = dsq_err_set(&e, DSQ_ERR_CHECKSUM,
+                            "%s: tensor %s: part %d reads back with checksum %016llx, %016llx was written (offset "
+                            "%llu, %llu bytes)",
+                            v->w->af.tmp_path, v->w->t[j.tensor].t.name, j.part, (unsigned long long)h,
+                            (unsigned long long)j.xxh3, (unsigned long long)j.off, (unsigned long long)j.bytes);
+        if (s != DSQ_OK) {
+            pthread_mutex_lock(&v->mu);
+            if (v->err.status == DSQ_OK) dsq_err_set(&v->err, s, "%s", e.msg);
+            pthread_mutex_unlock(&v->mu);
+        }
+        dsq_err_clear(&e);
+    }
+    return NULL;
+}
+
+static dsq_status verifier_start(dsq_ctr_writer *w, dsq_err *err) {
+    size_t parts = 0;
+    for (size_t i = 0; i < w->n; i++) parts += (size_t)w->t[i].t.n_parts;
+    verifier *v = dsq_calloc(1, sizeof *v);
+    DSQ_RETURN_IF(!v, err, DSQ_ERR_NOMEM, "%s: out of memory", w->path);
+    v->q = dsq_calloc(parts ? parts : 1, sizeof *v->q);
+    v->cap = parts, v->w = w;
+    dsq_err_init(&v->err);
+    if (!v->q) {
+        dsq_free(v);
+        return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", w->path);
+    }
+    dsq_status s = dsq_seqread_open(w->af.tmp_path, &v->sr, err);
+    if (s != DSQ_OK) {
+        dsq_free(v->q);
+        dsq_free(v);
+        return s;
+    }
+    pthread_mutex_init(&v->mu, NULL);
+    pthread_cond_init(&v->cv, NULL);
+    if (pthread_create(&v->th, NULL, verifier_main, v) != 0) {
+        dsq_seqread_close(&v->sr);
+        pthread_mutex_destroy(&v->mu);
+        pthread_cond_destroy(&v->cv);
+        dsq_free(v->q);
+        dsq_free(v);
+        return dsq_err_set(err, DSQ_ERR_IO, "%s: cannot start the verification thread", w->path);
+    }
+    w->ver = v;
+    return DSQ_OK;
+}
+
+static void verifier_push(dsq_ctr_writer *w, uint32_t i) {
+    verifier *v = w->ver;
+    if (!v) return;
+    const wtensor *wt = &w->t[i];
+    pthread_mutex_lock(&v->mu);
+    for (int p = 0; p < wt->t.n_parts && v->tail < v->cap; p++)
+        if (wt->t.parts[p].bytes)
+            v->q[v->tail++] = (vjob){wt->t.parts[p].offset, wt->t.parts[p].bytes, wt->t.parts[p].xxh3, i, p};
+    pthread_cond_signal(&v->cv);
+    pthread_mutex_unlock(&v->mu);
+}
+
+/* Wait for the queue to drain (or abandon it) and stop the thread; returns its first error. */
+static dsq_status verifier_stop(dsq_ctr_writer *w, bool abandon, dsq_err *err) {
+    verifier *v = w->ver;
+    if (!v) return DSQ_OK;
+    pthread_mutex_lock(&v->mu);
+    v->stop = true;
+    if (abandon) v->head = v->tail;
+    pthread_cond_signal(&v->cv);
+    pthread_mutex_unlock(&v->mu);
+    pthread_join(v->th, NULL);
+    dsq_status s = v->err.status;
+    if (s != DSQ_OK) dsq_err_set(err, s, "%s", v->err.msg);
+    dsq_err_clear(&v->err);
+    dsq_seqread_close(&v->sr);
+    pthread_mutex_destroy(&v->mu);
+    pthread_cond_destroy(&v->cv);
+    dsq_free(v->q);
+    dsq_free(v);
+    w->ver = NULL;
+    return s;
+}
+
 dsq_status dsq_ctr_writer_begin(dsq_ctr_writer *w, dsq_err *err) {
     DSQ_RETURN_IF(w->begun, err, DSQ_ERR_STATE, "%s: begin called twice", w->path);
     w->plan_hash = compute_plan_hash(w);
@@ -467,8 +600,12 @@ dsq_status dsq_ctr_writer_begin(dsq_ctr_writer *w, dsq_err *err) {
     w->begun = true;
     w->rfd = open(w->af.tmp_path, O_RDONLY | O_CLOEXEC);
     DSQ_RETURN_IF(w->rfd < 0, err, DSQ_ERR_IO, "%s: cannot reopen for reading: %s", w->af.tmp_path, strerror(errno));
-    if (resuming) return journal_replay(w, err);
-    return journal_create(w, err);
+    DSQ_TRY(resuming ? journal_replay(w, err) : journal_create(w, err));
+    if (!w->opt.direct) return DSQ_OK;
+    DSQ_TRY(verifier_start(w, err));
+    for (uint32_t i = 0; i < w->n; i++)
+        if (w->t[i].done) verifier_push(w, i); /* finished by an earlier run */
+    return DSQ_OK;
 }
 
 dsq_status dsq_ctr_writer_write(dsq_ctr_writer *w, uint32_t i, int p, uint64_t offset, const void *buf, size_t n,
@@ -529,6 +666,7 @@ dsq_status dsq_ctr_writer_end_tensor(dsq_ctr_writer *w, uint32_t i, dsq_err *err
     DSQ_TRY(journal_append(w, wt, err));
     wt->done = true;
     w->done_count++;
+    verifier_push(w, i);
     return DSQ_OK;
 }
 
@@ -651,10 +789,14 @@ dsq_status dsq_ctr_writer_finish(dsq_ctr_writer *w, dsq_err *err) {
     if (s == DSQ_OK) s = write_tail(w, err);
     if (s == DSQ_OK && (dsq__fault_hit(DSQ_FAULT_FSYNC) || fdatasync(w->af.fd) != 0))
         s = dsq_err_set(err, DSQ_ERR_IO, "%s: fdatasync failed: %s", w->af.tmp_path, strerror(errno ? errno : EIO));
+    /* direct mode: every part was read back from the disk by the verifier (wait for it) */
+    bool parts_verified = w->ver != NULL;
+    dsq_status vs = verifier_stop(w, s != DSQ_OK, s == DSQ_OK ? err : NULL);
+    if (s == DSQ_OK) s = vs;
     if (s == DSQ_OK) {
         /* reopen and verify every checksum before the final name appears (RELIABILITY.md §1) */
         dsq_ctr_reader *r = NULL;
-        dsq_ctr_reader_options ro = {.verify = true, .verify_direct = w->opt.direct};
+        dsq_ctr_reader_options ro = {.verify = true, .verify_direct = w->opt.direct, .parts_verified = parts_verified};
         s = dsq_ctr_reader_open(w->af.tmp_path, &ro, &r, err);
         dsq_ctr_reader_close(r);
         if (s != DSQ_OK) dsq_err_set(err, s, "%s: verification of the written file failed", w->af.tmp_path);
@@ -672,6 +814,7 @@ dsq_status dsq_ctr_writer_finish(dsq_ctr_writer *w, dsq_err *err) {
 
 dsq_status dsq_ctr_writer_suspend(dsq_ctr_writer *w, dsq_err *err) {
     dsq_status s = DSQ_OK;
+    verifier_stop(w, true, NULL); /* a resumed run verifies these tensors again */
     if (w->begun) {
         if (fdatasync(w->af.fd) != 0)
             s = dsq_err_set(err, DSQ_ERR_IO, "%s: fdatasync failed: %s", w->af.tmp_path, strerror(errno));
@@ -686,6 +829,7 @@ dsq_status dsq_ctr_writer_suspend(dsq_ctr_writer *w, dsq_err *err) {
 
 void dsq_ctr_writer_free(dsq_ctr_writer *w) {
     if (!w) return;
+    verifier_stop(w, true, NULL);
     close_fds(w);
     if (w->begun) {
         dsq_afile_abort(&w->af);

@@ -72,6 +72,8 @@ typedef struct dsq_ctr_reader_options {
     bool verify;  /* also check every part checksum and the zero padding at open (default false) */
     bool verify_direct; /* read for that check with O_DIRECT (dsq_seqread): for a file just written
                            with direct I/O, whose bytes are not in the page cache */
+    bool parts_verified; /* with verify: the caller has verified every part's checksum already (the
+                            writer's background verifier); check structure and padding only */
 } dsq_ctr_reader_options;
 
 /* True when PATH is a regular file that starts with the .dsq magic (nothing else is validated). */
