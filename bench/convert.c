@@ -3,8 +3,8 @@
  * Model: $DSQ_BENCH_DIR (default /tmp/dsq-bench-flash-2l: two real-shaped V4-Flash layers, ~12.8 GB),
  * synthesized with `dsq synth --config samples/configs/deepseek-v4-flash.json --layers 2` when missing.
  * Outputs go to $DSQ_BENCH_OUT (default /tmp/dsq-bench-convert) and are deleted after each run.
- * $DSQ_BENCH_RECIPES (default "release fp8 int4 int4+direct") selects the recipes (NAME+direct: with
- * --direct-io), $DSQ_BENCH_THREADS (default 2) the threads.
+ * $DSQ_BENCH_RECIPES (default "release fp8 int4") selects the recipes (NAME+buffered: with
+ * --buffered-io instead of the default O_DIRECT output), $DSQ_BENCH_THREADS (default 2) the threads.
  *
  * Baselines: "the time to read the source and write the same number of bytes".  `copy` is a plain
  * copy of every file of the checkpoint (16 MiB reads and writes, fdatasync); a recipe's output can be
@@ -138,7 +138,7 @@ int main(void) {
     const char *bin = getenv("DSQ_BIN") ? getenv("DSQ_BIN") : "build/dsq";
     const char *model = getenv("DSQ_BENCH_DIR") ? getenv("DSQ_BENCH_DIR") : "/tmp/dsq-bench-flash-2l";
     const char *out = getenv("DSQ_BENCH_OUT") ? getenv("DSQ_BENCH_OUT") : "/tmp/dsq-bench-convert";
-    const char *recipes = getenv("DSQ_BENCH_RECIPES") ? getenv("DSQ_BENCH_RECIPES") : "release fp8 int4 int4+direct";
+    const char *recipes = getenv("DSQ_BENCH_RECIPES") ? getenv("DSQ_BENCH_RECIPES") : "release fp8 int4";
     const char *threads = getenv("DSQ_BENCH_THREADS") ? getenv("DSQ_BENCH_THREADS") : "2";
     int reps = getenv("DSQ_BENCH_REPS") ? atoi(getenv("DSQ_BENCH_REPS")) : 2;
     if (reps < 1) reps = 1;
@@ -185,16 +185,16 @@ int main(void) {
         long rss = 0;
         uint64_t out_bytes = 0;
         int rc = 0;
-        /* "NAME+direct": the recipe with --direct-io */
+        /* "NAME+buffered": the recipe with --buffered-io */
         char recipe[64];
         snprintf(recipe, sizeof recipe, "%s", r);
         char *plus = strchr(recipe, '+');
-        bool direct = plus && !strcmp(plus, "+direct");
+        bool buffered = plus && !strcmp(plus, "+buffered");
         if (plus) *plus = 0;
         for (int rep = 0; rep < reps && rc == 0; rep++) {
             unlink(dst);
             const char *argv[] = {bin,   "convert", model, dst, "--recipe", recipe, "--threads", threads,
-                                  direct ? "--direct-io" : NULL, NULL};
+                                  buffered ? "--buffered-io" : NULL, NULL};
             double t;
             long rss1 = 0;
             rc = run(argv, &t, &rss1);

@@ -11,7 +11,7 @@
 
 static void help(void) {
     printf("usage: dsq convert SRC OUT.dsq --recipe NAME|FILE [--override GLOB=ENCODING]... [--threads N]\n"
-           "                   [--resume] [--dry-run] [--overwrite] [--direct-io] [--force] [--allow-nonfinite] [--json]\n\n"
+           "                   [--resume] [--dry-run] [--overwrite] [--buffered-io] [--force] [--allow-nonfinite] [--json]\n\n"
            "Re-encodes a DeepSeek-V4 checkpoint (a directory with config.json and safetensors shards) into a\n"
            ".dsq container, tensor by tensor with bounded memory.  Routed experts are stacked per layer and\n"
            "projection, compressor wkv|wgate fused.  The output appears only when complete and verified;\n"
@@ -24,8 +24,8 @@ static void help(void) {
            "  --resume              continue an interrupted conversion of the same job\n"
            "  --dry-run             print the plan per family (encodings, bytes, size, free space, time)\n"
            "  --overwrite           replace OUT.dsq if it exists\n"
-           "  --direct-io           write and verify with O_DIRECT: no page-cache churn (for outputs much\n"
-           "                        larger than RAM); the output does not depend on it\n"
+           "  --buffered-io         write through the page cache and verify at the end, instead of the\n"
+           "                        default O_DIRECT writes read back in the background; same bytes\n"
            "  --force               allow re-encoding protected tensors (norms, hc_*, ape, sinks, bias, tid2eid)\n"
            "  --allow-nonfinite     store NaN/Inf instead of failing\n"
            "  --json                print the plan or the result as one JSON object\n");
@@ -117,7 +117,7 @@ int dsq_cmd_convert(int argc, char **argv) {
     const char *pos[2] = {NULL, NULL}, *recipe_name = NULL;
     int npos = 0;
     uint64_t threads = 1, chunk_bytes = 0;
-    bool resume = false, dry = false, overwrite = false, force = false, nonfinite = false, json = false, direct = false;
+    bool resume = false, dry = false, overwrite = false, force = false, nonfinite = false, json = false, buffered = false;
     const char **overrides = dsq_calloc((size_t)argc + 1, sizeof *overrides);
     const char **command = dsq_calloc(2 * (size_t)argc + 8, sizeof *command);
     size_t n_over = 0;
@@ -137,7 +137,7 @@ int dsq_cmd_convert(int argc, char **argv) {
         } else if (!strcmp(a, "--resume")) resume = true;
         else if (!strcmp(a, "--dry-run")) dry = true;
         else if (!strcmp(a, "--overwrite")) overwrite = true;
-        else if (!strcmp(a, "--direct-io")) direct = true;
+        else if (!strcmp(a, "--buffered-io")) buffered = true;
         else if (!strcmp(a, "--force")) force = true;
         else if (!strcmp(a, "--allow-nonfinite")) nonfinite = true;
         else if (!strcmp(a, "--json")) json = true;
@@ -175,7 +175,7 @@ int dsq_cmd_convert(int argc, char **argv) {
                              .recipe = recipe,
                              .threads = (int)threads,
                              .chunk_bytes = chunk_bytes,
-                             .direct_io = direct,
+                             .buffered_io = buffered,
                              .resume = resume,
                              .overwrite = overwrite,
                              .force = force,

@@ -249,7 +249,7 @@ static void test_deterministic(void **state) {
 /* The re-encoding path split into many chunks (one 128-row slab each: the golden w2 experts and
  * projections then take several, exercising the double-buffered write of chunk k-1 while chunk k is
  * encoded) gives the same bytes as whole-tensor chunks, for the lossless and the searched encodings;
- * so does writing and verifying with O_DIRECT (--direct-io). */
+ * so does writing through the page cache (--buffered-io) instead of the default O_DIRECT. */
 static void test_chunking_invariant(void **state) {
     char *dir = dsq_test_tmpdir(), *src = golden_model();
     const char *recipes[] = {"fp8", "int4"};
@@ -259,7 +259,7 @@ static void test_chunking_invariant(void **state) {
                                       recipes[k]),
                          0);
         assert_int_equal(dsq_test_run(NULL, NULL,
-                                      "convert '%s' '%s' --recipe %s --threads 2 --chunk-bytes 1 --direct-io --overwrite",
+                                      "convert '%s' '%s' --recipe %s --threads 2 --chunk-bytes 1 --buffered-io --overwrite",
                                       src, b,
                                       recipes[k]),
                          0);

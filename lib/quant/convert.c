@@ -799,7 +799,7 @@ dsq_status dsq_convert_run(dsq_convert_plan *p, dsq_convert_stats *stats, dsq_er
     char *fp = fingerprint(p), *meta = NULL;
     DSQ_RETURN_IF(!fp, err, DSQ_ERR_NOMEM, "out of memory");
     dsq_ctr_writer_options wo = {.overwrite = p->opt.overwrite, .resume = p->opt.resume, .fingerprint = fp,
-                                 .direct = p->opt.direct_io};
+                                 .direct = !p->opt.buffered_io};
     dsq_ctr_writer *w = NULL;
     dsq_status s = dsq_ctr_writer_create(p->out, &wo, &w, err);
     dsq_free(fp);

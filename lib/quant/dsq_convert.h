@@ -23,8 +23,9 @@ typedef struct dsq_convert_options {
     uint64_t chunk_bytes;     /* source bytes re-encoded per chunk, rounded to 128-row slabs (0: 32 MiB);
                                  the output does not depend on it */
     bool resume, overwrite;
-    bool direct_io;           /* write bulk data with O_DIRECT and verify with O_DIRECT reads (where the
-                                 filesystem allows): no page-cache churn; default buffered */
+    bool buffered_io;         /* default (false): bulk data is written with O_DIRECT and read back for
+                                 verification with O_DIRECT where the filesystem allows (no page-cache
+                                 churn); true: plain buffered writes, verification at the end */
     bool force;               /* allow re-encoding protected tensors */
     bool allow_nonfinite;     /* pass NaN/Inf through the codecs instead of failing */
     const char *const *command; /* canonical arguments recorded in the provenance (NULL-terminated) */
