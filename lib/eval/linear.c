@@ -262,7 +262,8 @@ __attribute__((target("avx2,fma,f16c"))) static void fp8_rows4(const dsq_wview *
                                                                __m256 *a0, __m256 *a1, __m256 *a2, __m256 *a3) {
     uint64_t cols = w->shape[1], nbk = cols / 128, si0 = (r0 / 128) * nbk;
     const uint8_t *base = w->data + r0 * cols;
-    const __m256i m7f = _mm256_set1_epi16(0x7f), m80 = _mm256_set1_epi16(0x80);
+    /* byte s.eeee.mmm → fp16 bits s.0.eeee.mmm.0000000: (b << 8) >> 1 arithmetically, bit 14 cleared */
+    const __m256i mbf = _mm256_set1_epi16((short)0xbfff);
     const __m256 k256 = _mm256_set1_ps(256.0f);
     __m256 A0 = *a0, A1 = *a1, A2 = *a2, A3 = *a3;
     for (uint64_t bk = 0; bk < nbk; bk++) {
@@ -273,8 +274,7 @@ __attribute__((target("avx2,fma,f16c"))) static void fp8_rows4(const dsq_wview *
 #define FP8_ROW(r, A)                                                                                                  \
     do {                                                                                                               \
         __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(base + (uint64_t)(r)*cols + c)));           \
-        __m256i h = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(b, m7f), 7),                                    \
-                                    _mm256_slli_epi16(_mm256_and_si256(b, m80), 8));                                   \
+        __m256i h = _mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(b, 8), 1), mbf);                            \
         __m256 f0 = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), k256), sv);                \
         __m256 f1 = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), k256), sv);           \
         A = _mm256_fmadd_ps(f0, x0, A);                                                                                \
@@ -365,7 +365,7 @@ __attribute__((target("avx512f,avx512bw"))) static void fp8_rows4_avx512(const d
                                                                           float *y) {
     uint64_t cols = w->shape[1], nbk = cols / 128, si0 = (r0 / 128) * nbk;
     const uint8_t *base = w->data + r0 * cols;
-    const __m512i m7f = _mm512_set1_epi16(0x7f), m80 = _mm512_set1_epi16(0x80);
+    const __m512i mbf = _mm512_set1_epi16((short)0xbfff); /* see fp8_rows4 */
     const __m512 k256 = _mm512_set1_ps(256.0f);
     const bool e8 = w->enc == DSQ_ENC_FP8_B128;
     __m512 a01 = _mm512_setzero_ps(), a23 = a01;
@@ -385,8 +385,7 @@ __attribute__((target("avx512f,avx512bw"))) static void fp8_rows4_avx512(const d
         __m128i qa = _mm_loadu_si128((const __m128i *)(base + (uint64_t)(ra)*cols + c));                               \
         __m128i qb = _mm_loadu_si128((const __m128i *)(base + (uint64_t)((ra) + 1) * cols + c));                       \
         __m512i b = _mm512_cvtepu8_epi16(_mm256_set_m128i(_mm_unpackhi_epi64(qa, qb), _mm_unpacklo_epi64(qa, qb)));   \
-        __m512i h = _mm512_or_si512(_mm512_slli_epi16(_mm512_and_si512(b, m7f), 7),                                    \
-                                    _mm512_slli_epi16(_mm512_and_si512(b, m80), 8));                                   \
+        __m512i h = _mm512_and_si512(_mm512_srai_epi16(_mm512_slli_epi16(b, 8), 1), mbf);                            \
         __m512 f0 = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(h)), k256), sv);                \
         __m512 f1 = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)), k256), sv);          \
         A = _mm512_fmadd_ps(f0, x0, A);                                                                                \
