@@ -695,6 +695,18 @@ typedef struct cseg {
     XXH3_state_t h;
 } cseg;
 
+/* Segment for part `part` of source k: checkpoint tensor t goes to its slice whole. */
+static dsq_status add_seg(dsq_convert_plan *p, const dsq_ctr_tensor *t, uint32_t k, int part,
+                          const dsq_st_tensor *src, cseg *sg, dsq_err *err) {
+    uint64_t off, n;
+    dsq_ctr_source_slice(t, &t->sources[k], part, &off, &n);
+    DSQ_RETURN_IF(n != src->n_bytes, err, DSQ_ERR_SHAPE, "%s: tensor %s: %llu bytes, its slot holds %llu", dir_of(p),
+                  src->name, (unsigned long long)src->n_bytes, (unsigned long long)n);
+    sg->t = src, sg->part = part, sg->off = off;
+    XXH3_64bits_reset(&sg->h);
+    return DSQ_OK;
+}
+
 static dsq_status run_copy(dsq_convert_plan *p, dsq_ctr_writer *w, uint32_t i, uint8_t *buf[2], dsq_err *err) {
     const cv_out *o = &p->outs[i];
     const dsq_ctr_tensor *t = dsq_ctr_writer_tensor(w, i);
@@ -704,28 +716,10 @@ static dsq_status run_copy(dsq_convert_plan *p, dsq_ctr_writer *w, uint32_t i, u
     dsq_status st = DSQ_OK;
     for (uint32_t k = 0; k < o->n_src && st == DSQ_OK; k++) {
         const cv_src *s = &o->src[k];
-        uint64_t off, n;
-        dsq_ctr_source_slice(t, &t->sources[k], 0, &off, &n);
-        if (n != s->w->n_bytes) {
-            st = dsq_err_set(err, DSQ_ERR_SHAPE, "%s: tensor %s: %llu bytes, its slot holds %llu", dir_of(p), s->w->name,
-                             (unsigned long long)s->w->n_bytes, (unsigned long long)n);
-            break;
-        }
-        sg[ns].t = s->w, sg[ns].part = 0, sg[ns].off = off;
-        XXH3_64bits_reset(&sg[ns++].h);
-        if (!s->s) continue;
-        if (t->n_parts < 2) {
-            st = dsq_err_set(err, DSQ_ERR_STATE, "%s: tensor %s has no scale part", dir_of(p), o->name);
-            break;
-        }
-        dsq_ctr_source_slice(t, &t->sources[k], 1, &off, &n);
-        if (n != s->s->n_bytes) {
-            st = dsq_err_set(err, DSQ_ERR_SHAPE, "%s: tensor %s: %llu bytes, its slot holds %llu", dir_of(p), s->s->name,
-                             (unsigned long long)s->s->n_bytes, (unsigned long long)n);
-            break;
-        }
-        sg[ns].t = s->s, sg[ns].part = 1, sg[ns].off = off;
-        XXH3_64bits_reset(&sg[ns++].h);
+        st = add_seg(p, t, k, 0, s->w, &sg[ns++], err);
+        if (st != DSQ_OK || !s->s) continue;
+        st = t->n_parts < 2 ? dsq_err_set(err, DSQ_ERR_STATE, "%s: tensor %s has no scale part", dir_of(p), o->name)
+                            : add_seg(p, t, k, 1, s->s, &sg[ns++], err);
     }
     /* pieces of COPY_CHUNK bytes: piece j is (segment cs, position cpos, length clen) in buf[j & 1] */
     size_t cs = 0;
