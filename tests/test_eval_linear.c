@@ -3,10 +3,12 @@
  * MXFP4 tiles) give the same bits as the scalar twin, for every encoding the model uses, row counts
  * that leave partial tiles, column counts that are and are not multiples of the blocks, one and two
  * threads, and for several tokens (the dequantize-then-tile path). */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <string.h>
 #include <cmocka.h>
 
 #include "codec_util.h"
@@ -87,9 +89,53 @@ static void test_vector_equals_scalar(void **state) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_case(&cases[i], &g);
 }
 
+/* FP8 blocks whose scale is so large that 256·s could overflow (≥ 2^120) take the two-product route
+ * in the vector kernels; with codes ±1 the results stay finite and must still equal the scalar twin. */
+static void test_fp8_huge_scale_block(void **state) {
+    (void)state;
+    if (!dsq__cpu_has_avx2()) skip();
+    const char *encs[] = {"fp8-128x128", "fp8-128x128-f32"};
+    rng g = {77};
+    for (int e = 0; e < 2; e++) {
+        dsq_encoding enc;
+        int group;
+        assert_int_equal(dsq_codec_parse(encs[e], &enc, &group, NULL), DSQ_OK);
+        const uint64_t R = 12, C = 256;
+        dsq_qtensor_buf b;
+        assert_int_equal(qbuf_alloc(&b, enc, R, C, group), 0);
+        float *w = malloc(sizeof(float) * R * C);
+        for (uint64_t i = 0; i < R * C; i++) w[i] = rng_gauss(&g);
+        assert_int_equal(dsq_codec_encode(&b, w, 0, R, NULL, NULL), DSQ_OK);
+        uint8_t *codes = b.data;
+        for (uint64_t r = 0; r < R; r++) /* block (0, 0): codes ±1.0, scale 2^120 */
+            for (uint64_t c = 0; c < 128; c++) codes[r * C + c] = (rng_u64(&g) & 1) ? 0x38 : 0xb8;
+        if (enc == DSQ_ENC_FP8_B128) ((uint8_t *)b.scales)[0] = 247;
+        else {
+            float big = 0x1p120f;
+            memcpy(b.scales, &big, 4);
+        }
+        dsq_codec_layout L;
+        assert_int_equal(dsq_codec_layout_of(enc, R, C, group, &L, NULL), DSQ_OK);
+        dsq_wview v = {.name = encs[e], .enc = enc, .rank = 2, .shape = {R, C}, .data = b.data,
+                       .data_bytes = L.data_bytes, .scale = b.scales, .scale_bytes = L.scale_bytes, .group = group};
+        float x[256], ys[12], yv[12];
+        for (uint64_t i = 0; i < C; i++) x[i] = rng_gauss(&g);
+        dsq__kern ks = {false, 1}, kv = {true, 1};
+        assert_int_equal(dsq__linear(&ks, &v, 0, R, x, C, 1, ys, R, NULL), DSQ_OK);
+        assert_int_equal(dsq__linear(&kv, &v, 0, R, x, C, 1, yv, R, NULL), DSQ_OK);
+        for (uint64_t i = 0; i < R; i++) {
+            assert_true(isfinite(ys[i]) && fabsf(ys[i]) > 0x1p100f);
+            assert_memory_equal(&ys[i], &yv[i], sizeof(float));
+        }
+        free(w);
+        qbuf_free(&b);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vector_equals_scalar),
+        cmocka_unit_test(test_fp8_huge_scale_block),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -268,15 +268,19 @@ __attribute__((target("avx2,fma,f16c"))) static void fp8_rows4(const dsq_wview *
     __m256 A0 = *a0, A1 = *a1, A2 = *a2, A3 = *a3;
     for (uint64_t bk = 0; bk < nbk; bk++) {
         float sc = w->enc == DSQ_ENC_FP8_B128 ? e8m0(w->scale[si0 + bk]) : dsq__ld_f32(w->scale + 4 * (si0 + bk));
-        __m256 sv = _mm256_set1_ps(sc);
+        /* v·2^-8 exact, then one product with 256·s (exact unless it overflows, so the same rounding
+         * as (v·2^-8·256)·s); absurd scales ≥ 2^119 keep the two products */
+        bool one = sc <= 0x1p119f;
+        __m256 sv = _mm256_set1_ps(sc), kv = _mm256_set1_ps(256.0f * sc);
+#define FP8_W(v) (one ? _mm256_mul_ps(v, kv) : _mm256_mul_ps(_mm256_mul_ps(v, k256), sv))
         for (uint64_t c = bk * 128; c < bk * 128 + 128; c += 16) {
             __m256 x0 = _mm256_loadu_ps(x + c), x1 = _mm256_loadu_ps(x + c + 8);
 #define FP8_ROW(r, A)                                                                                                  \
     do {                                                                                                               \
         __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(base + (uint64_t)(r)*cols + c)));           \
         __m256i h = _mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(b, 8), 1), mbf);                            \
-        __m256 f0 = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), k256), sv);                \
-        __m256 f1 = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), k256), sv);           \
+        __m256 f0 = FP8_W(_mm256_cvtph_ps(_mm256_castsi256_si128(h)));                                                 \
+        __m256 f1 = FP8_W(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)));                                            \
         A = _mm256_fmadd_ps(f0, x0, A);                                                                                \
         A = _mm256_fmadd_ps(f1, x1, A);                                                                                \
     } while (0)
@@ -286,6 +290,7 @@ __attribute__((target("avx2,fma,f16c"))) static void fp8_rows4(const dsq_wview *
             FP8_ROW(3, A3);
 #undef FP8_ROW
         }
+#undef FP8_W
     }
     *a0 = A0, *a1 = A1, *a2 = A2, *a3 = A3;
 }
@@ -372,12 +377,14 @@ __attribute__((target("avx512f,avx512bw"))) static void fp8_rows4_avx512(const d
     for (uint64_t bk = 0; bk < nbk; bk++) {
         /* rows r0 … r0+3 share their 128-row scale block (checked by the caller) */
         float sc = e8 ? e8m0(w->scale[si0 + bk]) : dsq__ld_f32(w->scale + 4 * (si0 + bk));
-        __m512 sv = _mm512_set1_ps(sc);
+        bool one = sc <= 0x1p119f; /* see fp8_rows4 */
+        __m512 sv = _mm512_set1_ps(sc), kv = _mm512_set1_ps(256.0f * sc);
         for (int r = 0; r < 4; r++) {
             const char *pf = (const char *)(base + (uint64_t)r * cols + bk * 128 + PF_BYTES);
             _mm_prefetch(pf, _MM_HINT_T0);
             _mm_prefetch(pf + 64, _MM_HINT_T0);
         }
+#define FP8_W(v) (one ? _mm512_mul_ps(v, kv) : _mm512_mul_ps(_mm512_mul_ps(v, k256), sv))
         for (uint64_t c = bk * 128; c < bk * 128 + 128; c += 16) {
             __m512 x0 = dup8(x + c), x1 = dup8(x + c + 8);
 #define FP8_PAIR(ra, A)                                                                                                \
@@ -386,8 +393,8 @@ __attribute__((target("avx512f,avx512bw"))) static void fp8_rows4_avx512(const d
         __m128i qb = _mm_loadu_si128((const __m128i *)(base + (uint64_t)((ra) + 1) * cols + c));                       \
         __m512i b = _mm512_cvtepu8_epi16(_mm256_set_m128i(_mm_unpackhi_epi64(qa, qb), _mm_unpacklo_epi64(qa, qb)));   \
         __m512i h = _mm512_and_si512(_mm512_srai_epi16(_mm512_slli_epi16(b, 8), 1), mbf);                            \
-        __m512 f0 = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(h)), k256), sv);                \
-        __m512 f1 = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)), k256), sv);          \
+        __m512 f0 = FP8_W(_mm512_cvtph_ps(_mm512_castsi512_si256(h)));                                                 \
+        __m512 f1 = FP8_W(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)));                                           \
         A = _mm512_fmadd_ps(f0, x0, A);                                                                                \
         A = _mm512_fmadd_ps(f1, x1, A);                                                                                \
     } while (0)
@@ -395,6 +402,7 @@ __attribute__((target("avx512f,avx512bw"))) static void fp8_rows4_avx512(const d
             FP8_PAIR(2, a23);
 #undef FP8_PAIR
         }
+#undef FP8_W
     }
     pair_sums(a01, y);
     pair_sums(a23, y + 2);
