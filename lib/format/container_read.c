@@ -259,6 +259,28 @@ static int part_ref_cmp(const void *a, const void *b) {
     return x->offset < y->offset ? -1 : x->offset > y->offset ? 1 : 0;
 }
 
+/* Every part of every tensor, sorted by offset (*np of them; at least one slot is allocated). */
+static part_ref *parts_by_offset(const dsq_ctr_reader *r, size_t *np, dsq_err *err) {
+    size_t n = 0;
+    for (size_t i = 0; i < r->n; i++) n += (size_t)r->tensors[i].n_parts;
+    part_ref *refs = dsq_malloc((n ? n : 1) * sizeof *refs);
+    if (!refs) {
+        dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", r->path);
+        return NULL;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < r->n; i++)
+        for (int p = 0; p < r->tensors[i].n_parts; p++, k++) {
+            refs[k].offset = r->tensors[i].parts[p].offset;
+            refs[k].end = refs[k].offset + r->tensors[i].parts[p].bytes;
+            refs[k].tensor = (uint32_t)i;
+            refs[k].part = p;
+        }
+    qsort(refs, n, sizeof *refs, part_ref_cmp);
+    *np = n;
+    return refs;
+}
+
 /* Pass 1: record framing only.  Sums what the arena needs. */
 static dsq_status frame_table(const dsq_ctr_reader *r, const uint8_t *tb, uint64_t size, uint32_t *count,
                               uint64_t *n_sources, uint64_t *str_bytes, dsq_err *err) {
@@ -449,17 +471,8 @@ static dsq_status check_overlaps(dsq_ctr_reader *r, dsq_err *err) {
                       (unsigned long long)r->hdr.data_bytes);
         return DSQ_OK;
     }
-    part_ref *refs = dsq_malloc(np * sizeof *refs);
-    if (!refs) return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", r->path);
-    size_t k = 0;
-    for (size_t i = 0; i < r->n; i++)
-        for (int p = 0; p < r->tensors[i].n_parts; p++, k++) {
-            refs[k].offset = r->tensors[i].parts[p].offset;
-            refs[k].end = refs[k].offset + r->tensors[i].parts[p].bytes;
-            refs[k].tensor = (uint32_t)i;
-            refs[k].part = p;
-        }
-    qsort(refs, np, sizeof *refs, part_ref_cmp);
+    part_ref *refs = parts_by_offset(r, &np, err);
+    if (!refs) return DSQ_ERR_NOMEM;
     dsq_status first = DSQ_OK;
     for (size_t i = 1; i < np; i++)
         if (refs[i].offset < refs[i - 1].end) {
@@ -714,18 +727,8 @@ dsq_status dsq_ctr_verify(const dsq_ctr_reader *r, dsq_progress *progress, dsq_e
     dsq_status first = DSQ_OK;
     /* parts in file order, so the zero gaps between them are checked too */
     size_t np = 0;
-    for (size_t i = 0; i < r->n; i++) np += (size_t)r->tensors[i].n_parts;
-    part_ref *refs = dsq_malloc((np ? np : 1) * sizeof *refs);
-    if (!refs) return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", r->path);
-    size_t k = 0;
-    for (size_t i = 0; i < r->n; i++)
-        for (int p = 0; p < r->tensors[i].n_parts; p++, k++) {
-            refs[k].offset = r->tensors[i].parts[p].offset;
-            refs[k].end = refs[k].offset + r->tensors[i].parts[p].bytes;
-            refs[k].tensor = (uint32_t)i;
-            refs[k].part = p;
-        }
-    qsort(refs, np, sizeof *refs, part_ref_cmp);
+    part_ref *refs = parts_by_offset(r, &np, err);
+    if (!refs) return DSQ_ERR_NOMEM;
     /* one forward pass over the file: with O_DIRECT when asked (a file just written that way) */
     dsq_seqread seq, *sq = NULL;
     if (r->verify_direct && r->map) {
