@@ -89,6 +89,9 @@ float dsq__dot_f32_avx2(const float *a, const float *b, uint64_t n);
 /* Resolve DSQ_ISA_AUTO and downgrade AVX2 on CPUs without it. */
 dsq_isa dsq__isa_resolve(dsq_isa isa);
 
+/* Neither NaN nor ±Inf (exponent bits not all ones). */
+static inline bool dsq__finite(float v) { return (dsq_f32_bits(v) & 0x7f800000u) != 0x7f800000u; }
+
 /* ---- integer scale search (encode_int.c defines it, kernels_avx2.c runs it eight groups at a time) --
  * dsq__int_search_scalar: the F16 scale (and min) of one group of n finite values; see encode_int.c.
  * dsq__int_search8_avx2: the same for eight groups of n values each, given transposed

@@ -4,7 +4,6 @@
 
 #include "codec_internal.h"
 
-static inline bool finite_f(float v) { return (dsq_f32_bits(v) & 0x7f800000u) != 0x7f800000u; }
 
 /* F16 value of a scale or min, saturated to the F16 range; NaN/Inf never reach here. */
 static inline uint16_t f16_sat(float v) {
@@ -19,11 +18,11 @@ static inline void put_f32(void *base, uint64_t i, float v) { memcpy((uint8_t *)
 /* Codes whose decoded value q·s would overflow f32 (scales near 2^127) step down to the largest
  * finite one: huge values saturate instead of decoding to Inf. */
 static inline uint8_t e4m3_fit(uint8_t q, float s) {
-    while ((q & 0x7f) && !finite_f(dsq_e4m3_to_f32(q) * s)) q--;
+    while ((q & 0x7f) && !dsq__finite(dsq_e4m3_to_f32(q) * s)) q--;
     return q;
 }
 static inline uint8_t e2m1_fit(uint8_t q, float s) {
-    while ((q & 7) && !finite_f(dsq_e2m1_to_f32(q) * s)) q--;
+    while ((q & 7) && !dsq__finite(dsq_e2m1_to_f32(q) * s)) q--;
     return q;
 }
 
@@ -31,7 +30,7 @@ static float amax_finite(const float *x, uint64_t n) {
     float m = 0.0f;
     for (uint64_t i = 0; i < n; i++) {
         float a = fabsf(x[i]);
-        if (a > m && finite_f(a)) m = a;
+        if (a > m && dsq__finite(a)) m = a;
     }
     return m;
 }
@@ -104,10 +103,10 @@ static void encode_mxfp4_rows(const dsq__qv *v, dsq_qtensor_buf *dst, const floa
 static double nvfp4_try(const float *x, int n, float S, uint8_t *nib) {
     double e = 0;
     for (int i = 0; i < n; i++) {
-        float v = finite_f(x[i]) ? x[i] : (x[i] == x[i] ? copysignf(3e38f, x[i]) : 0.0f);
+        float v = dsq__finite(x[i]) ? x[i] : (x[i] == x[i] ? copysignf(3e38f, x[i]) : 0.0f);
         uint8_t q = S > 0.0f ? e2m1_fit(dsq_e2m1_from_f32(v / S), S) : 0;
         if (nib) nib[i] = q;
-        double d = (double)(finite_f(x[i]) ? x[i] : 0.0f) - (double)(dsq_e2m1_to_f32(q) * S);
+        double d = (double)(dsq__finite(x[i]) ? x[i] : 0.0f) - (double)(dsq_e2m1_to_f32(q) * S);
         e += d * d;
     }
     return e;
@@ -116,7 +115,7 @@ static double nvfp4_try(const float *x, int n, float S, uint8_t *nib) {
 void dsq__nvfp4_encode_block(const float *x, int n, float ts, uint8_t *nib, uint8_t *scale) {
     float amax = 0;
     for (int i = 0; i < n; i++)
-        if (finite_f(x[i]) && fabsf(x[i]) > amax) amax = fabsf(x[i]);
+        if (dsq__finite(x[i]) && fabsf(x[i]) > amax) amax = fabsf(x[i]);
     if (amax == 0.0f || ts == 0.0f) {
         *scale = 0;
         memset(nib, 0, (size_t)n);
@@ -135,7 +134,7 @@ void dsq__nvfp4_encode_block(const float *x, int n, float ts, uint8_t *nib, uint
 }
 
 float dsq_codec_nvfp4_tensor_scale(float amax) {
-    if (!(amax > 0.0f) || !finite_f(amax)) return 0.0f;
+    if (!(amax > 0.0f) || !dsq__finite(amax)) return 0.0f;
     return amax / (DSQ_E2M1_MAX * DSQ_E4M3_MAX);
 }
 
@@ -163,7 +162,7 @@ static dsq_status find_nonfinite(const float *x, uint64_t row0, uint64_t nrows, 
                                  dsq_err *err) {
     for (uint64_t i = 0; i < nrows; i++)
         for (uint64_t c = 0; c < cols; c++)
-            if (!finite_f(x[i * cols + c]))
+            if (!dsq__finite(x[i * cols + c]))
                 return dsq_err_set(err, DSQ_ERR_NONFINITE, "%s: element [%llu, %llu] is %s", nm,
                                    (unsigned long long)(row0 + i), (unsigned long long)c,
                                    x[i * cols + c] != x[i * cols + c] ? "NaN" : "infinite");

@@ -21,7 +21,6 @@
 
 const float dsq__int_factors[DSQ__INT_FACTORS] = {1.0f, 1.03f, 0.97f, 0.94f, 0.91f, 0.88f, 0.85f, 0.82f, 0.79f, 0.76f};
 
-static inline bool finite_f(float v) { return (dsq_f32_bits(v) & 0x7f800000u) != 0x7f800000u; }
 
 /* ---- the scalar definition of one group's search ------------------------------------------------ */
 
@@ -190,8 +189,8 @@ dsq_status dsq__encode_int_rows(const dsq__qv *v, dsq_qtensor_buf *dst, const fl
         DSQ_RETURN_IF(!clean, err, DSQ_ERR_NOMEM, "%s: cannot allocate %llu bytes of scratch", name,
                       (unsigned long long)bytes);
         for (uint64_t i = 0; i < total; i++) {
-            clean[i] = finite_f(x[i]) ? x[i] : 0.0f;
-            clean[total + i] = finite_f(x[i]) || x[i] != x[i] ? clean[i] : copysignf(3e38f, x[i]);
+            clean[i] = dsq__finite(x[i]) ? x[i] : 0.0f;
+            clean[total + i] = dsq__finite(x[i]) || x[i] != x[i] ? clean[i] : copysignf(3e38f, x[i]);
         }
         xf = clean, C.xc = clean + total;
     }

@@ -174,7 +174,6 @@ void dsq_codec_fp8_linear_rows(const dsq_qtensor *w, const float *q, const float
 
 /* ---- decode with checks -------------------------------------------------------------------------- */
 
-static inline bool finite_f(float f) { return (dsq_f32_bits(f) & 0x7f800000u) != 0x7f800000u; }
 
 dsq_status dsq_codec_decode(const dsq_qtensor *src, uint64_t row0, uint64_t nrows, float *out,
                             const dsq_codec_options *opt, dsq_err *err) {
@@ -197,7 +196,7 @@ dsq_status dsq_codec_decode(const dsq_qtensor *src, uint64_t row0, uint64_t nrow
         else dsq__decode_span_scalar(&v, row0 + i, 0, cols, o_row);
         if (o.allow_nonfinite) continue;
         for (uint64_t c = 0; c < cols; c++)
-            if (!finite_f(o_row[c]))
+            if (!dsq__finite(o_row[c]))
                 return dsq_err_set(err, DSQ_ERR_NONFINITE, "%s: element [%llu, %llu] decodes to %s", nm,
                                    (unsigned long long)(row0 + i), (unsigned long long)c,
                                    o_row[c] != o_row[c] ? "NaN" : "infinity");
@@ -221,7 +220,7 @@ dsq_status dsq_codec_check_finite(const dsq_qtensor *t, const char *name, dsq_er
             if (k == DSQ__K_F32) {
                 float f;
                 memcpy(&f, row + 4 * c, 4);
-                bad = !finite_f(f);
+                bad = !dsq__finite(f);
             } else if (k == DSQ__K_F16) {
                 bad = (u16_at(row, c) & 0x7c00u) == 0x7c00u;
             } else if (k == DSQ__K_BF16) {
@@ -252,7 +251,7 @@ dsq_status dsq_codec_check_finite(const dsq_qtensor *t, const char *name, dsq_er
             case DSQ__SC_F32: {
                 float f;
                 memcpy(&f, s + 4 * idx, 4);
-                bad = !finite_f(f);
+                bad = !dsq__finite(f);
                 break;
             }
             default: break;

@@ -337,9 +337,8 @@ typedef struct gsum8 {
     __m256 err, sxq, sqq, sq, sx;
 } gsum8;
 
-/* Error (and with `sums` the least-squares sums) of one candidate (s, m) in each lane. */
-AVX2 static inline gsum8 geval8(const float *xt, int n, __m256 s, __m256 m, __m256 qmin, __m256 qmax, bool asym,
-                                bool sums) {
+/* Error and least-squares sums of one candidate (s, m) in each lane (geval8x4: errors only). */
+AVX2 static inline gsum8 geval8(const float *xt, int n, __m256 s, __m256 m, __m256 qmin, __m256 qmax, bool asym) {
     __m256 inv = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), s), _mm256_cmp_ps(s, _mm256_setzero_ps(), _CMP_GT_OQ));
     gsum8 g = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int i = 0; i < n; i++) {
@@ -349,7 +348,6 @@ AVX2 static inline gsum8 geval8(const float *xt, int n, __m256 s, __m256 m, __m2
         __m256 q = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         __m256 d = asym ? _mm256_sub_ps(xv, _mm256_fmadd_ps(q, s, m)) : _mm256_fnmadd_ps(q, s, xv);
         g.err = _mm256_fmadd_ps(d, d, g.err);
-        if (!sums) continue;
         g.sxq = _mm256_fmadd_ps(xv, q, g.sxq);
         g.sqq = _mm256_fmadd_ps(q, q, g.sqq);
         g.sq = _mm256_add_ps(g.sq, q);
@@ -424,7 +422,7 @@ AVX2 static void search8_sym(const float *xt, int n, const dsq__int_spec *sp, __
         if (k == DSQ__INT_FACTORS) take = _mm256_and_ps(take, neg);
         best_e = blend(best_e, ce[k], take), best_s = blend(best_s, cs[k], take);
     }
-    gsum8 best = geval8(xt, n, best_s, zero, qmin, qmax, false, true);
+    gsum8 best = geval8(xt, n, best_s, zero, qmin, qmax, false);
     __m256 live = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
     for (int it = 0; it < 2; it++) {
         live = _mm256_and_ps(live, _mm256_cmp_ps(best.sqq, zero, _CMP_GT_OQ));
@@ -432,7 +430,7 @@ AVX2 static void search8_sym(const float *xt, int n, const dsq__int_spec *sp, __
         live = _mm256_and_ps(live, _mm256_cmp_ps(s, zero, _CMP_GT_OQ));
         live = _mm256_and_ps(live, _mm256_cmp_ps(s, best_s, _CMP_NEQ_UQ));
         if (_mm256_movemask_ps(live) == 0) break;
-        gsum8 g = geval8(xt, n, s, zero, qmin, qmax, false, true);
+        gsum8 g = geval8(xt, n, s, zero, qmin, qmax, false);
         live = _mm256_and_ps(live, _mm256_cmp_ps(g.err, best_e, _CMP_LT_OQ));
         best_e = blend(best_e, g.err, live), best_s = blend(best_s, s, live), best = blend_sum(best, g, live);
     }
@@ -465,7 +463,7 @@ AVX2 static void search8_asym(const float *xt, int n, const dsq__int_spec *sp, _
         __m256 take = _mm256_cmp_ps(ce[k], best_e, _CMP_LT_OQ);
         best_e = blend(best_e, ce[k], take), best_s = blend(best_s, cs[k], take), best_m = blend(best_m, cm[k], take);
     }
-    gsum8 best = geval8(xt, n, best_s, best_m, qmin, qmax, true, true);
+    gsum8 best = geval8(xt, n, best_s, best_m, qmin, qmax, true);
     __m256 live = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
     const __m256d N = _mm256_set1_pd((double)n), dz = _mm256_setzero_pd();
     for (int it = 0; it < 2; it++) {
@@ -490,7 +488,7 @@ AVX2 static void search8_asym(const float *xt, int n, const dsq__int_spec *sp, _
         __m256 same = _mm256_and_ps(_mm256_cmp_ps(s16v, best_s, _CMP_EQ_OQ), _mm256_cmp_ps(m16v, best_m, _CMP_EQ_OQ));
         live = _mm256_andnot_ps(_mm256_or_ps(_mm256_cmp_ps(s16v, zero, _CMP_EQ_OQ), same), live);
         if (_mm256_movemask_ps(live) == 0) break;
-        gsum8 g = geval8(xt, n, s16v, m16v, qmin, qmax, true, true);
+        gsum8 g = geval8(xt, n, s16v, m16v, qmin, qmax, true);
         live = _mm256_and_ps(live, _mm256_cmp_ps(g.err, best_e, _CMP_LT_OQ));
         best_e = blend(best_e, g.err, live), best_s = blend(best_s, s16v, live), best_m = blend(best_m, m16v, live);
         best = blend_sum(best, g, live);
@@ -590,7 +588,7 @@ AVX2 bool dsq__all_finite_avx2(const float *x, uint64_t n) {
         if (!_mm256_testz_si256(bad, bad)) return false;
     }
     for (; i < n; i++)
-        if ((dsq_f32_bits(x[i]) & 0x7f800000u) == 0x7f800000u) return false;
+        if (!dsq__finite(x[i])) return false;
     return true;
 }
 
@@ -623,7 +621,7 @@ void dsq__pack_nibbles_avx2(const int8_t *q, int n, uint8_t *out) {
 }
 bool dsq__all_finite_avx2(const float *x, uint64_t n) {
     for (uint64_t i = 0; i < n; i++)
-        if ((dsq_f32_bits(x[i]) & 0x7f800000u) == 0x7f800000u) return false;
+        if (!dsq__finite(x[i])) return false;
     return true;
 }
 
