@@ -92,28 +92,53 @@ static dsq_status write_chunk(dsq_ctr_writer *w, uint32_t i, const pending *pw, 
 }
 
 /* Largest |x| of the whole source (NVFP4 tensor scale over several chunks). */
-static dsq_status source_amax(dsq_convert_plan *p, chunk_io *c, uint64_t chunk_rows, cv_work *work, float *amax,
-                              dsq_err *err) {
-    float *f = dsq_malloc((size_t)(SLAB * c->cols) * sizeof *f);
-    DSQ_RETURN_IF(!f, err, DSQ_ERR_NOMEM, "out of memory");
+/* Source bytes (data and scale rows) that a chunk of `rows` rows reads. */
+static size_t chunk_in_bytes(const chunk_io *c, uint64_t rows) {
+    const cv_src *s = c->s;
+    return (size_t)(rows * c->src_row_bytes +
+                    (s->s ? (dsq_ceil_div(rows, src_block_rows(s)) + 1) * c->src_scale_row_bytes : 0));
+}
+
+/* NVFP4 tensor scale of a source re-encoded in several chunks, chosen over all of it as a one-chunk
+ * re-encode chooses it (dsq_codec_reencode): from an MXFP4 source the power of two that fits the
+ * most blocks exactly, otherwise from the largest finite |value|. */
+static dsq_status source_tensor_scale(dsq_convert_plan *p, chunk_io *c, uint64_t chunk_rows, float *ts,
+                                      dsq_err *err) {
+    size_t in_need = chunk_in_bytes(c, chunk_rows);
+    bool fit = c->s->enc == DSQ_ENC_MXFP4;
+    float *f = fit ? NULL : dsq_malloc((size_t)(SLAB * c->cols) * sizeof *f);
+    uint8_t *in = dsq_malloc(in_need);
+    if ((!fit && !f) || !in) {
+        dsq_free(f);
+        dsq_free(in);
+        return dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory for a %zu-byte chunk", in_need);
+    }
     dsq_codec_options co = {.allow_nonfinite = p->opt.allow_nonfinite, .name = c->s->w->name};
     XXH3_state_t save_w = c->hw, save_s = c->hs;
+    dsq_nvfp4_fit nf;
+    dsq_nvfp4_fit_init(&nf);
     dsq_status s = DSQ_OK;
-    *amax = 0;
+    float amax = 0;
     for (uint64_t r0 = 0; s == DSQ_OK && r0 < c->rows; r0 += chunk_rows) {
         uint64_t n = c->rows - r0 < chunk_rows ? c->rows - r0 : chunk_rows, db, sb;
-        s = read_rows(p, c, r0, n, work->ins[0], &db, &sb, err);
-        dsq_qtensor q = {c->s->enc, n, c->cols, 0, work->ins[0], c->s->s ? work->ins[0] + db : NULL, NULL, 0};
-        for (uint64_t a = 0; s == DSQ_OK && a < n; a += SLAB) {
+        s = read_rows(p, c, r0, n, in, &db, &sb, err);
+        dsq_qtensor q = {c->s->enc, n, c->cols, 0, in, c->s->s ? in + db : NULL, NULL, 0};
+        if (s == DSQ_OK && fit) dsq_nvfp4_fit_add(&nf, &q);
+        for (uint64_t a = 0; s == DSQ_OK && !fit && a < n; a += SLAB) {
             uint64_t m = n - a < SLAB ? n - a : SLAB;
             s = dsq_codec_decode(&q, a, m, f, &co, err);
-            for (uint64_t k = 0; s == DSQ_OK && k < m * c->cols; k++)
-                if (fabsf(f[k]) > *amax && f[k] == f[k]) *amax = fabsf(f[k]);
+            for (uint64_t k = 0; s == DSQ_OK && k < m * c->cols; k++) {
+                float v = fabsf(f[k]);
+                if (v > amax && v <= 3.4028235e38f) amax = v; /* finite values only, as dsq_codec_reencode */
+            }
         }
     }
     c->hw = save_w; /* the hashes cover the one pass that is written */
     c->hs = save_s;
     dsq_free(f);
+    dsq_free(in);
+    *ts = fit ? dsq_nvfp4_fit_scale(&nf) : dsq_codec_nvfp4_tensor_scale(amax);
+    if (*ts == 0.0f) *ts = 1.0f; /* all-zero tensor: any scale (dsq_codec_reencode's choice) */
     return s;
 }
 
@@ -169,16 +194,7 @@ static dsq_status prepare_source(dsq_convert_plan *p, dsq_ctr_writer *w, uint32_
     XXH3_64bits_reset(&c->hw);
     XXH3_64bits_reset(&c->hs);
     if (o->enc == DSQ_ENC_NVFP4 && !x->whole) {
-        cv_work tmp;
-        memset(&tmp, 0, sizeof tmp);
-        size_t in_need = (size_t)(x->chunk_rows * c->src_row_bytes +
-                                  (s->s ? (dsq_ceil_div(x->chunk_rows, src_block_rows(s)) + 1) * c->src_scale_row_bytes : 0));
-        DSQ_RETURN_IF(!grow(&tmp.ins[0], &tmp.in_caps[0], in_need), err, DSQ_ERR_NOMEM, "out of memory for a %zu-byte chunk", in_need);
-        float amax = 0;
-        dsq_status st = source_amax(p, c, x->chunk_rows, &tmp, &amax, err);
-        dsq__cv_work_free(&tmp);
-        DSQ_TRY(st);
-        x->ts = dsq_codec_nvfp4_tensor_scale(amax);
+        DSQ_TRY(source_tensor_scale(p, c, x->chunk_rows, &x->ts, err));
     }
     return DSQ_OK;
 }
@@ -212,8 +228,7 @@ static void slot_needs(const dsq_convert_plan *p, uint32_t i, const src_ctx *x, 
     dsq_codec_layout cl;
     memset(&cl, 0, sizeof cl);
     dsq_codec_layout_of(o->enc, n_max, c->cols, o->group, &cl, NULL); /* checked for the whole matrix already */
-    *in_need = (size_t)(n_max * c->src_row_bytes +
-                        (c->s->s ? (dsq_ceil_div(n_max, src_block_rows(c->s)) + 1) * c->src_scale_row_bytes : 0));
+    *in_need = chunk_in_bytes(c, n_max);
     *out_need = (size_t)(cl.data_bytes + cl.scale_bytes + cl.min_bytes);
 }
 

@@ -217,8 +217,10 @@ typedef struct dsq_reencode_report {
  *     s' = max(s)/2^6 and codes e4m3(v·s/s'); exact while no 1x32 scale is below s'·2^-8 (d ≤ 14);
  *     beyond that the cast rounds as in the official converter (reported in elements_changed);
  *   - MXFP4 → NVFP4: ts = 2^k chosen so the most block exponents fit the E4M3 power-of-two window
- *     [2^-9, 2^8]; a block that does not fit even after moving a factor of 2 between codes and scale
- *     is re-quantized by the NVFP4 rule (counted in blocks_inexact, its error in max_abs_change);
+ *     [2^-9, 2^8] (or dst->tensor_scale when it is already set to a power of two, e.g. chosen by
+ *     dsq_nvfp4_fit over the whole tensor when it is re-encoded in row chunks); a block that does not
+ *     fit even after moving a factor of 2 between codes and scale is re-quantized by the NVFP4 rule
+ *     (counted in blocks_inexact, its error in max_abs_change);
  *   - FP8 with UE8M0 scales ↔ the same block shape with F32 scales: codes copied, scales converted
  *     (a non-power-of-two F32 scale makes that block re-quantized);
  *   - FP8 128x128 → FP8 1x128 (UE8M0 → UE8M0 or F32, F32 → F32): codes copied, each block scale
@@ -228,6 +230,17 @@ typedef struct dsq_reencode_report {
  * rep may be NULL. */
 dsq_status dsq_codec_reencode(const dsq_qtensor *src, dsq_qtensor_buf *dst, const dsq_codec_options *opt,
                               dsq_reencode_report *rep, dsq_err *err);
+
+/* The MXFP4 → NVFP4 tensor scale of a tensor seen in row chunks: for every tensor exponent k, how
+ * many non-zero 16-blocks would fit; add each chunk, then pick (the same choice dsq_codec_reencode
+ * makes for the whole tensor at once). */
+enum { DSQ_NVFP4_FIT_BINS = 402 };
+typedef struct dsq_nvfp4_fit {
+    int64_t diff[DSQ_NVFP4_FIT_BINS];
+} dsq_nvfp4_fit;
+void dsq_nvfp4_fit_init(dsq_nvfp4_fit *f);
+void dsq_nvfp4_fit_add(dsq_nvfp4_fit *f, const dsq_qtensor *mxfp4);
+float dsq_nvfp4_fit_scale(const dsq_nvfp4_fit *f);
 
 /* ---- error statistics ---------------------------------------------------------------------------- */
 

@@ -107,42 +107,69 @@ static uint8_t e4m3_pow2(int j) { return j >= -6 ? (uint8_t)((j + 7) << 3) : (ui
 
 enum { K_LO = -200, K_HI = 200, N_K = K_HI - K_LO + 2, J_MIN = -9, J_MAX = 8 };
 
-static void mxfp4_to_nvfp4(const dsq__qv *s, dsq_qtensor_buf *dst, const dsq__qv *d, dsq_reencode_report *rep) {
-    const dsq_qtensor *src = s->t;
+_Static_assert((int)N_K == (int)DSQ_NVFP4_FIT_BINS, "dsq_nvfp4_fit size");
+
+void dsq_nvfp4_fit_init(dsq_nvfp4_fit *f) { memset(f, 0, sizeof *f); }
+
+/* For every non-zero 16-block the interval of tensor exponents k that fit it (j = e - k - t ∈
+ * [-9, 8] for some allowed t), counted with a difference array. */
+void dsq_nvfp4_fit_add(dsq_nvfp4_fit *f, const dsq_qtensor *src) {
+    dsq__qv s;
+    dsq__qv_init(&s, src);
     const uint8_t *ss = src->scales;
-    uint64_t cols = src->cols;
-    /* pass 1: for every non-zero 16-block the interval of tensor exponents k that fit it
-     * (j = e - k - t ∈ [-9, 8] for some allowed t), counted with a difference array */
-    int64_t diff[N_K];
-    memset(diff, 0, sizeof diff);
     for (uint64_t r = 0; r < src->rows; r++) {
-        const uint8_t *in = (const uint8_t *)src->data + r * s->row_bytes;
-        for (uint64_t c0 = 0; c0 < cols; c0 += DSQ_NVFP4_BLOCK) {
-            uint64_t n = min_u64(DSQ_NVFP4_BLOCK, cols - c0);
+        const uint8_t *in = (const uint8_t *)src->data + r * s.row_bytes;
+        for (uint64_t c0 = 0; c0 < src->cols; c0 += DSQ_NVFP4_BLOCK) {
+            uint64_t n = min_u64(DSQ_NVFP4_BLOCK, src->cols - c0);
             int tmin, tmax;
             bool zero;
             fp4_shift_range(in, c0, n, &tmin, &tmax, &zero);
             if (zero) continue;
-            int e = (int)ss[r * s->scale_cols + c0 / DSQ_FP4_BLOCK] - 127;
+            int e = (int)ss[r * s.scale_cols + c0 / DSQ_FP4_BLOCK] - 127;
             int klo = e - tmax - J_MAX, khi = e - tmin - J_MIN;
             if (klo < K_LO) klo = K_LO;
             if (khi > K_HI) khi = K_HI;
             if (klo > khi) continue;
-            diff[klo - K_LO]++;
-            diff[khi - K_LO + 1]--;
+            f->diff[klo - K_LO]++;
+            f->diff[khi - K_LO + 1]--;
         }
     }
+}
+
+float dsq_nvfp4_fit_scale(const dsq_nvfp4_fit *f) {
     int best_k = 0;
     int64_t best = -1, run = 0;
     for (int i = 0; i < N_K - 1; i++) {
-        run += diff[i];
+        run += f->diff[i];
         int k = i + K_LO;
         if (k < -126 || k > 127) continue; /* ts = 2^k must be a normal f32 */
         /* ties: the highest window, so blocks left out are tiny ones, not saturated large ones */
         if (run >= best) best = run, best_k = k;
     }
-    float ts = ldexpf(1.0f, best_k);
-    dst->tensor_scale = ts;
+    return ldexpf(1.0f, best_k);
+}
+
+/* A power of two 2^k with k in [-126, 127] (a tensor scale the exact path can use). */
+static bool pow2_ts(float ts, int *k) {
+    int e;
+    float m = frexpf(ts, &e);
+    *k = e - 1;
+    return m == 0.5f && *k >= -126 && *k <= 127;
+}
+
+static void mxfp4_to_nvfp4(const dsq__qv *s, dsq_qtensor_buf *dst, const dsq__qv *d, dsq_reencode_report *rep) {
+    const dsq_qtensor *src = s->t;
+    const uint8_t *ss = src->scales;
+    uint64_t cols = src->cols;
+    if (dst->tensor_scale == 0.0f) { /* pass 1 over this tensor (a chunked caller sets it beforehand) */
+        dsq_nvfp4_fit f;
+        dsq_nvfp4_fit_init(&f);
+        dsq_nvfp4_fit_add(&f, src);
+        dst->tensor_scale = dsq_nvfp4_fit_scale(&f);
+    }
+    float ts = dst->tensor_scale;
+    int best_k;
+    pow2_ts(ts, &best_k); /* the caller checked it */
     uint8_t shift_lut[7][16];
     fp4_shift_table(shift_lut);
     /* pass 2 */
@@ -334,7 +361,8 @@ dsq_status dsq_codec_reencode(const dsq_qtensor *src, dsq_qtensor_buf *dst, cons
         rep->exact_path = true;
         return DSQ_OK;
     }
-    if (src->enc == DSQ_ENC_MXFP4 && dst->enc == DSQ_ENC_NVFP4) {
+    int k_ts;
+    if (src->enc == DSQ_ENC_MXFP4 && dst->enc == DSQ_ENC_NVFP4 && (dst->tensor_scale == 0.0f || pow2_ts(dst->tensor_scale, &k_ts))) {
         mxfp4_to_nvfp4(&s, dst, &d, rep);
         rep->exact_path = true;
         return DSQ_OK;
