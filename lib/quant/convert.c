@@ -325,13 +325,12 @@ static dsq_status plan_outputs(dsq_convert_plan *p, dsq_err *err) {
                 o->name = dsq_strdup(a->w->name);
                 o->kind = CV_ONE;
                 o->n_src = 1;
-                cv_out *o2 = new_out(p, second.w->name, CV_ONE, 1, err);
-                if (!o->name || !o2) {
+                /* checked before new_out, which may move p->outs (and o with it) */
+                if (!o->name || !new_out(p, second.w->name, CV_ONE, 1, err)) {
                     NOTE(DSQ_ERR_NOMEM);
                     break;
                 }
-                o = &p->outs[i]; /* new_out may move the array */
-                o2->src[0] = second;
+                p->outs[p->n - 1].src[0] = second;
             }
         }
     }
