@@ -14,9 +14,9 @@
 #include "dsq_synth.h"
 #include "dsq_test.h"
 
-__attribute__((unused)) static char *golden_model(void) { return dsq_test_shared_path("golden/v4-tiny/model"); }
+static char *golden_model(void) { return dsq_test_shared_path("golden/v4-tiny/model"); }
 
-__attribute__((unused)) static bool same_file(const char *a, const char *b) {
+static bool same_file(const char *a, const char *b) {
     size_t na, nb;
     char *x = dsq_test_read(a, &na), *y = dsq_test_read(b, &nb);
     bool same = na == nb && memcmp(x, y, na) == 0;
@@ -91,9 +91,198 @@ static void test_plan_split_realloc(void **state) {
     free(dir);
 }
 
+/* ---- resumable work is never destroyed ---- */
+
+typedef struct job_files {
+    char *dir, *src, *ref, *out, *partial, *journal, *lock;
+} job_files;
+
+static job_files job_make(void) {
+    job_files j;
+    j.dir = dsq_test_tmpdir();
+    j.src = golden_model();
+    j.ref = dsq_test_join(j.dir, "ref.dsq");
+    j.out = dsq_test_join(j.dir, "m.dsq");
+    j.partial = dsq_test_join(j.dir, ".m.dsq.partial");
+    j.journal = dsq_test_join(j.dir, ".m.dsq.journal");
+    j.lock = dsq_test_join(j.dir, ".m.dsq.lock");
+    assert_int_equal(dsq_test_run(NULL, NULL, "convert '%s' '%s' --recipe release", j.src, j.ref), 0);
+    return j;
+}
+
+static void job_free(job_files *j) {
+    dsq_test_rmdir(j->dir);
+    free(j->dir), free(j->src), free(j->ref), free(j->out), free(j->partial), free(j->journal), free(j->lock);
+}
+
+/* `convert SRC OUT --recipe release` stopped by signal `sig` after `after` tensors (test hook). */
+static int convert_signalled(const job_files *j, int after, int sig) {
+    return dsq_test_run(NULL, NULL, "version >/dev/null; DSQ_CONVERT_TEST_SIGNAL=%d:%d '%s' convert '%s' '%s' --recipe release",
+                        after, sig, dsq_test_bin(), j->src, j->out);
+}
+
+static void assert_bytes(const char *path, const char *want, size_t n) {
+    size_t got_n;
+    char *got = dsq_test_read(path, &got_n);
+    if (got_n != n || memcmp(got, want, n) != 0) fail_msg("%s changed (%zu bytes, %zu before)", path, got_n, n);
+    free(got);
+}
+
+/* A --resume that fails (different arguments, damaged journal, missing journal) says why, says the
+ * files are kept, and leaves .partial and journal byte for byte as they were; the original job then
+ * resumes from them to the same bytes as an uninterrupted run.  Before the fix each failed resume
+ * deleted both files. */
+static void test_failed_resume_keeps_work(void **state) {
+    job_files j = job_make();
+    assert_int_equal(convert_signalled(&j, 40, SIGINT), 130);
+    size_t np, nj;
+    char *partial = dsq_test_read(j.partial, &np), *journal = dsq_test_read(j.journal, &nj);
+    char *err = NULL;
+    /* 1: different arguments */
+    assert_int_equal(dsq_test_run(NULL, &err, "convert '%s' '%s' --recipe release --override 'embed.weight=f32' --resume",
+                                  j.src, j.out),
+                     1);
+    assert_non_null(strstr(err, "different job"));
+    assert_non_null(strstr(err, "kept"));
+    free(err);
+    assert_bytes(j.partial, partial, np);
+    assert_bytes(j.journal, journal, nj);
+    /* 2: a damaged journal header */
+    journal[3] ^= 0x20;
+    dsq_test_write(j.journal, journal, nj);
+    assert_int_equal(dsq_test_run(NULL, &err, "convert '%s' '%s' --recipe release --resume", j.src, j.out), 1);
+    assert_non_null(strstr(err, "journal header is damaged"));
+    assert_non_null(strstr(err, "kept"));
+    free(err);
+    assert_bytes(j.partial, partial, np);
+    assert_bytes(j.journal, journal, nj);
+    journal[3] ^= 0x20;
+    /* 3: the journal is missing */
+    unlink(j.journal);
+    assert_int_equal(dsq_test_run(NULL, &err, "convert '%s' '%s' --recipe release --resume", j.src, j.out), 1);
+    assert_non_null(strstr(err, "cannot be read"));
+    assert_non_null(strstr(err, "kept"));
+    free(err);
+    assert_bytes(j.partial, partial, np);
+    assert_false(dsq_path_exists(j.journal));
+    /* the kept work still resumes to the uninterrupted bytes */
+    dsq_test_write(j.journal, journal, nj);
+    char *o = NULL;
+    assert_int_equal(dsq_test_run(&o, NULL, "convert '%s' '%s' --recipe release --resume --json", j.src, j.out), 0);
+    assert_non_null(strstr(o, "\"resumed\": 40"));
+    free(o);
+    assert_true(same_file(j.ref, j.out));
+    assert_false(dsq_path_exists(j.partial));
+    assert_false(dsq_path_exists(j.journal));
+    assert_false(dsq_path_exists(j.lock));
+    free(partial);
+    free(journal);
+    job_free(&j);
+}
+
+/* Fork `dsq convert SRC OUT --recipe release` with the test hook stopping it (SIGSTOP) after `after`
+ * tensors; returns once it is stopped, holding the output's lock. */
+static pid_t convert_stopped(const job_files *j, int after) {
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        char hook[32];
+        snprintf(hook, sizeof hook, "%d:%d", after, SIGSTOP);
+        setenv("DSQ_CONVERT_TEST_SIGNAL", hook, 1);
+        if (!freopen("/dev/null", "w", stdout) || !freopen("/dev/null", "w", stderr)) _exit(126);
+        execl(dsq_test_bin(), "dsq", "convert", j->src, j->out, "--recipe", "release", (char *)NULL);
+        _exit(127);
+    }
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, WUNTRACED), pid);
+    if (!WIFSTOPPED(st)) fail_msg("the first convert did not stop (status %d)", st);
+    return pid;
+}
+
+/* One line, ending in a newline. */
+static void assert_one_line(const char *t) {
+    const char *nl = strchr(t, '\n');
+    if (!nl || nl[1] != 0) fail_msg("expected one line, got: %s", t);
+}
+
+/* While a conversion runs (stopped after 20 tensors, so its files are still), a second conversion to
+ * the same output — fresh, --overwrite, or --resume — is refused with one line naming the output and
+ * the first job's pid, and touches neither its partial file nor its journal; the first job then
+ * finishes with the same bytes as an uninterrupted run and removes its lock file.  Before the fix the
+ * second job unlinked the first one's partial file and journal and wrote its own. */
+static void test_second_job_refused(void **state) {
+    job_files j = job_make();
+    pid_t pid = convert_stopped(&j, 20);
+    size_t np, nj;
+    char *partial = dsq_test_read(j.partial, &np), *journal = dsq_test_read(j.journal, &nj);
+    char want[64];
+    snprintf(want, sizeof want, "(pid %ld)", (long)pid);
+    const char *extra[] = {"", "--overwrite", "--resume", "--resume --threads 2"};
+    for (size_t k = 0; k < sizeof extra / sizeof extra[0]; k++) {
+        char *err = NULL;
+        assert_int_equal(dsq_test_run(NULL, &err, "convert '%s' '%s' --recipe release %s", j.src, j.out, extra[k]), 1);
+        assert_one_line(err);
+        assert_non_null(strstr(err, j.out));
+        assert_non_null(strstr(err, "another dsq job"));
+        assert_non_null(strstr(err, want));
+        free(err);
+        assert_bytes(j.partial, partial, np);
+        assert_bytes(j.journal, journal, nj);
+        assert_false(dsq_path_exists(j.out));
+    }
+    assert_int_equal(kill(pid, SIGCONT), 0);
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_true(same_file(j.ref, j.out));
+    assert_false(dsq_path_exists(j.partial));
+    assert_false(dsq_path_exists(j.journal));
+    assert_false(dsq_path_exists(j.lock));
+    /* a lock file left by a killed job does not block the next one */
+    unlink(j.out);
+    assert_int_equal(convert_signalled(&j, 30, SIGKILL), 128 + SIGKILL);
+    assert_true(dsq_path_exists(j.lock));
+    assert_int_equal(dsq_test_run(NULL, NULL, "convert '%s' '%s' --recipe release --resume", j.src, j.out), 0);
+    assert_true(same_file(j.ref, j.out));
+    assert_false(dsq_path_exists(j.lock));
+    free(partial);
+    free(journal);
+    job_free(&j);
+}
+
+/* A SIGINT that arrives after the last tensor was written still stops publication: exit 130, no file
+ * at the final name, .partial and journal kept; --resume then publishes the same bytes as an
+ * uninterrupted run.  Before the fix the file was published with exit 0. */
+static void test_late_sigint(void **state) {
+    job_files j = job_make();
+    char *o = NULL;
+    assert_int_equal(dsq_test_run(&o, NULL, "convert '%s' x.dsq --recipe release --dry-run --json", j.src), 0);
+    cJSON *plan = NULL;
+    assert_int_equal(dsq_json_parse(o, strlen(o), "dry-run", &plan, NULL), DSQ_OK);
+    int n = (int)cJSON_GetObjectItemCaseSensitive(plan, "tensors")->valuedouble;
+    cJSON_Delete(plan);
+    free(o);
+    assert_true(n > 100);
+    assert_int_equal(convert_signalled(&j, n, SIGINT), 130);
+    assert_false(dsq_path_exists(j.out));
+    assert_true(dsq_path_exists(j.partial));
+    assert_true(dsq_path_exists(j.journal));
+    assert_int_equal(dsq_test_run(&o, NULL, "convert '%s' '%s' --recipe release --resume --json", j.src, j.out), 0);
+    char want[64];
+    snprintf(want, sizeof want, "\"resumed\": %d", n);
+    assert_non_null(strstr(o, want));
+    free(o);
+    assert_true(same_file(j.ref, j.out));
+    assert_false(dsq_path_exists(j.partial));
+    job_free(&j);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plan_split_realloc),
+        cmocka_unit_test(test_failed_resume_keeps_work),
+        cmocka_unit_test(test_second_job_refused),
+        cmocka_unit_test(test_late_sigint),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -218,6 +218,20 @@ void dsq_afile_abort(dsq_afile *f);
 /* Close without publishing and keep the partial file (a suspended, resumable job). */
 void dsq_afile_release(dsq_afile *f);
 
+/* One job per output: an exclusive flock on DIR/.NAME.lock, taken before a writer touches the partial
+ * file or its journal and held until they are published, kept for --resume or removed.  The kernel
+ * drops the lock when the process dies (even by SIGKILL), so a lock file left behind by a crash never
+ * blocks the next run.  The file holds the owner's pid for the error message.  A second job gets
+ * DSQ_ERR_EXISTS with a one-line error naming the output, the lock file and the owner's pid. */
+typedef struct dsq_lock {
+    int fd;     /* -1 when not held */
+    char *path; /* DIR/.NAME.lock */
+} dsq_lock;
+dsq_status dsq_lock_output(const char *final_path, dsq_lock *out, dsq_err *err);
+/* Remove the lock file and drop the lock (in that order, so a waiter never holds a removed file).
+ * Accepts a lock that is not held. */
+void dsq_lock_release(dsq_lock *l);
+
 /* Write a whole buffer atomically to path. */
 dsq_status dsq_write_file_atomic(const char *path, const void *buf, size_t n, bool overwrite, dsq_err *err);
 

@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -147,15 +148,69 @@ char *dsq_path_join(const char *dir, const char *name) {
 
 /* ---- atomic files ---- */
 
-static char *tmp_name_for(const char *final_path) {
+/* DIR/.BASE<suffix> beside final_path. */
+static char *side_name(const char *final_path, const char *suffix) {
     const char *slash = strrchr(final_path, '/');
     size_t dlen = slash ? (size_t)(slash - final_path + 1) : 0;
     const char *base = slash ? slash + 1 : final_path;
-    size_t n = dlen + 1 + strlen(base) + strlen(".partial") + 1;
+    size_t n = dlen + 1 + strlen(base) + strlen(suffix) + 1;
     char *p = dsq_malloc(n);
-    if (!p) return NULL;
-    snprintf(p, n, "%.*s.%s.partial", (int)dlen, final_path, base);
+    if (p) snprintf(p, n, "%.*s.%s%s", (int)dlen, final_path, base, suffix);
     return p;
+}
+
+dsq_status dsq_lock_output(const char *final_path, dsq_lock *out, dsq_err *err) {
+    out->fd = -1;
+    out->path = side_name(final_path, ".lock");
+    if (!out->path) return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", final_path);
+    for (int attempt = 0; attempt < 100; attempt++) {
+        int fd = open(out->path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+        if (fd < 0) {
+            int e = errno;
+            dsq_lock_release(out);
+            return dsq_err_set(err, DSQ_ERR_IO, "%s: cannot create the lock file: %s", final_path, strerror(e));
+        }
+        if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            int e = errno;
+            char pid[32] = {0};
+            ssize_t r = pread(fd, pid, sizeof pid - 1, 0);
+            if (r > 0) pid[strcspn(pid, "\n")] = 0;
+            close(fd);
+            char *lp = out->path;
+            out->path = NULL;
+            dsq_status s =
+                e == EWOULDBLOCK
+                    ? dsq_err_set(err, DSQ_ERR_EXISTS,
+                                  "%s: another dsq job (pid %s) is writing this output and holds %s; wait for it or stop it",
+                                  final_path, r > 0 && pid[0] ? pid : "unknown", lp)
+                    : dsq_err_set(err, DSQ_ERR_IO, "%s: cannot lock %s: %s", final_path, lp, strerror(e));
+            dsq_free(lp);
+            return s;
+        }
+        /* the holder we waited for may have removed the file: then lock the new one */
+        struct stat a, b;
+        if (fstat(fd, &a) == 0 && stat(out->path, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino) {
+            char pid[32];
+            int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+            if (ftruncate(fd, 0) == 0) (void)!pwrite(fd, pid, (size_t)n, 0); /* the pid is a courtesy */
+            out->fd = fd;
+            return DSQ_OK;
+        }
+        close(fd);
+    }
+    dsq_lock_release(out);
+    return dsq_err_set(err, DSQ_ERR_IO, "%s: the lock file keeps changing under us", final_path);
+}
+
+void dsq_lock_release(dsq_lock *l) {
+    if (!l) return;
+    if (l->fd >= 0) {
+        unlink(l->path);
+        close(l->fd);
+    }
+    dsq_free(l->path);
+    l->path = NULL;
+    l->fd = -1;
 }
 
 static dsq_status fsync_dir_of(const char *path, dsq_err *err) {
@@ -261,7 +316,7 @@ dsq_status dsq_afile_open(const char *final_path, const dsq_afile_options *opt, 
     if (!o.overwrite && dsq_path_exists(final_path))
         return dsq_err_set(err, DSQ_ERR_EXISTS, "%s: already exists (use --overwrite to replace it)", final_path);
     out->final_path = dsq_strdup(final_path);
-    out->tmp_path = tmp_name_for(final_path);
+    out->tmp_path = side_name(final_path, ".partial");
     if (!out->final_path || !out->tmp_path) {
         dsq_afile_abort(out);
         return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", final_path);
@@ -291,7 +346,8 @@ dsq_status dsq_afile_open(const char *final_path, const dsq_afile_options *opt, 
     if (o.preallocate > 0) {
         int r = posix_fallocate(out->fd, 0, (off_t)o.preallocate);
         if (r == ENOSPC || r == EFBIG) {
-            dsq_afile_abort(out);
+            if (o.keep_partial) dsq_afile_release(out); /* a resumed job's partial file is not ours to remove */
+            else dsq_afile_abort(out);
             return dsq_err_set(err, DSQ_ERR_NOSPACE, "%s: cannot reserve %llu bytes: %s", final_path,
                                (unsigned long long)o.preallocate, strerror(r));
         }

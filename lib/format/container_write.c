@@ -42,6 +42,8 @@ struct dsq_ctr_writer {
     size_t meta_len;
     uint64_t data_offset, cursor;
     bool begun;
+    bool resumed; /* began on an existing partial file: keep it and the journal on every failure */
+    dsq_lock lock;
     dsq_afile af;
     int rfd, jfd;
     uint32_t done_count;
@@ -70,6 +72,7 @@ dsq_status dsq_ctr_writer_create(const char *path, const dsq_ctr_writer_options 
     if (opt) w->opt = *opt;
     w->rfd = w->jfd = -1;
     w->af.fd = -1;
+    w->lock.fd = -1;
     if (!w->opt.align_small) w->opt.align_small = DSQ_FILE_DEFAULT_ALIGN_SMALL;
     if (!w->opt.align_large) w->opt.align_large = DSQ_FILE_DEFAULT_ALIGN_LARGE;
     if (!w->opt.large_threshold) w->opt.large_threshold = DSQ_FILE_DEFAULT_LARGE_THRESHOLD;
@@ -377,19 +380,22 @@ static dsq_status journal_replay(dsq_ctr_writer *w, dsq_err *err) {
     dsq_status s = dsq_read_file(w->journal_path, (size_t)1 << 30, &text, &len, &local);
     dsq_err_clear(&local);
     DSQ_RETURN_IF(s != DSQ_OK, err, DSQ_ERR_STATE,
-                  "%s: partial output exists but its journal %s cannot be read: remove the partial file or run without "
-                  "--resume",
+                  "%s: partial output exists but its journal %s cannot be read; both are kept: remove them or run "
+                  "without --resume to start over",
                   w->af.tmp_path, w->journal_path);
     const uint8_t *j = (const uint8_t *)text;
     if (len < JOURNAL_HEADER_BYTES || memcmp(j, JOURNAL_MAGIC, 8) != 0 || dsq_file_le64(j + 24) != dsq__ctr_xxh3(j, 24)) {
         dsq_free(text);
-        return dsq_err_set(err, DSQ_ERR_STATE, "%s: journal header is damaged; run without --resume", w->journal_path);
+        return dsq_err_set(err, DSQ_ERR_STATE,
+                           "%s: journal header is damaged; it and %s are kept: run without --resume to start over",
+                           w->journal_path, w->af.tmp_path);
     }
     if (dsq_file_le64(j + 16) != w->plan_hash) {
         dsq_free(text);
         return dsq_err_set(err, DSQ_ERR_STATE,
                            "%s: the partial output belongs to a different job (arguments, inputs or tool version "
-                           "changed); run without --resume to start over",
+                           "changed); it and its journal are kept: run the original job with --resume, or without "
+                           "--resume to start over",
                            w->af.tmp_path);
     }
     size_t pos = JOURNAL_HEADER_BYTES;
@@ -586,6 +592,8 @@ static dsq_status verifier_stop(dsq_ctr_writer *w, bool abandon, dsq_err *err) {
 dsq_status dsq_ctr_writer_begin(dsq_ctr_writer *w, dsq_err *err) {
     DSQ_RETURN_IF(w->begun, err, DSQ_ERR_STATE, "%s: begin called twice", w->path);
     w->plan_hash = compute_plan_hash(w);
+    /* one job per output: nothing below touches the partial file or the journal without the lock */
+    if (w->lock.fd < 0) DSQ_TRY(dsq_lock_output(w->path, &w->lock, err));
     char *partial = side_name_for(w->path, ".partial");
     DSQ_RETURN_IF(!partial, err, DSQ_ERR_NOMEM, "%s: out of memory", w->path);
     /* --resume continues an existing partial file; without one it starts fresh */
@@ -594,13 +602,21 @@ dsq_status dsq_ctr_writer_begin(dsq_ctr_writer *w, dsq_err *err) {
     dsq_status s = check_free_space(w, resuming ? partial : NULL, need, err);
     dsq_free(partial);
     DSQ_TRY(s);
-    dsq_afile_options ao = {.overwrite = w->opt.overwrite, .keep_partial = resuming, .preallocate = w->cursor,
-                            .direct = w->opt.direct};
+    /* a partial file is preallocated only once its journal says it is this job's (a refused resume
+     * leaves it byte for byte as it was) */
+    dsq_afile_options ao = {.overwrite = w->opt.overwrite, .keep_partial = resuming,
+                            .preallocate = resuming ? 0 : w->cursor, .direct = w->opt.direct};
     DSQ_TRY(dsq_afile_open(w->path, &ao, &w->af, err));
     w->begun = true;
+    w->resumed = resuming;
     w->rfd = open(w->af.tmp_path, O_RDONLY | O_CLOEXEC);
     DSQ_RETURN_IF(w->rfd < 0, err, DSQ_ERR_IO, "%s: cannot reopen for reading: %s", w->af.tmp_path, strerror(errno));
     DSQ_TRY(resuming ? journal_replay(w, err) : journal_create(w, err));
+    if (resuming) {
+        int r = posix_fallocate(w->af.fd, 0, (off_t)w->cursor);
+        DSQ_RETURN_IF(r == ENOSPC || r == EFBIG, err, DSQ_ERR_NOSPACE, "%s: cannot reserve %llu bytes: %s",
+                      w->af.tmp_path, (unsigned long long)w->cursor, strerror(r));
+    }
     if (!w->opt.direct) return DSQ_OK;
     DSQ_TRY(verifier_start(w, err));
     for (uint32_t i = 0; i < w->n; i++)
@@ -775,6 +791,7 @@ static void writer_release(dsq_ctr_writer *w) {
     dsq__strmap_free(&w->source_names);
     dsq_free(w->meta);
     dsq_free(w->fingerprint);
+    dsq_lock_release(&w->lock); /* last: the files it guards are published, kept or removed */
     dsq_free(w->journal_path);
     dsq_free(w->path);
     dsq_free(w);
@@ -800,6 +817,17 @@ dsq_status dsq_ctr_writer_finish(dsq_ctr_writer *w, dsq_err *err) {
         s = dsq_ctr_reader_open(w->af.tmp_path, &ro, &r, err);
         dsq_ctr_reader_close(r);
         if (s != DSQ_OK) dsq_err_set(err, s, "%s: verification of the written file failed", w->af.tmp_path);
+    }
+    if (s == DSQ_OK && dsq_interrupted()) { /* a SIGINT/SIGTERM that came late still stops publication */
+        char *partial = dsq_strdup(w->af.tmp_path), *out = dsq_strdup(w->path);
+        s = dsq_ctr_writer_suspend(w, err);
+        if (s == DSQ_OK)
+            s = dsq_err_set(err, DSQ_ERR_INTERRUPTED,
+                            "%s: interrupted before publication; %s and its journal are kept: run again with --resume",
+                            out ? out : "output", partial ? partial : "the partial file");
+        dsq_free(partial);
+        dsq_free(out);
+        return s;
     }
     close_fds(w);
     if (s == DSQ_OK) {
@@ -831,7 +859,9 @@ void dsq_ctr_writer_free(dsq_ctr_writer *w) {
     if (!w) return;
     verifier_stop(w, true, NULL);
     close_fds(w);
-    if (w->begun) {
+    if (w->begun && w->resumed) {
+        dsq_afile_release(&w->af); /* the work of earlier runs stays resumable */
+    } else if (w->begun) {
         dsq_afile_abort(&w->af);
         unlink(w->journal_path);
     }

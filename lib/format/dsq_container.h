@@ -158,8 +158,10 @@ size_t dsq_ctr_writer_count(const dsq_ctr_writer *w);
 /* The planned tensor (offsets and sizes filled; data views NULL). */
 const dsq_ctr_tensor *dsq_ctr_writer_tensor(const dsq_ctr_writer *w, uint32_t i);
 
-/* Create .NAME.partial (or reopen it with opt.resume), check free space, preallocate, open the journal.
- * With resume, every journaled tensor is re-read and its checksums re-checked. */
+/* Lock the output (dsq_lock_output: a second job on the same output fails with DSQ_ERR_EXISTS and
+ * touches nothing), create .NAME.partial (or reopen it with opt.resume), check free space,
+ * preallocate, open the journal.  With resume, every journaled tensor is re-read and its checksums
+ * re-checked; a resume that fails (journal missing or damaged, a different job) keeps both files. */
 dsq_status dsq_ctr_writer_begin(dsq_ctr_writer *w, dsq_err *err);
 /* After begin: true when tensor i is already complete (verified from the journal on resume). */
 bool dsq_ctr_writer_is_done(const dsq_ctr_writer *w, uint32_t i);
@@ -174,12 +176,15 @@ void dsq_ctr_writer_set_source_hash(dsq_ctr_writer *w, uint32_t i, uint32_t s, u
 dsq_status dsq_ctr_writer_end_tensor(dsq_ctr_writer *w, uint32_t i, dsq_err *err);
 /* All tensors complete: write directory, metadata and table, the header, fdatasync, reopen and verify
  * every checksum, rename into place, fsync the directory, remove the journal.  Frees w (also on error,
- * then removing the partial file). */
+ * then removing the partial file unless the run was resumed).  When dsq_interrupted() is true just
+ * before the rename, nothing is published: the writer is suspended (.partial and journal kept for
+ * --resume) and DSQ_ERR_INTERRUPTED returned. */
 dsq_status dsq_ctr_writer_finish(dsq_ctr_writer *w, dsq_err *err);
 /* Stop without publishing but keep .partial and journal for a later resume (data and journal synced).
  * Frees w. */
 dsq_status dsq_ctr_writer_suspend(dsq_ctr_writer *w, dsq_err *err);
-/* Abort: remove the partial file and the journal; free.  Accepts NULL. */
+/* Abort: remove the partial file and the journal (kept when begin resumed an existing partial file:
+ * earlier runs' work stays resumable); release the lock; free.  Accepts NULL. */
 void dsq_ctr_writer_free(dsq_ctr_writer *w);
 /* Paths of the partial file and the journal (valid until free). */
 const char *dsq_ctr_writer_partial_path(const dsq_ctr_writer *w);

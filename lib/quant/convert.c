@@ -838,8 +838,16 @@ dsq_status dsq_convert_run(dsq_convert_plan *p, dsq_convert_stats *stats, dsq_er
     dsq_free(buf[1]);
     dsq__cv_work_free(&work);
     if (s != DSQ_OK) {
-        dsq_ctr_writer_free(w); /* removes .partial and journal (ENOSPC, EIO, bad data) */
+        dsq_ctr_writer_free(w); /* removes .partial and journal (ENOSPC, EIO, bad data), unless resumed */
         return s;
+    }
+    if (dsq_interrupted()) { /* after the last tensor: still not published (finish checks again at the end) */
+        s = dsq_ctr_writer_suspend(w, err);
+        if (s != DSQ_OK) return s;
+        return dsq_err_set(err, DSQ_ERR_INTERRUPTED,
+                           "%s: interrupted after the last tensor, before publication; run again with --resume to "
+                           "finish",
+                           p->out);
     }
     uint64_t data_end = dsq_ctr_writer_planned_bytes(w);
     s = dsq_ctr_writer_finish(w, err);

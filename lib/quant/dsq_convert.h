@@ -68,8 +68,10 @@ typedef struct dsq_convert_stats {
     double seconds;
 } dsq_convert_stats;
 
-/* Run the plan.  DSQ_ERR_INTERRUPTED when dsq_interrupted() became true (the .partial and its journal
- * are kept, synced, for --resume); any other error removes the partial output. */
+/* Run the plan.  DSQ_ERR_INTERRUPTED when dsq_interrupted() became true at any point before the final
+ * rename (the .partial and its journal are kept, synced, for --resume); DSQ_ERR_EXISTS when another
+ * job holds the output's lock (nothing touched); any other error removes the partial output, except
+ * in a resumed run (opt.resume found a partial file), which keeps it and the journal. */
 dsq_status dsq_convert_run(dsq_convert_plan *p, dsq_convert_stats *stats, dsq_err *err);
 
 /* ---- verification (dsq verify) ------------------------------------------------------------------ */
