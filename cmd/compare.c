@@ -124,7 +124,8 @@ static dsq_status compare(run *R, dsq_report *rep, dsq_report_build *b, dsq_err 
     dsq_mc_task *task = NULL;
     dsq_mc_result mr = {0};
     dsq_status s = base && answers ? DSQ_OK : dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory");
-    if (s == DSQ_OK) s = dsq__cmd_load_tokens(R->ref, R->text, R->tokens, &ids, &n, err);
+    if (s == DSQ_OK)
+        s = dsq__cmd_load_tokens(R->ref, R->text, R->tokens, dsq_score_text_bound(&R->so), &ids, &n, err);
     if (s == DSQ_OK) s = dsq_v4_model_open(R->ref, &m, err);
     dsq_ppl_result ppl;
     dsq_base_options bo = {.k = R->top_k, .overwrite = R->overwrite};

@@ -10,13 +10,13 @@
 
 /* ---- shared helpers ------------------------------------------------------------------------------ */
 
-dsq_status dsq__cmd_load_tokens(const char *model_dir, const char *text_path, const char *tokens_path, int32_t **ids,
-                                uint64_t *n, dsq_err *err) {
+dsq_status dsq__cmd_load_tokens(const char *model_dir, const char *text_path, const char *tokens_path,
+                                uint64_t max_ids, int32_t **ids, uint64_t *n, dsq_err *err) {
     *ids = NULL;
     *n = 0;
     if (tokens_path) {
         int64_t cnt = 0;
-        DSQ_TRY(dsq_eval_read_tokens(tokens_path, ids, &cnt, err));
+        DSQ_TRY(dsq_eval_read_tokens_max(tokens_path, max_ids, ids, &cnt, err));
         *n = (uint64_t)cnt;
         return DSQ_OK;
     }
@@ -76,8 +76,9 @@ int dsq__cmd_score_option(const char *me, int argc, char **argv, int *i, dsq_sco
             return -1;
         }
     } else if (!strcmp(a, "--ctx")) {
-        if (!dsq_cmd_parse_u64(argv[++*i], &v) || v < 3 || v > (1u << 24)) {
-            dsq_cmd_usage_error(me, "--ctx needs a chunk length of at least 3 tokens, not '%s'", argv[*i]);
+        if (!dsq_cmd_parse_u64(argv[++*i], &v) || v < 3 || v > DSQ_SCORE_MAX_CTX) {
+            dsq_cmd_usage_error(me, "--ctx needs a chunk length of 3..%u tokens (and at most the model's "
+                                "max_position_embeddings), not '%s'", DSQ_SCORE_MAX_CTX, argv[*i]);
             return -1;
         }
         o->n_ctx = (uint32_t)v;
@@ -276,7 +277,9 @@ int dsq__eval_ppl(int argc, char **argv) {
     int32_t *ids = NULL;
     uint64_t n = 0;
     dsq_status s = dsq_v4_model_open(a.pos[0], &m, &e);
-    if (s == DSQ_OK) s = dsq__cmd_load_tokens(a.pos[0], a.n_pos > 1 ? a.pos[1] : NULL, a.tokens, &ids, &n, &e);
+    if (s == DSQ_OK)
+        s = dsq__cmd_load_tokens(a.pos[0], a.n_pos > 1 ? a.pos[1] : NULL, a.tokens, dsq_score_text_bound(&a.so), &ids,
+                                 &n, &e);
     dsq_ppl_plan plan;
     if (s == DSQ_OK) s = dsq_score_plan(m, &a.so, n, &plan, &e);
     dsq_ppl_result r;
@@ -376,8 +379,10 @@ int dsq__eval_kld(int argc, char **argv) {
     int32_t *ids = NULL;
     uint64_t n = 0;
     dsq_status s = dsq_v4_model_open(a.pos[0], &m, &e);
+    /* --base compares the given ids with all of the base's: read them all */
     if (s == DSQ_OK && (a.n_pos > 1 || a.tokens))
-        s = dsq__cmd_load_tokens(a.pos[0], a.n_pos > 1 ? a.pos[1] : NULL, a.tokens, &ids, &n, &e);
+        s = dsq__cmd_load_tokens(a.pos[0], a.n_pos > 1 ? a.pos[1] : NULL, a.tokens,
+                                 k.save_base ? dsq_score_text_bound(&a.so) : 0, &ids, &n, &e);
     a.so.progress = progress_line;
     a.so.user = (void *)me;
     dsq_ppl_result ppl;
@@ -467,7 +472,8 @@ int dsq__eval_diff(int argc, char **argv) {
     int32_t *ids = NULL;
     uint64_t n = 0;
     dsq_score_diff d;
-    dsq_status s = dsq__cmd_load_tokens(a.pos[0], a.n_pos > 2 ? a.pos[2] : NULL, a.tokens, &ids, &n, &e);
+    dsq_status s = dsq__cmd_load_tokens(a.pos[0], a.n_pos > 2 ? a.pos[2] : NULL, a.tokens,
+                                        dsq_score_text_bound(&a.so), &ids, &n, &e);
     if (s == DSQ_OK) s = dsq_score_diff_run(a.pos[0], a.pos[1], &a.so, ids, n, !own_only, &d, &e);
     dsq_free(ids);
     if (s != DSQ_OK) return finish_fail(me, s, &e);

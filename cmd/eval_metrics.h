@@ -12,10 +12,11 @@ int dsq__eval_kld(int argc, char **argv);
 int dsq__eval_diff(int argc, char **argv);
 int dsq__eval_mc(int argc, char **argv);
 
-/* Token ids for a model: from `tokens_path` (dsq_eval_read_tokens formats) when given, otherwise the
- * text file `text_path` encoded with the tokenizer.json of `model_dir`.  *ids is dsq_free'd. */
-dsq_status dsq__cmd_load_tokens(const char *model_dir, const char *text_path, const char *tokens_path, int32_t **ids,
-                                uint64_t *n, dsq_err *err);
+/* Token ids for a model: from `tokens_path` (dsq_eval_read_tokens formats; only the first `max_ids`
+ * are read when max_ids > 0) when given, otherwise the text file `text_path` encoded with the
+ * tokenizer.json of `model_dir`.  *ids is dsq_free'd. */
+dsq_status dsq__cmd_load_tokens(const char *model_dir, const char *text_path, const char *tokens_path, uint64_t max_ids,
+                                int32_t **ids, uint64_t *n, dsq_err *err);
 
 /* Parse one model/evaluation option at argv[*i] (advancing *i past its value): --numerics, --threads,
  * --scalar, --no-shared-clamp, --memory-budget, --ctx, --chunks, --batch, --no-bos.  Returns 1 when

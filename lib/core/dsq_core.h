@@ -55,6 +55,10 @@ const char *dsq_status_str(dsq_status s);
  * a `dsq_err *` accept NULL.  Initialise with DSQ_ERR_INIT or dsq_err_init(); release with
  * dsq_err_clear() (frees `all`; the struct itself is the caller's). */
 #define DSQ_ERR_MSG_MAX 1024
+/* `all` keeps the first DSQ_ERR_MAX_PROBLEMS messages; later problems are only counted in `n`, and
+ * dsq_err_print ends with "... and K more problems" (a hostile file with a million bad tensors costs
+ * one counter, not a million formatted lines). */
+#define DSQ_ERR_MAX_PROBLEMS 100
 typedef struct dsq_err {
     dsq_status status;
     size_t n;
@@ -69,7 +73,8 @@ void dsq_err_clear(dsq_err *e);
 dsq_status dsq_err_set(dsq_err *e, dsq_status status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 dsq_status dsq_err_setv(dsq_err *e, dsq_status status, const char *fmt, va_list ap);
-/* Print every recorded problem to `f`, one per line, each prefixed with `prefix` (may be NULL). */
+/* Print the recorded problems to `f`, one per line, each prefixed with `prefix` (may be NULL): at most
+ * DSQ_ERR_MAX_PROBLEMS lines, then one "... and K more problems" line when more were counted. */
 void dsq_err_print(const dsq_err *e, FILE *f, const char *prefix);
 
 #define DSQ_RETURN_IF(cond, err, code, ...)                                                        \
@@ -182,6 +187,10 @@ dsq_status dsq_seqread_get(dsq_seqread *s, uint64_t offset, uint64_t n, const ui
 void dsq_seqread_forget(dsq_seqread *s);
 void dsq_seqread_close(dsq_seqread *s);
 
+/* Open a regular file read-only (O_CLOEXEC) without ever blocking in open(): a FIFO, directory,
+ * socket or device is refused with one line naming the path and what it is (DSQ_ERR_IO).  Every input
+ * file goes through this (dsq_map_open, dsq_seqread_open, dsq_read_file). */
+dsq_status dsq_open_regular(const char *path, int *fd, dsq_err *err);
 /* Read a whole (small) file into a NUL-terminated heap buffer; `max` caps its size. */
 dsq_status dsq_read_file(const char *path, size_t max, char **out, size_t *out_len, dsq_err *err);
 bool dsq_path_is_dir(const char *path);

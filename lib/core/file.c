@@ -20,21 +20,47 @@ double dsq_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-dsq_status dsq_map_open(const char *path, bool use_mmap, dsq_map *out, dsq_err *err) {
-    memset(out, 0, sizeof *out);
-    out->fd = -1;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+/* Open an input read-only without blocking: a FIFO (or a device) would block open() itself until a
+ * writer appears, so the open is O_NONBLOCK, the type is checked on the descriptor, and O_NONBLOCK is
+ * cleared again for the reads.  `extra` adds flags (O_DIRECT).  Fills *st. */
+static dsq_status open_regular(const char *path, int extra, int *fd_out, struct stat *st, dsq_err *err) {
+    *fd_out = -1;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | extra);
     if (fd < 0) return dsq_err_set(err, errno == ENOENT ? DSQ_ERR_MISSING : DSQ_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
+    if (fstat(fd, st) != 0) {
         int e = errno;
         close(fd);
         return dsq_err_set(err, DSQ_ERR_IO, "%s: cannot stat: %s", path, strerror(e));
     }
-    if (!S_ISREG(st.st_mode)) {
+    if (!S_ISREG(st->st_mode)) {
         close(fd);
-        return dsq_err_set(err, DSQ_ERR_IO, "%s: not a regular file", path);
+        return dsq_err_set(err, DSQ_ERR_IO, "%s: not a regular file (%s)", path,
+                           S_ISFIFO(st->st_mode)  ? "a FIFO"
+                           : S_ISDIR(st->st_mode) ? "a directory"
+                           : S_ISSOCK(st->st_mode) ? "a socket"
+                                                   : "a device");
     }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+        int e = errno;
+        close(fd);
+        return dsq_err_set(err, DSQ_ERR_IO, "%s: cannot set blocking reads: %s", path, strerror(e));
+    }
+    *fd_out = fd;
+    return DSQ_OK;
+}
+
+dsq_status dsq_open_regular(const char *path, int *fd, dsq_err *err) {
+    struct stat st;
+    return open_regular(path, 0, fd, &st, err);
+}
+
+dsq_status dsq_map_open(const char *path, bool use_mmap, dsq_map *out, dsq_err *err) {
+    memset(out, 0, sizeof *out);
+    out->fd = -1;
+    int fd;
+    struct stat st;
+    DSQ_TRY(open_regular(path, 0, &fd, &st, err));
     out->path = dsq_strdup(path);
     if (!out->path) {
         close(fd);
@@ -241,14 +267,12 @@ enum { SEQ_WINDOW = 8u << 20 };
 
 dsq_status dsq_seqread_open(const char *path, dsq_seqread *out, dsq_err *err) {
     memset(out, 0, sizeof *out);
-    out->fd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
-    out->direct = out->fd >= 0;
-    if (out->fd < 0) out->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (out->fd < 0) return dsq_err_set(err, DSQ_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
+    out->direct = open_regular(path, O_DIRECT, &out->fd, &sb, NULL) == DSQ_OK;
+    if (!out->direct) DSQ_TRY(open_regular(path, 0, &out->fd, &sb, err));
     out->path = dsq_strdup(path);
     out->buf = page_alloc(SEQ_WINDOW);
-    if (fstat(out->fd, &sb) != 0 || !out->path || !out->buf) {
+    if (!out->path || !out->buf) {
         dsq_seqread_close(out);
         return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: cannot set up reading", path);
     }

@@ -48,6 +48,10 @@ void dsq_err_clear(dsq_err *e) {
 
 dsq_status dsq_err_setv(dsq_err *e, dsq_status status, const char *fmt, va_list ap) {
     if (!e) return status;
+    if (e->n >= DSQ_ERR_MAX_PROBLEMS) { /* counted, not kept */
+        e->n++;
+        return status;
+    }
     char line[DSQ_ERR_MSG_MAX];
     vsnprintf(line, sizeof line, fmt, ap);
     for (char *c = line; *c; c++)
@@ -90,6 +94,8 @@ void dsq_err_print(const dsq_err *e, FILE *f, const char *prefix) {
         fprintf(f, "%s%.*s\n", prefix ? prefix : "", (int)len, p);
         p += len + (nl ? 1 : 0);
     }
+    if (e->n > DSQ_ERR_MAX_PROBLEMS)
+        fprintf(f, "%s... and %zu more problems\n", prefix ? prefix : "", e->n - DSQ_ERR_MAX_PROBLEMS);
 }
 
 bool dsq_prod_u64(const uint64_t *dims, int n, uint64_t *out) {

@@ -10,6 +10,10 @@
  * (flattened), or a text file of whitespace-separated decimal ids.  *out is heap (dsq_free).
  * Ids are not checked against a vocabulary here (the forward pass does: DSQ_ERR_TOKEN). */
 dsq_status dsq_eval_read_tokens(const char *path, int32_t **out, int64_t *n, dsq_err *err);
+/* The first `max_ids` ids only (0 = all): a text file is parsed as it is read, in 1 MiB pieces, and
+ * reading stops there; of a safetensors file only those ids' bytes are read.  Bytes after them are not
+ * read, so not checked either.  PATH must be a regular file (a FIFO is refused, never waited on). */
+dsq_status dsq_eval_read_tokens_max(const char *path, uint64_t max_ids, int32_t **out, int64_t *n, dsq_err *err);
 
 typedef struct dsq_eval_logits_options {
     const char *model;      /* checkpoint directory */

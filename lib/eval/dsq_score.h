@@ -16,6 +16,7 @@
 #include "dsq_v4.h"
 
 #define DSQ_SCORE_DEFAULT_CTX      512
+#define DSQ_SCORE_MAX_CTX          (1u << 24) /* --ctx ceiling before the model's max_position_embeddings */
 #define DSQ_SCORE_DEFAULT_BATCH    4
 #define DSQ_SCORE_MAX_LOGITS_BYTES (1ull << 30) /* logits held per batch; the batch shrinks to fit */
 
@@ -37,9 +38,14 @@ typedef struct dsq_score_options {
 } dsq_score_options;
 void dsq_score_options_default(dsq_score_options *o);
 
-/* The chunk plan for n_text tokens under these options and the model's BOS. */
+/* The chunk plan for n_text tokens under these options and the model's BOS.  DSQ_ERR_ARG when n_ctx
+ * exceeds the model's max_position_embeddings (the message names both). */
 dsq_status dsq_score_plan(const dsq_v4_model *m, const dsq_score_options *o, uint64_t n_text, dsq_ppl_plan *plan,
                           dsq_err *err);
+
+/* Text tokens the plan of `o` can use at most, for any model: max_chunks × n_ctx, or 0 (all of them)
+ * when max_chunks is 0.  What to read of a token file (dsq_eval_read_tokens_max). */
+uint64_t dsq_score_text_bound(const dsq_score_options *o);
 
 /* Perplexity of the model over text[0..n_text). */
 dsq_status dsq_score_ppl(const dsq_v4_model *m, const dsq_score_options *o, const int32_t *text, uint64_t n_text,

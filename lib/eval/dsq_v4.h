@@ -88,7 +88,10 @@ typedef struct dsq_v4_item {
 } dsq_v4_item;
 
 /* Run items through the main model, layer-major.  Token ids are checked against the vocabulary
- * first (DSQ_ERR_TOKEN).  On error the sequences' caches are unspecified: reset them. */
+ * first (DSQ_ERR_TOKEN).  DSQ_ERR_INTERRUPTED once dsq_interrupted() is true (SIGINT/SIGTERM after
+ * dsq_signals_install), polled per layer, per attention query chunk and per routed expert, so a
+ * signal stops even a large batch within a fraction of a second.  On error the sequences' caches
+ * are unspecified: reset them. */
 dsq_status dsq_v4_forward(const dsq_v4_model *m, const dsq_eval_options *opt, dsq_v4_item *items, int n_items,
                           dsq_err *err);
 

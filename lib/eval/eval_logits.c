@@ -4,27 +4,32 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "dsq_eval.h"
 #include "dsq_safetensors.h"
 
 #define TOKENS_TEXT_MAX (1u << 30) /* 1 GiB of text ids */
 
-static dsq_status tokens_from_st(const char *path, dsq_st *st, int32_t **out, int64_t *n, dsq_err *err) {
+/* The first `count` ids of tensor `tokens` (I32 or I64, any rank, flattened): only their bytes are read. */
+static dsq_status tokens_from_st(const char *path, dsq_st *st, uint64_t max_ids, int32_t **out, int64_t *n,
+                                 dsq_err *err) {
     const dsq_st_tensor *t = dsq_st_find(st, "tokens");
     DSQ_RETURN_IF(!t, err, DSQ_ERR_MISSING, "%s: no tensor named tokens", path);
     DSQ_RETURN_IF(t->dtype != DSQ_DTYPE_I32 && t->dtype != DSQ_DTYPE_I64, err, DSQ_ERR_DTYPE,
                   "%s: tokens: dtype %s, want I32", path, dsq_dtype_name(t->dtype));
-    DSQ_RETURN_IF(t->n_elements > INT32_MAX, err, DSQ_ERR_RANGE, "%s: tokens: too many ids", path);
-    int32_t *v = dsq_malloc(sizeof(int32_t) * (t->n_elements ? t->n_elements : 1));
-    DSQ_RETURN_IF(!v, err, DSQ_ERR_NOMEM, "%s: no memory for %llu ids", path, (unsigned long long)t->n_elements);
-    uint8_t *raw = dsq_malloc(t->n_bytes ? t->n_bytes : 1);
+    uint64_t count = max_ids && max_ids < t->n_elements ? max_ids : t->n_elements;
+    DSQ_RETURN_IF(count > INT32_MAX, err, DSQ_ERR_RANGE, "%s: tokens: too many ids", path);
+    size_t esize = dsq_dtype_size(t->dtype);
+    int32_t *v = dsq_malloc(sizeof(int32_t) * (count ? count : 1));
+    DSQ_RETURN_IF(!v, err, DSQ_ERR_NOMEM, "%s: no memory for %llu ids", path, (unsigned long long)count);
+    uint8_t *raw = dsq_malloc(count ? count * esize : 1);
     if (!raw) {
         dsq_free(v);
         return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: no memory", path);
     }
-    dsq_status s = dsq_st_read(st, t, 0, raw, t->n_bytes, err);
-    for (uint64_t i = 0; !s && i < t->n_elements; i++) {
+    dsq_status s = dsq_st_read(st, t, 0, raw, count * esize, err);
+    for (uint64_t i = 0; !s && i < count; i++) {
         int64_t id;
         if (t->dtype == DSQ_DTYPE_I32) {
             int32_t x;
@@ -44,72 +49,111 @@ static dsq_status tokens_from_st(const char *path, dsq_st *st, int32_t **out, in
         return s;
     }
     *out = v;
-    *n = (int64_t)t->n_elements;
+    *n = (int64_t)count;
     return DSQ_OK;
 }
 
-static dsq_status tokens_from_text(const char *path, int32_t **out, int64_t *n, dsq_err *err) {
-    char *text = NULL;
-    size_t len = 0;
-    DSQ_TRY(dsq_read_file(path, TOKENS_TEXT_MAX, &text, &len, err));
-    int64_t cap = 256, cnt = 0;
-    int32_t *v = dsq_malloc(sizeof(int32_t) * (size_t)cap);
-    dsq_status s = v ? DSQ_OK : dsq_err_set(err, DSQ_ERR_NOMEM, "no memory");
-    const char *p = text;
-    while (!s) {
-        while (*p && isspace((unsigned char)*p)) p++;
-        if (!*p) break;
-        char *end;
-        errno = 0;
-        long long id = strtoll(p, &end, 10);
-        if (end == p || (*end && !isspace((unsigned char)*end)) || errno) {
-            s = dsq_err_set(err, DSQ_ERR_FORMAT, "%s: byte %lld: not a token id", path, (long long)(p - text));
-            break;
-        }
-        if (id < INT32_MIN || id > INT32_MAX) {
-            s = dsq_err_set(err, DSQ_ERR_TOKEN, "%s: token %lld (index %lld) is out of range", path, id,
-                            (long long)cnt);
-            break;
-        }
-        if (cnt == cap) {
-            cap *= 2;
-            int32_t *nv = dsq_realloc(v, sizeof(int32_t) * (size_t)cap);
-            if (!nv) {
-                s = dsq_err_set(err, DSQ_ERR_NOMEM, "no memory");
-                break;
-            }
-            v = nv;
-        }
-        v[cnt++] = (int32_t)id;
-        p = end;
+enum { TOKENS_BLOCK = 1 << 20, TOKENS_MAX_CHARS = 24 };
+
+typedef struct id_vec {
+    int32_t *v;
+    int64_t n, cap;
+} id_vec;
+
+/* One whitespace-delimited word tok[0..len) starting at byte `at`: a decimal id or an error. */
+static dsq_status push_id(const char *path, char *tok, size_t len, uint64_t at, id_vec *ids, dsq_err *err) {
+    tok[len] = 0;
+    char *end;
+    errno = 0;
+    long long id = strtoll(tok, &end, 10);
+    DSQ_RETURN_IF(end != tok + len || errno, err, DSQ_ERR_FORMAT, "%s: byte %llu: not a token id", path,
+                  (unsigned long long)at);
+    DSQ_RETURN_IF(id < INT32_MIN || id > INT32_MAX, err, DSQ_ERR_TOKEN, "%s: token %lld (index %lld) is out of range",
+                  path, id, (long long)ids->n);
+    if (ids->n == ids->cap) {
+        int64_t cap = ids->cap ? 2 * ids->cap : 256;
+        int32_t *nv = dsq_realloc(ids->v, sizeof(int32_t) * (size_t)cap);
+        DSQ_RETURN_IF(!nv, err, DSQ_ERR_NOMEM, "%s: no memory for %lld ids", path, (long long)cap);
+        ids->v = nv;
+        ids->cap = cap;
     }
-    dsq_free(text);
+    ids->v[ids->n++] = (int32_t)id;
+    return DSQ_OK;
+}
+
+/* Whitespace-separated decimal ids, read in TOKENS_BLOCK pieces and parsed as they come: memory is the
+ * ids kept, and reading stops once `max_ids` (0 = no limit) are parsed. */
+static dsq_status tokens_from_text(const char *path, int fd, uint64_t max_ids, int32_t **out, int64_t *n,
+                                   dsq_err *err) {
+    char *block = dsq_malloc(TOKENS_BLOCK), word[TOKENS_MAX_CHARS + 1];
+    DSQ_RETURN_IF(!block, err, DSQ_ERR_NOMEM, "%s: no memory", path);
+    id_vec ids = {0};
+    size_t wl = 0;
+    uint64_t pos = 0, word_at = 0;
+    dsq_status s = DSQ_OK;
+    bool eof = false;
+    while (s == DSQ_OK && !eof && !(max_ids && (uint64_t)ids.n >= max_ids)) {
+        ssize_t r = read(fd, block, TOKENS_BLOCK);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) {
+            s = dsq_err_set(err, DSQ_ERR_IO, "%s: read at byte %llu failed: %s", path, (unsigned long long)pos,
+                            strerror(errno));
+            break;
+        }
+        eof = r == 0;
+        for (ssize_t i = 0; s == DSQ_OK && i < r && !(max_ids && (uint64_t)ids.n >= max_ids); i++, pos++) {
+            char c = block[i];
+            if (isspace((unsigned char)c)) {
+                if (wl) s = push_id(path, word, wl, word_at, &ids, err);
+                wl = 0;
+            } else if (wl == TOKENS_MAX_CHARS) {
+                s = dsq_err_set(err, DSQ_ERR_FORMAT, "%s: byte %llu: not a token id", path, (unsigned long long)word_at);
+            } else {
+                if (!wl) word_at = pos;
+                word[wl++] = c;
+            }
+        }
+        if (s == DSQ_OK && pos > TOKENS_TEXT_MAX)
+            s = dsq_err_set(err, DSQ_ERR_RANGE, "%s: more than %u bytes of token ids", path, TOKENS_TEXT_MAX);
+    }
+    if (s == DSQ_OK && wl && !(max_ids && (uint64_t)ids.n >= max_ids)) s = push_id(path, word, wl, word_at, &ids, err);
+    dsq_free(block);
     if (s) {
-        dsq_free(v);
+        dsq_free(ids.v);
         return s;
     }
-    *out = v;
-    *n = cnt;
+    *out = ids.v ? ids.v : dsq_malloc(sizeof(int32_t));
+    DSQ_RETURN_IF(!*out, err, DSQ_ERR_NOMEM, "%s: no memory", path);
+    *n = ids.n;
     return DSQ_OK;
 }
 
-dsq_status dsq_eval_read_tokens(const char *path, int32_t **out, int64_t *n, dsq_err *err) {
+dsq_status dsq_eval_read_tokens_max(const char *path, uint64_t max_ids, int32_t **out, int64_t *n, dsq_err *err) {
     *out = NULL;
     *n = 0;
+    int fd = -1;
+    DSQ_TRY(dsq_open_regular(path, &fd, err)); /* a FIFO would block a plain open */
     /* a safetensors file starts with an 8-byte header length followed by '{' */
-    FILE *f = fopen(path, "rb");
-    DSQ_RETURN_IF(!f, err, DSQ_ERR_IO, "%s: %s", path, strerror(errno));
     unsigned char head[9] = {0};
-    size_t got = fread(head, 1, sizeof head, f);
-    fclose(f);
-    if (got == sizeof head && head[8] == '{') {
+    ssize_t got;
+    do got = pread(fd, head, sizeof head, 0);
+    while (got < 0 && errno == EINTR);
+    if (got == (ssize_t)sizeof head && head[8] == '{') {
+        close(fd);
         dsq_st *st = NULL;
-        DSQ_TRY(dsq_st_open(path, NULL, &st, err));
-        dsq_status s = tokens_from_st(path, st, out, n, err);
+        dsq_st_options so = {.no_mmap = true}; /* only the ids used are read */
+        DSQ_TRY(dsq_st_open(path, &so, &st, err));
+        dsq_status s = tokens_from_st(path, st, max_ids, out, n, err);
         dsq_st_close(st);
         return s;
     }
-    return tokens_from_text(path, out, n, err);
+    dsq_status s = tokens_from_text(path, fd, max_ids, out, n, err);
+    close(fd);
+    return s;
+}
+
+dsq_status dsq_eval_read_tokens(const char *path, int32_t **out, int64_t *n, dsq_err *err) {
+    return dsq_eval_read_tokens_max(path, 0, out, n, err);
 }
 
 /* ---- the job ----------------------------------------------------------------------------------- */

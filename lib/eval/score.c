@@ -20,7 +20,16 @@ static int32_t model_bos(const dsq_v4_model *m, const dsq_score_options *o) {
 
 dsq_status dsq_score_plan(const dsq_v4_model *m, const dsq_score_options *o, uint64_t n_text, dsq_ppl_plan *plan,
                           dsq_err *err) {
+    /* each chunk runs from position 0: its last position must be one the model was built for */
+    uint64_t max_pos = dsq_v4_model_config(m)->max_position_embeddings;
+    DSQ_RETURN_IF(max_pos && o->n_ctx > max_pos, err, DSQ_ERR_ARG,
+                  "a context of %u tokens (--ctx) exceeds the model's max_position_embeddings of %llu", o->n_ctx,
+                  (unsigned long long)max_pos);
     return dsq_ppl_plan_make(n_text, o->n_ctx, o->max_chunks, model_bos(m, o), plan, err);
+}
+
+uint64_t dsq_score_text_bound(const dsq_score_options *o) {
+    return o->max_chunks ? (uint64_t)o->max_chunks * o->n_ctx : 0;
 }
 
 /* ---- the chunk runner -------------------------------------------------------------------------- */

@@ -51,6 +51,13 @@ static inline float sigm(float x) { return 1.0f / (1.0f + expf(-x)); }
         if (st) goto done;                                                                                             \
     } while (0)
 
+/* SIGINT/SIGTERM (dsq_signals_install) stop a forward pass within a fraction of a second: polled per
+ * layer, per query chunk of attention and per routed expert, never inside a parallel region.  An
+ * interrupted pass leaves its sequences' caches half-advanced: they are only fit to be freed. */
+static dsq_status poll_stop(const run *r) {
+    return dsq_interrupted() ? dsq_err_set(r->err, DSQ_ERR_INTERRUPTED, "interrupted") : DSQ_OK;
+}
+
 /* ---- linear layers in the two numerics ----------------------------------------------------------- */
 
 typedef enum lin_mode {
@@ -323,6 +330,7 @@ static dsq_status attention_seg(const run *r, const v4_block_w *B, v4_layer_cach
         ALLOC(sel, n_cl * TC);
     }
     for (int64_t t0 = 0; t0 < T; t0 += TC) {
+        CHECK(poll_stop(r));
         int64_t tc = T - t0 < TC ? T - t0 : TC;
         const float *at = a + (size_t)t0 * D;
         /* q path: wq_a → q_norm (qr) → wq_b → per-head norm → RoPE */
@@ -510,6 +518,7 @@ static dsq_status moe(const run *r, const v4_block_w *B, const float *a, const i
                     ne++;
                 }
         if (!ne) continue;
+        CHECK(poll_stop(r));
         CHECK(expert_ffn(r, &B->w1[e], &B->w2[e], &B->w3[e], xg, ne, wg, true, gb, ub, yb));
         for (int64_t i = 0; i < ne; i++) {
             float *ft = f + (size_t)rows[i] * D;
@@ -555,6 +564,7 @@ static dsq_status block_forward(const run *r, const v4_block_w *B, const seg *se
         CHECK(attention_seg(r, B, &segs[s].seq->lc[B->id], segs[s].p0, segs[s].T, a + (size_t)segs[s].off * D,
                             o + (size_t)segs[s].off * D));
     hc_post(r, o, X, post, comb, n);
+    CHECK(poll_stop(r));
 
     CHECK(hc_pre(r, &B->hc_ffn_fn, B->hc_ffn_scale, B->hc_ffn_base, X, n, a, post, comb));
     norm_rows(r, a, B->ffn_norm, n, (int64_t)D, D);
@@ -660,6 +670,7 @@ static dsq_status forward_group(const run *r, dsq_v4_item *items, int n_items, b
         for (int j = 1; j < c->hc_mult; j++) memcpy(x + (size_t)j * D, x, sizeof(float) * D);
     }
     for (int b = 0; b < c->n_layers; b++) {
+        CHECK(poll_stop(r));
         if (stream && b + 1 < c->n_layers) dsq_v4_block_prefetch(m, b + 1);
         CHECK(block_forward(r, &m->blocks[b], segs, n_items, n, X, tok));
         if (stream) dsq_v4_block_release(m, b);

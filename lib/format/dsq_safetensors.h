@@ -1,6 +1,7 @@
 /* safetensors: read a single file or a sharded checkpoint (model.safetensors.index.json), write one.
  *
- * Reading validates everything at open (header length ≤ DSQ_ST_MAX_HEADER, JSON well-formed with no
+ * Reading validates everything at open (header length ≤ DSQ_ST_MAX_HEADER, at most DSQ_ST_MAX_TENSORS
+ * tensors per file (counted before the JSON is parsed), JSON well-formed with no
  * duplicate keys, every tensor with a known dtype, a shape of rank ≤ DSQ_ST_MAX_RANK, data_offsets
  * inside the data section, byte length = product(shape) × dtype size with overflow checks, no two
  * tensors overlapping, the data section covered exactly, every shard the index names present and
@@ -16,6 +17,10 @@
 #define DSQ_ST_MAX_HEADER (100u * 1024u * 1024u) /* 100 MiB */
 #define DSQ_ST_MAX_RANK 8
 #define DSQ_ST_MAX_NAME 512
+/* Tensors per shard file.  A whole DeepSeek-V4-Pro checkpoint in one file holds about 150,000 (weights
+ * and scales); a header listing more is refused before its JSON is parsed (a 100 MB header can name
+ * over a million tensors, which would cost seconds and a gigabyte to parse and validate). */
+#define DSQ_ST_MAX_TENSORS 262144u
 #define DSQ_ST_INDEX_NAME "model.safetensors.index.json"
 
 /* Element types.  Values are stable (the .dsq container stores them): never renumber. */

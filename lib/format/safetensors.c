@@ -162,6 +162,35 @@ static dsq_status parse_entry(const char *file, const cJSON *e, uint32_t shard_i
     return DSQ_OK;
 }
 
+/* Tensors named by a header: members of its top-level JSON object other than "__metadata__", counted
+ * by a scan for ':' at depth 1 outside strings (no JSON tree), stopping once past `stop`.  Bounds the
+ * tensor count before cJSON allocates anything. */
+static size_t count_tensors(const char *h, size_t n, size_t stop) {
+    size_t members = 0;
+    int depth = 0;
+    bool in_str = false, expect_key = false, metadata = false;
+    for (size_t i = 0; i < n && members <= stop + metadata; i++) {
+        char c = h[i];
+        if (in_str) {
+            if (c == '\\') i++;
+            else if (c == '"') in_str = false;
+        } else if (c == '"') {
+            in_str = true;
+            if (depth == 1 && expect_key && n - i > 13 && !memcmp(h + i + 1, "__metadata__\"", 13)) metadata = true;
+            expect_key = false;
+        } else if (c == '{' || c == '[') {
+            expect_key = ++depth == 1;
+        } else if (c == '}' || c == ']') {
+            depth--;
+        } else if (depth == 1 && c == ',') {
+            expect_key = true;
+        } else if (depth == 1 && c == ':') {
+            members++;
+        }
+    }
+    return members - (metadata && members > 0);
+}
+
 /* Open and validate one shard file; appends its tensors to `out`. */
 static dsq_status open_shard(dsq_st *st, uint32_t shard_i, const char *path, bool use_mmap, pvec *out, dsq_err *err) {
     shard *sh = &st->shards[shard_i];
@@ -188,6 +217,9 @@ static dsq_status open_shard(dsq_st *st, uint32_t shard_i, const char *path, boo
         return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory for a %llu-byte header", path,
                            (unsigned long long)hlen);
     s = dsq_map_read(&sh->map, 8, hdr, (size_t)hlen, err);
+    if (s == DSQ_OK && count_tensors(hdr, (size_t)hlen, DSQ_ST_MAX_TENSORS) > DSQ_ST_MAX_TENSORS)
+        s = dsq_err_set(err, DSQ_ERR_RANGE, "%s: header lists more than DSQ_ST_MAX_TENSORS = %u tensors", path,
+                        DSQ_ST_MAX_TENSORS);
     if (s == DSQ_OK) s = dsq_json_parse(hdr, (size_t)hlen, path, &sh->json, err);
     dsq_free(hdr);
     if (s != DSQ_OK) return s;
@@ -195,9 +227,12 @@ static dsq_status open_shard(dsq_st *st, uint32_t shard_i, const char *path, boo
     sh->data_start = 8 + hlen;
     uint64_t data_size = sh->map.size - sh->data_start;
 
-    size_t first = out->n;
+    size_t first = out->n, n_tensors = 0;
     dsq_status bad = DSQ_OK; /* first problem found in this shard */
     for (const cJSON *e = sh->json->child; e; e = e->next) {
+        if (strcmp(e->string, "__metadata__") != 0 && ++n_tensors > DSQ_ST_MAX_TENSORS)
+            return dsq_err_set(err, DSQ_ERR_RANGE, "%s: header lists more than DSQ_ST_MAX_TENSORS = %u tensors", path,
+                               DSQ_ST_MAX_TENSORS);
         if (!strcmp(e->string, "__metadata__")) {
             if (!cJSON_IsObject(e)) {
                 bad = dsq_err_set(err, DSQ_ERR_FORMAT, "%s: __metadata__ is not an object", path);
