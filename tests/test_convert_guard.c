@@ -277,12 +277,109 @@ static void test_late_sigint(void **state) {
     job_free(&j);
 }
 
+/* Every atomic writer (pack, unpack, export, safetensors and KL-base outputs, not only convert) holds
+ * the output's lock from open to commit/abort: a second writer of the same output is refused and the
+ * first one's partial file survives, so its rename publishes its own complete bytes.  Before, the
+ * second open unlinked the first partial file and created its own, which the first job's rename then
+ * published half-written. */
+static void test_afile_lock(void **state) {
+    char *dir = dsq_test_tmpdir(), *out = dsq_test_join(dir, "o.bin"), *partial = dsq_test_join(dir, ".o.bin.partial");
+    char *lock = dsq_test_join(dir, ".o.bin.lock");
+    dsq_err e = DSQ_ERR_INIT;
+    dsq_afile a, b;
+    assert_int_equal(dsq_afile_open(out, NULL, &a, &e), DSQ_OK);
+    assert_int_equal(dsq_afile_write(&a, "first job", 9, &e), DSQ_OK);
+    assert_true(dsq_path_exists(lock));
+    assert_int_equal(dsq_afile_open(out, NULL, &b, &e), DSQ_ERR_EXISTS);
+    assert_non_null(strstr(e.msg, "another dsq job"));
+    dsq_err_clear(&e);
+    assert_int_equal(dsq_write_file_atomic(out, "second", 6, true, &e), DSQ_ERR_EXISTS);
+    dsq_err_clear(&e);
+    assert_bytes(partial, "first job", 9);
+    assert_int_equal(dsq_afile_commit(&a, &e), DSQ_OK);
+    assert_bytes(out, "first job", 9);
+    assert_false(dsq_path_exists(lock));
+    /* released: the next writer goes ahead; abort releases too */
+    assert_int_equal(dsq_afile_open(out, &(dsq_afile_options){.overwrite = true}, &b, &e), DSQ_OK);
+    dsq_afile_abort(&b);
+    assert_false(dsq_path_exists(lock));
+    assert_int_equal(dsq_write_file_atomic(out, "second", 6, true, &e), DSQ_OK);
+    assert_bytes(out, "second", 6);
+    /* the container writer's lock covers its partial file too */
+    char *ctr = dsq_test_join(dir, "c.dsq");
+    dsq_ctr_writer *w = NULL;
+    assert_int_equal(dsq_ctr_writer_create(ctr, NULL, &w, &e), DSQ_OK);
+    dsq_ctr_tensor_desc d = {"x", DSQ_ENC_F32, 1, {4}, 0, 0, 0, NULL};
+    assert_int_equal(dsq_ctr_writer_add(w, &d, NULL, &e), DSQ_OK);
+    assert_int_equal(dsq_ctr_writer_set_metadata(w, "{}", 2, &e), DSQ_OK);
+    assert_int_equal(dsq_ctr_writer_begin(w, &e), DSQ_OK);
+    assert_int_equal(dsq_write_file_atomic(ctr, "x", 1, true, &e), DSQ_ERR_EXISTS);
+    dsq_err_clear(&e);
+    dsq_ctr_writer_free(w);
+    assert_int_equal(dsq_write_file_atomic(ctr, "x", 1, true, &e), DSQ_OK);
+    dsq_err_clear(&e);
+    dsq_test_rmdir(dir);
+    free(dir), free(out), free(partial), free(lock), free(ctr);
+}
+
+/* One F32 [4] tensor "x" through the container writer up to finish; `resume` continues a partial. */
+static dsq_status small_container(const char *path, bool resume, bool interrupt_before_finish) {
+    dsq_err e = DSQ_ERR_INIT;
+    dsq_ctr_writer *w = NULL;
+    dsq_ctr_writer_options o = {.resume = resume, .fingerprint = "guard test"};
+    dsq_status s = dsq_ctr_writer_create(path, &o, &w, &e);
+    dsq_ctr_tensor_desc d = {"x", DSQ_ENC_F32, 1, {4}, 0, 0, 0, NULL};
+    const float x[4] = {1, 2, 3, 4};
+    if (s == DSQ_OK) s = dsq_ctr_writer_add(w, &d, NULL, &e);
+    if (s == DSQ_OK) s = dsq_ctr_writer_set_metadata(w, "{}", 2, &e);
+    if (s == DSQ_OK) s = dsq_ctr_writer_begin(w, &e);
+    if (s == DSQ_OK && !dsq_ctr_writer_is_done(w, 0)) {
+        s = dsq_ctr_writer_write(w, 0, 0, 0, x, sizeof x, &e);
+        if (s == DSQ_OK) s = dsq_ctr_writer_end_tensor(w, 0, &e);
+    }
+    if (s == DSQ_OK && interrupt_before_finish) raise(SIGINT); /* the handler only sets the flag */
+    if (s == DSQ_OK) return dsq_ctr_writer_finish(w, &e) == DSQ_OK ? DSQ_OK : e.status;
+    dsq_ctr_writer_free(w);
+    return s;
+}
+
+/* A SIGINT that lands while the container writer finishes (tail written, file verified) still keeps
+ * the final name empty: finish suspends instead of renaming (DSQ_ERR_INTERRUPTED, partial + journal
+ * kept) and a resume publishes the file.  Run in a child: the interrupt flag cannot be cleared. */
+static void test_writer_late_interrupt(void **state) {
+    char *dir = dsq_test_tmpdir(), *out = dsq_test_join(dir, "c.dsq"), *partial = dsq_test_join(dir, ".c.dsq.partial");
+    char *journal = dsq_test_join(dir, ".c.dsq.journal");
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dsq_signals_install();
+        _exit(small_container(out, false, true) == DSQ_ERR_INTERRUPTED ? 0 : 1);
+    }
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_false(dsq_path_exists(out));
+    assert_true(dsq_path_exists(partial));
+    assert_true(dsq_path_exists(journal));
+    assert_int_equal(small_container(out, true, false), DSQ_OK);
+    assert_true(dsq_path_exists(out));
+    assert_false(dsq_path_exists(partial));
+    assert_false(dsq_path_exists(journal));
+    char *ref = dsq_test_join(dir, "ref.dsq");
+    assert_int_equal(small_container(ref, false, false), DSQ_OK);
+    assert_true(same_file(ref, out));
+    dsq_test_rmdir(dir);
+    free(dir), free(out), free(partial), free(journal), free(ref);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plan_split_realloc),
         cmocka_unit_test(test_failed_resume_keeps_work),
         cmocka_unit_test(test_second_job_refused),
         cmocka_unit_test(test_late_sigint),
+        cmocka_unit_test(test_afile_lock),
+        cmocka_unit_test(test_writer_late_interrupt),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -198,35 +198,6 @@ bool dsq_path_exists(const char *path);
 /* Join dir and name into a new heap string. */
 char *dsq_path_join(const char *dir, const char *name);
 
-/* Atomic publication (RELIABILITY.md §1): data goes to DIR/.NAME.partial (O_EXCL), then
- * dsq_afile_commit fdatasyncs, closes, renames to the final name and fsyncs the directory.
- * dsq_afile_abort removes the partial file.  Writes loop on short writes and EINTR. */
-typedef struct dsq_afile {
-    char *final_path, *tmp_path;
-    int fd;
-    uint64_t written;  /* bytes written so far at the current position (sequential writes) */
-    int dfd;           /* the same file opened O_DIRECT (options.direct), or -1 */
-    uint8_t *bounce;   /* DSQ_AFILE_BOUNCE bytes, 4096-aligned, for direct writes */
-} dsq_afile;
-typedef struct dsq_afile_options {
-    bool overwrite;    /* replace an existing final file (default false → DSQ_ERR_EXISTS) */
-    bool keep_partial; /* do not remove an existing partial (resume) */
-    uint64_t preallocate; /* posix_fallocate this many bytes when > 0 */
-    /* Write the 4096-aligned middle of large pwrites with O_DIRECT (through a bounce buffer), the
-     * unaligned edges buffered: bulk output then costs no page-cache allocation and evicts nothing.
-     * Falls back to buffered writes where the filesystem refuses O_DIRECT (tmpfs).  A file with
-     * direct writes takes pwrites from one thread at a time. */
-    bool direct;
-} dsq_afile_options;
-enum { DSQ_AFILE_BOUNCE = 8u << 20, DSQ_AFILE_DIRECT_MIN = 256u << 10 };
-dsq_status dsq_afile_open(const char *final_path, const dsq_afile_options *opt, dsq_afile *out, dsq_err *err);
-dsq_status dsq_afile_write(dsq_afile *f, const void *buf, size_t n, dsq_err *err);
-dsq_status dsq_afile_pwrite(dsq_afile *f, uint64_t offset, const void *buf, size_t n, dsq_err *err);
-dsq_status dsq_afile_commit(dsq_afile *f, dsq_err *err);
-void dsq_afile_abort(dsq_afile *f);
-/* Close without publishing and keep the partial file (a suspended, resumable job). */
-void dsq_afile_release(dsq_afile *f);
-
 /* One job per output: an exclusive flock on DIR/.NAME.lock, taken before a writer touches the partial
  * file or its journal and held until they are published, kept for --resume or removed.  The kernel
  * drops the lock when the process dies (even by SIGKILL), so a lock file left behind by a crash never
@@ -240,6 +211,41 @@ dsq_status dsq_lock_output(const char *final_path, dsq_lock *out, dsq_err *err);
 /* Remove the lock file and drop the lock (in that order, so a waiter never holds a removed file).
  * Accepts a lock that is not held. */
 void dsq_lock_release(dsq_lock *l);
+
+/* Atomic publication (RELIABILITY.md §1): data goes to DIR/.NAME.partial (O_EXCL), then
+ * dsq_afile_commit fdatasyncs, closes, renames to the final name and fsyncs the directory.
+ * dsq_afile_abort removes the partial file.  Writes loop on short writes and EINTR.  The output's
+ * lock (dsq_lock_output) is taken before the partial file is touched and dropped by commit, abort
+ * and release: a second writer of the same output fails with DSQ_ERR_EXISTS instead of removing the
+ * first one's partial file (whose rename would then publish the second one's incomplete file). */
+typedef struct dsq_afile {
+    char *final_path, *tmp_path;
+    int fd;
+    uint64_t written;  /* bytes written so far at the current position (sequential writes) */
+    int dfd;           /* the same file opened O_DIRECT (options.direct), or -1 */
+    uint8_t *bounce;   /* DSQ_AFILE_BOUNCE bytes, 4096-aligned, for direct writes */
+    dsq_lock lock;     /* held from open to commit/abort/release (unless options.caller_locked) */
+} dsq_afile;
+typedef struct dsq_afile_options {
+    bool overwrite;    /* replace an existing final file (default false → DSQ_ERR_EXISTS) */
+    bool keep_partial; /* do not remove an existing partial (resume) */
+    uint64_t preallocate; /* posix_fallocate this many bytes when > 0 */
+    /* Write the 4096-aligned middle of large pwrites with O_DIRECT (through a bounce buffer), the
+     * unaligned edges buffered: bulk output then costs no page-cache allocation and evicts nothing.
+     * Falls back to buffered writes where the filesystem refuses O_DIRECT (tmpfs).  A file with
+     * direct writes takes pwrites from one thread at a time. */
+    bool direct;
+    bool caller_locked; /* the caller holds dsq_lock_output on final_path for longer (the container
+                           writer: partial file and journal); the afile takes no lock of its own */
+} dsq_afile_options;
+enum { DSQ_AFILE_BOUNCE = 8u << 20, DSQ_AFILE_DIRECT_MIN = 256u << 10 };
+dsq_status dsq_afile_open(const char *final_path, const dsq_afile_options *opt, dsq_afile *out, dsq_err *err);
+dsq_status dsq_afile_write(dsq_afile *f, const void *buf, size_t n, dsq_err *err);
+dsq_status dsq_afile_pwrite(dsq_afile *f, uint64_t offset, const void *buf, size_t n, dsq_err *err);
+dsq_status dsq_afile_commit(dsq_afile *f, dsq_err *err);
+void dsq_afile_abort(dsq_afile *f);
+/* Close without publishing and keep the partial file (a suspended, resumable job). */
+void dsq_afile_release(dsq_afile *f);
 
 /* Write a whole buffer atomically to path. */
 dsq_status dsq_write_file_atomic(const char *path, const void *buf, size_t n, bool overwrite, dsq_err *err);

@@ -230,7 +230,7 @@ dsq_status dsq_lock_output(const char *final_path, dsq_lock *out, dsq_err *err) 
 
 void dsq_lock_release(dsq_lock *l) {
     if (!l) return;
-    if (l->fd >= 0) {
+    if (l->fd >= 0 && l->path) { /* (a zeroed struct holds nothing) */
         unlink(l->path);
         close(l->fd);
     }
@@ -336,9 +336,10 @@ dsq_status dsq_afile_open(const char *final_path, const dsq_afile_options *opt, 
     dsq_afile_options o = {0};
     if (opt) o = *opt;
     memset(out, 0, sizeof *out);
-    out->fd = out->dfd = -1;
+    out->fd = out->dfd = out->lock.fd = -1;
     if (!o.overwrite && dsq_path_exists(final_path))
         return dsq_err_set(err, DSQ_ERR_EXISTS, "%s: already exists (use --overwrite to replace it)", final_path);
+    if (!o.caller_locked) DSQ_TRY(dsq_lock_output(final_path, &out->lock, err));
     out->final_path = dsq_strdup(final_path);
     out->tmp_path = side_name(final_path, ".partial");
     if (!out->final_path || !out->tmp_path) {
@@ -452,10 +453,11 @@ static void close_direct(dsq_afile *f) {
 void dsq_afile_release(dsq_afile *f) {
     close_direct(f);
     if (f->fd >= 0) close(f->fd);
+    dsq_lock_release(&f->lock);
     dsq_free(f->tmp_path);
     dsq_free(f->final_path);
     memset(f, 0, sizeof *f);
-    f->fd = f->dfd = -1;
+    f->fd = f->dfd = f->lock.fd = -1;
 }
 
 dsq_status dsq_afile_commit(dsq_afile *f, dsq_err *err) {
@@ -479,10 +481,11 @@ dsq_status dsq_afile_commit(dsq_afile *f, dsq_err *err) {
         return DSQ_ERR_IO;
     }
     dsq_status s = fsync_dir_of(f->final_path, err);
+    dsq_lock_release(&f->lock);
     dsq_free(f->tmp_path);
     dsq_free(f->final_path);
     memset(f, 0, sizeof *f);
-    f->fd = f->dfd = -1;
+    f->fd = f->dfd = f->lock.fd = -1;
     return s;
 }
 
@@ -491,10 +494,11 @@ void dsq_afile_abort(dsq_afile *f) {
     close_direct(f);
     if (f->fd >= 0) close(f->fd);
     if (f->tmp_path) unlink(f->tmp_path);
+    dsq_lock_release(&f->lock);
     dsq_free(f->tmp_path);
     dsq_free(f->final_path);
     memset(f, 0, sizeof *f);
-    f->fd = f->dfd = -1;
+    f->fd = f->dfd = f->lock.fd = -1;
 }
 
 dsq_status dsq_write_file_atomic(const char *path, const void *buf, size_t n, bool overwrite, dsq_err *err) {

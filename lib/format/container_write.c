@@ -605,7 +605,8 @@ dsq_status dsq_ctr_writer_begin(dsq_ctr_writer *w, dsq_err *err) {
     /* a partial file is preallocated only once its journal says it is this job's (a refused resume
      * leaves it byte for byte as it was) */
     dsq_afile_options ao = {.overwrite = w->opt.overwrite, .keep_partial = resuming,
-                            .preallocate = resuming ? 0 : w->cursor, .direct = w->opt.direct};
+                            .preallocate = resuming ? 0 : w->cursor, .direct = w->opt.direct,
+                            .caller_locked = true};
     DSQ_TRY(dsq_afile_open(w->path, &ao, &w->af, err));
     w->begun = true;
     w->resumed = resuming;
