@@ -58,6 +58,9 @@ static void write_ids(const char *path, int n, const char *tail) {
     free(t);
 }
 
+/* (--threads 1: the golden model is tiny, and idle OpenMP workers spinning on a busy 2-core machine
+ * cost seconds per run.) */
+
 /* --ctx is bounded by the model's max_position_embeddings (256 for the golden model), and the message
  * names the limit and the model's value; the CLI ceiling names its own bound.  Before the fix --ctx
  * 257 ran and --ctx 2147483648 was refused as "at least 3 tokens". */
@@ -66,18 +69,18 @@ static void test_ctx_bound(void **state) {
     char *ids = dsq_test_join(dir, "ids.txt");
     write_ids(ids, 2000, "\n");
     char *out = NULL, *err = NULL;
-    assert_int_equal(dsq_test_run(&out, NULL, "eval ppl '%s' --tokens '%s' --ctx 256 --chunks 1 --json", model, ids), 0);
+    assert_int_equal(dsq_test_run(&out, NULL, "eval ppl '%s' --tokens '%s' --threads 1 --ctx 256 --chunks 1 --json", model, ids), 0);
     assert_non_null(strstr(out, "\"ctx\": 256"));
     free(out);
-    assert_int_equal(dsq_test_run(NULL, &err, "eval ppl '%s' --tokens '%s' --ctx 257 --chunks 1", model, ids), 1);
+    assert_int_equal(dsq_test_run(NULL, &err, "eval ppl '%s' --tokens '%s' --threads 1 --ctx 257 --chunks 1", model, ids), 1);
     assert_non_null(strstr(err, "257 tokens (--ctx) exceeds the model's max_position_embeddings of 256"));
     free(err);
-    assert_int_equal(dsq_test_run(NULL, &err, "eval kld '%s' --tokens '%s' --ctx 300 --save-base '%s/b.kld'", model, ids,
+    assert_int_equal(dsq_test_run(NULL, &err, "eval kld '%s' --tokens '%s' --threads 1 --ctx 300 --save-base '%s/b.kld'", model, ids,
                                   dir),
                      1);
     assert_non_null(strstr(err, "max_position_embeddings of 256"));
     free(err);
-    assert_int_equal(dsq_test_run(NULL, &err, "eval ppl '%s' --tokens '%s' --ctx 2147483648", model, ids), 2);
+    assert_int_equal(dsq_test_run(NULL, &err, "eval ppl '%s' --tokens '%s' --threads 1 --ctx 2147483648", model, ids), 2);
     assert_non_null(strstr(err, "3..16777216"));
     assert_null(strstr(err, "at least 3 tokens"));
     free(err);
@@ -101,15 +104,15 @@ static void test_tokens_lazy(void **state) {
     dsq_st_item it = {"tokens", DSQ_DTYPE_I64, 1, {3 * 64 + 8}, v};
     assert_int_equal(dsq_st_write_file(st, &it, 1, false, NULL), DSQ_OK);
     char *ref = NULL, *o = NULL, *err = NULL;
-    assert_int_equal(dsq_test_run(&ref, NULL, "eval ppl '%s' --tokens '%s' --ctx 64 --chunks 2 --json", model, clean), 0);
+    assert_int_equal(dsq_test_run(&ref, NULL, "eval ppl '%s' --tokens '%s' --threads 1 --ctx 64 --chunks 2 --json", model, clean), 0);
     const char *files[] = {dirty, st};
     for (int k = 0; k < 2; k++) {
-        assert_int_equal(dsq_test_run(&o, &err, "eval ppl '%s' --tokens '%s' --ctx 64 --chunks 2 --json", model, files[k]),
+        assert_int_equal(dsq_test_run(&o, &err, "eval ppl '%s' --tokens '%s' --threads 1 --ctx 64 --chunks 2 --json", model, files[k]),
                          0);
         assert_string_equal(o, ref);
         free(o);
         free(err);
-        assert_int_equal(dsq_test_run(NULL, &err, "eval ppl '%s' --tokens '%s' --ctx 64", model, files[k]), 1);
+        assert_int_equal(dsq_test_run(NULL, &err, "eval ppl '%s' --tokens '%s' --threads 1 --ctx 64", model, files[k]), 1);
         assert_non_null(strstr(err, k == 0 ? "not a token id" : "out of range"));
         free(err);
     }

@@ -41,7 +41,7 @@ static void test_fifo_inputs(void **state) {
     assert_int_equal(mkfifo(shard, 0644), 0);
     dsq_test_write(tokens, "0 5 9 17 33 2 8\n", 16);
     assert_int_equal(mkfifo(fifo_tokens, 0644), 0);
-    const char *cmds[] = {"inspect '%s'", "convert '%s' '%s/o.dsq' --recipe release", "eval ppl '%s' --tokens '%s' --ctx 4"};
+    const char *cmds[] = {"inspect '%s'", "convert '%s' '%s/o.dsq' --recipe release", "eval ppl '%s' --tokens '%s' --ctx 4 --threads 1"};
     for (int k = 0; k < 3; k++) {
         char args[4096], *err = NULL;
         snprintf(args, sizeof args, cmds[k], model, k == 1 ? dir : tokens);
@@ -53,7 +53,7 @@ static void test_fifo_inputs(void **state) {
     }
     /* a FIFO for the token ids, with a real model */
     char *err = NULL;
-    int rc = dsq_test_run(NULL, &err, "version >/dev/null; " GUARD "'%s' eval ppl '%s' --tokens '%s' --ctx 4",
+    int rc = dsq_test_run(NULL, &err, "version >/dev/null; " GUARD "'%s' eval ppl '%s' --tokens '%s' --ctx 4 --threads 1",
                           dsq_test_bin(), golden, fifo_tokens);
     if (rc != 1) fail_msg("eval ppl --tokens FIFO: rc %d, stderr: %s", rc, err);
     assert_non_null(strstr(err, "tokens.fifo: not a regular file (a FIFO)"));
