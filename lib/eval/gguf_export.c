@@ -13,6 +13,7 @@
 #include "dsq_gguf_export.h"
 #include "dsq_json.h"
 #include "dsq_wsrc.h"
+#include "gguf_internal.h"
 
 /* ---- recipes ------------------------------------------------------------------------------------ */
 enum { KEEP = -1, FT_ALL_F32 = 0, FT_F16 = 1, FT_Q4_0 = 2, FT_Q8_0 = 7, FT_BF16 = 32, FT_MXFP4_MOE = 38 };
@@ -170,6 +171,16 @@ static const struct { const char *canon, *gguf; tclass cls; } BLOCK_INDEXER[] = 
     {"attn.indexer.compressor.ape", "indexer_compressor_ape.weight", C_SMALL},
     {"attn.indexer.compressor.norm.weight", "indexer_compressor_norm.weight", C_SMALL},
 };
+
+const char *dsq__gguf_block_suffix(const char *canon) {
+    for (size_t k = 0; k < sizeof BLOCK_COMMON / sizeof BLOCK_COMMON[0]; k++)
+        if (!strcmp(canon, BLOCK_COMMON[k].canon)) return BLOCK_COMMON[k].gguf;
+    for (size_t k = 0; k < sizeof BLOCK_COMPRESSOR / sizeof BLOCK_COMPRESSOR[0]; k++)
+        if (!strcmp(canon, BLOCK_COMPRESSOR[k].canon)) return BLOCK_COMPRESSOR[k].gguf;
+    for (size_t k = 0; k < sizeof BLOCK_INDEXER / sizeof BLOCK_INDEXER[0]; k++)
+        if (!strcmp(canon, BLOCK_INDEXER[k].canon)) return BLOCK_INDEXER[k].gguf;
+    return NULL;
+}
 
 #define FOR_TABLE(tab, body)                                                                       \
     for (size_t k_ = 0; k_ < sizeof tab / sizeof tab[0]; k_++) {                                   \
