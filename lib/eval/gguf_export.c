@@ -28,6 +28,8 @@ static const dsq_gguf_recipe RECIPES[] = {
      "routed experts MXFP4, the rest Q8_0 (llama-quantize MXFP4_MOE)"},
     {"gguf-bf16-mxfp4", DSQ_GGMLT_MXFP4, DSQ_GGMLT_BF16, FT_MXFP4_MOE,
      "routed experts MXFP4, the rest BF16 (community V4-Flash GGUFs; lossless from the release)"},
+    {"gguf-f32-mxfp4", DSQ_GGMLT_MXFP4, DSQ_GGMLT_F32, FT_MXFP4_MOE,
+     "routed experts MXFP4, the rest F32 (isolates the expert kernels in agreement tests)"},
     {"gguf-q4_0-moe", DSQ_GGMLT_Q4_0, DSQ_GGMLT_Q8_0, FT_Q4_0, "routed experts Q4_0, the rest Q8_0"},
     {NULL, 0, 0, 0, NULL},
 };
