@@ -254,6 +254,53 @@ static void test_unmappable(void **state) {
     free(out), free(errs), free(p);
 }
 
+/* dsq verify X.gguf --source: lossless recipes are identical value for value; Q8_0 re-quantization
+ * of FP8 is measured; a damaged file fails in one line.  dsq inspect X.gguf reports the geometry. */
+static void test_verify_inspect(void **state) {
+    (void)state;
+    char *out = NULL, *errs = NULL;
+    if (dsq_test_run(NULL, &errs, "convert '%s' '%s/v.gguf' --recipe gguf-bf16-mxfp4", g_ck, g_dir)) fail_msg("%s", errs);
+    free(errs);
+    int rc = dsq_test_run(&out, &errs, "verify '%s/v.gguf' --source '%s' --json", g_dir, g_ck);
+    if (rc) fail_msg("%s", errs);
+    assert_non_null(strstr(out, "\"compared\": 260, \"identical\": 260"));
+    free(out), free(errs);
+    if (dsq_test_run(NULL, &errs, "convert '%s' '%s/q.gguf' --recipe gguf-q8_0", g_ck, g_dir)) fail_msg("%s", errs);
+    free(errs);
+    rc = dsq_test_run(&out, &errs, "verify '%s/q.gguf' --source '%s' --json", g_dir, g_ck);
+    if (rc) fail_msg("%s", errs);
+    const char *w = strstr(out, "\"worst_rel_rms\": ");
+    assert_non_null(w);
+    double worst = atof(w + 17);
+    assert_true(worst > 1e-4 && worst < 1e-2); /* FP8 128x128 and MXFP4 → Q8_0: measured 5.2e-3 */
+    free(out), free(errs);
+    rc = dsq_test_run(&out, &errs, "inspect '%s/v.gguf' --json", g_dir);
+    if (rc) fail_msg("%s", errs);
+    assert_non_null(strstr(out, "\"architecture\": \"deepseek4\""));
+    assert_non_null(strstr(out, "\"layers\": 4, \"mtp_layers\": 1"));
+    assert_non_null(strstr(out, "\"family\": \"routed_experts\", \"tensors\": 15"));
+    assert_non_null(strstr(out, "\"MXFP4\": 15"));
+    free(out), free(errs);
+    /* damage the first tensor's type id: verify and inspect fail with one line naming the tensor */
+    char *path = dsq_test_join(g_dir, "v.gguf");
+    size_t n;
+    uint8_t *b = (uint8_t *)dsq_test_read(path, &n);
+    size_t at = 0;
+    for (size_t i = 0; i + 17 < n; i++)
+        if (!memcmp(b + i, "token_embd.weight", 17)) { at = i + 17 + 4 + 16; break; }
+    assert_true(at > 0);
+    b[at] = 99;
+    dsq_test_write(path, b, n);
+    rc = dsq_test_run(&out, &errs, "verify '%s'", path);
+    assert_int_not_equal(rc, 0);
+    assert_non_null(strstr(errs, "token_embd.weight: unknown ggml type 99"));
+    free(out), free(errs);
+    rc = dsq_test_run(&out, &errs, "inspect '%s'", path);
+    assert_int_not_equal(rc, 0);
+    assert_non_null(strstr(errs, "unknown ggml type 99"));
+    free(out), free(errs), free(b), free(path);
+}
+
 /* Every code and scale byte survives twin → GGML → twin (all 256 byte values in codes and scales). */
 static void test_repack_every_byte(void **state) {
     (void)state;
@@ -287,6 +334,7 @@ int main(void) {
         cmocka_unit_test(test_keep_release_mxfp4), cmocka_unit_test(test_keep_int8_q8_0),
         cmocka_unit_test(test_keep_int4_q4_0),     cmocka_unit_test(test_convert_split_no_mtp),
         cmocka_unit_test(test_unmappable),        cmocka_unit_test(test_repack_every_byte),
+        cmocka_unit_test(test_verify_inspect),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

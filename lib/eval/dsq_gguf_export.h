@@ -13,6 +13,7 @@
 #define DSQ_GGUF_EXPORT_H
 
 #include "dsq_core.h"
+#include "dsq_inventory.h"
 
 /* One GGUF recipe: the ggml type of the routed experts and of every other matrix.  Type -1 keeps the
  * stored encoding through its lossless GGML twin (dsq_ggml.h; FP8 with power-of-two scales → BF16,
@@ -58,5 +59,31 @@ typedef struct dsq_gguf_export_stats {
  * recipe cannot map fails with one line naming the tensors and the recipes that would work. */
 dsq_status dsq_gguf_export(const char *src, const char *out, const dsq_gguf_export_options *opt,
                            dsq_gguf_export_stats *stats, dsq_err *err);
+
+/* The byte-summary family of a GGUF tensor name of the deepseek4 layout ("blk.3.ffn_up_exps.weight" →
+ * routed_experts, "output_hc_fn.weight" → hc, ...); DSQ_FAMILY_OTHER for unknown names. */
+dsq_family dsq_gguf_family(const char *gguf_name);
+
+/* ---- dsq verify X.gguf [--source SRC] (lib/eval/gguf_verify.c) ---------------------------------- */
+typedef struct dsq_gguf_verify_family {
+    uint64_t tensors, compared, identical;
+    double max_rel_rms, max_abs, min_cosine;
+} dsq_gguf_verify_family;
+typedef struct dsq_gguf_verify_report {
+    uint32_t files;
+    uint64_t tensors, bytes, values;
+    uint64_t checked;          /* checkpoint tensors decoded from the GGUF (finite, right shape) */
+    bool source_checked;
+    uint64_t compared, identical; /* against the source: compared, and equal value for value */
+    double worst_rel_rms;
+    char worst[160];
+    dsq_gguf_verify_family family[DSQ_FAMILY_COUNT];
+} dsq_gguf_verify_report;
+/* Validate a GGUF (split sets too) as the reader does, decode every checkpoint tensor it maps
+ * (non-finite values, shapes and types that dsq cannot decode are problems), and with `source`
+ * (anything dsq_wsrc_open_path opens) compare each with the source's tensor: relative RMS error,
+ * max |error|, cosine, per tensor (recorded in err as one line when `per_tensor` and worse than
+ * identical) and per family.  Every problem is recorded in err; the status is the first one's. */
+dsq_status dsq_gguf_verify(const char *gguf, const char *source, dsq_gguf_verify_report *rep, dsq_err *err);
 
 #endif

@@ -64,6 +64,9 @@ dsq_status dsq_wsrc_open_dsq(const char *path, dsq_v4_config *cfg, dsq_wsrc **ou
  * MXFP4 unpacked at open into int8-g32 / int4-g32 / mxfp4 (same values); other types fail naming
  * the tensor and type. */
 dsq_status dsq_wsrc_open_gguf(const char *path, dsq_v4_config *cfg, dsq_wsrc **out, dsq_err *err);
+/* The config a deepseek4 GGUF's hparams describe (what dsq_wsrc_open_gguf uses). */
+struct dsq_gguf;
+dsq_status dsq_gguf_v4_config(const struct dsq_gguf *g, dsq_v4_config *cfg, dsq_err *err);
 /* True when the file at path starts with the GGUF magic. */
 bool dsq_wsrc_sniff_gguf(const char *path);
 /* Open whatever PATH is: a .dsq container (config from its metadata), a GGUF, or a checkpoint

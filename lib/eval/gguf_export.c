@@ -174,6 +174,20 @@ static const struct { const char *canon, *gguf; tclass cls; } BLOCK_INDEXER[] = 
     {"attn.indexer.compressor.norm.weight", "indexer_compressor_norm.weight", C_SMALL},
 };
 
+dsq_family dsq_gguf_family(const char *n) {
+    if (!strcmp(n, "token_embd.weight") || !strcmp(n, "output.weight")) return DSQ_FAMILY_EMBED_HEAD;
+    if (strstr(n, "_exps.")) return DSQ_FAMILY_ROUTED_EXPERTS;
+    if (strstr(n, "_shexp.")) return DSQ_FAMILY_SHARED_EXPERTS;
+    if (strstr(n, "hc_")) return DSQ_FAMILY_HC;
+    if (strstr(n, "norm")) return DSQ_FAMILY_NORMS;
+    if (strstr(n, "indexer")) return DSQ_FAMILY_INDEXER;
+    if (strstr(n, "compressor")) return DSQ_FAMILY_COMPRESSOR;
+    if (strstr(n, "ffn_gate_inp") || strstr(n, "exp_probs_b") || strstr(n, "tid2eid")) return DSQ_FAMILY_ROUTER;
+    if (strstr(n, "nextn.")) return DSQ_FAMILY_MTP;
+    if (strstr(n, "attn_")) return DSQ_FAMILY_ATTENTION;
+    return DSQ_FAMILY_OTHER;
+}
+
 const char *dsq__gguf_block_suffix(const char *canon) {
     for (size_t k = 0; k < sizeof BLOCK_COMMON / sizeof BLOCK_COMMON[0]; k++)
         if (!strcmp(canon, BLOCK_COMMON[k].canon)) return BLOCK_COMMON[k].gguf;

@@ -360,6 +360,10 @@ static dsq_status config_of(const dsq_gguf *g, const char *path, dsq_v4_config *
     return st;
 }
 
+dsq_status dsq_gguf_v4_config(const dsq_gguf *g, dsq_v4_config *cfg, dsq_err *err) {
+    return config_of(g, dsq_gguf_path(g), cfg, err);
+}
+
 dsq_status dsq_wsrc_open_gguf(const char *path, dsq_v4_config *cfg, dsq_wsrc **out, dsq_err *err) {
     *out = NULL;
     gimpl *im = dsq_calloc(1, sizeof *im);
