@@ -147,16 +147,17 @@ demo: deps $(BUILD)/dsq
 
 # libFuzzer over every parser (clang); new corpus entries land in tests/fuzz/corpus/<target>/, which
 # `make test` replays.  FUZZ_SECONDS per target.
-FUZZ_TARGETS := safetensors config container tokenizer token_ids
+FUZZ_TARGETS := safetensors config container tokenizer token_ids gguf
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS := -O1 -g -fsanitize=address,undefined -Wno-unknown-pragmas -Wno-source-uses-openmp -Wno-unused-variable \
               -Wno-unused-but-set-variable  # (OpenMP is off in the fuzz build: thread counts go unused)
 fuzz: deps
 	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang NO_CUDA=1 OPENMP= \
-	  CFLAGS="$(FUZZ_FLAGS) -fsanitize=fuzzer-no-link" build-fuzz/libdsq.a build-fuzz/tests/support/dsq_fuzz.o
+	  CFLAGS="$(FUZZ_FLAGS) -fsanitize=fuzzer-no-link" build-fuzz/libdsq.a build-fuzz/tests/support/dsq_fuzz.o \
+	  build-fuzz/tests/support/dsq_fuzz_gguf.o
 	@for t in $(FUZZ_TARGETS); do \
 	  clang -std=c11 -D_GNU_SOURCE $(FUZZ_FLAGS) -fsanitize=fuzzer -Ilib/core -Ilib/format -Ilib/quant -Ilib/eval \
-	    -Itests/support -DDSQ_FUZZ_FN=dsq_fuzz_$$t tests/fuzz/libfuzzer_main.c build-fuzz/tests/support/dsq_fuzz.o \
+	    -Itests/support -DDSQ_FUZZ_FN=dsq_fuzz_$$t tests/fuzz/libfuzzer_main.c build-fuzz/tests/support/dsq_fuzz.o build-fuzz/tests/support/dsq_fuzz_gguf.o \
 	    build-fuzz/libdsq.a $(PKG_LIBS) -lm -lpthread -o build-fuzz/fuzz_$$t || exit 1; \
 	  mkdir -p tests/fuzz/corpus/$$t build-fuzz/corpus-$$t; \
 	  echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; \
