@@ -348,8 +348,8 @@ static void test_f32(void **state) {
  * model that moves a position's distribution by a median KL of 3e-5..3e-4; where a router top-k or an
  * indexer top-k choice is close, the choice flips and that position moves by up to KL 0.2.  Measured
  * (256 tokens): arg-max 234..247 of 256, mean KL 1.9e-3..5.6e-3, median KL 2.6e-5..2.9e-4
- * (docs/interop.md).  Bounds: arg-max ≥ 225/256, mean KL ≤ 1.5e-2, median KL ≤ 1e-3. */
-#define BLOCK_BOUNDS 225, 1.5e-2, 1e-3
+ * (docs/interop.md; 56..62 of 64 under ASan).  Bounds: arg-max ≥ 210/256, mean KL ≤ 1.5e-2, median KL ≤ 1e-3. */
+#define BLOCK_BOUNDS 210, 1.5e-2, 1e-3
 /* MXFP4 experts + BF16 rest (lossless from the release layout) */
 static void test_bf16_mxfp4(void **state) {
     (void)state;
