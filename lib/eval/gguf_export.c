@@ -442,6 +442,13 @@ static dsq_status add_tokenizer(dsq_gguf_writer *w, const dsq_v4_config *c, cons
     }
     if (st == DSQ_OK) st = dsq_gguf_writer_kv_str(w, "tokenizer.ggml.model", "gpt2", err);
     if (st == DSQ_OK) st = dsq_gguf_writer_kv_str(w, "tokenizer.ggml.pre", "deepseek-v3", err);
+    /* llama.cpp knows the pre-tokenizer by name only; the exact one goes along for dsq (gguf_tokenizer.c) */
+    const cJSON *pre = cJSON_GetObjectItemCaseSensitive(j, "pre_tokenizer");
+    if (st == DSQ_OK && pre && !cJSON_IsNull(pre)) {
+        char *text = cJSON_PrintUnformatted(pre);
+        st = text ? dsq_gguf_writer_kv_str(w, "dsq.tokenizer.pre_tokenizer", text, err) : dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory");
+        cJSON_free(text);
+    }
     if (st == DSQ_OK) st = dsq_gguf_writer_kv_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)tok, len, V, err);
     if (st == DSQ_OK) st = dsq_gguf_writer_kv_arr(w, "tokenizer.ggml.token_type", DSQ_GGUF_V_I32, type, V, err);
     if (st == DSQ_OK) st = dsq_gguf_writer_kv_arr_str(w, "tokenizer.ggml.merges", merges, mlen, n_merges, err);

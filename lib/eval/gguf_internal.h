@@ -8,4 +8,12 @@
  * NULL for the others (routed experts, tid2eid, gate bias, MTP-only tensors). */
 const char *dsq__gguf_block_suffix(const char *canon);
 
+/* tokenizer.json text rebuilt from a GGUF's tokenizer.ggml.* keys (lib/eval/gguf_tokenizer.c);
+ * *out is dsq_malloc'd. */
+#include <stddef.h>
+#include "dsq_core.h"
+/* The pre_tokenizer JSON "deepseek-v3" stands for. */
+const char *dsq__gguf_deepseek_v3_pre(void);
+dsq_status dsq__gguf_tokenizer_json(const char *path, char **out, size_t *out_len, dsq_err *err);
+
 #endif
