@@ -1,6 +1,8 @@
 /* GGUF reader and writer (lib/format/gguf.c): write → read round trips (one file and split sets),
  * and a named list of malformation classes, each expected to fail with a specific status. */
 #include <dirent.h>
+#include <malloc.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -330,6 +332,32 @@ static void test_abort_leaves_nothing(void **state) {
     free(dir);
 }
 
+/* Opening a file allocates for its header, not for its size: a 2 GiB (sparse) file whose data section
+ * is mostly trailing bytes costs well under 1 MiB of heap while open.  (The names arena was once
+ * sized by the file.) */
+static void test_heap_not_file_sized(void **state) {
+    (void)state;
+    char *dir = dsq_test_tmpdir(), *path = dsq_test_join(dir, "big.gguf");
+    dsq_err e = DSQ_ERR_INIT;
+    dsq_gguf_writer *w;
+    assert_int_equal(dsq_gguf_writer_create(&w, &e), 0);
+    build(w);
+    assert_int_equal(dsq_gguf_writer_begin(w, path, NULL, NULL, &e), 0);
+    write_all(w);
+    dsq_gguf_writer_free(w);
+    assert_int_equal(truncate(path, (off_t)2 << 30), 0);
+    struct mallinfo2 before = mallinfo2();
+    dsq_gguf *g;
+    assert_int_equal(dsq_gguf_open(path, &g, &e), 0);
+    struct mallinfo2 during = mallinfo2();
+    size_t heap = (during.uordblks + during.hblkhd) - (before.uordblks + before.hblkhd);
+    dsq_gguf_close(g);
+    if (heap > (1u << 20)) fail_msg("open took %zu bytes of heap for a 2 GiB file", heap);
+    free(path);
+    dsq_test_rmdir(dir);
+    free(dir);
+}
+
 /* ---- fuzz seeds: tests/fuzz/corpus/gguf/ --------------------------------------------------------
  * Small GGUFs made by the writer: seed-basic (the file above), seed-deepseek4 (deepseek4 hparams of
  * a tiny geometry, a short tokenizer, one tensor of each type dsq reads) and seed-split-2 (the
@@ -517,6 +545,7 @@ int main(void) {
         cmocka_unit_test(test_split),
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_abort_leaves_nothing),
+        cmocka_unit_test(test_heap_not_file_sized),
         cmocka_unit_test(test_fuzz_seeds),
         cmocka_unit_test(test_fuzz_replay),
     };

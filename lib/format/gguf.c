@@ -143,6 +143,28 @@ static int cmp_span(const void *a, const void *b) {
 
 #define FAIL(code, ...) do { st = dsq_err_set(err, (code), __VA_ARGS__); goto fail; } while (0)
 
+/* Copy n bytes into the names arena as a NUL-terminated string; returns its offset, or SIZE_MAX when
+ * memory runs out.  The arena grows by doubling: keys and names are bounded by the header, never
+ * by the (possibly 100+ GB) file. */
+static size_t intern(dsq_gguf *g, size_t *cap, size_t *used, const uint8_t *p, size_t n) {
+    if (n + 1 > *cap - *used) {
+        size_t want = *cap ? *cap : 4096;
+        while (want - *used < n + 1) {
+            if (want > SIZE_MAX / 2) return SIZE_MAX;
+            want *= 2;
+        }
+        char *q = dsq_realloc(g->names, want);
+        if (!q) return SIZE_MAX;
+        g->names = q;
+        *cap = want;
+    }
+    size_t off = *used;
+    memcpy(g->names + off, p, n);
+    g->names[off + n] = 0;
+    *used += n + 1;
+    return off;
+}
+
 static dsq_status parse(dsq_gguf *g, const char *what, dsq_err *err) {
     dsq_status st = DSQ_OK;
     dsq_cursor c = dsq_cursor_make(g->base, (size_t)g->size);
@@ -172,10 +194,16 @@ static dsq_status parse(dsq_gguf *g, const char *what, dsq_err *err) {
     g->kv = dsq_calloc(n_kv ? n_kv : 1, sizeof *g->kv);
     g->str_offsets = dsq_calloc(n_kv ? n_kv : 1, sizeof *g->str_offsets);
     g->tensors = dsq_calloc(n_tensors ? n_tensors : 1, sizeof *g->tensors);
-    /* names: each at most its on-disk length + 1; the on-disk header bounds the sum */
-    g->names = dsq_malloc((size_t)g->size + 1);
-    if (!g->kv || !g->str_offsets || !g->tensors || !g->names) return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", what);
-    size_t names_used = 0;
+    if (!g->kv || !g->str_offsets || !g->tensors) return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", what);
+    /* keys and names go to a growing arena; their pointers are set once it stops moving */
+    size_t names_used = 0, names_cap = 0;
+    size_t *key_off = dsq_malloc((n_kv ? n_kv : 1) * sizeof *key_off);
+    size_t *name_off = dsq_malloc((n_tensors ? n_tensors : 1) * sizeof *name_off);
+    if (!key_off || !name_off) {
+        dsq_free(key_off);
+        dsq_free(name_off);
+        return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", what);
+    }
     g->alignment = DSQ_GGUF_DEFAULT_ALIGN;
 
     for (uint64_t i = 0; i < n_kv; i++) {
@@ -187,11 +215,9 @@ static dsq_status parse(dsq_gguf *g, const char *what, dsq_err *err) {
             FAIL(DSQ_ERR_FORMAT, "%s: offset %llu: key %llu is empty or holds a NUL byte", what, (unsigned long long)at,
                  (unsigned long long)i);
         dsq_gguf_kv *kv = &g->kv[i];
-        char *key = g->names + names_used;
-        memcpy(key, k, (size_t)klen);
-        key[klen] = 0;
-        names_used += (size_t)klen + 1;
-        kv->key = key;
+        key_off[i] = intern(g, &names_cap, &names_used, k, (size_t)klen);
+        if (key_off[i] == SIZE_MAX) FAIL(DSQ_ERR_NOMEM, "%s: out of memory", what);
+        const char *key = g->names + key_off[i]; /* valid until the next intern */
         g->n_kv = (size_t)i + 1;
         uint32_t type = dsq_cursor_u32le(&c);
         kv->type = kv->elem = (dsq_gguf_vtype)type;
@@ -252,12 +278,6 @@ static dsq_status parse(dsq_gguf *g, const char *what, dsq_err *err) {
             g->alignment = (uint32_t)a;
         }
     }
-    sorted = dsq_malloc((n_kv > n_tensors ? n_kv : n_tensors) * sizeof *sorted + 1);
-    if (!sorted) FAIL(DSQ_ERR_NOMEM, "%s: out of memory", what);
-    for (size_t i = 0; i < g->n_kv; i++) sorted[i] = g->kv[i].key;
-    const char *dup;
-    if ((st = find_dup(sorted, g->n_kv, &dup)) != DSQ_OK) FAIL(st, "%s: out of memory", what);
-    if (dup) FAIL(DSQ_ERR_DUPLICATE, "%s: key '%s' appears twice", what, dup);
 
     for (uint64_t i = 0; i < n_tensors; i++) {
         uint64_t at = c.pos, nlen;
@@ -269,11 +289,9 @@ static dsq_status parse(dsq_gguf *g, const char *what, dsq_err *err) {
             FAIL(DSQ_ERR_FORMAT, "%s: offset %llu: tensor %llu: empty name or a NUL byte in it", what,
                  (unsigned long long)at, (unsigned long long)i);
         dsq_gguf_tensor *tt = &g->tensors[i];
-        char *name = g->names + names_used;
-        memcpy(name, nm, (size_t)nlen);
-        name[nlen] = 0;
-        names_used += (size_t)nlen + 1;
-        tt->name = name;
+        name_off[i] = intern(g, &names_cap, &names_used, nm, (size_t)nlen);
+        if (name_off[i] == SIZE_MAX) FAIL(DSQ_ERR_NOMEM, "%s: out of memory", what);
+        const char *name = g->names + name_off[i]; /* valid until the next intern */
         g->n_tensors = (size_t)i + 1;
         uint32_t n_dims = dsq_cursor_u32le(&c);
         if (c.bad) FAIL(DSQ_ERR_TRUNCATED, "%s: tensor %s: truncated", what, name);
@@ -300,6 +318,14 @@ static dsq_status parse(dsq_gguf *g, const char *what, dsq_err *err) {
             FAIL(DSQ_ERR_RANGE, "%s: tensor %s: offset %llu is not a multiple of the alignment %u", what, name,
                  (unsigned long long)tt->offset, g->alignment);
     }
+    for (size_t i = 0; i < g->n_kv; i++) g->kv[i].key = g->names + key_off[i];
+    for (size_t i = 0; i < g->n_tensors; i++) g->tensors[i].name = g->names + name_off[i];
+    sorted = dsq_malloc((n_kv > n_tensors ? n_kv : n_tensors) * sizeof *sorted + 1);
+    if (!sorted) FAIL(DSQ_ERR_NOMEM, "%s: out of memory", what);
+    for (size_t i = 0; i < g->n_kv; i++) sorted[i] = g->kv[i].key;
+    const char *dup;
+    if ((st = find_dup(sorted, g->n_kv, &dup)) != DSQ_OK) FAIL(st, "%s: out of memory", what);
+    if (dup) FAIL(DSQ_ERR_DUPLICATE, "%s: key '%s' appears twice", what, dup);
     for (size_t i = 0; i < g->n_tensors; i++) sorted[i] = g->tensors[i].name;
     if ((st = find_dup(sorted, g->n_tensors, &dup)) != DSQ_OK) FAIL(st, "%s: out of memory", what);
     if (dup) FAIL(DSQ_ERR_DUPLICATE, "%s: tensor '%s' appears twice", what, dup);
@@ -331,6 +357,12 @@ static dsq_status parse(dsq_gguf *g, const char *what, dsq_err *err) {
             FAIL(DSQ_ERR_OVERLAP, "%s: tensors %s and %s overlap", what, g->tensors[spans[i - 1].idx].name,
                  g->tensors[spans[i].idx].name);
 fail:
+    if (st != DSQ_OK) { /* partial results: point what was parsed into the arena for close() */
+        for (size_t i = 0; i < g->n_kv; i++) g->kv[i].key = g->names + key_off[i];
+        for (size_t i = 0; i < g->n_tensors; i++) g->tensors[i].name = g->names + name_off[i];
+    }
+    dsq_free(key_off);
+    dsq_free(name_off);
     dsq_free(sorted);
     dsq_free(spans);
     return st;
