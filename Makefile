@@ -113,16 +113,25 @@ $(BUILD)/tokenizer-expected.jsonl: tests/tokenizer/reference.mjs tests/tokenizer
 	node tests/tokenizer/reference.mjs tests/tokenizer/fixture.jsonl $(TOK_NPM) > $@.tmp && mv $@.tmp $@
 # ---- end tokenizer reference
 
+# ---- llama.cpp interop (helper gguf): tests/test_gguf_llama.c dlopens libllama / libggml-base of
+# node-llama-cpp's prebuilt linux-x64 package (npm, into the ignored .cache/npm; installed only when
+# missing; after the tokenizer's install, so two npm runs never share .cache/npm at once).  No npm,
+# no test: a failed install fails `make test`.
+LLAMA_NPM := .cache/npm/node_modules/@node-llama-cpp/linux-x64
+$(LLAMA_NPM): | $(TOK_JSON)
+	npm install --prefix .cache/npm --no-audit --no-fund @node-llama-cpp/linux-x64@3.22.1
+# ---- end llama.cpp interop
+
 # Tests run from the repository root; DSQ_SHARED points at ../shared, DSQ_BIN at the CLI.
 test: deps
-	@$(MAKE) --no-print-directory $(BUILD)/dsq $(TEST_BIN) $(BUILD)/tokenizer-expected.jsonl
+	@$(MAKE) --no-print-directory $(BUILD)/dsq $(TEST_BIN) $(BUILD)/tokenizer-expected.jsonl $(LLAMA_NPM)
 	@DSQ_SHARED=$(abspath $(SHARED)) DSQ_BIN=$(abspath $(BUILD)/dsq) DSQ_BUILD=$(abspath $(BUILD)) \
 	  tests/run-tests.sh $(TEST_BIN)
 
 test-asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan NO_CUDA=1 \
 	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	  build-asan/dsq $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN)) build-asan/tokenizer-expected.jsonl
+	  build-asan/dsq $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN)) build-asan/tokenizer-expected.jsonl $(LLAMA_NPM)
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  DSQ_SHARED=$(abspath $(SHARED)) DSQ_BIN=$(abspath build-asan/dsq) DSQ_BUILD=$(abspath build-asan) DSQ_ASAN=1 \
 	  tests/run-tests.sh $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN))
@@ -139,16 +148,17 @@ demo: deps $(BUILD)/dsq
 
 # libFuzzer over every parser (clang); new corpus entries land in tests/fuzz/corpus/<target>/, which
 # `make test` replays.  FUZZ_SECONDS per target.
-FUZZ_TARGETS := safetensors config container tokenizer token_ids
+FUZZ_TARGETS := safetensors config container tokenizer token_ids gguf
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS := -O1 -g -fsanitize=address,undefined -Wno-unknown-pragmas -Wno-source-uses-openmp -Wno-unused-variable \
               -Wno-unused-but-set-variable  # (OpenMP is off in the fuzz build: thread counts go unused)
 fuzz: deps
 	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang NO_CUDA=1 OPENMP= \
-	  CFLAGS="$(FUZZ_FLAGS) -fsanitize=fuzzer-no-link" build-fuzz/libdsq.a build-fuzz/tests/support/dsq_fuzz.o
+	  CFLAGS="$(FUZZ_FLAGS) -fsanitize=fuzzer-no-link" build-fuzz/libdsq.a build-fuzz/tests/support/dsq_fuzz.o \
+	  build-fuzz/tests/support/dsq_fuzz_gguf.o
 	@for t in $(FUZZ_TARGETS); do \
 	  clang -std=c11 -D_GNU_SOURCE $(FUZZ_FLAGS) -fsanitize=fuzzer -Ilib/core -Ilib/format -Ilib/quant -Ilib/eval \
-	    -Itests/support -DDSQ_FUZZ_FN=dsq_fuzz_$$t tests/fuzz/libfuzzer_main.c build-fuzz/tests/support/dsq_fuzz.o \
+	    -Itests/support -DDSQ_FUZZ_FN=dsq_fuzz_$$t tests/fuzz/libfuzzer_main.c build-fuzz/tests/support/dsq_fuzz.o build-fuzz/tests/support/dsq_fuzz_gguf.o \
 	    build-fuzz/libdsq.a $(PKG_LIBS) -lm -lpthread -o build-fuzz/fuzz_$$t || exit 1; \
 	  mkdir -p tests/fuzz/corpus/$$t build-fuzz/corpus-$$t; \
 	  echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; \

@@ -6,11 +6,13 @@
 #include <string.h>
 
 #include "cmd.h"
+#include "gguf_out.h"
 #include "dsq_convert.h"
 #include "dsq_inventory.h"
 
 static void help(void) {
     printf("usage: dsq convert SRC OUT.dsq --recipe NAME|FILE [--override GLOB=ENCODING]... [--threads N]\n"
+           "       dsq convert SRC OUT.gguf [--recipe GGUF-RECIPE] ...   (llama.cpp GGUF; dsq convert x.gguf --help)\n"
            "                   [--resume] [--dry-run] [--overwrite] [--buffered-io] [--force] [--allow-nonfinite] [--json]\n\n"
            "Re-encodes a DeepSeek-V4 checkpoint (a directory with config.json and safetensors shards) into a\n"
            ".dsq container, tensor by tensor with bounded memory.  Routed experts are stacked per layer and\n"
@@ -110,6 +112,14 @@ static void test_signal(void *ctx, size_t n) {
 }
 
 int dsq_cmd_convert(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) /* an OUT.gguf output: the GGUF writer's own options */
+        if (argv[i][0] != '-' && dsq_cmd_is_gguf_path(argv[i])) {
+            if (dsq_cmd_wants_help(argc, argv)) {
+                dsq_cmd_gguf_help("convert");
+                return DSQ_EXIT_OK;
+            }
+            return dsq_cmd_gguf_out("convert", argc, argv);
+        }
     if (dsq_cmd_wants_help(argc, argv)) {
         help();
         return DSQ_EXIT_OK;

@@ -1,11 +1,13 @@
-/* dsq-command: export | write a .dsq container back as a Hugging Face safetensors checkpoint */
+/* dsq-command: export | write a .dsq container back as a Hugging Face safetensors checkpoint, or as a llama.cpp GGUF */
 #include <string.h>
 
 #include "cmd.h"
+#include "gguf_out.h"
 #include "dsq_container.h"
 
 static void help(void) {
-    printf("usage: dsq export FILE.dsq OUTDIR [--format safetensors] [--shard-size SIZE] [--overwrite] [--json]\n\n"
+    printf("usage: dsq export FILE.dsq OUTDIR [--format safetensors] [--shard-size SIZE] [--overwrite] [--json]\n"
+           "       dsq export FILE.dsq OUT.gguf [--recipe NAME] ...   (llama.cpp GGUF; dsq export x.gguf --help)\n\n"
            "Writes every checkpoint tensor the container holds back under its own name (stacked experts\n"
            "and fused wkv|wgate split again), with config.json, generation_config.json and the tokenizer\n"
            "files from the metadata.  Tensors converted with the release recipe come back byte for byte;\n"
@@ -16,6 +18,14 @@ static void help(void) {
 }
 
 int dsq_cmd_export(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) /* an OUT.gguf output: the GGUF writer's own options */
+        if (argv[i][0] != '-' && dsq_cmd_is_gguf_path(argv[i])) {
+            if (dsq_cmd_wants_help(argc, argv)) {
+                dsq_cmd_gguf_help("export");
+                return DSQ_EXIT_OK;
+            }
+            return dsq_cmd_gguf_out("export", argc, argv);
+        }
     if (dsq_cmd_wants_help(argc, argv)) {
         help();
         return DSQ_EXIT_OK;

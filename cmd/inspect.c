@@ -8,6 +8,7 @@
 #include "dsq_container.h"
 #include "dsq_inventory.h"
 #include "dsq_safetensors.h"
+#include "dsq_wsrc.h"
 #include "inspect.h"
 
 static const char *CMD = "inspect";
@@ -339,6 +340,7 @@ int dsq_cmd_inspect(int argc, char **argv) {
     if (!path && check) return dsq_cmd_usage_error(CMD, "--check needs a checkpoint PATH");
 
     if (path && !config && dsq_ctr_sniff(path)) return dsq__inspect_dsq(path, json, list, check);
+    if (path && !config && dsq_wsrc_sniff_gguf(path)) return dsq__inspect_gguf(path, json, list);
 
     source s = {0};
     dsq_err err = DSQ_ERR_INIT;

@@ -13,4 +13,7 @@ void dsq__inspect_layers_json(const dsq_v4_config *cf);
 /* Returns the command's exit status. */
 int dsq__inspect_dsq(const char *path, bool json, bool list, bool check);
 
+/* `dsq inspect X.gguf` (cmd/inspect_gguf.c). */
+int dsq__inspect_gguf(const char *path, bool json, bool list);
+
 #endif

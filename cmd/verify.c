@@ -1,18 +1,75 @@
-/* dsq-command: verify | check a .dsq container's checksums and metadata, optionally against its source */
+/* dsq-command: verify | check a .dsq container's checksums and metadata (or a GGUF), optionally against its source */
 #include <string.h>
 
 #include "cmd.h"
 #include "dsq_convert.h"
+#include "dsq_gguf_export.h"
 #include "dsq_inventory.h"
+#include "dsq_wsrc.h"
 
 static void help(void) {
-    printf("usage: dsq verify FILE.dsq [--source SRC] [--no-mmap] [--json]\n\n"
+    printf("usage: dsq verify FILE.dsq|FILE.gguf [--source SRC] [--no-mmap] [--json]\n\n"
            "Validates the container structure, recomputes every tensor checksum (XXH3-64) and checks the\n"
            "padding bytes, the metadata (config, KV-cache declaration) and the tensor inventory its sources\n"
            "describe.  With --source, also checks that every checkpoint tensor is held, that unchanged\n"
            "tensors are byte-identical to the checkpoint and that the checkpoint did not change since the\n"
            "conversion, and reports per family the error of re-encoded tensors (relative RMS, max abs,\n"
-           "cosine).  Exit status 1 when any problem is found (each printed on one line).\n");
+           "cosine).  Exit status 1 when any problem is found (each printed on one line).\n"
+           "A GGUF (split sets: the first file) is validated by the hardened reader, every checkpoint tensor it\n"
+           "maps is decoded (finite, right shape, a type dsq reads), and with --source each is compared with\n"
+           "the source's values (relative RMS, max abs, cosine per family; identical counts).\n");
+}
+
+static int verify_gguf(const char *path, const char *source, bool json) {
+    dsq_err err = DSQ_ERR_INIT;
+    dsq_gguf_verify_report r;
+    dsq_status s = dsq_gguf_verify(path, source, &r, &err);
+    if (json) {
+        printf("{\"file\": ");
+        dsq_cmd_json_str(stdout, path);
+        printf(", \"format\": \"gguf\", \"ok\": %s, \"problems\": %zu, \"files\": %u, \"tensors\": %llu, \"bytes\": %llu, "
+               "\"checked\": %llu",
+               s == DSQ_OK ? "true" : "false", err.n, r.files, (unsigned long long)r.tensors, (unsigned long long)r.bytes,
+               (unsigned long long)r.checked);
+        if (r.source_checked) {
+            printf(", \"source\": {\"compared\": %llu, \"identical\": %llu, \"worst_rel_rms\": %.9g, \"worst\": ",
+                   (unsigned long long)r.compared, (unsigned long long)r.identical, r.worst_rel_rms);
+            dsq_cmd_json_str(stdout, r.worst);
+            printf("}");
+        }
+        printf(", \"families\": [");
+        bool first = true;
+        for (int k = 0; k < DSQ_FAMILY_COUNT; k++) {
+            const dsq_gguf_verify_family *f = &r.family[k];
+            if (!f->tensors && !f->compared) continue;
+            printf("%s{\"family\": \"%s\", \"tensors\": %llu", first ? "" : ", ", dsq_family_name((dsq_family)k),
+                   (unsigned long long)f->tensors);
+            if (r.source_checked)
+                printf(", \"compared\": %llu, \"identical\": %llu, \"max_rel_rms\": %.9g, \"max_abs\": %.9g, \"min_cosine\": %.9g",
+                       (unsigned long long)f->compared, (unsigned long long)f->identical, f->max_rel_rms, f->max_abs,
+                       f->min_cosine);
+            printf("}");
+            first = false;
+        }
+        printf("]}\n");
+    } else {
+        printf("%s: GGUF, %u file(s), %llu tensors, %llu bytes; %llu checkpoint tensors decoded\n", path, r.files,
+               (unsigned long long)r.tensors, (unsigned long long)r.bytes, (unsigned long long)r.checked);
+        if (r.source_checked) {
+            printf("source %s: %llu compared, %llu identical; worst relative RMS %.3g (%s)\n", source,
+                   (unsigned long long)r.compared, (unsigned long long)r.identical, r.worst_rel_rms, r.worst);
+            for (int k = 0; k < DSQ_FAMILY_COUNT; k++) {
+                const dsq_gguf_verify_family *f = &r.family[k];
+                if (!f->compared) continue;
+                printf("  %-16s %5llu compared, %5llu identical, max rel RMS %.3g, max |err| %.3g, min cosine %.9f\n",
+                       dsq_family_name((dsq_family)k), (unsigned long long)f->compared, (unsigned long long)f->identical,
+                       f->max_rel_rms, f->max_abs, f->min_cosine);
+            }
+        }
+    }
+    if (s != DSQ_OK) return dsq_cmd_fail("verify", &err);
+    dsq_err_clear(&err);
+    return DSQ_EXIT_OK;
 }
 
 static void print_json(const char *path, const dsq_verify_report *r, bool ok, size_t problems) {
@@ -66,6 +123,7 @@ int dsq_cmd_verify(int argc, char **argv) {
         else return dsq_cmd_usage_error("verify", "unexpected argument '%s'", argv[i]);
     }
     if (!path) return dsq_cmd_usage_error("verify", "need FILE.dsq");
+    if (dsq_wsrc_sniff_gguf(path)) return verify_gguf(path, source, json);
     dsq_err err = DSQ_ERR_INIT;
     dsq_verify_report rep;
     dsq_verify_options o = {.path = path, .source = source, .no_mmap = no_mmap, .progress = true};

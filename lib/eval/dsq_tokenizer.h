@@ -56,8 +56,9 @@ typedef struct dsq_tok_options {
  * with dsq_tok_free. */
 dsq_status dsq_tok_load_json(const char *json, size_t len, const char *what, const dsq_tok_options *opt, dsq_tok **out,
                              dsq_err *err);
-/* Load from a tokenizer.json file, from a directory holding one (a checkpoint directory), or from a
- * .dsq container (the tokenizer.json text its metadata carries under `tokenizer`). */
+/* Load from a tokenizer.json file, from a directory holding one (a checkpoint directory), from a
+ * .dsq container (the tokenizer.json text its metadata carries under `tokenizer`), or from a GGUF
+ * (rebuilt from tokenizer.ggml.*: lib/eval/gguf_tokenizer.c). */
 dsq_status dsq_tok_open(const char *path, const dsq_tok_options *opt, dsq_tok **out, dsq_err *err);
 void dsq_tok_free(dsq_tok *t);
 

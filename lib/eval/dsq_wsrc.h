@@ -59,8 +59,18 @@ dsq_status dsq_wsrc_open_safetensors(const char *path, dsq_wsrc **out, dsq_err *
  * slice of a stacked or fused tensor through the container's source records.  When cfg is non-NULL
  * it receives the metadata's model.config. */
 dsq_status dsq_wsrc_open_dsq(const char *path, dsq_v4_config *cfg, dsq_wsrc **out, dsq_err *err);
-/* Open whatever PATH is: a .dsq container (config from its metadata) or a checkpoint directory
- * (config.json + safetensors).  cfg receives the config. */
+/* Open a GGUF of llama.cpp's deepseek4 architecture (lib/eval/wsrc_gguf.c; the first file of a
+ * split set opens the set): config from the deepseek4.* hparams, F32/F16/BF16 as views, Q8_0 / Q4_0 /
+ * MXFP4 unpacked at open into int8-g32 / int4-g32 / mxfp4 (same values); other types fail naming
+ * the tensor and type. */
+dsq_status dsq_wsrc_open_gguf(const char *path, dsq_v4_config *cfg, dsq_wsrc **out, dsq_err *err);
+/* The config a deepseek4 GGUF's hparams describe (what dsq_wsrc_open_gguf uses). */
+struct dsq_gguf;
+dsq_status dsq_gguf_v4_config(const struct dsq_gguf *g, dsq_v4_config *cfg, dsq_err *err);
+/* True when the file at path starts with the GGUF magic. */
+bool dsq_wsrc_sniff_gguf(const char *path);
+/* Open whatever PATH is: a .dsq container (config from its metadata), a GGUF, or a checkpoint
+ * directory (config.json + safetensors).  cfg receives the config. */
 dsq_status dsq_wsrc_open_path(const char *path, dsq_v4_config *cfg, dsq_wsrc **out, dsq_err *err);
 
 /* Accepts NULL. */

