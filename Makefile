@@ -28,7 +28,7 @@ endif
 CU_SRC   := $(wildcard kernels/*.cu)
 ifeq ($(HAVE_NVCC)$(if $(CU_SRC),1,),11)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC)))
-ALL_CFLAGS += -DDSQ_HAVE_CUDA=1 -I$(CUDA_HOME)/include
+ALL_CFLAGS += -DDSQ_HAVE_CUDA=1 -I$(CUDA_HOME)/include -Ikernels
 LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++
 CU_OBJ   := $(patsubst %.cu,$(BUILD)/%.o,$(CU_SRC))
 endif
@@ -84,7 +84,8 @@ $(BUILD)/%.o: %.c | $(BUILD)/gen/commands.inc
 
 $(BUILD)/kernels/%.o: kernels/%.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) -O2 -arch=$(CUDA_ARCH) -Ilib -Ilib/core -Ilib/format -Ilib/quant -Ilib/eval -Xcompiler -Wall,-Werror -c $< -o $@
+	$(NVCC) -O2 -arch=$(CUDA_ARCH) -Werror all-warnings -Ilib -Ilib/core -Ilib/format -Ilib/quant -Ilib/eval -Ikernels \
+	  -Xcompiler -Wall,-Wextra,-Werror -MMD -MP -c $< -o $@
 
 $(BUILD)/libdsq.a: $(LIB_OBJ)
 	@rm -f $@
