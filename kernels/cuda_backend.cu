@@ -1,7 +1,8 @@
 // The cuda backend's device side (C API: kernels/dsq_cuda.h).  Weights live on the device in their
 // stored encoding (codes, scales, mins copied as they are) and are dequantized inside the kernels:
-//   one to four tokens   gemv_kernel: one warp per output row, every lane decodes its columns and
-//                        multiplies them into up to four tokens' accumulators (no f32 weight copy)
+//   one to four tokens   gemv16_kernel (16 columns per lane and step, vector loads; byte-aligned encodings)
+//                        or gemv_kernel (one column per lane and step, any encoding): one warp per output
+//                        row, decoding in registers into up to four tokens' accumulators (no f32 copy)
 //   more tokens          dequant_kernel writes a slab of rows as f32 into scratch, cublasSgemm
 //                        (default math: no TF32) multiplies it by all tokens
 //   release FP8-linear   fp8_linear_kernel: one warp per (row, token), per-128-column activation scales
@@ -77,6 +78,49 @@ __global__ void gemv_kernel(wdev w, uint64_t row0, uint64_t n_rows, const float 
     for (uint64_t c = lane; c < w.cols; c += WARP) {
         float v = decode(w, row0 + i, c);
         for (int t = 0; t < NT; t++) acc[t] += v * x[(uint64_t)t * w.cols + c];
+    }
+    for (int t = 0; t < NT; t++) {
+        float s = warp_sum(acc[t]);
+        if (lane == 0) y[(uint64_t)t * n_rows + i] = s;
+    }
+}
+
+// The same with 16 columns per lane and step (dsq_cu_vec16_ok layouts): one or two vector loads of the
+// codes, one scale per 16 columns, float4 loads of x; a warp reads 512 FP8 bytes per step.
+template <int NT>
+__global__ void gemv16_kernel(wdev w, uint64_t row0, uint64_t n_rows, const float *__restrict__ x,
+                              float *__restrict__ y) {
+    uint64_t i = (uint64_t)blockIdx.x * GEMV_ROWS + threadIdx.x / WARP;
+    int lane = threadIdx.x % WARP;
+    if (i >= n_rows) return;
+    const int nb = dsq_cu_bytes16(w.enc);
+    const uint8_t *row = w.data + (row0 + i) * w.row_bytes;
+    float acc[NT];
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    for (uint64_t c0 = (uint64_t)lane * 16; c0 < w.cols; c0 += WARP * 16) {
+        union {
+            uint4 q[2];
+            uint2 h;
+            uint8_t b[32];
+        } raw;
+        const uint8_t *p = row + c0 / 16 * (uint64_t)nb;
+        if (nb == 8) {
+            raw.h = *(const uint2 *)p;
+        } else {
+            raw.q[0] = *(const uint4 *)p;
+            if (nb == 32) raw.q[1] = *(const uint4 *)(p + 16);
+        }
+        float v[16];
+        dsq_cu_decode16(&w, row0 + i, c0, raw.b, v);
+        for (int t = 0; t < NT; t++) {
+            const float4 *xv = (const float4 *)(x + (uint64_t)t * w.cols + c0);
+            float s = 0.0f;
+            for (int k = 0; k < 4; k++) {
+                float4 a = xv[k];
+                s += v[4 * k] * a.x + v[4 * k + 1] * a.y + v[4 * k + 2] * a.z + v[4 * k + 3] * a.w;
+            }
+            acc[t] += s;
+        }
     }
     for (int t = 0; t < NT; t++) {
         float s = warp_sum(acc[t]);
@@ -203,12 +247,14 @@ extern "C" void dsq_cuda_close(dsq_cuda *c) {
 
 // ---- weights ----
 
-static int upload_part(const void *host, uint64_t bytes, void **dev, char *msg, size_t cap) {
+static int upload_part(dsq_cuda *c, const void *host, uint64_t bytes, void **dev, char *msg, size_t cap) {
     *dev = NULL;
     if (!host || !bytes) return 0;
     CK(cudaMalloc(dev, bytes), "cudaMalloc (weight)");
-    // pageable (mmap'd) source: cudaMemcpy stages it through pinned buffers of the driver
-    CK(cudaMemcpy(*dev, host, bytes, cudaMemcpyHostToDevice), "cudaMemcpy (weight upload)");
+    // pageable (mmap'd) source, staged by the driver; on the context's stream so the kernels that read
+    // the weight are ordered after the copy, and waited for before the next part
+    CK(cudaMemcpyAsync(*dev, host, bytes, cudaMemcpyHostToDevice, c->stream), "cudaMemcpyAsync (weight upload)");
+    CK(cudaStreamSynchronize(c->stream), "cudaStreamSynchronize (weight upload)");
     return 0;
 }
 
@@ -221,9 +267,9 @@ extern "C" int dsq_cuda_weight_upload(dsq_cuda *c, const dsq_cuda_wdesc *d, dsq_
         snprintf(msg, cap, "no host memory for a weight record");
         return 1;
     }
-    if (upload_part(d->data, d->data_bytes, &w->data, msg, cap) ||
-        upload_part(d->scales, d->scale_bytes, &w->scales, msg, cap) ||
-        upload_part(d->mins, d->mins_bytes, &w->mins, msg, cap)) {
+    if (upload_part(c, d->data, d->data_bytes, &w->data, msg, cap) ||
+        upload_part(c, d->scales, d->scale_bytes, &w->scales, msg, cap) ||
+        upload_part(c, d->mins, d->mins_bytes, &w->mins, msg, cap)) {
         dsq_cuda_weight_free(w);
         return 1;
     }
@@ -249,6 +295,16 @@ extern "C" uint64_t dsq_cuda_weight_bytes(const dsq_cuda_weight *w) { return w ?
 static int launch_gemv(dsq_cuda *c, const wdev &w, uint64_t row0, uint64_t n_rows, int nt, const float *x, float *y,
                        char *msg, size_t cap) {
     dim3 grid((unsigned)((n_rows + GEMV_ROWS - 1) / GEMV_ROWS)), block(GEMV_ROWS * WARP);
+    if (dsq_cu_vec16_ok(&w)) {
+        switch (nt) {
+        case 1: gemv16_kernel<1><<<grid, block, 0, c->stream>>>(w, row0, n_rows, x, y); break;
+        case 2: gemv16_kernel<2><<<grid, block, 0, c->stream>>>(w, row0, n_rows, x, y); break;
+        case 3: gemv16_kernel<3><<<grid, block, 0, c->stream>>>(w, row0, n_rows, x, y); break;
+        default: gemv16_kernel<4><<<grid, block, 0, c->stream>>>(w, row0, n_rows, x, y); break;
+        }
+        CK_LAUNCH("gemv16_kernel launch");
+        return 0;
+    }
     switch (nt) {
     case 1: gemv_kernel<1><<<grid, block, 0, c->stream>>>(w, row0, n_rows, x, y); break;
     case 2: gemv_kernel<2><<<grid, block, 0, c->stream>>>(w, row0, n_rows, x, y); break;

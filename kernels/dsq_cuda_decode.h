@@ -149,4 +149,68 @@ DSQ_HD float dsq_cu_decode(const dsq_cuda_wlayout *w, uint64_t r, uint64_t c) {
     }
 }
 
+/* ---- 16 columns at a time (the GEMV kernel's fast path) ----
+ * A lane loads the raw bytes of 16 consecutive columns c0 … c0+15 (c0 % 16 == 0) in one or two vector
+ * loads and decodes them with one scale (and min): allowed when every row's codes are byte-aligned in
+ * 16-column pieces and a scale block never splits them. */
+DSQ_HD int dsq_cu_bytes16(int enc) {
+    switch (enc) {
+    case DSQ_CU_F16:
+    case DSQ_CU_BF16: return 32;
+    case DSQ_CU_MXFP4:
+    case DSQ_CU_NVFP4:
+    case DSQ_CU_INT4_G:
+    case DSQ_CU_INT4_G_ASYM: return 8;
+    case DSQ_CU_FP8_B128:
+    case DSQ_CU_FP8_B128_F32:
+    case DSQ_CU_FP8_R128:
+    case DSQ_CU_FP8_ROW:
+    case DSQ_CU_FP8_R128_F32:
+    case DSQ_CU_FP8_ROW_E8M0:
+    case DSQ_CU_INT8_ROW:
+    case DSQ_CU_INT8_G: return 16;
+    default: return 0; /* F32, INT2: the per-element path */
+    }
+}
+DSQ_HD int dsq_cu_vec16_ok(const dsq_cuda_wlayout *w) {
+    int nb = dsq_cu_bytes16(w->enc);
+    return nb && w->cols % 16 == 0 && w->bcols % 16 == 0 && w->row_bytes % (uint64_t)nb == 0;
+}
+/* b = the raw bytes of columns c0 … c0+15 of row r (dsq_cu_bytes16 of them) → v[16]; the same values as
+ * dsq_cu_decode. */
+DSQ_HD void dsq_cu_decode16(const dsq_cuda_wlayout *w, uint64_t r, uint64_t c0, const uint8_t *b, float *v) {
+    int k;
+    switch (w->enc) {
+    case DSQ_CU_F16:
+        for (k = 0; k < 16; k++) v[k] = dsq_cu_f16(dsq_cu_u16(b + 2 * k));
+        return;
+    case DSQ_CU_BF16:
+        for (k = 0; k < 16; k++) v[k] = dsq_cu_bits_f32((uint32_t)dsq_cu_u16(b + 2 * k) << 16);
+        return;
+    default: break;
+    }
+    float s = dsq_cu_scale(w, r, c0);
+    switch (w->enc) {
+    case DSQ_CU_MXFP4:
+    case DSQ_CU_NVFP4:
+        for (k = 0; k < 16; k++) v[k] = dsq_cu_e2m1((uint32_t)(b[k >> 1] >> ((k & 1) * 4)) & 15u) * s;
+        return;
+    case DSQ_CU_INT4_G:
+        for (k = 0; k < 16; k++) v[k] = (float)((int)(((uint32_t)(b[k >> 1] >> ((k & 1) * 4)) & 15u) ^ 8u) - 8) * s;
+        return;
+    case DSQ_CU_INT4_G_ASYM: {
+        float m = dsq_cu_f16(dsq_cu_u16(w->mins + 2 * dsq_cu_scale_index(w, r, c0)));
+        for (k = 0; k < 16; k++) v[k] = (float)((uint32_t)(b[k >> 1] >> ((k & 1) * 4)) & 15u) * s + m;
+        return;
+    }
+    case DSQ_CU_INT8_ROW:
+    case DSQ_CU_INT8_G:
+        for (k = 0; k < 16; k++) v[k] = (float)(int8_t)b[k] * s;
+        return;
+    default: /* the FP8 encodings */
+        for (k = 0; k < 16; k++) v[k] = dsq_cu_e4m3(b[k]) * s;
+        return;
+    }
+}
+
 #endif

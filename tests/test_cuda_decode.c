@@ -43,7 +43,20 @@ static void check_encoding(dsq_encoding enc, int group) {
                 diff++;
             }
         }
-    printf("  %-16s %zu of %d elements differ (%zu non-zero)\n", nm, diff, ROWS * COLS, nonzero);
+    /* the 16-column decoder of the GEMV fast path, where the layout allows it */
+    size_t diff16 = 0;
+    int nb = dsq_cu_bytes16((int)enc), vec = dsq_cu_vec16_ok(&w);
+    if (vec)
+        for (uint64_t i = 0; i < ROWS; i++)
+            for (uint64_t c0 = 0; c0 < COLS; c0 += 16) {
+                float v[16];
+                dsq_cu_decode16(&w, i, c0, w.data + i * w.row_bytes + c0 / 16 * (uint64_t)nb, v);
+                for (int k = 0; k < 16; k++)
+                    diff16 += dsq_f32_bits(v[k]) != dsq_f32_bits(ref[i * COLS + c0 + (uint64_t)k]);
+            }
+    printf("  %-16s %zu of %d elements differ (%zu non-zero); 16-column path: %s, %zu differ\n", nm, diff,
+           ROWS * COLS, nonzero, vec ? "yes" : "no", diff16);
+    assert_int_equal(diff16, 0);
     assert_int_equal(diff, 0);
     assert_true(nonzero > ROWS * COLS / 4); /* the data is not trivially zero */
     qbuf_free(&b);

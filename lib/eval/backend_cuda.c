@@ -45,12 +45,19 @@ dsq_status dsq_device_check(const dsq_device *d, dsq_err *err) {
     return DSQ_OK;
 }
 
-/* Uploaded weights by data pointer (open addressing, power-of-two table). */
+/* Uploaded weights by view (open addressing, power-of-two table): the key is everything that makes a view
+ * distinct, so two views starting at the same byte (a fused tensor and its first slice) never share. */
 typedef struct wslot {
-    const uint8_t *data;
+    const uint8_t *data, *scale;
     dsq_encoding enc;
+    uint64_t rows, cols;
     dsq_cuda_weight *w;
 } wslot;
+
+static bool same_view(const wslot *s, const dsq_wview *w) {
+    return s->data == w->data && s->scale == w->scale && s->enc == w->enc && s->rows == w->shape[0] &&
+           s->cols == w->shape[1];
+}
 
 typedef struct cuda_be {
     dsq__backend be;
@@ -118,7 +125,7 @@ static dsq_status weight_of(cuda_be *cb, const dsq_wview *w, dsq_cuda_weight **o
     if (cb->n_slots) {
         size_t j = hash_ptr(w->data) & (cb->n_slots - 1);
         for (; cb->slots[j].data; j = (j + 1) & (cb->n_slots - 1))
-            if (cb->slots[j].data == w->data && cb->slots[j].enc == w->enc) {
+            if (same_view(&cb->slots[j], w)) {
                 *out = cb->slots[j].w;
                 return DSQ_OK;
             }
@@ -132,7 +139,7 @@ static dsq_status weight_of(cuda_be *cb, const dsq_wview *w, dsq_cuda_weight **o
         return dsq_err_set(err, DSQ_ERR_IO, "%s: %s: upload of %s: %s", cb->name, cb->device_name, w->name, msg);
     size_t j = hash_ptr(w->data) & (cb->n_slots - 1);
     while (cb->slots[j].data) j = (j + 1) & (cb->n_slots - 1);
-    cb->slots[j] = (wslot){w->data, w->enc, dw};
+    cb->slots[j] = (wslot){w->data, w->scale, w->enc, w->shape[0], w->shape[1], dw};
     cb->used++;
     cb->device_bytes += dsq_cuda_weight_bytes(dw);
     *out = dw;

@@ -111,10 +111,12 @@ static void check_model(const char *label, dsq_v4_model *m, const int32_t *tok, 
 
 /* ---- the linear kernels on every stored encoding ------------------------------------------------ */
 
-static void linear_case(const dsq__backend *cuda, dsq_encoding enc, int group) {
-    enum { ROWS = 300, COLS = 640, ROW0 = 7, NR = 250 };
-    char nm[32];
-    dsq_codec_name(enc, group, nm, sizeof nm);
+/* COLS % 16 == 0: the 16-column GEMV path for the byte-aligned encodings; otherwise the per-element one. */
+static void linear_case(const dsq__backend *cuda, dsq_encoding enc, int group, uint64_t COLS) {
+    enum { ROWS = 300, ROW0 = 7, NR = 250 };
+    char nm[48];
+    dsq_codec_name(enc, group, nm, 32);
+    snprintf(nm + strlen(nm), 16, "/%llu", (unsigned long long)COLS);
     dsq_qtensor_buf b;
     assert_int_equal(qbuf_alloc(&b, enc, ROWS, COLS, group), 0);
     rng r = {(uint64_t)enc * 31 + (uint64_t)group};
@@ -127,7 +129,7 @@ static void linear_case(const dsq__backend *cuda, dsq_encoding enc, int group) {
                    .data_bytes = L.data_bytes, .scale = b.scales, .scale_bytes = L.scale_bytes, .group = group,
                    .mins = b.mins, .mins_bytes = L.min_bytes, .tensor_scale = b.tensor_scale};
     static const int64_t ntok[] = {1, 2, 3, 4, 5, 37, 130};
-    size_t ldx = COLS + 3, ldy = NR + 5;
+    size_t ldx = (size_t)COLS + 3, ldy = NR + 5;
     for (size_t k = 0; k < sizeof ntok / sizeof *ntok; k++) {
         int64_t n = ntok[k];
         float *x = malloc(sizeof(float) * ldx * (size_t)n), *yc = calloc(ldy * (size_t)n, sizeof(float)),
@@ -202,7 +204,10 @@ static void test_linear_every_encoding(void **state) {
         {DSQ_ENC_NVFP4, 0},        {DSQ_ENC_INT8_ROW, 0},     {DSQ_ENC_INT8_G, 32},     {DSQ_ENC_INT4_G, 32},
         {DSQ_ENC_INT4_G_ASYM, 32}, {DSQ_ENC_INT2_G_ASYM, 16}, {DSQ_ENC_FP8_R128_F32, 0}, {DSQ_ENC_FP8_ROW_E8M0, 0},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) linear_case(under_test, cases[i].enc, cases[i].group);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) linear_case(under_test, cases[i].enc, cases[i].group, 640);
+    linear_case(under_test, DSQ_ENC_FP8_B128, 0, 650);
+    linear_case(under_test, DSQ_ENC_BF16, 0, 650);
+    linear_case(under_test, DSQ_ENC_FP8_R128, 0, 200);
     if (cuda) cuda->close(cuda);
 }
 
