@@ -245,6 +245,15 @@ extern "C" void dsq_cuda_close(dsq_cuda *c) {
     free(c);
 }
 
+extern "C" int dsq_cuda_mem_info(dsq_cuda *c, uint64_t *free_bytes, uint64_t *total_bytes, char *msg, size_t cap) {
+    size_t f = 0, t = 0;
+    CK(cudaSetDevice(c->index), "cudaSetDevice");
+    CK(cudaMemGetInfo(&f, &t), "cudaMemGetInfo");
+    *free_bytes = f;
+    *total_bytes = t;
+    return 0;
+}
+
 // ---- weights ----
 
 static int upload_part(dsq_cuda *c, const void *host, uint64_t bytes, void **dev, char *msg, size_t cap) {

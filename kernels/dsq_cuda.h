@@ -39,6 +39,8 @@ int dsq_cuda_device_count(int *count, char *msg, size_t cap);
  * code for), creates a stream and a cuBLAS handle.  name[64] receives the device name. */
 int dsq_cuda_open(int index, dsq_cuda **out, char *name, char *msg, size_t cap);
 void dsq_cuda_close(dsq_cuda *c); /* accepts NULL */
+/* Free and total device memory in bytes (cudaMemGetInfo). */
+int dsq_cuda_mem_info(dsq_cuda *c, uint64_t *free_bytes, uint64_t *total_bytes, char *msg, size_t cap);
 
 /* Copy a weight's bytes (codes, scales, mins) to the device as they are. */
 int dsq_cuda_weight_upload(dsq_cuda *c, const dsq_cuda_wdesc *d, dsq_cuda_weight **out, char *msg, size_t cap);

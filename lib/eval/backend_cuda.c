@@ -196,6 +196,21 @@ dsq_status dsq__backend_cuda_open(const dsq_v4_model *m, int index, dsq__backend
         dsq_free(cb);
         return dsq_err_set(err, DSQ_ERR_UNSUPPORTED, "--device cuda:%d: %s", index, msg);
     }
+    /* weights stay resident (layer streaming to the GPU is not written yet): refuse a model that cannot
+     * fit rather than fail on the N-th upload */
+    uint64_t free_b = 0, total_b = 0, need = 0;
+    if (m) {
+        need = dsq_v4_global_bytes(m);
+        for (int b = 0; b < m->n_blocks; b++) need += dsq_v4_block_bytes(m, b);
+    }
+    if (dsq_cuda_mem_info(cb->ctx, &free_b, &total_b, msg, sizeof msg) == 0 && need + (256u << 20) > free_b) {
+        dsq_cuda_close(cb->ctx);
+        dsq_free(cb);
+        return dsq_err_set(err, DSQ_ERR_NOSPACE,
+                           "--device cuda:%d: %s has %.2f GB free of %.2f GB; the model's weights need %.2f GB "
+                           "resident (GPU layer streaming is not implemented yet)",
+                           index, cb->device_name, free_b / 1e9, total_b / 1e9, need / 1e9);
+    }
     pthread_mutex_init(&cb->mu, NULL);
     snprintf(cb->name, sizeof cb->name, "cuda:%d", index);
     /* the block operations stay on the cpu backend's functions until they have kernels */
