@@ -79,6 +79,29 @@ static void cpu_hc_post(const dsq__run *r, const float *o, float *X, const float
     }
 }
 
+static inline float sigm(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+static void cpu_hc_head(const dsq__run *r, const float *base, float hscale, const float *normw, const float *X,
+                        const float *m, int64_t n, float *h) {
+    const dsq_v4_config *c = r->c;
+    int hc = c->hc_mult;
+    size_t D = (size_t)c->dim, HD = (size_t)hc * D;
+    for (int64_t t = 0; t < n; t++) {
+        const float *v = X + (size_t)t * HD;
+        double ss = 0;
+        for (size_t i = 0; i < HD; i++) ss += (double)v[i] * v[i];
+        float rho = 1.0f / sqrtf((float)(ss / (double)HD) + (float)c->norm_eps), pre[64];
+        for (int j = 0; j < hc; j++) pre[j] = sigm(m[(size_t)t * hc + j] * rho * hscale + base[j]) + (float)c->hc_eps;
+        float *ht = h + (size_t)t * D;
+        for (size_t d = 0; d < D; d++) {
+            float s = 0;
+            for (int j = 0; j < hc; j++) s += pre[j] * v[(size_t)j * D + d];
+            ht[d] = R(r, s);
+        }
+        dsq_v4_rms_norm(ht, normw, (int64_t)D, (float)c->norm_eps, r->rel, ht);
+    }
+}
+
 /* ---- attention (spec §4.4) ----------------------------------------------------------------------- */
 
 static void cpu_kv_rows(const dsq__run *r, const v4_block_w *B, float *kv, int64_t p0, int64_t T) {
@@ -287,6 +310,7 @@ const dsq__backend dsq__backend_cpu = {
     .norm_rows = cpu_norm_rows,
     .hc_pre = cpu_hc_pre,
     .hc_post = cpu_hc_post,
+    .hc_head = cpu_hc_head,
     .kv_rows = cpu_kv_rows,
     .q_rows = cpu_q_rows,
     .compressor = cpu_compressor,

@@ -1,7 +1,9 @@
 /* Internal to lib/eval: the evaluator's backend seam (docs/architecture.md, "Backends").
  *
- * v4_forward.c reads like spec §4 and calls every operation that touches activations through a
- * dsq__backend function table, never through `#ifdef CUDA`.  One table per device kind:
+ * v4_forward.c reads like spec §4 and calls its operations through a dsq__backend function table,
+ * never through `#ifdef CUDA`.  What stays in v4_forward.c is bookkeeping on host arrays: buffers, the
+ * embedding row copy, index lists over the caches, the window-ring copy, the MoE gather/scatter and the
+ * MTP input sum (docs/architecture.md, "Backends").  One table per device kind:
  *   cpu   lib/eval/backend_cpu.c   the reference kernels (linear.c, ops.c); the bits of the golden tests
  *   cuda  lib/eval/backend_cuda.c  host side (weight descriptors, device choice, errors) over
  *         kernels/cuda_backend.cu  device buffers, weight upload in the stored encoding, GEMV/GEMM
@@ -50,6 +52,10 @@ struct dsq__backend {
                    float *a, float *post, float *comb);
     /* hc_post: X'[j] = post_j·o + Σ_i comb[i][j]·X[i] for n tokens (X [n][hc][D] in place). */
     void (*hc_post)(const dsq__run *r, const float *o, float *X, const float *post, const float *comb, int64_t n);
+    /* Output head mix (spec §4.8) after its mix GEMM: m [n][hc] → pre = σ(m·ρ·hscale + base) + eps,
+     * h [n][D] = RMSNorm(Σ_j pre_j·X[j]) with weight normw. */
+    void (*hc_head)(const dsq__run *r, const float *base, float hscale, const float *normw, const float *X,
+                    const float *m, int64_t n, float *h);
     /* kv path after wkv (spec §4.4): kv [T][hd] ← kv_norm, RoPE at p0+t, release FP8 simulation. */
     void (*kv_rows)(const dsq__run *r, const v4_block_w *B, float *kv, int64_t p0, int64_t T);
     /* q path after wq_b (and the indexer's q/weights for CSA): per-head norm + RoPE of q [tc][H][hd];

@@ -29,7 +29,6 @@ typedef struct seg {
 } seg;
 
 static inline float R(const run *r, float x) { return r->rel ? dsq_bf16_round(x) : x; }
-static inline float sigm(float x) { return 1.0f / (1.0f + expf(-x)); }
 #define BE (r->be)
 
 #define ALLOC(ptr, count)                                                                                              \
@@ -375,26 +374,13 @@ static dsq_status head(const run *r, const dsq_wview *fn, const float *base, flo
                        const float *X, int64_t n, float *logits) {
     const dsq_v4_config *c = r->c;
     int hc = c->hc_mult;
-    size_t D = (size_t)c->dim, HD = (size_t)hc * D;
+    size_t D = (size_t)c->dim;
     dsq_status st = DSQ_OK;
     float *m = NULL, *h = NULL;
     ALLOC(m, (int64_t)hc * n);
     ALLOC(h, (int64_t)D * n);
     CHECK(lin(r, LIN_F32, fn, X, n, m));
-    for (int64_t t = 0; t < n; t++) {
-        const float *v = X + (size_t)t * HD;
-        double ss = 0;
-        for (size_t i = 0; i < HD; i++) ss += (double)v[i] * v[i];
-        float rho = 1.0f / sqrtf((float)(ss / (double)HD) + (float)c->norm_eps), pre[64];
-        for (int j = 0; j < hc; j++) pre[j] = sigm(m[(size_t)t * hc + j] * rho * hscale + base[j]) + (float)c->hc_eps;
-        float *ht = h + (size_t)t * D;
-        for (size_t d = 0; d < D; d++) {
-            float s = 0;
-            for (int j = 0; j < hc; j++) s += pre[j] * v[(size_t)j * D + d];
-            ht[d] = R(r, s);
-        }
-        dsq_v4_rms_norm(ht, normw, (int64_t)D, (float)c->norm_eps, r->rel, ht);
-    }
+    BE->hc_head(r, base, hscale, normw, X, m, n, h);
     if (logits) CHECK(lin(r, LIN_F32, &r->m->head, h, n, logits));
 done:
     dsq_free(m);
