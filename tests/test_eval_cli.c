@@ -153,6 +153,37 @@ static void test_errors(void **state) {
     free(txt);
 }
 
+/* dsq_device_from_name: the accepted spellings and the rejected ones. */
+static void test_device_names(void **state) {
+    static const struct {
+        const char *s;
+        bool ok;
+        dsq_device_kind kind;
+        int index;
+    } cases[] = {
+        {"cpu", true, DSQ_DEVICE_CPU, 0},     {"cuda", true, DSQ_DEVICE_CUDA, 0},  {"cuda:0", true, DSQ_DEVICE_CUDA, 0},
+        {"cuda:7", true, DSQ_DEVICE_CUDA, 7}, {"cuda:15", true, DSQ_DEVICE_CUDA, 15}, {"cuda:16", false, 0, 0},
+        {"cuda:", false, 0, 0},               {"cuda:-1", false, 0, 0},              {"cuda:1x", false, 0, 0},
+        {"CUDA", false, 0, 0},                {"cuda0", false, 0, 0},                {"cpu:0", false, 0, 0},
+        {"", false, 0, 0},                    {"gpu", false, 0, 0},                  {"cuda:99999999999", false, 0, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        dsq_device d = {DSQ_DEVICE_CPU, -5};
+        bool ok = dsq_device_from_name(cases[i].s, &d);
+        assert_int_equal(ok, cases[i].ok);
+        if (!ok) continue;
+        assert_int_equal(d.kind, cases[i].kind);
+        assert_int_equal(d.index, cases[i].index);
+        char buf[16];
+        dsq_device round;
+        assert_true(dsq_device_from_name(dsq_device_name(&d, buf, sizeof buf), &round));
+        assert_int_equal(round.kind, d.kind);
+        assert_int_equal(round.index, d.index);
+    }
+    dsq_device cpu = {DSQ_DEVICE_CPU, 0};
+    assert_int_equal(dsq_device_check(&cpu, NULL), DSQ_OK);
+}
+
 /* --device: cpu gives the same bytes as the default; cuda is refused with one line and a non-zero exit
  * on every eval subcommand and compare when it cannot run here (no CUDA built in, or no device), and
  * matches golden when it can (tests/gpu/run.sh runs this suite on a GPU machine too). */
@@ -221,6 +252,7 @@ int main(void) {
         cmocka_unit_test(test_dump_hidden_and_budget),
         cmocka_unit_test(test_release_numerics_cli),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_device_names),
         cmocka_unit_test(test_device_option),
     };
     return cmocka_run_group_tests_name("eval_cli", tests, setup, teardown);

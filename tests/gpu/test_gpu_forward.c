@@ -211,6 +211,18 @@ static void test_linear_every_encoding(void **state) {
     if (cuda) cuda->close(cuda);
 }
 
+/* A device index past the present ones is refused with one line. */
+static void test_device_errors(void **state) {
+    if (dut != DSQ_DEVICE_CUDA) return;
+    dsq_device d = {DSQ_DEVICE_CUDA, DSQ_MAX_CUDA_DEVICES - 1};
+    dsq_err e = DSQ_ERR_INIT;
+    assert_int_equal(dsq_device_check(&d, &e), DSQ_ERR_UNSUPPORTED);
+    printf("  cuda:%d -> %s\n", d.index, e.msg);
+    assert_non_null(strstr(e.msg, "CUDA device"));
+    assert_null(strchr(e.msg, '\n'));
+    dsq_err_clear(&e);
+}
+
 /* ---- whole models ------------------------------------------------------------------------------- */
 
 static void test_golden_exact(void **state) {
@@ -354,7 +366,8 @@ int main(void) {
     }
     tmp = dsq_test_tmpdir();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_linear_every_encoding), cmocka_unit_test(test_golden_exact),
+        cmocka_unit_test(test_device_errors),         cmocka_unit_test(test_linear_every_encoding),
+        cmocka_unit_test(test_golden_exact),
         cmocka_unit_test(test_golden_release),        cmocka_unit_test(test_synth_shapes),
         cmocka_unit_test(test_containers_every_recipe), cmocka_unit_test(test_streaming),
     };
