@@ -31,8 +31,8 @@ static double now(void) {
 }
 
 /* A weight of (enc, rows, cols) with valid, finite codes and unit-ish scales, uploaded. */
-static dsq_cuda_weight *make_weight(dsq_cuda *c, dsq_encoding enc, uint64_t rows, uint64_t cols, char *msg,
-                                    size_t cap, uint64_t *bytes) {
+static dsq_cuda_weight *make_weight(dsq_cuda *c, dsq_encoding enc, uint64_t rows, uint64_t cols, char *msg, size_t cap,
+                                    uint64_t *bytes) {
     dsq_codec_layout L;
     if (dsq_codec_layout_of(enc, rows, cols, 0, &L, NULL)) {
         snprintf(msg, cap, "layout of encoding %d", (int)enc);
@@ -45,10 +45,18 @@ static dsq_cuda_weight *make_weight(dsq_cuda *c, dsq_encoding enc, uint64_t rows
         return NULL;
     }
     for (uint64_t i = 0; i < L.data_bytes; i++) data[i] = (uint8_t)((i * 37u + 11u) & 0x77u); /* no NaN codes */
-    memset(scales, 120, L.scale_bytes);                                                      /* UE8M0 2^-7 */
-    dsq_cuda_wdesc d = {.enc = (int)enc, .rows = rows, .cols = cols, .row_bytes = L.row_bytes,
-                        .block_rows = L.block_rows, .block_cols = L.block_cols, .scale_cols = L.scale_cols,
-                        .data = data, .data_bytes = L.data_bytes, .scales = scales, .scale_bytes = L.scale_bytes};
+    memset(scales, 120, L.scale_bytes);                                                       /* UE8M0 2^-7 */
+    dsq_cuda_wdesc d = {.enc = (int)enc,
+                        .rows = rows,
+                        .cols = cols,
+                        .row_bytes = L.row_bytes,
+                        .block_rows = L.block_rows,
+                        .block_cols = L.block_cols,
+                        .scale_cols = L.scale_cols,
+                        .data = data,
+                        .data_bytes = L.data_bytes,
+                        .scales = scales,
+                        .scale_bytes = L.scale_bytes};
     dsq_cuda_weight *w = NULL;
     int rc = dsq_cuda_weight_upload(c, &d, &w, msg, cap);
     free(data), free(scales);
@@ -113,7 +121,8 @@ int main(void) {
             float *x = calloc((size_t)T * cols, sizeof(float)), *y = calloc((size_t)T * rows, sizeof(float));
             int bad = !x || !y || dsq_cuda_linear(c, w, 0, rows, x, cols, T, y, rows, msg, sizeof msg);
             double t0 = now();
-            for (int k = 0; k < 3 && !bad; k++) bad = dsq_cuda_linear(c, w, 0, rows, x, cols, T, y, rows, msg, sizeof msg);
+            for (int k = 0; k < 3 && !bad; k++)
+                bad = dsq_cuda_linear(c, w, 0, rows, x, cols, T, y, rows, msg, sizeof msg);
             double tp = (now() - t0) / 3;
             free(x), free(y);
             if (bad) {

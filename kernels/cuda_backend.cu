@@ -306,26 +306,42 @@ static int launch_gemv(dsq_cuda *c, const wdev &w, uint64_t row0, uint64_t n_row
     dim3 grid((unsigned)((n_rows + GEMV_ROWS - 1) / GEMV_ROWS)), block(GEMV_ROWS * WARP);
     if (dsq_cu_vec16_ok(&w)) {
         switch (nt) {
-        case 1: gemv16_kernel<1><<<grid, block, 0, c->stream>>>(w, row0, n_rows, x, y); break;
-        case 2: gemv16_kernel<2><<<grid, block, 0, c->stream>>>(w, row0, n_rows, x, y); break;
-        case 3: gemv16_kernel<3><<<grid, block, 0, c->stream>>>(w, row0, n_rows, x, y); break;
-        default: gemv16_kernel<4><<<grid, block, 0, c->stream>>>(w, row0, n_rows, x, y); break;
+        case 1:
+            gemv16_kernel<1><<<grid, block, 0, c->stream>>>(w, row0, n_rows, x, y);
+            break;
+        case 2:
+            gemv16_kernel<2><<<grid, block, 0, c->stream>>>(w, row0, n_rows, x, y);
+            break;
+        case 3:
+            gemv16_kernel<3><<<grid, block, 0, c->stream>>>(w, row0, n_rows, x, y);
+            break;
+        default:
+            gemv16_kernel<4><<<grid, block, 0, c->stream>>>(w, row0, n_rows, x, y);
+            break;
         }
         CK_LAUNCH("gemv16_kernel launch");
         return 0;
     }
     switch (nt) {
-    case 1: gemv_kernel<1><<<grid, block, 0, c->stream>>>(w, row0, n_rows, x, y); break;
-    case 2: gemv_kernel<2><<<grid, block, 0, c->stream>>>(w, row0, n_rows, x, y); break;
-    case 3: gemv_kernel<3><<<grid, block, 0, c->stream>>>(w, row0, n_rows, x, y); break;
-    default: gemv_kernel<4><<<grid, block, 0, c->stream>>>(w, row0, n_rows, x, y); break;
+    case 1:
+        gemv_kernel<1><<<grid, block, 0, c->stream>>>(w, row0, n_rows, x, y);
+        break;
+    case 2:
+        gemv_kernel<2><<<grid, block, 0, c->stream>>>(w, row0, n_rows, x, y);
+        break;
+    case 3:
+        gemv_kernel<3><<<grid, block, 0, c->stream>>>(w, row0, n_rows, x, y);
+        break;
+    default:
+        gemv_kernel<4><<<grid, block, 0, c->stream>>>(w, row0, n_rows, x, y);
+        break;
     }
     CK_LAUNCH("gemv_kernel launch");
     return 0;
 }
 
-extern "C" int dsq_cuda_linear(dsq_cuda *c, const dsq_cuda_weight *dw, uint64_t row0, uint64_t n_rows,
-                               const float *x, size_t ldx, int64_t n, float *y, size_t ldy, char *msg, size_t cap) {
+extern "C" int dsq_cuda_linear(dsq_cuda *c, const dsq_cuda_weight *dw, uint64_t row0, uint64_t n_rows, const float *x,
+                               size_t ldx, int64_t n, float *y, size_t ldy, char *msg, size_t cap) {
     const wdev &w = dw->w;
     if (n <= 0 || !n_rows) return 0;
     if (row0 > w.rows || n_rows > w.rows - row0) {
@@ -471,8 +487,8 @@ extern "C" int dsq_cuda_bench_gemm_bf16(dsq_cuda *c, int m, int n, int k, int it
     CK(cudaEventCreate(&b), "cudaEventCreate");
     for (int i = 0; i <= iters; i++) {
         if (i == 1) CK(cudaEventRecord(a, c->stream), "cudaEventRecord"); // iteration 0 warms up
-        CB(cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, A, CUDA_R_16BF, m, B, CUDA_R_16BF, k, &zero, C,
-                        CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+        CB(cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, A, CUDA_R_16BF, m, B, CUDA_R_16BF, k, &zero,
+                        C, CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
            "cublasGemmEx (bf16)");
     }
     CK(cudaEventRecord(b, c->stream), "cudaEventRecord");

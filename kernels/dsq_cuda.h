@@ -50,8 +50,8 @@ uint64_t dsq_cuda_weight_bytes(const dsq_cuda_weight *w);
 /* y[t][i] = Σ_k W[row0+i][k]·x[t][k] for t < n, i < n_rows; host x rows ldx floats apart, host y rows
  * ldy floats apart.  n ≤ 4: dequantize-on-load GEMV kernel; else rows dequantized to f32 on the
  * device in slabs and cublasSgemm (no TF32). */
-int dsq_cuda_linear(dsq_cuda *c, const dsq_cuda_weight *w, uint64_t row0, uint64_t n_rows, const float *x,
-                    size_t ldx, int64_t n, float *y, size_t ldy, char *msg, size_t cap);
+int dsq_cuda_linear(dsq_cuda *c, const dsq_cuda_weight *w, uint64_t row0, uint64_t n_rows, const float *x, size_t ldx,
+                    int64_t n, float *y, size_t ldy, char *msg, size_t cap);
 /* Release FP8-linear (spec §5): y[t][i] = Σ_b sa[t][b]·Σ_{k∈b} q[t][k]·W[row0+i][k], 128-wide blocks;
  * q [n][cols], sa [n][ceil(cols/128)] host arrays. */
 int dsq_cuda_fp8_linear(dsq_cuda *c, const dsq_cuda_weight *w, uint64_t row0, uint64_t n_rows, const float *q,

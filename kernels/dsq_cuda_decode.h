@@ -106,7 +106,8 @@ DSQ_HD float dsq_cu_scale(const dsq_cuda_wlayout *w, uint64_t r, uint64_t c) {
     case DSQ_CU_FP8_B128:
     case DSQ_CU_FP8_R128:
     case DSQ_CU_MXFP4:
-    case DSQ_CU_FP8_ROW_E8M0: return dsq_cu_e8m0(w->scales[i]);
+    case DSQ_CU_FP8_ROW_E8M0:
+        return dsq_cu_e8m0(w->scales[i]);
     case DSQ_CU_FP8_B128_F32:
     case DSQ_CU_FP8_ROW:
     case DSQ_CU_FP8_R128_F32: {
@@ -114,8 +115,10 @@ DSQ_HD float dsq_cu_scale(const dsq_cuda_wlayout *w, uint64_t r, uint64_t c) {
         memcpy(&f, w->scales + 4 * i, 4);
         return f;
     }
-    case DSQ_CU_NVFP4: return dsq_cu_e4m3(w->scales[i]) * w->tensor_scale;
-    default: return dsq_cu_f16(dsq_cu_u16(w->scales + 2 * i)); /* the integer encodings */
+    case DSQ_CU_NVFP4:
+        return dsq_cu_e4m3(w->scales[i]) * w->tensor_scale;
+    default:
+        return dsq_cu_f16(dsq_cu_u16(w->scales + 2 * i)); /* the integer encodings */
     }
 }
 
@@ -130,13 +133,18 @@ DSQ_HD float dsq_cu_decode(const dsq_cuda_wlayout *w, uint64_t r, uint64_t c) {
         memcpy(&f, row + 4 * c, 4);
         return f;
     }
-    case DSQ_CU_F16: return dsq_cu_f16(dsq_cu_u16(row + 2 * c));
-    case DSQ_CU_BF16: return dsq_cu_bits_f32((uint32_t)dsq_cu_u16(row + 2 * c) << 16);
+    case DSQ_CU_F16:
+        return dsq_cu_f16(dsq_cu_u16(row + 2 * c));
+    case DSQ_CU_BF16:
+        return dsq_cu_bits_f32((uint32_t)dsq_cu_u16(row + 2 * c) << 16);
     case DSQ_CU_MXFP4:
-    case DSQ_CU_NVFP4: return dsq_cu_e2m1(dsq_cu_nib(row, c)) * dsq_cu_scale(w, r, c);
+    case DSQ_CU_NVFP4:
+        return dsq_cu_e2m1(dsq_cu_nib(row, c)) * dsq_cu_scale(w, r, c);
     case DSQ_CU_INT8_ROW:
-    case DSQ_CU_INT8_G: return (float)(int8_t)row[c] * dsq_cu_scale(w, r, c);
-    case DSQ_CU_INT4_G: return (float)((int)(dsq_cu_nib(row, c) ^ 8u) - 8) * dsq_cu_scale(w, r, c);
+    case DSQ_CU_INT8_G:
+        return (float)(int8_t)row[c] * dsq_cu_scale(w, r, c);
+    case DSQ_CU_INT4_G:
+        return (float)((int)(dsq_cu_nib(row, c) ^ 8u) - 8) * dsq_cu_scale(w, r, c);
     case DSQ_CU_INT4_G_ASYM: {
         float q = (float)dsq_cu_nib(row, c), s = dsq_cu_scale(w, r, c);
         return q * s + dsq_cu_f16(dsq_cu_u16(w->mins + 2 * dsq_cu_scale_index(w, r, c)));
@@ -145,7 +153,8 @@ DSQ_HD float dsq_cu_decode(const dsq_cuda_wlayout *w, uint64_t r, uint64_t c) {
         float q = (float)((row[c >> 2] >> ((c & 3) * 2)) & 3u), s = dsq_cu_scale(w, r, c);
         return q * s + dsq_cu_f16(dsq_cu_u16(w->mins + 2 * dsq_cu_scale_index(w, r, c)));
     }
-    default: return dsq_cu_e4m3(row[c]) * dsq_cu_scale(w, r, c); /* the FP8 encodings */
+    default:
+        return dsq_cu_e4m3(row[c]) * dsq_cu_scale(w, r, c); /* the FP8 encodings */
     }
 }
 
@@ -156,11 +165,13 @@ DSQ_HD float dsq_cu_decode(const dsq_cuda_wlayout *w, uint64_t r, uint64_t c) {
 DSQ_HD int dsq_cu_bytes16(int enc) {
     switch (enc) {
     case DSQ_CU_F16:
-    case DSQ_CU_BF16: return 32;
+    case DSQ_CU_BF16:
+        return 32;
     case DSQ_CU_MXFP4:
     case DSQ_CU_NVFP4:
     case DSQ_CU_INT4_G:
-    case DSQ_CU_INT4_G_ASYM: return 8;
+    case DSQ_CU_INT4_G_ASYM:
+        return 8;
     case DSQ_CU_FP8_B128:
     case DSQ_CU_FP8_B128_F32:
     case DSQ_CU_FP8_R128:
@@ -168,8 +179,10 @@ DSQ_HD int dsq_cu_bytes16(int enc) {
     case DSQ_CU_FP8_R128_F32:
     case DSQ_CU_FP8_ROW_E8M0:
     case DSQ_CU_INT8_ROW:
-    case DSQ_CU_INT8_G: return 16;
-    default: return 0; /* F32, INT2: the per-element path */
+    case DSQ_CU_INT8_G:
+        return 16;
+    default:
+        return 0; /* F32, INT2: the per-element path */
     }
 }
 DSQ_HD int dsq_cu_vec16_ok(const dsq_cuda_wlayout *w) {
@@ -187,7 +200,8 @@ DSQ_HD void dsq_cu_decode16(const dsq_cuda_wlayout *w, uint64_t r, uint64_t c0, 
     case DSQ_CU_BF16:
         for (k = 0; k < 16; k++) v[k] = dsq_cu_bits_f32((uint32_t)dsq_cu_u16(b + 2 * k) << 16);
         return;
-    default: break;
+    default:
+        break;
     }
     float s = dsq_cu_scale(w, r, c0);
     switch (w->enc) {

@@ -8,8 +8,8 @@
 
 #include <cmocka.h>
 
-#include "codec_util.h"
 #include "../kernels/dsq_cuda_decode.h" /* also built without CUDA: plain C here */
+#include "codec_util.h"
 #include "dsq_numeric.h"
 
 static void check_encoding(dsq_encoding enc, int group) {
@@ -30,16 +30,17 @@ static void check_encoding(dsq_encoding enc, int group) {
     dsq_codec_layout L;
     assert_int_equal(dsq_codec_layout_of(enc, ROWS, COLS, group, &L, NULL), DSQ_OK);
     dsq_cuda_wlayout w;
-    dsq_cu_layout_init(&w, (int)enc, ROWS, COLS, L.row_bytes, L.block_rows, L.block_cols, L.scale_cols,
-                       b.tensor_scale, b.data, b.scales, b.mins);
+    dsq_cu_layout_init(&w, (int)enc, ROWS, COLS, L.row_bytes, L.block_rows, L.block_cols, L.scale_cols, b.tensor_scale,
+                       b.data, b.scales, b.mins);
     size_t diff = 0, nonzero = 0;
     for (uint64_t i = 0; i < ROWS; i++)
         for (uint64_t c = 0; c < COLS; c++) {
             float g = dsq_cu_decode(&w, i, c), h = ref[i * COLS + c];
             nonzero += h != 0.0f;
             if (dsq_f32_bits(g) != dsq_f32_bits(h)) {
-                if (diff < 3) printf("  %s [%llu, %llu]: cuda %a, lib/quant %a\n", nm, (unsigned long long)i,
-                                     (unsigned long long)c, g, h);
+                if (diff < 3)
+                    printf("  %s [%llu, %llu]: cuda %a, lib/quant %a\n", nm, (unsigned long long)i,
+                           (unsigned long long)c, g, h);
                 diff++;
             }
         }
@@ -54,8 +55,8 @@ static void check_encoding(dsq_encoding enc, int group) {
                 for (int k = 0; k < 16; k++)
                     diff16 += dsq_f32_bits(v[k]) != dsq_f32_bits(ref[i * COLS + c0 + (uint64_t)k]);
             }
-    printf("  %-16s %zu of %d elements differ (%zu non-zero); 16-column path: %s, %zu differ\n", nm, diff,
-           ROWS * COLS, nonzero, vec ? "yes" : "no", diff16);
+    printf("  %-16s %zu of %d elements differ (%zu non-zero); 16-column path: %s, %zu differ\n", nm, diff, ROWS * COLS,
+           nonzero, vec ? "yes" : "no", diff16);
     assert_int_equal(diff16, 0);
     assert_int_equal(diff, 0);
     assert_true(nonzero > ROWS * COLS / 4); /* the data is not trivially zero */
@@ -70,9 +71,9 @@ static void test_every_float_encoding(void **state) {
         dsq_encoding enc;
         int group;
     } cases[] = {
-        {DSQ_ENC_F32, 0},          {DSQ_ENC_F16, 0},         {DSQ_ENC_BF16, 0},          {DSQ_ENC_FP8_B128, 0},
-        {DSQ_ENC_FP8_B128_F32, 0}, {DSQ_ENC_FP8_R128, 0},    {DSQ_ENC_FP8_ROW, 0},       {DSQ_ENC_MXFP4, 0},
-        {DSQ_ENC_NVFP4, 0},        {DSQ_ENC_INT8_ROW, 0},    {DSQ_ENC_INT8_G, 32},       {DSQ_ENC_INT4_G, 32},
+        {DSQ_ENC_F32, 0},          {DSQ_ENC_F16, 0},          {DSQ_ENC_BF16, 0},         {DSQ_ENC_FP8_B128, 0},
+        {DSQ_ENC_FP8_B128_F32, 0}, {DSQ_ENC_FP8_R128, 0},     {DSQ_ENC_FP8_ROW, 0},      {DSQ_ENC_MXFP4, 0},
+        {DSQ_ENC_NVFP4, 0},        {DSQ_ENC_INT8_ROW, 0},     {DSQ_ENC_INT8_G, 32},      {DSQ_ENC_INT4_G, 32},
         {DSQ_ENC_INT4_G_ASYM, 32}, {DSQ_ENC_INT2_G_ASYM, 16}, {DSQ_ENC_FP8_R128_F32, 0}, {DSQ_ENC_FP8_ROW_E8M0, 0},
         {DSQ_ENC_INT8_G, 128},     {DSQ_ENC_INT4_G, 64},
     };
@@ -94,7 +95,8 @@ static void test_scalar_formats_exhaustive(void **state) {
         else
             assert_int_equal(dsq_f32_bits(a), dsq_f32_bits(h));
     }
-    for (uint32_t n = 0; n < 16; n++) assert_int_equal(dsq_f32_bits(dsq_cu_e2m1(n)), dsq_f32_bits(dsq_e2m1_to_f32((uint8_t)n)));
+    for (uint32_t n = 0; n < 16; n++)
+        assert_int_equal(dsq_f32_bits(dsq_cu_e2m1(n)), dsq_f32_bits(dsq_e2m1_to_f32((uint8_t)n)));
     for (uint32_t u = 0; u < 65536; u++) {
         float a = dsq_cu_f16((uint16_t)u), h = dsq_f16_to_f32((uint16_t)u);
         if (h != h)

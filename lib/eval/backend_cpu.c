@@ -20,8 +20,8 @@ static dsq_status cpu_linear(const dsq__run *r, const dsq_wview *w, uint64_t row
     return dsq__linear(&r->k, w, row0, n_rows, x, ldx, n, y, ldy, r->err);
 }
 
-static dsq_status cpu_fp8_linear(const dsq__run *r, const dsq_wview *w, uint64_t row0, uint64_t n_rows,
-                                 const float *q, const float *sa, int64_t n, float *y, size_t ldy) {
+static dsq_status cpu_fp8_linear(const dsq__run *r, const dsq_wview *w, uint64_t row0, uint64_t n_rows, const float *q,
+                                 const float *sa, int64_t n, float *y, size_t ldy) {
     dsq__fp8_linear(&r->k, w, row0, n_rows, q, sa, n, y, ldy);
     return DSQ_OK;
 }
@@ -170,8 +170,8 @@ static void cpu_attention(const dsq__run *r, const v4_block_w *B, const float *q
 
 /* Post-process a pooled entry at compressed slot k (spec §4.5): RMSNorm(bf16(c)) → RoPE at k·r →
  * FP8 simulation of the non-rope dims (attention) or Hadamard + FP4 simulation (indexer). */
-static void compressed_entry(const dsq__run *r, const v4_block_w *B, const v4_compressor_w *cw, bool indexer,
-                             int64_t k, float *e) {
+static void compressed_entry(const dsq__run *r, const v4_block_w *B, const v4_compressor_w *cw, bool indexer, int64_t k,
+                             float *e) {
     const dsq_v4_config *c = r->c;
     int d = cw->d, rd = c->rope_head_dim;
     for (int i = 0; i < d; i++) e[i] = R(r, e[i]);

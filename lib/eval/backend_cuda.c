@@ -16,8 +16,9 @@
 
 dsq_status dsq_device_check(const dsq_device *d, dsq_err *err) {
     if (d->kind == DSQ_DEVICE_CPU) return DSQ_OK;
-    return dsq_err_set(err, DSQ_ERR_UNSUPPORTED, "--device cuda:%d: this dsq was built without CUDA (nvcc was not "
-                                                 "on the PATH, or NO_CUDA was set)",
+    return dsq_err_set(err, DSQ_ERR_UNSUPPORTED,
+                       "--device cuda:%d: this dsq was built without CUDA (nvcc was not "
+                       "on the PATH, or NO_CUDA was set)",
                        d->index);
 }
 
@@ -40,8 +41,8 @@ dsq_status dsq_device_check(const dsq_device *d, dsq_err *err) {
     int n = 0;
     if (dsq_cuda_device_count(&n, msg, sizeof msg))
         return dsq_err_set(err, DSQ_ERR_UNSUPPORTED, "--device cuda:%d: %s", d->index, msg);
-    DSQ_RETURN_IF(d->index >= n, err, DSQ_ERR_UNSUPPORTED, "--device cuda:%d: only %d CUDA device%s present",
-                  d->index, n, n == 1 ? "" : "s");
+    DSQ_RETURN_IF(d->index >= n, err, DSQ_ERR_UNSUPPORTED, "--device cuda:%d: only %d CUDA device%s present", d->index,
+                  n, n == 1 ? "" : "s");
     return DSQ_OK;
 }
 
@@ -160,8 +161,8 @@ static dsq_status cuda_linear(const dsq__run *r, const dsq_wview *w, uint64_t ro
     return st;
 }
 
-static dsq_status cuda_fp8_linear(const dsq__run *r, const dsq_wview *w, uint64_t row0, uint64_t n_rows,
-                                  const float *q, const float *sa, int64_t n, float *y, size_t ldy) {
+static dsq_status cuda_fp8_linear(const dsq__run *r, const dsq_wview *w, uint64_t row0, uint64_t n_rows, const float *q,
+                                  const float *sa, int64_t n, float *y, size_t ldy) {
     cuda_be *cb = r->be->impl;
     if (n <= 0 || n_rows == 0) return DSQ_OK;
     pthread_mutex_lock(&cb->mu);

@@ -71,8 +71,8 @@ struct dsq__backend {
                          int64_t k_sel, float *buf, int64_t *out);
     /* Sparse attention with sinks + inverse RoPE (spec §4.4 step 6) for tc tokens × H heads:
      * q [tc][H][hd], keys [tc][n_keys] row pointers (NULL = empty slot) → oh [tc][H][hd]. */
-    void (*attention)(const dsq__run *r, const v4_block_w *B, const float *q, const float *const *keys,
-                      int64_t n_keys, int64_t pos0, int64_t tc, float *oh);
+    void (*attention)(const dsq__run *r, const v4_block_w *B, const float *q, const float *const *keys, int64_t n_keys,
+                      int64_t pos0, int64_t tc, float *oh);
     /* Routing (spec §4.7): router logits z [n][E] (→ scores in place), tok [n] for hash blocks →
      * isel [n][k] expert ids, wsel [n][k] weights; biased [E] and top [k] are scratch. */
     void (*route)(const dsq__run *r, const v4_block_w *B, float *z, const int32_t *tok, int64_t n, int *isel,

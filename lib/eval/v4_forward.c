@@ -18,7 +18,7 @@
 
 enum { Q_CHUNK = 64 }; /* tokens per pass of the q path / attention (bounds the [T][H·hd] buffers) */
 
-/* Every op that touches activations goes through r->be (v4_backend.h): the cpu backend by default. */
+/* The spec's operations go through r->be (v4_backend.h): the cpu backend unless opt->device says otherwise. */
 typedef dsq__run run;
 
 typedef struct seg {
@@ -97,7 +97,6 @@ done:
     dsq_free(mixes);
     return st;
 }
-
 
 /* ---- compressor (spec §4.5) -------------------------------------------------------------------------- */
 

@@ -125,9 +125,18 @@ static void linear_case(const dsq__backend *cuda, dsq_encoding enc, int group, u
     assert_int_equal(dsq_codec_encode(&b, w, 0, ROWS, NULL, NULL), DSQ_OK);
     dsq_codec_layout L;
     assert_int_equal(dsq_codec_layout_of(enc, ROWS, COLS, group, &L, NULL), DSQ_OK);
-    dsq_wview v = {.name = nm, .enc = enc, .rank = 2, .shape = {ROWS, COLS}, .data = b.data,
-                   .data_bytes = L.data_bytes, .scale = b.scales, .scale_bytes = L.scale_bytes, .group = group,
-                   .mins = b.mins, .mins_bytes = L.min_bytes, .tensor_scale = b.tensor_scale};
+    dsq_wview v = {.name = nm,
+                   .enc = enc,
+                   .rank = 2,
+                   .shape = {ROWS, COLS},
+                   .data = b.data,
+                   .data_bytes = L.data_bytes,
+                   .scale = b.scales,
+                   .scale_bytes = L.scale_bytes,
+                   .group = group,
+                   .mins = b.mins,
+                   .mins_bytes = L.min_bytes,
+                   .tensor_scale = b.tensor_scale};
     static const int64_t ntok[] = {1, 2, 3, 4, 5, 37, 130};
     size_t ldx = (size_t)COLS + 3, ldy = NR + 5;
     for (size_t k = 0; k < sizeof ntok / sizeof *ntok; k++) {
@@ -168,7 +177,8 @@ static void linear_case(const dsq__backend *cuda, dsq_encoding enc, int group, u
               *yg = malloc(sizeof(float) * NR * (size_t)n);
         fill_gauss(&r, x, COLS * (uint64_t)n, 1.0f);
         for (int64_t t = 0; t < n; t++)
-            dsq_act_fp8_quant_values(x + (size_t)t * COLS, COLS, DSQ_FP8_BLOCK, q + (size_t)t * COLS, sa + (size_t)t * nb);
+            dsq_act_fp8_quant_values(x + (size_t)t * COLS, COLS, DSQ_FP8_BLOCK, q + (size_t)t * COLS,
+                                     sa + (size_t)t * nb);
         dsq_err e = DSQ_ERR_INIT;
         dsq__run rc = {.k = {false, 1}, .be = &dsq__backend_cpu, .err = &e}, rg = rc;
         rg.be = cuda;
@@ -199,12 +209,13 @@ static void test_linear_every_encoding(void **state) {
         dsq_encoding enc;
         int group;
     } cases[] = {
-        {DSQ_ENC_F32, 0},          {DSQ_ENC_F16, 0},          {DSQ_ENC_BF16, 0},        {DSQ_ENC_FP8_B128, 0},
-        {DSQ_ENC_FP8_B128_F32, 0}, {DSQ_ENC_FP8_R128, 0},     {DSQ_ENC_FP8_ROW, 0},     {DSQ_ENC_MXFP4, 0},
-        {DSQ_ENC_NVFP4, 0},        {DSQ_ENC_INT8_ROW, 0},     {DSQ_ENC_INT8_G, 32},     {DSQ_ENC_INT4_G, 32},
+        {DSQ_ENC_F32, 0},          {DSQ_ENC_F16, 0},          {DSQ_ENC_BF16, 0},         {DSQ_ENC_FP8_B128, 0},
+        {DSQ_ENC_FP8_B128_F32, 0}, {DSQ_ENC_FP8_R128, 0},     {DSQ_ENC_FP8_ROW, 0},      {DSQ_ENC_MXFP4, 0},
+        {DSQ_ENC_NVFP4, 0},        {DSQ_ENC_INT8_ROW, 0},     {DSQ_ENC_INT8_G, 32},      {DSQ_ENC_INT4_G, 32},
         {DSQ_ENC_INT4_G_ASYM, 32}, {DSQ_ENC_INT2_G_ASYM, 16}, {DSQ_ENC_FP8_R128_F32, 0}, {DSQ_ENC_FP8_ROW_E8M0, 0},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) linear_case(under_test, cases[i].enc, cases[i].group, 640);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        linear_case(under_test, cases[i].enc, cases[i].group, 640);
     linear_case(under_test, DSQ_ENC_FP8_B128, 0, 650);
     linear_case(under_test, DSQ_ENC_BF16, 0, 650);
     linear_case(under_test, DSQ_ENC_FP8_R128, 0, 200);
@@ -366,10 +377,10 @@ int main(void) {
     }
     tmp = dsq_test_tmpdir();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_device_errors),         cmocka_unit_test(test_linear_every_encoding),
-        cmocka_unit_test(test_golden_exact),
-        cmocka_unit_test(test_golden_release),        cmocka_unit_test(test_synth_shapes),
-        cmocka_unit_test(test_containers_every_recipe), cmocka_unit_test(test_streaming),
+        cmocka_unit_test(test_device_errors), cmocka_unit_test(test_linear_every_encoding),
+        cmocka_unit_test(test_golden_exact),  cmocka_unit_test(test_golden_release),
+        cmocka_unit_test(test_synth_shapes),  cmocka_unit_test(test_containers_every_recipe),
+        cmocka_unit_test(test_streaming),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     dsq_test_rmdir(tmp);
