@@ -12,7 +12,8 @@
 #
 # Writes into OUTDIR: env.txt (nvidia-smi, toolchain, ldd), build.log, test-gpu.log (the cuda vs cpu suite),
 # test_eval_cli.log (the CLI suite, whose --device cuda test compares with golden when a GPU is present),
-# bench-gpu.txt (copy/H2D/BF16 GEMM/GEMV/prefill rates), summary.txt.  Exit 0 only when every step passed;
+# speed-cpu.json / speed-cuda.json (dsq eval logits on the tiny golden model), bench-gpu.txt (copy/H2D/BF16
+# GEMM/GEMV/prefill rates), summary.txt.  Exit 0 only when every step passed;
 # a SKIPPED GPU suite on this machine counts as a failure here.
 set -u
 cd "$(dirname "$0")/../.." || exit 1
@@ -75,7 +76,16 @@ for t in test_cuda_decode test_eval_cli; do
   if [ $rc -ne 0 ]; then log "$t: FAILED (rc $rc)"; fail=1; else log "$t: passed"; fi
 done
 
-# 4. bench/gpu
+# 4. end-to-end speed on the golden tiny model (tiny: launch and transfer bound, not a bandwidth figure)
+for dev in cpu cuda; do
+  timeout 120 build/dsq eval logits .gpu-data/golden/v4-tiny/model --tokens .gpu-data/golden/v4-tiny/golden-exact.safetensors \
+    --out "$out/logits-$dev.safetensors" --overwrite --decode-from 100 --device $dev --json > "$out/speed-$dev.json" 2>&1
+  rc=$?
+  if [ $rc -ne 0 ]; then log "eval logits --device $dev: FAILED (rc $rc): $(head -c 300 "$out/speed-$dev.json")"; fail=1
+  else log "eval logits --device $dev (golden tiny, prefill 100 + 60 decode steps): $(cat "$out/speed-$dev.json")"; fi
+done
+
+# 5. bench/gpu
 timeout 180 build/bench/gpu > "$out/bench-gpu.txt" 2>&1
 rc=$?
 if [ $rc -ne 0 ] || grep -q SKIPPED "$out/bench-gpu.txt"; then log "bench/gpu: FAILED or skipped (rc $rc)"; fail=1; fi

@@ -373,6 +373,7 @@ int main(void) {
         printf("test_gpu_forward: HARNESS CHECK with the cpu backend as the device under test (not a GPU result)\n");
     } else if (dsq_device_check(&d, &e) != DSQ_OK) {
         printf("test_gpu_forward: SKIPPED, nothing checked (not a pass): %s\n", e.msg);
+        dsq_err_clear(&e);
         return EXIT_SKIP;
     }
     tmp = dsq_test_tmpdir();
