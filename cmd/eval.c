@@ -20,6 +20,7 @@ static void logits_help(FILE *f) {
                "  --mtp                  also `mtp_logits` [n-1, vocab] from the MTP block\n"
                "  --dump-hidden          also `layer_out.N` [n, hc, dim] per block and `final_hidden`\n"
                "  --memory-budget SIZE   layer-streaming prefill within SIZE bytes (K/M/G suffixes)\n"
+               "  --device cpu|cuda[:N]  where the forward pass runs (default cpu; cuda needs a GPU and a CUDA build)\n"
                "  --threads N            OpenMP threads (default: all)\n"
                "  --no-shared-clamp      do not clamp the shared expert's SwiGLU (earlier reference revision)\n"
                "  --scalar               portable kernels only (no AVX2)\n"
@@ -52,6 +53,8 @@ static int cmd_logits(int argc, char **argv) {
             if (!dsq_cmd_parse_u64(argv[++i], &v) || v < 1 || v > INT32_MAX)
                 return dsq_cmd_usage_error(me, "--decode-from needs a position ≥ 1, not '%s'", argv[i]);
             o.decode_from = (int64_t)v;
+        } else if (!strcmp(a, "--device") && has_val) {
+            if (dsq__cmd_device_option(me, argv[++i], &o.eval.device)) return DSQ_EXIT_USAGE;
         } else if (!strcmp(a, "--threads") && has_val) {
             if (!dsq_cmd_parse_u64(argv[++i], &v) || v < 1 || v > 4096)
                 return dsq_cmd_usage_error(me, "--threads needs a count ≥ 1, not '%s'", argv[i]);

@@ -47,6 +47,19 @@ dsq_status dsq__cmd_load_tokens(const char *model_dir, const char *text_path, co
     return s;
 }
 
+int dsq__cmd_device_option(const char *me, const char *name, dsq_device *out) {
+    if (!dsq_device_from_name(name, out)) {
+        dsq_cmd_usage_error(me, "--device must be cpu, cuda or cuda:N, not '%s'", name);
+        return -1;
+    }
+    dsq_err e = DSQ_ERR_INIT;
+    if (dsq_device_check(out, &e) != DSQ_OK) {
+        dsq_cmd_fail(me, &e);
+        return -1;
+    }
+    return 0;
+}
+
 int dsq__cmd_score_option(const char *me, int argc, char **argv, int *i, dsq_score_options *o) {
     const char *a = argv[*i];
     bool has_val = *i + 1 < argc;
@@ -64,6 +77,8 @@ int dsq__cmd_score_option(const char *me, int argc, char **argv, int *i, dsq_sco
             dsq_cmd_usage_error(me, "--numerics must be exact or release, not '%s'", argv[*i]);
             return -1;
         }
+    } else if (!strcmp(a, "--device")) {
+        if (dsq__cmd_device_option(me, argv[++*i], &o->eval.device)) return -1;
     } else if (!strcmp(a, "--threads")) {
         if (!dsq_cmd_parse_u64(argv[++*i], &v) || v < 1 || v > 4096) {
             dsq_cmd_usage_error(me, "--threads needs a count ≥ 1, not '%s'", argv[*i]);
@@ -109,6 +124,7 @@ void dsq__cmd_score_option_help(FILE *f) {
             "  --no-bos               chunks without the BOS token\n"
             "  --numerics exact|release  exact: f32 (default); release: the official bf16/FP8/FP4 arithmetic\n"
             "  --memory-budget SIZE   layer-streaming within SIZE bytes (K/M/G suffixes)\n"
+            "  --device cpu|cuda[:N]  where the forward pass runs (default cpu; cuda needs a GPU and a CUDA build)\n"
             "  --threads N            OpenMP threads (default: all)\n"
             "  --no-shared-clamp      do not clamp the shared expert's SwiGLU\n"
             "  --scalar               portable kernels only (no AVX2)\n",
@@ -549,7 +565,7 @@ int dsq__eval_mc(int argc, char **argv) {
                "prints the flip rate (items whose chosen answer changed).  Needs MODEL's tokenizer.json.\n"
                "  --save-answers FILE    write this run's answers (JSONL) for a later --base\n"
                "  --first N, --count N   score items [N, N+count) only\n"
-               "  --numerics, --threads, --scalar, --no-shared-clamp, --no-bos   as for ppl\n"
+               "  --numerics, --device, --threads, --scalar, --no-shared-clamp, --no-bos   as for ppl\n"
                "  --overwrite            replace an existing answers file\n"
                "  --json                 print the results as JSON\n");
         return DSQ_EXIT_OK;

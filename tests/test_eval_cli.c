@@ -153,12 +153,107 @@ static void test_errors(void **state) {
     free(txt);
 }
 
+/* dsq_device_from_name: the accepted spellings and the rejected ones. */
+static void test_device_names(void **state) {
+    static const struct {
+        const char *s;
+        bool ok;
+        dsq_device_kind kind;
+        int index;
+    } cases[] = {
+        {"cpu", true, DSQ_DEVICE_CPU, 0},     {"cuda", true, DSQ_DEVICE_CUDA, 0},  {"cuda:0", true, DSQ_DEVICE_CUDA, 0},
+        {"cuda:7", true, DSQ_DEVICE_CUDA, 7}, {"cuda:15", true, DSQ_DEVICE_CUDA, 15}, {"cuda:16", false, 0, 0},
+        {"cuda:", false, 0, 0},               {"cuda:-1", false, 0, 0},              {"cuda:1x", false, 0, 0},
+        {"CUDA", false, 0, 0},                {"cuda0", false, 0, 0},                {"cpu:0", false, 0, 0},
+        {"", false, 0, 0},                    {"gpu", false, 0, 0},                  {"cuda:99999999999", false, 0, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        dsq_device d = {DSQ_DEVICE_CPU, -5};
+        bool ok = dsq_device_from_name(cases[i].s, &d);
+        assert_int_equal(ok, cases[i].ok);
+        if (!ok) continue;
+        assert_int_equal(d.kind, cases[i].kind);
+        assert_int_equal(d.index, cases[i].index);
+        char buf[16];
+        dsq_device round;
+        assert_true(dsq_device_from_name(dsq_device_name(&d, buf, sizeof buf), &round));
+        assert_int_equal(round.kind, d.kind);
+        assert_int_equal(round.index, d.index);
+    }
+    dsq_device cpu = {DSQ_DEVICE_CPU, 0};
+    assert_int_equal(dsq_device_check(&cpu, NULL), DSQ_OK);
+}
+
+/* --device: cpu gives the same bytes as the default; cuda is refused with one line and a non-zero exit
+ * on every eval subcommand and compare when it cannot run here (no CUDA built in, or no device), and
+ * matches golden when it can (tests/gpu/run.sh runs this suite on a GPU machine too). */
+static void test_device_option(void **state) {
+    char *a = dsq_test_join(tmp, "dev-default.safetensors"), *b = dsq_test_join(tmp, "dev-cpu.safetensors");
+    char *so = NULL, *se = NULL;
+    assert_int_equal(dsq_test_run(NULL, NULL, "eval logits %s --tokens %s --out %s --overwrite", model, golden, a), 0);
+    assert_int_equal(dsq_test_run(NULL, NULL, "eval logits %s --tokens %s --out %s --overwrite --device cpu", model,
+                                  golden, b),
+                     0);
+    size_t la = 0, lb = 0;
+    char *da = dsq_test_read(a, &la), *db = dsq_test_read(b, &lb);
+    assert_true(la > 0 && la == lb && !memcmp(da, db, la));
+    free(da), free(db);
+
+    /* malformed names are usage errors */
+    assert_int_equal(dsq_test_run(NULL, &se, "eval logits %s --tokens %s --out %s --device gpu", model, golden, b), 2);
+    assert_non_null(strstr(se, "--device must be cpu, cuda or cuda:N"));
+    free(se);
+    assert_int_equal(dsq_test_run(NULL, &se, "eval ppl %s --tokens %s --device cuda:x", model, golden), 2);
+    free(se);
+
+    dsq_device cuda = {DSQ_DEVICE_CUDA, 0};
+    bool usable = dsq_device_check(&cuda, NULL) == DSQ_OK;
+    if (!usable) {
+        char cmds[6][2048];
+        snprintf(cmds[0], sizeof cmds[0], "eval logits %s --tokens %s --out %s/dev-cuda.st --device cuda", model, golden,
+                 tmp);
+        snprintf(cmds[1], sizeof cmds[1], "eval ppl %s --tokens %s --ctx 32 --chunks 1 --device cuda:0", model, golden);
+        snprintf(cmds[2], sizeof cmds[2], "eval kld %s --tokens %s --save-base %s/dev-kb --device cuda", model, golden,
+                 tmp);
+        snprintf(cmds[3], sizeof cmds[3], "eval diff %s %s --tokens %s --device cuda", model, model, golden);
+        snprintf(cmds[4], sizeof cmds[4], "eval mc %s --tokens %s --device cuda", model, golden);
+        snprintf(cmds[5], sizeof cmds[5], "compare %s %s --tokens %s --out %s/dev-cmp --device cuda", model, model,
+                 golden, tmp);
+        for (int i = 0; i < 6; i++) {
+            int rc = dsq_test_run(NULL, &se, "%s", cmds[i]);
+            printf("  -> %d: %s", rc, se);
+            assert_int_not_equal(rc, 0);
+            /* one line naming the device and why */
+            assert_non_null(strstr(se, "--device cuda:0: "));
+            assert_non_null(strchr(se, '\n'));
+            assert_string_equal(strchr(se, '\n'), "\n");
+            free(se);
+        }
+    } else {
+        /* a usable GPU: the cuda backend's logits meet the golden tolerance */
+        int rc = dsq_test_run(&so, &se, "eval logits %s --tokens %s --out %s --overwrite --device cuda", model, golden,
+                              b);
+        if (rc) fprintf(stderr, "%s", se);
+        assert_int_equal(rc, 0);
+        free(so), free(se);
+        dsq_st *g = eu_open_st("golden/v4-tiny/golden-exact.safetensors"), *o = NULL;
+        assert_int_equal(dsq_st_open(b, NULL, &o, NULL), DSQ_OK);
+        compare(o, "logits", g, "prefill_logits", 160, 512);
+        dsq_st_close(o);
+        dsq_st_close(g);
+    }
+    free(a);
+    free(b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_logits_prefill_decode_mtp),
         cmocka_unit_test(test_dump_hidden_and_budget),
         cmocka_unit_test(test_release_numerics_cli),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_device_names),
+        cmocka_unit_test(test_device_option),
     };
     return cmocka_run_group_tests_name("eval_cli", tests, setup, teardown);
 }

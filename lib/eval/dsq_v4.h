@@ -24,8 +24,28 @@ typedef enum dsq_numerics {
     DSQ_NUMERICS_RELEASE = 1, /* the official arithmetic: bf16 activations, FP8/FP4 simulation (spec §5) */
 } dsq_numerics;
 
+/* Where the forward pass runs: `--device cpu|cuda[:N]`.  The cpu backend is the reference; the cuda
+ * backend (kernels/) exists when dsq was built with nvcc on the PATH and a device is present. */
+typedef enum dsq_device_kind {
+    DSQ_DEVICE_CPU = 0,
+    DSQ_DEVICE_CUDA = 1,
+} dsq_device_kind;
+typedef struct dsq_device {
+    dsq_device_kind kind; /* default CPU */
+    int index;            /* CUDA device ordinal, default 0 */
+} dsq_device;
+enum { DSQ_MAX_CUDA_DEVICES = 16 };
+/* "cpu", "cuda" (= cuda:0) or "cuda:N" (0 ≤ N < DSQ_MAX_CUDA_DEVICES) → device; false if malformed. */
+bool dsq_device_from_name(const char *s, dsq_device *out);
+/* "cpu" / "cuda:N" into buf (≥ 16 bytes); returns buf. */
+const char *dsq_device_name(const dsq_device *d, char *buf, size_t cap);
+/* Whether the device can run here: always for cpu; cuda needs CUDA built in, a driver, and a device
+ * with that index (DSQ_ERR_UNSUPPORTED with one line saying which is missing). */
+dsq_status dsq_device_check(const dsq_device *d, dsq_err *err);
+
 typedef struct dsq_eval_options {
     dsq_numerics numerics; /* default EXACT */
+    dsq_device device;     /* default cpu */
     int threads;           /* OpenMP threads; 0 (default) = the OpenMP default */
     bool no_shared_clamp;  /* default false: the shared expert is clamped like routed ones (spec §8.30) */
     bool force_scalar;     /* default false: use AVX2/FMA kernels when the CPU has them */

@@ -14,18 +14,12 @@
 
 #include "dsq_numeric.h"
 #include "dsq_v4_ops.h"
-#include "v4_model.h"
+#include "v4_backend.h"
 
 enum { Q_CHUNK = 64 }; /* tokens per pass of the q path / attention (bounds the [T][H·hd] buffers) */
 
-typedef struct run {
-    const dsq_v4_model *m;
-    const dsq_v4_config *c;
-    dsq__kern k;
-    bool rel;          /* release numerics */
-    bool shared_clamp; /* spec §8.30 */
-    dsq_err *err;
-} run;
+/* The spec's operations go through r->be (v4_backend.h): the cpu backend unless opt->device says otherwise. */
+typedef dsq__run run;
 
 typedef struct seg {
     dsq_v4_seq *seq;
@@ -35,7 +29,7 @@ typedef struct seg {
 } seg;
 
 static inline float R(const run *r, float x) { return r->rel ? dsq_bf16_round(x) : x; }
-static inline float sigm(float x) { return 1.0f / (1.0f + expf(-x)); }
+#define BE (r->be)
 
 #define ALLOC(ptr, count)                                                                                              \
     do {                                                                                                               \
@@ -78,9 +72,9 @@ static dsq_status lin_rows(const run *r, lin_mode mode, const dsq_wview *w, uint
         ALLOC(sa, (int64_t)nb * n);
         for (int64_t t = 0; t < n; t++)
             dsq_act_fp8_quant_values(x + (size_t)t * ldx, K, DSQ_FP8_BLOCK, q + (size_t)t * K, sa + (size_t)t * nb);
-        dsq__fp8_linear(&r->k, w, row0, n_rows, q, sa, n, y, ldy);
+        CHECK(BE->fp8_linear(r, w, row0, n_rows, q, sa, n, y, ldy));
     } else {
-        CHECK(dsq__linear(&r->k, w, row0, n_rows, x, ldx, n, y, ldy, r->err));
+        CHECK(BE->linear(r, w, row0, n_rows, x, ldx, n, y, ldy));
     }
     if (r->rel && mode != LIN_F32)
         for (int64_t t = 0; t < n; t++) dsq_v4_round_bf16(y + (size_t)t * ldy, (int64_t)n_rows);
@@ -101,86 +95,23 @@ static dsq_status hc_pre(const run *r, const dsq_wview *fn, const float *scale, 
                          int64_t n, float *a, float *post, float *comb) {
     const dsq_v4_config *c = r->c;
     int hc = c->hc_mult, mix = (2 + hc) * hc;
-    size_t D = (size_t)c->dim, HD = (size_t)hc * D;
     dsq_status st = DSQ_OK;
     float *mixes = NULL;
     ALLOC(mixes, (int64_t)mix * n);
     CHECK(lin(r, LIN_F32, fn, X, n, mixes));
-#pragma omp parallel for num_threads(r->k.threads) if (n > 1)
-    for (int64_t t = 0; t < n; t++) {
-        const float *v = X + (size_t)t * HD;
-        double ss = 0;
-        for (size_t i = 0; i < HD; i++) ss += (double)v[i] * v[i];
-        float rho = 1.0f / sqrtf((float)(ss / (double)HD) + (float)c->norm_eps);
-        float *m = mixes + (size_t)t * mix, pre[64];
-        for (int i = 0; i < mix; i++) m[i] *= rho;
-        dsq_v4_hc_split(m, scale, base, hc, c->hc_sinkhorn_iters, (float)c->hc_eps, pre, post + (size_t)t * hc,
-                        comb + (size_t)t * hc * hc);
-        float *at = a + (size_t)t * D;
-        for (size_t d = 0; d < D; d++) {
-            float s = 0;
-            for (int j = 0; j < hc; j++) s += pre[j] * v[(size_t)j * D + d];
-            at[d] = R(r, s);
-        }
-    }
+    BE->hc_pre(r, scale, base, X, mixes, n, a, post, comb);
 done:
     dsq_free(mixes);
     return st;
 }
 
-/* X'[j] = post_j·o + Σ_i C[i][j]·X[i]  (spec §8.12: the column index selects the output stream). */
-static void hc_post(const run *r, const float *o, float *X, const float *post, const float *comb, int64_t n) {
-    int hc = r->c->hc_mult;
-    size_t D = (size_t)r->c->dim;
-#pragma omp parallel for num_threads(r->k.threads) if (n > 1)
-    for (int64_t t = 0; t < n; t++) {
-        float *x = X + (size_t)t * hc * D;
-        const float *C = comb + (size_t)t * hc * hc, *p = post + (size_t)t * hc, *ot = o + (size_t)t * D;
-        for (size_t d = 0; d < D; d++) {
-            float in[64], outv[64];
-            for (int i = 0; i < hc; i++) in[i] = x[(size_t)i * D + d];
-            for (int j = 0; j < hc; j++) {
-                float s = p[j] * ot[d];
-                for (int i = 0; i < hc; i++) s += C[i * hc + j] * in[i];
-                outv[j] = s;
-            }
-            for (int j = 0; j < hc; j++) x[(size_t)j * D + d] = R(r, outv[j]);
-        }
-    }
-}
-
-static void norm_rows(const run *r, float *a, const float *w, int64_t n, int64_t width, size_t ld) {
-#pragma omp parallel for num_threads(r->k.threads) if (n > 1)
-    for (int64_t t = 0; t < n; t++)
-        dsq_v4_rms_norm(a + (size_t)t * ld, w, width, (float)r->c->norm_eps, r->rel, a + (size_t)t * ld);
-}
-
 /* ---- compressor (spec §4.5) -------------------------------------------------------------------------- */
-
-/* Post-process a pooled entry at compressed slot k (spec §4.5): RMSNorm(bf16(c)) → RoPE at k·r →
- * FP8 simulation of the non-rope dims (attention) or Hadamard + FP4 simulation (indexer). */
-static void compressed_entry(const run *r, const v4_block_w *B, const v4_compressor_w *cw, bool indexer, int64_t k,
-                             float *e) {
-    const dsq_v4_config *c = r->c;
-    int d = cw->d, rd = c->rope_head_dim;
-    for (int i = 0; i < d; i++) e[i] = R(r, e[i]);
-    dsq_v4_rms_norm(e, cw->norm, d, (float)c->norm_eps, r->rel, e);
-    float cs[DSQ_V4_MAX_HEAD_DIM];
-    dsq_v4_rope_cos_sin(B->freqs, rd, k * cw->ratio, cs);
-    dsq_v4_rope_apply(e, d, rd, cs, false, r->rel);
-    if (!indexer) {
-        if (r->rel) dsq_act_fp8_sim(e, (uint64_t)(d - rd), DSQ_KV_FP8_BLOCK);
-    } else {
-        dsq_v4_hadamard(e, d, r->rel);
-        if (r->rel) dsq_act_fp4_sim(e, (uint64_t)d, DSQ_FP4_BLOCK);
-    }
-}
 
 /* Feed tokens p0 … p0+T-1 (block input a [T][D]) through a compressor's decode state machine;
  * every completed window k is pooled, post-processed and written to dst[k][d]. */
 static dsq_status compressor_run(const run *r, const v4_block_w *B, const v4_compressor_w *cw, bool indexer,
                                  v4_comp_state *s, const float *a, int64_t p0, int64_t T, float *dst) {
-    int ratio = cw->ratio, d = cw->d, cd = cw->c * d;
+    int cd = cw->c * cw->d;
     dsq_status st = DSQ_OK;
     float *kvp = NULL, *g = NULL;
     ALLOC(kvp, (int64_t)cd * T);
@@ -188,43 +119,7 @@ static dsq_status compressor_run(const run *r, const v4_block_w *B, const v4_com
     /* spec §8.27: f32 GEMM on the (bf16) input, no activation quantization */
     CHECK(lin(r, LIN_F32, &cw->wkv, a, T, kvp));
     CHECK(lin(r, LIN_F32, &cw->wgate, a, T, g));
-    int rows = cw->c * ratio;
-    for (int64_t t = 0; t < T; t++) {
-        int64_t p = p0 + t;
-        int i = (int)(p % ratio);
-        int slot = (cw->overlap ? ratio : 0) + i;
-        float *kv_row = s->kv + (size_t)slot * cd, *sc_row = s->sc + (size_t)slot * cd;
-        const float *ape = cw->ape + (size_t)i * cd;
-        for (int ch = 0; ch < cd; ch++) {
-            kv_row[ch] = kvp[(size_t)t * cd + ch];
-            sc_row[ch] = g[(size_t)t * cd + ch] + ape[ch];
-        }
-        if ((p + 1) % ratio != 0) continue;
-        int64_t k = p / ratio;
-        float *e = dst + (size_t)k * d;
-        /* spec §4.5: per-channel softmax over the window's rows; overlap: rows 0..r-1 use the first
-         * half of slots 0..r-1 (previous window), rows r..2r-1 the second half of slots r..2r-1 */
-        for (int ch = 0; ch < d; ch++) {
-            float mx = -INFINITY;
-            for (int row = 0; row < rows; row++) {
-                int col = cw->overlap && row >= ratio ? d + ch : ch;
-                mx = fmaxf(mx, s->sc[(size_t)row * cd + col]);
-            }
-            float den = 0, num = 0;
-            for (int row = 0; row < rows; row++) {
-                int col = cw->overlap && row >= ratio ? d + ch : ch;
-                float w = expf(s->sc[(size_t)row * cd + col] - mx);
-                den += w;
-                num += w * s->kv[(size_t)row * cd + col];
-            }
-            e[ch] = num / den;
-        }
-        if (cw->overlap) {
-            memcpy(s->kv, s->kv + (size_t)ratio * cd, sizeof(float) * (size_t)ratio * cd);
-            memcpy(s->sc, s->sc + (size_t)ratio * cd, sizeof(float) * (size_t)ratio * cd);
-        }
-        compressed_entry(r, B, cw, indexer, k, e);
-    }
+    BE->compressor(r, B, cw, indexer, s, kvp, g, p0, T, dst);
 done:
     dsq_free(kvp);
     dsq_free(g);
@@ -248,46 +143,17 @@ static dsq_status cache_reserve(const run *r, const v4_block_w *B, v4_layer_cach
     return DSQ_OK;
 }
 
-/* ---- indexer (spec §4.6) ------------------------------------------------------------------------------- */
-
-/* Top-k_sel of the valid entries j < n_valid for one query (qi [nih][ihd], head weights w [nih]);
- * out[k_sel] = entry ids, -1 past the valid ones. */
-static void indexer_select(const run *r, const float *qi, const float *w, const float *keys, int64_t n_valid,
-                           int64_t k_sel, float *buf, int64_t *out) {
-    const dsq_v4_config *c = r->c;
-    int nih = c->index_n_heads, ihd = c->index_head_dim;
-    for (int64_t j = 0; j < n_valid; j++) {
-        const float *kj = keys + (size_t)j * ihd;
-        float s = 0;
-        for (int h = 0; h < nih; h++) {
-            float dot = dsq__dot(&r->k, qi + (size_t)h * ihd, kj, (size_t)ihd);
-            if (r->rel) {
-                /* spec §5 row 12: bf16(q·K), relu, bf16(·w_h), f32 head sum → bf16 */
-                dot = dsq_bf16_round(dot);
-                s += dsq_bf16_round(fmaxf(dot, 0.0f) * w[h]);
-            } else {
-                s += fmaxf(dot, 0.0f) * w[h];
-            }
-        }
-        buf[j] = R(r, s);
-    }
-    int64_t take = n_valid < k_sel ? n_valid : k_sel;
-    dsq_v4_topk(buf, n_valid, take, out); /* spec §4.6 step 5: invalid entries (-inf) come last as -1 */
-    for (int64_t i = take; i < k_sel; i++) out[i] = -1;
-}
-
 /* ---- attention (spec §4.4) ------------------------------------------------------------------------------ */
 
 /* Attention of one segment: a [T][D] → out [T][D]; updates the segment's caches. */
 static dsq_status attention_seg(const run *r, const v4_block_w *B, v4_layer_cache *lc, int64_t p0, int64_t T,
                                 const float *a, float *out) {
     const dsq_v4_config *c = r->c;
-    int H = c->n_heads, hd = c->head_dim, rd = c->rope_head_dim, nd = hd - rd, W = c->window_size;
+    int H = c->n_heads, hd = c->head_dim, W = c->window_size;
     int ql = c->q_lora_rank, G = c->o_groups, ol = c->o_lora_rank;
     int nih = c->index_n_heads, ihd = c->index_head_dim, ratio = B->ratio;
     bool csa = B->kind == DSQ_ATTN_CSA;
     size_t D = (size_t)c->dim, Hhd = (size_t)H * hd;
-    float eps = (float)c->norm_eps, scale = 1.0f / sqrtf((float)hd);
     dsq_status st = DSQ_OK;
     float *kv = NULL, *qa = NULL, *q = NULL, *oh = NULL, *u = NULL, *qi = NULL, *iw = NULL;
     const float **keys = NULL;
@@ -296,14 +162,7 @@ static dsq_status attention_seg(const run *r, const v4_block_w *B, v4_layer_cach
     /* kv path: wkv → kv_norm → RoPE → (release) FP8 simulation of the non-rope dims */
     ALLOC(kv, (int64_t)hd * T);
     CHECK(lin(r, LIN_FP8, &B->wkv, a, T, kv));
-#pragma omp parallel for num_threads(r->k.threads) if (T > 1)
-    for (int64_t t = 0; t < T; t++) {
-        float *x = kv + (size_t)t * hd, cs[DSQ_V4_MAX_HEAD_DIM];
-        dsq_v4_rms_norm(x, B->kv_norm, hd, eps, r->rel, x);
-        dsq_v4_rope_cos_sin(B->freqs, rd, p0 + t, cs);
-        dsq_v4_rope_apply(x, hd, rd, cs, false, r->rel);
-        if (r->rel) dsq_act_fp8_sim(x, (uint64_t)nd, DSQ_KV_FP8_BLOCK);
-    }
+    BE->kv_rows(r, B, kv, p0, T);
 
     /* compressors: entries completed by this segment become visible to the tokens that complete them */
     int64_t n_comp = ratio > 0 ? (p0 + T) / ratio : 0;
@@ -335,32 +194,13 @@ static dsq_status attention_seg(const run *r, const v4_block_w *B, v4_layer_cach
         const float *at = a + (size_t)t0 * D;
         /* q path: wq_a → q_norm (qr) → wq_b → per-head norm → RoPE */
         CHECK(lin(r, LIN_FP8, &B->wq_a, at, tc, qa));
-        norm_rows(r, qa, B->q_norm, tc, ql, (size_t)ql);
+        BE->norm_rows(r, qa, B->q_norm, tc, ql, (size_t)ql);
         CHECK(lin(r, LIN_FP8, &B->wq_b, qa, tc, q));
         if (csa) {
             CHECK(lin(r, LIN_FP8, &B->idx_wq_b, qa, tc, qi));
             CHECK(lin(r, LIN_BF16, &B->idx_weights_proj, at, tc, iw));
         }
-#pragma omp parallel for num_threads(r->k.threads) if (tc > 1)
-        for (int64_t t = 0; t < tc; t++) {
-            float cs[DSQ_V4_MAX_HEAD_DIM];
-            dsq_v4_rope_cos_sin(B->freqs, rd, p0 + t0 + t, cs);
-            for (int h = 0; h < H; h++) {
-                float *qh = q + (size_t)t * Hhd + (size_t)h * hd;
-                dsq_v4_head_norm(qh, hd, eps, r->rel);
-                dsq_v4_rope_apply(qh, hd, rd, cs, false, r->rel);
-            }
-            if (csa) {
-                for (int h = 0; h < nih; h++) {
-                    float *x = qi + ((size_t)t * nih + h) * ihd;
-                    dsq_v4_rope_apply(x, ihd, rd, cs, false, r->rel);
-                    dsq_v4_hadamard(x, ihd, r->rel);
-                    if (r->rel) dsq_act_fp4_sim(x, (uint64_t)ihd, DSQ_FP4_BLOCK);
-                }
-                float ws = (float)(1.0 / sqrt((double)ihd) / sqrt((double)nih));
-                for (int h = 0; h < nih; h++) iw[t * nih + h] = R(r, iw[t * nih + h] * ws);
-            }
-        }
+        BE->q_rows(r, B, q, qi, iw, p0 + t0, tc);
         /* index lists: window (ascending positions) then compressed */
         bool failed = false;
 #pragma omp parallel num_threads(r->k.threads) if (tc > 1)
@@ -387,7 +227,7 @@ static dsq_status attention_seg(const run *r, const v4_block_w *B, v4_layer_cach
                 } else if (csa && n_cl > 0) {
                     if (!buf) continue;
                     int64_t *s = sel + (size_t)t * n_cl;
-                    indexer_select(r, qi + (size_t)t * nih * ihd, iw + (size_t)t * nih, lc->idx_keys, n_valid, n_cl,
+                    BE->indexer_topk(r, qi + (size_t)t * nih * ihd, iw + (size_t)t * nih, lc->idx_keys, n_valid, n_cl,
                                    buf, s);
                     for (int64_t j = 0; j < n_cl; j++) kl[n_win + j] = s[j] >= 0 ? lc->comp + (size_t)s[j] * hd : NULL;
                 }
@@ -395,16 +235,8 @@ static dsq_status attention_seg(const run *r, const v4_block_w *B, v4_layer_cach
             dsq_free(buf);
         }
         if (failed) CHECK(dsq_err_set(r->err, DSQ_ERR_NOMEM, "no memory for indexer scores"));
-            /* sparse attention with sink, then inverse RoPE at the query position */
-#pragma omp parallel for num_threads(r->k.threads) if (tc * H > 1) collapse(2)
-        for (int64_t t = 0; t < tc; t++)
-            for (int h = 0; h < H; h++) {
-                float *o = oh + (size_t)t * Hhd + (size_t)h * hd, cs[DSQ_V4_MAX_HEAD_DIM];
-                dsq__sparse_attention(&r->k, q + (size_t)t * Hhd + (size_t)h * hd, keys + (size_t)t * n_keys, n_keys,
-                                      hd, B->attn_sink[h], scale, r->rel, o);
-                dsq_v4_rope_cos_sin(B->freqs, rd, p0 + t0 + t, cs);
-                dsq_v4_rope_apply(o, hd, rd, cs, true, r->rel);
-            }
+        /* sparse attention with sink, then inverse RoPE at the query position */
+        BE->attention(r, B, q, keys, n_keys, p0 + t0, tc, oh);
         /* grouped low-rank output: u_g = wo_a_g · o_g (bf16 GEMM in release, input not quantized) */
         size_t gw = Hhd / (size_t)G;
         for (int g = 0; g < G; g++)
@@ -430,31 +262,14 @@ done:
 
 /* ---- MoE (spec §4.7) ----------------------------------------------------------------------------------- */
 
-static inline float softplus(float z) { return z > 20.0f ? z : log1pf(expf(z)); }
-
-/* SwiGLU with clamp (spec §8.18): h = silu(min(g, L)) · clamp(u, -L, L) · weight. */
-static inline float swiglu(float g, float u, float lim, bool clamp) {
-    if (clamp) {
-        g = fminf(g, lim);
-        u = fminf(fmaxf(u, -lim), lim);
-    }
-    return g / (1.0f + expf(-g)) * u;
-}
-
 static dsq_status expert_ffn(const run *r, const dsq_wview *w1, const dsq_wview *w2, const dsq_wview *w3,
                              const float *x, int64_t n, const float *weight, bool clamp, float *gbuf, float *ubuf,
                              float *y) {
     dsq_status st;
     size_t I = (size_t)w1->shape[0];
-    float lim = (float)r->c->swiglu_limit;
     DSQ_TRY(lin(r, LIN_FP8, w1, x, n, gbuf));
     DSQ_TRY(lin(r, LIN_FP8, w3, x, n, ubuf));
-    for (int64_t t = 0; t < n; t++)
-        for (size_t i = 0; i < I; i++) {
-            float h = swiglu(gbuf[t * I + i], ubuf[t * I + i], lim, clamp);
-            if (weight) h *= weight[t];
-            gbuf[t * I + i] = R(r, h);
-        }
+    BE->swiglu_rows(r, gbuf, ubuf, n, I, weight, clamp);
     st = lin(r, LIN_FP8, w2, gbuf, n, y);
     return st;
 }
@@ -474,24 +289,8 @@ static dsq_status moe(const run *r, const v4_block_w *B, const float *a, const i
     ALLOC(z, (int64_t)E * n);
     ALLOC(isel, (int64_t)K * n);
     ALLOC(wsel, (int64_t)K * n);
-    /* router in f32: score = sqrt(softplus(gate·a)) */
     CHECK(lin(r, LIN_F32, &B->gate, a, n, z));
-    for (int64_t t = 0; t < n; t++) {
-        float *sc = z + (size_t)t * E;
-        for (int e = 0; e < E; e++) sc[e] = sqrtf(softplus(sc[e]));
-        int *ids = isel + (size_t)t * K;
-        if (B->hash) {
-            for (int k = 0; k < K; k++) ids[k] = (int)dsq__ld_i64(B->tid2eid.data + 8 * ((size_t)tok[t] * K + k));
-        } else {
-            /* top-k of score + bias (spec §4.7 step 2; ties: spec §8.23) */
-            for (int e = 0; e < E; e++) biased[e] = sc[e] + B->gate_bias[e];
-            dsq_v4_topk(biased, E, K, top);
-            for (int k = 0; k < K; k++) ids[k] = (int)top[k];
-        }
-        float sum = 0;
-        for (int k = 0; k < K; k++) sum += sc[ids[k]];
-        for (int k = 0; k < K; k++) wsel[(size_t)t * K + k] = sc[ids[k]] / sum * (float)c->route_scale;
-    }
+    BE->route(r, B, z, tok, n, isel, wsel, biased, top);
     /* gather buffers sized for the busiest expert (a token may list an expert twice: two rows) */
     int64_t most = n;
     for (int e = 0; e < E; e++) {
@@ -559,17 +358,17 @@ static dsq_status block_forward(const run *r, const v4_block_w *B, const seg *se
     ALLOC(comb, (int64_t)hc * hc * n);
 
     CHECK(hc_pre(r, &B->hc_attn_fn, B->hc_attn_scale, B->hc_attn_base, X, n, a, post, comb));
-    norm_rows(r, a, B->attn_norm, n, (int64_t)D, D);
+    BE->norm_rows(r, a, B->attn_norm, n, (int64_t)D, D);
     for (int s = 0; s < n_segs; s++)
         CHECK(attention_seg(r, B, &segs[s].seq->lc[B->id], segs[s].p0, segs[s].T, a + (size_t)segs[s].off * D,
                             o + (size_t)segs[s].off * D));
-    hc_post(r, o, X, post, comb, n);
+    BE->hc_post(r, o, X, post, comb, n);
     CHECK(poll_stop(r));
 
     CHECK(hc_pre(r, &B->hc_ffn_fn, B->hc_ffn_scale, B->hc_ffn_base, X, n, a, post, comb));
-    norm_rows(r, a, B->ffn_norm, n, (int64_t)D, D);
+    BE->norm_rows(r, a, B->ffn_norm, n, (int64_t)D, D);
     CHECK(moe(r, B, a, tok, n, o));
-    hc_post(r, o, X, post, comb, n);
+    BE->hc_post(r, o, X, post, comb, n);
 done:
     dsq_free(a);
     dsq_free(o);
@@ -584,26 +383,13 @@ static dsq_status head(const run *r, const dsq_wview *fn, const float *base, flo
                        const float *X, int64_t n, float *logits) {
     const dsq_v4_config *c = r->c;
     int hc = c->hc_mult;
-    size_t D = (size_t)c->dim, HD = (size_t)hc * D;
+    size_t D = (size_t)c->dim;
     dsq_status st = DSQ_OK;
     float *m = NULL, *h = NULL;
     ALLOC(m, (int64_t)hc * n);
     ALLOC(h, (int64_t)D * n);
     CHECK(lin(r, LIN_F32, fn, X, n, m));
-    for (int64_t t = 0; t < n; t++) {
-        const float *v = X + (size_t)t * HD;
-        double ss = 0;
-        for (size_t i = 0; i < HD; i++) ss += (double)v[i] * v[i];
-        float rho = 1.0f / sqrtf((float)(ss / (double)HD) + (float)c->norm_eps), pre[64];
-        for (int j = 0; j < hc; j++) pre[j] = sigm(m[(size_t)t * hc + j] * rho * hscale + base[j]) + (float)c->hc_eps;
-        float *ht = h + (size_t)t * D;
-        for (size_t d = 0; d < D; d++) {
-            float s = 0;
-            for (int j = 0; j < hc; j++) s += pre[j] * v[(size_t)j * D + d];
-            ht[d] = R(r, s);
-        }
-        dsq_v4_rms_norm(ht, normw, (int64_t)D, (float)c->norm_eps, r->rel, ht);
-    }
+    BE->hc_head(r, base, hscale, normw, X, m, n, h);
     if (logits) CHECK(lin(r, LIN_F32, &r->m->head, h, n, logits));
 done:
     dsq_free(m);
@@ -613,7 +399,8 @@ done:
 
 /* ---- drivers --------------------------------------------------------------------------------------------- */
 
-static void run_init(run *r, const dsq_v4_model *m, const dsq_eval_options *opt, dsq_err *err) {
+/* Settings of one call and its backend (cpu unless opt->device says otherwise). */
+static dsq_status run_init(run *r, const dsq_v4_model *m, const dsq_eval_options *opt, dsq_err *err) {
     dsq_eval_options def;
     if (!opt) {
         dsq_eval_options_default(&def);
@@ -626,6 +413,7 @@ static void run_init(run *r, const dsq_v4_model *m, const dsq_eval_options *opt,
     r->k.avx2 = m->cpu_avx2 && !opt->force_scalar;
     r->k.threads = opt->threads > 0 ? opt->threads : omp_get_max_threads();
     r->err = err;
+    return dsq__backend_for(m, &opt->device, &r->be, err);
 }
 
 static void embed_rows(const run *r, const int32_t *tok, int64_t n, float *out, size_t ld) {
@@ -696,7 +484,7 @@ done:
 dsq_status dsq_v4_forward(const dsq_v4_model *m, const dsq_eval_options *opt, dsq_v4_item *items, int n_items,
                           dsq_err *err) {
     run r;
-    run_init(&r, m, opt, err);
+    DSQ_TRY(run_init(&r, m, opt, err));
     for (int i = 0; i < n_items; i++)
         DSQ_RETURN_IF(items[i].n_tokens < 0 || !items[i].seq || (items[i].n_tokens > 0 && !items[i].tokens), err,
                       DSQ_ERR_ARG, "forward: item %d is malformed", i);
@@ -726,7 +514,7 @@ uint64_t dsq_v4_item_bytes(const dsq_v4_model *m, int64_t n_tokens) {
 dsq_status dsq_v4_forward_streaming(const dsq_v4_model *m, const dsq_eval_options *opt, dsq_v4_item *items, int n_items,
                                     uint64_t memory_budget, dsq_err *err) {
     run r;
-    run_init(&r, m, opt, err);
+    DSQ_TRY(run_init(&r, m, opt, err));
     uint64_t wmax = 0;
     for (int b = 0; b < m->cfg.n_layers; b++)
         if (m->blocks[b].bytes > wmax) wmax = m->blocks[b].bytes;
@@ -757,7 +545,7 @@ dsq_status dsq_v4_mtp_forward(const dsq_v4_model *m, const dsq_eval_options *opt
                               const float *hidden, const int32_t *next_tokens, int64_t n, float *logits,
                               float *out_hidden, dsq_err *err) {
     run rr, *r = &rr;
-    run_init(r, m, opt, err);
+    DSQ_TRY(run_init(r, m, opt, err));
     const dsq_v4_config *c = &m->cfg;
     DSQ_RETURN_IF(mtp < 0 || mtp >= c->n_mtp_layers, err, DSQ_ERR_ARG, "MTP block %d: the model has %d", mtp,
                   c->n_mtp_layers);
@@ -773,10 +561,10 @@ dsq_status dsq_v4_mtp_forward(const dsq_v4_model *m, const dsq_eval_options *opt
     ALLOC(x, (int64_t)HD * n);
     /* spec §4.9: e = enorm(embed[next]); x_j = hnorm(Xh_j); X_j = e_proj·e + h_proj·x_j */
     embed_rows(r, next_tokens, n, e, D);
-    norm_rows(r, e, B->enorm, n, (int64_t)D, D);
+    BE->norm_rows(r, e, B->enorm, n, (int64_t)D, D);
     CHECK(lin(r, LIN_FP8, &B->e_proj, e, n, ep));
     memcpy(x, hidden, sizeof(float) * HD * (size_t)n);
-    norm_rows(r, x, B->hnorm, n * hc, (int64_t)D, D);
+    BE->norm_rows(r, x, B->hnorm, n * hc, (int64_t)D, D);
     CHECK(lin(r, LIN_FP8, &B->h_proj, x, n * hc, X));
     for (int64_t t = 0; t < n; t++)
         for (int j = 0; j < hc; j++)

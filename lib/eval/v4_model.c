@@ -291,6 +291,7 @@ static void free_block(v4_block_w *B) {
 
 void dsq_v4_model_close(dsq_v4_model *m) {
     if (!m) return;
+    dsq__model_devices_close(m);
     for (int b = 0; b < m->n_blocks; b++) free_block(&m->blocks[b]);
     dsq_free(m->blocks);
     dsq_free(m->norm);
@@ -342,6 +343,7 @@ dsq_status dsq_v4_model_create(dsq_wsrc *src, const dsq_v4_config *cfg, dsq_v4_m
     }
     m->cfg = *cfg;
     m->src = src;
+    pthread_mutex_init(&m->dev_mu, NULL);
     m->cpu_avx2 = dsq__cpu_has_avx2();
     loader L = {m, NULL, err};
     uint64_t D = cfg->dim, hc = (uint64_t)cfg->hc_mult;

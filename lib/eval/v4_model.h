@@ -2,6 +2,8 @@
 #ifndef DSQ_V4_MODEL_H
 #define DSQ_V4_MODEL_H
 
+#include <pthread.h>
+
 #include "dsq_v4.h"
 #include "v4_internal.h"
 
@@ -67,7 +69,14 @@ struct dsq_v4_model {
     int n_blocks;
     uint64_t global_bytes;
     bool cpu_avx2;
+    /* cuda backends opened on this model (weights uploaded on first use), by device index; closed
+     * with the model.  dev_mu guards creation (lib/eval/backend.c). */
+    pthread_mutex_t dev_mu;
+    struct dsq__backend *cuda[DSQ_MAX_CUDA_DEVICES];
 };
+
+/* Close the model's device backends and its dev_mu (lib/eval/backend.c); for dsq_v4_model_close. */
+void dsq__model_devices_close(dsq_v4_model *m);
 
 /* Compressor state of spec §4.5: KV and SC [c·r][c·d] f32, initialised 0 / -inf. */
 typedef struct v4_comp_state {

@@ -1,0 +1,322 @@
+/* The cpu backend: the reference kernels behind the backend seam (v4_backend.h).  Linear layers are
+ * linear.c's (dsq__linear, dsq__fp8_linear, with their AVX2/scalar twins); the block operations are
+ * the loops v4_forward.c ran before the seam existed, moved here unchanged, so the golden tests see
+ * the same bits.  OpenMP across tokens (or tokens × heads) with r->k.threads threads. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dsq_numeric.h"
+#include "dsq_v4_ops.h"
+#include "v4_backend.h"
+
+static inline float R(const dsq__run *r, float x) { return r->rel ? dsq_bf16_round(x) : x; }
+
+/* ---- linear ------------------------------------------------------------------------------------- */
+
+static dsq_status cpu_linear(const dsq__run *r, const dsq_wview *w, uint64_t row0, uint64_t n_rows, const float *x,
+                             size_t ldx, int64_t n, float *y, size_t ldy) {
+    return dsq__linear(&r->k, w, row0, n_rows, x, ldx, n, y, ldy, r->err);
+}
+
+static dsq_status cpu_fp8_linear(const dsq__run *r, const dsq_wview *w, uint64_t row0, uint64_t n_rows, const float *q,
+                                 const float *sa, int64_t n, float *y, size_t ldy) {
+    dsq__fp8_linear(&r->k, w, row0, n_rows, q, sa, n, y, ldy);
+    return DSQ_OK;
+}
+
+/* ---- norms and hyper-connections (spec §4.2) ----------------------------------------------------- */
+
+static void cpu_norm_rows(const dsq__run *r, float *a, const float *w, int64_t n, int64_t width, size_t ld) {
+#pragma omp parallel for num_threads(r->k.threads) if (n > 1)
+    for (int64_t t = 0; t < n; t++)
+        dsq_v4_rms_norm(a + (size_t)t * ld, w, width, (float)r->c->norm_eps, r->rel, a + (size_t)t * ld);
+}
+
+static void cpu_hc_pre(const dsq__run *r, const float *scale, const float *base, const float *X, float *mixes,
+                       int64_t n, float *a, float *post, float *comb) {
+    const dsq_v4_config *c = r->c;
+    int hc = c->hc_mult, mix = (2 + hc) * hc;
+    size_t D = (size_t)c->dim, HD = (size_t)hc * D;
+#pragma omp parallel for num_threads(r->k.threads) if (n > 1)
+    for (int64_t t = 0; t < n; t++) {
+        const float *v = X + (size_t)t * HD;
+        double ss = 0;
+        for (size_t i = 0; i < HD; i++) ss += (double)v[i] * v[i];
+        float rho = 1.0f / sqrtf((float)(ss / (double)HD) + (float)c->norm_eps);
+        float *m = mixes + (size_t)t * mix, pre[64];
+        for (int i = 0; i < mix; i++) m[i] *= rho;
+        dsq_v4_hc_split(m, scale, base, hc, c->hc_sinkhorn_iters, (float)c->hc_eps, pre, post + (size_t)t * hc,
+                        comb + (size_t)t * hc * hc);
+        float *at = a + (size_t)t * D;
+        for (size_t d = 0; d < D; d++) {
+            float s = 0;
+            for (int j = 0; j < hc; j++) s += pre[j] * v[(size_t)j * D + d];
+            at[d] = R(r, s);
+        }
+    }
+}
+
+/* X'[j] = post_j·o + Σ_i C[i][j]·X[i]  (spec §8.12: the column index selects the output stream). */
+static void cpu_hc_post(const dsq__run *r, const float *o, float *X, const float *post, const float *comb, int64_t n) {
+    int hc = r->c->hc_mult;
+    size_t D = (size_t)r->c->dim;
+#pragma omp parallel for num_threads(r->k.threads) if (n > 1)
+    for (int64_t t = 0; t < n; t++) {
+        float *x = X + (size_t)t * hc * D;
+        const float *C = comb + (size_t)t * hc * hc, *p = post + (size_t)t * hc, *ot = o + (size_t)t * D;
+        for (size_t d = 0; d < D; d++) {
+            float in[64], outv[64];
+            for (int i = 0; i < hc; i++) in[i] = x[(size_t)i * D + d];
+            for (int j = 0; j < hc; j++) {
+                float s = p[j] * ot[d];
+                for (int i = 0; i < hc; i++) s += C[i * hc + j] * in[i];
+                outv[j] = s;
+            }
+            for (int j = 0; j < hc; j++) x[(size_t)j * D + d] = R(r, outv[j]);
+        }
+    }
+}
+
+static inline float sigm(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+static void cpu_hc_head(const dsq__run *r, const float *base, float hscale, const float *normw, const float *X,
+                        const float *m, int64_t n, float *h) {
+    const dsq_v4_config *c = r->c;
+    int hc = c->hc_mult;
+    size_t D = (size_t)c->dim, HD = (size_t)hc * D;
+    for (int64_t t = 0; t < n; t++) {
+        const float *v = X + (size_t)t * HD;
+        double ss = 0;
+        for (size_t i = 0; i < HD; i++) ss += (double)v[i] * v[i];
+        float rho = 1.0f / sqrtf((float)(ss / (double)HD) + (float)c->norm_eps), pre[64];
+        for (int j = 0; j < hc; j++) pre[j] = sigm(m[(size_t)t * hc + j] * rho * hscale + base[j]) + (float)c->hc_eps;
+        float *ht = h + (size_t)t * D;
+        for (size_t d = 0; d < D; d++) {
+            float s = 0;
+            for (int j = 0; j < hc; j++) s += pre[j] * v[(size_t)j * D + d];
+            ht[d] = R(r, s);
+        }
+        dsq_v4_rms_norm(ht, normw, (int64_t)D, (float)c->norm_eps, r->rel, ht);
+    }
+}
+
+/* ---- attention (spec §4.4) ----------------------------------------------------------------------- */
+
+static void cpu_kv_rows(const dsq__run *r, const v4_block_w *B, float *kv, int64_t p0, int64_t T) {
+    const dsq_v4_config *c = r->c;
+    int hd = c->head_dim, rd = c->rope_head_dim, nd = hd - rd;
+    float eps = (float)c->norm_eps;
+#pragma omp parallel for num_threads(r->k.threads) if (T > 1)
+    for (int64_t t = 0; t < T; t++) {
+        float *x = kv + (size_t)t * hd, cs[DSQ_V4_MAX_HEAD_DIM];
+        dsq_v4_rms_norm(x, B->kv_norm, hd, eps, r->rel, x);
+        dsq_v4_rope_cos_sin(B->freqs, rd, p0 + t, cs);
+        dsq_v4_rope_apply(x, hd, rd, cs, false, r->rel);
+        if (r->rel) dsq_act_fp8_sim(x, (uint64_t)nd, DSQ_KV_FP8_BLOCK);
+    }
+}
+
+static void cpu_q_rows(const dsq__run *r, const v4_block_w *B, float *q, float *qi, float *iw, int64_t pos0,
+                       int64_t tc) {
+    const dsq_v4_config *c = r->c;
+    int H = c->n_heads, hd = c->head_dim, rd = c->rope_head_dim;
+    int nih = c->index_n_heads, ihd = c->index_head_dim;
+    bool csa = B->kind == DSQ_ATTN_CSA;
+    size_t Hhd = (size_t)H * hd;
+    float eps = (float)c->norm_eps;
+#pragma omp parallel for num_threads(r->k.threads) if (tc > 1)
+    for (int64_t t = 0; t < tc; t++) {
+        float cs[DSQ_V4_MAX_HEAD_DIM];
+        dsq_v4_rope_cos_sin(B->freqs, rd, pos0 + t, cs);
+        for (int h = 0; h < H; h++) {
+            float *qh = q + (size_t)t * Hhd + (size_t)h * hd;
+            dsq_v4_head_norm(qh, hd, eps, r->rel);
+            dsq_v4_rope_apply(qh, hd, rd, cs, false, r->rel);
+        }
+        if (csa) {
+            for (int h = 0; h < nih; h++) {
+                float *x = qi + ((size_t)t * nih + h) * ihd;
+                dsq_v4_rope_apply(x, ihd, rd, cs, false, r->rel);
+                dsq_v4_hadamard(x, ihd, r->rel);
+                if (r->rel) dsq_act_fp4_sim(x, (uint64_t)ihd, DSQ_FP4_BLOCK);
+            }
+            float ws = (float)(1.0 / sqrt((double)ihd) / sqrt((double)nih));
+            for (int h = 0; h < nih; h++) iw[t * nih + h] = R(r, iw[t * nih + h] * ws);
+        }
+    }
+}
+
+static void cpu_attention(const dsq__run *r, const v4_block_w *B, const float *q, const float *const *keys,
+                          int64_t n_keys, int64_t pos0, int64_t tc, float *oh) {
+    const dsq_v4_config *c = r->c;
+    int H = c->n_heads, hd = c->head_dim, rd = c->rope_head_dim;
+    size_t Hhd = (size_t)H * hd;
+    float scale = 1.0f / sqrtf((float)hd);
+    /* sparse attention with sink, then inverse RoPE at the query position */
+#pragma omp parallel for num_threads(r->k.threads) if (tc * H > 1) collapse(2)
+    for (int64_t t = 0; t < tc; t++)
+        for (int h = 0; h < H; h++) {
+            float *o = oh + (size_t)t * Hhd + (size_t)h * hd, cs[DSQ_V4_MAX_HEAD_DIM];
+            dsq__sparse_attention(&r->k, q + (size_t)t * Hhd + (size_t)h * hd, keys + (size_t)t * n_keys, n_keys, hd,
+                                  B->attn_sink[h], scale, r->rel, o);
+            dsq_v4_rope_cos_sin(B->freqs, rd, pos0 + t, cs);
+            dsq_v4_rope_apply(o, hd, rd, cs, true, r->rel);
+        }
+}
+
+/* ---- compressor (spec §4.5) ---------------------------------------------------------------------- */
+
+/* Post-process a pooled entry at compressed slot k (spec §4.5): RMSNorm(bf16(c)) → RoPE at k·r →
+ * FP8 simulation of the non-rope dims (attention) or Hadamard + FP4 simulation (indexer). */
+static void compressed_entry(const dsq__run *r, const v4_block_w *B, const v4_compressor_w *cw, bool indexer, int64_t k,
+                             float *e) {
+    const dsq_v4_config *c = r->c;
+    int d = cw->d, rd = c->rope_head_dim;
+    for (int i = 0; i < d; i++) e[i] = R(r, e[i]);
+    dsq_v4_rms_norm(e, cw->norm, d, (float)c->norm_eps, r->rel, e);
+    float cs[DSQ_V4_MAX_HEAD_DIM];
+    dsq_v4_rope_cos_sin(B->freqs, rd, k * cw->ratio, cs);
+    dsq_v4_rope_apply(e, d, rd, cs, false, r->rel);
+    if (!indexer) {
+        if (r->rel) dsq_act_fp8_sim(e, (uint64_t)(d - rd), DSQ_KV_FP8_BLOCK);
+    } else {
+        dsq_v4_hadamard(e, d, r->rel);
+        if (r->rel) dsq_act_fp4_sim(e, (uint64_t)d, DSQ_FP4_BLOCK);
+    }
+}
+
+static void cpu_compressor(const dsq__run *r, const v4_block_w *B, const v4_compressor_w *cw, bool indexer,
+                           v4_comp_state *s, const float *kvp, const float *g, int64_t p0, int64_t T, float *dst) {
+    int ratio = cw->ratio, d = cw->d, cd = cw->c * d;
+    int rows = cw->c * ratio;
+    for (int64_t t = 0; t < T; t++) {
+        int64_t p = p0 + t;
+        int i = (int)(p % ratio);
+        int slot = (cw->overlap ? ratio : 0) + i;
+        float *kv_row = s->kv + (size_t)slot * cd, *sc_row = s->sc + (size_t)slot * cd;
+        const float *ape = cw->ape + (size_t)i * cd;
+        for (int ch = 0; ch < cd; ch++) {
+            kv_row[ch] = kvp[(size_t)t * cd + ch];
+            sc_row[ch] = g[(size_t)t * cd + ch] + ape[ch];
+        }
+        if ((p + 1) % ratio != 0) continue;
+        int64_t k = p / ratio;
+        float *e = dst + (size_t)k * d;
+        /* spec §4.5: per-channel softmax over the window's rows; overlap: rows 0..r-1 use the first
+         * half of slots 0..r-1 (previous window), rows r..2r-1 the second half of slots r..2r-1 */
+        for (int ch = 0; ch < d; ch++) {
+            float mx = -INFINITY;
+            for (int row = 0; row < rows; row++) {
+                int col = cw->overlap && row >= ratio ? d + ch : ch;
+                mx = fmaxf(mx, s->sc[(size_t)row * cd + col]);
+            }
+            float den = 0, num = 0;
+            for (int row = 0; row < rows; row++) {
+                int col = cw->overlap && row >= ratio ? d + ch : ch;
+                float w = expf(s->sc[(size_t)row * cd + col] - mx);
+                den += w;
+                num += w * s->kv[(size_t)row * cd + col];
+            }
+            e[ch] = num / den;
+        }
+        if (cw->overlap) {
+            memcpy(s->kv, s->kv + (size_t)ratio * cd, sizeof(float) * (size_t)ratio * cd);
+            memcpy(s->sc, s->sc + (size_t)ratio * cd, sizeof(float) * (size_t)ratio * cd);
+        }
+        compressed_entry(r, B, cw, indexer, k, e);
+    }
+}
+
+/* ---- indexer (spec §4.6) ------------------------------------------------------------------------- */
+
+static void cpu_indexer_topk(const dsq__run *r, const float *qi, const float *w, const float *keys, int64_t n_valid,
+                             int64_t k_sel, float *buf, int64_t *out) {
+    const dsq_v4_config *c = r->c;
+    int nih = c->index_n_heads, ihd = c->index_head_dim;
+    for (int64_t j = 0; j < n_valid; j++) {
+        const float *kj = keys + (size_t)j * ihd;
+        float s = 0;
+        for (int h = 0; h < nih; h++) {
+            float dot = dsq__dot(&r->k, qi + (size_t)h * ihd, kj, (size_t)ihd);
+            if (r->rel) {
+                /* spec §5 row 12: bf16(q·K), relu, bf16(·w_h), f32 head sum → bf16 */
+                dot = dsq_bf16_round(dot);
+                s += dsq_bf16_round(fmaxf(dot, 0.0f) * w[h]);
+            } else {
+                s += fmaxf(dot, 0.0f) * w[h];
+            }
+        }
+        buf[j] = R(r, s);
+    }
+    int64_t take = n_valid < k_sel ? n_valid : k_sel;
+    dsq_v4_topk(buf, n_valid, take, out); /* spec §4.6 step 5: invalid entries (-inf) come last as -1 */
+    for (int64_t i = take; i < k_sel; i++) out[i] = -1;
+}
+
+/* ---- MoE (spec §4.7) ----------------------------------------------------------------------------- */
+
+static inline float softplus(float z) { return z > 20.0f ? z : log1pf(expf(z)); }
+
+static void cpu_route(const dsq__run *r, const v4_block_w *B, float *z, const int32_t *tok, int64_t n, int *isel,
+                      float *wsel, float *biased, int64_t *top) {
+    const dsq_v4_config *c = r->c;
+    int E = c->n_routed_experts, K = c->n_activated_experts;
+    /* router in f32: score = sqrt(softplus(gate·a)) */
+    for (int64_t t = 0; t < n; t++) {
+        float *sc = z + (size_t)t * E;
+        for (int e = 0; e < E; e++) sc[e] = sqrtf(softplus(sc[e]));
+        int *ids = isel + (size_t)t * K;
+        if (B->hash) {
+            for (int k = 0; k < K; k++) ids[k] = (int)dsq__ld_i64(B->tid2eid.data + 8 * ((size_t)tok[t] * K + k));
+        } else {
+            /* top-k of score + bias (spec §4.7 step 2; ties: spec §8.23) */
+            for (int e = 0; e < E; e++) biased[e] = sc[e] + B->gate_bias[e];
+            dsq_v4_topk(biased, E, K, top);
+            for (int k = 0; k < K; k++) ids[k] = (int)top[k];
+        }
+        float sum = 0;
+        for (int k = 0; k < K; k++) sum += sc[ids[k]];
+        for (int k = 0; k < K; k++) wsel[(size_t)t * K + k] = sc[ids[k]] / sum * (float)c->route_scale;
+    }
+}
+
+/* SwiGLU with clamp (spec §8.18): h = silu(min(g, L)) · clamp(u, -L, L) · weight. */
+static inline float swiglu(float g, float u, float lim, bool clamp) {
+    if (clamp) {
+        g = fminf(g, lim);
+        u = fminf(fmaxf(u, -lim), lim);
+    }
+    return g / (1.0f + expf(-g)) * u;
+}
+
+static void cpu_swiglu_rows(const dsq__run *r, float *g, const float *u, int64_t n, size_t I, const float *weight,
+                            bool clamp) {
+    float lim = (float)r->c->swiglu_limit;
+    for (int64_t t = 0; t < n; t++)
+        for (size_t i = 0; i < I; i++) {
+            float h = swiglu(g[t * I + i], u[t * I + i], lim, clamp);
+            if (weight) h *= weight[t];
+            g[t * I + i] = R(r, h);
+        }
+}
+
+const dsq__backend dsq__backend_cpu = {
+    .name = "cpu",
+    .impl = NULL,
+    .linear = cpu_linear,
+    .fp8_linear = cpu_fp8_linear,
+    .norm_rows = cpu_norm_rows,
+    .hc_pre = cpu_hc_pre,
+    .hc_post = cpu_hc_post,
+    .hc_head = cpu_hc_head,
+    .kv_rows = cpu_kv_rows,
+    .q_rows = cpu_q_rows,
+    .compressor = cpu_compressor,
+    .indexer_topk = cpu_indexer_topk,
+    .attention = cpu_attention,
+    .route = cpu_route,
+    .swiglu_rows = cpu_swiglu_rows,
+    .close = NULL,
+};
