@@ -113,21 +113,30 @@ $(BUILD)/tokenizer-expected.jsonl: tests/tokenizer/reference.mjs tests/tokenizer
 	node tests/tokenizer/reference.mjs tests/tokenizer/fixture.jsonl $(TOK_NPM) > $@.tmp && mv $@.tmp $@
 # ---- end tokenizer reference
 
+# ---- ggml reference for the k-quant encodings (helper kquant): tests/test_kquant_ggml.c dlopens
+# libggml-base.so of this npm package (prebuilt llama.cpp) and compares ggml's dequantizer with ours;
+# bench/kquant.c compares encoders with ggml_quantize_chunk.  Test/bench only, never linked into dsq.
+GGML_NPM_DIR := $(TOK_NPM)/node_modules/@node-llama-cpp/linux-x64
+GGML_LIB     := $(GGML_NPM_DIR)/bins/linux-x64/libggml-base.so
+$(GGML_LIB):
+	npm install --prefix $(TOK_NPM) --no-audit --no-fund @node-llama-cpp/linux-x64@3.22.1
+# ---- end ggml reference
+
 # Tests run from the repository root; DSQ_SHARED points at ../shared, DSQ_BIN at the CLI.
 test: deps
-	@$(MAKE) --no-print-directory $(BUILD)/dsq $(TEST_BIN) $(BUILD)/tokenizer-expected.jsonl
+	@$(MAKE) --no-print-directory $(BUILD)/dsq $(TEST_BIN) $(BUILD)/tokenizer-expected.jsonl $(GGML_LIB)
 	@DSQ_SHARED=$(abspath $(SHARED)) DSQ_BIN=$(abspath $(BUILD)/dsq) DSQ_BUILD=$(abspath $(BUILD)) \
 	  tests/run-tests.sh $(TEST_BIN)
 
 test-asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan NO_CUDA=1 \
 	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	  build-asan/dsq $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN)) build-asan/tokenizer-expected.jsonl
+	  build-asan/dsq $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN)) build-asan/tokenizer-expected.jsonl $(GGML_LIB)
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  DSQ_SHARED=$(abspath $(SHARED)) DSQ_BIN=$(abspath build-asan/dsq) DSQ_BUILD=$(abspath build-asan) DSQ_ASAN=1 \
 	  tests/run-tests.sh $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN))
 
-bench: deps $(BUILD)/dsq $(BENCH_BIN) $(TOK_JSON)
+bench: deps $(BUILD)/dsq $(BENCH_BIN) $(TOK_JSON) $(GGML_LIB)
 	@for b in $(BENCH_BIN); do echo "== $$b"; DSQ_BIN=$(abspath $(BUILD)/dsq) $$b || exit 1; done
 
 # Issue 2's full-size synth → inspect round trip (9.3 GB, disk-bound): not in `make test`.

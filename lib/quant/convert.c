@@ -95,6 +95,11 @@ static void target_block(const dsq_convert_plan *p, dsq_encoding e, int group, u
     case DSQ_ENC_INT4_G:
     case DSQ_ENC_INT4_G_ASYM:
     case DSQ_ENC_INT2_G_ASYM: *br = 1, *bc = (uint32_t)group; return;
+    case DSQ_ENC_Q2_K:
+    case DSQ_ENC_Q3_K:
+    case DSQ_ENC_Q4_K:
+    case DSQ_ENC_Q5_K:
+    case DSQ_ENC_Q6_K: *br = 1, *bc = DSQ_FILE_KQUANT_BLOCK; return;
     default: *br = *bc = 0; return;
     }
 }
