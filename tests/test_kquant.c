@@ -90,6 +90,22 @@ static void test_codec_round_trip(void **state) {
     }
 }
 
+/* The AVX2 block decoders give the scalar decoders' floats on blocks of random bytes. */
+static void test_avx2_decode(void **state) {
+    (void)state;
+    if (dsq_codec_best_isa() != DSQ_ISA_AVX2) skip();
+    rng r = {21};
+    uint8_t blk[210];
+    float a[DSQ_KQ_BLOCK], b[DSQ_KQ_BLOCK];
+    for (int i = 0; i < 5; i++)
+        for (int n = 0; n < 2000; n++) {
+            for (int k = 0; k < kbytes[i]; k++) blk[k] = (uint8_t)rng_u64(&r);
+            dsq_kquant_decode_block(kencs[i], blk, a);
+            dsq__kq_decode_block_avx2(kencs[i], blk, b);
+            assert_memory_equal(a, b, sizeof a); /* NaN/Inf super-scales included: same operations */
+        }
+}
+
 /* One-token dot and batched GEMM: scalar and AVX2 twins give the same bits; both match an f64 sum. */
 static void test_kernel_twins(void **state) {
     (void)state;
@@ -221,6 +237,7 @@ int main(void) {
         cmocka_unit_test(test_names_layouts),   cmocka_unit_test(test_codec_round_trip),
         cmocka_unit_test(test_kernel_twins),    cmocka_unit_test(test_importance_used),
         cmocka_unit_test(test_special_blocks),  cmocka_unit_test(test_hostile),
+        cmocka_unit_test(test_avx2_decode),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

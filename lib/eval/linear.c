@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "dsq_codec.h"
+#include "dsq_kquant.h"
 #include "dsq_core.h"
 #include "dsq_numeric.h"
 #include "v4_internal.h"
@@ -127,6 +128,13 @@ static void dequant_rows_avx2(const dsq_wview *w, uint64_t row0, uint64_t n, flo
             break;
         case DSQ_ENC_MXFP4:
             dequant_mxfp4_avx2(w, r, o);
+            break;
+        case DSQ_ENC_Q2_K: /* k-quants: lib/quant/kernels_kquant.c, the scalar decoder's floats */
+        case DSQ_ENC_Q3_K:
+        case DSQ_ENC_Q4_K:
+        case DSQ_ENC_Q5_K:
+        case DSQ_ENC_Q6_K:
+            dsq_kquant_decode_rows(w->enc, w->data, cols, r, 1, o, true);
             break;
         default:
             dsq__dequant_rows(w, r, 1, o);

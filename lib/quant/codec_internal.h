@@ -138,6 +138,7 @@ dsq_status dsq__encode_int_rows(const dsq__qv *v, dsq_qtensor_buf *dst, const fl
 void dsq__kq_decode_span(const dsq__qv *v, uint64_t r, uint64_t c0, uint64_t n, float *out);
 float dsq__kq_dot_row(const dsq__qv *v, uint64_t r, const float *x);
 float dsq__kq_dot_row_avx2(const dsq__qv *v, uint64_t r, const float *x); /* same bits */
+void dsq__kq_decode_block_avx2(dsq_encoding enc, const uint8_t *blk, float *out); /* same floats */
 /* Whether a block's F16 super-scales are finite. */
 bool dsq__kq_block_finite(dsq_encoding enc, const uint8_t *blk);
 

@@ -158,7 +158,7 @@ __attribute__((target("avx2,fma"))) float dsq__kq_dot_row_avx2(const dsq__qv *v,
     int bb = dsq_kquant_block_bytes(v->t->enc);
     float w[DSQ_KQ_BLOCK] __attribute__((aligned(32))), acc = 0;
     for (uint64_t c0 = 0; c0 < v->t->cols; c0 += DSQ_KQ_BLOCK) {
-        dsq_kquant_decode_block(v->t->enc, row + (c0 / DSQ_KQ_BLOCK) * (uint64_t)bb, w);
+        dsq__kq_decode_block_avx2(v->t->enc, row + (c0 / DSQ_KQ_BLOCK) * (uint64_t)bb, w);
         __m256 a = _mm256_setzero_ps();
         for (int i = 0; i < DSQ_KQ_BLOCK; i += 8)
             a = _mm256_fmadd_ps(_mm256_load_ps(w + i), _mm256_loadu_ps(x + c0 + (uint64_t)i), a);
@@ -171,3 +171,88 @@ __attribute__((target("avx2,fma"))) float dsq__kq_dot_row_avx2(const dsq__qv *v,
 #else
 float dsq__kq_dot_row_avx2(const dsq__qv *v, uint64_t r, const float *x) { return dsq__kq_dot_row(v, r, x); }
 #endif
+
+/* ---- AVX2 block decoders: the same float expressions (one multiply, one subtract per element, no
+ * FMA), sixteen codes at a time ------------------------------------------------------------------- */
+#if defined(__x86_64__) || defined(__i386__)
+#define KQ_AVX2 __attribute__((target("avx2,fma")))
+
+/* 16 unsigned codes u (one per byte) → (u − off)·dl − ml (asym) or (u − off)·dl. */
+KQ_AVX2 static inline void emit16(__m128i u, int off, float dl, float ml, bool asym, float *out) {
+    __m256i o = _mm256_set1_epi32(off);
+    __m256 vd = _mm256_set1_ps(dl), vm = _mm256_set1_ps(ml);
+    __m256 a = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(u), o));
+    __m256 b = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(u, 8)), o));
+    a = _mm256_mul_ps(a, vd), b = _mm256_mul_ps(b, vd);
+    if (asym) a = _mm256_sub_ps(a, vm), b = _mm256_sub_ps(b, vm);
+    _mm256_storeu_ps(out, a);
+    _mm256_storeu_ps(out + 8, b);
+}
+KQ_AVX2 static inline __m128i bits16(const uint8_t *p, int shift, int mask) {
+    return _mm_and_si128(_mm_srli_epi16(_mm_loadu_si128((const __m128i *)(const void *)p), shift), _mm_set1_epi8((char)mask));
+}
+
+KQ_AVX2 void dsq__kq_decode_block_avx2(dsq_encoding enc, const uint8_t *b, float *y) {
+    switch (enc) {
+    case DSQ_ENC_Q2_K: {
+        float d = half_at(b + 80), dmin = half_at(b + 82);
+        for (int j = 0; j < 16; j++) {
+            const uint8_t *q = b + 16 + 32 * (j / 8) + 16 * (j & 1);
+            emit16(bits16(q, 2 * ((j % 8) / 2), 3), 0, d * (float)(b[j] & 15), dmin * (float)(b[j] >> 4), true, y + 16 * j);
+        }
+        return;
+    }
+    case DSQ_ENC_Q3_K: {
+        float d = half_at(b + 108);
+        for (int j = 0; j < 16; j++) {
+            int l0 = 16 * (j & 1);
+            __m128i lo = bits16(b + 32 + 32 * (j / 8) + l0, 2 * ((j % 8) / 2), 3);
+            __m128i hb = bits16(b + l0, j / 2, 1);
+            emit16(_mm_or_si128(lo, _mm_slli_epi16(hb, 2)), 4, d * (float)(scale_q3(b + 96, j) - 32), 0, false, y + 16 * j);
+        }
+        return;
+    }
+    case DSQ_ENC_Q4_K:
+    case DSQ_ENC_Q5_K: {
+        bool five = enc == DSQ_ENC_Q5_K;
+        float d = half_at(b), dmin = half_at(b + 2);
+        const uint8_t *qs = five ? b + 48 : b + 16;
+        for (int j = 0; j < 8; j++) {
+            int s, m;
+            scale_min_k4(b + 4, j, &s, &m);
+            float dl = d * (float)s, ml = dmin * (float)m;
+            for (int h = 0; h < 2; h++) {
+                __m128i u = bits16(qs + 32 * (j / 2) + 16 * h, 4 * (j & 1), 15);
+                if (five) u = _mm_or_si128(u, _mm_slli_epi16(bits16(b + 16 + 16 * h, j, 1), 4));
+                emit16(u, 0, dl, ml, true, y + 32 * j + 16 * h);
+            }
+        }
+        return;
+    }
+    case DSQ_ENC_Q6_K: {
+        float d = half_at(b + 208);
+        const int8_t *sc = (const int8_t *)(b + 192);
+        for (int j = 0; j < 16; j++) {
+            int n = j / 8, t = (j % 8) / 2, l0 = 16 * (j & 1);
+            __m128i lo = bits16(b + 64 * n + l0 + 32 * (t & 1), 4 * (t >> 1), 15);
+            __m128i hi = bits16(b + 128 + 32 * n + l0, 2 * t, 3);
+            emit16(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), 32, d * (float)sc[j], 0, false, y + 16 * j);
+        }
+        return;
+    }
+    default: dsq_kquant_decode_block(enc, b, y); return;
+    }
+}
+#else
+void dsq__kq_decode_block_avx2(dsq_encoding enc, const uint8_t *b, float *y) { dsq_kquant_decode_block(enc, b, y); }
+#endif
+
+void dsq_kquant_decode_rows(dsq_encoding enc, const void *data, uint64_t cols, uint64_t row0, uint64_t nrows, float *out,
+                            bool avx2) {
+    uint64_t bb = (uint64_t)dsq_kquant_block_bytes(enc), nb = cols / DSQ_KQ_BLOCK;
+    const uint8_t *p = (const uint8_t *)data + row0 * nb * bb;
+    for (uint64_t k = 0; k < nrows * nb; k++) {
+        if (avx2) dsq__kq_decode_block_avx2(enc, p + k * bb, out + k * DSQ_KQ_BLOCK);
+        else dsq_kquant_decode_block(enc, p + k * bb, out + k * DSQ_KQ_BLOCK);
+    }
+}
