@@ -47,7 +47,7 @@ static double sub_eval(const kq_spec *k, const float *x, const float *w, float S
         float t = (x[i] + M) * inv;
         t = t > qlo ? t : qlo;
         t = t < qhi ? t : qhi;
-        float qi = nearbyintf(t);
+        float qi = (t + 0x1.8p23f) - 0x1.8p23f; /* RNE for |t| ≤ 2^22 (t is clamped to ±32): no libm call */
         float y = S * qi - M;
         double dd = (double)x[i] - (double)y;
         e += (double)w[i] * dd * dd;
