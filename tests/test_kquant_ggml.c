@@ -196,12 +196,46 @@ static void test_ggml_blocks(void **state) {
     free(x);
 }
 
+/* Issue 13's anchor: our encoder's importance-weighted squared error is at most llama.cpp's
+ * (ggml_quantize_chunk with the same importance as imatrix; without one, both measured unweighted)
+ * on the same tensors, for every k-type.  bench/kquant.c prints the full table. */
+static void test_not_worse_than_ggml(void **state) {
+    (void)state;
+    rng r = {17};
+    enum { R = 32, C = 1024 };
+    float *x = malloc(sizeof(float) * R * C), imp[C];
+    for (int c = 0; c < C; c++) imp[c] = (float)exp(1.5 * rng_gauss(&r));
+    for (int kind = 0; kind < 2; kind++) {
+        for (int i = 0; i < R * C; i++) {
+            float v = 0.02f * rng_gauss(&r);
+            x[i] = kind == 1 && rng_unit(&r) < 0.003 ? 12 * v : v; /* second tensor: sparse outliers */
+        }
+        for (int i = 0; i < 5; i++) {
+            int bb = dsq_kquant_block_bytes(kencs[i]);
+            uint8_t *blk = malloc((size_t)bb * R * C / DSQ_KQ_BLOCK);
+            for (int wi = 0; wi < 2; wi++) {
+                const float *w = wi ? imp : NULL;
+                assert_int_equal(dsq_kquant_encode(kencs[i], x, R, C, w, false, blk, NULL), DSQ_OK);
+                double ours = dsq_kquant_weighted_sse(kencs[i], x, R, C, w, blk);
+                quantize_chunk(dsq_kquant_ggml_type(kencs[i]), x, blk, 0, R, C, w);
+                double theirs = dsq_kquant_weighted_sse(kencs[i], x, R, C, w, blk);
+                printf("  %s tensor %d imatrix %s: error ratio ours/ggml %.4f\n", knames[i], kind, wi ? "yes" : "no",
+                       ours / theirs);
+                assert_true(ours <= theirs);
+            }
+            free(blk);
+        }
+    }
+    free(x);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_traits_layout),
         cmocka_unit_test(test_random_bytes),
         cmocka_unit_test(test_our_blocks),
         cmocka_unit_test(test_ggml_blocks),
+        cmocka_unit_test(test_not_worse_than_ggml),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
