@@ -45,7 +45,7 @@ TESTLIB_SRC := $(sort $(wildcard tests/support/*.c))
 TESTLIB_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(TESTLIB_SRC))
 
 .SECONDARY:
-.PHONY: all test test-asan bench demo deps clean help fuzz check-flash-layer
+.PHONY: all test test-asan bench demo deps clean help fuzz check-flash-layer FORCE
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/dsq $(BUILD)/libdsq.a

@@ -153,7 +153,7 @@ dsq_qtensor dsq__qtensor_of(const dsq_wview *w) {
  * twins below).  Non-finite checks happen once at model load, not here. */
 void dsq__dequant_rows(const dsq_wview *w, uint64_t row0, uint64_t n, float *out) {
     dsq_qtensor q = dsq__qtensor_of(w);
-    dsq_codec_options o = {true, w->name, DSQ_ISA_SCALAR};
+    dsq_codec_options o = {.allow_nonfinite = true, .name = w->name, .isa = DSQ_ISA_SCALAR};
     (void)dsq_codec_decode(&q, row0, n, out, &o, NULL); /* descriptor validated at load */
 }
 

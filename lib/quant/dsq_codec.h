@@ -156,6 +156,9 @@ typedef struct dsq_codec_options {
     bool allow_nonfinite;  /* default false: NaN/Inf → DSQ_ERR_NONFINITE */
     const char *name;      /* tensor name used in messages; may be NULL */
     dsq_isa isa;           /* default AUTO */
+    /* k-quant encodings: per-column importance of the tensor being encoded ([cols], finite, >= 0;
+     * e.g. dsq_imatrix_importance), NULL (default) = plain squared error; other encodings ignore it */
+    const float *importance;
 } dsq_codec_options;
 
 /* ---- encode / decode ---------------------------------------------------------------------------- */
