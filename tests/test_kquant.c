@@ -106,6 +106,31 @@ static void test_avx2_decode(void **state) {
         }
 }
 
+/* The encoder's AVX2 error evaluation gives the same bytes as the scalar one (gaussian, outliers,
+ * tiny and huge values, with and without importance). */
+static void test_encode_isa_twins(void **state) {
+    (void)state;
+    if (dsq_codec_best_isa() != DSQ_ISA_AVX2) skip();
+    rng r = {31};
+    float x[ROWS * COLS], imp[COLS];
+    for (int c = 0; c < COLS; c++) imp[c] = (float)exp(2.0 * rng_gauss(&r));
+    for (int kind = 0; kind < 4; kind++) {
+        float sigma = kind == 2 ? 1e-6f : kind == 3 ? 2e4f : 0.05f;
+        fill_gauss(&r, x, ROWS * COLS, sigma);
+        if (kind == 1)
+            for (int i = 0; i < ROWS * COLS; i += 61) x[i] *= 30.0f;
+        for (int i = 0; i < 5; i++)
+            for (int wi = 0; wi < 2; wi++) {
+                size_t n = (size_t)ROWS * COLS / DSQ_KQ_BLOCK * (size_t)kbytes[i];
+                uint8_t *a = malloc(n), *b = malloc(n);
+                assert_int_equal(dsq__kquant_encode_isa(kencs[i], x, ROWS, COLS, wi ? imp : NULL, false, a, DSQ_ISA_SCALAR, NULL), DSQ_OK);
+                assert_int_equal(dsq__kquant_encode_isa(kencs[i], x, ROWS, COLS, wi ? imp : NULL, false, b, DSQ_ISA_AVX2, NULL), DSQ_OK);
+                if (memcmp(a, b, n) != 0) fail_msg("%s kind %d importance %d: scalar and AVX2 bytes differ", knames[i], kind, wi);
+                free(a), free(b);
+            }
+    }
+}
+
 /* One-token dot and batched GEMM: scalar and AVX2 twins give the same bits; both match an f64 sum. */
 static void test_kernel_twins(void **state) {
     (void)state;
@@ -237,7 +262,7 @@ int main(void) {
         cmocka_unit_test(test_names_layouts),   cmocka_unit_test(test_codec_round_trip),
         cmocka_unit_test(test_kernel_twins),    cmocka_unit_test(test_importance_used),
         cmocka_unit_test(test_special_blocks),  cmocka_unit_test(test_hostile),
-        cmocka_unit_test(test_avx2_decode),
+        cmocka_unit_test(test_avx2_decode),     cmocka_unit_test(test_encode_isa_twins),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -139,6 +139,9 @@ void dsq__kq_decode_span(const dsq__qv *v, uint64_t r, uint64_t c0, uint64_t n, 
 float dsq__kq_dot_row(const dsq__qv *v, uint64_t r, const float *x);
 float dsq__kq_dot_row_avx2(const dsq__qv *v, uint64_t r, const float *x); /* same bits */
 void dsq__kq_decode_block_avx2(dsq_encoding enc, const uint8_t *blk, float *out); /* same floats */
+/* dsq_kquant_encode with the ISA of the error evaluation chosen (the bytes are the same for both). */
+dsq_status dsq__kquant_encode_isa(dsq_encoding enc, const float *x, uint64_t rows, uint64_t cols,
+                                  const float *importance, bool allow_nonfinite, void *dst, dsq_isa isa, dsq_err *err);
 /* Whether a block's F16 super-scales are finite. */
 bool dsq__kq_block_finite(dsq_encoding enc, const uint8_t *blk);
 

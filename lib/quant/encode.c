@@ -228,8 +228,8 @@ dsq_status dsq_codec_encode(dsq_qtensor_buf *dst, const float *x, uint64_t row0,
     case DSQ__K_INT4A:
     case DSQ__K_INT2A: return dsq__encode_int_rows(&v, dst, x, row0, nrows, isa, finite, nm, err);
     case DSQ__K_KQUANT: /* non-finite values were checked above */
-        return dsq_kquant_encode(dst->enc, x, nrows, cols, o.importance, true, (uint8_t *)dst->data + row0 * v.row_bytes,
-                                 err);
+        return dsq__kquant_encode_isa(dst->enc, x, nrows, cols, o.importance, true,
+                                      (uint8_t *)dst->data + row0 * v.row_bytes, isa, err);
     case DSQ__K_RAW: break;
     }
     return DSQ_OK;

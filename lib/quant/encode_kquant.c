@@ -12,14 +12,15 @@ typedef struct kq_spec {
     dsq_encoding enc;
     int bytes, sub, ggml;
     int qlo, qhi, slo, shi, mhi;
+    bool avx2; /* set per call: sub_eval's AVX2 twin (same bytes) */
 } kq_spec;
 
 static const kq_spec specs[] = {
-    {DSQ_ENC_Q2_K, 84, 16, 10, 0, 3, 0, 15, 15},
-    {DSQ_ENC_Q3_K, 110, 16, 11, -4, 3, -32, 31, 0},
-    {DSQ_ENC_Q4_K, 144, 32, 12, 0, 15, 0, 63, 63},
-    {DSQ_ENC_Q5_K, 176, 32, 13, 0, 31, 0, 63, 63},
-    {DSQ_ENC_Q6_K, 210, 16, 14, -32, 31, -128, 127, 0},
+    {DSQ_ENC_Q2_K, 84, 16, 10, 0, 3, 0, 15, 15, false},
+    {DSQ_ENC_Q3_K, 110, 16, 11, -4, 3, -32, 31, 0, false},
+    {DSQ_ENC_Q4_K, 144, 32, 12, 0, 15, 0, 63, 63, false},
+    {DSQ_ENC_Q5_K, 176, 32, 13, 0, 31, 0, 63, 63, false},
+    {DSQ_ENC_Q6_K, 210, 16, 14, -32, 31, -128, 127, 0, false},
 };
 enum { MAX_SUB = DSQ_KQ_BLOCK / 16 };
 
@@ -39,30 +40,112 @@ int dsq_kquant_ggml_type(dsq_encoding enc) {
 }
 
 /* ---- error of one sub-block for a dequantized scale S and min M ------------------------------------
- * Codes are the nearest for the decoded value S·q − M; the value is evaluated as the decoder does. */
-static double sub_eval(const kq_spec *k, const float *x, const float *w, float S, float M, int8_t *q) {
+ * Codes are the nearest for the decoded value S·q − M; the value is evaluated as the decoder does.
+ * The weighted squared error is summed in f64 in four lanes (element i into lane i % 4), added
+ * (l0 + l1) + (l2 + l3): the AVX2 twin performs the same IEEE operations, so the encoded bytes do not
+ * depend on the CPU. */
+static double sub_eval_scalar(const kq_spec *k, const float *x, const float *w, float S, float M, int8_t *q) {
     float inv = S != 0.0f ? 1.0f / S : 0.0f, qlo = (float)k->qlo, qhi = (float)k->qhi;
-    double e = 0;
+    double acc[4] = {0, 0, 0, 0};
     for (int i = 0; i < k->sub; i++) {
         float t = (x[i] + M) * inv;
-        t = t > qlo ? t : qlo;
-        t = t < qhi ? t : qhi;
+        t = t > qlo ? t : qlo; /* _mm256_max_ps(t, qlo): NaN → qlo */
+        t = t < qhi ? t : qhi; /* _mm256_min_ps(t, qhi) */
         float qi = (t + 0x1.8p23f) - 0x1.8p23f; /* RNE for |t| ≤ 2^22 (t is clamped to ±32): no libm call */
         float y = S * qi - M;
         double dd = (double)x[i] - (double)y;
-        e += (double)w[i] * dd * dd;
+        acc[i & 3] += (double)w[i] * dd * dd;
         if (q) q[i] = (int8_t)qi;
     }
-    return e;
+    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+__attribute__((target("avx2"))) static double sub_eval_avx2(const kq_spec *k, const float *x, const float *w, float S,
+                                                            float M, int8_t *q) {
+    float inv = S != 0.0f ? 1.0f / S : 0.0f;
+    __m256 vinv = _mm256_set1_ps(inv), vS = _mm256_set1_ps(S), vM = _mm256_set1_ps(M);
+    __m256 lo = _mm256_set1_ps((float)k->qlo), hi = _mm256_set1_ps((float)k->qhi), magic = _mm256_set1_ps(0x1.8p23f);
+    __m256d acc = _mm256_setzero_pd();
+    for (int i = 0; i < k->sub; i += 8) {
+        __m256 xv = _mm256_loadu_ps(x + i);
+        __m256 t = _mm256_mul_ps(_mm256_add_ps(xv, vM), vinv);
+        t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
+        __m256 qi = _mm256_sub_ps(_mm256_add_ps(t, magic), magic);
+        __m256 y = _mm256_sub_ps(_mm256_mul_ps(vS, qi), vM);
+        __m256 wv = _mm256_loadu_ps(w + i);
+        __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(xv)), _mm256_cvtps_pd(_mm256_castps256_ps128(y)));
+        __m256d d1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(xv, 1)), _mm256_cvtps_pd(_mm256_extractf128_ps(y, 1)));
+        __m256d w0 = _mm256_cvtps_pd(_mm256_castps256_ps128(wv)), w1 = _mm256_cvtps_pd(_mm256_extractf128_ps(wv, 1));
+        acc = _mm256_add_pd(acc, _mm256_mul_pd(_mm256_mul_pd(w0, d0), d0));
+        acc = _mm256_add_pd(acc, _mm256_mul_pd(_mm256_mul_pd(w1, d1), d1));
+        if (q) {
+            int32_t qq[8];
+            _mm256_storeu_si256((__m256i *)(void *)qq, _mm256_cvtps_epi32(qi));
+            for (int j = 0; j < 8; j++) q[i + j] = (int8_t)qq[j];
+        }
+    }
+    double l[4];
+    _mm256_storeu_pd(l, acc);
+    return (l[0] + l[1]) + (l[2] + l[3]);
+}
+#else
+static double sub_eval_avx2(const kq_spec *k, const float *x, const float *w, float S, float M, int8_t *q) {
+    return sub_eval_scalar(k, x, w, S, M, q);
+}
+#endif
+
+static inline double sub_eval(const kq_spec *k, const float *x, const float *w, float S, float M, int8_t *q) {
+    return k->avx2 ? sub_eval_avx2(k, x, w, S, M, q) : sub_eval_scalar(k, x, w, S, M, q);
+}
+
+/* The sums of the sub-block least squares: Σwq², Σwq, Σw, Σwqx, Σwx in f64, four lanes each
+ * (element i into lane i % 4, lanes added (l0 + l1) + (l2 + l3)), as the AVX2 twin. */
+static void lsq_sums_scalar(int n, const float *x, const float *w, const int8_t *q, double out[5]) {
+    double a[5][4] = {{0}};
+    for (int i = 0; i < n; i++) {
+        double wi = w[i], qi = q[i], xi = x[i];
+        a[0][i & 3] += wi * qi * qi, a[1][i & 3] += wi * qi, a[2][i & 3] += wi, a[3][i & 3] += wi * qi * xi,
+            a[4][i & 3] += wi * xi;
+    }
+    for (int s = 0; s < 5; s++) out[s] = (a[s][0] + a[s][1]) + (a[s][2] + a[s][3]);
+}
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx2"))) static void lsq_sums_avx2(int n, const float *x, const float *w, const int8_t *q,
+                                                          double out[5]) {
+    __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0, a4 = a0;
+    for (int i = 0; i < n; i += 4) {
+        int32_t qi;
+        memcpy(&qi, q + i, 4);
+        __m256d qv = _mm256_cvtepi32_pd(_mm_cvtepi8_epi32(_mm_cvtsi32_si128(qi)));
+        __m256d wv = _mm256_cvtps_pd(_mm_loadu_ps(w + i)), xv = _mm256_cvtps_pd(_mm_loadu_ps(x + i));
+        __m256d wq = _mm256_mul_pd(wv, qv);
+        a0 = _mm256_add_pd(a0, _mm256_mul_pd(wq, qv));
+        a1 = _mm256_add_pd(a1, wq);
+        a2 = _mm256_add_pd(a2, wv);
+        a3 = _mm256_add_pd(a3, _mm256_mul_pd(wq, xv));
+        a4 = _mm256_add_pd(a4, _mm256_mul_pd(wv, xv));
+    }
+    __m256d v[5] = {a0, a1, a2, a3, a4};
+    for (int s = 0; s < 5; s++) {
+        double l[4];
+        _mm256_storeu_pd(l, v[s]);
+        out[s] = (l[0] + l[1]) + (l[2] + l[3]);
+    }
+}
+#else
+static void lsq_sums_avx2(int n, const float *x, const float *w, const int8_t *q, double out[5]) {
+    lsq_sums_scalar(n, x, w, q, out);
+}
+#endif
 
 /* Weighted least squares of (s, m) in x ≈ s·q − m with the codes fixed; m ≥ 0 (asymmetric) or 0. */
 static bool sub_lsq(const kq_spec *k, const float *x, const float *w, const int8_t *q, float *s, float *m) {
-    double A = 0, B = 0, C = 0, D = 0, E = 0;
-    for (int i = 0; i < k->sub; i++) {
-        double wi = w[i], qi = q[i];
-        A += wi * qi * qi, B += wi * qi, C += wi, D += wi * qi * x[i], E += wi * x[i];
-    }
+    double sums[5];
+    if (k->avx2) lsq_sums_avx2(k->sub, x, w, q, sums);
+    else lsq_sums_scalar(k->sub, x, w, q, sums);
+    double A = sums[0], B = sums[1], C = sums[2], D = sums[3], E = sums[4];
     if (!(A > 0)) return false;
     double sv = D / A, mv = 0;
     if (k->mhi) {
@@ -352,7 +435,19 @@ static void encode_block(const kq_spec *k, const float *src, const float *imp, u
 
 dsq_status dsq_kquant_encode(dsq_encoding enc, const float *x, uint64_t rows, uint64_t cols, const float *importance,
                              bool allow_nonfinite, void *dst, dsq_err *err) {
-    const kq_spec *k = spec_of(enc);
+    return dsq__kquant_encode_isa(enc, x, rows, cols, importance, allow_nonfinite, dst, dsq_codec_best_isa(), err);
+}
+
+dsq_status dsq__kquant_encode_isa(dsq_encoding enc, const float *x, uint64_t rows, uint64_t cols,
+                                  const float *importance, bool allow_nonfinite, void *dst, dsq_isa isa, dsq_err *err) {
+    const kq_spec *spec = spec_of(enc);
+    kq_spec ks;
+    const kq_spec *k = NULL;
+    if (spec) {
+        ks = *spec;
+        ks.avx2 = dsq__isa_resolve(isa) == DSQ_ISA_AVX2;
+        k = &ks;
+    }
     DSQ_RETURN_IF(!k, err, DSQ_ERR_ARG, "encoding %d is not a k-quant encoding", (int)enc);
     DSQ_RETURN_IF(cols % DSQ_KQ_BLOCK != 0, err, DSQ_ERR_SHAPE, "k-quant rows need a multiple of %d columns (got %llu)",
                   DSQ_KQ_BLOCK, (unsigned long long)cols);
