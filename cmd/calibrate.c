@@ -5,6 +5,7 @@
 #include "cmd.h"
 #include "dsq_imatrix.h"
 #include "eval_metrics.h"
+#include "inspect.h"
 
 static void help(void) {
     printf("usage: dsq calibrate MODEL TEXTFILE|--tokens FILE --out FILE.imatrix [options]\n\n"
@@ -35,20 +36,35 @@ static bool expert_of(const char *name, int *layer, int *expert, int *proj) {
     return true;
 }
 
-static void coverage(const dsq_imatrix *m) {
+/* Routed-expert coverage: tokens per expert per layer, the experts below DSQ_IMATRIX_MIN_ROWS. */
+static void coverage(const dsq_imatrix *m, bool json) {
     size_t n = dsq_imatrix_count(m);
     int max_l = -1, max_e = -1;
     for (size_t i = 0; i < n; i++) {
         int l, e, k;
         if (expert_of(dsq_imatrix_name(m, i), &l, &e, &k)) max_l = l > max_l ? l : max_l, max_e = e > max_e ? e : max_e;
     }
-    printf("%zu weights observed\n", n);
-    if (max_l < 0) return;
+    if (!json) printf("%zu weights observed\n", n);
+    if (max_l < 0) {
+        if (json) printf("{\"weights\": %zu, \"min_rows\": %d, \"layers\": []}\n", n, DSQ_IMATRIX_MIN_ROWS);
+        return;
+    }
     uint64_t *tok = calloc((size_t)(max_l + 1) * (size_t)(max_e + 1), sizeof *tok);
     if (!tok) return;
     for (size_t i = 0; i < n; i++) {
         int l, e, k;
         if (expert_of(dsq_imatrix_name(m, i), &l, &e, &k) && k == 1) tok[l * (max_e + 1) + e] = dsq_imatrix_rows(m, i);
+    }
+    if (json) {
+        printf("{\"weights\": %zu, \"min_rows\": %d, \"layers\": [", n, DSQ_IMATRIX_MIN_ROWS);
+        for (int l = 0; l <= max_l; l++) {
+            printf("%s{\"layer\": %d, \"expert_tokens\": [", l ? ", " : "", l);
+            for (int e = 0; e <= max_e; e++) printf("%s%llu", e ? ", " : "", (unsigned long long)tok[l * (max_e + 1) + e]);
+            printf("]}");
+        }
+        printf("]}\n");
+        free(tok);
+        return;
     }
     printf("routed-expert tokens per layer (experts below %d tokens are quantized without importance):\n",
            DSQ_IMATRIX_MIN_ROWS);
@@ -71,6 +87,16 @@ static void coverage(const dsq_imatrix *m) {
         printf("\n");
     }
     free(tok);
+}
+
+int dsq__inspect_imatrix(const char *path, bool json) {
+    dsq_err e = DSQ_ERR_INIT;
+    dsq_imatrix *m = NULL;
+    if (dsq_imatrix_load(path, &m, &e) != DSQ_OK) return dsq_cmd_fail("inspect", &e);
+    if (!json) printf("%s: imatrix, ", path);
+    coverage(m, json);
+    dsq_imatrix_free(m);
+    return DSQ_EXIT_OK;
 }
 
 int dsq_cmd_calibrate(int argc, char **argv) {
@@ -117,7 +143,7 @@ int dsq_cmd_calibrate(int argc, char **argv) {
     if (s == DSQ_OK) s = dsq_imatrix_save(imx, out, overwrite, &e);
     if (s == DSQ_OK) {
         printf("%s: ppl %.5g over %llu scored positions\n", out, r.ppl, (unsigned long long)r.n);
-        coverage(imx);
+        coverage(imx, false);
     }
     dsq_free(ids);
     dsq_v4_model_close(m);

@@ -339,6 +339,8 @@ int dsq_cmd_inspect(int argc, char **argv) {
     if (!path && check) return dsq_cmd_usage_error(CMD, "--check needs a checkpoint PATH");
 
     if (path && !config && dsq_ctr_sniff(path)) return dsq__inspect_dsq(path, json, list, check);
+    size_t plen = path ? strlen(path) : 0;
+    if (path && !config && plen > 8 && !strcmp(path + plen - 8, ".imatrix")) return dsq__inspect_imatrix(path, json);
 
     source s = {0};
     dsq_err err = DSQ_ERR_INIT;

@@ -188,6 +188,23 @@ static void test_calibrate_convert(void **state) {
             if (!strcmp(dsq_imatrix_name(m, i), nm)) sum += dsq_imatrix_rows(m, i);
     }
     assert_int_equal(sum, 2 * 128);
+    /* dsq inspect shows the same coverage, as text and JSON */
+    rc = dsq_test_run(&out, &err, "inspect %s", imx);
+    if (rc) fail_msg("inspect: %s", err);
+    assert_non_null(strstr(out, "layer 1: min"));
+    free(out), free(err);
+    rc = dsq_test_run(&out, &err, "inspect %s --json", imx);
+    if (rc) fail_msg("inspect --json: %s", err);
+    assert_non_null(strstr(out, "\"layer\": 1, \"expert_tokens\": ["));
+    free(out), free(err);
+    dsq_test_write(imx, "not an imatrix", 14); /* a broken file is a one-line error, not a crash */
+    rc = dsq_test_run(&out, &err, "inspect %s", imx);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(err, "c.imatrix"));
+    free(out), free(err);
+    rc = dsq_test_run(&out, &err, "calibrate %s %s/calib.txt --out %s --ctx 128 --chunks 1 --overwrite", model, model, imx);
+    assert_int_equal(rc, 0);
+    free(out), free(err);
     const char *build[3] = {"release", "plain", "imx"};
     char *paths[3];
     for (int b = 0; b < 3; b++) {
