@@ -79,8 +79,8 @@ int main(int argc, char **argv) {
     float *x = malloc(sizeof(float) * rows * cols), *y = malloc(sizeof(float) * rows * cols);
     float *imp = malloc(sizeof(float) * cols);
     uint8_t *blk = malloc(rows * cols / 256 * 210);
-    static const dsq_encoding encs[] = {DSQ_ENC_Q2_K, DSQ_ENC_Q3_K, DSQ_ENC_Q4_K, DSQ_ENC_Q5_K, DSQ_ENC_Q6_K};
-    static const char *names[] = {"q2_k", "q3_k", "q4_k", "q5_k", "q6_k"};
+    static const dsq_encoding encs[] = {DSQ_ENC_Q2_K, DSQ_ENC_Q3_K, DSQ_ENC_Q4_K, DSQ_ENC_Q5_K, DSQ_ENC_Q6_K, DSQ_ENC_IQ4_XS};
+    static const char *names[] = {"q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs"};
     printf("%llu x %llu per tensor; relative importance-weighted RMS error (lower is better); s = encode seconds\n",
            (unsigned long long)rows, (unsigned long long)cols);
     printf("%-5s %-28s %-9s %10s %10s %7s %7s %7s\n", "type", "tensor", "imatrix", "dsq", "llama.cpp", "ratio",
@@ -89,7 +89,7 @@ int main(int argc, char **argv) {
         const char *what = fill(kind, x, rows, cols);
         /* an imatrix like Σx² of real activations: log-normal per column, a few hot columns */
         for (uint64_t c = 0; c < cols; c++) imp[c] = (float)(exp(1.5 * gauss()) * (unit() < 0.01 ? 50 : 1));
-        for (int i = 0; i < 5; i++)
+        for (int i = 0; i < 6; i++)
             for (int wi = 0; wi < 2; wi++) {
                 const float *w = wi ? imp : NULL;
                 double t0 = now();

@@ -197,7 +197,7 @@ static void test_encodings(void **state) {
         {"FP8_R128_F32", DSQ_FILE_ENC_FP8_R128_F32}, {"FP8_ROW_E8M0", DSQ_FILE_ENC_FP8_ROW_E8M0},
         {"Q2_K", DSQ_FILE_ENC_Q2_K},         {"Q3_K", DSQ_FILE_ENC_Q3_K},
         {"Q4_K", DSQ_FILE_ENC_Q4_K},         {"Q5_K", DSQ_FILE_ENC_Q5_K},
-        {"Q6_K", DSQ_FILE_ENC_Q6_K},
+        {"Q6_K", DSQ_FILE_ENC_Q6_K},         {"IQ4_XS", DSQ_FILE_ENC_IQ4_XS},
         {NULL, 0},
     };
     assert_int_equal(t.rows, DSQ_FILE_ENC_MAX);

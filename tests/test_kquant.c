@@ -13,13 +13,15 @@
 #include "codec_internal.h"
 #include "dsq_kquant.h"
 
-static const dsq_encoding kencs[] = {DSQ_ENC_Q2_K, DSQ_ENC_Q3_K, DSQ_ENC_Q4_K, DSQ_ENC_Q5_K, DSQ_ENC_Q6_K};
-static const char *const knames[] = {"q2_k", "q3_k", "q4_k", "q5_k", "q6_k"};
-static const int kbytes[] = {84, 110, 144, 176, 210};
+static const dsq_encoding kencs[] = {DSQ_ENC_Q2_K, DSQ_ENC_Q3_K, DSQ_ENC_Q4_K, DSQ_ENC_Q5_K, DSQ_ENC_Q6_K, DSQ_ENC_IQ4_XS};
+static const char *const knames[] = {"q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs"};
+static const int kbytes[] = {84, 110, 144, 176, 210, 136};
+static const int kggml[] = {10, 11, 12, 13, 14, 23};
+enum { NK = 6 };
 
 static void test_names_layouts(void **state) {
     (void)state;
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < NK; i++) {
         dsq_encoding e;
         int g = -1;
         assert_int_equal(dsq_codec_parse(knames[i], &e, &g, NULL), DSQ_OK);
@@ -34,7 +36,7 @@ static void test_names_layouts(void **state) {
         assert_int_equal(L.scale_bytes, 0);
         assert_int_equal(L.min_bytes, 0);
         assert_int_equal(dsq_kquant_block_bytes(kencs[i]), kbytes[i]);
-        assert_int_equal(dsq_kquant_ggml_type(kencs[i]), 10 + i);
+        assert_int_equal(dsq_kquant_ggml_type(kencs[i]), kggml[i]);
         assert_int_equal(dsq_codec_layout_of(kencs[i], 3, 384, 0, &L, NULL), DSQ_ERR_SHAPE);
         assert_int_equal(dsq_codec_layout_of(kencs[i], 3, 512, 32, &L, NULL), DSQ_ERR_ARG);
     }
@@ -54,7 +56,7 @@ static void test_codec_round_trip(void **state) {
     rng r = {3};
     float x[ROWS * COLS], y[ROWS * COLS], ref[DSQ_KQ_BLOCK];
     fill_gauss(&r, x, ROWS * COLS, 0.05f);
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < NK; i++) {
         dsq_qtensor_buf b;
         assert_int_equal(qbuf_alloc(&b, kencs[i], ROWS, COLS, 0), 0);
         assert_int_equal(dsq_codec_encode(&b, x, 0, 3, NULL, NULL), DSQ_OK);
@@ -97,7 +99,7 @@ static void test_avx2_decode(void **state) {
     rng r = {21};
     uint8_t blk[210];
     float a[DSQ_KQ_BLOCK], b[DSQ_KQ_BLOCK];
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < NK; i++)
         for (int n = 0; n < 2000; n++) {
             for (int k = 0; k < kbytes[i]; k++) blk[k] = (uint8_t)rng_u64(&r);
             dsq_kquant_decode_block(kencs[i], blk, a);
@@ -119,7 +121,7 @@ static void test_encode_isa_twins(void **state) {
         fill_gauss(&r, x, ROWS * COLS, sigma);
         if (kind == 1)
             for (int i = 0; i < ROWS * COLS; i += 61) x[i] *= 30.0f;
-        for (int i = 0; i < 5; i++)
+        for (int i = 0; i < NK; i++)
             for (int wi = 0; wi < 2; wi++) {
                 size_t n = (size_t)ROWS * COLS / DSQ_KQ_BLOCK * (size_t)kbytes[i];
                 uint8_t *a = malloc(n), *b = malloc(n);
@@ -138,7 +140,7 @@ static void test_kernel_twins(void **state) {
     float w[ROWS * COLS], x[3 * COLS], dec[ROWS * COLS];
     fill_gauss(&r, w, ROWS * COLS, 0.05f);
     fill_gauss(&r, x, 3 * COLS, 1.0f);
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < NK; i++) {
         dsq_qtensor_buf b;
         assert_int_equal(qbuf_alloc(&b, kencs[i], ROWS, COLS, 0), 0);
         assert_int_equal(dsq_codec_encode(&b, w, 0, ROWS, NULL, NULL), DSQ_OK);
@@ -174,7 +176,7 @@ static void test_importance_used(void **state) {
     float x[ROWS * COLS], imp[COLS];
     fill_gauss(&r, x, ROWS * COLS, 0.05f);
     for (int c = 0; c < COLS; c++) imp[c] = (float)exp(2.0 * rng_gauss(&r));
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < NK; i++) {
         size_t n = (size_t)ROWS * COLS / DSQ_KQ_BLOCK * (size_t)kbytes[i];
         uint8_t *a = malloc(n), *b = malloc(n);
         assert_int_equal(dsq_kquant_encode(kencs[i], x, ROWS, COLS, imp, false, a, NULL), DSQ_OK);
@@ -195,11 +197,12 @@ static void test_special_blocks(void **state) {
     (void)state;
     float x[DSQ_KQ_BLOCK], y[DSQ_KQ_BLOCK];
     uint8_t blk[210];
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < NK; i++) {
         memset(x, 0, sizeof x);
         assert_int_equal(dsq_kquant_encode(kencs[i], x, 1, DSQ_KQ_BLOCK, NULL, false, blk, NULL), DSQ_OK);
         dsq_kquant_decode_block(kencs[i], blk, y);
         for (int e = 0; e < DSQ_KQ_BLOCK; e++) assert_true(y[e] == 0.0f);
+        if (kencs[i] == DSQ_ENC_IQ4_XS) continue; /* its codebook has no two values in the ratio -2 */
         for (int e = 0; e < DSQ_KQ_BLOCK; e++) x[e] = e % 2 ? -0.5f : 0.25f; /* two values: exact */
         assert_int_equal(dsq_kquant_encode(kencs[i], x, 1, DSQ_KQ_BLOCK, NULL, false, blk, NULL), DSQ_OK);
         dsq_kquant_decode_block(kencs[i], blk, y);
@@ -214,7 +217,7 @@ static void test_hostile(void **state) {
     float x[2 * DSQ_KQ_BLOCK], y[2 * DSQ_KQ_BLOCK], imp[2 * DSQ_KQ_BLOCK];
     uint8_t blk[2 * 210];
     rng r = {1};
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < NK; i++) {
         fill_gauss(&r, x, 2 * DSQ_KQ_BLOCK, 1.0f);
         x[300] = NAN;
         x[301] = INFINITY;
@@ -249,6 +252,7 @@ static void test_hostile(void **state) {
         dsq_qtensor t = {kencs[i], 1, 2 * DSQ_KQ_BLOCK, 0, blk, NULL, NULL, 0};
         assert_int_equal(dsq_codec_check_finite(&t, "w", NULL), DSQ_OK);
         int off = kencs[i] == DSQ_ENC_Q2_K ? 82 : kencs[i] == DSQ_ENC_Q3_K ? 108 : kencs[i] == DSQ_ENC_Q6_K ? 208 : 0;
+        /* IQ4_XS: d at 0 */
         blk[kbytes[i] + off] = 0x00, blk[kbytes[i] + off + 1] = 0x7e; /* F16 NaN */
         err = (dsq_err)DSQ_ERR_INIT;
         assert_int_equal(dsq_codec_check_finite(&t, "w", &err), DSQ_ERR_NONFINITE);

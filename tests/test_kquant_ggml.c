@@ -39,8 +39,9 @@ static void *lib;
 static get_traits_fn get_traits;
 static quantize_chunk_fn quantize_chunk;
 
-static const dsq_encoding kencs[] = {DSQ_ENC_Q2_K, DSQ_ENC_Q3_K, DSQ_ENC_Q4_K, DSQ_ENC_Q5_K, DSQ_ENC_Q6_K};
-static const char *const knames[] = {"q2_K", "q3_K", "q4_K", "q5_K", "q6_K"};
+static const dsq_encoding kencs[] = {DSQ_ENC_Q2_K, DSQ_ENC_Q3_K, DSQ_ENC_Q4_K, DSQ_ENC_Q5_K, DSQ_ENC_Q6_K, DSQ_ENC_IQ4_XS};
+static const char *const knames[] = {"q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_xs"};
+enum { NK = 6 };
 
 static int setup(void **state) {
     (void)state;
@@ -96,20 +97,21 @@ static void halves(dsq_encoding e, int *a, int *b) {
     case DSQ_ENC_Q2_K: *a = 80, *b = 82; break;
     case DSQ_ENC_Q3_K: *a = 108; break;
     case DSQ_ENC_Q6_K: *a = 208; break;
+    case DSQ_ENC_IQ4_XS: *a = 0; break;
     default: *a = 0, *b = 2; break;
     }
 }
 
 static void test_traits_layout(void **state) {
     (void)state;
-    for (int i = 0; i < 5; i++) traits(i);
+    for (int i = 0; i < NK; i++) traits(i);
 }
 
 static void test_random_bytes(void **state) {
     (void)state;
     rng r = {7};
     enum { NB = 512 };
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < NK; i++) {
         int bb = dsq_kquant_block_bytes(kencs[i]), a, b;
         halves(kencs[i], &a, &b);
         uint8_t *blk = malloc((size_t)bb * NB);
@@ -164,7 +166,7 @@ static void test_our_blocks(void **state) {
     rng r = {11};
     float *x = malloc(sizeof(float) * ROWS * COLS), imp[COLS];
     for (int c = 0; c < COLS; c++) imp[c] = (float)(rng_unit(&r) * rng_unit(&r) * 10.0);
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < NK; i++) {
         int bb = dsq_kquant_block_bytes(kencs[i]);
         uint8_t *blk = malloc((size_t)bb * ROWS * COLS / DSQ_KQ_BLOCK);
         const char *what;
@@ -182,7 +184,7 @@ static void test_ggml_blocks(void **state) {
     (void)state;
     rng r = {13};
     float *x = malloc(sizeof(float) * ROWS * COLS);
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < NK; i++) {
         int bb = dsq_kquant_block_bytes(kencs[i]);
         uint8_t *blk = malloc((size_t)bb * ROWS * COLS / DSQ_KQ_BLOCK);
         const char *what;
@@ -210,7 +212,7 @@ static void test_not_worse_than_ggml(void **state) {
             float v = 0.02f * rng_gauss(&r);
             x[i] = kind == 1 && rng_unit(&r) < 0.003 ? 12 * v : v; /* second tensor: sparse outliers */
         }
-        for (int i = 0; i < 5; i++) {
+        for (int i = 0; i < NK; i++) {
             int bb = dsq_kquant_block_bytes(kencs[i]);
             uint8_t *blk = malloc((size_t)bb * R * C / DSQ_KQ_BLOCK);
             for (int wi = 0; wi < 2; wi++) {

@@ -139,7 +139,8 @@ enum dsq_file_encoding {
     DSQ_FILE_ENC_Q4_K = 21,
     DSQ_FILE_ENC_Q5_K = 22,
     DSQ_FILE_ENC_Q6_K = 23,
-    DSQ_FILE_ENC_MAX = 23,
+    DSQ_FILE_ENC_IQ4_XS = 24,
+    DSQ_FILE_ENC_MAX = 24,
 };
 
 /* Bytes of one 256-value super-block of a k-quant encoding (ggml block_qN_K), 0 for the others. */
@@ -151,6 +152,7 @@ static inline uint64_t dsq_file_kquant_block_bytes(uint32_t encoding) {
     case DSQ_FILE_ENC_Q4_K: return 144;
     case DSQ_FILE_ENC_Q5_K: return 176;
     case DSQ_FILE_ENC_Q6_K: return 210;
+    case DSQ_FILE_ENC_IQ4_XS: return 136;
     default: return 0;
     }
 }

@@ -32,6 +32,7 @@ static const dsq__codec_info infos[] = {
     {DSQ_ENC_Q4_K, "q4_k", DSQ__K_KQUANT, 4, 0, DSQ_KQ_BLOCK, DSQ__SC_NONE, false},
     {DSQ_ENC_Q5_K, "q5_k", DSQ__K_KQUANT, 5, 0, DSQ_KQ_BLOCK, DSQ__SC_NONE, false},
     {DSQ_ENC_Q6_K, "q6_k", DSQ__K_KQUANT, 6, 0, DSQ_KQ_BLOCK, DSQ__SC_NONE, false},
+    {DSQ_ENC_IQ4_XS, "iq4_xs", DSQ__K_KQUANT, 4, 0, DSQ_KQ_BLOCK, DSQ__SC_NONE, false},
 };
 
 const dsq__codec_info *dsq__codec_info_of(dsq_encoding enc) {
@@ -151,7 +152,7 @@ dsq_status dsq_codec_parse(const char *name, dsq_encoding *enc, int *group, dsq_
     return dsq_err_set(err, DSQ_ERR_ARG,
                        "unknown encoding '%s' (known: f32 f16 bf16 fp8-128x128 fp8-128x128-f32 fp8-1x128 "
                        "fp8-1x128-f32 fp8-row fp8-row-e8m0 mxfp4 nvfp4 int8-row int8-gG int4-gG int4-gG-asym "
-                       "int2-gG-asym i64 i32 q2_k q3_k q4_k q5_k q6_k; G = 16..256)",
+                       "int2-gG-asym i64 i32 q2_k q3_k q4_k q5_k q6_k iq4_xs; G = 16..256)",
                        name);
 }
 

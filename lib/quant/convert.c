@@ -99,7 +99,8 @@ static void target_block(const dsq_convert_plan *p, dsq_encoding e, int group, u
     case DSQ_ENC_Q3_K:
     case DSQ_ENC_Q4_K:
     case DSQ_ENC_Q5_K:
-    case DSQ_ENC_Q6_K: *br = 1, *bc = DSQ_FILE_KQUANT_BLOCK; return;
+    case DSQ_ENC_Q6_K:
+    case DSQ_ENC_IQ4_XS: *br = 1, *bc = DSQ_FILE_KQUANT_BLOCK; return;
     default: *br = *bc = 0; return;
     }
 }

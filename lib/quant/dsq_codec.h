@@ -40,6 +40,7 @@
  * | INT2_G_ASYM       | int2-gG-asym        | 2    | 1 x G     | F16 + F16 min  | f32(u · s) + m, u 0..3 |
  * | I64 / I32         | i64 / i32           | 64/32| -         | -              | integers (copy only)   |
  * | Q2_K … Q6_K       | q2_k … q6_k         | 2.625…6.5625 | 1 x 256 super-blocks, scales inside (dsq_kquant.h) | GGML k-quants |
+ * | IQ4_XS            | iq4_xs              | 4.25 | 1 x 256 super-blocks, non-linear 4-bit codebook  | GGML IQ4_XS |
  *
  * G (dsq_qtensor.group) is one of 16, 32, 64, 128, 256 for the group encodings; for the others
  * `group` must be 0 or the fixed block width of the table.  INT4_G stores q as a two's-complement

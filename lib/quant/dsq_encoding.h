@@ -30,6 +30,7 @@ typedef enum dsq_encoding {
     DSQ_ENC_Q4_K = 21, /* 144 B (GGML_TYPE_Q4_K = 12) */
     DSQ_ENC_Q5_K = 22, /* 176 B (GGML_TYPE_Q5_K = 13) */
     DSQ_ENC_Q6_K = 23, /* 210 B (GGML_TYPE_Q6_K = 14) */
+    DSQ_ENC_IQ4_XS = 24, /* 136 B, non-linear 4-bit codebook (GGML_TYPE_IQ4_XS = 23) */
 } dsq_encoding;
 
 #endif

@@ -1,4 +1,4 @@
-/* GGML k-quant block encodings (Q2_K … Q6_K): byte-compatible with ggml's block_q2_K … block_q6_K
+/* GGML k-quant block encodings (Q2_K … Q6_K, and IQ4_XS): byte-compatible with ggml's block_q2_K … block_q6_K
  * (ggml-common.h), so a GGUF exporter passes the blocks through unchanged and llama.cpp runs them.
  *
  * A row of `cols` values (cols a multiple of 256) is cols/256 super-blocks stored back to back; a
@@ -12,6 +12,7 @@
  * | Q4_K     | q4_k | 144   | 32        | f32(d·sc_j)·q − f32(dmin·m_j), q 0..15, sc,m 0..63 | 12 |
  * | Q5_K     | q5_k | 176   | 32        | f32(d·sc_j)·q − f32(dmin·m_j), q 0..31, sc,m 0..63 | 13 |
  * | Q6_K     | q6_k | 210   | 16        | f32(d·sc_j)·(q−32), q 0..63, sc int8               | 14 |
+ * | IQ4_XS   | iq4_xs | 136 | 32        | f32(d·(sc_j−32))·kv[q], q 0..15, sc 0..63          | 23 |
  *
  * Byte layouts (offsets within a block; element e = 0..255 of the block):
  *   Q2_K  scales[16] (low nibble sc, high nibble m; sub-block e/16) | qs[64] | d | dmin
@@ -26,6 +27,9 @@
  *   Q6_K  ql[128] | qh[64] | scales[16] (int8) | d; with n = e/128, t = (e%128)/32, l = e%32:
  *         low nibble of ql[64n + l + 32·(t&1)] (t < 2) or its high nibble (t ≥ 2),
  *         bits 4-5 = (qh[32n + l] >> 2t) & 3; sub-block e/16
+ *   IQ4_XS d | scales_h (u16) | scales_l[4] | qs[128]; 6-bit sc_j: low nibble of scales_l[j/2]
+ *         (high nibble for odd j), bits 4-5 = (scales_h >> 2j) & 3; element 32j + l: nibble
+ *         (l < 16 low, else high) of qs[16j + l%16]; kv = ggml's kvalues_iq4nl {-127 … 113}
  * d and dmin are little-endian IEEE half.  The decoders below evaluate exactly the float
  * expressions of the table (no fused multiply-add), which is what ggml's dequantize_row_* compute:
  * tests/test_kquant_ggml.c checks bit equality against ggml's own to_float.

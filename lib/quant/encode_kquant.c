@@ -12,15 +12,23 @@ typedef struct kq_spec {
     dsq_encoding enc;
     int bytes, sub, ggml;
     int qlo, qhi, slo, shi, mhi;
+    bool nl;   /* codes index the IQ4_NL codebook: the code VALUE is kv_iq4nl[index] (int8) */
     bool avx2; /* set per call: sub_eval's AVX2 twin (same bytes) */
 } kq_spec;
 
+/* ggml's kvalues_iq4nl: the values of the 16 IQ4_XS codes (ascending) */
+static const int8_t kv_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+/* iq4nl_mid[c] = (kv[c] + kv[c+1]) / 2, exact in f32 */
+static const float iq4nl_mid[15] = {-115.5f, -93.5f, -74.0f, -57.0f, -42.0f, -28.5f, -16.0f, -4.5f,
+                                    7.0f,    19.0f,  31.5f,  45.5f,  61.0f,  79.0f,  101.0f};
+
 static const kq_spec specs[] = {
-    {DSQ_ENC_Q2_K, 84, 16, 10, 0, 3, 0, 15, 15, false},
-    {DSQ_ENC_Q3_K, 110, 16, 11, -4, 3, -32, 31, 0, false},
-    {DSQ_ENC_Q4_K, 144, 32, 12, 0, 15, 0, 63, 63, false},
-    {DSQ_ENC_Q5_K, 176, 32, 13, 0, 31, 0, 63, 63, false},
-    {DSQ_ENC_Q6_K, 210, 16, 14, -32, 31, -128, 127, 0, false},
+    {DSQ_ENC_Q2_K, 84, 16, 10, 0, 3, 0, 15, 15, false, false},
+    {DSQ_ENC_Q3_K, 110, 16, 11, -4, 3, -32, 31, 0, false, false},
+    {DSQ_ENC_Q4_K, 144, 32, 12, 0, 15, 0, 63, 63, false, false},
+    {DSQ_ENC_Q5_K, 176, 32, 13, 0, 31, 0, 63, 63, false, false},
+    {DSQ_ENC_Q6_K, 210, 16, 14, -32, 31, -128, 127, 0, false, false},
+    {DSQ_ENC_IQ4_XS, 136, 32, 23, -127, 113, -32, 31, 0, true, false},
 };
 enum { MAX_SUB = DSQ_KQ_BLOCK / 16 };
 
@@ -96,7 +104,25 @@ static double sub_eval_avx2(const kq_spec *k, const float *x, const float *w, fl
 }
 #endif
 
+/* IQ4_XS: the nearest codebook value to x/S (ties to the lower value); q receives the VALUE. */
+static double sub_eval_nl(const kq_spec *k, const float *x, const float *w, float S, int8_t *q) {
+    float inv = S != 0.0f ? 1.0f / S : 0.0f;
+    double acc[4] = {0, 0, 0, 0};
+    for (int i = 0; i < k->sub; i++) {
+        float t = x[i] * inv;
+        int b = 0; /* the last code whose lower midpoint t exceeds (midpoints ascend): binary search */
+        for (int step = 8; step; step >>= 1)
+            if (b + step < 16 && t > iq4nl_mid[b + step - 1]) b += step;
+        float y = S * (float)kv_iq4nl[b];
+        double dd = (double)x[i] - (double)y;
+        acc[i & 3] += (double)w[i] * dd * dd;
+        if (q) q[i] = kv_iq4nl[b];
+    }
+    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
 static inline double sub_eval(const kq_spec *k, const float *x, const float *w, float S, float M, int8_t *q) {
+    if (k->nl) return sub_eval_nl(k, x, w, S, q);
     return k->avx2 ? sub_eval_avx2(k, x, w, S, M, q) : sub_eval_scalar(k, x, w, S, M, q);
 }
 
@@ -383,6 +409,23 @@ static void pack(const kq_spec *k, const kq_state *st, const int8_t *q, uint8_t 
             int j = e / 32, l = e % 32;
             qs[32 * (j / 2) + l] |= (uint8_t)((q[e] & 15) << (4 * (j & 1)));
             if (five) qh[l] |= (uint8_t)(((q[e] >> 4) & 1) << j);
+        }
+        return;
+    }
+    case DSQ_ENC_IQ4_XS: {
+        put_half(b, st->d);
+        uint16_t sh = 0;
+        for (int j = 0; j < 8; j++) {
+            int u = st->sc[j] + 32;
+            b[4 + j / 2] |= (uint8_t)((u & 15) << (4 * (j & 1)));
+            sh |= (uint16_t)((u >> 4) << (2 * j));
+        }
+        b[2] = (uint8_t)sh, b[3] = (uint8_t)(sh >> 8);
+        for (int e = 0; e < DSQ_KQ_BLOCK; e++) {
+            int idx = 0;
+            while (idx < 15 && kv_iq4nl[idx] != q[e]) idx++;
+            int j = e / 32, l = e % 32;
+            b[8 + 16 * j + (l & 15)] |= (uint8_t)(idx << (4 * (l >> 4)));
         }
         return;
     }

@@ -82,6 +82,18 @@ static void decode_q6k(const uint8_t *b, float *y) {
     }
 }
 
+static const int8_t kv_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+static void decode_iq4xs(const uint8_t *b, float *y) {
+    float d = half_at(b);
+    int sh = b[2] | (b[3] << 8);
+    for (int j = 0; j < 8; j++) {
+        int ls = ((b[4 + j / 2] >> (4 * (j & 1))) & 15) | (((sh >> (2 * j)) & 3) << 4);
+        float dl = d * (float)(ls - 32);
+        for (int l = 0; l < 32; l++) y[32 * j + l] = dl * (float)kv_iq4nl[(b[8 + 16 * j + (l & 15)] >> (4 * (l >> 4))) & 15];
+    }
+}
+
 void dsq_kquant_decode_block(dsq_encoding enc, const void *blk, float out[DSQ_KQ_BLOCK]) {
     const uint8_t *b = blk;
     switch (enc) {
@@ -90,6 +102,7 @@ void dsq_kquant_decode_block(dsq_encoding enc, const void *blk, float out[DSQ_KQ
     case DSQ_ENC_Q4_K: decode_q45k(b, out, false); return;
     case DSQ_ENC_Q5_K: decode_q45k(b, out, true); return;
     case DSQ_ENC_Q6_K: decode_q6k(b, out); return;
+    case DSQ_ENC_IQ4_XS: decode_iq4xs(b, out); return;
     default: memset(out, 0, sizeof(float) * DSQ_KQ_BLOCK); return;
     }
 }
@@ -102,6 +115,7 @@ static void half_offsets(dsq_encoding enc, int *a, int *b) {
     case DSQ_ENC_Q4_K:
     case DSQ_ENC_Q5_K: *a = 0, *b = 2; return;
     case DSQ_ENC_Q6_K: *a = 208, *b = -1; return;
+    case DSQ_ENC_IQ4_XS: *a = 0, *b = -1; return;
     default: *a = *b = -1; return;
     }
 }
