@@ -216,6 +216,17 @@ static void test_calibrate_convert(void **state) {
         if (rc) fail_msg("convert %s: %s", build[b], err);
         free(err);
     }
+    /* the bytes depend neither on the thread count nor on the chunking */
+    char *again = dsq_test_join(dir, "again.dsq");
+    rc = dsq_test_run(NULL, &err, "convert %s %s --recipe release --override '*experts.*.w1*=q4_k' --imatrix %s "
+                      "--threads 2 --chunk-bytes 1", model, again, imx);
+    if (rc) fail_msg("convert --threads 2: %s", err);
+    free(err);
+    size_t la, lb;
+    char *ba = dsq_test_read(paths[2], &la), *bb = dsq_test_read(again, &lb);
+    assert_int_equal(la, lb);
+    assert_memory_equal(ba, bb, la);
+    free(ba), free(bb), free(again);
     uint64_t E, R, C;
     uint8_t *raw[2];
     size_t raw_n[2];
