@@ -43,7 +43,7 @@ static const char *fill(int kind, float *x, uint64_t rows, uint64_t cols) {
         for (uint64_t c = 0; c < cols; c++) {
             double v = gauss();
             if (kind == 1) v = (unit() < 0.5 ? -1 : 1) * -log(unit() + 1e-300); /* Laplace */
-            if (kind == 2 && unit() < 0.002) v *= 12;                        /* sparse outliers */
+            if (kind == 2 && unit() < 0.002) v *= 12;                           /* sparse outliers */
             x[r * cols + c] = (float)(0.02 * v * (kind == 0 ? 1.0 : colscale[c]));
         }
     free(colscale);
@@ -72,19 +72,27 @@ int main(int argc, char **argv) {
     quantize_chunk_fn qc;
     *(void **)&qc = dlsym(lib, "ggml_quantize_chunk");
     typedef void (*to_float_fn)(const void *, float *, int64_t);
-    typedef struct { const char *n; int64_t b, bi; size_t ts; bool q; to_float_fn to_float; void *f; } traits;
+    typedef struct {
+        const char *n;
+        int64_t b, bi;
+        size_t ts;
+        bool q;
+        to_float_fn to_float;
+        void *f;
+    } traits;
     const traits *(*gt)(int);
     *(void **)&gt = dlsym(lib, "ggml_get_type_traits");
     if (!qc || !gt) return 1;
     float *x = malloc(sizeof(float) * rows * cols), *y = malloc(sizeof(float) * rows * cols);
     float *imp = malloc(sizeof(float) * cols);
     uint8_t *blk = malloc(rows * cols / 256 * 210);
-    static const dsq_encoding encs[] = {DSQ_ENC_Q2_K, DSQ_ENC_Q3_K, DSQ_ENC_Q4_K, DSQ_ENC_Q5_K, DSQ_ENC_Q6_K, DSQ_ENC_IQ4_XS};
+    static const dsq_encoding encs[] = {DSQ_ENC_Q2_K, DSQ_ENC_Q3_K, DSQ_ENC_Q4_K,
+                                        DSQ_ENC_Q5_K, DSQ_ENC_Q6_K, DSQ_ENC_IQ4_XS};
     static const char *names[] = {"q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs"};
     printf("%llu x %llu per tensor; relative importance-weighted RMS error (lower is better); s = encode seconds\n",
            (unsigned long long)rows, (unsigned long long)cols);
-    printf("%-5s %-28s %-9s %10s %10s %7s %7s %7s\n", "type", "tensor", "imatrix", "dsq", "llama.cpp", "ratio",
-           "dsq s", "ggml s");
+    printf("%-5s %-28s %-9s %10s %10s %7s %7s %7s\n", "type", "tensor", "imatrix", "dsq", "llama.cpp", "ratio", "dsq s",
+           "ggml s");
     for (int kind = 0; kind < 3; kind++) {
         const char *what = fill(kind, x, rows, cols);
         /* an imatrix like Σx² of real activations: log-normal per column, a few hot columns */

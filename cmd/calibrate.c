@@ -59,7 +59,8 @@ static void coverage(const dsq_imatrix *m, bool json) {
         printf("{\"weights\": %zu, \"min_rows\": %d, \"layers\": [", n, DSQ_IMATRIX_MIN_ROWS);
         for (int l = 0; l <= max_l; l++) {
             printf("%s{\"layer\": %d, \"expert_tokens\": [", l ? ", " : "", l);
-            for (int e = 0; e <= max_e; e++) printf("%s%llu", e ? ", " : "", (unsigned long long)tok[l * (max_e + 1) + e]);
+            for (int e = 0; e <= max_e; e++)
+                printf("%s%llu", e ? ", " : "", (unsigned long long)tok[l * (max_e + 1) + e]);
             printf("]}");
         }
         printf("]}\n");
@@ -115,12 +116,18 @@ int dsq_cmd_calibrate(int argc, char **argv) {
         if (r < 0) return DSQ_EXIT_USAGE;
         if (r > 0) continue;
         const char *a = argv[i];
-        if (!strcmp(a, "--out") && i + 1 < argc) out = argv[++i];
-        else if (!strcmp(a, "--tokens") && i + 1 < argc) tokens = argv[++i];
-        else if (!strcmp(a, "--overwrite")) overwrite = true;
-        else if (a[0] == '-' && a[1]) return dsq_cmd_usage_error(me, "unknown or incomplete option '%s'", a);
-        else if (npos < 2) pos[npos++] = a;
-        else return dsq_cmd_usage_error(me, "unexpected argument '%s'", a);
+        if (!strcmp(a, "--out") && i + 1 < argc)
+            out = argv[++i];
+        else if (!strcmp(a, "--tokens") && i + 1 < argc)
+            tokens = argv[++i];
+        else if (!strcmp(a, "--overwrite"))
+            overwrite = true;
+        else if (a[0] == '-' && a[1])
+            return dsq_cmd_usage_error(me, "unknown or incomplete option '%s'", a);
+        else if (npos < 2)
+            pos[npos++] = a;
+        else
+            return dsq_cmd_usage_error(me, "unexpected argument '%s'", a);
     }
     if (npos < 1) return dsq_cmd_usage_error(me, "missing MODEL");
     if ((npos == 2) == (tokens != NULL)) return dsq_cmd_usage_error(me, "give TEXTFILE or --tokens FILE");

@@ -25,7 +25,8 @@ static void test_accumulate(void **state) {
     assert_int_equal(dsq_imatrix_add(m, "b.weight", x, 4, 2, 3, NULL), DSQ_OK); /* 3 of 4 columns, stride 4 */
     assert_int_equal(dsq_imatrix_add(m, "a.weight", x, 4, 1, 3, NULL), DSQ_ERR_SHAPE);
     assert_null(dsq_imatrix_importance(m, "a.weight", 4)); /* 3 rows < DSQ_IMATRIX_MIN_ROWS */
-    for (int k = 0; k < DSQ_IMATRIX_MIN_ROWS; k++) assert_int_equal(dsq_imatrix_add(m, "a.weight", x, 4, 1, 4, NULL), DSQ_OK);
+    for (int k = 0; k < DSQ_IMATRIX_MIN_ROWS; k++)
+        assert_int_equal(dsq_imatrix_add(m, "a.weight", x, 4, 1, 4, NULL), DSQ_OK);
     const float *imp = dsq_imatrix_importance(m, "a.weight", 4);
     assert_non_null(imp);
     /* rows: 3 + 16; Σx² of column 0: 1 + 1 + 4 + 16·1 = 22 */
@@ -55,7 +56,8 @@ static void test_file_round_trip(void **state) {
     assert_int_equal(dsq_imatrix_create(&m, NULL), DSQ_OK);
     float x[256];
     for (int i = 0; i < 256; i++) x[i] = (float)(i % 13) - 6; /* small integers: sums are exact in f32 */
-    for (int k = 0; k < 20; k++) assert_int_equal(dsq_imatrix_add(m, "layers.0.ffn.experts.3.w1.weight", x, 256, 1, 256, NULL), DSQ_OK);
+    for (int k = 0; k < 20; k++)
+        assert_int_equal(dsq_imatrix_add(m, "layers.0.ffn.experts.3.w1.weight", x, 256, 1, 256, NULL), DSQ_OK);
     assert_int_equal(dsq_imatrix_add(m, "layers.0.attn.wq_a.weight", x, 128, 2, 128, NULL), DSQ_OK);
     assert_int_equal(dsq_imatrix_save(m, path, false, NULL), DSQ_OK);
     assert_int_equal(dsq_imatrix_save(m, path, false, NULL), DSQ_ERR_EXISTS);
@@ -97,8 +99,10 @@ static void write_file(const char *path, const char *format, const ft *t, int nt
     assert_int_equal(dsq_st_writer_begin(w, NULL), DSQ_OK);
     for (int i = 0; i < nt; i++)
         for (uint64_t k = 0; k < t[i].n; k++) {
-            if (t[i].dtype == DSQ_DTYPE_F32) assert_int_equal(dsq_st_writer_write(w, &t[i].value, 4, NULL), DSQ_OK);
-            else assert_int_equal(dsq_st_writer_write(w, "\0\0", 2, NULL), DSQ_OK);
+            if (t[i].dtype == DSQ_DTYPE_F32)
+                assert_int_equal(dsq_st_writer_write(w, &t[i].value, 4, NULL), DSQ_OK);
+            else
+                assert_int_equal(dsq_st_writer_write(w, "\0\0", 2, NULL), DSQ_OK);
         }
     assert_int_equal(dsq_st_writer_finish(w, NULL), DSQ_OK);
 }
@@ -117,16 +121,40 @@ static void test_malformed(void **state) {
         {"no format", NULL, {{"w.in_sum2", F, 1, 8, 1.0f}, {"w.counts", F, 1, 1, 4.0f}}, 2, DSQ_ERR_FORMAT},
         {"other format", "gguf", {{"w.in_sum2", F, 1, 8, 1.0f}, {"w.counts", F, 1, 1, 4.0f}}, 2, DSQ_ERR_FORMAT},
         {"missing counts", "dsq-imatrix", {{"w.in_sum2", F, 1, 8, 1.0f}}, 1, DSQ_ERR_FORMAT},
-        {"orphan counts", "dsq-imatrix", {{"w.in_sum2", F, 1, 8, 1.0f}, {"w.counts", F, 1, 1, 4.0f}, {"v.counts", F, 1, 1, 4.0f}}, 3, DSQ_ERR_FORMAT},
+        {"orphan counts",
+         "dsq-imatrix",
+         {{"w.in_sum2", F, 1, 8, 1.0f}, {"w.counts", F, 1, 1, 4.0f}, {"v.counts", F, 1, 1, 4.0f}},
+         3,
+         DSQ_ERR_FORMAT},
         {"zero counts", "dsq-imatrix", {{"w.in_sum2", F, 1, 8, 1.0f}, {"w.counts", F, 1, 1, 0.0f}}, 2, DSQ_ERR_FORMAT},
-        {"fractional counts", "dsq-imatrix", {{"w.in_sum2", F, 1, 8, 1.0f}, {"w.counts", F, 1, 1, 2.5f}}, 2, DSQ_ERR_FORMAT},
+        {"fractional counts",
+         "dsq-imatrix",
+         {{"w.in_sum2", F, 1, 8, 1.0f}, {"w.counts", F, 1, 1, 2.5f}},
+         2,
+         DSQ_ERR_FORMAT},
         {"NaN counts", "dsq-imatrix", {{"w.in_sum2", F, 1, 8, 1.0f}, {"w.counts", F, 1, 1, NAN}}, 2, DSQ_ERR_FORMAT},
-        {"negative sum", "dsq-imatrix", {{"w.in_sum2", F, 1, 8, -1.0f}, {"w.counts", F, 1, 1, 4.0f}}, 2, DSQ_ERR_NONFINITE},
-        {"infinite sum", "dsq-imatrix", {{"w.in_sum2", F, 1, 8, INFINITY}, {"w.counts", F, 1, 1, 4.0f}}, 2, DSQ_ERR_NONFINITE},
-        {"F16 sums", "dsq-imatrix", {{"w.in_sum2", DSQ_DTYPE_F16, 1, 8, 0}, {"w.counts", F, 1, 1, 4.0f}}, 2, DSQ_ERR_FORMAT},
+        {"negative sum",
+         "dsq-imatrix",
+         {{"w.in_sum2", F, 1, 8, -1.0f}, {"w.counts", F, 1, 1, 4.0f}},
+         2,
+         DSQ_ERR_NONFINITE},
+        {"infinite sum",
+         "dsq-imatrix",
+         {{"w.in_sum2", F, 1, 8, INFINITY}, {"w.counts", F, 1, 1, 4.0f}},
+         2,
+         DSQ_ERR_NONFINITE},
+        {"F16 sums",
+         "dsq-imatrix",
+         {{"w.in_sum2", DSQ_DTYPE_F16, 1, 8, 0}, {"w.counts", F, 1, 1, 4.0f}},
+         2,
+         DSQ_ERR_FORMAT},
         {"rank 2 sums", "dsq-imatrix", {{"w.in_sum2", F, 2, 8, 1.0f}, {"w.counts", F, 1, 1, 4.0f}}, 2, DSQ_ERR_FORMAT},
         {"two counts", "dsq-imatrix", {{"w.in_sum2", F, 1, 8, 1.0f}, {"w.counts", F, 1, 2, 4.0f}}, 2, DSQ_ERR_FORMAT},
-        {"stray tensor", "dsq-imatrix", {{"w.in_sum2", F, 1, 8, 1.0f}, {"w.counts", F, 1, 1, 4.0f}, {"w.bias", F, 1, 1, 4.0f}}, 3, DSQ_ERR_FORMAT},
+        {"stray tensor",
+         "dsq-imatrix",
+         {{"w.in_sum2", F, 1, 8, 1.0f}, {"w.counts", F, 1, 1, 4.0f}, {"w.bias", F, 1, 1, 4.0f}},
+         3,
+         DSQ_ERR_FORMAT},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         write_file(path, cases[i].format, cases[i].t, cases[i].nt);
@@ -154,15 +182,18 @@ static float *read_stack(const char *file, const char *name, uint64_t *E, uint64
     const dsq_ctr_tensor *t = dsq_ctr_find(r, name);
     assert_non_null(t);
     *E = t->shape[0], *R = t->shape[1], *C = t->shape[2];
-    const dsq_ctr_part *d = dsq_ctr_tensor_part(t, DSQ_FILE_PART_DATA), *s = dsq_ctr_tensor_part(t, DSQ_FILE_PART_SCALES);
+    const dsq_ctr_part *d = dsq_ctr_tensor_part(t, DSQ_FILE_PART_DATA),
+                       *s = dsq_ctr_tensor_part(t, DSQ_FILE_PART_SCALES);
     uint8_t *db = malloc(d->bytes), *sb = s ? malloc(s->bytes) : NULL;
     assert_int_equal(dsq_ctr_read(r, t, 0, 0, db, d->bytes, NULL), DSQ_OK);
     if (s) assert_int_equal(dsq_ctr_read(r, t, 1, 0, sb, s->bytes, NULL), DSQ_OK);
     dsq_qtensor q = {t->encoding, *E * *R, *C, 0, db, sb, NULL, 0};
     float *out = malloc(sizeof(float) * *E * *R * *C);
     assert_int_equal(dsq_codec_decode(&q, 0, *E * *R, out, NULL, NULL), DSQ_OK);
-    if (raw) *raw = db, *raw_n = d->bytes;
-    else free(db);
+    if (raw)
+        *raw = db, *raw_n = d->bytes;
+    else
+        free(db);
     free(sb);
     dsq_ctr_reader_close(r);
     return out;
@@ -202,7 +233,8 @@ static void test_calibrate_convert(void **state) {
     assert_int_equal(rc, 1);
     assert_non_null(strstr(err, "c.imatrix"));
     free(out), free(err);
-    rc = dsq_test_run(&out, &err, "calibrate %s %s/calib.txt --out %s --ctx 128 --chunks 1 --overwrite", model, model, imx);
+    rc = dsq_test_run(&out, &err, "calibrate %s %s/calib.txt --out %s --ctx 128 --chunks 1 --overwrite", model, model,
+                      imx);
     assert_int_equal(rc, 0);
     free(out), free(err);
     const char *build[3] = {"release", "plain", "imx"};
@@ -218,8 +250,10 @@ static void test_calibrate_convert(void **state) {
     }
     /* the bytes depend neither on the thread count nor on the chunking */
     char *again = dsq_test_join(dir, "again.dsq");
-    rc = dsq_test_run(NULL, &err, "convert %s %s --recipe release --override '*experts.*.w1*=q4_k' --imatrix %s "
-                      "--threads 2 --chunk-bytes 1", model, again, imx);
+    rc = dsq_test_run(NULL, &err,
+                      "convert %s %s --recipe release --override '*experts.*.w1*=q4_k' --imatrix %s "
+                      "--threads 2 --chunk-bytes 1",
+                      model, again, imx);
     if (rc) fail_msg("convert --threads 2: %s", err);
     free(err);
     size_t la, lb;
@@ -250,7 +284,8 @@ static void test_calibrate_convert(void **state) {
             double w = imp[i % C], dp = (double)plain[i] - src[i], di = (double)withi[i] - src[i];
             ep += w * dp * dp, ei += w * di * di;
         }
-        printf("  expert %llu: importance-weighted error with / without imatrix %.4f\n", (unsigned long long)e, ei / ep);
+        printf("  expert %llu: importance-weighted error with / without imatrix %.4f\n", (unsigned long long)e,
+               ei / ep);
         assert_true(ei < ep);
         weighted++;
     }

@@ -9,11 +9,12 @@
 
 #include <cmocka.h>
 
-#include "codec_util.h"
 #include "codec_internal.h"
+#include "codec_util.h"
 #include "dsq_kquant.h"
 
-static const dsq_encoding kencs[] = {DSQ_ENC_Q2_K, DSQ_ENC_Q3_K, DSQ_ENC_Q4_K, DSQ_ENC_Q5_K, DSQ_ENC_Q6_K, DSQ_ENC_IQ4_XS};
+static const dsq_encoding kencs[] = {DSQ_ENC_Q2_K, DSQ_ENC_Q3_K, DSQ_ENC_Q4_K,
+                                     DSQ_ENC_Q5_K, DSQ_ENC_Q6_K, DSQ_ENC_IQ4_XS};
 static const char *const knames[] = {"q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs"};
 static const int kbytes[] = {84, 110, 144, 176, 210, 136};
 static const int kggml[] = {10, 11, 12, 13, 14, 23};
@@ -125,9 +126,14 @@ static void test_encode_isa_twins(void **state) {
             for (int wi = 0; wi < 2; wi++) {
                 size_t n = (size_t)ROWS * COLS / DSQ_KQ_BLOCK * (size_t)kbytes[i];
                 uint8_t *a = malloc(n), *b = malloc(n);
-                assert_int_equal(dsq__kquant_encode_isa(kencs[i], x, ROWS, COLS, wi ? imp : NULL, false, a, DSQ_ISA_SCALAR, NULL), DSQ_OK);
-                assert_int_equal(dsq__kquant_encode_isa(kencs[i], x, ROWS, COLS, wi ? imp : NULL, false, b, DSQ_ISA_AVX2, NULL), DSQ_OK);
-                if (memcmp(a, b, n) != 0) fail_msg("%s kind %d importance %d: scalar and AVX2 bytes differ", knames[i], kind, wi);
+                assert_int_equal(
+                    dsq__kquant_encode_isa(kencs[i], x, ROWS, COLS, wi ? imp : NULL, false, a, DSQ_ISA_SCALAR, NULL),
+                    DSQ_OK);
+                assert_int_equal(
+                    dsq__kquant_encode_isa(kencs[i], x, ROWS, COLS, wi ? imp : NULL, false, b, DSQ_ISA_AVX2, NULL),
+                    DSQ_OK);
+                if (memcmp(a, b, n) != 0)
+                    fail_msg("%s kind %d importance %d: scalar and AVX2 bytes differ", knames[i], kind, wi);
                 free(a), free(b);
             }
     }
@@ -154,7 +160,8 @@ static void test_kernel_twins(void **state) {
         dsq_codec_gemm_rows_isa(&t, x, 3, COLS, 0, ROWS, ga, ROWS, DSQ_ISA_AVX2);
         for (int rr = 0; rr < ROWS; rr++) {
             double ref = 0, sabs = 0;
-            for (int c = 0; c < COLS; c++) ref += (double)dec[rr * COLS + c] * x[c], sabs += fabs(dec[rr * COLS + c] * x[c]);
+            for (int c = 0; c < COLS; c++)
+                ref += (double)dec[rr * COLS + c] * x[c], sabs += fabs(dec[rr * COLS + c] * x[c]);
             /* f32 accumulation over 768 terms: a few ulps of Σ|w·x| */
             assert_true(fabs(ys[rr] - ref) <= 1e-5 * sabs);
             for (int j = 0; j < 3; j++) {
@@ -222,14 +229,15 @@ static void test_hostile(void **state) {
         x[300] = NAN;
         x[301] = INFINITY;
         dsq_err err = DSQ_ERR_INIT;
-        assert_int_equal(dsq_kquant_encode(kencs[i], x, 1, 2 * DSQ_KQ_BLOCK, NULL, false, blk, &err), DSQ_ERR_NONFINITE);
+        assert_int_equal(dsq_kquant_encode(kencs[i], x, 1, 2 * DSQ_KQ_BLOCK, NULL, false, blk, &err),
+                         DSQ_ERR_NONFINITE);
         assert_non_null(strstr(err.msg, "[0, 300]"));
         dsq_err_clear(&err);
         assert_int_equal(dsq_kquant_encode(kencs[i], x, 1, 2 * DSQ_KQ_BLOCK, NULL, true, blk, NULL), DSQ_OK);
         dsq_kquant_decode_block(kencs[i], blk + kbytes[i], y);
         for (int e = 0; e < DSQ_KQ_BLOCK; e++) assert_true(isfinite(y[e]));
         assert_true(fabsf(y[300 - 256]) < 1.0f); /* NaN: near 0 */
-        assert_true(y[301 - 256] > 1.0f);         /* +Inf: the block's large end */
+        assert_true(y[301 - 256] > 1.0f);        /* +Inf: the block's large end */
         /* bad shapes and importance */
         assert_int_equal(dsq_kquant_encode(kencs[i], x, 1, 100, NULL, false, blk, NULL), DSQ_ERR_SHAPE);
         for (int c = 0; c < 2 * DSQ_KQ_BLOCK; c++) imp[c] = 1.0f;
@@ -263,10 +271,10 @@ static void test_hostile(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_names_layouts),   cmocka_unit_test(test_codec_round_trip),
-        cmocka_unit_test(test_kernel_twins),    cmocka_unit_test(test_importance_used),
-        cmocka_unit_test(test_special_blocks),  cmocka_unit_test(test_hostile),
-        cmocka_unit_test(test_avx2_decode),     cmocka_unit_test(test_encode_isa_twins),
+        cmocka_unit_test(test_names_layouts),  cmocka_unit_test(test_codec_round_trip),
+        cmocka_unit_test(test_kernel_twins),   cmocka_unit_test(test_importance_used),
+        cmocka_unit_test(test_special_blocks), cmocka_unit_test(test_hostile),
+        cmocka_unit_test(test_avx2_decode),    cmocka_unit_test(test_encode_isa_twins),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

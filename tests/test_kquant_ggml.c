@@ -39,7 +39,8 @@ static void *lib;
 static get_traits_fn get_traits;
 static quantize_chunk_fn quantize_chunk;
 
-static const dsq_encoding kencs[] = {DSQ_ENC_Q2_K, DSQ_ENC_Q3_K, DSQ_ENC_Q4_K, DSQ_ENC_Q5_K, DSQ_ENC_Q6_K, DSQ_ENC_IQ4_XS};
+static const dsq_encoding kencs[] = {DSQ_ENC_Q2_K, DSQ_ENC_Q3_K, DSQ_ENC_Q4_K,
+                                     DSQ_ENC_Q5_K, DSQ_ENC_Q6_K, DSQ_ENC_IQ4_XS};
 static const char *const knames[] = {"q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_xs"};
 enum { NK = 6 };
 
@@ -48,7 +49,8 @@ static int setup(void **state) {
     const char *p = getenv("DSQ_GGML_LIB");
     lib = dlopen(p ? p : GGML_DEFAULT_LIB, RTLD_NOW | RTLD_LOCAL);
     if (!lib) {
-        fprintf(stderr, "cannot load %s: %s (run `make test`, which installs it)\n", p ? p : GGML_DEFAULT_LIB, dlerror());
+        fprintf(stderr, "cannot load %s: %s (run `make test`, which installs it)\n", p ? p : GGML_DEFAULT_LIB,
+                dlerror());
         return -1;
     }
     *(void **)&get_traits = dlsym(lib, "ggml_get_type_traits");
@@ -94,11 +96,21 @@ static void same_floats(int i, const uint8_t *blocks, int nb, const char *what) 
 static void halves(dsq_encoding e, int *a, int *b) {
     *b = -1;
     switch (e) {
-    case DSQ_ENC_Q2_K: *a = 80, *b = 82; break;
-    case DSQ_ENC_Q3_K: *a = 108; break;
-    case DSQ_ENC_Q6_K: *a = 208; break;
-    case DSQ_ENC_IQ4_XS: *a = 0; break;
-    default: *a = 0, *b = 2; break;
+    case DSQ_ENC_Q2_K:
+        *a = 80, *b = 82;
+        break;
+    case DSQ_ENC_Q3_K:
+        *a = 108;
+        break;
+    case DSQ_ENC_Q6_K:
+        *a = 208;
+        break;
+    case DSQ_ENC_IQ4_XS:
+        *a = 0;
+        break;
+    default:
+        *a = 0, *b = 2;
+        break;
     }
 }
 
@@ -139,25 +151,46 @@ enum { ROWS = 6, COLS = 1024 };
 static const char *fill_case(int k, rng *r, float *x) {
     uint64_t n = (uint64_t)ROWS * COLS;
     switch (k) {
-    case 0: fill_gauss(r, x, n, 0.02f); return "gaussian";
-    case 1: memset(x, 0, n * 4); return "zeros";
-    case 2: for (uint64_t i = 0; i < n; i++) x[i] = 0.375f; return "constant";
-    case 3: for (uint64_t i = 0; i < n; i++) x[i] = -1.25f; return "negative constant";
+    case 0:
+        fill_gauss(r, x, n, 0.02f);
+        return "gaussian";
+    case 1:
+        memset(x, 0, n * 4);
+        return "zeros";
+    case 2:
+        for (uint64_t i = 0; i < n; i++) x[i] = 0.375f;
+        return "constant";
+    case 3:
+        for (uint64_t i = 0; i < n; i++) x[i] = -1.25f;
+        return "negative constant";
     case 4:
         fill_gauss(r, x, n, 0.01f);
         for (uint64_t i = 0; i < n; i += 97) x[i] = (i & 1 ? -1.0f : 1.0f) * 40.0f;
         return "outliers";
-    case 5: fill_gauss(r, x, n, 1e-7f); return "tiny";
-    case 6: fill_gauss(r, x, n, 3e4f); return "huge";
-    case 7: for (uint64_t i = 0; i < n; i++) x[i] = -fabsf(rng_gauss(r)); return "negative-only";
-    case 8: for (uint64_t i = 0; i < n; i++) x[i] = fabsf(rng_gauss(r)) + 2.0f; return "positive-only, offset";
+    case 5:
+        fill_gauss(r, x, n, 1e-7f);
+        return "tiny";
+    case 6:
+        fill_gauss(r, x, n, 3e4f);
+        return "huge";
+    case 7:
+        for (uint64_t i = 0; i < n; i++) x[i] = -fabsf(rng_gauss(r));
+        return "negative-only";
+    case 8:
+        for (uint64_t i = 0; i < n; i++) x[i] = fabsf(rng_gauss(r)) + 2.0f;
+        return "positive-only, offset";
     case 9:
         memset(x, 0, n * 4);
         for (uint64_t i = 5; i < n; i += 256) x[i] = -3.0f;
         return "one value per block";
-    case 10: for (uint64_t i = 0; i < n; i++) x[i] = (float)((i % 7) - 3) * 0.5f; return "integers";
-    case 11: fill_gauss(r, x, n, 1e-30f); return "denormal-range";
-    default: return NULL;
+    case 10:
+        for (uint64_t i = 0; i < n; i++) x[i] = (float)((i % 7) - 3) * 0.5f;
+        return "integers";
+    case 11:
+        fill_gauss(r, x, n, 1e-30f);
+        return "denormal-range";
+    default:
+        return NULL;
     }
 }
 
@@ -233,10 +266,8 @@ static void test_not_worse_than_ggml(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_traits_layout),
-        cmocka_unit_test(test_random_bytes),
-        cmocka_unit_test(test_our_blocks),
-        cmocka_unit_test(test_ggml_blocks),
+        cmocka_unit_test(test_traits_layout),       cmocka_unit_test(test_random_bytes),
+        cmocka_unit_test(test_our_blocks),          cmocka_unit_test(test_ggml_blocks),
         cmocka_unit_test(test_not_worse_than_ggml),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

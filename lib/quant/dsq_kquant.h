@@ -73,11 +73,11 @@ void dsq_kquant_decode_block(dsq_encoding enc, const void *blk, float out[DSQ_KQ
 /* Decode rows [row0, row0+nrows) of a k-quant matrix with `cols` columns (data: the whole tensor)
  * into out[nrows][cols]; avx2 picks the AVX2 block decoders (call only where the CPU has AVX2 and
  * FMA), which give the same floats as the scalar ones. */
-void dsq_kquant_decode_rows(dsq_encoding enc, const void *data, uint64_t cols, uint64_t row0, uint64_t nrows, float *out,
-                            bool avx2);
+void dsq_kquant_decode_rows(dsq_encoding enc, const void *data, uint64_t cols, uint64_t row0, uint64_t nrows,
+                            float *out, bool avx2);
 
 /* Σ_c importance_c·(x_c − decoded_c)² over rows × cols (importance NULL: weight 1), in double. */
-double dsq_kquant_weighted_sse(dsq_encoding enc, const float *x, uint64_t rows, uint64_t cols,
-                               const float *importance, const void *blocks);
+double dsq_kquant_weighted_sse(dsq_encoding enc, const float *x, uint64_t rows, uint64_t cols, const float *importance,
+                               const void *blocks);
 
 #endif

@@ -57,8 +57,8 @@ static double sub_eval_scalar(const kq_spec *k, const float *x, const float *w, 
     double acc[4] = {0, 0, 0, 0};
     for (int i = 0; i < k->sub; i++) {
         float t = (x[i] + M) * inv;
-        t = t > qlo ? t : qlo; /* _mm256_max_ps(t, qlo): NaN → qlo */
-        t = t < qhi ? t : qhi; /* _mm256_min_ps(t, qhi) */
+        t = t > qlo ? t : qlo;                  /* _mm256_max_ps(t, qlo): NaN → qlo */
+        t = t < qhi ? t : qhi;                  /* _mm256_min_ps(t, qhi) */
         float qi = (t + 0x1.8p23f) - 0x1.8p23f; /* RNE for |t| ≤ 2^22 (t is clamped to ±32): no libm call */
         float y = S * qi - M;
         double dd = (double)x[i] - (double)y;
@@ -83,8 +83,10 @@ __attribute__((target("avx2"))) static double sub_eval_avx2(const kq_spec *k, co
         __m256 qi = _mm256_sub_ps(_mm256_add_ps(t, magic), magic);
         __m256 y = _mm256_sub_ps(_mm256_mul_ps(vS, qi), vM);
         __m256 wv = _mm256_loadu_ps(w + i);
-        __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(xv)), _mm256_cvtps_pd(_mm256_castps256_ps128(y)));
-        __m256d d1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(xv, 1)), _mm256_cvtps_pd(_mm256_extractf128_ps(y, 1)));
+        __m256d d0 =
+            _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(xv)), _mm256_cvtps_pd(_mm256_castps256_ps128(y)));
+        __m256d d1 =
+            _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(xv, 1)), _mm256_cvtps_pd(_mm256_extractf128_ps(y, 1)));
         __m256d w0 = _mm256_cvtps_pd(_mm256_castps256_ps128(wv)), w1 = _mm256_cvtps_pd(_mm256_extractf128_ps(wv, 1));
         acc = _mm256_add_pd(acc, _mm256_mul_pd(_mm256_mul_pd(w0, d0), d0));
         acc = _mm256_add_pd(acc, _mm256_mul_pd(_mm256_mul_pd(w1, d1), d1));
@@ -169,8 +171,10 @@ static void lsq_sums_avx2(int n, const float *x, const float *w, const int8_t *q
 /* Weighted least squares of (s, m) in x ≈ s·q − m with the codes fixed; m ≥ 0 (asymmetric) or 0. */
 static bool sub_lsq(const kq_spec *k, const float *x, const float *w, const int8_t *q, float *s, float *m) {
     double sums[5];
-    if (k->avx2) lsq_sums_avx2(k->sub, x, w, q, sums);
-    else lsq_sums_scalar(k->sub, x, w, q, sums);
+    if (k->avx2)
+        lsq_sums_avx2(k->sub, x, w, q, sums);
+    else
+        lsq_sums_scalar(k->sub, x, w, q, sums);
     double A = sums[0], B = sums[1], C = sums[2], D = sums[3], E = sums[4];
     if (!(A > 0)) return false;
     double sv = D / A, mv = 0;
@@ -246,8 +250,8 @@ static double state_eval(const kq_spec *k, const float *x, const float *w, kq_st
     double t = 0;
     int ns = DSQ_KQ_BLOCK / k->sub;
     for (int j = 0; j < ns; j++) {
-        st->e[j] = sub_eval(k, x + j * k->sub, w + j * k->sub, sub_scale(st, j), sub_min(st, j),
-                            q ? q + j * k->sub : NULL);
+        st->e[j] =
+            sub_eval(k, x + j * k->sub, w + j * k->sub, sub_scale(st, j), sub_min(st, j), q ? q + j * k->sub : NULL);
         t += st->e[j];
     }
     return t;
@@ -288,8 +292,8 @@ static bool coord_search(const kq_spec *k, const float *x, const float *w, kq_st
 }
 
 /* Least squares of (d, dmin) with the integer scales, mins and codes fixed. */
-static bool super_lsq(const kq_spec *k, const float *x, const float *w, const kq_state *st, const int8_t *q,
-                      float *d, float *dmin) {
+static bool super_lsq(const kq_spec *k, const float *x, const float *w, const kq_state *st, const int8_t *q, float *d,
+                      float *dmin) {
     double A = 0, B = 0, C = 0, D = 0, E = 0;
     for (int i = 0; i < DSQ_KQ_BLOCK; i++) {
         int j = i / k->sub;
@@ -386,8 +390,10 @@ static void pack(const kq_spec *k, const kq_state *st, const int8_t *q, uint8_t 
             uint8_t *sc = b + 96;
             for (int j = 0; j < 16; j++) {
                 int u = st->sc[j] + 32;
-                if (j < 8) sc[j] |= (uint8_t)(u & 15);
-                else sc[j - 8] |= (uint8_t)((u & 15) << 4);
+                if (j < 8)
+                    sc[j] |= (uint8_t)(u & 15);
+                else
+                    sc[j - 8] |= (uint8_t)((u & 15) << 4);
                 sc[8 + j % 4] |= (uint8_t)((u >> 4) << (2 * (j / 4)));
             }
             put_half(b + 108, st->d);
@@ -440,7 +446,8 @@ static void pack(const kq_spec *k, const kq_state *st, const int8_t *q, uint8_t 
         put_half(b + 208, st->d);
         return;
     }
-    default: return;
+    default:
+        return;
     }
 }
 

@@ -78,15 +78,16 @@ static dsq_status get_entry(dsq_imatrix *m, const char *name, uint64_t cols, ent
     }
     DSQ_RETURN_IF(m->n >= DSQ_IMATRIX_MAX_ENTRIES, err, DSQ_ERR_RANGE, "imatrix: more than %d weights",
                   DSQ_IMATRIX_MAX_ENTRIES);
-    DSQ_RETURN_IF(cols == 0 || cols > SIZE_MAX / sizeof(double), err, DSQ_ERR_SHAPE, "imatrix: %s: %llu columns",
-                  name, (unsigned long long)cols);
+    DSQ_RETURN_IF(cols == 0 || cols > SIZE_MAX / sizeof(double), err, DSQ_ERR_SHAPE, "imatrix: %s: %llu columns", name,
+                  (unsigned long long)cols);
     if (m->n == m->cap) {
         size_t cap = m->cap ? 2 * m->cap : 64;
         entry *ne = dsq_realloc(m->e, cap * sizeof *ne);
         DSQ_RETURN_IF(!ne, err, DSQ_ERR_NOMEM, "no memory for the imatrix table");
         m->e = ne, m->cap = cap;
     }
-    if (2 * (m->n + 1) > m->hcap) DSQ_RETURN_IF(!rehash(m, m->hcap ? 2 * m->hcap : 128), err, DSQ_ERR_NOMEM, "no memory for the imatrix index");
+    if (2 * (m->n + 1) > m->hcap)
+        DSQ_RETURN_IF(!rehash(m, m->hcap ? 2 * m->hcap : 128), err, DSQ_ERR_NOMEM, "no memory for the imatrix index");
     e = &m->e[m->n];
     memset(e, 0, sizeof *e);
     e->name = dsq_strdup(name);
@@ -211,13 +212,15 @@ dsq_status dsq_imatrix_load(const char *path, dsq_imatrix **out, dsq_err *err) {
     dsq_status st = dsq_imatrix_create(&m, err);
     const char *fmt = dsq_st_metadata(f, "format");
     if (!st && (!fmt || strcmp(fmt, "dsq-imatrix") != 0))
-        st = dsq_err_set(err, DSQ_ERR_FORMAT, "%s: not an imatrix (metadata format is %s)", path, fmt ? fmt : "missing");
+        st =
+            dsq_err_set(err, DSQ_ERR_FORMAT, "%s: not an imatrix (metadata format is %s)", path, fmt ? fmt : "missing");
     for (size_t i = 0; !st && i < dsq_st_count(f); i++) {
         const dsq_st_tensor *t = dsq_st_at(f, i);
         size_t stem;
         if (ends_with(t->name, COUNTS, &stem)) continue; /* read with its in_sum2 */
         if (!ends_with(t->name, SUM2, &stem)) {
-            st = dsq_err_set(err, DSQ_ERR_FORMAT, "%s: tensor %s is neither NAME.in_sum2 nor NAME.counts", path, t->name);
+            st = dsq_err_set(err, DSQ_ERR_FORMAT, "%s: tensor %s is neither NAME.in_sum2 nor NAME.counts", path,
+                             t->name);
             break;
         }
         char *name = dsq_malloc(stem + sizeof COUNTS);
@@ -241,7 +244,8 @@ dsq_status dsq_imatrix_load(const char *path, dsq_imatrix **out, dsq_err *err) {
         if (!st && find(m, name)) st = dsq_err_set(err, DSQ_ERR_DUPLICATE, "%s: %s appears twice", path, name);
         if (!st) st = get_entry(m, name, t->shape[0], &e, err);
         float *buf = NULL;
-        if (!st && !(buf = dsq_malloc(sizeof(float) * (size_t)t->shape[0]))) st = dsq_err_set(err, DSQ_ERR_NOMEM, "no memory");
+        if (!st && !(buf = dsq_malloc(sizeof(float) * (size_t)t->shape[0])))
+            st = dsq_err_set(err, DSQ_ERR_NOMEM, "no memory");
         if (!st) st = dsq_st_read(f, t, 0, buf, sizeof(float) * (size_t)t->shape[0], err);
         for (uint64_t k = 0; !st && k < t->shape[0]; k++) {
             if (!(buf[k] >= 0.0f) || !isfinite(buf[k]))

@@ -90,33 +90,60 @@ static void decode_iq4xs(const uint8_t *b, float *y) {
     for (int j = 0; j < 8; j++) {
         int ls = ((b[4 + j / 2] >> (4 * (j & 1))) & 15) | (((sh >> (2 * j)) & 3) << 4);
         float dl = d * (float)(ls - 32);
-        for (int l = 0; l < 32; l++) y[32 * j + l] = dl * (float)kv_iq4nl[(b[8 + 16 * j + (l & 15)] >> (4 * (l >> 4))) & 15];
+        for (int l = 0; l < 32; l++)
+            y[32 * j + l] = dl * (float)kv_iq4nl[(b[8 + 16 * j + (l & 15)] >> (4 * (l >> 4))) & 15];
     }
 }
 
 void dsq_kquant_decode_block(dsq_encoding enc, const void *blk, float out[DSQ_KQ_BLOCK]) {
     const uint8_t *b = blk;
     switch (enc) {
-    case DSQ_ENC_Q2_K: decode_q2k(b, out); return;
-    case DSQ_ENC_Q3_K: decode_q3k(b, out); return;
-    case DSQ_ENC_Q4_K: decode_q45k(b, out, false); return;
-    case DSQ_ENC_Q5_K: decode_q45k(b, out, true); return;
-    case DSQ_ENC_Q6_K: decode_q6k(b, out); return;
-    case DSQ_ENC_IQ4_XS: decode_iq4xs(b, out); return;
-    default: memset(out, 0, sizeof(float) * DSQ_KQ_BLOCK); return;
+    case DSQ_ENC_Q2_K:
+        decode_q2k(b, out);
+        return;
+    case DSQ_ENC_Q3_K:
+        decode_q3k(b, out);
+        return;
+    case DSQ_ENC_Q4_K:
+        decode_q45k(b, out, false);
+        return;
+    case DSQ_ENC_Q5_K:
+        decode_q45k(b, out, true);
+        return;
+    case DSQ_ENC_Q6_K:
+        decode_q6k(b, out);
+        return;
+    case DSQ_ENC_IQ4_XS:
+        decode_iq4xs(b, out);
+        return;
+    default:
+        memset(out, 0, sizeof(float) * DSQ_KQ_BLOCK);
+        return;
     }
 }
 
 /* Offsets of the F16 super-scales in a block (for the non-finite scan), -1 where none. */
 static void half_offsets(dsq_encoding enc, int *a, int *b) {
     switch (enc) {
-    case DSQ_ENC_Q2_K: *a = 80, *b = 82; return;
-    case DSQ_ENC_Q3_K: *a = 108, *b = -1; return;
+    case DSQ_ENC_Q2_K:
+        *a = 80, *b = 82;
+        return;
+    case DSQ_ENC_Q3_K:
+        *a = 108, *b = -1;
+        return;
     case DSQ_ENC_Q4_K:
-    case DSQ_ENC_Q5_K: *a = 0, *b = 2; return;
-    case DSQ_ENC_Q6_K: *a = 208, *b = -1; return;
-    case DSQ_ENC_IQ4_XS: *a = 0, *b = -1; return;
-    default: *a = *b = -1; return;
+    case DSQ_ENC_Q5_K:
+        *a = 0, *b = 2;
+        return;
+    case DSQ_ENC_Q6_K:
+        *a = 208, *b = -1;
+        return;
+    case DSQ_ENC_IQ4_XS:
+        *a = 0, *b = -1;
+        return;
+    default:
+        *a = *b = -1;
+        return;
     }
 }
 
@@ -203,7 +230,8 @@ KQ_AVX2 static inline void emit16(__m128i u, int off, float dl, float ml, bool a
     _mm256_storeu_ps(out + 8, b);
 }
 KQ_AVX2 static inline __m128i bits16(const uint8_t *p, int shift, int mask) {
-    return _mm_and_si128(_mm_srli_epi16(_mm_loadu_si128((const __m128i *)(const void *)p), shift), _mm_set1_epi8((char)mask));
+    return _mm_and_si128(_mm_srli_epi16(_mm_loadu_si128((const __m128i *)(const void *)p), shift),
+                         _mm_set1_epi8((char)mask));
 }
 
 KQ_AVX2 void dsq__kq_decode_block_avx2(dsq_encoding enc, const uint8_t *b, float *y) {
@@ -212,7 +240,8 @@ KQ_AVX2 void dsq__kq_decode_block_avx2(dsq_encoding enc, const uint8_t *b, float
         float d = half_at(b + 80), dmin = half_at(b + 82);
         for (int j = 0; j < 16; j++) {
             const uint8_t *q = b + 16 + 32 * (j / 8) + 16 * (j & 1);
-            emit16(bits16(q, 2 * ((j % 8) / 2), 3), 0, d * (float)(b[j] & 15), dmin * (float)(b[j] >> 4), true, y + 16 * j);
+            emit16(bits16(q, 2 * ((j % 8) / 2), 3), 0, d * (float)(b[j] & 15), dmin * (float)(b[j] >> 4), true,
+                   y + 16 * j);
         }
         return;
     }
@@ -222,7 +251,8 @@ KQ_AVX2 void dsq__kq_decode_block_avx2(dsq_encoding enc, const uint8_t *b, float
             int l0 = 16 * (j & 1);
             __m128i lo = bits16(b + 32 + 32 * (j / 8) + l0, 2 * ((j % 8) / 2), 3);
             __m128i hb = bits16(b + l0, j / 2, 1);
-            emit16(_mm_or_si128(lo, _mm_slli_epi16(hb, 2)), 4, d * (float)(scale_q3(b + 96, j) - 32), 0, false, y + 16 * j);
+            emit16(_mm_or_si128(lo, _mm_slli_epi16(hb, 2)), 4, d * (float)(scale_q3(b + 96, j) - 32), 0, false,
+                   y + 16 * j);
         }
         return;
     }
@@ -254,19 +284,23 @@ KQ_AVX2 void dsq__kq_decode_block_avx2(dsq_encoding enc, const uint8_t *b, float
         }
         return;
     }
-    default: dsq_kquant_decode_block(enc, b, y); return;
+    default:
+        dsq_kquant_decode_block(enc, b, y);
+        return;
     }
 }
 #else
 void dsq__kq_decode_block_avx2(dsq_encoding enc, const uint8_t *b, float *y) { dsq_kquant_decode_block(enc, b, y); }
 #endif
 
-void dsq_kquant_decode_rows(dsq_encoding enc, const void *data, uint64_t cols, uint64_t row0, uint64_t nrows, float *out,
-                            bool avx2) {
+void dsq_kquant_decode_rows(dsq_encoding enc, const void *data, uint64_t cols, uint64_t row0, uint64_t nrows,
+                            float *out, bool avx2) {
     uint64_t bb = (uint64_t)dsq_kquant_block_bytes(enc), nb = cols / DSQ_KQ_BLOCK;
     const uint8_t *p = (const uint8_t *)data + row0 * nb * bb;
     for (uint64_t k = 0; k < nrows * nb; k++) {
-        if (avx2) dsq__kq_decode_block_avx2(enc, p + k * bb, out + k * DSQ_KQ_BLOCK);
-        else dsq_kquant_decode_block(enc, p + k * bb, out + k * DSQ_KQ_BLOCK);
+        if (avx2)
+            dsq__kq_decode_block_avx2(enc, p + k * bb, out + k * DSQ_KQ_BLOCK);
+        else
+            dsq_kquant_decode_block(enc, p + k * bb, out + k * DSQ_KQ_BLOCK);
     }
 }
