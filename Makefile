@@ -49,7 +49,7 @@ GPU_TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(GPU_TEST_SRC))
 GPU_DATA ?= .gpu-data
 
 .SECONDARY:
-.PHONY: all test test-asan bench demo deps clean help fuzz check-flash-layer test-gpu gpu-data
+.PHONY: all test test-asan bench demo deps clean help fuzz check-flash-layer test-gpu gpu-data FORCE
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/dsq $(BUILD)/libdsq.a
@@ -118,30 +118,32 @@ $(BUILD)/tokenizer-expected.jsonl: tests/tokenizer/reference.mjs tests/tokenizer
 	node tests/tokenizer/reference.mjs tests/tokenizer/fixture.jsonl $(TOK_NPM) > $@.tmp && mv $@.tmp $@
 # ---- end tokenizer reference
 
-# ---- llama.cpp interop (helper gguf): tests/test_gguf_llama.c dlopens libllama / libggml-base of
-# node-llama-cpp's prebuilt linux-x64 package (npm, into the ignored .cache/npm; installed only when
-# missing; after the tokenizer's install, so two npm runs never share .cache/npm at once).  No npm,
-# no test: a failed install fails `make test`.
-LLAMA_NPM := .cache/npm/node_modules/@node-llama-cpp/linux-x64
-$(LLAMA_NPM): | $(TOK_JSON)
-	npm install --prefix .cache/npm --no-audit --no-fund @node-llama-cpp/linux-x64@3.22.1
+# ---- llama.cpp interop (helpers gguf, kquant): tests/test_gguf_llama.c dlopens libllama, and
+# tests/test_kquant_ggml.c and bench/kquant.c dlopen libggml-base.so, of node-llama-cpp's prebuilt
+# linux-x64 package (npm, into the ignored .cache/npm; installed only when missing; after the
+# tokenizer's install, so two npm runs never share .cache/npm at once).  Test/bench only, never linked
+# into dsq.  No npm, no test: a failed install fails `make test`.
+LLAMA_NPM := $(TOK_NPM)/node_modules/@node-llama-cpp/linux-x64
+GGML_LIB  := $(LLAMA_NPM)/bins/linux-x64/libggml-base.so
+$(GGML_LIB): | $(TOK_JSON)
+	npm install --prefix $(TOK_NPM) --no-audit --no-fund @node-llama-cpp/linux-x64@3.22.1
 # ---- end llama.cpp interop
 
 # Tests run from the repository root; DSQ_SHARED points at ../shared, DSQ_BIN at the CLI.
 test: deps
-	@$(MAKE) --no-print-directory $(BUILD)/dsq $(TEST_BIN) $(BUILD)/tokenizer-expected.jsonl $(LLAMA_NPM)
+	@$(MAKE) --no-print-directory $(BUILD)/dsq $(TEST_BIN) $(BUILD)/tokenizer-expected.jsonl $(GGML_LIB)
 	@DSQ_SHARED=$(abspath $(SHARED)) DSQ_BIN=$(abspath $(BUILD)/dsq) DSQ_BUILD=$(abspath $(BUILD)) \
 	  tests/run-tests.sh $(TEST_BIN)
 
 test-asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan NO_CUDA=1 \
 	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	  build-asan/dsq $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN)) build-asan/tokenizer-expected.jsonl $(LLAMA_NPM)
+	  build-asan/dsq $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN)) build-asan/tokenizer-expected.jsonl $(GGML_LIB)
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  DSQ_SHARED=$(abspath $(SHARED)) DSQ_BIN=$(abspath build-asan/dsq) DSQ_BUILD=$(abspath build-asan) DSQ_ASAN=1 \
 	  tests/run-tests.sh $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN))
 
-bench: deps $(BUILD)/dsq $(BENCH_BIN) $(TOK_JSON)
+bench: deps $(BUILD)/dsq $(BENCH_BIN) $(TOK_JSON) $(GGML_LIB)
 	@for b in $(BENCH_BIN); do echo "== $$b"; DSQ_BIN=$(abspath $(BUILD)/dsq) $$b || exit 1; done
 
 # ---- GPU (issue 10): `make gpu-data` (here) copies the golden files the GPU suite needs into the ignored

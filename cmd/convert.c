@@ -1,4 +1,5 @@
 /* dsq-command: convert | convert a checkpoint into a .dsq container with a recipe */
+#include <errno.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -9,11 +10,12 @@
 #include "gguf_out.h"
 #include "dsq_convert.h"
 #include "dsq_inventory.h"
+#include <xxhash.h>
 
 static void help(void) {
     printf("usage: dsq convert SRC OUT.dsq --recipe NAME|FILE [--override GLOB=ENCODING]... [--threads N]\n"
            "       dsq convert SRC OUT.gguf [--recipe GGUF-RECIPE] ...   (llama.cpp GGUF; dsq convert x.gguf --help)\n"
-           "                   [--resume] [--dry-run] [--overwrite] [--buffered-io] [--force] [--allow-nonfinite] [--json]\n\n"
+           "                   [--resume] [--dry-run] [--overwrite] [--buffered-io] [--force] [--allow-nonfinite] [--imatrix FILE] [--json]\n\n"
            "Re-encodes a DeepSeek-V4 checkpoint (a directory with config.json and safetensors shards) into a\n"
            ".dsq container, tensor by tensor with bounded memory.  Routed experts are stacked per layer and\n"
            "projection, compressor wkv|wgate fused.  The output appears only when complete and verified;\n"
@@ -30,6 +32,8 @@ static void help(void) {
            "                        default O_DIRECT writes read back in the background; same bytes\n"
            "  --force               allow re-encoding protected tensors (norms, hc_*, ape, sinks, bias, tid2eid)\n"
            "  --allow-nonfinite     store NaN/Inf instead of failing\n"
+           "  --imatrix FILE        importance (dsq calibrate) for the k-quant targets: each weight's\n"
+           "                        squared error weighted by its inputs' mean x^2 per column\n"
            "  --json                print the plan or the result as one JSON object\n");
 }
 
@@ -104,6 +108,23 @@ static void print_plan(const dsq_convert_plan *p, const char *out, bool json) {
            dsq_convert_plan_count(p), a, b, c, d, freeb && freeb < file ? " (NOT ENOUGH)" : "", secs);
 }
 
+/* XXH3-64 of a whole (small) file. */
+static dsq_status file_xxh3(const char *path, uint64_t *out, dsq_err *err) {
+    FILE *f = fopen(path, "rb");
+    DSQ_RETURN_IF(!f, err, DSQ_ERR_IO, "%s: %s", path, strerror(errno));
+    XXH3_state_t *x = XXH3_createState();
+    XXH3_64bits_reset(x);
+    char buf[65536];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) XXH3_64bits_update(x, buf, n);
+    bool bad = ferror(f);
+    fclose(f);
+    *out = XXH3_64bits_digest(x);
+    XXH3_freeState(x);
+    DSQ_RETURN_IF(bad, err, DSQ_ERR_IO, "%s: read error", path);
+    return DSQ_OK;
+}
+
 /* Test hook: DSQ_CONVERT_TEST_SIGNAL="N:SIG" raises signal SIG after N tensors were written, so tests
  * interrupt (SIGINT) or kill (SIGKILL) a conversion at a chosen point. */
 static void test_signal(void *ctx, size_t n) {
@@ -124,7 +145,7 @@ int dsq_cmd_convert(int argc, char **argv) {
         help();
         return DSQ_EXIT_OK;
     }
-    const char *pos[2] = {NULL, NULL}, *recipe_name = NULL;
+    const char *pos[2] = {NULL, NULL}, *recipe_name = NULL, *imatrix_path = NULL;
     int npos = 0;
     uint64_t threads = 1, chunk_bytes = 0;
     bool resume = false, dry = false, overwrite = false, force = false, nonfinite = false, json = false, buffered = false;
@@ -150,6 +171,7 @@ int dsq_cmd_convert(int argc, char **argv) {
         else if (!strcmp(a, "--buffered-io")) buffered = true;
         else if (!strcmp(a, "--force")) force = true;
         else if (!strcmp(a, "--allow-nonfinite")) nonfinite = true;
+        else if (!strcmp(a, "--imatrix") && has) imatrix_path = argv[++i];
         else if (!strcmp(a, "--json")) json = true;
         else if (a[0] == '-' && a[1]) rc = dsq_cmd_usage_error("convert", "unknown or incomplete option '%s'", a);
         else if (npos < 2) pos[npos++] = a;
@@ -177,8 +199,19 @@ int dsq_cmd_convert(int argc, char **argv) {
     for (size_t k = 0; k < n_over; k++) command[nc++] = "--override", command[nc++] = overrides[k];
     if (force) command[nc++] = "--force";
     if (nonfinite) command[nc++] = "--allow-nonfinite";
+    dsq_imatrix *imx = NULL;
+    char imx_id[40];
+    dsq_status s = DSQ_OK;
+    if (imatrix_path) { /* the job depends on the imatrix's bytes, not its path (resume fingerprint) */
+        uint64_t h = 0;
+        s = dsq_imatrix_load(imatrix_path, &imx, &err);
+        if (s == DSQ_OK) s = file_xxh3(imatrix_path, &h, &err);
+        snprintf(imx_id, sizeof imx_id, "xxh3:%016llx", (unsigned long long)h);
+        command[nc++] = "--imatrix";
+        command[nc++] = imx_id;
+    }
     command[nc] = NULL;
-    dsq_status s = dsq_recipe_load(recipe_name, &recipe, &err);
+    if (s == DSQ_OK) s = dsq_recipe_load(recipe_name, &recipe, &err);
     for (size_t k = 0; s == DSQ_OK && k < n_over; k++) s = dsq_recipe_override(recipe, overrides[k], &err);
     dsq_convert_options o = {.src = src_abs,
                              .out = pos[1],
@@ -190,6 +223,7 @@ int dsq_cmd_convert(int argc, char **argv) {
                              .overwrite = overwrite,
                              .force = force,
                              .allow_nonfinite = nonfinite,
+                             .imatrix = imx,
                              .command = command,
                              .progress = true};
     int when[2] = {0, 0};
@@ -231,6 +265,7 @@ int dsq_cmd_convert(int argc, char **argv) {
         rc = dsq_cmd_fail("convert", &err);
     }
     dsq_convert_plan_free(plan);
+    dsq_imatrix_free(imx);
     dsq_recipe_free(recipe);
     dsq_free(overrides);
     dsq_free(command);

@@ -341,6 +341,8 @@ int dsq_cmd_inspect(int argc, char **argv) {
 
     if (path && !config && dsq_ctr_sniff(path)) return dsq__inspect_dsq(path, json, list, check);
     if (path && !config && dsq_wsrc_sniff_gguf(path)) return dsq__inspect_gguf(path, json, list);
+    size_t plen = path ? strlen(path) : 0;
+    if (path && !config && plen > 8 && !strcmp(path + plen - 8, ".imatrix")) return dsq__inspect_imatrix(path, json);
 
     source s = {0};
     dsq_err err = DSQ_ERR_INIT;

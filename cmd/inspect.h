@@ -12,6 +12,8 @@ void dsq__inspect_layers_json(const dsq_v4_config *cf);
 
 /* Returns the command's exit status. */
 int dsq__inspect_dsq(const char *path, bool json, bool list, bool check);
+/* `dsq inspect FILE.imatrix` (cmd/calibrate.c): weights, rows, routed-expert coverage per layer. */
+int dsq__inspect_imatrix(const char *path, bool json);
 
 /* `dsq inspect X.gguf` (cmd/inspect_gguf.c). */
 int dsq__inspect_gguf(const char *path, bool json, bool list);

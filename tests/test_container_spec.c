@@ -195,6 +195,9 @@ static void test_encodings(void **state) {
         {"INT4_G_ASYM", DSQ_FILE_ENC_INT4_G_ASYM}, {"I64", DSQ_FILE_ENC_I64},
         {"I32", DSQ_FILE_ENC_I32},           {"INT2_G_ASYM", DSQ_FILE_ENC_INT2_G_ASYM},
         {"FP8_R128_F32", DSQ_FILE_ENC_FP8_R128_F32}, {"FP8_ROW_E8M0", DSQ_FILE_ENC_FP8_ROW_E8M0},
+        {"Q2_K", DSQ_FILE_ENC_Q2_K},         {"Q3_K", DSQ_FILE_ENC_Q3_K},
+        {"Q4_K", DSQ_FILE_ENC_Q4_K},         {"Q5_K", DSQ_FILE_ENC_Q5_K},
+        {"Q6_K", DSQ_FILE_ENC_Q6_K},         {"IQ4_XS", DSQ_FILE_ENC_IQ4_XS},
         {NULL, 0},
     };
     assert_int_equal(t.rows, DSQ_FILE_ENC_MAX);
@@ -208,7 +211,8 @@ static void test_encodings(void **state) {
         else if (!strncmp(blk, "1 × 0", strlen("1 × 0"))) bc = 0;
         else if (!strncmp(blk, "1 × 16", strlen("1 × 16"))) bc = 16;
         else if (!strncmp(blk, "br × bc", strlen("br × bc"))) br = bc = 128;
-        uint64_t shape[3] = {2, 200, 96};
+        else if (!strncmp(blk, "1 × 256", strlen("1 × 256"))) bc = 256;
+        uint64_t shape[3] = {2, 200, bc == 256 ? 512 : 96}; /* k-quants: whole 256-column super-blocks */
         dsq_file_part_layout parts[DSQ_FILE_MAX_PARTS];
         int n = dsq_file_encoding_layout((uint32_t)v, 3, shape, br, bc, parts);
         assert_true(n >= 1);
@@ -243,6 +247,14 @@ static void test_encodings(void **state) {
     assert_int_equal(p[0].bytes, 2 * 200 * 24);
     assert_int_equal(p[1].bytes, 2 * 200 * 2 * 2);
     assert_int_equal(dsq_file_encoding_layout(99, 3, shape, 1, 64, p), -1);
+    /* k-quants: one U8 DATA part of 256-value super-blocks; columns must be whole super-blocks */
+    uint64_t kshape[3] = {2, 200, 512};
+    assert_int_equal(dsq_file_encoding_layout(DSQ_FILE_ENC_Q4_K, 3, kshape, 1, 256, p), 1);
+    assert_int_equal(p[0].bytes, 2 * 200 * 2 * 144);
+    assert_int_equal(dsq_file_encoding_layout(DSQ_FILE_ENC_Q2_K, 3, kshape, 1, 256, p), 1);
+    assert_int_equal(p[0].bytes, 2 * 200 * 2 * 84);
+    assert_int_equal(dsq_file_encoding_layout(DSQ_FILE_ENC_Q6_K, 3, shape, 1, 256, p), -3); /* 96 columns */
+    assert_int_equal(dsq_file_encoding_layout(DSQ_FILE_ENC_Q6_K, 3, kshape, 1, 32, p), -3);
     uint64_t huge[2] = {UINT64_MAX / 2, 3};
     assert_int_equal(dsq_file_encoding_layout(DSQ_FILE_ENC_F32, 2, huge, 0, 0, p), -5);
     free(spec);

@@ -84,6 +84,8 @@ static void test_vector_equals_scalar(void **state) {
         {"f32", 13, 40},    {"f32", 16, 128},   {"fp8-128x128", 13, 256},
         {"fp8-128x128", 136, 384}, {"fp8-128x128", 20, 200}, {"fp8-128x128-f32", 12, 256},
         {"mxfp4", 13, 64},  {"mxfp4", 136, 256}, {"mxfp4", 7, 96},   {"mxfp4", 24, 32},
+        {"q2_k", 13, 256},  {"q3_k", 9, 512},    {"q4_k", 136, 256}, {"q5_k", 7, 768},
+        {"q6_k", 24, 256},  {"q4_k", 4, 1024},
     };
     rng g = {0x5eed1234};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_case(&cases[i], &g);

@@ -43,12 +43,22 @@ const char *dsq_device_name(const dsq_device *d, char *buf, size_t cap);
  * with that index (DSQ_ERR_UNSUPPORTED with one line saying which is missing). */
 dsq_status dsq_device_check(const dsq_device *d, dsq_err *err);
 
+/* Calibration hook: called with the input of every linear layer that multiplies a whole weight
+ * matrix, before it runs: `weight` is the checkpoint name of the matrix (a routed expert's own name,
+ * `layers.L.ffn.experts.E.w1.weight`), x holds n rows of `cols` inputs (row stride ldx).  Called
+ * from the thread running the forward pass, one call at a time; linears run over row windows (the
+ * grouped output projection wo_a) are not reported. */
+typedef void (*dsq_linear_observer)(void *user, const char *weight, const float *x, size_t ldx, int64_t n,
+                                    uint64_t cols);
+
 typedef struct dsq_eval_options {
     dsq_numerics numerics; /* default EXACT */
     dsq_device device;     /* default cpu */
     int threads;           /* OpenMP threads; 0 (default) = the OpenMP default */
     bool no_shared_clamp;  /* default false: the shared expert is clamped like routed ones (spec §8.30) */
     bool force_scalar;     /* default false: use AVX2/FMA kernels when the CPU has them */
+    dsq_linear_observer observe; /* default NULL: see dsq_linear_observer */
+    void *observe_user;
 } dsq_eval_options;
 void dsq_eval_options_default(dsq_eval_options *o);
 /* "exact" / "release" → numerics; false if unknown. */

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "dsq_codec.h"
+#include "dsq_kquant.h"
 #include "dsq_core.h"
 #include "dsq_numeric.h"
 #include "v4_internal.h"
@@ -128,6 +129,13 @@ static void dequant_rows_avx2(const dsq_wview *w, uint64_t row0, uint64_t n, flo
         case DSQ_ENC_MXFP4:
             dequant_mxfp4_avx2(w, r, o);
             break;
+        case DSQ_ENC_Q2_K: /* k-quants: lib/quant/kernels_kquant.c, the scalar decoder's floats */
+        case DSQ_ENC_Q3_K:
+        case DSQ_ENC_Q4_K:
+        case DSQ_ENC_Q5_K:
+        case DSQ_ENC_Q6_K:
+            dsq_kquant_decode_rows(w->enc, w->data, cols, r, 1, o, true);
+            break;
         default:
             dsq__dequant_rows(w, r, 1, o);
             break; /* the other codecs: lib/quant */
@@ -145,7 +153,7 @@ dsq_qtensor dsq__qtensor_of(const dsq_wview *w) {
  * twins below).  Non-finite checks happen once at model load, not here. */
 void dsq__dequant_rows(const dsq_wview *w, uint64_t row0, uint64_t n, float *out) {
     dsq_qtensor q = dsq__qtensor_of(w);
-    dsq_codec_options o = {true, w->name, DSQ_ISA_SCALAR};
+    dsq_codec_options o = {.allow_nonfinite = true, .name = w->name, .isa = DSQ_ISA_SCALAR};
     (void)dsq_codec_decode(&q, row0, n, out, &o, NULL); /* descriptor validated at load */
 }
 

@@ -28,6 +28,8 @@ typedef struct dsq__run {
     bool rel;          /* release numerics */
     bool shared_clamp; /* spec §8.30 */
     const dsq__backend *be;
+    dsq_linear_observer observe; /* calibration hook (dsq_eval_options) */
+    void *observe_user;
     dsq_err *err;
 } dsq__run;
 

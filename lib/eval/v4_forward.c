@@ -85,6 +85,7 @@ done:
 }
 
 static dsq_status lin(const run *r, lin_mode mode, const dsq_wview *w, const float *x, int64_t n, float *y) {
+    if (r->observe && n > 0) r->observe(r->observe_user, w->name, x, (size_t)w->shape[1], n, w->shape[1]);
     return lin_rows(r, mode, w, 0, w->shape[0], x, (size_t)w->shape[1], n, y, (size_t)w->shape[0]);
 }
 
@@ -410,6 +411,8 @@ static dsq_status run_init(run *r, const dsq_v4_model *m, const dsq_eval_options
     r->c = &m->cfg;
     r->rel = opt->numerics == DSQ_NUMERICS_RELEASE;
     r->shared_clamp = !opt->no_shared_clamp;
+    r->observe = opt->observe;
+    r->observe_user = opt->observe_user;
     r->k.avx2 = m->cpu_avx2 && !opt->force_scalar;
     r->k.threads = opt->threads > 0 ? opt->threads : omp_get_max_threads();
     r->err = err;

@@ -21,6 +21,10 @@ _Static_assert((int)DSQ_FILE_ENC_INT4_G == (int)DSQ_ENC_INT4_G && (int)DSQ_FILE_
 _Static_assert((int)DSQ_FILE_ENC_FP8_R128_F32 == (int)DSQ_ENC_FP8_R128_F32 &&
                    (int)DSQ_FILE_ENC_FP8_ROW_E8M0 == (int)DSQ_ENC_FP8_ROW_E8M0,
                "encoding values");
+_Static_assert((int)DSQ_FILE_ENC_Q2_K == (int)DSQ_ENC_Q2_K && (int)DSQ_FILE_ENC_Q3_K == (int)DSQ_ENC_Q3_K &&
+                   (int)DSQ_FILE_ENC_Q4_K == (int)DSQ_ENC_Q4_K && (int)DSQ_FILE_ENC_Q5_K == (int)DSQ_ENC_Q5_K &&
+                   (int)DSQ_FILE_ENC_Q6_K == (int)DSQ_ENC_Q6_K && (int)DSQ_FILE_ENC_IQ4_XS == (int)DSQ_ENC_IQ4_XS,
+               "encoding values");
 _Static_assert((int)DSQ_FILE_DTYPE_F32 == (int)DSQ_DTYPE_F32 && (int)DSQ_FILE_DTYPE_F16 == (int)DSQ_DTYPE_F16 &&
                    (int)DSQ_FILE_DTYPE_BF16 == (int)DSQ_DTYPE_BF16 && (int)DSQ_FILE_DTYPE_F8_E4M3 == (int)DSQ_DTYPE_F8_E4M3 &&
                    (int)DSQ_FILE_DTYPE_F8_E8M0 == (int)DSQ_DTYPE_F8_E8M0 && (int)DSQ_FILE_DTYPE_I8 == (int)DSQ_DTYPE_I8 &&
@@ -57,6 +61,12 @@ const char *dsq_ctr_encoding_name(dsq_encoding e) {
     case DSQ_ENC_INT2_G_ASYM: return "int2-g-asym";
     case DSQ_ENC_FP8_R128_F32: return "fp8-1x128-f32";
     case DSQ_ENC_FP8_ROW_E8M0: return "fp8-row-e8m0";
+    case DSQ_ENC_Q2_K: return "q2_k";
+    case DSQ_ENC_Q3_K: return "q3_k";
+    case DSQ_ENC_Q4_K: return "q4_k";
+    case DSQ_ENC_Q5_K: return "q5_k";
+    case DSQ_ENC_Q6_K: return "q6_k";
+    case DSQ_ENC_IQ4_XS: return "iq4_xs";
     }
     return "unknown";
 }

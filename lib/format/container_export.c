@@ -117,7 +117,9 @@ static dsq_status plan_source(const char *f, const dsq_ctr_tensor *t, const dsq_
                                                               t->encoding == DSQ_ENC_INT4_G || t->encoding == DSQ_ENC_INT4_G_ASYM
                                                           ? dsq_ceil_div(cols, 2)
                                                       : t->encoding == DSQ_ENC_INT2_G_ASYM ? dsq_ceil_div(cols, 4)
-                                                                                           : cols);
+                                                      : dsq_file_kquant_block_bytes(t->encoding)
+                                                          ? cols / DSQ_FILE_KQUANT_BLOCK * dsq_file_kquant_block_bytes(t->encoding)
+                                                          : cols);
     uint64_t wshape[DSQ_FILE_MAX_RANK];
     memcpy(wshape, shape, sizeof wshape);
     dsq_dtype wd = t->parts[0].dtype;

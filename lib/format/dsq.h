@@ -134,8 +134,28 @@ enum dsq_file_encoding {
     DSQ_FILE_ENC_INT2_G_ASYM = 16,
     DSQ_FILE_ENC_FP8_R128_F32 = 17,
     DSQ_FILE_ENC_FP8_ROW_E8M0 = 18,
-    DSQ_FILE_ENC_MAX = 18,
+    DSQ_FILE_ENC_Q2_K = 19, /* GGML k-quant super-blocks of 256 values (spec §5.3) */
+    DSQ_FILE_ENC_Q3_K = 20,
+    DSQ_FILE_ENC_Q4_K = 21,
+    DSQ_FILE_ENC_Q5_K = 22,
+    DSQ_FILE_ENC_Q6_K = 23,
+    DSQ_FILE_ENC_IQ4_XS = 24,
+    DSQ_FILE_ENC_MAX = 24,
 };
+
+/* Bytes of one 256-value super-block of a k-quant encoding (ggml block_qN_K), 0 for the others. */
+enum { DSQ_FILE_KQUANT_BLOCK = 256 };
+static inline uint64_t dsq_file_kquant_block_bytes(uint32_t encoding) {
+    switch (encoding) {
+    case DSQ_FILE_ENC_Q2_K: return 84;
+    case DSQ_FILE_ENC_Q3_K: return 110;
+    case DSQ_FILE_ENC_Q4_K: return 144;
+    case DSQ_FILE_ENC_Q5_K: return 176;
+    case DSQ_FILE_ENC_Q6_K: return 210;
+    case DSQ_FILE_ENC_IQ4_XS: return 136;
+    default: return 0;
+    }
+}
 
 /* Tensor record fixed part: byte offsets (spec §5.1). */
 enum dsq_file_record_offset {
@@ -264,6 +284,14 @@ static inline int dsq_file_encoding_layout(uint32_t encoding, int rank, const ui
     }
     if (encoding < 1 || encoding > DSQ_FILE_ENC_MAX) return -1;
     if (rank < 2) return -2;
+    if (dsq_file_kquant_block_bytes(encoding)) { /* one DATA part of whole super-blocks per row */
+        if (block_rows != 1 || block_cols != DSQ_FILE_KQUANT_BLOCK || cols % DSQ_FILE_KQUANT_BLOCK != 0) return -3;
+        parts[0].dtype = DSQ_FILE_DTYPE_U8;
+        if (!dsq_file_mul(batch, rows, &t) ||
+            !dsq_file_mul(t, cols / DSQ_FILE_KQUANT_BLOCK * dsq_file_kquant_block_bytes(encoding), &parts[0].bytes))
+            return -5;
+        return 1;
+    }
     {
         /* Blocked encodings: validate the block, then rows of scale groups. */
         uint64_t br = block_rows, bc = block_cols, groups, packed, rb;

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "codec_internal.h"
+#include "dsq_kquant.h"
 
 /* One row per dsq_encoding value (dsq_codec.h has the same table in prose). */
 static const dsq__codec_info infos[] = {
@@ -25,6 +26,13 @@ static const dsq__codec_info infos[] = {
     {DSQ_ENC_INT2_G_ASYM, "int2", DSQ__K_INT2A, 2, 1, DSQ__BC_GROUP, DSQ__SC_F16, true},
     {DSQ_ENC_I64, "i64", DSQ__K_RAW, 64, 0, 0, DSQ__SC_NONE, false},
     {DSQ_ENC_I32, "i32", DSQ__K_RAW, 32, 0, 0, DSQ__SC_NONE, false},
+    /* k-quants: bits is nominal; rows are cols/256 blocks (dsq_kquant_block_bytes) */
+    {DSQ_ENC_Q2_K, "q2_k", DSQ__K_KQUANT, 2, 0, DSQ_KQ_BLOCK, DSQ__SC_NONE, false},
+    {DSQ_ENC_Q3_K, "q3_k", DSQ__K_KQUANT, 3, 0, DSQ_KQ_BLOCK, DSQ__SC_NONE, false},
+    {DSQ_ENC_Q4_K, "q4_k", DSQ__K_KQUANT, 4, 0, DSQ_KQ_BLOCK, DSQ__SC_NONE, false},
+    {DSQ_ENC_Q5_K, "q5_k", DSQ__K_KQUANT, 5, 0, DSQ_KQ_BLOCK, DSQ__SC_NONE, false},
+    {DSQ_ENC_Q6_K, "q6_k", DSQ__K_KQUANT, 6, 0, DSQ_KQ_BLOCK, DSQ__SC_NONE, false},
+    {DSQ_ENC_IQ4_XS, "iq4_xs", DSQ__K_KQUANT, 4, 0, DSQ_KQ_BLOCK, DSQ__SC_NONE, false},
 };
 
 const dsq__codec_info *dsq__codec_info_of(dsq_encoding enc) {
@@ -68,9 +76,17 @@ dsq_status dsq_codec_layout_of(dsq_encoding enc, uint64_t rows, uint64_t cols, i
                       "encoding %s has no group parameter (got %d)", in->name, group);
     }
     uint64_t bits_row;
-    DSQ_RETURN_IF(!dsq_mul_u64(cols, (uint64_t)in->bits, &bits_row) || !dsq_add_u64(bits_row, 7, &bits_row), err,
-                  DSQ_ERR_OVERFLOW, "row of %llu columns overflows", (unsigned long long)cols);
-    L.row_bytes = bits_row / 8;
+    if (in->kind == DSQ__K_KQUANT) {
+        DSQ_RETURN_IF(cols % DSQ_KQ_BLOCK != 0, err, DSQ_ERR_SHAPE,
+                      "encoding %s needs a multiple of %d columns (got %llu)", in->name, DSQ_KQ_BLOCK,
+                      (unsigned long long)cols);
+        DSQ_RETURN_IF(!dsq_mul_u64(cols / DSQ_KQ_BLOCK, (uint64_t)dsq_kquant_block_bytes(enc), &L.row_bytes), err,
+                      DSQ_ERR_OVERFLOW, "row of %llu columns overflows", (unsigned long long)cols);
+    } else {
+        DSQ_RETURN_IF(!dsq_mul_u64(cols, (uint64_t)in->bits, &bits_row) || !dsq_add_u64(bits_row, 7, &bits_row), err,
+                      DSQ_ERR_OVERFLOW, "row of %llu columns overflows", (unsigned long long)cols);
+        L.row_bytes = bits_row / 8;
+    }
     DSQ_RETURN_IF(!dsq_mul_u64(rows, L.row_bytes, &L.data_bytes), err, DSQ_ERR_OVERFLOW,
                   "%llu x %llu tensor overflows", (unsigned long long)rows, (unsigned long long)cols);
     if (in->scale != DSQ__SC_NONE) {
@@ -136,7 +152,7 @@ dsq_status dsq_codec_parse(const char *name, dsq_encoding *enc, int *group, dsq_
     return dsq_err_set(err, DSQ_ERR_ARG,
                        "unknown encoding '%s' (known: f32 f16 bf16 fp8-128x128 fp8-128x128-f32 fp8-1x128 "
                        "fp8-1x128-f32 fp8-row fp8-row-e8m0 mxfp4 nvfp4 int8-row int8-gG int4-gG int4-gG-asym "
-                       "int2-gG-asym i64 i32; G = 16..256)",
+                       "int2-gG-asym i64 i32 q2_k q3_k q4_k q5_k q6_k iq4_xs; G = 16..256)",
                        name);
 }
 
@@ -169,7 +185,9 @@ void dsq__qv_init(dsq__qv *v, const dsq_qtensor *t) {
     memset(v, 0, sizeof *v);
     v->t = t;
     v->info = dsq__codec_info_of(t->enc);
-    v->row_bytes = (t->cols * (uint64_t)v->info->bits + 7) / 8;
+    v->row_bytes = v->info->kind == DSQ__K_KQUANT
+                       ? t->cols / DSQ_KQ_BLOCK * (uint64_t)dsq_kquant_block_bytes(t->enc)
+                       : (t->cols * (uint64_t)v->info->bits + 7) / 8;
     v->brows = v->info->block_rows > 0 ? (uint64_t)v->info->block_rows : 1;
     v->bcols = v->info->block_cols == DSQ__BC_GROUP ? (uint64_t)t->group
                : v->info->block_cols == DSQ__BC_ROW ? (t->cols ? t->cols : 1)

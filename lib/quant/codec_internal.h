@@ -18,6 +18,7 @@ typedef enum dsq__kind {
     DSQ__K_INT4A, /* u × F16 + F16 */
     DSQ__K_INT2A, /* u × F16 + F16, 2-bit */
     DSQ__K_RAW,   /* integers: copy only */
+    DSQ__K_KQUANT, /* GGML k-quant super-blocks of 256 (kernels_kquant.c) */
 } dsq__kind;
 
 /* Column block of a scale: a positive width, whole-row, or the tensor's `group`. */
@@ -131,6 +132,18 @@ bool dsq__all_finite_avx2(const float *x, uint64_t n);
 /* Encode rows of an INT8/INT4/INT2 encoding (allocates one row of scratch). */
 dsq_status dsq__encode_int_rows(const dsq__qv *v, dsq_qtensor_buf *dst, const float *x, uint64_t row0,
                                 uint64_t nrows, dsq_isa isa, bool finite, const char *name, dsq_err *err);
+
+/* ---- k-quants (encode_kquant.c, kernels_kquant.c) ----
+ * Row r of a k-quant tensor is cols/256 blocks of dsq_kquant_block_bytes(enc) bytes. */
+void dsq__kq_decode_span(const dsq__qv *v, uint64_t r, uint64_t c0, uint64_t n, float *out);
+float dsq__kq_dot_row(const dsq__qv *v, uint64_t r, const float *x);
+float dsq__kq_dot_row_avx2(const dsq__qv *v, uint64_t r, const float *x); /* same bits */
+void dsq__kq_decode_block_avx2(dsq_encoding enc, const uint8_t *blk, float *out); /* same floats */
+/* dsq_kquant_encode with the ISA of the error evaluation chosen (the bytes are the same for both). */
+dsq_status dsq__kquant_encode_isa(dsq_encoding enc, const float *x, uint64_t rows, uint64_t cols,
+                                  const float *importance, bool allow_nonfinite, void *dst, dsq_isa isa, dsq_err *err);
+/* Whether a block's F16 super-scales are finite. */
+bool dsq__kq_block_finite(dsq_encoding enc, const uint8_t *blk);
 
 /* NVFP4 block of n ≤ 16 values with tensor scale ts: n nibbles (one per byte) and the E4M3 scale. */
 void dsq__nvfp4_encode_block(const float *x, int n, float ts, uint8_t *nibbles, uint8_t *scale);

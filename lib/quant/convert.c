@@ -95,6 +95,12 @@ static void target_block(const dsq_convert_plan *p, dsq_encoding e, int group, u
     case DSQ_ENC_INT4_G:
     case DSQ_ENC_INT4_G_ASYM:
     case DSQ_ENC_INT2_G_ASYM: *br = 1, *bc = (uint32_t)group; return;
+    case DSQ_ENC_Q2_K:
+    case DSQ_ENC_Q3_K:
+    case DSQ_ENC_Q4_K:
+    case DSQ_ENC_Q5_K:
+    case DSQ_ENC_Q6_K:
+    case DSQ_ENC_IQ4_XS: *br = 1, *bc = DSQ_FILE_KQUANT_BLOCK; return;
     default: *br = *bc = 0; return;
     }
 }
@@ -209,6 +215,11 @@ static dsq_status finish_out(dsq_convert_plan *p, cv_out *o, dsq_err *err) {
     }
     dsq_file_part_layout lay[DSQ_FILE_MAX_PARTS];
     int np = dsq_file_encoding_layout((uint32_t)o->enc, o->rank, o->shape, o->br, o->bc, lay);
+    DSQ_RETURN_IF(np < 0 && dsq_file_kquant_block_bytes((uint32_t)o->enc) && o->rank >= 2 &&
+                      o->shape[o->rank - 1] % DSQ_FILE_KQUANT_BLOCK != 0,
+                  err, DSQ_ERR_SHAPE, "%s: tensor %s: encoding %s needs rows of whole %d-value super-blocks (%llu columns)",
+                  dir_of(p), o->name, dsq_ctr_encoding_name(o->enc), DSQ_FILE_KQUANT_BLOCK,
+                  (unsigned long long)o->shape[o->rank - 1]);
     DSQ_RETURN_IF(np < 0, err, DSQ_ERR_ARG, "%s: tensor %s: encoding %s is not possible for this shape (code %d)",
                   dir_of(p), o->name, dsq_ctr_encoding_name(o->enc), np);
     o->bytes_out = 0;

@@ -13,6 +13,7 @@
 
 #include "convert_internal.h"
 #include "dsq_codec.h"
+#include "dsq_kquant.h"
 
 #define CHUNK_SRC (32u << 20)
 #define SLAB 128u
@@ -308,6 +309,9 @@ dsq_status dsq__cv_run_reencode(dsq_convert_plan *p, dsq_ctr_writer *w, uint32_t
         for (int e = 0; e < nerr; e++) dsq_err_init(&terr[e]);
         float got_ts = x->ts, ts = x->ts;
         const char *name = s->w->name;
+        const float *imp = p->opt.imatrix && dsq_kquant_block_bytes(o->enc)
+                               ? dsq_imatrix_importance(p->opt.imatrix, name, x->c.cols) /* before the team */
+                               : NULL;
 #pragma omp parallel num_threads(nt) if (nt > 1)
         {
 #pragma omp single nowait
@@ -323,7 +327,7 @@ dsq_status dsq__cv_run_reencode(dsq_convert_plan *p, dsq_ctr_writer *w, uint32_t
                 dsq_qtensor_buf dst = {o->enc, m, x->c.cols, o->group, od + a * x->c.dl.row_bytes,
                                        x->d_scale_row ? os + (a / x->drb) * x->d_scale_row : NULL,
                                        x->d_min_row ? om + (a / x->drb) * x->d_min_row : NULL, ts};
-                dsq_codec_options co = {.allow_nonfinite = p->opt.allow_nonfinite, .name = name};
+                dsq_codec_options co = {.allow_nonfinite = p->opt.allow_nonfinite, .name = name, .importance = imp};
                 int tid = omp_get_thread_num() % nerr;
                 dsq_status est = dsq_codec_reencode(&src, &dst, &co, NULL, &terr[tid]);
                 if (!split) got_ts = dst.tensor_scale;

@@ -39,10 +39,15 @@
  * | INT4_G_ASYM       | int4-gG-asym        | 4    | 1 x G     | F16 + F16 min  | f32(u · s) + m, u 0..15|
  * | INT2_G_ASYM       | int2-gG-asym        | 2    | 1 x G     | F16 + F16 min  | f32(u · s) + m, u 0..3 |
  * | I64 / I32         | i64 / i32           | 64/32| -         | -              | integers (copy only)   |
+ * | Q2_K … Q6_K       | q2_k … q6_k         | 2.625…6.5625 | 1 x 256 super-blocks, scales inside (dsq_kquant.h) | GGML k-quants |
+ * | IQ4_XS            | iq4_xs              | 4.25 | 1 x 256 super-blocks, non-linear 4-bit codebook  | GGML IQ4_XS |
  *
  * G (dsq_qtensor.group) is one of 16, 32, 64, 128, 256 for the group encodings; for the others
  * `group` must be 0 or the fixed block width of the table.  INT4_G stores q as a two's-complement
  * nibble (formats/spec/dsq.md §5.3).  UE8M0 byte 255 and e4m3 codes 0x7F/0xFF are NaN.  NVFP4 has one F32 tensor scale ts.
+ *
+ * K-quant rows are cols/256 GGML super-blocks (row_bytes = cols/256 · 84, 110, 144, 176 or 210; cols
+ * must be a multiple of 256, else DSQ_ERR_SHAPE); they have no scale or min parts.
  *
  * ---- Quantization rules (encode) ----------------------------------------------------------------
  * FP8 with UE8M0 scales (spec §2.6): per block s = pow2ceil(max(amax, 1e-4)/448),
@@ -56,6 +61,7 @@
  *   squares.  An all-zero group gets scale 0 (and min 0); nothing is divided by a zero scale.
  *   The AVX2 search performs the same IEEE operations as the scalar one: encoded bytes never depend
  *   on the CPU (or on how a tensor is split into slabs).
+ * K-quants: the importance-weighted search of dsq_kquant.h (weight 1 per column through this API).
  * Huge values saturate (to ±448·s, ±6·s, the F16 scale range); denormal inputs are quantized like
  * any other value.
  *
@@ -151,6 +157,9 @@ typedef struct dsq_codec_options {
     bool allow_nonfinite;  /* default false: NaN/Inf → DSQ_ERR_NONFINITE */
     const char *name;      /* tensor name used in messages; may be NULL */
     dsq_isa isa;           /* default AUTO */
+    /* k-quant encodings: per-column importance of the tensor being encoded ([cols], finite, >= 0;
+     * e.g. dsq_imatrix_importance), NULL (default) = plain squared error; other encodings ignore it */
+    const float *importance;
 } dsq_codec_options;
 
 /* ---- encode / decode ---------------------------------------------------------------------------- */

@@ -13,6 +13,7 @@
 
 #include "dsq_container.h"
 #include "dsq_core.h"
+#include "dsq_imatrix.h"
 #include "dsq_recipe.h"
 
 typedef struct dsq_convert_options {
@@ -28,6 +29,10 @@ typedef struct dsq_convert_options {
                                  churn); true: plain buffered writes, verification at the end */
     bool force;               /* allow re-encoding protected tensors */
     bool allow_nonfinite;     /* pass NaN/Inf through the codecs instead of failing */
+    /* importance for the k-quant targets (borrowed; NULL = none): each source weight with an entry
+     * of its width seen over >= DSQ_IMATRIX_MIN_ROWS rows is encoded with Σx²/rows per column,
+     * the others (and every other encoding) by plain squared error */
+    dsq_imatrix *imatrix;
     const char *const *command; /* canonical arguments recorded in the provenance (NULL-terminated) */
     bool progress;            /* progress line on a TTY (dsq_progress rules) */
     /* Called after each tensor is written and journaled (n = tensors written in this run). */

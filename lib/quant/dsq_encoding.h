@@ -23,6 +23,14 @@ typedef enum dsq_encoding {
     DSQ_ENC_INT2_G_ASYM = 16, /* uint2 packed four per byte (lowest bits = first col), F16 scale + F16 min per group */
     DSQ_ENC_FP8_R128_F32 = 17, /* e4m3, 1x128 blocks along cols, F32 scales [rows, ceil(cols/128)] */
     DSQ_ENC_FP8_ROW_E8M0 = 18, /* e4m3, one UE8M0 scale per row [rows] */
+    /* GGML k-quants: rows of 256-value super-blocks, byte-identical to ggml's block_qN_K
+     * (lib/quant/dsq_kquant.h); no separate scale part */
+    DSQ_ENC_Q2_K = 19, /* 84 B per 256 values (GGML_TYPE_Q2_K = 10) */
+    DSQ_ENC_Q3_K = 20, /* 110 B (GGML_TYPE_Q3_K = 11) */
+    DSQ_ENC_Q4_K = 21, /* 144 B (GGML_TYPE_Q4_K = 12) */
+    DSQ_ENC_Q5_K = 22, /* 176 B (GGML_TYPE_Q5_K = 13) */
+    DSQ_ENC_Q6_K = 23, /* 210 B (GGML_TYPE_Q6_K = 14) */
+    DSQ_ENC_IQ4_XS = 24, /* 136 B, non-linear 4-bit codebook (GGML_TYPE_IQ4_XS = 23) */
 } dsq_encoding;
 
 #endif

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "codec_internal.h"
+#include "dsq_kquant.h"
 
 
 /* F16 value of a scale or min, saturated to the F16 range; NaN/Inf never reach here. */
@@ -226,6 +227,9 @@ dsq_status dsq_codec_encode(dsq_qtensor_buf *dst, const float *x, uint64_t row0,
     case DSQ__K_INT4:
     case DSQ__K_INT4A:
     case DSQ__K_INT2A: return dsq__encode_int_rows(&v, dst, x, row0, nrows, isa, finite, nm, err);
+    case DSQ__K_KQUANT: /* non-finite values were checked above */
+        return dsq__kquant_encode_isa(dst->enc, x, nrows, cols, o.importance, true,
+                                      (uint8_t *)dst->data + row0 * v.row_bytes, isa, err);
     case DSQ__K_RAW: break;
     }
     return DSQ_OK;

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "codec_internal.h"
+#include "dsq_kquant.h"
 
 enum { GEMM_CHUNK = 512 }; /* columns dequantized at a time by the batched kernels (multiple of every block) */
 
@@ -41,6 +42,7 @@ void dsq__decode_span_scalar(const dsq__qv *v, uint64_t r, uint64_t c0, uint64_t
         for (uint64_t i = 0; i < n; i++) out[i] = dsq_bf16_to_f32(u16_at(row, c0 + i));
         return;
     case DSQ__K_RAW: memset(out, 0, n * 4); return;
+    case DSQ__K_KQUANT: dsq__kq_decode_span(v, r, c0, n, out); return;
     default: break;
     }
     uint64_t c = c0, end = c0 + n;
@@ -85,6 +87,7 @@ float dsq__dot_row_scalar(const dsq__qv *v, uint64_t r, const float *x) {
         for (uint64_t c = 0; c < cols; c++) acc += dsq_bf16_to_f32(u16_at(row, c)) * x[c];
         return acc;
     case DSQ__K_RAW: return 0.0f;
+    case DSQ__K_KQUANT: return dsq__kq_dot_row(v, r, x);
     default: break;
     }
     /* block by block: Σ_blocks s·Σ q·x (+ m·Σ x) */
@@ -232,6 +235,15 @@ dsq_status dsq_codec_check_finite(const dsq_qtensor *t, const char *name, dsq_er
                 return dsq_err_set(err, DSQ_ERR_NONFINITE, "%s: element [%llu, %llu] is NaN or infinite", nm,
                                    (unsigned long long)r, (unsigned long long)c);
         }
+    }
+    if (k == DSQ__K_KQUANT) { /* codes are integers: only the F16 super-scales can be non-finite */
+        uint64_t bb = (uint64_t)dsq_kquant_block_bytes(t->enc), nb = t->cols / DSQ_KQ_BLOCK;
+        for (uint64_t r = 0; r < t->rows; r++)
+            for (uint64_t b = 0; b < nb; b++)
+                if (!dsq__kq_block_finite(t->enc, d + r * v.row_bytes + b * bb))
+                    return dsq_err_set(err, DSQ_ERR_NONFINITE, "%s: super-block %llu of row %llu has a NaN or infinite scale",
+                                       nm, (unsigned long long)b, (unsigned long long)r);
+        return DSQ_OK;
     }
     if (v.info->scale == DSQ__SC_NONE) return DSQ_OK;
     uint64_t srows = dsq_ceil_div(t->rows, v.brows);

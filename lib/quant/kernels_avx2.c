@@ -105,7 +105,8 @@ AVX2 void dsq__decode_span_avx2(const dsq__qv *v, uint64_t r, uint64_t c0, uint6
         }
         if (c < end) dsq__decode_span_scalar(v, r, c, end - c, out + (c - c0));
         return;
-    case DSQ__K_RAW: dsq__decode_span_scalar(v, r, c0, n, out); return;
+    case DSQ__K_RAW:
+    case DSQ__K_KQUANT: dsq__decode_span_scalar(v, r, c0, n, out); return;
     default: break;
     }
     while (c < end) {
@@ -246,6 +247,7 @@ AVX2 float dsq__dot_row_avx2(const dsq__qv *v, uint64_t r, const float *x) {
         }
         return hsum(_mm256_add_ps(acc0, acc1)) + tail;
     case DSQ__K_RAW: return 0.0f;
+    case DSQ__K_KQUANT: return dsq__kq_dot_row_avx2(v, r, x);
     default: break;
     }
     bool fp4 = k == DSQ__K_MXFP4 || k == DSQ__K_NVFP4;

@@ -1,0 +1,164 @@
+/* dsq-command: calibrate | collect an importance matrix (sum of x^2 per input column of every linear) over a text */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cmd.h"
+#include "dsq_imatrix.h"
+#include "eval_metrics.h"
+#include "inspect.h"
+
+static void help(void) {
+    printf("usage: dsq calibrate MODEL TEXTFILE|--tokens FILE --out FILE.imatrix [options]\n\n"
+           "Runs the reference forward pass over the text (chunks of --ctx tokens, as `dsq eval ppl`) and\n"
+           "collects, for the input of every linear layer, the sum of x^2 per input column and the number of\n"
+           "token rows (routed experts separately, with the tokens routed to each).  Writes an imatrix file\n"
+           "(formats/spec/imatrix.md) that `dsq convert --imatrix` feeds to the k-quant encoders, and prints\n"
+           "the routed-expert coverage: tokens per expert per layer and the experts below %d tokens, which\n"
+           "the quantizer encodes without importance (plain squared error).\n\n",
+           DSQ_IMATRIX_MIN_ROWS);
+    printf("  --out FILE             the imatrix (safetensors: NAME.in_sum2 [cols], NAME.counts [1])\n"
+           "  --overwrite            replace FILE if it exists\n"
+           "  --tokens FILE          pre-tokenized ids instead of TEXTFILE\n");
+    dsq__cmd_score_option_help(stdout);
+}
+
+static void progress(void *user, const dsq_score_progress *p) {
+    fprintf(stderr, "calibrate: %llu/%llu positions, ppl %.5g\n", (unsigned long long)p->done,
+            (unsigned long long)p->total, p->ppl.ppl);
+    (void)user;
+}
+
+/* "layers.L.ffn.experts.E.wK.weight" → L, E (else false). */
+static bool expert_of(const char *name, int *layer, int *expert, int *proj) {
+    int l, e, k, n = 0;
+    if (sscanf(name, "layers.%d.ffn.experts.%d.w%d.weight%n", &l, &e, &k, &n) != 3 || name[n]) return false;
+    *layer = l, *expert = e, *proj = k;
+    return true;
+}
+
+/* Routed-expert coverage: tokens per expert per layer, the experts below DSQ_IMATRIX_MIN_ROWS. */
+static void coverage(const dsq_imatrix *m, bool json) {
+    size_t n = dsq_imatrix_count(m);
+    int max_l = -1, max_e = -1;
+    for (size_t i = 0; i < n; i++) {
+        int l, e, k;
+        if (expert_of(dsq_imatrix_name(m, i), &l, &e, &k)) max_l = l > max_l ? l : max_l, max_e = e > max_e ? e : max_e;
+    }
+    if (!json) printf("%zu weights observed\n", n);
+    if (max_l < 0) {
+        if (json) printf("{\"weights\": %zu, \"min_rows\": %d, \"layers\": []}\n", n, DSQ_IMATRIX_MIN_ROWS);
+        return;
+    }
+    uint64_t *tok = calloc((size_t)(max_l + 1) * (size_t)(max_e + 1), sizeof *tok);
+    if (!tok) return;
+    for (size_t i = 0; i < n; i++) {
+        int l, e, k;
+        if (expert_of(dsq_imatrix_name(m, i), &l, &e, &k) && k == 1) tok[l * (max_e + 1) + e] = dsq_imatrix_rows(m, i);
+    }
+    if (json) {
+        printf("{\"weights\": %zu, \"min_rows\": %d, \"layers\": [", n, DSQ_IMATRIX_MIN_ROWS);
+        for (int l = 0; l <= max_l; l++) {
+            printf("%s{\"layer\": %d, \"expert_tokens\": [", l ? ", " : "", l);
+            for (int e = 0; e <= max_e; e++)
+                printf("%s%llu", e ? ", " : "", (unsigned long long)tok[l * (max_e + 1) + e]);
+            printf("]}");
+        }
+        printf("]}\n");
+        free(tok);
+        return;
+    }
+    printf("routed-expert tokens per layer (experts below %d tokens are quantized without importance):\n",
+           DSQ_IMATRIX_MIN_ROWS);
+    for (int l = 0; l <= max_l; l++) {
+        uint64_t lo = UINT64_MAX, hi = 0, sum = 0;
+        int below = 0;
+        for (int e = 0; e <= max_e; e++) {
+            uint64_t t = tok[l * (max_e + 1) + e];
+            lo = t < lo ? t : lo, hi = t > hi ? t : hi, sum += t;
+            below += t < DSQ_IMATRIX_MIN_ROWS;
+        }
+        printf("  layer %d: min %llu, mean %.1f, max %llu tokens; %d of %d experts below the threshold", l,
+               (unsigned long long)lo, (double)sum / (max_e + 1), (unsigned long long)hi, below, max_e + 1);
+        if (below) {
+            printf(" (");
+            for (int e = 0, k = 0; e <= max_e; e++)
+                if (tok[l * (max_e + 1) + e] < DSQ_IMATRIX_MIN_ROWS) printf("%s%d", k++ ? " " : "", e);
+            printf(")");
+        }
+        printf("\n");
+    }
+    free(tok);
+}
+
+int dsq__inspect_imatrix(const char *path, bool json) {
+    dsq_err e = DSQ_ERR_INIT;
+    dsq_imatrix *m = NULL;
+    if (dsq_imatrix_load(path, &m, &e) != DSQ_OK) return dsq_cmd_fail("inspect", &e);
+    if (!json) printf("%s: imatrix, ", path);
+    coverage(m, json);
+    dsq_imatrix_free(m);
+    return DSQ_EXIT_OK;
+}
+
+int dsq_cmd_calibrate(int argc, char **argv) {
+    const char *me = "calibrate";
+    if (dsq_cmd_wants_help(argc, argv)) {
+        help();
+        return DSQ_EXIT_OK;
+    }
+    dsq_score_options so;
+    dsq_score_options_default(&so);
+    const char *pos[2] = {NULL, NULL}, *tokens = NULL, *out = NULL;
+    int npos = 0;
+    bool overwrite = false;
+    for (int i = 1; i < argc; i++) {
+        int r = dsq__cmd_score_option(me, argc, argv, &i, &so);
+        if (r < 0) return DSQ_EXIT_USAGE;
+        if (r > 0) continue;
+        const char *a = argv[i];
+        if (!strcmp(a, "--out") && i + 1 < argc)
+            out = argv[++i];
+        else if (!strcmp(a, "--tokens") && i + 1 < argc)
+            tokens = argv[++i];
+        else if (!strcmp(a, "--overwrite"))
+            overwrite = true;
+        else if (a[0] == '-' && a[1])
+            return dsq_cmd_usage_error(me, "unknown or incomplete option '%s'", a);
+        else if (npos < 2)
+            pos[npos++] = a;
+        else
+            return dsq_cmd_usage_error(me, "unexpected argument '%s'", a);
+    }
+    if (npos < 1) return dsq_cmd_usage_error(me, "missing MODEL");
+    if ((npos == 2) == (tokens != NULL)) return dsq_cmd_usage_error(me, "give TEXTFILE or --tokens FILE");
+    if (!out) return dsq_cmd_usage_error(me, "--out FILE is required");
+    dsq_signals_install();
+    dsq_err e = DSQ_ERR_INIT;
+    dsq_v4_model *m = NULL;
+    dsq_imatrix *imx = NULL;
+    int32_t *ids = NULL;
+    uint64_t n = 0;
+    dsq_status s = dsq_imatrix_create(&imx, &e);
+    if (s == DSQ_OK) s = dsq_v4_model_open(pos[0], &m, &e);
+    if (s == DSQ_OK) s = dsq__cmd_load_tokens(pos[0], npos > 1 ? pos[1] : NULL, tokens, &ids, &n, &e);
+    so.eval.observe = dsq_imatrix_observe;
+    so.eval.observe_user = imx;
+    so.progress = progress;
+    dsq_ppl_result r;
+    if (s == DSQ_OK) s = dsq_score_ppl(m, &so, ids, n, &r, &e);
+    if (s == DSQ_OK) s = dsq_imatrix_error(imx, &e);
+    if (s == DSQ_OK) s = dsq_imatrix_save(imx, out, overwrite, &e);
+    if (s == DSQ_OK) {
+        printf("%s: ppl %.5g over %llu scored positions\n", out, r.ppl, (unsigned long long)r.n);
+        coverage(imx, false);
+    }
+    dsq_free(ids);
+    dsq_v4_model_close(m);
+    dsq_imatrix_free(imx);
+    if (s == DSQ_ERR_INTERRUPTED) {
+        dsq_err_print(&e, stderr, "dsq calibrate: ");
+        dsq_err_clear(&e);
+        return DSQ_EXIT_INTERRUPTED;
+    }
+    return s == DSQ_OK ? DSQ_EXIT_OK : dsq_cmd_fail(me, &e);
+}
