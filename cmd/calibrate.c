@@ -140,7 +140,7 @@ int dsq_cmd_calibrate(int argc, char **argv) {
     uint64_t n = 0;
     dsq_status s = dsq_imatrix_create(&imx, &e);
     if (s == DSQ_OK) s = dsq_v4_model_open(pos[0], &m, &e);
-    if (s == DSQ_OK) s = dsq__cmd_load_tokens(pos[0], npos > 1 ? pos[1] : NULL, tokens, &ids, &n, &e);
+    if (s == DSQ_OK) s = dsq__cmd_load_tokens(pos[0], npos > 1 ? pos[1] : NULL, tokens, dsq_score_text_bound(&so), &ids, &n, &e);
     so.eval.observe = dsq_imatrix_observe;
     so.eval.observe_user = imx;
     so.progress = progress;
