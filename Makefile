@@ -28,13 +28,16 @@ endif
 CU_SRC   := $(wildcard kernels/*.cu)
 ifeq ($(HAVE_NVCC)$(if $(CU_SRC),1,),11)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC)))
-ALL_CFLAGS += -DDSQ_HAVE_CUDA=1 -I$(CUDA_HOME)/include -Ikernels
-LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++
+# The kernels become a plugin, $(BUILD)/libdsq_cuda.so, that lib/eval/cuda_plugin.c loads with dlopen on
+# first use: dsq itself does not link cudart/cuBLAS (that cost ~1.5 s and ~200 MB per process start).
+CUDA_PLUGIN := $(BUILD)/libdsq_cuda.so
+ALL_CFLAGS += -DDSQ_HAVE_CUDA=1 -DDSQ_CUDA_PLUGIN='"$(abspath $(CUDA_PLUGIN))"' -Ikernels
+LDLIBS   += -ldl
 CU_OBJ   := $(patsubst %.cu,$(BUILD)/%.o,$(CU_SRC))
 endif
 
 LIB_SRC  := $(sort $(wildcard lib/*/*.c))
-LIB_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC)) $(CU_OBJ)
+LIB_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC))
 CMD_SRC  := $(sort $(wildcard cmd/*.c))
 CMD_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(CMD_SRC))
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
@@ -52,7 +55,7 @@ GPU_DATA ?= .gpu-data
 .PHONY: all test test-asan bench demo deps clean help fuzz check-flash-layer test-gpu gpu-data FORCE
 .DEFAULT_GOAL := all
 
-all: $(BUILD)/dsq $(BUILD)/libdsq.a
+all: $(BUILD)/dsq $(BUILD)/libdsq.a $(CUDA_PLUGIN)
 
 help:
 	@echo "targets: all (dsq + libdsq.a), test, test-asan, bench, demo, deps, clean, test-gpu, gpu-data"
@@ -89,7 +92,10 @@ $(BUILD)/%.o: %.c | $(BUILD)/gen/commands.inc
 $(BUILD)/kernels/%.o: kernels/%.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) -O2 -arch=$(CUDA_ARCH) -Werror all-warnings -Ilib -Ilib/core -Ilib/format -Ilib/quant -Ilib/eval -Ikernels \
-	  -Xcompiler -Wall,-Wextra,-Werror -MMD -MP -c $< -o $@
+	  -Xcompiler -fPIC,-Wall,-Wextra,-Werror -MMD -MP -c $< -o $@
+
+$(CUDA_PLUGIN): $(CU_OBJ)
+	$(NVCC) -shared -arch=$(CUDA_ARCH) -o $@ $^ -lcublas -lcudart -Xlinker -Bsymbolic
 
 $(BUILD)/libdsq.a: $(LIB_OBJ)
 	@rm -f $@
@@ -143,7 +149,7 @@ test-asan: deps
 	  DSQ_SHARED=$(abspath $(SHARED)) DSQ_BIN=$(abspath build-asan/dsq) DSQ_BUILD=$(abspath build-asan) DSQ_ASAN=1 \
 	  tests/run-tests.sh $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN))
 
-bench: deps $(BUILD)/dsq $(BENCH_BIN) $(TOK_JSON) $(GGML_LIB)
+bench: deps $(BUILD)/dsq $(CUDA_PLUGIN) $(BENCH_BIN) $(TOK_JSON) $(GGML_LIB)
 	@for b in $(BENCH_BIN); do echo "== $$b"; DSQ_BIN=$(abspath $(BUILD)/dsq) $$b || exit 1; done
 
 # ---- GPU (issue 10): `make gpu-data` (here) copies the golden files the GPU suite needs into the ignored
@@ -156,7 +162,7 @@ gpu-data:
 	@for f in $(GPU_GOLDEN); do mkdir -p $(GPU_DATA)/$$(dirname $$f) && cp -p $(SHARED)/$$f $(GPU_DATA)/$$f || exit 1; done
 	@echo "gpu-data: $(GPU_GOLDEN) copied into $(GPU_DATA)/"
 
-test-gpu: $(BUILD)/dsq $(GPU_TEST_BIN)
+test-gpu: $(BUILD)/dsq $(GPU_TEST_BIN) $(CUDA_PLUGIN)
 	@skip=0; fail=0; for t in $(GPU_TEST_BIN); do \
 	  DSQ_SHARED=$(abspath $(if $(wildcard $(GPU_DATA)/golden),$(GPU_DATA),$(SHARED))) DSQ_BIN=$(abspath $(BUILD)/dsq) \
 	    DSQ_BUILD=$(abspath $(BUILD)) $$t; rc=$$?; \
