@@ -250,8 +250,45 @@ static void test_slices(void **state) {
     free(rel);
 }
 
+/* Page-cache hints cover each view's own bytes: one expert's slice of a stacked [E, out, in] tensor,
+ * not the whole stack once per expert (which advised E² expert matrices per block). */
+static void test_prefetch_view_bytes(void **state) {
+    char *rel = convert("release");
+    dsq_wsrc *wc = NULL;
+    dsq_v4_config cfg;
+    dsq_err err = DSQ_ERR_INIT;
+    assert_int_equal(dsq_wsrc_open_path(rel, &cfg, &wc, &err), DSQ_OK);
+    assert_non_null(wc->advice_stats);
+    dsq_wview v;
+    assert_int_equal(wc->get(wc, "layers.2.ffn.experts.5.w2.weight", &v, &err), DSQ_OK);
+    uint64_t will0, dont0, will1, dont1;
+    wc->advice_stats(wc, &will0, &dont0);
+    wc->prefetch(wc, &v);
+    wc->release(wc, &v);
+    wc->advice_stats(wc, &will1, &dont1);
+    assert_true(v.data_bytes > 0 && v.scale_bytes > 0);
+    assert_int_equal(will1 - will0, v.data_bytes + v.scale_bytes);
+    assert_int_equal(dont1 - dont0, v.data_bytes + v.scale_bytes);
+    dsq_v4_model *m = NULL;
+    assert_int_equal(dsq_v4_model_create(wc, &cfg, &m, &err), DSQ_OK); /* takes wc */
+    for (int b = 0; b < cfg.n_layers + cfg.n_mtp_layers; b++) {
+        wc->advice_stats(wc, &will0, &dont0);
+        dsq_v4_block_prefetch(m, b);
+        dsq_v4_block_release(m, b);
+        wc->advice_stats(wc, &will1, &dont1);
+        printf("  block %d: %llu bytes of weights, %llu advised\n", b, (unsigned long long)dsq_v4_block_bytes(m, b),
+               (unsigned long long)(will1 - will0));
+        assert_int_equal(will1 - will0, dsq_v4_block_bytes(m, b));
+        assert_int_equal(dont1 - dont0, dsq_v4_block_bytes(m, b));
+    }
+    dsq_v4_model_close(m);
+    dsq_err_clear(&err);
+    free(rel);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_prefetch_view_bytes),
         cmocka_unit_test(test_recipes_through_container),
         cmocka_unit_test(test_fp8_variants_through_container),
         cmocka_unit_test(test_decode_from_container),

@@ -48,6 +48,9 @@ struct dsq_wsrc {
     void (*prefetch)(const dsq_wsrc *s, const dsq_wview *v);
     void (*release)(const dsq_wsrc *s, const dsq_wview *v);
     void (*close)(dsq_wsrc *s); /* frees impl and s */
+    /* Bytes the prefetch / release hints have covered since open (a view's own bytes each time:
+     * codes, scales, mins), for tests and benchmarks; may be NULL. */
+    void (*advice_stats)(const dsq_wsrc *s, uint64_t *willneed, uint64_t *dontneed);
 };
 
 /* Open a safetensors checkpoint (a directory with model.safetensors.index.json or one

@@ -3,6 +3,7 @@
  * experts stacked [E, out, in] and compressor projections fused wkv|wgate (formats/spec/dsq.md §5.5),
  * each recording its sources.  A view is the source's slice of the stored tensor: zero-copy pointers
  * into the mapping, in the stored encoding.  The config comes from the metadata's model.config. */
+#include <stdatomic.h>
 #include <string.h>
 
 #include "dsq_container.h"
@@ -11,6 +12,7 @@
 
 typedef struct dsq_impl {
     dsq_ctr_reader *r;
+    _Atomic uint64_t advised[2]; /* bytes hinted: [0] WILLNEED, [1] DONTNEED */
 } dsq_impl;
 
 /* The stored tensor holding `name`, and the source record when it is a slice. */
@@ -84,18 +86,31 @@ static dsq_status ctr_get(const dsq_wsrc *w, const char *name, dsq_wview *v, dsq
     return DSQ_OK;
 }
 
-static void ctr_prefetch(const dsq_wsrc *w, const dsq_wview *v) {
-    const dsq_impl *im = w->impl;
+/* Page-cache hints for the view's own bytes: its slice of each part (one expert of a stacked
+ * [E, out, in] tensor, not all E of them), the bytes ctr_get points into. */
+static void advise(const dsq_wsrc *w, const dsq_wview *v, bool willneed) {
+    dsq_impl *im = w->impl;
     const dsq_ctr_tensor *t;
     const dsq_ctr_source *s;
-    if (locate(im->r, v->name, &t, &s)) dsq_ctr_prefetch(im->r, t);
+    if (!locate(im->r, v->name, &t, &s)) return;
+    for (int p = 0; p < t->n_parts; p++) {
+        uint64_t off = 0, bytes = t->parts[p].bytes;
+        if (s && !dsq_ctr_source_slice(t, s, p, &off, &bytes)) off = 0, bytes = t->parts[p].bytes;
+        if (willneed)
+            dsq_ctr_prefetch_range(im->r, t, p, off, bytes);
+        else
+            dsq_ctr_release_range(im->r, t, p, off, bytes);
+        im->advised[willneed ? 0 : 1] += bytes;
+    }
 }
 
-static void ctr_release(const dsq_wsrc *w, const dsq_wview *v) {
-    const dsq_impl *im = w->impl;
-    const dsq_ctr_tensor *t;
-    const dsq_ctr_source *s;
-    if (locate(im->r, v->name, &t, &s)) dsq_ctr_release(im->r, t);
+static void ctr_prefetch(const dsq_wsrc *w, const dsq_wview *v) { advise(w, v, true); }
+static void ctr_release(const dsq_wsrc *w, const dsq_wview *v) { advise(w, v, false); }
+
+static void ctr_advice_stats(const dsq_wsrc *w, uint64_t *willneed, uint64_t *dontneed) {
+    dsq_impl *im = w->impl;
+    if (willneed) *willneed = im->advised[0];
+    if (dontneed) *dontneed = im->advised[1];
 }
 
 static void ctr_close(dsq_wsrc *w) {
@@ -149,6 +164,7 @@ dsq_status dsq_wsrc_open_dsq(const char *path, dsq_v4_config *cfg, dsq_wsrc **ou
     w->prefetch = ctr_prefetch;
     w->release = ctr_release;
     w->close = ctr_close;
+    w->advice_stats = ctr_advice_stats;
     *out = w;
     return DSQ_OK;
 }

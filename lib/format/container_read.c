@@ -645,6 +645,15 @@ void dsq_ctr_release(const dsq_ctr_reader *r, const dsq_ctr_tensor *t) {
     if (!r->map) return;
     for (int p = 0; p < t->n_parts; p++) dsq_map_dontneed(r->map, t->parts[p].offset, t->parts[p].bytes);
 }
+static bool part_range(const dsq_ctr_tensor *t, int p, uint64_t offset, uint64_t n) {
+    return p >= 0 && p < t->n_parts && offset <= t->parts[p].bytes && n <= t->parts[p].bytes - offset;
+}
+void dsq_ctr_prefetch_range(const dsq_ctr_reader *r, const dsq_ctr_tensor *t, int p, uint64_t offset, uint64_t n) {
+    if (r->map && part_range(t, p, offset, n)) dsq_map_willneed(r->map, t->parts[p].offset + offset, n);
+}
+void dsq_ctr_release_range(const dsq_ctr_reader *r, const dsq_ctr_tensor *t, int p, uint64_t offset, uint64_t n) {
+    if (r->map && part_range(t, p, offset, n)) dsq_map_dontneed(r->map, t->parts[p].offset + offset, n);
+}
 
 /* XXH3 of [offset, offset+n) of the source, in chunks (pread) or at once (mmap). */
 static dsq_status hash_range(const dsq_ctr_reader *r, dsq_seqread *sq, uint64_t offset, uint64_t n, uint8_t **chunk,

@@ -105,6 +105,10 @@ dsq_status dsq_ctr_read(const dsq_ctr_reader *r, const dsq_ctr_tensor *t, int p,
 /* Page-cache hints for all parts of t (madvise WILLNEED / DONTNEED; no-ops in pread mode). */
 void dsq_ctr_prefetch(const dsq_ctr_reader *r, const dsq_ctr_tensor *t);
 void dsq_ctr_release(const dsq_ctr_reader *r, const dsq_ctr_tensor *t);
+/* The same for bytes [offset, offset + n) of part p of t only (a source's slice, dsq_ctr_source_slice);
+ * out-of-range requests are ignored. */
+void dsq_ctr_prefetch_range(const dsq_ctr_reader *r, const dsq_ctr_tensor *t, int p, uint64_t offset, uint64_t n);
+void dsq_ctr_release_range(const dsq_ctr_reader *r, const dsq_ctr_tensor *t, int p, uint64_t offset, uint64_t n);
 /* Recompute every part checksum and check the padding bytes are zero; every mismatch is recorded.
  * `progress` may be NULL.  Reads the whole data region (dropping pages behind it). */
 dsq_status dsq_ctr_verify(const dsq_ctr_reader *r, dsq_progress *progress, dsq_err *err);
