@@ -706,6 +706,48 @@ dsq_status dsq_ctr_part_hash(const dsq_ctr_reader *r, const dsq_ctr_tensor *t, i
     return s;
 }
 
+const char *dsq_ctr_part_kind_name(int kind) {
+    switch (kind) {
+    case DSQ_FILE_PART_DATA: return "data";
+    case DSQ_FILE_PART_SCALES: return "scales";
+    case DSQ_FILE_PART_MINS: return "mins";
+    case DSQ_FILE_PART_TENSOR_SCALE: return "tensor scale";
+    }
+    return "part";
+}
+
+dsq_status dsq_ctr_part_check(const dsq_ctr_reader *r, const dsq_ctr_tensor *t, int p, bool checksum,
+                              dsq_ctr_chunk_fn fn, void *ctx, dsq_err *err) {
+    DSQ_RETURN_IF(p < 0 || p >= t->n_parts, err, DSQ_ERR_ARG, "%s: tensor %s has no part %d", r->path, t->name, p);
+    DSQ_RETURN_IF(!r->data_readable, err, DSQ_ERR_STATE, "%s: tensor data is not available from this source", r->path);
+    const dsq_ctr_part *part = &t->parts[p];
+    uint8_t *buf = NULL;
+    if (!r->src.map && !(buf = dsq_malloc(CHUNK))) return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", r->path);
+    XXH3_state_t st;
+    XXH3_64bits_reset(&st);
+    dsq_status s = DSQ_OK;
+    for (uint64_t done = 0; done < part->bytes && s == DSQ_OK;) {
+        size_t k = part->bytes - done > CHUNK ? CHUNK : (size_t)(part->bytes - done);
+        const uint8_t *q = buf;
+        if (r->src.map)
+            q = r->src.map + part->offset + done;
+        else
+            s = r->src.read(r->src.ctx, part->offset + done, buf, k, err);
+        if (s == DSQ_OK && checksum) XXH3_64bits_update(&st, q, k);
+        if (s == DSQ_OK && fn) s = fn(ctx, done, q, k, err);
+        done += k;
+    }
+    dsq_free(buf);
+    if (s != DSQ_OK || !checksum) return s;
+    uint64_t h = (uint64_t)XXH3_64bits_digest(&st);
+    DSQ_RETURN_IF(h != part->xxh3, err, DSQ_ERR_CHECKSUM,
+                  "%s: tensor %s: part %d (%s) checksum mismatch (offset %llu, %llu bytes: stored %016llx, computed "
+                  "%016llx): the stored bytes changed",
+                  r->path, t->name, p, dsq_ctr_part_kind_name(part->kind), (unsigned long long)part->offset,
+                  (unsigned long long)part->bytes, (unsigned long long)part->xxh3, (unsigned long long)h);
+    return DSQ_OK;
+}
+
 /* Gaps must be zero: [from, to). */
 static dsq_status check_zero(const dsq_ctr_reader *r, dsq_seqread *sq, uint64_t from, uint64_t to, uint8_t **chunk,
                              const char *what, dsq_err *err) {

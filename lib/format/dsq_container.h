@@ -114,6 +114,16 @@ void dsq_ctr_release_range(const dsq_ctr_reader *r, const dsq_ctr_tensor *t, int
 dsq_status dsq_ctr_verify(const dsq_ctr_reader *r, dsq_progress *progress, dsq_err *err);
 /* XXH3-64 of part p, recomputed from the file. */
 dsq_status dsq_ctr_part_hash(const dsq_ctr_reader *r, const dsq_ctr_tensor *t, int p, uint64_t *out, dsq_err *err);
+/* One pass over part p of t in chunks of at most 4 MiB (offsets within the part, multiples of 4 MiB):
+ * fn (may be NULL) sees each chunk while it is in cache, and with `checksum` the part's XXH3 is
+ * compared with the stored one (DSQ_ERR_CHECKSUM: "FILE: tensor NAME: part P (data) checksum
+ * mismatch ...").  A non-OK status from fn stops the pass and is returned.  Reads through the mapping
+ * (or pread); thread-safe for distinct or equal parts. */
+typedef dsq_status (*dsq_ctr_chunk_fn)(void *ctx, uint64_t offset, const uint8_t *bytes, size_t n, dsq_err *err);
+dsq_status dsq_ctr_part_check(const dsq_ctr_reader *r, const dsq_ctr_tensor *t, int p, bool checksum,
+                              dsq_ctr_chunk_fn fn, void *ctx, dsq_err *err);
+/* "data", "scales", "mins", "tensor scale" (or "part"). */
+const char *dsq_ctr_part_kind_name(int kind);
 
 /* ---- writing ---------------------------------------------------------------------------------- */
 typedef struct dsq_ctr_writer dsq_ctr_writer;

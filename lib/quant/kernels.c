@@ -264,3 +264,63 @@ dsq_status dsq_codec_check_finite(const dsq_qtensor *t, const char *name, dsq_er
     }
     return DSQ_OK;
 }
+
+/* ---- non-finite scans ----------------------------------------------------------------------------- */
+
+dsq_nf_kind dsq_codec_part_nf_kind(dsq_encoding e, dsq_codec_part part) {
+    const dsq__codec_info *in = dsq__codec_info_of(e);
+    if (!in) return DSQ_NF_NONE;
+    switch (part) {
+    case DSQ_CODEC_PART_CODES:
+        switch (in->kind) {
+        case DSQ__K_F32: return DSQ_NF_F32;
+        case DSQ__K_F16: return DSQ_NF_F16;
+        case DSQ__K_BF16: return DSQ_NF_BF16;
+        case DSQ__K_FP8: return DSQ_NF_E4M3;
+        default: return DSQ_NF_NONE; /* e2m1 and integer codes */
+        }
+    case DSQ_CODEC_PART_SCALES:
+        switch (in->scale) {
+        case DSQ__SC_E8M0: return DSQ_NF_E8M0;
+        case DSQ__SC_F32: return DSQ_NF_F32;
+        case DSQ__SC_F16: return DSQ_NF_F16;
+        case DSQ__SC_E4M3: return DSQ_NF_E4M3;
+        default: return DSQ_NF_NONE;
+        }
+    case DSQ_CODEC_PART_MINS: return in->mins ? DSQ_NF_F16 : DSQ_NF_NONE;
+    case DSQ_CODEC_PART_TENSOR_SCALE: return in->kind == DSQ__K_NVFP4 ? DSQ_NF_F32 : DSQ_NF_NONE;
+    }
+    return DSQ_NF_NONE;
+}
+
+unsigned dsq_nf_kind_size(dsq_nf_kind k) {
+    return k == DSQ_NF_F32 ? 4u : k == DSQ_NF_F16 || k == DSQ_NF_BF16 ? 2u : 1u;
+}
+
+uint64_t dsq__find_nonfinite_scalar(dsq_nf_kind k, const uint8_t *p, uint64_t from, uint64_t n) {
+    for (uint64_t i = from; i < n; i++) {
+        bool bad = false;
+        switch (k) {
+        case DSQ_NF_E4M3: bad = dsq_e4m3_is_nan(p[i]); break;
+        case DSQ_NF_E8M0: bad = dsq_e8m0_is_nan(p[i]); break;
+        case DSQ_NF_F16: bad = (u16_at(p, i) & 0x7c00u) == 0x7c00u; break;
+        case DSQ_NF_BF16: bad = (u16_at(p, i) & 0x7f80u) == 0x7f80u; break;
+        case DSQ_NF_F32: {
+            uint32_t u;
+            memcpy(&u, p + 4 * i, 4);
+            bad = (u & 0x7f800000u) == 0x7f800000u;
+            break;
+        }
+        case DSQ_NF_NONE: return UINT64_MAX;
+        }
+        if (bad) return i;
+    }
+    return UINT64_MAX;
+}
+
+uint64_t dsq_codec_find_nonfinite(dsq_nf_kind k, const void *p, uint64_t n_bytes) {
+    if (k == DSQ_NF_NONE || !p) return UINT64_MAX;
+    uint64_t n = n_bytes / dsq_nf_kind_size(k);
+    if (dsq_codec_best_isa() == DSQ_ISA_AVX2) return dsq__find_nonfinite_avx2(k, p, n);
+    return dsq__find_nonfinite_scalar(k, p, 0, n);
+}

@@ -592,6 +592,45 @@ AVX2 bool dsq__all_finite_avx2(const float *x, uint64_t n) {
     return true;
 }
 
+/* 32 bytes of elements of kind k → non-zero lanes where an element is NaN/Inf. */
+AVX2 static inline __m256i nf_mask(dsq_nf_kind k, __m256i v) {
+    switch (k) {
+    case DSQ_NF_E4M3: {
+        const __m256i m = _mm256_set1_epi8(0x7f);
+        return _mm256_cmpeq_epi8(_mm256_and_si256(v, m), m);
+    }
+    case DSQ_NF_E8M0: return _mm256_cmpeq_epi8(v, _mm256_set1_epi8((char)0xff));
+    case DSQ_NF_F16: {
+        const __m256i m = _mm256_set1_epi16(0x7c00);
+        return _mm256_cmpeq_epi16(_mm256_and_si256(v, m), m);
+    }
+    case DSQ_NF_BF16: {
+        const __m256i m = _mm256_set1_epi16(0x7f80);
+        return _mm256_cmpeq_epi16(_mm256_and_si256(v, m), m);
+    }
+    default: {
+        const __m256i m = _mm256_set1_epi32(0x7f800000);
+        return _mm256_cmpeq_epi32(_mm256_and_si256(v, m), m);
+    }
+    }
+}
+
+/* 128 bytes per step (four masks OR-ed, one test); the block holding a hit is rescanned by the
+ * scalar definition for the exact index. */
+AVX2 uint64_t dsq__find_nonfinite_avx2(dsq_nf_kind k, const uint8_t *p, uint64_t n) {
+    if (k == DSQ_NF_NONE) return UINT64_MAX;
+    uint64_t es = k == DSQ_NF_F32 ? 4 : k == DSQ_NF_F16 || k == DSQ_NF_BF16 ? 2 : 1, bytes = n * es, b = 0;
+    for (; b + 128 <= bytes; b += 128) {
+        __m256i m0 = nf_mask(k, _mm256_loadu_si256((const __m256i *)(const void *)(p + b)));
+        __m256i m1 = nf_mask(k, _mm256_loadu_si256((const __m256i *)(const void *)(p + b + 32)));
+        __m256i m2 = nf_mask(k, _mm256_loadu_si256((const __m256i *)(const void *)(p + b + 64)));
+        __m256i m3 = nf_mask(k, _mm256_loadu_si256((const __m256i *)(const void *)(p + b + 96)));
+        __m256i any = _mm256_or_si256(_mm256_or_si256(m0, m1), _mm256_or_si256(m2, m3));
+        if (!_mm256_testz_si256(any, any)) return dsq__find_nonfinite_scalar(k, p, b / es, (b + 128) / es);
+    }
+    return dsq__find_nonfinite_scalar(k, p, b / es, n);
+}
+
 #else /* not x86: the scalar twins stand in (dsq_codec_best_isa never returns AVX2 there) */
 
 void dsq__decode_span_avx2(const dsq__qv *v, uint64_t r, uint64_t c0, uint64_t n, float *out) {
@@ -623,6 +662,9 @@ bool dsq__all_finite_avx2(const float *x, uint64_t n) {
     for (uint64_t i = 0; i < n; i++)
         if (!dsq__finite(x[i])) return false;
     return true;
+}
+uint64_t dsq__find_nonfinite_avx2(dsq_nf_kind k, const uint8_t *p, uint64_t n) {
+    return dsq__find_nonfinite_scalar(k, p, 0, n);
 }
 
 #endif
