@@ -6,6 +6,7 @@
  * expert and compressor. */
 #include "dsq.h"
 #include "dsq_codec.h"
+#include "dsq_container.h"
 #include "eval_util.h"
 
 static char *tmp, *model;
@@ -286,8 +287,61 @@ static void test_prefetch_view_bytes(void **state) {
     free(rel);
 }
 
+/* Flip one byte of stored tensor `name`'s part p (in its middle) in place; returns that tensor's name. */
+static void flip_byte(const char *path, const char *name, int p) {
+    dsq_ctr_reader *r = NULL;
+    assert_int_equal(dsq_ctr_reader_open(path, NULL, &r, NULL), DSQ_OK);
+    const dsq_ctr_tensor *t = dsq_ctr_find(r, name);
+    assert_non_null(t);
+    uint64_t at = t->parts[p].offset + t->parts[p].bytes / 2;
+    dsq_ctr_reader_close(r);
+    FILE *f = fopen(path, "r+b");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, (long)at, SEEK_SET), 0);
+    int c = fgetc(f);
+    assert_int_equal(fseek(f, (long)at, SEEK_SET), 0);
+    fputc(c ^ 0x10, f);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* eval checks each .dsq part's checksum the first time it uses it: one flipped data bit in an expert
+ * stack fails `eval ppl` with one line naming the tensor (it changed the perplexity silently before);
+ * --no-verify-data skips the check and runs. */
+static void test_eval_checks_checksums(void **state) {
+    char *rel = convert("release");
+    char *tokens = token_file(40);
+    const char *stack = "layers.2.ffn.experts.w2.weight";
+    char *out = NULL, *se = NULL;
+    const char *ppl = "eval ppl '%s' --tokens '%s' --ctx 16 --chunks 2 --threads 1 %s";
+    assert_int_equal(dsq_test_run(&out, &se, ppl, rel, tokens, ""), 0);
+    free(out), free(se);
+    flip_byte(rel, stack, 0);
+    assert_int_equal(dsq_test_run(&out, &se, ppl, rel, tokens, ""), 1);
+    printf("  %s", se);
+    assert_non_null(strstr(se, stack));
+    assert_non_null(strstr(se, "checksum"));
+    assert_non_null(strstr(se, rel));
+    assert_true(strchr(se, '\n') == se + strlen(se) - 1); /* one line */
+    free(out), free(se);
+    assert_int_equal(dsq_test_run(&out, &se, ppl, rel, tokens, "--no-verify-data"), 0);
+    assert_non_null(strstr(out, "ppl"));
+    free(out), free(se);
+    /* dsq_v4 API: the check runs at the first forward pass, not at load */
+    dsq_v4_model *m = NULL;
+    dsq_err e = DSQ_ERR_INIT;
+    assert_int_equal(dsq_v4_model_open(rel, &m, &e), DSQ_OK);
+    assert_int_equal(dsq_v4_model_check_block(m, -1, &e), DSQ_OK);
+    assert_int_equal(dsq_v4_model_check_block(m, 2, &e), DSQ_ERR_CHECKSUM);
+    assert_non_null(strstr(e.msg, stack));
+    dsq_v4_model_close(m);
+    dsq_err_clear(&e);
+    free(tokens);
+    free(rel);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_eval_checks_checksums),
         cmocka_unit_test(test_prefetch_view_bytes),
         cmocka_unit_test(test_recipes_through_container),
         cmocka_unit_test(test_fp8_variants_through_container),
