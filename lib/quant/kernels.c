@@ -209,58 +209,24 @@ dsq_status dsq_codec_check_finite(const dsq_qtensor *t, const char *name, dsq_er
     DSQ_TRY(dsq_codec_check(t, nm, err));
     dsq__qv v;
     dsq__qv_init(&v, t);
-    const uint8_t *d = t->data;
-    dsq__kind k = v.info->kind;
-    /* e2m1 and integer codes are always finite: only their scales can be NaN */
-    bool codes_can_be_nan = k == DSQ__K_F32 || k == DSQ__K_F16 || k == DSQ__K_BF16 || k == DSQ__K_FP8;
-    for (uint64_t r = 0; codes_can_be_nan && r < t->rows; r++) {
-        const uint8_t *row = d + r * v.row_bytes;
-        for (uint64_t c = 0; c < t->cols; c++) {
-            bool bad = false;
-            if (k == DSQ__K_F32) {
-                float f;
-                memcpy(&f, row + 4 * c, 4);
-                bad = !dsq__finite(f);
-            } else if (k == DSQ__K_F16) {
-                bad = (u16_at(row, c) & 0x7c00u) == 0x7c00u;
-            } else if (k == DSQ__K_BF16) {
-                bad = (u16_at(row, c) & 0x7f80u) == 0x7f80u;
-            } else if (k == DSQ__K_FP8) {
-                bad = dsq_e4m3_is_nan(row[c]);
-            }
-            if (bad)
-                return dsq_err_set(err, DSQ_ERR_NONFINITE, "%s: element [%llu, %llu] is NaN or infinite", nm,
-                                   (unsigned long long)r, (unsigned long long)c);
-        }
-    }
+    /* e2m1 and integer codes are always finite: only their scales can be NaN.  Codes that can be are
+     * whole bytes or words, so the rows are contiguous: one vectorised scan. */
+    dsq_nf_kind ck = dsq_codec_part_nf_kind(t->enc, DSQ_CODEC_PART_CODES);
+    uint64_t at = dsq_codec_find_nonfinite(ck, t->data, t->rows * v.row_bytes);
+    if (at != UINT64_MAX)
+        return dsq_err_set(err, DSQ_ERR_NONFINITE, "%s: element [%llu, %llu] is NaN or infinite", nm,
+                           (unsigned long long)(at / t->cols), (unsigned long long)(at % t->cols));
     if (v.info->scale == DSQ__SC_NONE) return DSQ_OK;
-    uint64_t srows = dsq_ceil_div(t->rows, v.brows);
-    for (uint64_t i = 0; i < srows; i++) {
-        for (uint64_t j = 0; j < v.scale_cols; j++) {
-            uint64_t idx = i * v.scale_cols + j;
-            const uint8_t *s = t->scales;
-            bool bad = false;
-            switch (v.info->scale) {
-            case DSQ__SC_E8M0: bad = dsq_e8m0_is_nan(s[idx]); break;
-            case DSQ__SC_E4M3: bad = dsq_e4m3_is_nan(s[idx]); break;
-            case DSQ__SC_F16: {
-                bad = (u16_at(s, idx) & 0x7c00u) == 0x7c00u;
-                if (v.info->mins) bad = bad || (u16_at(t->mins, idx) & 0x7c00u) == 0x7c00u;
-                break;
-            }
-            case DSQ__SC_F32: {
-                float f;
-                memcpy(&f, s + 4 * idx, 4);
-                bad = !dsq__finite(f);
-                break;
-            }
-            default: break;
-            }
-            if (bad)
-                return dsq_err_set(err, DSQ_ERR_NONFINITE, "%s: scale [%llu, %llu] (rows from %llu, cols from %llu) is NaN or infinite",
-                                   nm, (unsigned long long)i, (unsigned long long)j,
-                                   (unsigned long long)(i * v.brows), (unsigned long long)(j * v.bcols));
-        }
+    uint64_t n = dsq_ceil_div(t->rows, v.brows) * v.scale_cols;
+    dsq_nf_kind sk = dsq_codec_part_nf_kind(t->enc, DSQ_CODEC_PART_SCALES);
+    at = dsq_codec_find_nonfinite(sk, t->scales, n * dsq_nf_kind_size(sk));
+    if (at == UINT64_MAX && v.info->mins) at = dsq_codec_find_nonfinite(DSQ_NF_F16, t->mins, n * 2);
+    if (at != UINT64_MAX) {
+        uint64_t i = at / v.scale_cols, j = at % v.scale_cols;
+        return dsq_err_set(err, DSQ_ERR_NONFINITE,
+                           "%s: scale [%llu, %llu] (rows from %llu, cols from %llu) is NaN or infinite", nm,
+                           (unsigned long long)i, (unsigned long long)j, (unsigned long long)(i * v.brows),
+                           (unsigned long long)(j * v.bcols));
     }
     return DSQ_OK;
 }
