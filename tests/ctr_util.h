@@ -38,11 +38,23 @@ static inline void ctr_rewrite(const char *in, const char *out, const ctr_edit *
         dsq_ctr_source_desc *sd = calloc(t->n_sources ? t->n_sources : 1, sizeof *sd);
         for (uint32_t k = 0; k < t->n_sources; k++) {
             const dsq_ctr_source *s = &t->sources[k];
-            sd[k] = (dsq_ctr_source_desc){cu_swap(s->name, e->src_from, e->src_to), s->scale_name, s->start, s->count,
-                                          s->squeeze, s->dtype, s->scale_dtype, s->shard};
+            sd[k] = (dsq_ctr_source_desc){cu_swap(s->name, e->src_from, e->src_to),
+                                          s->scale_name,
+                                          s->start,
+                                          s->count,
+                                          s->squeeze,
+                                          s->dtype,
+                                          s->scale_dtype,
+                                          s->shard};
         }
-        dsq_ctr_tensor_desc d = {cu_swap(t->name, e->rename_from, e->rename_to), t->encoding, t->rank, {0},
-                                 t->block_rows, t->block_cols, t->n_sources, sd};
+        dsq_ctr_tensor_desc d = {cu_swap(t->name, e->rename_from, e->rename_to),
+                                 t->encoding,
+                                 t->rank,
+                                 {0},
+                                 t->block_rows,
+                                 t->block_cols,
+                                 t->n_sources,
+                                 sd};
         memcpy(d.shape, t->shape, sizeof d.shape);
         dsq_status st = dsq_ctr_writer_add(w, &d, NULL, &err);
         if (st) fprintf(stderr, "rewrite: %s\n", err.msg);

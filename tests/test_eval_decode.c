@@ -504,7 +504,7 @@ static void test_nonfinite_weights(void **state) {
         const char *name;
         int how;
     } cases[] = {
-        {"layers.2.attn.wq_b.weight", 6},        /* FP8 128x128: an e4m3 NaN code */
+        {"layers.2.attn.wq_b.weight", 6}, /* FP8 128x128: an e4m3 NaN code */
         {"layers.0.ffn.shared_experts.w2.weight", 6},
         {"layers.1.ffn.experts.3.w2.weight", 3}, /* MXFP4: a NaN scale */
         {"layers.2.attn.wo_b.weight", 3},        /* FP8: a NaN scale */
@@ -533,8 +533,8 @@ static void test_nonfinite_weights(void **state) {
             dsq_err_clear(&e);
         }
         dsq_v4_load_options lo = {.allow_nonfinite = true};
-        assert_int_equal(dsq_v4_model_create_ex(mutant_src(cases[i].name, cases[i].how, DSQ_ENC_F32, 0), &c, &lo, &m, &e),
-                         DSQ_OK);
+        assert_int_equal(
+            dsq_v4_model_create_ex(mutant_src(cases[i].name, cases[i].how, DSQ_ENC_F32, 0), &c, &lo, &m, &e), DSQ_OK);
         for (int release = 0; release < 2; release++) {
             o.numerics = release ? DSQ_NUMERICS_RELEASE : DSQ_NUMERICS_EXACT;
             o.force_scalar = false;

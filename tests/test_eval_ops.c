@@ -69,7 +69,8 @@ static void test_hc_split(void **state) {
             worst = dsq_test_worse(worst, fabs(pre[j] - gpre[t * 4 + j]) / fabs(gpre[t * 4 + j]));
             worst = dsq_test_worse(worst, fabs(post[j] - gpost[t * 4 + j]) / fabs(gpost[t * 4 + j]));
         }
-        for (int i = 0; i < 16; i++) worst = dsq_test_worse(worst, fabs(comb[i] - gcomb[t * 16 + i]) / fabs(gcomb[t * 16 + i]));
+        for (int i = 0; i < 16; i++)
+            worst = dsq_test_worse(worst, fabs(comb[i] - gcomb[t * 16 + i]) / fabs(gcomb[t * 16 + i]));
     }
     printf("  hc split: max rel error %.3g\n", worst);
     assert_true(worst <= 1e-6);

@@ -39,10 +39,10 @@ typedef struct dsq_v4_load_options {
 } dsq_v4_load_options;
 
 typedef struct dsq_eval_options {
-    dsq_numerics numerics; /* default EXACT */
-    int threads;           /* OpenMP threads; 0 (default) = the OpenMP default */
-    bool no_shared_clamp;  /* default false: the shared expert is clamped like routed ones (spec §8.30) */
-    bool force_scalar;     /* default false: use AVX2/FMA kernels when the CPU has them */
+    dsq_numerics numerics;    /* default EXACT */
+    int threads;              /* OpenMP threads; 0 (default) = the OpenMP default */
+    bool no_shared_clamp;     /* default false: the shared expert is clamped like routed ones (spec §8.30) */
+    bool force_scalar;        /* default false: use AVX2/FMA kernels when the CPU has them */
     dsq_v4_load_options load; /* what the commands open models with (dsq_v4_model_open_ex) */
 } dsq_eval_options;
 void dsq_eval_options_default(dsq_eval_options *o);

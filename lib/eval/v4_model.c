@@ -66,9 +66,11 @@ static dsq_status scan_params(loader *L, dsq_wview *v, const char *path, const c
         dsq_nf_kind k = dsq_codec_part_nf_kind(v->enc, parts[i].part);
         uint64_t at = dsq_codec_find_nonfinite(k, parts[i].p, parts[i].bytes);
         if (at == UINT64_MAX) continue;
-        DSQ_RETURN_IF(!L->m->lo.allow_nonfinite, L->err, DSQ_ERR_NONFINITE,
-                      "%s: %s: %s %llu is NaN or infinite (%s)", path, name, parts[i].what, (unsigned long long)at,
-                      k == DSQ_NF_E8M0 ? "UE8M0 0xFF" : k == DSQ_NF_E4M3 ? "e4m3 0x7F/0xFF" : "exponent all ones");
+        DSQ_RETURN_IF(!L->m->lo.allow_nonfinite, L->err, DSQ_ERR_NONFINITE, "%s: %s: %s %llu is NaN or infinite (%s)",
+                      path, name, parts[i].what, (unsigned long long)at,
+                      k == DSQ_NF_E8M0   ? "UE8M0 0xFF"
+                      : k == DSQ_NF_E4M3 ? "e4m3 0x7F/0xFF"
+                                         : "exponent all ones");
         v->nonfinite = true;
     }
     return DSQ_OK;
@@ -313,8 +315,8 @@ static dsq_status check_view(const dsq_v4_model *m, dsq_wview *v, dsq_err *err) 
     if (s->check) {
         DSQ_TRY(s->check(s, v, !m->lo.no_verify_data, allow, &bad, err));
     } else {
-        uint64_t at = dsq_codec_find_nonfinite(dsq_codec_part_nf_kind(v->enc, DSQ_CODEC_PART_CODES), v->data,
-                                               v->data_bytes);
+        uint64_t at =
+            dsq_codec_find_nonfinite(dsq_codec_part_nf_kind(v->enc, DSQ_CODEC_PART_CODES), v->data, v->data_bytes);
         bad = at != UINT64_MAX;
         uint64_t cols = v->rank ? v->shape[v->rank - 1] : 1;
         DSQ_RETURN_IF(bad && !allow, err, DSQ_ERR_NONFINITE, "%s: %s: element [%llu, %llu] is NaN or infinite", s->path,

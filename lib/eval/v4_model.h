@@ -71,9 +71,9 @@ struct dsq_v4_model {
     uint64_t global_bytes;
     bool cpu_avx2;
     dsq_v4_load_options lo;
-    v4_block_w global;           /* views of the global tensors (embed, head, hc_head_fn): views only */
-    pthread_mutex_t *check_mu;   /* serializes the first-use checks */
-    _Atomic uint8_t *checked;    /* [n_blocks + 1]: block b's first-use check passed (index n_blocks: global) */
+    v4_block_w global;         /* views of the global tensors (embed, head, hc_head_fn): views only */
+    pthread_mutex_t *check_mu; /* serializes the first-use checks */
+    _Atomic uint8_t *checked;  /* [n_blocks + 1]: block b's first-use check passed (index n_blocks: global) */
 };
 
 /* Compressor state of spec §4.5: KV and SC [c·r][c·d] f32, initialised 0 / -inf. */

@@ -16,8 +16,8 @@ enum { PART_UNCHECKED = 0, PART_OK = 1, PART_NONFINITE = 2 };
 
 typedef struct dsq_impl {
     dsq_ctr_reader *r;
-    _Atomic uint64_t advised[2]; /* bytes hinted: [0] WILLNEED, [1] DONTNEED */
-    _Atomic uint8_t *part_state; /* [tensor][DSQ_FILE_MAX_PARTS]: PART_* */
+    _Atomic uint64_t advised[2];  /* bytes hinted: [0] WILLNEED, [1] DONTNEED */
+    _Atomic uint8_t *part_state;  /* [tensor][DSQ_FILE_MAX_PARTS]: PART_* */
     _Atomic uint8_t *part_summed; /* [tensor][DSQ_FILE_MAX_PARTS]: checksum checked */
 } dsq_impl;
 
