@@ -149,13 +149,16 @@ static dsq_status ctr_check(const dsq_wsrc *w, const dsq_wview *v, bool checksum
             bool sum = checksum && !summed;
             DSQ_TRY(dsq_ctr_part_check(im->r, t, p, sum, c.kind ? scan_chunk : NULL, &c, err));
             if (c.first != UINT64_MAX && !allow) {
+                char en[40], where[64];
                 uint64_t cols = t->rank ? t->shape[t->rank - 1] : 1;
-                return dsq_err_set(err, DSQ_ERR_NONFINITE,
-                                   "%s: tensor %s: %s element %llu is NaN or infinite (%s; row %llu of the stored "
-                                   "tensor for codes)",
-                                   w->path, t->name, dsq_ctr_part_kind_name(t->parts[p].kind),
-                                   (unsigned long long)c.first, dsq_ctr_tensor_encoding_name(t, (char[40]){0}, 40),
-                                   (unsigned long long)(t->parts[p].kind == DSQ_FILE_PART_DATA ? c.first / cols : 0));
+                if (t->parts[p].kind == DSQ_FILE_PART_DATA) /* codes: [row, col] of the stored rows */
+                    snprintf(where, sizeof where, "[%llu, %llu]", (unsigned long long)(c.first / cols),
+                             (unsigned long long)(c.first % cols));
+                else
+                    snprintf(where, sizeof where, "%llu", (unsigned long long)c.first);
+                return dsq_err_set(err, DSQ_ERR_NONFINITE, "%s: tensor %s: %s element %s is NaN or infinite (%s)",
+                                   w->path, t->name, dsq_ctr_part_kind_name(t->parts[p].kind), where,
+                                   dsq_ctr_tensor_encoding_name(t, en, sizeof en));
             }
             state = c.first != UINT64_MAX ? PART_NONFINITE : PART_OK;
             im->part_state[k] = state;
