@@ -663,14 +663,17 @@ typedef struct hash_peer {
     const dsq_ctr_tensor *t;
     int p;
     uint64_t base;
+    dsq_status st; /* the peer's first non-OK status (the hash goes on regardless) */
 } hash_peer;
 
 /* XXH3 of [offset, offset+n) of the source, in chunks (pread) or at once (mmap); each piece is also
  * handed to `peer` right after it is hashed, while it is in cache. */
 static dsq_status hash_range(const dsq_ctr_reader *r, dsq_seqread *sq, uint64_t offset, uint64_t n, uint8_t **chunk,
-                             uint64_t *out, const hash_peer *peer, dsq_err *err) {
+                             uint64_t *out, hash_peer *peer, dsq_err *err) {
+    /* the peer's finding does not stop the hash (peer->st): the caller still compares the checksum */
 #define PEER(ptr, len)                                                                                                 \
-    if (peer && peer->fn) DSQ_TRY(peer->fn(peer->ctx, peer->t, peer->p, offset - peer->base, (ptr), (len), err))
+    if (peer && peer->fn && peer->st == DSQ_OK)                                                                        \
+    peer->st = peer->fn(peer->ctx, peer->t, peer->p, offset - peer->base, (ptr), (len), err)
     if (sq) {
         XXH3_state_t ss;
         XXH3_64bits_reset(&ss);
@@ -829,14 +832,13 @@ dsq_status dsq_ctr_verify_with(const dsq_ctr_reader *r, dsq_progress *progress, 
             continue;
         }
         uint64_t h;
-        hash_peer peer = {fn, ctx, t, refs[i].part, part->offset};
+        hash_peer peer = {fn, ctx, t, refs[i].part, part->offset, DSQ_OK};
         s = hash_range(r, sq, part->offset, part->bytes, &chunk, &h, &peer, err);
         if (s != DSQ_OK) {
             if (first == DSQ_OK) first = s;
-            if (s == DSQ_ERR_IO || s == DSQ_ERR_NOMEM) break;
-            pos = refs[i].end;
-            continue; /* the peer's finding: go on with the other parts */
+            break;
         }
+        if (peer.st != DSQ_OK && first == DSQ_OK) first = peer.st;
         if (h != part->xxh3) {
             s = dsq_err_set(err, DSQ_ERR_CHECKSUM,
                             "%s: tensor %s: part %d checksum mismatch (offset %llu, %llu bytes: stored %016llx, computed "
