@@ -12,6 +12,7 @@
  *    sign-extend and convert; the factor 1/2 is applied separately so products match the scalar
  *    code bit for bit. */
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #include "codec_internal.h"
@@ -265,6 +266,7 @@ AVX2 float dsq__dot_row_avx2(const dsq__qv *v, uint64_t r, const float *x) {
             for (; c + 16 <= bend; c += 16) {
                 __m256 a, b;
                 e4m3x16(row + c, &a, &b);
+                if (has_e4m3_nan(row + c)) a = _mm256_set1_ps(NAN); /* NaN codes read as 480: the scalar twin's NaN */
                 b0 = _mm256_fmadd_ps(a, _mm256_loadu_ps(x + c), b0);
                 b1 = _mm256_fmadd_ps(b, _mm256_loadu_ps(x + c + 8), b1);
             }
