@@ -327,6 +327,14 @@ static void test_eval_checks_checksums(void **state) {
     assert_int_equal(dsq_test_run(&out, &se, ppl, rel, tokens, "--no-verify-data"), 0);
     assert_non_null(strstr(out, "ppl"));
     free(out), free(se);
+    /* eval diff builds its models over a layer-mixing source: the check reaches the container too */
+    assert_int_equal(dsq_test_run(&out, &se, "eval diff '%s' '%s' --tokens '%s' --ctx 16 --chunks 1 --threads 1", model,
+                                  rel, tokens),
+                     1);
+    printf("  %s", se);
+    assert_non_null(strstr(se, stack));
+    assert_non_null(strstr(se, "checksum"));
+    free(out), free(se);
     /* dsq_v4 API: the check runs at the first forward pass, not at load */
     dsq_v4_model *m = NULL;
     dsq_err e = DSQ_ERR_INIT;
