@@ -24,6 +24,8 @@ static void logits_help(FILE *f) {
                "  --threads N            OpenMP threads (default: all)\n"
                "  --no-shared-clamp      do not clamp the shared expert's SwiGLU (earlier reference revision)\n"
                "  --scalar               portable kernels only (no AVX2)\n"
+               "  --no-verify-data       skip the checksum of each .dsq part at its first use\n"
+               "  --allow-nonfinite      run weights holding NaN/Inf codes or scales instead of failing\n"
                "  --overwrite            replace an existing output\n"
                "  --json                 print the report as JSON\n");
 }
@@ -70,6 +72,10 @@ static int cmd_logits(int argc, char **argv) {
             o.eval.no_shared_clamp = true;
         else if (!strcmp(a, "--scalar"))
             o.eval.force_scalar = true;
+        else if (!strcmp(a, "--no-verify-data"))
+            o.eval.load.no_verify_data = true;
+        else if (!strcmp(a, "--allow-nonfinite"))
+            o.eval.load.allow_nonfinite = true;
         else if (!strcmp(a, "--overwrite"))
             o.overwrite = true;
         else if (!strcmp(a, "--json"))

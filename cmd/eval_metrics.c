@@ -66,6 +66,10 @@ int dsq__cmd_score_option(const char *me, int argc, char **argv, int *i, dsq_sco
     uint64_t v = 0;
     if (!strcmp(a, "--scalar"))
         o->eval.force_scalar = true;
+    else if (!strcmp(a, "--no-verify-data"))
+        o->eval.load.no_verify_data = true;
+    else if (!strcmp(a, "--allow-nonfinite"))
+        o->eval.load.allow_nonfinite = true;
     else if (!strcmp(a, "--no-shared-clamp"))
         o->eval.no_shared_clamp = true;
     else if (!strcmp(a, "--no-bos"))
@@ -127,7 +131,9 @@ void dsq__cmd_score_option_help(FILE *f) {
             "  --device cpu|cuda[:N]  where the forward pass runs (default cpu; cuda needs a GPU and a CUDA build)\n"
             "  --threads N            OpenMP threads (default: all)\n"
             "  --no-shared-clamp      do not clamp the shared expert's SwiGLU\n"
-            "  --scalar               portable kernels only (no AVX2)\n",
+            "  --scalar               portable kernels only (no AVX2)\n"
+            "  --no-verify-data       skip the checksum of each .dsq part at its first use\n"
+            "  --allow-nonfinite      run weights holding NaN/Inf codes or scales instead of failing\n",
             DSQ_SCORE_DEFAULT_CTX, DSQ_SCORE_DEFAULT_BATCH);
 }
 
@@ -292,7 +298,7 @@ int dsq__eval_ppl(int argc, char **argv) {
     dsq_v4_model *m = NULL;
     int32_t *ids = NULL;
     uint64_t n = 0;
-    dsq_status s = dsq_v4_model_open(a.pos[0], &m, &e);
+    dsq_status s = dsq_v4_model_open_ex(a.pos[0], &a.so.eval.load, &m, &e);
     if (s == DSQ_OK)
         s = dsq__cmd_load_tokens(a.pos[0], a.n_pos > 1 ? a.pos[1] : NULL, a.tokens, dsq_score_text_bound(&a.so), &ids,
                                  &n, &e);
@@ -394,7 +400,7 @@ int dsq__eval_kld(int argc, char **argv) {
     dsq_v4_model *m = NULL;
     int32_t *ids = NULL;
     uint64_t n = 0;
-    dsq_status s = dsq_v4_model_open(a.pos[0], &m, &e);
+    dsq_status s = dsq_v4_model_open_ex(a.pos[0], &a.so.eval.load, &m, &e);
     /* --base compares the given ids with all of the base's: read them all */
     if (s == DSQ_OK && (a.n_pos > 1 || a.tokens))
         s = dsq__cmd_load_tokens(a.pos[0], a.n_pos > 1 ? a.pos[1] : NULL, a.tokens,
@@ -583,7 +589,7 @@ int dsq__eval_mc(int argc, char **argv) {
     dsq_mc_task *task = NULL;
     dsq_mc_result r = {0};
     dsq_mc_flips fl = {0};
-    dsq_status s = dsq_v4_model_open(a.pos[0], &m, &e);
+    dsq_status s = dsq_v4_model_open_ex(a.pos[0], &a.so.eval.load, &m, &e);
     if (s == DSQ_OK) s = dsq_tok_open(a.pos[0], NULL, &tok, &e);
     if (s == DSQ_OK) s = dsq_mc_task_open(a.pos[1], &task, &e);
     dsq_mc_options mo = {.first = (size_t)k.first, .count = (size_t)k.count};

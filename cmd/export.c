@@ -4,9 +4,11 @@
 #include "cmd.h"
 #include "gguf_out.h"
 #include "dsq_container.h"
+#include "dsq_convert.h"
 
 static void help(void) {
-    printf("usage: dsq export FILE.dsq OUTDIR [--format safetensors] [--shard-size SIZE] [--overwrite] [--json]\n"
+    printf("usage: dsq export FILE.dsq OUTDIR [--format safetensors] [--shard-size SIZE] [--overwrite]\n"
+           "                  [--allow-nonfinite] [--json]\n"
            "       dsq export FILE.dsq OUT.gguf [--recipe NAME] ...   (llama.cpp GGUF; dsq export x.gguf --help)\n\n"
            "Writes every checkpoint tensor the container holds back under its own name (stacked experts\n"
            "and fused wkv|wgate split again), with config.json, generation_config.json and the tokenizer\n"
@@ -14,7 +16,8 @@ static void help(void) {
            "FP8 experts (recipe fp8) as F8_E4M3 + F8_E8M0 scales with expert_dtype \"fp8\"; other encodings\n"
            "as codes + .scale/.min/.tensor_scale tensors described in quantization_config.dsq and each\n"
            "shard's __metadata__.  Shards of at most SIZE (default 5G) with model.safetensors.index.json,\n"
-           "or one model.safetensors.  Every shard is read back and checked before the command succeeds.\n");
+           "or one model.safetensors.  Every shard is read back and checked before the command succeeds.\n"
+           "NaN/Inf codes or scales stop the export (--allow-nonfinite writes them).\n");
 }
 
 int dsq_cmd_export(int argc, char **argv) {
@@ -32,10 +35,11 @@ int dsq_cmd_export(int argc, char **argv) {
     }
     const char *pos[2] = {NULL, NULL};
     int npos = 0;
-    dsq_ctr_export_options o = {.progress = true};
+    dsq_ctr_export_options o = {.progress = true, .scan = dsq_convert_scan_piece};
     bool json = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--overwrite")) o.overwrite = true;
+        else if (!strcmp(argv[i], "--allow-nonfinite")) o.scan = NULL;
         else if (!strcmp(argv[i], "--json")) json = true;
         else if (!strcmp(argv[i], "--format") && i + 1 < argc) {
             if (strcmp(argv[++i], "safetensors") != 0)
@@ -48,6 +52,8 @@ int dsq_cmd_export(int argc, char **argv) {
         else return dsq_cmd_usage_error("export", "unexpected argument '%s'", argv[i]);
     }
     if (npos != 2) return dsq_cmd_usage_error("export", "need FILE.dsq and OUTDIR");
+    dsq_nonfinite_scan scan = {pos[0], 0};
+    o.scan_ctx = &scan;
     dsq_err err = DSQ_ERR_INIT;
     dsq_ctr_export_stats st;
     if (dsq_ctr_export_safetensors(pos[0], pos[1], &o, &st, &err) != DSQ_OK) return dsq_cmd_fail("export", &err);

@@ -19,7 +19,8 @@ static void help(void) {
            "  --temperature T        sampling temperature (default 0: greedy; the reference CLI uses 0.6)\n"
            "  --seed S               sampling seed (default 0)\n"
            "  --ignore-eos           do not stop at the end-of-sentence token\n"
-           "  --numerics exact|release, --device cpu|cuda[:N], --threads N, --scalar, --no-shared-clamp   as for dsq eval\n"
+           "  --numerics exact|release, --device cpu|cuda[:N], --threads N, --scalar, --no-shared-clamp,\n"
+           "  --no-verify-data, --allow-nonfinite                            as for dsq eval\n"
            "  --json                 print {\"prompt_ids\", \"ids\", \"text\"} at the end instead of streaming\n");
 }
 
@@ -113,7 +114,7 @@ int dsq_cmd_generate(int argc, char **argv) {
     dsq_tok *tok = NULL;
     dsq_tok_ids ids = {0};
     dsq_tok_text rendered = {0};
-    dsq_status s = dsq_v4_model_open(model, &m, &e);
+    dsq_status s = dsq_v4_model_open_ex(model, &so.eval.load, &m, &e);
     if (s == DSQ_OK) s = dsq_tok_open(model, NULL, &tok, &e);
     k.tok = tok;
     if (s == DSQ_OK && chat) {

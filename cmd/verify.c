@@ -8,10 +8,11 @@
 #include "dsq_wsrc.h"
 
 static void help(void) {
-    printf("usage: dsq verify FILE.dsq|FILE.gguf [--source SRC] [--no-mmap] [--json]\n\n"
+    printf("usage: dsq verify FILE.dsq|FILE.gguf [--source SRC] [--no-mmap] [--allow-nonfinite] [--json]\n\n"
            "Validates the container structure, recomputes every tensor checksum (XXH3-64) and checks the\n"
-           "padding bytes, the metadata (config, KV-cache declaration) and the tensor inventory its sources\n"
-           "describe.  With --source, also checks that every checkpoint tensor is held, that unchanged\n"
+           "padding bytes, NaN/Inf codes and scales (--allow-nonfinite: accepted), the metadata (model.config\n"
+           "as inspect and eval read it, files.config.json agreeing with it, KV-cache declaration), the\n"
+           "tensor inventory its sources describe, and stored names against their source records.  With --source, also checks that every checkpoint tensor is held, that unchanged\n"
            "tensors are byte-identical to the checkpoint and that the checkpoint did not change since the\n"
            "conversion, and reports per family the error of re-encoded tensors (relative RMS, max abs,\n"
            "cosine).  Exit status 1 when any problem is found (each printed on one line).\n"
@@ -76,10 +77,10 @@ static void print_json(const char *path, const dsq_verify_report *r, bool ok, si
     printf("{\"file\": ");
     dsq_cmd_json_str(stdout, path);
     printf(", \"ok\": %s, \"problems\": %zu, \"tensors\": %llu, \"parts\": %llu, \"bytes\": %llu, \"file_bytes\": %llu, "
-           "\"checksums_ok\": %s, \"metadata_ok\": %s",
+           "\"checksums_ok\": %s, \"values_ok\": %s, \"names_ok\": %s, \"metadata_ok\": %s",
            ok ? "true" : "false", problems, (unsigned long long)r->tensors, (unsigned long long)r->parts,
            (unsigned long long)r->bytes, (unsigned long long)r->file_bytes, r->checksums_ok ? "true" : "false",
-           r->metadata_ok ? "true" : "false");
+           r->values_ok ? "true" : "false", r->names_ok ? "true" : "false", r->metadata_ok ? "true" : "false");
     if (r->source_checked) {
         printf(", \"source\": {\"sources\": %llu, \"identical\": %llu, \"reencoded\": %llu, \"changed\": %llu, "
                "\"missing\": %llu, \"worst_rel_rms\": %.9g, \"worst\": ",
@@ -113,10 +114,11 @@ int dsq_cmd_verify(int argc, char **argv) {
         return DSQ_EXIT_OK;
     }
     const char *path = NULL, *source = NULL;
-    bool json = false, no_mmap = false;
+    bool json = false, no_mmap = false, nonfinite = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json")) json = true;
         else if (!strcmp(argv[i], "--no-mmap")) no_mmap = true;
+        else if (!strcmp(argv[i], "--allow-nonfinite")) nonfinite = true;
         else if (!strcmp(argv[i], "--source") && i + 1 < argc) source = argv[++i];
         else if (argv[i][0] == '-' && argv[i][1]) return dsq_cmd_usage_error("verify", "unknown or incomplete option '%s'", argv[i]);
         else if (!path) path = argv[i];
@@ -126,14 +128,16 @@ int dsq_cmd_verify(int argc, char **argv) {
     if (dsq_wsrc_sniff_gguf(path)) return verify_gguf(path, source, json);
     dsq_err err = DSQ_ERR_INIT;
     dsq_verify_report rep;
-    dsq_verify_options o = {.path = path, .source = source, .no_mmap = no_mmap, .progress = true};
+    dsq_verify_options o = {.path = path, .source = source, .no_mmap = no_mmap, .progress = true,
+                            .allow_nonfinite = nonfinite};
     dsq_status s = dsq_convert_verify(&o, &rep, &err);
     size_t problems = err.n;
     if (json) print_json(path, &rep, s == DSQ_OK, problems);
     else if (rep.tensors) {
-        printf("%s: %llu tensors, %llu parts, %llu bytes; checksums %s; metadata %s\n", path,
+        printf("%s: %llu tensors, %llu parts, %llu bytes; checksums %s; values %s; names %s; metadata %s\n", path,
                (unsigned long long)rep.tensors, (unsigned long long)rep.parts, (unsigned long long)rep.bytes,
-               rep.checksums_ok ? "ok" : "BAD", rep.metadata_ok ? "ok" : "BAD");
+               rep.checksums_ok ? "ok" : "BAD", rep.values_ok ? "ok" : "BAD (NaN/Inf)", rep.names_ok ? "ok" : "BAD",
+               rep.metadata_ok ? "ok" : "BAD");
         if (rep.source_checked) {
             printf("source %s: %llu tensors, %llu identical, %llu re-encoded, %llu changed, %llu missing\n", source,
                    (unsigned long long)rep.sources, (unsigned long long)rep.sources_identical,

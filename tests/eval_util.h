@@ -81,7 +81,8 @@ static inline int32_t *eu_i32(const dsq_st *st, const char *name, size_t *n) {
 }
 
 /* Largest per-row relative L2 error ‖a−b‖/‖b‖ over rows of `w`; *argmax_mismatch counts rows whose
- * arg-max differs (may be NULL). */
+ * arg-max differs (may be NULL).  A NaN in any row makes the result NaN (it fails every `<= tol`)
+ * and counts that row as a mismatch. */
 static inline double eu_max_rel_l2(const float *a, const float *b, size_t rows, size_t w, size_t *argmax_mismatch) {
     double worst = 0;
     size_t mism = 0;
@@ -96,8 +97,8 @@ static inline double eu_max_rel_l2(const float *a, const float *b, size_t rows, 
             if (b[r * w + i] > b[r * w + ib]) ib = i;
         }
         double rel = den > 0 ? sqrt(num / den) : sqrt(num);
-        if (!(rel <= worst)) worst = rel; /* NaN propagates as failure */
-        mism += ia != ib;
+        worst = dsq_test_worse(worst, rel);
+        mism += ia != ib || rel != rel;
     }
     if (argmax_mismatch) *argmax_mismatch = mism;
     return worst;
@@ -126,7 +127,7 @@ static inline double eu_mean_kl(const float *golden, const float *ours, size_t r
             kl += exp(lp) * (lp - lq);
         }
         kl_sum += kl;
-        agree += ig == io;
+        agree += ig == io && kl == kl; /* a NaN row never agrees */
     }
     if (top1) *top1 = (double)agree / (double)rows;
     return kl_sum / (double)rows;

@@ -304,8 +304,30 @@ static void test_act_fp4(void **state) {
     for (int i = 0; i < N; i++) assert_true(s8[i] == dsq_bf16_round(q[i] * sa[i / 64]));
 }
 
+/* An e4m3 NaN code makes its row's dot product NaN in both twins (the AVX2 decoder reads it as 480). */
+static void test_dot_nan_code(void **state) {
+    (void)state;
+    enum { R = 4, C = 256 };
+    float w[R * C], x[C], ys[R], yv[R];
+    for (int i = 0; i < R * C; i++) w[i] = (float)((i * 7) % 13) - 6.0f;
+    for (int c = 0; c < C; c++) x[c] = 1.0f / (float)(c + 1);
+    dsq_qtensor_buf b;
+    qbuf_alloc(&b, DSQ_ENC_FP8_B128, R, C, 0);
+    assert_int_equal(dsq_codec_encode(&b, w, 0, R, NULL, NULL), DSQ_OK);
+    ((uint8_t *)b.data)[2 * C + 37] = 0x7f;
+    dsq_qtensor t = dsq_qtensor_view(&b);
+    dsq_codec_dot_rows_isa(&t, x, 0, R, ys, DSQ_ISA_SCALAR);
+    dsq_codec_dot_rows_isa(&t, x, 0, R, yv, DSQ_ISA_AVX2);
+    for (int r = 0; r < R; r++) {
+        assert_true(isnan(ys[r]) == (r == 2));
+        assert_true(isnan(yv[r]) == (r == 2));
+    }
+    qbuf_free(&b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dot_nan_code),
         cmocka_unit_test(test_decode_twins_identical), cmocka_unit_test(test_encode_twins_identical),
         cmocka_unit_test(test_dot_rows),
         cmocka_unit_test(test_gemm_and_fp8_linear),    cmocka_unit_test(test_fp8_linear_codes),

@@ -13,6 +13,7 @@
 #include "dsq_json.h"
 #include "dsq_safetensors.h"
 #include "dsq_test.h"
+#include "ctr_util.h"
 
 static char *golden_model(void) { return dsq_test_shared_path("golden/v4-tiny/model"); }
 
@@ -783,8 +784,136 @@ static void test_verify_detects(void **state) {
     free(dir);
 }
 
+/* Set byte `at` of checkpoint tensor `name` in DIR/model.safetensors (rewritten in place). */
+static void poke_source(const char *model, const char *name, uint64_t at, uint8_t v) {
+    char *mf = dsq_test_join(model, "model.safetensors");
+    dsq_st *st = NULL;
+    assert_int_equal(dsq_st_open(mf, NULL, &st, NULL), DSQ_OK);
+    uint64_t off = dsq_st_find(st, name)->file_offset + at;
+    dsq_st_close(st);
+    size_t n;
+    char *bytes = dsq_test_read(mf, &n);
+    bytes[off] = (char)v;
+    unlink(mf);
+    dsq_test_write(mf, bytes, n);
+    free(bytes);
+    free(mf);
+}
+
+/* Non-finite data is refused everywhere by default: the release recipe's byte copies (e4m3 NaN code,
+ * UE8M0 255 scale), verify and export of a container that holds them (converted with the override).
+ * Before: all of them stored or passed the NaN silently. */
+static void test_nonfinite_refused(void **state) {
+    char *dir = dsq_test_tmpdir(), *golden = golden_model();
+    char *model = dsq_test_join(dir, "model"), *out = dsq_test_join(dir, "m.dsq"), *ex = dsq_test_join(dir, "ex");
+    struct {
+        const char *tensor;
+        uint64_t at;
+        uint8_t v;
+    } cases[] = {
+        {"layers.0.attn.wq_b.weight", 5, 0x7f},          /* FP8 weight: e4m3 NaN code */
+        {"layers.1.ffn.experts.2.w1.scale", 100, 0xff},  /* MXFP4 expert: UE8M0 NaN scale */
+        {"layers.3.attn.wo_b.scale", 1, 0xff},           /* FP8 block scale */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        assert_int_equal(dsq_test_run(NULL, NULL, "version >/dev/null; rm -rf '%s' '%s' '%s'; mkdir '%s' && cp '%s'/* '%s/'",
+                                      model, ex, out, model, golden, model),
+                         0);
+        poke_source(model, cases[i].tensor, cases[i].at, cases[i].v);
+        char *err = NULL;
+        assert_int_equal(dsq_test_run(NULL, &err, "convert '%s' '%s' --recipe release --overwrite", model, out), 1);
+        printf("  convert: %s", err);
+        assert_non_null(strstr(err, cases[i].tensor));
+        assert_non_null(strstr(err, "NaN or infinite"));
+        assert_false(dsq_path_exists(out));
+        free(err);
+        assert_int_equal(dsq_test_run(NULL, NULL, "convert '%s' '%s' --recipe release --allow-nonfinite --overwrite", model,
+                                      out),
+                         0);
+        assert_int_equal(dsq_test_run(NULL, &err, "verify '%s'", out), 1);
+        printf("  verify: %s", err);
+        assert_non_null(strstr(err, "NaN or infinite"));
+        free(err);
+        cJSON *j = verify_json(out, NULL, 1);
+        assert_false(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "values_ok")));
+        assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "checksums_ok")));
+        cJSON_Delete(j);
+        assert_int_equal(dsq_test_run(NULL, NULL, "verify '%s' --allow-nonfinite", out), 0);
+        assert_int_equal(dsq_test_run(NULL, &err, "export '%s' '%s'", out, ex), 1);
+        printf("  export: %s", err);
+        assert_non_null(strstr(err, "NaN or infinite"));
+        free(err);
+        assert_int_equal(dsq_test_run(NULL, NULL, "export '%s' '%s' --allow-nonfinite --overwrite", out, ex), 0);
+    }
+    dsq_test_rmdir(dir);
+    free(model), free(out), free(ex), free(golden), free(dir);
+}
+
+/* verify checks what the readers need: a container without model.config (inspect and eval refuse it),
+ * files.config.json disagreeing with model.config, stored names that disagree with their source
+ * records (spec §5.5).  Crafted by rewriting a real container with one edit (valid checksums).
+ * Before: "metadata ok" on all of them. */
+static void test_verify_readers_need(void **state) {
+    char *dir = dsq_test_tmpdir(), *golden = golden_model();
+    char *out = dsq_test_join(dir, "m.dsq"), *bad = dsq_test_join(dir, "bad.dsq");
+    assert_int_equal(dsq_test_run(NULL, NULL, "convert '%s' '%s' --recipe release", golden, out), 0);
+    ctr_edit none = {0};
+    ctr_rewrite(out, bad, &none);
+    assert_int_equal(dsq_test_run(NULL, NULL, "verify '%s'", bad), 0); /* the rewriter itself is sound */
+    dsq_ctr_reader *r = NULL;
+    assert_int_equal(dsq_ctr_reader_open(out, NULL, &r, NULL), DSQ_OK);
+    size_t ml;
+    const char *mt = dsq_ctr_metadata(r, &ml);
+    cJSON *meta = cJSON_ParseWithLength(mt, ml);
+    dsq_ctr_reader_close(r);
+    /* no model.config */
+    cJSON *m1 = cJSON_Duplicate(meta, true);
+    cJSON_DeleteItemFromObject(cJSON_GetObjectItem(m1, "model"), "config");
+    char *t1 = cJSON_PrintUnformatted(m1);
+    /* files.config.json says something else */
+    cJSON *m2 = cJSON_Duplicate(meta, true);
+    cJSON *files = cJSON_GetObjectItem(m2, "files");
+    cJSON *cj = cJSON_Parse(cJSON_GetObjectItem(files, "config.json")->valuestring);
+    cJSON_ReplaceItemInObject(cj, "rope_theta", cJSON_CreateNumber(12345));
+    char *cjt = cJSON_PrintUnformatted(cj);
+    cJSON_ReplaceItemInObject(files, "config.json", cJSON_CreateString(cjt));
+    char *t2 = cJSON_PrintUnformatted(m2);
+    struct {
+        ctr_edit e;
+        const char *want;
+    } cases[] = {
+        {{.meta = t1}, "model.config"},
+        {{.meta = t2}, "disagree"},
+        {{.rename_from = "layers.0.attn.wq_a.weight", .rename_to = "layers.0.attn.wq_x.weight"},
+         "stored name disagrees with its source record layers.0.attn.wq_a.weight"},
+        {{.rename_from = "layers.1.ffn.experts.w1.weight", .rename_to = "layers.1.ffn.experts.w9.weight"},
+         "tensor layers.1.ffn.experts.w9.weight: stored name disagrees"},
+        {{.rename_from = "layers.1.attn.compressor.wkv_wgate.weight", .rename_to = "layers.1.attn.compressor.wq.weight"},
+         "tensor layers.1.attn.compressor.wq.weight: stored name disagrees"},
+        {{.src_from = "layers.2.attn.wo_b.weight", .src_to = "layers.2.attn.wo_c.weight"},
+         "tensor layers.2.attn.wo_b.weight: stored name disagrees with its source record layers.2.attn.wo_c.weight"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ctr_rewrite(out, bad, &cases[i].e);
+        char *err = NULL, *o = NULL;
+        assert_int_equal(dsq_test_run(&o, &err, "verify '%s'", bad), 1);
+        printf("  case %zu: %s", i, err);
+        assert_non_null(strstr(err, cases[i].want));
+        assert_non_null(strstr(o, "BAD"));
+        free(err), free(o);
+    }
+    /* what the readers say about the first case */
+    ctr_rewrite(out, bad, &cases[0].e);
+    assert_int_equal(dsq_test_run(NULL, NULL, "inspect '%s'", bad), 1);
+    free(t1), free(t2), free(cjt);
+    cJSON_Delete(m1), cJSON_Delete(m2), cJSON_Delete(cj), cJSON_Delete(meta);
+    dsq_test_rmdir(dir);
+    free(out), free(bad), free(golden), free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_nonfinite_refused), cmocka_unit_test(test_verify_readers_need),
         cmocka_unit_test(test_recipes),      cmocka_unit_test(test_release_golden),
         cmocka_unit_test(test_deterministic), cmocka_unit_test(test_chunking_invariant),
         cmocka_unit_test(test_cli_dry_run),

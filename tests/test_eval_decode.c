@@ -292,7 +292,8 @@ static void test_synth_decode_equals_prefill(void **state) {
 typedef struct mutant {
     dsq_wsrc *inner;
     const char *target;
-    int how; /* 0 hide, 1 wrong shape, 2 wrong encoding, 3 NaN scale, 4 re-encode to `to` */
+    int how; /* 0 hide, 1 wrong shape, 2 wrong encoding, 3 NaN scale (the last), 4 re-encode to `to`,
+                5 scales × 2^6, 6 an e4m3 NaN code (row 5, column 7) */
     uint8_t nan_scale[64];
     dsq_encoding to;
     int to_group;
@@ -331,10 +332,21 @@ static dsq_status mut_get(const dsq_wsrc *s, const char *name, dsq_wview *v, dsq
         for (uint64_t i = 0; i < v->scale_bytes && i < 64; i++) mu->nan_scale[i] = (uint8_t)(mu->nan_scale[i] + 6);
         v->scale = mu->nan_scale;
     }
-    if (mu->how == 3) {
-        memcpy(mu->nan_scale, v->scale, v->scale_bytes < 64 ? v->scale_bytes : 64);
-        mu->nan_scale[0] = 0xff;
-        v->scale = mu->nan_scale;
+    if (mu->how == 3) { /* a UE8M0 NaN in the LAST scale byte: the whole set must be scanned */
+        if (!mu->buf[1]) {
+            mu->buf[1] = malloc(v->scale_bytes);
+            memcpy(mu->buf[1], v->scale, v->scale_bytes);
+            ((uint8_t *)mu->buf[1])[v->scale_bytes - 1] = 0xff;
+        }
+        v->scale = mu->buf[1];
+    }
+    if (mu->how == 6) {
+        if (!mu->buf[0]) {
+            mu->buf[0] = malloc(v->data_bytes);
+            memcpy(mu->buf[0], v->data, v->data_bytes);
+            ((uint8_t *)mu->buf[0])[5 * v->shape[1] + 7] = 0x7f;
+        }
+        v->data = mu->buf[0];
     }
     return DSQ_OK;
 }
@@ -360,7 +372,7 @@ static dsq_wsrc *mutant_src(const char *target, int how, dsq_encoding to, int gr
     mu->to = to;
     mu->to_group = group;
     dsq_wsrc *s = calloc(1, sizeof *s);
-    *s = (dsq_wsrc){mu, "mutant", mut_get, NULL, NULL, mut_close};
+    *s = (dsq_wsrc){mu, "mutant", mut_get, NULL, NULL, mut_close, NULL, NULL};
     return s;
 }
 
@@ -384,6 +396,8 @@ static void test_model_validation(void **state) {
         {"layers.1.attn.indexer.wq_b.weight", 1, DSQ_ERR_SHAPE},
         {"mtp.0.ffn.experts.7.w2.weight", 2, DSQ_ERR_DTYPE},
         {"layers.3.attn.wo_b.weight", 3, DSQ_ERR_NONFINITE},
+        {"layers.1.ffn.experts.3.w1.weight", 3, DSQ_ERR_NONFINITE}, /* MXFP4 expert scales too */
+        {"mtp.0.ffn.experts.6.w2.weight", 3, DSQ_ERR_NONFINITE},
         {"layers.0.ffn.gate.tid2eid", 1, DSQ_ERR_SHAPE},
         {"hc_head_base", 0, DSQ_ERR_MISSING},
     };
@@ -467,6 +481,83 @@ static void test_shared_clamp_switch(void **state) {
     dsq_v4_model_close(m);
 }
 
+/* Bitwise equality where NaN counts as equal to NaN (payloads are not compared). */
+static size_t nan_aware_diffs(const float *a, const float *b, size_t n, size_t *nans) {
+    size_t d = 0;
+    *nans = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(a[i]) || isnan(b[i])) {
+            d += !(isnan(a[i]) && isnan(b[i]));
+            *nans += isnan(a[i]) != 0;
+        } else {
+            d += memcmp(&a[i], &b[i], sizeof(float)) != 0;
+        }
+    }
+    return d;
+}
+
+/* NaN codes and scales: refused by default (codes at the first forward pass, with the tensor's name);
+ * with allow_nonfinite they run, and the AVX2 and scalar twins give the same results (the AVX2 FP8
+ * decoder read the e4m3 NaN code as 480 and the FP4 fast path read a UE8M0 255 scale as +Inf). */
+static void test_nonfinite_weights(void **state) {
+    struct {
+        const char *name;
+        int how;
+    } cases[] = {
+        {"layers.2.attn.wq_b.weight", 6}, /* FP8 128x128: an e4m3 NaN code */
+        {"layers.0.ffn.shared_experts.w2.weight", 6},
+        {"layers.1.ffn.experts.3.w2.weight", 3}, /* MXFP4: a NaN scale */
+        {"layers.2.attn.wo_b.weight", 3},        /* FP8: a NaN scale */
+    };
+    dsq_eval_options o;
+    eu_opts(&o);
+    const int64_t n = 8;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        dsq_v4_config c;
+        eu_tiny_config(&c);
+        dsq_v4_model *m = NULL;
+        dsq_err e = DSQ_ERR_INIT;
+        if (cases[i].how == 6) { /* default: loads, then the first forward pass refuses the codes */
+            assert_int_equal(dsq_v4_model_create(mutant_src(cases[i].name, 6, DSQ_ENC_F32, 0), &c, &m, &e), DSQ_OK);
+            dsq_v4_seq *seq = NULL;
+            assert_int_equal(dsq_v4_seq_create(m, &seq, NULL), DSQ_OK);
+            float *lg = malloc(sizeof(float) * NV * (size_t)n);
+            dsq_v4_item it = {seq, tiny_tok, n, lg, NULL, NULL};
+            assert_int_equal(dsq_v4_forward(m, &o, &it, 1, &e), DSQ_ERR_NONFINITE);
+            printf("  %s\n", e.msg);
+            assert_non_null(strstr(e.msg, cases[i].name));
+            free(lg);
+            dsq_v4_seq_free(seq);
+            dsq_v4_model_close(m);
+            m = NULL;
+            dsq_err_clear(&e);
+        }
+        dsq_v4_load_options lo = {.allow_nonfinite = true};
+        assert_int_equal(
+            dsq_v4_model_create_ex(mutant_src(cases[i].name, cases[i].how, DSQ_ENC_F32, 0), &c, &lo, &m, &e), DSQ_OK);
+        for (int release = 0; release < 2; release++) {
+            o.numerics = release ? DSQ_NUMERICS_RELEASE : DSQ_NUMERICS_EXACT;
+            o.force_scalar = false;
+            float *fast = run_split(m, &o, tiny_tok, n, n, 1); /* prefill, then the one-token kernels */
+            float *fast1 = run_split(m, &o, tiny_tok, n, 1, 1);
+            o.force_scalar = true;
+            float *slow = run_split(m, &o, tiny_tok, n, n, 1), *slow1 = run_split(m, &o, tiny_tok, n, 1, 1);
+            size_t nans = 0, d = nan_aware_diffs(fast, slow, NV * (size_t)n, &nans);
+            size_t nans1 = 0, d1 = nan_aware_diffs(fast1, slow1, NV * (size_t)n, &nans1);
+            printf("  %-40s %s: %zu of %zu logits NaN; fast vs scalar differ in %zu (prefill) / %zu (decode)\n",
+                   cases[i].name, release ? "release" : "exact", nans, NV * (size_t)n, d, d1);
+            if (!release) assert_true(nans > 0); /* release's activation rounding may absorb them: both alike */
+            assert_int_equal(d, 0);
+            assert_int_equal(d1, 0);
+            free(fast), free(fast1), free(slow), free(slow1);
+        }
+        o.numerics = DSQ_NUMERICS_EXACT;
+        o.force_scalar = false;
+        dsq_v4_model_close(m);
+        dsq_err_clear(&e);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tiny_tests[] = {
         cmocka_unit_test(test_tiny_decode_splits),
@@ -478,6 +569,7 @@ int main(void) {
         cmocka_unit_test(test_bad_tokens),
         cmocka_unit_test(test_other_codecs),
         cmocka_unit_test(test_shared_clamp_switch),
+        cmocka_unit_test(test_nonfinite_weights),
     };
     const struct CMUnitTest other[] = {
         cmocka_unit_test(test_topk_ties),

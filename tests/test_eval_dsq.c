@@ -6,6 +6,8 @@
  * expert and compressor. */
 #include "dsq.h"
 #include "dsq_codec.h"
+#include "ctr_util.h"
+#include "dsq_container.h"
 #include "eval_util.h"
 
 static char *tmp, *model;
@@ -250,8 +252,136 @@ static void test_slices(void **state) {
     free(rel);
 }
 
+/* Page-cache hints cover each view's own bytes: one expert's slice of a stacked [E, out, in] tensor,
+ * not the whole stack once per expert (which advised E² expert matrices per block). */
+static void test_prefetch_view_bytes(void **state) {
+    char *rel = convert("release");
+    dsq_wsrc *wc = NULL;
+    dsq_v4_config cfg;
+    dsq_err err = DSQ_ERR_INIT;
+    assert_int_equal(dsq_wsrc_open_path(rel, &cfg, &wc, &err), DSQ_OK);
+    assert_non_null(wc->advice_stats);
+    dsq_wview v;
+    assert_int_equal(wc->get(wc, "layers.2.ffn.experts.5.w2.weight", &v, &err), DSQ_OK);
+    uint64_t will0, dont0, will1, dont1;
+    wc->advice_stats(wc, &will0, &dont0);
+    wc->prefetch(wc, &v);
+    wc->release(wc, &v);
+    wc->advice_stats(wc, &will1, &dont1);
+    assert_true(v.data_bytes > 0 && v.scale_bytes > 0);
+    assert_int_equal(will1 - will0, v.data_bytes + v.scale_bytes);
+    assert_int_equal(dont1 - dont0, v.data_bytes + v.scale_bytes);
+    dsq_v4_model *m = NULL;
+    assert_int_equal(dsq_v4_model_create(wc, &cfg, &m, &err), DSQ_OK); /* takes wc */
+    for (int b = 0; b < cfg.n_layers + cfg.n_mtp_layers; b++) {
+        wc->advice_stats(wc, &will0, &dont0);
+        dsq_v4_block_prefetch(m, b);
+        dsq_v4_block_release(m, b);
+        wc->advice_stats(wc, &will1, &dont1);
+        printf("  block %d: %llu bytes of weights, %llu advised\n", b, (unsigned long long)dsq_v4_block_bytes(m, b),
+               (unsigned long long)(will1 - will0));
+        assert_int_equal(will1 - will0, dsq_v4_block_bytes(m, b));
+        assert_int_equal(dont1 - dont0, dsq_v4_block_bytes(m, b));
+    }
+    dsq_v4_model_close(m);
+    dsq_err_clear(&err);
+    free(rel);
+}
+
+/* Flip one byte of stored tensor `name`'s part p (in its middle) in place; returns that tensor's name. */
+static void flip_byte(const char *path, const char *name, int p) {
+    dsq_ctr_reader *r = NULL;
+    assert_int_equal(dsq_ctr_reader_open(path, NULL, &r, NULL), DSQ_OK);
+    const dsq_ctr_tensor *t = dsq_ctr_find(r, name);
+    assert_non_null(t);
+    uint64_t at = t->parts[p].offset + t->parts[p].bytes / 2;
+    dsq_ctr_reader_close(r);
+    FILE *f = fopen(path, "r+b");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, (long)at, SEEK_SET), 0);
+    int c = fgetc(f);
+    assert_int_equal(fseek(f, (long)at, SEEK_SET), 0);
+    fputc(c ^ 0x10, f);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* eval checks each .dsq part's checksum the first time it uses it: one flipped data bit in an expert
+ * stack fails `eval ppl` with one line naming the tensor (it changed the perplexity silently before);
+ * --no-verify-data skips the check and runs. */
+static void test_eval_checks_checksums(void **state) {
+    char *rel = convert("release");
+    char *tokens = token_file(40);
+    const char *stack = "layers.2.ffn.experts.w2.weight";
+    char *out = NULL, *se = NULL;
+    const char *ppl = "eval ppl '%s' --tokens '%s' --ctx 16 --chunks 2 --threads 1 %s";
+    assert_int_equal(dsq_test_run(&out, &se, ppl, rel, tokens, ""), 0);
+    free(out), free(se);
+    flip_byte(rel, stack, 0);
+    assert_int_equal(dsq_test_run(&out, &se, ppl, rel, tokens, ""), 1);
+    printf("  %s", se);
+    assert_non_null(strstr(se, stack));
+    assert_non_null(strstr(se, "checksum"));
+    assert_non_null(strstr(se, rel));
+    assert_true(strchr(se, '\n') == se + strlen(se) - 1); /* one line */
+    free(out), free(se);
+    assert_int_equal(dsq_test_run(&out, &se, ppl, rel, tokens, "--no-verify-data"), 0);
+    assert_non_null(strstr(out, "ppl"));
+    free(out), free(se);
+    /* eval diff builds its models over a layer-mixing source: the check reaches the container too */
+    assert_int_equal(dsq_test_run(&out, &se, "eval diff '%s' '%s' --tokens '%s' --ctx 16 --chunks 1 --threads 1", model,
+                                  rel, tokens),
+                     1);
+    printf("  %s", se);
+    assert_non_null(strstr(se, stack));
+    assert_non_null(strstr(se, "checksum"));
+    free(out), free(se);
+    /* dsq_v4 API: the check runs at the first forward pass, not at load */
+    dsq_v4_model *m = NULL;
+    dsq_err e = DSQ_ERR_INIT;
+    assert_int_equal(dsq_v4_model_open(rel, &m, &e), DSQ_OK);
+    assert_int_equal(dsq_v4_model_check_block(m, -1, &e), DSQ_OK);
+    assert_int_equal(dsq_v4_model_check_block(m, 2, &e), DSQ_ERR_CHECKSUM);
+    assert_non_null(strstr(e.msg, stack));
+    dsq_v4_model_close(m);
+    dsq_err_clear(&e);
+    free(tokens);
+    free(rel);
+}
+
+/* A .dsq whose checksums are right but whose data holds an e4m3 NaN code (rewritten through the
+ * writer): eval refuses it at first use naming the stored tensor, --no-verify-data too (the scan is
+ * not a checksum), --allow-nonfinite runs it. */
+static void test_eval_nonfinite_container(void **state) {
+    char *rel = convert("release"), *bad = dsq_test_join(tmp, "nan.dsq");
+    char *tokens = token_file(40);
+    ctr_edit e = {.poke_tensor = "layers.1.attn.wq_b.weight", .poke_part = 0, .poke_at = 3 * 128 + 9, .poke_byte = 0xff};
+    ctr_rewrite(rel, bad, &e);
+    const char *ppl = "eval ppl '%s' --tokens '%s' --ctx 16 --chunks 1 --threads 1 %s";
+    const char *opts[] = {"", "--no-verify-data"};
+    for (int i = 0; i < 2; i++) {
+        char *se = NULL;
+        assert_int_equal(dsq_test_run(NULL, &se, ppl, bad, tokens, opts[i]), 1);
+        printf("  %s", se);
+        assert_non_null(strstr(se, "layers.1.attn.wq_b.weight"));
+        assert_non_null(strstr(se, "NaN or infinite"));
+        free(se);
+    }
+    /* let through: the logits hold NaN (ppl would refuse those rows), written as they are */
+    size_t rows = 0;
+    float *lg = logits(bad, tokens, "--allow-nonfinite", &rows);
+    size_t nans = 0;
+    for (size_t i = 0; i < rows * 512; i++) nans += isnan(lg[i]) != 0;
+    printf("  --allow-nonfinite: %zu of %zu logits NaN\n", nans, rows * 512);
+    assert_true(nans > 0);
+    free(lg);
+    free(tokens), free(bad), free(rel);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_eval_nonfinite_container),
+        cmocka_unit_test(test_eval_checks_checksums),
+        cmocka_unit_test(test_prefetch_view_bytes),
         cmocka_unit_test(test_recipes_through_container),
         cmocka_unit_test(test_fp8_variants_through_container),
         cmocka_unit_test(test_decode_from_container),

@@ -25,7 +25,7 @@ static void check_rope(const char *name, const dsq_v4_rope *rope) {
     double worst = 0;
     for (int p = 0; p < 256; p++) {
         dsq_v4_rope_cos_sin(freqs, 64, p, cs);
-        for (int i = 0; i < 64; i++) worst = fmax(worst, fabs((double)cs[i] - g[p * 64 + i]));
+        for (int i = 0; i < 64; i++) worst = dsq_test_worse(worst, fabs((double)cs[i] - g[p * 64 + i]));
     }
     printf("  %s: max abs error %.3g\n", name, worst);
     assert_true(worst <= 1e-6);
@@ -66,10 +66,11 @@ static void test_hc_split(void **state) {
         float pre[4], post[4], comb[16];
         dsq_v4_hc_split(mixes + t * 24, scale, base, 4, 20, 1e-6f, pre, post, comb);
         for (int j = 0; j < 4; j++) {
-            worst = fmax(worst, fabs(pre[j] - gpre[t * 4 + j]) / fabs(gpre[t * 4 + j]));
-            worst = fmax(worst, fabs(post[j] - gpost[t * 4 + j]) / fabs(gpost[t * 4 + j]));
+            worst = dsq_test_worse(worst, fabs(pre[j] - gpre[t * 4 + j]) / fabs(gpre[t * 4 + j]));
+            worst = dsq_test_worse(worst, fabs(post[j] - gpost[t * 4 + j]) / fabs(gpost[t * 4 + j]));
         }
-        for (int i = 0; i < 16; i++) worst = fmax(worst, fabs(comb[i] - gcomb[t * 16 + i]) / fabs(gcomb[t * 16 + i]));
+        for (int i = 0; i < 16; i++)
+            worst = dsq_test_worse(worst, fabs(comb[i] - gcomb[t * 16 + i]) / fabs(gcomb[t * 16 + i]));
     }
     printf("  hc split: max rel error %.3g\n", worst);
     assert_true(worst <= 1e-6);
@@ -140,8 +141,30 @@ static void test_act_sims(void **state) {
     free(in), free(g);
 }
 
+/* The comparison helpers of the suites never let a NaN pass: a NaN row followed by finite rows keeps
+ * the error NaN (the running maximum used to restart from the next finite row), and so does a NaN
+ * in a running maximum (fmax drops it). */
+static void test_comparisons_keep_nan(void **state) {
+    float a[3 * 4] = {1, 2, 3, 4, NAN, 2, 3, 4, 1, 2, 3, 4}, b[3 * 4] = {1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4};
+    size_t mism = 0;
+    double rel = eu_max_rel_l2(a, b, 3, 4, &mism);
+    assert_true(isnan(rel));
+    assert_false(rel <= 1e-3);
+    assert_int_equal(mism, 1);
+    double top1 = 0, kl = eu_mean_kl(b, a, 3, 4, &top1);
+    assert_true(isnan(kl));
+    assert_true(top1 < 1.0);
+    double worst = 0;
+    worst = dsq_test_worse(worst, 1e-9);
+    worst = dsq_test_worse(worst, NAN);
+    worst = dsq_test_worse(worst, 2e-9);
+    assert_true(isnan(worst));
+    assert_true(dsq_test_worse(dsq_test_worse(0, 3), 1) == 3);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_comparisons_keep_nan),
         cmocka_unit_test(test_rope_tables),
         cmocka_unit_test(test_rope_apply_inverse),
         cmocka_unit_test(test_hc_split),

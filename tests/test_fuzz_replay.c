@@ -68,22 +68,36 @@ static void exercise_from(int (*fn)(const uint8_t *, size_t), const blob *b, int
 
 static void exercise(int (*fn)(const uint8_t *, size_t), const blob *b, int rounds) { exercise_from(fn, b, rounds, 0); }
 
-static void replay_corpus(const char *target, int (*fn)(const uint8_t *, size_t), int *count) {
+/* Replays tests/fuzz/corpus/<target>/ (relative to the repository root, where `make test` runs);
+ * returns the number of files, or -1 when the folder cannot be opened.  fn NULL only counts. */
+static int replay_dir(const char *target, int (*fn)(const uint8_t *, size_t)) {
     char dir[256];
     snprintf(dir, sizeof dir, "tests/fuzz/corpus/%s", target);
     DIR *d = opendir(dir);
-    if (!d) return;
+    if (!d) return -1;
+    int count = 0;
     struct dirent *e;
     while ((e = readdir(d))) {
         if (e->d_name[0] == '.') continue;
+        count++;
+        if (!fn) continue;
         char *p = dsq_test_join(dir, e->d_name);
         blob b = from_file(p);
         exercise(fn, &b, dsq_test_asan() ? 10 : 40);
-        (*count)++;
         free(b.p);
         free(p);
     }
     closedir(d);
+    return count;
+}
+
+/* A missing or empty corpus fails the suite: replaying nothing must not pass. */
+static void replay_corpus(const char *target, int (*fn)(const uint8_t *, size_t), int *count) {
+    int n = replay_dir(target, fn);
+    if (n <= 0)
+        fail_msg("fuzz corpus tests/fuzz/corpus/%s is %s (run from the repository root)", target,
+                 n < 0 ? "missing" : "empty");
+    *count += n;
 }
 
 static int rounds(void) { return dsq_test_asan() ? 300 : 1500; }
@@ -242,8 +256,16 @@ static void test_tokenizer_target(void **state) {
     replay_corpus("token_ids", dsq_fuzz_token_ids, &n);
 }
 
+/* The corpus check itself: a folder that is not there counts as missing, not as zero files. */
+static void test_missing_corpus_detected(void **state) {
+    assert_int_equal(replay_dir("no-such-target", NULL), -1);
+    const char *targets[] = {"safetensors", "config", "container", "tokenizer", "token_ids"};
+    for (size_t i = 0; i < sizeof targets / sizeof targets[0]; i++) assert_true(replay_dir(targets[i], NULL) > 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_missing_corpus_detected),
         cmocka_unit_test(test_safetensors_target),
         cmocka_unit_test(test_config_target),
         cmocka_unit_test(test_container_target),

@@ -51,14 +51,29 @@ dsq_status dsq_device_check(const dsq_device *d, dsq_err *err);
 typedef void (*dsq_linear_observer)(void *user, const char *weight, const float *x, size_t ldx, int64_t n,
                                     uint64_t cols);
 
+/* How much of the stored data a model trusts.  Defaults (all false, as dsq_v4_model_open):
+ *   - at load, every scale (and min, and NVFP4 tensor scale) of every weight matrix is scanned:
+ *     a NaN/Inf one fails with DSQ_ERR_NONFINITE naming the file and tensor;
+ *   - the first time a forward pass uses a block (or the embedding/head), the stored bytes of its
+ *     weights are checked once: the XXH3 checksum of every .dsq part they lie in (DSQ_ERR_CHECKSUM;
+ *     safetensors checkpoints have no checksums) and, in the same pass, NaN/Inf codes (e4m3
+ *     0x7F/0xFF, F16/BF16/F32 values: DSQ_ERR_NONFINITE). */
+typedef struct dsq_v4_load_options {
+    bool allow_nonfinite; /* let NaN/Inf codes and scales of weight matrices through: such views are then
+                             decoded by the exact scalar decoder on every path (same results whatever the
+                             CPU or kernel) */
+    bool no_verify_data;  /* skip the checksums (the non-finite scan still runs) */
+} dsq_v4_load_options;
+
 typedef struct dsq_eval_options {
-    dsq_numerics numerics; /* default EXACT */
-    dsq_device device;     /* default cpu */
-    int threads;           /* OpenMP threads; 0 (default) = the OpenMP default */
-    bool no_shared_clamp;  /* default false: the shared expert is clamped like routed ones (spec §8.30) */
-    bool force_scalar;     /* default false: use AVX2/FMA kernels when the CPU has them */
+    dsq_numerics numerics;    /* default EXACT */
+    dsq_device device;        /* default cpu */
+    int threads;              /* OpenMP threads; 0 (default) = the OpenMP default */
+    bool no_shared_clamp;     /* default false: the shared expert is clamped like routed ones (spec §8.30) */
+    bool force_scalar;        /* default false: use AVX2/FMA kernels when the CPU has them */
     dsq_linear_observer observe; /* default NULL: see dsq_linear_observer */
     void *observe_user;
+    dsq_v4_load_options load; /* what the commands open models with (dsq_v4_model_open_ex) */
 } dsq_eval_options;
 void dsq_eval_options_default(dsq_eval_options *o);
 /* "exact" / "release" → numerics; false if unknown. */
@@ -75,6 +90,15 @@ dsq_status dsq_v4_model_open(const char *path, dsq_v4_model **out, dsq_err *err)
 /* Build a model over an already open source and a parsed config.  Takes ownership of `src` (closed
  * by dsq_v4_model_close, also on failure). */
 dsq_status dsq_v4_model_create(dsq_wsrc *src, const dsq_v4_config *cfg, dsq_v4_model **out, dsq_err *err);
+
+/* dsq_v4_model_open / _create with options (NULL = defaults). */
+dsq_status dsq_v4_model_open_ex(const char *path, const dsq_v4_load_options *lo, dsq_v4_model **out, dsq_err *err);
+dsq_status dsq_v4_model_create_ex(dsq_wsrc *src, const dsq_v4_config *cfg, const dsq_v4_load_options *lo,
+                                  dsq_v4_model **out, dsq_err *err);
+/* Run the first-use checks of block b (0 … n_layers + n_mtp_layers - 1; -1: embedding, head and the
+ * other global tensors) now; later calls return at once.  Forward passes call this themselves;
+ * thread-safe. */
+dsq_status dsq_v4_model_check_block(const dsq_v4_model *m, int b, dsq_err *err);
 void dsq_v4_model_close(dsq_v4_model *m); /* accepts NULL */
 const dsq_v4_config *dsq_v4_model_config(const dsq_v4_model *m);
 /* Stored bytes of block b's weights (b < n_layers + n_mtp_layers), and of the global tensors. */

@@ -36,6 +36,10 @@ typedef struct dsq_wview {
     const uint8_t *mins;  /* F16 minimums of the asymmetric encodings, else NULL */
     uint64_t mins_bytes;
     float tensor_scale;   /* NVFP4 tensor scale, else 0 */
+    /* set by the model (never by a source) when it let NaN/Inf codes or scales of this view through
+     * (dsq_v4_load_options.allow_nonfinite): the kernels then decode it with the exact scalar
+     * decoder, so every path gives the same NaN/Inf results */
+    bool nonfinite;
 } dsq_wview;
 
 typedef struct dsq_wsrc dsq_wsrc;
@@ -48,6 +52,17 @@ struct dsq_wsrc {
     void (*prefetch)(const dsq_wsrc *s, const dsq_wview *v);
     void (*release)(const dsq_wsrc *s, const dsq_wview *v);
     void (*close)(dsq_wsrc *s); /* frees impl and s */
+    /* Bytes the prefetch / release hints have covered since open (a view's own bytes each time:
+     * codes, scales, mins), for tests and benchmarks; may be NULL. */
+    void (*advice_stats)(const dsq_wsrc *s, uint64_t *willneed, uint64_t *dontneed);
+    /* Check the stored bytes behind view v, once per stored piece (a .dsq part: the whole stacked or
+     * fused tensor the view is a slice of; later calls for the same piece return at once): with
+     * `checksum` its stored checksum (DSQ_ERR_CHECKSUM naming the file and tensor), and in the same
+     * pass NaN/Inf codes and scales (DSQ_ERR_NONFINITE naming the file, tensor and element, unless
+     * allow_nonfinite; then *nonfinite is set when the view's tensor has any).  NULL for sources
+     * without checksums (safetensors): the model scans the view's bytes itself. */
+    dsq_status (*check)(const dsq_wsrc *s, const dsq_wview *v, bool checksum, bool allow_nonfinite, bool *nonfinite,
+                        dsq_err *err);
 };
 
 /* Open a safetensors checkpoint (a directory with model.safetensors.index.json or one

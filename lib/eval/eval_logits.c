@@ -216,7 +216,7 @@ dsq_status dsq_eval_logits(const dsq_eval_logits_options *opt, dsq_eval_logits_r
                         (long long)n);
         goto done;
     }
-    s = dsq_v4_model_open(opt->model, &m, err);
+    s = dsq_v4_model_open_ex(opt->model, &opt->eval.load, &m, err);
     if (s) goto done;
     const dsq_v4_config *c = dsq_v4_model_config(m);
     if (opt->mtp && c->n_mtp_layers < 1) {

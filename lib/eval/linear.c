@@ -21,10 +21,12 @@ enum { ROW_TILE = 4, TOK_TILE = 3 };
 /* One-token kernels: rows of a BF16 tile; how far ahead in each row weights are prefetched. */
 enum { BF16_TILE = 8, PF_BYTES = 1024 };
 
-/* UE8M0 byte → 2^(b-127) from the bits (ldexpf goes through a slow libm call); 255 (NaN) is
- * rejected before weights reach the kernels. */
+/* UE8M0 byte → 2^(b-127) from the bits (ldexpf goes through a slow libm call).  255 is NaN, as in
+ * lib/quant's decoder: model load rejects it unless allowed, and an allowed view takes the exact
+ * scalar decoder anyway (dsq_wview.nonfinite). */
 static inline float e8m0(uint8_t b) {
     if (b == 0) return 0x1p-127f;
+    if (b == 255) return NAN;
     uint32_t u = (uint32_t)b << 23;
     float f;
     memcpy(&f, &u, 4);
@@ -76,8 +78,9 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void fp4x32(con
 /* ---- dequantization --------------------------------------------------------------------------- */
 
 #ifdef HAVE_X86
-/* AVX2 twins of the row dequantizers: exact conversions, so the same floats as the LUT paths
- * (except NaN codes, which model loading never lets through to the kernels' results). */
+/* AVX2 twins of the row dequantizers: exact conversions, so the same floats as the LUT paths, except
+ * e4m3 NaN codes (they read as 480 here): views holding any NaN/Inf code or scale are marked at load
+ * (dsq_wview.nonfinite, only when allowed; else loading fails) and never reach these kernels. */
 __attribute__((target("avx2,fma"))) static void dequant_fp8_b128_avx2(const dsq_wview *w, uint64_t r, float *out) {
     uint64_t cols = w->shape[1], nbk = dsq_ceil_div(cols, 128);
     const uint8_t *codes = w->data + r * cols;
@@ -149,8 +152,9 @@ dsq_qtensor dsq__qtensor_of(const dsq_wview *w) {
     return q;
 }
 
-/* The portable path: lib/quant's decoder (exact for every encoding, so the same values as the AVX2
- * twins below).  Non-finite checks happen once at model load, not here. */
+/* The portable path: lib/quant's decoder (exact for every encoding, NaN codes and scales included,
+ * so the same values as the AVX2 twins on finite data).  Non-finite checks happen once per view
+ * (scales at load, codes at first use), not here. */
 void dsq__dequant_rows(const dsq_wview *w, uint64_t row0, uint64_t n, float *out) {
     dsq_qtensor q = dsq__qtensor_of(w);
     dsq_codec_options o = {.allow_nonfinite = true, .name = w->name, .isa = DSQ_ISA_SCALAR};
@@ -567,10 +571,12 @@ dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, ui
     size_t cols = (size_t)w->shape[1];
     double work = (double)n_rows * (double)cols * (double)(n_tok > 0 ? n_tok : 1);
     int nt = work < 65536.0 ? 1 : k->threads;
-    bool avx2 = k->avx2, failed = false;
+    /* a view with NaN/Inf let through (allow_nonfinite) is decoded by the exact scalar decoder on
+     * every path, so fast and scalar twins give the same bits on it too */
+    bool avx2 = k->avx2, failed = false, exact_decode = !avx2 || w->nonfinite;
     bool fused = false;
 #ifdef HAVE_X86
-    fused = avx2 && n_tok == 1 && fusable(w);
+    fused = avx2 && n_tok == 1 && fusable(w) && !w->nonfinite;
 #endif
     /* rows per scheduling unit: BF16 one-token tiles stream eight rows at once */
     bool bf16 = false;
@@ -608,7 +614,7 @@ dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, ui
                 }
 #endif
 #ifdef HAVE_X86
-                if (avx2)
+                if (!exact_decode)
                     dequant_rows_avx2(w, row0 + r0, (uint64_t)nr, buf);
                 else
 #endif
@@ -637,7 +643,7 @@ dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, ui
 void dsq__fp8_linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, uint64_t n_rows, const float *q,
                      const float *sa, int64_t n_tok, float *y, size_t ldy) {
     dsq_qtensor qt = dsq__qtensor_of(w);
-    dsq_isa isa = k->avx2 ? DSQ_ISA_AUTO : DSQ_ISA_SCALAR;
+    dsq_isa isa = k->avx2 && !w->nonfinite ? DSQ_ISA_AUTO : DSQ_ISA_SCALAR;
     enum { CHUNK = 16 };
     int64_t n_chunks = (int64_t)dsq_ceil_div(n_rows, CHUNK);
     double work = (double)n_rows * (double)w->shape[1] * (double)(n_tok > 0 ? n_tok : 1);

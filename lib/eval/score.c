@@ -3,6 +3,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "dsq_codec.h"
 #include "dsq_score.h"
 
 void dsq_score_options_default(dsq_score_options *o) {
@@ -310,6 +311,18 @@ static void hybrid_release(const dsq_wsrc *s, const dsq_wview *v) {
     const dsq_wsrc *src = hybrid_pick(s->impl, v->name);
     if (src->release) src->release(src, v);
 }
+/* first-use checks (checksums of .dsq parts) go to the source that holds the view */
+static dsq_status hybrid_check(const dsq_wsrc *s, const dsq_wview *v, bool checksum, bool allow, bool *nonfinite,
+                               dsq_err *err) {
+    const dsq_wsrc *src = hybrid_pick(s->impl, v->name);
+    if (src->check) return src->check(src, v, checksum, allow, nonfinite, err);
+    uint64_t at = dsq_codec_find_nonfinite(dsq_codec_part_nf_kind(v->enc, DSQ_CODEC_PART_CODES), v->data, v->data_bytes);
+    if (at == UINT64_MAX) return DSQ_OK;
+    DSQ_RETURN_IF(!allow, err, DSQ_ERR_NONFINITE, "%s: %s: element %llu is NaN or infinite", src->path, v->name,
+                  (unsigned long long)at);
+    *nonfinite = true;
+    return DSQ_OK;
+}
 static void hybrid_close(dsq_wsrc *s) {
     if (!s) return;
     dsq_free(s->impl);
@@ -317,7 +330,8 @@ static void hybrid_close(dsq_wsrc *s) {
 }
 
 static dsq_status hybrid_model(const dsq_wsrc *ref, const dsq_wsrc *cand, int lo, int hi, bool globals_cand,
-                               const dsq_v4_config *cfg, dsq_v4_model **out, dsq_err *err) {
+                               const dsq_v4_config *cfg, const dsq_v4_load_options *lo_opt, dsq_v4_model **out,
+                               dsq_err *err) {
     *out = NULL;
     dsq_wsrc *s = dsq_calloc(1, sizeof *s);
     hybrid *h = dsq_calloc(1, sizeof *h);
@@ -333,7 +347,8 @@ static dsq_status hybrid_model(const dsq_wsrc *ref, const dsq_wsrc *cand, int lo
     s->prefetch = hybrid_prefetch;
     s->release = hybrid_release;
     s->close = hybrid_close;
-    return dsq_v4_model_create(s, cfg, out, err); /* owns s from here */
+    s->check = hybrid_check;
+    return dsq_v4_model_create_ex(s, cfg, lo_opt, out, err); /* owns s from here */
 }
 
 static dsq_status open_source(const char *path, dsq_v4_config *cfg, dsq_wsrc **src, dsq_err *err) {
@@ -401,8 +416,8 @@ dsq_status dsq_score_diff_run(const char *ref_path, const char *cand_path, const
     if (s == DSQ_OK && (cr->vocab_size != cc->vocab_size || cr->dim != cc->dim || cr->n_layers != cc->n_layers ||
                         cr->hc_mult != cc->hc_mult))
         s = dsq_err_set(err, DSQ_ERR_CONFIG, "%s and %s are different architectures", ref_path, cand_path);
-    if (s == DSQ_OK) s = hybrid_model(sr, sc, 1, 0, false, cr, &mr, err);               /* all REF */
-    if (s == DSQ_OK) s = hybrid_model(sr, sc, 0, cr->n_layers - 1, true, cr, &mc, err); /* all CAND */
+    if (s == DSQ_OK) s = hybrid_model(sr, sc, 1, 0, false, cr, &o->eval.load, &mr, err);               /* all REF */
+    if (s == DSQ_OK) s = hybrid_model(sr, sc, 0, cr->n_layers - 1, true, cr, &o->eval.load, &mc, err); /* all CAND */
     dsq_ppl_plan plan;
     if (s == DSQ_OK) s = dsq_score_plan(mr, o, n_text, &plan, err);
     int L = cr ? cr->n_layers : 0;
@@ -441,7 +456,7 @@ dsq_status dsq_score_diff_run(const char *ref_path, const char *cand_path, const
         for (int b = 0; s == DSQ_OK && ref_input && b < L; b++) {
             float **lo = bc.layer_out; /* reuse as the pointer table: only entry b is set */
             for (int i = 0; i < L; i++) lo[i] = i == b ? fed_out : NULL;
-            s = hybrid_model(sr, sc, b, b, false, cr, &mh, err);
+            s = hybrid_model(sr, sc, b, b, false, cr, &o->eval.load, &mh, err);
             if (s == DSQ_OK) s = run_one(mh, &o->eval, chunk, (int64_t)n, NULL, NULL, lo, err);
             if (s == DSQ_OK) dsq_diff_add(&out->fed[b], br.layer_out[b], fed_out, n * stream);
             dsq_v4_model_close(mh);

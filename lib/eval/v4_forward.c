@@ -442,6 +442,7 @@ static dsq_status forward_group(const run *r, dsq_v4_item *items, int n_items, b
         DSQ_TRY(check_tokens(r, items[i].tokens, items[i].n_tokens));
         n += items[i].n_tokens;
     }
+    DSQ_TRY(dsq_v4_model_check_block(m, -1, r->err)); /* first use: checksums, NaN codes */
     seg *segs = NULL;
     float *X = NULL;
     int32_t *tok = NULL;
@@ -463,6 +464,7 @@ static dsq_status forward_group(const run *r, dsq_v4_item *items, int n_items, b
     for (int b = 0; b < c->n_layers; b++) {
         CHECK(poll_stop(r));
         if (stream && b + 1 < c->n_layers) dsq_v4_block_prefetch(m, b + 1);
+        CHECK(dsq_v4_model_check_block(m, b, r->err));
         CHECK(block_forward(r, &m->blocks[b], segs, n_items, n, X, tok));
         if (stream) dsq_v4_block_release(m, b);
         for (int i = 0; i < n_items; i++)
@@ -553,6 +555,8 @@ dsq_status dsq_v4_mtp_forward(const dsq_v4_model *m, const dsq_eval_options *opt
     DSQ_RETURN_IF(mtp < 0 || mtp >= c->n_mtp_layers, err, DSQ_ERR_ARG, "MTP block %d: the model has %d", mtp,
                   c->n_mtp_layers);
     DSQ_TRY(check_tokens(r, next_tokens, n));
+    DSQ_TRY(dsq_v4_model_check_block(m, -1, err));
+    DSQ_TRY(dsq_v4_model_check_block(m, c->n_layers + mtp, err));
     const v4_block_w *B = &m->blocks[c->n_layers + mtp];
     int hc = c->hc_mult;
     size_t D = (size_t)c->dim, HD = (size_t)hc * D;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "dsq_codec.h"
+#include "dsq_kquant.h"
 #include "dsq_numeric.h"
 #include "dsq_v4_ops.h"
 #include "v4_model.h"
@@ -38,11 +39,8 @@ typedef struct loader {
 
 static dsq_status track(loader *L, dsq_wview *v) {
     uint64_t b = v->data_bytes + v->scale_bytes;
-    if (!L->blk) {
-        L->m->global_bytes += b;
-        return DSQ_OK;
-    }
-    v4_block_w *B = L->blk;
+    if (!L->blk) L->m->global_bytes += b;
+    v4_block_w *B = L->blk ? L->blk : &L->m->global;
     if (B->n_views == B->cap_views) {
         int cap = B->cap_views ? 2 * B->cap_views : 32;
         dsq_wview **nv = dsq_realloc(B->views, sizeof *nv * (size_t)cap);
@@ -52,6 +50,30 @@ static dsq_status track(loader *L, dsq_wview *v) {
     }
     B->views[B->n_views++] = v;
     B->bytes += b;
+    return DSQ_OK;
+}
+
+/* NaN/Inf in the scales or mins of v: DSQ_ERR_NONFINITE naming the file, tensor and element, or (allowed)
+ * the view is marked for the exact decoder. */
+static dsq_status scan_params(loader *L, dsq_wview *v, const char *path, const char *name) {
+    struct {
+        dsq_codec_part part;
+        const uint8_t *p;
+        uint64_t bytes;
+        const char *what;
+    } parts[2] = {{DSQ_CODEC_PART_SCALES, v->scale, v->scale_bytes, "scale"},
+                  {DSQ_CODEC_PART_MINS, v->mins, v->mins_bytes, "min"}};
+    for (int i = 0; i < 2; i++) {
+        dsq_nf_kind k = dsq_codec_part_nf_kind(v->enc, parts[i].part);
+        uint64_t at = dsq_codec_find_nonfinite(k, parts[i].p, parts[i].bytes);
+        if (at == UINT64_MAX) continue;
+        DSQ_RETURN_IF(!L->m->lo.allow_nonfinite, L->err, DSQ_ERR_NONFINITE, "%s: %s: %s %llu is NaN or infinite (%s)",
+                      path, name, parts[i].what, (unsigned long long)at,
+                      k == DSQ_NF_E8M0   ? "UE8M0 0xFF"
+                      : k == DSQ_NF_E4M3 ? "e4m3 0x7F/0xFF"
+                                         : "exponent all ones");
+        v->nonfinite = true;
+    }
     return DSQ_OK;
 }
 
@@ -84,12 +106,10 @@ static dsq_status get_matrix(loader *L, dsq_wview *v, uint64_t rows, uint64_t co
         (unsigned long long)v->data_bytes, (unsigned long long)v->scale_bytes);
     dsq_qtensor q = dsq__qtensor_of(v);
     DSQ_TRY(dsq_codec_check(&q, what, L->err));
-    /* RELIABILITY.md: NaN scales are rejected.  128×128 block scales are small enough to scan at open;
-     * the 1×32 expert scales (GBs on a real checkpoint) are not scanned here. */
-    if (v->enc == DSQ_ENC_FP8_B128)
-        for (uint64_t i = 0; i < v->scale_bytes; i++)
-            DSQ_RETURN_IF(v->scale[i] == 0xff, L->err, DSQ_ERR_NONFINITE, "%s: %s: scale %llu is the E8M0 NaN (0xFF)",
-                          s->path, name, (unsigned long long)i);
+    /* RELIABILITY.md: non-finite scales are rejected at load, for every encoding.  Scales are 1/16 of
+     * the codes at most (MXFP4 1×32) and the scan runs at memory speed; the codes are scanned with
+     * their checksum the first time a forward pass uses them (dsq_v4_model_check_block). */
+    DSQ_TRY(scan_params(L, v, s->path, name));
     return track(L, v);
 }
 
@@ -289,6 +309,42 @@ static void free_block(v4_block_w *B) {
     dsq_free(B->views);
 }
 
+/* Codes of one view: checksum and non-finite scan through the source (.dsq), or the scan alone. */
+static dsq_status check_view(const dsq_v4_model *m, dsq_wview *v, dsq_err *err) {
+    const dsq_wsrc *s = m->src;
+    bool allow = m->lo.allow_nonfinite, bad = false;
+    if (s->check) {
+        DSQ_TRY(s->check(s, v, !m->lo.no_verify_data, allow, &bad, err));
+    } else {
+        uint64_t at =
+            dsq_codec_find_nonfinite(dsq_codec_part_nf_kind(v->enc, DSQ_CODEC_PART_CODES), v->data, v->data_bytes);
+        bad = at != UINT64_MAX;
+        uint64_t cols = v->rank ? v->shape[v->rank - 1] : 1;
+        DSQ_RETURN_IF(bad && !allow, err, DSQ_ERR_NONFINITE, "%s: %s: element [%llu, %llu] is NaN or infinite", s->path,
+                      v->name, (unsigned long long)(at / cols), (unsigned long long)(at % cols));
+    }
+    /* k-quant scales sit inside the code blocks (d, dmin F16): the part scans above see integers only */
+    uint64_t kq = dsq_kquant_find_nonfinite(v->enc, v->data, v->data_bytes);
+    DSQ_RETURN_IF(kq != UINT64_MAX && !allow, err, DSQ_ERR_NONFINITE,
+                  "%s: %s: super-block %llu has a NaN or infinite scale (F16 d/dmin)", s->path, v->name,
+                  (unsigned long long)kq);
+    if (bad || kq != UINT64_MAX) v->nonfinite = true;
+    return DSQ_OK;
+}
+
+dsq_status dsq_v4_model_check_block(const dsq_v4_model *m, int b, dsq_err *err) {
+    DSQ_RETURN_IF(b < -1 || b >= m->n_blocks, err, DSQ_ERR_ARG, "block %d: the model has %d", b, m->n_blocks);
+    int slot = b < 0 ? m->n_blocks : b;
+    if (m->checked[slot]) return DSQ_OK;
+    const v4_block_w *B = b < 0 ? &m->global : &m->blocks[b];
+    pthread_mutex_lock(m->check_mu);
+    dsq_status st = DSQ_OK;
+    for (int i = 0; !m->checked[slot] && st == DSQ_OK && i < B->n_views; i++) st = check_view(m, B->views[i], err);
+    if (st == DSQ_OK) m->checked[slot] = 1;
+    pthread_mutex_unlock(m->check_mu);
+    return st;
+}
+
 void dsq_v4_model_close(dsq_v4_model *m) {
     if (!m) return;
     dsq__model_devices_close(m);
@@ -296,6 +352,10 @@ void dsq_v4_model_close(dsq_v4_model *m) {
     dsq_free(m->blocks);
     dsq_free(m->norm);
     dsq_free(m->hc_head_base);
+    dsq_free(m->global.views);
+    if (m->check_mu) pthread_mutex_destroy(m->check_mu);
+    dsq_free(m->check_mu);
+    dsq_free((void *)m->checked);
     dsq_wsrc_close(m->src);
     dsq_free(m);
 }
@@ -330,6 +390,11 @@ static dsq_status check_config(const dsq_v4_config *c, const char *what, dsq_err
 }
 
 dsq_status dsq_v4_model_create(dsq_wsrc *src, const dsq_v4_config *cfg, dsq_v4_model **out, dsq_err *err) {
+    return dsq_v4_model_create_ex(src, cfg, NULL, out, err);
+}
+
+dsq_status dsq_v4_model_create_ex(dsq_wsrc *src, const dsq_v4_config *cfg, const dsq_v4_load_options *lo,
+                                  dsq_v4_model **out, dsq_err *err) {
     *out = NULL;
     dsq_status st = check_config(cfg, src->path, err);
     if (st) {
@@ -344,6 +409,17 @@ dsq_status dsq_v4_model_create(dsq_wsrc *src, const dsq_v4_config *cfg, dsq_v4_m
     m->cfg = *cfg;
     m->src = src;
     pthread_mutex_init(&m->dev_mu, NULL);
+    if (lo) m->lo = *lo;
+    int nb0 = cfg->n_layers + cfg->n_mtp_layers;
+    m->check_mu = dsq_malloc(sizeof *m->check_mu);
+    m->checked = dsq_calloc((size_t)nb0 + 1, 1);
+    if (!m->check_mu || !m->checked) {
+        dsq_free(m->check_mu);
+        m->check_mu = NULL;
+        dsq_v4_model_close(m);
+        return dsq_err_set(err, DSQ_ERR_NOMEM, "no memory for the model");
+    }
+    pthread_mutex_init(m->check_mu, NULL);
     m->cpu_avx2 = dsq__cpu_has_avx2();
     loader L = {m, NULL, err};
     uint64_t D = cfg->dim, hc = (uint64_t)cfg->hc_mult;

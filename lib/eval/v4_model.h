@@ -3,6 +3,7 @@
 #define DSQ_V4_MODEL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "dsq_v4.h"
 #include "v4_internal.h"
@@ -73,6 +74,10 @@ struct dsq_v4_model {
      * with the model.  dev_mu guards creation (lib/eval/backend.c). */
     pthread_mutex_t dev_mu;
     struct dsq__backend *cuda[DSQ_MAX_CUDA_DEVICES];
+    dsq_v4_load_options lo;
+    v4_block_w global;         /* views of the global tensors (embed, head, hc_head_fn): views only */
+    pthread_mutex_t *check_mu; /* serializes the first-use checks */
+    _Atomic uint8_t *checked;  /* [n_blocks + 1]: block b's first-use check passed (index n_blocks: global) */
 };
 
 /* Close the model's device backends and its dev_mu (lib/eval/backend.c); for dsq_v4_model_close. */

@@ -3,14 +3,22 @@
  * experts stacked [E, out, in] and compressor projections fused wkv|wgate (formats/spec/dsq.md §5.5),
  * each recording its sources.  A view is the source's slice of the stored tensor: zero-copy pointers
  * into the mapping, in the stored encoding.  The config comes from the metadata's model.config. */
+#include <stdatomic.h>
 #include <string.h>
 
+#include "dsq_codec.h"
 #include "dsq_container.h"
 #include "dsq_json.h"
 #include "dsq_wsrc.h"
 
+/* What the first check of a part found (dsq_impl.part_state). */
+enum { PART_UNCHECKED = 0, PART_OK = 1, PART_NONFINITE = 2 };
+
 typedef struct dsq_impl {
     dsq_ctr_reader *r;
+    _Atomic uint64_t advised[2];  /* bytes hinted: [0] WILLNEED, [1] DONTNEED */
+    _Atomic uint8_t *part_state;  /* [tensor][DSQ_FILE_MAX_PARTS]: PART_* */
+    _Atomic uint8_t *part_summed; /* [tensor][DSQ_FILE_MAX_PARTS]: checksum checked */
 } dsq_impl;
 
 /* The stored tensor holding `name`, and the source record when it is a slice. */
@@ -84,22 +92,91 @@ static dsq_status ctr_get(const dsq_wsrc *w, const char *name, dsq_wview *v, dsq
     return DSQ_OK;
 }
 
-static void ctr_prefetch(const dsq_wsrc *w, const dsq_wview *v) {
-    const dsq_impl *im = w->impl;
+/* Page-cache hints for the view's own bytes: its slice of each part (one expert of a stacked
+ * [E, out, in] tensor, not all E of them), the bytes ctr_get points into. */
+static void advise(const dsq_wsrc *w, const dsq_wview *v, bool willneed) {
+    dsq_impl *im = w->impl;
     const dsq_ctr_tensor *t;
     const dsq_ctr_source *s;
-    if (locate(im->r, v->name, &t, &s)) dsq_ctr_prefetch(im->r, t);
+    if (!locate(im->r, v->name, &t, &s)) return;
+    for (int p = 0; p < t->n_parts; p++) {
+        uint64_t off = 0, bytes = t->parts[p].bytes;
+        if (s && !dsq_ctr_source_slice(t, s, p, &off, &bytes)) off = 0, bytes = t->parts[p].bytes;
+        if (willneed)
+            dsq_ctr_prefetch_range(im->r, t, p, off, bytes);
+        else
+            dsq_ctr_release_range(im->r, t, p, off, bytes);
+        im->advised[willneed ? 0 : 1] += bytes;
+    }
 }
 
-static void ctr_release(const dsq_wsrc *w, const dsq_wview *v) {
-    const dsq_impl *im = w->impl;
+static void ctr_prefetch(const dsq_wsrc *w, const dsq_wview *v) { advise(w, v, true); }
+static void ctr_release(const dsq_wsrc *w, const dsq_wview *v) { advise(w, v, false); }
+
+static void ctr_advice_stats(const dsq_wsrc *w, uint64_t *willneed, uint64_t *dontneed) {
+    dsq_impl *im = w->impl;
+    if (willneed) *willneed = im->advised[0];
+    if (dontneed) *dontneed = im->advised[1];
+}
+
+/* The non-finite scan riding along the checksum pass of one part. */
+typedef struct scan_ctx {
+    dsq_nf_kind kind;
+    uint64_t first; /* element index of the first NaN/Inf, UINT64_MAX when none */
+} scan_ctx;
+
+static dsq_status scan_chunk(void *ctx, uint64_t offset, const uint8_t *bytes, size_t n, dsq_err *err) {
+    scan_ctx *c = ctx;
+    if (c->first != UINT64_MAX) return DSQ_OK;
+    uint64_t i = dsq_codec_find_nonfinite(c->kind, bytes, n); /* chunks are 4 MiB-aligned: whole elements */
+    if (i != UINT64_MAX) c->first = offset / dsq_nf_kind_size(c->kind) + i;
+    return DSQ_OK;
+}
+
+static dsq_status ctr_check(const dsq_wsrc *w, const dsq_wview *v, bool checksum, bool allow, bool *nonfinite,
+                            dsq_err *err) {
+    dsq_impl *im = w->impl;
     const dsq_ctr_tensor *t;
     const dsq_ctr_source *s;
-    if (locate(im->r, v->name, &t, &s)) dsq_ctr_release(im->r, t);
+    if (!locate(im->r, v->name, &t, &s))
+        return dsq_err_set(err, DSQ_ERR_MISSING, "%s: tensor %s is missing", w->path, v->name);
+    for (int p = 0; p < t->n_parts; p++) {
+        size_t k = (size_t)t->index * DSQ_FILE_MAX_PARTS + (size_t)p;
+        uint8_t state = im->part_state[k];
+        bool summed = im->part_summed[k];
+        if (state == PART_UNCHECKED || (checksum && !summed)) {
+            scan_ctx c = {dsq_codec_part_nf_kind(t->encoding, (dsq_codec_part)t->parts[p].kind), UINT64_MAX};
+            bool sum = checksum && !summed;
+            DSQ_TRY(dsq_ctr_part_check(im->r, t, p, sum, c.kind ? scan_chunk : NULL, &c, err));
+            if (c.first != UINT64_MAX && !allow) {
+                char en[40], where[64];
+                uint64_t cols = t->rank ? t->shape[t->rank - 1] : 1;
+                if (t->parts[p].kind == DSQ_FILE_PART_DATA) /* codes: [row, col] of the stored rows */
+                    snprintf(where, sizeof where, "[%llu, %llu]", (unsigned long long)(c.first / cols),
+                             (unsigned long long)(c.first % cols));
+                else
+                    snprintf(where, sizeof where, "%llu", (unsigned long long)c.first);
+                return dsq_err_set(err, DSQ_ERR_NONFINITE, "%s: tensor %s: %s element %s is NaN or infinite (%s)",
+                                   w->path, t->name, dsq_ctr_part_kind_name(t->parts[p].kind), where,
+                                   dsq_ctr_tensor_encoding_name(t, en, sizeof en));
+            }
+            state = c.first != UINT64_MAX ? PART_NONFINITE : PART_OK;
+            im->part_state[k] = state;
+            if (sum) im->part_summed[k] = 1;
+        }
+        if (state == PART_NONFINITE) {
+            DSQ_RETURN_IF(!allow, err, DSQ_ERR_NONFINITE, "%s: tensor %s: %s holds NaN or infinite values", w->path,
+                          t->name, dsq_ctr_part_kind_name(t->parts[p].kind));
+            *nonfinite = true;
+        }
+    }
+    return DSQ_OK;
 }
 
 static void ctr_close(dsq_wsrc *w) {
     dsq_impl *im = w->impl;
+    dsq_free((void *)im->part_state);
+    dsq_free((void *)im->part_summed);
     dsq_ctr_reader_close(im->r);
     dsq_free(im);
     dsq_free(w);
@@ -135,8 +212,15 @@ dsq_status dsq_wsrc_open_dsq(const char *path, dsq_v4_config *cfg, dsq_wsrc **ou
     dsq_status st = cfg ? config_from_metadata(r, cfg, err) : DSQ_OK;
     dsq_impl *im = st ? NULL : dsq_calloc(1, sizeof *im);
     dsq_wsrc *w = st ? NULL : dsq_calloc(1, sizeof *w);
-    if (!st && (!im || !w)) st = dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", path);
+    size_t nstate = (dsq_ctr_count(r) ? dsq_ctr_count(r) : 1) * DSQ_FILE_MAX_PARTS;
+    if (im) {
+        im->part_state = dsq_calloc(nstate, 1);
+        im->part_summed = dsq_calloc(nstate, 1);
+    }
+    if (!st && (!im || !w || !im->part_state || !im->part_summed))
+        st = dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", path);
     if (st) {
+        if (im) dsq_free((void *)im->part_state), dsq_free((void *)im->part_summed);
         dsq_free(im);
         dsq_free(w);
         dsq_ctr_reader_close(r);
@@ -149,6 +233,8 @@ dsq_status dsq_wsrc_open_dsq(const char *path, dsq_v4_config *cfg, dsq_wsrc **ou
     w->prefetch = ctr_prefetch;
     w->release = ctr_release;
     w->close = ctr_close;
+    w->advice_stats = ctr_advice_stats;
+    w->check = ctr_check;
     *out = w;
     return DSQ_OK;
 }

@@ -222,9 +222,9 @@ static dsq_status write_text(const char *dir, const char *name, const char *text
 /* ---- shards ---- */
 
 static dsq_status write_shard(const dsq_ctr_reader *r, const ex_list *l, size_t a, size_t b, const char *path,
-                              bool overwrite, uint8_t *buf, dsq_progress *prog, dsq_err *err) {
+                              const dsq_ctr_export_options *o, uint8_t *buf, dsq_progress *prog, dsq_err *err) {
     dsq_st_writer *w = NULL;
-    DSQ_TRY(dsq_st_writer_create(path, overwrite, &w, err));
+    DSQ_TRY(dsq_st_writer_create(path, o->overwrite, &w, err));
     dsq_status s = dsq_st_writer_meta(w, "format", "pt", err);
     for (size_t i = a; s == DSQ_OK && i < b; i++) {
         if (l->v[i].encoding) {
@@ -241,6 +241,7 @@ static dsq_status write_shard(const dsq_ctr_reader *r, const ex_list *l, size_t 
         for (uint64_t pos = 0; s == DSQ_OK && pos < it->bytes;) {
             size_t k = it->bytes - pos > EXPORT_CHUNK ? EXPORT_CHUNK : (size_t)(it->bytes - pos);
             s = dsq_ctr_read(r, t, it->part, it->off + pos, buf, k, err);
+            if (s == DSQ_OK && o->scan) s = o->scan(o->scan_ctx, t, it->part, it->off + pos, buf, k, err);
             if (s == DSQ_OK) s = dsq_st_writer_write(w, buf, k, err);
             pos += k;
         }
@@ -337,7 +338,7 @@ dsq_status dsq_ctr_export_safetensors(const char *dsq, const char *outdir, const
             s = dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory");
             break;
         }
-        s = write_shard(r, &l, cut[k], cut[k + 1], path, o.overwrite, buf, &prog, err);
+        s = write_shard(r, &l, cut[k], cut[k + 1], path, &o, buf, &prog, err);
         if (s == DSQ_OK) s = check_shard(r, &l, cut[k], cut[k + 1], path, err);
         for (size_t i = cut[k]; s == DSQ_OK && wmap && i < cut[k + 1]; i++) cJSON_AddStringToObject(wmap, l.v[i].name, fname);
         dsq_free(path);

@@ -645,10 +645,35 @@ void dsq_ctr_release(const dsq_ctr_reader *r, const dsq_ctr_tensor *t) {
     if (!r->map) return;
     for (int p = 0; p < t->n_parts; p++) dsq_map_dontneed(r->map, t->parts[p].offset, t->parts[p].bytes);
 }
+static bool part_range(const dsq_ctr_tensor *t, int p, uint64_t offset, uint64_t n) {
+    return p >= 0 && p < t->n_parts && offset <= t->parts[p].bytes && n <= t->parts[p].bytes - offset;
+}
+void dsq_ctr_prefetch_range(const dsq_ctr_reader *r, const dsq_ctr_tensor *t, int p, uint64_t offset, uint64_t n) {
+    if (r->map && part_range(t, p, offset, n)) dsq_map_willneed(r->map, t->parts[p].offset + offset, n);
+}
+void dsq_ctr_release_range(const dsq_ctr_reader *r, const dsq_ctr_tensor *t, int p, uint64_t offset, uint64_t n) {
+    if (r->map && part_range(t, p, offset, n)) dsq_map_dontneed(r->map, t->parts[p].offset + offset, n);
+}
 
-/* XXH3 of [offset, offset+n) of the source, in chunks (pread) or at once (mmap). */
+/* Who else looks at the bytes hash_range hashes (dsq_ctr_verify_with): part p of t, whose file
+ * offset is `base`. */
+typedef struct hash_peer {
+    dsq_ctr_part_fn fn;
+    void *ctx;
+    const dsq_ctr_tensor *t;
+    int p;
+    uint64_t base;
+    dsq_status st; /* the peer's first non-OK status (the hash goes on regardless) */
+} hash_peer;
+
+/* XXH3 of [offset, offset+n) of the source, in chunks (pread) or at once (mmap); each piece is also
+ * handed to `peer` right after it is hashed, while it is in cache. */
 static dsq_status hash_range(const dsq_ctr_reader *r, dsq_seqread *sq, uint64_t offset, uint64_t n, uint8_t **chunk,
-                             uint64_t *out, dsq_err *err) {
+                             uint64_t *out, hash_peer *peer, dsq_err *err) {
+    /* the peer's finding does not stop the hash (peer->st): the caller still compares the checksum */
+#define PEER(ptr, len)                                                                                                 \
+    if (peer && peer->fn && peer->st == DSQ_OK)                                                                        \
+    peer->st = peer->fn(peer->ctx, peer->t, peer->p, offset - peer->base, (ptr), (len), err)
     if (sq) {
         XXH3_state_t ss;
         XXH3_64bits_reset(&ss);
@@ -657,20 +682,26 @@ static dsq_status hash_range(const dsq_ctr_reader *r, dsq_seqread *sq, uint64_t 
             size_t got;
             DSQ_TRY(dsq_seqread_get(sq, offset, n, &p, &got, err));
             XXH3_64bits_update(&ss, p, got);
+            PEER(p, got);
             offset += got, n -= got;
         }
         *out = (uint64_t)XXH3_64bits_digest(&ss);
         return DSQ_OK;
     }
     if (r->src.map) {
-        /* 64 MiB at a time, dropping the pages behind: a multi-GB part never stays resident */
+        /* CHUNK at a time, dropping the pages behind every 64 MiB: a multi-GB part never stays resident */
         XXH3_state_t ms;
         XXH3_64bits_reset(&ms);
-        for (uint64_t done = 0; done < n;) {
-            size_t k = n - done > (64u << 20) ? (64u << 20) : (size_t)(n - done);
-            XXH3_64bits_update(&ms, r->src.map + offset + done, k);
-            if (r->map) dsq_map_dontneed(r->map, offset + done, k);
-            done += k;
+        uint64_t dropped = offset;
+        while (n > 0) {
+            size_t k = n > CHUNK ? CHUNK : (size_t)n;
+            XXH3_64bits_update(&ms, r->src.map + offset, k);
+            PEER(r->src.map + offset, k);
+            offset += k, n -= k;
+            if (r->map && (offset - dropped >= (64u << 20) || n == 0)) {
+                dsq_map_dontneed(r->map, dropped, offset - dropped);
+                dropped = offset;
+            }
         }
         *out = (uint64_t)XXH3_64bits_digest(&ms);
         return DSQ_OK;
@@ -682,19 +713,63 @@ static dsq_status hash_range(const dsq_ctr_reader *r, dsq_seqread *sq, uint64_t 
         size_t k = n > CHUNK ? CHUNK : (size_t)n;
         DSQ_TRY(r->src.read(r->src.ctx, offset, *chunk, k, err));
         XXH3_64bits_update(&st, *chunk, k);
+        PEER(*chunk, k);
         offset += k;
         n -= k;
     }
     *out = (uint64_t)XXH3_64bits_digest(&st);
     return DSQ_OK;
+#undef PEER
 }
 
 dsq_status dsq_ctr_part_hash(const dsq_ctr_reader *r, const dsq_ctr_tensor *t, int p, uint64_t *out, dsq_err *err) {
     DSQ_RETURN_IF(!r->data_readable, err, DSQ_ERR_STATE, "%s: tensor data is not available from this source", r->path);
     uint8_t *chunk = NULL;
-    dsq_status s = hash_range(r, NULL, t->parts[p].offset, t->parts[p].bytes, &chunk, out, err);
+    dsq_status s = hash_range(r, NULL, t->parts[p].offset, t->parts[p].bytes, &chunk, out, NULL, err);
     dsq_free(chunk);
     return s;
+}
+
+const char *dsq_ctr_part_kind_name(int kind) {
+    switch (kind) {
+    case DSQ_FILE_PART_DATA: return "data";
+    case DSQ_FILE_PART_SCALES: return "scales";
+    case DSQ_FILE_PART_MINS: return "mins";
+    case DSQ_FILE_PART_TENSOR_SCALE: return "tensor scale";
+    }
+    return "part";
+}
+
+dsq_status dsq_ctr_part_check(const dsq_ctr_reader *r, const dsq_ctr_tensor *t, int p, bool checksum,
+                              dsq_ctr_chunk_fn fn, void *ctx, dsq_err *err) {
+    DSQ_RETURN_IF(p < 0 || p >= t->n_parts, err, DSQ_ERR_ARG, "%s: tensor %s has no part %d", r->path, t->name, p);
+    DSQ_RETURN_IF(!r->data_readable, err, DSQ_ERR_STATE, "%s: tensor data is not available from this source", r->path);
+    const dsq_ctr_part *part = &t->parts[p];
+    uint8_t *buf = NULL;
+    if (!r->src.map && !(buf = dsq_malloc(CHUNK))) return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", r->path);
+    XXH3_state_t st;
+    XXH3_64bits_reset(&st);
+    dsq_status s = DSQ_OK;
+    for (uint64_t done = 0; done < part->bytes && s == DSQ_OK;) {
+        size_t k = part->bytes - done > CHUNK ? CHUNK : (size_t)(part->bytes - done);
+        const uint8_t *q = buf;
+        if (r->src.map)
+            q = r->src.map + part->offset + done;
+        else
+            s = r->src.read(r->src.ctx, part->offset + done, buf, k, err);
+        if (s == DSQ_OK && checksum) XXH3_64bits_update(&st, q, k);
+        if (s == DSQ_OK && fn) s = fn(ctx, done, q, k, err);
+        done += k;
+    }
+    dsq_free(buf);
+    if (s != DSQ_OK || !checksum) return s;
+    uint64_t h = (uint64_t)XXH3_64bits_digest(&st);
+    DSQ_RETURN_IF(h != part->xxh3, err, DSQ_ERR_CHECKSUM,
+                  "%s: tensor %s: part %d (%s) checksum mismatch (offset %llu, %llu bytes: stored %016llx, computed "
+                  "%016llx): the stored bytes changed",
+                  r->path, t->name, p, dsq_ctr_part_kind_name(part->kind), (unsigned long long)part->offset,
+                  (unsigned long long)part->bytes, (unsigned long long)part->xxh3, (unsigned long long)h);
+    return DSQ_OK;
 }
 
 /* Gaps must be zero: [from, to). */
@@ -722,6 +797,11 @@ static dsq_status check_zero(const dsq_ctr_reader *r, dsq_seqread *sq, uint64_t 
 }
 
 dsq_status dsq_ctr_verify(const dsq_ctr_reader *r, dsq_progress *progress, dsq_err *err) {
+    return dsq_ctr_verify_with(r, progress, NULL, NULL, err);
+}
+
+dsq_status dsq_ctr_verify_with(const dsq_ctr_reader *r, dsq_progress *progress, dsq_ctr_part_fn fn, void *ctx,
+                               dsq_err *err) {
     DSQ_RETURN_IF(!r->data_readable, err, DSQ_ERR_STATE, "%s: tensor data is not available from this source", r->path);
     uint8_t *chunk = NULL;
     dsq_status first = DSQ_OK;
@@ -752,11 +832,13 @@ dsq_status dsq_ctr_verify(const dsq_ctr_reader *r, dsq_progress *progress, dsq_e
             continue;
         }
         uint64_t h;
-        s = hash_range(r, sq, part->offset, part->bytes, &chunk, &h, err);
+        hash_peer peer = {fn, ctx, t, refs[i].part, part->offset, DSQ_OK};
+        s = hash_range(r, sq, part->offset, part->bytes, &chunk, &h, &peer, err);
         if (s != DSQ_OK) {
             if (first == DSQ_OK) first = s;
             break;
         }
+        if (peer.st != DSQ_OK && first == DSQ_OK) first = peer.st;
         if (h != part->xxh3) {
             s = dsq_err_set(err, DSQ_ERR_CHECKSUM,
                             "%s: tensor %s: part %d checksum mismatch (offset %llu, %llu bytes: stored %016llx, computed "

@@ -105,11 +105,33 @@ dsq_status dsq_ctr_read(const dsq_ctr_reader *r, const dsq_ctr_tensor *t, int p,
 /* Page-cache hints for all parts of t (madvise WILLNEED / DONTNEED; no-ops in pread mode). */
 void dsq_ctr_prefetch(const dsq_ctr_reader *r, const dsq_ctr_tensor *t);
 void dsq_ctr_release(const dsq_ctr_reader *r, const dsq_ctr_tensor *t);
+/* The same for bytes [offset, offset + n) of part p of t only (a source's slice, dsq_ctr_source_slice);
+ * out-of-range requests are ignored. */
+void dsq_ctr_prefetch_range(const dsq_ctr_reader *r, const dsq_ctr_tensor *t, int p, uint64_t offset, uint64_t n);
+void dsq_ctr_release_range(const dsq_ctr_reader *r, const dsq_ctr_tensor *t, int p, uint64_t offset, uint64_t n);
 /* Recompute every part checksum and check the padding bytes are zero; every mismatch is recorded.
  * `progress` may be NULL.  Reads the whole data region (dropping pages behind it). */
 dsq_status dsq_ctr_verify(const dsq_ctr_reader *r, dsq_progress *progress, dsq_err *err);
+/* The same, handing every piece of part p of t (offset within the part; a part's pieces come in
+ * order, at multiples of 4 MiB of the part in mmap and pread modes) to fn right after it is hashed,
+ * while it is in cache.  A non-OK status from fn is recorded (fn sets the message) and the pass goes on with the
+ * next part. */
+typedef dsq_status (*dsq_ctr_part_fn)(void *ctx, const dsq_ctr_tensor *t, int p, uint64_t offset, const uint8_t *bytes,
+                                      size_t n, dsq_err *err);
+dsq_status dsq_ctr_verify_with(const dsq_ctr_reader *r, dsq_progress *progress, dsq_ctr_part_fn fn, void *ctx,
+                               dsq_err *err);
 /* XXH3-64 of part p, recomputed from the file. */
 dsq_status dsq_ctr_part_hash(const dsq_ctr_reader *r, const dsq_ctr_tensor *t, int p, uint64_t *out, dsq_err *err);
+/* One pass over part p of t in chunks of at most 4 MiB (offsets within the part, multiples of 4 MiB):
+ * fn (may be NULL) sees each chunk while it is in cache, and with `checksum` the part's XXH3 is
+ * compared with the stored one (DSQ_ERR_CHECKSUM: "FILE: tensor NAME: part P (data) checksum
+ * mismatch ...").  A non-OK status from fn stops the pass and is returned.  Reads through the mapping
+ * (or pread); thread-safe for distinct or equal parts. */
+typedef dsq_status (*dsq_ctr_chunk_fn)(void *ctx, uint64_t offset, const uint8_t *bytes, size_t n, dsq_err *err);
+dsq_status dsq_ctr_part_check(const dsq_ctr_reader *r, const dsq_ctr_tensor *t, int p, bool checksum,
+                              dsq_ctr_chunk_fn fn, void *ctx, dsq_err *err);
+/* "data", "scales", "mins", "tensor scale" (or "part"). */
+const char *dsq_ctr_part_kind_name(int kind);
 
 /* ---- writing ---------------------------------------------------------------------------------- */
 typedef struct dsq_ctr_writer dsq_ctr_writer;
@@ -225,6 +247,11 @@ typedef struct dsq_ctr_export_options {
     uint64_t shard_size; /* 0: 5 GiB */
     bool overwrite;
     bool progress;
+    /* sees every piece of stored bytes right after it is read and before it is written (NULL: none);
+     * a non-OK status stops the export, whose shard in progress is removed (lib/quant's
+     * dsq_convert_scan_piece rejects NaN/Inf codes and scales) */
+    dsq_ctr_part_fn scan;
+    void *scan_ctx;
 } dsq_ctr_export_options;
 typedef struct dsq_ctr_export_stats {
     size_t tensors, shards, files;

@@ -129,6 +129,9 @@ void dsq__int_group_codes_avx2(const float *x, int n, const dsq__grp_param *p, i
 void dsq__pack_nibbles_avx2(const int8_t *q, int n, uint8_t *out);
 /* Whether all n values are finite (the scalar form is a loop over dsq_f32_bits). */
 bool dsq__all_finite_avx2(const float *x, uint64_t n);
+/* dsq_codec_find_nonfinite's AVX2 twin: index of the first bad element of kind k, or UINT64_MAX. */
+uint64_t dsq__find_nonfinite_avx2(dsq_nf_kind k, const uint8_t *p, uint64_t n_elems);
+uint64_t dsq__find_nonfinite_scalar(dsq_nf_kind k, const uint8_t *p, uint64_t from, uint64_t n_elems);
 /* Encode rows of an INT8/INT4/INT2 encoding (allocates one row of scratch). */
 dsq_status dsq__encode_int_rows(const dsq__qv *v, dsq_qtensor_buf *dst, const float *x, uint64_t row0,
                                 uint64_t nrows, dsq_isa isa, bool finite, const char *name, dsq_err *err);

@@ -9,6 +9,7 @@
 #include <xxhash.h>
 
 #include "convert_internal.h"
+#include "dsq_codec.h"
 #include "dsq_json.h"
 
 /* ---- source encodings ---- */
@@ -703,7 +704,26 @@ typedef struct cseg {
     int part;
     uint64_t off;
     XXH3_state_t h;
+    dsq_nf_kind nf;   /* what the stored bytes are, for the NaN/Inf scan (NONE: not scanned) */
+    uint64_t bad;     /* element index of the first NaN/Inf, UINT64_MAX when none */
 } cseg;
+
+/* Hash a piece just read and scan it for NaN/Inf codes or scales while it is in cache (the scan is
+ * vectorised: ~28 GB/s against ~16 GB/s for XXH3).  Pieces start at multiples of COPY_CHUNK. */
+static void take_piece(cseg *sg, uint64_t pos, const uint8_t *b, size_t n) {
+    XXH3_64bits_update(&sg->h, b, n);
+    if (sg->nf == DSQ_NF_NONE || sg->bad != UINT64_MAX) return;
+    uint64_t i = dsq_codec_find_nonfinite(sg->nf, b, n);
+    if (i != UINT64_MAX) sg->bad = pos / dsq_nf_kind_size(sg->nf) + i;
+}
+
+static dsq_status piece_finite(dsq_convert_plan *p, const dsq_ctr_tensor *t, const cseg *sg, dsq_err *err) {
+    if (sg->bad == UINT64_MAX) return DSQ_OK;
+    return dsq_err_set(err, DSQ_ERR_NONFINITE,
+                       "%s: tensor %s: %s element %llu is NaN or infinite (stored as %s; --allow-nonfinite copies it)",
+                       dir_of(p), sg->t->name, sg->part == 0 ? "code" : "scale", (unsigned long long)sg->bad,
+                       dsq_ctr_encoding_name(t->encoding));
+}
 
 /* Segment for part `part` of source k: checkpoint tensor t goes to its slice whole. */
 static dsq_status add_seg(dsq_convert_plan *p, const dsq_ctr_tensor *t, uint32_t k, int part,
@@ -714,6 +734,9 @@ static dsq_status add_seg(dsq_convert_plan *p, const dsq_ctr_tensor *t, uint32_t
                   src->name, (unsigned long long)src->n_bytes, (unsigned long long)n);
     sg->t = src, sg->part = part, sg->off = off;
     XXH3_64bits_reset(&sg->h);
+    sg->nf = p->opt.allow_nonfinite ? DSQ_NF_NONE
+                                    : dsq_codec_part_nf_kind(t->encoding, (dsq_codec_part)t->parts[part].kind);
+    sg->bad = UINT64_MAX;
     return DSQ_OK;
 }
 
@@ -740,7 +763,8 @@ static dsq_status run_copy(dsq_convert_plan *p, dsq_ctr_writer *w, uint32_t i, u
     if (have) {
         clen = sg[cs].t->n_bytes < COPY_CHUNK ? sg[cs].t->n_bytes : COPY_CHUNK;
         st = dsq_st_read(p->st, sg[cs].t, 0, buf[0], (size_t)clen, err);
-        if (st == DSQ_OK) XXH3_64bits_update(&sg[cs].h, buf[0], (size_t)clen);
+        if (st == DSQ_OK) take_piece(&sg[cs], 0, buf[0], (size_t)clen);
+        if (st == DSQ_OK) st = piece_finite(p, t, &sg[cs], err);
     }
     while (st == DSQ_OK && have) {
         size_t nsg = cs;
@@ -758,11 +782,12 @@ static dsq_status run_copy(dsq_convert_plan *p, dsq_ctr_writer *w, uint32_t i, u
 #pragma omp section
             if (have_next) {
                 rst = dsq_st_read(p->st, sg[nsg].t, npos, buf[slot ^ 1], (size_t)nlen, &rerr);
-                if (rst == DSQ_OK) XXH3_64bits_update(&sg[nsg].h, buf[slot ^ 1], (size_t)nlen);
+                if (rst == DSQ_OK) take_piece(&sg[nsg], npos, buf[slot ^ 1], (size_t)nlen);
             }
         }
         if (wst != DSQ_OK) st = wst;
         else if (rst != DSQ_OK) st = dsq_err_set(err, rst, "%s", rerr.msg);
+        else if (have_next) st = piece_finite(p, t, &sg[nsg], err);
         dsq_err_clear(&rerr);
         cs = nsg, cpos = npos, clen = nlen, slot ^= 1, have = have_next;
     }

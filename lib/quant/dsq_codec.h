@@ -181,6 +181,26 @@ dsq_status dsq_codec_decode(const dsq_qtensor *src, uint64_t row0, uint64_t nrow
 /* Scan a whole stored tensor for NaN/Inf codes or scales (without decoding to memory). */
 dsq_status dsq_codec_check_finite(const dsq_qtensor *t, const char *name, dsq_err *err);
 
+/* ---- non-finite scans over stored bytes -----------------------------------------------------------
+ * The element types of stored parts that can hold NaN/Inf: e4m3 codes or scales (0x7F/0xFF), UE8M0
+ * scales (0xFF), F16 / BF16 / F32 values (exponent all ones).  e2m1 and integer codes are always
+ * finite. */
+typedef enum dsq_nf_kind { DSQ_NF_NONE = 0, DSQ_NF_E4M3, DSQ_NF_E8M0, DSQ_NF_F16, DSQ_NF_BF16, DSQ_NF_F32 } dsq_nf_kind;
+typedef enum dsq_codec_part {
+    DSQ_CODEC_PART_CODES = 1, /* the values match DSQ_FILE_PART_* of the container */
+    DSQ_CODEC_PART_SCALES = 2,
+    DSQ_CODEC_PART_MINS = 3,
+    DSQ_CODEC_PART_TENSOR_SCALE = 4,
+} dsq_codec_part;
+/* Element type of part `part` of encoding e (DSQ_NF_NONE when it cannot be non-finite). */
+dsq_nf_kind dsq_codec_part_nf_kind(dsq_encoding e, dsq_codec_part part);
+/* Bytes of one element of kind k (1 for NONE). */
+unsigned dsq_nf_kind_size(dsq_nf_kind k);
+/* Index (in elements) of the first NaN/Inf element of the n_bytes at p, or UINT64_MAX when every one
+ * is finite (a trailing partial element is ignored).  AVX2 when the CPU has it (the same answer);
+ * runs at memory speed, so it can ride along with a checksum pass over the same bytes. */
+uint64_t dsq_codec_find_nonfinite(dsq_nf_kind k, const void *p, uint64_t n_bytes);
+
 /* ---- GEMV / GEMM kernels --------------------------------------------------------------------------
  * Preconditions (not checked here; dsq_codec_check once at load): a valid descriptor of a float
  * encoding, row0 + nrows ≤ rows, x holding cols floats.  Accumulation is f32, block by block (the

@@ -85,6 +85,7 @@ typedef struct dsq_verify_options {
     const char *source;  /* checkpoint to compare with, or NULL */
     bool no_mmap;        /* pread mode for the checksum pass */
     bool progress;
+    bool allow_nonfinite; /* do not report NaN/Inf codes and scales (a container converted with them) */
 } dsq_verify_options;
 
 #define DSQ_VERIFY_FAMILIES 16
@@ -99,6 +100,8 @@ typedef struct dsq_verify_family {
 typedef struct dsq_verify_report {
     uint64_t tensors, parts, bytes, file_bytes;
     bool checksums_ok, metadata_ok;
+    bool values_ok;   /* no NaN/Inf codes or scales (checked in the checksum pass) */
+    bool names_ok;    /* stored tensor names agree with their source records (spec §5.5) */
     bool source_checked;
     uint64_t sources, sources_identical, sources_reencoded, sources_changed, checkpoint_missing;
     dsq_verify_family family[DSQ_VERIFY_FAMILIES]; /* indexed by dsq_family */
@@ -106,11 +109,23 @@ typedef struct dsq_verify_report {
     char worst_name[256];
 } dsq_verify_report;
 
-/* Check a container: structure, every checksum and padding byte, metadata (config, recipe, the
- * inventory its sources describe); with a source checkpoint also that every checkpoint tensor is
+/* Check a container: structure, every checksum and padding byte, NaN/Inf codes and scales (in the
+ * same pass), metadata (model.config as inspect and eval read it, files.config.json agreeing with it,
+ * the KV-cache declaration, the inventory its sources describe, every expected weight resolvable),
+ * stored names against their source records; with a source checkpoint also that every checkpoint tensor is
  * held, unchanged ones byte for byte, re-encoded ones with their error statistics.  Every problem
  * is recorded in err; rep is filled as far as the checks went. */
 dsq_status dsq_convert_verify(const dsq_verify_options *opt, dsq_verify_report *rep, dsq_err *err);
+
+/* A dsq_ctr_part_fn that fails with DSQ_ERR_NONFINITE ("FILE: tensor NAME: data element I is NaN or
+ * infinite (...)") on the first NaN/Inf code or scale of a piece of part p of t (vectorised; pieces
+ * must start on element boundaries).  ctx: a dsq_nonfinite_scan. */
+typedef struct dsq_nonfinite_scan {
+    const char *path; /* for messages */
+    size_t found;     /* pieces that held NaN/Inf */
+} dsq_nonfinite_scan;
+dsq_status dsq_convert_scan_piece(void *ctx, const dsq_ctr_tensor *t, int p, uint64_t offset, const uint8_t *bytes,
+                                  size_t n, dsq_err *err);
 
 /* The KV-cache declaration of formats/spec/dsq.md §6.1 for a config (heap JSON text, dsq_free). */
 struct dsq_v4_config;

@@ -59,6 +59,10 @@ enum { DSQ_KQ_BLOCK = 256 }; /* values per super-block (ggml QK_K) */
 int dsq_kquant_block_bytes(dsq_encoding enc);
 /* ggml_type value of enc (GGML_TYPE_Q2_K = 10 … Q6_K = 14), or -1. */
 int dsq_kquant_ggml_type(dsq_encoding enc);
+/* Index of the first super-block of the n_bytes at p (whole blocks of enc) whose F16 d or dmin is NaN or
+ * infinite, or UINT64_MAX when every one is finite (also when enc is not a k-quant encoding).  The
+ * codes themselves are integers: these scales are the only values that can be non-finite. */
+uint64_t dsq_kquant_find_nonfinite(dsq_encoding enc, const void *p, uint64_t n_bytes);
 
 /* Encode rows × cols values (x row-major, cols a multiple of 256) into dst (rows · cols/256 ·
  * block_bytes bytes).  importance: NULL (plain squared error) or cols non-negative finite weights,

@@ -214,28 +214,13 @@ dsq_status dsq_codec_check_finite(const dsq_qtensor *t, const char *name, dsq_er
     dsq__qv_init(&v, t);
     const uint8_t *d = t->data;
     dsq__kind k = v.info->kind;
-    /* e2m1 and integer codes are always finite: only their scales can be NaN */
-    bool codes_can_be_nan = k == DSQ__K_F32 || k == DSQ__K_F16 || k == DSQ__K_BF16 || k == DSQ__K_FP8;
-    for (uint64_t r = 0; codes_can_be_nan && r < t->rows; r++) {
-        const uint8_t *row = d + r * v.row_bytes;
-        for (uint64_t c = 0; c < t->cols; c++) {
-            bool bad = false;
-            if (k == DSQ__K_F32) {
-                float f;
-                memcpy(&f, row + 4 * c, 4);
-                bad = !dsq__finite(f);
-            } else if (k == DSQ__K_F16) {
-                bad = (u16_at(row, c) & 0x7c00u) == 0x7c00u;
-            } else if (k == DSQ__K_BF16) {
-                bad = (u16_at(row, c) & 0x7f80u) == 0x7f80u;
-            } else if (k == DSQ__K_FP8) {
-                bad = dsq_e4m3_is_nan(row[c]);
-            }
-            if (bad)
-                return dsq_err_set(err, DSQ_ERR_NONFINITE, "%s: element [%llu, %llu] is NaN or infinite", nm,
-                                   (unsigned long long)r, (unsigned long long)c);
-        }
-    }
+    /* e2m1 and integer codes are always finite: only their scales can be NaN.  Codes that can be are
+     * whole bytes or words, so the rows are contiguous: one vectorised scan. */
+    dsq_nf_kind ck = dsq_codec_part_nf_kind(t->enc, DSQ_CODEC_PART_CODES);
+    uint64_t at = dsq_codec_find_nonfinite(ck, t->data, t->rows * v.row_bytes);
+    if (at != UINT64_MAX)
+        return dsq_err_set(err, DSQ_ERR_NONFINITE, "%s: element [%llu, %llu] is NaN or infinite", nm,
+                           (unsigned long long)(at / t->cols), (unsigned long long)(at % t->cols));
     if (k == DSQ__K_KQUANT) { /* codes are integers: only the F16 super-scales can be non-finite */
         uint64_t bb = (uint64_t)dsq_kquant_block_bytes(t->enc), nb = t->cols / DSQ_KQ_BLOCK;
         for (uint64_t r = 0; r < t->rows; r++)
@@ -246,33 +231,76 @@ dsq_status dsq_codec_check_finite(const dsq_qtensor *t, const char *name, dsq_er
         return DSQ_OK;
     }
     if (v.info->scale == DSQ__SC_NONE) return DSQ_OK;
-    uint64_t srows = dsq_ceil_div(t->rows, v.brows);
-    for (uint64_t i = 0; i < srows; i++) {
-        for (uint64_t j = 0; j < v.scale_cols; j++) {
-            uint64_t idx = i * v.scale_cols + j;
-            const uint8_t *s = t->scales;
-            bool bad = false;
-            switch (v.info->scale) {
-            case DSQ__SC_E8M0: bad = dsq_e8m0_is_nan(s[idx]); break;
-            case DSQ__SC_E4M3: bad = dsq_e4m3_is_nan(s[idx]); break;
-            case DSQ__SC_F16: {
-                bad = (u16_at(s, idx) & 0x7c00u) == 0x7c00u;
-                if (v.info->mins) bad = bad || (u16_at(t->mins, idx) & 0x7c00u) == 0x7c00u;
-                break;
-            }
-            case DSQ__SC_F32: {
-                float f;
-                memcpy(&f, s + 4 * idx, 4);
-                bad = !dsq__finite(f);
-                break;
-            }
-            default: break;
-            }
-            if (bad)
-                return dsq_err_set(err, DSQ_ERR_NONFINITE, "%s: scale [%llu, %llu] (rows from %llu, cols from %llu) is NaN or infinite",
-                                   nm, (unsigned long long)i, (unsigned long long)j,
-                                   (unsigned long long)(i * v.brows), (unsigned long long)(j * v.bcols));
-        }
+    uint64_t n = dsq_ceil_div(t->rows, v.brows) * v.scale_cols;
+    dsq_nf_kind sk = dsq_codec_part_nf_kind(t->enc, DSQ_CODEC_PART_SCALES);
+    at = dsq_codec_find_nonfinite(sk, t->scales, n * dsq_nf_kind_size(sk));
+    if (at == UINT64_MAX && v.info->mins) at = dsq_codec_find_nonfinite(DSQ_NF_F16, t->mins, n * 2);
+    if (at != UINT64_MAX) {
+        uint64_t i = at / v.scale_cols, j = at % v.scale_cols;
+        return dsq_err_set(err, DSQ_ERR_NONFINITE,
+                           "%s: scale [%llu, %llu] (rows from %llu, cols from %llu) is NaN or infinite", nm,
+                           (unsigned long long)i, (unsigned long long)j, (unsigned long long)(i * v.brows),
+                           (unsigned long long)(j * v.bcols));
     }
     return DSQ_OK;
+}
+
+/* ---- non-finite scans ----------------------------------------------------------------------------- */
+
+dsq_nf_kind dsq_codec_part_nf_kind(dsq_encoding e, dsq_codec_part part) {
+    const dsq__codec_info *in = dsq__codec_info_of(e);
+    if (!in) return DSQ_NF_NONE;
+    switch (part) {
+    case DSQ_CODEC_PART_CODES:
+        switch (in->kind) {
+        case DSQ__K_F32: return DSQ_NF_F32;
+        case DSQ__K_F16: return DSQ_NF_F16;
+        case DSQ__K_BF16: return DSQ_NF_BF16;
+        case DSQ__K_FP8: return DSQ_NF_E4M3;
+        default: return DSQ_NF_NONE; /* e2m1 and integer codes */
+        }
+    case DSQ_CODEC_PART_SCALES:
+        switch (in->scale) {
+        case DSQ__SC_E8M0: return DSQ_NF_E8M0;
+        case DSQ__SC_F32: return DSQ_NF_F32;
+        case DSQ__SC_F16: return DSQ_NF_F16;
+        case DSQ__SC_E4M3: return DSQ_NF_E4M3;
+        default: return DSQ_NF_NONE;
+        }
+    case DSQ_CODEC_PART_MINS: return in->mins ? DSQ_NF_F16 : DSQ_NF_NONE;
+    case DSQ_CODEC_PART_TENSOR_SCALE: return in->kind == DSQ__K_NVFP4 ? DSQ_NF_F32 : DSQ_NF_NONE;
+    }
+    return DSQ_NF_NONE;
+}
+
+unsigned dsq_nf_kind_size(dsq_nf_kind k) {
+    return k == DSQ_NF_F32 ? 4u : k == DSQ_NF_F16 || k == DSQ_NF_BF16 ? 2u : 1u;
+}
+
+uint64_t dsq__find_nonfinite_scalar(dsq_nf_kind k, const uint8_t *p, uint64_t from, uint64_t n) {
+    for (uint64_t i = from; i < n; i++) {
+        bool bad = false;
+        switch (k) {
+        case DSQ_NF_E4M3: bad = dsq_e4m3_is_nan(p[i]); break;
+        case DSQ_NF_E8M0: bad = dsq_e8m0_is_nan(p[i]); break;
+        case DSQ_NF_F16: bad = (u16_at(p, i) & 0x7c00u) == 0x7c00u; break;
+        case DSQ_NF_BF16: bad = (u16_at(p, i) & 0x7f80u) == 0x7f80u; break;
+        case DSQ_NF_F32: {
+            uint32_t u;
+            memcpy(&u, p + 4 * i, 4);
+            bad = (u & 0x7f800000u) == 0x7f800000u;
+            break;
+        }
+        case DSQ_NF_NONE: return UINT64_MAX;
+        }
+        if (bad) return i;
+    }
+    return UINT64_MAX;
+}
+
+uint64_t dsq_codec_find_nonfinite(dsq_nf_kind k, const void *p, uint64_t n_bytes) {
+    if (k == DSQ_NF_NONE || !p) return UINT64_MAX;
+    uint64_t n = n_bytes / dsq_nf_kind_size(k);
+    if (dsq_codec_best_isa() == DSQ_ISA_AVX2) return dsq__find_nonfinite_avx2(k, p, n);
+    return dsq__find_nonfinite_scalar(k, p, 0, n);
 }

@@ -12,6 +12,7 @@
  *    sign-extend and convert; the factor 1/2 is applied separately so products match the scalar
  *    code bit for bit. */
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #include "codec_internal.h"
@@ -267,6 +268,7 @@ AVX2 float dsq__dot_row_avx2(const dsq__qv *v, uint64_t r, const float *x) {
             for (; c + 16 <= bend; c += 16) {
                 __m256 a, b;
                 e4m3x16(row + c, &a, &b);
+                if (has_e4m3_nan(row + c)) a = _mm256_set1_ps(NAN); /* NaN codes read as 480: the scalar twin's NaN */
                 b0 = _mm256_fmadd_ps(a, _mm256_loadu_ps(x + c), b0);
                 b1 = _mm256_fmadd_ps(b, _mm256_loadu_ps(x + c + 8), b1);
             }
@@ -594,6 +596,45 @@ AVX2 bool dsq__all_finite_avx2(const float *x, uint64_t n) {
     return true;
 }
 
+/* 32 bytes of elements of kind k → non-zero lanes where an element is NaN/Inf. */
+AVX2 static inline __m256i nf_mask(dsq_nf_kind k, __m256i v) {
+    switch (k) {
+    case DSQ_NF_E4M3: {
+        const __m256i m = _mm256_set1_epi8(0x7f);
+        return _mm256_cmpeq_epi8(_mm256_and_si256(v, m), m);
+    }
+    case DSQ_NF_E8M0: return _mm256_cmpeq_epi8(v, _mm256_set1_epi8((char)0xff));
+    case DSQ_NF_F16: {
+        const __m256i m = _mm256_set1_epi16(0x7c00);
+        return _mm256_cmpeq_epi16(_mm256_and_si256(v, m), m);
+    }
+    case DSQ_NF_BF16: {
+        const __m256i m = _mm256_set1_epi16(0x7f80);
+        return _mm256_cmpeq_epi16(_mm256_and_si256(v, m), m);
+    }
+    default: {
+        const __m256i m = _mm256_set1_epi32(0x7f800000);
+        return _mm256_cmpeq_epi32(_mm256_and_si256(v, m), m);
+    }
+    }
+}
+
+/* 128 bytes per step (four masks OR-ed, one test); the block holding a hit is rescanned by the
+ * scalar definition for the exact index. */
+AVX2 uint64_t dsq__find_nonfinite_avx2(dsq_nf_kind k, const uint8_t *p, uint64_t n) {
+    if (k == DSQ_NF_NONE) return UINT64_MAX;
+    uint64_t es = k == DSQ_NF_F32 ? 4 : k == DSQ_NF_F16 || k == DSQ_NF_BF16 ? 2 : 1, bytes = n * es, b = 0;
+    for (; b + 128 <= bytes; b += 128) {
+        __m256i m0 = nf_mask(k, _mm256_loadu_si256((const __m256i *)(const void *)(p + b)));
+        __m256i m1 = nf_mask(k, _mm256_loadu_si256((const __m256i *)(const void *)(p + b + 32)));
+        __m256i m2 = nf_mask(k, _mm256_loadu_si256((const __m256i *)(const void *)(p + b + 64)));
+        __m256i m3 = nf_mask(k, _mm256_loadu_si256((const __m256i *)(const void *)(p + b + 96)));
+        __m256i any = _mm256_or_si256(_mm256_or_si256(m0, m1), _mm256_or_si256(m2, m3));
+        if (!_mm256_testz_si256(any, any)) return dsq__find_nonfinite_scalar(k, p, b / es, (b + 128) / es);
+    }
+    return dsq__find_nonfinite_scalar(k, p, b / es, n);
+}
+
 #else /* not x86: the scalar twins stand in (dsq_codec_best_isa never returns AVX2 there) */
 
 void dsq__decode_span_avx2(const dsq__qv *v, uint64_t r, uint64_t c0, uint64_t n, float *out) {
@@ -625,6 +666,9 @@ bool dsq__all_finite_avx2(const float *x, uint64_t n) {
     for (uint64_t i = 0; i < n; i++)
         if (!dsq__finite(x[i])) return false;
     return true;
+}
+uint64_t dsq__find_nonfinite_avx2(dsq_nf_kind k, const uint8_t *p, uint64_t n) {
+    return dsq__find_nonfinite_scalar(k, p, 0, n);
 }
 
 #endif

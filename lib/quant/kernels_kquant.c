@@ -155,6 +155,15 @@ bool dsq__kq_block_finite(dsq_encoding enc, const uint8_t *blk) {
     return true;
 }
 
+uint64_t dsq_kquant_find_nonfinite(dsq_encoding enc, const void *p, uint64_t n_bytes) {
+    int bb = dsq_kquant_block_bytes(enc);
+    if (bb <= 0 || !p) return UINT64_MAX;
+    const uint8_t *d = p;
+    for (uint64_t b = 0; b < n_bytes / (uint64_t)bb; b++)
+        if (!dsq__kq_block_finite(enc, d + b * (uint64_t)bb)) return b;
+    return UINT64_MAX;
+}
+
 /* ---- codec kernels (dsq__qv views of k-quant tensors) ----------------------------------------- */
 
 void dsq__kq_decode_span(const dsq__qv *v, uint64_t r, uint64_t c0, uint64_t n, float *out) {

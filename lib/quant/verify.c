@@ -99,6 +99,8 @@ static int source_shape(const dsq_ctr_tensor *t, const dsq_ctr_source *s, uint64
     return r;
 }
 
+/* The config readers use (inspect, eval: metadata model.config, an object parsed as config.json);
+ * files.config.json (what export writes back) must say the same. */
 static dsq_status check_metadata(dsq_ctr_reader *r, dsq_v4_config *cfg, bool *have_cfg, dsq_err *err) {
     const char *f = dsq_ctr_path(r);
     size_t len;
@@ -110,12 +112,30 @@ static dsq_status check_metadata(dsq_ctr_reader *r, dsq_v4_config *cfg, bool *ha
     const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(m, "format");
     if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, "dsq") != 0)
         NOTE(dsq_err_set(err, DSQ_ERR_MISSING, "%s: metadata: \"format\" is not \"dsq\"", f));
-    const cJSON *files = cJSON_GetObjectItemCaseSensitive(m, "files");
-    const cJSON *cj = cJSON_GetObjectItemCaseSensitive(files, "config.json");
-    if (cJSON_IsString(cj)) {
-        dsq_status s = dsq_config_parse(cj->valuestring, strlen(cj->valuestring), "metadata files.config.json", cfg, NULL, err);
+    const cJSON *mc = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(m, "model"), "config");
+    if (!cJSON_IsObject(mc)) {
+        NOTE(dsq_err_set(err, DSQ_ERR_MISSING, "%s: metadata has no model.config object (inspect and eval need it)", f));
+    } else {
+        char *ct = cJSON_PrintUnformatted(mc);
+        dsq_status s = ct ? dsq_config_parse(ct, strlen(ct), "metadata model.config", cfg, NULL, err)
+                          : dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", f);
+        cJSON_free(ct);
         NOTE(s);
         *have_cfg = s == DSQ_OK;
+    }
+    const cJSON *files = cJSON_GetObjectItemCaseSensitive(m, "files");
+    const cJSON *cj = cJSON_GetObjectItemCaseSensitive(files, "config.json");
+    if (cj && !cJSON_IsString(cj)) NOTE(dsq_err_set(err, DSQ_ERR_JSON, "%s: metadata: files.config.json is not a string", f));
+    if (cJSON_IsString(cj)) {
+        cJSON *fj = NULL;
+        dsq_status s = dsq_json_parse(cj->valuestring, strlen(cj->valuestring), "metadata files.config.json", &fj, err);
+        NOTE(s);
+        if (s == DSQ_OK && cJSON_IsObject(mc) && !cJSON_Compare(fj, mc, true))
+            NOTE(dsq_err_set(err, DSQ_ERR_CONFIG,
+                             "%s: metadata: files.config.json and model.config disagree (export writes one, eval reads "
+                             "the other)",
+                             f));
+        cJSON_Delete(fj);
     }
     const cJSON *kv = cJSON_GetObjectItemCaseSensitive(m, "kv_cache");
     if (*have_cfg) {
@@ -130,18 +150,139 @@ static dsq_status check_metadata(dsq_ctr_reader *r, dsq_v4_config *cfg, bool *ha
     return first;
 }
 
-/* The inventory the container's sources describe must be what the config expects. */
+/* The inventory the container's sources describe must be what the config expects, and every weight
+ * the config expects must resolve as the readers look it up (a source record, else a stored name). */
 static dsq_status check_inventory(dsq_ctr_reader *r, const dsq_v4_config *c, dsq_err *err) {
     dsq_tensor_desc *d = NULL;
     size_t n = 0;
     DSQ_TRY(dsq_ctr_describe_sources(r, &d, &n, err));
-    dsq_status s = DSQ_OK;
+    dsq_status first = DSQ_OK;
     if (n) {
         dsq_inv_report rep;
-        s = dsq_inv_check(c, d, n, dsq_ctr_path(r), &rep, err);
+        NOTE(dsq_inv_check(c, d, n, dsq_ctr_path(r), &rep, err));
     }
     dsq_free(d);
-    return s;
+    dsq_inv *inv = NULL;
+    DSQ_TRY(dsq_inv_expected(c, NULL, &inv, err));
+    for (size_t i = 0; i < dsq_inv_count(inv); i++) {
+        const char *name = dsq_inv_at(inv, i)->name;
+        size_t len = strlen(name);
+        if (len > 6 && !strcmp(name + len - 6, ".scale")) continue; /* folded into their weight's SCALES part */
+        if (!dsq_ctr_find_source(r, name, NULL, NULL) && !dsq_ctr_find(r, name))
+            NOTE(dsq_err_set(err, DSQ_ERR_MISSING, "%s: %s: no stored tensor or source record holds it", dsq_ctr_path(r),
+                             name));
+    }
+    dsq_inv_free(inv);
+    return first;
+}
+
+/* Whether `stored` is `src` without one dot-separated component equal to the decimal `idx`
+ * ("P ffn.experts.w1.weight" from "P ffn.experts.5.w1.weight", idx 5). */
+static bool stack_name_ok(const char *stored, const char *src, uint64_t idx) {
+    char dec[24];
+    int dl = snprintf(dec, sizeof dec, "%llu.", (unsigned long long)idx);
+    size_t ls = strlen(stored), lc = strlen(src);
+    if (lc != ls + (size_t)dl) return false;
+    for (size_t i = 0; i <= ls; i++) {
+        if ((i == 0 || src[i - 1] == '.') && !strncmp(src + i, dec, (size_t)dl) && !strcmp(src + i + dl, stored + i) &&
+            !strncmp(src, stored, i))
+            return true;
+        if (i < ls && src[i] != stored[i]) break;
+    }
+    return false;
+}
+
+/* Whether `stored` is the fusion of the sources' names: common prefix and suffix (at dots), the
+ * differing middles joined by '_' ("…compressor.wkv_wgate.weight" from "…wkv.weight" and "…wgate.weight"). */
+static bool fused_name_ok(const char *stored, const dsq_ctr_tensor *t) {
+    const char *a = t->sources[0].name;
+    size_t pre = strlen(a), suf = strlen(a);
+    for (uint32_t k = 1; k < t->n_sources; k++) {
+        const char *b = t->sources[k].name;
+        size_t i = 0, la = strlen(a), lb = strlen(b), j = 0;
+        while (i < pre && a[i] && a[i] == b[i]) i++;
+        pre = i;
+        while (j < suf && j < la && j < lb && a[la - 1 - j] == b[lb - 1 - j]) j++;
+        suf = j;
+    }
+    while (pre > 0 && a[pre - 1] != '.') pre--;
+    size_t la = strlen(a);
+    while (suf > 0 && a[la - suf] != '.') suf--;
+    char want[2 * DSQ_FILE_MAX_NAME + 64];
+    size_t w = 0;
+    if (pre >= sizeof want) return false;
+    memcpy(want, a, pre);
+    w = pre;
+    for (uint32_t k = 0; k < t->n_sources; k++) {
+        const char *b = t->sources[k].name;
+        size_t lb = strlen(b);
+        if (lb < pre + suf) return false;
+        size_t mid = lb - pre - suf;
+        if (w + mid + 2 + suf >= sizeof want) return false;
+        if (k) want[w++] = '_';
+        memcpy(want + w, b + pre, mid);
+        w += mid;
+    }
+    memcpy(want + w, a + la - suf, suf);
+    w += suf;
+    want[w] = 0;
+    return !strcmp(want, stored);
+}
+
+/* Stored names agree with the source records (spec §5.5): a tensor holding one checkpoint tensor
+ * whole keeps its name; a stack of squeezed sources drops the index component; a fusion joins the
+ * differing components; no stored name is another tensor's source (the readers look names up as
+ * sources first, so it would be unreachable or shadowed). */
+static dsq_status check_names(const dsq_ctr_reader *r, dsq_err *err) {
+    const char *f = dsq_ctr_path(r);
+    dsq_status first = DSQ_OK;
+    for (size_t i = 0; i < dsq_ctr_count(r); i++) {
+        const dsq_ctr_tensor *t = dsq_ctr_at(r, i), *owner = NULL;
+        if (dsq_ctr_find_source(r, t->name, &owner, NULL) && owner != t)
+            NOTE(dsq_err_set(err, DSQ_ERR_FORMAT, "%s: tensor %s: its name is a source of tensor %s", f, t->name,
+                             owner->name));
+        if (t->n_sources == 0) continue;
+        const dsq_ctr_source *s = &t->sources[0];
+        bool squeeze = s->squeeze, ok = true;
+        for (uint32_t k = 1; k < t->n_sources; k++) ok = ok && t->sources[k].squeeze == squeeze;
+        if (!ok) {
+            NOTE(dsq_err_set(err, DSQ_ERR_FORMAT, "%s: tensor %s: its sources mix stacked and row-range records", f,
+                             t->name));
+            continue;
+        }
+        const char *bad = NULL;
+        if (squeeze) {
+            for (uint32_t k = 0; k < t->n_sources && !bad; k++)
+                if (!stack_name_ok(t->name, t->sources[k].name, t->sources[k].start)) bad = t->sources[k].name;
+        } else if (t->n_sources == 1) {
+            if (strcmp(t->name, s->name) != 0) bad = s->name;
+        } else if (!fused_name_ok(t->name, t)) {
+            bad = s->name;
+        }
+        if (bad)
+            NOTE(dsq_err_set(err, DSQ_ERR_FORMAT,
+                             "%s: tensor %s: stored name disagrees with its source record %s (formats/spec/dsq.md §5.5)",
+                             f, t->name, bad));
+    }
+    return first;
+}
+
+/* NaN/Inf codes and scales: in verify's checksum pass (dsq_ctr_verify_with; one problem per part, the
+ * pass moves on to the next part) and in export's copy (dsq_ctr_export_options.scan). */
+dsq_status dsq_convert_scan_piece(void *ctx, const dsq_ctr_tensor *t, int p, uint64_t offset, const uint8_t *b,
+                                  size_t n, dsq_err *err) {
+    dsq_nonfinite_scan *c = ctx;
+    dsq_nf_kind k = dsq_codec_part_nf_kind(t->encoding, (dsq_codec_part)t->parts[p].kind);
+    if (k == DSQ_NF_NONE) return DSQ_OK;
+    uint64_t at = dsq_codec_find_nonfinite(k, b, n);
+    if (at == UINT64_MAX) return DSQ_OK;
+    c->found++;
+    at += offset / dsq_nf_kind_size(k);
+    char en[40];
+    return dsq_err_set(err, DSQ_ERR_NONFINITE,
+                       "%s: tensor %s: %s element %llu is NaN or infinite (%s; --allow-nonfinite accepts it)",
+                       c->path, t->name, dsq_ctr_part_kind_name(t->parts[p].kind), (unsigned long long)at,
+                       dsq_ctr_tensor_encoding_name(t, en, sizeof en));
 }
 
 /* Add e to the comma-separated list unless already there (whole names: "fp8-row" is not in
@@ -319,9 +460,17 @@ dsq_status dsq_convert_verify(const dsq_verify_options *opt, dsq_verify_report *
     dsq_progress prog;
     dsq_progress_begin(&prog, "verify", rep->bytes);
     if (!opt->progress) prog.enabled = false;
-    dsq_status s = dsq_ctr_verify(r, &prog, err);
+    dsq_nonfinite_scan sc = {opt->path, 0};
+    dsq_err local = DSQ_ERR_INIT, *e = err ? err : &local;
+    size_t before = e->n;
+    dsq_status s = dsq_ctr_verify_with(r, &prog, opt->allow_nonfinite ? NULL : dsq_convert_scan_piece, &sc, e);
     dsq_progress_end(&prog);
-    rep->checksums_ok = s == DSQ_OK;
+    rep->values_ok = sc.found == 0;
+    rep->checksums_ok = e->n - before == sc.found; /* every other problem is a checksum or padding one */
+    dsq_err_clear(&local);
+    NOTE(s);
+    s = check_names(r, err);
+    rep->names_ok = s == DSQ_OK;
     NOTE(s);
     dsq_v4_config cfg;
     bool have_cfg = false;

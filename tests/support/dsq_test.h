@@ -39,4 +39,11 @@ int dsq_test_run(char **out, char **errout, const char *fmt, ...) __attribute__(
 /* Read a whole file into a heap buffer (NUL-terminated); fails the test if it cannot. */
 char *dsq_test_read(const char *path, size_t *len);
 
+/* The worse of two errors for running maxima: NaN once either is NaN (fmax would drop it), so a
+ * NaN anywhere fails a later `worst <= tol`. */
+static inline double dsq_test_worse(double worst, double v) {
+    if (worst != worst) return worst;
+    return v <= worst ? worst : v; /* a NaN v is returned */
+}
+
 #endif
