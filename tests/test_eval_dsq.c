@@ -377,9 +377,36 @@ static void test_eval_nonfinite_container(void **state) {
     free(tokens), free(bad), free(rel);
 }
 
+/* A k-quant tensor keeps its F16 super-scales inside the code blocks, where the part scans (scales
+ * part, codes as integers) do not look: an infinite d in one q4_k block of a stacked expert matrix is
+ * refused at first use with one line naming the tensor, with or without checksums.  Before the merge
+ * fix the block was evaluated silently. */
+static void test_eval_nonfinite_kquant(void **state) {
+    char *q = convert_as("q4k", "--recipe release --override '*experts.*.w1*=q4_k'");
+    char *bad = dsq_test_join(tmp, "nan-q4k.dsq"), *tokens = token_file(40);
+    /* block_q4_K: d (F16) at bytes 0-1 of each 144-byte block; 0x7f in the high byte: exponent all ones */
+    ctr_edit e = {.poke_tensor = "layers.1.ffn.experts.w1.weight", .poke_part = 0, .poke_at = 5 * 144 + 1, .poke_byte = 0x7f};
+    ctr_rewrite(q, bad, &e);
+    const char *ppl = "eval ppl '%s' --tokens '%s' --ctx 16 --chunks 1 --threads 1 %s";
+    const char *opts[] = {"", "--no-verify-data"};
+    for (int i = 0; i < 2; i++) {
+        char *se = NULL;
+        assert_int_equal(dsq_test_run(NULL, &se, ppl, bad, tokens, opts[i]), 1);
+        printf("  %s", se);
+        assert_non_null(strstr(se, "layers.1.ffn.experts.0.w1.weight"));
+        assert_non_null(strstr(se, "NaN or infinite"));
+        free(se);
+    }
+    char *so = NULL; /* the untouched container runs */
+    assert_int_equal(dsq_test_run(&so, NULL, ppl, q, tokens, ""), 0);
+    free(so);
+    free(tokens), free(bad), free(q);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_eval_nonfinite_container),
+        cmocka_unit_test(test_eval_nonfinite_kquant),
         cmocka_unit_test(test_eval_checks_checksums),
         cmocka_unit_test(test_prefetch_view_bytes),
         cmocka_unit_test(test_recipes_through_container),
