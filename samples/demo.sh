@@ -1,51 +1,65 @@
 #!/usr/bin/env bash
-# `make demo`: the main job on the bundled sample.  Synthesizes the tiny V4 sample model from
-# samples/configs/v4-tiny.json, checks and inspects it, then runs the reference forward pass on a
-# short token sequence (exact numerics, prefill and step-by-step decode), converts it under the
-# release, fp8 and int4 recipes, verifies the containers, and compares the three builds with the
-# source on samples/text/sample.txt (tokenized with the sample's byte-level BPE tokenizer, which
-# the containers carry in their metadata): REPORT.md and REPORT.html.  Outputs go to out/demo/.
+# `make demo`: the main job on the bundled sample, a small DeepSeek-V4 *trained* on text
+# (samples/models/v4-tiny-trained: release layout, FP8/FP4 weights, its own tokenizer, calibration and
+# validation text; see its README).  The steps a user shrinking V4 takes:
+#   1. check the checkpoint and measure the source's perplexity on held-out text;
+#   2. calibrate: an importance matrix (Σx² per input column of every linear) from calib.txt;
+#   3. convert under several recipes: the release bytes, round-to-nearest int4 experts, and GGML
+#      k-quant experts (q4_k, q2_k) weighted by the imatrix; verify every container;
+#   4. export a llama.cpp GGUF (deepseek4) of the q4_k build and check it reads back;
+#   5. compare the builds with the source on valid.txt: KL, top-1 agreement, PPL ratio
+#      (REPORT.md and REPORT.html in out/demo/report/).
+# Outputs go to out/demo/.  DEMO_CHUNKS (default 16) sets how many 512-token chunks each step scores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DSQ=${DSQ_BIN:-build/dsq}
+MODEL=samples/models/v4-tiny-trained
 OUT=out/demo
+CHUNKS=${DEMO_CHUNKS:-16}
 mkdir -p "$OUT"
 
-echo "== dsq synth: a random V4 checkpoint in the release layout (samples/configs/v4-tiny.json)"
-"$DSQ" synth --config samples/configs/v4-tiny.json --out "$OUT/model" --seed 1 --overwrite \
-  --tokenizer samples/tokenizer/tokenizer.json
+echo "== dsq inspect --check: the checkpoint's inventory matches its config"
+"$DSQ" inspect "$MODEL" --check
 
 echo
-echo "== dsq inspect --check: the inventory matches the config"
-"$DSQ" inspect "$OUT/model" --check
+echo "== dsq eval ppl: the source's perplexity on held-out text ($CHUNKS chunks of 512 tokens)"
+"$DSQ" eval ppl "$MODEL" "$MODEL/valid.txt" --ctx 512 --chunks "$CHUNKS"
 
 echo
-echo "== dsq eval logits: prefill vs step-by-step decode (exact numerics)"
-echo "0 17 42 7 99 3 250 11 64 128 5 301 77 19 200 45 8 511 36 90 2 150 33 404" > "$OUT/tokens.txt"
-"$DSQ" eval logits "$OUT/model" --tokens "$OUT/tokens.txt" --out "$OUT/prefill.safetensors" --overwrite
-"$DSQ" eval logits "$OUT/model" --tokens "$OUT/tokens.txt" --out "$OUT/decode.safetensors" --decode-from 10 --overwrite
-"$DSQ" inspect "$OUT/prefill.safetensors" --tensors | tail -n 2
+echo "== dsq calibrate: importance matrix from calib.txt, with routed-expert coverage"
+"$DSQ" calibrate "$MODEL" "$MODEL/calib.txt" --ctx 512 --chunks "$CHUNKS" --out "$OUT/calib.imatrix" --overwrite
 
 echo
-echo "== dsq convert: re-encode under three recipes, streaming, atomically, with checksums"
-for r in release fp8 int4; do
-  "$DSQ" convert "$OUT/model" "$OUT/sample-$r.dsq" --recipe "$r" --overwrite
+echo "== dsq convert: re-encode, streaming, atomically, with checksums"
+# The routed experts' w1/w3 have 256 input columns (one k-quant super-block); w2 has 128, so it stays
+# in the release's MXFP4 (k-quants need a multiple of 256 columns).
+"$DSQ" convert "$MODEL" "$OUT/release.dsq" --recipe release --overwrite
+"$DSQ" convert "$MODEL" "$OUT/int4.dsq" --recipe int4 --overwrite
+"$DSQ" convert "$MODEL" "$OUT/q4k.dsq" --recipe release --override '*experts.*.w[13]*=q4_k' \
+  --imatrix "$OUT/calib.imatrix" --overwrite
+"$DSQ" convert "$MODEL" "$OUT/q2k.dsq" --recipe release --override '*experts.*.w[13]*=q2_k' \
+  --imatrix "$OUT/calib.imatrix" --overwrite
+
+echo
+echo "== dsq verify: checksums, metadata, NaN/Inf, and the re-encoding error against the source"
+for b in release int4 q4k q2k; do
+  "$DSQ" verify "$OUT/$b.dsq" --source "$MODEL"
 done
 
 echo
-echo "== dsq verify: checksums, metadata, and the re-encoding error against the source"
-for r in release int4; do
-  "$DSQ" verify "$OUT/sample-$r.dsq" --source "$OUT/model"
-done
+echo "== dsq export: the q4_k build as a llama.cpp GGUF (k-quant blocks copied as they are)"
+"$DSQ" export "$OUT/q4k.dsq" "$OUT/q4k.gguf" --overwrite
+"$DSQ" verify "$OUT/q4k.gguf" --source "$MODEL"
 
 echo
-echo "== dsq tokenize: the sample text with the tokenizer stored in a container"
-"$DSQ" tokenize "$OUT/sample-int4.dsq" - --json < samples/text/sample.txt | cut -c 1-60
-echo
-
-echo "== dsq compare: KL, top-1 agreement, PPL ratio of each build against the source, on the sample text"
-"$DSQ" compare "$OUT/model" "$OUT/sample-release.dsq" "$OUT/sample-fp8.dsq" "$OUT/sample-int4.dsq" \
-  --text samples/text/sample.txt --ctx 256 --out "$OUT/report" --title "dsq demo: the tiny V4 sample" --overwrite
+echo "== dsq compare: KL, top-1 agreement and PPL ratio of each build against the source"
+"$DSQ" compare "$MODEL" "$OUT/release.dsq" "$OUT/int4.dsq" "$OUT/q4k.dsq" "$OUT/q2k.dsq" "$OUT/q4k.gguf" \
+  --text "$MODEL/valid.txt" --ctx 512 --chunks "$CHUNKS" --out "$OUT/report" \
+  --title "dsq demo: the trained tiny V4" --overwrite
 
 echo
-echo "demo outputs are in $OUT/"
+echo "== dsq generate: greedy text from the q4_k GGUF"
+"$DSQ" generate "$OUT/q4k.gguf" --prompt "This program is free software" -n 24
+
+echo
+echo "demo outputs are in $OUT/ (report: $OUT/report/REPORT.md, REPORT.html)"
