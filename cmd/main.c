@@ -98,7 +98,6 @@ void dsq_cmd_json_str(FILE *f, const char *s) {
 }
 
 int main(int argc, char **argv) {
-    dsq_sigbus_install(); /* a mapped input truncated under us: an I/O error naming it, not a crash */
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(stdout);
         return argc < 2 ? DSQ_EXIT_USAGE : DSQ_EXIT_OK;

@@ -270,12 +270,4 @@ double dsq_now(void);
 void dsq_signals_install(void);
 bool dsq_interrupted(void);
 
-/* SIGBUS on a mapped input (the file was truncated or its storage failed while mapped): every live
- * dsq_map_open mapping is registered (up to 64 at once, the process-wide table is this module's only
- * state besides the interrupt flag), and the handler installed here turns a SIGBUS inside one of them
- * into one line on stderr, "dsq: FILE: I/O error: ... (SIGBUS at byte N of the mapping)", and
- * _exit(1): an I/O error naming the file, not a crash.  A SIGBUS anywhere else is re-raised with the
- * default action.  cmd/main.c installs it for every command. */
-void dsq_sigbus_install(void);
-
 #endif

@@ -20,75 +20,6 @@ double dsq_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* ---- SIGBUS on mapped inputs (dsq_sigbus_install) ---- */
-
-enum { SIGBUS_SLOTS = 64, SIGBUS_PATH = 480 };
-static struct {
-    _Atomic uintptr_t start; /* 0 free, 1 being filled, else the mapping's first byte */
-    uintptr_t end;
-    char path[SIGBUS_PATH];
-} g_maps[SIGBUS_SLOTS];
-
-static void sigbus_remember(const void *p, size_t n, const char *path) {
-    for (int i = 0; i < SIGBUS_SLOTS; i++) {
-        uintptr_t free_slot = 0;
-        if (!atomic_compare_exchange_strong(&g_maps[i].start, &free_slot, 1)) continue;
-        g_maps[i].end = (uintptr_t)p + n;
-        snprintf(g_maps[i].path, sizeof g_maps[i].path, "%s", path);
-        atomic_store(&g_maps[i].start, (uintptr_t)p);
-        return;
-    } /* table full: a SIGBUS in this mapping stays a plain crash */
-}
-
-static void sigbus_forget(const void *p) {
-    for (int i = 0; i < SIGBUS_SLOTS; i++) {
-        uintptr_t want = (uintptr_t)p;
-        if (atomic_compare_exchange_strong(&g_maps[i].start, &want, 0)) return;
-    }
-}
-
-/* async-signal-safe appends */
-static size_t put_str(char *b, size_t at, size_t cap, const char *s) {
-    while (*s && at + 1 < cap) b[at++] = *s++;
-    return at;
-}
-static size_t put_u64(char *b, size_t at, size_t cap, uint64_t v) {
-    char d[24];
-    int n = 0;
-    do d[n++] = (char)('0' + v % 10), v /= 10;
-    while (v);
-    while (n > 0 && at + 1 < cap) b[at++] = d[--n];
-    return at;
-}
-
-static void on_sigbus(int sig, siginfo_t *si, void *uctx) {
-    (void)uctx;
-    uintptr_t a = (uintptr_t)si->si_addr;
-    for (int i = 0; i < SIGBUS_SLOTS; i++) {
-        uintptr_t start = atomic_load(&g_maps[i].start);
-        if (start <= 1 || a < start || a >= g_maps[i].end) continue;
-        char msg[SIGBUS_PATH + 160];
-        size_t k = put_str(msg, 0, sizeof msg, "dsq: ");
-        k = put_str(msg, k, sizeof msg, g_maps[i].path);
-        k = put_str(msg, k, sizeof msg, ": I/O error: the file was truncated or could not be read while mapped (SIGBUS at byte ");
-        k = put_u64(msg, k, sizeof msg, (uint64_t)(a - start));
-        k = put_str(msg, k, sizeof msg, " of the mapping)\n");
-        if (write(2, msg, k) < 0) { /* nothing more to do */ }
-        _exit(1);
-    }
-    signal(sig, SIG_DFL); /* not one of our mappings: a real fault */
-    raise(sig);
-}
-
-void dsq_sigbus_install(void) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = on_sigbus;
-    sa.sa_flags = SA_SIGINFO;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGBUS, &sa, NULL);
-}
-
 /* Open an input read-only without blocking: a FIFO (or a device) would block open() itself until a
  * writer appears, so the open is O_NONBLOCK, the type is checked on the descriptor, and O_NONBLOCK is
  * cleared again for the reads.  `extra` adds flags (O_DIRECT).  Fills *st. */
@@ -150,14 +81,12 @@ dsq_status dsq_map_open(const char *path, bool use_mmap, dsq_map *out, dsq_err *
             return dsq_err_set(err, DSQ_ERR_IO, "%s: mmap failed: %s", path, strerror(e));
         }
         out->data = p;
-        sigbus_remember(p, (size_t)out->size, path);
     }
     return DSQ_OK;
 }
 
 void dsq_map_close(dsq_map *m) {
     if (!m) return;
-    if (m->data) sigbus_forget(m->data);
     if (m->data) munmap((void *)m->data, (size_t)m->size);
     if (m->fd >= 0) close(m->fd);
     dsq_free(m->path);
