@@ -161,6 +161,11 @@ fuzz-build: deps-fuzz
 fuzz: fuzz-build
 	@tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
+# Fault campaigns (tests/faults/run-faults.sh): bit flips caught by verify/unpack, SIGKILL + --resume
+# to identical bytes, inputs truncated while mapped, valgrind memcheck.  FLIPS, KILLS, PARTS override.
+test-faults: deps-fuzz $(BUILD)/dsq
+	@DSQ_BIN=$(abspath $(BUILD)/dsq) tests/faults/run-faults.sh $(abspath $(SHARED))
+
 clean:
 	rm -rf $(BUILD) build-asan build-fuzz
 
