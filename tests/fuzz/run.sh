@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../.."
 secs=$1; shift
 mkdir -p build-fuzz/artifacts
 stats=build-fuzz/fuzz-stats.txt
-printf '%-12s %10s %12s %8s %s\n' target exec/s executions corpus result > $stats
+printf '%-12s %10s %12s %8s %s\n' target exec/s executions coverage result > $stats
 fail=""
 export ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
