@@ -7,8 +7,9 @@
 #           ignores); a different restored file is a failure.
 #   kills   KILLS SIGKILLs at random moments of a convert of a ~1.4 GB synth: the final name never
 #           holds an incomplete file, and `--resume` gives bytes identical to an uninterrupted run.
-#   sigbus  inputs truncated while mapped (eval of a .dsq, convert of a safetensors checkpoint,
-#           verify of a .dsq): a one-line I/O error naming the file, exit status 1, no crash.
+#   sigbus  inputs truncated while mapped (eval ppl of a .dsq, eval ppl of a safetensors
+#           checkpoint; the run is stopped once the file shows in /proc/PID/maps, the file cut,
+#           the run continued): a one-line I/O error naming the file, exit status 1, no crash.
 #   valgrind  memcheck of convert, verify and eval ppl on the golden model: no error, no leak.
 # Usage: DSQ_BIN=build/dsq tests/faults/run-faults.sh [SHARED]   (env: FLIPS, KILLS, SEED, PARTS)
 set -uo pipefail
