@@ -52,13 +52,13 @@ GPU_TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(GPU_TEST_SRC))
 GPU_DATA ?= .gpu-data
 
 .SECONDARY:
-.PHONY: all test test-asan bench demo deps clean help fuzz check-flash-layer test-gpu gpu-data FORCE
+.PHONY: all test test-asan bench demo deps deps-fuzz clean help fuzz fuzz-build test-faults check-flash-layer test-gpu gpu-data FORCE
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/dsq $(BUILD)/libdsq.a $(CUDA_PLUGIN)
 
 help:
-	@echo "targets: all (dsq + libdsq.a), test, test-asan, bench, demo, deps, clean, test-gpu, gpu-data"
+	@echo "targets: all (dsq + libdsq.a), test, test-asan, fuzz, test-faults, bench, demo, deps, clean, test-gpu, gpu-data"
 	@echo "vars: CC=$(CC) NVCC=$(NVCC) CUDA_ARCH=$(CUDA_ARCH) SHARED=$(SHARED) NO_CUDA=<set to skip CUDA>"
 
 # Debian packages this project builds and tests with.  node/npm count as present when the commands
@@ -179,25 +179,35 @@ check-flash-layer: deps $(BUILD)/dsq
 demo: deps $(BUILD)/dsq
 	@DSQ_BIN=$(abspath $(BUILD)/dsq) samples/demo.sh
 
-# libFuzzer over every parser (clang); new corpus entries land in tests/fuzz/corpus/<target>/, which
-# `make test` replays.  FUZZ_SECONDS per target.
-FUZZ_TARGETS := safetensors config container tokenizer token_ids gguf
+# libFuzzer over every parser (clang); new corpus entries land in build-fuzz/corpus-<target>/ (copy
+# the ones worth keeping to tests/fuzz/corpus/<target>/, which `make test` replays).  The target
+# list is DSQ_FUZZ_LIST in tests/support/dsq_fuzz.h (docs/fuzzing.md).  FUZZ_SECONDS per target;
+# tests/fuzz/run.sh fails on a crash, leak, sanitizer report or an input slower than 1 s, keeps the
+# reproducer, and prints each target's executions per second and total executions.
+FUZZ_TARGETS := $(shell sed -n 's/^ *X(\([a-z0-9_]*\)).*/\1/p' tests/support/dsq_fuzz.h)
 FUZZ_SECONDS ?= 60
-FUZZ_FLAGS := -O1 -g -fsanitize=address,undefined -Wno-unknown-pragmas -Wno-source-uses-openmp -Wno-unused-variable \
+FUZZ_DEB_PKGS := clang libomp-dev
+FUZZ_FLAGS := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -Wno-unknown-pragmas \
+              -Wno-source-uses-openmp -Wno-unused-variable \
               -Wno-unused-but-set-variable  # (OpenMP is off in the fuzz build: thread counts go unused)
-fuzz: deps
+deps-fuzz: deps
+	@$(MAKE) --no-print-directory deps DEB_PKGS="$(FUZZ_DEB_PKGS) valgrind"
+fuzz-build: deps-fuzz
 	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang NO_CUDA=1 OPENMP= \
 	  CFLAGS="$(FUZZ_FLAGS) -fsanitize=fuzzer-no-link" build-fuzz/libdsq.a build-fuzz/tests/support/dsq_fuzz.o \
 	  build-fuzz/tests/support/dsq_fuzz_gguf.o
 	@for t in $(FUZZ_TARGETS); do \
 	  clang -std=c11 -D_GNU_SOURCE $(FUZZ_FLAGS) -fsanitize=fuzzer -Ilib/core -Ilib/format -Ilib/quant -Ilib/eval \
 	    -Itests/support -DDSQ_FUZZ_FN=dsq_fuzz_$$t tests/fuzz/libfuzzer_main.c build-fuzz/tests/support/dsq_fuzz.o build-fuzz/tests/support/dsq_fuzz_gguf.o \
-	    build-fuzz/libdsq.a $(PKG_LIBS) -lm -lpthread -o build-fuzz/fuzz_$$t || exit 1; \
-	  mkdir -p tests/fuzz/corpus/$$t build-fuzz/corpus-$$t; \
-	  echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; \
-	  build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1 \
-	    tests/fuzz/corpus/$$t build-fuzz/corpus-$$t 2>&1 | tail -4 || exit 1; \
+	    build-fuzz/libdsq.a $(PKG_LIBS) -fopenmp -lm -lpthread -o build-fuzz/fuzz_$$t || exit 1; \
 	done
+fuzz: fuzz-build
+	@tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+# Fault campaigns (tests/faults/run-faults.sh): bit flips caught by verify/unpack, SIGKILL + --resume
+# to identical bytes, inputs truncated while mapped, valgrind memcheck.  FLIPS, KILLS, PARTS override.
+test-faults: deps-fuzz $(BUILD)/dsq
+	@DSQ_BIN=$(abspath $(BUILD)/dsq) tests/faults/run-faults.sh $(abspath $(SHARED))
 
 clean:
 	rm -rf $(BUILD) build-asan build-fuzz

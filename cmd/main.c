@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cmd.h"
 
@@ -97,6 +98,32 @@ void dsq_cmd_json_str(FILE *f, const char *s) {
     fputc('"', f);
 }
 
+/* SIGBUS inside a mapped input (truncated or rewritten while dsq reads it): one line naming the
+ * file and the byte, exit status 1.  Async-signal-safe: write(2) and _exit only.  Outputs follow
+ * the kill rules: the final name never holds an incomplete file (docs/safety.md). */
+static const char *g_cmd = "";
+
+static size_t put_str(char *b, size_t at, size_t cap, const char *s) {
+    while (*s && at + 1 < cap) b[at++] = *s++;
+    return at;
+}
+
+static void on_input_vanished(const char *path, uint64_t offset) {
+    char line[1024], digits[24];
+    size_t n = put_str(line, 0, sizeof line, "dsq ");
+    n = put_str(line, n, sizeof line, g_cmd);
+    n = put_str(line, n, sizeof line, ": ");
+    n = put_str(line, n, sizeof line, path);
+    n = put_str(line, n, sizeof line, ": I/O error: byte ");
+    int d = 0;
+    do digits[d++] = (char)('0' + offset % 10); while ((offset /= 10) && d < 23);
+    while (d > 0 && n + 1 < sizeof line) line[n++] = digits[--d];
+    n = put_str(line, n, sizeof line, " can no longer be read (the file was truncated or rewritten while in use)\n");
+    ssize_t w = write(STDERR_FILENO, line, n);
+    (void)w;
+    _exit(DSQ_EXIT_FAIL);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(stdout);
@@ -106,6 +133,8 @@ int main(int argc, char **argv) {
         printf("dsq %s\n", DSQ_VERSION_STRING);
         return DSQ_EXIT_OK;
     }
+    g_cmd = argv[1];
+    dsq_sigbus_install(on_input_vanished);
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "dsq: unknown command '%s'\n", argv[1]);

@@ -261,6 +261,22 @@ static void test_malformed_json(void **state) {
     char *t = mutate("\"hidden_size\": 256", "\"hidden_size\": NaN");
     expect_fail(t, DSQ_ERR_JSON, "malformed JSON");
     free(t);
+    /* RFC 8259 §7: control bytes in strings must be escaped.  A raw one is an error; a raw NUL used
+     * to end the C string early, so "deepseek_v4<NUL>junk" read as "deepseek_v4" (fuzz find,
+     * st_index: "a.safetensors<NUL>..." named shard a.safetensors). */
+    expect_mutation_fails("\"model_type\": \"deepseek_v4\"", "\"model_type\": \"deepseek_v4\t\"", DSQ_ERR_JSON,
+                          "raw control byte 0x09 in a string");
+    t = mutate("\"model_type\": \"deepseek_v4\"", "\"model_type\": \"deepseek_v4#junk\"");
+    size_t n = strlen(t);
+    *strchr(t, '#') = 0;
+    dsq_v4_config c;
+    dsq_err err = DSQ_ERR_INIT;
+    char *warn = NULL;
+    assert_int_equal(dsq_config_parse(t, n, "cfg.json", &c, &warn, &err), DSQ_ERR_JSON);
+    assert_non_null(strstr(err.msg, "raw control byte 0x00 in a string"));
+    assert_null(warn);
+    dsq_err_clear(&err);
+    free(t);
 }
 
 static void test_wrong_model_type(void **state) {

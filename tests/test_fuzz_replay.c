@@ -263,6 +263,40 @@ static void test_missing_corpus_detected(void **state) {
     for (size_t i = 0; i < sizeof targets / sizeof targets[0]; i++) assert_true(replay_dir(targets[i], NULL) > 0);
 }
 
+/* Files in tests/fuzz/corpus/<target>/ (-1 when the folder is missing). */
+static int corpus_size(const char *target) {
+    char dir[256];
+    snprintf(dir, sizeof dir, "tests/fuzz/corpus/%s", target);
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.') n++;
+    closedir(d);
+    return n;
+}
+
+/* Every target of DSQ_FUZZ_LIST has a non-empty corpus (a missing one fails), and the targets no
+ * test above seeds by hand replay theirs: real files made by tests/fuzz/make-seeds.sh, libFuzzer
+ * finds, and mutations of them all. */
+static void test_every_target_corpus(void **state) {
+    static const char *const seeded_above[] = {"safetensors", "config", "container", "tokenizer", "token_ids"};
+    assert_true(dsq_fuzz_n_targets >= 11);
+    for (size_t i = 0; i < dsq_fuzz_n_targets; i++) {
+        const dsq_fuzz_target *t = &dsq_fuzz_targets[i];
+        int files = corpus_size(t->name);
+        if (files <= 0) fprintf(stderr, "fuzz target %s: no corpus in tests/fuzz/corpus/%s\n", t->name, t->name);
+        assert_true(files > 0);
+        bool above = false;
+        for (size_t k = 0; k < sizeof seeded_above / sizeof *seeded_above; k++) above |= !strcmp(seeded_above[k], t->name);
+        if (above) continue;
+        int n = 0;
+        replay_corpus(t->name, t->fn, &n);
+        assert_int_equal(n, files);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_missing_corpus_detected),
@@ -270,6 +304,7 @@ int main(void) {
         cmocka_unit_test(test_config_target),
         cmocka_unit_test(test_container_target),
         cmocka_unit_test(test_tokenizer_target),
+        cmocka_unit_test(test_every_target_corpus),
     };
     return cmocka_run_group_tests_name("fuzz_replay", tests, NULL, NULL);
 }

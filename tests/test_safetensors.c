@@ -282,6 +282,10 @@ static void test_index_unsafe_and_malformed(void **state) {
     dir = make_sharded("sh_nomap", "{\"metadata\":{}}");
     expect_fail(dir, DSQ_ERR_FORMAT, "weight_map");
     free(dir);
+    /* fuzz find (st_index): an empty weight_map opened as a checkpoint of 0 tensors, beside two shards */
+    dir = make_sharded("sh_empty", "{\"metadata\":{\"total_size\":32},\"weight_map\":{}}");
+    expect_fail(dir, DSQ_ERR_FORMAT, "weight_map names no tensor");
+    free(dir);
 }
 
 static void test_writer_round_trip_and_atomicity(void **state) {

@@ -165,6 +165,19 @@ typedef struct dsq_map {
 } dsq_map;
 dsq_status dsq_map_open(const char *path, bool use_mmap, dsq_map *out, dsq_err *err);
 void dsq_map_close(dsq_map *m);
+/* SIGBUS on a mapping: reading a page of a file that was truncated (or replaced in place) after
+ * dsq_map_open raises SIGBUS.  Every live mapping is registered (a fixed table, DSQ_MAP_TRACKED
+ * slots; mappings beyond it are not described); dsq_sigbus_install sets a SIGBUS handler that finds
+ * the mapping holding the faulting address and calls on_fault(path, offset) with the file's path
+ * and the byte offset in it.  on_fault runs in the signal handler: it must be async-signal-safe and
+ * must not return (cmd/ prints one line and _exits); a fault outside every mapping, or a return,
+ * gets the default action (a crash: that is a bug, not an input problem). */
+enum { DSQ_MAP_TRACKED = 1024 };
+typedef void (*dsq_sigbus_fn)(const char *path, uint64_t offset);
+void dsq_sigbus_install(dsq_sigbus_fn on_fault);
+/* The registered mapping holding addr: its path and the offset of addr in the file (false when
+ * none).  Async-signal-safe. */
+bool dsq_map_lookup(const void *addr, const char **path, uint64_t *offset);
 /* Read n bytes at offset into buf (works in both modes); checks the range first. */
 dsq_status dsq_map_read(const dsq_map *m, uint64_t offset, void *buf, size_t n, dsq_err *err);
 /* Advise the kernel that [offset, offset+n) will be / is no longer needed (no-op in pread mode). */

@@ -20,6 +20,74 @@ double dsq_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* Live mappings, for the SIGBUS handler (a test-visible process table like alloc.c's fault
+ * counters; the mappings' owners stay in their contexts).  A slot is claimed by CAS on `base`;
+ * path and size are written before base is published and read only after base matches. */
+static struct {
+    _Atomic(uintptr_t) base;
+    _Atomic(uint64_t) size;
+    _Atomic(const char *) path;
+} g_maps[DSQ_MAP_TRACKED];
+
+static void map_track(const dsq_map *m) {
+    for (size_t i = 0; i < DSQ_MAP_TRACKED; i++) {
+        uintptr_t zero = 0;
+        if (atomic_load(&g_maps[i].base) != 0) continue;
+        atomic_store(&g_maps[i].size, 0);
+        if (!atomic_compare_exchange_strong(&g_maps[i].base, &zero, (uintptr_t)1)) continue; /* claimed */
+        atomic_store(&g_maps[i].path, m->path);
+        atomic_store(&g_maps[i].size, m->size);
+        atomic_store(&g_maps[i].base, (uintptr_t)m->data);
+        return;
+    }
+}
+
+static void map_untrack(const dsq_map *m) {
+    for (size_t i = 0; i < DSQ_MAP_TRACKED; i++)
+        if (atomic_load(&g_maps[i].base) == (uintptr_t)m->data) {
+            atomic_store(&g_maps[i].size, 0);
+            atomic_store(&g_maps[i].path, NULL);
+            atomic_store(&g_maps[i].base, 0);
+            return;
+        }
+}
+
+bool dsq_map_lookup(const void *addr, const char **path, uint64_t *offset) {
+    uintptr_t a = (uintptr_t)addr;
+    for (size_t i = 0; i < DSQ_MAP_TRACKED; i++) {
+        uintptr_t b = atomic_load(&g_maps[i].base);
+        if (b <= 1 || a < b) continue;
+        uint64_t n = atomic_load(&g_maps[i].size);
+        const char *p = atomic_load(&g_maps[i].path);
+        if (a - b < n && p && atomic_load(&g_maps[i].base) == b) {
+            *path = p;
+            *offset = a - b;
+            return true;
+        }
+    }
+    return false;
+}
+
+static dsq_sigbus_fn g_on_sigbus;
+
+static void on_sigbus(int sig, siginfo_t *si, void *uc) {
+    (void)uc;
+    const char *path;
+    uint64_t off;
+    if (g_on_sigbus && si && dsq_map_lookup(si->si_addr, &path, &off)) g_on_sigbus(path, off);
+    signal(sig, SIG_DFL); /* not ours (or on_fault returned): the default action on return */
+}
+
+void dsq_sigbus_install(dsq_sigbus_fn on_fault) {
+    g_on_sigbus = on_fault;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, NULL);
+}
+
 /* Open an input read-only without blocking: a FIFO (or a device) would block open() itself until a
  * writer appears, so the open is O_NONBLOCK, the type is checked on the descriptor, and O_NONBLOCK is
  * cleared again for the reads.  `extra` adds flags (O_DIRECT).  Fills *st. */
@@ -81,13 +149,17 @@ dsq_status dsq_map_open(const char *path, bool use_mmap, dsq_map *out, dsq_err *
             return dsq_err_set(err, DSQ_ERR_IO, "%s: mmap failed: %s", path, strerror(e));
         }
         out->data = p;
+        map_track(out);
     }
     return DSQ_OK;
 }
 
 void dsq_map_close(dsq_map *m) {
     if (!m) return;
-    if (m->data) munmap((void *)m->data, (size_t)m->size);
+    if (m->data) {
+        map_untrack(m);
+        munmap((void *)m->data, (size_t)m->size);
+    }
     if (m->fd >= 0) close(m->fd);
     dsq_free(m->path);
     memset(m, 0, sizeof *m);

@@ -68,6 +68,19 @@ dsq_status dsq_json_parse(const char *text, size_t len, const char *what, cJSON 
             return dsq_err_set(err, DSQ_ERR_JSON, "%s: trailing bytes after JSON at byte %zu", what, (size_t)(p - text));
         }
     }
+    /* RFC 8259 §7: control bytes inside strings must be escaped.  cJSON copies them, and a raw NUL
+     * ends the C string early (a name "a.safetensors<NUL>junk" would read as "a.safetensors"). */
+    bool in_str = false;
+    for (const char *p = text; p < end; p++) {
+        unsigned char ch = (unsigned char)*p;
+        if (in_str && ch < 0x20) {
+            cJSON_Delete(root);
+            return dsq_err_set(err, DSQ_ERR_JSON, "%s: raw control byte 0x%02x in a string at byte %zu", what, ch,
+                               (size_t)(p - text));
+        }
+        if (ch == '"') in_str = !in_str;
+        else if (ch == '\\' && in_str && p + 1 < end) p++; /* the escaped byte */
+    }
     const cJSON *dup = find_duplicate(root, 0);
     if (dup == &out_of_memory) {
         cJSON_Delete(root);

@@ -9,6 +9,7 @@
 #include "dsq_codec.h"
 #include "dsq_kquant.h"
 #include "dsq_core.h"
+#include "dsq_cpu.h"
 #include "dsq_numeric.h"
 #include "v4_internal.h"
 
@@ -35,8 +36,7 @@ static inline float e8m0(uint8_t b) {
 
 bool dsq__cpu_has_avx2(void) {
 #ifdef HAVE_X86
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    return dsq__cpu_avx2_fma_f16c();
 #else
     return false;
 #endif

@@ -283,7 +283,7 @@ static dsq_status score_ending(const dsq_mc_item *it, uint32_t e, const int32_t 
     joined[lc] = ' ';
     memcpy(joined + lc + 1, it->endings[e], le + 1);
     int32_t *full = NULL, *cont;
-    size_t n_full = 0, n_cont;
+    size_t n_full = 0, n_cont = 0;
     dsq_status st = tok(tok_user, joined, lc + le + 1, &full, &n_full, err);
     if (st == DSQ_OK && n_full > n_ctx && memcmp(full, ctx_ids, n_ctx * sizeof *full) == 0) {
         cont = full + n_ctx;

@@ -300,6 +300,10 @@ static dsq_status read_index(const char *dir, const char *index_path, cJSON **js
         cJSON_Delete(json);
         return dsq_err_set(err, DSQ_ERR_FORMAT, "%s: no \"weight_map\" object", index_path);
     }
+    if (!wm->child) { /* no shard to open: not a checkpoint, whatever the folder holds */
+        cJSON_Delete(json);
+        return dsq_err_set(err, DSQ_ERR_FORMAT, "%s: weight_map names no tensor", index_path);
+    }
     size_t n = (size_t)cJSON_GetArraySize(wm);
     char **files = dsq_calloc(n ? n : 1, sizeof *files);
     if (!files) {

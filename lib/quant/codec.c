@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "codec_internal.h"
+#include "dsq_cpu.h"
 #include "dsq_kquant.h"
 
 /* One row per dsq_encoding value (dsq_codec.h has the same table in prose). */
@@ -197,9 +198,7 @@ void dsq__qv_init(dsq__qv *v, const dsq_qtensor *t) {
 }
 
 dsq_isa dsq_codec_best_isa(void) {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-        return DSQ_ISA_AVX2;
+    if (dsq__cpu_avx2_fma_f16c()) return DSQ_ISA_AVX2;
     return DSQ_ISA_SCALAR;
 }
 

@@ -8,12 +8,28 @@
 #include <stddef.h>
 #include <stdint.h>
 
-int dsq_fuzz_safetensors(const uint8_t *data, size_t size);
-int dsq_fuzz_config(const uint8_t *data, size_t size);
-int dsq_fuzz_container(const uint8_t *data, size_t size);
-int dsq_fuzz_tokenizer(const uint8_t *data, size_t size);
-int dsq_fuzz_token_ids(const uint8_t *data, size_t size);
-int dsq_fuzz_gguf(const uint8_t *data, size_t size); /* tests/support/dsq_fuzz_gguf.c */
+/* Every target, one line each: X(name) declares int dsq_fuzz_<name>(const uint8_t *, size_t),
+ * which tests/support/dsq_fuzz.c defines.  The Makefile reads the names from this list (`make fuzz`
+ * builds build-fuzz/fuzz_<name>), tests/test_fuzz_replay.c replays tests/fuzz/corpus/<name>/ for
+ * each one and fails when that folder is missing or empty.  A new parser's target is: its function
+ * in dsq_fuzz.c, one line here, and seed files in tests/fuzz/corpus/<name>/ (docs/fuzzing.md). */
+#define DSQ_FUZZ_LIST(X)                                                                                              \
+    X(safetensors) /* one .safetensors shard, mmap and pread */                                                       \
+    X(st_index)    /* model.safetensors.index.json beside two fixed shards */                                         \
+    X(config)      /* config.json */                                                                                  \
+    X(container)   /* a .dsq container, verified */                                                                   \
+    X(dsqz)        /* a .dsqz stream, unpacked whole and in part */                                                   \
+    X(recipe)      /* a recipe JSON file */                                                                           \
+    X(tokenizer)   /* tokenizer.json, NUL, text to encode */                                                          \
+    X(token_ids)   /* a JSON id list (dsq tokenize --decode) */                                                       \
+    X(token_file)  /* an id file for --tokens: text of ids or safetensors `tokens` */                                 \
+    X(kbase)       /* a KL base file (dsq eval kld --save-base) */                                                    \
+    X(mc_task)     /* a multiple-choice JSONL task file */                                                          \
+    X(gguf)        /* a GGUF file (tests/support/dsq_fuzz_gguf.c) */
+
+#define DSQ_FUZZ_DECLARE(name) int dsq_fuzz_##name(const uint8_t *data, size_t size);
+DSQ_FUZZ_LIST(DSQ_FUZZ_DECLARE)
+#undef DSQ_FUZZ_DECLARE
 
 typedef struct dsq_fuzz_target {
     const char *name;
