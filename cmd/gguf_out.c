@@ -8,6 +8,7 @@
 #include "dsq_gguf.h"
 #include "dsq_gguf_export.h"
 #include "dsq_imatrix.h"
+#include "dsq_imatrix_gguf.h"
 #include "gguf_out.h"
 
 bool dsq_cmd_is_gguf_path(const char *p) {
@@ -103,7 +104,7 @@ int dsq_cmd_gguf_out(const char *cmd, int argc, char **argv) {
     dsq_err err = DSQ_ERR_INIT;
     dsq_gguf_export_stats st;
     dsq_imatrix *imx = NULL;
-    dsq_status s = imatrix_path ? dsq_imatrix_load(imatrix_path, &imx, &err) : DSQ_OK;
+    dsq_status s = imatrix_path ? dsq_imatrix_load_any(imatrix_path, &imx, &err) : DSQ_OK;
     o.imatrix = imx;
     if (s == DSQ_OK) s = dsq_gguf_export(pos[0], pos[1], &o, &st, &err);
     dsq_imatrix_free(imx);

@@ -206,6 +206,16 @@ const char *dsq__gguf_block_suffix(const char *canon) {
     return NULL;
 }
 
+const char *dsq__gguf_block_canon(const char *g) {
+    for (size_t k = 0; k < sizeof BLOCK_COMMON / sizeof BLOCK_COMMON[0]; k++)
+        if (!strcmp(g, BLOCK_COMMON[k].gguf)) return BLOCK_COMMON[k].canon;
+    for (size_t k = 0; k < sizeof BLOCK_COMPRESSOR / sizeof BLOCK_COMPRESSOR[0]; k++)
+        if (!strcmp(g, BLOCK_COMPRESSOR[k].gguf)) return BLOCK_COMPRESSOR[k].canon;
+    for (size_t k = 0; k < sizeof BLOCK_INDEXER / sizeof BLOCK_INDEXER[0]; k++)
+        if (!strcmp(g, BLOCK_INDEXER[k].gguf)) return BLOCK_INDEXER[k].canon;
+    return NULL;
+}
+
 #define FOR_TABLE(tab, body)                                                                       \
     for (size_t k_ = 0; k_ < sizeof tab / sizeof tab[0]; k_++) {                                   \
         snprintf(cn, sizeof cn, "%s%s", pre, tab[k_].canon);                                       \
