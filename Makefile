@@ -175,7 +175,7 @@ demo: deps $(BUILD)/dsq
 
 # libFuzzer over every parser (clang); new corpus entries land in tests/fuzz/corpus/<target>/, which
 # `make test` replays.  FUZZ_SECONDS per target.
-FUZZ_TARGETS := safetensors config container tokenizer token_ids gguf
+FUZZ_TARGETS := safetensors config container tokenizer token_ids gguf imatrix_gguf
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS := -O1 -g -fsanitize=address,undefined -Wno-unknown-pragmas -Wno-source-uses-openmp -Wno-unused-variable \
               -Wno-unused-but-set-variable  # (OpenMP is off in the fuzz build: thread counts go unused)

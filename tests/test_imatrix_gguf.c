@@ -8,6 +8,7 @@
  *   - the CLI: `dsq calibrate --out F.gguf` then `dsq inspect` and `dsq convert --imatrix` read it,
  *     and a k-quant GGUF made with it is byte-identical to one made with the safetensors imatrix of
  *     the same run. */
+#include <dirent.h>
 #include <dlfcn.h>
 #include <math.h>
 #include <stdio.h>
@@ -18,6 +19,7 @@
 #include "dsq_gguf.h"
 #include "dsq_imatrix.h"
 #include "dsq_imatrix_gguf.h"
+#include "dsq_fuzz.h"
 #include "dsq_test.h"
 
 enum { COLS = 256, ROWS_X = 20 };
@@ -308,12 +310,76 @@ static void test_cli(void **state) {
     free(dir), free(ck), free(pg), free(ps), free(q0), free(q1);
 }
 
+/* The fuzz seed (tests/fuzz/corpus/imatrix_gguf/seed-imatrix.gguf): what the writer makes for a
+ * small imatrix, pinned byte for byte (DSQ_WRITE_SEEDS=1 rewrites it); then the fuzz target over
+ * every seed and deterministic mutations of each (bytes set, u64 fields blown up, truncations). */
+static uint64_t rng_s = 0x9e3779b97f4a7c15ull;
+static uint64_t rng(void) {
+    uint64_t z = (rng_s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static void test_fuzz_seed_replay(void **state) {
+    (void)state;
+    char *dir = dsq_test_tmpdir(), *p = dsq_test_join(dir, "seed.gguf");
+    dsq_imatrix *m;
+    assert_int_equal(dsq_imatrix_create(&m, NULL), DSQ_OK);
+    add_rows(m, "layers.0.attn.wq_a.weight", 32, ROWS_X, 1.0f);
+    add_rows(m, "layers.0.ffn.experts.0.w3.weight", 32, ROWS_X, 2.0f);
+    add_rows(m, "layers.0.ffn.experts.2.w3.weight", 32, 5, 3.0f);
+    dsq_imatrix_gguf_options o = {.n_experts = 3, .dataset = "seed", .chunk_count = 1, .chunk_size = 32};
+    assert_int_equal(dsq_imatrix_save_gguf(m, p, &o, NULL), DSQ_OK);
+    dsq_imatrix_free(m);
+    const char *want = "tests/fuzz/corpus/imatrix_gguf/seed-imatrix.gguf";
+    size_t n, w;
+    char *a = dsq_test_read(p, &n);
+    if (getenv("DSQ_WRITE_SEEDS")) dsq_test_write(want, a, n);
+    char *b = dsq_test_read(want, &w);
+    if (n != w || memcmp(a, b, n)) fail_msg("%s differs from what the writer makes (DSQ_WRITE_SEEDS=1 rewrites it)", want);
+    dsq_imatrix *r = NULL;
+    assert_int_equal(dsq_imatrix_parse_gguf(a, n, "seed", &r, NULL), DSQ_OK); /* the seed is valid */
+    assert_int_equal(dsq_imatrix_count(r), 3);
+    dsq_imatrix_free(r);
+    free(a), free(b);
+    DIR *d = opendir("tests/fuzz/corpus/imatrix_gguf");
+    assert_non_null(d);
+    int seeds = 0, rounds = dsq_test_asan() ? 400 : 3000;
+    for (struct dirent *de; (de = readdir(d));) {
+        if (de->d_name[0] == '.') continue;
+        char *sp = dsq_test_join("tests/fuzz/corpus/imatrix_gguf", de->d_name);
+        size_t sn;
+        uint8_t *sb = (uint8_t *)dsq_test_read(sp, &sn), *mb = malloc(sn + 1);
+        assert_int_equal(dsq_fuzz_imatrix_gguf(sb, sn), 0);
+        for (int k = 0; k < rounds; k++) {
+            memcpy(mb, sb, sn);
+            size_t len = sn, at = (size_t)(rng() % sn);
+            switch (rng() % 6) {
+            case 0: mb[at] = (uint8_t)rng(); break;
+            case 1: mb[at] = 0; break;
+            case 2: mb[at] = 0xff; break;
+            case 3: if (at + 8 <= sn) dsq_put_u64le(mb + at, rng() >> (rng() % 64)); break;
+            case 4: len = at; break;
+            case 5: for (int j = 0; j < 4; j++) mb[rng() % sn] = (uint8_t)rng(); break;
+            }
+            assert_int_equal(dsq_fuzz_imatrix_gguf(mb, len), 0);
+        }
+        free(sb), free(mb), free(sp);
+        seeds++;
+    }
+    closedir(d);
+    assert_true(seeds >= 1);
+    dsq_test_rmdir(dir);
+    free(dir), free(p);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_ggml_reads_it),
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_cli),
+        cmocka_unit_test(test_fuzz_seed_replay),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -38,6 +38,8 @@ dsq_status dsq_imatrix_save_gguf(const dsq_imatrix *m, const char *path, const d
 dsq_status dsq_imatrix_load_gguf(const char *path, dsq_imatrix **out, dsq_err *err);
 /* True when path is a GGUF whose general.type is "imatrix" (opens and validates it). */
 bool dsq_imatrix_gguf_sniff(const char *path);
+/* The same over a GGUF image in memory (fuzzing, tests); `what` names it in messages. */
+dsq_status dsq_imatrix_parse_gguf(const void *data, size_t size, const char *what, dsq_imatrix **out, dsq_err *err);
 /* Either format, by the file's first bytes ("GGUF": llama.cpp's, else dsq's safetensors). */
 dsq_status dsq_imatrix_load_any(const char *path, dsq_imatrix **out, dsq_err *err);
 

@@ -162,10 +162,8 @@ static bool shape2(const dsq_gguf_tensor *t, uint64_t *cols, uint64_t *n_mat) {
     return t->type == DSQ_GGMLT_F32 && t->ne[0] > 0 && t->ne[1] > 0;
 }
 
-dsq_status dsq_imatrix_load_gguf(const char *path, dsq_imatrix **out, dsq_err *err) {
-    *out = NULL;
-    dsq_gguf *g = NULL;
-    DSQ_TRY(dsq_gguf_open(path, &g, err));
+/* The entries of an open GGUF; `path` names it in messages. */
+static dsq_status load_from(dsq_gguf *g, const char *path, dsq_imatrix **out, dsq_err *err) {
     dsq_imatrix *m = NULL;
     dsq_status st = dsq_imatrix_create(&m, err);
     char *type = dsq_gguf_get_str(g, "general.type");
@@ -240,13 +238,30 @@ dsq_status dsq_imatrix_load_gguf(const char *path, dsq_imatrix **out, dsq_err *e
     }
     if (st == DSQ_OK && n_pairs == 0) st = dsq_err_set(err, DSQ_ERR_FORMAT, "%s: no W.in_sum2 tensors", path);
     dsq_free(row);
-    dsq_gguf_close(g);
     if (st != DSQ_OK) {
         dsq_imatrix_free(m);
         return st;
     }
     *out = m;
     return DSQ_OK;
+}
+
+dsq_status dsq_imatrix_load_gguf(const char *path, dsq_imatrix **out, dsq_err *err) {
+    *out = NULL;
+    dsq_gguf *g = NULL;
+    DSQ_TRY(dsq_gguf_open(path, &g, err));
+    dsq_status st = load_from(g, path, out, err);
+    dsq_gguf_close(g);
+    return st;
+}
+
+dsq_status dsq_imatrix_parse_gguf(const void *data, size_t size, const char *what, dsq_imatrix **out, dsq_err *err) {
+    *out = NULL;
+    dsq_gguf *g = NULL;
+    DSQ_TRY(dsq_gguf_parse(data, size, what, &g, err));
+    dsq_status st = load_from(g, what, out, err);
+    dsq_gguf_close(g);
+    return st;
 }
 
 dsq_status dsq_imatrix_load_any(const char *path, dsq_imatrix **out, dsq_err *err) {

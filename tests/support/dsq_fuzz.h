@@ -14,6 +14,7 @@ int dsq_fuzz_container(const uint8_t *data, size_t size);
 int dsq_fuzz_tokenizer(const uint8_t *data, size_t size);
 int dsq_fuzz_token_ids(const uint8_t *data, size_t size);
 int dsq_fuzz_gguf(const uint8_t *data, size_t size); /* tests/support/dsq_fuzz_gguf.c */
+int dsq_fuzz_imatrix_gguf(const uint8_t *data, size_t size); /* llama.cpp imatrix GGUF, same file */
 
 typedef struct dsq_fuzz_target {
     const char *name;
