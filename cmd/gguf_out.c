@@ -26,7 +26,7 @@ void dsq_cmd_gguf_help(const char *cmd) {
            "  --recipe NAME         GGUF recipe (default gguf-keep: lossless twins of the stored encodings):\n",
            cmd, !strcmp(cmd, "export") ? "FILE.dsq" : "SRC");
     for (const dsq_gguf_recipe *r = dsq_gguf_recipes(); r->name; r++) printf("                          %-16s %s\n", r->name, r->summary);
-    printf("  --imatrix FILE        importance (dsq calibrate) weighting the fit of\n"
+    printf("  --imatrix FILE        importance (dsq calibrate, or llama.cpp imatrix GGUF) weighting the fit of\n"
            "                        the k-quant targets (Q2_K..Q6_K); other types ignore it\n"
            "  --no-mtp              leave the MTP blocks out\n"
            "  --split-max-size SIZE llama.cpp split files OUT-0000i-of-0000n.gguf of at most SIZE (K/M/G/T)\n"
