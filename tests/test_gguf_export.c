@@ -1,5 +1,7 @@
 /* dsq export / convert to GGUF and the GGUF weight source: the lossless twins give back the source
- * bytes (MXFP4 → MXFP4, int8-g32 → Q8_0, int4-g32 → Q4_0; FP8 → BF16 the same values), the llama.cpp
+ * bytes (MXFP4 → MXFP4, int8-g32 → Q8_0, int4-g32 → Q4_0, q2_k..q6_k/iq4_xs → Q2_K..Q6_K/IQ4_XS with
+ * bit-identical evaluator logits; FP8 → BF16 the same values), the k-quant recipes (the 256-column
+ * Q8_0 fallback, imatrix weighting), the llama.cpp
  * names and shapes, split files, dry runs, and the one-line error for encodings without a twin.
  * Input: a synth V4 of tests/gguf/v4-llama.json (ratios 0/4/128, one MTP block) with the sample
  * tokenizer. */

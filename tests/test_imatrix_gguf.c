@@ -242,6 +242,12 @@ static void test_malformed(void **state) {
         {"infinite sum", "imatrix", {{S, F, 8, 1, INFINITY}, {C, F, 1, 1, 4.0f}}, 2, DSQ_ERR_NONFINITE},
         {"unknown weight", "imatrix", {{"blk.0.attn_q.weight.in_sum2", F, 8, 1, 1.0f}, {"blk.0.attn_q.weight.counts", F, 1, 1, 4.0f}},
          2, DSQ_ERR_UNSUPPORTED},
+        {"layer index past 7 digits", "imatrix",
+         {{"blk.99999999999.attn_q_a.weight.in_sum2", F, 8, 1, 1.0f}, {"blk.99999999999.attn_q_a.weight.counts", F, 1, 1, 4.0f}}, 2,
+         DSQ_ERR_UNSUPPORTED},
+        {"signed layer index", "imatrix",
+         {{"blk.-1.attn_q_a.weight.in_sum2", F, 8, 1, 1.0f}, {"blk.-1.attn_q_a.weight.counts", F, 1, 1, 4.0f}}, 2,
+         DSQ_ERR_UNSUPPORTED},
         {"stack on a plain weight", "imatrix", {{S, F, 8, 2, 1.0f}, {C, F, 1, 2, 4.0f}}, 2, DSQ_ERR_SHAPE},
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {

@@ -16,22 +16,43 @@ static const char *const EXPS[3] = {"ffn_gate_exps.weight", "ffn_down_exps.weigh
 static const struct { const char *canon, *gguf; } TOP[] = {
     {"head.weight", "output.weight"}, {"hc_head_fn", "output_hc_fn.weight"}, {"embed.weight", "token_embd.weight"}};
 
+/* A decimal index (no sign, ≤ 7 digits: sscanf's %d overflows undefined) at *p; advances *p. */
+static bool index_at(const char **p, int *v) {
+    int n = 0, d = 0;
+    for (; **p >= '0' && **p <= '9' && d < 8; (*p)++, d++) n = n * 10 + (**p - '0');
+    *v = n;
+    return d >= 1 && d <= 7;
+}
+/* `prefix` N `.` at the start of s: N, and the rest after the dot */
+static bool indexed(const char *s, const char *prefix, int *v, const char **rest) {
+    size_t lp = strlen(prefix);
+    if (strncmp(s, prefix, lp) != 0) return false;
+    const char *p = s + lp;
+    if (!index_at(&p, v) || *p != '.') return false;
+    *rest = p + 1;
+    return true;
+}
+
 /* checkpoint name → GGUF weight name and expert row (-1: not an expert); false when unmapped */
 static bool to_gguf(const char *canon, char *g, size_t n, int *expert) {
     *expert = -1;
     for (size_t k = 0; k < sizeof TOP / sizeof TOP[0]; k++)
         if (!strcmp(canon, TOP[k].canon)) return snprintf(g, n, "%s", TOP[k].gguf) < (int)n;
-    int l, e, w, used = 0;
-    if (sscanf(canon, "layers.%d.ffn.experts.%d.w%d.weight%n", &l, &e, &w, &used) == 3 && canon[used] == 0 && l >= 0 &&
-        e >= 0 && w >= 1 && w <= 3) {
-        *expert = e;
-        return snprintf(g, n, "blk.%d.%s", l, EXPS[w - 1]) < (int)n;
+    int l, e;
+    const char *rest, *r2;
+    if (!indexed(canon, "layers.", &l, &rest)) return false;
+    if (indexed(rest, "ffn.experts.", &e, &r2)) {
+        for (int w = 0; w < 3; w++) {
+            static const char *const W[3] = {"w1.weight", "w2.weight", "w3.weight"};
+            if (!strcmp(r2, W[w])) {
+                *expert = e;
+                return snprintf(g, n, "blk.%d.%s", l, EXPS[w]) < (int)n;
+            }
+        }
+        return false;
     }
-    if (sscanf(canon, "layers.%d.%n", &l, &used) == 1 && used > 0 && l >= 0) {
-        const char *s = dsq__gguf_block_suffix(canon + used);
-        return s && snprintf(g, n, "blk.%d.%s", l, s) < (int)n;
-    }
-    return false;
+    const char *s = dsq__gguf_block_suffix(rest);
+    return s && snprintf(g, n, "blk.%d.%s", l, s) < (int)n;
 }
 
 /* GGUF weight name → checkpoint name (for experts: with "%d" where the expert goes, *is_exps) */
@@ -39,14 +60,15 @@ static bool to_canon(const char *g, char *c, size_t n, bool *is_exps) {
     *is_exps = false;
     for (size_t k = 0; k < sizeof TOP / sizeof TOP[0]; k++)
         if (!strcmp(g, TOP[k].gguf)) return snprintf(c, n, "%s", TOP[k].canon) < (int)n;
-    int l, used = 0;
-    if (sscanf(g, "blk.%d.%n", &l, &used) != 1 || used == 0 || l < 0) return false;
+    int l;
+    const char *rest;
+    if (!indexed(g, "blk.", &l, &rest)) return false;
     for (int w = 0; w < 3; w++)
-        if (!strcmp(g + used, EXPS[w])) {
+        if (!strcmp(rest, EXPS[w])) {
             *is_exps = true;
             return snprintf(c, n, "layers.%d.ffn.experts.%%d.w%d.weight", l, w + 1) < (int)n;
         }
-    const char *s = dsq__gguf_block_canon(g + used);
+    const char *s = dsq__gguf_block_canon(rest);
     return s && snprintf(c, n, "layers.%d.%s", l, s) < (int)n;
 }
 
