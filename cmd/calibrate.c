@@ -4,6 +4,7 @@
 
 #include "cmd.h"
 #include "dsq_imatrix.h"
+#include "dsq_imatrix_gguf.h"
 #include "eval_metrics.h"
 #include "inspect.h"
 
@@ -16,7 +17,10 @@ static void help(void) {
            "the routed-expert coverage: tokens per expert per layer and the experts below %d tokens, which\n"
            "the quantizer encodes without importance (plain squared error).\n\n",
            DSQ_IMATRIX_MIN_ROWS);
-    printf("  --out FILE             the imatrix (safetensors: NAME.in_sum2 [cols], NAME.counts [1])\n"
+    printf("  --out FILE             the imatrix (safetensors: NAME.in_sum2 [cols], NAME.counts [1]); a FILE\n"
+           "                         ending in .gguf is llama.cpp's imatrix GGUF (GGUF tensor names, experts\n"
+           "                         stacked [n_expert][cols]) for llama-quantize --imatrix\n"
+           "  --format st|gguf       the --out format regardless of its name\n"
            "  --overwrite            replace FILE if it exists\n"
            "  --tokens FILE          pre-tokenized ids instead of TEXTFILE\n");
     dsq__cmd_score_option_help(stdout);
@@ -93,7 +97,7 @@ static void coverage(const dsq_imatrix *m, bool json) {
 int dsq__inspect_imatrix(const char *path, bool json) {
     dsq_err e = DSQ_ERR_INIT;
     dsq_imatrix *m = NULL;
-    if (dsq_imatrix_load(path, &m, &e) != DSQ_OK) return dsq_cmd_fail("inspect", &e);
+    if (dsq_imatrix_load_any(path, &m, &e) != DSQ_OK) return dsq_cmd_fail("inspect", &e);
     if (!json) printf("%s: imatrix, ", path);
     coverage(m, json);
     dsq_imatrix_free(m);
@@ -111,6 +115,7 @@ int dsq_cmd_calibrate(int argc, char **argv) {
     const char *pos[2] = {NULL, NULL}, *tokens = NULL, *out = NULL;
     int npos = 0;
     bool overwrite = false;
+    int gguf = -1; /* -1: by the name */
     for (int i = 1; i < argc; i++) {
         int r = dsq__cmd_score_option(me, argc, argv, &i, &so);
         if (r < 0) return DSQ_EXIT_USAGE;
@@ -122,6 +127,11 @@ int dsq_cmd_calibrate(int argc, char **argv) {
             tokens = argv[++i];
         else if (!strcmp(a, "--overwrite"))
             overwrite = true;
+        else if (!strcmp(a, "--format") && i + 1 < argc) {
+            const char *f = argv[++i];
+            if (strcmp(f, "gguf") && strcmp(f, "st")) return dsq_cmd_usage_error(me, "--format is st or gguf, not '%s'", f);
+            gguf = !strcmp(f, "gguf");
+        }
         else if (a[0] == '-' && a[1])
             return dsq_cmd_usage_error(me, "unknown or incomplete option '%s'", a);
         else if (npos < 2)
@@ -147,7 +157,23 @@ int dsq_cmd_calibrate(int argc, char **argv) {
     dsq_ppl_result r;
     if (s == DSQ_OK) s = dsq_score_ppl(m, &so, ids, n, &r, &e);
     if (s == DSQ_OK) s = dsq_imatrix_error(imx, &e);
-    if (s == DSQ_OK) s = dsq_imatrix_save(imx, out, overwrite, &e);
+    if (gguf < 0) {
+        size_t l = strlen(out);
+        gguf = l > 5 && !strcmp(out + l - 5, ".gguf");
+    }
+    if (s == DSQ_OK && gguf) {
+        /* llama.cpp's chunk count: the most rows any weight saw over the chunk size */
+        uint64_t max_rows = 0;
+        for (size_t i = 0; i < dsq_imatrix_count(imx); i++)
+            if (dsq_imatrix_rows(imx, i) > max_rows) max_rows = dsq_imatrix_rows(imx, i);
+        dsq_imatrix_gguf_options go = {.n_experts = dsq_v4_model_config(m)->n_routed_experts,
+                                       .dataset = npos > 1 ? pos[1] : tokens,
+                                       .chunk_size = so.n_ctx,
+                                       .chunk_count = so.n_ctx ? (uint32_t)(max_rows / so.n_ctx) : 0,
+                                       .overwrite = overwrite};
+        s = dsq_imatrix_save_gguf(imx, out, &go, &e);
+    } else if (s == DSQ_OK)
+        s = dsq_imatrix_save(imx, out, overwrite, &e);
     if (s == DSQ_OK) {
         printf("%s: ppl %.5g over %llu scored positions\n", out, r.ppl, (unsigned long long)r.n);
         coverage(imx, false);

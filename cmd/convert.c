@@ -9,6 +9,7 @@
 #include "cmd.h"
 #include "gguf_out.h"
 #include "dsq_convert.h"
+#include "dsq_imatrix_gguf.h"
 #include "dsq_inventory.h"
 #include <xxhash.h>
 
@@ -204,7 +205,7 @@ int dsq_cmd_convert(int argc, char **argv) {
     dsq_status s = DSQ_OK;
     if (imatrix_path) { /* the job depends on the imatrix's bytes, not its path (resume fingerprint) */
         uint64_t h = 0;
-        s = dsq_imatrix_load(imatrix_path, &imx, &err);
+        s = dsq_imatrix_load_any(imatrix_path, &imx, &err);
         if (s == DSQ_OK) s = file_xxh3(imatrix_path, &h, &err);
         snprintf(imx_id, sizeof imx_id, "xxh3:%016llx", (unsigned long long)h);
         command[nc++] = "--imatrix";

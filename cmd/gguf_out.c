@@ -7,6 +7,8 @@
 #include "cmd.h"
 #include "dsq_gguf.h"
 #include "dsq_gguf_export.h"
+#include "dsq_imatrix.h"
+#include "dsq_imatrix_gguf.h"
 #include "gguf_out.h"
 
 bool dsq_cmd_is_gguf_path(const char *p) {
@@ -15,8 +17,8 @@ bool dsq_cmd_is_gguf_path(const char *p) {
 }
 
 void dsq_cmd_gguf_help(const char *cmd) {
-    printf("usage: dsq %s %s OUT.gguf [--recipe NAME] [--no-mtp] [--split-max-size SIZE] [--dry-run]\n"
-           "                  [--overwrite] [--json]\n\n"
+    printf("usage: dsq %s %s OUT.gguf [--recipe NAME] [--imatrix FILE] [--no-mtp] [--split-max-size SIZE]\n"
+           "                  [--dry-run] [--overwrite] [--json]\n\n"
            "Writes a GGUF for llama.cpp's deepseek4 architecture (hparams, tensor names and ne shapes of\n"
            "llama.cpp build 10257, MTP blocks as blk.N.nextn.*, tokenizer.ggml.* from tokenizer.json,\n"
            "general.* and dsq.* provenance), tensor by tensor with one slab of rows in memory, published\n"
@@ -24,7 +26,9 @@ void dsq_cmd_gguf_help(const char *cmd) {
            "  --recipe NAME         GGUF recipe (default gguf-keep: lossless twins of the stored encodings):\n",
            cmd, !strcmp(cmd, "export") ? "FILE.dsq" : "SRC");
     for (const dsq_gguf_recipe *r = dsq_gguf_recipes(); r->name; r++) printf("                          %-16s %s\n", r->name, r->summary);
-    printf("  --no-mtp              leave the MTP blocks out\n"
+    printf("  --imatrix FILE        importance (dsq calibrate, or llama.cpp imatrix GGUF) weighting the fit of\n"
+           "                        the k-quant targets (Q2_K..Q6_K); other types ignore it\n"
+           "  --no-mtp              leave the MTP blocks out\n"
            "  --split-max-size SIZE llama.cpp split files OUT-0000i-of-0000n.gguf of at most SIZE (K/M/G/T)\n"
            "  --dry-run             print tensors, files and bytes; write nothing\n"
            "  --overwrite           replace existing outputs\n"
@@ -66,6 +70,7 @@ int dsq_cmd_gguf_out(const char *cmd, int argc, char **argv) {
     int npos = 0;
     dsq_gguf_export_options o = {.progress = true};
     bool json = false;
+    const char *imatrix_path = NULL;
     char cmdline[2048] = "dsq";
     for (int i = 0; i < argc; i++) {
         size_t l = strlen(cmdline);
@@ -77,6 +82,7 @@ int dsq_cmd_gguf_out(const char *cmd, int argc, char **argv) {
         else if (!strcmp(argv[i], "--no-mtp")) o.no_mtp = true;
         else if (!strcmp(argv[i], "--dry-run")) o.dry_run = true;
         else if (!strcmp(argv[i], "--recipe") && i + 1 < argc) o.recipe = argv[++i];
+        else if (!strcmp(argv[i], "--imatrix") && i + 1 < argc) imatrix_path = argv[++i];
         else if (!strcmp(argv[i], "--format") && i + 1 < argc) {
             if (strcmp(argv[++i], "gguf") != 0) return dsq_cmd_usage_error(cmd, "an OUT.gguf output is written as gguf, not '%s'", argv[i]);
         } else if (!strcmp(argv[i], "--split-max-size") && i + 1 < argc) {
@@ -97,7 +103,11 @@ int dsq_cmd_gguf_out(const char *cmd, int argc, char **argv) {
     dsq_signals_install();
     dsq_err err = DSQ_ERR_INIT;
     dsq_gguf_export_stats st;
-    dsq_status s = dsq_gguf_export(pos[0], pos[1], &o, &st, &err);
+    dsq_imatrix *imx = NULL;
+    dsq_status s = imatrix_path ? dsq_imatrix_load_any(imatrix_path, &imx, &err) : DSQ_OK;
+    o.imatrix = imx;
+    if (s == DSQ_OK) s = dsq_gguf_export(pos[0], pos[1], &o, &st, &err);
+    dsq_imatrix_free(imx);
     if (s == DSQ_ERR_INTERRUPTED) {
         dsq_cmd_fail(cmd, &err);
         return DSQ_EXIT_INTERRUPTED;

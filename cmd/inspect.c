@@ -6,6 +6,7 @@
 #include "cmd.h"
 #include "dsq_config.h"
 #include "dsq_container.h"
+#include "dsq_imatrix_gguf.h"
 #include "dsq_inventory.h"
 #include "dsq_safetensors.h"
 #include "dsq_wsrc.h"
@@ -340,6 +341,7 @@ int dsq_cmd_inspect(int argc, char **argv) {
     if (!path && check) return dsq_cmd_usage_error(CMD, "--check needs a checkpoint PATH");
 
     if (path && !config && dsq_ctr_sniff(path)) return dsq__inspect_dsq(path, json, list, check);
+    if (path && !config && dsq_imatrix_gguf_sniff(path)) return dsq__inspect_imatrix(path, json);
     if (path && !config && dsq_wsrc_sniff_gguf(path)) return dsq__inspect_gguf(path, json, list);
     size_t plen = path ? strlen(path) : 0;
     if (path && !config && plen > 8 && !strcmp(path + plen - 8, ".imatrix")) return dsq__inspect_imatrix(path, json);

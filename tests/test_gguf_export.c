@@ -1,5 +1,7 @@
 /* dsq export / convert to GGUF and the GGUF weight source: the lossless twins give back the source
- * bytes (MXFP4 → MXFP4, int8-g32 → Q8_0, int4-g32 → Q4_0; FP8 → BF16 the same values), the llama.cpp
+ * bytes (MXFP4 → MXFP4, int8-g32 → Q8_0, int4-g32 → Q4_0, q2_k..q6_k/iq4_xs → Q2_K..Q6_K/IQ4_XS with
+ * bit-identical evaluator logits; FP8 → BF16 the same values), the k-quant recipes (the 256-column
+ * Q8_0 fallback, imatrix weighting), the llama.cpp
  * names and shapes, split files, dry runs, and the one-line error for encodings without a twin.
  * Input: a synth V4 of tests/gguf/v4-llama.json (ratios 0/4/128, one MTP block) with the sample
  * tokenizer. */
@@ -13,7 +15,10 @@
 #include "dsq_gguf.h"
 #include "dsq_inventory.h"
 #include "dsq_test.h"
+#include "dsq_imatrix.h"
 #include "dsq_json.h"
+#include "dsq_kquant.h"
+#include "dsq_safetensors.h"
 #include "dsq_wsrc.h"
 #include "gguf_internal.h"
 
@@ -354,8 +359,163 @@ static void test_repack_every_byte(void **state) {
     }
 }
 
+/* The k-quant twins: q2_k..q6_k / iq4_xs are ggml's own blocks, so every byte value survives
+ * dsq → GGML → dsq, and the block sizes the GGUF side uses are the k-quant codec's. */
+static void test_repack_kquant(void **state) {
+    (void)state;
+    static const struct { dsq_encoding enc; uint32_t type; } T[] = {
+        {DSQ_ENC_Q2_K, DSQ_GGMLT_Q2_K}, {DSQ_ENC_Q3_K, DSQ_GGMLT_Q3_K}, {DSQ_ENC_Q4_K, DSQ_GGMLT_Q4_K},
+        {DSQ_ENC_Q5_K, DSQ_GGMLT_Q5_K}, {DSQ_ENC_Q6_K, DSQ_GGMLT_Q6_K}, {DSQ_ENC_IQ4_XS, DSQ_GGMLT_IQ4_XS}};
+    enum { ROWS = 3, COLS = 512 };
+    for (int k = 0; k < 6; k++) {
+        uint32_t twin, block, bytes;
+        dsq_encoding e2;
+        int g2;
+        assert_true(dsq_ggml_twin_of(T[k].enc, 0, &twin));
+        assert_int_equal(twin, T[k].type);
+        assert_true(dsq_ggml_encoding_of(T[k].type, &e2, &g2));
+        assert_int_equal(e2, T[k].enc);
+        assert_int_equal((int)dsq_kquant_ggml_type(T[k].enc), (int)T[k].type);
+        uint64_t rb;
+        assert_true(dsq_ggml_row_bytes(T[k].type, COLS, &rb));
+        assert_int_equal(rb, 2 * (uint64_t)dsq_kquant_block_bytes(T[k].enc));
+        assert_false(dsq_ggml_row_bytes(T[k].type, 384, &rb)); /* cols % 256 != 0 */
+        assert_true(dsq_ggml_type_info(T[k].type, &block, &bytes)); /* the GGUF reader's table agrees */
+        assert_int_equal(block, DSQ_KQ_BLOCK);
+        assert_int_equal(bytes, dsq_kquant_block_bytes(T[k].enc));
+        dsq_codec_layout L;
+        assert_int_equal(dsq_codec_layout_of(T[k].enc, ROWS, COLS, 0, &L, NULL), DSQ_OK);
+        uint8_t codes[ROWS * COLS], c2[ROWS * COLS], packed[ROWS * COLS];
+        for (size_t i = 0; i < L.data_bytes; i++) codes[i] = (uint8_t)(i * 7 + 3);
+        dsq_qtensor q = {T[k].enc, ROWS, COLS, 0, codes, NULL, NULL, 0};
+        dsq_ggml_stats st = {0};
+        dsq_err e = DSQ_ERR_INIT;
+        if (dsq_ggml_encode_rows(&q, 0, ROWS, T[k].type, packed, &st, "t", &e)) fail_msg("%s", e.msg);
+        assert_int_equal(st.lossless_values, ROWS * COLS);
+        assert_memory_equal(codes, packed, L.data_bytes);
+        dsq_qtensor_buf b = {T[k].enc, ROWS, COLS, 0, c2, NULL, NULL, 0};
+        assert_int_equal(dsq_ggml_unpack(T[k].type, packed, ROWS, COLS, &b, &e), DSQ_OK);
+        assert_memory_equal(codes, c2, L.data_bytes);
+    }
+}
+
+static float *read_logits(const char *path, size_t *n) {
+    dsq_st *st = NULL;
+    assert_int_equal(dsq_st_open(path, NULL, &st, NULL), DSQ_OK);
+    const dsq_st_tensor *t = dsq_st_find(st, "logits");
+    assert_non_null(t);
+    float *l = malloc(t->n_bytes);
+    memcpy(l, t->data, t->n_bytes);
+    *n = t->n_bytes / sizeof *l;
+    dsq_st_close(st);
+    return l;
+}
+
+/* A .dsq with k-quant experts: gguf-keep passes the blocks through (the GGUF weight source gives back
+ * the .dsq's bytes), and dsq's evaluator gives bit-identical logits on the .dsq and the .gguf. */
+static void test_keep_kquant(void **state) {
+    (void)state;
+    char *out = NULL, *errs = NULL;
+    int rc = dsq_test_run(NULL, &errs, "convert '%s' '%s/kq.dsq' --recipe release --override 'layers.*.ffn.experts.*.w1.weight=q4_k' "
+                          "--override 'layers.*.ffn.experts.*.w3.weight=q2_k' --override 'layers.*.ffn.shared_experts.w1.weight=q6_k' "
+                          "--override 'layers.*.ffn.shared_experts.w3.weight=iq4_xs'", g_ck, g_dir);
+    if (rc) fail_msg("%s", errs);
+    free(errs);
+    export_keep("kq");
+    char *d = dsq_test_join(g_dir, "kq.dsq"), *g = dsq_test_join(g_dir, "kq.gguf");
+    assert_int_equal(same_weights(d, g), 3 * 8 * 5);
+    dsq_gguf *f;
+    assert_int_equal(dsq_gguf_open(g, &f, NULL), DSQ_OK);
+    assert_int_equal(dsq_gguf_find_tensor(f, "blk.2.ffn_gate_exps.weight")->type, DSQ_GGMLT_Q4_K);
+    assert_int_equal(dsq_gguf_find_tensor(f, "blk.2.ffn_up_exps.weight")->type, DSQ_GGMLT_Q2_K);
+    assert_int_equal(dsq_gguf_find_tensor(f, "blk.0.ffn_gate_shexp.weight")->type, DSQ_GGMLT_Q6_K);
+    assert_int_equal(dsq_gguf_find_tensor(f, "blk.0.ffn_up_shexp.weight")->type, DSQ_GGMLT_IQ4_XS);
+    dsq_gguf_close(f);
+    /* the evaluator runs its k-quant kernels on both: the same logits bit for bit */
+    char *ids = dsq_test_join(g_dir, "ids.txt");
+    FILE *fp = fopen(ids, "w");
+    for (int i = 0; i < 48; i++) fprintf(fp, "%d ", (i * 37 + 11) % 500 + 2);
+    fclose(fp);
+    size_t n1, n2;
+    for (int k = 0; k < 2; k++) {
+        rc = dsq_test_run(NULL, &errs, "eval logits '%s' --tokens '%s' --out '%s/l%d.safetensors' --threads 2 --overwrite",
+                          k ? g : d, ids, g_dir, k);
+        if (rc) fail_msg("eval logits: %s", errs);
+        free(errs);
+    }
+    char *p0 = dsq_test_join(g_dir, "l0.safetensors"), *p1 = dsq_test_join(g_dir, "l1.safetensors");
+    float *a = read_logits(p0, &n1), *b = read_logits(p1, &n2);
+    assert_int_equal(n1, n2);
+    assert_true(n1 >= 48 * 512);
+    assert_memory_equal(a, b, n1 * sizeof *a);
+    free(a), free(b), free(p0), free(p1), free(ids), free(d), free(g), free(out);
+}
+
+/* The gguf-q4_k-moe recipe: gate/up stacks (256 columns) are Q4_K, ffn_down_exps (128 columns, not a
+ * multiple of 256) takes the documented Q8_0 fallback; --imatrix weights the fit: the importance-
+ * weighted squared error of every Q4_K stack against the source is lower with it than without. */
+static void test_q4_k_recipe_imatrix(void **state) {
+    (void)state;
+    char *errs = NULL;
+    int rc = dsq_test_run(NULL, &errs, "calibrate '%s' docs/architecture.md --out '%s/im.safetensors' --ctx 128 --chunks 4 --threads 2",
+                          g_ck, g_dir);
+    if (rc) fail_msg("calibrate: %s", errs);
+    free(errs);
+    if (dsq_test_run(NULL, &errs, "convert '%s' '%s/q4k.gguf' --recipe gguf-q4_k-moe", g_ck, g_dir)) fail_msg("%s", errs);
+    free(errs);
+    if (dsq_test_run(NULL, &errs, "convert '%s' '%s/q4ki.gguf' --recipe gguf-q4_k-moe --imatrix '%s/im.safetensors'", g_ck, g_dir,
+                     g_dir))
+        fail_msg("%s", errs);
+    free(errs);
+    char *pa = dsq_test_join(g_dir, "q4k.gguf"), *pb = dsq_test_join(g_dir, "q4ki.gguf"), *pm = dsq_test_join(g_dir, "im.safetensors");
+    dsq_gguf *ga, *gb;
+    dsq_err e = DSQ_ERR_INIT;
+    assert_int_equal(dsq_gguf_open(pa, &ga, &e), DSQ_OK);
+    assert_int_equal(dsq_gguf_open(pb, &gb, &e), DSQ_OK);
+    assert_int_equal(dsq_gguf_find_tensor(ga, "blk.1.ffn_down_exps.weight")->type, DSQ_GGMLT_Q8_0);
+    dsq_imatrix *im;
+    if (dsq_imatrix_load(pm, &im, &e)) fail_msg("%s", e.msg);
+    dsq_v4_config c;
+    dsq_wsrc *ws;
+    if (dsq_wsrc_open_path(g_ck, &c, &ws, &e)) fail_msg("%s", e.msg);
+    int better = 0, compared = 0;
+    for (int l = 0; l < 4; l++)
+        for (int w = 0; w < 2; w++) {
+            char gn[96];
+            snprintf(gn, sizeof gn, "blk.%d.ffn_%s_exps.weight", l, w ? "up" : "gate");
+            const dsq_gguf_tensor *ta = dsq_gguf_find_tensor(ga, gn), *tb = dsq_gguf_find_tensor(gb, gn);
+            assert_int_equal(ta->type, DSQ_GGMLT_Q4_K);
+            assert_int_equal(tb->type, DSQ_GGMLT_Q4_K);
+            double sa = 0, sb = 0;
+            uint64_t cols = ta->ne[0], rows = ta->ne[1], eb = rows * cols / DSQ_KQ_BLOCK * 144;
+            for (int x = 0; x < 8; x++) {
+                char cn[128];
+                snprintf(cn, sizeof cn, "layers.%d.ffn.experts.%d.%s.weight", l, x, w ? "w3" : "w1");
+                dsq_wview v;
+                if (ws->get(ws, cn, &v, &e)) fail_msg("%s", e.msg);
+                uint64_t n;
+                float *src = decode(&v, &n);
+                const float *imp = dsq_imatrix_importance(im, cn, cols);
+                assert_non_null(imp);
+                sa += dsq_kquant_weighted_sse(DSQ_ENC_Q4_K, src, rows, cols, imp, ta->data + x * eb);
+                sb += dsq_kquant_weighted_sse(DSQ_ENC_Q4_K, src, rows, cols, imp, tb->data + x * eb);
+                free(src);
+            }
+            compared++;
+            better += sb < sa;
+        }
+    assert_int_equal(compared, 8);
+    assert_int_equal(better, 8);
+    dsq_wsrc_close(ws);
+    dsq_imatrix_free(im);
+    dsq_gguf_close(ga), dsq_gguf_close(gb);
+    free(pa), free(pb), free(pm);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_repack_kquant),     cmocka_unit_test(test_keep_kquant),
+        cmocka_unit_test(test_q4_k_recipe_imatrix),
         cmocka_unit_test(test_keep_release_mxfp4), cmocka_unit_test(test_keep_int8_q8_0),
         cmocka_unit_test(test_keep_int4_q4_0),     cmocka_unit_test(test_convert_split_no_mtp),
         cmocka_unit_test(test_unmappable),        cmocka_unit_test(test_repack_every_byte),

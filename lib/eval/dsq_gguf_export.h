@@ -37,6 +37,8 @@ typedef struct dsq_gguf_export_options {
     uint64_t split_max_bytes;  /* 0: one file */
     bool progress;             /* progress on a TTY */
     const char *command_line;  /* recorded as dsq.command (may be NULL) */
+    struct dsq_imatrix *imatrix; /* NULL, or importance for the k-quant targets (borrowed; names are
+                                  * checkpoint names, dsq_imatrix.h); other types ignore it */
 } dsq_gguf_export_options;
 
 enum { DSQ_GGUF_EXPORT_TYPES = 64 };

@@ -11,16 +11,20 @@
 #include "dsq_ggml.h"
 #include "dsq_gguf.h"
 #include "dsq_gguf_export.h"
+#include "dsq_imatrix.h"
 #include "dsq_json.h"
 #include "dsq_wsrc.h"
 #include "gguf_internal.h"
 
 /* ---- recipes ------------------------------------------------------------------------------------ */
-enum { KEEP = -1, FT_ALL_F32 = 0, FT_F16 = 1, FT_Q4_0 = 2, FT_Q8_0 = 7, FT_BF16 = 32, FT_MXFP4_MOE = 38 };
+enum {
+    KEEP = -1, FT_ALL_F32 = 0, FT_F16 = 1, FT_Q4_0 = 2, FT_Q8_0 = 7, FT_Q2_K = 10, FT_Q3_K_M = 12, FT_Q4_K_M = 15,
+    FT_BF16 = 32, FT_MXFP4_MOE = 38
+};
 static const dsq_gguf_recipe RECIPES[] = {
     {"gguf-keep", KEEP, KEEP, FT_BF16,
      "every stored encoding through its lossless GGML twin (mxfp4, int8-g32 → Q8_0, int4-g32 → Q4_0, "
-     "bf16/f16/f32; FP8 → BF16, exact)"},
+     "q2_k..q6_k/iq4_xs → Q2_K..Q6_K/IQ4_XS, bf16/f16/f32; FP8 → BF16, exact)"},
     {"gguf-f32", DSQ_GGMLT_F32, DSQ_GGMLT_F32, FT_ALL_F32, "everything F32 (reference runs)"},
     {"gguf-bf16", DSQ_GGMLT_BF16, DSQ_GGMLT_BF16, FT_BF16, "every matrix BF16"},
     {"gguf-q8_0", DSQ_GGMLT_Q8_0, DSQ_GGMLT_Q8_0, FT_Q8_0, "every matrix Q8_0"},
@@ -31,6 +35,10 @@ static const dsq_gguf_recipe RECIPES[] = {
     {"gguf-f32-mxfp4", DSQ_GGMLT_MXFP4, DSQ_GGMLT_F32, FT_MXFP4_MOE,
      "routed experts MXFP4, the rest F32 (isolates the expert kernels in agreement tests)"},
     {"gguf-q4_0-moe", DSQ_GGMLT_Q4_0, DSQ_GGMLT_Q8_0, FT_Q4_0, "routed experts Q4_0, the rest Q8_0"},
+    {"gguf-q4_k-moe", DSQ_GGMLT_Q4_K, DSQ_GGMLT_Q8_0, FT_Q4_K_M,
+     "routed experts Q4_K (--imatrix weights the fit), the rest Q8_0"},
+    {"gguf-q3_k-moe", DSQ_GGMLT_Q3_K, DSQ_GGMLT_Q8_0, FT_Q3_K_M, "routed experts Q3_K, the rest Q8_0"},
+    {"gguf-q2_k-moe", DSQ_GGMLT_Q2_K, DSQ_GGMLT_Q8_0, FT_Q2_K, "routed experts Q2_K, the rest Q8_0"},
     {NULL, 0, 0, 0, NULL},
 };
 const dsq_gguf_recipe *dsq_gguf_recipes(void) { return RECIPES; }
@@ -198,6 +206,16 @@ const char *dsq__gguf_block_suffix(const char *canon) {
     return NULL;
 }
 
+const char *dsq__gguf_block_canon(const char *g) {
+    for (size_t k = 0; k < sizeof BLOCK_COMMON / sizeof BLOCK_COMMON[0]; k++)
+        if (!strcmp(g, BLOCK_COMMON[k].gguf)) return BLOCK_COMMON[k].canon;
+    for (size_t k = 0; k < sizeof BLOCK_COMPRESSOR / sizeof BLOCK_COMPRESSOR[0]; k++)
+        if (!strcmp(g, BLOCK_COMPRESSOR[k].gguf)) return BLOCK_COMPRESSOR[k].canon;
+    for (size_t k = 0; k < sizeof BLOCK_INDEXER / sizeof BLOCK_INDEXER[0]; k++)
+        if (!strcmp(g, BLOCK_INDEXER[k].gguf)) return BLOCK_INDEXER[k].canon;
+    return NULL;
+}
+
 #define FOR_TABLE(tab, body)                                                                       \
     for (size_t k_ = 0; k_ < sizeof tab / sizeof tab[0]; k_++) {                                   \
         snprintf(cn, sizeof cn, "%s%s", pre, tab[k_].canon);                                       \
@@ -305,7 +323,14 @@ static dsq_status choose_types(plan *p, const dsq_gguf_recipe *r, dsq_err *err) 
         }
         uint64_t rb;
         uint64_t cols = t->mode == M_COLS ? t->cols * (uint64_t)t->n_parts : t->cols;
-        if (!dsq_ggml_row_bytes((uint32_t)want, cols, &rb)) {
+        /* each part is encoded on its own row width (M_COLS joins parts along the row) */
+        bool fits = dsq_ggml_row_bytes((uint32_t)want, cols, &rb) && dsq_ggml_row_bytes((uint32_t)want, t->cols, &rb);
+        if (!fits && dsq_ggml_is_kquant((uint32_t)want)) {
+            /* a k-quant on a row that is not a multiple of 256 (docs/interop.md): Q8_0 */
+            want = DSQ_GGMLT_Q8_0;
+            fits = dsq_ggml_row_bytes((uint32_t)want, cols, &rb) && dsq_ggml_row_bytes((uint32_t)want, t->cols, &rb);
+        }
+        if (!fits) {
             /* a block type on a row that is not a multiple of 32: keep it exact in F32 */
             want = DSQ_GGMLT_F32;
         }
@@ -559,8 +584,14 @@ static dsq_status add_hparams(dsq_gguf_writer *w, const dsq_v4_config *c, int n_
 }
 
 /* ---- writing ------------------------------------------------------------------------------------ */
+/* The imatrix importance of a part (checkpoint name) for a k-quant target, or NULL. */
+static const float *importance_of(dsq_imatrix *imx, const otensor *t, const dsq_wview *part) {
+    if (!imx || !dsq_ggml_is_kquant(t->type)) return NULL;
+    return dsq_imatrix_importance(imx, part->name, t->cols);
+}
+
 static dsq_status write_tensor(dsq_gguf_writer *w, const otensor *t, uint8_t *buf, uint8_t *tmp, uint64_t slab,
-                               dsq_gguf_export_stats *stats, dsq_progress *pr, dsq_err *err) {
+                               dsq_imatrix *imx, dsq_gguf_export_stats *stats, dsq_progress *pr, dsq_err *err) {
     dsq_ggml_stats gs = {0};
     uint64_t prow;
     if (!dsq_ggml_row_bytes(t->type, t->cols, &prow)) /* M_COLS with a part width off the block: not planned */
@@ -572,14 +603,16 @@ static dsq_status write_tensor(dsq_gguf_writer *w, const otensor *t, uint8_t *bu
             uint64_t n = t->part_rows - r0 < slab ? t->part_rows - r0 : slab;
             if (t->mode == M_ROWS) {
                 dsq_qtensor q = qt_of(&t->parts[p], t->part_rows, t->cols);
-                DSQ_TRY(dsq_ggml_encode_rows(&q, r0, n, t->type, buf, &gs, t->parts[p].name, err));
+                DSQ_TRY(dsq_ggml_encode_rows_w(&q, r0, n, t->type, importance_of(imx, t, &t->parts[p]), buf, &gs,
+                                               t->parts[p].name, err));
                 DSQ_TRY(dsq_gguf_writer_write(w, buf, (size_t)(n * prow), err));
                 dsq_progress_add(pr, n * prow);
             } else {
                 /* each output row = part 0's row | part 1's row | ... */
                 for (int k = 0; k < t->n_parts; k++) {
                     dsq_qtensor q = qt_of(&t->parts[k], t->part_rows, t->cols);
-                    DSQ_TRY(dsq_ggml_encode_rows(&q, r0, n, t->type, tmp, &gs, t->parts[k].name, err));
+                    DSQ_TRY(dsq_ggml_encode_rows_w(&q, r0, n, t->type, importance_of(imx, t, &t->parts[k]), tmp, &gs,
+                                                   t->parts[k].name, err));
                     for (uint64_t r = 0; r < n; r++)
                         memcpy(buf + (r * (uint64_t)t->n_parts + (uint64_t)k) * prow, tmp + r * prow, (size_t)prow);
                 }
@@ -651,7 +684,8 @@ dsq_status dsq_gguf_export(const char *src, const char *out, const dsq_gguf_expo
         dsq_progress_begin(&pr, "gguf", gp.tensor_bytes);
         pr.enabled = pr.enabled && o.progress;
         for (size_t i = 0; i < p.n && st == DSQ_OK; i++) {
-            st = write_tensor(w, &p.t[i], buf, tmp, p.t[i].mode == M_COLS ? slab / (uint64_t)p.t[i].n_parts : slab, stats,
+            st = write_tensor(w, &p.t[i], buf, tmp, p.t[i].mode == M_COLS ? slab / (uint64_t)p.t[i].n_parts : slab, o.imatrix,
+                              stats,
                               &pr, err);
             for (int k = 0; k < p.t[i].n_parts && ws->release; k++) ws->release(ws, &p.t[i].parts[k]);
         }

@@ -7,6 +7,8 @@
  * the one-to-one tensors (norms, hc_*, attention, compressor, indexer, router, shared experts);
  * NULL for the others (routed experts, tid2eid, gate bias, MTP-only tensors). */
 const char *dsq__gguf_block_suffix(const char *canon);
+/* The inverse: canonical suffix of a GGUF per-block suffix, or NULL. */
+const char *dsq__gguf_block_canon(const char *gguf_suffix);
 
 /* tokenizer.json text rebuilt from a GGUF's tokenizer.ggml.* keys (lib/eval/gguf_tokenizer.c);
  * *out is dsq_malloc'd. */

@@ -1,7 +1,8 @@
 /* Weight source over a GGUF of llama.cpp's deepseek4 architecture (dsq_wsrc.h), split sets included.
  *
  * Checkpoint names resolve through the mapping of gguf_export.c (docs/interop.md).  F32 / F16 / BF16
- * tensors are zero-copy views into the mapping; Q8_0 / Q4_0 / MXFP4 are unpacked once, at open, into
+ * tensors, and Q2_K … Q6_K / IQ4_XS (dsq's q2_k … iq4_xs are those very blocks), are zero-copy views
+ * into the mapping; Q8_0 / Q4_0 / MXFP4 are unpacked once, at open, into
  * their dsq twins (int8-g32, int4-g32, mxfp4: the same values, codes and scales apart), so a view
  * is again a slice (a routed expert of a stacked tensor).  MTP's e_proj / h_proj are the two column
  * halves of nextn.eh_proj (copied apart at open); tid2eid is widened from I32 to I64.  A GGUF has no
@@ -68,7 +69,7 @@ static dsq_status prepare(gtensor *g, const char *path, dsq_err *err) {
         return DSQ_OK;
     }
     DSQ_RETURN_IF(!dsq_ggml_encoding_of(t->type, &g->enc, &g->group), err, DSQ_ERR_UNSUPPORTED,
-                  "%s: tensor %s: ggml type %s is not one dsq decodes (F32, F16, BF16, Q8_0, Q4_0, MXFP4)", path,
+                  "%s: tensor %s: ggml type %s is not one dsq decodes (F32, F16, BF16, Q8_0, Q4_0, MXFP4, Q2_K..Q6_K, IQ4_XS)", path,
                   t->name, dsq_ggml_type_name(t->type));
     dsq_codec_layout L;
     DSQ_TRY(dsq_codec_layout_of(g->enc, g->rows, g->cols, g->group, &L, err));

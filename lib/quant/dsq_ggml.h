@@ -5,13 +5,13 @@
  *   Q4_0  (32 values, 18 B): f16 d, u8 qs[16]; qs[j] = u_j | u_{j+16}<<4; x = d·(u − 8)
  *   MXFP4 (32 values, 17 B): u8 e (E8M0), u8 qs[16]; qs[j] = c_j | c_{j+16}<<4 (e2m1 codes);
  *                            x = e2m1(c)·2^(e−127)
+ *   Q2_K / Q3_K / Q4_K / Q5_K / Q6_K / IQ4_XS (256 values; 84 / 110 / 144 / 176 / 210 / 136 B):
+ *                            dsq's q2_k … iq4_xs encodings store these very blocks (dsq_kquant.h)
  *   F32 / F16 / BF16 / I32: plain little-endian elements.
  * dsq keeps codes and scales apart with the even column in the low nibble (dsq_codec.h), so the
  * twins below are the same numbers in another byte order:
  *   int8-g32 ↔ Q8_0, int4-g32 ↔ Q4_0 (two's-complement nibble q ↔ u = q + 8), mxfp4 ↔ MXFP4,
- *   f32/f16/bf16/i32 ↔ the same.
- * Adding a twin (a k-quant encoding stored in GGML's own block layout) is one row of the table in
- * ggml_repack.c. */
+ *   q2_k … q6_k, iq4_xs ↔ Q2_K … Q6_K, IQ4_XS (the same bytes), f32/f16/bf16/i32 ↔ the same. */
 #ifndef DSQ_GGML_H
 #define DSQ_GGML_H
 
@@ -22,7 +22,11 @@
 enum {
     DSQ_GGMLT_F32 = 0, DSQ_GGMLT_F16 = 1, DSQ_GGMLT_Q4_0 = 2, DSQ_GGMLT_Q8_0 = 8,
     DSQ_GGMLT_I32 = 26, DSQ_GGMLT_BF16 = 30, DSQ_GGMLT_MXFP4 = 39,
+    DSQ_GGMLT_Q2_K = 10, DSQ_GGMLT_Q3_K = 11, DSQ_GGMLT_Q4_K = 12, DSQ_GGMLT_Q5_K = 13, DSQ_GGMLT_Q6_K = 14,
+    DSQ_GGMLT_IQ4_XS = 23,
 };
+/* True for the k-quant types above (256-value super-blocks, dsq's q2_k … q6_k / iq4_xs bytes). */
+bool dsq_ggml_is_kquant(uint32_t type);
 
 /* The GGML type holding exactly the values of (enc, group); false when there is none. */
 bool dsq_ggml_twin_of(dsq_encoding enc, int group, uint32_t *type);
@@ -42,7 +46,13 @@ typedef struct dsq_ggml_stats {
 /* Write rows [row0, row0+nrows) of src as `type` into out (nrows × row_bytes).  When `type` is the
  * twin of src's encoding the bytes are reordered (lossless); otherwise the rows are decoded to f32
  * and encoded: F32/F16/BF16 by RNE, Q8_0 / Q4_0 / MXFP4 through dsq's int8-g32 / int4-g32 / mxfp4
- * encoders (dsq_codec_encode rules).  I64 → I32 checks every value fits.  Memory: one f32 slab. */
+ * encoders (dsq_codec_encode rules), the k-quant types through dsq_kquant_encode with `importance`
+ * (NULL or src->cols non-negative weights, an imatrix's Σx²/count; ignored by the other types).
+ * I64 → I32 checks every value fits.  Memory: one f32 slab (two with stats). */
+dsq_status dsq_ggml_encode_rows_w(const dsq_qtensor *src, uint64_t row0, uint64_t nrows, uint32_t type,
+                                  const float *importance, uint8_t *out, dsq_ggml_stats *stats, const char *name,
+                                  dsq_err *err);
+/* dsq_ggml_encode_rows_w without importance. */
 dsq_status dsq_ggml_encode_rows(const dsq_qtensor *src, uint64_t row0, uint64_t nrows, uint32_t type, uint8_t *out,
                                 dsq_ggml_stats *stats, const char *name, dsq_err *err);
 

@@ -37,6 +37,12 @@ size_t dsq_imatrix_count(const dsq_imatrix *m);
 const char *dsq_imatrix_name(const dsq_imatrix *m, size_t i);
 uint64_t dsq_imatrix_cols(const dsq_imatrix *m, size_t i);
 uint64_t dsq_imatrix_rows(const dsq_imatrix *m, size_t i);
+/* Entry i's Σx² per column ([cols] f64; valid until the next add or free). */
+const double *dsq_imatrix_sum2(const dsq_imatrix *m, size_t i);
+/* Add a new entry from stored sums (a file reader): sum2 [cols] finite ≥ 0, rows ≥ 1.  An existing
+ * name is DSQ_ERR_DUPLICATE; a bad value DSQ_ERR_NONFINITE / DSQ_ERR_RANGE, naming the entry. */
+dsq_status dsq_imatrix_set(dsq_imatrix *m, const char *name, uint64_t cols, const float *sum2, uint64_t rows,
+                           dsq_err *err);
 
 /* Importance of weight `name` with `cols` columns: Σx²/count per column (f32), or NULL when the
  * imatrix has no such entry (or another width, or fewer than DSQ_IMATRIX_MIN_ROWS rows: the

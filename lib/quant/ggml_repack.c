@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "dsq_ggml.h"
+#include "dsq_kquant.h"
 #include "dsq_numeric.h"
 
 enum { GBLOCK = 32 }; /* Q8_0, Q4_0 and MXFP4 blocks hold 32 values */
@@ -18,7 +19,14 @@ static const struct {
     {DSQ_ENC_F32, -1, DSQ_GGMLT_F32},  {DSQ_ENC_F16, -1, DSQ_GGMLT_F16},    {DSQ_ENC_BF16, -1, DSQ_GGMLT_BF16},
     {DSQ_ENC_MXFP4, -1, DSQ_GGMLT_MXFP4}, {DSQ_ENC_INT8_G, 32, DSQ_GGMLT_Q8_0}, {DSQ_ENC_INT4_G, 32, DSQ_GGMLT_Q4_0},
     {DSQ_ENC_I32, -1, DSQ_GGMLT_I32},
+    /* k-quants: dsq stores ggml's own super-blocks (dsq_kquant.h), so the twin is the same bytes */
+    {DSQ_ENC_Q2_K, -1, DSQ_GGMLT_Q2_K}, {DSQ_ENC_Q3_K, -1, DSQ_GGMLT_Q3_K}, {DSQ_ENC_Q4_K, -1, DSQ_GGMLT_Q4_K},
+    {DSQ_ENC_Q5_K, -1, DSQ_GGMLT_Q5_K}, {DSQ_ENC_Q6_K, -1, DSQ_GGMLT_Q6_K}, {DSQ_ENC_IQ4_XS, -1, DSQ_GGMLT_IQ4_XS},
 };
+
+bool dsq_ggml_is_kquant(uint32_t type) {
+    return (type >= DSQ_GGMLT_Q2_K && type <= DSQ_GGMLT_Q6_K) || type == DSQ_GGMLT_IQ4_XS;
+}
 
 bool dsq_ggml_twin_of(dsq_encoding enc, int group, uint32_t *type) {
     for (size_t i = 0; i < sizeof TWINS / sizeof TWINS[0]; i++)
@@ -46,6 +54,13 @@ static bool block_of(uint32_t type, uint32_t *block, uint32_t *bytes) {
     case DSQ_GGMLT_Q8_0: *block = GBLOCK, *bytes = 34; return true;
     case DSQ_GGMLT_Q4_0: *block = GBLOCK, *bytes = 18; return true;
     case DSQ_GGMLT_MXFP4: *block = GBLOCK, *bytes = 17; return true;
+    /* ggml-common.h block_q2_K … block_q6_K, block_iq4_xs (QK_K = 256) */
+    case DSQ_GGMLT_Q2_K: *block = DSQ_KQ_BLOCK, *bytes = 84; return true;
+    case DSQ_GGMLT_Q3_K: *block = DSQ_KQ_BLOCK, *bytes = 110; return true;
+    case DSQ_GGMLT_Q4_K: *block = DSQ_KQ_BLOCK, *bytes = 144; return true;
+    case DSQ_GGMLT_Q5_K: *block = DSQ_KQ_BLOCK, *bytes = 176; return true;
+    case DSQ_GGMLT_Q6_K: *block = DSQ_KQ_BLOCK, *bytes = 210; return true;
+    case DSQ_GGMLT_IQ4_XS: *block = DSQ_KQ_BLOCK, *bytes = 136; return true;
     default: return false;
     }
 }
@@ -112,7 +127,8 @@ static void pack_row(uint32_t type, const uint8_t *codes, const uint8_t *scales,
 static dsq_status lossless_rows(const dsq_qtensor *src, const dsq_codec_layout *L, uint64_t row0, uint64_t nrows,
                                 uint32_t type, uint8_t *out, uint64_t orow) {
     const uint8_t *d = src->data;
-    if (type == DSQ_GGMLT_F32 || type == DSQ_GGMLT_F16 || type == DSQ_GGMLT_BF16 || type == DSQ_GGMLT_I32) {
+    if (type == DSQ_GGMLT_F32 || type == DSQ_GGMLT_F16 || type == DSQ_GGMLT_BF16 || type == DSQ_GGMLT_I32 ||
+        dsq_ggml_is_kquant(type)) {
         memcpy(out, d + row0 * L->row_bytes, (size_t)(nrows * L->row_bytes));
         return DSQ_OK;
     }
@@ -122,13 +138,47 @@ static dsq_status lossless_rows(const dsq_qtensor *src, const dsq_codec_layout *
     return DSQ_OK;
 }
 
+/* k-quant re-quantization of x [nrows][cols] (decoded source) into out; error sums into stats. */
+static dsq_status kquant_rows(uint32_t type, const float *x, uint64_t nrows, uint64_t cols, const float *importance,
+                              uint8_t *out, dsq_ggml_stats *stats, const char *nm, dsq_err *err) {
+    dsq_encoding e;
+    int g;
+    if (!dsq_ggml_encoding_of(type, &e, &g)) return dsq_err_set(err, DSQ_ERR_DTYPE, "%s: ggml type %u", nm, type);
+    dsq_err sub = DSQ_ERR_INIT;
+    dsq_status st = dsq_kquant_encode(e, x, nrows, cols, importance, false, out, &sub);
+    if (st != DSQ_OK) {
+        st = dsq_err_set(err, st, "%s: %s", nm, sub.msg);
+        dsq_err_clear(&sub);
+        return st;
+    }
+    if (!stats) return DSQ_OK;
+    float *y = dsq_malloc((size_t)(cols * sizeof(float)) + 1);
+    DSQ_RETURN_IF(!y, err, DSQ_ERR_NOMEM, "%s: out of memory", nm);
+    for (uint64_t r = 0; r < nrows; r++) {
+        dsq_kquant_decode_rows(e, out, cols, r, 1, y, false);
+        for (uint64_t c = 0; c < cols; c++) {
+            double v = x[r * cols + c], d = (double)y[c] - v;
+            stats->sum_sq_err += d * d, stats->sum_sq_ref += v * v;
+            if (fabs(d) > stats->max_abs_err) stats->max_abs_err = fabs(d);
+        }
+    }
+    dsq_free(y);
+    return DSQ_OK;
+}
+
 dsq_status dsq_ggml_encode_rows(const dsq_qtensor *src, uint64_t row0, uint64_t nrows, uint32_t type, uint8_t *out,
                                 dsq_ggml_stats *stats, const char *name, dsq_err *err) {
+    return dsq_ggml_encode_rows_w(src, row0, nrows, type, NULL, out, stats, name, err);
+}
+
+dsq_status dsq_ggml_encode_rows_w(const dsq_qtensor *src, uint64_t row0, uint64_t nrows, uint32_t type,
+                                  const float *importance, uint8_t *out, dsq_ggml_stats *stats, const char *name,
+                                  dsq_err *err) {
     const char *nm = name ? name : "tensor";
     uint64_t orow;
     DSQ_RETURN_IF(!dsq_ggml_row_bytes(type, src->cols, &orow), err, DSQ_ERR_SHAPE,
-                  "%s: %llu columns cannot be stored as ggml type %u (block of 32 values)", nm,
-                  (unsigned long long)src->cols, type);
+                  "%s: %llu columns cannot be stored as ggml type %u (block of %d values)", nm,
+                  (unsigned long long)src->cols, type, dsq_ggml_is_kquant(type) ? DSQ_KQ_BLOCK : GBLOCK);
     dsq_codec_layout L;
     DSQ_TRY(dsq_codec_layout_of(src->enc, src->rows, src->cols, src->group, &L, err));
     DSQ_RETURN_IF(row0 > src->rows || nrows > src->rows - row0, err, DSQ_ERR_RANGE, "%s: rows out of range", nm);
@@ -160,7 +210,9 @@ dsq_status dsq_ggml_encode_rows(const dsq_qtensor *src, uint64_t row0, uint64_t 
     dsq_codec_options co = {.name = name};
     dsq_status st = dsq_codec_decode(src, row0, nrows, x, &co, err);
     uint8_t *codes = NULL, *scales = NULL;
-    if (st == DSQ_OK && (type == DSQ_GGMLT_Q8_0 || type == DSQ_GGMLT_Q4_0 || type == DSQ_GGMLT_MXFP4)) {
+    if (st == DSQ_OK && dsq_ggml_is_kquant(type)) {
+        st = kquant_rows(type, x, nrows, src->cols, importance, out, stats, nm, err);
+    } else if (st == DSQ_OK && (type == DSQ_GGMLT_Q8_0 || type == DSQ_GGMLT_Q4_0 || type == DSQ_GGMLT_MXFP4)) {
         dsq_encoding e = type == DSQ_GGMLT_Q8_0 ? DSQ_ENC_INT8_G : type == DSQ_GGMLT_Q4_0 ? DSQ_ENC_INT4_G : DSQ_ENC_MXFP4;
         int g = e == DSQ_ENC_MXFP4 ? 0 : GBLOCK;
         dsq_codec_layout T;
@@ -225,7 +277,8 @@ dsq_status dsq_ggml_unpack(uint32_t type, const uint8_t *in, uint64_t rows, uint
     dsq_codec_layout L;
     DSQ_TRY(dsq_codec_layout_of(dst->enc, rows, cols, dst->group, &L, err));
     uint8_t *codes = dst->data, *scales = dst->scales;
-    if (type == DSQ_GGMLT_F32 || type == DSQ_GGMLT_F16 || type == DSQ_GGMLT_BF16 || type == DSQ_GGMLT_I32) {
+    if (type == DSQ_GGMLT_F32 || type == DSQ_GGMLT_F16 || type == DSQ_GGMLT_BF16 || type == DSQ_GGMLT_I32 ||
+        dsq_ggml_is_kquant(type)) {
         memcpy(codes, in, (size_t)(rows * irow));
         return DSQ_OK;
     }

@@ -138,6 +138,21 @@ size_t dsq_imatrix_count(const dsq_imatrix *m) { return m->n; }
 const char *dsq_imatrix_name(const dsq_imatrix *m, size_t i) { return m->e[i].name; }
 uint64_t dsq_imatrix_cols(const dsq_imatrix *m, size_t i) { return m->e[i].cols; }
 uint64_t dsq_imatrix_rows(const dsq_imatrix *m, size_t i) { return m->e[i].rows; }
+const double *dsq_imatrix_sum2(const dsq_imatrix *m, size_t i) { return m->e[i].sum2; }
+
+dsq_status dsq_imatrix_set(dsq_imatrix *m, const char *name, uint64_t cols, const float *sum2, uint64_t rows,
+                           dsq_err *err) {
+    DSQ_RETURN_IF(find(m, name), err, DSQ_ERR_DUPLICATE, "imatrix: %s appears twice", name);
+    DSQ_RETURN_IF(rows < 1, err, DSQ_ERR_RANGE, "imatrix: %s: %llu rows", name, (unsigned long long)rows);
+    for (uint64_t k = 0; k < cols; k++)
+        DSQ_RETURN_IF(!(sum2[k] >= 0.0f) || !isfinite(sum2[k]), err, DSQ_ERR_NONFINITE,
+                      "imatrix: %s[%llu] is %g (finite >= 0 expected)", name, (unsigned long long)k, (double)sum2[k]);
+    entry *e;
+    DSQ_TRY(get_entry(m, name, cols, &e, err));
+    for (uint64_t k = 0; k < cols; k++) e->sum2[k] = sum2[k];
+    e->rows = rows;
+    return DSQ_OK;
+}
 
 const float *dsq_imatrix_importance(dsq_imatrix *m, const char *name, uint64_t cols) {
     entry *e = find(m, name);

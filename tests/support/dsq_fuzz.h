@@ -25,7 +25,8 @@
     X(token_file)  /* an id file for --tokens: text of ids or safetensors `tokens` */                                 \
     X(kbase)       /* a KL base file (dsq eval kld --save-base) */                                                    \
     X(mc_task)     /* a multiple-choice JSONL task file */                                                          \
-    X(gguf)        /* a GGUF file (tests/support/dsq_fuzz_gguf.c) */
+    X(gguf)        /* a GGUF file (tests/support/dsq_fuzz_gguf.c) */                                                \
+    X(imatrix_gguf) /* a llama.cpp imatrix GGUF (tests/support/dsq_fuzz_gguf.c) */
 
 #define DSQ_FUZZ_DECLARE(name) int dsq_fuzz_##name(const uint8_t *data, size_t size);
 DSQ_FUZZ_LIST(DSQ_FUZZ_DECLARE)

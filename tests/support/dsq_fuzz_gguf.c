@@ -9,6 +9,8 @@
 #include "dsq_fuzz.h"
 #include "dsq_ggml.h"
 #include "dsq_gguf.h"
+#include "dsq_imatrix.h"
+#include "dsq_imatrix_gguf.h"
 #include "dsq_wsrc.h"
 
 #define CHECK(c)                                                                                   \
@@ -79,4 +81,28 @@ int dsq_fuzz_gguf(const uint8_t *data, size_t size) {
     dsq_gguf_close(g);
     free(copy);
     return acc == 0x5eed ? 0 : 0;
+}
+
+/* llama.cpp's imatrix GGUF reader (lib/eval/imatrix_gguf.c): a rejected file leaves nothing behind
+ * and says why; an accepted one gives entries whose importance can be built.
+ * Seeds: tests/fuzz/corpus/imatrix_gguf/, replayed by tests/test_imatrix_gguf.c. */
+int dsq_fuzz_imatrix_gguf(const uint8_t *data, size_t size) {
+    uint8_t *copy = malloc(size ? size : 1);
+    if (!copy) return 0;
+    memcpy(copy, data, size);
+    dsq_imatrix *m = NULL;
+    dsq_err err = DSQ_ERR_INIT;
+    if (dsq_imatrix_parse_gguf(copy, size, "fuzz", &m, &err) != DSQ_OK) {
+        CHECK(m == NULL && err.status != DSQ_OK && err.msg[0]);
+        dsq_err_clear(&err);
+        free(copy);
+        return 0;
+    }
+    for (size_t i = 0; i < dsq_imatrix_count(m); i++) {
+        CHECK(dsq_imatrix_rows(m, i) >= 1 && dsq_imatrix_cols(m, i) >= 1);
+        (void)dsq_imatrix_importance(m, dsq_imatrix_name(m, i), dsq_imatrix_cols(m, i));
+    }
+    dsq_imatrix_free(m);
+    free(copy);
+    return 0;
 }
