@@ -204,6 +204,76 @@ static void test_encoding_fixed_per_sequence(void **state) {
     }
 }
 
+/* --kv-cache on the command line: f32 = the default's bytes, compact differs; an unknown name is a usage
+ * error on every eval subcommand and compare; reports name the encoding; `dsq inspect --json` gives the
+ * declared bytes at 8K/128K/1M tokens per encoding. */
+static void test_cli(void **state) {
+    char *model = dsq_test_shared_path("golden/v4-tiny/model");
+    char *tok = dsq_test_shared_path("golden/v4-tiny/golden-exact.safetensors");
+    char *tmp = dsq_test_tmpdir();
+    char *pa = dsq_test_join(tmp, "a.st"), *pb = dsq_test_join(tmp, "b.st"), *pc = dsq_test_join(tmp, "c.st");
+    char *so = NULL, *se = NULL;
+    assert_int_equal(dsq_test_run(NULL, NULL, "eval logits %s --tokens %s --out %s", model, tok, pa), 0);
+    assert_int_equal(dsq_test_run(NULL, NULL, "eval logits %s --tokens %s --out %s --kv-cache f32", model, tok, pb), 0);
+    assert_int_equal(dsq_test_run(&so, NULL, "eval logits %s --tokens %s --out %s --kv-cache compact --json", model,
+                                  tok, pc),
+                     0);
+    assert_non_null(strstr(so, "\"kv_cache\": \"compact\""));
+    free(so);
+    size_t la = 0, lb = 0, lc = 0;
+    char *da = dsq_test_read(pa, &la), *db = dsq_test_read(pb, &lb), *dc = dsq_test_read(pc, &lc);
+    assert_true(la > 0 && la == lb && !memcmp(da, db, la));
+    assert_true(la == lc && memcmp(da, dc, la) != 0);
+    free(da), free(db), free(dc);
+
+    assert_int_equal(dsq_test_run(&so, NULL, "eval ppl %s --tokens %s --ctx 32 --chunks 1 --kv-cache bf16 --json", model,
+                                  tok),
+                     0);
+    assert_non_null(strstr(so, "\"kv_cache\": \"bf16\""));
+    free(so);
+
+    char cmds[6][2048];
+    snprintf(cmds[0], sizeof cmds[0], "eval logits %s --tokens %s --out %s/x.st", model, tok, tmp);
+    snprintf(cmds[1], sizeof cmds[1], "eval ppl %s --tokens %s", model, tok);
+    snprintf(cmds[2], sizeof cmds[2], "eval kld %s --tokens %s --save-base %s/kb", model, tok, tmp);
+    snprintf(cmds[3], sizeof cmds[3], "eval mc %s --tokens %s", model, tok);
+    snprintf(cmds[4], sizeof cmds[4], "eval diff %s %s --tokens %s", model, model, tok);
+    snprintf(cmds[5], sizeof cmds[5], "compare %s %s --tokens %s --out %s/cmp", model, model, tok, tmp);
+    for (size_t i = 0; i < 6; i++) {
+        int rc = dsq_test_run(NULL, &se, "%s --kv-cache fp8", cmds[i]);
+        printf("  %s --kv-cache fp8 -> %d: %s", cmds[i], rc, se);
+        assert_int_equal(rc, 2);
+        assert_non_null(strstr(se, "--kv-cache must be f32, bf16 or compact, not 'fp8'"));
+        free(se);
+    }
+
+    /* inspect: the declared table */
+    assert_int_equal(dsq_test_run(&so, NULL, "inspect %s --json", model), 0);
+    cJSON *j = cJSON_Parse(so);
+    assert_non_null(j);
+    const cJSON *kvb = cJSON_GetObjectItemCaseSensitive(j, "kv_cache_bytes");
+    assert_non_null(kvb);
+    const dsq_v4_config *c = dsq_v4_model_config(tiny);
+    for (int k = 0; k < DSQ_KV_CACHE_COUNT; k++) {
+        const cJSON *e = cJSON_GetObjectItemCaseSensitive(kvb, dsq_kv_cache_name((dsq_kv_cache)k));
+        assert_non_null(e);
+        double bpt = 0;
+        uint64_t fixed = 0;
+        dsq_kv_declared(c, (dsq_kv_cache)k, &bpt, &fixed);
+        assert_true(cJSON_GetObjectItemCaseSensitive(e, "fixed_bytes")->valuedouble == (double)fixed);
+        const char *names[] = {"tokens_8192", "tokens_131072", "tokens_1048576"};
+        const double toks[] = {8192, 131072, 1048576};
+        for (int i = 0; i < 3; i++) {
+            double got = cJSON_GetObjectItemCaseSensitive(e, names[i])->valuedouble;
+            assert_true(fabs(got - ((double)fixed + bpt * toks[i])) <= 1.0);
+        }
+    }
+    cJSON_Delete(j);
+    free(so);
+    dsq_test_rmdir(tmp);
+    free(pa), free(pb), free(pc), free(tmp), free(model), free(tok);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_packed_vs_f32_exact),
@@ -211,6 +281,7 @@ int main(void) {
         cmocka_unit_test(test_memory_declared),
         cmocka_unit_test(test_splits_per_encoding),
         cmocka_unit_test(test_encoding_fixed_per_sequence),
+        cmocka_unit_test(test_cli),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
