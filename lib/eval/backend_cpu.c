@@ -230,35 +230,37 @@ static dsq_status cpu_attention(const dsq__run *r, const v4_block_w *B, const fl
                                 int64_t n_keys, int64_t pos0, int64_t tc, float *oh) {
     const dsq_v4_config *c = r->c;
     int H = c->n_heads, hd = c->head_dim;
-    size_t Hhd = (size_t)H * hd;
+    size_t Hhd = (size_t)H * hd, nk = (size_t)(n_keys > 0 ? n_keys : 1);
+    bool f32 = r->kv == DSQ_KV_CACHE_F32;
+    /* f32 entries are read in place through kp [tc][n_keys]; packed ones: each query token's key list is
+     * dequantized once into kbuf [n_keys][hd] and shared by its H heads (keys are shared, spec §4.4) */
+    const float **kp = dsq_malloc(sizeof *kp * nk * (size_t)(f32 ? tc : 1));
+    float *kbuf = f32 ? NULL : dsq_malloc(sizeof(float) * (size_t)hd * nk);
+    if (!kp || (!f32 && !kbuf)) {
+        dsq_free(kbuf);
+        dsq_free(kp);
+        return dsq_err_set(r->err, DSQ_ERR_NOMEM, "no memory to read %lld cache entries", (long long)n_keys);
+    }
     /* sparse attention with sink, then inverse RoPE at the query position */
-    if (r->kv == DSQ_KV_CACHE_F32) { /* f32 entries are read in place */
-        const float *const *fk = (const float *const *)(const void *)keys;
+    if (f32) {
+        for (size_t i = 0; i < (size_t)n_keys * (size_t)tc; i++) kp[i] = (const float *)(const void *)keys[i];
 #pragma omp parallel for num_threads(r->k.threads) if (tc * H > 1) collapse(2)
         for (int64_t t = 0; t < tc; t++)
             for (int h = 0; h < H; h++)
-                attend_heads(r, B, q + (size_t)t * Hhd, fk + (size_t)t * n_keys, n_keys, pos0 + t,
+                attend_heads(r, B, q + (size_t)t * Hhd, kp + (size_t)t * n_keys, n_keys, pos0 + t,
                              oh + (size_t)t * Hhd, h);
-        return DSQ_OK;
-    }
-    /* packed entries: each query token's key list is dequantized once into kbuf [n_keys][hd] and shared by
-     * its H heads (keys are shared by the heads, spec §4.4) */
-    float *kbuf = dsq_malloc(sizeof(float) * (size_t)hd * (size_t)(n_keys > 0 ? n_keys : 1));
-    const float **kp = dsq_malloc(sizeof *kp * (size_t)(n_keys > 0 ? n_keys : 1));
-    if (!kbuf || !kp) {
-        dsq_free(kbuf);
-        dsq_free(kp);
-        return dsq_err_set(r->err, DSQ_ERR_NOMEM, "no memory to read %lld packed cache entries", (long long)n_keys);
-    }
-    for (int64_t t = 0; t < tc; t++) {
-        const uint8_t *const *kt = keys + (size_t)t * n_keys;
+    } else {
+        for (int64_t t = 0; t < tc; t++) {
+            const uint8_t *const *kt = keys + (size_t)t * n_keys;
 #pragma omp parallel for num_threads(r->k.threads) if (n_keys > 16)
-        for (int64_t j = 0; j < n_keys; j++) {
-            kp[j] = kt[j] ? kbuf + (size_t)j * hd : NULL;
-            if (kt[j]) unpack_row(r, false, kt[j], kbuf + (size_t)j * hd);
-        }
+            for (int64_t j = 0; j < n_keys; j++) {
+                kp[j] = kt[j] ? kbuf + (size_t)j * hd : NULL;
+                if (kt[j]) unpack_row(r, false, kt[j], kbuf + (size_t)j * hd);
+            }
 #pragma omp parallel for num_threads(r->k.threads) if (H > 1)
-        for (int h = 0; h < H; h++) attend_heads(r, B, q + (size_t)t * Hhd, kp, n_keys, pos0 + t, oh + (size_t)t * Hhd, h);
+            for (int h = 0; h < H; h++)
+                attend_heads(r, B, q + (size_t)t * Hhd, kp, n_keys, pos0 + t, oh + (size_t)t * Hhd, h);
+        }
     }
     dsq_free(kbuf);
     dsq_free(kp);

@@ -548,8 +548,15 @@ dsq_status dsq__seq_set_kv(dsq_v4_seq *s, dsq_kv_cache kv, dsq_err *err) {
         lc->comp = lc->idx_keys = NULL;
         lc->cap = lc->n_comp = 0;
         lc->ring = dsq_calloc((size_t)c->window_size, kvb);
-        DSQ_RETURN_IF(!lc->ring, err, DSQ_ERR_NOMEM, "no memory for the %s window ring of block %d",
-                      dsq_kv_cache_name(kv), b);
+        if (!lc->ring) {
+            /* no ring anywhere: the next forward call at position 0 tries again (lc[0].ring == NULL) */
+            for (int j = 0; j < b; j++) {
+                dsq_free(s->lc[j].ring);
+                s->lc[j].ring = NULL;
+            }
+            return dsq_err_set(err, DSQ_ERR_NOMEM, "no memory for the %s window ring of block %d",
+                               dsq_kv_cache_name(kv), b);
+        }
     }
     s->kv = kv;
     s->kv_bytes = kvb;
