@@ -24,8 +24,7 @@ static void fwd(const dsq_v4_model *m, const dsq_eval_options *o, dsq_v4_item *i
 
 /* Logits of tokens[0..n) with cache encoding kv in numerics num, fed as a prefill of `split` then chunks of `chunk`;
  * *bytes (may be NULL) = dsq_v4_seq_bytes at the end. */
-static float *run_split(dsq_kv_cache kv, dsq_numerics num, int64_t n, int64_t split, int64_t chunk,
-                        uint64_t *bytes) {
+static float *run_split(dsq_kv_cache kv, dsq_numerics num, int64_t n, int64_t split, int64_t chunk, uint64_t *bytes) {
     dsq_eval_options o;
     eu_opts(&o);
     o.kv_cache = kv;
@@ -215,9 +214,8 @@ static void test_cli(void **state) {
     char *so = NULL, *se = NULL;
     assert_int_equal(dsq_test_run(NULL, NULL, "eval logits %s --tokens %s --out %s", model, tok, pa), 0);
     assert_int_equal(dsq_test_run(NULL, NULL, "eval logits %s --tokens %s --out %s --kv-cache f32", model, tok, pb), 0);
-    assert_int_equal(dsq_test_run(&so, NULL, "eval logits %s --tokens %s --out %s --kv-cache compact --json", model,
-                                  tok, pc),
-                     0);
+    assert_int_equal(
+        dsq_test_run(&so, NULL, "eval logits %s --tokens %s --out %s --kv-cache compact --json", model, tok, pc), 0);
     assert_non_null(strstr(so, "\"kv_cache\": \"compact\""));
     free(so);
     size_t la = 0, lb = 0, lc = 0;
@@ -226,9 +224,8 @@ static void test_cli(void **state) {
     assert_true(la == lc && memcmp(da, dc, la) != 0);
     free(da), free(db), free(dc);
 
-    assert_int_equal(dsq_test_run(&so, NULL, "eval ppl %s --tokens %s --ctx 32 --chunks 1 --kv-cache bf16 --json", model,
-                                  tok),
-                     0);
+    assert_int_equal(
+        dsq_test_run(&so, NULL, "eval ppl %s --tokens %s --ctx 32 --chunks 1 --kv-cache bf16 --json", model, tok), 0);
     assert_non_null(strstr(so, "\"kv_cache\": \"bf16\""));
     free(so);
 

@@ -247,8 +247,8 @@ static dsq_status cpu_attention(const dsq__run *r, const v4_block_w *B, const fl
 #pragma omp parallel for num_threads(r->k.threads) if (tc * H > 1) collapse(2)
         for (int64_t t = 0; t < tc; t++)
             for (int h = 0; h < H; h++)
-                attend_heads(r, B, q + (size_t)t * Hhd, kp + (size_t)t * n_keys, n_keys, pos0 + t,
-                             oh + (size_t)t * Hhd, h);
+                attend_heads(r, B, q + (size_t)t * Hhd, kp + (size_t)t * n_keys, n_keys, pos0 + t, oh + (size_t)t * Hhd,
+                             h);
     } else {
         for (int64_t t = 0; t < tc; t++) {
             const uint8_t *const *kt = keys + (size_t)t * n_keys;

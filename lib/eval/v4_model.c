@@ -39,9 +39,7 @@ bool dsq_kv_cache_from_name(const char *s, dsq_kv_cache *out) {
     return false;
 }
 
-const char *dsq_kv_cache_name(dsq_kv_cache k) {
-    return (unsigned)k < DSQ_KV_CACHE_COUNT ? kv_cache_names[k] : "?";
-}
+const char *dsq_kv_cache_name(dsq_kv_cache k) { return (unsigned)k < DSQ_KV_CACHE_COUNT ? kv_cache_names[k] : "?"; }
 
 /* formats/spec/dsq.md §6.1: kv_compact = rope bf16 + non-rope e4m3 + UE8M0 per 64; index_fp4 = e2m1x2 +
  * UE8M0 per 32. */
