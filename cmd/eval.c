@@ -21,6 +21,7 @@ static void logits_help(FILE *f) {
                "  --dump-hidden          also `layer_out.N` [n, hc, dim] per block and `final_hidden`\n"
                "  --memory-budget SIZE   layer-streaming prefill within SIZE bytes (K/M/G suffixes)\n"
                "  --device cpu|cuda[:N]  where the forward pass runs (default cpu; cuda needs a GPU and a CUDA build)\n"
+               "  --kv-cache f32|bf16|compact  how the KV cache is stored (default f32; compact = release FP8/FP4)\n"
                "  --threads N            OpenMP threads (default: all)\n"
                "  --no-shared-clamp      do not clamp the shared expert's SwiGLU (earlier reference revision)\n"
                "  --scalar               portable kernels only (no AVX2)\n"
@@ -57,6 +58,8 @@ static int cmd_logits(int argc, char **argv) {
             o.decode_from = (int64_t)v;
         } else if (!strcmp(a, "--device") && has_val) {
             if (dsq__cmd_device_option(me, argv[++i], &o.eval.device)) return DSQ_EXIT_USAGE;
+        } else if (!strcmp(a, "--kv-cache") && has_val) {
+            if (dsq__cmd_kv_cache_option(me, argv[++i], &o.eval.kv_cache)) return DSQ_EXIT_USAGE;
         } else if (!strcmp(a, "--threads") && has_val) {
             if (!dsq_cmd_parse_u64(argv[++i], &v) || v < 1 || v > 4096)
                 return dsq_cmd_usage_error(me, "--threads needs a count ≥ 1, not '%s'", argv[i]);
@@ -104,12 +107,12 @@ static int cmd_logits(int argc, char **argv) {
     if (json) {
         printf("{\"out\": ");
         dsq_cmd_json_str(stdout, o.out);
-        printf(", \"numerics\": \"%s\", \"tokens\": %lld, \"rows\": %lld, \"vocab\": %llu, "
+        printf(", \"numerics\": \"%s\", \"kv_cache\": \"%s\", \"tokens\": %lld, \"rows\": %lld, \"vocab\": %llu, "
                "\"prefill_tokens\": %lld, \"prefill_seconds\": %.6f, \"prefill_tokens_per_s\": %.3f, "
                "\"decode_tokens\": %lld, \"decode_seconds\": %.6f, \"decode_tokens_per_s\": %.3f, \"mtp_seconds\": "
                "%.6f}\n",
-               dsq_numerics_name(o.eval.numerics), (long long)r.n_tokens, (long long)r.rows,
-               (unsigned long long)r.vocab, (long long)r.prefill_tokens, r.seconds_prefill, pre_tps,
+               dsq_numerics_name(o.eval.numerics), dsq_kv_cache_name(o.eval.kv_cache), (long long)r.n_tokens,
+               (long long)r.rows, (unsigned long long)r.vocab, (long long)r.prefill_tokens, r.seconds_prefill, pre_tps,
                (long long)r.decode_tokens, r.seconds_decode, dec_tps, r.seconds_mtp);
     } else {
         printf("%s: logits [%lld, %llu] (%s numerics) from %lld tokens\n", o.out, (long long)r.rows,

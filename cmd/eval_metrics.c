@@ -60,6 +60,12 @@ int dsq__cmd_device_option(const char *me, const char *name, dsq_device *out) {
     return 0;
 }
 
+int dsq__cmd_kv_cache_option(const char *me, const char *name, dsq_kv_cache *out) {
+    if (dsq_kv_cache_from_name(name, out)) return 0;
+    dsq_cmd_usage_error(me, "--kv-cache must be f32, bf16 or compact, not '%s'", name);
+    return -1;
+}
+
 int dsq__cmd_score_option(const char *me, int argc, char **argv, int *i, dsq_score_options *o) {
     const char *a = argv[*i];
     bool has_val = *i + 1 < argc;
@@ -83,6 +89,8 @@ int dsq__cmd_score_option(const char *me, int argc, char **argv, int *i, dsq_sco
         }
     } else if (!strcmp(a, "--device")) {
         if (dsq__cmd_device_option(me, argv[++*i], &o->eval.device)) return -1;
+    } else if (!strcmp(a, "--kv-cache")) {
+        if (dsq__cmd_kv_cache_option(me, argv[++*i], &o->eval.kv_cache)) return -1;
     } else if (!strcmp(a, "--threads")) {
         if (!dsq_cmd_parse_u64(argv[++*i], &v) || v < 1 || v > 4096) {
             dsq_cmd_usage_error(me, "--threads needs a count ≥ 1, not '%s'", argv[*i]);
@@ -129,6 +137,7 @@ void dsq__cmd_score_option_help(FILE *f) {
             "  --numerics exact|release  exact: f32 (default); release: the official bf16/FP8/FP4 arithmetic\n"
             "  --memory-budget SIZE   layer-streaming within SIZE bytes (K/M/G suffixes)\n"
             "  --device cpu|cuda[:N]  where the forward pass runs (default cpu; cuda needs a GPU and a CUDA build)\n"
+            "  --kv-cache f32|bf16|compact  how the KV cache is stored (default f32; compact = release FP8/FP4)\n"
             "  --threads N            OpenMP threads (default: all)\n"
             "  --no-shared-clamp      do not clamp the shared expert's SwiGLU\n"
             "  --scalar               portable kernels only (no AVX2)\n"
@@ -312,8 +321,8 @@ int dsq__eval_ppl(int argc, char **argv) {
     dsq_v4_model_close(m);
     if (s != DSQ_OK) return finish_fail(me, s, &e);
     if (a.json) {
-        printf("{\"numerics\": \"%s\", \"ctx\": %u, \"chunks\": %u, \"tokens\": %llu, ",
-               dsq_numerics_name(a.so.eval.numerics), plan.n_ctx, plan.n_chunks, (unsigned long long)n);
+        printf("{\"numerics\": \"%s\", \"kv_cache\": \"%s\", \"ctx\": %u, \"chunks\": %u, \"tokens\": %llu, ",
+               dsq_numerics_name(a.so.eval.numerics), dsq_kv_cache_name(a.so.eval.kv_cache), plan.n_ctx, plan.n_chunks, (unsigned long long)n);
         json_ppl(stdout, "result", &r);
         printf(", \"ppl\": ");
         json_num(stdout, r.ppl);
@@ -436,7 +445,8 @@ int dsq__eval_kld(int argc, char **argv) {
     } else if (a.json) {
         printf("{\"base\": ");
         dsq_cmd_json_str(stdout, k.base);
-        printf(", \"numerics\": \"%s\", ", dsq_numerics_name(a.so.eval.numerics));
+        printf(", \"numerics\": \"%s\", \"kv_cache\": \"%s\", ", dsq_numerics_name(a.so.eval.numerics),
+               dsq_kv_cache_name(a.so.eval.kv_cache));
         dsq__cmd_json_kld(stdout, &st);
         printf("}\n");
     } else {

@@ -10,6 +10,7 @@
 #include "dsq_inventory.h"
 #include "dsq_safetensors.h"
 #include "dsq_wsrc.h"
+#include "dsq_v4.h"
 #include "inspect.h"
 
 static const char *CMD = "inspect";
@@ -166,6 +167,49 @@ void dsq__inspect_layers_json(const dsq_v4_config *cf) {
     printf("]");
 }
 
+/* Context lengths of the KV-cache table (issue 11: 8K, 128K, 1M tokens). */
+static const uint64_t kv_table_tokens[] = {8192, 131072, 1048576};
+enum { KV_TABLE_N = sizeof kv_table_tokens / sizeof kv_table_tokens[0] };
+
+static uint64_t kv_seq_bytes(const dsq_v4_config *cf, dsq_kv_cache k, uint64_t tokens) {
+    double bpt = 0;
+    uint64_t fixed = 0;
+    dsq_kv_declared(cf, k, &bpt, &fixed);
+    return fixed + (uint64_t)(bpt * (double)tokens + 0.5);
+}
+
+/* One sequence's cache bytes per evaluator cache encoding (dsq_kv_declared), both views. */
+void dsq__inspect_kv_text(const dsq_v4_config *cf) {
+    char a[64];
+    printf("KV bytes:    encoding  per token         8K       128K         1M  (one sequence, all blocks)\n");
+    for (int k = 0; k < DSQ_KV_CACHE_COUNT; k++) {
+        double bpt = 0;
+        uint64_t fixed = 0;
+        dsq_kv_declared(cf, (dsq_kv_cache)k, &bpt, &fixed);
+        printf("             %-8s %10.2f", dsq_kv_cache_name((dsq_kv_cache)k), bpt);
+        for (int i = 0; i < KV_TABLE_N; i++)
+            printf(" %10s", hbytes(kv_seq_bytes(cf, (dsq_kv_cache)k, kv_table_tokens[i]), a, sizeof a));
+        printf("\n");
+    }
+}
+
+/* ,"kv_cache_bytes":{"f32":{"bytes_per_token":…,"fixed_bytes":…,"tokens_8192":…,…},…} */
+void dsq__inspect_kv_json(const dsq_v4_config *cf) {
+    printf(",\"kv_cache_bytes\":{");
+    for (int k = 0; k < DSQ_KV_CACHE_COUNT; k++) {
+        double bpt = 0;
+        uint64_t fixed = 0;
+        dsq_kv_declared(cf, (dsq_kv_cache)k, &bpt, &fixed);
+        printf("%s\"%s\":{\"bytes_per_token\":%.4f,\"fixed_bytes\":%" PRIu64, k ? "," : "",
+               dsq_kv_cache_name((dsq_kv_cache)k), bpt, fixed);
+        for (int i = 0; i < KV_TABLE_N; i++)
+            printf(",\"tokens_%" PRIu64 "\":%" PRIu64, kv_table_tokens[i],
+                   kv_seq_bytes(cf, (dsq_kv_cache)k, kv_table_tokens[i]));
+        printf("}");
+    }
+    printf("}");
+}
+
 static void print_text(const source *s, const report *r, bool list_tensors) {
     char a[64], b[64], c[64], d[64];
     const dsq_v4_config *cf = &s->cfg;
@@ -216,6 +260,7 @@ static void print_text(const source *s, const report *r, bool list_tensors) {
         printf("KV cache:    %.1f B per token (compact; %.0f B bf16), fixed %s per sequence (compact; %s bf16)\n",
                r->kv.per_token_compact, r->kv.per_token_bf16, hbytes(r->kv.fixed_compact, a, sizeof a),
                hbytes(r->kv.fixed_bf16, b, sizeof b));
+        dsq__inspect_kv_text(cf);
     }
     if (list_tensors) {
         printf("tensors:\n");
@@ -292,6 +337,7 @@ static void print_json(const source *s, const report *r, bool list_tensors) {
                r->kv.per_token_bf16);
         json_u64_member("kv_fixed_bytes", r->kv.fixed_compact, true);
         json_u64_member("kv_fixed_bytes_bf16", r->kv.fixed_bf16, true);
+        dsq__inspect_kv_json(cf);
     }
     if (r->checked)
         printf(",\"check\":{\"ok\":%s,\"missing\":%zu,\"unexpected\":%zu,\"dtype\":%zu,\"shape\":%zu,"

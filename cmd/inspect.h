@@ -10,6 +10,11 @@
 void dsq__inspect_layers_text(const dsq_v4_config *cf);
 void dsq__inspect_layers_json(const dsq_v4_config *cf);
 
+/* Declared KV-cache bytes of one sequence per cache encoding at 8K/128K/1M tokens: a text table, and
+ * the "kv_cache_bytes" JSON member. */
+void dsq__inspect_kv_text(const dsq_v4_config *cf);
+void dsq__inspect_kv_json(const dsq_v4_config *cf);
+
 /* Returns the command's exit status. */
 int dsq__inspect_dsq(const char *path, bool json, bool list, bool check);
 /* `dsq inspect FILE.imatrix` (cmd/calibrate.c): weights, rows, routed-expert coverage per layer. */

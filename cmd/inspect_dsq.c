@@ -154,6 +154,7 @@ int dsq__inspect_dsq(const char *path, bool json, bool list, bool check) {
         char *kvt = kvj ? cJSON_PrintUnformatted(kvj) : NULL;
         printf("%s", kvt ? kvt : "null");
         cJSON_free(kvt);
+        dsq__inspect_kv_json(&cfg);
         if (check)
             printf(", \"check\": {\"ok\": %s, \"weights_checked\": %zu, \"missing\": %zu, \"kv_consistent\": %s}",
                    rc ? "false" : "true", checked, missing, kv_ok ? "true" : "false");
@@ -195,6 +196,7 @@ int dsq__inspect_dsq(const char *path, bool json, bool list, bool check) {
         const cJSON *fb = cJSON_GetObjectItemCaseSensitive(kvj, "fixed_bytes");
         if (cJSON_IsNumber(fb)) printf(", %.0f B fixed per sequence", fb->valuedouble);
         printf(" (the config gives %.2f B compact, %.0f B bf16)\n", kv.per_token_compact, kv.per_token_bf16);
+        dsq__inspect_kv_text(&cfg);
         if (list) {
             printf("tensors:\n");
             for (size_t i = 0; i < n; i++) {

@@ -148,22 +148,123 @@ static void cpu_q_rows(const dsq__run *r, const v4_block_w *B, float *q, float *
     }
 }
 
-static void cpu_attention(const dsq__run *r, const v4_block_w *B, const float *q, const float *const *keys,
-                          int64_t n_keys, int64_t pos0, int64_t tc, float *oh) {
-    const dsq_v4_config *c = r->c;
-    int H = c->n_heads, hd = c->head_dim, rd = c->rope_head_dim;
-    size_t Hhd = (size_t)H * hd;
-    float scale = 1.0f / sqrtf((float)hd);
-    /* sparse attention with sink, then inverse RoPE at the query position */
-#pragma omp parallel for num_threads(r->k.threads) if (tc * H > 1) collapse(2)
-    for (int64_t t = 0; t < tc; t++)
-        for (int h = 0; h < H; h++) {
-            float *o = oh + (size_t)t * Hhd + (size_t)h * hd, cs[DSQ_V4_MAX_HEAD_DIM];
-            dsq__sparse_attention(&r->k, q + (size_t)t * Hhd + (size_t)h * hd, keys + (size_t)t * n_keys, n_keys, hd,
-                                  B->attn_sink[h], scale, r->rel, o);
-            dsq_v4_rope_cos_sin(B->freqs, rd, pos0 + t, cs);
-            dsq_v4_rope_apply(o, hd, rd, cs, true, r->rel);
+/* ---- the KV cache (dsq_kv_cache) ----------------------------------------------------------------
+ * Byte layouts of one entry (formats/spec/dsq.md §6.1).  An f32 kv entry is [nd non-rope][rd rope] in
+ * memory order (kv_rows puts RoPE on the last rd dims); the compact one puts the rope part first:
+ *   f32      [hd] f32                      (indexer key [ihd] f32)
+ *   bf16     [hd] bf16                     (indexer key [ihd] bf16)
+ *   compact  kv_compact: [rd] bf16 rope | [nd] e4m3 non-rope | [ceil(nd/64)] UE8M0 scales
+ *            index_fp4:  [ihd/2] e2m1, two per byte, low nibble = even dim | [ihd/32] UE8M0 scales */
+
+static void pack_row(const dsq__run *r, bool index, const float *x, uint8_t *p) {
+    int hd = index ? r->c->index_head_dim : r->c->head_dim, rd = r->c->rope_head_dim, nd = hd - rd;
+    switch (r->kv) {
+    case DSQ_KV_CACHE_F32:
+        memcpy(p, x, sizeof(float) * (size_t)hd);
+        break;
+    case DSQ_KV_CACHE_BF16:
+        for (int i = 0; i < hd; i++) {
+            uint16_t h = dsq_bf16_from_f32(x[i]);
+            memcpy(p + 2 * i, &h, 2);
         }
+        break;
+    case DSQ_KV_CACHE_COMPACT:
+        if (index) {
+            dsq_act_fp4_quant(x, (uint64_t)hd, DSQ_FP4_BLOCK, p, p + (hd + 1) / 2);
+        } else {
+            for (int i = 0; i < rd; i++) {
+                uint16_t h = dsq_bf16_from_f32(x[nd + i]);
+                memcpy(p + 2 * i, &h, 2);
+            }
+            dsq_act_fp8_quant(x, (uint64_t)nd, DSQ_KV_FP8_BLOCK, p + 2 * rd, NULL, p + 2 * rd + nd);
+        }
+        break;
+    }
+}
+
+static void unpack_row(const dsq__run *r, bool index, const uint8_t *p, float *x) {
+    int hd = index ? r->c->index_head_dim : r->c->head_dim, rd = r->c->rope_head_dim, nd = hd - rd;
+    switch (r->kv) {
+    case DSQ_KV_CACHE_F32:
+        memcpy(x, p, sizeof(float) * (size_t)hd);
+        break;
+    case DSQ_KV_CACHE_BF16:
+        for (int i = 0; i < hd; i++) x[i] = dsq_bf16_to_f32(dsq__ld_u16(p + 2 * i));
+        break;
+    case DSQ_KV_CACHE_COMPACT:
+        if (index) {
+            const uint8_t *sc = p + (hd + 1) / 2;
+            for (int i = 0; i < hd; i++)
+                x[i] = dsq_e2m1_to_f32((uint8_t)(p[i >> 1] >> ((i & 1) * 4))) * dsq_e8m0_to_f32(sc[i / DSQ_FP4_BLOCK]);
+        } else {
+            const uint8_t *q = p + 2 * rd, *sc = q + nd;
+            for (int i = 0; i < nd; i++) x[i] = dsq_e4m3_to_f32(q[i]) * dsq_e8m0_to_f32(sc[i / DSQ_KV_FP8_BLOCK]);
+            for (int i = 0; i < rd; i++) x[nd + i] = dsq_bf16_to_f32(dsq__ld_u16(p + 2 * i));
+        }
+        break;
+    }
+}
+
+static void cpu_cache_pack(const dsq__run *r, bool index, const float *src, int64_t n, uint8_t *dst) {
+    size_t dims = (size_t)(index ? r->c->index_head_dim : r->c->head_dim), bytes = index ? r->idx_bytes : r->kv_bytes;
+    for (int64_t t = 0; t < n; t++) pack_row(r, index, src + (size_t)t * dims, dst + (size_t)t * bytes);
+}
+
+static void cpu_cache_unpack(const dsq__run *r, bool index, const uint8_t *src, int64_t n, float *dst) {
+    size_t dims = (size_t)(index ? r->c->index_head_dim : r->c->head_dim), bytes = index ? r->idx_bytes : r->kv_bytes;
+    for (int64_t t = 0; t < n; t++) unpack_row(r, index, src + (size_t)t * bytes, dst + (size_t)t * dims);
+}
+
+static void attend_heads(const dsq__run *r, const v4_block_w *B, const float *qt, const float *const *keys,
+                         int64_t n_keys, int64_t pos, float *ot, int h) {
+    const dsq_v4_config *c = r->c;
+    int hd = c->head_dim, rd = c->rope_head_dim;
+    float *o = ot + (size_t)h * hd, cs[DSQ_V4_MAX_HEAD_DIM];
+    dsq__sparse_attention(&r->k, qt + (size_t)h * hd, keys, n_keys, hd, B->attn_sink[h], 1.0f / sqrtf((float)hd),
+                          r->rel, o);
+    dsq_v4_rope_cos_sin(B->freqs, rd, pos, cs);
+    dsq_v4_rope_apply(o, hd, rd, cs, true, r->rel);
+}
+
+static dsq_status cpu_attention(const dsq__run *r, const v4_block_w *B, const float *q, const uint8_t *const *keys,
+                                int64_t n_keys, int64_t pos0, int64_t tc, float *oh) {
+    const dsq_v4_config *c = r->c;
+    int H = c->n_heads, hd = c->head_dim;
+    size_t Hhd = (size_t)H * hd, nk = (size_t)(n_keys > 0 ? n_keys : 1);
+    bool f32 = r->kv == DSQ_KV_CACHE_F32;
+    /* f32 entries are read in place through kp [tc][n_keys]; packed ones: each query token's key list is
+     * dequantized once into kbuf [n_keys][hd] and shared by its H heads (keys are shared, spec §4.4) */
+    const float **kp = dsq_malloc(sizeof *kp * nk * (size_t)(f32 ? tc : 1));
+    float *kbuf = f32 ? NULL : dsq_malloc(sizeof(float) * (size_t)hd * nk);
+    if (!kp || (!f32 && !kbuf)) {
+        dsq_free(kbuf);
+        dsq_free(kp);
+        return dsq_err_set(r->err, DSQ_ERR_NOMEM, "no memory to read %lld cache entries", (long long)n_keys);
+    }
+    /* sparse attention with sink, then inverse RoPE at the query position */
+    if (f32) {
+        for (size_t i = 0; i < (size_t)n_keys * (size_t)tc; i++) kp[i] = (const float *)(const void *)keys[i];
+#pragma omp parallel for num_threads(r->k.threads) if (tc * H > 1) collapse(2)
+        for (int64_t t = 0; t < tc; t++)
+            for (int h = 0; h < H; h++)
+                attend_heads(r, B, q + (size_t)t * Hhd, kp + (size_t)t * n_keys, n_keys, pos0 + t, oh + (size_t)t * Hhd,
+                             h);
+    } else {
+        for (int64_t t = 0; t < tc; t++) {
+            const uint8_t *const *kt = keys + (size_t)t * n_keys;
+#pragma omp parallel for num_threads(r->k.threads) if (n_keys > 16)
+            for (int64_t j = 0; j < n_keys; j++) {
+                kp[j] = kt[j] ? kbuf + (size_t)j * hd : NULL;
+                if (kt[j]) unpack_row(r, false, kt[j], kbuf + (size_t)j * hd);
+            }
+#pragma omp parallel for num_threads(r->k.threads) if (H > 1)
+            for (int h = 0; h < H; h++)
+                attend_heads(r, B, q + (size_t)t * Hhd, kp, n_keys, pos0 + t, oh + (size_t)t * Hhd, h);
+        }
+    }
+    dsq_free(kbuf);
+    dsq_free(kp);
+    return DSQ_OK;
 }
 
 /* ---- compressor (spec §4.5) ---------------------------------------------------------------------- */
@@ -188,7 +289,8 @@ static void compressed_entry(const dsq__run *r, const v4_block_w *B, const v4_co
 }
 
 static void cpu_compressor(const dsq__run *r, const v4_block_w *B, const v4_compressor_w *cw, bool indexer,
-                           v4_comp_state *s, const float *kvp, const float *g, int64_t p0, int64_t T, float *dst) {
+                           v4_comp_state *s, const float *kvp, const float *g, int64_t p0, int64_t T, int64_t k0,
+                           float *dst) {
     int ratio = cw->ratio, d = cw->d, cd = cw->c * d;
     int rows = cw->c * ratio;
     for (int64_t t = 0; t < T; t++) {
@@ -203,7 +305,7 @@ static void cpu_compressor(const dsq__run *r, const v4_block_w *B, const v4_comp
         }
         if ((p + 1) % ratio != 0) continue;
         int64_t k = p / ratio;
-        float *e = dst + (size_t)k * d;
+        float *e = dst + (size_t)(k - k0) * d;
         /* spec §4.5: per-channel softmax over the window's rows; overlap: rows 0..r-1 use the first
          * half of slots 0..r-1 (previous window), rows r..2r-1 the second half of slots r..2r-1 */
         for (int ch = 0; ch < d; ch++) {
@@ -231,12 +333,18 @@ static void cpu_compressor(const dsq__run *r, const v4_block_w *B, const v4_comp
 
 /* ---- indexer (spec §4.6) ------------------------------------------------------------------------- */
 
-static void cpu_indexer_topk(const dsq__run *r, const float *qi, const float *w, const float *keys, int64_t n_valid,
+static void cpu_indexer_topk(const dsq__run *r, const float *qi, const float *w, const uint8_t *keys, int64_t n_valid,
                              int64_t k_sel, float *buf, int64_t *out) {
     const dsq_v4_config *c = r->c;
     int nih = c->index_n_heads, ihd = c->index_head_dim;
+    float *kf = buf + n_valid; /* [ihd] the key being scored, dequantized */
     for (int64_t j = 0; j < n_valid; j++) {
-        const float *kj = keys + (size_t)j * ihd;
+        const uint8_t *kp = keys + (size_t)j * r->idx_bytes;
+        const float *kj = kf;
+        if (r->kv == DSQ_KV_CACHE_F32)
+            kj = (const float *)(const void *)kp; /* read in place */
+        else
+            unpack_row(r, true, kp, kf);
         float s = 0;
         for (int h = 0; h < nih; h++) {
             float dot = dsq__dot(&r->k, qi + (size_t)h * ihd, kj, (size_t)ihd);
@@ -314,6 +422,8 @@ const dsq__backend dsq__backend_cpu = {
     .kv_rows = cpu_kv_rows,
     .q_rows = cpu_q_rows,
     .compressor = cpu_compressor,
+    .cache_pack = cpu_cache_pack,
+    .cache_unpack = cpu_cache_unpack,
     .indexer_topk = cpu_indexer_topk,
     .attention = cpu_attention,
     .route = cpu_route,

@@ -65,8 +65,34 @@ typedef struct dsq_v4_load_options {
     bool no_verify_data;  /* skip the checksums (the non-finite scan still runs) */
 } dsq_v4_load_options;
 
+/* How a sequence stores its KV state (window ring, compressed entries, indexer keys): `--kv-cache`.
+ * Entry layouts are those of formats/spec/dsq.md §6.1 (rope dims are the last rope_head_dim of an entry
+ * in memory order; the packed entry puts them first):
+ *   f32      hd·4 B per kv entry, ihd·4 B per indexer key: today's reference, bit-exact
+ *   bf16     hd·2 / ihd·2 B: every value rounded to bf16 (kv_bf16 / index_bf16)
+ *   compact  the release form: rope dims bf16 + non-rope e4m3 with one UE8M0 scale per 64 (kv_compact),
+ *            indexer keys e2m1 with one UE8M0 scale per 32 (index_fp4)
+ * Attention and the indexer read the packed entries and dequantize them as they go. */
+typedef enum dsq_kv_cache {
+    DSQ_KV_CACHE_F32 = 0,
+    DSQ_KV_CACHE_BF16 = 1,
+    DSQ_KV_CACHE_COMPACT = 2,
+} dsq_kv_cache;
+enum { DSQ_KV_CACHE_COUNT = 3 };
+/* "f32" / "bf16" / "compact" → encoding; false if unknown. */
+bool dsq_kv_cache_from_name(const char *s, dsq_kv_cache *out);
+const char *dsq_kv_cache_name(dsq_kv_cache k);
+/* Bytes of one kv entry / one indexer key in encoding k for config c. */
+uint64_t dsq_kv_entry_bytes(const dsq_v4_config *c, dsq_kv_cache k);
+uint64_t dsq_kv_index_bytes(const dsq_v4_config *c, dsq_kv_cache k);
+/* The declared footprint of one sequence in encoding k (all main and MTP blocks): fixed bytes (window rings
+ * + compressor states) and bytes per token (compressed entries + indexer keys, averaged over the ratio).
+ * Matches lib/format's dsq_config_kv_bytes for bf16 and compact. */
+void dsq_kv_declared(const dsq_v4_config *c, dsq_kv_cache k, double *bytes_per_token, uint64_t *fixed_bytes);
+
 typedef struct dsq_eval_options {
     dsq_numerics numerics;    /* default EXACT */
+    dsq_kv_cache kv_cache;    /* default F32; a sequence takes it at its first forward call (position 0) */
     dsq_device device;        /* default cpu */
     int threads;              /* OpenMP threads; 0 (default) = the OpenMP default */
     bool no_shared_clamp;     /* default false: the shared expert is clamped like routed ones (spec §8.30) */
@@ -114,7 +140,11 @@ void dsq_v4_block_release(const dsq_v4_model *m, int b);
 
 /* ---- sequences (caches) ---------------------------------------------------------------------- */
 typedef struct dsq_v4_seq dsq_v4_seq;
+/* A sequence with an f32 cache; its first forward call (at position 0) switches it to that call's
+ * opt->kv_cache.  A later call with another encoding fails (DSQ_ERR_ARG) until dsq_v4_seq_reset. */
 dsq_status dsq_v4_seq_create(const dsq_v4_model *m, dsq_v4_seq **out, dsq_err *err);
+/* The sequence's cache encoding now. */
+dsq_kv_cache dsq_v4_seq_kv_cache(const dsq_v4_seq *s);
 void dsq_v4_seq_free(dsq_v4_seq *s); /* accepts NULL */
 /* Forget everything (spec §8.31): positions back to 0, rings/compressed entries emptied,
  * compressor states 0 / -inf. */
@@ -122,7 +152,10 @@ void dsq_v4_seq_reset(dsq_v4_seq *s);
 /* Tokens fed so far to the main model / to the MTP block(s). */
 int64_t dsq_v4_seq_pos(const dsq_v4_seq *s);
 int64_t dsq_v4_seq_mtp_pos(const dsq_v4_seq *s);
-/* Bytes of cache held by the sequence now. */
+/* Bytes of cache the sequence holds now: window rings (W entries each) + compressor states + the
+ * compressed entries and indexer keys stored so far, in its encoding.  Equals the declared
+ * fixed_bytes + bytes_per_token × tokens (dsq_kv_declared) up to the ratio's rounding (the compressed
+ * arrays' spare capacity, at most 1/64 of them + 8 entries per layer, is not counted). */
 uint64_t dsq_v4_seq_bytes(const dsq_v4_seq *s);
 
 /* ---- forward --------------------------------------------------------------------------------- */

@@ -27,6 +27,9 @@ typedef struct dsq__run {
     dsq__kern k;
     bool rel;          /* release numerics */
     bool shared_clamp; /* spec §8.30 */
+    dsq_kv_cache kv;   /* cache encoding of every sequence in the call */
+    size_t kv_bytes;   /* bytes of one packed kv entry [hd] */
+    size_t idx_bytes;  /* bytes of one packed indexer key [ihd] */
     const dsq__backend *be;
     dsq_linear_observer observe; /* calibration hook (dsq_eval_options) */
     void *observe_user;
@@ -64,17 +67,24 @@ struct dsq__backend {
      * CSA: RoPE + Hadamard (+ FP4 simulation) of qi [tc][nih][ihd], scaled head weights iw [tc][nih]. */
     void (*q_rows)(const dsq__run *r, const v4_block_w *B, float *q, float *qi, float *iw, int64_t pos0, int64_t tc);
     /* Compressor state machine after its two GEMMs (spec §4.5): kvp/g [T][c·d] for tokens p0 … p0+T-1;
-     * every completed window k is pooled, post-processed and written to dst[k][d]. */
+     * every completed window k (always ≥ k0) is pooled, post-processed and written to dst[k - k0][d]. */
     void (*compressor)(const dsq__run *r, const v4_block_w *B, const v4_compressor_w *cw, bool indexer,
-                       v4_comp_state *s, const float *kvp, const float *g, int64_t p0, int64_t T, float *dst);
-    /* Indexer top-k (spec §4.6) of one query: qi [nih][ihd], head weights w [nih], keys [n_valid][ihd];
-     * buf [n_valid] scratch; out[k_sel] entry ids, -1 past the valid ones. */
-    void (*indexer_topk)(const dsq__run *r, const float *qi, const float *w, const float *keys, int64_t n_valid,
+                       v4_comp_state *s, const float *kvp, const float *g, int64_t p0, int64_t T, int64_t k0,
+                       float *dst);
+    /* ---- the KV cache in encoding r->kv (dsq_kv_cache; byte layouts in backend_cpu.c) ---- */
+    /* Pack n f32 rows src [n][dims] → dst [n][bytes] (dims/bytes = hd/kv_bytes, or ihd/idx_bytes when
+     * `index`); unpack is the inverse (exact for f32, the encoding's rounding otherwise). */
+    void (*cache_pack)(const dsq__run *r, bool index, const float *src, int64_t n, uint8_t *dst);
+    void (*cache_unpack)(const dsq__run *r, bool index, const uint8_t *src, int64_t n, float *dst);
+    /* Indexer top-k (spec §4.6) of one query: qi [nih][ihd], head weights w [nih], packed keys
+     * [n_valid][idx_bytes]; buf [n_valid + ihd] scratch; out[k_sel] entry ids, -1 past the valid ones. */
+    void (*indexer_topk)(const dsq__run *r, const float *qi, const float *w, const uint8_t *keys, int64_t n_valid,
                          int64_t k_sel, float *buf, int64_t *out);
     /* Sparse attention with sinks + inverse RoPE (spec §4.4 step 6) for tc tokens × H heads:
-     * q [tc][H][hd], keys [tc][n_keys] row pointers (NULL = empty slot) → oh [tc][H][hd]. */
-    void (*attention)(const dsq__run *r, const v4_block_w *B, const float *q, const float *const *keys, int64_t n_keys,
-                      int64_t pos0, int64_t tc, float *oh);
+     * q [tc][H][hd], keys [tc][n_keys] pointers to packed entries [kv_bytes] (NULL = empty slot), read in
+     * place (dequantized as they are used) → oh [tc][H][hd].  DSQ_ERR_NOMEM for its scratch. */
+    dsq_status (*attention)(const dsq__run *r, const v4_block_w *B, const float *q, const uint8_t *const *keys,
+                            int64_t n_keys, int64_t pos0, int64_t tc, float *oh);
     /* Routing (spec §4.7): router logits z [n][E] (→ scores in place), tok [n] for hash blocks →
      * isel [n][k] expert ids, wsel [n][k] weights; biased [E] and top [k] are scratch. */
     void (*route)(const dsq__run *r, const v4_block_w *B, float *z, const int32_t *tok, int64_t n, int *isel,

@@ -109,34 +109,43 @@ done:
 /* ---- compressor (spec §4.5) -------------------------------------------------------------------------- */
 
 /* Feed tokens p0 … p0+T-1 (block input a [T][D]) through a compressor's decode state machine;
- * every completed window k is pooled, post-processed and written to dst[k][d]. */
+ * the windows it completes (entries k0 … n_comp-1) are pooled, post-processed, packed in the cache
+ * encoding and stored at dst[k][bytes] (kv entries, or indexer keys when `indexer`). */
 static dsq_status compressor_run(const run *r, const v4_block_w *B, const v4_compressor_w *cw, bool indexer,
-                                 v4_comp_state *s, const float *a, int64_t p0, int64_t T, float *dst) {
+                                 v4_comp_state *s, const float *a, int64_t p0, int64_t T, int64_t k0, int64_t n_comp,
+                                 uint8_t *dst) {
     int cd = cw->c * cw->d;
     dsq_status st = DSQ_OK;
-    float *kvp = NULL, *g = NULL;
+    float *kvp = NULL, *g = NULL, *ent = NULL;
     ALLOC(kvp, (int64_t)cd * T);
     ALLOC(g, (int64_t)cd * T);
+    ALLOC(ent, (int64_t)cw->d * (n_comp - k0));
     /* spec §8.27: f32 GEMM on the (bf16) input, no activation quantization */
     CHECK(lin(r, LIN_F32, &cw->wkv, a, T, kvp));
     CHECK(lin(r, LIN_F32, &cw->wgate, a, T, g));
-    BE->compressor(r, B, cw, indexer, s, kvp, g, p0, T, dst);
+    BE->compressor(r, B, cw, indexer, s, kvp, g, p0, T, k0, ent);
+    BE->cache_pack(r, indexer, ent, n_comp - k0, dst + (size_t)k0 * (indexer ? r->idx_bytes : r->kv_bytes));
 done:
     dsq_free(kvp);
     dsq_free(g);
+    dsq_free(ent);
     return st;
 }
 
+/* Room for `need` compressed entries: grows by 1/64 (+ 8 entries), so the spare capacity stays a small
+ * fraction of the declared per-token bytes. */
 static dsq_status cache_reserve(const run *r, const v4_block_w *B, v4_layer_cache *lc, int64_t need) {
     if (need <= lc->cap) return DSQ_OK;
-    int64_t cap = lc->cap ? lc->cap : 16;
-    while (cap < need) cap *= 2;
-    size_t hd = (size_t)r->c->head_dim, ihd = (size_t)r->c->index_head_dim;
-    float *nc = dsq_realloc(lc->comp, sizeof(float) * hd * (size_t)cap);
+    int64_t cap = need + need / 64 + 8;
+    uint64_t kvb = 0, ib = 0;
+    DSQ_RETURN_IF(!dsq_mul_u64((uint64_t)cap, r->kv_bytes, &kvb) || !dsq_mul_u64((uint64_t)cap, r->idx_bytes, &ib) ||
+                      kvb > SIZE_MAX || ib > SIZE_MAX,
+                  r->err, DSQ_ERR_RANGE, "%lld compressed entries do not fit in memory", (long long)cap);
+    uint8_t *nc = dsq_realloc(lc->comp, (size_t)kvb);
     if (!nc) return dsq_err_set(r->err, DSQ_ERR_NOMEM, "no memory for %lld compressed entries", (long long)cap);
     lc->comp = nc;
     if (B->kind == DSQ_ATTN_CSA) {
-        float *nk = dsq_realloc(lc->idx_keys, sizeof(float) * ihd * (size_t)cap);
+        uint8_t *nk = dsq_realloc(lc->idx_keys, (size_t)ib);
         if (!nk) return dsq_err_set(r->err, DSQ_ERR_NOMEM, "no memory for %lld indexer keys", (long long)cap);
         lc->idx_keys = nk;
     }
@@ -157,20 +166,25 @@ static dsq_status attention_seg(const run *r, const v4_block_w *B, v4_layer_cach
     size_t D = (size_t)c->dim, Hhd = (size_t)H * hd;
     dsq_status st = DSQ_OK;
     float *kv = NULL, *qa = NULL, *q = NULL, *oh = NULL, *u = NULL, *qi = NULL, *iw = NULL;
-    const float **keys = NULL;
+    uint8_t *kvc = NULL; /* [T][kv_bytes] this segment's kv rows packed like the cache */
+    const uint8_t **keys = NULL;
+    size_t kvb = r->kv_bytes;
     int64_t *sel = NULL;
 
     /* kv path: wkv → kv_norm → RoPE → (release) FP8 simulation of the non-rope dims */
     ALLOC(kv, (int64_t)hd * T);
     CHECK(lin(r, LIN_FP8, &B->wkv, a, T, kv));
     BE->kv_rows(r, B, kv, p0, T);
+    /* every split reads the same packed entries: the segment's own rows go through the cache encoding too */
+    ALLOC(kvc, (int64_t)kvb * T);
+    BE->cache_pack(r, false, kv, T, kvc);
 
     /* compressors: entries completed by this segment become visible to the tokens that complete them */
     int64_t n_comp = ratio > 0 ? (p0 + T) / ratio : 0;
     if (ratio > 0) {
         CHECK(cache_reserve(r, B, lc, n_comp));
-        CHECK(compressor_run(r, B, &B->comp, false, &lc->cs, a, p0, T, lc->comp));
-        if (csa) CHECK(compressor_run(r, B, &B->idx_comp, true, &lc->ics, a, p0, T, lc->idx_keys));
+        CHECK(compressor_run(r, B, &B->comp, false, &lc->cs, a, p0, T, lc->n_comp, n_comp, lc->comp));
+        if (csa) CHECK(compressor_run(r, B, &B->idx_comp, true, &lc->ics, a, p0, T, lc->n_comp, n_comp, lc->idx_keys));
         lc->n_comp = n_comp;
     }
 
@@ -208,7 +222,7 @@ static dsq_status attention_seg(const run *r, const v4_block_w *B, v4_layer_cach
         {
             float *buf = NULL;
             if (csa && n_comp > 0) {
-                buf = dsq_malloc(sizeof *buf * (size_t)n_comp);
+                buf = dsq_malloc(sizeof *buf * (size_t)(n_comp + ihd));
                 if (!buf) {
 #pragma omp atomic write
                     failed = true;
@@ -217,27 +231,27 @@ static dsq_status attention_seg(const run *r, const v4_block_w *B, v4_layer_cach
 #pragma omp for schedule(static)
             for (int64_t t = 0; t < tc; t++) {
                 int64_t pos = p0 + t0 + t;
-                const float **kl = keys + (size_t)t * n_keys;
+                const uint8_t **kl = keys + (size_t)t * n_keys;
                 int64_t lo = pos - W + 1 > 0 ? pos - W + 1 : 0, i = 0;
                 for (int64_t qp = lo; qp <= pos; qp++, i++)
-                    kl[i] = qp >= p0 ? kv + (size_t)(qp - p0) * hd : lc->ring + (size_t)(qp % W) * hd;
+                    kl[i] = qp >= p0 ? kvc + (size_t)(qp - p0) * kvb : lc->ring + (size_t)(qp % W) * kvb;
                 for (; i < n_win; i++) kl[i] = NULL;
                 int64_t n_valid = ratio > 0 ? (pos + 1) / ratio : 0; /* spec §8.21 */
                 if (ratio > 0 && !csa) {
-                    for (int64_t j = 0; j < n_cl; j++) kl[n_win + j] = j < n_valid ? lc->comp + (size_t)j * hd : NULL;
+                    for (int64_t j = 0; j < n_cl; j++) kl[n_win + j] = j < n_valid ? lc->comp + (size_t)j * kvb : NULL;
                 } else if (csa && n_cl > 0) {
                     if (!buf) continue;
                     int64_t *s = sel + (size_t)t * n_cl;
                     BE->indexer_topk(r, qi + (size_t)t * nih * ihd, iw + (size_t)t * nih, lc->idx_keys, n_valid, n_cl,
                                    buf, s);
-                    for (int64_t j = 0; j < n_cl; j++) kl[n_win + j] = s[j] >= 0 ? lc->comp + (size_t)s[j] * hd : NULL;
+                    for (int64_t j = 0; j < n_cl; j++) kl[n_win + j] = s[j] >= 0 ? lc->comp + (size_t)s[j] * kvb : NULL;
                 }
             }
             dsq_free(buf);
         }
         if (failed) CHECK(dsq_err_set(r->err, DSQ_ERR_NOMEM, "no memory for indexer scores"));
         /* sparse attention with sink, then inverse RoPE at the query position */
-        BE->attention(r, B, q, keys, n_keys, p0 + t0, tc, oh);
+        CHECK(BE->attention(r, B, q, keys, n_keys, p0 + t0, tc, oh));
         /* grouped low-rank output: u_g = wo_a_g · o_g (bf16 GEMM in release, input not quantized) */
         size_t gw = Hhd / (size_t)G;
         for (int g = 0; g < G; g++)
@@ -247,9 +261,10 @@ static dsq_status attention_seg(const run *r, const v4_block_w *B, v4_layer_cach
     }
     /* window ring: the last min(T, W) kv rows at slot pos mod W (after the queries used the old ones) */
     for (int64_t t = T - W > 0 ? T - W : 0; t < T; t++)
-        memcpy(lc->ring + (size_t)((p0 + t) % W) * hd, kv + (size_t)t * hd, sizeof(float) * (size_t)hd);
+        memcpy(lc->ring + (size_t)((p0 + t) % W) * kvb, kvc + (size_t)t * kvb, kvb);
 done:
     dsq_free(kv);
+    dsq_free(kvc);
     dsq_free(qa);
     dsq_free(q);
     dsq_free(oh);
@@ -413,6 +428,11 @@ static dsq_status run_init(run *r, const dsq_v4_model *m, const dsq_eval_options
     r->shared_clamp = !opt->no_shared_clamp;
     r->observe = opt->observe;
     r->observe_user = opt->observe_user;
+    DSQ_RETURN_IF((unsigned)opt->kv_cache >= DSQ_KV_CACHE_COUNT, err, DSQ_ERR_ARG, "unknown kv cache encoding %d",
+                  (int)opt->kv_cache);
+    r->kv = opt->kv_cache;
+    r->kv_bytes = (size_t)dsq_kv_entry_bytes(&m->cfg, r->kv);
+    r->idx_bytes = (size_t)dsq_kv_index_bytes(&m->cfg, r->kv);
     r->k.avx2 = m->cpu_avx2 && !opt->force_scalar;
     r->k.threads = opt->threads > 0 ? opt->threads : omp_get_max_threads();
     r->err = err;
@@ -431,6 +451,15 @@ static dsq_status check_tokens(const run *r, const int32_t *tok, int64_t n) {
     return DSQ_OK;
 }
 
+/* A sequence takes the call's cache encoding at position 0; later calls must use the same one. */
+static dsq_status seq_adopt_kv(const run *r, dsq_v4_seq *s, int64_t pos) {
+    if (s->kv == r->kv && s->lc[0].ring) return DSQ_OK;
+    DSQ_RETURN_IF(pos != 0, r->err, DSQ_ERR_ARG,
+                  "forward: the sequence's cache is %s, this call asks for %s (reset the sequence to change it)",
+                  dsq_kv_cache_name(s->kv), dsq_kv_cache_name(r->kv));
+    return dsq__seq_set_kv(s, r->kv, r->err);
+}
+
 /* Run a group of items layer-major; prefetch/release hints when `stream` is set. */
 static dsq_status forward_group(const run *r, dsq_v4_item *items, int n_items, bool stream) {
     const dsq_v4_config *c = r->c;
@@ -440,6 +469,7 @@ static dsq_status forward_group(const run *r, dsq_v4_item *items, int n_items, b
     int64_t n = 0;
     for (int i = 0; i < n_items; i++) {
         DSQ_TRY(check_tokens(r, items[i].tokens, items[i].n_tokens));
+        DSQ_TRY(seq_adopt_kv(r, items[i].seq, items[i].seq->pos));
         n += items[i].n_tokens;
     }
     DSQ_TRY(dsq_v4_model_check_block(m, -1, r->err)); /* first use: checksums, NaN codes */
@@ -558,6 +588,7 @@ dsq_status dsq_v4_mtp_forward(const dsq_v4_model *m, const dsq_eval_options *opt
     DSQ_TRY(dsq_v4_model_check_block(m, -1, err));
     DSQ_TRY(dsq_v4_model_check_block(m, c->n_layers + mtp, err));
     const v4_block_w *B = &m->blocks[c->n_layers + mtp];
+    DSQ_TRY(seq_adopt_kv(r, seq, seq->pos + seq->lc[B->id].pos));
     int hc = c->hc_mult;
     size_t D = (size_t)c->dim, HD = (size_t)hc * D;
     dsq_status st = DSQ_OK;

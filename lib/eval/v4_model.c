@@ -29,6 +29,67 @@ bool dsq_numerics_from_name(const char *s, dsq_numerics *out) {
 
 const char *dsq_numerics_name(dsq_numerics n) { return n == DSQ_NUMERICS_RELEASE ? "release" : "exact"; }
 
+static const char *const kv_cache_names[DSQ_KV_CACHE_COUNT] = {"f32", "bf16", "compact"};
+
+bool dsq_kv_cache_from_name(const char *s, dsq_kv_cache *out) {
+    for (int i = 0; i < DSQ_KV_CACHE_COUNT; i++)
+        if (!strcmp(s, kv_cache_names[i])) {
+            *out = (dsq_kv_cache)i;
+            return true;
+        }
+    return false;
+}
+
+const char *dsq_kv_cache_name(dsq_kv_cache k) { return (unsigned)k < DSQ_KV_CACHE_COUNT ? kv_cache_names[k] : "?"; }
+
+/* formats/spec/dsq.md §6.1: kv_compact = rope bf16 + non-rope e4m3 + UE8M0 per 64; index_fp4 = e2m1x2 +
+ * UE8M0 per 32. */
+uint64_t dsq_kv_entry_bytes(const dsq_v4_config *c, dsq_kv_cache k) {
+    uint64_t hd = (uint64_t)c->head_dim, rd = (uint64_t)c->rope_head_dim, nd = hd - rd;
+    switch (k) {
+    case DSQ_KV_CACHE_BF16:
+        return hd * 2;
+    case DSQ_KV_CACHE_COMPACT:
+        return rd * 2 + nd + dsq_ceil_div(nd, DSQ_KV_FP8_BLOCK);
+    default:
+        return hd * 4;
+    }
+}
+
+uint64_t dsq_kv_index_bytes(const dsq_v4_config *c, dsq_kv_cache k) {
+    uint64_t ihd = (uint64_t)c->index_head_dim;
+    switch (k) {
+    case DSQ_KV_CACHE_BF16:
+        return ihd * 2;
+    case DSQ_KV_CACHE_COMPACT:
+        return dsq_ceil_div(ihd, 2) + dsq_ceil_div(ihd, DSQ_FP4_BLOCK);
+    default:
+        return ihd * 4;
+    }
+}
+
+void dsq_kv_declared(const dsq_v4_config *c, dsq_kv_cache k, double *bytes_per_token, uint64_t *fixed_bytes) {
+    uint64_t kvb = dsq_kv_entry_bytes(c, k), ib = dsq_kv_index_bytes(c, k);
+    uint64_t hd = (uint64_t)c->head_dim, ihd = (uint64_t)c->index_head_dim, W = (uint64_t)c->window_size;
+    double bpt = 0;
+    uint64_t fixed = 0;
+    for (int b = 0; b < c->n_layers + c->n_mtp_layers; b++) {
+        uint64_t r = (uint64_t)dsq_config_ratio(c, b);
+        fixed += W * kvb;
+        if (r == 0) continue;
+        /* compressor states, f32 KV + SC: overlap (CSA) [2r][2d] for the kv and the indexer, else [r][d] */
+        if (dsq_config_attn_kind(c, b) == DSQ_ATTN_CSA) {
+            fixed += 2 * (2 * r) * (2 * hd) * 4 + 2 * (2 * r) * (2 * ihd) * 4;
+            bpt += (double)(kvb + ib) / (double)r;
+        } else {
+            fixed += 2 * r * hd * 4;
+            bpt += (double)kvb / (double)r;
+        }
+    }
+    *bytes_per_token = bpt;
+    *fixed_bytes = fixed;
+}
+
 /* ---- lookups ----------------------------------------------------------------------------------- */
 
 typedef struct loader {
@@ -548,6 +609,35 @@ static bool comp_state_alloc(v4_comp_state *s, uint64_t n) {
     return s->kv && s->sc;
 }
 
+dsq_status dsq__seq_set_kv(dsq_v4_seq *s, dsq_kv_cache kv, dsq_err *err) {
+    const dsq_v4_config *c = &s->m->cfg;
+    DSQ_RETURN_IF((unsigned)kv >= DSQ_KV_CACHE_COUNT, err, DSQ_ERR_ARG, "unknown kv cache encoding %d", (int)kv);
+    if (s->lc[0].ring && s->kv == kv) return DSQ_OK;
+    size_t kvb = (size_t)dsq_kv_entry_bytes(c, kv);
+    for (int b = 0; b < s->m->n_blocks; b++) {
+        v4_layer_cache *lc = &s->lc[b];
+        dsq_free(lc->ring);
+        dsq_free(lc->comp);
+        dsq_free(lc->idx_keys);
+        lc->comp = lc->idx_keys = NULL;
+        lc->cap = lc->n_comp = 0;
+        lc->ring = dsq_calloc((size_t)c->window_size, kvb);
+        if (!lc->ring) {
+            /* no ring anywhere: the next forward call at position 0 tries again (lc[0].ring == NULL) */
+            for (int j = 0; j < b; j++) {
+                dsq_free(s->lc[j].ring);
+                s->lc[j].ring = NULL;
+            }
+            return dsq_err_set(err, DSQ_ERR_NOMEM, "no memory for the %s window ring of block %d",
+                               dsq_kv_cache_name(kv), b);
+        }
+    }
+    s->kv = kv;
+    s->kv_bytes = kvb;
+    s->idx_bytes = (size_t)dsq_kv_index_bytes(c, kv);
+    return DSQ_OK;
+}
+
 dsq_status dsq_v4_seq_create(const dsq_v4_model *m, dsq_v4_seq **out, dsq_err *err) {
     *out = NULL;
     dsq_v4_seq *s = dsq_calloc(1, sizeof *s);
@@ -555,15 +645,13 @@ dsq_status dsq_v4_seq_create(const dsq_v4_model *m, dsq_v4_seq **out, dsq_err *e
     s->m = m;
     s->lc = dsq_calloc((size_t)m->n_blocks, sizeof *s->lc);
     bool ok = s->lc != NULL;
-    const dsq_v4_config *c = &m->cfg;
     for (int b = 0; ok && b < m->n_blocks; b++) {
         const v4_block_w *B = &m->blocks[b];
         v4_layer_cache *lc = &s->lc[b];
-        lc->ring = dsq_calloc((size_t)c->window_size * (size_t)c->head_dim, sizeof(float));
-        ok = lc->ring != NULL;
         if (ok && B->ratio > 0) ok = comp_state_alloc(&lc->cs, comp_state_elems(&B->comp));
         if (ok && B->kind == DSQ_ATTN_CSA) ok = comp_state_alloc(&lc->ics, comp_state_elems(&B->idx_comp));
     }
+    if (ok) ok = dsq__seq_set_kv(s, DSQ_KV_CACHE_F32, NULL) == DSQ_OK;
     if (!ok) {
         dsq_v4_seq_free(s);
         return dsq_err_set(err, DSQ_ERR_NOMEM, "no memory for the caches of a sequence");
@@ -572,6 +660,8 @@ dsq_status dsq_v4_seq_create(const dsq_v4_model *m, dsq_v4_seq **out, dsq_err *e
     *out = s;
     return DSQ_OK;
 }
+
+dsq_kv_cache dsq_v4_seq_kv_cache(const dsq_v4_seq *s) { return s->kv; }
 
 int64_t dsq_v4_seq_pos(const dsq_v4_seq *s) { return s->pos; }
 int64_t dsq_v4_seq_mtp_pos(const dsq_v4_seq *s) {
@@ -584,9 +674,8 @@ uint64_t dsq_v4_seq_bytes(const dsq_v4_seq *s) {
     for (int b = 0; b < s->m->n_blocks; b++) {
         const v4_block_w *B = &s->m->blocks[b];
         const v4_layer_cache *lc = &s->lc[b];
-        total += (uint64_t)c->window_size * (uint64_t)c->head_dim * 4;
-        total += (uint64_t)lc->cap *
-                 ((uint64_t)c->head_dim + (B->kind == DSQ_ATTN_CSA ? (uint64_t)c->index_head_dim : 0)) * 4;
+        total += (uint64_t)c->window_size * s->kv_bytes;
+        total += (uint64_t)lc->n_comp * (s->kv_bytes + (B->kind == DSQ_ATTN_CSA ? s->idx_bytes : 0));
         if (B->ratio > 0) total += 2 * comp_state_elems(&B->comp) * 4;
         if (B->kind == DSQ_ATTN_CSA) total += 2 * comp_state_elems(&B->idx_comp) * 4;
     }

@@ -88,10 +88,11 @@ typedef struct v4_comp_state {
     float *kv, *sc;
 } v4_comp_state;
 
+/* Caches hold packed entries in the sequence's encoding (dsq_kv_cache; layouts in backend_cpu.c). */
 typedef struct v4_layer_cache {
-    float *ring;     /* [W][hd], slot = pos mod W */
-    float *comp;     /* [cap][hd] compressed entries */
-    float *idx_keys; /* [cap][ihd] indexer keys (CSA) */
+    uint8_t *ring;     /* [W][kv_bytes], slot = pos mod W */
+    uint8_t *comp;     /* [cap][kv_bytes] compressed entries */
+    uint8_t *idx_keys; /* [cap][idx_bytes] indexer keys (CSA) */
     int64_t n_comp, cap;
     int64_t pos; /* tokens this block has seen */
     v4_comp_state cs, ics;
@@ -99,8 +100,14 @@ typedef struct v4_layer_cache {
 
 struct dsq_v4_seq {
     const dsq_v4_model *m;
+    dsq_kv_cache kv;              /* encoding of every cache below */
+    size_t kv_bytes, idx_bytes;   /* bytes of one kv entry / indexer key in that encoding */
     int64_t pos;        /* main-model tokens fed so far */
     v4_layer_cache *lc; /* [n_blocks] */
 };
+
+/* Switch s to cache encoding kv (no-op when it has it): rings reallocated zeroed, compressed arrays
+ * emptied.  Only at position 0 (v4_forward.c checks). */
+dsq_status dsq__seq_set_kv(dsq_v4_seq *s, dsq_kv_cache kv, dsq_err *err);
 
 #endif
