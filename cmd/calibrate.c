@@ -21,8 +21,7 @@ static void help(void) {
            "                         ending in .gguf is llama.cpp's imatrix GGUF (GGUF tensor names, experts\n"
            "                         stacked [n_expert][cols]) for llama-quantize --imatrix\n"
            "  --format st|gguf       the --out format regardless of its name\n"
-           "  --overwrite            replace FILE if it exists\n"
-           "  --tokens FILE          pre-tokenized ids instead of TEXTFILE\n");
+           "  --overwrite            replace FILE if it exists\n");
     dsq__cmd_score_option_help(stdout);
 }
 
