@@ -60,8 +60,12 @@ int dsq_fuzz_gguf(const uint8_t *data, size_t size) {
         /* small tensors of a type dsq decodes: unpack and decode (non-finite values are an error, not a crash) */
         dsq_encoding enc;
         int group;
-        uint64_t rows = t->ne[1] * t->ne[2] * t->ne[3], cols = t->ne[0];
-        if (t->n_bytes <= 4096 && rows * cols <= 4096 && dsq_ggml_encoding_of(t->type, &enc, &group) && enc != DSQ_ENC_I32) {
+        /* checked: a zero dimension makes the byte count 0 whatever the others hold, so their raw product
+         * can wrap (a fuzz find: ne = {0, 2^40, ...} decoded 2^40 empty rows) */
+        uint64_t rows = 0, cols = t->ne[0], n = 0;
+        bool small = cols > 0 && dsq_mul_u64(t->ne[1], t->ne[2], &rows) && dsq_mul_u64(rows, t->ne[3], &rows) &&
+                     rows > 0 && dsq_mul_u64(rows, cols, &n) && n <= 4096;
+        if (t->n_bytes <= 4096 && small && dsq_ggml_encoding_of(t->type, &enc, &group) && enc != DSQ_ENC_I32) {
             dsq_codec_layout L;
             if (dsq_codec_layout_of(enc, rows, cols, group, &L, NULL) == DSQ_OK) {
                 uint8_t *c = malloc(L.data_bytes + 1), *s = malloc(L.scale_bytes + 1);
