@@ -30,13 +30,13 @@ static bool companion(const char *name, const char *suffix, char *sname) {
     return true;
 }
 
-/* One F32 scalar (shape [] or [1]) that must be finite and positive. */
+/* One F32 scalar (shape [], as ModelOpt writes it) that must be finite and positive. */
 static dsq_status modelopt_scalar(const dsq_wsrc *s, const char *sname, const dsq_st_tensor *t, float *out,
                                   dsq_err *err) {
     DSQ_RETURN_IF(!t, err, DSQ_ERR_MISSING, "%s: tensor %s is missing", s->path, sname);
     DSQ_RETURN_IF(t->dtype != DSQ_DTYPE_F32, err, DSQ_ERR_DTYPE, "%s: %s: dtype %s, want F32", s->path, sname,
                   dsq_dtype_name(t->dtype));
-    DSQ_RETURN_IF(t->n_bytes != 4 || t->rank > 1 || !t->data, err, DSQ_ERR_SHAPE, "%s: %s: want one F32 scalar",
+    DSQ_RETURN_IF(t->n_bytes != 4 || t->rank != 0 || !t->data, err, DSQ_ERR_SHAPE, "%s: %s: want an F32 scalar of shape []",
                   s->path, sname);
     float x;
     memcpy(&x, t->data, 4);
