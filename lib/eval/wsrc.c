@@ -40,7 +40,7 @@ static dsq_status modelopt_scalar(const dsq_wsrc *s, const char *sname, const ds
                   s->path, sname);
     float x;
     memcpy(&x, t->data, 4);
-    DSQ_RETURN_IF(!isfinite(x), err, DSQ_ERR_NONFINITE, "%s: %s: global scale is not finite", s->path, sname);
+    DSQ_RETURN_IF(!isfinite(x), err, DSQ_ERR_NONFINITE, "%s: %s: global scale is NaN or infinite", s->path, sname);
     DSQ_RETURN_IF(!(x > 0), err, DSQ_ERR_RANGE, "%s: %s: global scale %g is not positive", s->path, sname, (double)x);
     *out = x;
     return DSQ_OK;

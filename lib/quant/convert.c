@@ -12,6 +12,7 @@
 #include "convert_internal.h"
 #include "dsq_codec.h"
 #include "dsq_json.h"
+#include "dsq_modelopt.h"
 
 /* ---- source encodings ---- */
 
@@ -405,6 +406,9 @@ static dsq_status plan_outputs(dsq_convert_plan *p, dsq_err *err) {
 static dsq_status validate_inventory(dsq_convert_plan *p, dsq_err *err) {
     dsq_tensor_desc *t = NULL;
     size_t n = 0;
+    dsq_modelopt_qcfg q; /* a ModelOpt checkpoint's hf_quant_config.json must be one dsq reads */
+    bool modelopt = false;
+    DSQ_TRY(dsq_modelopt_qcfg_load(dsq_st_dir(p->st), &modelopt, &q, err));
     DSQ_TRY(dsq_inv_describe_st(p->st, &t, &n, err));
     dsq_inv_report rep;
     dsq_status s = dsq_inv_check(&p->cfg, t, n, p->opt.src, &rep, err);
