@@ -360,7 +360,7 @@ dsq_status dsq_ctr_export_safetensors(const char *dsq, const char *outdir, const
         if (o.modelopt_nvfp4 && strstr(t->name, ".ffn.experts") && t->encoding != DSQ_ENC_NVFP4)
             s = dsq_err_set(err, DSQ_ERR_UNSUPPORTED,
                             "%s: tensor %s: routed experts are %s; --format modelopt-nvfp4 needs NVFP4 experts "
-                            "(convert with --recipe nvfp4 or --override routed_experts=nvfp4)",
+                            "(convert with --recipe release --override 'family:routed_experts=nvfp4')",
                             dsq, t->name, dsq_ctr_encoding_name(t->encoding));
         if (s == DSQ_OK && t->n_sources == 0) s = plan_source(dsq, t, NULL, o.modelopt_nvfp4, &l, err);
         for (uint32_t k = 0; s == DSQ_OK && k < t->n_sources; k++)
