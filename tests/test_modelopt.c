@@ -152,11 +152,11 @@ static void test_round_trip_lossless(void **state) {
 
 typedef enum mut {
     MUT_NONE,
-    MUT_SCALE_SHAPE,    /* EXPERT.weight_scale [128, 8] */
-    MUT_TS_NAN,         /* EXPERT.weight_scale_2 NaN */
-    MUT_TS_ZERO,        /* EXPERT.weight_scale_2 0 */
-    MUT_TS_RANK1,       /* EXPERT.weight_scale_2 [1] */
-    MUT_TS_DOUBLE_ALL,  /* every weight_scale_2 doubled (a valid checkpoint with other weights) */
+    MUT_SCALE_SHAPE,   /* EXPERT.weight_scale [128, 8] */
+    MUT_TS_NAN,        /* EXPERT.weight_scale_2 NaN */
+    MUT_TS_ZERO,       /* EXPERT.weight_scale_2 0 */
+    MUT_TS_RANK1,      /* EXPERT.weight_scale_2 [1] */
+    MUT_TS_DOUBLE_ALL, /* every weight_scale_2 doubled (a valid checkpoint with other weights) */
 } mut;
 static char *mutated(const fixture *f, const char *name, mut m, const char *qcfg);
 
@@ -179,8 +179,10 @@ static void test_eval_same_logits(void **state) {
          *lb = dsq_test_join(f->dir, "lb.safetensors");
     const char ids[] = "1 5 9 200 33 7 100 45 3 2 8 99 300 11 12 13 400 17 260 5 77 81 90 2\n";
     dsq_test_write(tok, ids, strlen(ids));
-    assert_int_equal(dsq_test_run(NULL, NULL, "eval logits '%s' --tokens '%s' --out '%s' --threads 1", f->dsq, tok, la), 0);
-    assert_int_equal(dsq_test_run(NULL, NULL, "eval logits '%s' --tokens '%s' --out '%s' --threads 1", f->mo, tok, lb), 0);
+    assert_int_equal(dsq_test_run(NULL, NULL, "eval logits '%s' --tokens '%s' --out '%s' --threads 1", f->dsq, tok, la),
+                     0);
+    assert_int_equal(dsq_test_run(NULL, NULL, "eval logits '%s' --tokens '%s' --out '%s' --threads 1", f->mo, tok, lb),
+                     0);
     size_t na, nb;
     float *a = logits_of(la, &na), *b = logits_of(lb, &nb);
     assert_int_equal(na, nb);
@@ -188,7 +190,8 @@ static void test_eval_same_logits(void **state) {
     assert_memory_equal(a, b, na * 4);
     /* and weight_scale_2 is read, not ignored: doubling every expert's global scale moves the logits */
     char *dbl = mutated(f, "double", MUT_TS_DOUBLE_ALL, NULL), *lc = dsq_test_join(f->dir, "lc.safetensors");
-    assert_int_equal(dsq_test_run(NULL, NULL, "eval logits '%s' --tokens '%s' --out '%s' --threads 1", dbl, tok, lc), 0);
+    assert_int_equal(dsq_test_run(NULL, NULL, "eval logits '%s' --tokens '%s' --out '%s' --threads 1", dbl, tok, lc),
+                     0);
     size_t nc;
     float *c = logits_of(lc, &nc);
     assert_int_equal(nc, na);
@@ -219,8 +222,8 @@ static void test_eval_same_logits(void **state) {
 static char *mutated(const fixture *f, const char *name, mut m, const char *qcfg) {
     char *dst = dsq_test_join(f->dir, name);
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir '%s' && cp '%s/config.json' '%s/hf_quant_config.json' '%s/'", dst, dst,
-             f->mo, f->mo, dst);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir '%s' && cp '%s/config.json' '%s/hf_quant_config.json' '%s/'", dst,
+             dst, f->mo, f->mo, dst);
     assert_int_equal(system(cmd), 0);
     if (qcfg) {
         char *qp = dsq_test_join(dst, DSQ_MODELOPT_QCFG_NAME);
@@ -257,8 +260,10 @@ static char *mutated(const fixture *f, const char *name, mut m, const char *qcfg
                 if (m == MUT_TS_ZERO) data = &zero;
                 if (m == MUT_TS_RANK1) rank = 1, shape[0] = 1;
             }
-            if (pass == 0) assert_int_equal(dsq_st_writer_add(w, t->name, t->dtype, rank, shape, NULL), DSQ_OK);
-            else assert_int_equal(dsq_st_writer_write(w, data, bytes, NULL), DSQ_OK);
+            if (pass == 0)
+                assert_int_equal(dsq_st_writer_add(w, t->name, t->dtype, rank, shape, NULL), DSQ_OK);
+            else
+                assert_int_equal(dsq_st_writer_write(w, data, bytes, NULL), DSQ_OK);
         }
         if (pass == 0) assert_int_equal(dsq_st_writer_begin(w, NULL), DSQ_OK);
     }
@@ -339,10 +344,8 @@ static void test_malformed_quant_config(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_export_layout),
-        cmocka_unit_test(test_round_trip_lossless),
-        cmocka_unit_test(test_eval_same_logits),
-        cmocka_unit_test(test_malformed_tensors),
+        cmocka_unit_test(test_export_layout),          cmocka_unit_test(test_round_trip_lossless),
+        cmocka_unit_test(test_eval_same_logits),       cmocka_unit_test(test_malformed_tensors),
         cmocka_unit_test(test_malformed_quant_config),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -241,10 +241,8 @@ static dsq_status write_text(const char *dir, const char *name, const char *text
 
 /* hf_quant_config.json: exclude_modules names every 2-D weight left in its release form (the stem,
  * as ModelOpt names modules). */
-static dsq_status write_modelopt_qcfg(const dsq_ctr_reader *r, const ex_list *l, const char *meta, size_t mlen,
-                                      const char *outdir, bool overwrite, size_t *files, dsq_err *err) {
-    (void)meta;
-    (void)mlen;
+static dsq_status write_modelopt_qcfg(const dsq_ctr_reader *r, const ex_list *l, const char *outdir, bool overwrite,
+                                      size_t *files, dsq_err *err) {
     const char **ex = dsq_calloc(l->n + 1, sizeof *ex);
     char **own = dsq_calloc(l->n + 1, sizeof *own);
     size_t n = 0;
@@ -435,7 +433,7 @@ dsq_status dsq_ctr_export_safetensors(const char *dsq, const char *outdir, const
         if (s == DSQ_OK && !ctext) s = DSQ_ERR_NOMEM;
         if (s == DSQ_OK) s = write_text(outdir, "config.json", ctext, o.overwrite, &st0.files, err);
         dsq_free(ctext);
-        if (s == DSQ_OK && o.modelopt_nvfp4) s = write_modelopt_qcfg(r, &l, mt, mlen, outdir, o.overwrite, &st0.files, err);
+        if (s == DSQ_OK && o.modelopt_nvfp4) s = write_modelopt_qcfg(r, &l, outdir, o.overwrite, &st0.files, err);
         const cJSON *gen = cJSON_GetObjectItemCaseSensitive(files, "generation_config.json");
         if (s == DSQ_OK && cJSON_IsString(gen))
             s = write_text(outdir, "generation_config.json", gen->valuestring, o.overwrite, &st0.files, err);

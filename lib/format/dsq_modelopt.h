@@ -14,15 +14,15 @@
 #include "dsq_core.h"
 
 #define DSQ_MODELOPT_QCFG_NAME "hf_quant_config.json"
-#define DSQ_MODELOPT_QCFG_MAX (16u << 20) /* largest hf_quant_config.json read (bytes) */
+#define DSQ_MODELOPT_QCFG_MAX  (16u << 20) /* largest hf_quant_config.json read (bytes) */
 enum { DSQ_MODELOPT_GROUP = 16 };
 
 /* What dsq needs of hf_quant_config.json: quantization.quant_algo must be "NVFP4" and
  * quantization.group_size 16; exclude_modules (optional) must be an array of strings. */
 typedef struct dsq_modelopt_qcfg {
-    char producer[64];         /* producer.name ("modelopt"), "" when absent; truncated */
-    size_t n_exclude;          /* entries of quantization.exclude_modules */
-    bool kv_cache_fp8;         /* quantization.kv_cache_quant_algo == "FP8" */
+    char producer[64]; /* producer.name ("modelopt"), "" when absent; truncated */
+    size_t n_exclude;  /* entries of quantization.exclude_modules */
+    bool kv_cache_fp8; /* quantization.kv_cache_quant_algo == "FP8" */
 } dsq_modelopt_qcfg;
 
 /* Parse and validate `len` bytes of an hf_quant_config.json; `what` names it in messages.  Any
