@@ -204,6 +204,9 @@ static void test_eval_same_logits(void **state) {
     assert_int_equal(dsq_test_run(NULL, &e, "export '%s' '%s' --format modelopt-nvfp4", rel, bad), 1);
     assert_non_null(strstr(e, "needs NVFP4 experts"));
     assert_int_equal(count_lines(e), 1);
+    char probe[4096];
+    snprintf(probe, sizeof probe, "test ! -e '%s'", bad); /* refused before the directory is made */
+    assert_int_equal(system(probe), 0);
     free(e);
     free(a);
     free(b);

@@ -340,6 +340,17 @@ dsq_status dsq_ctr_export_safetensors(const char *dsq, const char *outdir, const
     dsq_ctr_export_stats st0 = {0};
     dsq_ctr_reader *r = NULL;
     DSQ_TRY(dsq_ctr_reader_open(dsq, NULL, &r, err));
+    /* the ModelOpt layout needs NVFP4 experts: refused before anything is created */
+    for (size_t i = 0; o.modelopt_nvfp4 && i < dsq_ctr_count(r); i++) {
+        const dsq_ctr_tensor *t = dsq_ctr_at(r, i);
+        if (!strstr(t->name, ".ffn.experts") || t->encoding == DSQ_ENC_NVFP4) continue;
+        dsq_err_set(err, DSQ_ERR_UNSUPPORTED,
+                    "%s: tensor %s: routed experts are %s; --format modelopt-nvfp4 needs NVFP4 experts "
+                    "(convert with --recipe release --override 'family:routed_experts=nvfp4')",
+                    dsq, t->name, dsq_ctr_encoding_name(t->encoding));
+        dsq_ctr_reader_close(r);
+        return DSQ_ERR_UNSUPPORTED;
+    }
     if (!dsq_path_is_dir(outdir) && mkdir(outdir, 0755) != 0) {
         dsq_ctr_reader_close(r);
         return dsq_err_set(err, DSQ_ERR_IO, "%s: cannot create directory: %s", outdir, strerror(errno));
@@ -355,12 +366,7 @@ dsq_status dsq_ctr_export_safetensors(const char *dsq, const char *outdir, const
     dsq_status s = DSQ_OK;
     for (size_t i = 0; s == DSQ_OK && i < dsq_ctr_count(r); i++) {
         const dsq_ctr_tensor *t = dsq_ctr_at(r, i);
-        if (o.modelopt_nvfp4 && strstr(t->name, ".ffn.experts") && t->encoding != DSQ_ENC_NVFP4)
-            s = dsq_err_set(err, DSQ_ERR_UNSUPPORTED,
-                            "%s: tensor %s: routed experts are %s; --format modelopt-nvfp4 needs NVFP4 experts "
-                            "(convert with --recipe release --override 'family:routed_experts=nvfp4')",
-                            dsq, t->name, dsq_ctr_encoding_name(t->encoding));
-        if (s == DSQ_OK && t->n_sources == 0) s = plan_source(dsq, t, NULL, o.modelopt_nvfp4, &l, err);
+        if (t->n_sources == 0) s = plan_source(dsq, t, NULL, o.modelopt_nvfp4, &l, err);
         for (uint32_t k = 0; s == DSQ_OK && k < t->n_sources; k++)
             s = plan_source(dsq, t, &t->sources[k], o.modelopt_nvfp4, &l, err);
     }
