@@ -130,6 +130,12 @@ static void test_round_trip_lossless(void **state) {
     char *again = dsq_test_join(f->dir, "again.dsq"), *mo2 = dsq_test_join(f->dir, "mo2");
     assert_int_equal(dsq_test_run(NULL, NULL, "convert '%s' '%s' --recipe release", f->mo, again), 0);
     same_tensors(f->dsq, again);
+    /* verify knows the ModelOpt source inventory (weight_scale [N, K/16], the two F32 scalars) */
+    char *vout = NULL;
+    assert_int_equal(dsq_test_run(&vout, NULL, "verify '%s'", again), 0);
+    assert_non_null(strstr(vout, "metadata ok"));
+    free(vout);
+    assert_int_equal(dsq_test_run(NULL, NULL, "verify '%s' --source '%s'", again, f->mo), 0);
     assert_int_equal(dsq_test_run(NULL, NULL, "export '%s' '%s' --format modelopt-nvfp4", again, mo2), 0);
     char *a = dsq_test_join(f->mo, "model.safetensors"), *b = dsq_test_join(mo2, "model.safetensors");
     size_t na, nb;
