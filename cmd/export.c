@@ -7,7 +7,8 @@
 #include "dsq_convert.h"
 
 static void help(void) {
-    printf("usage: dsq export FILE.dsq OUTDIR [--format safetensors] [--shard-size SIZE] [--overwrite]\n"
+    printf("usage: dsq export FILE.dsq OUTDIR [--format safetensors|modelopt-nvfp4]\n"
+           "                  [--shard-size SIZE] [--overwrite]\n"
            "                  [--allow-nonfinite] [--json]\n"
            "       dsq export FILE.dsq OUT.gguf [--recipe NAME] ...   (llama.cpp GGUF; dsq export x.gguf --help)\n\n"
            "Writes every checkpoint tensor the container holds back under its own name (stacked experts\n"
@@ -17,7 +18,11 @@ static void help(void) {
            "as codes + .scale/.min/.tensor_scale tensors described in quantization_config.dsq and each\n"
            "shard's __metadata__.  Shards of at most SIZE (default 5G) with model.safetensors.index.json,\n"
            "or one model.safetensors.  Every shard is read back and checked before the command succeeds.\n"
-           "NaN/Inf codes or scales stop the export (--allow-nonfinite writes them).\n");
+           "NaN/Inf codes or scales stop the export (--allow-nonfinite writes them).\n"
+           "--format modelopt-nvfp4: NVIDIA ModelOpt's NVFP4 layout (TensorRT-LLM, vLLM, SGLang) for a\n"
+           "container whose routed experts are NVFP4 (recipe nvfp4): STEM.weight U8, STEM.weight_scale\n"
+           "F8_E4M3, STEM.weight_scale_2 and STEM.input_scale F32, and hf_quant_config.json; every other\n"
+           "tensor must be in its release form (docs/modelopt-nvfp4.md).\n");
 }
 
 int dsq_cmd_export(int argc, char **argv) {
@@ -42,8 +47,10 @@ int dsq_cmd_export(int argc, char **argv) {
         else if (!strcmp(argv[i], "--allow-nonfinite")) o.scan = NULL;
         else if (!strcmp(argv[i], "--json")) json = true;
         else if (!strcmp(argv[i], "--format") && i + 1 < argc) {
-            if (strcmp(argv[++i], "safetensors") != 0)
-                return dsq_cmd_usage_error("export", "unknown format '%s' (only safetensors)", argv[i]);
+            ++i;
+            if (!strcmp(argv[i], "modelopt-nvfp4")) o.modelopt_nvfp4 = true;
+            else if (strcmp(argv[i], "safetensors") != 0)
+                return dsq_cmd_usage_error("export", "unknown format '%s' (safetensors or modelopt-nvfp4)", argv[i]);
         } else if (!strcmp(argv[i], "--shard-size") && i + 1 < argc) {
             if (!dsq_cmd_parse_size(argv[++i], &o.shard_size) || o.shard_size == 0)
                 return dsq_cmd_usage_error("export", "bad --shard-size '%s'", argv[i]);

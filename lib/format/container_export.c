@@ -6,6 +6,7 @@
 
 #include "container_internal.h"
 #include "dsq_json.h"
+#include "dsq_modelopt.h"
 
 #define EXPORT_CHUNK (16u << 20)
 #define DEFAULT_SHARD (5ull << 30)
@@ -20,7 +21,12 @@ typedef struct ex_item {
     int part;
     uint64_t off, bytes;
     char *encoding; /* codec name when not the checkpoint's own form, else NULL */
+    bool constant;  /* ModelOpt input_scale: the 4 bytes of MODELOPT_INPUT_SCALE, not stored bytes */
 } ex_item;
+
+/* ModelOpt's activation scale of an NVFP4 linear layer: dsq calibrates no activations, so 1.0 (an
+ * activation amax of 6·448 representable); weight-only (W4A16) runtimes ignore it. */
+static const float MODELOPT_INPUT_SCALE = 1.0f;
 
 typedef struct ex_list {
     ex_item *v;
@@ -89,7 +95,8 @@ static dsq_status ex_add(ex_list *l, char *name, dsq_dtype dtype, int rank, cons
 }
 
 /* The exported tensors of source s of t (s NULL: t itself, without a recorded origin). */
-static dsq_status plan_source(const char *f, const dsq_ctr_tensor *t, const dsq_ctr_source *s, ex_list *l, dsq_err *err) {
+static dsq_status plan_source(const char *f, const dsq_ctr_tensor *t, const dsq_ctr_source *s, bool modelopt,
+                              ex_list *l, dsq_err *err) {
     const char *name = s ? s->name : t->name;
     uint64_t shape[DSQ_FILE_MAX_RANK], off[DSQ_FILE_MAX_PARTS] = {0}, len[DSQ_FILE_MAX_PARTS] = {0};
     int rank = 0;
@@ -106,6 +113,12 @@ static dsq_status plan_source(const char *f, const dsq_ctr_tensor *t, const dsq_
         for (int p = 0; p < t->n_parts; p++) len[p] = t->parts[p].bytes;
     }
     bool natural = s && natural_form(t, s);
+    bool mo = modelopt && t->encoding == DSQ_ENC_NVFP4;
+    if (modelopt && !natural && !mo)
+        return dsq_err_set(err, DSQ_ERR_UNSUPPORTED,
+                           "%s: tensor %s: encoding %s has no ModelOpt NVFP4 form (only NVFP4 and the release forms do)",
+                           f, name, dsq_ctr_encoding_name(t->encoding));
+    if (mo) natural = true;
     char enc[32];
     const char *note = natural ? NULL : dsq_ctr_tensor_encoding_name(t, enc, sizeof enc);
     uint32_t ti = t->index;
@@ -134,18 +147,24 @@ static dsq_status plan_source(const char *f, const dsq_ctr_tensor *t, const dsq_
         const dsq_ctr_part *part = &t->parts[p];
         size_t es = dsq_dtype_size(part->dtype);
         uint64_t sshape[2] = {1, len[p] / es};
-        const char *suffix = ".tensor_scale";
+        const char *suffix = mo ? ".weight_scale_2" : ".tensor_scale";
         if (part->kind != DSQ_FILE_PART_TENSOR_SCALE) {
             uint64_t br = t->block_rows ? t->block_rows : 1;
             sshape[0] = dsq_ceil_div(rows, br);
             sshape[1] = len[p] / es / sshape[0];
-            suffix = part->kind == DSQ_FILE_PART_SCALES ? ".scale" : ".min";
+            suffix = part->kind == DSQ_FILE_PART_SCALES ? (mo ? ".weight_scale" : ".scale") : ".min";
         }
-        char *sname = part->kind == DSQ_FILE_PART_SCALES && s && s->scale_name && natural ? dsq_strdup(s->scale_name)
-                                                                                          : derived(name, suffix);
-        int srank = part->kind == DSQ_FILE_PART_TENSOR_SCALE ? 1 : 2;
+        char *sname = part->kind == DSQ_FILE_PART_SCALES && s && s->scale_name && natural && !mo
+                          ? dsq_strdup(s->scale_name)
+                          : derived(name, suffix);
+        int srank = part->kind == DSQ_FILE_PART_TENSOR_SCALE ? (mo ? 0 : 1) : 2;
         if (srank == 1) sshape[0] = len[p] / es;
         DSQ_TRY(ex_add(l, sname, part->dtype, srank, sshape, ti, p, off[p], len[p], NULL, err));
+    }
+    if (mo) { /* [] F32 activation scale, the constant MODELOPT_INPUT_SCALE */
+        DSQ_TRY(ex_add(l, derived(name, ".input_scale"), DSQ_DTYPE_F32, 0, shape, ti, 0, 0, sizeof MODELOPT_INPUT_SCALE,
+                       NULL, err));
+        l->v[l->n - 1].constant = true;
     }
     return DSQ_OK;
 }
@@ -157,18 +176,18 @@ static void set_item(cJSON *obj, const char *key, cJSON *v) {
     else cJSON_AddItemToObject(obj, key, v);
 }
 
-static char *patched_config(const char *text, const dsq_ctr_reader *r, const cJSON *recipe, bool *verbatim,
-                            dsq_err *err) {
+static char *patched_config(const char *text, const dsq_ctr_reader *r, const cJSON *recipe, bool modelopt,
+                            bool *verbatim, dsq_err *err) {
     bool all_natural = true, any_fp8 = false, experts_fp8 = true, experts_fp4 = true, any_expert = false;
     for (size_t i = 0; i < dsq_ctr_count(r); i++) {
         const dsq_ctr_tensor *t = dsq_ctr_at(r, i);
         bool expert = strstr(t->name, ".ffn.experts.") != NULL;
-        if (t->encoding == DSQ_ENC_FP8_B128 || t->encoding == DSQ_ENC_FP8_B128_F32 || t->encoding == DSQ_ENC_MXFP4)
-            any_fp8 = true;
+        bool fp4 = t->encoding == DSQ_ENC_MXFP4 || (modelopt && t->encoding == DSQ_ENC_NVFP4);
+        if (t->encoding == DSQ_ENC_FP8_B128 || t->encoding == DSQ_ENC_FP8_B128_F32 || fp4) any_fp8 = true;
         if (expert) {
             any_expert = true;
             experts_fp8 &= t->encoding == DSQ_ENC_FP8_B128 || t->encoding == DSQ_ENC_FP8_B128_F32;
-            experts_fp4 &= t->encoding == DSQ_ENC_MXFP4;
+            experts_fp4 &= fp4;
         }
         for (uint32_t k = 0; k < t->n_sources; k++) all_natural &= natural_form(t, &t->sources[k]);
     }
@@ -186,7 +205,8 @@ static char *patched_config(const char *text, const dsq_ctr_reader *r, const cJS
     for (size_t i = 0; i < dsq_ctr_count(r); i++) {
         dsq_encoding e = dsq_ctr_at(r, i)->encoding;
         other |= !(e == DSQ_ENC_F32 || e == DSQ_ENC_F16 || e == DSQ_ENC_BF16 || e == DSQ_ENC_I64 || e == DSQ_ENC_I32 ||
-                   e == DSQ_ENC_FP8_B128 || e == DSQ_ENC_FP8_B128_F32 || e == DSQ_ENC_MXFP4);
+                   e == DSQ_ENC_FP8_B128 || e == DSQ_ENC_FP8_B128_F32 || e == DSQ_ENC_MXFP4 ||
+                   (modelopt && e == DSQ_ENC_NVFP4));
     }
     if (other) {
         /* encodings HF does not know: described for dsq (and in each shard's __metadata__) */
@@ -219,6 +239,39 @@ static dsq_status write_text(const char *dir, const char *name, const char *text
     return s;
 }
 
+/* hf_quant_config.json: exclude_modules names every 2-D weight left in its release form (the stem,
+ * as ModelOpt names modules). */
+static dsq_status write_modelopt_qcfg(const dsq_ctr_reader *r, const ex_list *l, const char *outdir, bool overwrite,
+                                      size_t *files, dsq_err *err) {
+    const char **ex = dsq_calloc(l->n + 1, sizeof *ex);
+    char **own = dsq_calloc(l->n + 1, sizeof *own);
+    size_t n = 0;
+    dsq_status s = ex && own ? DSQ_OK : dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; s == DSQ_OK && i < l->n; i++) {
+        const ex_item *it = &l->v[i];
+        size_t len = strlen(it->name);
+        if (it->rank != 2 || it->part != 0 || it->constant || len < 7 || strcmp(it->name + len - 7, ".weight") != 0 ||
+            dsq_ctr_at(r, it->tensor)->encoding == DSQ_ENC_NVFP4)
+            continue;
+        if (!(own[n] = dsq_malloc(len - 6))) {
+            s = dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory");
+            break;
+        }
+        memcpy(own[n], it->name, len - 7);
+        own[n][len - 7] = 0;
+        ex[n] = own[n];
+        n++;
+    }
+    char *text = s == DSQ_OK ? dsq_modelopt_qcfg_text(DSQ_VERSION_STRING, ex, n) : NULL;
+    if (s == DSQ_OK && !text) s = dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory");
+    if (s == DSQ_OK) s = write_text(outdir, DSQ_MODELOPT_QCFG_NAME, text, overwrite, files, err);
+    dsq_free(text);
+    for (size_t i = 0; own && i < n; i++) dsq_free(own[i]);
+    dsq_free(own);
+    dsq_free(ex);
+    return s;
+}
+
 /* ---- shards ---- */
 
 static dsq_status write_shard(const dsq_ctr_reader *r, const ex_list *l, size_t a, size_t b, const char *path,
@@ -238,6 +291,10 @@ static dsq_status write_shard(const dsq_ctr_reader *r, const ex_list *l, size_t 
     for (size_t i = a; s == DSQ_OK && i < b; i++) {
         const ex_item *it = &l->v[i];
         const dsq_ctr_tensor *t = dsq_ctr_at(r, it->tensor);
+        if (it->constant) {
+            s = dsq_st_writer_write(w, &MODELOPT_INPUT_SCALE, sizeof MODELOPT_INPUT_SCALE, err);
+            continue;
+        }
         for (uint64_t pos = 0; s == DSQ_OK && pos < it->bytes;) {
             size_t k = it->bytes - pos > EXPORT_CHUNK ? EXPORT_CHUNK : (size_t)(it->bytes - pos);
             s = dsq_ctr_read(r, t, it->part, it->off + pos, buf, k, err);
@@ -264,9 +321,10 @@ static dsq_status check_shard(const dsq_ctr_reader *r, const ex_list *l, size_t 
         const ex_item *it = &l->v[i];
         const dsq_st_tensor *g = dsq_st_find(st, it->name);
         const dsq_ctr_tensor *t = dsq_ctr_at(r, it->tensor);
+        const uint8_t *want = it->constant ? (const uint8_t *)&MODELOPT_INPUT_SCALE
+                                           : (const uint8_t *)t->parts[it->part].data + it->off;
         if (!g || g->n_bytes != it->bytes ||
-            dsq__ctr_xxh3(g->data, (size_t)g->n_bytes) !=
-                dsq__ctr_xxh3((const uint8_t *)t->parts[it->part].data + it->off, (size_t)it->bytes))
+            dsq__ctr_xxh3(g->data, (size_t)g->n_bytes) != dsq__ctr_xxh3(want, (size_t)it->bytes))
             s = dsq_err_set(err, DSQ_ERR_CHECKSUM, "%s: tensor %s does not read back as written", path, it->name);
         if (g) dsq_st_release(st, g);
     }
@@ -282,6 +340,17 @@ dsq_status dsq_ctr_export_safetensors(const char *dsq, const char *outdir, const
     dsq_ctr_export_stats st0 = {0};
     dsq_ctr_reader *r = NULL;
     DSQ_TRY(dsq_ctr_reader_open(dsq, NULL, &r, err));
+    /* the ModelOpt layout needs NVFP4 experts: refused before anything is created */
+    for (size_t i = 0; o.modelopt_nvfp4 && i < dsq_ctr_count(r); i++) {
+        const dsq_ctr_tensor *t = dsq_ctr_at(r, i);
+        if (!strstr(t->name, ".ffn.experts") || t->encoding == DSQ_ENC_NVFP4) continue;
+        dsq_err_set(err, DSQ_ERR_UNSUPPORTED,
+                    "%s: tensor %s: routed experts are %s; --format modelopt-nvfp4 needs NVFP4 experts "
+                    "(convert with --recipe release --override 'family:routed_experts=nvfp4')",
+                    dsq, t->name, dsq_ctr_encoding_name(t->encoding));
+        dsq_ctr_reader_close(r);
+        return DSQ_ERR_UNSUPPORTED;
+    }
     if (!dsq_path_is_dir(outdir) && mkdir(outdir, 0755) != 0) {
         dsq_ctr_reader_close(r);
         return dsq_err_set(err, DSQ_ERR_IO, "%s: cannot create directory: %s", outdir, strerror(errno));
@@ -297,8 +366,9 @@ dsq_status dsq_ctr_export_safetensors(const char *dsq, const char *outdir, const
     dsq_status s = DSQ_OK;
     for (size_t i = 0; s == DSQ_OK && i < dsq_ctr_count(r); i++) {
         const dsq_ctr_tensor *t = dsq_ctr_at(r, i);
-        if (t->n_sources == 0) s = plan_source(dsq, t, NULL, &l, err);
-        for (uint32_t k = 0; s == DSQ_OK && k < t->n_sources; k++) s = plan_source(dsq, t, &t->sources[k], &l, err);
+        if (t->n_sources == 0) s = plan_source(dsq, t, NULL, o.modelopt_nvfp4, &l, err);
+        for (uint32_t k = 0; s == DSQ_OK && k < t->n_sources; k++)
+            s = plan_source(dsq, t, &t->sources[k], o.modelopt_nvfp4, &l, err);
     }
     /* shard boundaries: sequential, a new shard when the next tensor would pass shard_size */
     size_t *cut = s == DSQ_OK ? dsq_malloc((l.n + 2) * sizeof *cut) : NULL;
@@ -364,11 +434,12 @@ dsq_status dsq_ctr_export_safetensors(const char *dsq, const char *outdir, const
         const cJSON *tok = cJSON_GetObjectItemCaseSensitive(meta, "tokenizer");
         if (!cJSON_IsString(cfg)) s = dsq_err_set(err, DSQ_ERR_MISSING, "%s: metadata holds no config.json", dsq);
         char *ctext = s == DSQ_OK ? patched_config(cfg->valuestring, r, cJSON_GetObjectItemCaseSensitive(meta, "recipe"),
-                                                   &st0.verbatim_config, err)
+                                                   o.modelopt_nvfp4, &st0.verbatim_config, err)
                                   : NULL;
         if (s == DSQ_OK && !ctext) s = DSQ_ERR_NOMEM;
         if (s == DSQ_OK) s = write_text(outdir, "config.json", ctext, o.overwrite, &st0.files, err);
         dsq_free(ctext);
+        if (s == DSQ_OK && o.modelopt_nvfp4) s = write_modelopt_qcfg(r, &l, outdir, o.overwrite, &st0.files, err);
         const cJSON *gen = cJSON_GetObjectItemCaseSensitive(files, "generation_config.json");
         if (s == DSQ_OK && cJSON_IsString(gen))
             s = write_text(outdir, "generation_config.json", gen->valuestring, o.overwrite, &st0.files, err);

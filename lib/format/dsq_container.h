@@ -252,6 +252,11 @@ typedef struct dsq_ctr_export_options {
      * dsq_convert_scan_piece rejects NaN/Inf codes and scales) */
     dsq_ctr_part_fn scan;
     void *scan_ctx;
+    /* NVIDIA ModelOpt NVFP4 layout (docs/modelopt-nvfp4.md): every routed expert must be NVFP4 and
+     * every other tensor in its release form; NVFP4 weights are written as STEM.weight (U8),
+     * STEM.weight_scale (F8_E4M3), STEM.weight_scale_2 and STEM.input_scale (F32 scalars, input_scale
+     * 1.0: dsq has no activation calibration), with hf_quant_config.json */
+    bool modelopt_nvfp4;
 } dsq_ctr_export_options;
 typedef struct dsq_ctr_export_stats {
     size_t tensors, shards, files;

@@ -134,7 +134,10 @@ dsq_status dsq_inv_describe_st(const dsq_st *st, dsq_tensor_desc **out, size_t *
 typedef enum dsq_inv_experts {
     DSQ_INV_EXPERTS_CONFIG = 0,
     DSQ_INV_EXPERTS_FP4 = 1,
-    DSQ_INV_EXPERTS_FP8 = 2
+    DSQ_INV_EXPERTS_FP8 = 2,
+    DSQ_INV_EXPERTS_NVFP4 = 3 /* NVIDIA ModelOpt NVFP4 (dsq_modelopt.h): STEM.weight U8 [N, K/2],
+                                 STEM.weight_scale F8_E4M3 [N, K/16], STEM.weight_scale_2 and
+                                 STEM.input_scale F32 [] */
 } dsq_inv_experts;
 typedef enum dsq_inv_scales {
     DSQ_INV_SCALES_CONFIG = 0,
@@ -177,7 +180,7 @@ uint64_t dsq_inv_total_bytes(const dsq_inv *inv);
 dsq_status dsq_inv_describe(const dsq_inv *inv, dsq_tensor_desc **out, size_t *n, dsq_err *err);
 
 /* Variants a set of tensors uses (dtype-driven, spec §1.3): experts FP4 if routed expert weights are
- * I8, FP8 if F8_E4M3; scales F32 if scale tensors are F32; compressor_fp8 / indexer_compressor_fp8 if
+ * I8, FP8 if F8_E4M3, ModelOpt NVFP4 if U8; scales F32 if scale tensors are F32; compressor_fp8 / indexer_compressor_fp8 if
  * an attention / indexer compressor projection is F8_E4M3.  Whatever cannot be decided from the tensors stays at its
  * config default. */
 void dsq_inv_detect(const dsq_tensor_desc *t, size_t n, dsq_inv_options *out);

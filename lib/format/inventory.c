@@ -7,7 +7,7 @@
 #include <string.h>
 
 /* Block sizes (spec §2.4) and the CSA ratio (spec §1.2). */
-enum { FP8_BLOCK = 128, FP4_BLOCK = 32, CSA_RATIO = 4, HC_SCALES = 3 };
+enum { FP8_BLOCK = 128, FP4_BLOCK = 32, NVFP4_BLOCK = 16, CSA_RATIO = 4, HC_SCALES = 3 };
 
 /* Saturating running total (byte and parameter sums over a source's tensors). */
 static void sat_add(uint64_t *acc, uint64_t v) {
@@ -149,7 +149,9 @@ static bool match_stem(const part_info *pi, const char *rest, bool *is_scale) {
     *is_scale = false;
     if (pi->kind == K_BARE) return *tail == 0;
     if (!strcmp(tail, ".weight")) return true;
-    if (pi->kind == K_QUANT && !strcmp(tail, ".scale")) {
+    /* .scale (release), or ModelOpt NVFP4's .weight_scale / .weight_scale_2 / .input_scale */
+    if (pi->kind == K_QUANT && (!strcmp(tail, ".scale") || !strcmp(tail, ".weight_scale") ||
+                                !strcmp(tail, ".weight_scale_2") || !strcmp(tail, ".input_scale"))) {
         *is_scale = true;
         return true;
     }
@@ -240,7 +242,7 @@ typedef void (*visit_fn)(void *ctx, const dsq_inv_entry *e);
 
 typedef struct emitter {
     const dsq_v4_config *c;
-    bool experts_fp4, compressor_fp8, idx_compressor_fp8;
+    bool experts_fp4, experts_nvfp4, compressor_fp8, idx_compressor_fp8;
     dsq_dtype scale_dtype, scale_alt;
     visit_fn visit;
     void *ctx;
@@ -301,6 +303,16 @@ static void fp8_pair(emitter *em, dsq_part part, const char *stem, int expert, d
 
 /* Routed expert matrix [N, K]: packed FP4 (I8 [N, K/2] + scale [N, K/32]) or FP8 (spec §3.1). */
 static void expert_pair(emitter *em, dsq_part part, const char *stem, int expert, uint64_t n, uint64_t k) {
+    if (em->experts_nvfp4) { /* ModelOpt NVFP4 (dsq_modelopt.h) */
+        const dsq_family F = DSQ_FAMILY_ROUTED_EXPERT_SCALES;
+        emit(em, stem, ".weight", expert, part, false, DSQ_FAMILY_ROUTED_EXPERTS, DSQ_DTYPE_U8, DSQ_DTYPE_U8, 2, n,
+             k / 2, mul(em, n, k));
+        emit(em, stem, ".weight_scale", expert, part, true, F, DSQ_DTYPE_F8_E4M3, DSQ_DTYPE_F8_E4M3, 2, n,
+             k / NVFP4_BLOCK, 0);
+        emit(em, stem, ".weight_scale_2", expert, part, true, F, DSQ_DTYPE_F32, DSQ_DTYPE_F32, 0, 1, 0, 0);
+        emit(em, stem, ".input_scale", expert, part, true, F, DSQ_DTYPE_F32, DSQ_DTYPE_F32, 0, 1, 0, 0);
+        return;
+    }
     if (!em->experts_fp4) {
         fp8_pair(em, part, stem, expert, DSQ_FAMILY_ROUTED_EXPERTS, DSQ_FAMILY_ROUTED_EXPERT_SCALES, n, k);
         return;
@@ -415,6 +427,7 @@ static void resolve_options(const dsq_v4_config *c, const dsq_inv_options *opt, 
     dsq_inv_options o = {0};
     if (opt) o = *opt;
     em->experts_fp4 = o.experts == DSQ_INV_EXPERTS_FP4 || (o.experts == DSQ_INV_EXPERTS_CONFIG && c->expert_fp4);
+    em->experts_nvfp4 = o.experts == DSQ_INV_EXPERTS_NVFP4;
     bool f32 = o.scales == DSQ_INV_SCALES_F32 || (o.scales == DSQ_INV_SCALES_CONFIG && !c->scale_ue8m0);
     em->scale_dtype = f32 ? DSQ_DTYPE_F32 : DSQ_DTYPE_F8_E8M0;
     em->scale_alt = f32 ? DSQ_DTYPE_F8_E8M0 : DSQ_DTYPE_F32; /* either is accepted (spec §1.3) */
@@ -620,7 +633,11 @@ void dsq_inv_detect(const dsq_tensor_desc *t, size_t n, dsq_inv_options *out) {
         bool expert = r.part == DSQ_PART_EXPERT_W1 || r.part == DSQ_PART_EXPERT_W2 || r.part == DSQ_PART_EXPERT_W3;
         bool cmp = r.part == DSQ_PART_CMP_WKV || r.part == DSQ_PART_CMP_WGATE;
         bool idx_cmp = r.part == DSQ_PART_IDX_CMP_WKV || r.part == DSQ_PART_IDX_CMP_WGATE;
-        if (r.is_scale) {
+        bool modelopt_scale = ends_with(t[i].name, ".weight_scale") || ends_with(t[i].name, ".weight_scale_2") ||
+                              ends_with(t[i].name, ".input_scale");
+        if (r.is_scale && modelopt_scale) {
+            continue; /* ModelOpt's F8_E4M3 / F32 scales say nothing about the release scale format */
+        } else if (r.is_scale) {
             if (out->scales == DSQ_INV_SCALES_CONFIG) {
                 if (t[i].dtype == DSQ_DTYPE_F32) out->scales = DSQ_INV_SCALES_F32;
                 if (t[i].dtype == DSQ_DTYPE_F8_E8M0) out->scales = DSQ_INV_SCALES_E8M0;
@@ -628,6 +645,7 @@ void dsq_inv_detect(const dsq_tensor_desc *t, size_t n, dsq_inv_options *out) {
         } else if (expert && out->experts == DSQ_INV_EXPERTS_CONFIG) {
             if (t[i].dtype == DSQ_DTYPE_I8) out->experts = DSQ_INV_EXPERTS_FP4;
             if (t[i].dtype == DSQ_DTYPE_F8_E4M3) out->experts = DSQ_INV_EXPERTS_FP8;
+            if (t[i].dtype == DSQ_DTYPE_U8) out->experts = DSQ_INV_EXPERTS_NVFP4;
         } else if (t[i].dtype == DSQ_DTYPE_F8_E4M3) {
             if (cmp) out->compressor_fp8 = true;
             if (idx_cmp) out->indexer_compressor_fp8 = true;
@@ -769,7 +787,8 @@ void dsq_inv_stats_compute(const dsq_v4_config *c, const dsq_tensor_desc *t, siz
         for (int d = 0; d < t[i].rank; d++)
             if (!dsq_mul_u64(elems, t[i].shape[d], &elems)) elems = UINT64_MAX;
         bool routed = r.part == DSQ_PART_EXPERT_W1 || r.part == DSQ_PART_EXPERT_W2 || r.part == DSQ_PART_EXPERT_W3;
-        if (routed && t[i].dtype == DSQ_DTYPE_I8 && !dsq_mul_u64(elems, 2, &elems)) elems = UINT64_MAX; /* packed FP4 */
+        if (routed && (t[i].dtype == DSQ_DTYPE_I8 || t[i].dtype == DSQ_DTYPE_U8) && !dsq_mul_u64(elems, 2, &elems))
+            elems = UINT64_MAX; /* packed FP4 (U8: ModelOpt NVFP4) */
         dsq_param_counts *p = &out->params;
         if (r.scope == DSQ_SCOPE_MTP) {
             sat_add(&p->total_mtp, elems);

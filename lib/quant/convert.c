@@ -2,6 +2,7 @@
 #define XXH_STATIC_LINKING_ONLY
 #include <errno.h>
 #include <libgen.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -11,10 +12,54 @@
 #include "convert_internal.h"
 #include "dsq_codec.h"
 #include "dsq_json.h"
+#include "dsq_modelopt.h"
 
 /* ---- source encodings ---- */
 
 static const char *dir_of(dsq_convert_plan *p) { return dsq_st_dir(p->st); }
+
+/* "X.weight" → "X" + suffix */
+static const dsq_st_tensor *companion_of(const dsq_st *st, const char *name, const char *suffix) {
+    size_t n = strlen(name), k = strlen(suffix);
+    if (n < 7 || strcmp(name + n - 7, ".weight") != 0 || n > 600 || k > 32) return NULL;
+    char buf[640];
+    memcpy(buf, name, n - 7);
+    memcpy(buf + n - 7, suffix, k + 1);
+    return dsq_st_find(st, buf);
+}
+
+/* ModelOpt NVFP4 (dsq_modelopt.h): U8 [N, K/2] codes, F8_E4M3 weight_scale [N, K/16] and the F32 []
+ * weight_scale_2 are DSQ_ENC_NVFP4's data, scales and tensor scale, byte for byte. */
+static dsq_status modelopt_nvfp4(const dsq_convert_plan *p, const dsq_st_tensor *w, const dsq_st_tensor *s,
+                                 cv_src *out, dsq_err *err) {
+    const char *f = dsq_st_dir(p->st);
+    uint64_t k = 0;
+    DSQ_RETURN_IF(w->rank != 2 || s->rank != 2 || !dsq_mul_u64(w->shape[1], 2, &k) || k % DSQ_NVFP4_BLOCK != 0 ||
+                      s->shape[0] != w->shape[0] || s->shape[1] != k / DSQ_NVFP4_BLOCK,
+                  err, DSQ_ERR_SHAPE,
+                  "%s: tensor %s: not an NVFP4 [N, K/2] U8 weight with an F8_E4M3 [N, K/16] weight_scale (got %s [%llu, %llu])",
+                  f, w->name, s->name, (unsigned long long)s->shape[0], (unsigned long long)(s->rank > 1 ? s->shape[1] : 0));
+    for (int q = 0; q < 2; q++) { /* weight_scale_2 (the tensor scale) and input_scale: F32 [], finite, > 0 */
+        const dsq_st_tensor *t = companion_of(p->st, w->name, q ? ".input_scale" : ".weight_scale_2");
+        const char *what = q ? "input_scale" : "weight_scale_2";
+        DSQ_RETURN_IF(!t, err, DSQ_ERR_MISSING, "%s: tensor %s: its %s is missing", f, w->name, what);
+        DSQ_RETURN_IF(t->dtype != DSQ_DTYPE_F32 || t->rank != 0 || t->n_bytes != 4, err, DSQ_ERR_SHAPE,
+                      "%s: tensor %s: %s is %s of rank %d, want an F32 scalar of shape []", f, t->name, what,
+                      dsq_dtype_name(t->dtype), t->rank);
+        float x;
+        DSQ_TRY(dsq_st_read(p->st, t, 0, &x, 4, err));
+        DSQ_RETURN_IF(!isfinite(x) && !p->opt.allow_nonfinite, err, DSQ_ERR_NONFINITE,
+                      "%s: tensor %s: global scale is NaN or infinite", f, t->name);
+        DSQ_RETURN_IF(isfinite(x) && !(x > 0), err, DSQ_ERR_RANGE, "%s: tensor %s: global scale %g is not positive", f,
+                      t->name, (double)x);
+        if (!q) out->ts = t;
+    }
+    out->enc = DSQ_ENC_NVFP4;
+    out->shape[1] = k;
+    out->br = 1;
+    out->bc = DSQ_NVFP4_BLOCK;
+    return DSQ_OK;
+}
 
 /* The stored encoding of checkpoint weight w (+ scale s), and its logical shape (spec §2.4, §3.1). */
 static dsq_status stored_encoding(const dsq_convert_plan *p, const dsq_st_tensor *w, const dsq_st_tensor *s,
@@ -49,8 +94,11 @@ static dsq_status stored_encoding(const dsq_convert_plan *p, const dsq_st_tensor
         out->bc = (uint32_t)bk;
         return DSQ_OK;
     }
-    case DSQ_DTYPE_I8:
-    case DSQ_DTYPE_U8: {
+    case DSQ_DTYPE_U8:
+        if (s && s->dtype == DSQ_DTYPE_F8_E4M3) return modelopt_nvfp4(p, w, s, out, err);
+        /* fall through: a U8 packed FP4 weight with UE8M0 scales */
+        __attribute__((fallthrough));
+    case DSQ_DTYPE_I8: {
         /* packed FP4 e2m1 [N, K/2] with UE8M0 1x32 scales [N, K/32] (spec §2.3) */
         DSQ_RETURN_IF(!s, err, DSQ_ERR_MISSING, "%s: tensor %s: packed FP4 weight without a .scale tensor", f, w->name);
         uint64_t k = 0;
@@ -128,6 +176,10 @@ static dsq_status resolve_target(const dsq_convert_plan *p, cv_src *s, dsq_err *
                            f, name, dsq_ctr_encoding_name(s->enc), rule->match,
                            dsq_recipe_target_name(&rule->target, tn, sizeof tn));
     if (same) return DSQ_OK;
+    DSQ_RETURN_IF(s->ts != NULL, err, DSQ_ERR_UNSUPPORTED,
+                  "%s: tensor %s: ModelOpt NVFP4 sources are kept as they are (rule '%s' gives %s; a recipe that keeps "
+                  "routed experts, e.g. release, converts them losslessly)",
+                  f, name, rule->match, dsq_recipe_target_name(&rule->target, tn, sizeof tn));
     DSQ_RETURN_IF(s->enc == DSQ_ENC_I64 || s->enc == DSQ_ENC_I32 || s->t_enc == DSQ_ENC_I64 || s->t_enc == DSQ_ENC_I32,
                   err, DSQ_ERR_ARG, "%s: tensor %s: integer tensors cannot be re-encoded (rule '%s' gives %s)", f, name,
                   rule->match, dsq_recipe_target_name(&rule->target, tn, sizeof tn));
@@ -172,14 +224,13 @@ static cv_out *new_out(dsq_convert_plan *p, const char *name, int kind, uint32_t
     return o;
 }
 
-/* "X.weight" → "X.scale" */
-static const dsq_st_tensor *scale_of(const dsq_st *st, const char *name) {
-    size_t n = strlen(name);
-    if (n < 7 || strcmp(name + n - 7, ".weight") != 0 || n > 600) return NULL;
-    char buf[640];
-    memcpy(buf, name, n - 7);
-    memcpy(buf + n - 7, ".scale", 7);
-    return dsq_st_find(st, buf);
+/* "X.weight" → "X.scale", or ModelOpt NVFP4's "X.weight_scale" for a U8 weight (dsq_modelopt.h) */
+static const dsq_st_tensor *scale_of(const dsq_st *st, const dsq_st_tensor *w) {
+    if (w->dtype == DSQ_DTYPE_U8) {
+        const dsq_st_tensor *s = companion_of(st, w->name, ".weight_scale");
+        if (s) return s;
+    }
+    return companion_of(st, w->name, ".scale");
 }
 
 /* Prefix "layers.i." / "mtp.m." of a block role. */
@@ -255,7 +306,7 @@ static dsq_status plan_outputs(dsq_convert_plan *p, dsq_err *err) {
         if (role.is_scale) continue; /* folded into its weight */
         cv_src src;
         memset(&src, 0, sizeof src);
-        dsq_status s = stored_encoding(p, w, scale_of(p->st, w->name), &src, err);
+        dsq_status s = stored_encoding(p, w, scale_of(p->st, w), &src, err);
         if (s == DSQ_OK) s = resolve_target(p, &src, err);
         if (s != DSQ_OK) {
             NOTE(s);
@@ -355,6 +406,9 @@ static dsq_status plan_outputs(dsq_convert_plan *p, dsq_err *err) {
 static dsq_status validate_inventory(dsq_convert_plan *p, dsq_err *err) {
     dsq_tensor_desc *t = NULL;
     size_t n = 0;
+    dsq_modelopt_qcfg q; /* a ModelOpt checkpoint's hf_quant_config.json must be one dsq reads */
+    bool modelopt = false;
+    DSQ_TRY(dsq_modelopt_qcfg_load(dsq_st_dir(p->st), &modelopt, &q, err));
     DSQ_TRY(dsq_inv_describe_st(p->st, &t, &n, err));
     dsq_inv_report rep;
     dsq_status s = dsq_inv_check(&p->cfg, t, n, p->opt.src, &rep, err);
@@ -743,7 +797,7 @@ static dsq_status add_seg(dsq_convert_plan *p, const dsq_ctr_tensor *t, uint32_t
 static dsq_status run_copy(dsq_convert_plan *p, dsq_ctr_writer *w, uint32_t i, uint8_t *buf[2], dsq_err *err) {
     const cv_out *o = &p->outs[i];
     const dsq_ctr_tensor *t = dsq_ctr_writer_tensor(w, i);
-    cseg *sg = dsq_malloc_aligned(sizeof(cseg) * 2 * (size_t)(o->n_src ? o->n_src : 1)); /* XXH3 state: 64-aligned */
+    cseg *sg = dsq_malloc_aligned(sizeof(cseg) * 3 * (size_t)(o->n_src ? o->n_src : 1)); /* XXH3 state: 64-aligned */
     DSQ_RETURN_IF(!sg, err, DSQ_ERR_NOMEM, "out of memory");
     size_t ns = 0;
     dsq_status st = DSQ_OK;
@@ -753,6 +807,10 @@ static dsq_status run_copy(dsq_convert_plan *p, dsq_ctr_writer *w, uint32_t i, u
         if (st != DSQ_OK || !s->s) continue;
         st = t->n_parts < 2 ? dsq_err_set(err, DSQ_ERR_STATE, "%s: tensor %s has no scale part", dir_of(p), o->name)
                             : add_seg(p, t, k, 1, s->s, &sg[ns++], err);
+        if (st != DSQ_OK || !s->ts) continue;
+        st = t->n_parts < 3 || t->parts[2].kind != DSQ_FILE_PART_TENSOR_SCALE
+                 ? dsq_err_set(err, DSQ_ERR_STATE, "%s: tensor %s has no tensor scale part", dir_of(p), o->name)
+                 : add_seg(p, t, k, 2, s->ts, &sg[ns++], err);
     }
     /* pieces of COPY_CHUNK bytes: piece j is (segment cs, position cpos, length clen) in buf[j & 1] */
     size_t cs = 0;
@@ -794,6 +852,7 @@ static dsq_status run_copy(dsq_convert_plan *p, dsq_ctr_writer *w, uint32_t i, u
     for (uint32_t k = 0, q = 0; st == DSQ_OK && k < o->n_src; k++) {
         uint64_t hw = (uint64_t)XXH3_64bits_digest(&sg[q++].h), hs = 0;
         if (o->src[k].s) hs = (uint64_t)XXH3_64bits_digest(&sg[q++].h);
+        if (o->src[k].ts) q++; /* the tensor scale: checked, not recorded */
         dsq_ctr_writer_set_source_hash(w, i, k, hw, hs);
     }
     dsq_free_aligned(sg);

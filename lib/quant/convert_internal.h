@@ -10,6 +10,7 @@
 /* One checkpoint weight (with its scale) and what the recipe makes of it. */
 typedef struct cv_src {
     const dsq_st_tensor *w, *s;  /* s: the .scale tensor, NULL for plain weights */
+    const dsq_st_tensor *ts;     /* ModelOpt NVFP4: STEM.weight_scale_2 (F32 [], the tensor scale), else NULL */
     dsq_encoding enc;            /* stored encoding */
     uint32_t br, bc;             /* stored block */
     int rank;

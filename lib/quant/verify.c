@@ -84,10 +84,25 @@ static dsq_encoding natural_encoding(int dtype, int scale_dtype) {
     case DSQ_DTYPE_I32: return scale_dtype < 0 ? DSQ_ENC_I32 : 0;
     case DSQ_DTYPE_F8_E4M3:
         return scale_dtype == DSQ_DTYPE_F8_E8M0 ? DSQ_ENC_FP8_B128 : scale_dtype == DSQ_DTYPE_F32 ? DSQ_ENC_FP8_B128_F32 : 0;
-    case DSQ_DTYPE_I8:
-    case DSQ_DTYPE_U8: return scale_dtype == DSQ_DTYPE_F8_E8M0 ? DSQ_ENC_MXFP4 : 0;
+    case DSQ_DTYPE_I8: return scale_dtype == DSQ_DTYPE_F8_E8M0 ? DSQ_ENC_MXFP4 : 0;
+    case DSQ_DTYPE_U8: /* MXFP4, or ModelOpt NVFP4 (dsq_modelopt.h) with an F8_E4M3 weight_scale */
+        return scale_dtype == DSQ_DTYPE_F8_E8M0 ? DSQ_ENC_MXFP4 : scale_dtype == DSQ_DTYPE_F8_E4M3 ? DSQ_ENC_NVFP4 : 0;
     }
     return 0;
+}
+
+/* ModelOpt NVFP4: the 4 bytes of the checkpoint's STEM.weight_scale_2 equal the stored tensor scale
+ * part `ts` of source s (false when the checkpoint lacks it). */
+static bool same_modelopt_scale(const dsq_st *st, const dsq_ctr_source *s, const uint8_t *ts) {
+    char name[640];
+    size_t n = strlen(s->name);
+    if (n < 7 || n > 600 || strcmp(s->name + n - 7, ".weight") != 0) return false;
+    memcpy(name, s->name, n - 7);
+    strcpy(name + n - 7, ".weight_scale_2");
+    const dsq_st_tensor *g = dsq_st_find(st, name);
+    bool same = g && g->n_bytes == 4 && g->data && memcmp(g->data, ts, 4) == 0;
+    if (g) dsq_st_release(st, g);
+    return same;
 }
 
 /* Logical shape of source s inside t (the slice, without the squeezed axis). */
@@ -356,6 +371,9 @@ static dsq_status compare_source(const dsq_ctr_reader *r, const dsq_st *st, cons
             bool same = len[0] == g->n_bytes && hash_dropping((const uint8_t *)t->parts[0].data + off[0], len[0]) == hw;
             if (gs) same = same && t->n_parts > 1 && len[1] == gs->n_bytes &&
                            hash_dropping((const uint8_t *)t->parts[1].data + off[1], len[1]) == hs;
+            if (nat == DSQ_ENC_NVFP4)
+                same = same && t->n_parts > 2 && len[2] == 4 &&
+                       same_modelopt_scale(st, s, (const uint8_t *)t->parts[2].data + off[2]);
             if (same) {
                 fam->identical++;
                 rep->sources_identical++;
@@ -424,6 +442,17 @@ static dsq_status check_source(dsq_ctr_reader *r, const char *src, dsq_verify_re
             char w[640];
             snprintf(w, sizeof w, "%.*s.weight", (int)(n - 6), g->name);
             held = dsq_ctr_find_source(r, w, NULL, &s) && s->scale_name && !strcmp(s->scale_name, g->name);
+        }
+        /* ModelOpt NVFP4: weight_scale is the recorded scale; weight_scale_2 the tensor scale part (compared
+         * above); input_scale is not stored (docs/modelopt-nvfp4.md) */
+        static const char *const mo[] = {".weight_scale", ".weight_scale_2", ".input_scale"};
+        for (int q = 0; !held && q < 3; q++) {
+            size_t k = strlen(mo[q]);
+            if (n <= k || n >= 600 || strcmp(g->name + n - k, mo[q]) != 0) continue;
+            char w[640];
+            snprintf(w, sizeof w, "%.*s.weight", (int)(n - k), g->name);
+            held = dsq_ctr_find_source(r, w, NULL, &s) && s->dtype == DSQ_DTYPE_U8 &&
+                   s->scale_dtype == DSQ_DTYPE_F8_E4M3 && (q > 0 || (s->scale_name && !strcmp(s->scale_name, g->name)));
         }
         if (!held) {
             rep->checkpoint_missing++;

@@ -61,4 +61,11 @@ printf '%s\n' '{"ctx": "The cat sat on the", "endings": ["mat.", "moon.", "idea.
   > $C/mc_task/seed-two.jsonl
 printf '{"ctx":"a","endings":["x","y","z","w"],"label":3}\r\n\r\n{"ctx":"b b","endings":["1","2"],"label":0}\r\n' \
   > $C/mc_task/seed-crlf.jsonl
+# modelopt_qcfg: the hf_quant_config.json of a real ModelOpt NVFP4 export of the golden model
+mkdir -p $C/modelopt_qcfg
+$D convert "$G" "$tmp/nv.dsq" --recipe release --override 'family:routed_experts=nvfp4' >/dev/null
+$D export "$tmp/nv.dsq" "$tmp/mo" --format modelopt-nvfp4 >/dev/null
+cp "$tmp/mo/hf_quant_config.json" $C/modelopt_qcfg/seed-dsq-export.json
+printf '{\n  "producer": {"name": "modelopt", "version": "0.23.0"},\n  "quantization": {\n    "quant_algo": "NVFP4",\n    "kv_cache_quant_algo": null,\n    "group_size": 16,\n    "exclude_modules": ["lm_head", "model.layers.0.self_attn*"]\n  }\n}\n' \
+  > $C/modelopt_qcfg/seed-modelopt-style.json
 ls -l $C/*/seed-* | awk '{s += $5} END {print NR " seeds, " s " bytes"}'

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "dsq_config.h"
+#include "dsq_modelopt.h"
 #include "dsq_container.h"
 #include "dsq_eval.h"
 #include "dsq_metrics.h"
@@ -276,6 +277,26 @@ int dsq_fuzz_dsqz(const uint8_t *data, size_t size) {
 }
 
 /* A recipe JSON file: a recipe that parses prints canonical JSON that parses to the same rules. */
+/* hf_quant_config.json: a success describes NVFP4 / 16 and parses again from dsq's own text. */
+int dsq_fuzz_modelopt_qcfg(const uint8_t *data, size_t size) {
+    dsq_modelopt_qcfg q;
+    dsq_err err = DSQ_ERR_INIT;
+    dsq_status s = dsq_modelopt_qcfg_parse((const char *)data, size, "hf_quant_config.json", &q, &err);
+    if (s != DSQ_OK && (err.msg[0] == 0 || strchr(err.msg, '\n'))) abort(); /* a failure names its one-line reason */
+    if (s == DSQ_OK) {
+        if (q.producer[sizeof q.producer - 1] != 0) abort();
+        const char *ex[] = {"embed", "head"};
+        char *text = dsq_modelopt_qcfg_text("fuzz", ex, 2);
+        dsq_modelopt_qcfg back;
+        if (!text || dsq_modelopt_qcfg_parse(text, strlen(text), "canonical", &back, NULL) != DSQ_OK ||
+            back.n_exclude != 2 || strcmp(back.producer, "dsq") != 0)
+            abort();
+        dsq_free(text);
+    }
+    dsq_err_clear(&err);
+    return 0;
+}
+
 int dsq_fuzz_recipe(const uint8_t *data, size_t size) {
     static const char *const names[] = {"layers.0.ffn.experts.3.w1.weight", "layers.1.attn.wq_b.weight",
                                         "embed.weight", "head.weight", "layers.2.attn_norm.weight",

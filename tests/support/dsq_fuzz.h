@@ -26,7 +26,8 @@
     X(kbase)       /* a KL base file (dsq eval kld --save-base) */                                                    \
     X(mc_task)     /* a multiple-choice JSONL task file */                                                          \
     X(gguf)        /* a GGUF file (tests/support/dsq_fuzz_gguf.c) */                                                \
-    X(imatrix_gguf) /* a llama.cpp imatrix GGUF (tests/support/dsq_fuzz_gguf.c) */
+    X(imatrix_gguf) /* a llama.cpp imatrix GGUF (tests/support/dsq_fuzz_gguf.c) */                               \
+    X(modelopt_qcfg) /* a ModelOpt hf_quant_config.json */
 
 #define DSQ_FUZZ_DECLARE(name) int dsq_fuzz_##name(const uint8_t *data, size_t size);
 DSQ_FUZZ_LIST(DSQ_FUZZ_DECLARE)
