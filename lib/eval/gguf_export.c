@@ -2,6 +2,7 @@
  * src/models/deepseek4.cpp and src/llama-arch.cpp as shipped in @fugood/llama.node@1.7.15 (llama.cpp
  * build 10257); the mapping is tabulated in docs/interop.md. */
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -608,6 +609,7 @@ typedef struct wscratch {
     dsq_ggml_stats *gs;  /* [2][batch] */
     dsq_status *ust;     /* [2][batch] */
     dsq_err *uerr;       /* [2][batch] */
+    dsq_ggml_scratch *scr; /* [threads]: the encoder's f32 slabs, reused (no page faults per slab) */
 } wscratch;
 
 /* M_COLS (MTP eh_proj only, small): each output row = part 0's row | part 1's row | ... */
@@ -690,8 +692,9 @@ static dsq_status write_rows(dsq_gguf_writer *w, const otensor *t, wscratch *s, 
             uint64_t r0 = (u % per_part) * slab, n = t->part_rows - r0 < slab ? t->part_rows - r0 : slab;
             dsq_qtensor q = qt_of(&t->parts[p], t->part_rows, t->cols);
             memset(&gs[j], 0, sizeof gs[j]);
-            ust[j] = dsq_ggml_encode_rows_w(&q, r0, n, t->type, imp[p], s->buf[slot] + j * slab * prow, &gs[j],
-                                            t->parts[p].name, &uerr[j]);
+            int th = omp_get_thread_num();
+            ust[j] = dsq_ggml_encode_rows_s(&q, r0, n, t->type, imp[p], s->buf[slot] + j * slab * prow, &gs[j],
+                                            &s->scr[th < s->threads ? th : 0], t->parts[p].name, &uerr[j]);
         }
         if (wst != DSQ_OK) st = dsq_err_set(err, wst, "%s", werr.msg);
         dsq_err_clear(&werr);
@@ -764,7 +767,8 @@ dsq_status dsq_gguf_export(const char *src, const char *out, const dsq_gguf_expo
             ws2.gs = dsq_calloc((size_t)ws2.batch * 2, sizeof *ws2.gs);
             ws2.ust = dsq_calloc((size_t)ws2.batch * 2, sizeof *ws2.ust);
             ws2.uerr = dsq_calloc((size_t)ws2.batch * 2, sizeof *ws2.uerr);
-            if (!ws2.buf[0] || !ws2.buf[1] || !ws2.tmp || !ws2.gs || !ws2.ust || !ws2.uerr)
+            ws2.scr = dsq_calloc((size_t)ws2.threads, sizeof *ws2.scr);
+            if (!ws2.buf[0] || !ws2.buf[1] || !ws2.tmp || !ws2.gs || !ws2.ust || !ws2.uerr || !ws2.scr)
                 st = dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory");
         }
         for (uint64_t k = 0; st == DSQ_OK && k < ws2.batch * 2; k++) dsq_err_init(&ws2.uerr[k]);
@@ -788,6 +792,8 @@ dsq_status dsq_gguf_export(const char *src, const char *out, const dsq_gguf_expo
     dsq_free(ws2.gs);
     dsq_free(ws2.ust);
     dsq_free(ws2.uerr);
+    for (int k = 0; ws2.scr && k < ws2.threads; k++) dsq_ggml_scratch_free(&ws2.scr[k]);
+    dsq_free(ws2.scr);
     dsq_free(td.json);
     dsq_free(td.config);
     plan_free(&p);
