@@ -665,6 +665,10 @@ static dsq_status write_rows(dsq_gguf_writer *w, const otensor *t, wscratch *s, 
     const float **imp = dsq_calloc((size_t)t->n_parts, sizeof *imp);
     DSQ_RETURN_IF(!imp, err, DSQ_ERR_NOMEM, "out of memory");
     for (int p = 0; p < t->n_parts; p++) imp[p] = importance_of(imx, t, &t->parts[p]);
+    /* a byte reorder of the stored twin is bound by the write: threads would only wait (and spin) */
+    uint32_t twin;
+    bool par = s->threads > 1 &&
+               !(dsq_ggml_twin_of(t->parts[0].enc, t->parts[0].group, &twin) && twin == t->type);
     dsq_status st = DSQ_OK;
     uint64_t prev_u0 = 0, prev_n = 0; /* the batch waiting to be written, in buf[prev_slot] */
     int slot = 0;
@@ -681,7 +685,7 @@ static dsq_status write_rows(dsq_gguf_writer *w, const otensor *t, wscratch *s, 
         dsq_status *ust = s->ust + (size_t)slot * s->batch;
         dsq_err *uerr = s->uerr + (size_t)slot * s->batch;
         long long iters = (long long)nu + 1;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(s->threads) if (s->threads > 1 && iters > 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(s->threads) if (par && iters > 1)
         for (long long i = 0; i < iters; i++) {
             if (i == 0) {
                 if (prev_n) wst = write_batch(w, t, s, slot ^ 1, prev_u0, prev_n, per_part, slab, prow, pr, &werr);
