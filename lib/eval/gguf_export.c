@@ -52,7 +52,9 @@ const dsq_gguf_recipe *dsq_gguf_recipe_find(const char *name) {
 /* ---- the tensor plan ---------------------------------------------------------------------------- */
 typedef enum tclass { C_SMALL = 0, C_TID = 1, C_EXPERTS = 2, C_OTHER = 3 } tclass;
 typedef enum tmode { M_ROWS = 0, M_COLS = 1 } tmode; /* parts stacked along rows, or joined along cols */
-enum { MAX_PARTS = 1024, BATCH_PER_THREAD = 4 }; /* BATCH_PER_THREAD: slabs per thread per batch */
+/* A batch holds up to BATCH_PER_THREAD slabs per thread, halved (down to 2 per thread) while a
+ * buffer would pass BATCH_MAX_BYTES: fewer, larger batches wait less at the loop's barrier. */
+enum { MAX_PARTS = 1024, BATCH_PER_THREAD = 16, BATCH_MAX_BYTES = 64 << 20 };
 
 typedef struct otensor {
     char name[DSQ_GGUF_MAX_NAME + 1];
@@ -762,6 +764,7 @@ dsq_status dsq_gguf_export(const char *src, const char *out, const dsq_gguf_expo
     wscratch ws2 = {.threads = o.threads > 1 ? o.threads : 1};
     if (st == DSQ_OK && !o.dry_run) {
         ws2.batch = (uint64_t)ws2.threads * BATCH_PER_THREAD;
+        while (ws2.batch > (uint64_t)ws2.threads * 2 && ws2.batch * max_slab > BATCH_MAX_BYTES) ws2.batch /= 2;
         uint64_t bb = 0;
         if (!dsq_mul_u64(max_slab, ws2.batch, &bb) || bb > SIZE_MAX / 4)
             st = dsq_err_set(err, DSQ_ERR_OVERFLOW, "%s: slab buffers too big", out);
