@@ -3,8 +3,10 @@
  * Model: $DSQ_BENCH_DIR (default /tmp/dsq-bench-flash-2l: two real-shaped V4-Flash layers, ~12.8 GB),
  * synthesized with `dsq synth --config samples/configs/deepseek-v4-flash.json --layers 2` when missing.
  * Outputs go to $DSQ_BENCH_OUT (default /tmp/dsq-bench-convert) and are deleted after each run.
- * $DSQ_BENCH_RECIPES (default "release fp8 int4") selects the recipes (NAME+buffered: with
- * --buffered-io instead of the default O_DIRECT output), $DSQ_BENCH_THREADS (default 2) the threads.
+ * $DSQ_BENCH_RECIPES (default "release fp8 int4 gguf-bf16-mxfp4 gguf-mxfp4-moe
+ * gguf-q8_0 gguf-q4_k-moe") selects the recipes (NAME+buffered: with --buffered-io instead of the
+ * default O_DIRECT output; a gguf-* recipe writes OUT.gguf through `dsq convert SRC OUT.gguf`),
+ * $DSQ_BENCH_THREADS (default 2) the threads.
  *
  * Baselines: "the time to read the source and write the same number of bytes".  `copy` is a plain
  * copy of every file of the checkpoint (16 MiB reads and writes, fdatasync); a recipe's output can be
@@ -14,7 +16,8 @@
  * process; its wall time, its output size, the seconds of both baselines, both ratios and its peak RSS
  * (ru_maxrss) are printed.  Each recipe runs $DSQ_BENCH_REPS times (default 2), each run followed by its
  * copy=out sample; the table shows the means and the ratio of the means.  Targets (on the ratio to copy=out): release ≤ 1.25x, fp8 ≤ 1.25x,
- * int4 ≤ 2x with 2 threads; peak RSS < 2 GiB.  The source is read once before the copy so both sides
+ * gguf-bf16-mxfp4 ≤ 1.25x (no re-quantization: FP8 → BF16 exact, experts reordered), re-quantizing
+ * recipes (int4, gguf-mxfp4-moe, gguf-q8_0, gguf-q4_k-moe) ≤ 2x, with 2 threads; peak RSS < 2 GiB.  The source is read once before the copy so both sides
  * start from the same page-cache state. */
 #include <dirent.h>
 #include <errno.h>
@@ -138,7 +141,8 @@ int main(void) {
     const char *bin = getenv("DSQ_BIN") ? getenv("DSQ_BIN") : "build/dsq";
     const char *model = getenv("DSQ_BENCH_DIR") ? getenv("DSQ_BENCH_DIR") : "/tmp/dsq-bench-flash-2l";
     const char *out = getenv("DSQ_BENCH_OUT") ? getenv("DSQ_BENCH_OUT") : "/tmp/dsq-bench-convert";
-    const char *recipes = getenv("DSQ_BENCH_RECIPES") ? getenv("DSQ_BENCH_RECIPES") : "release fp8 int4";
+    const char *recipes = getenv("DSQ_BENCH_RECIPES") ? getenv("DSQ_BENCH_RECIPES")
+                                                      : "release fp8 int4 gguf-bf16-mxfp4 gguf-mxfp4-moe gguf-q8_0 gguf-q4_k-moe";
     const char *threads = getenv("DSQ_BENCH_THREADS") ? getenv("DSQ_BENCH_THREADS") : "2";
     int reps = getenv("DSQ_BENCH_REPS") ? atoi(getenv("DSQ_BENCH_REPS")) : 2;
     if (reps < 1) reps = 1;
@@ -173,12 +177,13 @@ int main(void) {
            "/copy", "/copy=out", "target", "peak RSS MiB");
     printf("%-8s %8.2f %8.2f %10.2f %10s %10.2f %10s %7s %12s\n", "copy", t_copy, (double)bytes / 1e9, t_copy, "-", 1.0,
            "-", "-", "-");
-    char list[256];
+    char list[1024];
     snprintf(list, sizeof list, "%s", recipes);
     int fails = 0;
     for (char *r = strtok(list, " "); r; r = strtok(NULL, " ")) {
         char dst[4096];
-        snprintf(dst, sizeof dst, "%s/%s.dsq", out, r);
+        bool gguf = !strncmp(r, "gguf-", 5);
+        snprintf(dst, sizeof dst, "%s/%s.%s", out, r, gguf ? "gguf" : "dsq");
         /* reps × (convert, then the same-bytes copy from the same page-cache state): the machine is
          * shared and disk-bound, so the ratio uses the sums of the alternating samples */
         double t_sum = 0, sized_sum = 0;
@@ -218,7 +223,8 @@ int main(void) {
             t_sum += t, sized_sum += t_sized;
         }
         double t = t_sum / reps, t_sized = sized_sum / reps;
-        double target = !strcmp(recipe, "int4") ? 2.0 : 1.25;
+        bool requant = !strcmp(recipe, "int4") || (gguf && strcmp(recipe, "gguf-bf16-mxfp4") != 0);
+        double target = requant ? 2.0 : 1.25;
         printf("%-8s %8.2f %8.2f %10.2f %10.2f %10.2f %10.2f %6.2fx %12.0f%s\n", r, t, (double)out_bytes / 1e9, t_copy,
                t_sized, t / t_copy, t_sized > 0 ? t / t_sized : 0.0, target, (double)rss / 1024.0, rc ? "  FAILED" : "");
         fails += rc != 0;

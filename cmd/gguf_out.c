@@ -18,7 +18,7 @@ bool dsq_cmd_is_gguf_path(const char *p) {
 
 void dsq_cmd_gguf_help(const char *cmd) {
     printf("usage: dsq %s %s OUT.gguf [--recipe NAME] [--imatrix FILE] [--no-mtp] [--split-max-size SIZE]\n"
-           "                  [--dry-run] [--overwrite] [--json]\n\n"
+           "                  [--threads N] [--dry-run] [--overwrite] [--json]\n\n"
            "Writes a GGUF for llama.cpp's deepseek4 architecture (hparams, tensor names and ne shapes of\n"
            "llama.cpp build 10257, MTP blocks as blk.N.nextn.*, tokenizer.ggml.* from tokenizer.json,\n"
            "general.* and dsq.* provenance), tensor by tensor with one slab of rows in memory, published\n"
@@ -83,6 +83,12 @@ int dsq_cmd_gguf_out(const char *cmd, int argc, char **argv) {
         else if (!strcmp(argv[i], "--dry-run")) o.dry_run = true;
         else if (!strcmp(argv[i], "--recipe") && i + 1 < argc) o.recipe = argv[++i];
         else if (!strcmp(argv[i], "--imatrix") && i + 1 < argc) imatrix_path = argv[++i];
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
+            uint64_t n;
+            if (!dsq_cmd_parse_u64(argv[++i], &n) || n < 1 || n > 1024)
+                return dsq_cmd_usage_error(cmd, "--threads needs a number 1..1024");
+            o.threads = (int)n;
+        }
         else if (!strcmp(argv[i], "--format") && i + 1 < argc) {
             if (strcmp(argv[++i], "gguf") != 0) return dsq_cmd_usage_error(cmd, "an OUT.gguf output is written as gguf, not '%s'", argv[i]);
         } else if (!strcmp(argv[i], "--split-max-size") && i + 1 < argc) {

@@ -512,6 +512,49 @@ static void test_q4_k_recipe_imatrix(void **state) {
     free(pa), free(pb), free(pm);
 }
 
+/* --threads N encodes slabs in parallel and writes them in order: the tensors (names, types, bytes)
+ * and the reported error sums are the same for 1, 2 and 3 threads (3: batches that do not divide the
+ * units), for a re-quantizing recipe (FP8 → Q8_0, MXFP4 experts → Q8_0) and a k-quant one. */
+static void test_threads_same_bytes(void **state) {
+    (void)state;
+    static const char *const R[] = {"gguf-q8_0", "gguf-q4_k-moe"};
+    for (int r = 0; r < 2; r++) {
+        char *js[3] = {NULL, NULL, NULL}, *path[3];
+        dsq_gguf *g[3];
+        dsq_err e = DSQ_ERR_INIT;
+        for (int t = 0; t < 3; t++) {
+            char name[64];
+            snprintf(name, sizeof name, "thr%d-%d.gguf", r, t + 1);
+            path[t] = dsq_test_join(g_dir, name);
+            char *errs = NULL;
+            if (dsq_test_run(&js[t], &errs, "convert '%s' '%s' --recipe %s --threads %d --json", g_ck, path[t], R[r], t + 1))
+                fail_msg("%s --threads %d: %s", R[r], t + 1, errs);
+            free(errs);
+            if (dsq_gguf_open(path[t], &g[t], &e) != DSQ_OK) fail_msg("%s", e.msg);
+        }
+        for (int t = 1; t < 3; t++) {
+            /* the JSON after the output path: sizes, values, error sums, types */
+            const char *a = strstr(js[0], "\"dry_run\""), *b = strstr(js[t], "\"dry_run\"");
+            assert_non_null(a);
+            assert_non_null(b);
+            assert_string_equal(a, b);
+            assert_int_equal(dsq_gguf_n_tensors(g[0]), dsq_gguf_n_tensors(g[t]));
+            size_t requant = 0;
+            for (size_t i = 0; i < dsq_gguf_n_tensors(g[0]); i++) {
+                const dsq_gguf_tensor *x = dsq_gguf_tensor_at(g[0], i), *y = dsq_gguf_tensor_at(g[t], i);
+                assert_string_equal(x->name, y->name);
+                assert_int_equal(x->type, y->type);
+                assert_int_equal(x->n_bytes, y->n_bytes);
+                if (memcmp(x->data, y->data, x->n_bytes))
+                    fail_msg("%s: %s differs between --threads 1 and %d", R[r], x->name, t + 1);
+                requant += x->type == DSQ_GGMLT_Q8_0 || x->type == DSQ_GGMLT_Q4_K;
+            }
+            assert_true(requant > 40); /* the comparison covered the re-quantized matrices */
+        }
+        for (int t = 0; t < 3; t++) dsq_gguf_close(g[t]), free(js[t]), free(path[t]);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_repack_kquant),     cmocka_unit_test(test_keep_kquant),
@@ -520,6 +563,7 @@ int main(void) {
         cmocka_unit_test(test_keep_int4_q4_0),     cmocka_unit_test(test_convert_split_no_mtp),
         cmocka_unit_test(test_unmappable),        cmocka_unit_test(test_repack_every_byte),
         cmocka_unit_test(test_verify_inspect),    cmocka_unit_test(test_tokenizer),
+        cmocka_unit_test(test_threads_same_bytes),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

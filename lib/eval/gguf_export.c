@@ -2,6 +2,7 @@
  * src/models/deepseek4.cpp and src/llama-arch.cpp as shipped in @fugood/llama.node@1.7.15 (llama.cpp
  * build 10257); the mapping is tabulated in docs/interop.md. */
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,7 +52,9 @@ const dsq_gguf_recipe *dsq_gguf_recipe_find(const char *name) {
 /* ---- the tensor plan ---------------------------------------------------------------------------- */
 typedef enum tclass { C_SMALL = 0, C_TID = 1, C_EXPERTS = 2, C_OTHER = 3 } tclass;
 typedef enum tmode { M_ROWS = 0, M_COLS = 1 } tmode; /* parts stacked along rows, or joined along cols */
-enum { MAX_PARTS = 1024 };
+/* A batch holds up to BATCH_PER_THREAD slabs per thread, halved (down to 2 per thread) while a
+ * buffer would pass BATCH_MAX_BYTES: fewer, larger batches wait less at the loop's barrier. */
+enum { MAX_PARTS = 1024, BATCH_PER_THREAD = 16, BATCH_MAX_BYTES = 64 << 20 };
 
 typedef struct otensor {
     char name[DSQ_GGUF_MAX_NAME + 1];
@@ -590,43 +593,126 @@ static const float *importance_of(dsq_imatrix *imx, const otensor *t, const dsq_
     return dsq_imatrix_importance(imx, part->name, t->cols);
 }
 
-static dsq_status write_tensor(dsq_gguf_writer *w, const otensor *t, uint8_t *buf, uint8_t *tmp, uint64_t slab,
-                               dsq_imatrix *imx, dsq_gguf_export_stats *stats, dsq_progress *pr, dsq_err *err) {
+static void stats_add(dsq_gguf_export_stats *stats, const dsq_ggml_stats *gs) {
+    stats->params += gs->values;
+    stats->lossless_values += gs->lossless_values;
+    stats->sum_sq_err += gs->sum_sq_err;
+    stats->sum_sq_ref += gs->sum_sq_ref;
+    stats->max_abs_err = gs->max_abs_err > stats->max_abs_err ? gs->max_abs_err : stats->max_abs_err;
+}
+
+/* The encoder's scratch: a batch of work units (one slab of rows of one part each) per buffer, two
+ * buffers so the batch encoded last is written while the next one is encoded. */
+typedef struct wscratch {
+    int threads;
+    uint64_t batch;      /* units per batch */
+    uint8_t *buf[2];     /* [batch][slab rows][row bytes] each */
+    uint8_t *tmp;        /* M_COLS: one slab of one part */
+    dsq_ggml_stats *gs;  /* [2][batch] */
+    dsq_status *ust;     /* [2][batch] */
+    dsq_err *uerr;       /* [2][batch] */
+    dsq_ggml_scratch *scr; /* [threads]: the encoder's f32 slabs, reused (no page faults per slab) */
+} wscratch;
+
+/* M_COLS (MTP eh_proj only, small): each output row = part 0's row | part 1's row | ... */
+static dsq_status write_cols(dsq_gguf_writer *w, const otensor *t, uint8_t *buf, uint8_t *tmp, uint64_t slab,
+                             dsq_imatrix *imx, dsq_gguf_export_stats *stats, dsq_progress *pr, dsq_err *err) {
     dsq_ggml_stats gs = {0};
     uint64_t prow;
-    if (!dsq_ggml_row_bytes(t->type, t->cols, &prow)) /* M_COLS with a part width off the block: not planned */
+    if (!dsq_ggml_row_bytes(t->type, t->cols, &prow)) /* a part width off the block: not planned */
         return dsq_err_set(err, DSQ_ERR_SHAPE, "%s: row of %llu values cannot be %s", t->name,
                            (unsigned long long)t->cols, dsq_ggml_type_name(t->type));
-    for (int p = 0; p < (t->mode == M_COLS ? 1 : t->n_parts); p++) {
-        for (uint64_t r0 = 0; r0 < t->part_rows; r0 += slab) {
-            if (dsq_interrupted()) return dsq_err_set(err, DSQ_ERR_INTERRUPTED, "interrupted");
-            uint64_t n = t->part_rows - r0 < slab ? t->part_rows - r0 : slab;
-            if (t->mode == M_ROWS) {
-                dsq_qtensor q = qt_of(&t->parts[p], t->part_rows, t->cols);
-                DSQ_TRY(dsq_ggml_encode_rows_w(&q, r0, n, t->type, importance_of(imx, t, &t->parts[p]), buf, &gs,
-                                               t->parts[p].name, err));
-                DSQ_TRY(dsq_gguf_writer_write(w, buf, (size_t)(n * prow), err));
-                dsq_progress_add(pr, n * prow);
-            } else {
-                /* each output row = part 0's row | part 1's row | ... */
-                for (int k = 0; k < t->n_parts; k++) {
-                    dsq_qtensor q = qt_of(&t->parts[k], t->part_rows, t->cols);
-                    DSQ_TRY(dsq_ggml_encode_rows_w(&q, r0, n, t->type, importance_of(imx, t, &t->parts[k]), tmp, &gs,
-                                                   t->parts[k].name, err));
-                    for (uint64_t r = 0; r < n; r++)
-                        memcpy(buf + (r * (uint64_t)t->n_parts + (uint64_t)k) * prow, tmp + r * prow, (size_t)prow);
-                }
-                DSQ_TRY(dsq_gguf_writer_write(w, buf, (size_t)(n * prow * (uint64_t)t->n_parts), err));
-                dsq_progress_add(pr, n * prow * (uint64_t)t->n_parts);
-            }
+    for (uint64_t r0 = 0; r0 < t->part_rows; r0 += slab) {
+        if (dsq_interrupted()) return dsq_err_set(err, DSQ_ERR_INTERRUPTED, "interrupted");
+        uint64_t n = t->part_rows - r0 < slab ? t->part_rows - r0 : slab;
+        for (int k = 0; k < t->n_parts; k++) {
+            dsq_qtensor q = qt_of(&t->parts[k], t->part_rows, t->cols);
+            DSQ_TRY(dsq_ggml_encode_rows_w(&q, r0, n, t->type, importance_of(imx, t, &t->parts[k]), tmp, &gs,
+                                           t->parts[k].name, err));
+            for (uint64_t r = 0; r < n; r++)
+                memcpy(buf + (r * (uint64_t)t->n_parts + (uint64_t)k) * prow, tmp + r * prow, (size_t)prow);
         }
+        DSQ_TRY(dsq_gguf_writer_write(w, buf, (size_t)(n * prow * (uint64_t)t->n_parts), err));
+        dsq_progress_add(pr, n * prow * (uint64_t)t->n_parts);
     }
-    stats->params += gs.values;
-    stats->lossless_values += gs.lossless_values;
-    stats->sum_sq_err += gs.sum_sq_err;
-    stats->sum_sq_ref += gs.sum_sq_ref;
-    stats->max_abs_err = gs.max_abs_err > stats->max_abs_err ? gs.max_abs_err : stats->max_abs_err;
+    stats_add(stats, &gs);
     return DSQ_OK;
+}
+
+/* Write a batch's units in order (the output bytes do not depend on the thread count); their stats
+ * are summed in unit order too, so the reported error does not either. */
+static dsq_status write_batch(dsq_gguf_writer *w, const otensor *t, const wscratch *s, int slot, uint64_t u0, uint64_t nu,
+                              uint64_t per_part, uint64_t slab, uint64_t prow, dsq_progress *pr, dsq_err *err) {
+    for (uint64_t j = 0; j < nu; j++) {
+        uint64_t u = u0 + j, r0 = (u % per_part) * slab;
+        uint64_t n = t->part_rows - r0 < slab ? t->part_rows - r0 : slab;
+        DSQ_TRY(dsq_gguf_writer_write(w, s->buf[slot] + j * slab * prow, (size_t)(n * prow), err));
+        dsq_progress_add(pr, n * prow);
+    }
+    return DSQ_OK;
+}
+
+/* M_ROWS: the parts' slabs are work units numbered in output order.  Batches of units are encoded
+ * in parallel (schedule(dynamic)); iteration 0 of each parallel loop writes the previous batch, so
+ * reading and encoding overlap the writes. */
+static dsq_status write_rows(dsq_gguf_writer *w, const otensor *t, wscratch *s, uint64_t slab, dsq_imatrix *imx,
+                             dsq_gguf_export_stats *stats, dsq_progress *pr, dsq_err *err) {
+    uint64_t prow;
+    if (!dsq_ggml_row_bytes(t->type, t->cols, &prow))
+        return dsq_err_set(err, DSQ_ERR_SHAPE, "%s: row of %llu values cannot be %s", t->name,
+                           (unsigned long long)t->cols, dsq_ggml_type_name(t->type));
+    if (t->part_rows == 0) return DSQ_OK;
+    uint64_t per_part = dsq_ceil_div(t->part_rows, slab), units = per_part * (uint64_t)t->n_parts;
+    /* dsq_imatrix_importance fills a cache on first use: look every part up before the threads start */
+    const float **imp = dsq_calloc((size_t)t->n_parts, sizeof *imp);
+    DSQ_RETURN_IF(!imp, err, DSQ_ERR_NOMEM, "out of memory");
+    for (int p = 0; p < t->n_parts; p++) imp[p] = importance_of(imx, t, &t->parts[p]);
+    /* a byte reorder of the stored twin is bound by the write: threads would only wait (and spin) */
+    uint32_t twin;
+    bool par = s->threads > 1 &&
+               !(dsq_ggml_twin_of(t->parts[0].enc, t->parts[0].group, &twin) && twin == t->type);
+    dsq_status st = DSQ_OK;
+    uint64_t prev_u0 = 0, prev_n = 0; /* the batch waiting to be written, in buf[prev_slot] */
+    int slot = 0;
+    for (uint64_t u0 = 0; st == DSQ_OK && (u0 < units || prev_n); u0 += s->batch) {
+        if (dsq_interrupted()) {
+            st = dsq_err_set(err, DSQ_ERR_INTERRUPTED, "interrupted");
+            break;
+        }
+        uint64_t nu = u0 < units ? (units - u0 < s->batch ? units - u0 : s->batch) : 0;
+        dsq_status wst = DSQ_OK;
+        dsq_err werr;
+        dsq_err_init(&werr);
+        dsq_ggml_stats *gs = s->gs + (size_t)slot * s->batch;
+        dsq_status *ust = s->ust + (size_t)slot * s->batch;
+        dsq_err *uerr = s->uerr + (size_t)slot * s->batch;
+        long long iters = (long long)nu + 1;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(s->threads) if (par && iters > 1)
+        for (long long i = 0; i < iters; i++) {
+            if (i == 0) {
+                if (prev_n) wst = write_batch(w, t, s, slot ^ 1, prev_u0, prev_n, per_part, slab, prow, pr, &werr);
+                continue;
+            }
+            uint64_t j = (uint64_t)i - 1, u = u0 + j;
+            int p = (int)(u / per_part);
+            uint64_t r0 = (u % per_part) * slab, n = t->part_rows - r0 < slab ? t->part_rows - r0 : slab;
+            dsq_qtensor q = qt_of(&t->parts[p], t->part_rows, t->cols);
+            memset(&gs[j], 0, sizeof gs[j]);
+            int th = omp_get_thread_num();
+            ust[j] = dsq_ggml_encode_rows_s(&q, r0, n, t->type, imp[p], s->buf[slot] + j * slab * prow, &gs[j],
+                                            &s->scr[th < s->threads ? th : 0], t->parts[p].name, &uerr[j]);
+        }
+        if (wst != DSQ_OK) st = dsq_err_set(err, wst, "%s", werr.msg);
+        dsq_err_clear(&werr);
+        for (uint64_t j = 0; j < nu; j++) {
+            if (st == DSQ_OK && ust[j] != DSQ_OK) st = dsq_err_set(err, ust[j], "%s", uerr[j].msg);
+            if (ust[j] == DSQ_OK) stats_add(stats, &gs[j]);
+            dsq_err_clear(&uerr[j]);
+        }
+        prev_u0 = u0, prev_n = nu, slot ^= 1;
+    }
+    dsq_free(imp);
+    return st;
 }
 
 dsq_status dsq_gguf_export(const char *src, const char *out, const dsq_gguf_export_options *opt,
@@ -650,7 +736,6 @@ dsq_status dsq_gguf_export(const char *src, const char *out, const dsq_gguf_expo
     plan p = {0};
     tokdata td = {0};
     dsq_gguf_writer *w = NULL;
-    uint8_t *buf = NULL, *tmp = NULL;
     int n_mtp = o.no_mtp ? 0 : cfg.n_mtp_layers;
     dsq_status st = build_plan(&cfg, ws, o.no_mtp, &p, err);
     if (st == DSQ_OK) st = choose_types(&p, r, err);
@@ -676,17 +761,31 @@ dsq_status dsq_gguf_export(const char *src, const char *out, const dsq_gguf_expo
     stats->files = gp.n_files;
     stats->bytes = gp.total_bytes;
     stats->tensor_bytes = gp.tensor_bytes;
+    wscratch ws2 = {.threads = o.threads > 1 ? o.threads : 1};
     if (st == DSQ_OK && !o.dry_run) {
-        buf = dsq_malloc((size_t)max_slab + 1);
-        tmp = dsq_malloc((size_t)max_slab + 1);
-        if (!buf || !tmp) st = dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory");
+        ws2.batch = (uint64_t)ws2.threads * BATCH_PER_THREAD;
+        while (ws2.batch > (uint64_t)ws2.threads * 2 && ws2.batch * max_slab > BATCH_MAX_BYTES) ws2.batch /= 2;
+        uint64_t bb = 0;
+        if (!dsq_mul_u64(max_slab, ws2.batch, &bb) || bb > SIZE_MAX / 4)
+            st = dsq_err_set(err, DSQ_ERR_OVERFLOW, "%s: slab buffers too big", out);
+        for (int k = 0; k < 2 && st == DSQ_OK; k++) ws2.buf[k] = dsq_malloc((size_t)bb + 1);
+        if (st == DSQ_OK) {
+            ws2.tmp = dsq_malloc((size_t)max_slab + 1);
+            ws2.gs = dsq_calloc((size_t)ws2.batch * 2, sizeof *ws2.gs);
+            ws2.ust = dsq_calloc((size_t)ws2.batch * 2, sizeof *ws2.ust);
+            ws2.uerr = dsq_calloc((size_t)ws2.batch * 2, sizeof *ws2.uerr);
+            ws2.scr = dsq_calloc((size_t)ws2.threads, sizeof *ws2.scr);
+            if (!ws2.buf[0] || !ws2.buf[1] || !ws2.tmp || !ws2.gs || !ws2.ust || !ws2.uerr || !ws2.scr)
+                st = dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory");
+        }
+        for (uint64_t k = 0; st == DSQ_OK && k < ws2.batch * 2; k++) dsq_err_init(&ws2.uerr[k]);
         dsq_progress pr;
         dsq_progress_begin(&pr, "gguf", gp.tensor_bytes);
         pr.enabled = pr.enabled && o.progress;
         for (size_t i = 0; i < p.n && st == DSQ_OK; i++) {
-            st = write_tensor(w, &p.t[i], buf, tmp, p.t[i].mode == M_COLS ? slab / (uint64_t)p.t[i].n_parts : slab, o.imatrix,
-                              stats,
-                              &pr, err);
+            const otensor *t = &p.t[i];
+            st = t->mode == M_COLS ? write_cols(w, t, ws2.buf[0], ws2.tmp, slab / (uint64_t)t->n_parts, o.imatrix, stats, &pr, err)
+                                   : write_rows(w, t, &ws2, slab, o.imatrix, stats, &pr, err);
             for (int k = 0; k < p.t[i].n_parts && ws->release; k++) ws->release(ws, &p.t[i].parts[k]);
         }
         dsq_progress_end(&pr);
@@ -694,8 +793,14 @@ dsq_status dsq_gguf_export(const char *src, const char *out, const dsq_gguf_expo
     }
     stats->rel_rms_err = stats->sum_sq_ref > 0 ? sqrt(stats->sum_sq_err / stats->sum_sq_ref) : 0;
     dsq_gguf_writer_free(w);
-    dsq_free(buf);
-    dsq_free(tmp);
+    dsq_free(ws2.buf[0]);
+    dsq_free(ws2.buf[1]);
+    dsq_free(ws2.tmp);
+    dsq_free(ws2.gs);
+    dsq_free(ws2.ust);
+    dsq_free(ws2.uerr);
+    for (int k = 0; ws2.scr && k < ws2.threads; k++) dsq_ggml_scratch_free(&ws2.scr[k]);
+    dsq_free(ws2.scr);
     dsq_free(td.json);
     dsq_free(td.config);
     plan_free(&p);

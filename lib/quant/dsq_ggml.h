@@ -52,6 +52,18 @@ typedef struct dsq_ggml_stats {
 dsq_status dsq_ggml_encode_rows_w(const dsq_qtensor *src, uint64_t row0, uint64_t nrows, uint32_t type,
                                   const float *importance, uint8_t *out, dsq_ggml_stats *stats, const char *name,
                                   dsq_err *err);
+/* Buffers dsq_ggml_encode_rows_s keeps between calls (f32 slabs, codes, scales): one per thread,
+ * zero-initialised, released with dsq_ggml_scratch_free (accepts NULL). */
+typedef struct dsq_ggml_scratch {
+    float *x, *y;
+    uint8_t *codes, *scales;
+    size_t x_cap, y_cap, codes_cap, scales_cap; /* bytes */
+} dsq_ggml_scratch;
+void dsq_ggml_scratch_free(dsq_ggml_scratch *s);
+/* dsq_ggml_encode_rows_w with reused scratch (no allocation per call once grown); same bytes. */
+dsq_status dsq_ggml_encode_rows_s(const dsq_qtensor *src, uint64_t row0, uint64_t nrows, uint32_t type,
+                                  const float *importance, uint8_t *out, dsq_ggml_stats *stats, dsq_ggml_scratch *scr,
+                                  const char *name, dsq_err *err);
 /* dsq_ggml_encode_rows_w without importance. */
 dsq_status dsq_ggml_encode_rows(const dsq_qtensor *src, uint64_t row0, uint64_t nrows, uint32_t type, uint8_t *out,
                                 dsq_ggml_stats *stats, const char *name, dsq_err *err);

@@ -86,14 +86,16 @@ static void unpack_q8_0(const uint8_t *in, uint64_t cols, int8_t *q, uint8_t *s)
     }
 }
 /* packed nibbles (byte k: col 2k low, 2k+1 high) → GGML order (qs[j]: col j low, j+16 high);
- * `bias` is added to each nibble mod 16 (8 turns a two's-complement int4 into Q4_0's u = q + 8). */
+ * `bias` is added to each nibble mod 16 (8 turns a two's-complement int4 into Q4_0's u = q + 8).
+ * qs[2k] takes the low nibbles of p[k] and p[k+8], qs[2k+1] their high nibbles; bias is 0 or 8, and
+ * adding 8 mod 16 is xor 8: byte operations only, which the compiler vectorises. */
 static void pack_nibbles(const uint8_t *p, uint8_t bias, uint8_t *qs) {
-    uint8_t v[GBLOCK];
-    for (int k = 0; k < GBLOCK / 2; k++) {
-        v[2 * k] = (uint8_t)((p[k] + bias) & 15);
-        v[2 * k + 1] = (uint8_t)(((p[k] >> 4) + bias) & 15);
+    const uint8_t x = bias ? 0x88 : 0;
+    for (int k = 0; k < GBLOCK / 4; k++) {
+        uint8_t a = p[k], b = p[k + GBLOCK / 4];
+        qs[2 * k] = (uint8_t)(((a & 15) | (b << 4)) ^ x);
+        qs[2 * k + 1] = (uint8_t)(((a >> 4) | (b & 0xF0)) ^ x);
     }
-    for (int j = 0; j < GBLOCK / 2; j++) qs[j] = (uint8_t)(v[j] | v[j + 16] << 4);
 }
 static void unpack_nibbles(const uint8_t *qs, uint8_t bias, uint8_t *p) {
     uint8_t v[GBLOCK];
@@ -138,9 +140,47 @@ static dsq_status lossless_rows(const dsq_qtensor *src, const dsq_codec_layout *
     return DSQ_OK;
 }
 
+/* Σ (y−x)², Σ x² and max |y−x| of n values into stats, in four interleaved double lanes (independent
+ * chains; a fixed order, so the sums depend only on the rows given). */
+static void add_err(const float *x, const float *y, uint64_t n, dsq_ggml_stats *stats) {
+    double e[4] = {0, 0, 0, 0}, r[4] = {0, 0, 0, 0}, m[4] = {0, 0, 0, 0};
+    uint64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int k = 0; k < 4; k++) {
+            double v = x[i + k], d = (double)y[i + k] - v;
+            e[k] += d * d, r[k] += v * v;
+            d = d < 0 ? -d : d;
+            m[k] = d > m[k] ? d : m[k]; /* NaN never taken, as before */
+        }
+    for (; i < n; i++) {
+        double v = x[i], d = (double)y[i] - v;
+        e[0] += d * d, r[0] += v * v;
+        d = d < 0 ? -d : d;
+        m[0] = d > m[0] ? d : m[0];
+    }
+    stats->sum_sq_err += (e[0] + e[1]) + (e[2] + e[3]);
+    stats->sum_sq_ref += (r[0] + r[1]) + (r[2] + r[3]);
+    for (int k = 0; k < 4; k++) stats->max_abs_err = m[k] > stats->max_abs_err ? m[k] : stats->max_abs_err;
+}
+
+/* Grow scratch buffer *p (capacity *cap bytes) to at least n bytes; the old contents are dropped. */
+static void *grow(void **p, size_t *cap, size_t n) {
+    if (*p && *cap >= n) return *p;
+    dsq_free(*p);
+    *p = dsq_malloc(n + 1);
+    *cap = *p ? n : 0;
+    return *p;
+}
+
+void dsq_ggml_scratch_free(dsq_ggml_scratch *s) {
+    if (!s) return;
+    dsq_free(s->x), dsq_free(s->y), dsq_free(s->codes), dsq_free(s->scales);
+    memset(s, 0, sizeof *s);
+}
+
 /* k-quant re-quantization of x [nrows][cols] (decoded source) into out; error sums into stats. */
 static dsq_status kquant_rows(uint32_t type, const float *x, uint64_t nrows, uint64_t cols, const float *importance,
-                              uint8_t *out, dsq_ggml_stats *stats, const char *nm, dsq_err *err) {
+                              uint8_t *out, dsq_ggml_stats *stats, dsq_ggml_scratch *scr, const char *nm, dsq_err *err) {
     dsq_encoding e;
     int g;
     if (!dsq_ggml_encoding_of(type, &e, &g)) return dsq_err_set(err, DSQ_ERR_DTYPE, "%s: ggml type %u", nm, type);
@@ -152,17 +192,12 @@ static dsq_status kquant_rows(uint32_t type, const float *x, uint64_t nrows, uin
         return st;
     }
     if (!stats) return DSQ_OK;
-    float *y = dsq_malloc((size_t)(cols * sizeof(float)) + 1);
+    float *y = grow((void **)&scr->y, &scr->y_cap, (size_t)(cols * sizeof(float)));
     DSQ_RETURN_IF(!y, err, DSQ_ERR_NOMEM, "%s: out of memory", nm);
     for (uint64_t r = 0; r < nrows; r++) {
         dsq_kquant_decode_rows(e, out, cols, r, 1, y, false);
-        for (uint64_t c = 0; c < cols; c++) {
-            double v = x[r * cols + c], d = (double)y[c] - v;
-            stats->sum_sq_err += d * d, stats->sum_sq_ref += v * v;
-            if (fabs(d) > stats->max_abs_err) stats->max_abs_err = fabs(d);
-        }
+        add_err(x + r * cols, y, cols, stats);
     }
-    dsq_free(y);
     return DSQ_OK;
 }
 
@@ -174,6 +209,15 @@ dsq_status dsq_ggml_encode_rows(const dsq_qtensor *src, uint64_t row0, uint64_t 
 dsq_status dsq_ggml_encode_rows_w(const dsq_qtensor *src, uint64_t row0, uint64_t nrows, uint32_t type,
                                   const float *importance, uint8_t *out, dsq_ggml_stats *stats, const char *name,
                                   dsq_err *err) {
+    dsq_ggml_scratch scr = {0};
+    dsq_status st = dsq_ggml_encode_rows_s(src, row0, nrows, type, importance, out, stats, &scr, name, err);
+    dsq_ggml_scratch_free(&scr);
+    return st;
+}
+
+dsq_status dsq_ggml_encode_rows_s(const dsq_qtensor *src, uint64_t row0, uint64_t nrows, uint32_t type,
+                                  const float *importance, uint8_t *out, dsq_ggml_stats *stats, dsq_ggml_scratch *scr,
+                                  const char *name, dsq_err *err) {
     const char *nm = name ? name : "tensor";
     uint64_t orow;
     DSQ_RETURN_IF(!dsq_ggml_row_bytes(type, src->cols, &orow), err, DSQ_ERR_SHAPE,
@@ -205,21 +249,21 @@ dsq_status dsq_ggml_encode_rows_w(const dsq_qtensor *src, uint64_t row0, uint64_
                   "%s: integer tensor cannot become ggml type %u", nm, type);
     uint64_t bytes;
     DSQ_RETURN_IF(!dsq_mul_u64(n, sizeof(float), &bytes) || bytes > SIZE_MAX / 2, err, DSQ_ERR_OVERFLOW, "%s: slab too big", nm);
-    float *x = dsq_malloc((size_t)bytes + 1);
+    float *x = grow((void **)&scr->x, &scr->x_cap, (size_t)bytes);
     DSQ_RETURN_IF(!x, err, DSQ_ERR_NOMEM, "%s: out of memory", nm);
     dsq_codec_options co = {.name = name};
     dsq_status st = dsq_codec_decode(src, row0, nrows, x, &co, err);
     uint8_t *codes = NULL, *scales = NULL;
     if (st == DSQ_OK && dsq_ggml_is_kquant(type)) {
-        st = kquant_rows(type, x, nrows, src->cols, importance, out, stats, nm, err);
+        st = kquant_rows(type, x, nrows, src->cols, importance, out, stats, scr, nm, err);
     } else if (st == DSQ_OK && (type == DSQ_GGMLT_Q8_0 || type == DSQ_GGMLT_Q4_0 || type == DSQ_GGMLT_MXFP4)) {
         dsq_encoding e = type == DSQ_GGMLT_Q8_0 ? DSQ_ENC_INT8_G : type == DSQ_GGMLT_Q4_0 ? DSQ_ENC_INT4_G : DSQ_ENC_MXFP4;
         int g = e == DSQ_ENC_MXFP4 ? 0 : GBLOCK;
         dsq_codec_layout T;
         st = dsq_codec_layout_of(e, nrows, src->cols, g, &T, err);
         if (st == DSQ_OK) {
-            codes = dsq_malloc((size_t)T.data_bytes + 1);
-            scales = dsq_malloc((size_t)T.scale_bytes + 1);
+            codes = grow((void **)&scr->codes, &scr->codes_cap, (size_t)T.data_bytes);
+            scales = grow((void **)&scr->scales, &scr->scales_cap, (size_t)T.scale_bytes);
             if (!codes || !scales) st = dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", nm);
         }
         if (st == DSQ_OK) {
@@ -229,43 +273,39 @@ dsq_status dsq_ggml_encode_rows_w(const dsq_qtensor *src, uint64_t row0, uint64_
                 for (uint64_t r = 0; r < nrows; r++)
                     pack_row(type, codes + r * T.row_bytes, scales + r * T.scale_cols * T.scale_size, src->cols, out + r * orow);
                 if (stats) { /* error of the re-quantization, against the decoded source */
-                    float *y = dsq_malloc((size_t)bytes + 1);
+                    float *y = grow((void **)&scr->y, &scr->y_cap, (size_t)bytes);
                     if (!y) st = dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", nm);
                     else if ((st = dsq_codec_decode(&(dsq_qtensor){e, nrows, src->cols, g, codes, scales, NULL, 0}, 0, nrows, y,
                                                     &co, err)) == DSQ_OK)
-                        for (uint64_t i = 0; i < n; i++) {
-                            double d = (double)y[i] - x[i];
-                            stats->sum_sq_err += d * d, stats->sum_sq_ref += (double)x[i] * x[i];
-                            if (fabs(d) > stats->max_abs_err) stats->max_abs_err = fabs(d);
-                        }
-                    dsq_free(y);
+                        add_err(x, y, n, stats);
                 }
             }
         }
     } else if (st == DSQ_OK) {
-        for (uint64_t i = 0; i < n; i++) {
-            float v = x[i], r = v;
-            if (type == DSQ_GGMLT_F32) memcpy(out + 4 * i, &v, 4);
-            else if (type == DSQ_GGMLT_F16) {
-                uint16_t h = dsq_f16_from_f32(v);
-                memcpy(out + 2 * i, &h, 2);
-                r = dsq_f16_to_f32(h);
-            } else {
-                uint16_t h = dsq_bf16_from_f32(v);
-                memcpy(out + 2 * i, &h, 2);
-                r = dsq_bf16_to_f32(h);
-            }
-            if (stats) {
-                double d = (double)r - v;
-                stats->sum_sq_err += d * d, stats->sum_sq_ref += (double)v * v;
-                if (fabs(d) > stats->max_abs_err) stats->max_abs_err = fabs(d);
-            }
+        /* F32 / F16 / BF16 by RNE, one loop per type, in chunks whose stored values (y, on the stack)
+         * feed the stats */
+        enum { CHUNK = 512 };
+        float y[CHUNK];
+        for (uint64_t i0 = 0; i0 < n; i0 += CHUNK) {
+            uint64_t m = n - i0 < CHUNK ? n - i0 : CHUNK;
+            const float *xs = x + i0;
+            if (type == DSQ_GGMLT_F32) memcpy(out + 4 * i0, xs, (size_t)m * 4);
+            else if (type == DSQ_GGMLT_F16)
+                for (uint64_t i = 0; i < m; i++) {
+                    uint16_t h = dsq_f16_from_f32(xs[i]);
+                    memcpy(out + 2 * (i0 + i), &h, 2);
+                    y[i] = dsq_f16_to_f32(h);
+                }
+            else
+                for (uint64_t i = 0; i < m; i++) {
+                    uint16_t h = dsq_bf16_from_f32(xs[i]);
+                    memcpy(out + 2 * (i0 + i), &h, 2);
+                    y[i] = dsq_bf16_to_f32(h);
+                }
+            if (stats) add_err(xs, type == DSQ_GGMLT_F32 ? xs : y, m, stats);
         }
     }
     if (st == DSQ_OK && stats) stats->values += n;
-    dsq_free(x);
-    dsq_free(codes);
-    dsq_free(scales);
     return st;
 }
 
