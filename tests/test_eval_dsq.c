@@ -348,6 +348,22 @@ static void test_eval_checks_checksums(void **state) {
     free(rel);
 }
 
+/* `eval ppl` of `bad` fails (rc 1) with one line naming `tensor` and NaN/Inf, with and without
+ * --no-verify-data (the non-finite scan is not a checksum). */
+static void expect_nonfinite_refused(const char *bad, const char *tokens, const char *tensor) {
+    const char *opts[] = {"", "--no-verify-data"};
+    for (int i = 0; i < 2; i++) {
+        char *se = NULL;
+        assert_int_equal(
+            dsq_test_run(NULL, &se, "eval ppl '%s' --tokens '%s' --ctx 16 --chunks 1 --threads 1 %s", bad, tokens, opts[i]),
+            1);
+        printf("  %s", se);
+        assert_non_null(strstr(se, tensor));
+        assert_non_null(strstr(se, "NaN or infinite"));
+        free(se);
+    }
+}
+
 /* A .dsq whose checksums are right but whose data holds an e4m3 NaN code (rewritten through the
  * writer): eval refuses it at first use naming the stored tensor, --no-verify-data too (the scan is
  * not a checksum), --allow-nonfinite runs it. */
@@ -356,16 +372,7 @@ static void test_eval_nonfinite_container(void **state) {
     char *tokens = token_file(40);
     ctr_edit e = {.poke_tensor = "layers.1.attn.wq_b.weight", .poke_part = 0, .poke_at = 3 * 128 + 9, .poke_byte = 0xff};
     ctr_rewrite(rel, bad, &e);
-    const char *ppl = "eval ppl '%s' --tokens '%s' --ctx 16 --chunks 1 --threads 1 %s";
-    const char *opts[] = {"", "--no-verify-data"};
-    for (int i = 0; i < 2; i++) {
-        char *se = NULL;
-        assert_int_equal(dsq_test_run(NULL, &se, ppl, bad, tokens, opts[i]), 1);
-        printf("  %s", se);
-        assert_non_null(strstr(se, "layers.1.attn.wq_b.weight"));
-        assert_non_null(strstr(se, "NaN or infinite"));
-        free(se);
-    }
+    expect_nonfinite_refused(bad, tokens, "layers.1.attn.wq_b.weight");
     /* let through: the logits hold NaN (ppl would refuse those rows), written as they are */
     size_t rows = 0;
     float *lg = logits(bad, tokens, "--allow-nonfinite", &rows);
@@ -387,18 +394,9 @@ static void test_eval_nonfinite_kquant(void **state) {
     /* block_q4_K: d (F16) at bytes 0-1 of each 144-byte block; 0x7f in the high byte: exponent all ones */
     ctr_edit e = {.poke_tensor = "layers.1.ffn.experts.w1.weight", .poke_part = 0, .poke_at = 5 * 144 + 1, .poke_byte = 0x7f};
     ctr_rewrite(q, bad, &e);
-    const char *ppl = "eval ppl '%s' --tokens '%s' --ctx 16 --chunks 1 --threads 1 %s";
-    const char *opts[] = {"", "--no-verify-data"};
-    for (int i = 0; i < 2; i++) {
-        char *se = NULL;
-        assert_int_equal(dsq_test_run(NULL, &se, ppl, bad, tokens, opts[i]), 1);
-        printf("  %s", se);
-        assert_non_null(strstr(se, "layers.1.ffn.experts.0.w1.weight"));
-        assert_non_null(strstr(se, "NaN or infinite"));
-        free(se);
-    }
+    expect_nonfinite_refused(bad, tokens, "layers.1.ffn.experts.0.w1.weight");
     char *so = NULL; /* the untouched container runs */
-    assert_int_equal(dsq_test_run(&so, NULL, ppl, q, tokens, ""), 0);
+    assert_int_equal(dsq_test_run(&so, NULL, "eval ppl '%s' --tokens '%s' --ctx 16 --chunks 1 --threads 1", q, tokens), 0);
     free(so);
     free(tokens), free(bad), free(q);
 }
