@@ -108,6 +108,11 @@ $(BUILD)/tests/%: tests/%.c $(TESTLIB_OBJ) $(BUILD)/libdsq.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Itests/support -MMD -MP -o $@ $< $(TESTLIB_OBJ) $(BUILD)/libdsq.a $(TEST_LIBS) $(LDLIBS)
 
+# tests/test_cmd_opt.c tests cmd/opt.c (the CLI's option parser) directly: it links that object too.
+$(BUILD)/tests/test_cmd_opt: tests/test_cmd_opt.c $(BUILD)/cmd/opt.o $(TESTLIB_OBJ) $(BUILD)/libdsq.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Itests/support -Icmd -MMD -MP -o $@ $< $(BUILD)/cmd/opt.o $(TESTLIB_OBJ) $(BUILD)/libdsq.a $(TEST_LIBS) $(LDLIBS)
+
 $(BUILD)/bench/%: bench/%.c $(BUILD)/libdsq.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -O3 -march=native -o $@ $< $(BUILD)/libdsq.a $(LDLIBS)

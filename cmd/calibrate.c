@@ -114,31 +114,21 @@ int dsq_cmd_calibrate(int argc, char **argv) {
     const char *pos[2] = {NULL, NULL}, *tokens = NULL, *out = NULL;
     int npos = 0;
     bool overwrite = false;
-    int gguf = -1; /* -1: by the name */
-    for (int i = 1; i < argc; i++) {
-        int r = dsq__cmd_score_option(me, argc, argv, &i, &so);
-        if (r < 0) return DSQ_EXIT_USAGE;
-        if (r > 0) continue;
-        const char *a = argv[i];
-        if (!strcmp(a, "--out") && i + 1 < argc)
-            out = argv[++i];
-        else if (!strcmp(a, "--tokens") && i + 1 < argc)
-            tokens = argv[++i];
-        else if (!strcmp(a, "--overwrite"))
-            overwrite = true;
-        else if (!strcmp(a, "--format") && i + 1 < argc) {
-            const char *f = argv[++i];
-            if (strcmp(f, "gguf") && strcmp(f, "st")) return dsq_cmd_usage_error(me, "--format is st or gguf, not '%s'", f);
-            gguf = !strcmp(f, "gguf");
-        }
-        else if (a[0] == '-' && a[1])
-            return dsq_cmd_usage_error(me, "unknown or incomplete option '%s'", a);
-        else if (npos < 2)
-            pos[npos++] = a;
-        else
-            return dsq_cmd_usage_error(me, "unexpected argument '%s'", a);
-    }
-    if (npos < 1) return dsq_cmd_usage_error(me, "missing MODEL");
+    static const char *const formats[] = {"st", "gguf", NULL};
+    int gguf = -1; /* -1: by the name; else the index in formats */
+    dsq__cmd_score_table st;
+    dsq__cmd_score_opts(&so, &st);
+    dsq_opt opts[] = {
+        DSQ_OPT_STR("--out", &out),
+        DSQ_OPT_STR("--tokens", &tokens),
+        DSQ_OPT_ENUM("--format", &gguf, formats),
+        DSQ_OPT_FLAG("--overwrite", &overwrite),
+        DSQ_OPT_MORE(st.score),
+        DSQ_OPT_END,
+    };
+    dsq_opt_spec spec = {.cmd = me, .opts = opts, .pos = pos, .max_pos = 2, .min_pos = 1, .missing = "missing MODEL"};
+    int rc = dsq_opt_parse_cmd(&spec, argc, argv, &npos);
+    if (rc) return rc;
     if ((npos == 2) == (tokens != NULL)) return dsq_cmd_usage_error(me, "give TEXTFILE or --tokens FILE");
     if (!out) return dsq_cmd_usage_error(me, "--out FILE is required");
     dsq_signals_install();

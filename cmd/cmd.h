@@ -11,6 +11,7 @@
 #include <stdio.h>
 
 #include "dsq_core.h"
+#include "opt.h"
 
 #define X(name, summary) int dsq_cmd_##name(int argc, char **argv);
 #include "commands.inc"
@@ -26,9 +27,10 @@ int dsq_cmd_usage_error(const char *cmd, const char *fmt, ...) __attribute__((fo
 
 /* True when argv[i] is "--help" or "-h". */
 bool dsq_cmd_wants_help(int argc, char **argv);
-/* Parse an unsigned integer argument with an optional K/M/G/T suffix (powers of 1024). */
+/* Checked unsigned decimal (no sign, no trailing bytes, no overflow): dsq_opt_parse_u64.  Commands
+ * parse their options with an option table (cmd/opt.h); these remain for code written before. */
 bool dsq_cmd_parse_u64(const char *s, uint64_t *out);
-/* Parse a size with optional suffix (powers of 1024: "2G", "512M"). */
+/* A size with optional K/M/G/T suffix (powers of 1024: "2G", "512M"): dsq_opt_parse_size. */
 bool dsq_cmd_parse_size(const char *s, uint64_t *out);
 
 /* Print a JSON string literal (quoted, escaped) to f. */

@@ -195,41 +195,30 @@ int dsq_cmd_compare(int argc, char **argv) {
     run R;
     memset(&R, 0, sizeof R);
     dsq_score_options_default(&R.so);
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        int r = dsq__cmd_score_option(me, argc, argv, &i, &R.so);
-        if (r < 0) return DSQ_EXIT_USAGE;
-        if (r > 0) continue;
-        bool has_val = i + 1 < argc;
-        uint64_t v;
-        if (!strcmp(a, "--text") && has_val)
-            R.text = argv[++i];
-        else if (!strcmp(a, "--tokens") && has_val)
-            R.tokens = argv[++i];
-        else if (!strcmp(a, "--task") && has_val)
-            R.task = argv[++i];
-        else if (!strcmp(a, "--out") && has_val)
-            R.out = argv[++i];
-        else if (!strcmp(a, "--title") && has_val)
-            R.title = argv[++i];
-        else if (!strcmp(a, "--top-k") && has_val) {
-            if (!dsq_cmd_parse_u64(argv[++i], &v) || v < 1 || v > DSQ_KBASE_MAX_VOCAB)
-                return dsq_cmd_usage_error(me, "--top-k needs a count ≥ 1, not '%s'", argv[i]);
-            R.top_k = (uint32_t)v;
-        } else if (!strcmp(a, "--overwrite"))
-            R.overwrite = true;
-        else if (!strcmp(a, "--json"))
-            R.json = true;
-        else if (a[0] == '-')
-            return dsq_cmd_usage_error(me, "unknown or incomplete option '%s'", a);
-        else if (!R.ref)
-            R.ref = a;
-        else if (R.n_builds < (int)(sizeof R.builds / sizeof R.builds[0]))
-            R.builds[R.n_builds++] = a;
-        else
-            return dsq_cmd_usage_error(me, "too many builds (at most 64)");
-    }
-    if (!R.ref || !R.n_builds) return dsq_cmd_usage_error(me, "need REF and at least one build");
+    dsq__cmd_score_table st;
+    dsq__cmd_score_opts(&R.so, &st);
+    dsq_opt opts[] = {
+        DSQ_OPT_STR("--text", &R.text),
+        DSQ_OPT_STR("--tokens", &R.tokens),
+        DSQ_OPT_STR("--task", &R.task),
+        DSQ_OPT_STR("--out", &R.out),
+        DSQ_OPT_STR("--title", &R.title),
+        DSQ_OPT_U32("--top-k", &R.top_k, 1, DSQ_KBASE_MAX_VOCAB),
+        DSQ_OPT_FLAG("--overwrite", &R.overwrite),
+        DSQ_OPT_FLAG("--json", &R.json),
+        DSQ_OPT_MORE(st.score),
+        DSQ_OPT_END,
+    };
+    /* pos[0] = REF, then the builds; one slot more than the builds so a 65th is "unexpected" */
+    const char *pos[1 + sizeof R.builds / sizeof R.builds[0]];
+    int n_pos = 0;
+    dsq_opt_spec spec = {.cmd = me, .opts = opts, .pos = pos, .max_pos = (int)(sizeof pos / sizeof pos[0]), .min_pos = 2,
+                         .missing = "need REF and at least one build", .dash_is_option = true};
+    int rc = dsq_opt_parse_cmd(&spec, argc, argv, &n_pos);
+    if (rc) return rc;
+    R.ref = pos[0];
+    R.n_builds = n_pos - 1;
+    for (int i = 0; i < R.n_builds; i++) R.builds[i] = pos[i + 1];
     if (!R.text == !R.tokens) return dsq_cmd_usage_error(me, "give exactly one of --text FILE and --tokens FILE");
     if (!R.out) return dsq_cmd_usage_error(me, "missing --out DIR");
     if (mkdir(R.out, 0755) != 0 && errno != EEXIST) {

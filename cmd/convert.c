@@ -147,43 +147,38 @@ int dsq_cmd_convert(int argc, char **argv) {
         return DSQ_EXIT_OK;
     }
     const char *pos[2] = {NULL, NULL}, *recipe_name = NULL, *imatrix_path = NULL;
-    int npos = 0;
-    uint64_t threads = 1, chunk_bytes = 0;
+    int threads = 1;
+    uint64_t chunk_bytes = 0;
     bool resume = false, dry = false, overwrite = false, force = false, nonfinite = false, json = false, buffered = false;
-    const char **overrides = dsq_calloc((size_t)argc + 1, sizeof *overrides);
-    const char **command = dsq_calloc(2 * (size_t)argc + 8, sizeof *command);
-    size_t n_over = 0;
-    int rc = DSQ_EXIT_OK;
-    if (!overrides || !command) return DSQ_EXIT_FAIL;
-    for (int i = 1; i < argc && rc == DSQ_EXIT_OK; i++) {
-        const char *a = argv[i];
-        bool has = i + 1 < argc;
-        if (!strcmp(a, "--recipe") && has) recipe_name = argv[++i];
-        else if (!strcmp(a, "--override") && has) overrides[n_over++] = argv[++i];
-        else if (!strcmp(a, "--threads") && has) {
-            if (!dsq_cmd_parse_u64(argv[++i], &threads) || threads < 1 || threads > 1024)
-                rc = dsq_cmd_usage_error("convert", "--threads needs a number 1..1024");
-        } else if (!strcmp(a, "--chunk-bytes") && has) {
-            if (!dsq_cmd_parse_size(argv[++i], &chunk_bytes) || chunk_bytes < 1)
-                rc = dsq_cmd_usage_error("convert", "--chunk-bytes needs a size (e.g. 32M)");
-        } else if (!strcmp(a, "--resume")) resume = true;
-        else if (!strcmp(a, "--dry-run")) dry = true;
-        else if (!strcmp(a, "--overwrite")) overwrite = true;
-        else if (!strcmp(a, "--buffered-io")) buffered = true;
-        else if (!strcmp(a, "--force")) force = true;
-        else if (!strcmp(a, "--allow-nonfinite")) nonfinite = true;
-        else if (!strcmp(a, "--imatrix") && has) imatrix_path = argv[++i];
-        else if (!strcmp(a, "--json")) json = true;
-        else if (a[0] == '-' && a[1]) rc = dsq_cmd_usage_error("convert", "unknown or incomplete option '%s'", a);
-        else if (npos < 2) pos[npos++] = a;
-        else rc = dsq_cmd_usage_error("convert", "unexpected argument '%s'", a);
+    dsq_opt_list overrides = {0};
+    dsq_opt opts[] = {
+        DSQ_OPT_STR("--recipe", &recipe_name),
+        DSQ_OPT_LIST("--override", &overrides),
+        DSQ_OPT_INT("--threads", &threads, 1, 1024),
+        DSQ_OPT_SIZE("--chunk-bytes", &chunk_bytes, 1, UINT64_MAX),
+        DSQ_OPT_FLAG("--resume", &resume),
+        DSQ_OPT_FLAG("--dry-run", &dry),
+        DSQ_OPT_FLAG("--overwrite", &overwrite),
+        DSQ_OPT_FLAG("--buffered-io", &buffered),
+        DSQ_OPT_FLAG("--force", &force),
+        DSQ_OPT_FLAG("--allow-nonfinite", &nonfinite),
+        DSQ_OPT_STR("--imatrix", &imatrix_path),
+        DSQ_OPT_FLAG("--json", &json),
+        DSQ_OPT_END,
+    };
+    dsq_opt_spec spec = {.cmd = "convert", .opts = opts, .pos = pos, .max_pos = 2, .min_pos = 2,
+                         .missing = "need SRC and OUT.dsq"};
+    int rc = dsq_opt_parse_cmd(&spec, argc, argv, NULL);
+    if (rc) return rc;
+    if (!recipe_name) {
+        dsq_opt_list_free(&overrides);
+        return dsq_cmd_usage_error("convert", "--recipe is required");
     }
-    if (rc == DSQ_EXIT_OK && npos != 2) rc = dsq_cmd_usage_error("convert", "need SRC and OUT.dsq");
-    if (rc == DSQ_EXIT_OK && !recipe_name) rc = dsq_cmd_usage_error("convert", "--recipe is required");
-    if (rc != DSQ_EXIT_OK) {
-        dsq_free(overrides);
-        dsq_free(command);
-        return rc;
+    size_t n_over = overrides.n;
+    const char **command = dsq_calloc(2 * n_over + 16, sizeof *command);
+    if (!command) {
+        dsq_opt_list_free(&overrides);
+        return DSQ_EXIT_FAIL;
     }
     dsq_err err = DSQ_ERR_INIT;
     dsq_recipe *recipe = NULL;
@@ -197,7 +192,7 @@ int dsq_cmd_convert(int argc, char **argv) {
     command[nc++] = slash && slash[1] ? slash + 1 : src_abs;
     command[nc++] = "--recipe";
     command[nc++] = recipe_name;
-    for (size_t k = 0; k < n_over; k++) command[nc++] = "--override", command[nc++] = overrides[k];
+    for (size_t k = 0; k < n_over; k++) command[nc++] = "--override", command[nc++] = overrides.v[k];
     if (force) command[nc++] = "--force";
     if (nonfinite) command[nc++] = "--allow-nonfinite";
     dsq_imatrix *imx = NULL;
@@ -213,11 +208,11 @@ int dsq_cmd_convert(int argc, char **argv) {
     }
     command[nc] = NULL;
     if (s == DSQ_OK) s = dsq_recipe_load(recipe_name, &recipe, &err);
-    for (size_t k = 0; s == DSQ_OK && k < n_over; k++) s = dsq_recipe_override(recipe, overrides[k], &err);
+    for (size_t k = 0; s == DSQ_OK && k < n_over; k++) s = dsq_recipe_override(recipe, overrides.v[k], &err);
     dsq_convert_options o = {.src = src_abs,
                              .out = pos[1],
                              .recipe = recipe,
-                             .threads = (int)threads,
+                             .threads = threads,
                              .chunk_bytes = chunk_bytes,
                              .buffered_io = buffered,
                              .resume = resume,
@@ -268,7 +263,7 @@ int dsq_cmd_convert(int argc, char **argv) {
     dsq_convert_plan_free(plan);
     dsq_imatrix_free(imx);
     dsq_recipe_free(recipe);
-    dsq_free(overrides);
+    dsq_opt_list_free(&overrides);
     dsq_free(command);
     return rc;
 }

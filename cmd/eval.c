@@ -41,56 +41,26 @@ static int cmd_logits(int argc, char **argv) {
     memset(&o, 0, sizeof o);
     dsq_eval_options_default(&o.eval);
     bool json = false;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        bool has_val = i + 1 < argc;
-        uint64_t v = 0;
-        if (!strcmp(a, "--tokens") && has_val)
-            o.tokens = argv[++i];
-        else if (!strcmp(a, "--out") && has_val)
-            o.out = argv[++i];
-        else if (!strcmp(a, "--numerics") && has_val) {
-            if (!dsq_numerics_from_name(argv[++i], &o.eval.numerics))
-                return dsq_cmd_usage_error(me, "--numerics must be exact or release, not '%s'", argv[i]);
-        } else if (!strcmp(a, "--decode-from") && has_val) {
-            if (!dsq_cmd_parse_u64(argv[++i], &v) || v < 1 || v > INT32_MAX)
-                return dsq_cmd_usage_error(me, "--decode-from needs a position ≥ 1, not '%s'", argv[i]);
-            o.decode_from = (int64_t)v;
-        } else if (!strcmp(a, "--device") && has_val) {
-            if (dsq__cmd_device_option(me, argv[++i], &o.eval.device)) return DSQ_EXIT_USAGE;
-        } else if (!strcmp(a, "--kv-cache") && has_val) {
-            if (dsq__cmd_kv_cache_option(me, argv[++i], &o.eval.kv_cache)) return DSQ_EXIT_USAGE;
-        } else if (!strcmp(a, "--threads") && has_val) {
-            if (!dsq_cmd_parse_u64(argv[++i], &v) || v < 1 || v > 4096)
-                return dsq_cmd_usage_error(me, "--threads needs a count ≥ 1, not '%s'", argv[i]);
-            o.eval.threads = (int)v;
-        } else if (!strcmp(a, "--memory-budget") && has_val) {
-            if (!dsq_cmd_parse_size(argv[++i], &o.memory_budget) || !o.memory_budget)
-                return dsq_cmd_usage_error(me, "--memory-budget needs a size, not '%s'", argv[i]);
-        } else if (!strcmp(a, "--mtp"))
-            o.mtp = true;
-        else if (!strcmp(a, "--dump-hidden"))
-            o.dump_hidden = true;
-        else if (!strcmp(a, "--no-shared-clamp"))
-            o.eval.no_shared_clamp = true;
-        else if (!strcmp(a, "--scalar"))
-            o.eval.force_scalar = true;
-        else if (!strcmp(a, "--no-verify-data"))
-            o.eval.load.no_verify_data = true;
-        else if (!strcmp(a, "--allow-nonfinite"))
-            o.eval.load.allow_nonfinite = true;
-        else if (!strcmp(a, "--overwrite"))
-            o.overwrite = true;
-        else if (!strcmp(a, "--json"))
-            json = true;
-        else if (a[0] == '-')
-            return dsq_cmd_usage_error(me, "unknown or incomplete option '%s'", a);
-        else if (!o.model)
-            o.model = a;
-        else
-            return dsq_cmd_usage_error(me, "unexpected argument '%s'", a);
-    }
-    if (!o.model) return dsq_cmd_usage_error(me, "missing MODEL");
+    uint32_t decode_from = 0;
+    dsq_opt eval_opts[DSQ__CMD_EVAL_OPTS];
+    dsq__cmd_eval_opts(&o.eval, eval_opts);
+    dsq_opt opts[] = {
+        DSQ_OPT_STR("--tokens", &o.tokens),
+        DSQ_OPT_STR("--out", &o.out),
+        DSQ_OPT_U32("--decode-from", &decode_from, 1, INT32_MAX),
+        DSQ_OPT_SIZE("--memory-budget", &o.memory_budget, 1, UINT64_MAX),
+        DSQ_OPT_FLAG("--mtp", &o.mtp),
+        DSQ_OPT_FLAG("--dump-hidden", &o.dump_hidden),
+        DSQ_OPT_FLAG("--overwrite", &o.overwrite),
+        DSQ_OPT_FLAG("--json", &json),
+        DSQ_OPT_MORE(eval_opts),
+        DSQ_OPT_END,
+    };
+    dsq_opt_spec spec = {.cmd = me, .opts = opts, .pos = &o.model, .max_pos = 1, .min_pos = 1, .missing = "missing MODEL",
+                         .dash_is_option = true};
+    int rc = dsq_opt_parse_cmd(&spec, argc, argv, NULL);
+    if (rc) return rc;
+    o.decode_from = decode_from;
     if (!o.tokens) return dsq_cmd_usage_error(me, "missing --tokens FILE");
     if (!o.out) return dsq_cmd_usage_error(me, "missing --out FILE");
     dsq_signals_install();

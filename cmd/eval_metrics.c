@@ -47,83 +47,65 @@ dsq_status dsq__cmd_load_tokens(const char *model_dir, const char *text_path, co
     return s;
 }
 
-int dsq__cmd_device_option(const char *me, const char *name, dsq_device *out) {
-    if (!dsq_device_from_name(name, out)) {
-        dsq_cmd_usage_error(me, "--device must be cpu, cuda or cuda:N, not '%s'", name);
-        return -1;
-    }
-    dsq_err e = DSQ_ERR_INIT;
-    if (dsq_device_check(out, &e) != DSQ_OK) {
-        dsq_cmd_fail(me, &e);
-        return -1;
-    }
-    return 0;
+static dsq_opt_fn_result numerics_fn(const char *v, void *dest, char *msg, size_t cap) {
+    if (dsq_numerics_from_name(v, dest)) return DSQ_OPT_FN_OK;
+    snprintf(msg, cap, "--numerics must be exact or release, not '%s'", v);
+    return DSQ_OPT_FN_BAD;
 }
 
-int dsq__cmd_kv_cache_option(const char *me, const char *name, dsq_kv_cache *out) {
-    if (dsq_kv_cache_from_name(name, out)) return 0;
-    dsq_cmd_usage_error(me, "--kv-cache must be f32, bf16 or compact, not '%s'", name);
-    return -1;
+/* dsq_device_from_name, then dsq_device_check: a device this build or machine lacks is refused here. */
+static dsq_opt_fn_result device_fn(const char *v, void *dest, char *msg, size_t cap) {
+    if (!dsq_device_from_name(v, dest)) {
+        snprintf(msg, cap, "--device must be cpu, cuda or cuda:N, not '%s'", v);
+        return DSQ_OPT_FN_BAD;
+    }
+    dsq_err e = DSQ_ERR_INIT;
+    if (dsq_device_check(dest, &e) == DSQ_OK) return DSQ_OPT_FN_OK;
+    snprintf(msg, cap, "%s", e.n ? e.msg : "the device cannot be used");
+    dsq_err_clear(&e);
+    return DSQ_OPT_FN_FAIL;
+}
+
+static dsq_opt_fn_result kv_cache_fn(const char *v, void *dest, char *msg, size_t cap) {
+    if (dsq_kv_cache_from_name(v, dest)) return DSQ_OPT_FN_OK;
+    snprintf(msg, cap, "--kv-cache must be f32, bf16 or compact, not '%s'", v);
+    return DSQ_OPT_FN_BAD;
+}
+
+void dsq__cmd_eval_opts(dsq_eval_options *e, dsq_opt t[DSQ__CMD_EVAL_OPTS]) {
+    const dsq_opt table[DSQ__CMD_EVAL_OPTS] = {
+        DSQ_OPT_FN("--numerics", &e->numerics, numerics_fn),
+        DSQ_OPT_FN("--device", &e->device, device_fn),
+        DSQ_OPT_FN("--kv-cache", &e->kv_cache, kv_cache_fn),
+        DSQ_OPT_INT("--threads", &e->threads, 1, 4096),
+        DSQ_OPT_FLAG("--scalar", &e->force_scalar),
+        DSQ_OPT_FLAG("--no-shared-clamp", &e->no_shared_clamp),
+        DSQ_OPT_FLAG("--no-verify-data", &e->load.no_verify_data),
+        DSQ_OPT_FLAG("--allow-nonfinite", &e->load.allow_nonfinite),
+        DSQ_OPT_END,
+    };
+    memcpy(t, table, sizeof table);
+}
+
+void dsq__cmd_score_opts(dsq_score_options *o, dsq__cmd_score_table *t) {
+    dsq__cmd_eval_opts(&o->eval, t->eval);
+    const dsq_opt table[DSQ__CMD_SCORE_OPTS] = {
+        DSQ_OPT_MORE(t->eval),
+        DSQ_OPT_SIZE("--memory-budget", &o->memory_budget, 1, UINT64_MAX),
+        {"--ctx", DSQ_OPT_KIND_U32, &o->n_ctx, 3, DSQ_SCORE_MAX_CTX, 0, NULL, NULL, NULL,
+         "tokens per chunk, at most the model's max_position_embeddings"},
+        DSQ_OPT_U32("--chunks", &o->max_chunks, 1, UINT32_MAX),
+        DSQ_OPT_U32("--batch", &o->batch, 1, 4096),
+        DSQ_OPT_FLAG("--no-bos", &o->no_bos),
+        DSQ_OPT_END,
+    };
+    memcpy(t->score, table, sizeof table);
 }
 
 int dsq__cmd_score_option(const char *me, int argc, char **argv, int *i, dsq_score_options *o) {
-    const char *a = argv[*i];
-    bool has_val = *i + 1 < argc;
-    uint64_t v = 0;
-    if (!strcmp(a, "--scalar"))
-        o->eval.force_scalar = true;
-    else if (!strcmp(a, "--no-verify-data"))
-        o->eval.load.no_verify_data = true;
-    else if (!strcmp(a, "--allow-nonfinite"))
-        o->eval.load.allow_nonfinite = true;
-    else if (!strcmp(a, "--no-shared-clamp"))
-        o->eval.no_shared_clamp = true;
-    else if (!strcmp(a, "--no-bos"))
-        o->no_bos = true;
-    else if (!has_val)
-        return 0;
-    else if (!strcmp(a, "--numerics")) {
-        if (!dsq_numerics_from_name(argv[++*i], &o->eval.numerics)) {
-            dsq_cmd_usage_error(me, "--numerics must be exact or release, not '%s'", argv[*i]);
-            return -1;
-        }
-    } else if (!strcmp(a, "--device")) {
-        if (dsq__cmd_device_option(me, argv[++*i], &o->eval.device)) return -1;
-    } else if (!strcmp(a, "--kv-cache")) {
-        if (dsq__cmd_kv_cache_option(me, argv[++*i], &o->eval.kv_cache)) return -1;
-    } else if (!strcmp(a, "--threads")) {
-        if (!dsq_cmd_parse_u64(argv[++*i], &v) || v < 1 || v > 4096) {
-            dsq_cmd_usage_error(me, "--threads needs a count ≥ 1, not '%s'", argv[*i]);
-            return -1;
-        }
-        o->eval.threads = (int)v;
-    } else if (!strcmp(a, "--memory-budget")) {
-        if (!dsq_cmd_parse_size(argv[++*i], &o->memory_budget) || !o->memory_budget) {
-            dsq_cmd_usage_error(me, "--memory-budget needs a size, not '%s'", argv[*i]);
-            return -1;
-        }
-    } else if (!strcmp(a, "--ctx")) {
-        if (!dsq_cmd_parse_u64(argv[++*i], &v) || v < 3 || v > DSQ_SCORE_MAX_CTX) {
-            dsq_cmd_usage_error(me, "--ctx needs a chunk length of 3..%u tokens (and at most the model's "
-                                "max_position_embeddings), not '%s'", DSQ_SCORE_MAX_CTX, argv[*i]);
-            return -1;
-        }
-        o->n_ctx = (uint32_t)v;
-    } else if (!strcmp(a, "--chunks")) {
-        if (!dsq_cmd_parse_u64(argv[++*i], &v) || v < 1 || v > UINT32_MAX) {
-            dsq_cmd_usage_error(me, "--chunks needs a count ≥ 1, not '%s'", argv[*i]);
-            return -1;
-        }
-        o->max_chunks = (uint32_t)v;
-    } else if (!strcmp(a, "--batch")) {
-        if (!dsq_cmd_parse_u64(argv[++*i], &v) || v < 1 || v > 4096) {
-            dsq_cmd_usage_error(me, "--batch needs a count ≥ 1, not '%s'", argv[*i]);
-            return -1;
-        }
-        o->batch = (uint32_t)v;
-    } else
-        return 0;
-    return 1;
+    dsq__cmd_score_table t;
+    dsq__cmd_score_opts(o, &t);
+    return dsq_opt_parse_one(me, t.score, argc, argv, i);
 }
 
 void dsq__cmd_score_option_help(FILE *f) {
@@ -254,33 +236,24 @@ typedef struct args {
     dsq_score_options so;
 } args;
 
-/* Parse common options; `extra` handles subcommand options (returns 1 consumed, 0 not, -1 error). */
-typedef int (*extra_fn)(void *ctx, const char *me, int argc, char **argv, int *i);
-static int parse(const char *me, int argc, char **argv, int max_pos, args *a, extra_fn extra, void *ctx) {
+/* Parse the options every subcommand shares, the subcommand's own (`extra`, may be NULL) and up to
+ * max_pos positional arguments into *a. */
+static int parse(const char *me, int argc, char **argv, int max_pos, args *a, const dsq_opt *extra) {
     memset(a, 0, sizeof *a);
     dsq_score_options_default(&a->so);
-    for (int i = 1; i < argc; i++) {
-        const char *s = argv[i];
-        int r = dsq__cmd_score_option(me, argc, argv, &i, &a->so);
-        if (r < 0) return DSQ_EXIT_USAGE;
-        if (r > 0) continue;
-        r = extra ? extra(ctx, me, argc, argv, &i) : 0;
-        if (r < 0) return DSQ_EXIT_USAGE;
-        if (r > 0) continue;
-        if (!strcmp(s, "--tokens") && i + 1 < argc)
-            a->tokens = argv[++i];
-        else if (!strcmp(s, "--json"))
-            a->json = true;
-        else if (!strcmp(s, "--overwrite"))
-            a->overwrite = true;
-        else if (s[0] == '-' && s[1])
-            return dsq_cmd_usage_error(me, "unknown or incomplete option '%s'", s);
-        else if (a->n_pos < max_pos)
-            a->pos[a->n_pos++] = s;
-        else
-            return dsq_cmd_usage_error(me, "unexpected argument '%s'", s);
-    }
-    return DSQ_EXIT_OK;
+    dsq__cmd_score_table st;
+    dsq__cmd_score_opts(&a->so, &st);
+    static const dsq_opt none[] = {DSQ_OPT_END};
+    dsq_opt opts[] = {
+        DSQ_OPT_MORE(st.score),
+        DSQ_OPT_MORE(extra ? extra : none),
+        DSQ_OPT_STR("--tokens", &a->tokens),
+        DSQ_OPT_FLAG("--json", &a->json),
+        DSQ_OPT_FLAG("--overwrite", &a->overwrite),
+        DSQ_OPT_END,
+    };
+    dsq_opt_spec spec = {.cmd = me, .opts = opts, .pos = a->pos, .max_pos = max_pos};
+    return dsq_opt_parse_cmd(&spec, argc, argv, &a->n_pos);
 }
 
 /* ---- ppl ----------------------------------------------------------------------------------------- */
@@ -297,7 +270,7 @@ int dsq__eval_ppl(int argc, char **argv) {
         return DSQ_EXIT_OK;
     }
     args a;
-    int rc = parse(me, argc, argv, 2, &a, NULL, NULL);
+    int rc = parse(me, argc, argv, 2, &a, NULL);
     if (rc) return rc;
     if (a.n_pos < 1) return dsq_cmd_usage_error(me, "missing MODEL");
     if (a.n_pos < 2 && !a.tokens) return dsq_cmd_usage_error(me, "missing TEXTFILE or --tokens FILE");
@@ -344,39 +317,6 @@ typedef struct kld_args {
     dsq_base_options bo;
 } kld_args;
 
-static int kld_extra(void *ctx, const char *me, int argc, char **argv, int *i) {
-    kld_args *k = ctx;
-    const char *a = argv[*i];
-    if (*i + 1 >= argc) return 0;
-    uint64_t v;
-    if (!strcmp(a, "--save-base"))
-        k->save_base = argv[++*i];
-    else if (!strcmp(a, "--base"))
-        k->base = argv[++*i];
-    else if (!strcmp(a, "--top-k")) {
-        if (!dsq_cmd_parse_u64(argv[++*i], &v) || v < 1 || v > DSQ_KBASE_MAX_VOCAB) {
-            dsq_cmd_usage_error(me, "--top-k needs a count ≥ 1, not '%s'", argv[*i]);
-            return -1;
-        }
-        k->bo.k = (uint32_t)v;
-    } else if (!strcmp(a, "--seed")) {
-        if (!dsq_cmd_parse_u64(argv[++*i], &k->bo.seed)) {
-            dsq_cmd_usage_error(me, "--seed needs an unsigned integer, not '%s'", argv[*i]);
-            return -1;
-        }
-    } else if (!strcmp(a, "--temperature")) {
-        char *end;
-        double t = strtod(argv[++*i], &end);
-        if (*end || !(t > 0) || !isfinite(t)) {
-            dsq_cmd_usage_error(me, "--temperature needs a positive number, not '%s'", argv[*i]);
-            return -1;
-        }
-        k->bo.temperature = t;
-    } else
-        return 0;
-    return 1;
-}
-
 int dsq__eval_kld(int argc, char **argv) {
     const char *me = "eval kld";
     if (dsq_cmd_wants_help(argc, argv)) {
@@ -398,7 +338,15 @@ int dsq__eval_kld(int argc, char **argv) {
     }
     args a;
     kld_args k = {0};
-    int rc = parse(me, argc, argv, 2, &a, kld_extra, &k);
+    dsq_opt extra[] = {
+        DSQ_OPT_STR("--save-base", &k.save_base),
+        DSQ_OPT_STR("--base", &k.base),
+        DSQ_OPT_U32("--top-k", &k.bo.k, 1, DSQ_KBASE_MAX_VOCAB),
+        DSQ_OPT_U64("--seed", &k.bo.seed, 0, UINT64_MAX),
+        DSQ_OPT_DOUBLE("--temperature", &k.bo.temperature, 0, UINT64_MAX, DSQ_OPT_GT_MIN),
+        DSQ_OPT_END,
+    };
+    int rc = parse(me, argc, argv, 2, &a, extra);
     if (rc) return rc;
     if (a.n_pos < 1) return dsq_cmd_usage_error(me, "missing MODEL");
     if (!k.save_base == !k.base) return dsq_cmd_usage_error(me, "give exactly one of --save-base BASE and --base BASE");
@@ -458,12 +406,6 @@ int dsq__eval_kld(int argc, char **argv) {
 
 /* ---- diff ---------------------------------------------------------------------------------------- */
 
-static int diff_extra(void *ctx, const char *me, int argc, char **argv, int *i) {
-    if (strcmp(argv[*i], "--own-only")) return 0;
-    *(bool *)ctx = true;
-    return 1;
-}
-
 static void json_diff(FILE *f, const char *key, const dsq_diff_acc *d) {
     fprintf(f, "\"%s\": {\"cosine\": ", key);
     json_num(f, dsq_diff_cosine(d));
@@ -493,7 +435,8 @@ int dsq__eval_diff(int argc, char **argv) {
     }
     args a;
     bool own_only = false;
-    int rc = parse(me, argc, argv, 3, &a, diff_extra, &own_only);
+    dsq_opt extra[] = {DSQ_OPT_FLAG("--own-only", &own_only), DSQ_OPT_END};
+    int rc = parse(me, argc, argv, 3, &a, extra);
     if (rc) return rc;
     if (a.n_pos < 2) return dsq_cmd_usage_error(me, "missing REF and CAND");
     if (a.n_pos < 3 && !a.tokens) return dsq_cmd_usage_error(me, "missing TEXTFILE or --tokens FILE");
@@ -550,25 +493,6 @@ typedef struct mc_args {
     uint64_t first, count;
 } mc_args;
 
-static int mc_extra(void *ctx, const char *me, int argc, char **argv, int *i) {
-    mc_args *k = ctx;
-    const char *a = argv[*i];
-    if (*i + 1 >= argc) return 0;
-    if (!strcmp(a, "--base"))
-        k->answers_base = argv[++*i];
-    else if (!strcmp(a, "--save-answers"))
-        k->save_answers = argv[++*i];
-    else if (!strcmp(a, "--first") || !strcmp(a, "--count")) {
-        uint64_t *dst = a[2] == 'f' ? &k->first : &k->count;
-        if (!dsq_cmd_parse_u64(argv[++*i], dst)) {
-            dsq_cmd_usage_error(me, "%s needs an unsigned integer, not '%s'", a, argv[*i]);
-            return -1;
-        }
-    } else
-        return 0;
-    return 1;
-}
-
 int dsq__eval_mc(int argc, char **argv) {
     const char *me = "eval mc";
     if (dsq_cmd_wants_help(argc, argv)) {
@@ -588,7 +512,14 @@ int dsq__eval_mc(int argc, char **argv) {
     }
     args a;
     mc_args k = {0};
-    int rc = parse(me, argc, argv, 2, &a, mc_extra, &k);
+    dsq_opt extra[] = {
+        DSQ_OPT_STR("--base", &k.answers_base),
+        DSQ_OPT_STR("--save-answers", &k.save_answers),
+        DSQ_OPT_U64("--first", &k.first, 0, UINT64_MAX),
+        DSQ_OPT_U64("--count", &k.count, 0, UINT64_MAX),
+        DSQ_OPT_END,
+    };
+    int rc = parse(me, argc, argv, 2, &a, extra);
     if (rc) return rc;
     if (a.n_pos < 2) return dsq_cmd_usage_error(me, "missing MODEL and TASK.jsonl");
     if (a.tokens) return dsq_cmd_usage_error(me, "--tokens does not apply: tasks are text");

@@ -18,14 +18,23 @@ int dsq__eval_mc(int argc, char **argv);
 dsq_status dsq__cmd_load_tokens(const char *model_dir, const char *text_path, const char *tokens_path, uint64_t max_ids,
                                 int32_t **ids, uint64_t *n, dsq_err *err);
 
-/* Parse one model/evaluation option at argv[*i] (advancing *i past its value): --numerics, --device, --kv-cache, --threads,
- * --scalar, --no-shared-clamp, --memory-budget, --ctx, --chunks, --batch, --no-bos.  Returns 1 when
- * consumed, 0 when argv[*i] is not one of them, -1 after printing a usage error for `me`. */
-/* Parse and check `--device NAME` (dsq_device_from_name + dsq_device_check): 0, or -1 after printing
- * one line (malformed name, no CUDA built in, no device). */
-int dsq__cmd_device_option(const char *me, const char *name, dsq_device *out);
-/* Parse `--kv-cache NAME` (f32, bf16, compact): 0, or -1 after printing one usage line. */
-int dsq__cmd_kv_cache_option(const char *me, const char *name, dsq_kv_cache *out);
+/* The option table of the evaluator's settings (cmd/opt.h), filled to point into *e: --numerics,
+ * --device (checked: a device this build or machine lacks is refused while parsing), --kv-cache,
+ * --threads, --scalar, --no-shared-clamp, --no-verify-data, --allow-nonfinite. */
+enum { DSQ__CMD_EVAL_OPTS = 9, DSQ__CMD_SCORE_OPTS = 7 };
+void dsq__cmd_eval_opts(dsq_eval_options *e, dsq_opt t[DSQ__CMD_EVAL_OPTS]);
+
+/* The scoring options of ppl/kld/diff/mc, compare, generate and calibrate: the evaluator's table
+ * above plus --memory-budget, --ctx, --chunks, --batch, --no-bos, pointing into *o.  Include it in a
+ * command's table with DSQ_OPT_MORE(t.score); t must live as long as that table. */
+typedef struct dsq__cmd_score_table {
+    dsq_opt eval[DSQ__CMD_EVAL_OPTS];
+    dsq_opt score[DSQ__CMD_SCORE_OPTS];
+} dsq__cmd_score_table;
+void dsq__cmd_score_opts(dsq_score_options *o, dsq__cmd_score_table *t);
+
+/* One of those options at argv[*i] (advancing *i past its value): 1 consumed, 0 not one of them, -1
+ * after printing a usage error for `me`.  For per-command loops written before the option tables. */
 int dsq__cmd_score_option(const char *me, int argc, char **argv, int *i, dsq_score_options *o);
 /* The lines of help for those options. */
 void dsq__cmd_score_option_help(FILE *f);

@@ -39,26 +39,24 @@ int dsq_cmd_export(int argc, char **argv) {
         return DSQ_EXIT_OK;
     }
     const char *pos[2] = {NULL, NULL};
-    int npos = 0;
     dsq_ctr_export_options o = {.progress = true, .scan = dsq_convert_scan_piece};
-    bool json = false;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--overwrite")) o.overwrite = true;
-        else if (!strcmp(argv[i], "--allow-nonfinite")) o.scan = NULL;
-        else if (!strcmp(argv[i], "--json")) json = true;
-        else if (!strcmp(argv[i], "--format") && i + 1 < argc) {
-            ++i;
-            if (!strcmp(argv[i], "modelopt-nvfp4")) o.modelopt_nvfp4 = true;
-            else if (strcmp(argv[i], "safetensors") != 0)
-                return dsq_cmd_usage_error("export", "unknown format '%s' (safetensors or modelopt-nvfp4)", argv[i]);
-        } else if (!strcmp(argv[i], "--shard-size") && i + 1 < argc) {
-            if (!dsq_cmd_parse_size(argv[++i], &o.shard_size) || o.shard_size == 0)
-                return dsq_cmd_usage_error("export", "bad --shard-size '%s'", argv[i]);
-        } else if (argv[i][0] == '-' && argv[i][1]) return dsq_cmd_usage_error("export", "unknown or incomplete option '%s'", argv[i]);
-        else if (npos < 2) pos[npos++] = argv[i];
-        else return dsq_cmd_usage_error("export", "unexpected argument '%s'", argv[i]);
-    }
-    if (npos != 2) return dsq_cmd_usage_error("export", "need FILE.dsq and OUTDIR");
+    bool json = false, nonfinite = false;
+    static const char *const formats[] = {"safetensors", "modelopt-nvfp4", NULL};
+    int format = 0;
+    dsq_opt opts[] = {
+        DSQ_OPT_ENUM("--format", &format, formats),
+        DSQ_OPT_SIZE("--shard-size", &o.shard_size, 1, UINT64_MAX),
+        DSQ_OPT_FLAG("--overwrite", &o.overwrite),
+        DSQ_OPT_FLAG("--allow-nonfinite", &nonfinite),
+        DSQ_OPT_FLAG("--json", &json),
+        DSQ_OPT_END,
+    };
+    dsq_opt_spec spec = {.cmd = "export", .opts = opts, .pos = pos, .max_pos = 2, .min_pos = 2,
+                         .missing = "need FILE.dsq and OUTDIR"};
+    int rc = dsq_opt_parse_cmd(&spec, argc, argv, NULL);
+    if (rc) return rc;
+    o.modelopt_nvfp4 = format == 1;
+    if (nonfinite) o.scan = NULL;
     dsq_nonfinite_scan scan = {pos[0], 0};
     o.scan_ctx = &scan;
     dsq_err err = DSQ_ERR_INIT;

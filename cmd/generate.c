@@ -1,7 +1,6 @@
 /* dsq-command: generate | generate text with a V4 checkpoint (greedy or Gumbel-max sampling), streaming tokens */
 /* `dsq generate MODEL --prompt TEXT [-n N] [--chat]`: tokenizes the prompt (raw, after BOS, or in the
  * V4 chat format), then prints each new token as it comes (lib/eval/dsq_score.h). */
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -69,43 +68,25 @@ int dsq_cmd_generate(int argc, char **argv) {
     dsq_generate_options g = {.n_new = 64};
     const char *model = NULL, *prompt = NULL;
     bool chat = false, thinking = false, json = false;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        int r = dsq__cmd_score_option(me, argc, argv, &i, &so);
-        if (r < 0) return DSQ_EXIT_USAGE;
-        if (r > 0) continue;
-        bool has_val = i + 1 < argc;
-        uint64_t v;
-        if (!strcmp(a, "--prompt") && has_val)
-            prompt = argv[++i];
-        else if (!strcmp(a, "-n") && has_val) {
-            if (!dsq_cmd_parse_u64(argv[++i], &v) || v < 1 || v > (1u << 20))
-                return dsq_cmd_usage_error(me, "-n needs a count ≥ 1, not '%s'", argv[i]);
-            g.n_new = (uint32_t)v;
-        } else if (!strcmp(a, "--temperature") && has_val) {
-            char *end;
-            g.temperature = strtod(argv[++i], &end);
-            if (*end || !(g.temperature >= 0) || !isfinite(g.temperature))
-                return dsq_cmd_usage_error(me, "--temperature needs a number ≥ 0, not '%s'", argv[i]);
-        } else if (!strcmp(a, "--seed") && has_val) {
-            if (!dsq_cmd_parse_u64(argv[++i], &g.seed))
-                return dsq_cmd_usage_error(me, "--seed needs an unsigned integer, not '%s'", argv[i]);
-        } else if (!strcmp(a, "--chat"))
-            chat = true;
-        else if (!strcmp(a, "--thinking"))
-            chat = thinking = true;
-        else if (!strcmp(a, "--ignore-eos"))
-            g.ignore_eos = true;
-        else if (!strcmp(a, "--json"))
-            json = true;
-        else if (a[0] == '-')
-            return dsq_cmd_usage_error(me, "unknown or incomplete option '%s'", a);
-        else if (!model)
-            model = a;
-        else
-            return dsq_cmd_usage_error(me, "unexpected argument '%s'", a);
-    }
-    if (!model) return dsq_cmd_usage_error(me, "missing MODEL");
+    dsq__cmd_score_table st;
+    dsq__cmd_score_opts(&so, &st);
+    dsq_opt opts[] = {
+        DSQ_OPT_STR("--prompt", &prompt),
+        DSQ_OPT_U32("-n", &g.n_new, 1, 1u << 20),
+        DSQ_OPT_DOUBLE("--temperature", &g.temperature, 0, UINT64_MAX, 0),
+        DSQ_OPT_U64("--seed", &g.seed, 0, UINT64_MAX),
+        DSQ_OPT_FLAG("--chat", &chat),
+        DSQ_OPT_FLAG("--thinking", &thinking),
+        DSQ_OPT_FLAG("--ignore-eos", &g.ignore_eos),
+        DSQ_OPT_FLAG("--json", &json),
+        DSQ_OPT_MORE(st.score),
+        DSQ_OPT_END,
+    };
+    dsq_opt_spec spec = {.cmd = me, .opts = opts, .pos = &model, .max_pos = 1, .min_pos = 1, .missing = "missing MODEL",
+                         .dash_is_option = true};
+    int rc = dsq_opt_parse_cmd(&spec, argc, argv, NULL);
+    if (rc) return rc;
+    chat = chat || thinking; /* --thinking is a chat template */
     if (!prompt) return dsq_cmd_usage_error(me, "missing --prompt TEXT");
     dsq_signals_install();
     dsq_err e = DSQ_ERR_INIT;

@@ -67,7 +67,6 @@ static void print_stats(const char *out, const dsq_gguf_export_stats *s, bool dr
 
 int dsq_cmd_gguf_out(const char *cmd, int argc, char **argv) {
     const char *pos[2] = {NULL, NULL};
-    int npos = 0;
     dsq_gguf_export_options o = {.progress = true};
     bool json = false;
     const char *imatrix_path = NULL;
@@ -76,29 +75,23 @@ int dsq_cmd_gguf_out(const char *cmd, int argc, char **argv) {
         size_t l = strlen(cmdline);
         snprintf(cmdline + l, sizeof cmdline - l, " %s", argv[i]);
     }
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--overwrite")) o.overwrite = true;
-        else if (!strcmp(argv[i], "--json")) json = true;
-        else if (!strcmp(argv[i], "--no-mtp")) o.no_mtp = true;
-        else if (!strcmp(argv[i], "--dry-run")) o.dry_run = true;
-        else if (!strcmp(argv[i], "--recipe") && i + 1 < argc) o.recipe = argv[++i];
-        else if (!strcmp(argv[i], "--imatrix") && i + 1 < argc) imatrix_path = argv[++i];
-        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
-            uint64_t n;
-            if (!dsq_cmd_parse_u64(argv[++i], &n) || n < 1 || n > 1024)
-                return dsq_cmd_usage_error(cmd, "--threads needs a number 1..1024");
-            o.threads = (int)n;
-        }
-        else if (!strcmp(argv[i], "--format") && i + 1 < argc) {
-            if (strcmp(argv[++i], "gguf") != 0) return dsq_cmd_usage_error(cmd, "an OUT.gguf output is written as gguf, not '%s'", argv[i]);
-        } else if (!strcmp(argv[i], "--split-max-size") && i + 1 < argc) {
-            if (!dsq_cmd_parse_size(argv[++i], &o.split_max_bytes) || o.split_max_bytes == 0)
-                return dsq_cmd_usage_error(cmd, "bad --split-max-size '%s'", argv[i]);
-        } else if (argv[i][0] == '-' && argv[i][1]) return dsq_cmd_usage_error(cmd, "unknown or incomplete option '%s' for a GGUF output", argv[i]);
-        else if (npos < 2) pos[npos++] = argv[i];
-        else return dsq_cmd_usage_error(cmd, "unexpected argument '%s'", argv[i]);
-    }
-    if (npos != 2) return dsq_cmd_usage_error(cmd, "need SRC and OUT.gguf");
+    static const char *const formats[] = {"gguf", NULL}; /* an OUT.gguf output is written as gguf */
+    int format = 0;
+    dsq_opt opts[] = {
+        DSQ_OPT_STR("--recipe", &o.recipe),
+        DSQ_OPT_STR("--imatrix", &imatrix_path),
+        DSQ_OPT_FLAG("--no-mtp", &o.no_mtp),
+        DSQ_OPT_SIZE("--split-max-size", &o.split_max_bytes, 1, UINT64_MAX),
+        DSQ_OPT_INT("--threads", &o.threads, 1, 1024),
+        DSQ_OPT_ENUM("--format", &format, formats),
+        DSQ_OPT_FLAG("--dry-run", &o.dry_run),
+        DSQ_OPT_FLAG("--overwrite", &o.overwrite),
+        DSQ_OPT_FLAG("--json", &json),
+        DSQ_OPT_END,
+    };
+    dsq_opt_spec spec = {.cmd = cmd, .opts = opts, .pos = pos, .max_pos = 2, .min_pos = 2, .missing = "need SRC and OUT.gguf"};
+    int rc = dsq_opt_parse_cmd(&spec, argc, argv, NULL);
+    if (rc) return rc;
     if (o.recipe && !dsq_gguf_recipe_find(o.recipe)) {
         fprintf(stderr, "dsq %s: unknown GGUF recipe '%s'; GGUF recipes:", cmd, o.recipe);
         for (const dsq_gguf_recipe *r = dsq_gguf_recipes(); r->name; r++) fprintf(stderr, " %s", r->name);

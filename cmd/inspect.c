@@ -366,23 +366,16 @@ int dsq_cmd_inspect(int argc, char **argv) {
     }
     const char *path = NULL, *config = NULL;
     bool json = false, list = false, check = false;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--json"))
-            json = true;
-        else if (!strcmp(argv[i], "--tensors"))
-            list = true;
-        else if (!strcmp(argv[i], "--check"))
-            check = true;
-        else if (!strcmp(argv[i], "--config")) {
-            if (++i >= argc) return dsq_cmd_usage_error(CMD, "--config needs a file");
-            config = argv[i];
-        } else if (argv[i][0] == '-' && argv[i][1])
-            return dsq_cmd_usage_error(CMD, "unknown option '%s'", argv[i]);
-        else if (path)
-            return dsq_cmd_usage_error(CMD, "more than one PATH ('%s', '%s')", path, argv[i]);
-        else
-            path = argv[i];
-    }
+    dsq_opt opts[] = {
+        DSQ_OPT_STR("--config", &config),
+        DSQ_OPT_FLAG("--tensors", &list),
+        DSQ_OPT_FLAG("--check", &check),
+        DSQ_OPT_FLAG("--json", &json),
+        DSQ_OPT_END,
+    };
+    dsq_opt_spec spec = {.cmd = CMD, .opts = opts, .pos = &path, .max_pos = 1};
+    int rc = dsq_opt_parse_cmd(&spec, argc, argv, NULL);
+    if (rc) return rc;
     if (!path && !config) return dsq_cmd_usage_error(CMD, "give a checkpoint PATH or --config FILE");
     if (!path && check) return dsq_cmd_usage_error(CMD, "--check needs a checkpoint PATH");
 
@@ -411,7 +404,7 @@ int dsq_cmd_inspect(int argc, char **argv) {
         dsq_config_params(&s.cfg, &r.cfg_params);
         dsq_config_kv_bytes(&s.cfg, &r.kv);
     }
-    int rc = DSQ_EXIT_OK;
+    rc = DSQ_EXIT_OK;
     if (check) {
         r.checked = true;
         r.check_status = dsq_inv_check(&s.cfg, s.tensors, s.n_tensors, s.path, &r.check, &err);

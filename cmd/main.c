@@ -1,12 +1,11 @@
 /* dsq: entry point and subcommand dispatch. */
-#include <ctype.h>
-#include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "cmd.h"
+#include "opt.h"
 
 typedef struct command {
     const char *name;
@@ -55,38 +54,9 @@ bool dsq_cmd_wants_help(int argc, char **argv) {
     return false;
 }
 
-bool dsq_cmd_parse_u64(const char *s, uint64_t *out) {
-    if (!s || !*s || *s == '-' || isspace((unsigned char)*s)) return false;
-    errno = 0;
-    char *end;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end) return false;
-    *out = v;
-    return true;
-}
+bool dsq_cmd_parse_u64(const char *s, uint64_t *out) { return dsq_opt_parse_u64(s, out); }
 
-bool dsq_cmd_parse_size(const char *s, uint64_t *out) {
-    if (!s || !*s || *s == '-') return false;
-    errno = 0;
-    char *end;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s) return false;
-    uint64_t mul = 1;
-    if (*end) {
-        switch (toupper((unsigned char)*end)) {
-        case 'K': mul = 1ull << 10; break;
-        case 'M': mul = 1ull << 20; break;
-        case 'G': mul = 1ull << 30; break;
-        case 'T': mul = 1ull << 40; break;
-        default: return false;
-        }
-        end++;
-        if (*end == 'i' || *end == 'I') end++;
-        if (*end == 'B' || *end == 'b') end++;
-        if (*end) return false;
-    }
-    return dsq_mul_u64(v, mul, out);
-}
+bool dsq_cmd_parse_size(const char *s, uint64_t *out) { return dsq_opt_parse_size(s, out); }
 
 void dsq_cmd_json_str(FILE *f, const char *s) {
     fputc('"', f);

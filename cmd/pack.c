@@ -1,6 +1,4 @@
 /* dsq-command: pack | compress a .dsq into a .dsqz (one zstd frame per tensor) */
-#include <stdlib.h>
-#include <string.h>
 
 #include "cmd.h"
 #include "dsq_container.h"
@@ -21,27 +19,19 @@ int dsq_cmd_pack(int argc, char **argv) {
         return DSQ_EXIT_OK;
     }
     const char *pos[2] = {NULL, NULL};
-    int npos = 0, level = 3, threads = 0;
+    int level = 3, threads = 0;
     bool overwrite = false, json = false;
-    for (int i = 1; i < argc; i++) {
-        uint64_t v;
-        if (!strcmp(argv[i], "--overwrite")) overwrite = true;
-        else if (!strcmp(argv[i], "--json")) json = true;
-        else if (!strcmp(argv[i], "--level") || !strcmp(argv[i], "--threads")) {
-            if (i + 1 >= argc || !dsq_cmd_parse_u64(argv[i + 1], &v) || v > 64)
-                return dsq_cmd_usage_error("pack", "%s needs a small number", argv[i]);
-            if (!strcmp(argv[i], "--level")) {
-                if (v < 1 || v > 19) return dsq_cmd_usage_error("pack", "--level must be 1..19");
-                level = (int)v;
-            } else {
-                threads = (int)v;
-            }
-            i++;
-        } else if (argv[i][0] == '-' && argv[i][1]) return dsq_cmd_usage_error("pack", "unknown option '%s'", argv[i]);
-        else if (npos < 2) pos[npos++] = argv[i];
-        else return dsq_cmd_usage_error("pack", "unexpected argument '%s'", argv[i]);
-    }
-    if (npos != 2) return dsq_cmd_usage_error("pack", "need FILE.dsq and OUT.dsqz");
+    dsq_opt opts[] = {
+        DSQ_OPT_INT("--level", &level, 1, 19),
+        DSQ_OPT_INT("--threads", &threads, 0, 64),
+        DSQ_OPT_FLAG("--overwrite", &overwrite),
+        DSQ_OPT_FLAG("--json", &json),
+        DSQ_OPT_END,
+    };
+    dsq_opt_spec spec = {.cmd = "pack", .opts = opts, .pos = pos, .max_pos = 2, .min_pos = 2,
+                         .missing = "need FILE.dsq and OUT.dsqz"};
+    int rc = dsq_opt_parse_cmd(&spec, argc, argv, NULL);
+    if (rc) return rc;
     dsq_err err = DSQ_ERR_INIT;
     dsq_ctr_pack_stats st = {0};
     if (dsq_ctr_pack(pos[0], pos[1], level, threads, overwrite, &st, &err) != DSQ_OK) return dsq_cmd_fail("pack", &err);

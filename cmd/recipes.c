@@ -17,12 +17,10 @@ int dsq_cmd_recipes(int argc, char **argv) {
     }
     bool json = false;
     const char *which = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--json")) json = true;
-        else if (argv[i][0] == '-') return dsq_cmd_usage_error("recipes", "unknown option '%s'", argv[i]);
-        else if (!which) which = argv[i];
-        else return dsq_cmd_usage_error("recipes", "unexpected argument '%s'", argv[i]);
-    }
+    dsq_opt opts[] = {DSQ_OPT_FLAG("--json", &json), DSQ_OPT_END};
+    dsq_opt_spec spec = {.cmd = "recipes", .opts = opts, .pos = &which, .max_pos = 1, .dash_is_option = true};
+    int rc = dsq_opt_parse_cmd(&spec, argc, argv, NULL);
+    if (rc) return rc;
     dsq_err err = DSQ_ERR_INIT;
     size_t n = which ? 1 : dsq_recipe_builtin_count();
     if (json) printf(which ? "" : "[");

@@ -63,36 +63,21 @@ int dsq_cmd_synth(int argc, char **argv) {
     const char *config = NULL, *out = NULL, *tokenizer = NULL;
     dsq_synth_options opt = {0};
     bool json = false;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        bool has_value = i + 1 < argc;
-        uint64_t v;
-        if (!strcmp(a, "--config") && has_value)
-            config = argv[++i];
-        else if (!strcmp(a, "--out") && has_value)
-            out = argv[++i];
-        else if (!strcmp(a, "--tokenizer") && has_value)
-            tokenizer = argv[++i];
-        else if (!strcmp(a, "--seed") && has_value) {
-            if (!dsq_cmd_parse_u64(argv[++i], &opt.seed)) return dsq_cmd_usage_error(CMD, "bad --seed '%s'", argv[i]);
-        } else if (!strcmp(a, "--layers") && has_value) {
-            if (!dsq_cmd_parse_u64(argv[++i], &v) || v == 0 || v > DSQ_MAX_LAYERS)
-                return dsq_cmd_usage_error(CMD, "bad --layers '%s' (1..%d)", argv[i], DSQ_MAX_LAYERS);
-            opt.layers = (int)v;
-        } else if (!strcmp(a, "--shard-size") && has_value) {
-            if (!dsq_cmd_parse_size(argv[++i], &opt.shard_size) || opt.shard_size == 0)
-                return dsq_cmd_usage_error(CMD, "bad --shard-size '%s'", argv[i]);
-        } else if (!strcmp(a, "--threads") && has_value) {
-            if (!dsq_cmd_parse_u64(argv[++i], &v) || v == 0 || v > 1024)
-                return dsq_cmd_usage_error(CMD, "bad --threads '%s'", argv[i]);
-            opt.threads = (int)v;
-        } else if (!strcmp(a, "--overwrite"))
-            opt.overwrite = true;
-        else if (!strcmp(a, "--json"))
-            json = true;
-        else
-            return dsq_cmd_usage_error(CMD, "unknown or incomplete option '%s'", a);
-    }
+    dsq_opt opts[] = {
+        DSQ_OPT_STR("--config", &config),
+        DSQ_OPT_STR("--out", &out),
+        DSQ_OPT_STR("--tokenizer", &tokenizer),
+        DSQ_OPT_U64("--seed", &opt.seed, 0, UINT64_MAX),
+        DSQ_OPT_INT("--layers", &opt.layers, 1, DSQ_MAX_LAYERS),
+        DSQ_OPT_SIZE("--shard-size", &opt.shard_size, 1, UINT64_MAX),
+        DSQ_OPT_INT("--threads", &opt.threads, 1, 1024),
+        DSQ_OPT_FLAG("--overwrite", &opt.overwrite),
+        DSQ_OPT_FLAG("--json", &json),
+        DSQ_OPT_END,
+    };
+    dsq_opt_spec spec = {.cmd = CMD, .opts = opts, .dash_is_option = true};
+    int rc = dsq_opt_parse_cmd(&spec, argc, argv, NULL);
+    if (rc) return rc;
     if (!config) return dsq_cmd_usage_error(CMD, "--config is required");
     if (!out) return dsq_cmd_usage_error(CMD, "--out is required");
     opt.progress = true;

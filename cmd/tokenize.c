@@ -77,38 +77,24 @@ int dsq_cmd_tokenize(int argc, char **argv) {
     }
     bool decode = false, json = false, stats = false, chat = false, thinking = false;
     const char *system = NULL, *pos[2] = {NULL, NULL};
-    int n_pos = 0;
     dsq_tok_options topt = {0};
     dsq_tok_decode_options dopt = {0};
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--decode"))
-            decode = true;
-        else if (!strcmp(a, "--json"))
-            json = true;
-        else if (!strcmp(a, "--stats"))
-            stats = true;
-        else if (!strcmp(a, "--skip-special"))
-            dopt.skip_special = true;
-        else if (!strcmp(a, "--lossy"))
-            dopt.lossy = true;
-        else if (!strcmp(a, "--chat"))
-            chat = true;
-        else if (!strcmp(a, "--thinking"))
-            thinking = true;
-        else if (!strcmp(a, "--v4-specials"))
-            topt.v4_specials = true;
-        else if (!strcmp(a, "--system")) {
-            if (++i == argc) return dsq_cmd_usage_error("tokenize", "--system needs a value");
-            system = argv[i];
-        } else if (a[0] == '-' && a[1])
-            return dsq_cmd_usage_error("tokenize", "unknown option '%s'", a);
-        else if (n_pos == 2)
-            return dsq_cmd_usage_error("tokenize", "unexpected argument '%s'", a);
-        else
-            pos[n_pos++] = a;
-    }
-    if (n_pos != 2) return dsq_cmd_usage_error("tokenize", "need MODEL|tokenizer.json and TEXT|-");
+    dsq_opt opts[] = {
+        DSQ_OPT_FLAG("--decode", &decode),
+        DSQ_OPT_FLAG("--skip-special", &dopt.skip_special),
+        DSQ_OPT_FLAG("--lossy", &dopt.lossy),
+        DSQ_OPT_FLAG("--chat", &chat),
+        DSQ_OPT_FLAG("--thinking", &thinking),
+        DSQ_OPT_STR("--system", &system),
+        DSQ_OPT_FLAG("--v4-specials", &topt.v4_specials),
+        DSQ_OPT_FLAG("--stats", &stats),
+        DSQ_OPT_FLAG("--json", &json),
+        DSQ_OPT_END,
+    };
+    dsq_opt_spec spec = {.cmd = "tokenize", .opts = opts, .pos = pos, .max_pos = 2, .min_pos = 2,
+                         .missing = "need MODEL|tokenizer.json and TEXT|-"};
+    int rc = dsq_opt_parse_cmd(&spec, argc, argv, NULL);
+    if (rc) return rc;
     if (decode && chat) return dsq_cmd_usage_error("tokenize", "--chat encodes; it cannot go with --decode");
     if (!chat && (thinking || system)) return dsq_cmd_usage_error("tokenize", "--thinking and --system need --chat");
     if (!decode && (dopt.skip_special || dopt.lossy))

@@ -1,6 +1,4 @@
 /* dsq-command: unpack | restore a .dsq (or some of its tensors) from a .dsqz */
-#include <stdlib.h>
-#include <string.h>
 
 #include "cmd.h"
 #include "dsq_container.h"
@@ -21,37 +19,23 @@ int dsq_cmd_unpack(int argc, char **argv) {
         return DSQ_EXIT_OK;
     }
     const char *pos[2] = {NULL, NULL};
-    int npos = 0;
     bool overwrite = false, json = false;
-    const char **names = dsq_calloc((size_t)argc, sizeof *names);
-    size_t n_names = 0;
-    if (!names) return DSQ_EXIT_FAIL;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--overwrite")) overwrite = true;
-        else if (!strcmp(argv[i], "--json")) json = true;
-        else if (!strcmp(argv[i], "--tensor")) {
-            if (i + 1 >= argc) {
-                dsq_free(names);
-                return dsq_cmd_usage_error("unpack", "--tensor needs a name");
-            }
-            names[n_names++] = argv[++i];
-        } else if (argv[i][0] == '-' && argv[i][1]) {
-            dsq_free(names);
-            return dsq_cmd_usage_error("unpack", "unknown option '%s'", argv[i]);
-        } else if (npos < 2) pos[npos++] = argv[i];
-        else {
-            dsq_free(names);
-            return dsq_cmd_usage_error("unpack", "unexpected argument '%s'", argv[i]);
-        }
-    }
-    if (npos != 2) {
-        dsq_free(names);
-        return dsq_cmd_usage_error("unpack", "need IN.dsqz and OUT.dsq");
-    }
+    dsq_opt_list tensors = {0};
+    dsq_opt opts[] = {
+        DSQ_OPT_LIST("--tensor", &tensors),
+        DSQ_OPT_FLAG("--overwrite", &overwrite),
+        DSQ_OPT_FLAG("--json", &json),
+        DSQ_OPT_END,
+    };
+    dsq_opt_spec spec = {.cmd = "unpack", .opts = opts, .pos = pos, .max_pos = 2, .min_pos = 2,
+                         .missing = "need IN.dsqz and OUT.dsq"};
+    int rc = dsq_opt_parse_cmd(&spec, argc, argv, NULL);
+    if (rc) return rc;
+    size_t n_names = tensors.n;
     dsq_err err = DSQ_ERR_INIT;
     dsq_ctr_pack_stats st = {0};
-    dsq_status s = dsq_ctr_unpack(pos[0], pos[1], names, n_names, overwrite, &st, &err);
-    dsq_free(names);
+    dsq_status s = dsq_ctr_unpack(pos[0], pos[1], tensors.v, n_names, overwrite, &st, &err);
+    dsq_opt_list_free(&tensors);
     if (s != DSQ_OK) return dsq_cmd_fail("unpack", &err);
     if (json)
         printf("{\"dsq_bytes\": %llu, \"dsqz_bytes\": %llu, \"frames\": %llu, \"tensors\": %zu}\n",

@@ -115,16 +115,16 @@ int dsq_cmd_verify(int argc, char **argv) {
     }
     const char *path = NULL, *source = NULL;
     bool json = false, no_mmap = false, nonfinite = false;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--json")) json = true;
-        else if (!strcmp(argv[i], "--no-mmap")) no_mmap = true;
-        else if (!strcmp(argv[i], "--allow-nonfinite")) nonfinite = true;
-        else if (!strcmp(argv[i], "--source") && i + 1 < argc) source = argv[++i];
-        else if (argv[i][0] == '-' && argv[i][1]) return dsq_cmd_usage_error("verify", "unknown or incomplete option '%s'", argv[i]);
-        else if (!path) path = argv[i];
-        else return dsq_cmd_usage_error("verify", "unexpected argument '%s'", argv[i]);
-    }
-    if (!path) return dsq_cmd_usage_error("verify", "need FILE.dsq");
+    dsq_opt opts[] = {
+        DSQ_OPT_STR("--source", &source),
+        DSQ_OPT_FLAG("--no-mmap", &no_mmap),
+        DSQ_OPT_FLAG("--allow-nonfinite", &nonfinite),
+        DSQ_OPT_FLAG("--json", &json),
+        DSQ_OPT_END,
+    };
+    dsq_opt_spec spec = {.cmd = "verify", .opts = opts, .pos = &path, .max_pos = 1, .min_pos = 1, .missing = "need FILE.dsq"};
+    int rc = dsq_opt_parse_cmd(&spec, argc, argv, NULL);
+    if (rc) return rc;
     if (dsq_wsrc_sniff_gguf(path)) return verify_gguf(path, source, json);
     dsq_err err = DSQ_ERR_INIT;
     dsq_verify_report rep;

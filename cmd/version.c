@@ -1,6 +1,4 @@
 /* dsq-command: version | print the tool version */
-#include <string.h>
-
 #include "cmd.h"
 
 int dsq_cmd_version(int argc, char **argv) {
@@ -8,7 +6,10 @@ int dsq_cmd_version(int argc, char **argv) {
         printf("usage: dsq version\n\nPrints the dsq version.\n");
         return DSQ_EXIT_OK;
     }
-    if (argc > 1) return dsq_cmd_usage_error("version", "unexpected argument '%s'", argv[1]);
+    dsq_opt opts[] = {DSQ_OPT_END};
+    dsq_opt_spec spec = {.cmd = "version", .opts = opts};
+    int rc = dsq_opt_parse_cmd(&spec, argc, argv, NULL);
+    if (rc) return rc;
     printf("dsq %s\n", DSQ_VERSION_STRING);
     return DSQ_EXIT_OK;
 }
