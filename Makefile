@@ -200,11 +200,11 @@ deps-fuzz: deps
 fuzz-build: deps-fuzz
 	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang NO_CUDA=1 OPENMP= \
 	  CFLAGS="$(FUZZ_FLAGS) -fsanitize=fuzzer-no-link" build-fuzz/libdsq.a build-fuzz/tests/support/dsq_fuzz.o \
-	  build-fuzz/tests/support/dsq_fuzz_gguf.o
+	  build-fuzz/tests/support/dsq_fuzz_gguf.o build-fuzz/tests/support/dsq_tmp.o
 	@for t in $(FUZZ_TARGETS); do \
 	  clang -std=c11 -D_GNU_SOURCE $(FUZZ_FLAGS) -fsanitize=fuzzer -Ilib/core -Ilib/format -Ilib/quant -Ilib/eval \
 	    -Itests/support -DDSQ_FUZZ_FN=dsq_fuzz_$$t tests/fuzz/libfuzzer_main.c build-fuzz/tests/support/dsq_fuzz.o build-fuzz/tests/support/dsq_fuzz_gguf.o \
-	    build-fuzz/libdsq.a $(PKG_LIBS) -fopenmp -lm -lpthread -o build-fuzz/fuzz_$$t || exit 1; \
+	    build-fuzz/tests/support/dsq_tmp.o build-fuzz/libdsq.a $(PKG_LIBS) -fopenmp -lm -lpthread -o build-fuzz/fuzz_$$t || exit 1; \
 	done
 fuzz: fuzz-build
 	@tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)

@@ -17,7 +17,7 @@
 #define TRAINED   "samples/tokenizer/sample.ids.json"
 #define CONFIG    "samples/configs/v4-tiny.json"
 
-static char *tmp, *model, *rel_dsq, *int4_dsq;
+static char *model, *rel_dsq, *int4_dsq;
 
 static void run_ok(const char *args, char **out) {
     char *err = NULL;
@@ -61,10 +61,10 @@ static void encode(const dsq_tok *t, const char *text, size_t len, dsq_tok_ids *
 
 /* The sample model: synth with the tokenizer, then release and int4 containers. */
 static int setup(void **state) {
-    tmp = dsq_test_tmpdir();
-    model = dsq_test_join(tmp, "model");
-    rel_dsq = dsq_test_join(tmp, "release.dsq");
-    int4_dsq = dsq_test_join(tmp, "int4.dsq");
+    if (dsq_test_tmp_setup(state)) return -1;
+    model = dsq_test_join(dsq_test_tmp, "model");
+    rel_dsq = dsq_test_join(dsq_test_tmp, "release.dsq");
+    int4_dsq = dsq_test_join(dsq_test_tmp, "int4.dsq");
     char args[4096];
     snprintf(args, sizeof args, "synth --config %s --out '%s' --seed 1 --threads 2 --tokenizer %s", CONFIG, model,
              TOKENIZER);
@@ -79,8 +79,7 @@ static int teardown(void **state) {
     free(model);
     free(rel_dsq);
     free(int4_dsq);
-    dsq_test_rmdir(tmp);
-    free(tmp);
+    dsq_test_tmp_teardown(state);
     return 0;
 }
 
@@ -147,7 +146,7 @@ static void test_synth_tokenizer(void **state) {
     memcpy(bad, src, pre);
     int n = sprintf(bad + pre, "\"id\":900,\"content\"");
     memcpy(bad + pre + (size_t)n, at + strlen(eos), a - pre - strlen(eos));
-    char *badp = dsq_test_join(tmp, "bad-tokenizer.json"), *out = dsq_test_join(tmp, "refused");
+    char *badp = dsq_test_join(dsq_test_tmp, "bad-tokenizer.json"), *out = dsq_test_join(dsq_test_tmp, "refused");
     dsq_test_write(badp, bad, pre + (size_t)n + a - pre - strlen(eos));
     char *err = NULL;
     assert_int_equal(dsq_test_run(NULL, &err, "synth --config %s --out '%s' --tokenizer '%s'", CONFIG, out, badp), 1);
@@ -187,7 +186,7 @@ static void test_container_tokenizer(void **state) {
     cJSON_Delete(j);
 
     /* a container converted from a checkpoint without tokenizer.json: a clear failure */
-    char *gold = dsq_test_shared_path("golden/v4-tiny/model"), *gdsq = dsq_test_join(tmp, "golden.dsq");
+    char *gold = dsq_test_shared_path("golden/v4-tiny/model"), *gdsq = dsq_test_join(dsq_test_tmp, "golden.dsq");
     snprintf(args, sizeof args, "convert '%s' '%s' --recipe release --threads 2", gold, gdsq);
     run_ok(args, NULL);
     dsq_tok *t = NULL;
@@ -213,7 +212,7 @@ static void test_text_on_containers(void **state) {
     cJSON_Delete(a);
     cJSON_Delete(b);
 
-    char *rep = dsq_test_join(tmp, "report");
+    char *rep = dsq_test_join(dsq_test_tmp, "report");
     snprintf(args, sizeof args, "compare '%s' '%s' --text %s --out '%s' --ctx 256 --chunks 2 --threads 2 --json",
              rel_dsq, int4_dsq, TEXT, rep);
     cJSON *j = run_json(args);
@@ -243,7 +242,7 @@ static const cJSON *family(const cJSON *build, const char *name) {
  * of the REF checkpoint: lossless families 0 (cosine 1), the int4 experts a few percent; a build of
  * another checkpoint gets no table. */
 static void test_compare_families(void **state) {
-    char args[4096], *rep = dsq_test_join(tmp, "report-fam");
+    char args[4096], *rep = dsq_test_join(dsq_test_tmp, "report-fam");
     snprintf(args, sizeof args, "compare '%s' '%s' '%s' --text %s --out '%s' --ctx 256 --chunks 1 --threads 2 --json",
              model, rel_dsq, int4_dsq, TEXT, rep);
     cJSON *j = run_json(args);
@@ -273,7 +272,7 @@ static void test_compare_families(void **state) {
     /* the golden model is another checkpoint: the int4 build does not verify against it */
     char *gold = dsq_test_shared_path("golden/v4-tiny/model"), *err = NULL;
     /* (the golden model has no tokenizer: the sample text's ids) */
-    char *ids = dsq_test_join(tmp, "sample-ids.txt");
+    char *ids = dsq_test_join(dsq_test_tmp, "sample-ids.txt");
     {
         size_t tl = 0;
         char *trained = dsq_test_read(TRAINED, &tl);

@@ -2,17 +2,16 @@
  * golden-exact (README tolerance: row relative L2 ≤ 1e-4, same arg-max), option handling, errors. */
 #include "eval_util.h"
 
-static char *tmp, *model, *golden;
+static char *model, *golden;
 
 static int setup(void **state) {
-    tmp = dsq_test_tmpdir();
+    if (dsq_test_tmp_setup(state)) return -1;
     model = dsq_test_shared_path("golden/v4-tiny/model");
     golden = dsq_test_shared_path("golden/v4-tiny/golden-exact.safetensors");
     return 0;
 }
 static int teardown(void **state) {
-    dsq_test_rmdir(tmp);
-    free(tmp);
+    dsq_test_tmp_teardown(state);
     free(model);
     free(golden);
     return 0;
@@ -39,7 +38,7 @@ static void test_logits_prefill_decode_mtp(void **state) {
     dsq_st *g = eu_open_st("golden/v4-tiny/golden-exact.safetensors");
     size_t n = 0;
     int32_t *tok = eu_i32(g, "tokens", &n);
-    char *txt = dsq_test_join(tmp, "tokens.txt"), *out = dsq_test_join(tmp, "a.safetensors");
+    char *txt = dsq_test_join(dsq_test_tmp, "tokens.txt"), *out = dsq_test_join(dsq_test_tmp, "a.safetensors");
     FILE *f = fopen(txt, "w");
     for (size_t i = 0; i < n; i++) fprintf(f, "%d%s", tok[i], i % 10 == 9 ? "\n" : " ");
     fclose(f);
@@ -81,7 +80,7 @@ static void test_logits_prefill_decode_mtp(void **state) {
 
 static void test_dump_hidden_and_budget(void **state) {
     dsq_st *g = eu_open_st("golden/v4-tiny/golden-exact.safetensors");
-    char *out = dsq_test_join(tmp, "h.safetensors");
+    char *out = dsq_test_join(dsq_test_tmp, "h.safetensors");
     char *se = NULL;
     int rc =
         dsq_test_run(NULL, &se, "eval logits %s --tokens %s --out %s --dump-hidden --memory-budget 64M --threads 1",
@@ -104,7 +103,7 @@ static void test_dump_hidden_and_budget(void **state) {
 }
 
 static void test_release_numerics_cli(void **state) {
-    char *out = dsq_test_join(tmp, "r.safetensors"), *txt = dsq_test_join(tmp, "r.txt");
+    char *out = dsq_test_join(dsq_test_tmp, "r.safetensors"), *txt = dsq_test_join(dsq_test_tmp, "r.txt");
     dsq_test_write(txt, "0 5 9 200 17 3\n", 15);
     char *se = NULL;
     int rc =
@@ -122,7 +121,7 @@ static void test_release_numerics_cli(void **state) {
 }
 
 static void test_errors(void **state) {
-    char *out = dsq_test_join(tmp, "e.safetensors"), *txt = dsq_test_join(tmp, "bad.txt");
+    char *out = dsq_test_join(dsq_test_tmp, "e.safetensors"), *txt = dsq_test_join(dsq_test_tmp, "bad.txt");
     char *se = NULL;
     dsq_test_write(txt, "1 2 512 3", 9);
     assert_int_equal(dsq_test_run(NULL, &se, "eval logits %s --tokens %s --out %s", model, txt, out), 1);
@@ -188,7 +187,7 @@ static void test_device_names(void **state) {
  * on every eval subcommand and compare when it cannot run here (no CUDA built in, or no device), and
  * matches golden when it can (tests/gpu/run.sh runs this suite on a GPU machine too). */
 static void test_device_option(void **state) {
-    char *a = dsq_test_join(tmp, "dev-default.safetensors"), *b = dsq_test_join(tmp, "dev-cpu.safetensors");
+    char *a = dsq_test_join(dsq_test_tmp, "dev-default.safetensors"), *b = dsq_test_join(dsq_test_tmp, "dev-cpu.safetensors");
     char *so = NULL, *se = NULL;
     assert_int_equal(dsq_test_run(NULL, NULL, "eval logits %s --tokens %s --out %s --overwrite", model, golden, a), 0);
     assert_int_equal(dsq_test_run(NULL, NULL, "eval logits %s --tokens %s --out %s --overwrite --device cpu", model,
@@ -211,14 +210,14 @@ static void test_device_option(void **state) {
     if (!usable) {
         char cmds[6][2048];
         snprintf(cmds[0], sizeof cmds[0], "eval logits %s --tokens %s --out %s/dev-cuda.st --device cuda", model, golden,
-                 tmp);
+                 dsq_test_tmp);
         snprintf(cmds[1], sizeof cmds[1], "eval ppl %s --tokens %s --ctx 32 --chunks 1 --device cuda:0", model, golden);
         snprintf(cmds[2], sizeof cmds[2], "eval kld %s --tokens %s --save-base %s/dev-kb --device cuda", model, golden,
-                 tmp);
+                 dsq_test_tmp);
         snprintf(cmds[3], sizeof cmds[3], "eval diff %s %s --tokens %s --device cuda", model, model, golden);
         snprintf(cmds[4], sizeof cmds[4], "eval mc %s --tokens %s --device cuda", model, golden);
         snprintf(cmds[5], sizeof cmds[5], "compare %s %s --tokens %s --out %s/dev-cmp --device cuda", model, model,
-                 golden, tmp);
+                 golden, dsq_test_tmp);
         for (int i = 0; i < 6; i++) {
             int rc = dsq_test_run(NULL, &se, "%s", cmds[i]);
             printf("  -> %d: %s", rc, se);

@@ -10,16 +10,15 @@
 #include "dsq_container.h"
 #include "eval_util.h"
 
-static char *tmp, *model;
+static char *model;
 
 static int setup(void **state) {
-    tmp = dsq_test_tmpdir();
+    if (dsq_test_tmp_setup(state)) return -1;
     model = dsq_test_shared_path("golden/v4-tiny/model");
     return 0;
 }
 static int teardown(void **state) {
-    dsq_test_rmdir(tmp);
-    free(tmp);
+    dsq_test_tmp_teardown(state);
     free(model);
     return 0;
 }
@@ -28,7 +27,7 @@ static int teardown(void **state) {
 static char *convert_as(const char *tag, const char *args) {
     char name[64];
     snprintf(name, sizeof name, "golden-%s.dsq", tag);
-    char *out = dsq_test_join(tmp, name);
+    char *out = dsq_test_join(dsq_test_tmp, name);
     char *se = NULL;
     int rc = dsq_test_run(NULL, &se, "convert '%s' '%s' %s --overwrite", model, out, args);
     if (rc) fprintf(stderr, "%s", se);
@@ -60,7 +59,7 @@ static double mean_rel_l2(const float *a, const float *b, size_t rows, size_t w)
 
 /* Logits [rows, 512] of MODEL over the golden tokens (first `n` of them). */
 static float *logits(const char *m, const char *tokens, const char *extra, size_t *rows) {
-    char *out = dsq_test_join(tmp, "logits.safetensors");
+    char *out = dsq_test_join(dsq_test_tmp, "logits.safetensors");
     char *se = NULL;
     int rc = dsq_test_run(NULL, &se, "eval logits '%s' --tokens '%s' --out '%s' --overwrite --threads 1 %s", m, tokens,
                           out, extra);
@@ -82,7 +81,7 @@ static char *token_file(size_t n) {
     size_t total = 0;
     int32_t *tok = eu_i32(g, "tokens", &total);
     assert_true(n <= total);
-    char *p = dsq_test_join(tmp, "tokens.txt");
+    char *p = dsq_test_join(dsq_test_tmp, "tokens.txt");
     FILE *f = fopen(p, "w");
     for (size_t i = 0; i < n; i++) fprintf(f, "%d ", tok[i]);
     fclose(f);
@@ -243,7 +242,7 @@ static void test_slices(void **state) {
     dsq_wsrc_close(wc);
     free(i4);
     /* a corrupted container is refused with a message naming it */
-    char *bad = dsq_test_join(tmp, "bad.dsq");
+    char *bad = dsq_test_join(dsq_test_tmp, "bad.dsq");
     dsq_test_write(bad, DSQ_FILE_MAGIC "garbage", 15);
     assert_int_not_equal(dsq_wsrc_open_path(bad, &cfg, &wc, &err), DSQ_OK);
     assert_non_null(strstr(err.all, bad));
@@ -368,7 +367,7 @@ static void expect_nonfinite_refused(const char *bad, const char *tokens, const 
  * writer): eval refuses it at first use naming the stored tensor, --no-verify-data too (the scan is
  * not a checksum), --allow-nonfinite runs it. */
 static void test_eval_nonfinite_container(void **state) {
-    char *rel = convert("release"), *bad = dsq_test_join(tmp, "nan.dsq");
+    char *rel = convert("release"), *bad = dsq_test_join(dsq_test_tmp, "nan.dsq");
     char *tokens = token_file(40);
     ctr_edit e = {.poke_tensor = "layers.1.attn.wq_b.weight", .poke_part = 0, .poke_at = 3 * 128 + 9, .poke_byte = 0xff};
     ctr_rewrite(rel, bad, &e);
@@ -390,7 +389,7 @@ static void test_eval_nonfinite_container(void **state) {
  * fix the block was evaluated silently. */
 static void test_eval_nonfinite_kquant(void **state) {
     char *q = convert_as("q4k", "--recipe release --override '*experts.*.w1*=q4_k'");
-    char *bad = dsq_test_join(tmp, "nan-q4k.dsq"), *tokens = token_file(40);
+    char *bad = dsq_test_join(dsq_test_tmp, "nan-q4k.dsq"), *tokens = token_file(40);
     /* block_q4_K: d (F16) at bytes 0-1 of each 144-byte block; 0x7f in the high byte: exponent all ones */
     ctr_edit e = {.poke_tensor = "layers.1.ffn.experts.w1.weight", .poke_part = 0, .poke_at = 5 * 144 + 1, .poke_byte = 0x7f};
     ctr_rewrite(q, bad, &e);

@@ -7,11 +7,10 @@
 #include "dsq_inventory.h"
 #include "dsq_test.h"
 
-static char *tmp;
 static dsq_v4_config tiny;
 
 static int setup(void **state) {
-    tmp = dsq_test_tmpdir();
+    if (dsq_test_tmp_setup(state)) return -1;
     char *p = dsq_test_shared_path("golden/v4-tiny/model/config.json");
     dsq_err err = DSQ_ERR_INIT;
     dsq_status s = dsq_config_load(p, &tiny, NULL, &err);
@@ -20,8 +19,7 @@ static int setup(void **state) {
     return s == DSQ_OK ? 0 : -1;
 }
 static int teardown(void **state) {
-    dsq_test_rmdir(tmp);
-    free(tmp);
+    dsq_test_tmp_teardown(state);
     return 0;
 }
 
@@ -248,7 +246,7 @@ static void test_golden_checks_clean(void **state) {
     dsq_err_clear(&err);
 }
 
-/* Write a header-complete checkpoint (zero data) holding `items` to tmp/NAME and describe it. */
+/* Write a header-complete checkpoint (zero data) holding `items` to dsq_test_tmp/NAME and describe it. */
 static dsq_st *write_and_open(const char *name, dsq_st_item *items, size_t n, dsq_tensor_desc **d, size_t *nd) {
     uint64_t max = 0;
     for (size_t i = 0; i < n; i++) {
@@ -259,7 +257,7 @@ static dsq_st *write_and_open(const char *name, dsq_st_item *items, size_t n, ds
     }
     void *zeros = calloc(1, max ? max : 1);
     for (size_t i = 0; i < n; i++) items[i].data = zeros;
-    char *path = dsq_test_join(tmp, name);
+    char *path = dsq_test_join(dsq_test_tmp, name);
     dsq_err err = DSQ_ERR_INIT;
     dsq_status s = dsq_st_write_file(path, items, n, true, &err);
     if (s) dsq_err_print(&err, stderr, "write: ");

@@ -13,16 +13,6 @@
 #include "dsq_metrics.h"
 #include "dsq_test.h"
 
-static char *tmp;
-static int setup(void **state) {
-    tmp = dsq_test_tmpdir();
-    return 0;
-}
-static int teardown(void **state) {
-    dsq_test_rmdir(tmp);
-    free(tmp);
-    return 0;
-}
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
 static double urand(void) {
@@ -90,7 +80,7 @@ static int32_t *write_base(const char *path, params pa, dsq_kbase_info *info_out
 }
 
 static void test_roundtrip(void **state) {
-    char *path = dsq_test_join(tmp, "base.kld");
+    char *path = dsq_test_join(dsq_test_tmp, "base.kld");
     params pa = {.vocab = 300, .k = 16, .n_ctx = 12, .chunks = 7, .block = 4, .bos = 0};
     dsq_kbase_info winfo;
     int32_t *text = write_base(path, pa, &winfo);
@@ -160,7 +150,7 @@ static void test_roundtrip(void **state) {
 
 /* KL grows with the candidate's noise (k = 64 of 2000, one block per 256 positions by default). */
 static void test_kl_monotone_in_noise(void **state) {
-    char *path = dsq_test_join(tmp, "mono.kld");
+    char *path = dsq_test_join(dsq_test_tmp, "mono.kld");
     params pa = {.vocab = 2000, .k = 64, .n_ctx = 32, .chunks = 4, .block = 0, .bos = 1};
     int32_t *text = write_base(path, pa, NULL);
     double prev = -1;
@@ -201,7 +191,7 @@ static void test_kl_monotone_in_noise(void **state) {
 }
 
 static void test_writer_misuse(void **state) {
-    char *path = dsq_test_join(tmp, "w.kld");
+    char *path = dsq_test_join(dsq_test_tmp, "w.kld");
     dsq_kbase_info info;
     memset(&info, 0, sizeof info);
     info.vocab = 50;
@@ -242,7 +232,7 @@ static void test_writer_misuse(void **state) {
     /* exists without overwrite */
     assert_int_equal(dsq_kbase_writer_open(path, &info, text, false, &w, &err), DSQ_ERR_EXISTS);
     /* a failing write leaves neither the file nor a partial */
-    char *p2 = dsq_test_join(tmp, "fault.kld"), *partial = dsq_test_join(tmp, ".fault.kld.partial");
+    char *p2 = dsq_test_join(dsq_test_tmp, "fault.kld"), *partial = dsq_test_join(dsq_test_tmp, ".fault.kld.partial");
     assert_int_equal(dsq_kbase_writer_open(p2, &info, text, false, &w, &err), DSQ_OK);
     dsq_fault_set(DSQ_FAULT_WRITE, 1);
     dsq_status s = DSQ_OK;
@@ -427,7 +417,7 @@ typedef struct mal {
 } mal;
 
 static void test_malformed(void **state) {
-    char *good = dsq_test_join(tmp, "good.kld"), *bad = dsq_test_join(tmp, "bad.kld");
+    char *good = dsq_test_join(dsq_test_tmp, "good.kld"), *bad = dsq_test_join(dsq_test_tmp, "bad.kld");
     params pa = {.vocab = 100, .k = FK, .n_ctx = 8, .chunks = 5, .block = 6, .bos = 0};
     free(write_base(good, pa, NULL)); /* 5 chunks × 3 positions = 15: blocks of 6, 6, 3 */
     char msg[1200];
@@ -608,7 +598,7 @@ static void test_malformed(void **state) {
 /* docs/kld-base.md is the format's spec: its header table's offsets and types must describe the bytes
  * the writer produces. */
 static void test_doc_table_matches(void **state) {
-    char *path = dsq_test_join(tmp, "doc.kld");
+    char *path = dsq_test_join(dsq_test_tmp, "doc.kld");
     params pa = {.vocab = 77, .k = 5, .n_ctx = 9, .chunks = 3, .block = 2, .bos = 4};
     dsq_kbase_info info;
     int32_t *text = write_base(path, pa, &info);
@@ -670,5 +660,5 @@ int main(void) {
         cmocka_unit_test(test_writer_misuse),     cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_doc_table_matches),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, dsq_test_tmp_setup, dsq_test_tmp_teardown);
 }

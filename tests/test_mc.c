@@ -8,16 +8,6 @@
 #include "dsq_metrics.h"
 #include "dsq_test.h"
 
-static char *tmp;
-static int setup(void **state) {
-    tmp = dsq_test_tmpdir();
-    return 0;
-}
-static int teardown(void **state) {
-    dsq_test_rmdir(tmp);
-    free(tmp);
-    return 0;
-}
 
 enum { BOS = 256, MERGED = 257 };
 
@@ -176,7 +166,7 @@ static void test_parse_malformed(void **state) {
     big[DSQ_MC_MAX_LINE + 8] = '}';
     assert_int_equal(dsq_mc_task_parse(big, DSQ_MC_MAX_LINE + 9, "big", &t, &err), DSQ_ERR_RANGE);
     free(big);
-    char *missing = dsq_test_join(tmp, "nope.jsonl");
+    char *missing = dsq_test_join(dsq_test_tmp, "nope.jsonl");
     assert_int_equal(dsq_mc_task_open(missing, &t, &err), DSQ_ERR_MISSING);
     free(missing);
     dsq_err_clear(&err);
@@ -281,7 +271,7 @@ static void test_score_bigram_and_flips(void **state) {
         }
         len += (size_t)sprintf(text + len, "],\"label\":%d}\n", i % 4);
     }
-    char *task_path = dsq_test_join(tmp, "task.jsonl");
+    char *task_path = dsq_test_join(dsq_test_tmp, "task.jsonl");
     dsq_test_write(task_path, text, len);
     dsq_mc_task *t;
     dsq_err err = DSQ_ERR_INIT;
@@ -321,7 +311,7 @@ static void test_score_bigram_and_flips(void **state) {
     assert_true(fabs(rb.acc_norm - (double)ok_norm / N) < 1e-15);
 
     /* Answers of the bigram model; a unigram model's flips against them. */
-    char *ans = dsq_test_join(tmp, "answers.jsonl");
+    char *ans = dsq_test_join(dsq_test_tmp, "answers.jsonl");
     assert_int_equal(dsq_mc_answers_write(ans, t, &o, &rb, false, &err), DSQ_OK);
     assert_int_equal(dsq_mc_answers_write(ans, t, &o, &rb, false, &err), DSQ_ERR_EXISTS);
     dsq_mc_flips f;
@@ -350,7 +340,7 @@ static void test_score_bigram_and_flips(void **state) {
     dsq_mc_result_clear(&r2);
     size_t alen;
     char *a = dsq_test_read(ans, &alen);
-    char *bad = dsq_test_join(tmp, "bad.jsonl");
+    char *bad = dsq_test_join(dsq_test_tmp, "bad.jsonl");
     char *line2 = strchr(a, '\n') + 1;
     char *lab = strstr(line2, "\"label\":") + 8;
     *lab = *lab == '0' ? '1' : '0';
@@ -396,5 +386,5 @@ int main(void) {
         cmocka_unit_test(test_score_boundary_merge),
         cmocka_unit_test(test_score_bigram_and_flips),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, dsq_test_tmp_setup, dsq_test_tmp_teardown);
 }

@@ -13,13 +13,13 @@
 #include "dsq_test.h"
 #include "score_util.h"
 
-static char *tmp, *gpath, *tokfile, *tokmodel;
+static char *gpath, *tokfile, *tokmodel;
 static int32_t *gtok;
 static size_t n_gtok;
 static dsq_v4_model *gm;
 
 static int setup(void **state) {
-    tmp = dsq_test_tmpdir();
+    if (dsq_test_tmp_setup(state)) return -1;
     gpath = dsq_test_shared_path("golden/v4-tiny/model");
     char *vec = dsq_test_shared_path("golden/v4-tiny/golden-exact.safetensors");
     dsq_st *st;
@@ -31,14 +31,14 @@ static int setup(void **state) {
     dsq_st_close(st);
     free(vec);
     /* ids as a text file */
-    tokfile = dsq_test_join(tmp, "tokens.txt");
+    tokfile = dsq_test_join(dsq_test_tmp, "tokens.txt");
     char *txt = malloc(n_gtok * 8 + 1);
     size_t len = 0;
     for (size_t i = 0; i < n_gtok; i++) len += (size_t)sprintf(txt + len, "%d ", (int)gtok[i]);
     dsq_test_write(tokfile, txt, len);
     free(txt);
     /* the golden model with a tokenizer */
-    tokmodel = dsq_test_join(tmp, "tokmodel");
+    tokmodel = dsq_test_join(dsq_test_tmp, "tokmodel");
     mkdir(tokmodel, 0755);
     const char *files[2] = {"config.json", "model.safetensors"};
     for (int i = 0; i < 2; i++) {
@@ -60,8 +60,7 @@ static int teardown(void **state) {
     free(gpath);
     free(tokfile);
     free(tokmodel);
-    dsq_test_rmdir(tmp);
-    free(tmp);
+    dsq_test_tmp_teardown(state);
     return 0;
 }
 
@@ -135,7 +134,7 @@ static void test_ppl(void **state) {
         cJSON_Delete(j);
     }
     /* text through the tokenizer: 200 bytes → 200 ids → chunks of 16 */
-    char *text = dsq_test_join(tmp, "text.txt"), t[256];
+    char *text = dsq_test_join(dsq_test_tmp, "text.txt"), t[256];
     for (int i = 0; i < 200; i++) t[i] = "the quick brown fox jumps over the lazy dog. "[i % 45];
     dsq_test_write(text, t, 200);
     char args[4096];
@@ -148,7 +147,7 @@ static void test_ppl(void **state) {
 }
 
 static void test_kld(void **state) {
-    char *base = dsq_test_join(tmp, "cli.kld"), args[4096];
+    char *base = dsq_test_join(dsq_test_tmp, "cli.kld"), args[4096];
     snprintf(args, sizeof args, "eval kld '%s' --tokens '%s' --ctx 32 --threads 1 --top-k 512 --save-base '%s' --json",
              gpath, tokfile, base);
     cJSON *j = run_json(0, args);
@@ -179,7 +178,7 @@ static void test_kld(void **state) {
     size_t len;
     char *b = dsq_test_read(base, &len);
     b[len - 20] ^= 0x55;
-    char *bad = dsq_test_join(tmp, "bad.kld");
+    char *bad = dsq_test_join(dsq_test_tmp, "bad.kld");
     dsq_test_write(bad, b, len);
     snprintf(args, sizeof args, "eval kld '%s' --threads 1 --base '%s'", gpath, bad);
     run_json(1, args);
@@ -189,7 +188,7 @@ static void test_kld(void **state) {
 }
 
 static void test_diff(void **state) {
-    char *cand = su_perturbed(tmp, gpath, "cli-block1", "layers.1.", 0.1), args[4096];
+    char *cand = su_perturbed(dsq_test_tmp, gpath, "cli-block1", "layers.1.", 0.1), args[4096];
     snprintf(args, sizeof args, "eval diff '%s' '%s' --tokens '%s' --ctx 32 --threads 1 --json", gpath, cand, tokfile);
     cJSON *j = run_json(0, args);
     const cJSON *blocks = cJSON_GetObjectItem(j, "blocks");
@@ -210,7 +209,7 @@ static void test_mc(void **state) {
     const char *task = "{\"ctx\":\"The cat\",\"endings\":[\"sat.\",\"ran away\",\"is\"],\"label\":0}\n"
                        "{\"ctx\":\"A B C\",\"endings\":[\"D\",\"x y z\"],\"label\":0}\n"
                        "{\"context\":\"1 2 3\",\"endings\":[\"4\",\"9 9\",\"zz\"],\"label\":\"0\"}\n";
-    char *tp = dsq_test_join(tmp, "task.jsonl"), *ans = dsq_test_join(tmp, "answers.jsonl"), args[4096];
+    char *tp = dsq_test_join(dsq_test_tmp, "task.jsonl"), *ans = dsq_test_join(dsq_test_tmp, "answers.jsonl"), args[4096];
     dsq_test_write(tp, task, strlen(task));
     snprintf(args, sizeof args, "eval mc '%s' '%s' --threads 1 --save-answers '%s' --json", tokmodel, tp, ans);
     cJSON *j = run_json(0, args);
@@ -234,12 +233,12 @@ static void test_mc(void **state) {
 }
 
 static void test_compare(void **state) {
-    char *q1 = su_perturbed(tmp, gpath, "q-small", "weight", 0.02);
-    char *q2 = su_perturbed(tmp, gpath, "q-large", "weight", 0.2);
+    char *q1 = su_perturbed(dsq_test_tmp, gpath, "q-small", "weight", 0.02);
+    char *q2 = su_perturbed(dsq_test_tmp, gpath, "q-large", "weight", 0.2);
     /* the builds need the tokenizer only through REF; give REF = tokmodel */
     const char *task = "{\"ctx\":\"The cat\",\"endings\":[\"sat.\",\"ran away\"],\"label\":0}\n"
                        "{\"ctx\":\"A B C\",\"endings\":[\"D\",\"x y z\"],\"label\":0}\n";
-    char *tp = dsq_test_join(tmp, "ctask.jsonl"), *out = dsq_test_join(tmp, "report"), args[8192];
+    char *tp = dsq_test_join(dsq_test_tmp, "ctask.jsonl"), *out = dsq_test_join(dsq_test_tmp, "report"), args[8192];
     dsq_test_write(tp, task, strlen(task));
     snprintf(args, sizeof args,
              "compare '%s' '%s' '%s' --tokens '%s' --task '%s' --out '%s' --ctx 32 --threads 1 --top-k 512 --json",

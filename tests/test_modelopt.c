@@ -231,8 +231,8 @@ static void test_eval_same_logits(void **state) {
 static char *mutated(const fixture *f, const char *name, mut m, const char *qcfg) {
     char *dst = dsq_test_join(f->dir, name);
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir '%s' && cp '%s/config.json' '%s/hf_quant_config.json' '%s/'", dst,
-             dst, f->mo, f->mo, dst);
+    dsq_test_rmdir(dst);
+    snprintf(cmd, sizeof cmd, "mkdir '%s' && cp '%s/config.json' '%s/hf_quant_config.json' '%s/'", dst, f->mo, f->mo, dst);
     assert_int_equal(system(cmd), 0);
     if (qcfg) {
         char *qp = dsq_test_join(dst, DSQ_MODELOPT_QCFG_NAME);

@@ -12,16 +12,6 @@
 #include "dsq_report.h"
 #include "dsq_test.h"
 
-static char *tmp;
-static int setup(void **state) {
-    tmp = dsq_test_tmpdir();
-    return 0;
-}
-static int teardown(void **state) {
-    dsq_test_rmdir(tmp);
-    free(tmp);
-    return 0;
-}
 
 static uint64_t rng = 77;
 static double urand(void) {
@@ -197,9 +187,9 @@ static void test_write(void **state) {
     dsq_report_build b[3];
     make_report(&r, b);
     dsq_err err = DSQ_ERR_INIT;
-    char *missing = dsq_test_join(tmp, "nope");
+    char *missing = dsq_test_join(dsq_test_tmp, "nope");
     assert_int_equal(dsq_report_write(&r, missing, false, &err), DSQ_ERR_MISSING);
-    char *dir = dsq_test_join(tmp, "out");
+    char *dir = dsq_test_join(dsq_test_tmp, "out");
     assert_int_equal(mkdir(dir, 0755), 0);
     assert_int_equal(dsq_report_write(&r, dir, false, &err), DSQ_OK);
     assert_int_equal(dsq_report_write(&r, dir, false, &err), DSQ_ERR_EXISTS);
@@ -249,7 +239,7 @@ typedef struct render {
 
 static render run_chromium(const char *html_path, const char *png, const char *tag) {
     render out = {0};
-    char *log = dsq_test_join(tmp, "chromium.log"), *prof = dsq_test_join(tmp, "profile");
+    char *log = dsq_test_join(dsq_test_tmp, "chromium.log"), *prof = dsq_test_join(dsq_test_tmp, "profile");
     char cmd[4096];
     snprintf(cmd, sizeof cmd,
              "timeout 120 chromium --headless --no-sandbox --disable-gpu --disable-background-networking "
@@ -269,7 +259,7 @@ static render run_chromium(const char *html_path, const char *png, const char *t
     struct stat st;
     out.png_bytes = stat(png, &st) == 0 ? (long)st.st_size : -1;
     if (out.png_bytes > 0) {
-        char *stats = dsq_test_join(tmp, "png.json");
+        char *stats = dsq_test_join(dsq_test_tmp, "png.json");
         snprintf(cmd, sizeof cmd, "node tests/report/pngstat.js '%s' >'%s'", png, stats);
         assert_int_equal(system(cmd), 0);
         char *j = dsq_test_read(stats, NULL);
@@ -284,8 +274,7 @@ static render run_chromium(const char *html_path, const char *png, const char *t
         snprintf(cmd, sizeof cmd, "cp '%s' '%s/%s.png' && cp '%s' '%s/%s.html'", png, keep, tag, html_path, keep, tag);
         if (system(cmd) != 0) fprintf(stderr, "could not keep %s\n", tag);
     }
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", prof);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", prof);
+    dsq_test_rmdir(prof);
     free(log);
     free(prof);
     return out;
@@ -298,10 +287,10 @@ static void test_chromium_renders(void **state) {
     dsq_report r;
     dsq_report_build b[3];
     make_report(&r, b);
-    char *dir = dsq_test_join(tmp, "chrome");
+    char *dir = dsq_test_join(dsq_test_tmp, "chrome");
     assert_int_equal(mkdir(dir, 0755), 0);
     assert_int_equal(dsq_report_write(&r, dir, false, NULL), DSQ_OK);
-    char *html = dsq_test_join(dir, "REPORT.html"), *png = dsq_test_join(tmp, "report.png");
+    char *html = dsq_test_join(dir, "REPORT.html"), *png = dsq_test_join(dsq_test_tmp, "report.png");
     render x = run_chromium(html, png, "report");
     assert_int_equal(x.rc, 0);
     assert_false(x.console);
@@ -311,13 +300,13 @@ static void test_chromium_renders(void **state) {
     assert_true(x.non_background > 0.03); /* tables and charts, not an empty page */
 
     /* The checks catch a broken page: a script error shows in the log ... */
-    char *bad = dsq_test_join(tmp, "bad.html"), *bad_png = dsq_test_join(tmp, "bad.png");
+    char *bad = dsq_test_join(dsq_test_tmp, "bad.html"), *bad_png = dsq_test_join(dsq_test_tmp, "bad.png");
     const char *page = "<!DOCTYPE html><html><body><p>x</p><script>undefinedFunction();</script></body></html>";
     dsq_test_write(bad, page, strlen(page));
     render y = run_chromium(bad, bad_png, "control-script");
     assert_true(y.console);
     /* ... and a blank page fails the screenshot checks. */
-    char *blank = dsq_test_join(tmp, "blank.html"), *blank_png = dsq_test_join(tmp, "blank.png");
+    char *blank = dsq_test_join(dsq_test_tmp, "blank.html"), *blank_png = dsq_test_join(dsq_test_tmp, "blank.png");
     const char *empty = "<!DOCTYPE html><html><body></body></html>";
     dsq_test_write(blank, empty, strlen(empty));
     render z = run_chromium(blank, blank_png, "control-blank");
@@ -339,5 +328,5 @@ int main(void) {
         cmocka_unit_test(test_write),
         cmocka_unit_test(test_chromium_renders),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, dsq_test_tmp_setup, dsq_test_tmp_teardown);
 }

@@ -8,17 +8,7 @@
 #include "dsq_safetensors.h"
 #include "dsq_test.h"
 
-static char *tmp;
 
-static int setup(void **state) {
-    tmp = dsq_test_tmpdir();
-    return 0;
-}
-static int teardown(void **state) {
-    dsq_test_rmdir(tmp);
-    free(tmp);
-    return 0;
-}
 
 static void test_golden_model(void **state) {
     char *p = dsq_test_shared_path("golden/v4-tiny/model");
@@ -75,12 +65,12 @@ static void expect_fail(const char *path, dsq_status status, const char *needle)
     assert_int_equal(s, status);
     assert_null(st);
     assert_non_null(strstr(err.msg, needle));
-    assert_non_null(strstr(err.msg, path) ? err.msg : strstr(err.msg, tmp)); /* names the file */
+    assert_non_null(strstr(err.msg, path) ? err.msg : strstr(err.msg, dsq_test_tmp)); /* names the file */
     dsq_err_clear(&err);
 }
 
 static void raw(const char *name, const char *hdr, size_t data_len, dsq_status status, const char *needle) {
-    char *p = dsq_test_join(tmp, name);
+    char *p = dsq_test_join(dsq_test_tmp, name);
     uint8_t *data = calloc(1, data_len + 1);
     dsq_test_write_raw_st(p, hdr, data, data_len);
     expect_fail(p, status, needle);
@@ -89,7 +79,7 @@ static void raw(const char *name, const char *hdr, size_t data_len, dsq_status s
 }
 
 static void test_valid_raw(void **state) {
-    char *p = dsq_test_join(tmp, "ok.safetensors");
+    char *p = dsq_test_join(dsq_test_tmp, "ok.safetensors");
     uint8_t data[24] = {0};
     dsq_test_write_raw_st(p, "{\"__metadata__\":{\"format\":\"pt\"},\"a\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,16]},"
                              "\"b\":{\"dtype\":\"BF16\",\"shape\":[4],\"data_offsets\":[16,24]},"
@@ -106,12 +96,12 @@ static void test_valid_raw(void **state) {
 }
 
 static void test_truncated(void **state) {
-    char *p = dsq_test_join(tmp, "t1.safetensors");
+    char *p = dsq_test_join(dsq_test_tmp, "t1.safetensors");
     dsq_test_write(p, "\x10\x00\x00", 3);
     expect_fail(p, DSQ_ERR_TRUNCATED, "too short");
     free(p);
     /* header length larger than the file */
-    p = dsq_test_join(tmp, "t2.safetensors");
+    p = dsq_test_join(dsq_test_tmp, "t2.safetensors");
     uint8_t b[20] = {0xe8, 0x03};
     memcpy(b + 8, "{}   ", 5);
     dsq_test_write(p, b, sizeof b);
@@ -122,12 +112,12 @@ static void test_truncated(void **state) {
 }
 
 static void test_absurd_header_length(void **state) {
-    char *p = dsq_test_join(tmp, "h.safetensors");
+    char *p = dsq_test_join(dsq_test_tmp, "h.safetensors");
     uint8_t b[16] = {0, 0, 0, 0, 0, 0, 0, 0x80};
     dsq_test_write(p, b, sizeof b);
     expect_fail(p, DSQ_ERR_RANGE, "exceeds");
     free(p);
-    p = dsq_test_join(tmp, "h2.safetensors");
+    p = dsq_test_join(dsq_test_tmp, "h2.safetensors");
     uint8_t c[16] = {0x01, 0x00, 0x40, 0x06}; /* 100 MiB + 1 */
     dsq_test_write(p, c, sizeof c);
     expect_fail(p, DSQ_ERR_RANGE, "exceeds");
@@ -182,7 +172,7 @@ static void test_malformed_json(void **state) {
 }
 
 static void test_collects_all_problems(void **state) {
-    char *p = dsq_test_join(tmp, "multi.safetensors");
+    char *p = dsq_test_join(dsq_test_tmp, "multi.safetensors");
     uint8_t d[8] = {0};
     dsq_test_write_raw_st(p,
                           "{\"a\":{\"dtype\":\"F9\",\"shape\":[4],\"data_offsets\":[0,4]},"
@@ -202,7 +192,7 @@ static void test_collects_all_problems(void **state) {
 
 /* A two-shard checkpoint written with the writer, plus its index. */
 static char *make_sharded(const char *name, const char *index_json) {
-    char *dir = dsq_test_join(tmp, name);
+    char *dir = dsq_test_join(dsq_test_tmp, name);
     assert_int_equal(mkdir(dir, 0755), 0);
     float a[4] = {1, 2, 3, 4};
     int64_t b[2] = {7, 8};
@@ -289,7 +279,7 @@ static void test_index_unsafe_and_malformed(void **state) {
 }
 
 static void test_writer_round_trip_and_atomicity(void **state) {
-    char *p = dsq_test_join(tmp, "w.safetensors");
+    char *p = dsq_test_join(dsq_test_tmp, "w.safetensors");
     dsq_st_writer *w;
     dsq_err err = DSQ_ERR_INIT;
     assert_int_equal(dsq_st_writer_create(p, false, &w, &err), DSQ_OK);
@@ -318,11 +308,11 @@ static void test_writer_round_trip_and_atomicity(void **state) {
     assert_int_equal(dsq_st_writer_begin(w, &err), DSQ_ERR_EXISTS);
     dsq_st_writer_free(w);
     /* abort leaves nothing behind */
-    char *q = dsq_test_join(tmp, "abort.safetensors");
+    char *q = dsq_test_join(dsq_test_tmp, "abort.safetensors");
     assert_int_equal(dsq_st_writer_create(q, false, &w, &err), DSQ_OK);
     assert_int_equal(dsq_st_writer_add(w, "a", DSQ_DTYPE_U8, 1, sh, &err), DSQ_OK);
     assert_int_equal(dsq_st_writer_begin(w, &err), DSQ_OK);
-    char *partial = dsq_test_join(tmp, ".abort.safetensors.partial");
+    char *partial = dsq_test_join(dsq_test_tmp, ".abort.safetensors.partial");
     assert_int_equal(access(partial, F_OK), 0);
     dsq_st_writer_free(w);
     assert_int_equal(access(partial, F_OK), -1);
@@ -367,7 +357,7 @@ static void test_malloc_faults(void **state) {
 }
 
 static void test_write_faults(void **state) {
-    char *p = dsq_test_join(tmp, "wf.safetensors");
+    char *p = dsq_test_join(dsq_test_tmp, "wf.safetensors");
     float a[4] = {1, 2, 3, 4};
     dsq_st_item it[] = {{"x", DSQ_DTYPE_F32, 1, {4}, a}};
     dsq_err err = DSQ_ERR_INIT;
@@ -379,7 +369,7 @@ static void test_write_faults(void **state) {
     assert_int_equal(dsq_st_write_file(p, it, 1, false, &err), DSQ_ERR_IO);
     dsq_fault_set(DSQ_FAULT_FSYNC, 0);
     assert_int_equal(access(p, F_OK), -1);
-    char *partial = dsq_test_join(tmp, ".wf.safetensors.partial");
+    char *partial = dsq_test_join(dsq_test_tmp, ".wf.safetensors.partial");
     assert_int_equal(access(partial, F_OK), -1);
     dsq_err_clear(&err);
     free(partial);
@@ -398,7 +388,7 @@ static uint64_t rng(void) {
 }
 
 static void test_mutation_fuzz(void **state) {
-    char *p = dsq_test_join(tmp, "fz.safetensors");
+    char *p = dsq_test_join(dsq_test_tmp, "fz.safetensors");
     uint8_t data[64];
     for (int i = 0; i < 64; i++) data[i] = (uint8_t)i;
     dsq_test_write_raw_st(p,
@@ -409,7 +399,7 @@ static void test_mutation_fuzz(void **state) {
                           data, sizeof data);
     size_t len;
     char *orig = dsq_test_read(p, &len);
-    char *q = dsq_test_join(tmp, "fz2.safetensors");
+    char *q = dsq_test_join(dsq_test_tmp, "fz2.safetensors");
     int n_ok = 0, n_fail = 0;
     int rounds = dsq_test_asan() ? 1500 : 4000;
     char *buf = malloc(len + 16);
@@ -475,7 +465,7 @@ static void test_cli_on_corrupted_files(void **state) {
          "overflows", 8},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        char *p = dsq_test_join(tmp, cases[i].name);
+        char *p = dsq_test_join(dsq_test_tmp, cases[i].name);
         uint8_t *d = calloc(1, cases[i].data + 1);
         dsq_test_write_raw_st(p, cases[i].hdr, d, cases[i].data);
         char *out = NULL, *err = NULL;
@@ -491,7 +481,7 @@ static void test_cli_on_corrupted_files(void **state) {
         free(p);
     }
     /* a truncated header and a missing shard through a directory */
-    char *p = dsq_test_join(tmp, "c-trunc.safetensors");
+    char *p = dsq_test_join(dsq_test_tmp, "c-trunc.safetensors");
     dsq_test_write(p, "\x10\x00\x00", 3);
     char *err = NULL;
     assert_int_equal(dsq_test_run(NULL, &err, "inspect '%s'", p), 1);
@@ -524,5 +514,5 @@ int main(void) {
         cmocka_unit_test(test_mutation_fuzz),
         cmocka_unit_test(test_cli_on_corrupted_files),
     };
-    return cmocka_run_group_tests_name("safetensors", tests, setup, teardown);
+    return cmocka_run_group_tests_name("safetensors", tests, dsq_test_tmp_setup, dsq_test_tmp_teardown);
 }

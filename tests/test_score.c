@@ -15,14 +15,13 @@
 #include "dsq_test.h"
 #include "score_util.h"
 
-static char *tmp;
 static dsq_v4_model *gm; /* the golden model */
 static int32_t *gtok;    /* its 160 golden tokens */
 static size_t n_gtok;
 static char *gpath;
 
 static int setup(void **state) {
-    tmp = dsq_test_tmpdir();
+    if (dsq_test_tmp_setup(state)) return -1;
     gpath = dsq_test_shared_path("golden/v4-tiny/model");
     dsq_err err = DSQ_ERR_INIT;
     if (dsq_v4_model_open(gpath, &gm, &err) != DSQ_OK) {
@@ -45,8 +44,7 @@ static int teardown(void **state) {
     dsq_v4_model_close(gm);
     free(gtok);
     free(gpath);
-    dsq_test_rmdir(tmp);
-    free(tmp);
+    dsq_test_tmp_teardown(state);
     return 0;
 }
 
@@ -100,7 +98,7 @@ static void test_ppl_matches_direct(void **state) {
 }
 
 static void test_kld_self_zero_and_release(void **state) {
-    char *base = dsq_test_join(tmp, "exact.kld");
+    char *base = dsq_test_join(dsq_test_tmp, "exact.kld");
     dsq_score_options o = opts(DSQ_NUMERICS_EXACT);
     dsq_base_options bo = {.k = 512, .seed = 5, .note = "golden v4-tiny, exact"};
     dsq_ppl_result ppl;
@@ -134,7 +132,7 @@ static void test_kld_self_zero_and_release(void **state) {
 }
 
 static void test_kld_grows_with_noise(void **state) {
-    char *base = dsq_test_join(tmp, "grow.kld");
+    char *base = dsq_test_join(dsq_test_tmp, "grow.kld");
     dsq_score_options o = opts(DSQ_NUMERICS_EXACT);
     dsq_base_options bo = {.k = 64}; /* the default k, on a vocabulary of 512 */
     assert_int_equal(dsq_score_save_base(gm, &o, &bo, gtok, n_gtok, base, NULL, NULL), DSQ_OK);
@@ -143,7 +141,7 @@ static void test_kld_grows_with_noise(void **state) {
     for (int i = 0; i < 3; i++) {
         char name[32];
         snprintf(name, sizeof name, "noisy%d", i);
-        char *dir = su_perturbed(tmp, gpath, name, "weight", sigma[i]); /* every BF16 weight */
+        char *dir = su_perturbed(dsq_test_tmp, gpath, name, "weight", sigma[i]); /* every BF16 weight */
         dsq_v4_model *m;
         assert_int_equal(dsq_v4_model_open(dir, &m, NULL), DSQ_OK);
         dsq_kld_stats s;
@@ -172,7 +170,7 @@ static void test_diff(void **state) {
     assert_true(d.kld.kl_mean == 0 && d.kld.n == 64);
     dsq_score_diff_clear(&d);
     /* block 2 perturbed: own errors start at block 2 and carry on; fed errors only at block 2 */
-    char *dir = su_perturbed(tmp, gpath, "block2", "layers.2.", 0.1);
+    char *dir = su_perturbed(dsq_test_tmp, gpath, "block2", "layers.2.", 0.1);
     assert_int_equal(dsq_score_diff_run(gpath, dir, &o, gtok, n_gtok, true, &d, &err), DSQ_OK);
     for (int b = 0; b < 4; b++) {
         double own = dsq_diff_sqnr_db(&d.own[b]), fed = dsq_diff_sqnr_db(&d.fed[b]);

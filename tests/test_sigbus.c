@@ -10,20 +10,10 @@
 #include "dsq_core.h"
 #include "dsq_test.h"
 
-static char *tmp;
 
-static int setup(void **state) {
-    tmp = dsq_test_tmpdir();
-    return 0;
-}
-static int teardown(void **state) {
-    dsq_test_rmdir(tmp);
-    free(tmp);
-    return 0;
-}
 
 static char *make_file(const char *name, size_t n) {
-    char *p = dsq_test_join(tmp, name);
+    char *p = dsq_test_join(dsq_test_tmp, name);
     uint8_t *b = malloc(n);
     for (size_t i = 0; i < n; i++) b[i] = (uint8_t)(i * 7);
     dsq_test_write(p, b, n);
@@ -98,5 +88,5 @@ int main(void) {
         cmocka_unit_test(test_lookup_names_file_and_offset),
         cmocka_unit_test(test_truncated_mapping_is_reported),
     };
-    return cmocka_run_group_tests_name("sigbus", tests, setup, teardown);
+    return cmocka_run_group_tests_name("sigbus", tests, dsq_test_tmp_setup, dsq_test_tmp_teardown);
 }

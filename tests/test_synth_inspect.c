@@ -15,17 +15,7 @@
 #include "dsq_synth.h"
 #include "dsq_test.h"
 
-static char *tmp;
 
-static int setup(void **state) {
-    tmp = dsq_test_tmpdir();
-    return 0;
-}
-static int teardown(void **state) {
-    dsq_test_rmdir(tmp);
-    free(tmp);
-    return 0;
-}
 
 /* Run the CLI, expect exit status `rc`; returns stdout (caller frees). */
 static char *run_ok(int rc, const char *fmt, const char *a, const char *b) {
@@ -231,7 +221,7 @@ static void check_values(const char *dir) {
 /* ---- round trips ------------------------------------------------------------------------------ */
 
 static void test_tiny_roundtrip(void **state) {
-    char *dir = path2(tmp, "tiny");
+    char *dir = path2(dsq_test_tmp, "tiny");
     cJSON *j = run_json("synth --config samples/configs/v4-tiny.json --out '%s' --seed 7 --json%s", dir, "");
     assert_int_equal((int)num(j, "tensors"), 427);
     assert_int_equal((int)num(j, "shards"), 1);
@@ -261,7 +251,7 @@ static void test_tiny_roundtrip(void **state) {
 
 /* Same seed → same bytes, whatever the thread count or shard layout; another seed → other bytes. */
 static void test_determinism(void **state) {
-    char *a = path2(tmp, "det-a"), *b = path2(tmp, "det-b"), *c = path2(tmp, "det-c"), *d = path2(tmp, "det-d");
+    char *a = path2(dsq_test_tmp, "det-a"), *b = path2(dsq_test_tmp, "det-b"), *c = path2(dsq_test_tmp, "det-c"), *d = path2(dsq_test_tmp, "det-d");
     free(run_ok(0, "synth --config samples/configs/v4-tiny.json --out '%s' --seed 11 --threads 1%s", a, ""));
     free(run_ok(0, "synth --config samples/configs/v4-tiny.json --out '%s' --seed 11 --threads 2%s", b, ""));
     free(run_ok(0, "synth --config samples/configs/v4-tiny.json --out '%s' --seed 12%s", c, ""));
@@ -359,14 +349,14 @@ static char *flash_shaped_config(void) {
         memmove(at + strlen(to[k]), at + strlen(from[k]), strlen(at + strlen(from[k])) + 1);
         memcpy(at, to[k], strlen(to[k]));
     }
-    char *p = path2(tmp, "flash-shaped.json");
+    char *p = path2(dsq_test_tmp, "flash-shaped.json");
     dsq_test_write(p, t, strlen(t));
     free(t);
     return p;
 }
 
 static void test_interrupt(void **state) {
-    char *cfg = flash_shaped_config(), *dir = path2(tmp, "interrupted");
+    char *cfg = flash_shaped_config(), *dir = path2(dsq_test_tmp, "interrupted");
     char *out = NULL, *err = NULL;
     /* SIGINT a second into a ~1 GB synth: exit 130, no partial file, no config.json */
     int rc = dsq_test_run(&out, &err,
@@ -384,7 +374,7 @@ static void test_interrupt(void **state) {
 }
 
 static void test_flash_shaped(void **state) {
-    char *cfg = flash_shaped_config(), *dir = path2(tmp, "flash-shaped");
+    char *cfg = flash_shaped_config(), *dir = path2(dsq_test_tmp, "flash-shaped");
     double t0 = dsq_now();
     cJSON *j = run_json("synth --config '%s' --out '%s' --layers 4 --seed 3 --json", cfg, dir);
     double secs = dsq_now() - t0;
@@ -527,7 +517,7 @@ static void test_inspect_configs(void **state) {
 static void test_errors(void **state) {
     /* a checkpoint that does not match its config: one stderr line per problem, exit 1 */
     char *src = dsq_test_shared_path("golden/v4-tiny/model/config.json");
-    char *dir = path2(tmp, "broken");
+    char *dir = path2(dsq_test_tmp, "broken");
     free(run_ok(0, "synth --config '%s' --out '%s'", src, dir));
     /* keep the tensors, declare 5 layers: layer 4 is missing */
     size_t n;
@@ -553,7 +543,7 @@ static void test_errors(void **state) {
     assert_int_equal(lines, 77); /* a sliding-window, score-routed block holds 77 tensors */
     free(out), free(err);
     /* --check without a config */
-    char *lone = path2(tmp, "lone");
+    char *lone = path2(dsq_test_tmp, "lone");
     mkdir(lone, 0755);
     char *f1 = path2(dir, "model.safetensors"), *f2 = path2(lone, "model.safetensors");
     size_t len;
@@ -572,7 +562,7 @@ static void test_errors(void **state) {
     assert_int_equal(rc, 1);
     assert_non_null(strstr(err, "already exists"));
     free(out), free(err);
-    char *d2 = path2(tmp, "layers9");
+    char *d2 = path2(dsq_test_tmp, "layers9");
     rc = dsq_test_run(&out, &err, "synth --config '%s' --out '%s' --layers 9", src, d2);
     assert_int_equal(rc, 1);
     assert_non_null(strstr(err, "cannot keep 9 layers of 4"));
@@ -587,7 +577,7 @@ static void test_errors(void **state) {
     assert_int_equal(dsq_test_run(NULL, NULL, "inspect --help%s", ""), 0);
     assert_int_equal(dsq_test_run(NULL, NULL, "synth --help%s", ""), 0);
     /* a broken config is reported naming the field */
-    char *bad = path2(tmp, "bad.json");
+    char *bad = path2(dsq_test_tmp, "bad.json");
     dsq_test_write(bad, "{\"model_type\": \"deepseek_v4\"}", 29);
     rc = dsq_test_run(&out, &err, "inspect --config '%s'", bad);
     assert_int_equal(rc, 1);
@@ -604,5 +594,5 @@ int main(void) {
         cmocka_unit_test(test_errors),         cmocka_unit_test(test_interrupt),
         cmocka_unit_test(test_flash_shaped),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, dsq_test_tmp_setup, dsq_test_tmp_teardown);
 }

