@@ -42,11 +42,20 @@ bool dsq_opt_parse_size(const char *s, uint64_t *out) {
     uint64_t mul = 1;
     if (*end) {
         switch (toupper((unsigned char)*end)) {
-        case 'K': mul = 1ull << 10; break;
-        case 'M': mul = 1ull << 20; break;
-        case 'G': mul = 1ull << 30; break;
-        case 'T': mul = 1ull << 40; break;
-        default: return false;
+        case 'K':
+            mul = 1ull << 10;
+            break;
+        case 'M':
+            mul = 1ull << 20;
+            break;
+        case 'G':
+            mul = 1ull << 30;
+            break;
+        case 'T':
+            mul = 1ull << 40;
+            break;
+        default:
+            return false;
         }
         end++;
         if (*end == 'i' || *end == 'I') end++;
@@ -135,8 +144,12 @@ static void names_text(const char *const *names, char *buf, size_t cap) {
 static dsq_opt_result store(const dsq_opt *o, const char *value, int argc, char *msg, size_t cap) {
     char range[128];
     switch (o->kind) {
-    case DSQ_OPT_KIND_FLAG: *(bool *)o->dest = true; return DSQ_OPT_OK;
-    case DSQ_OPT_KIND_STR: *(const char **)o->dest = value; return DSQ_OPT_OK;
+    case DSQ_OPT_KIND_FLAG:
+        *(bool *)o->dest = true;
+        return DSQ_OPT_OK;
+    case DSQ_OPT_KIND_STR:
+        *(const char **)o->dest = value;
+        return DSQ_OPT_OK;
     case DSQ_OPT_KIND_LIST: {
         dsq_opt_list *l = o->dest;
         if (!l->v) { /* an option's values are at most argc/2: one allocation for all */
@@ -151,9 +164,11 @@ static dsq_opt_result store(const dsq_opt *o, const char *value, int argc, char 
     }
     case DSQ_OPT_KIND_INT: {
         int64_t v;
-        if (!dsq_opt_parse_i64(value, &v) || v < o->min || v < INT32_MIN || v > INT32_MAX || (v >= 0 && (uint64_t)v > o->max)) {
+        if (!dsq_opt_parse_i64(value, &v) || v < o->min || v < INT32_MIN || v > INT32_MAX ||
+            (v >= 0 && (uint64_t)v > o->max)) {
             range_text(o, UINT64_MAX, range, sizeof range);
-            say(msg, cap, "%s needs %s, not '%s'%s%s%s", o->name, range, value, note_open(o), note_text(o), note_close(o));
+            say(msg, cap, "%s needs %s, not '%s'%s%s%s", o->name, range, value, note_open(o), note_text(o),
+                note_close(o));
             return DSQ_OPT_USAGE;
         }
         *(int *)o->dest = (int)v;
@@ -167,7 +182,8 @@ static dsq_opt_result store(const dsq_opt *o, const char *value, int argc, char 
         bool ok = o->kind == DSQ_OPT_KIND_SIZE ? dsq_opt_parse_size(value, &v) : dsq_opt_parse_u64(value, &v);
         if (!ok || v < lo || v > hi) {
             range_text(o, type_max, range, sizeof range);
-            say(msg, cap, "%s needs %s, not '%s'%s%s%s", o->name, range, value, note_open(o), note_text(o), note_close(o));
+            say(msg, cap, "%s needs %s, not '%s'%s%s%s", o->name, range, value, note_open(o), note_text(o),
+                note_close(o));
             return DSQ_OPT_USAGE;
         }
         if (o->kind == DSQ_OPT_KIND_U32)
@@ -186,7 +202,8 @@ static dsq_opt_result store(const dsq_opt *o, const char *value, int argc, char 
             else
                 snprintf(range, sizeof range, "a number %s %lld and ≤ %llu", gt ? ">" : "≥", (long long)o->min,
                          (unsigned long long)o->max);
-            say(msg, cap, "%s needs %s, not '%s'%s%s%s", o->name, range, value, note_open(o), note_text(o), note_close(o));
+            say(msg, cap, "%s needs %s, not '%s'%s%s%s", o->name, range, value, note_open(o), note_text(o),
+                note_close(o));
             return DSQ_OPT_USAGE;
         }
         *(double *)o->dest = v;
@@ -208,7 +225,9 @@ static dsq_opt_result store(const dsq_opt *o, const char *value, int argc, char 
         if (cap && !msg[0]) say(msg, cap, "bad %s '%s'", o->name, value);
         return r == DSQ_OPT_FN_FAIL ? DSQ_OPT_FAIL : DSQ_OPT_USAGE;
     }
-    default: say(msg, cap, "%s: bad option table", o->name); return DSQ_OPT_FAIL;
+    default:
+        say(msg, cap, "%s: bad option table", o->name);
+        return DSQ_OPT_FAIL;
     }
 }
 
@@ -265,8 +284,10 @@ dsq_opt_result dsq_opt_parse(const dsq_opt_spec *spec, int argc, char **argv, in
 
 static void free_lists(const dsq_opt *t) {
     for (; t && t->name; t++) {
-        if (t->kind == DSQ_OPT_KIND_MORE) free_lists(t->more);
-        else if (t->kind == DSQ_OPT_KIND_LIST) dsq_opt_list_free(t->dest);
+        if (t->kind == DSQ_OPT_KIND_MORE)
+            free_lists(t->more);
+        else if (t->kind == DSQ_OPT_KIND_LIST)
+            dsq_opt_list_free(t->dest);
     }
 }
 

@@ -87,14 +87,15 @@ typedef struct dsq_opt {
     int64_t min;  /* INT/U32/U64/SIZE/DOUBLE: least value (≥ 0 for the unsigned kinds) */
     uint64_t max; /* INT/U32/U64/SIZE/DOUBLE: greatest value */
     unsigned flags;
-    const char *const *names; /* ENUM: accepted spellings, NULL-terminated */
-    dsq_opt_fn fn;            /* FN */
+    const char *const *names;   /* ENUM: accepted spellings, NULL-terminated */
+    dsq_opt_fn fn;              /* FN */
     const struct dsq_opt *more; /* MORE */
-    const char *note;         /* appended to a bad-value message: " (NOTE)" */
+    const char *note;           /* appended to a bad-value message: " (NOTE)" */
 } dsq_opt;
 
 /* One-line table entries.  The conditional expression checks the destination's type at compile
  * time (a bool option cannot point at an int). */
+/* clang-format off */
 #define DSQ__OPT_DEST(T, p) ((void *)(1 ? (p) : (T *)0))
 #define DSQ_OPT_FLAG(name, p) {(name), DSQ_OPT_KIND_FLAG, DSQ__OPT_DEST(bool, p), 0, 0, 0, NULL, NULL, NULL, NULL}
 #define DSQ_OPT_INT(name, p, lo, hi) {(name), DSQ_OPT_KIND_INT, DSQ__OPT_DEST(int, p), (lo), (hi), 0, NULL, NULL, NULL, NULL}
@@ -108,6 +109,7 @@ typedef struct dsq_opt {
 #define DSQ_OPT_FN(name, p, f) {(name), DSQ_OPT_KIND_FN, (void *)(p), 0, 0, 0, NULL, (f), NULL, NULL}
 #define DSQ_OPT_MORE(table) {"", DSQ_OPT_KIND_MORE, NULL, 0, 0, 0, NULL, NULL, (table), NULL}
 #define DSQ_OPT_END {NULL, DSQ_OPT_KIND_END, NULL, 0, 0, 0, NULL, NULL, NULL, NULL}
+/* clang-format on */
 
 /* A command's arguments: its option table and its positional arguments. */
 typedef struct dsq_opt_spec {

@@ -69,23 +69,28 @@ static dsq_opt_result run(dests *d, bool dash_is_option, char *msg, size_t cap, 
         DSQ_OPT_MORE(more),
         DSQ_OPT_END,
     };
-    dsq_opt_spec spec = {.cmd = "test", .opts = opts, .pos = d->pos, .max_pos = 3, .min_pos = 1,
-                         .missing = "need INPUT", .dash_is_option = dash_is_option};
+    dsq_opt_spec spec = {.cmd = "test",
+                         .opts = opts,
+                         .pos = d->pos,
+                         .max_pos = 3,
+                         .min_pos = 1,
+                         .missing = "need INPUT",
+                         .dash_is_option = dash_is_option};
     return dsq_opt_parse(&spec, argc, argv, &d->n_pos, msg, cap);
 }
 
-#define OK(...)                                                                                             \
-    do {                                                                                                    \
-        dsq_opt_result r_ = run(&d, false, msg, sizeof msg, "in", __VA_ARGS__, (char *)NULL);               \
-        if (r_ != DSQ_OPT_OK) fail_msg("unexpected error: %s", msg);                                       \
+#define OK(...)                                                                                                        \
+    do {                                                                                                               \
+        dsq_opt_result r_ = run(&d, false, msg, sizeof msg, "in", __VA_ARGS__, (char *)NULL);                          \
+        if (r_ != DSQ_OPT_OK) fail_msg("unexpected error: %s", msg);                                                   \
     } while (0)
 /* The parse fails with result R and a message containing WANT. */
-#define BAD(R, WANT, ...)                                                                                   \
-    do {                                                                                                    \
-        dsq_opt_result r_ = run(&d, false, msg, sizeof msg, "in", __VA_ARGS__, (char *)NULL);               \
-        assert_int_equal(r_, (R));                                                                          \
-        if (!strstr(msg, (WANT))) fail_msg("message '%s' lacks '%s'", msg, (WANT));                         \
-        dsq_opt_list_free(&d.list);                                                                         \
+#define BAD(R, WANT, ...)                                                                                              \
+    do {                                                                                                               \
+        dsq_opt_result r_ = run(&d, false, msg, sizeof msg, "in", __VA_ARGS__, (char *)NULL);                          \
+        assert_int_equal(r_, (R));                                                                                     \
+        if (!strstr(msg, (WANT))) fail_msg("message '%s' lacks '%s'", msg, (WANT));                                    \
+        dsq_opt_list_free(&d.list);                                                                                    \
     } while (0)
 
 static void test_numbers(void **state) {
@@ -154,8 +159,9 @@ static void test_sizes(void **state) {
         OK("--size", good[k].s);
         if (d.size != good[k].v) fail_msg("--size %s gave %llu", good[k].s, (unsigned long long)d.size);
     }
-    static const char *const bad[] = {"0",    "-1",   "1Q",   "1KK",  "1 K",  "M",    "",
-                                      "16777216T" /* 2^64 */, "17179869184G", "99999999999999999999", "1.5G", "1iB"};
+    static const char *const bad[] = {
+        "0",    "-1", "1Q", "1KK", "1 K", "M", "", "16777216T" /* 2^64 */, "17179869184G", "99999999999999999999",
+        "1.5G", "1iB"};
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
         dsq_opt_result r = run(&d, false, msg, sizeof msg, "in", "--size", bad[k], (char *)NULL);
         if (r != DSQ_OPT_USAGE) fail_msg("--size '%s' was accepted (%llu)", bad[k], (unsigned long long)d.size);
@@ -232,8 +238,8 @@ static void test_errors(void **state) {
     BAD(DSQ_OPT_USAGE, "unknown option '-x'", "-x");
     BAD(DSQ_OPT_USAGE, "unknown option '--int=3'", "--int=3");
     /* a missing value, for every kind that takes one */
-    static const char *const valued[] = {"--int", "--u32", "--u64", "--size", "--double", "--str", "--list", "--colour",
-                                         "--probe"};
+    static const char *const valued[] = {"--int", "--u32",  "--u64",    "--size", "--double",
+                                         "--str", "--list", "--colour", "--probe"};
     for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++) {
         char want[64];
         snprintf(want, sizeof want, "%s needs a value", valued[k]);
@@ -307,7 +313,8 @@ static void test_cli(void **state) {
         {"pack a.dsq", "dsq pack: need FILE.dsq and OUT.dsqz"},
         {"unpack a.dsqz b.dsq --tensor", "dsq unpack: --tensor needs a value"},
         {"unpack a b c", "dsq unpack: unexpected argument 'c'"},
-        {"convert a b.dsq --recipe release --threads 99999999999999999999", "dsq convert: --threads needs an integer 1..1024"},
+        {"convert a b.dsq --recipe release --threads 99999999999999999999",
+         "dsq convert: --threads needs an integer 1..1024"},
         {"convert a b.dsq --recipe release --chunk-bytes 1Q", "dsq convert: --chunk-bytes needs a size"},
         {"convert a b.dsq", "dsq convert: --recipe is required"},
         {"convert a b.dsq --recipe", "dsq convert: --recipe needs a value"},
@@ -318,7 +325,9 @@ static void test_cli(void **state) {
         {"verify", "dsq verify: need FILE.dsq"},
         {"verify a --bogus", "dsq verify: unknown option '--bogus'"},
         {"inspect a b", "dsq inspect: unexpected argument 'b'"},
-        {"synth --config c --out o --layers 0", "dsq synth: --layers needs an integer 1..",
+        {
+            "synth --config c --out o --layers 0",
+            "dsq synth: --layers needs an integer 1..",
         },
         {"synth --config c --out o --seed -1", "dsq synth: --seed needs an unsigned integer, not '-1'"},
         {"synth stray", "dsq synth: unexpected argument 'stray'"},
@@ -326,10 +335,13 @@ static void test_cli(void **state) {
         {"tokenize m t --system", "dsq tokenize: --system needs a value"},
         {"recipes -", "dsq recipes: unknown option '-'"},
         {"version extra", "dsq version: unexpected argument 'extra'"},
-        {"eval logits m --tokens t --out o --decode-from 0", "dsq eval logits: --decode-from needs an integer 1..2147483647"},
-        {"eval logits m --tokens t --out o --numerics fast", "dsq eval logits: --numerics must be exact or release, not 'fast'"},
+        {"eval logits m --tokens t --out o --decode-from 0",
+         "dsq eval logits: --decode-from needs an integer 1..2147483647"},
+        {"eval logits m --tokens t --out o --numerics fast",
+         "dsq eval logits: --numerics must be exact or release, not 'fast'"},
         {"eval logits m --tokens t --out o --memory-budget 0", "dsq eval logits: --memory-budget needs a size"},
-        {"eval ppl m t --ctx 2147483648", "dsq eval ppl: --ctx needs an integer 3..16777216, not '2147483648' (tokens per chunk"},
+        {"eval ppl m t --ctx 2147483648",
+         "dsq eval ppl: --ctx needs an integer 3..16777216, not '2147483648' (tokens per chunk"},
         {"eval ppl m t --chunks 4294967296", "dsq eval ppl: --chunks needs an integer ≥ 1, not '4294967296'"},
         {"eval ppl m t --batch 0", "dsq eval ppl: --batch needs an integer 1..4096"},
         {"eval ppl m t --threads 0", "dsq eval ppl: --threads needs an integer 1..4096"},
@@ -346,7 +358,8 @@ static void test_cli(void **state) {
         /* strtod took an empty value as 0 before the table: a temperature must be a number */
         {"generate m --prompt hi --temperature ''", "dsq generate: --temperature needs a number ≥ 0, not ''"},
         {"generate", "dsq generate: missing MODEL"},
-        {"compare r a --text t --out o --top-k 99999999999999999999", "dsq compare: --top-k needs an integer 1..16777216"},
+        {"compare r a --text t --out o --top-k 99999999999999999999",
+         "dsq compare: --top-k needs an integer 1..16777216"},
         {"compare r", "dsq compare: need REF and at least one build"},
         {"calibrate m t --out o.imatrix --format bin", "dsq calibrate: --format must be st or gguf, not 'bin'"},
         {"calibrate", "dsq calibrate: missing MODEL"},
@@ -374,9 +387,10 @@ static void test_cli(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_numbers),     cmocka_unit_test(test_sizes),     cmocka_unit_test(test_doubles),
-        cmocka_unit_test(test_strings_lists_enums), cmocka_unit_test(test_errors), cmocka_unit_test(test_positionals),
-        cmocka_unit_test(test_parse_one),   cmocka_unit_test(test_cli),
+        cmocka_unit_test(test_numbers),   cmocka_unit_test(test_sizes),
+        cmocka_unit_test(test_doubles),   cmocka_unit_test(test_strings_lists_enums),
+        cmocka_unit_test(test_errors),    cmocka_unit_test(test_positionals),
+        cmocka_unit_test(test_parse_one), cmocka_unit_test(test_cli),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -27,7 +27,8 @@ static int remove_one(const char *path, const struct stat *sb, int flag, struct 
 
 int dsq_tmp_remove(const char *dir) {
     size_t n = dir ? strlen(dir) : 0;
-    if (!n || dir[0] != '/' || strstr(dir, "/../") || (n >= 3 && !strcmp(dir + n - 3, "/..")) || !strstr(dir, "/dsq-")) {
+    if (!n || dir[0] != '/' || strstr(dir, "/../") || (n >= 3 && !strcmp(dir + n - 3, "/..")) ||
+        !strstr(dir, "/dsq-")) {
         errno = EINVAL;
         return -1;
     }
