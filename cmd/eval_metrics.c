@@ -505,7 +505,8 @@ int dsq__eval_mc(int argc, char **argv) {
                "prints the flip rate (items whose chosen answer changed).  Needs MODEL's tokenizer.json.\n"
                "  --save-answers FILE    write this run's answers (JSONL) for a later --base\n"
                "  --first N, --count N   score items [N, N+count) only\n"
-               "  --numerics, --device, --threads, --scalar, --no-shared-clamp, --no-bos   as for ppl\n"
+               "  --numerics, --device, --kv-cache, --threads, --scalar, --no-shared-clamp, --no-verify-data,\n"
+               "  --allow-nonfinite, --no-bos   as for ppl\n"
                "  --overwrite            replace an existing answers file\n"
                "  --json                 print the results as JSON\n");
         return DSQ_EXIT_OK;
