@@ -17,13 +17,9 @@
 
 static const char *CMD = "inspect";
 
-typedef struct missing_ctx {
-    const char *path;
-} missing_ctx;
-
+/* ctx: the container's path */
 static void print_missing(void *ctx, const char *name) {
-    fprintf(stderr, "dsq %s: %s: %s: missing (no stored tensor or source holds it)\n", CMD, ((missing_ctx *)ctx)->path,
-            name);
+    fprintf(stderr, "dsq %s: %s: %s: missing (no stored tensor or source holds it)\n", CMD, (const char *)ctx, name);
 }
 
 int dsq__inspect_dsq(const char *path, bool json, bool list, bool check) {
@@ -33,7 +29,7 @@ int dsq__inspect_dsq(const char *path, bool json, bool list, bool check) {
     dsq_ctr_meta *meta = NULL;
     dsq_v4_config cfg;
     bool have_cfg = dsq_ctr_meta_read(r, &meta, &err) == DSQ_OK && meta->config &&
-                    dsq_config_parse(meta->config, strlen(meta->config), path, &cfg, NULL, &err) == DSQ_OK;
+                    dsq_ctr_meta_config(meta, path, &cfg, &err) == DSQ_OK;
     if (!have_cfg) {
         dsq_ctr_meta_free(meta);
         dsq_ctr_reader_close(r);
@@ -50,8 +46,7 @@ int dsq__inspect_dsq(const char *path, bool json, bool list, bool check) {
     size_t missing = 0, checked = 0;
     bool kv_ok = true;
     if (check) {
-        missing_ctx mc = {path};
-        if (dsq_ctr_unresolved(r, &cfg, print_missing, &mc, &checked, &missing, &err) != DSQ_OK) {
+        if (dsq_ctr_unresolved(r, &cfg, print_missing, (void *)path, &checked, &missing, &err) != DSQ_OK) {
             dsq_cmd_fail(CMD, &err);
             missing = 1;
         }
