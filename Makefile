@@ -16,8 +16,8 @@ PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lzstd -lcjs
 WARN     := -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wstrict-prototypes -Wno-unused-parameter
 CFLAGS   ?= -O2 -g
 OPENMP   ?= -fopenmp
-ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(OPENMP) $(CFLAGS) $(PKG_CFLAGS) \
-              -Ilib -Ilib/core -Ilib/format -Ilib/quant -Ilib/eval -I$(BUILD)/gen
+BASE_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(OPENMP) $(CFLAGS) $(PKG_CFLAGS)
+ALL_CFLAGS := $(BASE_CFLAGS) -Ilib/core -Ilib/format -Ilib/quant -Ilib/eval -I$(BUILD)/gen
 LDLIBS   := $(OPENMP) $(PKG_LIBS) -lm -lpthread
 TEST_LIBS := -lcmocka
 
@@ -31,13 +31,30 @@ CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC)))
 # The kernels become a plugin, $(BUILD)/libdsq_cuda.so, that lib/eval/cuda_plugin.c loads with dlopen on
 # first use: dsq itself does not link cudart/cuBLAS (that cost ~1.5 s and ~200 MB per process start).
 CUDA_PLUGIN := $(BUILD)/libdsq_cuda.so
-ALL_CFLAGS += -DDSQ_HAVE_CUDA=1 -DDSQ_CUDA_PLUGIN='"$(abspath $(CUDA_PLUGIN))"' -Ikernels
+CUDA_DEFS := -DDSQ_HAVE_CUDA=1 -DDSQ_CUDA_PLUGIN='"$(abspath $(CUDA_PLUGIN))"'
+ALL_CFLAGS += $(CUDA_DEFS) -Ikernels
 LDLIBS   += -ldl
 CU_OBJ   := $(patsubst %.cu,$(BUILD)/%.o,$(CU_SRC))
 endif
 
 LIB_SRC  := $(sort $(wildcard lib/*/*.c))
 LIB_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC))
+
+# Layering (docs/architecture.md): core <- format <- quant <- eval <- cmd.  Each lib/ folder is compiled
+# with the include paths of its own and the lower layers only (eval also sees kernels/, the CUDA
+# plugin's C API), so an upward #include does not compile; each folder is its own archive; and
+# tests/check-layering.sh (run by `make all`) rejects upward includes, path includes, upward symbol
+# references between the archives and JSON parsing in cmd/.  tests/test_layering.c proves it fails.
+LAYERS   := core format quant eval
+layer_inc = $(foreach l,$(wordlist 1,$(1),$(LAYERS)),-Ilib/$(l))
+$(BUILD)/lib/core/%.o:   OBJ_CFLAGS = $(BASE_CFLAGS) $(call layer_inc,1)
+$(BUILD)/lib/format/%.o: OBJ_CFLAGS = $(BASE_CFLAGS) $(call layer_inc,2)
+$(BUILD)/lib/quant/%.o:  OBJ_CFLAGS = $(BASE_CFLAGS) $(call layer_inc,3)
+$(BUILD)/lib/eval/%.o:   OBJ_CFLAGS = $(BASE_CFLAGS) $(call layer_inc,4) $(CUDA_DEFS) $(if $(CUDA_DEFS),-Ikernels)
+OBJ_CFLAGS ?= $(ALL_CFLAGS)
+LAYER_LIBS := $(foreach l,$(LAYERS),$(BUILD)/libdsq_$(l).a)
+# link order: the highest layer first
+LAYER_LINK := $(foreach l,eval quant format core,$(BUILD)/libdsq_$(l).a)
 CMD_SRC  := $(sort $(wildcard cmd/*.c))
 CMD_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(CMD_SRC))
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
@@ -52,13 +69,14 @@ GPU_TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(GPU_TEST_SRC))
 GPU_DATA ?= .gpu-data
 
 .SECONDARY:
-.PHONY: all test test-asan bench demo deps deps-fuzz clean help fuzz fuzz-build test-faults check-flash-layer test-gpu gpu-data FORCE
+.PHONY: all test test-asan bench demo deps deps-fuzz clean help fuzz fuzz-build test-faults check-flash-layer test-gpu gpu-data check-layering FORCE
 .DEFAULT_GOAL := all
 
-all: $(BUILD)/dsq $(BUILD)/libdsq.a $(CUDA_PLUGIN)
+all: $(BUILD)/dsq $(BUILD)/libdsq.a $(CUDA_PLUGIN) $(BUILD)/layering.ok
 
 help:
-	@echo "targets: all (dsq + libdsq.a), test, test-asan, fuzz, test-faults, bench, demo, deps, clean, test-gpu, gpu-data"
+	@echo "targets: all (dsq + libdsq.a + libdsq_{core,format,quant,eval}.a + layering check), test, test-asan, fuzz,"
+	@echo "         test-faults, bench, demo, deps, clean, test-gpu, gpu-data, check-layering"
 	@echo "vars: CC=$(CC) NVCC=$(NVCC) CUDA_ARCH=$(CUDA_ARCH) SHARED=$(SHARED) NO_CUDA=<set to skip CUDA>"
 
 # Debian packages this project builds and tests with.  node/npm count as present when the commands
@@ -87,7 +105,7 @@ $(BUILD)/gen:
 
 $(BUILD)/%.o: %.c | $(BUILD)/gen/commands.inc
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+	$(CC) $(OBJ_CFLAGS) -MMD -MP -c $< -o $@
 
 $(BUILD)/kernels/%.o: kernels/%.cu
 	@mkdir -p $(dir $@)
@@ -97,12 +115,27 @@ $(BUILD)/kernels/%.o: kernels/%.cu
 $(CUDA_PLUGIN): $(CU_OBJ)
 	$(NVCC) -shared -arch=$(CUDA_ARCH) -o $@ $^ -lcublas -lcudart -Xlinker -Bsymbolic
 
+# One archive per lib/ folder (the dsq binary links them in layer order), and libdsq.a holding all of
+# them for the tests, benchmarks and fuzz targets.
 $(BUILD)/libdsq.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/dsq: $(CMD_OBJ) $(BUILD)/libdsq.a
-	$(CC) $(ALL_CFLAGS) -o $@ $(CMD_OBJ) $(BUILD)/libdsq.a $(LDLIBS)
+define layer_lib
+$(BUILD)/libdsq_$(1).a: $(filter $(BUILD)/lib/$(1)/%,$(LIB_OBJ))
+	@rm -f $$@
+	ar rcs $$@ $$^
+endef
+$(foreach l,$(LAYERS),$(eval $(call layer_lib,$(l))))
+
+$(BUILD)/dsq: $(CMD_OBJ) $(LAYER_LIBS)
+	$(CC) $(ALL_CFLAGS) -o $@ $(CMD_OBJ) $(LAYER_LINK) $(LDLIBS)
+
+# The layering check (tests/check-layering.sh): sources and the per-folder archives.
+$(BUILD)/layering.ok: tests/check-layering.sh $(LIB_SRC) $(wildcard lib/*/*.h) $(CMD_SRC) $(LAYER_LIBS)
+	@tests/check-layering.sh . $(BUILD)
+	@touch $@
+check-layering: $(BUILD)/layering.ok
 
 $(BUILD)/tests/%: tests/%.c $(TESTLIB_OBJ) $(BUILD)/libdsq.a
 	@mkdir -p $(dir $@)

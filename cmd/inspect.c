@@ -103,27 +103,6 @@ static dsq_status open_safetensors(source *s, const char *path, const char *conf
 
 /* ---- printing ---------------------------------------------------------------------------------- */
 
-static void human(double v, const char *const *units, int n_units, double base, char *buf, size_t n) {
-    int u = 0;
-    while (v >= base && u < n_units - 1) {
-        v /= base;
-        u++;
-    }
-    snprintf(buf, n, u ? "%.2f %s" : "%.0f %s", v, units[u]);
-}
-static const char *hbytes(uint64_t b, char *buf, size_t n) {
-    static const char *const units[] = {"B", "KB", "MB", "GB", "TB"};
-    human((double)b, units, 5, 1000.0, buf, n);
-    return buf;
-}
-static const char *hcount(uint64_t c, char *buf, size_t n) {
-    static const char *const units[] = {"", "K", "M", "B", "T"};
-    human((double)c, units, 5, 1000.0, buf, n);
-    size_t len = strlen(buf);
-    if (len && buf[len - 1] == ' ') buf[len - 1] = 0;
-    return buf;
-}
-
 static void shape_str(const dsq_tensor_desc *t, char *buf, size_t n) {
     size_t at = (size_t)snprintf(buf, n, "[");
     for (int i = 0; i < t->rank && at < n; i++)
@@ -140,85 +119,15 @@ typedef struct report {
     dsq_inv_report check;
 } report;
 
-/* The per-block table, shared with the .dsq view (cmd/inspect_dsq.c). */
-void dsq__inspect_layers_text(const dsq_v4_config *cf) {
-    printf("layers:      block  attention  ratio  routing\n");
-    for (int i = 0; i < cf->n_layers + cf->n_mtp_layers; i++) {
-        char name[32];
-        if (i < cf->n_layers)
-            snprintf(name, sizeof name, "%d", i);
-        else
-            snprintf(name, sizeof name, "mtp.%d", i - cf->n_layers);
-        printf("             %-6s %-10s %5d  %s\n", name, dsq_attn_kind_name(dsq_config_attn_kind(cf, i)),
-               dsq_config_ratio(cf, i), dsq_routing_name(dsq_config_routing(cf, i)));
-    }
-}
-
-/* ,"layers":[...],"mtp_layers":[...] — main blocks, then MTP blocks indexed from 0. */
-void dsq__inspect_layers_json(const dsq_v4_config *cf) {
-    for (int pass = 0; pass < 2; pass++) {
-        printf(pass ? "],\"mtp_layers\":[" : ",\"layers\":[");
-        int from = pass ? cf->n_layers : 0, to = pass ? cf->n_layers + cf->n_mtp_layers : cf->n_layers;
-        for (int i = from; i < to; i++)
-            printf("%s{\"index\":%d,\"attention\":\"%s\",\"compress_ratio\":%d,\"routing\":\"%s\"}",
-                   i > from ? "," : "", pass ? i - cf->n_layers : i, dsq_attn_kind_name(dsq_config_attn_kind(cf, i)),
-                   dsq_config_ratio(cf, i), dsq_routing_name(dsq_config_routing(cf, i)));
-    }
-    printf("]");
-}
-
-/* Context lengths of the KV-cache table (issue 11: 8K, 128K, 1M tokens). */
-static const uint64_t kv_table_tokens[] = {8192, 131072, 1048576};
-enum { KV_TABLE_N = sizeof kv_table_tokens / sizeof kv_table_tokens[0] };
-
-static uint64_t kv_seq_bytes(const dsq_v4_config *cf, dsq_kv_cache k, uint64_t tokens) {
-    double bpt = 0;
-    uint64_t fixed = 0;
-    dsq_kv_declared(cf, k, &bpt, &fixed);
-    return fixed + (uint64_t)(bpt * (double)tokens + 0.5);
-}
-
-/* One sequence's cache bytes per evaluator cache encoding (dsq_kv_declared), both views. */
-void dsq__inspect_kv_text(const dsq_v4_config *cf) {
-    char a[64];
-    printf("KV bytes:    encoding  per token         8K       128K         1M  (one sequence, all blocks)\n");
-    for (int k = 0; k < DSQ_KV_CACHE_COUNT; k++) {
-        double bpt = 0;
-        uint64_t fixed = 0;
-        dsq_kv_declared(cf, (dsq_kv_cache)k, &bpt, &fixed);
-        printf("             %-8s %10.2f", dsq_kv_cache_name((dsq_kv_cache)k), bpt);
-        for (int i = 0; i < KV_TABLE_N; i++)
-            printf(" %10s", hbytes(kv_seq_bytes(cf, (dsq_kv_cache)k, kv_table_tokens[i]), a, sizeof a));
-        printf("\n");
-    }
-}
-
-/* ,"kv_cache_bytes":{"f32":{"bytes_per_token":…,"fixed_bytes":…,"tokens_8192":…,…},…} */
-void dsq__inspect_kv_json(const dsq_v4_config *cf) {
-    printf(",\"kv_cache_bytes\":{");
-    for (int k = 0; k < DSQ_KV_CACHE_COUNT; k++) {
-        double bpt = 0;
-        uint64_t fixed = 0;
-        dsq_kv_declared(cf, (dsq_kv_cache)k, &bpt, &fixed);
-        printf("%s\"%s\":{\"bytes_per_token\":%.4f,\"fixed_bytes\":%" PRIu64, k ? "," : "",
-               dsq_kv_cache_name((dsq_kv_cache)k), bpt, fixed);
-        for (int i = 0; i < KV_TABLE_N; i++)
-            printf(",\"tokens_%" PRIu64 "\":%" PRIu64, kv_table_tokens[i],
-                   kv_seq_bytes(cf, (dsq_kv_cache)k, kv_table_tokens[i]));
-        printf("}");
-    }
-    printf("}");
-}
-
 static void print_text(const source *s, const report *r, bool list_tensors) {
     char a[64], b[64], c[64], d[64];
     const dsq_v4_config *cf = &s->cfg;
     if (s->st)
         printf("checkpoint:  %s (safetensors, %zu shard%s, %zu tensors, %s)\n", s->path, s->n_shards,
-               s->n_shards == 1 ? "" : "s", s->n_tensors, hbytes(r->stats.bytes_total, a, sizeof a));
+               s->n_shards == 1 ? "" : "s", s->n_tensors, dsq__inspect_hbytes(r->stats.bytes_total, a, sizeof a));
     else
         printf("model:       defined by %s (expected inventory: %zu tensors, %s)\n", s->path, s->n_tensors,
-               hbytes(r->stats.bytes_total, a, sizeof a));
+               dsq__inspect_hbytes(r->stats.bytes_total, a, sizeof a));
     if (s->has_config) {
         if (s->st) printf("config:      %s\n", s->config_path);
         printf("geometry:    vocab %" PRIu64 ", dim %" PRIu64 ", %d layers + %d MTP, %d heads x %d (rope %d), "
@@ -235,31 +144,31 @@ static void print_text(const source *s, const report *r, bool list_tensors) {
     }
     const dsq_param_counts *p = &r->stats.params;
     printf("parameters:  %s total, %s active per token (main model); MTP %s (%s active)\n",
-           hcount(p->total, a, sizeof a), hcount(p->active, b, sizeof b), hcount(p->total_mtp, c, sizeof c),
-           hcount(p->active_mtp, d, sizeof d));
+           dsq__inspect_hcount(p->total, a, sizeof a), dsq__inspect_hcount(p->active, b, sizeof b), dsq__inspect_hcount(p->total_mtp, c, sizeof c),
+           dsq__inspect_hcount(p->active_mtp, d, sizeof d));
     if (s->st && s->has_config && (p->total != r->cfg_params.total || p->active != r->cfg_params.active))
         printf("             the config defines %s total, %s active: the tensors do not match it\n",
-               hcount(r->cfg_params.total, a, sizeof a), hcount(r->cfg_params.active, b, sizeof b));
-    printf("bytes:       %s (%" PRIu64 ")\n", hbytes(r->stats.bytes_total, a, sizeof a), r->stats.bytes_total);
+               dsq__inspect_hcount(r->cfg_params.total, a, sizeof a), dsq__inspect_hcount(r->cfg_params.active, b, sizeof b));
+    printf("bytes:       %s (%" PRIu64 ")\n", dsq__inspect_hbytes(r->stats.bytes_total, a, sizeof a), r->stats.bytes_total);
     printf("by dtype:\n");
     for (int t = 0; t < DSQ_DTYPE_COUNT; t++)
         if (r->stats.bytes_by_dtype[t])
             printf("  %-22s %12s  %5.1f%%\n", dsq_dtype_name((dsq_dtype)t),
-                   hbytes(r->stats.bytes_by_dtype[t], a, sizeof a),
+                   dsq__inspect_hbytes(r->stats.bytes_by_dtype[t], a, sizeof a),
                    100.0 * (double)r->stats.bytes_by_dtype[t] /
                        (double)(r->stats.bytes_total ? r->stats.bytes_total : 1));
     printf("by family:\n");
     for (int f = 0; f < DSQ_FAMILY_COUNT; f++)
         if (r->stats.bytes_by_family[f])
             printf("  %-22s %12s  %5.1f%%\n", dsq_family_name((dsq_family)f),
-                   hbytes(r->stats.bytes_by_family[f], a, sizeof a),
+                   dsq__inspect_hbytes(r->stats.bytes_by_family[f], a, sizeof a),
                    100.0 * (double)r->stats.bytes_by_family[f] /
                        (double)(r->stats.bytes_total ? r->stats.bytes_total : 1));
     if (s->has_config) {
         dsq__inspect_layers_text(cf);
         printf("KV cache:    %.1f B per token (compact; %.0f B bf16), fixed %s per sequence (compact; %s bf16)\n",
-               r->kv.per_token_compact, r->kv.per_token_bf16, hbytes(r->kv.fixed_compact, a, sizeof a),
-               hbytes(r->kv.fixed_bf16, b, sizeof b));
+               r->kv.per_token_compact, r->kv.per_token_bf16, dsq__inspect_hbytes(r->kv.fixed_compact, a, sizeof a),
+               dsq__inspect_hbytes(r->kv.fixed_bf16, b, sizeof b));
         dsq__inspect_kv_text(cf);
     }
     if (list_tensors) {

@@ -1,7 +1,7 @@
 /* Element decoders of the cuda backend, written in the common subset of C11 and CUDA C++ so that the
  * kernels (kernels/cuda_backend.cu, as __host__ __device__ functions) and a CPU test
  * (tests/test_cuda_decode.c, compared bit for bit with lib/quant's decoders for every encoding) run the
- * same code.  Layouts: lib/quant/dsq_codec.h; encoding numbers: lib/quant/dsq_encoding.h. */
+ * same code.  Layouts: lib/quant/dsq_codec.h; encoding numbers: lib/format/dsq_encoding.h. */
 #ifndef DSQ_CUDA_DECODE_H
 #define DSQ_CUDA_DECODE_H
 

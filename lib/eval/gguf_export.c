@@ -9,6 +9,7 @@
 
 #include "dsq_config.h"
 #include "dsq_container.h"
+#include "dsq_ctr_meta.h"
 #include "dsq_ggml.h"
 #include "dsq_gguf.h"
 #include "dsq_gguf_export.h"
@@ -358,28 +359,22 @@ static dsq_status read_tokenizer(const char *src, tokdata *td, dsq_err *err) {
     if (dsq_ctr_sniff(src)) {
         dsq_ctr_reader *r = NULL;
         DSQ_TRY(dsq_ctr_reader_open(src, NULL, &r, err));
-        size_t len = 0;
-        const char *meta = dsq_ctr_metadata(r, &len);
-        cJSON *m = NULL;
-        dsq_status st = meta ? dsq_json_parse(meta, len, src, &m, err)
-                             : dsq_err_set(err, DSQ_ERR_MISSING, "%s: container has no metadata", src);
+        dsq_ctr_meta *m = NULL;
+        dsq_status st = dsq_ctr_meta_read(r, &m, err);
         if (st == DSQ_OK) {
-            const cJSON *tok = cJSON_GetObjectItemCaseSensitive(m, "tokenizer");
-            const cJSON *tj = cJSON_GetObjectItemCaseSensitive(tok, "tokenizer.json");
-            const cJSON *tc = cJSON_GetObjectItemCaseSensitive(tok, "tokenizer_config.json");
-            if (!cJSON_IsString(tj))
+            if (!m->tokenizer_json)
                 st = dsq_err_set(err, DSQ_ERR_MISSING, "%s: metadata has no tokenizer.json (GGUF needs the tokenizer)", src);
             else {
-                td->json = dsq_strdup(tj->valuestring);
+                td->json = dsq_strdup(m->tokenizer_json);
                 td->json_len = td->json ? strlen(td->json) : 0;
-                if (cJSON_IsString(tc)) {
-                    td->config = dsq_strdup(tc->valuestring);
+                if (m->tokenizer_config_json) {
+                    td->config = dsq_strdup(m->tokenizer_config_json);
                     td->config_len = td->config ? strlen(td->config) : 0;
                 }
                 if (!td->json) st = dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory");
             }
         }
-        cJSON_Delete(m);
+        dsq_ctr_meta_free(m);
         dsq_ctr_reader_close(r);
         return st;
     }

@@ -12,6 +12,7 @@
 #include <xxhash.h>
 
 #include "dsq_container.h"
+#include "dsq_ctr_meta.h"
 #include "dsq_json.h"
 #include "dsq_wsrc.h"
 #include "gguf_internal.h"
@@ -835,25 +836,20 @@ dsq_status dsq_tok_load_json(const char *json, size_t len, const char *what, con
 static dsq_status open_from_container(const char *path, const dsq_tok_options *opt, dsq_tok **out, dsq_err *err) {
     dsq_ctr_reader *r = NULL;
     DSQ_TRY(dsq_ctr_reader_open(path, NULL, &r, err));
-    size_t len = 0;
-    const char *meta = dsq_ctr_metadata(r, &len);
-    cJSON *m = NULL;
-    dsq_status st = meta ? dsq_json_parse(meta, len, path, &m, err)
-                         : dsq_err_set(err, DSQ_ERR_MISSING, "%s: container has no metadata", path);
+    dsq_ctr_meta *m = NULL;
+    dsq_status st = dsq_ctr_meta_read(r, &m, err);
     if (st == DSQ_OK) {
-        const cJSON *tj = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(m, "tokenizer"),
-                                                           "tokenizer.json");
-        if (!cJSON_IsString(tj))
+        if (!m->tokenizer_json)
             st = dsq_err_set(err, DSQ_ERR_MISSING, "%s: metadata has no tokenizer.tokenizer.json (the source "
                              "checkpoint had no tokenizer.json)", path);
         else {
             char *what = dsq_path_join(path, "tokenizer.json");
-            st = what ? dsq_tok_load_json(tj->valuestring, strlen(tj->valuestring), what, opt, out, err)
+            st = what ? dsq_tok_load_json(m->tokenizer_json, strlen(m->tokenizer_json), what, opt, out, err)
                       : dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", path);
             dsq_free(what);
         }
     }
-    cJSON_Delete(m);
+    dsq_ctr_meta_free(m);
     dsq_ctr_reader_close(r);
     return st;
 }

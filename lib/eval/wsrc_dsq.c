@@ -8,7 +8,7 @@
 
 #include "dsq_codec.h"
 #include "dsq_container.h"
-#include "dsq_json.h"
+#include "dsq_ctr_meta.h"
 #include "dsq_wsrc.h"
 
 /* What the first check of a part found (dsq_impl.part_state). */
@@ -184,24 +184,10 @@ static void ctr_close(dsq_wsrc *w) {
 
 /* model.config of the metadata, parsed as a config.json. */
 static dsq_status config_from_metadata(const dsq_ctr_reader *r, dsq_v4_config *cfg, dsq_err *err) {
-    const char *path = dsq_ctr_path(r);
-    size_t len = 0;
-    const char *meta = dsq_ctr_metadata(r, &len);
-    DSQ_RETURN_IF(!meta, err, DSQ_ERR_MISSING, "%s: no metadata", path);
-    cJSON *root = NULL;
-    DSQ_TRY(dsq_json_parse(meta, len, path, &root, err));
-    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
-    const cJSON *c = cJSON_GetObjectItemCaseSensitive(model, "config");
-    dsq_status st;
-    if (!cJSON_IsObject(c)) {
-        st = dsq_err_set(err, DSQ_ERR_MISSING, "%s: metadata has no model.config object", path);
-    } else {
-        char *text = cJSON_PrintUnformatted(c);
-        st = text ? dsq_config_parse(text, strlen(text), path, cfg, NULL, err)
-                  : dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", path);
-        cJSON_free(text);
-    }
-    cJSON_Delete(root);
+    dsq_ctr_meta *m = NULL;
+    DSQ_TRY(dsq_ctr_meta_read(r, &m, err));
+    dsq_status st = dsq_ctr_meta_config(m, dsq_ctr_path(r), cfg, err);
+    dsq_ctr_meta_free(m);
     return st;
 }
 

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include "container_internal.h"
+#include "dsq_ctr_meta.h"
 #include "dsq_json.h"
 #include "dsq_modelopt.h"
 
@@ -424,34 +425,26 @@ dsq_status dsq_ctr_export_safetensors(const char *dsq, const char *outdir, const
         cJSON_free(text);
     }
     /* config and tokenizer files from the metadata */
-    cJSON *meta = NULL;
-    size_t mlen;
-    const char *mt = dsq_ctr_metadata(r, &mlen);
-    if (s == DSQ_OK) s = dsq_json_parse(mt, mlen, dsq, &meta, err);
+    dsq_ctr_meta *meta = NULL;
+    if (s == DSQ_OK) s = dsq_ctr_meta_read(r, &meta, err);
     if (s == DSQ_OK) {
-        const cJSON *files = cJSON_GetObjectItemCaseSensitive(meta, "files");
-        const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(files, "config.json");
-        const cJSON *tok = cJSON_GetObjectItemCaseSensitive(meta, "tokenizer");
-        if (!cJSON_IsString(cfg)) s = dsq_err_set(err, DSQ_ERR_MISSING, "%s: metadata holds no config.json", dsq);
-        char *ctext = s == DSQ_OK ? patched_config(cfg->valuestring, r, cJSON_GetObjectItemCaseSensitive(meta, "recipe"),
+        if (!meta->config_json) s = dsq_err_set(err, DSQ_ERR_MISSING, "%s: metadata holds no config.json", dsq);
+        char *ctext = s == DSQ_OK ? patched_config(meta->config_json, r, dsq__ctr_meta_member(meta, "recipe"),
                                                    o.modelopt_nvfp4, &st0.verbatim_config, err)
                                   : NULL;
         if (s == DSQ_OK && !ctext) s = DSQ_ERR_NOMEM;
         if (s == DSQ_OK) s = write_text(outdir, "config.json", ctext, o.overwrite, &st0.files, err);
         dsq_free(ctext);
         if (s == DSQ_OK && o.modelopt_nvfp4) s = write_modelopt_qcfg(r, &l, outdir, o.overwrite, &st0.files, err);
-        const cJSON *gen = cJSON_GetObjectItemCaseSensitive(files, "generation_config.json");
-        if (s == DSQ_OK && cJSON_IsString(gen))
-            s = write_text(outdir, "generation_config.json", gen->valuestring, o.overwrite, &st0.files, err);
-        static const char *const tk[][2] = {{"tokenizer.json", "tokenizer.json"},
-                                            {"tokenizer_config.json", "tokenizer_config.json"},
-                                            {"chat_template", "chat_template.jinja"}};
-        for (size_t i = 0; s == DSQ_OK && i < 3; i++) {
-            const cJSON *x = cJSON_GetObjectItemCaseSensitive(tok, tk[i][0]);
-            if (cJSON_IsString(x)) s = write_text(outdir, tk[i][1], x->valuestring, o.overwrite, &st0.files, err);
-        }
+        if (s == DSQ_OK && meta->generation_config_json)
+            s = write_text(outdir, "generation_config.json", meta->generation_config_json, o.overwrite, &st0.files, err);
+        const char *const tk[][2] = {{meta->tokenizer_json, "tokenizer.json"},
+                                     {meta->tokenizer_config_json, "tokenizer_config.json"},
+                                     {meta->chat_template, "chat_template.jinja"}};
+        for (size_t i = 0; s == DSQ_OK && i < 3; i++)
+            if (tk[i][0]) s = write_text(outdir, tk[i][1], tk[i][0], o.overwrite, &st0.files, err);
     }
-    cJSON_Delete(meta);
+    dsq_ctr_meta_free(meta);
     cJSON_Delete(index);
     dsq_free(buf);
     dsq_free(cut);

@@ -51,6 +51,11 @@ typedef struct dsq__ctr_src {
  * available (a .dsqz head+tail), so only the structure is parsed.  The reader keeps `src` by value. */
 dsq_status dsq__ctr_reader_open_src(const dsq__ctr_src *src, bool data_readable, dsq_ctr_reader **out, dsq_err *err);
 
+/* A top-level member of the metadata document (container_export.c reads the recipe object whole). */
+struct cJSON;
+struct dsq_ctr_meta;
+const struct cJSON *dsq__ctr_meta_member(const struct dsq_ctr_meta *m, const char *key);
+
 /* Tensor parts of the plan tile the data region in this order: offset of the first part of tensor i. */
 uint64_t dsq__ctr_tensor_begin(const dsq_ctr_tensor *t);
 

@@ -114,7 +114,7 @@ enum dsq_file_dtype {
     DSQ_FILE_DTYPE_NONE = 255, /* source record: no scale tensor */
 };
 
-/* Encodings: the values of enum dsq_encoding (lib/quant/dsq_encoding.h). Never renumbered. */
+/* Encodings: the values of enum dsq_encoding (lib/format/dsq_encoding.h). Never renumbered. */
 enum dsq_file_encoding {
     DSQ_FILE_ENC_F32 = 1,
     DSQ_FILE_ENC_F16 = 2,

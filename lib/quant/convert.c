@@ -11,7 +11,7 @@
 
 #include "convert_internal.h"
 #include "dsq_codec.h"
-#include "dsq_json.h"
+#include "dsq_ctr_meta.h"
 #include "dsq_modelopt.h"
 
 /* ---- source encodings ---- */
@@ -539,14 +539,17 @@ double dsq_convert_plan_estimate_seconds(const dsq_convert_plan *p, double copy_
 
 /* ---- metadata ---- */
 
-static void add_text_file(cJSON *obj, const char *dir, const char *name, const char *key) {
+/* DIR/NAME's text, or NULL when it is missing, unreadable or holds a NUL byte (dsq_free). */
+static char *read_text_file(const char *dir, const char *name) {
     char *path = dsq_path_join(dir, name), *text = NULL;
     size_t len = 0;
-    if (path && dsq_path_exists(path) && dsq_read_file(path, 64u << 20, &text, &len, NULL) == DSQ_OK &&
-        strlen(text) == len)
-        cJSON_AddStringToObject(obj, key, text);
-    dsq_free(text);
+    if (!(path && dsq_path_exists(path) && dsq_read_file(path, 64u << 20, &text, &len, NULL) == DSQ_OK &&
+          strlen(text) == len)) {
+        dsq_free(text);
+        text = NULL;
+    }
     dsq_free(path);
+    return text;
 }
 
 /* XXH3-64 of a safetensors shard's JSON header (its identity without reading the data). */
@@ -572,62 +575,42 @@ static const char *base_name(const char *path) {
     return s ? s + 1 : path;
 }
 
-static cJSON *parse_or_null(const char *text) {
-    cJSON *j = NULL;
-    if (!text || dsq_json_parse(text, strlen(text), "metadata", &j, NULL) != DSQ_OK) return NULL;
-    return j;
-}
-
+/* The metadata (lib/format's builder, dsq_ctr_meta.h): config, recipe, tokenizer and generation files of
+ * the source directory, the KV-cache declaration, provenance. */
 static char *build_metadata(dsq_convert_plan *p, dsq_err *err) {
-    cJSON *m = cJSON_CreateObject();
-    if (!m) return NULL;
-    cJSON_AddStringToObject(m, "format", "dsq");
-    cJSON_AddStringToObject(m, "format_version", "1.0");
-    cJSON *model = cJSON_AddObjectToObject(m, "model");
-    cJSON_AddStringToObject(model, "architecture", "deepseek_v4");
-    cJSON *cfg = parse_or_null(p->config_text);
-    if (cfg) cJSON_AddItemToObject(model, "config", cfg);
-    char *rj = dsq_recipe_to_json(p->opt.recipe);
-    cJSON *recipe = parse_or_null(rj);
-    dsq_free(rj);
-    if (recipe) cJSON_AddItemToObject(m, "recipe", recipe);
     const char *dir = dsq_st_dir(p->st);
-    cJSON *tok = cJSON_AddObjectToObject(m, "tokenizer");
-    add_text_file(tok, dir, "tokenizer.json", "tokenizer.json");
-    add_text_file(tok, dir, "tokenizer_config.json", "tokenizer_config.json");
-    add_text_file(tok, dir, "chat_template.jinja", "chat_template");
-    cJSON *files = cJSON_AddObjectToObject(m, "files");
-    cJSON_AddStringToObject(files, "config.json", p->config_text);
-    add_text_file(files, dir, "generation_config.json", "generation_config.json");
-    char *kv = dsq_convert_kv_cache_json(&p->cfg);
-    cJSON *kvj = parse_or_null(kv);
-    dsq_free(kv);
-    if (kvj) cJSON_AddItemToObject(m, "kv_cache", kvj);
-    cJSON *prov = cJSON_AddObjectToObject(m, "provenance");
-    cJSON_AddStringToObject(prov, "tool", "dsq " DSQ_VERSION_STRING);
-    cJSON *cmd = cJSON_AddArrayToObject(prov, "command");
-    for (size_t i = 0; p->command && p->command[i]; i++) cJSON_AddItemToArray(cmd, cJSON_CreateString(p->command[i]));
-    cJSON *srcj = cJSON_AddObjectToObject(prov, "source");
-    cJSON *fl = cJSON_AddArrayToObject(srcj, "files");
-    for (size_t i = 0; i < dsq_st_shard_count(p->st); i++) {
-        cJSON *f = cJSON_CreateObject();
-        char hex[24];
-        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)shard_header_hash(dsq_st_shard_path(p->st, i)));
-        cJSON_AddStringToObject(f, "name", base_name(dsq_st_shard_path(p->st, i)));
-        cJSON_AddNumberToObject(f, "bytes", (double)dsq_st_shard_size(p->st, i));
-        cJSON_AddStringToObject(f, "header_xxh3", hex);
-        cJSON_AddItemToArray(fl, f);
-    }
-    char *text = cJSON_PrintUnformatted(m);
-    cJSON_Delete(m);
-    if (!text) {
+    size_t n_files = dsq_st_shard_count(p->st);
+    dsq_ctr_meta_source_file *files = dsq_calloc(n_files ? n_files : 1, sizeof *files);
+    char *recipe = dsq_recipe_to_json(p->opt.recipe);
+    char *tj = read_text_file(dir, "tokenizer.json"), *tc = read_text_file(dir, "tokenizer_config.json");
+    char *ct = read_text_file(dir, "chat_template.jinja"), *gc = read_text_file(dir, "generation_config.json");
+    char *text = NULL;
+    if (!files) {
         dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory building the metadata");
-        return NULL;
+    } else {
+        for (size_t i = 0; i < n_files; i++) {
+            const char *path = dsq_st_shard_path(p->st, i);
+            files[i] = (dsq_ctr_meta_source_file){base_name(path), dsq_st_shard_size(p->st, i), shard_header_hash(path)};
+        }
+        dsq_ctr_meta_desc d = {.config_json = p->config_text,
+                               .recipe = recipe,
+                               .tokenizer_json = tj,
+                               .tokenizer_config_json = tc,
+                               .chat_template = ct,
+                               .generation_config_json = gc,
+                               .kv_config = &p->cfg,
+                               .command = (const char *const *)p->command,
+                               .n_source_files = n_files,
+                               .source_files = files};
+        text = dsq_ctr_meta_build(&d, err);
     }
-    char *copy = dsq_strdup(text);
-    cJSON_free(text);
-    if (!copy) dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory building the metadata");
-    return copy;
+    dsq_free(files);
+    dsq_free(recipe);
+    dsq_free(tj);
+    dsq_free(tc);
+    dsq_free(ct);
+    dsq_free(gc);
+    return text;
 }
 
 /* Job identity for --resume (RELIABILITY.md §5): tool version, arguments, recipe, config, shards. */
@@ -655,95 +638,6 @@ static char *fingerprint(dsq_convert_plan *p) {
     char *fp = dsq_malloc(64);
     if (fp) snprintf(fp, 64, "dsq %s convert %016llx", DSQ_VERSION_STRING, (unsigned long long)XXH3_64bits_digest(&st));
     return fp;
-}
-
-/* ---- KV cache declaration (spec dsq.md §6.1, deepseek-v4.md §6) ---- */
-
-char *dsq_convert_kv_cache_json(const dsq_v4_config *c) {
-    uint64_t hd = (uint64_t)c->head_dim, rd = (uint64_t)c->rope_head_dim, nd = hd - rd, ihd = (uint64_t)c->index_head_dim;
-    uint64_t kv_scales = dsq_ceil_div(nd, 64), idx_scales = dsq_ceil_div(ihd, 32);
-    uint64_t kv_compact = rd * 2 + nd + kv_scales, idx_compact = dsq_ceil_div(ihd, 2) + idx_scales;
-    cJSON *kv = cJSON_CreateObject();
-    if (!kv) return NULL;
-    cJSON_AddStringToObject(kv, "encoding", "compact");
-    cJSON *fmts = cJSON_AddObjectToObject(kv, "entry_formats");
-    struct field {
-        const char *name, *dtype;
-        uint64_t dims, count, block, offset, bytes;
-    };
-    struct fmt {
-        const char *name;
-        uint64_t bytes;
-        struct field f[3];
-        int n;
-    } F[4] = {
-        {"kv_compact", kv_compact, {{"rope", "BF16", rd, 0, 0, 0, rd * 2}, {"nope", "F8_E4M3", nd, 0, 0, rd * 2, nd},
-                                    {"nope_scales", "F8_E8M0", 0, kv_scales, 64, rd * 2 + nd, kv_scales}}, 3},
-        {"index_fp4", idx_compact, {{"codes", "e2m1x2", ihd, 0, 0, 0, dsq_ceil_div(ihd, 2)},
-                                    {"scales", "F8_E8M0", 0, idx_scales, 32, dsq_ceil_div(ihd, 2), idx_scales}}, 2},
-        {"kv_bf16", hd * 2, {{"values", "BF16", hd, 0, 0, 0, hd * 2}}, 1},
-        {"index_bf16", ihd * 2, {{"values", "BF16", ihd, 0, 0, 0, ihd * 2}}, 1},
-    };
-    for (int i = 0; i < 4; i++) {
-        cJSON *o = cJSON_AddObjectToObject(fmts, F[i].name);
-        cJSON_AddNumberToObject(o, "bytes", (double)F[i].bytes);
-        cJSON *fa = cJSON_AddArrayToObject(o, "fields");
-        for (int k = 0; k < F[i].n; k++) {
-            cJSON *f = cJSON_CreateObject();
-            cJSON_AddStringToObject(f, "name", F[i].f[k].name);
-            if (F[i].f[k].dims) cJSON_AddNumberToObject(f, "dims", (double)F[i].f[k].dims);
-            if (F[i].f[k].count) cJSON_AddNumberToObject(f, "count", (double)F[i].f[k].count);
-            if (F[i].f[k].block) cJSON_AddNumberToObject(f, "block", (double)F[i].f[k].block);
-            cJSON_AddStringToObject(f, "dtype", F[i].f[k].dtype);
-            cJSON_AddNumberToObject(f, "offset", (double)F[i].f[k].offset);
-            cJSON_AddNumberToObject(f, "bytes", (double)F[i].f[k].bytes);
-            cJSON_AddItemToArray(fa, f);
-        }
-    }
-    cJSON *layers = cJSON_AddArrayToObject(kv, "layers");
-    double per_token = 0;
-    uint64_t fixed = 0;
-    int n_blocks = c->n_layers + c->n_mtp_layers;
-    for (int b = 0; b < n_blocks; b++) {
-        int r = dsq_config_ratio(c, b);
-        dsq_attn_kind kind = dsq_config_attn_kind(c, b);
-        uint64_t state = 0;
-        double bpt = 0;
-        if (kind == DSQ_ATTN_CSA) {
-            state = 2ull * 8 * 2 * hd * 4 + 2ull * 8 * 2 * ihd * 4; /* KV+SC [8, 2·d] f32, attention and indexer */
-            bpt = (double)(kv_compact + idx_compact) / r;
-        } else if (kind == DSQ_ATTN_HCA) {
-            state = 2ull * (uint64_t)r * hd * 4; /* KV+SC [r, hd] f32 */
-            bpt = (double)kv_compact / r;
-        }
-        uint64_t lf = (uint64_t)c->window_size * kv_compact + state;
-        cJSON *l = cJSON_CreateObject();
-        cJSON_AddNumberToObject(l, "block", b);
-        cJSON_AddBoolToObject(l, "mtp", b >= c->n_layers);
-        cJSON_AddStringToObject(l, "attention", dsq_attn_kind_name(kind));
-        cJSON_AddNumberToObject(l, "compress_ratio", r);
-        cJSON_AddNumberToObject(l, "window_entries", c->window_size);
-        cJSON_AddStringToObject(l, "window_format", "kv_compact");
-        if (kind != DSQ_ATTN_SLIDING) cJSON_AddStringToObject(l, "compressed_format", "kv_compact");
-        else cJSON_AddNullToObject(l, "compressed_format");
-        cJSON_AddNumberToObject(l, "compressed_per_tokens", kind == DSQ_ATTN_SLIDING ? 0 : r);
-        if (kind == DSQ_ATTN_CSA) cJSON_AddStringToObject(l, "index_format", "index_fp4");
-        else cJSON_AddNullToObject(l, "index_format");
-        cJSON_AddNumberToObject(l, "state_bytes", (double)state);
-        cJSON_AddNumberToObject(l, "bytes_per_token", bpt);
-        cJSON_AddNumberToObject(l, "fixed_bytes", (double)lf);
-        cJSON_AddItemToArray(layers, l);
-        per_token += bpt;
-        fixed += lf;
-    }
-    cJSON_AddNumberToObject(kv, "bytes_per_token", per_token);
-    cJSON_AddNumberToObject(kv, "fixed_bytes", (double)fixed);
-    char *text = cJSON_PrintUnformatted(kv);
-    cJSON_Delete(kv);
-    if (!text) return NULL;
-    char *copy = dsq_strdup(text);
-    cJSON_free(text);
-    return copy;
 }
 
 /* ---- run ---- */

@@ -11,7 +11,7 @@
 #include "dsq_config.h"
 #include "dsq_convert.h"
 #include "dsq_inventory.h"
-#include "dsq_json.h"
+#include "dsq_ctr_meta.h"
 
 /* Views into read-only mappings are dropped from the resident set as they are consumed. */
 #define DROP_CHUNK ((size_t)64 << 20)
@@ -114,55 +114,26 @@ static int source_shape(const dsq_ctr_tensor *t, const dsq_ctr_source *s, uint64
     return r;
 }
 
-/* The config readers use (inspect, eval: metadata model.config, an object parsed as config.json);
- * files.config.json (what export writes back) must say the same. */
+/* The metadata as the readers need it (lib/format's dsq_ctr_meta_check). */
 static dsq_status check_metadata(dsq_ctr_reader *r, dsq_v4_config *cfg, bool *have_cfg, dsq_err *err) {
-    const char *f = dsq_ctr_path(r);
-    size_t len;
-    const char *text = dsq_ctr_metadata(r, &len);
-    cJSON *m = NULL;
+    dsq_ctr_meta *m = NULL;
     *have_cfg = false;
-    DSQ_TRY(dsq_json_parse(text, len, f, &m, err));
-    dsq_status first = DSQ_OK;
-    const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(m, "format");
-    if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, "dsq") != 0)
-        NOTE(dsq_err_set(err, DSQ_ERR_MISSING, "%s: metadata: \"format\" is not \"dsq\"", f));
-    const cJSON *mc = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(m, "model"), "config");
-    if (!cJSON_IsObject(mc)) {
-        NOTE(dsq_err_set(err, DSQ_ERR_MISSING, "%s: metadata has no model.config object (inspect and eval need it)", f));
-    } else {
-        char *ct = cJSON_PrintUnformatted(mc);
-        dsq_status s = ct ? dsq_config_parse(ct, strlen(ct), "metadata model.config", cfg, NULL, err)
-                          : dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", f);
-        cJSON_free(ct);
-        NOTE(s);
-        *have_cfg = s == DSQ_OK;
-    }
-    const cJSON *files = cJSON_GetObjectItemCaseSensitive(m, "files");
-    const cJSON *cj = cJSON_GetObjectItemCaseSensitive(files, "config.json");
-    if (cj && !cJSON_IsString(cj)) NOTE(dsq_err_set(err, DSQ_ERR_JSON, "%s: metadata: files.config.json is not a string", f));
-    if (cJSON_IsString(cj)) {
-        cJSON *fj = NULL;
-        dsq_status s = dsq_json_parse(cj->valuestring, strlen(cj->valuestring), "metadata files.config.json", &fj, err);
-        NOTE(s);
-        if (s == DSQ_OK && cJSON_IsObject(mc) && !cJSON_Compare(fj, mc, true))
-            NOTE(dsq_err_set(err, DSQ_ERR_CONFIG,
-                             "%s: metadata: files.config.json and model.config disagree (export writes one, eval reads "
-                             "the other)",
-                             f));
-        cJSON_Delete(fj);
-    }
-    const cJSON *kv = cJSON_GetObjectItemCaseSensitive(m, "kv_cache");
-    if (*have_cfg) {
-        char *want = dsq_convert_kv_cache_json(cfg);
-        cJSON *wj = NULL;
-        if (want && dsq_json_parse(want, strlen(want), "kv", &wj, NULL) == DSQ_OK && !cJSON_Compare(wj, kv, true))
-            NOTE(dsq_err_set(err, DSQ_ERR_CONFIG, "%s: metadata: kv_cache does not match the config", f));
-        cJSON_Delete(wj);
-        dsq_free(want);
-    }
-    cJSON_Delete(m);
-    return first;
+    DSQ_TRY(dsq_ctr_meta_read(r, &m, err));
+    dsq_status s = dsq_ctr_meta_check(m, dsq_ctr_path(r), cfg, have_cfg, err);
+    dsq_ctr_meta_free(m);
+    return s;
+}
+
+typedef struct unresolved_ctx {
+    const char *path;
+    dsq_err *err;
+    dsq_status first;
+} unresolved_ctx;
+
+static void unresolved(void *ctx, const char *name) {
+    unresolved_ctx *u = ctx;
+    dsq_status s = dsq_err_set(u->err, DSQ_ERR_MISSING, "%s: %s: no stored tensor or source record holds it", u->path, name);
+    if (u->first == DSQ_OK) u->first = s;
 }
 
 /* The inventory the container's sources describe must be what the config expects, and every weight
@@ -177,17 +148,10 @@ static dsq_status check_inventory(dsq_ctr_reader *r, const dsq_v4_config *c, dsq
         NOTE(dsq_inv_check(c, d, n, dsq_ctr_path(r), &rep, err));
     }
     dsq_free(d);
-    dsq_inv *inv = NULL;
-    DSQ_TRY(dsq_inv_expected(c, NULL, &inv, err));
-    for (size_t i = 0; i < dsq_inv_count(inv); i++) {
-        const char *name = dsq_inv_at(inv, i)->name;
-        size_t len = strlen(name);
-        if (len > 6 && !strcmp(name + len - 6, ".scale")) continue; /* folded into their weight's SCALES part */
-        if (!dsq_ctr_find_source(r, name, NULL, NULL) && !dsq_ctr_find(r, name))
-            NOTE(dsq_err_set(err, DSQ_ERR_MISSING, "%s: %s: no stored tensor or source record holds it", dsq_ctr_path(r),
-                             name));
-    }
-    dsq_inv_free(inv);
+    unresolved_ctx u = {dsq_ctr_path(r), err, DSQ_OK};
+    size_t checked, missing;
+    DSQ_TRY(dsq_ctr_unresolved(r, c, unresolved, &u, &checked, &missing, err));
+    NOTE(u.first);
     return first;
 }
 

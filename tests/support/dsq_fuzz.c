@@ -11,6 +11,7 @@
 #include "dsq_config.h"
 #include "dsq_modelopt.h"
 #include "dsq_container.h"
+#include "dsq_ctr_meta.h"
 #include "dsq_eval.h"
 #include "dsq_metrics.h"
 #include "dsq_recipe.h"
@@ -95,6 +96,21 @@ int dsq_fuzz_container(const uint8_t *data, size_t size) {
         }
         size_t ml;
         (void)dsq_ctr_metadata(r, &ml);
+        /* the typed metadata reader, and what verify, inspect and eval then do with it */
+        dsq_ctr_meta *m = NULL;
+        if (dsq_ctr_meta_read(r, &m, &err) == DSQ_OK) {
+            dsq_v4_config cfg;
+            bool have = false;
+            (void)dsq_ctr_meta_check(m, path, &cfg, &have, &err);
+            if (have) {
+                dsq_ctr_summary sm; /* (not the inventory: a fuzzed config may ask for millions of names) */
+                dsq_ctr_summarize(r, m, &cfg, &sm);
+                (void)dsq_ctr_summary_kv_consistent(&sm, NULL);
+            }
+        } else if (err.n == 0) {
+            abort();
+        }
+        dsq_ctr_meta_free(m);
         dsq_ctr_reader_close(r);
     } else if (err.n == 0) {
         abort();

@@ -1,6 +1,8 @@
 /* Tensor encodings: how a logical [rows, cols] (or any-rank) tensor's values are stored.
  * The numeric values are stored on disk by the .dsq container: never renumber, only append.
- * Spec: formats/spec/dsq.md (encoding table) and lib/quant/dsq_codec.h (codecs). */
+ * An on-disk fact, so it lives in lib/format (lib/format/container_common.c checks it against
+ * dsq.h's DSQ_FILE_ENC_* and names each value: dsq_ctr_encoding_name); the codecs that encode and
+ * decode each value are lib/quant's (dsq_codec.h).  Spec: formats/spec/dsq.md (encoding table). */
 #ifndef DSQ_ENCODING_H
 #define DSQ_ENCODING_H
 
