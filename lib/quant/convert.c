@@ -746,6 +746,12 @@ char *dsq_convert_kv_cache_json(const dsq_v4_config *c) {
     return copy;
 }
 
+void dsq_convert_plan_set_pre_encoded(dsq_convert_plan *p, const dsq_qtensor *(*fn)(void *user, const char *name),
+                                      void *user) {
+    p->opt.pre_encoded = fn;
+    p->opt.pre_user = user;
+}
+
 /* ---- run ---- */
 
 #define COPY_CHUNK (16u << 20)
