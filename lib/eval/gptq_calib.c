@@ -1,4 +1,5 @@
 /* Layer-by-layer GPTQ over a checkpoint (dsq_gptq_calib.h). */
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,6 +136,7 @@ typedef struct collect {
     char prefix[32];
     hess *h;
     size_t n, cap;
+    int threads; /* the evaluation's thread count (0: OpenMP default) */
     dsq_status st;
     char msg[256];
 } collect;
@@ -195,7 +197,8 @@ static void observe(void *user, const char *weight, const float *x, size_t ldx, 
     }
     if (h->cols != cols) return;
     /* H += Σ_t x_t x_tᵀ, upper triangle, rows of H split over threads (deterministic per element) */
-#pragma omp parallel for schedule(dynamic, 8)
+    int nth = c->threads > 0 ? c->threads : omp_get_max_threads();
+#pragma omp parallel for schedule(dynamic, 8) num_threads(nth) if ((uint64_t)n * cols * cols > (1u << 20))
     for (uint64_t i = 0; i < cols; i++) {
         double *hi = h->h + i * cols;
         for (int64_t t = 0; t < n; t++) {
@@ -322,6 +325,7 @@ dsq_status dsq_gptq_calibrate(const char *src, const dsq_recipe *recipe, const i
     memset(&c, 0, sizeof c);
     c.recipe = recipe;
     c.src = plain;
+    c.threads = o->score.eval.threads;
     for (int L = 0; s == DSQ_OK && L < cfg.n_layers; L++) {
         double t0 = dsq_now();
         dsq_wsrc *ov = NULL;

@@ -248,7 +248,7 @@ static dsq_status choose(gq *q, gq_group *g, dsq_err *err) {
     dsq_status first = DSQ_OK;
     /* rows of one brows block share their scale: decode whole blocks so the decoder sees full blocks */
     uint64_t br = q->sh.brows;
-#pragma omp parallel num_threads(q->o->threads > 0 ? q->o->threads : omp_get_max_threads())
+#pragma omp parallel num_threads(q->o->threads > 0 ? q->o->threads : omp_get_max_threads()) if (rows * w * (uint64_t)nc > 65536)
     {
         float *row = dsq_malloc(br * w * sizeof *row);
         uint8_t *copy = dsq_malloc(g->lay.data_bytes ? (size_t)(br * g->lay.row_bytes) : 1);
@@ -460,30 +460,41 @@ dsq_status dsq_gptq_quantize(const dsq_gptq_options *opt, double *h, uint64_t n_
     int nc = q.sh.ncodes;
     for (uint64_t i1 = 0; s == DSQ_OK && i1 < cols; i1 += B) {
         uint64_t i2 = i1 + B < cols ? i1 + B : cols;
-        for (uint64_t i = i1; s == DSQ_OK && i < i2; i++) {
-            uint64_t c = q.perm[i];
-            gq_group *g = &q.g[c / q.sh.width];
-            if (!g->chosen) s = choose(&q, g, err);
+        /* segments of columns whose groups are chosen: one parallel pass over the rows each (a
+         * group's parameters are chosen, from every row, at the first column that needs them) */
+        for (uint64_t i = i1; s == DSQ_OK && i < i2;) {
+            gq_group *g0 = &q.g[q.perm[i] / q.sh.width];
+            if (!g0->chosen) s = choose(&q, g0, err);
             if (s != DSQ_OK) break;
-            uint64_t j = c - g->c0, sb = j / q.sh.sub, nsub = dsq_ceil_div(g->cols, q.sh.sub);
-            double d = u[i * cols + i];
-            const double *ui = u + i * cols;
-#pragma omp parallel for schedule(static) num_threads(nth) if (rows * (i2 - i) > 4096)
+            uint64_t j = i + 1;
+            while (j < i2 && q.g[q.perm[j] / q.sh.width].chosen) j++;
+            uint64_t seg0 = i, seg1 = j;
+#pragma omp parallel for schedule(static) num_threads(nth) if (rows * (seg1 - seg0) * (i2 - seg0) > 65536)
             for (uint64_t r = 0; r < rows; r++) {
                 float *wr = q.wp + r * cols;
-                const float *lv = g->levels + (r * nsub + sb) * (uint64_t)nc;
-                int k = nearest(lv, nc, wr[i]);
-                float e = (float)(((double)wr[i] - (double)lv[k]) / d);
-                q.code[r * cols + c] = (uint8_t)k;
-                wr[i] = lv[k];
-                err_blk[r * B + (i - i1)] = e;
-                for (uint64_t t = i + 1; t < i2; t++) wr[t] -= (float)((double)e * ui[t]);
+                for (uint64_t t = seg0; t < seg1; t++) {
+                    uint64_t c = q.perm[t];
+                    const gq_group *g = &q.g[c / q.sh.width];
+                    uint64_t sb = (c - g->c0) / q.sh.sub, nsub = dsq_ceil_div(g->cols, q.sh.sub);
+                    const float *lv = g->levels + (r * nsub + sb) * (uint64_t)nc;
+                    const double *ut = u + t * cols;
+                    int k = nearest(lv, nc, wr[t]);
+                    float e = (float)(((double)wr[t] - (double)lv[k]) / ut[t]);
+                    q.code[r * cols + c] = (uint8_t)k;
+                    wr[t] = lv[k];
+                    err_blk[r * B + (t - i1)] = e;
+                    for (uint64_t v = t + 1; v < i2; v++) wr[v] -= (float)((double)e * ut[v]);
+                }
             }
-            if (--g->left == 0) dsq_free(g->levels), g->levels = NULL;
+            for (uint64_t t = seg0; t < seg1; t++) {
+                gq_group *g = &q.g[q.perm[t] / q.sh.width];
+                if (--g->left == 0) dsq_free(g->levels), g->levels = NULL;
+            }
+            i = j;
         }
         if (s != DSQ_OK || i2 == cols) break;
         /* lazy update of the later columns: W[:, i2:] -= Err · U[i1:i2, i2:] */
-#pragma omp parallel for schedule(static) num_threads(nth)
+#pragma omp parallel for schedule(static) num_threads(nth) if (rows * (i2 - i1) * (cols - i2) > 65536)
         for (uint64_t r = 0; r < rows; r++) {
             float *wr = q.wp + r * cols;
             const float *er = err_blk + r * B;
