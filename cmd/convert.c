@@ -45,7 +45,9 @@ static void help(void) {
            "  --calib-chunks N      calibration chunks at most (default 0: every complete chunk)\n"
            "  --gptq-damp F         damping as a fraction of the mean Hessian diagonal (default 0.01)\n"
            "  --gptq-block N        lazy-update block in columns (default 128)\n"
-           "  --act-order           quantize columns by decreasing Hessian diagonal\n");
+           "  --act-order           quantize columns by decreasing Hessian diagonal\n"
+           "  --gptq-expert-batch N routed experts per calibration pass (default 0: a whole layer); bounds\n"
+           "                        the Hessians held, the output does not depend on it\n");
 }
 
 static void human(double b, char *out, size_t n) {
@@ -150,7 +152,7 @@ static void gptq_progress(void *user, int layer, int n_layers, double seconds, s
 
 /* Layer-by-layer GPTQ over the calibration tokens (lib/eval/dsq_gptq_calib.h). */
 static dsq_status run_gptq(const char *src, const dsq_recipe *recipe, const char *text, const char *tokens, uint64_t ctx,
-                           uint64_t chunks, double damp, uint64_t block, bool act_order, int threads, bool json,
+                           uint64_t chunks, double damp, uint64_t block, bool act_order, int expert_batch, int threads, bool json,
                            dsq_gptq_result **out, dsq_err *err) {
     dsq_gptq_calib_options go;
     memset(&go, 0, sizeof go);
@@ -158,6 +160,7 @@ static dsq_status run_gptq(const char *src, const dsq_recipe *recipe, const char
     go.gptq.damp = damp;
     go.gptq.block = (int)block;
     go.gptq.act_order = act_order;
+    go.expert_batch = expert_batch;
     go.gptq.threads = threads;
     dsq_score_options_default(&go.score);
     go.score.n_ctx = (uint32_t)ctx;
@@ -224,7 +227,7 @@ int dsq_cmd_convert(int argc, char **argv) {
     const char *method = "rtn", *calib = NULL, *calib_tokens = NULL, *damp_s = NULL, *block_s = NULL;
     const char *ctx_s = "512", *chunks_s = "0";
     bool act_order = false;
-    uint64_t calib_ctx = 512, calib_chunks = 0, gblock = DSQ_GPTQ_DEFAULT_BLOCK;
+    uint64_t calib_ctx = 512, calib_chunks = 0, gblock = DSQ_GPTQ_DEFAULT_BLOCK, ebatch = 0;
     double damp = DSQ_GPTQ_DEFAULT_DAMP;
     const char **overrides = dsq_calloc((size_t)argc + 1, sizeof *overrides);
     const char **command = dsq_calloc(2 * (size_t)argc + 24, sizeof *command);
@@ -275,6 +278,10 @@ int dsq_cmd_convert(int argc, char **argv) {
             if (!dsq_cmd_parse_u64(block_s, &gblock) || gblock < 1 || gblock > DSQ_GPTQ_MAX_BLOCK)
                 rc = dsq_cmd_usage_error("convert", "--gptq-block needs a number 1..%d", DSQ_GPTQ_MAX_BLOCK);
         } else if (!strcmp(a, "--act-order")) act_order = true;
+        else if (!strcmp(a, "--gptq-expert-batch") && has) {
+            if (!dsq_cmd_parse_u64(argv[++i], &ebatch) || ebatch > 1u << 20)
+                rc = dsq_cmd_usage_error("convert", "--gptq-expert-batch needs a number (0 = all experts of a layer)");
+        }
         else if (a[0] == '-' && a[1]) rc = dsq_cmd_usage_error("convert", "unknown or incomplete option '%s'", a);
         else if (npos < 2) pos[npos++] = a;
         else rc = dsq_cmd_usage_error("convert", "unexpected argument '%s'", a);
@@ -284,8 +291,8 @@ int dsq_cmd_convert(int argc, char **argv) {
     bool gptq = !strcmp(method, "gptq");
     if (rc == DSQ_EXIT_OK && gptq && !calib == !calib_tokens)
         rc = dsq_cmd_usage_error("convert", "--method gptq needs --calib TEXT or --calib-tokens FILE (one of them)");
-    if (rc == DSQ_EXIT_OK && !gptq && (calib || calib_tokens || damp_s || block_s || act_order))
-        rc = dsq_cmd_usage_error("convert", "--calib, --calib-tokens, --gptq-damp, --gptq-block and --act-order need --method gptq");
+    if (rc == DSQ_EXIT_OK && !gptq && (calib || calib_tokens || damp_s || block_s || act_order || ebatch))
+        rc = dsq_cmd_usage_error("convert", "--calib, --calib-tokens, --gptq-damp, --gptq-block, --gptq-expert-batch and --act-order need --method gptq");
     if (rc != DSQ_EXIT_OK) {
         dsq_free(overrides);
         dsq_free(command);
@@ -360,7 +367,7 @@ int dsq_cmd_convert(int argc, char **argv) {
     } else if (s == DSQ_OK) {
         dsq_signals_install();
         if (gptq) s = run_gptq(src_abs, recipe, calib, calib_tokens, calib_ctx, calib_chunks, damp, gblock, act_order,
-                               (int)threads, json, &gres, &err);
+                               (int)ebatch, (int)threads, json, &gres, &err);
         if (gptq && s == DSQ_OK) dsq_convert_plan_set_pre_encoded(plan, dsq_gptq_result_lookup, gres);
         signal(SIGXFSZ, SIG_IGN); /* `ulimit -f`: writes fail with EFBIG instead of killing us */
         dsq_convert_stats st;

@@ -60,8 +60,8 @@ static void test_gptq_convert(void **state) {
     double ppl = atof(p + 7);
     assert_true(ppl > 1 && ppl < 100);
     free(so), free(se);
-    /* same inputs, two threads: the same bytes */
-    rc = dsq_test_run(NULL, &se, "convert %s %s " RECIPE " " CALIB " --threads 2", model, b, calib);
+    /* same inputs, two threads, experts collected three per pass: the same bytes */
+    rc = dsq_test_run(NULL, &se, "convert %s %s " RECIPE " " CALIB " --threads 2 --gptq-expert-batch 3", model, b, calib);
     assert_int_equal(rc, 0);
     free(se);
     size_t na, nb;

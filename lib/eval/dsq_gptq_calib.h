@@ -17,7 +17,8 @@
  * no token reached) are left to the converter's usual encoder; the forward pass for later layers
  * reads those from the checkpoint.
  *
- * Memory: one layer's Hessians at a time (cols²·8 bytes each), plus the quantized weights kept for
+ * Memory: one layer's Hessians at a time (cols²·8 bytes each; with expert_batch, the non-expert ones and
+ * expert_batch experts' at a time), plus the quantized weights kept for
  * the forward pass and the writer (their stored size).  Results are deterministic: same checkpoint,
  * recipe, tokens and options give the same bytes whatever the thread count. */
 #ifndef DSQ_GPTQ_CALIB_H
@@ -38,6 +39,10 @@ const char *dsq_gptq_method_name(dsq_gptq_method m); /* "gptq", "imatrix", "plai
 typedef struct dsq_gptq_calib_options {
     dsq_gptq_options gptq;   /* damp, block, act_order, threads */
     dsq_score_options score; /* calibration chunks: n_ctx, max_chunks, eval threads */
+    /* routed experts whose Hessians one forward pass collects (0 = all of a layer in one pass): a layer
+     * with E experts then takes ceil(E / expert_batch) passes and holds at most expert_batch experts'
+     * Hessians; the bytes do not depend on it */
+    int expert_batch;
     /* one line per layer done (may be NULL) */
     void (*progress)(void *user, int layer, int n_layers, double seconds, size_t weights);
     void *user;

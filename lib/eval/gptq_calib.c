@@ -137,6 +137,7 @@ typedef struct collect {
     hess *h;
     size_t n, cap;
     int threads; /* the evaluation's thread count (0: OpenMP default) */
+    int e0, e1;  /* routed experts [e0, e1) collected in this pass; other linears only when e0 == 0 */
     dsq_status st;
     char msg[256];
 } collect;
@@ -163,6 +164,12 @@ static bool w1_of(const char *name, char *buf, size_t cap) {
 static void observe(void *user, const char *weight, const float *x, size_t ldx, int64_t n, uint64_t cols) {
     collect *c = user;
     if (c->st != DSQ_OK || strncmp(weight, c->prefix, strlen(c->prefix))) return;
+    int ex = -1, used = 0;
+    if (sscanf(weight + strlen(c->prefix), "ffn.experts.%d.%n", &ex, &used) == 1 && used > 0) {
+        if (ex < c->e0 || ex >= c->e1) return;
+    } else if (c->e0 != 0) {
+        return;
+    }
     char w1[256];
     if (w1_of(weight, w1, sizeof w1)) { /* w3 takes w1's input: summed once, under w1 */
         for (size_t i = 0; i < c->n; i++)
@@ -326,27 +333,32 @@ dsq_status dsq_gptq_calibrate(const char *src, const dsq_recipe *recipe, const i
     c.recipe = recipe;
     c.src = plain;
     c.threads = o->score.eval.threads;
+    int E = cfg.n_routed_experts > 0 ? cfg.n_routed_experts : 1;
+    int batch = o->expert_batch > 0 && o->expert_batch < E ? o->expert_batch : E;
     for (int L = 0; s == DSQ_OK && L < cfg.n_layers; L++) {
         double t0 = dsq_now();
-        dsq_wsrc *ov = NULL;
-        dsq_v4_model *m = NULL;
-        dsq_v4_config cfg2;
-        s = open_overlay(src, r, &cfg2, &ov, err);
-        if (s == DSQ_OK) s = dsq_v4_model_create(ov, &cfg2, &m, err);
-        snprintf(c.prefix, sizeof c.prefix, "layers.%d.", L);
-        c.st = DSQ_OK;
-        dsq_score_options so = o->score;
-        so.eval.observe = observe;
-        so.eval.observe_user = &c;
-        so.progress = NULL;
-        dsq_ppl_result pr;
-        if (s == DSQ_OK) s = dsq_score_ppl(m, &so, tokens, n_tokens, &pr, err);
-        if (s == DSQ_OK && c.st != DSQ_OK) s = dsq_err_set(err, c.st, "%s: %s", src, c.msg);
-        if (s == DSQ_OK) r->tokens = pr.n;
-        dsq_v4_model_close(m);
         size_t before = r->n;
-        if (s == DSQ_OK) s = quantize_layer(r, o, recipe, plain, &c, L, err);
-        collect_clear(&c);
+        for (int e0 = 0; s == DSQ_OK && e0 < E; e0 += batch) { /* one forward pass per batch of experts */
+            c.e0 = e0, c.e1 = e0 + batch;
+            dsq_wsrc *ov = NULL;
+            dsq_v4_model *m = NULL;
+            dsq_v4_config cfg2;
+            s = open_overlay(src, r, &cfg2, &ov, err);
+            if (s == DSQ_OK) s = dsq_v4_model_create(ov, &cfg2, &m, err);
+            snprintf(c.prefix, sizeof c.prefix, "layers.%d.", L);
+            c.st = DSQ_OK;
+            dsq_score_options so = o->score;
+            so.eval.observe = observe;
+            so.eval.observe_user = &c;
+            so.progress = NULL;
+            dsq_ppl_result pr;
+            if (s == DSQ_OK) s = dsq_score_ppl(m, &so, tokens, n_tokens, &pr, err);
+            if (s == DSQ_OK && c.st != DSQ_OK) s = dsq_err_set(err, c.st, "%s: %s", src, c.msg);
+            if (s == DSQ_OK) r->tokens = pr.n;
+            dsq_v4_model_close(m);
+            if (s == DSQ_OK) s = quantize_layer(r, o, recipe, plain, &c, L, err);
+            collect_clear(&c);
+        }
         double dt = dsq_now() - t0;
         r->seconds += dt;
         r->layers++;
