@@ -34,7 +34,7 @@ for t in $TYPES; do
     "$DSQ" convert "$MODEL" "$OUT/$t-gptq.dsq" "${ov[@]}" --method gptq --calib "$MODEL/calib.txt" \
         --calib-ctx "$CTX" --calib-chunks "$CHUNKS" $ACT --threads "$THREADS" --overwrite --json >"$OUT/$t-gptq.json"
     end=$(date +%s.%N)
-    echo "$t gptq convert: $(echo "$end - $start" | bc) s; $(grep -o '"calibration_positions": [0-9]*, "layers": [0-9]*, "seconds_per_layer": [0-9.]*, "gptq": [0-9]*, "imatrix": [0-9]*, "plain": [0-9]*' "$OUT/$t-gptq.json")"
+    echo "$t gptq convert: $(echo "$end - $start" | bc) s; $(grep -o '"calibration_tokens": [0-9]*, "layers": [0-9]*, "seconds_per_layer": [0-9.]*, "gptq": [0-9]*, "imatrix": [0-9]*, "plain": [0-9]*' "$OUT/$t-gptq.json")"
     builds+=("$OUT/$t-rtn.dsq" "$OUT/$t-imatrix.dsq" "$OUT/$t-gptq.dsq")
 done
 "$DSQ" compare "$MODEL" "${builds[@]}" --text "$OUT/valid100k.txt" --ctx 512 --out "$OUT/report" --overwrite \

@@ -185,7 +185,7 @@ static void gptq_summary(const dsq_gptq_result *r, bool json) {
     dsq_gptq_result_stats(r, &tokens, &layers, &spl);
     for (size_t i = 0; i < n; i++) count[dsq_gptq_result_at(r, i)->method]++;
     if (json) {
-        printf("\"gptq\": {\"calibration_positions\": %llu, \"layers\": %d, \"seconds_per_layer\": %.3f, \"gptq\": %zu, "
+        printf("\"gptq\": {\"calibration_tokens\": %llu, \"layers\": %d, \"seconds_per_layer\": %.3f, \"gptq\": %zu, "
                "\"imatrix\": %zu, \"plain\": %zu, \"weights\": [",
                (unsigned long long)tokens, layers, spl, count[0], count[1], count[2]);
         for (size_t i = 0; i < n; i++) {
@@ -196,7 +196,7 @@ static void gptq_summary(const dsq_gptq_result *r, bool json) {
         printf("]}}\n");
         return;
     }
-    printf("gptq: %llu calibration positions, %d layers, %.1f s per layer; %zu weights by GPTQ, %zu by importance-"
+    printf("gptq: %llu calibration tokens, %d layers, %.1f s per layer; %zu weights by GPTQ, %zu by importance-"
            "weighted rounding, %zu plain (fewer than %d rows per input column for GPTQ)\n",
            (unsigned long long)tokens, layers, spl, count[0], count[1], count[2], DSQ_GPTQ_MIN_ROWS_PER_COL);
     for (size_t i = 0; i < n; i++) {

@@ -68,7 +68,8 @@ size_t dsq_gptq_result_count(const dsq_gptq_result *r);
 const dsq_gptq_entry *dsq_gptq_result_at(const dsq_gptq_result *r, size_t i); /* name order */
 /* The stored form of weight `name`, or NULL (matches dsq_convert_options.pre_encoded; user = result). */
 const dsq_qtensor *dsq_gptq_result_lookup(void *user, const char *name);
-/* Calibration positions run per layer pass, layers run, and seconds per layer (forward + quantize). */
+/* Calibration tokens per forward pass (chunks × ctx, BOS included: every one feeds the Hessians),
+ * layers run, and seconds per layer (forward passes + quantization). */
 void dsq_gptq_result_stats(const dsq_gptq_result *r, uint64_t *tokens, int *layers, double *seconds_per_layer);
 
 #endif

@@ -354,7 +354,9 @@ dsq_status dsq_gptq_calibrate(const char *src, const dsq_recipe *recipe, const i
             dsq_ppl_result pr;
             if (s == DSQ_OK) s = dsq_score_ppl(m, &so, tokens, n_tokens, &pr, err);
             if (s == DSQ_OK && c.st != DSQ_OK) s = dsq_err_set(err, c.st, "%s: %s", src, c.msg);
-            if (s == DSQ_OK) r->tokens = pr.n;
+            dsq_ppl_plan plan;
+            if (s == DSQ_OK && dsq_score_plan(m, &so, n_tokens, &plan, NULL) == DSQ_OK)
+                r->tokens = (uint64_t)plan.n_chunks * plan.n_ctx; /* every position feeds H, not only the scored half */
             dsq_v4_model_close(m);
             if (s == DSQ_OK) s = quantize_layer(r, o, recipe, plain, &c, L, err);
             collect_clear(&c);
