@@ -39,4 +39,4 @@ for t in $TYPES; do
 done
 "$DSQ" compare "$MODEL" "${builds[@]}" --text "$OUT/valid100k.txt" --ctx 512 --out "$OUT/report" --overwrite \
     --threads "$THREADS" --json >"$OUT/compare.json"
-cat "$OUT/report/REPORT.md" | sed -n '/^|/p'
+grep "^|" "$OUT/report/REPORT.md" || true

@@ -172,7 +172,7 @@ dsq_status dsq_gptq_chol_inverse_upper(double *a, uint64_t n, dsq_err *err) {
 
 double dsq_gptq_output_error(const float *w, const float *q, uint64_t rows, uint64_t cols, const double *h) {
     double total = 0;
-    double *d = malloc(cols * sizeof *d);
+    double *d = dsq_malloc(cols * sizeof *d);
     if (!d) return NAN;
     for (uint64_t r = 0; r < rows; r++) {
         for (uint64_t c = 0; c < cols; c++) d[c] = (double)w[r * cols + c] - (double)q[r * cols + c];
@@ -182,7 +182,7 @@ double dsq_gptq_output_error(const float *w, const float *q, uint64_t rows, uint
             total += d[i] * s;
         }
     }
-    free(d);
+    dsq_free(d);
     return total;
 }
 
