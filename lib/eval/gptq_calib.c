@@ -344,6 +344,9 @@ dsq_status dsq_gptq_calibrate(const char *src, const dsq_recipe *recipe, const i
             dsq_v4_model *m = NULL;
             dsq_v4_config cfg2;
             s = open_overlay(src, r, &cfg2, &ov, err);
+            /* layers after L cannot change layer L's inputs: a model of layers 0..L (and the head) only */
+            cfg2.n_layers = L + 1;
+            cfg2.n_mtp_layers = 0;
             if (s == DSQ_OK) s = dsq_v4_model_create(ov, &cfg2, &m, err);
             snprintf(c.prefix, sizeof c.prefix, "layers.%d.", L);
             c.st = DSQ_OK;
