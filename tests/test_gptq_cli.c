@@ -60,6 +60,13 @@ static void test_gptq_convert(void **state) {
     double ppl = atof(p + 7);
     assert_true(ppl > 1 && ppl < 100);
     free(so), free(se);
+    /* the GGUF route: k-quant and int4 experts move into llama.cpp's Q4_K / Q4_0 blocks unchanged */
+    char *g = dsq_test_join(tmp, "a.gguf");
+    rc = dsq_test_run(&so, &se, "export %s %s", a, g);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(so, "Q4_K"));
+    assert_non_null(strstr(so, "re-quantized: relative RMS error 0, max |err| 0"));
+    free(so), free(se), free(g);
     /* same inputs, two threads, experts collected three per pass: the same bytes */
     rc = dsq_test_run(NULL, &se, "convert %s %s " RECIPE " " CALIB " --threads 2 --gptq-expert-batch 3", model, b, calib);
     assert_int_equal(rc, 0);
