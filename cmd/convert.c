@@ -9,6 +9,8 @@
 #include "cmd.h"
 #include "gguf_out.h"
 #include "dsq_convert.h"
+#include "dsq_gptq_calib.h"
+#include "eval_metrics.h"
 #include "dsq_imatrix_gguf.h"
 #include "dsq_inventory.h"
 #include <xxhash.h>
@@ -35,7 +37,17 @@ static void help(void) {
            "  --allow-nonfinite     store NaN/Inf instead of failing\n"
            "  --imatrix FILE        importance (dsq calibrate) for the k-quant targets: each weight's\n"
            "                        squared error weighted by its inputs' mean x^2 per column\n"
-           "  --json                print the plan or the result as one JSON object\n");
+           "  --json                print the plan or the result as one JSON object\n"
+           "  --method rtn|gptq     rounding of lossy targets (default rtn); gptq: error-compensating\n"
+           "                        rounding layer by layer from calibration inputs (docs/commands.md)\n"
+           "  --calib TEXT | --calib-tokens FILE   calibration text (tokenized with SRC's tokenizer) or ids\n"
+           "  --calib-ctx N         tokens per calibration chunk (default 512)\n"
+           "  --calib-chunks N      calibration chunks at most (default 0: every complete chunk)\n"
+           "  --gptq-damp F         damping as a fraction of the mean Hessian diagonal (default 0.01)\n"
+           "  --gptq-block N        lazy-update block in columns (default 128)\n"
+           "  --act-order           quantize columns by decreasing Hessian diagonal\n"
+           "  --gptq-expert-batch N routed experts per calibration pass (default 0: a whole layer); bounds\n"
+           "                        the Hessians held, the output does not depend on it\n");
 }
 
 static void human(double b, char *out, size_t n) {
@@ -133,6 +145,67 @@ static void test_signal(void *ctx, size_t n) {
     if ((size_t)when[0] == n) raise(when[1]);
 }
 
+static void gptq_progress(void *user, int layer, int n_layers, double seconds, size_t weights) {
+    if (!*(const bool *)user)
+        fprintf(stderr, "gptq: layer %d/%d: %zu weights quantized in %.1f s\n", layer + 1, n_layers, weights, seconds);
+}
+
+/* Layer-by-layer GPTQ over the calibration tokens (lib/eval/dsq_gptq_calib.h). */
+static dsq_status run_gptq(const char *src, const dsq_recipe *recipe, const char *text, const char *tokens, uint64_t ctx,
+                           uint64_t chunks, double damp, uint64_t block, bool act_order, int expert_batch, int threads, bool json,
+                           dsq_gptq_result **out, dsq_err *err) {
+    dsq_gptq_calib_options go;
+    memset(&go, 0, sizeof go);
+    dsq_gptq_options_default(&go.gptq);
+    go.gptq.damp = damp;
+    go.gptq.block = (int)block;
+    go.gptq.act_order = act_order;
+    go.expert_batch = expert_batch;
+    go.gptq.threads = threads;
+    dsq_score_options_default(&go.score);
+    go.score.n_ctx = (uint32_t)ctx;
+    go.score.max_chunks = (uint32_t)chunks;
+    go.score.eval.threads = threads;
+    go.progress = gptq_progress;
+    go.user = &json;
+    int32_t *ids = NULL;
+    uint64_t n = 0;
+    dsq_status s = dsq__cmd_load_tokens(src, text, tokens, dsq_score_text_bound(&go.score), &ids, &n, err);
+    if (s == DSQ_OK) s = dsq_gptq_calibrate(src, recipe, ids, n, &go, out, err);
+    dsq_free(ids);
+    return s;
+}
+
+/* Per-method counts and the weights that fell back to importance-weighted rounding. */
+static void gptq_summary(const dsq_gptq_result *r, bool json) {
+    size_t n = dsq_gptq_result_count(r), count[3] = {0, 0, 0};
+    uint64_t tokens;
+    int layers;
+    double spl;
+    dsq_gptq_result_stats(r, &tokens, &layers, &spl);
+    for (size_t i = 0; i < n; i++) count[dsq_gptq_result_at(r, i)->method]++;
+    if (json) {
+        printf("\"gptq\": {\"calibration_tokens\": %llu, \"layers\": %d, \"seconds_per_layer\": %.3f, \"gptq\": %zu, "
+               "\"imatrix\": %zu, \"plain\": %zu, \"weights\": [",
+               (unsigned long long)tokens, layers, spl, count[0], count[1], count[2]);
+        for (size_t i = 0; i < n; i++) {
+            const dsq_gptq_entry *e = dsq_gptq_result_at(r, i);
+            printf("%s{\"name\": \"%s\", \"method\": \"%s\", \"rows\": %llu}", i ? ", " : "", e->name,
+                   dsq_gptq_method_name(e->method), (unsigned long long)e->rows_seen);
+        }
+        printf("]}}\n");
+        return;
+    }
+    printf("gptq: %llu calibration tokens, %d layers, %.1f s per layer; %zu weights by GPTQ, %zu by importance-"
+           "weighted rounding, %zu plain (fewer than %d rows per input column for GPTQ)\n",
+           (unsigned long long)tokens, layers, spl, count[0], count[1], count[2], DSQ_GPTQ_MIN_ROWS_PER_COL);
+    for (size_t i = 0; i < n; i++) {
+        const dsq_gptq_entry *e = dsq_gptq_result_at(r, i);
+        if (e->method != DSQ_GPTQ_METHOD_GPTQ)
+            printf("  %s: %s (%llu rows)\n", e->name, dsq_gptq_method_name(e->method), (unsigned long long)e->rows_seen);
+    }
+}
+
 int dsq_cmd_convert(int argc, char **argv) {
     for (int i = 1; i < argc; i++) /* an OUT.gguf output: the GGUF writer's own options */
         if (argv[i][0] != '-' && dsq_cmd_is_gguf_path(argv[i])) {
@@ -147,7 +220,15 @@ int dsq_cmd_convert(int argc, char **argv) {
         return DSQ_EXIT_OK;
     }
     const char *pos[2] = {NULL, NULL}, *recipe_name = NULL, *imatrix_path = NULL;
-    int threads = 1;
+    static const char *const methods[] = {"rtn", "gptq", NULL};
+    int method = 0, threads = 1;
+    const char *calib = NULL, *calib_tokens = NULL;
+    bool act_order = false;
+    /* 0 = not given (both bounds start at 1 or above 0), for the "needs --method gptq" check */
+    uint64_t calib_ctx = 0, calib_chunks = 0, gblock = 0, ebatch = 0;
+    double damp = 0;
+    bool chunks_given = false;
+    const char *chunks_s = NULL;
     uint64_t chunk_bytes = 0;
     bool resume = false, dry = false, overwrite = false, force = false, nonfinite = false, json = false, buffered = false;
     dsq_opt_list overrides = {0};
@@ -164,18 +245,43 @@ int dsq_cmd_convert(int argc, char **argv) {
         DSQ_OPT_FLAG("--allow-nonfinite", &nonfinite),
         DSQ_OPT_STR("--imatrix", &imatrix_path),
         DSQ_OPT_FLAG("--json", &json),
+        DSQ_OPT_ENUM("--method", &method, methods),
+        DSQ_OPT_STR("--calib", &calib),
+        DSQ_OPT_STR("--calib-tokens", &calib_tokens),
+        DSQ_OPT_U64("--calib-ctx", &calib_ctx, 2, DSQ_SCORE_MAX_CTX),
+        DSQ_OPT_STR("--calib-chunks", &chunks_s),
+        DSQ_OPT_DOUBLE("--gptq-damp", &damp, 0, 10, DSQ_OPT_GT_MIN),
+        DSQ_OPT_U64("--gptq-block", &gblock, 1, DSQ_GPTQ_MAX_BLOCK),
+        DSQ_OPT_FLAG("--act-order", &act_order),
+        DSQ_OPT_U64("--gptq-expert-batch", &ebatch, 0, 1u << 20),
         DSQ_OPT_END,
     };
     dsq_opt_spec spec = {.cmd = "convert", .opts = opts, .pos = pos, .max_pos = 2, .min_pos = 2,
                          .missing = "need SRC and OUT.dsq"};
     int rc = dsq_opt_parse_cmd(&spec, argc, argv, NULL);
     if (rc) return rc;
-    if (!recipe_name) {
-        dsq_opt_list_free(&overrides);
-        return dsq_cmd_usage_error("convert", "--recipe is required");
+    bool gptq = method == 1;
+    if (chunks_s) { /* 0 = every chunk the calibration text holds */
+        chunks_given = true;
+        if (!dsq_opt_parse_u64(chunks_s, &calib_chunks) || calib_chunks > UINT32_MAX)
+            rc = dsq_cmd_usage_error("convert", "--calib-chunks needs an integer 0..%u (0 = all), not '%s'",
+                                     UINT32_MAX, chunks_s);
     }
+    if (!rc && !recipe_name) rc = dsq_cmd_usage_error("convert", "--recipe is required");
+    if (!rc && gptq && !calib == !calib_tokens)
+        rc = dsq_cmd_usage_error("convert", "--method gptq needs --calib TEXT or --calib-tokens FILE (one of them)");
+    if (!rc && !gptq && (calib || calib_tokens || calib_ctx || chunks_given || damp > 0 || gblock || act_order || ebatch))
+        rc = dsq_cmd_usage_error("convert", "--calib, --calib-tokens, --calib-ctx, --calib-chunks, --gptq-damp, "
+                                            "--gptq-block, --gptq-expert-batch and --act-order need --method gptq");
+    if (rc) {
+        dsq_opt_list_free(&overrides);
+        return rc;
+    }
+    if (!calib_ctx) calib_ctx = 512;
+    if (!gblock) gblock = DSQ_GPTQ_DEFAULT_BLOCK;
+    if (!(damp > 0)) damp = DSQ_GPTQ_DEFAULT_DAMP;
     size_t n_over = overrides.n;
-    const char **command = dsq_calloc(2 * n_over + 16, sizeof *command);
+    const char **command = dsq_calloc(2 * n_over + 32, sizeof *command);
     if (!command) {
         dsq_opt_list_free(&overrides);
         return DSQ_EXIT_FAIL;
@@ -183,6 +289,7 @@ int dsq_cmd_convert(int argc, char **argv) {
     dsq_err err = DSQ_ERR_INIT;
     dsq_recipe *recipe = NULL;
     dsq_convert_plan *plan = NULL;
+    dsq_gptq_result *gres = NULL;
     char src_abs[PATH_MAX];
     if (!realpath(pos[0], src_abs)) snprintf(src_abs, sizeof src_abs, "%s", pos[0]);
     /* canonical job arguments: what the output depends on (not --threads/--resume/--overwrite/OUT) */
@@ -205,6 +312,23 @@ int dsq_cmd_convert(int argc, char **argv) {
         snprintf(imx_id, sizeof imx_id, "xxh3:%016llx", (unsigned long long)h);
         command[nc++] = "--imatrix";
         command[nc++] = imx_id;
+    }
+    char calib_id[40], damp_id[32], ctx_s[24], chunks_id[24], block_s[24];
+    if (gptq && s == DSQ_OK) { /* the job depends on the calibration bytes and every GPTQ option */
+        uint64_t h = 0;
+        s = file_xxh3(calib ? calib : calib_tokens, &h, &err);
+        snprintf(calib_id, sizeof calib_id, "xxh3:%016llx", (unsigned long long)h);
+        snprintf(damp_id, sizeof damp_id, "%.17g", damp);
+        snprintf(ctx_s, sizeof ctx_s, "%llu", (unsigned long long)calib_ctx);
+        snprintf(chunks_id, sizeof chunks_id, "%llu", (unsigned long long)calib_chunks);
+        snprintf(block_s, sizeof block_s, "%llu", (unsigned long long)gblock);
+        command[nc++] = "--method", command[nc++] = "gptq";
+        command[nc++] = calib ? "--calib" : "--calib-tokens", command[nc++] = calib_id;
+        command[nc++] = "--calib-ctx", command[nc++] = ctx_s;
+        command[nc++] = "--calib-chunks", command[nc++] = chunks_id;
+        command[nc++] = "--gptq-damp", command[nc++] = damp_id;
+        command[nc++] = "--gptq-block", command[nc++] = block_s;
+        if (act_order) command[nc++] = "--act-order";
     }
     command[nc] = NULL;
     if (s == DSQ_OK) s = dsq_recipe_load(recipe_name, &recipe, &err);
@@ -233,17 +357,21 @@ int dsq_cmd_convert(int argc, char **argv) {
         print_plan(plan, pos[1], json);
     } else if (s == DSQ_OK) {
         dsq_signals_install();
+        if (gptq) s = run_gptq(src_abs, recipe, calib, calib_tokens, calib_ctx, calib_chunks, damp, gblock, act_order,
+                               (int)ebatch, (int)threads, json, &gres, &err);
+        if (gptq && s == DSQ_OK) dsq_convert_plan_set_pre_encoded(plan, dsq_gptq_result_lookup, gres);
         signal(SIGXFSZ, SIG_IGN); /* `ulimit -f`: writes fail with EFBIG instead of killing us */
         dsq_convert_stats st;
         s = dsq_convert_run(plan, &st, &err);
         if (s == DSQ_OK) {
             if (json)
                 printf("{\"output\": \"%s\", \"tensors\": %llu, \"resumed\": %llu, \"bytes_in\": %llu, \"bytes_out\": %llu, "
-                       "\"file_bytes\": %llu, \"seconds\": %.3f}\n",
+                       "\"file_bytes\": %llu, \"seconds\": %.3f%s",
                        pos[1], (unsigned long long)(st.tensors + st.tensors_resumed), (unsigned long long)st.tensors_resumed,
                        (unsigned long long)st.bytes_in, (unsigned long long)st.bytes_out,
-                       (unsigned long long)st.file_bytes, st.seconds);
-            else {
+                       (unsigned long long)st.file_bytes, st.seconds, gres ? ", " : "}\n");
+            if (gres) gptq_summary(gres, json);
+            if (!json) {
                 char a[32], b[32];
                 human((double)st.bytes_in, a, sizeof a);
                 human((double)st.file_bytes, b, sizeof b);
@@ -261,6 +389,7 @@ int dsq_cmd_convert(int argc, char **argv) {
         rc = dsq_cmd_fail("convert", &err);
     }
     dsq_convert_plan_free(plan);
+    dsq_gptq_result_free(gres);
     dsq_imatrix_free(imx);
     dsq_recipe_free(recipe);
     dsq_opt_list_free(&overrides);

@@ -640,6 +640,12 @@ static char *fingerprint(dsq_convert_plan *p) {
     return fp;
 }
 
+void dsq_convert_plan_set_pre_encoded(dsq_convert_plan *p, const dsq_qtensor *(*fn)(void *user, const char *name),
+                                      void *user) {
+    p->opt.pre_encoded = fn;
+    p->opt.pre_user = user;
+}
+
 /* ---- run ---- */
 
 #define COPY_CHUNK (16u << 20)

@@ -152,7 +152,17 @@ typedef struct src_ctx {
     uint64_t chunk_rows, drb, d_scale_row, d_min_row;
     bool whole;
     float ts; /* NVFP4 tensor scale: from a pre-pass over several chunks, or picked by the one-chunk encode */
+    const dsq_qtensor *pre; /* already encoded (dsq_convert_options.pre_encoded), else NULL */
 } src_ctx;
+
+/* Rows [row0, row0+m) of a pre-encoded source into a slab's buffers. */
+static void copy_pre(const src_ctx *x, uint64_t row0, uint64_t m, dsq_qtensor_buf *dst) {
+    const dsq_codec_layout *dl = &x->c.dl;
+    memcpy(dst->data, (const uint8_t *)x->pre->data + row0 * dl->row_bytes, (size_t)(m * dl->row_bytes));
+    uint64_t s0 = row0 / x->drb, ns = dsq_ceil_div(row0 + m, x->drb) - s0;
+    if (dst->scales) memcpy(dst->scales, (const uint8_t *)x->pre->scales + s0 * x->d_scale_row, (size_t)(ns * x->d_scale_row));
+    if (dst->mins) memcpy(dst->mins, (const uint8_t *)x->pre->mins + s0 * x->d_min_row, (size_t)(ns * x->d_min_row));
+}
 
 static dsq_status prepare_source(dsq_convert_plan *p, dsq_ctr_writer *w, uint32_t i, uint32_t k, src_ctx *x,
                                  dsq_err *err) {
@@ -194,7 +204,16 @@ static dsq_status prepare_source(dsq_convert_plan *p, dsq_ctr_writer *w, uint32_
     x->d_min_row = c->dl.scale_cols * (uint64_t)c->dl.min_size;
     XXH3_64bits_reset(&c->hw);
     XXH3_64bits_reset(&c->hs);
-    if (o->enc == DSQ_ENC_NVFP4 && !x->whole) {
+    if (p->opt.pre_encoded) x->pre = p->opt.pre_encoded(p->opt.pre_user, name);
+    if (x->pre) {
+        const dsq_qtensor *q = x->pre;
+        DSQ_RETURN_IF(q->enc != o->enc || q->rows != c->rows || q->cols != c->cols || q->group != o->group ||
+                          (c->dl.scale_bytes && !q->scales) || (c->dl.min_bytes && !q->mins),
+                      err, DSQ_ERR_STATE, "%s: %s: the pre-encoded tensor does not match the plan (%s)", p->out, name,
+                      dsq_ctr_encoding_name(o->enc));
+        x->ts = q->tensor_scale;
+    }
+    if (o->enc == DSQ_ENC_NVFP4 && !x->whole && !x->pre) {
         DSQ_TRY(source_tensor_scale(p, c, x->chunk_rows, &x->ts, err));
     }
     return DSQ_OK;
@@ -329,7 +348,9 @@ dsq_status dsq__cv_run_reencode(dsq_convert_plan *p, dsq_ctr_writer *w, uint32_t
                                        x->d_min_row ? om + (a / x->drb) * x->d_min_row : NULL, ts};
                 dsq_codec_options co = {.allow_nonfinite = p->opt.allow_nonfinite, .name = name, .importance = imp};
                 int tid = omp_get_thread_num() % nerr;
-                dsq_status est = dsq_codec_reencode(&src, &dst, &co, NULL, &terr[tid]);
+                dsq_status est = DSQ_OK;
+                if (x->pre) copy_pre(x, cur.r0 + a, m, &dst);
+                else est = dsq_codec_reencode(&src, &dst, &co, NULL, &terr[tid]);
                 if (!split) got_ts = dst.tensor_scale;
                 if (est != DSQ_OK) {
 #pragma omp critical(cv_first)

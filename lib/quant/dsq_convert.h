@@ -11,6 +11,7 @@
 #ifndef DSQ_CONVERT_H
 #define DSQ_CONVERT_H
 
+#include "dsq_codec.h"
 #include "dsq_container.h"
 #include "dsq_core.h"
 #include "dsq_imatrix.h"
@@ -33,6 +34,11 @@ typedef struct dsq_convert_options {
      * of its width seen over >= DSQ_IMATRIX_MIN_ROWS rows is encoded with Σx²/rows per column,
      * the others (and every other encoding) by plain squared error */
     dsq_imatrix *imatrix;
+    /* weights encoded before the run (GPTQ: lib/eval/dsq_gptq_calib.h), NULL = none: for a source
+     * weight name the whole matrix in its planned target encoding (same encoding, group and shape),
+     * stored as given instead of re-encoded; NULL for the others.  Set by dsq_convert_plan_set_pre_encoded. */
+    const dsq_qtensor *(*pre_encoded)(void *user, const char *name);
+    void *pre_user;
     const char *const *command; /* canonical arguments recorded in the provenance (NULL-terminated) */
     bool progress;            /* progress line on a TTY (dsq_progress rules) */
     /* Called after each tensor is written and journaled (n = tensors written in this run). */
@@ -46,6 +52,10 @@ typedef struct dsq_convert_plan dsq_convert_plan;
  * collected in err.  opt is copied; the recipe must outlive the plan. */
 dsq_status dsq_convert_plan_make(const dsq_convert_options *opt, dsq_convert_plan **out, dsq_err *err);
 void dsq_convert_plan_free(dsq_convert_plan *p);
+/* Install the pre-encoded lookup after planning (GPTQ runs once the plan has checked the recipe);
+ * a looked-up tensor whose encoding, group or shape differs from the plan fails the run (DSQ_ERR_STATE). */
+void dsq_convert_plan_set_pre_encoded(dsq_convert_plan *p, const dsq_qtensor *(*fn)(void *user, const char *name),
+                                      void *user);
 
 /* One output tensor of the plan. */
 typedef struct dsq_convert_item {

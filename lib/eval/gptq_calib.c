@@ -1,0 +1,380 @@
+/* Layer-by-layer GPTQ over a checkpoint (dsq_gptq_calib.h). */
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dsq_gptq_calib.h"
+#include "dsq_imatrix.h"
+#include "dsq_v4.h"
+#include "dsq_wsrc.h"
+#include "v4_internal.h"
+
+const char *dsq_gptq_method_name(dsq_gptq_method m) {
+    switch (m) {
+    case DSQ_GPTQ_METHOD_GPTQ: return "gptq";
+    case DSQ_GPTQ_METHOD_IMATRIX: return "imatrix";
+    default: return "plain";
+    }
+}
+
+typedef struct entry {
+    dsq_gptq_entry e;
+    char *name;
+    uint8_t *mem;
+    dsq_codec_layout lay;
+} entry;
+
+struct dsq_gptq_result {
+    entry *v; /* sorted by name once a layer is done */
+    size_t n, cap;
+    uint64_t tokens;
+    int layers;
+    double seconds;
+};
+
+static int entry_cmp(const void *a, const void *b) { return strcmp(((const entry *)a)->name, ((const entry *)b)->name); }
+
+static entry *find(const dsq_gptq_result *r, const char *name) {
+    entry key;
+    key.name = (char *)name;
+    return r->n ? bsearch(&key, r->v, r->n, sizeof *r->v, entry_cmp) : NULL;
+}
+
+void dsq_gptq_result_free(dsq_gptq_result *r) {
+    if (!r) return;
+    for (size_t i = 0; i < r->n; i++) dsq_free(r->v[i].name), dsq_free(r->v[i].mem);
+    dsq_free(r->v);
+    dsq_free(r);
+}
+size_t dsq_gptq_result_count(const dsq_gptq_result *r) { return r ? r->n : 0; }
+const dsq_gptq_entry *dsq_gptq_result_at(const dsq_gptq_result *r, size_t i) { return i < r->n ? &r->v[i].e : NULL; }
+const dsq_qtensor *dsq_gptq_result_lookup(void *user, const char *name) {
+    entry *e = find(user, name);
+    return e ? &e->e.tensor : NULL;
+}
+void dsq_gptq_result_stats(const dsq_gptq_result *r, uint64_t *tokens, int *layers, double *seconds_per_layer) {
+    *tokens = r->tokens;
+    *layers = r->layers;
+    *seconds_per_layer = r->layers ? r->seconds / r->layers : 0;
+}
+
+/* ---- a weight source that serves the weights quantized so far ---- */
+
+typedef struct overlay {
+    dsq_wsrc *inner;
+    const dsq_gptq_result *res;
+} overlay;
+
+static dsq_status ov_get(const dsq_wsrc *s, const char *name, dsq_wview *v, dsq_err *err) {
+    const overlay *o = s->impl;
+    const entry *e = find(o->res, name);
+    if (!e) return o->inner->get(o->inner, name, v, err);
+    memset(v, 0, sizeof *v);
+    const dsq_qtensor *t = &e->e.tensor;
+    v->name = e->name;
+    v->enc = t->enc;
+    v->rank = 2;
+    v->shape[0] = t->rows;
+    v->shape[1] = t->cols;
+    v->data = t->data;
+    v->data_bytes = e->lay.data_bytes;
+    v->scale = t->scales;
+    v->scale_bytes = e->lay.scale_bytes;
+    v->group = t->group;
+    v->mins = t->mins;
+    v->mins_bytes = e->lay.min_bytes;
+    v->tensor_scale = t->tensor_scale;
+    return DSQ_OK;
+}
+/* page-cache hints only for the checkpoint's own (mapped) views: ours are heap memory */
+static void ov_prefetch(const dsq_wsrc *s, const dsq_wview *v) {
+    const overlay *o = s->impl;
+    if (!find(o->res, v->name) && o->inner->prefetch) o->inner->prefetch(o->inner, v);
+}
+static void ov_release(const dsq_wsrc *s, const dsq_wview *v) {
+    const overlay *o = s->impl;
+    if (!find(o->res, v->name) && o->inner->release) o->inner->release(o->inner, v);
+}
+static void ov_close(dsq_wsrc *s) {
+    if (!s) return;
+    overlay *o = s->impl;
+    if (o) dsq_wsrc_close(o->inner);
+    dsq_free(o);
+    dsq_free(s);
+}
+
+static dsq_status open_overlay(const char *src, const dsq_gptq_result *res, dsq_v4_config *cfg, dsq_wsrc **out,
+                               dsq_err *err) {
+    dsq_wsrc *inner = NULL;
+    DSQ_TRY(dsq_wsrc_open_path(src, cfg, &inner, err));
+    dsq_wsrc *s = dsq_calloc(1, sizeof *s);
+    overlay *o = dsq_calloc(1, sizeof *o);
+    if (!s || !o) {
+        dsq_free(s), dsq_free(o);
+        dsq_wsrc_close(inner);
+        return dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory");
+    }
+    o->inner = inner, o->res = res;
+    *s = (dsq_wsrc){.impl = o, .path = inner->path, .get = ov_get, .prefetch = ov_prefetch, .release = ov_release,
+                    .close = ov_close};
+    *out = s;
+    return DSQ_OK;
+}
+
+/* ---- the Hessians of one layer ---- */
+
+typedef struct hess {
+    char *name;       /* the weight whose inputs are summed (w1 for a w1/w3 pair) */
+    uint64_t cols, rows;
+    double *h;        /* [cols][cols], upper triangle summed, mirrored before use */
+} hess;
+
+typedef struct collect {
+    const dsq_recipe *recipe;
+    const dsq_wsrc *src;
+    char prefix[32];
+    hess *h;
+    size_t n, cap;
+    int threads; /* the evaluation's thread count (0: OpenMP default) */
+    int e0, e1;  /* routed experts [e0, e1) collected in this pass; other linears only when e0 == 0 */
+    dsq_status st;
+    char msg[256];
+} collect;
+
+/* The lossy recipe target of weight `name` stored as `stored`, or false. */
+static bool lossy_target(const dsq_recipe *rc, const char *name, dsq_encoding stored, dsq_encoding *enc, int *group) {
+    const dsq_recipe_rule *rule = dsq_recipe_match(rc, name);
+    if (!rule || rule->target.keep || !dsq_gptq_supports(rule->target.enc)) return false;
+    if (rule->target.enc == stored && rule->target.group == 0) return false; /* byte copy */
+    *enc = rule->target.enc;
+    *group = rule->target.group;
+    return true;
+}
+
+/* "X.w3.weight" → "X.w1.weight" in buf, or false. */
+static bool w1_of(const char *name, char *buf, size_t cap) {
+    size_t n = strlen(name);
+    if (n < 10 || n >= cap || strcmp(name + n - 10, ".w3.weight")) return false;
+    memcpy(buf, name, n + 1);
+    buf[n - 8] = '1';
+    return true;
+}
+
+static void observe(void *user, const char *weight, const float *x, size_t ldx, int64_t n, uint64_t cols) {
+    collect *c = user;
+    if (c->st != DSQ_OK || strncmp(weight, c->prefix, strlen(c->prefix))) return;
+    int ex = -1, used = 0;
+    if (sscanf(weight + strlen(c->prefix), "ffn.experts.%d.%n", &ex, &used) == 1 && used > 0) {
+        if (ex < c->e0 || ex >= c->e1) return;
+    } else if (c->e0 != 0) {
+        return;
+    }
+    char w1[256];
+    if (w1_of(weight, w1, sizeof w1)) { /* w3 takes w1's input: summed once, under w1 */
+        for (size_t i = 0; i < c->n; i++)
+            if (!strcmp(c->h[i].name, w1) && c->h[i].cols == cols) return;
+    }
+    hess *h = NULL;
+    for (size_t i = 0; i < c->n && !h; i++)
+        if (!strcmp(c->h[i].name, weight)) h = &c->h[i];
+    if (!h) {
+        dsq_wview v;
+        dsq_encoding enc;
+        int group;
+        if (c->src->get(c->src, weight, &v, NULL) != DSQ_OK || v.rank != 2 || v.shape[1] != cols ||
+            !lossy_target(c->recipe, weight, v.enc, &enc, &group))
+            return;
+        if (c->n == c->cap) {
+            size_t cap = c->cap ? 2 * c->cap : 64;
+            hess *nh = dsq_realloc(c->h, cap * sizeof *nh);
+            if (!nh) goto nomem;
+            c->h = nh, c->cap = cap;
+        }
+        h = &c->h[c->n];
+        memset(h, 0, sizeof *h);
+        h->name = dsq_strdup(weight);
+        h->cols = cols;
+        h->h = dsq_calloc(cols * cols, sizeof *h->h);
+        if (!h->name || !h->h) {
+            dsq_free(h->name), dsq_free(h->h);
+            goto nomem;
+        }
+        c->n++;
+    }
+    if (h->cols != cols) return;
+    /* H += Σ_t x_t x_tᵀ, upper triangle, rows of H split over threads (deterministic per element) */
+    int nth = c->threads > 0 ? c->threads : omp_get_max_threads();
+#pragma omp parallel for schedule(dynamic, 8) num_threads(nth) if ((uint64_t)n * cols * cols > (1u << 20))
+    for (uint64_t i = 0; i < cols; i++) {
+        double *hi = h->h + i * cols;
+        for (int64_t t = 0; t < n; t++) {
+            const float *xt = x + (size_t)t * ldx;
+            double a = xt[i];
+            if (a == 0) continue;
+            for (uint64_t j = i; j < cols; j++) hi[j] += a * (double)xt[j];
+        }
+    }
+    h->rows += (uint64_t)n;
+    return;
+nomem:
+    c->st = DSQ_ERR_NOMEM;
+    snprintf(c->msg, sizeof c->msg, "out of memory for the Hessian of %s", weight);
+}
+
+static void collect_clear(collect *c) {
+    for (size_t i = 0; i < c->n; i++) dsq_free(c->h[i].name), dsq_free(c->h[i].h);
+    dsq_free(c->h);
+    c->h = NULL, c->n = c->cap = 0;
+}
+
+/* Quantize `name` (its source view v) with Hessian h (rows_seen rows; NULL: none) into a new entry. */
+static dsq_status quantize_one(dsq_gptq_result *r, const dsq_gptq_calib_options *o, const dsq_wview *v, const char *name,
+                               dsq_encoding enc, int group, const double *h, uint64_t rows_seen, int layer,
+                               dsq_err *err) {
+    uint64_t rows = v->shape[0], cols = v->shape[1];
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? 2 * r->cap : 256;
+        entry *nv = dsq_realloc(r->v, cap * sizeof *nv);
+        DSQ_RETURN_IF(!nv, err, DSQ_ERR_NOMEM, "out of memory");
+        r->v = nv, r->cap = cap;
+    }
+    entry *e = &r->v[r->n];
+    memset(e, 0, sizeof *e);
+    DSQ_TRY(dsq_codec_layout_of(enc, rows, cols, group, &e->lay, err));
+    float *w = dsq_malloc(rows * cols * sizeof *w);
+    double *hc = h ? dsq_malloc(cols * cols * sizeof *hc) : NULL;
+    e->mem = dsq_calloc(1, (size_t)(e->lay.data_bytes + e->lay.scale_bytes + e->lay.min_bytes) + 1);
+    e->name = dsq_strdup(name);
+    dsq_status s = DSQ_OK;
+    if (!w || (h && !hc) || !e->mem || !e->name) s = dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", name);
+    dsq_qtensor src = dsq__qtensor_of(v);
+    if (s == DSQ_OK) s = dsq_codec_decode(&src, 0, rows, w, NULL, err);
+    dsq_qtensor_buf b = {enc, rows, cols, group, e->mem, e->lay.scale_bytes ? e->mem + e->lay.data_bytes : NULL,
+                         e->lay.min_bytes ? e->mem + e->lay.data_bytes + e->lay.scale_bytes : NULL, 0};
+    dsq_gptq_method m = DSQ_GPTQ_METHOD_PLAIN;
+    if (s == DSQ_OK && h && rows_seen >= (uint64_t)DSQ_GPTQ_MIN_ROWS_PER_COL * cols) {
+        memcpy(hc, h, cols * cols * sizeof *hc);
+        dsq_gptq_options go = o->gptq;
+        go.name = name;
+        m = DSQ_GPTQ_METHOD_GPTQ;
+        s = dsq_gptq_quantize(&go, hc, rows_seen, w, &b, err);
+    } else if (s == DSQ_OK) {
+        float *imp = NULL;
+        if (h && rows_seen >= DSQ_IMATRIX_MIN_ROWS) {
+            imp = dsq_malloc(cols * sizeof *imp);
+            if (!imp) s = dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", name);
+            for (uint64_t c = 0; imp && c < cols; c++) imp[c] = (float)(h[c * cols + c] / (double)rows_seen);
+            m = DSQ_GPTQ_METHOD_IMATRIX;
+        }
+        dsq_codec_options co = {.name = name, .importance = imp};
+        if (s == DSQ_OK) s = dsq_codec_encode(&b, w, 0, rows, &co, err);
+        dsq_free(imp);
+    }
+    dsq_free(w);
+    dsq_free(hc);
+    if (s != DSQ_OK) {
+        dsq_free(e->mem), dsq_free(e->name);
+        return s;
+    }
+    e->e = (dsq_gptq_entry){e->name, m, rows_seen, layer, dsq_qtensor_view(&b)};
+    r->n++;
+    return DSQ_OK;
+}
+
+/* Mirror the summed upper triangle. */
+static void symmetrize(double *h, uint64_t n) {
+    for (uint64_t i = 0; i < n; i++)
+        for (uint64_t j = 0; j < i; j++) h[i * n + j] = h[j * n + i];
+}
+
+static dsq_status quantize_layer(dsq_gptq_result *r, const dsq_gptq_calib_options *o, const dsq_recipe *recipe,
+                                 const dsq_wsrc *src, collect *c, int layer, dsq_err *err) {
+    for (size_t i = 0; i < c->n; i++) symmetrize(c->h[i].h, c->h[i].cols);
+    /* names in a fixed order whatever order the forward pass reported them in */
+    for (size_t i = 1; i < c->n; i++)
+        for (size_t j = i; j > 0 && strcmp(c->h[j - 1].name, c->h[j].name) > 0; j--) {
+            hess t = c->h[j];
+            c->h[j] = c->h[j - 1], c->h[j - 1] = t;
+        }
+    for (size_t i = 0; i < c->n; i++) {
+        const hess *h = &c->h[i];
+        dsq_wview v;
+        dsq_encoding enc;
+        int group;
+        DSQ_TRY(src->get(src, h->name, &v, err));
+        if (lossy_target(recipe, h->name, v.enc, &enc, &group))
+            DSQ_TRY(quantize_one(r, o, &v, h->name, enc, group, h->h, h->rows, layer, err));
+        char w3[256];
+        size_t n = strlen(h->name);
+        if (n >= 10 && n < sizeof w3 && !strcmp(h->name + n - 10, ".w1.weight")) { /* its w3 shares H */
+            memcpy(w3, h->name, n + 1);
+            w3[n - 8] = '3';
+            if (src->get(src, w3, &v, NULL) == DSQ_OK && v.rank == 2 && v.shape[1] == h->cols &&
+                lossy_target(recipe, w3, v.enc, &enc, &group))
+                DSQ_TRY(quantize_one(r, o, &v, w3, enc, group, h->h, h->rows, layer, err));
+        }
+    }
+    qsort(r->v, r->n, sizeof *r->v, entry_cmp);
+    for (size_t i = 0; i < r->n; i++) r->v[i].e.name = r->v[i].name; /* entries moved: names are stable pointers */
+    return DSQ_OK;
+}
+
+dsq_status dsq_gptq_calibrate(const char *src, const dsq_recipe *recipe, const int32_t *tokens, uint64_t n_tokens,
+                              const dsq_gptq_calib_options *o, dsq_gptq_result **out, dsq_err *err) {
+    *out = NULL;
+    dsq_gptq_result *r = dsq_calloc(1, sizeof *r);
+    DSQ_RETURN_IF(!r, err, DSQ_ERR_NOMEM, "out of memory");
+    dsq_v4_config cfg;
+    dsq_wsrc *plain = NULL;
+    dsq_status s = dsq_wsrc_open_path(src, &cfg, &plain, err);
+    collect c;
+    memset(&c, 0, sizeof c);
+    c.recipe = recipe;
+    c.src = plain;
+    c.threads = o->score.eval.threads;
+    int E = cfg.n_routed_experts > 0 ? cfg.n_routed_experts : 1;
+    int batch = o->expert_batch > 0 && o->expert_batch < E ? o->expert_batch : E;
+    for (int L = 0; s == DSQ_OK && L < cfg.n_layers; L++) {
+        double t0 = dsq_now();
+        size_t before = r->n;
+        for (int e0 = 0; s == DSQ_OK && e0 < E; e0 += batch) { /* one forward pass per batch of experts */
+            c.e0 = e0, c.e1 = e0 + batch;
+            dsq_wsrc *ov = NULL;
+            dsq_v4_model *m = NULL;
+            dsq_v4_config cfg2;
+            s = open_overlay(src, r, &cfg2, &ov, err);
+            /* layers after L cannot change layer L's inputs: a model of layers 0..L (and the head) only */
+            cfg2.n_layers = L + 1;
+            cfg2.n_mtp_layers = 0;
+            if (s == DSQ_OK) s = dsq_v4_model_create(ov, &cfg2, &m, err);
+            snprintf(c.prefix, sizeof c.prefix, "layers.%d.", L);
+            c.st = DSQ_OK;
+            dsq_score_options so = o->score;
+            so.eval.observe = observe;
+            so.eval.observe_user = &c;
+            so.progress = NULL;
+            dsq_ppl_result pr;
+            if (s == DSQ_OK) s = dsq_score_ppl(m, &so, tokens, n_tokens, &pr, err);
+            if (s == DSQ_OK && c.st != DSQ_OK) s = dsq_err_set(err, c.st, "%s: %s", src, c.msg);
+            dsq_ppl_plan plan;
+            if (s == DSQ_OK && dsq_score_plan(m, &so, n_tokens, &plan, NULL) == DSQ_OK)
+                r->tokens = (uint64_t)plan.n_chunks * plan.n_ctx; /* every position feeds H, not only the scored half */
+            dsq_v4_model_close(m);
+            if (s == DSQ_OK) s = quantize_layer(r, o, recipe, plain, &c, L, err);
+            collect_clear(&c);
+        }
+        double dt = dsq_now() - t0;
+        r->seconds += dt;
+        r->layers++;
+        if (s == DSQ_OK && o->progress) o->progress(o->user, L, cfg.n_layers, dt, r->n - before);
+    }
+    collect_clear(&c);
+    dsq_wsrc_close(plain);
+    if (s != DSQ_OK) {
+        dsq_gptq_result_free(r);
+        return s;
+    }
+    *out = r;
+    return DSQ_OK;
+}
