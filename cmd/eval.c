@@ -21,7 +21,7 @@ static void logits_help(FILE *f) {
                "  --dump-hidden          also `layer_out.N` [n, hc, dim] per block and `final_hidden`\n"
                "  --memory-budget SIZE   layer-streaming prefill within SIZE bytes (K/M/G suffixes)\n"
                "  --device cpu|cuda[:N]  where the forward pass runs (default cpu; cuda needs a GPU and a CUDA build)\n"
-               "  --kv-cache f32|bf16|compact  how the KV cache is stored (default f32; compact = release FP8/FP4)\n"
+               "  --kv-cache ENC  how the KV cache is stored: f32 (default), bf16, compact (release FP8/FP4), fp4, int4, compact-idx8\n"
                "  --threads N            OpenMP threads (default: all)\n"
                "  --no-shared-clamp      do not clamp the shared expert's SwiGLU (earlier reference revision)\n"
                "  --scalar               portable kernels only (no AVX2)\n"

@@ -62,7 +62,7 @@ int dsq__cmd_device_option(const char *me, const char *name, dsq_device *out) {
 
 int dsq__cmd_kv_cache_option(const char *me, const char *name, dsq_kv_cache *out) {
     if (dsq_kv_cache_from_name(name, out)) return 0;
-    dsq_cmd_usage_error(me, "--kv-cache must be f32, bf16 or compact, not '%s'", name);
+    dsq_cmd_usage_error(me, "--kv-cache must be one of " DSQ_KV_CACHE_NAMES ", not '%s'", name);
     return -1;
 }
 
@@ -137,7 +137,7 @@ void dsq__cmd_score_option_help(FILE *f) {
             "  --numerics exact|release  exact: f32 (default); release: the official bf16/FP8/FP4 arithmetic\n"
             "  --memory-budget SIZE   layer-streaming within SIZE bytes (K/M/G suffixes)\n"
             "  --device cpu|cuda[:N]  where the forward pass runs (default cpu; cuda needs a GPU and a CUDA build)\n"
-            "  --kv-cache f32|bf16|compact  how the KV cache is stored (default f32; compact = release FP8/FP4)\n"
+            "  --kv-cache ENC  how the KV cache is stored: f32 (default), bf16, compact (release FP8/FP4), fp4, int4, compact-idx8\n"
             "  --threads N            OpenMP threads (default: all)\n"
             "  --no-shared-clamp      do not clamp the shared expert's SwiGLU\n"
             "  --scalar               portable kernels only (no AVX2)\n"

@@ -9,10 +9,18 @@
  *    with each encoding;
  *  - a sequence keeps its encoding until reset; unknown encodings are refused. */
 #include "eval_util.h"
+#include "v4_backend.h"
 
 static dsq_v4_model *tiny;
 static int32_t *tiny_tok;
 enum { NT = 160, NV = 512 };
+/* bounds of the lower forms vs the f32 cache (exact numerics, golden model), see test_packed_vs_f32_exact */
+#define FP4_KL_MAX 0.11 /* measured 0.038, top-1 0.681 */
+#define FP4_TOP1_MIN 0.55
+#define INT4_KL_MAX 0.11 /* measured 0.037, top-1 0.619 */
+#define INT4_TOP1_MIN 0.5
+#define IDX8_KL_MAX 0.035 /* measured 0.011, top-1 0.869 (lower than compact's 0.018: FP8 indexer keys flip fewer top-k) */
+#define IDX8_TOP1_MIN 0.75
 
 static void fwd(const dsq_v4_model *m, const dsq_eval_options *o, dsq_v4_item *items, int n) {
     dsq_err e = DSQ_ERR_INIT;
@@ -71,13 +79,17 @@ static void test_packed_vs_f32_exact(void **state) {
     } cases[] = {
         {DSQ_KV_CACHE_BF16, 4e-3, 1e-4, 0.95},
         {DSQ_KV_CACHE_COMPACT, 5e-2, 1e-3, 0.65},
+        {DSQ_KV_CACHE_FP4, FP4_KL_MAX, 1e-3, FP4_TOP1_MIN},
+        {DSQ_KV_CACHE_INT4, INT4_KL_MAX, 1e-3, INT4_TOP1_MIN},
+        {DSQ_KV_CACHE_COMPACT_IDX8, IDX8_KL_MAX, 1e-3, IDX8_TOP1_MIN},
     };
-    double kls[2];
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    enum { NC = sizeof cases / sizeof cases[0] };
+    double kls[NC];
+    for (size_t i = 0; i < NC; i++) {
         float *lg = run_split(cases[i].kv, DSQ_NUMERICS_EXACT, NT, NT, 1, NULL);
         double top1 = 0, kl = eu_mean_kl(ref, lg, NT, NV, &top1);
         double rel = eu_max_rel_l2(ref, lg, NT, NV, NULL);
-        printf("  %-8s cache vs f32: mean KL %.3g, max row rel L2 %.3g, top-1 %.4f\n", dsq_kv_cache_name(cases[i].kv),
+        printf("  %-12s cache vs f32: mean KL %.3g, max row rel L2 %.3g, top-1 %.4f\n", dsq_kv_cache_name(cases[i].kv),
                kl, rel, top1);
         assert_true(kl <= cases[i].kl_max);
         assert_true(rel >= cases[i].rel_min);
@@ -87,6 +99,85 @@ static void test_packed_vs_f32_exact(void **state) {
     }
     assert_true(kls[1] > kls[0]);
     free(ref);
+}
+
+/* One kv entry / indexer key packed and unpacked by the cpu backend's cache_pack / cache_unpack, per encoding,
+ * on 64 rows of a fixed pseudo-random pattern (|x| up to ~3, one outlier per row): the rope dims come back as
+ * bf16(x) exactly; the relative L2 error of the other dims (and of the indexer keys) lies in [lo, hi].  Measured
+ * (best … worst row; the worst rows hold the outlier): bf16 7e-4 … 2.6e-3, e4m3 per 64 (compact) 0.014 … 0.043,
+ * e4m3 per 32 (index_fp8) 0.014 … 0.042, e2m1 per 32 (fp4, index_fp4) 0.085 … 0.25, int4 per 32 0.065 … 0.24.
+ * hi ≈ 1.5× the worst row, lo ≈ half the best one (proves the encoding is applied; f32 must be exact). */
+static void test_pack_roundtrip(void **state) {
+    const dsq_v4_config *c = dsq_v4_model_config(tiny);
+    int hd = c->head_dim, ihd = c->index_head_dim, rd = c->rope_head_dim, nd = hd - rd;
+    enum { ROWS = 64 };
+    struct {
+        dsq_kv_cache kv;
+        double kv_lo, kv_hi, idx_lo, idx_hi;
+    } cases[] = {
+        {DSQ_KV_CACHE_F32, 0, 0, 0, 0},
+        {DSQ_KV_CACHE_BF16, 1e-4, 4e-3, 1e-4, 4e-3},
+        {DSQ_KV_CACHE_COMPACT, 7e-3, 6.5e-2, 4e-2, 0.37},
+        {DSQ_KV_CACHE_FP4, 4.5e-2, 0.37, 4e-2, 0.37},
+        {DSQ_KV_CACHE_INT4, 3e-2, 0.35, 4e-2, 0.37},
+        {DSQ_KV_CACHE_COMPACT_IDX8, 7e-3, 6.5e-2, 7e-3, 6.5e-2},
+    };
+    int bad = 0;
+    float *x = malloc(sizeof(float) * ROWS * (size_t)hd), *y = malloc(sizeof(float) * ROWS * (size_t)hd);
+    uint8_t *p = malloc((size_t)ROWS * (size_t)hd * 4);
+    assert_true(x && y && p);
+    uint32_t h = 12345;
+    for (int i = 0; i < ROWS * hd; i++) {
+        h = h * 1664525u + 1013904223u;
+        x[i] = ((float)(h >> 8) / 16777216.0f - 0.5f) * 2.0f * (float)(1 + (i / hd) % 3);
+        if (i % hd == (i / hd) % nd) x[i] *= 8.0f; /* one outlier per row */
+    }
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        dsq__run r = {0};
+        r.m = tiny;
+        r.c = c;
+        r.kv = cases[k].kv;
+        r.kv_bytes = (size_t)dsq_kv_entry_bytes(c, r.kv);
+        r.idx_bytes = (size_t)dsq_kv_index_bytes(c, r.kv);
+        for (int index = 0; index <= 1; index++) {
+            int dims = index ? ihd : hd, q0 = 0, q1 = index ? ihd : nd;
+            dsq__backend_cpu.cache_pack(&r, index, x, ROWS, p);
+            dsq__backend_cpu.cache_unpack(&r, index, p, ROWS, y);
+            double worst = 0, best = 1e30;
+            for (int t = 0; t < ROWS; t++) {
+                const float *xt = x + (size_t)t * dims, *yt = y + (size_t)t * dims;
+                double num = 0, den = 0;
+                for (int i = q0; i < q1; i++) {
+                    num += ((double)xt[i] - yt[i]) * ((double)xt[i] - yt[i]);
+                    den += (double)xt[i] * xt[i];
+                }
+                double rel = sqrt(num / den);
+                worst = rel > worst ? rel : worst;
+                best = rel < best ? rel : best;
+                if (!index && r.kv != DSQ_KV_CACHE_F32)
+                    for (int i = nd; i < hd; i++) assert_true(yt[i] == dsq_bf16_round(xt[i]));
+            }
+            double lo = index ? cases[k].idx_lo : cases[k].kv_lo, hi = index ? cases[k].idx_hi : cases[k].kv_hi;
+            printf("  %-12s %s: %zu B, rel L2 per row %.3g … %.3g (bounds [%g, %g])\n", dsq_kv_cache_name(r.kv),
+                   index ? "indexer key" : "kv entry   ", index ? r.idx_bytes : r.kv_bytes, best, worst, lo, hi);
+            bad += !(worst <= hi) || !(best >= lo);
+        }
+    }
+    assert_int_equal(bad, 0);
+    /* int4: values k·s (s a bf16 number, |k| ≤ 7, amax = 7s) come back exactly; an all-zero block stays 0 */
+    {
+        dsq__run r = {0};
+        r.m = tiny;
+        r.c = c;
+        r.kv = DSQ_KV_CACHE_INT4;
+        r.kv_bytes = (size_t)dsq_kv_entry_bytes(c, r.kv);
+        for (int i = 0; i < hd; i++) x[i] = i < DSQ_KV_Q4_BLOCK ? 0.0f : 0.375f * (float)((i % 15) - 7);
+        for (int i = DSQ_KV_Q4_BLOCK; i < nd; i += DSQ_KV_Q4_BLOCK) x[i] = 0.375f * 7; /* amax of each block */
+        dsq__backend_cpu.cache_pack(&r, false, x, 1, p);
+        dsq__backend_cpu.cache_unpack(&r, false, p, 1, y);
+        for (int i = 0; i < nd; i++) assert_true(y[i] == x[i]);
+    }
+    free(x), free(y), free(p);
 }
 
 /* Release numerics already round the kv rows' rope dims to bf16, FP8-simulate their other dims with
@@ -144,6 +235,13 @@ static void test_memory_declared(void **state) {
     assert_int_equal(dsq_kv_entry_bytes(&big, DSQ_KV_CACHE_BF16), 1024);
     assert_int_equal(dsq_kv_index_bytes(&big, DSQ_KV_CACHE_BF16), 256);
     assert_int_equal(dsq_kv_entry_bytes(&big, DSQ_KV_CACHE_F32), 2048);
+    /* lower forms: rope 128 B + 448 nibbles (224 B) + 14 UE8M0 / 14 bf16 scales; index_fp8 128 + 4 */
+    assert_int_equal(dsq_kv_entry_bytes(&big, DSQ_KV_CACHE_FP4), 128 + 224 + 14);
+    assert_int_equal(dsq_kv_entry_bytes(&big, DSQ_KV_CACHE_INT4), 128 + 224 + 28);
+    assert_int_equal(dsq_kv_index_bytes(&big, DSQ_KV_CACHE_FP4), 68);
+    assert_int_equal(dsq_kv_index_bytes(&big, DSQ_KV_CACHE_INT4), 68);
+    assert_int_equal(dsq_kv_entry_bytes(&big, DSQ_KV_CACHE_COMPACT_IDX8), 583);
+    assert_int_equal(dsq_kv_index_bytes(&big, DSQ_KV_CACHE_COMPACT_IDX8), 132);
 }
 
 /* Prefill, chunks and decode steps read the same packed entries: the same logits, bit for bit, for
@@ -195,6 +293,9 @@ static void test_encoding_fixed_per_sequence(void **state) {
     assert_true(dsq_kv_cache_from_name("compact", &k) && k == DSQ_KV_CACHE_COMPACT);
     assert_true(dsq_kv_cache_from_name("bf16", &k) && k == DSQ_KV_CACHE_BF16);
     assert_true(dsq_kv_cache_from_name("f32", &k) && k == DSQ_KV_CACHE_F32);
+    assert_true(dsq_kv_cache_from_name("fp4", &k) && k == DSQ_KV_CACHE_FP4);
+    assert_true(dsq_kv_cache_from_name("int4", &k) && k == DSQ_KV_CACHE_INT4);
+    assert_true(dsq_kv_cache_from_name("compact-idx8", &k) && k == DSQ_KV_CACHE_COMPACT_IDX8);
     assert_false(dsq_kv_cache_from_name("fp8", &k));
     assert_false(dsq_kv_cache_from_name("", &k));
     for (int i = 0; i < DSQ_KV_CACHE_COUNT; i++) {
@@ -240,7 +341,7 @@ static void test_cli(void **state) {
         int rc = dsq_test_run(NULL, &se, "%s --kv-cache fp8", cmds[i]);
         printf("  %s --kv-cache fp8 -> %d: %s", cmds[i], rc, se);
         assert_int_equal(rc, 2);
-        assert_non_null(strstr(se, "--kv-cache must be f32, bf16 or compact, not 'fp8'"));
+        assert_non_null(strstr(se, "--kv-cache must be one of f32, bf16, compact, fp4, int4, compact-idx8, not 'fp8'"));
         free(se);
     }
 
@@ -273,6 +374,7 @@ static void test_cli(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_pack_roundtrip),
         cmocka_unit_test(test_packed_vs_f32_exact),
         cmocka_unit_test(test_packed_lossless_in_release),
         cmocka_unit_test(test_memory_declared),
