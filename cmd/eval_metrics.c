@@ -115,6 +115,12 @@ int dsq__cmd_score_option(const char *me, int argc, char **argv, int *i, dsq_sco
             return -1;
         }
         o->max_chunks = (uint32_t)v;
+    } else if (!strcmp(a, "--buckets")) {
+        if (!dsq_kld_parse_buckets(argv[++*i], o->bucket_edges, &o->n_bucket_edges)) {
+            dsq_cmd_usage_error(me, "--buckets needs up to %d ascending positions > 0 separated by commas, not '%s'",
+                                DSQ_KLD_MAX_BUCKETS - 1, argv[*i]);
+            return -1;
+        }
     } else if (!strcmp(a, "--batch")) {
         if (!dsq_cmd_parse_u64(argv[++*i], &v) || v < 1 || v > 4096) {
             dsq_cmd_usage_error(me, "--batch needs a count ≥ 1, not '%s'", argv[*i]);
@@ -133,6 +139,8 @@ void dsq__cmd_score_option_help(FILE *f) {
             "  --ctx N                tokens per chunk including BOS (default %d); the second half is scored\n"
             "  --chunks K             score only the first K chunks (default: all complete chunks)\n"
             "  --batch N              chunks per layer-major pass (default %d)\n"
+            "  --buckets E1,E2,...    kld/compare: KL, top-1 and PPL ratio per context-position bucket with these\n"
+            "                         edges (default 1024,8192,32768; empty buckets are not shown)\n"
             "  --no-bos               chunks without the BOS token\n"
             "  --numerics exact|release  exact: f32 (default); release: the official bf16/FP8/FP4 arithmetic\n"
             "  --memory-budget SIZE   layer-streaming within SIZE bytes (K/M/G suffixes)\n"
@@ -203,6 +211,23 @@ void dsq__cmd_json_kld(FILE *f, const dsq_kld_stats *s) {
         json_num(f, s->band_kl_mean[b]);
         fputs("}", f);
     }
+    fputs("], \"position_buckets\": [", f);
+    for (int b = 0; b < s->n_buckets; b++) {
+        fprintf(f, "%s{\"lo\": %llu, \"hi\": ", b ? ", " : "", (unsigned long long)s->bucket_lo[b]);
+        if (s->bucket_hi[b] == UINT64_MAX)
+            fputs("null", f);
+        else
+            fprintf(f, "%llu", (unsigned long long)s->bucket_hi[b]);
+        fprintf(f, ", \"n\": %llu", (unsigned long long)s->bucket_n[b]);
+        const char *k[] = {"kl_mean", "kl_mean_se", "top1", "top1_se", "ppl_ratio", "ppl_ratio_se"};
+        double v[] = {s->bucket_kl_mean[b], s->bucket_kl_mean_se[b], s->bucket_top1[b],
+                      s->bucket_top1_se[b], s->bucket_ppl_ratio[b], s->bucket_ppl_ratio_se[b]};
+        for (int i = 0; i < 6; i++) {
+            fprintf(f, ", \"%s\": ", k[i]);
+            json_num(f, v[i]);
+        }
+        fputs("}", f);
+    }
     fputs("], \"histogram\": [", f);
     for (int b = 0; b < DSQ_KLD_HIST_BINS; b++) {
         fprintf(f, "%s{\"lo\": ", b ? ", " : "");
@@ -232,6 +257,16 @@ void dsq__cmd_print_kld(FILE *f, const dsq_kld_stats *s) {
             fprintf(f, "%.6g\n", s->band_kl_mean[b]);
         else
             fprintf(f, "—\n");
+    }
+    fprintf(f, "by context position:  %-16s %9s %12s %10s %16s\n", "positions", "scored", "mean KL", "top-1",
+            "PPL ratio");
+    for (int b = 0; b < s->n_buckets; b++) {
+        char lab[64];
+        /* "∞" is 3 bytes, 1 column: pad by bytes + 2 */
+        fprintf(f, "                      %-*s %9llu %12.6g %9.4f%% %9.6f ± %.6f\n",
+                s->bucket_hi[b] == UINT64_MAX ? 18 : 16, dsq_kld_bucket_label(s, b, lab, sizeof lab),
+                (unsigned long long)s->bucket_n[b], s->bucket_kl_mean[b],
+                100 * s->bucket_top1[b], s->bucket_ppl_ratio[b], s->bucket_ppl_ratio_se[b]);
     }
 }
 

@@ -11,6 +11,7 @@ void dsq_score_options_default(dsq_score_options *o) {
     dsq_eval_options_default(&o->eval);
     o->n_ctx = DSQ_SCORE_DEFAULT_CTX;
     o->batch = DSQ_SCORE_DEFAULT_BATCH;
+    o->n_bucket_edges = -1;
 }
 
 static int32_t model_bos(const dsq_v4_model *m, const dsq_score_options *o) {
@@ -169,6 +170,7 @@ typedef struct kld_job {
     dsq_kld_ctx *ctx;
     dsq_kbase_reader *r;
     dsq_kld_acc *acc;
+    const dsq_ppl_plan *plan;
 } kld_job;
 
 static dsq_status kld_row(void *user, uint64_t position, const float *row, int32_t target, dsq_err *err) {
@@ -182,6 +184,8 @@ static dsq_status kld_row(void *user, uint64_t position, const float *row, int32
                   (int)rec.target, (int)target);
     dsq_kld_pos p;
     DSQ_TRY(dsq_kld_compare(j->ctx, &rec, row, position, &p, err));
+    /* scored positions run chunk by chunk over chunk positions score_from … n_ctx-2 (run_chunks) */
+    p.ctx_pos = j->plan->score_from + position % dsq_ppl_plan_scored_per_chunk(j->plan);
     return dsq_kld_acc_add(j->acc, &p, err);
 }
 
@@ -202,6 +206,8 @@ dsq_status dsq_score_kld(const dsq_v4_model *m, const dsq_score_options *o, cons
                         base_path, (unsigned long long)in->n_text);
     if (s == DSQ_OK) s = dsq_kld_ctx_create(in->vocab, in->k, in->temperature, in->seed, &j.ctx, err);
     if (s == DSQ_OK) s = dsq_kld_acc_create(&j.acc, err);
+    if (s == DSQ_OK && o->n_bucket_edges >= 0) s = dsq_kld_acc_set_buckets(j.acc, o->bucket_edges, o->n_bucket_edges, err);
+    j.plan = &in->plan;
     chunk_run cr = {.m = m, .o = o, .plan = &in->plan, .text = dsq_kbase_reader_text(j.r), .fn = kld_row, .user = &j};
     if (s == DSQ_OK) s = run_chunks(&cr, err);
     if (s == DSQ_OK) { /* the file must end after the last position */
