@@ -372,6 +372,76 @@ static void test_cli(void **state) {
     free(pa), free(pb), free(pc), free(tmp), free(model), free(tok);
 }
 
+/* Position buckets end to end: eval kld at --ctx 64 scores chunk positions 32 … 62 of each of 2 chunks; with
+ * --buckets 40,50 that is 8 + 10 + 13 rows per chunk in [0,40), [40,50), [50,∞) (no empty bucket shown with
+ * the default edges: all rows are < 1024).  compare --kv-cache-variants scores REF again per encoding
+ * (rows "model kv=ENC"); the f32 variant equals the reference bit for bit (KL 0). */
+static void test_cli_buckets_variants(void **state) {
+    char *model = dsq_test_shared_path("golden/v4-tiny/model");
+    char *tok = dsq_test_shared_path("golden/v4-tiny/golden-exact.safetensors");
+    char *tmp = dsq_test_tmpdir();
+    char *so = NULL;
+    assert_int_equal(
+        dsq_test_run(NULL, NULL, "eval kld %s --tokens %s --ctx 64 --chunks 2 --save-base %s/b.kld", model, tok, tmp), 0);
+    assert_int_equal(dsq_test_run(&so, NULL,
+                                  "eval kld %s --tokens %s --ctx 64 --chunks 2 --base %s/b.kld --kv-cache compact "
+                                  "--buckets 40,50 --json",
+                                  model, tok, tmp),
+                     0);
+    cJSON *j = cJSON_Parse(so);
+    assert_non_null(j);
+    const cJSON *pb = cJSON_GetObjectItemCaseSensitive(j, "position_buckets");
+    if (!pb) pb = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "kld"), "position_buckets");
+    assert_true(cJSON_IsArray(pb));
+    assert_int_equal(cJSON_GetArraySize(pb), 3);
+    const double lo[] = {0, 40, 50}, n[] = {16, 20, 26};
+    double kl_sum = 0;
+    for (int b = 0; b < 3; b++) {
+        const cJSON *e = cJSON_GetArrayItem(pb, b);
+        assert_true(cJSON_GetObjectItemCaseSensitive(e, "lo")->valuedouble == lo[b]);
+        assert_true(cJSON_GetObjectItemCaseSensitive(e, "n")->valuedouble == n[b]);
+        kl_sum += n[b] * cJSON_GetObjectItemCaseSensitive(e, "kl_mean")->valuedouble;
+    }
+    assert_true(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(pb, 2), "hi")));
+    /* the buckets partition the rows: their weighted means give the overall mean */
+    const cJSON *km = cJSON_GetObjectItemCaseSensitive(j, "kl_mean");
+    if (!km) km = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "kld"), "kl_mean");
+    assert_non_null(km);
+    assert_true(fabs(kl_sum / 62 - km->valuedouble) <= 1e-9 * (1 + km->valuedouble));
+    cJSON_Delete(j);
+    free(so);
+
+    assert_int_equal(dsq_test_run(&so, NULL,
+                                  "compare %s --tokens %s --ctx 64 --chunks 2 --out %s/cmp --kv-cache-variants "
+                                  "f32,compact --json",
+                                  model, tok, tmp),
+                     0);
+    j = cJSON_Parse(so);
+    assert_non_null(j);
+    const cJSON *bs = cJSON_GetObjectItemCaseSensitive(j, "builds");
+    assert_int_equal(cJSON_GetArraySize(bs), 2);
+    const char *names[] = {"model kv=f32", "model kv=compact"}, *kvs[] = {"f32", "compact"};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *b = cJSON_GetArrayItem(bs, i);
+        assert_string_equal(cJSON_GetObjectItemCaseSensitive(b, "name")->valuestring, names[i]);
+        assert_string_equal(cJSON_GetObjectItemCaseSensitive(b, "kv_cache")->valuestring, kvs[i]);
+        double kl = cJSON_GetObjectItemCaseSensitive(b, "kl_mean")->valuedouble;
+        assert_true(i == 0 ? kl == 0 : kl > 0);
+    }
+    cJSON_Delete(j);
+    free(so);
+    char *rep = dsq_test_join(tmp, "cmp/REPORT.md");
+    size_t len = 0;
+    char *md = dsq_test_read(rep, &len);
+    assert_non_null(strstr(md, "| model kv=compact | [0, 1024) | 62 |"));
+    free(md), free(rep);
+    assert_int_equal(dsq_test_run(NULL, NULL, "compare %s --tokens %s --out %s/c2 --kv-cache-variants f32,fp9", model,
+                                  tok, tmp),
+                     2);
+    dsq_test_rmdir(tmp);
+    free(tmp), free(model), free(tok);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pack_roundtrip),
@@ -381,6 +451,7 @@ int main(void) {
         cmocka_unit_test(test_splits_per_encoding),
         cmocka_unit_test(test_encoding_fixed_per_sequence),
         cmocka_unit_test(test_cli),
+        cmocka_unit_test(test_cli_buckets_variants),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
