@@ -160,7 +160,10 @@ static dsq_status compare(run *R, dsq_report *rep, dsq_report_build *b, dsq_err 
         fprintf(stderr, "compare: build %s\n", R->builds[i]);
         b[i].file_bytes = build_bytes(R->builds[i]);
         dsq_score_options so = R->so;
-        if (R->kv[i] >= 0) so.eval.kv_cache = (dsq_kv_cache)R->kv[i];
+        if (R->kv[i] >= 0) {
+            so.eval.kv_cache = (dsq_kv_cache)R->kv[i];
+            so.eval.kv_cache_from_model = false;
+        }
         s = dsq_v4_model_open(R->builds[i], &m, err);
         if (s == DSQ_OK) s = dsq_score_kld(m, &so, base, ids, n, &b[i].kld, err);
         dsq_v4_model_close(m);

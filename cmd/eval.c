@@ -60,6 +60,7 @@ static int cmd_logits(int argc, char **argv) {
             if (dsq__cmd_device_option(me, argv[++i], &o.eval.device)) return DSQ_EXIT_USAGE;
         } else if (!strcmp(a, "--kv-cache") && has_val) {
             if (dsq__cmd_kv_cache_option(me, argv[++i], &o.eval.kv_cache)) return DSQ_EXIT_USAGE;
+            o.eval.kv_cache_from_model = false;
         } else if (!strcmp(a, "--threads") && has_val) {
             if (!dsq_cmd_parse_u64(argv[++i], &v) || v < 1 || v > 4096)
                 return dsq_cmd_usage_error(me, "--threads needs a count ≥ 1, not '%s'", argv[i]);
@@ -111,7 +112,7 @@ static int cmd_logits(int argc, char **argv) {
                "\"prefill_tokens\": %lld, \"prefill_seconds\": %.6f, \"prefill_tokens_per_s\": %.3f, "
                "\"decode_tokens\": %lld, \"decode_seconds\": %.6f, \"decode_tokens_per_s\": %.3f, \"mtp_seconds\": "
                "%.6f}\n",
-               dsq_numerics_name(o.eval.numerics), dsq_kv_cache_name(o.eval.kv_cache), (long long)r.n_tokens,
+               dsq_numerics_name(o.eval.numerics), dsq_kv_cache_name(r.kv_cache), (long long)r.n_tokens,
                (long long)r.rows, (unsigned long long)r.vocab, (long long)r.prefill_tokens, r.seconds_prefill, pre_tps,
                (long long)r.decode_tokens, r.seconds_decode, dec_tps, r.seconds_mtp);
     } else {

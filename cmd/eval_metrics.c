@@ -91,6 +91,7 @@ int dsq__cmd_score_option(const char *me, int argc, char **argv, int *i, dsq_sco
         if (dsq__cmd_device_option(me, argv[++*i], &o->eval.device)) return -1;
     } else if (!strcmp(a, "--kv-cache")) {
         if (dsq__cmd_kv_cache_option(me, argv[++*i], &o->eval.kv_cache)) return -1;
+        o->eval.kv_cache_from_model = false;
     } else if (!strcmp(a, "--threads")) {
         if (!dsq_cmd_parse_u64(argv[++*i], &v) || v < 1 || v > 4096) {
             dsq_cmd_usage_error(me, "--threads needs a count ≥ 1, not '%s'", argv[*i]);
@@ -352,12 +353,13 @@ int dsq__eval_ppl(int argc, char **argv) {
     a.so.progress = progress_line;
     a.so.user = (void *)me;
     if (s == DSQ_OK) s = dsq_score_ppl(m, &a.so, ids, n, &r, &e);
+    dsq_kv_cache kv_used = m ? dsq_v4_eval_kv_cache(m, &a.so.eval) : a.so.eval.kv_cache;
     dsq_free(ids);
     dsq_v4_model_close(m);
     if (s != DSQ_OK) return finish_fail(me, s, &e);
     if (a.json) {
         printf("{\"numerics\": \"%s\", \"kv_cache\": \"%s\", \"ctx\": %u, \"chunks\": %u, \"tokens\": %llu, ",
-               dsq_numerics_name(a.so.eval.numerics), dsq_kv_cache_name(a.so.eval.kv_cache), plan.n_ctx, plan.n_chunks, (unsigned long long)n);
+               dsq_numerics_name(a.so.eval.numerics), dsq_kv_cache_name(kv_used), plan.n_ctx, plan.n_chunks, (unsigned long long)n);
         json_ppl(stdout, "result", &r);
         printf(", \"ppl\": ");
         json_num(stdout, r.ppl);
@@ -463,6 +465,7 @@ int dsq__eval_kld(int argc, char **argv) {
     } else if (s == DSQ_OK) {
         s = dsq_score_kld(m, &a.so, k.base, ids, n, &st, &e);
     }
+    dsq_kv_cache kv_used = m ? dsq_v4_eval_kv_cache(m, &a.so.eval) : a.so.eval.kv_cache;
     dsq_free(ids);
     dsq_v4_model_close(m);
     if (s != DSQ_OK) return finish_fail(me, s, &e);
@@ -481,7 +484,7 @@ int dsq__eval_kld(int argc, char **argv) {
         printf("{\"base\": ");
         dsq_cmd_json_str(stdout, k.base);
         printf(", \"numerics\": \"%s\", \"kv_cache\": \"%s\", ", dsq_numerics_name(a.so.eval.numerics),
-               dsq_kv_cache_name(a.so.eval.kv_cache));
+               dsq_kv_cache_name(kv_used));
         dsq__cmd_json_kld(stdout, &st);
         printf("}\n");
     } else {

@@ -113,7 +113,7 @@ int dsq__inspect_dsq(const char *path, bool json, bool list, bool check) {
     bool kv_ok = true;
     if (check) {
         missing = check_inventory(path, r, &cfg, &checked);
-        double want = strcmp(kv_enc, "bf16") == 0 ? kv.per_token_bf16 : kv.per_token_compact;
+        double want = dsq_config_kv_per_token(&cfg, kv_enc);
         kv_ok = isfinite(declared) && fabs(declared - want) <= 1e-6 * (want > 1 ? want : 1);
         if (!kv_ok)
             fprintf(stderr, "dsq %s: %s: kv_cache.bytes_per_token %.4f, the config gives %.4f (%s)\n", CMD, path,

@@ -9,6 +9,8 @@
  *    with each encoding;
  *  - a sequence keeps its encoding until reset; unknown encodings are refused. */
 #include "eval_util.h"
+#include "dsq_container.h"
+#include "dsq_recipe.h"
 #include "v4_backend.h"
 
 static dsq_v4_model *tiny;
@@ -209,6 +211,15 @@ static void test_memory_declared(void **state) {
         } else if (k == DSQ_KV_CACHE_COMPACT) {
             assert_true(fabs(bpt - kb.per_token_compact) < 1e-9);
             assert_int_equal(fixed, kb.fixed_compact);
+        }
+        /* lib/format's declaration (containers) agrees with the evaluator's, for every declarable encoding */
+        const char *kf = NULL, *xf = NULL;
+        if (dsq_config_kv_layout(dsq_kv_cache_name((dsq_kv_cache)k), &kf, &xf)) {
+            assert_true(fabs(dsq_config_kv_per_token(c, dsq_kv_cache_name((dsq_kv_cache)k)) - bpt) < 1e-9);
+            assert_int_equal(dsq_config_kv_format_bytes(c, kf), dsq_kv_entry_bytes(c, (dsq_kv_cache)k));
+            assert_int_equal(dsq_config_kv_format_bytes(c, xf), dsq_kv_index_bytes(c, (dsq_kv_cache)k));
+        } else {
+            assert_int_equal(k, DSQ_KV_CACHE_F32); /* f32 alone has no container form */
         }
         /* 160 = 5·32: every ratio (4, 32) divides it, so held = declared exactly; 150 is off both */
         const int64_t ns[] = {NT, 150};
@@ -442,6 +453,115 @@ static void test_cli_buckets_variants(void **state) {
     free(tmp), free(model), free(tok);
 }
 
+/* The cache encoding as a recipe field (issue 11 part 2): "kv_cache" parses, round-trips through
+ * dsq_recipe_to_json and refuses unknown or non-declarable names (f32 has no container form); a container
+ * converted with it declares that encoding (kv_cache.encoding, entry formats, bytes = dsq_kv_declared) and
+ * verifies; the evaluator takes it by default (same logits as --kv-cache fp4, other than --kv-cache f32, which
+ * overrides it); a recipe without the field keeps the old declaration and the f32 default. */
+static void test_recipe_kv_cache(void **state) {
+    const char *good = "{\"name\": \"k\", \"rules\": [{\"match\": \"*\", \"encoding\": \"keep\"}], \"kv_cache\": \"fp4\"}";
+    dsq_recipe *r = NULL;
+    assert_int_equal(dsq_recipe_parse(good, strlen(good), "t", &r, NULL), DSQ_OK);
+    assert_string_equal(r->kv_cache, "fp4");
+    char *js = dsq_recipe_to_json(r);
+    dsq_recipe *r2 = NULL;
+    assert_int_equal(dsq_recipe_parse(js, strlen(js), "t2", &r2, NULL), DSQ_OK);
+    assert_string_equal(r2->kv_cache, "fp4");
+    dsq_recipe_free(r2);
+    dsq_free(js);
+    dsq_recipe_free(r);
+    const char *none = "{\"name\": \"k\", \"rules\": [{\"match\": \"*\", \"encoding\": \"keep\"}]}";
+    assert_int_equal(dsq_recipe_parse(none, strlen(none), "t", &r, NULL), DSQ_OK);
+    assert_null(r->kv_cache);
+    js = dsq_recipe_to_json(r);
+    assert_null(strstr(js, "kv_cache"));
+    dsq_free(js);
+    dsq_recipe_free(r);
+    const char *bad[] = {"\"f32\"", "\"fp9\"", "3", "null", "\"\""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char txt[256];
+        snprintf(txt, sizeof txt, "{\"name\": \"k\", \"rules\": [{\"match\": \"*\", \"encoding\": \"keep\"}], \"kv_cache\": %s}",
+                 bad[i]);
+        dsq_err e = DSQ_ERR_INIT;
+        assert_int_equal(dsq_recipe_parse(txt, strlen(txt), "t", &r, &e), DSQ_ERR_JSON);
+        assert_non_null(strstr(e.msg, "kv_cache"));
+        dsq_err_clear(&e);
+    }
+
+    char *model = dsq_test_shared_path("golden/v4-tiny/model");
+    char *tok = dsq_test_shared_path("golden/v4-tiny/golden-exact.safetensors");
+    char *tmp = dsq_test_tmpdir();
+    char *rf = dsq_test_join(tmp, "r.json"), *rn = dsq_test_join(tmp, "n.json");
+    FILE *f = fopen(rf, "w");
+    fputs(good, f);
+    fclose(f);
+    f = fopen(rn, "w");
+    fputs(none, f);
+    fclose(f);
+    assert_int_equal(dsq_test_run(NULL, NULL, "convert %s %s/k.dsq --recipe %s", model, tmp, rf), 0);
+    assert_int_equal(dsq_test_run(NULL, NULL, "convert %s %s/n.dsq --recipe %s", model, tmp, rn), 0);
+    assert_int_equal(dsq_test_run(NULL, NULL, "verify %s/k.dsq", tmp), 0);
+    assert_int_equal(dsq_test_run(NULL, NULL, "inspect %s/k.dsq --check", tmp), 0);
+    char *so = NULL;
+    assert_int_equal(dsq_test_run(&so, NULL, "inspect %s/k.dsq --json", tmp), 0);
+    assert_non_null(strstr(so, "fp4"));
+    free(so);
+
+    /* the declaration: read the metadata through the container reader */
+    char *kp = dsq_test_join(tmp, "k.dsq");
+    dsq_ctr_reader *cr = NULL;
+    assert_int_equal(dsq_ctr_reader_open(kp, NULL, &cr, NULL), DSQ_OK);
+    size_t ml = 0;
+    const char *meta = dsq_ctr_metadata(cr, &ml);
+    cJSON *mj = cJSON_ParseWithLength(meta, ml);
+    assert_non_null(mj);
+    const cJSON *kv = cJSON_GetObjectItemCaseSensitive(mj, "kv_cache");
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(kv, "encoding")->valuestring, "fp4");
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(kv, "layers"), 0),
+                                                         "window_format")->valuestring,
+                        "kv_fp4");
+    const dsq_v4_config *c = dsq_v4_model_config(tiny);
+    const cJSON *ef = cJSON_GetObjectItemCaseSensitive(kv, "entry_formats");
+    assert_true(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(ef, "kv_fp4"), "bytes")->valuedouble ==
+                (double)dsq_kv_entry_bytes(c, DSQ_KV_CACHE_FP4));
+    assert_null(cJSON_GetObjectItemCaseSensitive(ef, "kv_int4"));
+    double bpt = 0;
+    uint64_t fixed = 0;
+    dsq_kv_declared(c, DSQ_KV_CACHE_FP4, &bpt, &fixed);
+    assert_true(fabs(cJSON_GetObjectItemCaseSensitive(kv, "bytes_per_token")->valuedouble - bpt) < 1e-9);
+    assert_true(cJSON_GetObjectItemCaseSensitive(kv, "fixed_bytes")->valuedouble == (double)fixed);
+    assert_string_equal(
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(mj, "recipe"), "kv_cache")->valuestring, "fp4");
+    cJSON_Delete(mj);
+    dsq_ctr_reader_close(cr);
+    free(kp);
+
+    /* the evaluator's default */
+    const char *runs[][2] = {{"k", ""}, {"k", "--kv-cache fp4"}, {"k", "--kv-cache f32"}, {"n", ""},
+                             {"n", "--kv-cache f32"}};
+    char *lg[5];
+    size_t ln[5];
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(dsq_test_run(&so, NULL, "eval logits %s/%s.dsq --tokens %s --out %s/l%d.st %s --json", tmp,
+                                      runs[i][0], tok, tmp, i, runs[i][1]),
+                         0);
+        assert_non_null(strstr(so, i < 2 ? "\"kv_cache\": \"fp4\"" : "\"kv_cache\": \"f32\""));
+        free(so);
+        char name[32];
+        snprintf(name, sizeof name, "l%d.st", i);
+        char *p = dsq_test_join(tmp, name);
+        lg[i] = dsq_test_read(p, &ln[i]);
+        free(p);
+    }
+    assert_true(ln[0] == ln[1] && !memcmp(lg[0], lg[1], ln[0]));
+    assert_true(ln[0] == ln[2] && memcmp(lg[0], lg[2], ln[0]) != 0);
+    assert_true(ln[2] == ln[3] && !memcmp(lg[2], lg[3], ln[2])); /* f32 weights identical in both containers */
+    assert_true(ln[3] == ln[4] && !memcmp(lg[3], lg[4], ln[3]));
+    for (int i = 0; i < 5; i++) free(lg[i]);
+    dsq_test_rmdir(tmp);
+    free(rf), free(rn), free(tmp), free(model), free(tok);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pack_roundtrip),
@@ -452,6 +572,7 @@ int main(void) {
         cmocka_unit_test(test_encoding_fixed_per_sequence),
         cmocka_unit_test(test_cli),
         cmocka_unit_test(test_cli_buckets_variants),
+        cmocka_unit_test(test_recipe_kv_cache),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -33,6 +33,7 @@ typedef struct dsq_eval_logits_report {
     uint64_t vocab;
     double seconds_prefill, seconds_decode, seconds_mtp;
     int64_t prefill_tokens, decode_tokens;
+    dsq_kv_cache kv_cache; /* the cache encoding used (dsq_v4_eval_kv_cache) */
 } dsq_eval_logits_report;
 
 /* Run `dsq eval logits`: writes `logits` F32 [rows, vocab] — rows = n for a prefill, n − P + 1 with

@@ -105,6 +105,9 @@ void dsq_kv_declared(const dsq_v4_config *c, dsq_kv_cache k, double *bytes_per_t
 typedef struct dsq_eval_options {
     dsq_numerics numerics;    /* default EXACT */
     dsq_kv_cache kv_cache;    /* default F32; a sequence takes it at its first forward call (position 0) */
+    bool kv_cache_from_model; /* default true: a model that declares a cache encoding (a .dsq made with a
+                                 recipe "kv_cache", dsq_v4_model_kv_cache) uses it instead of kv_cache;
+                                 `--kv-cache` sets this false */
     dsq_device device;        /* default cpu */
     int threads;              /* OpenMP threads; 0 (default) = the OpenMP default */
     bool no_shared_clamp;     /* default false: the shared expert is clamped like routed ones (spec §8.30) */
@@ -139,6 +142,12 @@ dsq_status dsq_v4_model_create_ex(dsq_wsrc *src, const dsq_v4_config *cfg, const
 dsq_status dsq_v4_model_check_block(const dsq_v4_model *m, int b, dsq_err *err);
 void dsq_v4_model_close(dsq_v4_model *m); /* accepts NULL */
 const dsq_v4_config *dsq_v4_model_config(const dsq_v4_model *m);
+/* The cache encoding the model declares for evaluation (its .dsq recipe's "kv_cache"): true and *out,
+ * or false when it declares none (safetensors, GGUF, containers without it). */
+bool dsq_v4_model_kv_cache(const dsq_v4_model *m, dsq_kv_cache *out);
+/* The encoding a forward call with options o uses on model m (o->kv_cache, or the declared one when
+ * o->kv_cache_from_model); o may be NULL (defaults). */
+dsq_kv_cache dsq_v4_eval_kv_cache(const dsq_v4_model *m, const dsq_eval_options *o);
 /* Stored bytes of block b's weights (b < n_layers + n_mtp_layers), and of the global tensors. */
 uint64_t dsq_v4_block_bytes(const dsq_v4_model *m, int b);
 uint64_t dsq_v4_global_bytes(const dsq_v4_model *m);

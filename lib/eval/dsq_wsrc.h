@@ -46,6 +46,9 @@ typedef struct dsq_wsrc dsq_wsrc;
 struct dsq_wsrc {
     void *impl;
     const char *path; /* what was opened, for messages */
+    /* The KV-cache encoding the source declares for evaluation (a .dsq container whose recipe has
+     * "kv_cache": its dsq_config_kv_encoding_name spelling, static), or NULL. */
+    const char *kv_cache;
     /* Fill *out for `name`.  DSQ_ERR_MISSING when absent (err may be NULL for a probe). */
     dsq_status (*get)(const dsq_wsrc *s, const char *name, dsq_wview *out, dsq_err *err);
     /* Page-cache hints (madvise WILLNEED / DONTNEED) for a view's bytes; may be no-ops. */

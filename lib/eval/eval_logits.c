@@ -290,6 +290,7 @@ dsq_status dsq_eval_logits(const dsq_eval_logits_options *opt, dsq_eval_logits_r
     rep.rows = rows;
     rep.vocab = V;
 done:
+    if (m) rep.kv_cache = dsq_v4_eval_kv_cache(m, &opt->eval);
     if (report) *report = rep;
     if (pre_logits != o.logits) dsq_free(pre_logits);
     dsq_free(o.logits);

@@ -15,6 +15,7 @@
 void dsq_eval_options_default(dsq_eval_options *o) {
     memset(o, 0, sizeof *o);
     o->numerics = DSQ_NUMERICS_EXACT;
+    o->kv_cache_from_model = true;
 }
 
 bool dsq_numerics_from_name(const char *s, dsq_numerics *out) {
@@ -523,6 +524,16 @@ dsq_status dsq_v4_model_create_ex(dsq_wsrc *src, const dsq_v4_config *cfg, const
 }
 
 const dsq_v4_config *dsq_v4_model_config(const dsq_v4_model *m) { return &m->cfg; }
+
+bool dsq_v4_model_kv_cache(const dsq_v4_model *m, dsq_kv_cache *out) {
+    return m->src && m->src->kv_cache && dsq_kv_cache_from_name(m->src->kv_cache, out);
+}
+
+dsq_kv_cache dsq_v4_eval_kv_cache(const dsq_v4_model *m, const dsq_eval_options *o) {
+    dsq_kv_cache k = DSQ_KV_CACHE_F32;
+    if ((!o || o->kv_cache_from_model) && dsq_v4_model_kv_cache(m, &k)) return k;
+    return o ? o->kv_cache : DSQ_KV_CACHE_F32;
+}
 uint64_t dsq_v4_block_bytes(const dsq_v4_model *m, int b) { return m->blocks[b].bytes; }
 uint64_t dsq_v4_global_bytes(const dsq_v4_model *m) { return m->global_bytes; }
 

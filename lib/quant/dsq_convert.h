@@ -127,8 +127,10 @@ typedef struct dsq_nonfinite_scan {
 dsq_status dsq_convert_scan_piece(void *ctx, const dsq_ctr_tensor *t, int p, uint64_t offset, const uint8_t *bytes,
                                   size_t n, dsq_err *err);
 
-/* The KV-cache declaration of formats/spec/dsq.md §6.1 for a config (heap JSON text, dsq_free). */
+/* The KV-cache declaration of formats/spec/dsq.md §6.1 for a config in cache encoding `encoding`
+ * (dsq_config_kv_layout; NULL = "compact") (heap JSON text, dsq_free; NULL for an unknown encoding or
+ * no memory). */
 struct dsq_v4_config;
-char *dsq_convert_kv_cache_json(const struct dsq_v4_config *c);
+char *dsq_convert_kv_cache_json(const struct dsq_v4_config *c, const char *encoding);
 
 #endif

@@ -154,9 +154,10 @@ static dsq_status check_metadata(dsq_ctr_reader *r, dsq_v4_config *cfg, bool *ha
     }
     const cJSON *kv = cJSON_GetObjectItemCaseSensitive(m, "kv_cache");
     if (*have_cfg) {
-        char *want = dsq_convert_kv_cache_json(cfg);
+        const cJSON *enc = cJSON_GetObjectItemCaseSensitive(kv, "encoding");
+        char *want = dsq_convert_kv_cache_json(cfg, cJSON_IsString(enc) ? enc->valuestring : NULL);
         cJSON *wj = NULL;
-        if (want && dsq_json_parse(want, strlen(want), "kv", &wj, NULL) == DSQ_OK && !cJSON_Compare(wj, kv, true))
+        if (!want || (dsq_json_parse(want, strlen(want), "kv", &wj, NULL) == DSQ_OK && !cJSON_Compare(wj, kv, true)))
             NOTE(dsq_err_set(err, DSQ_ERR_CONFIG, "%s: metadata: kv_cache does not match the config", f));
         cJSON_Delete(wj);
         dsq_free(want);
