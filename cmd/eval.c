@@ -20,6 +20,8 @@ static void logits_help(FILE *f) {
                "  --mtp                  also `mtp_logits` [n-1, vocab] from the MTP block\n"
                "  --dump-hidden          also `layer_out.N` [n, hc, dim] per block and `final_hidden`\n"
                "  --memory-budget SIZE   layer-streaming prefill within SIZE bytes (K/M/G suffixes)\n"
+               "  --prefill-chunk N      prefill in calls of N tokens (same logits; bounded activations at long\n"
+               "                         context; with --decode-from only the last prefill row is kept)\n"
                "  --device cpu|cuda[:N]  where the forward pass runs (default cpu; cuda needs a GPU and a CUDA build)\n"
                "  --kv-cache ENC  how the KV cache is stored: f32 (default), bf16, compact (release FP8/FP4), fp4, int4, compact-idx8\n"
                "  --threads N            OpenMP threads (default: all)\n"
@@ -58,6 +60,10 @@ static int cmd_logits(int argc, char **argv) {
             o.decode_from = (int64_t)v;
         } else if (!strcmp(a, "--device") && has_val) {
             if (dsq__cmd_device_option(me, argv[++i], &o.eval.device)) return DSQ_EXIT_USAGE;
+        } else if (!strcmp(a, "--prefill-chunk") && has_val) {
+            if (!dsq_cmd_parse_u64(argv[++i], &v) || v < 1 || v > INT32_MAX)
+                return dsq_cmd_usage_error(me, "--prefill-chunk needs a token count ≥ 1, not '%s'", argv[i]);
+            o.prefill_chunk = (int64_t)v;
         } else if (!strcmp(a, "--kv-cache") && has_val) {
             if (dsq__cmd_kv_cache_option(me, argv[++i], &o.eval.kv_cache)) return DSQ_EXIT_USAGE;
             o.eval.kv_cache_from_model = false;

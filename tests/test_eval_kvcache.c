@@ -562,6 +562,38 @@ static void test_recipe_kv_cache(void **state) {
     free(rf), free(rn), free(tmp), free(model), free(tok);
 }
 
+/* eval logits --prefill-chunk: the prefill fed in calls of N tokens gives the same bytes as one call, with and
+ * without --decode-from and --dump-hidden, for the f32 and the compact cache. */
+static void test_cli_prefill_chunk(void **state) {
+    char *model = dsq_test_shared_path("golden/v4-tiny/model");
+    char *tok = dsq_test_shared_path("golden/v4-tiny/golden-exact.safetensors");
+    char *tmp = dsq_test_tmpdir();
+    const char *extra[] = {"", "--decode-from 100", "--dump-hidden", "--kv-cache compact --decode-from 150"};
+    for (size_t i = 0; i < sizeof extra / sizeof extra[0]; i++) {
+        assert_int_equal(dsq_test_run(NULL, NULL, "eval logits %s --tokens %s --out %s/a%zu.st %s", model, tok, tmp, i,
+                                      extra[i]),
+                         0);
+        assert_int_equal(dsq_test_run(NULL, NULL, "eval logits %s --tokens %s --out %s/b%zu.st %s --prefill-chunk 37",
+                                      model, tok, tmp, i, extra[i]),
+                         0);
+        char na[32], nb[32];
+        snprintf(na, sizeof na, "a%zu.st", i);
+        snprintf(nb, sizeof nb, "b%zu.st", i);
+        char *pa = dsq_test_join(tmp, na), *pb = dsq_test_join(tmp, nb);
+        size_t la = 0, lb = 0;
+        char *da = dsq_test_read(pa, &la), *db = dsq_test_read(pb, &lb);
+        printf("  %s: %zu bytes, chunked prefill %s\n", extra[i][0] ? extra[i] : "(prefill)", la,
+               la == lb && !memcmp(da, db, la) ? "identical" : "DIFFERENT");
+        assert_true(la > 0 && la == lb && !memcmp(da, db, la));
+        free(da), free(db), free(pa), free(pb);
+    }
+    assert_int_equal(dsq_test_run(NULL, NULL, "eval logits %s --tokens %s --out %s/x.st --prefill-chunk 0", model, tok,
+                                  tmp),
+                     2);
+    dsq_test_rmdir(tmp);
+    free(tmp), free(model), free(tok);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pack_roundtrip),
@@ -573,6 +605,7 @@ int main(void) {
         cmocka_unit_test(test_cli),
         cmocka_unit_test(test_cli_buckets_variants),
         cmocka_unit_test(test_recipe_kv_cache),
+        cmocka_unit_test(test_cli_prefill_chunk),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
