@@ -46,9 +46,6 @@ typedef struct dsq_wsrc dsq_wsrc;
 struct dsq_wsrc {
     void *impl;
     const char *path; /* what was opened, for messages */
-    /* The KV-cache encoding the source declares for evaluation (a .dsq container whose recipe has
-     * "kv_cache": its dsq_config_kv_encoding_name spelling, static), or NULL. */
-    const char *kv_cache;
     /* Fill *out for `name`.  DSQ_ERR_MISSING when absent (err may be NULL for a probe). */
     dsq_status (*get)(const dsq_wsrc *s, const char *name, dsq_wview *out, dsq_err *err);
     /* Page-cache hints (madvise WILLNEED / DONTNEED) for a view's bytes; may be no-ops. */
@@ -66,6 +63,9 @@ struct dsq_wsrc {
      * without checksums (safetensors): the model scans the view's bytes itself. */
     dsq_status (*check)(const dsq_wsrc *s, const dsq_wview *v, bool checksum, bool allow_nonfinite, bool *nonfinite,
                         dsq_err *err);
+    /* The KV-cache encoding the source declares for evaluation (a .dsq container whose recipe has
+     * "kv_cache": its dsq_config_kv_encoding_name spelling, static), or NULL. */
+    const char *kv_cache;
 };
 
 /* Open a safetensors checkpoint (a directory with model.safetensors.index.json or one
