@@ -594,6 +594,41 @@ static void test_cli_prefill_chunk(void **state) {
     free(tmp), free(model), free(tok);
 }
 
+/* The indexer splits a decode token's keys over threads when it is not already inside a parallel loop: the
+ * scores and the top-k are the same bits for 1 and 3 threads (2000 packed keys, compact and f32 caches). */
+static void test_indexer_threads_equal(void **state) {
+    const dsq_v4_config *c = dsq_v4_model_config(tiny);
+    enum { NK = 2000, KSEL = 37 };
+    int nih = c->index_n_heads, ihd = c->index_head_dim;
+    float *row = malloc(sizeof(float) * (size_t)ihd), *qi = malloc(sizeof(float) * (size_t)nih * ihd);
+    float *w = malloc(sizeof(float) * (size_t)nih);
+    uint8_t *keys = malloc((size_t)NK * (size_t)ihd * 4);
+    float *b1 = malloc(sizeof(float) * (NK + (size_t)ihd)), *b3 = malloc(sizeof(float) * (NK + (size_t)ihd));
+    int64_t o1[KSEL], o3[KSEL];
+    uint32_t h = 99;
+    for (int i = 0; i < nih * ihd; i++) qi[i] = (float)((h = h * 1664525u + 1013904223u) >> 8) / 8388608.0f - 1.0f;
+    for (int i = 0; i < nih; i++) w[i] = (float)(i + 1) / (float)nih;
+    const dsq_kv_cache kvs[] = {DSQ_KV_CACHE_F32, DSQ_KV_CACHE_COMPACT};
+    for (size_t k = 0; k < 2; k++) {
+        dsq__run r = {0};
+        r.m = tiny;
+        r.c = c;
+        r.kv = kvs[k];
+        r.idx_bytes = (size_t)dsq_kv_index_bytes(c, r.kv);
+        r.k.threads = 1;
+        for (int j = 0; j < NK; j++) {
+            for (int i = 0; i < ihd; i++) row[i] = (float)((h = h * 1664525u + 1013904223u) >> 8) / 8388608.0f - 1.0f;
+            dsq__backend_cpu.cache_pack(&r, true, row, 1, keys + (size_t)j * r.idx_bytes);
+        }
+        dsq__backend_cpu.indexer_topk(&r, qi, w, keys, NK, KSEL, b1, o1);
+        r.k.threads = 3;
+        dsq__backend_cpu.indexer_topk(&r, qi, w, keys, NK, KSEL, b3, o3);
+        assert_memory_equal(b1, b3, sizeof(float) * NK);
+        assert_memory_equal(o1, o3, sizeof o1);
+    }
+    free(row), free(qi), free(w), free(keys), free(b1), free(b3);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pack_roundtrip),
@@ -606,6 +641,7 @@ int main(void) {
         cmocka_unit_test(test_cli_buckets_variants),
         cmocka_unit_test(test_recipe_kv_cache),
         cmocka_unit_test(test_cli_prefill_chunk),
+        cmocka_unit_test(test_indexer_threads_equal),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

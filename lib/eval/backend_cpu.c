@@ -395,8 +395,11 @@ static void cpu_indexer_topk(const dsq__run *r, const float *qi, const float *w,
                              int64_t k_sel, float *buf, int64_t *out) {
     const dsq_v4_config *c = r->c;
     int nih = c->index_n_heads, ihd = c->index_head_dim;
-    float *kf = buf + n_valid; /* [ihd] the key being scored, dequantized */
+    /* one score per key, independent of the others: a decode token (not already inside the per-token
+     * parallel loop of attention_seg) splits the keys over the threads; the scores do not depend on it */
+#pragma omp parallel for num_threads(r->k.threads) if (n_valid >= 512 && !omp_in_parallel()) schedule(static)
     for (int64_t j = 0; j < n_valid; j++) {
+        float kf[DSQ_V4_MAX_HEAD_DIM]; /* [ihd] the key being scored, dequantized */
         const uint8_t *kp = keys + (size_t)j * r->idx_bytes;
         const float *kj = kf;
         if (r->kv == DSQ_KV_CACHE_F32)
