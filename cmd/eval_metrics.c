@@ -116,6 +116,12 @@ int dsq__cmd_score_option(const char *me, int argc, char **argv, int *i, dsq_sco
             return -1;
         }
         o->max_chunks = (uint32_t)v;
+    } else if (!strcmp(a, "--score-from")) {
+        if (!dsq_cmd_parse_u64(argv[++*i], &v) || v > DSQ_SCORE_MAX_CTX) {
+            dsq_cmd_usage_error(me, "--score-from needs a chunk position (at most --ctx − 2), not '%s'", argv[*i]);
+            return -1;
+        }
+        o->score_from = (int64_t)v;
     } else if (!strcmp(a, "--buckets")) {
         if (!dsq_kld_parse_buckets(argv[++*i], o->bucket_edges, &o->n_bucket_edges)) {
             dsq_cmd_usage_error(me, "--buckets needs up to %d ascending positions > 0 separated by commas, not '%s'",
@@ -140,6 +146,7 @@ void dsq__cmd_score_option_help(FILE *f) {
             "  --ctx N                tokens per chunk including BOS (default %d); the second half is scored\n"
             "  --chunks K             score only the first K chunks (default: all complete chunks)\n"
             "  --batch N              chunks per layer-major pass (default %d)\n"
+            "  --score-from P         score chunk positions P … ctx-2 (default ctx/2: the second half)\n"
             "  --buckets E1,E2,...    kld/compare: KL, top-1 and PPL ratio per context-position bucket with these\n"
             "                         edges (default 1024,8192,32768; empty buckets are not shown)\n"
             "  --no-bos               chunks without the BOS token\n"

@@ -422,6 +422,30 @@ static void test_cli_buckets_variants(void **state) {
     cJSON_Delete(j);
     free(so);
 
+    /* --score-from 0: every chunk position 0 … 62 is scored and kept in the base; buckets [0,16), [16,32),
+     * [32,∞) hold 16, 16, 31 rows per chunk; a start past ctx − 2 is refused */
+    assert_int_equal(dsq_test_run(NULL, NULL, "eval kld %s --tokens %s --ctx 64 --chunks 2 --score-from 0 --save-base "
+                                              "%s/b0.kld",
+                                  model, tok, tmp),
+                     0);
+    assert_int_equal(dsq_test_run(&so, NULL,
+                                  "eval kld %s --tokens %s --ctx 64 --chunks 2 --base %s/b0.kld --kv-cache compact "
+                                  "--buckets 16,32 --json",
+                                  model, tok, tmp),
+                     0);
+    j = cJSON_Parse(so);
+    assert_non_null(j);
+    pb = cJSON_GetObjectItemCaseSensitive(j, "position_buckets");
+    assert_int_equal(cJSON_GetArraySize(pb), 3);
+    const double n0[] = {32, 32, 62};
+    for (int b = 0; b < 3; b++)
+        assert_true(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(pb, b), "n")->valuedouble == n0[b]);
+    assert_true(cJSON_GetObjectItemCaseSensitive(j, "positions")->valuedouble == 126);
+    cJSON_Delete(j);
+    free(so);
+    assert_int_equal(dsq_test_run(NULL, NULL, "eval ppl %s --tokens %s --ctx 64 --chunks 2 --score-from 63", model, tok),
+                     1);
+
     assert_int_equal(dsq_test_run(&so, NULL,
                                   "compare %s --tokens %s --ctx 64 --chunks 2 --out %s/cmp --kv-cache-variants "
                                   "f32,compact --json",

@@ -12,6 +12,7 @@ void dsq_score_options_default(dsq_score_options *o) {
     o->n_ctx = DSQ_SCORE_DEFAULT_CTX;
     o->batch = DSQ_SCORE_DEFAULT_BATCH;
     o->n_bucket_edges = -1;
+    o->score_from = -1;
 }
 
 static int32_t model_bos(const dsq_v4_model *m, const dsq_score_options *o) {
@@ -27,7 +28,14 @@ dsq_status dsq_score_plan(const dsq_v4_model *m, const dsq_score_options *o, uin
     DSQ_RETURN_IF(max_pos && o->n_ctx > max_pos, err, DSQ_ERR_ARG,
                   "a context of %u tokens (--ctx) exceeds the model's max_position_embeddings of %llu", o->n_ctx,
                   (unsigned long long)max_pos);
-    return dsq_ppl_plan_make(n_text, o->n_ctx, o->max_chunks, model_bos(m, o), plan, err);
+    DSQ_TRY(dsq_ppl_plan_make(n_text, o->n_ctx, o->max_chunks, model_bos(m, o), plan, err));
+    if (o->score_from >= 0) {
+        DSQ_RETURN_IF(o->score_from > (int64_t)o->n_ctx - 2, err, DSQ_ERR_ARG,
+                      "--score-from %lld: must be at most --ctx − 2 = %lld", (long long)o->score_from,
+                      (long long)o->n_ctx - 2);
+        plan->score_from = (uint32_t)o->score_from;
+    }
+    return DSQ_OK;
 }
 
 uint64_t dsq_score_text_bound(const dsq_score_options *o) {
