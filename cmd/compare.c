@@ -15,7 +15,8 @@
 #include "eval_metrics.h"
 
 static void help(void) {
-    printf("usage: dsq compare REF Q1 [Q2 ...] (--text TEXTFILE | --tokens FILE) --out DIR [options]\n\n"
+    printf("usage: dsq compare REF [Q1 Q2 ...] (--text TEXTFILE | --tokens FILE) --out DIR [options]\n"
+           "   (at least one build Q or --kv-cache-variants)\n\n"
            "Runs REF over the text and keeps its top-k log-probs (DIR/ref.kld), then runs every build Q\n"
            "on the same tokens: KL(REF ‖ Q) statistics, top-1 agreement, same-sample rate, PPL ratio.\n"
            "With --task, multiple-choice accuracy of every model and each build's flip rate against REF's\n"
@@ -24,6 +25,8 @@ static void help(void) {
            "  --out DIR              report directory (created if missing)\n"
            "  --task TASK.jsonl      HellaSwag-style multiple-choice task (needs REF's tokenizer)\n"
            "  --top-k K              ids kept per position in the base (default %u)\n"
+           "  --kv-cache-variants E1,E2,...  also score REF itself with each cache encoding (report rows\n"
+           "                         \"REF kv=E\"): what cache quantization costs; the base uses --kv-cache\n"
            "  --title TEXT           report title\n"
            "  --overwrite            replace existing files in DIR\n"
            "  --json                 print the per-build numbers as JSON\n",
@@ -68,6 +71,7 @@ static char *build_name(const char *path) {
 typedef struct run {
     const char *ref, *out, *text, *tokens, *task, *title;
     const char *builds[64];
+    int kv[64]; /* per build: its cache encoding (a --kv-cache-variants row of REF), or -1: the --kv-cache one */
     dsq_report_family families[64][DSQ_VERIFY_FAMILIES]; /* per build, from dsq verify --source REF */
     int n_builds;
     dsq_score_options so;
@@ -155,19 +159,24 @@ static dsq_status compare(run *R, dsq_report *rep, dsq_report_build *b, dsq_err 
     for (int i = 0; s == DSQ_OK && i < R->n_builds; i++) {
         fprintf(stderr, "compare: build %s\n", R->builds[i]);
         b[i].file_bytes = build_bytes(R->builds[i]);
+        dsq_score_options so = R->so;
+        if (R->kv[i] >= 0) {
+            so.eval.kv_cache = (dsq_kv_cache)R->kv[i];
+            so.eval.kv_cache_from_model = false;
+        }
         s = dsq_v4_model_open(R->builds[i], &m, err);
-        if (s == DSQ_OK) s = dsq_score_kld(m, &R->so, base, ids, n, &b[i].kld, err);
+        if (s == DSQ_OK) s = dsq_score_kld(m, &so, base, ids, n, &b[i].kld, err);
         dsq_v4_model_close(m);
         m = NULL;
         b[i].has_kld = s == DSQ_OK;
-        if (s == DSQ_OK) {
+        if (s == DSQ_OK && R->kv[i] < 0) {
             s = build_families(R->ref, R->builds[i], R->families[i], &b[i].n_families);
             b[i].families = R->families[i];
             if (s != DSQ_OK) dsq_err_set(err, s, "%s: interrupted", R->builds[i]);
         }
         if (s == DSQ_OK && task) {
             dsq_mc_flips fl;
-            s = score_mc(R->builds[i], &R->so, tok, task, &mr, err);
+            s = score_mc(R->builds[i], &so, tok, task, &mr, err);
             if (s == DSQ_OK) s = dsq_mc_flips_vs_file(answers, task, NULL, &mr, &fl, err);
             if (s == DSQ_OK) {
                 b[i].has_mc = b[i].has_flips = true;
@@ -195,6 +204,8 @@ int dsq_cmd_compare(int argc, char **argv) {
     run R;
     memset(&R, 0, sizeof R);
     dsq_score_options_default(&R.so);
+    for (int i = 0; i < 64; i++) R.kv[i] = -1;
+    const char *variants = NULL;
     dsq__cmd_score_table st;
     dsq__cmd_score_opts(&R.so, &st);
     dsq_opt opts[] = {
@@ -203,6 +214,7 @@ int dsq_cmd_compare(int argc, char **argv) {
         DSQ_OPT_STR("--task", &R.task),
         DSQ_OPT_STR("--out", &R.out),
         DSQ_OPT_STR("--title", &R.title),
+        DSQ_OPT_STR("--kv-cache-variants", &variants),
         DSQ_OPT_U32("--top-k", &R.top_k, 1, DSQ_KBASE_MAX_VOCAB),
         DSQ_OPT_FLAG("--overwrite", &R.overwrite),
         DSQ_OPT_FLAG("--json", &R.json),
@@ -212,13 +224,25 @@ int dsq_cmd_compare(int argc, char **argv) {
     /* pos[0] = REF, then the builds; one slot more than the builds so a 65th is "unexpected" */
     const char *pos[1 + sizeof R.builds / sizeof R.builds[0]];
     int n_pos = 0;
-    dsq_opt_spec spec = {.cmd = me, .opts = opts, .pos = pos, .max_pos = (int)(sizeof pos / sizeof pos[0]), .min_pos = 2,
-                         .missing = "need REF and at least one build", .dash_is_option = true};
+    dsq_opt_spec spec = {.cmd = me, .opts = opts, .pos = pos, .max_pos = (int)(sizeof pos / sizeof pos[0]), .min_pos = 1,
+                         .missing = "need REF and at least one build (or --kv-cache-variants)", .dash_is_option = true};
     int rc = dsq_opt_parse_cmd(&spec, argc, argv, &n_pos);
     if (rc) return rc;
     R.ref = pos[0];
     R.n_builds = n_pos - 1;
     for (int i = 0; i < R.n_builds; i++) R.builds[i] = pos[i + 1];
+    /* --kv-cache-variants: REF again as a build, once per encoding */
+    char vbuf[256], *save = NULL;
+    if (variants && strlen(variants) >= sizeof vbuf) return dsq_cmd_usage_error(me, "--kv-cache-variants is too long");
+    if (variants) strcpy(vbuf, variants);
+    for (char *v = variants ? strtok_r(vbuf, ",", &save) : NULL; v; v = strtok_r(NULL, ",", &save)) {
+        dsq_kv_cache k;
+        if (dsq__cmd_kv_cache_option(me, v, &k)) return DSQ_EXIT_USAGE;
+        if (R.n_builds == 64) return dsq_cmd_usage_error(me, "too many builds (at most 64)");
+        R.kv[R.n_builds] = (int)k;
+        R.builds[R.n_builds++] = R.ref;
+    }
+    if (!R.n_builds) return dsq_cmd_usage_error(me, "need REF and at least one build (or --kv-cache-variants)");
     if (!R.text == !R.tokens) return dsq_cmd_usage_error(me, "give exactly one of --text FILE and --tokens FILE");
     if (!R.out) return dsq_cmd_usage_error(me, "missing --out DIR");
     if (mkdir(R.out, 0755) != 0 && errno != EEXIST) {
@@ -229,7 +253,17 @@ int dsq_cmd_compare(int argc, char **argv) {
     dsq_report_build b[64];
     memset(b, 0, sizeof b);
     char *names[64] = {0}, *ref_name = build_name(R.ref);
-    for (int i = 0; i < R.n_builds; i++) b[i].name = names[i] = build_name(R.builds[i]);
+    for (int i = 0; i < R.n_builds; i++) {
+        names[i] = build_name(R.builds[i]);
+        if (names[i] && R.kv[i] >= 0) { /* "REF kv=ENC" */
+            const char *kn = dsq_kv_cache_name((dsq_kv_cache)R.kv[i]);
+            char *nm = dsq_malloc(strlen(names[i]) + strlen(kn) + 5);
+            if (nm) sprintf(nm, "%s kv=%s", names[i], kn);
+            dsq_free(names[i]);
+            names[i] = nm;
+        }
+        b[i].name = names[i];
+    }
     char cmdline[1024];
     size_t len = (size_t)snprintf(cmdline, sizeof cmdline, "dsq %s", DSQ_VERSION_STRING);
     for (int i = 0; i < argc && len < sizeof cmdline; i++)
@@ -261,6 +295,8 @@ int dsq_cmd_compare(int argc, char **argv) {
                 dsq_cmd_json_str(stdout, b[i].name);
                 printf(", \"path\": ");
                 dsq_cmd_json_str(stdout, R.builds[i]);
+                printf(", \"kv_cache\": \"%s\"",
+                       dsq_kv_cache_name(R.kv[i] >= 0 ? (dsq_kv_cache)R.kv[i] : R.so.eval.kv_cache));
                 printf(", \"bytes\": %llu, ", (unsigned long long)b[i].file_bytes);
                 dsq__cmd_json_kld(stdout, &b[i].kld);
                 if (b[i].has_mc)
@@ -277,9 +313,9 @@ int dsq_cmd_compare(int argc, char **argv) {
             }
             printf("]}\n");
         } else {
-            printf("%-24s %14s %12s %10s %10s %12s\n", "build", "bytes", "mean KL", "top-1", "PPL ratio", "MC acc");
+            printf("%-32s %14s %12s %10s %10s %12s\n", "build", "bytes", "mean KL", "top-1", "PPL ratio", "MC acc");
             for (int i = 0; i < R.n_builds; i++) {
-                printf("%-24s %14llu %12.5g %9.2f%% %10.5f", b[i].name, (unsigned long long)b[i].file_bytes,
+                printf("%-32s %14llu %12.5g %9.2f%% %10.5f", b[i].name, (unsigned long long)b[i].file_bytes,
                        b[i].kld.kl_mean, 100 * b[i].kld.top1, b[i].kld.ppl_ratio);
                 if (b[i].has_mc)
                     printf(" %11.2f%%\n", 100 * b[i].mc_acc);

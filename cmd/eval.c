@@ -20,8 +20,10 @@ static void logits_help(FILE *f) {
                "  --mtp                  also `mtp_logits` [n-1, vocab] from the MTP block\n"
                "  --dump-hidden          also `layer_out.N` [n, hc, dim] per block and `final_hidden`\n"
                "  --memory-budget SIZE   layer-streaming prefill within SIZE bytes (K/M/G suffixes)\n"
+               "  --prefill-chunk N      prefill in calls of N tokens (same logits; bounded activations at long\n"
+               "                         context; with --decode-from only the last prefill row is kept)\n"
                "  --device cpu|cuda[:N]  where the forward pass runs (default cpu; cuda needs a GPU and a CUDA build)\n"
-               "  --kv-cache f32|bf16|compact  how the KV cache is stored (default f32; compact = release FP8/FP4)\n"
+               "  --kv-cache ENC  how the KV cache is stored: f32 (default), bf16, compact (release FP8/FP4), fp4, int4, compact-idx8\n"
                "  --threads N            OpenMP threads (default: all)\n"
                "  --no-shared-clamp      do not clamp the shared expert's SwiGLU (earlier reference revision)\n"
                "  --scalar               portable kernels only (no AVX2)\n"
@@ -41,13 +43,14 @@ static int cmd_logits(int argc, char **argv) {
     memset(&o, 0, sizeof o);
     dsq_eval_options_default(&o.eval);
     bool json = false;
-    uint32_t decode_from = 0;
+    uint32_t decode_from = 0, prefill_chunk = 0;
     dsq_opt eval_opts[DSQ__CMD_EVAL_OPTS];
     dsq__cmd_eval_opts(&o.eval, eval_opts);
     dsq_opt opts[] = {
         DSQ_OPT_STR("--tokens", &o.tokens),
         DSQ_OPT_STR("--out", &o.out),
         DSQ_OPT_U32("--decode-from", &decode_from, 1, INT32_MAX),
+        DSQ_OPT_U32("--prefill-chunk", &prefill_chunk, 1, INT32_MAX),
         DSQ_OPT_SIZE("--memory-budget", &o.memory_budget, 1, UINT64_MAX),
         DSQ_OPT_FLAG("--mtp", &o.mtp),
         DSQ_OPT_FLAG("--dump-hidden", &o.dump_hidden),
@@ -61,6 +64,7 @@ static int cmd_logits(int argc, char **argv) {
     int rc = dsq_opt_parse_cmd(&spec, argc, argv, NULL);
     if (rc) return rc;
     o.decode_from = decode_from;
+    o.prefill_chunk = prefill_chunk;
     if (!o.tokens) return dsq_cmd_usage_error(me, "missing --tokens FILE");
     if (!o.out) return dsq_cmd_usage_error(me, "missing --out FILE");
     dsq_signals_install();
@@ -81,7 +85,7 @@ static int cmd_logits(int argc, char **argv) {
                "\"prefill_tokens\": %lld, \"prefill_seconds\": %.6f, \"prefill_tokens_per_s\": %.3f, "
                "\"decode_tokens\": %lld, \"decode_seconds\": %.6f, \"decode_tokens_per_s\": %.3f, \"mtp_seconds\": "
                "%.6f}\n",
-               dsq_numerics_name(o.eval.numerics), dsq_kv_cache_name(o.eval.kv_cache), (long long)r.n_tokens,
+               dsq_numerics_name(o.eval.numerics), dsq_kv_cache_name(r.kv_cache), (long long)r.n_tokens,
                (long long)r.rows, (unsigned long long)r.vocab, (long long)r.prefill_tokens, r.seconds_prefill, pre_tps,
                (long long)r.decode_tokens, r.seconds_decode, dec_tps, r.seconds_mtp);
     } else {

@@ -66,9 +66,39 @@ static dsq_opt_fn_result device_fn(const char *v, void *dest, char *msg, size_t 
     return DSQ_OPT_FN_FAIL;
 }
 
+/* dest: the dsq_eval_options; an explicit cache encoding overrides the one the model declares. */
 static dsq_opt_fn_result kv_cache_fn(const char *v, void *dest, char *msg, size_t cap) {
-    if (dsq_kv_cache_from_name(v, dest)) return DSQ_OPT_FN_OK;
-    snprintf(msg, cap, "--kv-cache must be f32, bf16 or compact, not '%s'", v);
+    dsq_eval_options *e = dest;
+    if (dsq_kv_cache_from_name(v, &e->kv_cache)) {
+        e->kv_cache_from_model = false;
+        return DSQ_OPT_FN_OK;
+    }
+    snprintf(msg, cap, "--kv-cache must be one of " DSQ_KV_CACHE_NAMES ", not '%s'", v);
+    return DSQ_OPT_FN_BAD;
+}
+
+int dsq__cmd_kv_cache_option(const char *me, const char *name, dsq_kv_cache *out) {
+    if (dsq_kv_cache_from_name(name, out)) return 0;
+    dsq_cmd_usage_error(me, "--kv-cache must be one of " DSQ_KV_CACHE_NAMES ", not '%s'", name);
+    return -1;
+}
+
+static dsq_opt_fn_result score_from_fn(const char *v, void *dest, char *msg, size_t cap) {
+    uint64_t n = 0;
+    if (dsq_opt_parse_u64(v, &n) && n <= DSQ_SCORE_MAX_CTX) {
+        *(int64_t *)dest = (int64_t)n;
+        return DSQ_OPT_FN_OK;
+    }
+    snprintf(msg, cap, "--score-from needs a chunk position (at most --ctx − 2), not '%s'", v);
+    return DSQ_OPT_FN_BAD;
+}
+
+/* dest: the dsq_score_options */
+static dsq_opt_fn_result buckets_fn(const char *v, void *dest, char *msg, size_t cap) {
+    dsq_score_options *o = dest;
+    if (dsq_kld_parse_buckets(v, o->bucket_edges, &o->n_bucket_edges)) return DSQ_OPT_FN_OK;
+    snprintf(msg, cap, "--buckets needs up to %d ascending positions > 0 separated by commas, not '%s'",
+             DSQ_KLD_MAX_BUCKETS - 1, v);
     return DSQ_OPT_FN_BAD;
 }
 
@@ -76,7 +106,7 @@ void dsq__cmd_eval_opts(dsq_eval_options *e, dsq_opt t[DSQ__CMD_EVAL_OPTS]) {
     const dsq_opt table[DSQ__CMD_EVAL_OPTS] = {
         DSQ_OPT_FN("--numerics", &e->numerics, numerics_fn),
         DSQ_OPT_FN("--device", &e->device, device_fn),
-        DSQ_OPT_FN("--kv-cache", &e->kv_cache, kv_cache_fn),
+        DSQ_OPT_FN("--kv-cache", e, kv_cache_fn),
         DSQ_OPT_INT("--threads", &e->threads, 1, 4096),
         DSQ_OPT_FLAG("--scalar", &e->force_scalar),
         DSQ_OPT_FLAG("--no-shared-clamp", &e->no_shared_clamp),
@@ -97,6 +127,8 @@ void dsq__cmd_score_opts(dsq_score_options *o, dsq__cmd_score_table *t) {
         DSQ_OPT_U32("--chunks", &o->max_chunks, 1, UINT32_MAX),
         DSQ_OPT_U32("--batch", &o->batch, 1, 4096),
         DSQ_OPT_FLAG("--no-bos", &o->no_bos),
+        DSQ_OPT_FN("--score-from", &o->score_from, score_from_fn),
+        DSQ_OPT_FN("--buckets", o, buckets_fn),
         DSQ_OPT_END,
     };
     memcpy(t->score, table, sizeof table);
@@ -115,11 +147,14 @@ void dsq__cmd_score_option_help(FILE *f) {
             "  --ctx N                tokens per chunk including BOS (default %d); the second half is scored\n"
             "  --chunks K             score only the first K chunks (default: all complete chunks)\n"
             "  --batch N              chunks per layer-major pass (default %d)\n"
+            "  --score-from P         score chunk positions P … ctx-2 (default ctx/2: the second half)\n"
+            "  --buckets E1,E2,...    kld/compare: KL, top-1 and PPL ratio per context-position bucket with these\n"
+            "                         edges (default 1024,8192,32768; empty buckets are not shown)\n"
             "  --no-bos               chunks without the BOS token\n"
             "  --numerics exact|release  exact: f32 (default); release: the official bf16/FP8/FP4 arithmetic\n"
             "  --memory-budget SIZE   layer-streaming within SIZE bytes (K/M/G suffixes)\n"
             "  --device cpu|cuda[:N]  where the forward pass runs (default cpu; cuda needs a GPU and a CUDA build)\n"
-            "  --kv-cache f32|bf16|compact  how the KV cache is stored (default f32; compact = release FP8/FP4)\n"
+            "  --kv-cache ENC  how the KV cache is stored: f32 (default), bf16, compact (release FP8/FP4), fp4, int4, compact-idx8\n"
             "  --threads N            OpenMP threads (default: all)\n"
             "  --no-shared-clamp      do not clamp the shared expert's SwiGLU\n"
             "  --scalar               portable kernels only (no AVX2)\n"
@@ -185,6 +220,23 @@ void dsq__cmd_json_kld(FILE *f, const dsq_kld_stats *s) {
         json_num(f, s->band_kl_mean[b]);
         fputs("}", f);
     }
+    fputs("], \"position_buckets\": [", f);
+    for (int b = 0; b < s->n_buckets; b++) {
+        fprintf(f, "%s{\"lo\": %llu, \"hi\": ", b ? ", " : "", (unsigned long long)s->bucket_lo[b]);
+        if (s->bucket_hi[b] == UINT64_MAX)
+            fputs("null", f);
+        else
+            fprintf(f, "%llu", (unsigned long long)s->bucket_hi[b]);
+        fprintf(f, ", \"n\": %llu", (unsigned long long)s->bucket_n[b]);
+        const char *k[] = {"kl_mean", "kl_mean_se", "top1", "top1_se", "ppl_ratio", "ppl_ratio_se"};
+        double v[] = {s->bucket_kl_mean[b], s->bucket_kl_mean_se[b], s->bucket_top1[b],
+                      s->bucket_top1_se[b], s->bucket_ppl_ratio[b], s->bucket_ppl_ratio_se[b]};
+        for (int i = 0; i < 6; i++) {
+            fprintf(f, ", \"%s\": ", k[i]);
+            json_num(f, v[i]);
+        }
+        fputs("}", f);
+    }
     fputs("], \"histogram\": [", f);
     for (int b = 0; b < DSQ_KLD_HIST_BINS; b++) {
         fprintf(f, "%s{\"lo\": ", b ? ", " : "");
@@ -214,6 +266,16 @@ void dsq__cmd_print_kld(FILE *f, const dsq_kld_stats *s) {
             fprintf(f, "%.6g\n", s->band_kl_mean[b]);
         else
             fprintf(f, "—\n");
+    }
+    fprintf(f, "by context position:  %-16s %9s %12s %10s %16s\n", "positions", "scored", "mean KL", "top-1",
+            "PPL ratio");
+    for (int b = 0; b < s->n_buckets; b++) {
+        char lab[64];
+        /* "∞" is 3 bytes, 1 column: pad by bytes + 2 */
+        fprintf(f, "                      %-*s %9llu %12.6g %9.4f%% %9.6f ± %.6f\n",
+                s->bucket_hi[b] == UINT64_MAX ? 18 : 16, dsq_kld_bucket_label(s, b, lab, sizeof lab),
+                (unsigned long long)s->bucket_n[b], s->bucket_kl_mean[b],
+                100 * s->bucket_top1[b], s->bucket_ppl_ratio[b], s->bucket_ppl_ratio_se[b]);
     }
 }
 
@@ -290,12 +352,13 @@ int dsq__eval_ppl(int argc, char **argv) {
     a.so.progress = progress_line;
     a.so.user = (void *)me;
     if (s == DSQ_OK) s = dsq_score_ppl(m, &a.so, ids, n, &r, &e);
+    dsq_kv_cache kv_used = m ? dsq_v4_eval_kv_cache(m, &a.so.eval) : a.so.eval.kv_cache;
     dsq_free(ids);
     dsq_v4_model_close(m);
     if (s != DSQ_OK) return finish_fail(me, s, &e);
     if (a.json) {
         printf("{\"numerics\": \"%s\", \"kv_cache\": \"%s\", \"ctx\": %u, \"chunks\": %u, \"tokens\": %llu, ",
-               dsq_numerics_name(a.so.eval.numerics), dsq_kv_cache_name(a.so.eval.kv_cache), plan.n_ctx, plan.n_chunks, (unsigned long long)n);
+               dsq_numerics_name(a.so.eval.numerics), dsq_kv_cache_name(kv_used), plan.n_ctx, plan.n_chunks, (unsigned long long)n);
         json_ppl(stdout, "result", &r);
         printf(", \"ppl\": ");
         json_num(stdout, r.ppl);
@@ -376,6 +439,7 @@ int dsq__eval_kld(int argc, char **argv) {
     } else if (s == DSQ_OK) {
         s = dsq_score_kld(m, &a.so, k.base, ids, n, &st, &e);
     }
+    dsq_kv_cache kv_used = m ? dsq_v4_eval_kv_cache(m, &a.so.eval) : a.so.eval.kv_cache;
     dsq_free(ids);
     dsq_v4_model_close(m);
     if (s != DSQ_OK) return finish_fail(me, s, &e);
@@ -394,7 +458,7 @@ int dsq__eval_kld(int argc, char **argv) {
         printf("{\"base\": ");
         dsq_cmd_json_str(stdout, k.base);
         printf(", \"numerics\": \"%s\", \"kv_cache\": \"%s\", ", dsq_numerics_name(a.so.eval.numerics),
-               dsq_kv_cache_name(a.so.eval.kv_cache));
+               dsq_kv_cache_name(kv_used));
         dsq__cmd_json_kld(stdout, &st);
         printf("}\n");
     } else {

@@ -21,7 +21,7 @@ dsq_status dsq__cmd_load_tokens(const char *model_dir, const char *text_path, co
 /* The option table of the evaluator's settings (cmd/opt.h), filled to point into *e: --numerics,
  * --device (checked: a device this build or machine lacks is refused while parsing), --kv-cache,
  * --threads, --scalar, --no-shared-clamp, --no-verify-data, --allow-nonfinite. */
-enum { DSQ__CMD_EVAL_OPTS = 9, DSQ__CMD_SCORE_OPTS = 7 };
+enum { DSQ__CMD_EVAL_OPTS = 9, DSQ__CMD_SCORE_OPTS = 9 };
 void dsq__cmd_eval_opts(dsq_eval_options *e, dsq_opt t[DSQ__CMD_EVAL_OPTS]);
 
 /* The scoring options of ppl/kld/diff/mc, compare, generate and calibrate: the evaluator's table
@@ -38,6 +38,8 @@ void dsq__cmd_score_opts(dsq_score_options *o, dsq__cmd_score_table *t);
 int dsq__cmd_score_option(const char *me, int argc, char **argv, int *i, dsq_score_options *o);
 /* The lines of help for those options. */
 void dsq__cmd_score_option_help(FILE *f);
+/* --kv-cache NAME into *out; a usage error printed for `me` (-1) when NAME is not a cache encoding. */
+int dsq__cmd_kv_cache_option(const char *me, const char *name, dsq_kv_cache *out);
 
 /* Print KL statistics as text, or as the members of a JSON object (without braces). */
 void dsq__cmd_print_kld(FILE *f, const dsq_kld_stats *s);

@@ -19,7 +19,7 @@ static void help(void) {
            "  --seed S               sampling seed (default 0)\n"
            "  --ignore-eos           do not stop at the end-of-sentence token\n"
            "  --no-bos               without --chat: the prompt without the BOS token\n"
-           "  --numerics exact|release, --device cpu|cuda[:N], --kv-cache f32|bf16|compact, --threads N, --scalar,\n"
+           "  --numerics exact|release, --device cpu|cuda[:N], --kv-cache f32|bf16|compact|fp4|int4|compact-idx8, --threads N, --scalar,\n"
            "  --no-shared-clamp, --no-verify-data, --allow-nonfinite        as for dsq eval\n"
            "  --json                 print {\"prompt_ids\", \"ids\", \"text\"} at the end instead of streaming\n");
 }

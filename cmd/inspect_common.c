@@ -72,12 +72,12 @@ static uint64_t kv_seq_bytes(const dsq_v4_config *cf, dsq_kv_cache k, uint64_t t
 /* One sequence's cache bytes per evaluator cache encoding (dsq_kv_declared), both views. */
 void dsq__inspect_kv_text(const dsq_v4_config *cf) {
     char a[64];
-    printf("KV bytes:    encoding  per token         8K       128K         1M  (one sequence, all blocks)\n");
+    printf("KV bytes:    encoding      per token         8K       128K         1M  (one sequence, all blocks)\n");
     for (int k = 0; k < DSQ_KV_CACHE_COUNT; k++) {
         double bpt = 0;
         uint64_t fixed = 0;
         dsq_kv_declared(cf, (dsq_kv_cache)k, &bpt, &fixed);
-        printf("             %-8s %10.2f", dsq_kv_cache_name((dsq_kv_cache)k), bpt);
+        printf("             %-12s %10.2f", dsq_kv_cache_name((dsq_kv_cache)k), bpt);
         for (int i = 0; i < KV_TABLE_N; i++)
             printf(" %10s", dsq__inspect_hbytes(kv_seq_bytes(cf, (dsq_kv_cache)k, kv_table_tokens[i]), a, sizeof a));
         printf("\n");

@@ -65,7 +65,7 @@ static void test_build_read_back(void **state) {
     assert_false(m->config_json_not_string);
     assert_string_equal(m->generation_config_json, "{\"do_sample\":true}");
     /* the declaration is the config's, and its per-token bytes are lib/format's KV figure */
-    char *kv = dsq_ctr_meta_kv_cache_json(&cfg);
+    char *kv = dsq_ctr_meta_kv_cache_json(&cfg, NULL);
     assert_string_equal(m->kv_cache.json, kv);
     assert_string_equal(m->kv_cache.encoding, "compact");
     dsq_kv_bytes kb;

@@ -372,7 +372,7 @@ static dsq_wsrc *mutant_src(const char *target, int how, dsq_encoding to, int gr
     mu->to = to;
     mu->to_group = group;
     dsq_wsrc *s = calloc(1, sizeof *s);
-    *s = (dsq_wsrc){mu, "mutant", mut_get, NULL, NULL, mut_close, NULL, NULL};
+    *s = (dsq_wsrc){mu, "mutant", mut_get, NULL, NULL, mut_close, NULL, NULL, NULL};
     return s;
 }
 

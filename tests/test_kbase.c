@@ -493,8 +493,8 @@ static void test_malformed(void **state) {
             dsq_put_u32le(h + 16, 0);
         else if (!strcmp(n, "n_ctx < 3"))
             dsq_put_u32le(h + 24, 2), dsq_put_u32le(h + 28, 1);
-        else if (!strcmp(n, "score_from"))
-            dsq_put_u32le(h + 28, 2);
+        else if (!strcmp(n, "score_from")) /* past n_ctx − 2: no position left to score */
+            dsq_put_u32le(h + 28, 1000);
         else if (!strcmp(n, "stride"))
             dsq_put_u32le(h + 40, 8);
         else if (!strcmp(n, "bos >= vocab"))

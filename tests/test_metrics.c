@@ -519,6 +519,77 @@ static void test_kl_golden_exact_vs_release(void **state) {
     free(pr);
 }
 
+/* Position buckets, a hand-made case: edges 4, 8, 100 → [0,4), [4,8), [8,100), [100,∞).  Rows at positions
+ * 1, 2 (bucket 0), 5 (bucket 1), 9, 50, 99 (bucket 2), none ≥ 100 (omitted).  Per bucket: n, mean KL, top-1
+ * and PPL ratio = exp(mean(nll_cand − nll_ref)) computed by hand; the default edges are 1024/8192/32768;
+ * bad edge lists are refused; edges cannot change after the first add. */
+static void test_kl_position_buckets(void **state) {
+    dsq_kld_acc *acc;
+    assert_int_equal(dsq_kld_acc_create(&acc, NULL), DSQ_OK);
+    const uint64_t edges[] = {4, 8, 100};
+    assert_int_equal(dsq_kld_acc_set_buckets(acc, edges, 3, NULL), DSQ_OK);
+    struct {
+        uint64_t pos;
+        double kl, nll_ref, nll_cand;
+        bool top1;
+    } rows[] = {
+        {1, 0.1, 2.0, 2.5, true},  {2, 0.3, 1.0, 1.1, false}, {5, 0.2, 3.0, 2.0, true},
+        {9, 0.0, 1.0, 1.0, true},  {50, 0.6, 2.0, 2.6, false}, {99, 0.3, 4.0, 4.3, true},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        dsq_kld_pos p = {.kl = rows[i].kl, .ref_top1_p = 0.5, .nll_ref = rows[i].nll_ref, .nll_cand = rows[i].nll_cand,
+                         .top1_agree = rows[i].top1, .ctx_pos = rows[i].pos};
+        assert_int_equal(dsq_kld_acc_add(acc, &p, NULL), DSQ_OK);
+    }
+    dsq_err e = DSQ_ERR_INIT;
+    assert_int_equal(dsq_kld_acc_set_buckets(acc, edges, 3, &e), DSQ_ERR_STATE);
+    dsq_err_clear(&e);
+    dsq_kld_stats s;
+    assert_int_equal(dsq_kld_acc_stats(acc, &s, NULL), DSQ_OK);
+    assert_int_equal(s.n_buckets, 3);
+    const uint64_t lo[] = {0, 4, 8}, hi[] = {4, 8, 100}, n[] = {2, 1, 3};
+    const double kl[] = {0.2, 0.2, 0.3}, top1[] = {0.5, 1.0, 2.0 / 3.0};
+    const double ratio[] = {exp((0.5 + 0.1) / 2), exp(-1.0), exp((0.0 + 0.6 + 0.3) / 3)};
+    for (int b = 0; b < 3; b++) {
+        assert_int_equal(s.bucket_lo[b], lo[b]);
+        assert_int_equal(s.bucket_hi[b], hi[b]);
+        assert_int_equal(s.bucket_n[b], n[b]);
+        assert_true(fabs(s.bucket_kl_mean[b] - kl[b]) < 1e-12);
+        assert_true(fabs(s.bucket_top1[b] - top1[b]) < 1e-12);
+        assert_true(fabs(s.bucket_ppl_ratio[b] - ratio[b]) < 1e-12);
+    }
+    assert_true(s.bucket_kl_mean_se[1] == 0 && s.bucket_ppl_ratio_se[1] == 0); /* one row: no spread */
+    char lab[64];
+    assert_string_equal(dsq_kld_bucket_label(&s, 0, lab, sizeof lab), "[0, 4)");
+    dsq_kld_acc_free(acc);
+
+    /* a row past the last edge lands in the open bucket; default edges */
+    assert_int_equal(dsq_kld_acc_create(&acc, NULL), DSQ_OK);
+    dsq_kld_pos p = {.kl = 1.0, .ctx_pos = 40000};
+    assert_int_equal(dsq_kld_acc_add(acc, &p, NULL), DSQ_OK);
+    p.ctx_pos = 1023;
+    assert_int_equal(dsq_kld_acc_add(acc, &p, NULL), DSQ_OK);
+    assert_int_equal(dsq_kld_acc_stats(acc, &s, NULL), DSQ_OK);
+    assert_int_equal(s.n_buckets, 2);
+    assert_true(s.bucket_lo[0] == 0 && s.bucket_hi[0] == 1024 && s.bucket_n[0] == 1);
+    assert_true(s.bucket_lo[1] == 32768 && s.bucket_hi[1] == UINT64_MAX && s.bucket_n[1] == 1);
+    assert_string_equal(dsq_kld_bucket_label(&s, 1, lab, sizeof lab), "[32768, ∞)");
+    dsq_kld_acc_free(acc);
+
+    /* parsing */
+    uint64_t ed[DSQ_KLD_MAX_BUCKETS];
+    int ne = 0;
+    assert_true(dsq_kld_parse_buckets("128,256,512", ed, &ne) && ne == 3 && ed[0] == 128 && ed[2] == 512);
+    const char *bad[] = {"", "0", "5,5", "8,4", "1,,2", "1,", "a", "-3", "1 2", "99999999999999999999999",
+                         "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) assert_false(dsq_kld_parse_buckets(bad[i], ed, &ne));
+    assert_int_equal(dsq_kld_acc_create(&acc, NULL), DSQ_OK);
+    const uint64_t desc[] = {8, 4};
+    assert_int_equal(dsq_kld_acc_set_buckets(acc, desc, 2, &e), DSQ_ERR_ARG);
+    dsq_err_clear(&e);
+    dsq_kld_acc_free(acc);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_log_softmax_hand),
@@ -533,6 +604,7 @@ int main(void) {
         cmocka_unit_test(test_kl_self_is_zero),
         cmocka_unit_test(test_kl_vs_reference),
         cmocka_unit_test(test_kl_bands_hist),
+        cmocka_unit_test(test_kl_position_buckets),
         cmocka_unit_test(test_kl_golden_exact_vs_release),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -166,7 +166,7 @@ static void test_html_content(void **state) {
     assert_int_equal(count(html, "<rect x=\"190\""), 18); /* 6 families × 3 builds */
     assert_int_equal(count(html, "<figure>"), count(html, "</figure>"));
     assert_int_equal(count(html, "<table"), count(html, "</table>"));
-    assert_int_equal(count(html, "</table>"), 3); /* summary, bands, families */
+    assert_int_equal(count(html, "</table>"), 4); /* summary, bands, position buckets, families */
     assert_int_equal(count(html, "<tr>"), count(html, "</tr>"));
     assert_non_null(strstr(html, "</html>\n"));
     dsq_free(html);
@@ -179,6 +179,47 @@ static void test_html_content(void **state) {
     assert_int_equal(dsq_report_render_html(&r2, &html, &len, NULL), DSQ_OK);
     assert_non_null(strstr(html, "No build has a positive"));
     assert_int_equal(count(html, "<svg"), 1); /* the histogram */
+    dsq_free(html);
+}
+
+/* Drift by context position: a row per build and non-empty bucket, in both renderings, numbers from the stats;
+ * no section when no build has buckets. */
+static void test_position_buckets(void **state) {
+    dsq_report r;
+    dsq_report_build b[3];
+    make_report(&r, b);
+    char *md, *html;
+    size_t len;
+    for (int i = 0; i < 3; i++) b[i].kld.n_buckets = 0;
+    assert_int_equal(dsq_report_render_md(&r, &md, &len, NULL), DSQ_OK);
+    assert_null(strstr(md, "Drift by context position"));
+    dsq_free(md);
+    b[2].kld.n_buckets = 2;
+    b[2].kld.bucket_lo[0] = 512;
+    b[2].kld.bucket_hi[0] = 768;
+    b[2].kld.bucket_n[0] = 300;
+    b[2].kld.bucket_kl_mean[0] = 0.0125;
+    b[2].kld.bucket_kl_mean_se[0] = 0.001;
+    b[2].kld.bucket_top1[0] = 0.9;
+    b[2].kld.bucket_ppl_ratio[0] = 1.0125;
+    b[2].kld.bucket_ppl_ratio_se[0] = 0.002;
+    b[2].kld.bucket_lo[1] = 768;
+    b[2].kld.bucket_hi[1] = UINT64_MAX;
+    b[2].kld.bucket_n[1] = 211;
+    b[2].kld.bucket_kl_mean[1] = 0.05;
+    b[2].kld.bucket_top1[1] = 0.8;
+    b[2].kld.bucket_ppl_ratio[1] = 1.04;
+    assert_int_equal(dsq_report_render_md(&r, &md, &len, NULL), DSQ_OK);
+    char *sec = strstr(md, "## Drift by context position");
+    assert_non_null(sec);
+    assert_non_null(strstr(sec, "| bad 2-bit | [512, 768) | 300 | 0.0125 ± 0.001 | 90.00% | 1.0125 ± 0.002 |"));
+    assert_non_null(strstr(sec, "| bad 2-bit | [768, ∞) | 211 | 0.05 ± 0 | 80.00% | 1.04 ± 0 |"));
+    assert_int_equal(count(sec, "| bad 2-bit |"), 2);
+    dsq_free(md);
+    assert_int_equal(dsq_report_render_html(&r, &html, &len, NULL), DSQ_OK);
+    sec = strstr(html, "<h2>Drift by context position</h2>");
+    assert_non_null(sec);
+    assert_non_null(strstr(sec, "<td>bad 2-bit</td><td>[768, ∞)</td><td>211</td>"));
     dsq_free(html);
 }
 
@@ -324,6 +365,7 @@ static void test_chromium_renders(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_markdown),
+        cmocka_unit_test(test_position_buckets),
         cmocka_unit_test(test_html_content),
         cmocka_unit_test(test_write),
         cmocka_unit_test(test_chromium_renders),

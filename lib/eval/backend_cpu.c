@@ -150,11 +150,43 @@ static void cpu_q_rows(const dsq__run *r, const v4_block_w *B, float *q, float *
 
 /* ---- the KV cache (dsq_kv_cache) ----------------------------------------------------------------
  * Byte layouts of one entry (formats/spec/dsq.md §6.1).  An f32 kv entry is [nd non-rope][rd rope] in
- * memory order (kv_rows puts RoPE on the last rd dims); the compact one puts the rope part first:
- *   f32      [hd] f32                      (indexer key [ihd] f32)
- *   bf16     [hd] bf16                     (indexer key [ihd] bf16)
- *   compact  kv_compact: [rd] bf16 rope | [nd] e4m3 non-rope | [ceil(nd/64)] UE8M0 scales
- *            index_fp4:  [ihd/2] e2m1, two per byte, low nibble = even dim | [ihd/32] UE8M0 scales */
+ * memory order (kv_rows puts RoPE on the last rd dims); every packed form but bf16 puts the rope part first:
+ *   f32           [hd] f32                      (indexer key [ihd] f32)
+ *   bf16          [hd] bf16                     (indexer key [ihd] bf16)
+ *   compact       kv_compact: [rd] bf16 rope | [nd] e4m3 non-rope | [ceil(nd/64)] UE8M0 scales
+ *                 index_fp4:  [ihd/2] e2m1, two per byte, low nibble = even dim | [ihd/32] UE8M0 scales
+ *   fp4           kv_fp4:     [rd] bf16 rope | [nd/2] e2m1x2 (low nibble = even dim) | [nd/32] UE8M0;  index_fp4
+ *   int4          kv_int4:    [rd] bf16 rope | [nd/2] int4x2 two's complement in [-7, 7] | [nd/32] bf16 scales;
+ *                 index_fp4
+ *   compact-idx8  kv_compact; index_fp8: [ihd] e4m3 | [ihd/32] UE8M0 scales
+ * Scale rules: UE8M0 ones are the release simulation's (lib/quant dsq_act_fp8_quant / dsq_act_fp4_quant);
+ * int4: s = bf16(amax/7) per 32, q = clamp(rint(x/s), ±7) (s = 0: all codes 0). */
+
+static void int4_quant(const float *x, int n, uint8_t *codes, uint8_t *scales) {
+    memset(codes, 0, (size_t)(n + 1) / 2);
+    for (int b0 = 0, bi = 0; b0 < n; b0 += DSQ_KV_Q4_BLOCK, bi++) {
+        int len = n - b0 < DSQ_KV_Q4_BLOCK ? n - b0 : DSQ_KV_Q4_BLOCK;
+        float amax = 0;
+        for (int i = 0; i < len; i++) amax = fmaxf(amax, fabsf(x[b0 + i]));
+        uint16_t sb = dsq_bf16_from_f32(amax / 7.0f);
+        float s = dsq_bf16_to_f32(sb);
+        memcpy(scales + 2 * bi, &sb, 2);
+        if (!(s > 0)) continue; /* all-zero block: codes stay 0, nothing is divided by 0 */
+        for (int i = b0; i < b0 + len; i++) {
+            float q = rintf(x[i] / s);
+            q = q > 7.0f ? 7.0f : q < -7.0f ? -7.0f : q;
+            codes[i >> 1] |= (uint8_t)(((unsigned)(int)q & 15u) << ((i & 1) * 4));
+        }
+    }
+}
+
+/* The rope dims x[nd … hd) as bf16 at p[0 … 2·rd). */
+static void pack_rope(const float *x, int nd, int rd, uint8_t *p) {
+    for (int i = 0; i < rd; i++) {
+        uint16_t h = dsq_bf16_from_f32(x[nd + i]);
+        memcpy(p + 2 * i, &h, 2);
+    }
+}
 
 static void pack_row(const dsq__run *r, bool index, const float *x, uint8_t *p) {
     int hd = index ? r->c->index_head_dim : r->c->head_dim, rd = r->c->rope_head_dim, nd = hd - rd;
@@ -169,14 +201,22 @@ static void pack_row(const dsq__run *r, bool index, const float *x, uint8_t *p) 
         }
         break;
     case DSQ_KV_CACHE_COMPACT:
-        if (index) {
+    case DSQ_KV_CACHE_FP4:
+    case DSQ_KV_CACHE_INT4:
+    case DSQ_KV_CACHE_COMPACT_IDX8:
+        if (index && r->kv == DSQ_KV_CACHE_COMPACT_IDX8) {
+            dsq_act_fp8_quant(x, (uint64_t)hd, DSQ_KV_IDX8_BLOCK, p, NULL, p + hd);
+        } else if (index) {
             dsq_act_fp4_quant(x, (uint64_t)hd, DSQ_FP4_BLOCK, p, p + (hd + 1) / 2);
         } else {
-            for (int i = 0; i < rd; i++) {
-                uint16_t h = dsq_bf16_from_f32(x[nd + i]);
-                memcpy(p + 2 * i, &h, 2);
-            }
-            dsq_act_fp8_quant(x, (uint64_t)nd, DSQ_KV_FP8_BLOCK, p + 2 * rd, NULL, p + 2 * rd + nd);
+            pack_rope(x, nd, rd, p);
+            uint8_t *q = p + 2 * rd;
+            if (r->kv == DSQ_KV_CACHE_FP4)
+                dsq_act_fp4_quant(x, (uint64_t)nd, DSQ_KV_Q4_BLOCK, q, q + (nd + 1) / 2);
+            else if (r->kv == DSQ_KV_CACHE_INT4)
+                int4_quant(x, nd, q, q + (nd + 1) / 2);
+            else
+                dsq_act_fp8_quant(x, (uint64_t)nd, DSQ_KV_FP8_BLOCK, q, NULL, q + nd);
         }
         break;
     }
@@ -192,13 +232,31 @@ static void unpack_row(const dsq__run *r, bool index, const uint8_t *p, float *x
         for (int i = 0; i < hd; i++) x[i] = dsq_bf16_to_f32(dsq__ld_u16(p + 2 * i));
         break;
     case DSQ_KV_CACHE_COMPACT:
-        if (index) {
+    case DSQ_KV_CACHE_FP4:
+    case DSQ_KV_CACHE_INT4:
+    case DSQ_KV_CACHE_COMPACT_IDX8:
+        if (index && r->kv == DSQ_KV_CACHE_COMPACT_IDX8) {
+            const uint8_t *sc = p + hd;
+            for (int i = 0; i < hd; i++) x[i] = dsq_e4m3_to_f32(p[i]) * dsq_e8m0_to_f32(sc[i / DSQ_KV_IDX8_BLOCK]);
+        } else if (index) {
             const uint8_t *sc = p + (hd + 1) / 2;
             for (int i = 0; i < hd; i++)
                 x[i] = dsq_e2m1_to_f32((uint8_t)(p[i >> 1] >> ((i & 1) * 4))) * dsq_e8m0_to_f32(sc[i / DSQ_FP4_BLOCK]);
         } else {
-            const uint8_t *q = p + 2 * rd, *sc = q + nd;
-            for (int i = 0; i < nd; i++) x[i] = dsq_e4m3_to_f32(q[i]) * dsq_e8m0_to_f32(sc[i / DSQ_KV_FP8_BLOCK]);
+            const uint8_t *q = p + 2 * rd, *sc = q + (nd + 1) / 2;
+            if (r->kv == DSQ_KV_CACHE_FP4) {
+                for (int i = 0; i < nd; i++)
+                    x[i] = dsq_e2m1_to_f32((uint8_t)(q[i >> 1] >> ((i & 1) * 4))) *
+                           dsq_e8m0_to_f32(sc[i / DSQ_KV_Q4_BLOCK]);
+            } else if (r->kv == DSQ_KV_CACHE_INT4) {
+                for (int i = 0; i < nd; i++) {
+                    int v = (int)((q[i >> 1] >> ((i & 1) * 4)) & 15u);
+                    x[i] = (float)((v ^ 8) - 8) * dsq_bf16_to_f32(dsq__ld_u16(sc + 2 * (i / DSQ_KV_Q4_BLOCK)));
+                }
+            } else {
+                sc = q + nd;
+                for (int i = 0; i < nd; i++) x[i] = dsq_e4m3_to_f32(q[i]) * dsq_e8m0_to_f32(sc[i / DSQ_KV_FP8_BLOCK]);
+            }
             for (int i = 0; i < rd; i++) x[nd + i] = dsq_bf16_to_f32(dsq__ld_u16(p + 2 * i));
         }
         break;
@@ -337,8 +395,11 @@ static void cpu_indexer_topk(const dsq__run *r, const float *qi, const float *w,
                              int64_t k_sel, float *buf, int64_t *out) {
     const dsq_v4_config *c = r->c;
     int nih = c->index_n_heads, ihd = c->index_head_dim;
-    float *kf = buf + n_valid; /* [ihd] the key being scored, dequantized */
+    /* one score per key, independent of the others: a decode token (not already inside the per-token
+     * parallel loop of attention_seg) splits the keys over the threads; the scores do not depend on it */
+#pragma omp parallel for num_threads(r->k.threads) if (n_valid >= 512 && !omp_in_parallel()) schedule(static)
     for (int64_t j = 0; j < n_valid; j++) {
+        float kf[DSQ_V4_MAX_HEAD_DIM]; /* [ihd] the key being scored, dequantized */
         const uint8_t *kp = keys + (size_t)j * r->idx_bytes;
         const float *kj = kf;
         if (r->kv == DSQ_KV_CACHE_F32)

@@ -24,6 +24,9 @@ typedef struct dsq_eval_logits_options {
     bool mtp;               /* also mtp_logits [n-1, vocab] */
     bool dump_hidden;       /* also layer_out.N [n, hc, dim] and final_hidden */
     uint64_t memory_budget; /* 0 = none; else layer-streaming prefill under this cap (bytes) */
+    int64_t prefill_chunk;  /* 0 = the prefill in one call; N > 0: in calls of N tokens (same logits: every
+                               split gives the same math), so activations stay bounded at long context;
+                               with decode_from only the last prefill row's logits are kept */
     bool overwrite;         /* replace an existing output file */
 } dsq_eval_logits_options;
 
@@ -33,6 +36,7 @@ typedef struct dsq_eval_logits_report {
     uint64_t vocab;
     double seconds_prefill, seconds_decode, seconds_mtp;
     int64_t prefill_tokens, decode_tokens;
+    dsq_kv_cache kv_cache; /* the cache encoding used (dsq_v4_eval_kv_cache) */
 } dsq_eval_logits_report;
 
 /* Run `dsq eval logits`: writes `logits` F32 [rows, vocab] — rows = n for a prefill, n − P + 1 with

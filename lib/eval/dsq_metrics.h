@@ -169,6 +169,8 @@ typedef struct dsq_kld_pos {
     double dp;                /* p_cand(target) - p_ref(target) */
     bool top1_agree;          /* argmax of the candidate row == ref top-1 */
     bool sample_agree;        /* candidate's Gumbel-max sample (same seed, position) == ref's */
+    uint64_t ctx_pos;         /* position of the scored row in its context (chunk position, BOS = 0): the
+                                 position bucket (dsq_kld_acc_set_buckets); dsq_kld_compare sets 0 */
 } dsq_kld_pos;
 /* Compare a candidate logits row with a base record (record's target must be in range). */
 dsq_status dsq_kld_compare(dsq_kld_ctx *c, const dsq_kbase_record *ref, const float *cand_row, uint64_t position,
@@ -187,6 +189,11 @@ int dsq_kld_hist_bin(double kl);
 /* Ref-top-1-probability bands [0,.2), [.2,.4), [.4,.6), [.6,.8), [.8,1]. */
 #define DSQ_KLD_BANDS 5
 
+/* Position buckets: at most DSQ_KLD_MAX_BUCKETS (edges + 1).  Default edges 1024, 8192, 32768:
+ * < 1K, 1K–8K, 8K–32K, ≥ 32K (issue 11). */
+#define DSQ_KLD_MAX_BUCKETS 16
+#define DSQ_KLD_DEFAULT_BUCKET_EDGES {1024, 8192, 32768}
+
 typedef struct dsq_kld_stats {
     uint64_t n;
     double kl_mean, kl_mean_se;
@@ -201,6 +208,14 @@ typedef struct dsq_kld_stats {
     uint64_t band_n[DSQ_KLD_BANDS];
     double band_kl_mean[DSQ_KLD_BANDS]; /* NaN where band_n is 0 */
     uint64_t hist[DSQ_KLD_HIST_BINS];
+    /* Drift by context position: one entry per position bucket that holds scored rows, ascending
+     * (empty buckets are left out).  Bucket b covers ctx_pos ∈ [bucket_lo[b], bucket_hi[b]);
+     * bucket_hi = UINT64_MAX for the last, open one. */
+    int n_buckets;
+    uint64_t bucket_lo[DSQ_KLD_MAX_BUCKETS], bucket_hi[DSQ_KLD_MAX_BUCKETS], bucket_n[DSQ_KLD_MAX_BUCKETS];
+    double bucket_kl_mean[DSQ_KLD_MAX_BUCKETS], bucket_kl_mean_se[DSQ_KLD_MAX_BUCKETS];
+    double bucket_top1[DSQ_KLD_MAX_BUCKETS], bucket_top1_se[DSQ_KLD_MAX_BUCKETS];
+    double bucket_ppl_ratio[DSQ_KLD_MAX_BUCKETS], bucket_ppl_ratio_se[DSQ_KLD_MAX_BUCKETS];
 } dsq_kld_stats;
 
 /* Collects per-position results; keeps every KL value (8 bytes per position) for the quantiles. */
@@ -208,6 +223,13 @@ typedef struct dsq_kld_acc dsq_kld_acc;
 dsq_status dsq_kld_acc_create(dsq_kld_acc **out, dsq_err *err);
 void dsq_kld_acc_free(dsq_kld_acc *a);
 dsq_status dsq_kld_acc_add(dsq_kld_acc *a, const dsq_kld_pos *p, dsq_err *err);
+/* Position bucket edges (ascending, > 0, at most DSQ_KLD_MAX_BUCKETS - 1 of them; n = 0: one bucket).
+ * Must be called before the first add (DSQ_ERR_STATE after); DSQ_ERR_ARG for bad edges. */
+dsq_status dsq_kld_acc_set_buckets(dsq_kld_acc *a, const uint64_t *edges, int n, dsq_err *err);
+/* "[lo, hi)" or "[lo, ∞)" for bucket b of s, into buf (≥ 48 bytes); returns buf. */
+const char *dsq_kld_bucket_label(const dsq_kld_stats *s, int b, char *buf, size_t cap);
+/* Parse "E1,E2,…" (ascending decimal integers > 0) into edges[DSQ_KLD_MAX_BUCKETS - 1]; false if malformed. */
+bool dsq_kld_parse_buckets(const char *s, uint64_t *edges, int *n);
 /* Statistics so far (n ≥ 1; sorts a copy of the KL values). */
 dsq_status dsq_kld_acc_stats(const dsq_kld_acc *a, dsq_kld_stats *out, dsq_err *err);
 

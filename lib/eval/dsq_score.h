@@ -35,6 +35,13 @@ typedef struct dsq_score_options {
     uint64_t memory_budget;         /* dsq_v4_forward_streaming's cap (0 = none) */
     dsq_score_progress_fn progress; /* called after every batch; may be NULL */
     void *user;
+    /* KL position buckets (dsq_kld_acc_set_buckets): n_bucket_edges < 0 (default -1) keeps
+     * DSQ_KLD_DEFAULT_BUCKET_EDGES; otherwise the first n entries of bucket_edges. */
+    int n_bucket_edges;
+    uint64_t bucket_edges[DSQ_KLD_MAX_BUCKETS - 1];
+    /* first scored chunk position: -1 (default) = n_ctx/2 (the second half, dsq_ppl_plan); 0 … n_ctx-2
+     * scores from there (drift by position needs the early positions).  A KL base keeps its own. */
+    int64_t score_from;
 } dsq_score_options;
 void dsq_score_options_default(dsq_score_options *o);
 

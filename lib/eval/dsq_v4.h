@@ -67,19 +67,31 @@ typedef struct dsq_v4_load_options {
 
 /* How a sequence stores its KV state (window ring, compressed entries, indexer keys): `--kv-cache`.
  * Entry layouts are those of formats/spec/dsq.md §6.1 (rope dims are the last rope_head_dim of an entry
- * in memory order; the packed entry puts them first):
- *   f32      hd·4 B per kv entry, ihd·4 B per indexer key: today's reference, bit-exact
- *   bf16     hd·2 / ihd·2 B: every value rounded to bf16 (kv_bf16 / index_bf16)
- *   compact  the release form: rope dims bf16 + non-rope e4m3 with one UE8M0 scale per 64 (kv_compact),
- *            indexer keys e2m1 with one UE8M0 scale per 32 (index_fp4)
- * Attention and the indexer read the packed entries and dequantize them as they go. */
+ * in memory order; the packed entry puts them first).  Every packed form keeps the rope dims bf16; the
+ * non-rope dims (nd = hd - rd) and the indexer keys take the form below:
+ *   f32           hd·4 B per kv entry, ihd·4 B per indexer key: today's reference, bit-exact
+ *   bf16          hd·2 / ihd·2 B: every value rounded to bf16 (kv_bf16 / index_bf16)
+ *   compact       the release form: non-rope e4m3 with one UE8M0 scale per 64 (kv_compact), indexer keys
+ *                 e2m1 with one UE8M0 scale per 32 (index_fp4)
+ *   fp4           non-rope e2m1 with one UE8M0 scale per 32 (kv_fp4), indexer keys index_fp4
+ *   int4          non-rope symmetric int4 in [-7, 7] with one bf16 scale per 32 (kv_int4), index_fp4
+ *   compact-idx8  kv_compact, indexer keys e4m3 with one UE8M0 scale per 32 (index_fp8)
+ * Attention and the indexer read the packed entries and dequantize them as they go.  The values are
+ * fixed (never renumbered); only the names appear in files (container metadata kv_cache.encoding). */
 typedef enum dsq_kv_cache {
     DSQ_KV_CACHE_F32 = 0,
     DSQ_KV_CACHE_BF16 = 1,
     DSQ_KV_CACHE_COMPACT = 2,
+    DSQ_KV_CACHE_FP4 = 3,
+    DSQ_KV_CACHE_INT4 = 4,
+    DSQ_KV_CACHE_COMPACT_IDX8 = 5,
 } dsq_kv_cache;
-enum { DSQ_KV_CACHE_COUNT = 3 };
-/* "f32" / "bf16" / "compact" → encoding; false if unknown. */
+enum { DSQ_KV_CACHE_COUNT = 6 };
+/* Block of one scale in kv_fp4 / kv_int4 (non-rope dims) and index_fp8 (formats/spec/dsq.md §6.1). */
+enum { DSQ_KV_Q4_BLOCK = 32, DSQ_KV_IDX8_BLOCK = 32 };
+/* Names of every encoding in enum order, separated by ", " (for usage messages). */
+#define DSQ_KV_CACHE_NAMES "f32, bf16, compact, fp4, int4, compact-idx8"
+/* "f32" / "bf16" / "compact" / "fp4" / "int4" / "compact-idx8" → encoding; false if unknown. */
 bool dsq_kv_cache_from_name(const char *s, dsq_kv_cache *out);
 const char *dsq_kv_cache_name(dsq_kv_cache k);
 /* Bytes of one kv entry / one indexer key in encoding k for config c. */
@@ -93,6 +105,9 @@ void dsq_kv_declared(const dsq_v4_config *c, dsq_kv_cache k, double *bytes_per_t
 typedef struct dsq_eval_options {
     dsq_numerics numerics;    /* default EXACT */
     dsq_kv_cache kv_cache;    /* default F32; a sequence takes it at its first forward call (position 0) */
+    bool kv_cache_from_model; /* default true: a model that declares a cache encoding (a .dsq made with a
+                                 recipe "kv_cache", dsq_v4_model_kv_cache) uses it instead of kv_cache;
+                                 `--kv-cache` sets this false */
     dsq_device device;        /* default cpu */
     int threads;              /* OpenMP threads; 0 (default) = the OpenMP default */
     bool no_shared_clamp;     /* default false: the shared expert is clamped like routed ones (spec §8.30) */
@@ -127,6 +142,12 @@ dsq_status dsq_v4_model_create_ex(dsq_wsrc *src, const dsq_v4_config *cfg, const
 dsq_status dsq_v4_model_check_block(const dsq_v4_model *m, int b, dsq_err *err);
 void dsq_v4_model_close(dsq_v4_model *m); /* accepts NULL */
 const dsq_v4_config *dsq_v4_model_config(const dsq_v4_model *m);
+/* The cache encoding the model declares for evaluation (its .dsq recipe's "kv_cache"): true and *out,
+ * or false when it declares none (safetensors, GGUF, containers without it). */
+bool dsq_v4_model_kv_cache(const dsq_v4_model *m, dsq_kv_cache *out);
+/* The encoding a forward call with options o uses on model m (o->kv_cache, or the declared one when
+ * o->kv_cache_from_model); o may be NULL (defaults). */
+dsq_kv_cache dsq_v4_eval_kv_cache(const dsq_v4_model *m, const dsq_eval_options *o);
 /* Stored bytes of block b's weights (b < n_layers + n_mtp_layers), and of the global tensors. */
 uint64_t dsq_v4_block_bytes(const dsq_v4_model *m, int b);
 uint64_t dsq_v4_global_bytes(const dsq_v4_model *m);

@@ -63,6 +63,9 @@ struct dsq_wsrc {
      * without checksums (safetensors): the model scans the view's bytes itself. */
     dsq_status (*check)(const dsq_wsrc *s, const dsq_wview *v, bool checksum, bool allow_nonfinite, bool *nonfinite,
                         dsq_err *err);
+    /* The KV-cache encoding the source declares for evaluation (a .dsq container whose recipe has
+     * "kv_cache": its dsq_config_kv_encoding_name spelling, static), or NULL. */
+    const char *kv_cache;
 };
 
 /* Open a safetensors checkpoint (a directory with model.safetensors.index.json or one

@@ -235,7 +235,9 @@ dsq_status dsq_eval_logits(const dsq_eval_logits_options *opt, dsq_eval_logits_r
     int64_t rows = opt->decode_from > 0 ? n - P + 1 : n;
     bool need_hidden = opt->mtp || opt->dump_hidden;
     o.logits = dsq_malloc(sizeof(float) * V * (size_t)rows);
-    pre_logits = opt->decode_from > 0 ? dsq_malloc(sizeof(float) * V * (size_t)P) : o.logits;
+    /* chunked prefill with decode_from: logits of one chunk at a time (the last row is all that is kept) */
+    int64_t PC = opt->prefill_chunk > 0 && opt->prefill_chunk < P ? opt->prefill_chunk : P;
+    pre_logits = opt->decode_from > 0 ? dsq_malloc(sizeof(float) * V * (size_t)PC) : o.logits;
     if (need_hidden) o.hidden = dsq_malloc(sizeof(float) * HD * (size_t)n);
     if (opt->mtp) o.mtp = dsq_malloc(sizeof(float) * V * (size_t)(n - 1));
     if (opt->dump_hidden) {
@@ -255,16 +257,23 @@ dsq_status dsq_eval_logits(const dsq_eval_logits_options *opt, dsq_eval_logits_r
     if (s) goto done;
 
     double t0 = dsq_now();
-    dsq_v4_item it = {seq, tok, P, pre_logits, o.hidden, o.layer_out};
-    if (opt->memory_budget)
-        s = dsq_v4_forward_streaming(m, &opt->eval, &it, 1, opt->memory_budget, err);
-    else
-        s = dsq_v4_forward(m, &opt->eval, &it, 1, err);
+    int64_t last = 0; /* tokens in the last prefill call */
+    for (int64_t p0 = 0; p0 < P && !s; p0 += PC) {
+        int64_t len = P - p0 < PC ? P - p0 : PC;
+        for (int b = 0; step_lo && b < c->n_layers; b++) step_lo[b] = o.layer_out[b] + (size_t)p0 * HD;
+        dsq_v4_item it = {seq, tok + p0, len, opt->decode_from > 0 ? pre_logits : pre_logits + (size_t)p0 * V,
+                          o.hidden ? o.hidden + (size_t)p0 * HD : NULL, step_lo ? step_lo : o.layer_out};
+        if (opt->memory_budget)
+            s = dsq_v4_forward_streaming(m, &opt->eval, &it, 1, opt->memory_budget, err);
+        else
+            s = dsq_v4_forward(m, &opt->eval, &it, 1, err);
+        last = len;
+    }
     if (s) goto done;
     rep.seconds_prefill = dsq_now() - t0;
     rep.prefill_tokens = P;
     if (opt->decode_from > 0) {
-        memcpy(o.logits, pre_logits + (size_t)(P - 1) * V, sizeof(float) * V);
+        memcpy(o.logits, pre_logits + (size_t)(last - 1) * V, sizeof(float) * V);
         t0 = dsq_now();
         for (int64_t p = P; p < n && !s; p++) {
             for (int b = 0; step_lo && b < c->n_layers; b++) step_lo[b] = o.layer_out[b] + (size_t)p * HD;
@@ -290,6 +299,7 @@ dsq_status dsq_eval_logits(const dsq_eval_logits_options *opt, dsq_eval_logits_r
     rep.rows = rows;
     rep.vocab = V;
 done:
+    if (m) rep.kv_cache = dsq_v4_eval_kv_cache(m, &opt->eval);
     if (report) *report = rep;
     if (pre_logits != o.logits) dsq_free(pre_logits);
     dsq_free(o.logits);

@@ -70,8 +70,8 @@ static dsq_status check_info(const char *path, const dsq_kbase_info *in, dsq_err
                   "%s: vocabulary %u outside [1, %u]", path, in->vocab, DSQ_KBASE_MAX_VOCAB);
     DSQ_RETURN_IF(in->k == 0 || in->k > in->vocab, err, DSQ_ERR_RANGE, "%s: top-k %u outside [1, vocab %u]", path,
                   in->k, in->vocab);
-    DSQ_RETURN_IF(p->n_ctx < 3 || p->score_from != p->n_ctx / 2, err, DSQ_ERR_RANGE,
-                  "%s: chunk plan n_ctx %u / score_from %u is not n_ctx ≥ 3, score_from = n_ctx/2", path, p->n_ctx,
+    DSQ_RETURN_IF(p->n_ctx < 3 || p->score_from > p->n_ctx - 2, err, DSQ_ERR_RANGE,
+                  "%s: chunk plan n_ctx %u / score_from %u is not n_ctx ≥ 3, score_from ≤ n_ctx − 2", path, p->n_ctx,
                   p->score_from);
     DSQ_RETURN_IF(p->bos < -1 || (p->bos >= 0 && (uint32_t)p->bos >= in->vocab), err, DSQ_ERR_TOKEN,
                   "%s: BOS id %d outside the vocabulary", path, (int)p->bos);

@@ -170,6 +170,7 @@ dsq_status dsq_kld_compare(dsq_kld_ctx *c, const dsq_kbase_record *ref, const fl
     for (uint32_t j = 0; j < c->k; j++) kl += kl_term(ref->lps[j], c->cand_lps[j]);
     kl += kl_term(ref->rest_lp, cand_rest);
     out->kl = kl;
+    out->ctx_pos = 0;
     out->ref_top1_p = exp((double)ref->lps[0]);
     out->nll_ref = -(double)ref->target_lp;
     out->nll_cand = -(double)cand_target;
@@ -206,12 +207,70 @@ struct dsq_kld_acc {
     uint64_t band_n[DSQ_KLD_BANDS];
     double band_sum[DSQ_KLD_BANDS];
     uint64_t hist[DSQ_KLD_HIST_BINS];
+    int n_edges;
+    uint64_t edges[DSQ_KLD_MAX_BUCKETS - 1];
+    dsq_stat bkl[DSQ_KLD_MAX_BUCKETS], bdiff[DSQ_KLD_MAX_BUCKETS];
+    uint64_t btop1[DSQ_KLD_MAX_BUCKETS];
 };
 
 dsq_status dsq_kld_acc_create(dsq_kld_acc **out, dsq_err *err) {
     *out = dsq_calloc(1, sizeof **out);
     DSQ_RETURN_IF(!*out, err, DSQ_ERR_NOMEM, "KL statistics: out of memory");
+    static const uint64_t def[] = DSQ_KLD_DEFAULT_BUCKET_EDGES;
+    (*out)->n_edges = (int)(sizeof def / sizeof def[0]);
+    memcpy((*out)->edges, def, sizeof def);
     return DSQ_OK;
+}
+
+static bool edges_ok(const uint64_t *edges, int n) {
+    if (n < 0 || n > DSQ_KLD_MAX_BUCKETS - 1) return false;
+    for (int i = 0; i < n; i++)
+        if (edges[i] == 0 || edges[i] == UINT64_MAX || (i > 0 && edges[i] <= edges[i - 1])) return false;
+    return true;
+}
+
+dsq_status dsq_kld_acc_set_buckets(dsq_kld_acc *a, const uint64_t *edges, int n, dsq_err *err) {
+    DSQ_RETURN_IF(a->n, err, DSQ_ERR_STATE, "KL statistics: position buckets set after the first position");
+    DSQ_RETURN_IF(!edges_ok(edges, n), err, DSQ_ERR_ARG,
+                  "KL statistics: position bucket edges must be at most %d ascending positive integers",
+                  DSQ_KLD_MAX_BUCKETS - 1);
+    a->n_edges = n;
+    if (n) memcpy(a->edges, edges, sizeof *edges * (size_t)n);
+    return DSQ_OK;
+}
+
+bool dsq_kld_parse_buckets(const char *s, uint64_t *edges, int *n) {
+    int k = 0;
+    const char *p = s;
+    for (;;) {
+        if (*p < '0' || *p > '9' || k == DSQ_KLD_MAX_BUCKETS - 1) return false;
+        uint64_t v = 0;
+        for (; *p >= '0' && *p <= '9'; p++) {
+            if (v > (UINT64_MAX - 9) / 10) return false;
+            v = v * 10 + (uint64_t)(*p - '0');
+        }
+        edges[k++] = v;
+        if (!*p) break;
+        if (*p++ != ',') return false;
+    }
+    if (!edges_ok(edges, k)) return false;
+    *n = k;
+    return true;
+}
+
+const char *dsq_kld_bucket_label(const dsq_kld_stats *s, int b, char *buf, size_t cap) {
+    if (s->bucket_hi[b] == UINT64_MAX)
+        snprintf(buf, cap, "[%llu, ∞)", (unsigned long long)s->bucket_lo[b]);
+    else
+        snprintf(buf, cap, "[%llu, %llu)", (unsigned long long)s->bucket_lo[b], (unsigned long long)s->bucket_hi[b]);
+    return buf;
+}
+
+/* Bucket of a context position: the number of edges ≤ pos. */
+static int bucket_of(const dsq_kld_acc *a, uint64_t pos) {
+    int b = 0;
+    while (b < a->n_edges && pos >= a->edges[b]) b++;
+    return b;
 }
 
 void dsq_kld_acc_free(dsq_kld_acc *a) {
@@ -246,6 +305,10 @@ dsq_status dsq_kld_acc_add(dsq_kld_acc *a, const dsq_kld_pos *p, dsq_err *err) {
     a->band_n[band]++;
     a->band_sum[band] += p->kl;
     a->hist[dsq_kld_hist_bin(p->kl)]++;
+    int bk = bucket_of(a, p->ctx_pos);
+    dsq_stat_add(&a->bkl[bk], p->kl);
+    dsq_stat_add(&a->bdiff[bk], p->nll_cand - p->nll_ref);
+    a->btop1[bk] += p->top1_agree;
     return DSQ_OK;
 }
 
@@ -287,6 +350,20 @@ dsq_status dsq_kld_acc_stats(const dsq_kld_acc *a, dsq_kld_stats *out, dsq_err *
         r.band_kl_mean[b] = a->band_n[b] ? a->band_sum[b] / (double)a->band_n[b] : NAN;
     }
     memcpy(r.hist, a->hist, sizeof r.hist);
+    for (int b = 0; b <= a->n_edges; b++) {
+        uint64_t nb = a->bkl[b].n;
+        if (!nb) continue; /* empty buckets are left out */
+        int k = r.n_buckets++;
+        r.bucket_lo[k] = b ? a->edges[b - 1] : 0;
+        r.bucket_hi[k] = b < a->n_edges ? a->edges[b] : UINT64_MAX;
+        r.bucket_n[k] = nb;
+        r.bucket_kl_mean[k] = a->bkl[b].mean;
+        r.bucket_kl_mean_se[k] = dsq_stat_se(&a->bkl[b]);
+        r.bucket_top1[k] = (double)a->btop1[b] / (double)nb;
+        r.bucket_top1_se[k] = rate_se(r.bucket_top1[k], nb);
+        r.bucket_ppl_ratio[k] = exp(a->bdiff[b].mean);
+        r.bucket_ppl_ratio_se[k] = r.bucket_ppl_ratio[k] * dsq_stat_se(&a->bdiff[b]);
+    }
     *out = r;
     return DSQ_OK;
 }

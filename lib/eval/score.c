@@ -11,6 +11,8 @@ void dsq_score_options_default(dsq_score_options *o) {
     dsq_eval_options_default(&o->eval);
     o->n_ctx = DSQ_SCORE_DEFAULT_CTX;
     o->batch = DSQ_SCORE_DEFAULT_BATCH;
+    o->n_bucket_edges = -1;
+    o->score_from = -1;
 }
 
 static int32_t model_bos(const dsq_v4_model *m, const dsq_score_options *o) {
@@ -26,7 +28,14 @@ dsq_status dsq_score_plan(const dsq_v4_model *m, const dsq_score_options *o, uin
     DSQ_RETURN_IF(max_pos && o->n_ctx > max_pos, err, DSQ_ERR_ARG,
                   "a context of %u tokens (--ctx) exceeds the model's max_position_embeddings of %llu", o->n_ctx,
                   (unsigned long long)max_pos);
-    return dsq_ppl_plan_make(n_text, o->n_ctx, o->max_chunks, model_bos(m, o), plan, err);
+    DSQ_TRY(dsq_ppl_plan_make(n_text, o->n_ctx, o->max_chunks, model_bos(m, o), plan, err));
+    if (o->score_from >= 0) {
+        DSQ_RETURN_IF(o->score_from > (int64_t)o->n_ctx - 2, err, DSQ_ERR_ARG,
+                      "--score-from %lld: must be at most --ctx − 2 = %lld", (long long)o->score_from,
+                      (long long)o->n_ctx - 2);
+        plan->score_from = (uint32_t)o->score_from;
+    }
+    return DSQ_OK;
 }
 
 uint64_t dsq_score_text_bound(const dsq_score_options *o) {
@@ -169,6 +178,7 @@ typedef struct kld_job {
     dsq_kld_ctx *ctx;
     dsq_kbase_reader *r;
     dsq_kld_acc *acc;
+    const dsq_ppl_plan *plan;
 } kld_job;
 
 static dsq_status kld_row(void *user, uint64_t position, const float *row, int32_t target, dsq_err *err) {
@@ -182,6 +192,8 @@ static dsq_status kld_row(void *user, uint64_t position, const float *row, int32
                   (int)rec.target, (int)target);
     dsq_kld_pos p;
     DSQ_TRY(dsq_kld_compare(j->ctx, &rec, row, position, &p, err));
+    /* scored positions run chunk by chunk over chunk positions score_from … n_ctx-2 (run_chunks) */
+    p.ctx_pos = j->plan->score_from + position % dsq_ppl_plan_scored_per_chunk(j->plan);
     return dsq_kld_acc_add(j->acc, &p, err);
 }
 
@@ -202,6 +214,8 @@ dsq_status dsq_score_kld(const dsq_v4_model *m, const dsq_score_options *o, cons
                         base_path, (unsigned long long)in->n_text);
     if (s == DSQ_OK) s = dsq_kld_ctx_create(in->vocab, in->k, in->temperature, in->seed, &j.ctx, err);
     if (s == DSQ_OK) s = dsq_kld_acc_create(&j.acc, err);
+    if (s == DSQ_OK && o->n_bucket_edges >= 0) s = dsq_kld_acc_set_buckets(j.acc, o->bucket_edges, o->n_bucket_edges, err);
+    j.plan = &in->plan;
     chunk_run cr = {.m = m, .o = o, .plan = &in->plan, .text = dsq_kbase_reader_text(j.r), .fn = kld_row, .user = &j};
     if (s == DSQ_OK) s = run_chunks(&cr, err);
     if (s == DSQ_OK) { /* the file must end after the last position */

@@ -430,7 +430,7 @@ static dsq_status run_init(run *r, const dsq_v4_model *m, const dsq_eval_options
     r->observe_user = opt->observe_user;
     DSQ_RETURN_IF((unsigned)opt->kv_cache >= DSQ_KV_CACHE_COUNT, err, DSQ_ERR_ARG, "unknown kv cache encoding %d",
                   (int)opt->kv_cache);
-    r->kv = opt->kv_cache;
+    r->kv = dsq_v4_eval_kv_cache(m, opt); /* the model's declared encoding unless --kv-cache chose one */
     r->kv_bytes = (size_t)dsq_kv_entry_bytes(&m->cfg, r->kv);
     r->idx_bytes = (size_t)dsq_kv_index_bytes(&m->cfg, r->kv);
     r->k.avx2 = m->cpu_avx2 && !opt->force_scalar;

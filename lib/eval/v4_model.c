@@ -15,6 +15,7 @@
 void dsq_eval_options_default(dsq_eval_options *o) {
     memset(o, 0, sizeof *o);
     o->numerics = DSQ_NUMERICS_EXACT;
+    o->kv_cache_from_model = true;
 }
 
 bool dsq_numerics_from_name(const char *s, dsq_numerics *out) {
@@ -29,7 +30,7 @@ bool dsq_numerics_from_name(const char *s, dsq_numerics *out) {
 
 const char *dsq_numerics_name(dsq_numerics n) { return n == DSQ_NUMERICS_RELEASE ? "release" : "exact"; }
 
-static const char *const kv_cache_names[DSQ_KV_CACHE_COUNT] = {"f32", "bf16", "compact"};
+static const char *const kv_cache_names[DSQ_KV_CACHE_COUNT] = {"f32", "bf16", "compact", "fp4", "int4", "compact-idx8"};
 
 bool dsq_kv_cache_from_name(const char *s, dsq_kv_cache *out) {
     for (int i = 0; i < DSQ_KV_CACHE_COUNT; i++)
@@ -42,15 +43,21 @@ bool dsq_kv_cache_from_name(const char *s, dsq_kv_cache *out) {
 
 const char *dsq_kv_cache_name(dsq_kv_cache k) { return (unsigned)k < DSQ_KV_CACHE_COUNT ? kv_cache_names[k] : "?"; }
 
-/* formats/spec/dsq.md §6.1: kv_compact = rope bf16 + non-rope e4m3 + UE8M0 per 64; index_fp4 = e2m1x2 +
- * UE8M0 per 32. */
+/* formats/spec/dsq.md §6.1: kv_compact = rope bf16 + non-rope e4m3 + UE8M0 per 64; kv_fp4 = rope bf16 +
+ * non-rope e2m1x2 + UE8M0 per 32; kv_int4 = rope bf16 + non-rope int4x2 + bf16 scale per 32;
+ * index_fp4 = e2m1x2 + UE8M0 per 32; index_fp8 = e4m3 + UE8M0 per 32. */
 uint64_t dsq_kv_entry_bytes(const dsq_v4_config *c, dsq_kv_cache k) {
     uint64_t hd = (uint64_t)c->head_dim, rd = (uint64_t)c->rope_head_dim, nd = hd - rd;
     switch (k) {
     case DSQ_KV_CACHE_BF16:
         return hd * 2;
     case DSQ_KV_CACHE_COMPACT:
+    case DSQ_KV_CACHE_COMPACT_IDX8:
         return rd * 2 + nd + dsq_ceil_div(nd, DSQ_KV_FP8_BLOCK);
+    case DSQ_KV_CACHE_FP4:
+        return rd * 2 + dsq_ceil_div(nd, 2) + dsq_ceil_div(nd, DSQ_KV_Q4_BLOCK);
+    case DSQ_KV_CACHE_INT4:
+        return rd * 2 + dsq_ceil_div(nd, 2) + 2 * dsq_ceil_div(nd, DSQ_KV_Q4_BLOCK);
     default:
         return hd * 4;
     }
@@ -62,7 +69,11 @@ uint64_t dsq_kv_index_bytes(const dsq_v4_config *c, dsq_kv_cache k) {
     case DSQ_KV_CACHE_BF16:
         return ihd * 2;
     case DSQ_KV_CACHE_COMPACT:
+    case DSQ_KV_CACHE_FP4:
+    case DSQ_KV_CACHE_INT4:
         return dsq_ceil_div(ihd, 2) + dsq_ceil_div(ihd, DSQ_FP4_BLOCK);
+    case DSQ_KV_CACHE_COMPACT_IDX8:
+        return ihd + dsq_ceil_div(ihd, DSQ_KV_IDX8_BLOCK);
     default:
         return ihd * 4;
     }
@@ -513,6 +524,16 @@ dsq_status dsq_v4_model_create_ex(dsq_wsrc *src, const dsq_v4_config *cfg, const
 }
 
 const dsq_v4_config *dsq_v4_model_config(const dsq_v4_model *m) { return &m->cfg; }
+
+bool dsq_v4_model_kv_cache(const dsq_v4_model *m, dsq_kv_cache *out) {
+    return m->src && m->src->kv_cache && dsq_kv_cache_from_name(m->src->kv_cache, out);
+}
+
+dsq_kv_cache dsq_v4_eval_kv_cache(const dsq_v4_model *m, const dsq_eval_options *o) {
+    dsq_kv_cache k = DSQ_KV_CACHE_F32;
+    if ((!o || o->kv_cache_from_model) && dsq_v4_model_kv_cache(m, &k)) return k;
+    return o ? o->kv_cache : DSQ_KV_CACHE_F32;
+}
 uint64_t dsq_v4_block_bytes(const dsq_v4_model *m, int b) { return m->blocks[b].bytes; }
 uint64_t dsq_v4_global_bytes(const dsq_v4_model *m) { return m->global_bytes; }
 

@@ -182,6 +182,21 @@ static void ctr_close(dsq_wsrc *w) {
     dsq_free(w);
 }
 
+/* recipe.kv_cache of the metadata (formats/spec/dsq.md §6.1): the evaluator's default cache encoding, or NULL
+ * when absent; an unknown name is an error. */
+static dsq_status kv_cache_from_metadata(const dsq_ctr_reader *r, const char **out, dsq_err *err) {
+    const char *path = dsq_ctr_path(r);
+    dsq_ctr_meta *m = NULL;
+    *out = NULL;
+    DSQ_TRY(dsq_ctr_meta_read(r, &m, err));
+    dsq_status st = DSQ_OK;
+    if ((m->recipe_kv_cache || m->recipe_kv_cache_not_string) &&
+        !(m->recipe_kv_cache && (*out = dsq_config_kv_encoding_name(m->recipe_kv_cache))))
+        st = dsq_err_set(err, DSQ_ERR_FORMAT, "%s: metadata: recipe.kv_cache is not a known cache encoding", path);
+    dsq_ctr_meta_free(m);
+    return st;
+}
+
 /* model.config of the metadata, parsed as a config.json. */
 static dsq_status config_from_metadata(const dsq_ctr_reader *r, dsq_v4_config *cfg, dsq_err *err) {
     dsq_ctr_meta *m = NULL;
@@ -196,6 +211,8 @@ dsq_status dsq_wsrc_open_dsq(const char *path, dsq_v4_config *cfg, dsq_wsrc **ou
     dsq_ctr_reader *r = NULL;
     DSQ_TRY(dsq_ctr_reader_open(path, NULL, &r, err));
     dsq_status st = cfg ? config_from_metadata(r, cfg, err) : DSQ_OK;
+    const char *kv_cache = NULL;
+    if (!st) st = kv_cache_from_metadata(r, &kv_cache, err);
     dsq_impl *im = st ? NULL : dsq_calloc(1, sizeof *im);
     dsq_wsrc *w = st ? NULL : dsq_calloc(1, sizeof *w);
     size_t nstate = (dsq_ctr_count(r) ? dsq_ctr_count(r) : 1) * DSQ_FILE_MAX_PARTS;
@@ -215,6 +232,7 @@ dsq_status dsq_wsrc_open_dsq(const char *path, dsq_v4_config *cfg, dsq_wsrc **ou
     im->r = r;
     w->impl = im;
     w->path = dsq_ctr_path(r);
+    w->kv_cache = kv_cache;
     w->get = ctr_get;
     w->prefetch = ctr_prefetch;
     w->release = ctr_release;

@@ -578,3 +578,55 @@ void dsq_config_kv_bytes(const dsq_v4_config *c, dsq_kv_bytes *out) {
         out->fixed_bf16 += state;
     }
 }
+
+static const struct {
+    const char *encoding, *kv, *index;
+} kv_layouts[] = {
+    {"bf16", "kv_bf16", "index_bf16"},   {"compact", "kv_compact", "index_fp4"},
+    {"fp4", "kv_fp4", "index_fp4"},      {"int4", "kv_int4", "index_fp4"},
+    {"compact-idx8", "kv_compact", "index_fp8"},
+};
+
+const char *dsq_config_kv_encoding_name(const char *encoding) {
+    for (size_t i = 0; encoding && i < sizeof kv_layouts / sizeof kv_layouts[0]; i++)
+        if (!strcmp(encoding, kv_layouts[i].encoding)) return kv_layouts[i].encoding;
+    return NULL;
+}
+
+bool dsq_config_kv_layout(const char *encoding, const char **kv_format, const char **index_format) {
+    for (size_t i = 0; encoding && i < sizeof kv_layouts / sizeof kv_layouts[0]; i++)
+        if (!strcmp(encoding, kv_layouts[i].encoding)) {
+            if (kv_format) *kv_format = kv_layouts[i].kv;
+            if (index_format) *index_format = kv_layouts[i].index;
+            return true;
+        }
+    return false;
+}
+
+/* Entry formats (formats/spec/dsq.md §6.1): the rope part of a packed kv entry is bf16; scales are UE8M0
+ * bytes except kv_int4's bf16 ones. */
+uint64_t dsq_config_kv_format_bytes(const dsq_v4_config *c, const char *format) {
+    uint64_t hd = (uint64_t)c->head_dim, rd = (uint64_t)c->rope_head_dim, ihd = (uint64_t)c->index_head_dim;
+    uint64_t nd = hd - rd;
+    if (!strcmp(format, "kv_bf16")) return hd * 2;
+    if (!strcmp(format, "kv_compact")) return rd * 2 + nd + dsq_ceil_div(nd, KV_FP8_BLOCK);
+    if (!strcmp(format, "kv_fp4")) return rd * 2 + dsq_ceil_div(nd, 2) + dsq_ceil_div(nd, FP4_BLOCK);
+    if (!strcmp(format, "kv_int4")) return rd * 2 + dsq_ceil_div(nd, 2) + 2 * dsq_ceil_div(nd, FP4_BLOCK);
+    if (!strcmp(format, "index_bf16")) return ihd * 2;
+    if (!strcmp(format, "index_fp4")) return dsq_ceil_div(ihd, 2) + dsq_ceil_div(ihd, FP4_BLOCK);
+    if (!strcmp(format, "index_fp8")) return ihd + dsq_ceil_div(ihd, FP4_BLOCK);
+    return 0;
+}
+
+double dsq_config_kv_per_token(const dsq_v4_config *c, const char *encoding) {
+    const char *kf = NULL, *xf = NULL;
+    if (!dsq_config_kv_layout(encoding, &kf, &xf)) return NAN;
+    uint64_t kvb = dsq_config_kv_format_bytes(c, kf), ib = dsq_config_kv_format_bytes(c, xf);
+    double bpt = 0;
+    for (int b = 0; b < c->n_layers + c->n_mtp_layers; b++) {
+        uint64_t r = (uint64_t)dsq_config_ratio(c, b);
+        if (r == 0) continue;
+        bpt += (double)(r == CSA_RATIO ? kvb + ib : kvb) / (double)r;
+    }
+    return bpt;
+}

@@ -57,6 +57,9 @@ dsq_status dsq_ctr_meta_parse(const char *json, size_t len, const char *what, ds
     if (cJSON_IsObject(cfg) && !(m->config = d->config = cJSON_PrintUnformatted(cfg))) goto nomem;
     if (recipe && !(m->recipe = d->recipe = cJSON_PrintUnformatted(recipe))) goto nomem;
     m->recipe_name = str_of(member(recipe, "name"));
+    const cJSON *rkv = member(recipe, "kv_cache");
+    m->recipe_kv_cache = str_of(rkv);
+    m->recipe_kv_cache_not_string = rkv && !cJSON_IsString(rkv);
     m->tokenizer_json = str_of(member(tok, "tokenizer.json"));
     m->tokenizer_config_json = str_of(member(tok, "tokenizer_config.json"));
     m->chat_template = str_of(member(tok, "chat_template"));
@@ -121,10 +124,10 @@ dsq_status dsq_ctr_meta_check(const dsq_ctr_meta *m, const char *f, dsq_v4_confi
         cJSON_Delete(fj);
     }
     if (*have_cfg) {
-        char *want = dsq_ctr_meta_kv_cache_json(cfg);
+        char *want = dsq_ctr_meta_kv_cache_json(cfg, m->kv_cache.encoding);
         cJSON *wj = NULL;
-        if (want && dsq_json_parse(want, strlen(want), "kv", &wj, NULL) == DSQ_OK &&
-            !cJSON_Compare(wj, member(m->doc->root, "kv_cache"), true))
+        if (!want || (dsq_json_parse(want, strlen(want), "kv", &wj, NULL) == DSQ_OK &&
+                      !cJSON_Compare(wj, member(m->doc->root, "kv_cache"), true)))
             NOTE(dsq_err_set(err, DSQ_ERR_CONFIG, "%s: metadata: kv_cache does not match the config", f));
         cJSON_Delete(wj);
         dsq_free(want);
@@ -174,7 +177,7 @@ char *dsq_ctr_meta_build(const dsq_ctr_meta_desc *d, dsq_err *err) {
     add_text(files, "config.json", d->config_json);
     add_text(files, "generation_config.json", d->generation_config_json);
     if (d->kv_config) {
-        char *kv = dsq_ctr_meta_kv_cache_json(d->kv_config);
+        char *kv = dsq_ctr_meta_kv_cache_json(d->kv_config, d->kv_encoding);
         cJSON *kvj = parse_or_null(kv);
         dsq_free(kv);
         if (kvj) cJSON_AddItemToObject(m, "kv_cache", kvj);
@@ -203,13 +206,17 @@ char *dsq_ctr_meta_build(const dsq_ctr_meta_desc *d, dsq_err *err) {
 
 /* ---- KV cache declaration (spec dsq.md §6.1, deepseek-v4.md §6) ---- */
 
-char *dsq_ctr_meta_kv_cache_json(const dsq_v4_config *c) {
+char *dsq_ctr_meta_kv_cache_json(const dsq_v4_config *c, const char *encoding) {
     uint64_t hd = (uint64_t)c->head_dim, rd = (uint64_t)c->rope_head_dim, nd = hd - rd, ihd = (uint64_t)c->index_head_dim;
-    uint64_t kv_scales = dsq_ceil_div(nd, 64), idx_scales = dsq_ceil_div(ihd, 32);
+    uint64_t kv_scales = dsq_ceil_div(nd, 64), idx_scales = dsq_ceil_div(ihd, 32), q4_scales = dsq_ceil_div(nd, 32);
     uint64_t kv_compact = rd * 2 + nd + kv_scales, idx_compact = dsq_ceil_div(ihd, 2) + idx_scales;
+    const char *kv_fmt = NULL, *idx_fmt = NULL;
+    if (!encoding) encoding = "compact";
+    if (!dsq_config_kv_layout(encoding, &kv_fmt, &idx_fmt)) return NULL;
+    uint64_t kv_bytes = dsq_config_kv_format_bytes(c, kv_fmt), idx_bytes = dsq_config_kv_format_bytes(c, idx_fmt);
     cJSON *kv = cJSON_CreateObject();
     if (!kv) return NULL;
-    cJSON_AddStringToObject(kv, "encoding", "compact");
+    cJSON_AddStringToObject(kv, "encoding", encoding);
     cJSON *fmts = cJSON_AddObjectToObject(kv, "entry_formats");
     struct field {
         const char *name, *dtype;
@@ -220,15 +227,25 @@ char *dsq_ctr_meta_kv_cache_json(const dsq_v4_config *c) {
         uint64_t bytes;
         struct field f[3];
         int n;
-    } F[4] = {
+    } F[7] = {
         {"kv_compact", kv_compact, {{"rope", "BF16", rd, 0, 0, 0, rd * 2}, {"nope", "F8_E4M3", nd, 0, 0, rd * 2, nd},
                                     {"nope_scales", "F8_E8M0", 0, kv_scales, 64, rd * 2 + nd, kv_scales}}, 3},
         {"index_fp4", idx_compact, {{"codes", "e2m1x2", ihd, 0, 0, 0, dsq_ceil_div(ihd, 2)},
                                     {"scales", "F8_E8M0", 0, idx_scales, 32, dsq_ceil_div(ihd, 2), idx_scales}}, 2},
         {"kv_bf16", hd * 2, {{"values", "BF16", hd, 0, 0, 0, hd * 2}}, 1},
         {"index_bf16", ihd * 2, {{"values", "BF16", ihd, 0, 0, 0, ihd * 2}}, 1},
+        /* the lower forms are listed only by containers that use them (older files stay byte-identical) */
+        {"kv_fp4", rd * 2 + dsq_ceil_div(nd, 2) + q4_scales,
+         {{"rope", "BF16", rd, 0, 0, 0, rd * 2}, {"nope", "e2m1x2", nd, 0, 0, rd * 2, dsq_ceil_div(nd, 2)},
+          {"nope_scales", "F8_E8M0", 0, q4_scales, 32, rd * 2 + dsq_ceil_div(nd, 2), q4_scales}}, 3},
+        {"kv_int4", rd * 2 + dsq_ceil_div(nd, 2) + 2 * q4_scales,
+         {{"rope", "BF16", rd, 0, 0, 0, rd * 2}, {"nope", "int4x2", nd, 0, 0, rd * 2, dsq_ceil_div(nd, 2)},
+          {"nope_scales", "BF16", 0, q4_scales, 32, rd * 2 + dsq_ceil_div(nd, 2), 2 * q4_scales}}, 3},
+        {"index_fp8", ihd + idx_scales, {{"codes", "F8_E4M3", ihd, 0, 0, 0, ihd},
+                                         {"scales", "F8_E8M0", 0, idx_scales, 32, ihd, idx_scales}}, 2},
     };
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 7; i++) {
+        if (i >= 4 && strcmp(F[i].name, kv_fmt) && strcmp(F[i].name, idx_fmt)) continue;
         cJSON *o = cJSON_AddObjectToObject(fmts, F[i].name);
         cJSON_AddNumberToObject(o, "bytes", (double)F[i].bytes);
         cJSON *fa = cJSON_AddArrayToObject(o, "fields");
@@ -255,23 +272,23 @@ char *dsq_ctr_meta_kv_cache_json(const dsq_v4_config *c) {
         double bpt = 0;
         if (kind == DSQ_ATTN_CSA) {
             state = 2ull * 8 * 2 * hd * 4 + 2ull * 8 * 2 * ihd * 4; /* KV+SC [8, 2·d] f32, attention and indexer */
-            bpt = (double)(kv_compact + idx_compact) / r;
+            bpt = (double)(kv_bytes + idx_bytes) / r;
         } else if (kind == DSQ_ATTN_HCA) {
             state = 2ull * (uint64_t)r * hd * 4; /* KV+SC [r, hd] f32 */
-            bpt = (double)kv_compact / r;
+            bpt = (double)kv_bytes / r;
         }
-        uint64_t lf = (uint64_t)c->window_size * kv_compact + state;
+        uint64_t lf = (uint64_t)c->window_size * kv_bytes + state;
         cJSON *l = cJSON_CreateObject();
         cJSON_AddNumberToObject(l, "block", b);
         cJSON_AddBoolToObject(l, "mtp", b >= c->n_layers);
         cJSON_AddStringToObject(l, "attention", dsq_attn_kind_name(kind));
         cJSON_AddNumberToObject(l, "compress_ratio", r);
         cJSON_AddNumberToObject(l, "window_entries", c->window_size);
-        cJSON_AddStringToObject(l, "window_format", "kv_compact");
-        if (kind != DSQ_ATTN_SLIDING) cJSON_AddStringToObject(l, "compressed_format", "kv_compact");
+        cJSON_AddStringToObject(l, "window_format", kv_fmt);
+        if (kind != DSQ_ATTN_SLIDING) cJSON_AddStringToObject(l, "compressed_format", kv_fmt);
         else cJSON_AddNullToObject(l, "compressed_format");
         cJSON_AddNumberToObject(l, "compressed_per_tokens", kind == DSQ_ATTN_SLIDING ? 0 : r);
-        if (kind == DSQ_ATTN_CSA) cJSON_AddStringToObject(l, "index_format", "index_fp4");
+        if (kind == DSQ_ATTN_CSA) cJSON_AddStringToObject(l, "index_format", idx_fmt);
         else cJSON_AddNullToObject(l, "index_format");
         cJSON_AddNumberToObject(l, "state_bytes", (double)state);
         cJSON_AddNumberToObject(l, "bytes_per_token", bpt);
@@ -282,9 +299,12 @@ char *dsq_ctr_meta_kv_cache_json(const dsq_v4_config *c) {
     }
     cJSON_AddNumberToObject(kv, "bytes_per_token", per_token);
     cJSON_AddNumberToObject(kv, "fixed_bytes", (double)fixed);
-    char *text = own_text(cJSON_PrintUnformatted(kv));
+    char *text = cJSON_PrintUnformatted(kv);
     cJSON_Delete(kv);
-    return text;
+    if (!text) return NULL;
+    char *copy = dsq_strdup(text);
+    cJSON_free(text);
+    return copy;
 }
 
 /* ---- summary ---- */
@@ -319,12 +339,13 @@ void dsq_ctr_summarize(const dsq_ctr_reader *r, const dsq_ctr_meta *m, const dsq
     s->kv_bytes_per_token = m->kv_cache.bytes_per_token;
     s->kv_fixed_bytes = m->kv_cache.fixed_bytes;
     s->kv_json = m->kv_cache.json;
+    s->kv_want_per_token = dsq_config_kv_per_token(cfg, s->kv_encoding);
 }
 
 bool dsq_ctr_summary_kv_consistent(const dsq_ctr_summary *s, double *want) {
-    double w = strcmp(s->kv_encoding, "bf16") == 0 ? s->kv.per_token_bf16 : s->kv.per_token_compact;
+    double w = s->kv_want_per_token;
     if (want) *want = w;
-    return isfinite(s->kv_bytes_per_token) && fabs(s->kv_bytes_per_token - w) <= 1e-6 * (w > 1 ? w : 1);
+    return isfinite(w) && isfinite(s->kv_bytes_per_token) && fabs(s->kv_bytes_per_token - w) <= 1e-6 * (w > 1 ? w : 1);
 }
 
 dsq_status dsq_ctr_unresolved(const dsq_ctr_reader *r, const dsq_v4_config *cfg, void (*fn)(void *ctx, const char *name),

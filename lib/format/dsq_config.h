@@ -121,4 +121,19 @@ typedef struct dsq_kv_bytes {
 } dsq_kv_bytes;
 void dsq_config_kv_bytes(const dsq_v4_config *c, dsq_kv_bytes *out);
 
+/* Cache encodings a container can declare (formats/spec/dsq.md §6.1: kv_cache.encoding, a recipe's
+ * "kv_cache"): the entry format of kv entries (window ring and compressed entries) and of indexer keys.
+ *   bf16 → kv_bf16 / index_bf16, compact → kv_compact / index_fp4, fp4 → kv_fp4 / index_fp4,
+ *   int4 → kv_int4 / index_fp4, compact-idx8 → kv_compact / index_fp8
+ * (the evaluator's f32 cache has no container form).  false for other names. */
+bool dsq_config_kv_layout(const char *encoding, const char **kv_format, const char **index_format);
+/* The canonical (static) spelling of a declarable encoding, or NULL. */
+const char *dsq_config_kv_encoding_name(const char *encoding);
+/* Bytes of one entry in entry format `format` (kv_* for head_dim entries, index_* for index_head_dim
+ * keys) for config c; 0 for an unknown format. */
+uint64_t dsq_config_kv_format_bytes(const dsq_v4_config *c, const char *format);
+/* Bytes per token of context (compressed entries + indexer keys over their ratio, all main and MTP
+ * blocks) of a declarable encoding; NaN for an unknown one.  compact/bf16 = dsq_config_kv_bytes's. */
+double dsq_config_kv_per_token(const dsq_v4_config *c, const char *encoding);
+
 #endif

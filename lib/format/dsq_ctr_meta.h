@@ -30,6 +30,8 @@ typedef struct dsq_ctr_meta {
     const char *config;                 /* model.config object, re-printed unformatted (dsq_config_parse's input) */
     const char *recipe;                 /* recipe object, re-printed unformatted */
     const char *recipe_name;            /* recipe.name string */
+    const char *recipe_kv_cache;        /* recipe.kv_cache string: the evaluator's default cache encoding */
+    bool recipe_kv_cache_not_string;    /* recipe.kv_cache is present but not a string */
     const char *tokenizer_json;         /* tokenizer."tokenizer.json": the source's tokenizer.json text */
     const char *tokenizer_config_json;  /* tokenizer."tokenizer_config.json" */
     const char *chat_template;          /* tokenizer.chat_template: chat_template.jinja */
@@ -61,9 +63,10 @@ dsq_status dsq_ctr_meta_check(const dsq_ctr_meta *m, const char *file, dsq_v4_co
 
 /* ---- writing ---------------------------------------------------------------------------------- */
 /* The KV-cache declaration of a config (spec dsq.md §6.1, deepseek-v4.md §6): entry formats and, per
- * block, attention kind, ratio, window, formats, state, bytes per token and fixed bytes (compact
- * encoding), as unformatted JSON.  dsq_malloc'd (dsq_free); NULL when out of memory. */
-char *dsq_ctr_meta_kv_cache_json(const dsq_v4_config *c);
+ * block, attention kind, ratio, window, formats, state, bytes per token and fixed bytes, for cache
+ * encoding `encoding` (dsq_config_kv_layout's names; NULL = "compact"), as unformatted JSON.
+ * dsq_malloc'd (dsq_free); NULL for an unknown encoding or when out of memory. */
+char *dsq_ctr_meta_kv_cache_json(const dsq_v4_config *c, const char *encoding);
 
 typedef struct dsq_ctr_meta_source_file {
     const char *name;     /* the shard's file name */
@@ -79,7 +82,8 @@ typedef struct dsq_ctr_meta_desc {
     const char *tokenizer_config_json;  /* tokenizer."tokenizer_config.json" */
     const char *chat_template;          /* tokenizer.chat_template */
     const char *generation_config_json; /* files."generation_config.json" */
-    const dsq_v4_config *kv_config;     /* kv_cache = dsq_ctr_meta_kv_cache_json(kv_config); NULL: left out */
+    const dsq_v4_config *kv_config;     /* kv_cache = dsq_ctr_meta_kv_cache_json(kv_config, kv_encoding); NULL: left out */
+    const char *kv_encoding;            /* the recipe's kv_cache encoding; NULL = "compact" */
     const char *const *command;         /* provenance.command: NULL-terminated argv (NULL: empty) */
     size_t n_source_files;              /* provenance.source.files */
     const dsq_ctr_meta_source_file *source_files;
@@ -104,14 +108,16 @@ typedef struct dsq_ctr_summary {
     double kv_bytes_per_token;    /* declared; NAN when absent */
     double kv_fixed_bytes;        /* declared; NAN when absent */
     const char *kv_json;          /* the declaration re-printed; NULL when absent */
+    double kv_want_per_token;     /* the config's bytes per token for kv_encoding; NAN for an unknown one */
 } dsq_ctr_summary;
 
 /* Sums over the tensor table with cfg (the container's model.config) and the metadata m. */
 void dsq_ctr_summarize(const dsq_ctr_reader *r, const dsq_ctr_meta *m, const dsq_v4_config *cfg, dsq_ctr_summary *s);
 /* Bytes of one tensor's parts. */
 uint64_t dsq_ctr_tensor_bytes(const dsq_ctr_tensor *t);
-/* Whether the declared KV bytes per token agree with the config's for the declared encoding (bf16, else
- * compact) within 1e-6 relative; *want = the config's figure. */
+/* Whether the declared KV bytes per token agree with the config's for the declared encoding
+ * (dsq_config_kv_per_token; an unknown encoding never agrees) within 1e-6 relative; *want = the
+ * config's figure. */
 bool dsq_ctr_summary_kv_consistent(const dsq_ctr_summary *s, double *want);
 
 /* Every weight the config's inventory expects (its `.scale` tensors excepted: folded into their weight's

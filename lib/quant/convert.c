@@ -599,6 +599,7 @@ static char *build_metadata(dsq_convert_plan *p, dsq_err *err) {
                                .chat_template = ct,
                                .generation_config_json = gc,
                                .kv_config = &p->cfg,
+                               .kv_encoding = p->opt.recipe ? p->opt.recipe->kv_cache : NULL,
                                .command = (const char *const *)p->command,
                                .n_source_files = n_files,
                                .source_files = files};

@@ -39,6 +39,10 @@ typedef struct dsq_recipe {
     char *description;
     dsq_recipe_rule *rules;
     size_t n_rules;
+    /* "kv_cache": the KV-cache encoding the container declares and the evaluator takes by default
+     * (dsq_config_kv_layout: bf16, compact, fp4, int4, compact-idx8); NULL when the recipe has none
+     * (the container declares compact and the evaluator keeps its f32 default). */
+    char *kv_cache;
 } dsq_recipe;
 
 /* Built-in recipes, in listing order. */

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "dsq_codec.h"
+#include "dsq_config.h"
 #include "dsq_inventory.h"
 #include "dsq_json.h"
 #include "dsq_recipe.h"
@@ -83,6 +84,7 @@ void dsq_recipe_free(dsq_recipe *r) {
     dsq_free(r->rules);
     dsq_free(r->name);
     dsq_free(r->description);
+    dsq_free(r->kv_cache);
     dsq_free(r);
 }
 
@@ -144,6 +146,7 @@ dsq_status dsq_recipe_parse(const char *json, size_t len, const char *what, dsq_
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(j, "name");
     const cJSON *desc = cJSON_GetObjectItemCaseSensitive(j, "description");
     const cJSON *rules = cJSON_GetObjectItemCaseSensitive(j, "rules");
+    const cJSON *kv = cJSON_GetObjectItemCaseSensitive(j, "kv_cache");
     if (!cJSON_IsObject(j)) s = dsq_err_set(err, DSQ_ERR_JSON, "%s: a recipe is a JSON object", what);
     else if (!cJSON_IsString(name) || !name->valuestring[0])
         s = dsq_err_set(err, DSQ_ERR_JSON, "%s: \"name\" must be a non-empty string", what);
@@ -151,11 +154,18 @@ dsq_status dsq_recipe_parse(const char *json, size_t len, const char *what, dsq_
         s = dsq_err_set(err, DSQ_ERR_JSON, "%s: \"description\" must be a string", what);
     else if (!cJSON_IsArray(rules) || cJSON_GetArraySize(rules) < 1)
         s = dsq_err_set(err, DSQ_ERR_JSON, "%s: \"rules\" must be a non-empty array", what);
+    else if (kv && !(cJSON_IsString(kv) && dsq_config_kv_encoding_name(kv->valuestring)))
+        s = dsq_err_set(err, DSQ_ERR_JSON,
+                        "%s: \"kv_cache\" must be one of bf16, compact, fp4, int4, compact-idx8 (formats/spec/dsq.md §6.1)",
+                        what);
     for (const cJSON *k = j ? j->child : NULL; s == DSQ_OK && k; k = k->next)
-        if (strcmp(k->string, "name") && strcmp(k->string, "description") && strcmp(k->string, "rules"))
+        if (strcmp(k->string, "name") && strcmp(k->string, "description") && strcmp(k->string, "rules") &&
+            strcmp(k->string, "kv_cache"))
             s = dsq_err_set(err, DSQ_ERR_JSON, "%s: unknown member \"%s\"", what, k->string);
     dsq_recipe *r = NULL;
     if (s == DSQ_OK && !(r = recipe_new(name->valuestring, desc ? desc->valuestring : NULL)))
+        s = dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", what);
+    if (s == DSQ_OK && kv && !(r->kv_cache = dsq_strdup(dsq_config_kv_encoding_name(kv->valuestring))))
         s = dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", what);
     int i = 0;
     for (const cJSON *rule = s == DSQ_OK ? rules->child : NULL; rule && s == DSQ_OK; rule = rule->next, i++) {
@@ -268,6 +278,7 @@ char *dsq_recipe_to_json(const dsq_recipe *r) {
     cJSON_AddStringToObject(j, "name", r->name);
     cJSON_AddStringToObject(j, "description", r->description);
     cJSON_AddItemToObject(j, "rules", rules);
+    if (r->kv_cache) cJSON_AddStringToObject(j, "kv_cache", r->kv_cache);
     for (size_t i = 0; i < r->n_rules; i++) {
         cJSON *o = cJSON_CreateObject();
         if (!o) break;
