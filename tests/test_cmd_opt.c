@@ -345,7 +345,7 @@ static void test_cli(void **state) {
         {"eval ppl m t --chunks 4294967296", "dsq eval ppl: --chunks needs an integer ≥ 1, not '4294967296'"},
         {"eval ppl m t --batch 0", "dsq eval ppl: --batch needs an integer 1..4096"},
         {"eval ppl m t --threads 0", "dsq eval ppl: --threads needs an integer 1..4096"},
-        {"eval ppl m t --kv-cache fp8", "dsq eval ppl: --kv-cache must be f32, bf16 or compact, not 'fp8'"},
+        {"eval ppl m t --kv-cache fp8", "dsq eval ppl: --kv-cache must be one of f32, bf16, compact, fp4, int4, compact-idx8, not 'fp8'"},
         {"eval ppl m t u", "dsq eval ppl: unexpected argument 'u'"},
         {"eval ppl", "dsq eval ppl: missing MODEL"},
         {"eval kld m t --save-base b --temperature 0", "dsq eval kld: --temperature needs a number > 0, not '0'"},
