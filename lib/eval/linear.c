@@ -21,6 +21,9 @@
 enum { ROW_TILE = 4, TOK_TILE = 3 };
 /* One-token kernels: rows of a BF16 tile; how far ahead in each row weights are prefetched. */
 enum { BF16_TILE = 8, PF_BYTES = 1024 };
+/* MXFP4 kernels decoding in registers: tokens per pass, and the most tokens for which decoding the
+ * weights once per pass beats dequantizing them once into a tile (an expert's share of a prefill). */
+enum { FP4_NT = 4, FP4_FUSED_MAX_TOK = 8 };
 
 /* UE8M0 byte → 2^(b-127) from the bits (ldexpf goes through a slow libm call).  255 is NaN, as in
  * lib/quant's decoder: model load rejects it unless allowed, and an allowed view takes the exact
@@ -328,6 +331,11 @@ __attribute__((target("avx512f"), always_inline)) static inline __m512 dup8(cons
     return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(v)), _mm256_castps_pd(v), 1));
 }
 
+/* [v | v] as one broadcast load. */
+__attribute__((target("avx512f"), always_inline)) static inline __m512 bcast8(const float *x) {
+    return _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(x))));
+}
+
 /* [a × 8 | b × 8] */
 __attribute__((target("avx512f"), always_inline)) static inline __m512 pair_scale(float a, float b) {
     return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b));
@@ -418,6 +426,86 @@ __attribute__((target("avx512f,avx512bw"))) static void fp8_rows4_avx512(const d
     }
     pair_sums(a01, y);
     pair_sums(a23, y + 2);
+}
+
+/* MXFP4, eight rows × NT tokens (NT ≤ FP4_NT): four row pairs, each decoded once per 32-column block
+ * and applied to every token, so the few tokens an expert sees in a prefill cost one decode.  A pair's
+ * 16-byte blocks are broadcast as [A | A | B | B] (128-bit lanes); an in-lane byte shuffle puts the byte
+ * of column c+j in dword j's low byte, a shift by 0 or 4 brings its nibble to the bottom, and a
+ * 16-entry permute maps it to its e2m1 value (code 8, -0, gives +0 as in fp4x32), times the block's
+ * power-of-two scale (exact: the same float as 2v·s/2).  One cross-lane permute per 16 weights (the
+ * four-row kernel needs two, and that port bounds it).  Each (row, token) keeps its 8-lane accumulator
+ * in column order and the same final lane sum: the bits of the scalar twin. */
+__attribute__((target("avx512f,avx512bw"), always_inline)) static inline void
+fp4_rows8_body(const dsq_wview *w, uint64_t r0, const float *x, size_t ldx, float *y, size_t ldy, const int NT) {
+    uint64_t cols = w->shape[1], nb = cols / 32, lb = cols / 2;
+    const uint8_t *c0 = w->data + r0 * lb, *s0 = w->scale + r0 * nb;
+    const __m512 tab = _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, 0.0f, -0.5f, -1.0f, -1.5f, -2.0f,
+                                      -3.0f, -4.0f, -6.0f);
+    /* dword j of 128-bit lane L (L = 0, 1 row A; 2, 3 row B) holds column 8k + 4(L&1) + j: byte
+     * 4k + 2(L&1) + j/2 of the block, nibble j&1 */
+    const __m512i sh = _mm512_set4_epi32(4, 0, 4, 0);
+#define SEL(byte) ((int)(0x80808000u | (byte))) /* byte `byte` to the dword's low byte, zeros above */
+    const __m512i sel0 = _mm512_set_epi32(SEL(3), SEL(3), SEL(2), SEL(2), SEL(1), SEL(1), SEL(0), SEL(0), /* B */
+                                          SEL(3), SEL(3), SEL(2), SEL(2), SEL(1), SEL(1), SEL(0), SEL(0)); /* A */
+#undef SEL
+    const __m512i four = _mm512_set1_epi32(4);
+    __m512 acc[4][FP4_NT];
+#pragma GCC unroll 4
+    for (int p = 0; p < 4; p++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) acc[p][t] = _mm512_setzero_ps();
+    for (uint64_t b = 0; b < nb; b++) {
+        const float *xb = x + b * 32;
+#pragma GCC unroll 4
+        for (int p = 0; p < 4; p++) {
+            const uint8_t *pa = c0 + (uint64_t)(2 * p) * lb + b * 16;
+            __m512i q = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)pa))),
+                _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(pa + lb))), 1);
+            __m512 sv = pair_scale(e8m0(s0[(uint64_t)(2 * p) * nb + b]), e8m0(s0[(uint64_t)(2 * p + 1) * nb + b]));
+            __m512i sel = sel0;
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; k++, sel = _mm512_add_epi32(sel, four)) {
+                __m512i nib = _mm512_srlv_epi32(_mm512_shuffle_epi8(q, sel), sh);
+                __m512 wv = _mm512_mul_ps(_mm512_permutexvar_ps(nib, tab), sv);
+#pragma GCC unroll 4
+                for (int t = 0; t < NT; t++) acc[p][t] = _mm512_fmadd_ps(wv, bcast8(xb + t * ldx + k * 8), acc[p][t]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int p = 0; p < 4; p++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) pair_sums(acc[p][t], y + (size_t)t * ldy + 2 * p);
+}
+
+#define FP4_ROWS8(nt)                                                                                                  \
+    __attribute__((target("avx512f,avx512bw"))) static void fp4_rows8_##nt(const dsq_wview *w, uint64_t r0,            \
+                                                                           const float *x, size_t ldx, float *y,     \
+                                                                           size_t ldy) {                             \
+        fp4_rows8_body(w, r0, x, ldx, y, ldy, nt);                                                                     \
+    }
+FP4_ROWS8(1)
+FP4_ROWS8(2)
+FP4_ROWS8(3)
+FP4_ROWS8(4)
+#undef FP4_ROWS8
+
+/* Eight rows, any token count: groups of up to FP4_NT tokens, each group decoding the weights again. */
+static void fp4_rows8(const dsq_wview *w, uint64_t r0, const float *x, size_t ldx, int64_t n_tok, float *y,
+                      size_t ldy) {
+    for (int64_t t0 = 0; t0 < n_tok; t0 += FP4_NT) {
+        int64_t nt = n_tok - t0 < FP4_NT ? n_tok - t0 : FP4_NT;
+        const float *xt = x + (size_t)t0 * ldx;
+        float *yt = y + (size_t)t0 * ldy;
+        switch (nt) {
+        case 1: fp4_rows8_1(w, r0, xt, ldx, yt, ldy); break;
+        case 2: fp4_rows8_2(w, r0, xt, ldx, yt, ldy); break;
+        case 3: fp4_rows8_3(w, r0, xt, ldx, yt, ldy); break;
+        default: fp4_rows8_4(w, r0, xt, ldx, yt, ldy); break;
+        }
+    }
 }
 
 #define FUSED_BODY()                                                                                                   \
@@ -566,8 +654,8 @@ static void tile_scalar(const float *w, size_t ldw, int nr, const float *x, size
 
 /* ---- linear ------------------------------------------------------------------------------------ */
 
-dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, uint64_t n_rows, const float *x,
-                       size_t ldx, int64_t n_tok, float *y, size_t ldy, dsq_err *err) {
+static dsq_status linear_tiles(const dsq__kern *k, const dsq_wview *w, uint64_t row0, uint64_t n_rows,
+                               const float *x, size_t ldx, int64_t n_tok, float *y, size_t ldy, dsq_err *err) {
     size_t cols = (size_t)w->shape[1];
     double work = (double)n_rows * (double)cols * (double)(n_tok > 0 ? n_tok : 1);
     int nt = work < 65536.0 ? 1 : k->threads;
@@ -638,6 +726,26 @@ dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, ui
     if (failed)
         return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: no memory for a %zu-column dequantization tile", w->name, cols);
     return DSQ_OK;
+}
+
+dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, uint64_t n_rows, const float *x,
+                       size_t ldx, int64_t n_tok, float *y, size_t ldy, dsq_err *err) {
+#ifdef HAVE_X86
+    /* MXFP4 with a few tokens (decode, an expert's tokens in a prefill): eight-row tiles decoded in
+     * registers (AVX-512); the last n_rows % 8 rows go the common way */
+    if (k->avx2 && !w->nonfinite && w->enc == DSQ_ENC_MXFP4 && n_tok >= 1 && n_tok <= FP4_FUSED_MAX_TOK &&
+        w->shape[1] % 32 == 0 && n_rows >= 8 && dsq__cpu_has_avx512()) {
+        int64_t n8 = (int64_t)(n_rows / 8);
+        double work = (double)n_rows * (double)w->shape[1] * (double)n_tok;
+#pragma omp parallel for num_threads(work < 65536.0 ? 1 : k->threads) schedule(static)
+        for (int64_t i = 0; i < n8; i++)
+            fp4_rows8(w, row0 + (uint64_t)i * 8, x, ldx, n_tok, y + (size_t)i * 8, ldy);
+        uint64_t done = (uint64_t)n8 * 8;
+        if (done == n_rows) return DSQ_OK;
+        return linear_tiles(k, w, row0 + done, n_rows - done, x, ldx, n_tok, y + done, ldy, err);
+    }
+#endif
+    return linear_tiles(k, w, row0, n_rows, x, ldx, n_tok, y, ldy, err);
 }
 
 void dsq__fp8_linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, uint64_t n_rows, const float *q,
