@@ -508,6 +508,127 @@ static void fp4_rows8(const dsq_wview *w, uint64_t r0, const float *x, size_t ld
     }
 }
 
+/* ---- AVX-512 GEMM for several tokens (prefill) -----------------------------------------------------
+ * Rows are dequantized once per block of GEMM_RB rows into a panel in row-pair layout: for pair p and
+ * column group g, 16 floats [row 2p cols 8g..8g+7 | row 2p+1 cols 8g..8g+7].  The microkernel runs
+ * four pairs (eight rows) × NT tokens with 4·NT zmm accumulators, each holding two (row, token) 8-lane
+ * accumulators in column order; x rows are read with a 256-bit broadcast.  Same weights, same per-lane
+ * FMA order and the same final lane sum as the scalar twin (tile_scalar): the same bits, for any token
+ * count, tiling or thread count. */
+enum { GEMM_RB = 16, GEMM_NT = 6 };
+
+__attribute__((target("avx512f"), always_inline)) static inline void gemm8_body(const float *P, const float *x,
+                                                                                size_t ldx, size_t groups, float *out,
+                                                                                const int NT) {
+    __m512 acc[4][GEMM_NT];
+#pragma GCC unroll 4
+    for (int p = 0; p < 4; p++)
+#pragma GCC unroll 6
+        for (int t = 0; t < NT; t++) acc[p][t] = _mm512_setzero_ps();
+    const float *P1 = P + 16 * groups, *P2 = P + 32 * groups, *P3 = P + 48 * groups;
+    for (size_t g = 0; g < groups; g++) {
+        __m512 w0 = _mm512_loadu_ps(P + 16 * g), w1 = _mm512_loadu_ps(P1 + 16 * g);
+        __m512 w2 = _mm512_loadu_ps(P2 + 16 * g), w3 = _mm512_loadu_ps(P3 + 16 * g);
+#pragma GCC unroll 6
+        for (int t = 0; t < NT; t++) {
+            __m512 xv = bcast8(x + (size_t)t * ldx + 8 * g);
+            acc[0][t] = _mm512_fmadd_ps(w0, xv, acc[0][t]);
+            acc[1][t] = _mm512_fmadd_ps(w1, xv, acc[1][t]);
+            acc[2][t] = _mm512_fmadd_ps(w2, xv, acc[2][t]);
+            acc[3][t] = _mm512_fmadd_ps(w3, xv, acc[3][t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int p = 0; p < 4; p++)
+#pragma GCC unroll 6
+        for (int t = 0; t < NT; t++) pair_sums(acc[p][t], out + t * 8 + 2 * p);
+}
+
+#define GEMM8(nt)                                                                                                      \
+    __attribute__((target("avx512f"))) static void gemm8_##nt(const float *P, const float *x, size_t ldx,             \
+                                                              size_t groups, float *out) {                             \
+        gemm8_body(P, x, ldx, groups, out, nt);                                                                        \
+    }
+GEMM8(1)
+GEMM8(2)
+GEMM8(3)
+GEMM8(4)
+GEMM8(5)
+GEMM8(6)
+#undef GEMM8
+
+/* out [nt][8]: the eight rows of panel P (groups column groups) against nt ≤ GEMM_NT tokens. */
+static void gemm8(const float *P, const float *x, size_t ldx, size_t groups, int nt, float *out) {
+    switch (nt) {
+    case 1: gemm8_1(P, x, ldx, groups, out); break;
+    case 2: gemm8_2(P, x, ldx, groups, out); break;
+    case 3: gemm8_3(P, x, ldx, groups, out); break;
+    case 4: gemm8_4(P, x, ldx, groups, out); break;
+    case 5: gemm8_5(P, x, ldx, groups, out); break;
+    default: gemm8_6(P, x, ldx, groups, out); break;
+    }
+}
+
+/* Rows [r0, r0+n) (n ≤ GEMM_RB) of w into panel P in row-pair layout, rows n … GEMM_RB-1 zero (their
+ * outputs are dropped); tmp holds two dequantized rows. */
+__attribute__((target("avx512f"))) static void gemm_panel(const dsq_wview *w, uint64_t r0, uint64_t n, bool exact,
+                                                          float *tmp, float *P) {
+    size_t cols = (size_t)w->shape[1], groups = cols / 8;
+    for (uint64_t p = 0; p < GEMM_RB / 2; p++) {
+        float *Pp = P + (size_t)p * 16 * groups;
+        uint64_t ra = 2 * p, nr = ra >= n ? 0 : n - ra >= 2 ? 2 : 1;
+        if (nr == 0) {
+            memset(Pp, 0, sizeof(float) * 16 * groups);
+            continue;
+        }
+        if (exact)
+            dsq__dequant_rows(w, r0 + ra, nr, tmp);
+        else
+            dequant_rows_avx2(w, r0 + ra, nr, tmp);
+        if (nr == 1) memset(tmp + cols, 0, sizeof(float) * cols);
+        for (size_t g = 0; g < groups; g++) {
+            _mm256_storeu_ps(Pp + 16 * g, _mm256_loadu_ps(tmp + 8 * g));
+            _mm256_storeu_ps(Pp + 16 * g + 8, _mm256_loadu_ps(tmp + cols + 8 * g));
+        }
+    }
+}
+
+/* The GEMM over all rows: OpenMP across blocks of GEMM_RB rows; per block the panel is built once and
+ * every token tile runs over it.  Returns false when a thread found no memory for its panel. */
+static bool gemm_linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, uint64_t n_rows, const float *x,
+                        size_t ldx, int64_t n_tok, float *y, size_t ldy, bool exact, int threads) {
+    size_t cols = (size_t)w->shape[1], groups = cols / 8;
+    int64_t n_blocks = (int64_t)dsq_ceil_div(n_rows, GEMM_RB);
+    bool failed = false;
+    (void)k;
+#pragma omp parallel num_threads(threads)
+    {
+        float *P = dsq_malloc_aligned(sizeof(float) * (GEMM_RB * cols + 2 * cols));
+        if (!P) {
+#pragma omp atomic write
+            failed = true;
+        }
+#pragma omp for schedule(static)
+        for (int64_t bi = 0; bi < n_blocks; bi++) {
+            if (!P) continue;
+            uint64_t b0 = (uint64_t)bi * GEMM_RB, nb = n_rows - b0 < GEMM_RB ? n_rows - b0 : GEMM_RB;
+            gemm_panel(w, row0 + b0, nb, exact, P + GEMM_RB * cols, P);
+            for (int64_t t0 = 0; t0 < n_tok; t0 += GEMM_NT) {
+                int nt = (int)(n_tok - t0 < GEMM_NT ? n_tok - t0 : GEMM_NT);
+                for (uint64_t m = 0; m < nb; m += 8) {
+                    float out[GEMM_NT * 8];
+                    gemm8(P + (size_t)m * cols, x + (size_t)t0 * ldx, ldx, groups, nt, out);
+                    uint64_t mr = nb - m < 8 ? nb - m : 8;
+                    for (int t = 0; t < nt; t++)
+                        memcpy(y + (size_t)(t0 + t) * ldy + b0 + m, out + t * 8, sizeof(float) * mr);
+                }
+            }
+        }
+        dsq_free_aligned(P);
+    }
+    return !failed;
+}
+
 #define FUSED_BODY()                                                                                                   \
     do {                                                                                                               \
         for (uint64_t c = 0; c < cols; c += 8) {                                                                       \
@@ -743,6 +864,14 @@ dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, ui
         uint64_t done = (uint64_t)n8 * 8;
         if (done == n_rows) return DSQ_OK;
         return linear_tiles(k, w, row0 + done, n_rows - done, x, ldx, n_tok, y + done, ldy, err);
+    }
+    /* several tokens: the AVX-512 GEMM over a row-pair panel (column counts that are multiples of 8) */
+    if (k->avx2 && n_tok >= 2 && w->shape[1] % 8 == 0 && w->rank == 2 && dsq__cpu_has_avx512()) {
+        double work = (double)n_rows * (double)w->shape[1] * (double)n_tok;
+        if (!gemm_linear(k, w, row0, n_rows, x, ldx, n_tok, y, ldy, w->nonfinite, work < 65536.0 ? 1 : k->threads))
+            return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: no memory for a %llu-column GEMM panel", w->name,
+                               (unsigned long long)w->shape[1]);
+        return DSQ_OK;
     }
 #endif
     return linear_tiles(k, w, row0, n_rows, x, ldx, n_tok, y, ldy, err);
