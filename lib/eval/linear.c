@@ -383,8 +383,8 @@ __attribute__((target("avx512f,avx512bw"))) static void fp4_rows4_avx512(const d
     pair_sums(a23, y + 2);
 }
 
-/* FP8 128x128, four rows (cols a multiple of 128): for each row pair, 16 columns of both rows
- * become 32 fp16 bit patterns (e4m3 · 2^-8, as fp8_rows4) arranged [A c..c+7 | B c..c+7] and
+/* FP8 128x128, four rows (cols a multiple of 128): 16 columns of the four rows become 64 fp16 bit
+ * patterns (e4m3 · 2^-8, as fp8_rows4), each row pair's arranged [A c..c+7 | B c..c+7] and
  * [A c+8..c+15 | B c+8..c+15], then ·256·s and one FMA each: fp8_rows4's values and order. */
 __attribute__((target("avx512f,avx512bw"))) static void fp8_rows4_avx512(const dsq_wview *w, uint64_t r0, const float *x,
                                                                           float *y) {
@@ -406,21 +406,22 @@ __attribute__((target("avx512f,avx512bw"))) static void fp8_rows4_avx512(const d
         }
 #define FP8_W(v) (one ? _mm512_mul_ps(v, kv) : _mm512_mul_ps(_mm512_mul_ps(v, k256), sv))
         for (uint64_t c = bk * 128; c < bk * 128 + 128; c += 16) {
-            __m512 x0 = dup8(x + c), x1 = dup8(x + c + 8);
-#define FP8_PAIR(ra, A)                                                                                                \
-    do {                                                                                                               \
-        __m128i qa = _mm_loadu_si128((const __m128i *)(base + (uint64_t)(ra)*cols + c));                               \
-        __m128i qb = _mm_loadu_si128((const __m128i *)(base + (uint64_t)((ra) + 1) * cols + c));                       \
-        __m512i b = _mm512_cvtepu8_epi16(_mm256_set_m128i(_mm_unpackhi_epi64(qa, qb), _mm_unpacklo_epi64(qa, qb)));   \
-        __m512i h = _mm512_and_si512(_mm512_srai_epi16(_mm512_slli_epi16(b, 8), 1), mbf);                            \
-        __m512 f0 = FP8_W(_mm512_cvtph_ps(_mm512_castsi512_si256(h)));                                                 \
-        __m512 f1 = FP8_W(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)));                                           \
-        A = _mm512_fmadd_ps(f0, x0, A);                                                                                \
-        A = _mm512_fmadd_ps(f1, x1, A);                                                                                \
-    } while (0)
-            FP8_PAIR(0, a01);
-            FP8_PAIR(2, a23);
-#undef FP8_PAIR
+            __m512 x0 = bcast8(x + c), x1 = bcast8(x + c + 8);
+            /* the four rows' 16 codes in the 128-bit lanes of one zmm; a byte unpack against zero
+             * makes the words b << 8 of columns c..c+7 (lo) and c+8..c+15 (hi) of every row, so a
+             * 256-bit half is a row pair's [A | B] */
+            __m512i z = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(base + c)));
+            z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(base + cols + c)), 1);
+            z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(base + 2 * cols + c)), 2);
+            z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(base + 3 * cols + c)), 3);
+            __m512i lo = _mm512_unpacklo_epi8(_mm512_setzero_si512(), z);
+            __m512i hi = _mm512_unpackhi_epi8(_mm512_setzero_si512(), z);
+            lo = _mm512_and_si512(_mm512_srai_epi16(lo, 1), mbf);
+            hi = _mm512_and_si512(_mm512_srai_epi16(hi, 1), mbf);
+            a01 = _mm512_fmadd_ps(FP8_W(_mm512_cvtph_ps(_mm512_castsi512_si256(lo))), x0, a01);
+            a23 = _mm512_fmadd_ps(FP8_W(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(lo, 1))), x0, a23);
+            a01 = _mm512_fmadd_ps(FP8_W(_mm512_cvtph_ps(_mm512_castsi512_si256(hi))), x1, a01);
+            a23 = _mm512_fmadd_ps(FP8_W(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(hi, 1))), x1, a23);
         }
 #undef FP8_W
     }
