@@ -210,11 +210,51 @@ static void test_multi_token_equals_scalar(void **state) {
     }
 }
 
+/* MXFP4 rows long enough for the eight-row kernel's vector scale conversion (16 blocks at a time, the
+ * rest one by one), with extreme scale bytes (0 = 2^-127, 1, 2, 200) planted and row 0 all at 2^-127:
+ * 1–8 tokens equal the scalar twin bit for bit. */
+static void test_fp4_scale_chunks(void **state) {
+    (void)state;
+    if (!dsq__cpu_has_avx2()) skip();
+    static const lcase cases[] = {{"mxfp4", 16, 1024}, {"mxfp4", 9, 608}, {"mxfp4", 24, 512}};
+    rng g = {0xfb4};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const lcase *c = &cases[ci];
+        dsq_qtensor_buf b;
+        dsq_wview v = make_view(c->enc, c->rows, c->cols, &g, &b);
+        uint8_t *sc = b.scales;
+        static const uint8_t planted[] = {0, 1, 2, 200};
+        for (uint64_t i = 0; i < v.scale_bytes; i += 7) sc[i] = planted[(i / 7) % 4];
+        memset(sc, 0, c->cols / 32); /* row 0 entirely at 2^-127: its outputs are those tiny products alone */
+        enum { NT = 8 };
+        float *x = malloc(sizeof(float) * c->cols * NT);
+        for (uint64_t i = 0; i < c->cols * NT; i++) x[i] = ldexpf(rng_gauss(&g), (int)(i % 11) - 5);
+        float *ys = malloc(sizeof(float) * c->rows * NT), *yv = malloc(sizeof(float) * c->rows * NT);
+        for (int64_t nt = 1; nt <= NT; nt++) {
+            dsq__kern ks = {false, 1}, kv = {true, 2};
+            assert_int_equal(dsq__linear(&ks, &v, 0, c->rows, x, c->cols, nt, ys, c->rows, NULL), DSQ_OK);
+            assert_int_equal(dsq__linear(&kv, &v, 0, c->rows, x, c->cols, nt, yv, c->rows, NULL), DSQ_OK);
+            for (uint64_t i = 0; i < c->rows * (uint64_t)nt; i++)
+                if (memcmp(&ys[i], &yv[i], sizeof(float)) != 0) {
+                    fprintf(stderr, "mxfp4 [%llu x %llu] tokens %lld: output %llu: vector %.9g, scalar %.9g\n",
+                            (unsigned long long)c->rows, (unsigned long long)c->cols, (long long)nt,
+                            (unsigned long long)i, yv[i], ys[i]);
+                    fail();
+                }
+        }
+        free(x);
+        free(ys);
+        free(yv);
+        qbuf_free(&b);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vector_equals_scalar),
         cmocka_unit_test(test_fp8_huge_scale_block),
         cmocka_unit_test(test_multi_token_equals_scalar),
+        cmocka_unit_test(test_fp4_scale_chunks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
