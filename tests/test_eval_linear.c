@@ -134,10 +134,127 @@ static void test_fp8_huge_scale_block(void **state) {
     }
 }
 
+/* One view of (enc, rows, cols) with weights spread over 2^-12 … 2^6; free with qbuf_free. */
+static dsq_wview make_view(const char *name, uint64_t rows, uint64_t cols, rng *g, dsq_qtensor_buf *b) {
+    dsq_encoding enc;
+    int group;
+    assert_int_equal(dsq_codec_parse(name, &enc, &group, NULL), DSQ_OK);
+    assert_int_equal(qbuf_alloc(b, enc, rows, cols, group), 0);
+    float *w = malloc(sizeof(float) * rows * cols);
+    for (uint64_t i = 0; i < rows * cols; i++) w[i] = ldexpf(rng_gauss(g), (int)((i / 32 + i / cols) % 19) - 12);
+    assert_int_equal(dsq_codec_encode(b, w, 0, rows, NULL, NULL), DSQ_OK);
+    free(w);
+    dsq_codec_layout L;
+    assert_int_equal(dsq_codec_layout_of(enc, rows, cols, group, &L, NULL), DSQ_OK);
+    dsq_wview v = {.name = name, .enc = enc, .rank = 2, .shape = {rows, cols}, .data = b->data,
+                   .data_bytes = L.data_bytes, .scale = b->scales, .scale_bytes = L.scale_bytes, .group = group};
+    return v;
+}
+
+/* The several-token kernels (the AVX-512 GEMM over row-pair panels, the eight-row MXFP4 kernel for up
+ * to eight tokens, the AVX2 tiles where AVX-512 is missing) equal the scalar twin bit for bit: token
+ * counts on and around every tile edge (GEMM 6, MXFP4 4 and 8), row counts that leave partial 16-row
+ * blocks and 8-row micro-panels, row windows (row0 > 0), strided x and y (nothing written outside the
+ * window), one and two threads, and views taken by the exact decoder (nonfinite). */
+static void test_multi_token_equals_scalar(void **state) {
+    (void)state;
+    if (!dsq__cpu_has_avx2()) skip();
+    static const lcase cases[] = {
+        {"bf16", 37, 64}, {"f32", 21, 40}, {"fp8-128x128", 45, 256}, {"fp8-128x128-f32", 19, 384},
+        {"mxfp4", 43, 128}, {"mxfp4", 16, 64}, {"mxfp4", 8, 32}, {"q4_k", 11, 256}, {"bf16", 7, 24},
+    };
+    static const int64_t toks[] = {2, 3, 4, 5, 6, 7, 8, 9, 12, 13};
+    rng g = {0xc0ffee};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const lcase *c = &cases[ci];
+        dsq_qtensor_buf b;
+        dsq_wview v = make_view(c->enc, c->rows, c->cols, &g, &b);
+        size_t ldx = (size_t)c->cols + 8, ldy = (size_t)c->rows + 3;
+        enum { MAXT = 13 };
+        float *x = malloc(sizeof(float) * ldx * MAXT);
+        for (size_t i = 0; i < ldx * MAXT; i++) x[i] = ldexpf(rng_gauss(&g), (int)(i % 11) - 5);
+        float *ys = malloc(sizeof(float) * ldy * MAXT), *yv = malloc(sizeof(float) * ldy * MAXT);
+        for (int nf = 0; nf < 2; nf++) {
+            v.nonfinite = nf; /* the exact decoder's path (no NaN here: its weights are the same) */
+            for (size_t ti = 0; ti < sizeof toks / sizeof toks[0]; ti++)
+                for (uint64_t row0 = 0; row0 <= 5; row0 += 5) {
+                    int64_t nt = toks[ti];
+                    uint64_t n = c->rows - row0;
+                    dsq__kern ks = {false, 1};
+                    memset(ys, 0xff, sizeof(float) * ldy * (size_t)nt);
+                    assert_int_equal(dsq__linear(&ks, &v, row0, n, x, ldx, nt, ys, ldy, NULL), DSQ_OK);
+                    for (int th = 1; th <= 2; th++) {
+                        dsq__kern kv = {true, th};
+                        memset(yv, 0xff, sizeof(float) * ldy * (size_t)nt);
+                        assert_int_equal(dsq__linear(&kv, &v, row0, n, x, ldx, nt, yv, ldy, NULL), DSQ_OK);
+                        for (size_t i = 0; i < ldy * (size_t)nt; i++) /* window and padding alike */
+                            if (memcmp(&ys[i], &yv[i], sizeof(float)) != 0) {
+                                fprintf(stderr,
+                                        "%s [%llu x %llu] rows %llu… tokens %lld threads %d nonfinite %d: y[%zu][%zu]: "
+                                        "vector %.9g, scalar %.9g\n",
+                                        c->enc, (unsigned long long)c->rows, (unsigned long long)c->cols,
+                                        (unsigned long long)row0, (long long)nt, th, nf, i / ldy, i % ldy, yv[i], ys[i]);
+                                fail();
+                            }
+                    }
+                    float sentinel;
+                    memset(&sentinel, 0xff, sizeof sentinel);
+                    for (int64_t t = 0; t < nt; t++) /* columns past the window untouched */
+                        for (size_t i = n; i < ldy; i++) assert_memory_equal(&ys[(size_t)t * ldy + i], &sentinel, 4);
+                }
+        }
+        free(x);
+        free(ys);
+        free(yv);
+        qbuf_free(&b);
+    }
+}
+
+/* MXFP4 rows long enough for the eight-row kernel's vector scale conversion (16 blocks at a time, the
+ * rest one by one), with extreme scale bytes (0 = 2^-127, 1, 2, 200) planted and row 0 all at 2^-127:
+ * 1–8 tokens equal the scalar twin bit for bit. */
+static void test_fp4_scale_chunks(void **state) {
+    (void)state;
+    if (!dsq__cpu_has_avx2()) skip();
+    static const lcase cases[] = {{"mxfp4", 16, 1024}, {"mxfp4", 9, 608}, {"mxfp4", 24, 512}};
+    rng g = {0xfb4};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const lcase *c = &cases[ci];
+        dsq_qtensor_buf b;
+        dsq_wview v = make_view(c->enc, c->rows, c->cols, &g, &b);
+        uint8_t *sc = b.scales;
+        static const uint8_t planted[] = {0, 1, 2, 200};
+        for (uint64_t i = 0; i < v.scale_bytes; i += 7) sc[i] = planted[(i / 7) % 4];
+        memset(sc, 0, c->cols / 32); /* row 0 entirely at 2^-127: its outputs are those tiny products alone */
+        enum { NT = 8 };
+        float *x = malloc(sizeof(float) * c->cols * NT);
+        for (uint64_t i = 0; i < c->cols * NT; i++) x[i] = ldexpf(rng_gauss(&g), (int)(i % 11) - 5);
+        float *ys = malloc(sizeof(float) * c->rows * NT), *yv = malloc(sizeof(float) * c->rows * NT);
+        for (int64_t nt = 1; nt <= NT; nt++) {
+            dsq__kern ks = {false, 1}, kv = {true, 2};
+            assert_int_equal(dsq__linear(&ks, &v, 0, c->rows, x, c->cols, nt, ys, c->rows, NULL), DSQ_OK);
+            assert_int_equal(dsq__linear(&kv, &v, 0, c->rows, x, c->cols, nt, yv, c->rows, NULL), DSQ_OK);
+            for (uint64_t i = 0; i < c->rows * (uint64_t)nt; i++)
+                if (memcmp(&ys[i], &yv[i], sizeof(float)) != 0) {
+                    fprintf(stderr, "mxfp4 [%llu x %llu] tokens %lld: output %llu: vector %.9g, scalar %.9g\n",
+                            (unsigned long long)c->rows, (unsigned long long)c->cols, (long long)nt,
+                            (unsigned long long)i, yv[i], ys[i]);
+                    fail();
+                }
+        }
+        free(x);
+        free(ys);
+        free(yv);
+        qbuf_free(&b);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vector_equals_scalar),
         cmocka_unit_test(test_fp8_huge_scale_block),
+        cmocka_unit_test(test_multi_token_equals_scalar),
+        cmocka_unit_test(test_fp4_scale_chunks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -21,6 +21,9 @@
 enum { ROW_TILE = 4, TOK_TILE = 3 };
 /* One-token kernels: rows of a BF16 tile; how far ahead in each row weights are prefetched. */
 enum { BF16_TILE = 8, PF_BYTES = 1024 };
+/* MXFP4 kernels decoding in registers: tokens per pass, and the most tokens for which decoding the
+ * weights once per pass beats dequantizing them once into a tile (an expert's share of a prefill). */
+enum { FP4_NT = 4, FP4_FUSED_MAX_TOK = 8 };
 
 /* UE8M0 byte → 2^(b-127) from the bits (ldexpf goes through a slow libm call).  255 is NaN, as in
  * lib/quant's decoder: model load rejects it unless allowed, and an allowed view takes the exact
@@ -328,6 +331,11 @@ __attribute__((target("avx512f"), always_inline)) static inline __m512 dup8(cons
     return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(v)), _mm256_castps_pd(v), 1));
 }
 
+/* [v | v] as one broadcast load. */
+__attribute__((target("avx512f"), always_inline)) static inline __m512 bcast8(const float *x) {
+    return _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(x))));
+}
+
 /* [a × 8 | b × 8] */
 __attribute__((target("avx512f"), always_inline)) static inline __m512 pair_scale(float a, float b) {
     return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b));
@@ -375,8 +383,8 @@ __attribute__((target("avx512f,avx512bw"))) static void fp4_rows4_avx512(const d
     pair_sums(a23, y + 2);
 }
 
-/* FP8 128x128, four rows (cols a multiple of 128): for each row pair, 16 columns of both rows
- * become 32 fp16 bit patterns (e4m3 · 2^-8, as fp8_rows4) arranged [A c..c+7 | B c..c+7] and
+/* FP8 128x128, four rows (cols a multiple of 128): 16 columns of the four rows become 64 fp16 bit
+ * patterns (e4m3 · 2^-8, as fp8_rows4), each row pair's arranged [A c..c+7 | B c..c+7] and
  * [A c+8..c+15 | B c+8..c+15], then ·256·s and one FMA each: fp8_rows4's values and order. */
 __attribute__((target("avx512f,avx512bw"))) static void fp8_rows4_avx512(const dsq_wview *w, uint64_t r0, const float *x,
                                                                           float *y) {
@@ -398,26 +406,250 @@ __attribute__((target("avx512f,avx512bw"))) static void fp8_rows4_avx512(const d
         }
 #define FP8_W(v) (one ? _mm512_mul_ps(v, kv) : _mm512_mul_ps(_mm512_mul_ps(v, k256), sv))
         for (uint64_t c = bk * 128; c < bk * 128 + 128; c += 16) {
-            __m512 x0 = dup8(x + c), x1 = dup8(x + c + 8);
-#define FP8_PAIR(ra, A)                                                                                                \
-    do {                                                                                                               \
-        __m128i qa = _mm_loadu_si128((const __m128i *)(base + (uint64_t)(ra)*cols + c));                               \
-        __m128i qb = _mm_loadu_si128((const __m128i *)(base + (uint64_t)((ra) + 1) * cols + c));                       \
-        __m512i b = _mm512_cvtepu8_epi16(_mm256_set_m128i(_mm_unpackhi_epi64(qa, qb), _mm_unpacklo_epi64(qa, qb)));   \
-        __m512i h = _mm512_and_si512(_mm512_srai_epi16(_mm512_slli_epi16(b, 8), 1), mbf);                            \
-        __m512 f0 = FP8_W(_mm512_cvtph_ps(_mm512_castsi512_si256(h)));                                                 \
-        __m512 f1 = FP8_W(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)));                                           \
-        A = _mm512_fmadd_ps(f0, x0, A);                                                                                \
-        A = _mm512_fmadd_ps(f1, x1, A);                                                                                \
-    } while (0)
-            FP8_PAIR(0, a01);
-            FP8_PAIR(2, a23);
-#undef FP8_PAIR
+            __m512 x0 = bcast8(x + c), x1 = bcast8(x + c + 8);
+            /* the four rows' 16 codes in the 128-bit lanes of one zmm; a byte unpack against zero
+             * makes the words b << 8 of columns c..c+7 (lo) and c+8..c+15 (hi) of every row, so a
+             * 256-bit half is a row pair's [A | B] */
+            __m512i z = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(base + c)));
+            z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(base + cols + c)), 1);
+            z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(base + 2 * cols + c)), 2);
+            z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(base + 3 * cols + c)), 3);
+            __m512i lo = _mm512_unpacklo_epi8(_mm512_setzero_si512(), z);
+            __m512i hi = _mm512_unpackhi_epi8(_mm512_setzero_si512(), z);
+            lo = _mm512_and_si512(_mm512_srai_epi16(lo, 1), mbf);
+            hi = _mm512_and_si512(_mm512_srai_epi16(hi, 1), mbf);
+            a01 = _mm512_fmadd_ps(FP8_W(_mm512_cvtph_ps(_mm512_castsi512_si256(lo))), x0, a01);
+            a23 = _mm512_fmadd_ps(FP8_W(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(lo, 1))), x0, a23);
+            a01 = _mm512_fmadd_ps(FP8_W(_mm512_cvtph_ps(_mm512_castsi512_si256(hi))), x1, a01);
+            a23 = _mm512_fmadd_ps(FP8_W(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(hi, 1))), x1, a23);
         }
 #undef FP8_W
     }
     pair_sums(a01, y);
     pair_sums(a23, y + 2);
+}
+
+/* MXFP4, eight rows × NT tokens (NT ≤ FP4_NT): four row pairs, each decoded once per 32-column block
+ * and applied to every token, so the few tokens an expert sees in a prefill cost one decode.  A pair's
+ * 16-byte blocks are broadcast as [A | A | B | B] (128-bit lanes); an in-lane byte shuffle puts the byte
+ * of column c+j in dword j's low byte, a shift by 0 or 4 brings its nibble to the bottom, and a
+ * 16-entry permute maps it to its e2m1 value (code 8, -0, gives +0 as in fp4x32), times the block's
+ * power-of-two scale (exact: the same float as 2v·s/2).  One cross-lane permute per 16 weights (the
+ * four-row kernel needs two, and that port bounds it).  Each (row, token) keeps its 8-lane accumulator
+ * in column order and the same final lane sum: the bits of the scalar twin. */
+__attribute__((target("avx512f,avx512bw"), always_inline)) static inline void
+fp4_rows8_body(const dsq_wview *w, uint64_t r0, const float *x, size_t ldx, float *y, size_t ldy, const int NT) {
+    uint64_t cols = w->shape[1], nb = cols / 32, lb = cols / 2;
+    const uint8_t *c0 = w->data + r0 * lb, *s0 = w->scale + r0 * nb;
+    const __m512 tab = _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, 0.0f, -0.5f, -1.0f, -1.5f, -2.0f,
+                                      -3.0f, -4.0f, -6.0f);
+    /* dword j of 128-bit lane L (L = 0, 1 row A; 2, 3 row B) holds column 8k + 4(L&1) + j: byte
+     * 4k + 2(L&1) + j/2 of the block, nibble j&1 */
+    const __m512i sh = _mm512_set4_epi32(4, 0, 4, 0);
+#define SEL(byte) ((int)(0x80808000u | (byte))) /* byte `byte` to the dword's low byte, zeros above */
+    const __m512i sel0 = _mm512_set_epi32(SEL(3), SEL(3), SEL(2), SEL(2), SEL(1), SEL(1), SEL(0), SEL(0), /* B */
+                                          SEL(3), SEL(3), SEL(2), SEL(2), SEL(1), SEL(1), SEL(0), SEL(0)); /* A */
+#undef SEL
+    const __m512i four = _mm512_set1_epi32(4);
+    __m512 acc[4][FP4_NT];
+#pragma GCC unroll 4
+    for (int p = 0; p < 4; p++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) acc[p][t] = _mm512_setzero_ps();
+    /* the eight rows' block scales as floats, 16 blocks at a time (a scalar decode per block and row
+     * costs a third of the kernel's time) */
+    float sc[8][16];
+    for (uint64_t b0 = 0; b0 < nb; b0 += 16) {
+        uint64_t nbk = nb - b0 < 16 ? nb - b0 : 16;
+        for (int r = 0; r < 8; r++) {
+            const uint8_t *sr = s0 + (uint64_t)r * nb + b0;
+            if (nbk < 16) {
+                for (uint64_t i = 0; i < nbk; i++) sc[r][i] = e8m0(sr[i]);
+                continue;
+            }
+            __m512i e = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)sr));
+            __m512i f = _mm512_slli_epi32(e, 23); /* 2^(e-127) for 1 ≤ e ≤ 254, as e8m0() */
+            f = _mm512_mask_mov_epi32(f, _mm512_cmpeq_epi32_mask(e, _mm512_setzero_si512()),
+                                      _mm512_set1_epi32(0x00400000)); /* 2^-127 */
+            f = _mm512_mask_mov_epi32(f, _mm512_cmpeq_epi32_mask(e, _mm512_set1_epi32(255)),
+                                      _mm512_set1_epi32(0x7fc00000)); /* NaN */
+            _mm512_storeu_si512(sc[r], f);
+        }
+        for (uint64_t bb = 0; bb < nbk; bb++) {
+            uint64_t b = b0 + bb;
+            const float *xb = x + b * 32;
+#pragma GCC unroll 4
+            for (int p = 0; p < 4; p++) {
+                const uint8_t *pa = c0 + (uint64_t)(2 * p) * lb + b * 16;
+                __m512i q = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)pa))),
+                    _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(pa + lb))), 1);
+                __m512 sv = pair_scale(sc[2 * p][bb], sc[2 * p + 1][bb]);
+                __m512i sel = sel0;
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; k++, sel = _mm512_add_epi32(sel, four)) {
+                    __m512i nib = _mm512_srlv_epi32(_mm512_shuffle_epi8(q, sel), sh);
+                    __m512 wv = _mm512_mul_ps(_mm512_permutexvar_ps(nib, tab), sv);
+#pragma GCC unroll 4
+                    for (int t = 0; t < NT; t++)
+                        acc[p][t] = _mm512_fmadd_ps(wv, bcast8(xb + t * ldx + k * 8), acc[p][t]);
+                }
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int p = 0; p < 4; p++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) pair_sums(acc[p][t], y + (size_t)t * ldy + 2 * p);
+}
+
+#define FP4_ROWS8(nt)                                                                                                  \
+    __attribute__((target("avx512f,avx512bw"))) static void fp4_rows8_##nt(const dsq_wview *w, uint64_t r0,            \
+                                                                           const float *x, size_t ldx, float *y,     \
+                                                                           size_t ldy) {                             \
+        fp4_rows8_body(w, r0, x, ldx, y, ldy, nt);                                                                     \
+    }
+FP4_ROWS8(1)
+FP4_ROWS8(2)
+FP4_ROWS8(3)
+FP4_ROWS8(4)
+#undef FP4_ROWS8
+
+/* Eight rows, any token count: groups of up to FP4_NT tokens, each group decoding the weights again. */
+static void fp4_rows8(const dsq_wview *w, uint64_t r0, const float *x, size_t ldx, int64_t n_tok, float *y,
+                      size_t ldy) {
+    for (int64_t t0 = 0; t0 < n_tok; t0 += FP4_NT) {
+        int64_t nt = n_tok - t0 < FP4_NT ? n_tok - t0 : FP4_NT;
+        const float *xt = x + (size_t)t0 * ldx;
+        float *yt = y + (size_t)t0 * ldy;
+        switch (nt) {
+        case 1: fp4_rows8_1(w, r0, xt, ldx, yt, ldy); break;
+        case 2: fp4_rows8_2(w, r0, xt, ldx, yt, ldy); break;
+        case 3: fp4_rows8_3(w, r0, xt, ldx, yt, ldy); break;
+        default: fp4_rows8_4(w, r0, xt, ldx, yt, ldy); break;
+        }
+    }
+}
+
+/* ---- AVX-512 GEMM for several tokens (prefill) -----------------------------------------------------
+ * Rows are dequantized once per block of GEMM_RB rows into a panel in row-pair layout: for pair p and
+ * column group g, 16 floats [row 2p cols 8g..8g+7 | row 2p+1 cols 8g..8g+7].  The microkernel runs
+ * four pairs (eight rows) × NT tokens with 4·NT zmm accumulators, each holding two (row, token) 8-lane
+ * accumulators in column order; x rows are read with a 256-bit broadcast.  Same weights, same per-lane
+ * FMA order and the same final lane sum as the scalar twin (tile_scalar): the same bits, for any token
+ * count, tiling or thread count. */
+enum { GEMM_RB = 16, GEMM_NT = 6 };
+
+__attribute__((target("avx512f"), always_inline)) static inline void gemm8_body(const float *P, const float *x,
+                                                                                size_t ldx, size_t groups, float *out,
+                                                                                const int NT) {
+    __m512 acc[4][GEMM_NT];
+#pragma GCC unroll 4
+    for (int p = 0; p < 4; p++)
+#pragma GCC unroll 6
+        for (int t = 0; t < NT; t++) acc[p][t] = _mm512_setzero_ps();
+    const float *P1 = P + 16 * groups, *P2 = P + 32 * groups, *P3 = P + 48 * groups;
+    for (size_t g = 0; g < groups; g++) {
+        __m512 w0 = _mm512_loadu_ps(P + 16 * g), w1 = _mm512_loadu_ps(P1 + 16 * g);
+        __m512 w2 = _mm512_loadu_ps(P2 + 16 * g), w3 = _mm512_loadu_ps(P3 + 16 * g);
+#pragma GCC unroll 6
+        for (int t = 0; t < NT; t++) {
+            __m512 xv = bcast8(x + (size_t)t * ldx + 8 * g);
+            acc[0][t] = _mm512_fmadd_ps(w0, xv, acc[0][t]);
+            acc[1][t] = _mm512_fmadd_ps(w1, xv, acc[1][t]);
+            acc[2][t] = _mm512_fmadd_ps(w2, xv, acc[2][t]);
+            acc[3][t] = _mm512_fmadd_ps(w3, xv, acc[3][t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int p = 0; p < 4; p++)
+#pragma GCC unroll 6
+        for (int t = 0; t < NT; t++) pair_sums(acc[p][t], out + t * 8 + 2 * p);
+}
+
+#define GEMM8(nt)                                                                                                      \
+    __attribute__((target("avx512f"))) static void gemm8_##nt(const float *P, const float *x, size_t ldx,             \
+                                                              size_t groups, float *out) {                             \
+        gemm8_body(P, x, ldx, groups, out, nt);                                                                        \
+    }
+GEMM8(1)
+GEMM8(2)
+GEMM8(3)
+GEMM8(4)
+GEMM8(5)
+GEMM8(6)
+#undef GEMM8
+
+/* out [nt][8]: the eight rows of panel P (groups column groups) against nt ≤ GEMM_NT tokens. */
+static void gemm8(const float *P, const float *x, size_t ldx, size_t groups, int nt, float *out) {
+    switch (nt) {
+    case 1: gemm8_1(P, x, ldx, groups, out); break;
+    case 2: gemm8_2(P, x, ldx, groups, out); break;
+    case 3: gemm8_3(P, x, ldx, groups, out); break;
+    case 4: gemm8_4(P, x, ldx, groups, out); break;
+    case 5: gemm8_5(P, x, ldx, groups, out); break;
+    default: gemm8_6(P, x, ldx, groups, out); break;
+    }
+}
+
+/* Rows [r0, r0+n) (n ≤ GEMM_RB) of w into panel P in row-pair layout, rows n … GEMM_RB-1 zero (their
+ * outputs are dropped); tmp holds two dequantized rows. */
+__attribute__((target("avx512f"))) static void gemm_panel(const dsq_wview *w, uint64_t r0, uint64_t n, bool exact,
+                                                          float *tmp, float *P) {
+    size_t cols = (size_t)w->shape[1], groups = cols / 8;
+    for (uint64_t p = 0; p < GEMM_RB / 2; p++) {
+        float *Pp = P + (size_t)p * 16 * groups;
+        uint64_t ra = 2 * p, nr = ra >= n ? 0 : n - ra >= 2 ? 2 : 1;
+        if (nr == 0) {
+            memset(Pp, 0, sizeof(float) * 16 * groups);
+            continue;
+        }
+        if (exact)
+            dsq__dequant_rows(w, r0 + ra, nr, tmp);
+        else
+            dequant_rows_avx2(w, r0 + ra, nr, tmp);
+        if (nr == 1) memset(tmp + cols, 0, sizeof(float) * cols);
+        for (size_t g = 0; g < groups; g++) {
+            _mm256_storeu_ps(Pp + 16 * g, _mm256_loadu_ps(tmp + 8 * g));
+            _mm256_storeu_ps(Pp + 16 * g + 8, _mm256_loadu_ps(tmp + cols + 8 * g));
+        }
+    }
+}
+
+/* The GEMM over all rows: OpenMP across blocks of GEMM_RB rows; per block the panel is built once and
+ * every token tile runs over it.  Returns false when a thread found no memory for its panel. */
+static bool gemm_linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, uint64_t n_rows, const float *x,
+                        size_t ldx, int64_t n_tok, float *y, size_t ldy, bool exact, int threads) {
+    size_t cols = (size_t)w->shape[1], groups = cols / 8;
+    int64_t n_blocks = (int64_t)dsq_ceil_div(n_rows, GEMM_RB);
+    bool failed = false;
+    (void)k;
+#pragma omp parallel num_threads(threads)
+    {
+        float *P = dsq_malloc_aligned(sizeof(float) * (GEMM_RB * cols + 2 * cols));
+        if (!P) {
+#pragma omp atomic write
+            failed = true;
+        }
+#pragma omp for schedule(static)
+        for (int64_t bi = 0; bi < n_blocks; bi++) {
+            if (!P) continue;
+            uint64_t b0 = (uint64_t)bi * GEMM_RB, nb = n_rows - b0 < GEMM_RB ? n_rows - b0 : GEMM_RB;
+            gemm_panel(w, row0 + b0, nb, exact, P + GEMM_RB * cols, P);
+            for (int64_t t0 = 0; t0 < n_tok; t0 += GEMM_NT) {
+                int nt = (int)(n_tok - t0 < GEMM_NT ? n_tok - t0 : GEMM_NT);
+                for (uint64_t m = 0; m < nb; m += 8) {
+                    float out[GEMM_NT * 8];
+                    gemm8(P + (size_t)m * cols, x + (size_t)t0 * ldx, ldx, groups, nt, out);
+                    uint64_t mr = nb - m < 8 ? nb - m : 8;
+                    for (int t = 0; t < nt; t++)
+                        memcpy(y + (size_t)(t0 + t) * ldy + b0 + m, out + t * 8, sizeof(float) * mr);
+                }
+            }
+        }
+        dsq_free_aligned(P);
+    }
+    return !failed;
 }
 
 #define FUSED_BODY()                                                                                                   \
@@ -566,8 +798,8 @@ static void tile_scalar(const float *w, size_t ldw, int nr, const float *x, size
 
 /* ---- linear ------------------------------------------------------------------------------------ */
 
-dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, uint64_t n_rows, const float *x,
-                       size_t ldx, int64_t n_tok, float *y, size_t ldy, dsq_err *err) {
+static dsq_status linear_tiles(const dsq__kern *k, const dsq_wview *w, uint64_t row0, uint64_t n_rows,
+                               const float *x, size_t ldx, int64_t n_tok, float *y, size_t ldy, dsq_err *err) {
     size_t cols = (size_t)w->shape[1];
     double work = (double)n_rows * (double)cols * (double)(n_tok > 0 ? n_tok : 1);
     int nt = work < 65536.0 ? 1 : k->threads;
@@ -638,6 +870,34 @@ dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, ui
     if (failed)
         return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: no memory for a %zu-column dequantization tile", w->name, cols);
     return DSQ_OK;
+}
+
+dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, uint64_t n_rows, const float *x,
+                       size_t ldx, int64_t n_tok, float *y, size_t ldy, dsq_err *err) {
+#ifdef HAVE_X86
+    /* MXFP4 with a few tokens (decode, an expert's tokens in a prefill): eight-row tiles decoded in
+     * registers (AVX-512); the last n_rows % 8 rows go the common way */
+    if (k->avx2 && !w->nonfinite && w->enc == DSQ_ENC_MXFP4 && n_tok >= 1 && n_tok <= FP4_FUSED_MAX_TOK &&
+        w->shape[1] % 32 == 0 && n_rows >= 8 && dsq__cpu_has_avx512()) {
+        int64_t n8 = (int64_t)(n_rows / 8);
+        double work = (double)n_rows * (double)w->shape[1] * (double)n_tok;
+#pragma omp parallel for num_threads(work < 65536.0 ? 1 : k->threads) schedule(static)
+        for (int64_t i = 0; i < n8; i++)
+            fp4_rows8(w, row0 + (uint64_t)i * 8, x, ldx, n_tok, y + (size_t)i * 8, ldy);
+        uint64_t done = (uint64_t)n8 * 8;
+        if (done == n_rows) return DSQ_OK;
+        return linear_tiles(k, w, row0 + done, n_rows - done, x, ldx, n_tok, y + done, ldy, err);
+    }
+    /* several tokens: the AVX-512 GEMM over a row-pair panel (column counts that are multiples of 8) */
+    if (k->avx2 && n_tok >= 2 && w->shape[1] % 8 == 0 && w->rank == 2 && dsq__cpu_has_avx512()) {
+        double work = (double)n_rows * (double)w->shape[1] * (double)n_tok;
+        if (!gemm_linear(k, w, row0, n_rows, x, ldx, n_tok, y, ldy, w->nonfinite, work < 65536.0 ? 1 : k->threads))
+            return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: no memory for a %llu-column GEMM panel", w->name,
+                               (unsigned long long)w->shape[1]);
+        return DSQ_OK;
+    }
+#endif
+    return linear_tiles(k, w, row0, n_rows, x, ldx, n_tok, y, ldy, err);
 }
 
 void dsq__fp8_linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, uint64_t n_rows, const float *q,
