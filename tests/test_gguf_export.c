@@ -359,6 +359,58 @@ static void test_repack_every_byte(void **state) {
     }
 }
 
+/* Re-quantization to Q8_0 follows ggml's rule: each block's F16 d is f16(amax/127) (saturated), every
+ * code is the nearest integer to x/d within ±127 (so |x − d·q| ≤ d/2 unless clamped), the stats are
+ * those of the stored values, and a NaN or Inf in the source is refused naming its element. */
+static void test_q8_0_rule(void **state) {
+    (void)state;
+    enum { ROWS = 3, COLS = 96 };
+    float x[ROWS * COLS];
+    uint64_t z = 0x9e37;
+    for (int i = 0; i < ROWS * COLS; i++) {
+        z = z * 6364136223846793005ull + 1442695040888963407ull;
+        x[i] = (float)((double)(z >> 40) / (double)(1ull << 24) - 0.5) * (i < COLS ? 0.02f : 3.0f);
+    }
+    for (int i = 32; i < 64; i++) x[i] = 0.0f;     /* an all-zero block: d = 0, codes 0 */
+    for (int i = 64; i < 96; i++) x[i] = 1e9f * (float)(i % 3 - 1); /* amax/127 beyond F16: d = 65504 */
+    x[COLS + 5] = 0.25f * 127.0f;                  /* a block whose amax/127 = 0.25 exactly */
+    dsq_qtensor q = {DSQ_ENC_F32, ROWS, COLS, 0, x, NULL, NULL, 0};
+    uint8_t out[ROWS * COLS / 32 * 34];
+    dsq_ggml_stats st = {0};
+    dsq_err e = DSQ_ERR_INIT;
+    if (dsq_ggml_encode_rows(&q, 0, ROWS, DSQ_GGMLT_Q8_0, out, &st, "t", &e)) fail_msg("%s", e.msg);
+    double sse = 0;
+    for (int b = 0; b < ROWS * COLS / 32; b++) {
+        const float *v = x + 32 * b;
+        const uint8_t *o = out + 34 * b;
+        float amax = 0;
+        for (int i = 0; i < 32; i++) amax = fabsf(v[i]) > amax ? fabsf(v[i]) : amax;
+        float want = amax / 127.0f < 65504.0f ? amax / 127.0f : 65504.0f;
+        uint16_t h = (uint16_t)(o[0] | o[1] << 8);
+        assert_int_equal(h, dsq_f16_from_f32(want));
+        float d = dsq_f16_to_f32(h);
+        for (int i = 0; i < 32; i++) {
+            int c = (int8_t)o[2 + i];
+            float y = (float)c * d;
+            assert_true(c >= -127 && c <= 127);
+            if (c != 127 && c != -127 && !(fabsf(y - v[i]) <= 0.5f * d))
+                fail_msg("block %d value %d: %g stored as %d x %g", b, i, (double)v[i], c, (double)d);
+            sse += ((double)y - v[i]) * ((double)y - v[i]);
+        }
+    }
+    assert_int_equal(st.values, ROWS * COLS);
+    assert_true(fabs(st.sum_sq_err - sse) <= 1e-9 * sse);
+    x[2 * COLS + 7] = NAN;
+    dsq_ggml_stats st2 = {0};
+    assert_int_equal(dsq_ggml_encode_rows(&q, 0, ROWS, DSQ_GGMLT_Q8_0, out, &st2, "t", &e), DSQ_ERR_NONFINITE);
+    if (!strstr(e.msg, "t: element [2, 7]") || !strstr(e.msg, "NaN")) fail_msg("%s", e.msg);
+    dsq_err_clear(&e);
+    x[2 * COLS + 7] = -INFINITY;
+    assert_int_equal(dsq_ggml_encode_rows(&q, 1, 2, DSQ_GGMLT_Q8_0, out, &st2, "t", &e), DSQ_ERR_NONFINITE);
+    if (!strstr(e.msg, "t: element [2, 7]") || !strstr(e.msg, "infinit")) fail_msg("%s", e.msg);
+    dsq_err_clear(&e);
+}
+
 /* The k-quant twins: q2_k..q6_k / iq4_xs are ggml's own blocks, so every byte value survives
  * dsq → GGML → dsq, and the block sizes the GGUF side uses are the k-quant codec's. */
 static void test_repack_kquant(void **state) {
@@ -559,7 +611,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_repack_kquant),     cmocka_unit_test(test_keep_kquant),
         cmocka_unit_test(test_q4_k_recipe_imatrix),
-        cmocka_unit_test(test_keep_release_mxfp4), cmocka_unit_test(test_keep_int8_q8_0),
+        cmocka_unit_test(test_keep_release_mxfp4), cmocka_unit_test(test_keep_int8_q8_0), cmocka_unit_test(test_q8_0_rule),
         cmocka_unit_test(test_keep_int4_q4_0),     cmocka_unit_test(test_convert_split_no_mtp),
         cmocka_unit_test(test_unmappable),        cmocka_unit_test(test_repack_every_byte),
         cmocka_unit_test(test_verify_inspect),    cmocka_unit_test(test_tokenizer),
