@@ -754,7 +754,7 @@ dsq_status dsq_gguf_export(const char *src, const char *out, const dsq_gguf_expo
         if (rb * slab > max_slab) max_slab = rb * slab;
         if (st == DSQ_OK && t->type < DSQ_GGUF_EXPORT_TYPES) stats->by_type[t->type]++;
     }
-    dsq_gguf_writer_options wo = {.overwrite = o.overwrite, .split_max_bytes = o.split_max_bytes};
+    dsq_gguf_writer_options wo = {.overwrite = o.overwrite, .split_max_bytes = o.split_max_bytes, .direct = !o.buffered_io};
     dsq_gguf_plan gp = {0};
     if (st == DSQ_OK) st = o.dry_run ? dsq_gguf_writer_plan(w, &wo, &gp, err) : dsq_gguf_writer_begin(w, out, &wo, &gp, err);
     stats->tensors = p.n;
@@ -782,8 +782,12 @@ dsq_status dsq_gguf_export(const char *src, const char *out, const dsq_gguf_expo
         dsq_progress pr;
         dsq_progress_begin(&pr, "gguf", gp.tensor_bytes);
         pr.enabled = pr.enabled && o.progress;
+        /* readahead: the next tensor's source bytes are asked for (madvise WILLNEED) while this one is
+         * encoded, so its reads are not one page fault at a time */
+        for (int k = 0; p.n && k < p.t[0].n_parts && ws->prefetch; k++) ws->prefetch(ws, &p.t[0].parts[k]);
         for (size_t i = 0; i < p.n && st == DSQ_OK; i++) {
             const otensor *t = &p.t[i];
+            for (int k = 0; i + 1 < p.n && k < p.t[i + 1].n_parts && ws->prefetch; k++) ws->prefetch(ws, &p.t[i + 1].parts[k]);
             st = t->mode == M_COLS ? write_cols(w, t, ws2.buf[0], ws2.tmp, slab / (uint64_t)t->n_parts, o.imatrix, stats, &pr, err)
                                    : write_rows(w, t, &ws2, slab, o.imatrix, stats, &pr, err);
             for (int k = 0; k < p.t[i].n_parts && ws->release; k++) ws->release(ws, &p.t[i].parts[k]);
