@@ -35,8 +35,9 @@
  * tests/test_kquant_ggml.c checks bit equality against ggml's own to_float.
  *
  * Encoders (ours): per super-block, minimise Σ w_c·(x_c − x̂_c)² over codes, integer scales/mins and
- * the F16 super-scales, where w_c is the importance of input column c (an imatrix's Σx² per column)
- * or 1 without one (plain squared error).  Search, per super-block:
+ * the F16 super-scales, where w_c = imp_c·sqrt(σ² + x_c²) with an importance imp_c of input column c
+ * (an imatrix's Σx²/count per column) and σ² the super-block's mean x² (ggml's weighting), or 1
+ * without one (plain squared error).  Search, per super-block:
  *   1. each sub-block: real-valued scale (and min ≥ 0) from candidate ranges (the plain max/min rule
  *      and shrunk ones), each followed by up to 3 rounds of nearest codes → weighted least squares
  *      with the codes fixed; one pass per round computes the codes and their sums, the errors come
