@@ -504,8 +504,9 @@ static void test_keep_kquant(void **state) {
 }
 
 /* The gguf-q4_k-moe recipe: gate/up stacks (256 columns) are Q4_K, ffn_down_exps (128 columns, not a
- * multiple of 256) takes the documented Q8_0 fallback; --imatrix weights the fit: the importance-
- * weighted squared error of every Q4_K stack against the source is lower with it than without. */
+ * multiple of 256) takes the documented Q8_0 fallback; --imatrix weights the fit: the encoder's
+ * objective (dsq_kquant_objective: importance·sqrt(σ² + x²)-weighted squared error) of every Q4_K
+ * stack against the source is lower with it than without. */
 static void test_q4_k_recipe_imatrix(void **state) {
     (void)state;
     char *errs = NULL;
@@ -549,8 +550,8 @@ static void test_q4_k_recipe_imatrix(void **state) {
                 float *src = decode(&v, &n);
                 const float *imp = dsq_imatrix_importance(im, cn, cols);
                 assert_non_null(imp);
-                sa += dsq_kquant_weighted_sse(DSQ_ENC_Q4_K, src, rows, cols, imp, ta->data + x * eb);
-                sb += dsq_kquant_weighted_sse(DSQ_ENC_Q4_K, src, rows, cols, imp, tb->data + x * eb);
+                sa += dsq_kquant_objective(DSQ_ENC_Q4_K, src, rows, cols, imp, ta->data + x * eb);
+                sb += dsq_kquant_objective(DSQ_ENC_Q4_K, src, rows, cols, imp, tb->data + x * eb);
                 free(src);
             }
             compared++;

@@ -192,8 +192,9 @@ static void test_kernel_twins(void **state) {
     }
 }
 
-/* Importance steers the encoder: on the importance-weighted error, encoding with the importance beats
- * encoding without it; on plain squared error, the unweighted encoding wins. */
+/* Importance steers the encoder: on the importance-weighted error and on the encoder's objective,
+ * encoding with the importance beats encoding without it; on plain squared error, the unweighted
+ * encoding wins. */
 static void test_importance_used(void **state) {
     (void)state;
     rng r = {9};
@@ -211,6 +212,10 @@ static void test_importance_used(void **state) {
         double pb = dsq_kquant_weighted_sse(kencs[i], x, ROWS, COLS, NULL, b);
         assert_true(wa < wb);
         assert_true(pb < pa);
+        /* and on the encoder's own objective (importance·sqrt(σ² + x²)) */
+        assert_true(dsq_kquant_objective(kencs[i], x, ROWS, COLS, imp, a) <
+                    dsq_kquant_objective(kencs[i], x, ROWS, COLS, imp, b));
+        assert_true(dsq_kquant_objective(kencs[i], x, ROWS, COLS, NULL, a) == pa);
         free(a), free(b);
     }
 }

@@ -605,6 +605,7 @@ static void stats_add(dsq_gguf_export_stats *stats, const dsq_ggml_stats *gs) {
  * buffers so the batch encoded last is written while the next one is encoded. */
 typedef struct wscratch {
     int threads;
+    bool direct;         /* O_DIRECT output: a write blocks until it is on disk */
     uint64_t batch;      /* units per batch */
     uint8_t *buf[2];     /* [batch][slab rows][row bytes] each */
     uint8_t *tmp;        /* M_COLS: one slab of one part */
@@ -667,10 +668,12 @@ static dsq_status write_rows(dsq_gguf_writer *w, const otensor *t, wscratch *s, 
     const float **imp = dsq_calloc((size_t)t->n_parts, sizeof *imp);
     DSQ_RETURN_IF(!imp, err, DSQ_ERR_NOMEM, "out of memory");
     for (int p = 0; p < t->n_parts; p++) imp[p] = importance_of(imx, t, &t->parts[p]);
-    /* a byte reorder of the stored twin is bound by the write: threads would only wait (and spin) */
+    /* a byte reorder of the stored twin is bound by the write: with buffered writes (the kernel's
+     * writeback overlaps them) threads would only wait (and spin); an O_DIRECT write blocks until
+     * the bytes are on disk, so a second thread reads and reorders the next batch meanwhile */
     uint32_t twin;
     bool par = s->threads > 1 &&
-               !(dsq_ggml_twin_of(t->parts[0].enc, t->parts[0].group, &twin) && twin == t->type);
+               (s->direct || !(dsq_ggml_twin_of(t->parts[0].enc, t->parts[0].group, &twin) && twin == t->type));
     dsq_status st = DSQ_OK;
     uint64_t prev_u0 = 0, prev_n = 0; /* the batch waiting to be written, in buf[prev_slot] */
     int slot = 0;
@@ -761,7 +764,7 @@ dsq_status dsq_gguf_export(const char *src, const char *out, const dsq_gguf_expo
     stats->files = gp.n_files;
     stats->bytes = gp.total_bytes;
     stats->tensor_bytes = gp.tensor_bytes;
-    wscratch ws2 = {.threads = o.threads > 1 ? o.threads : 1};
+    wscratch ws2 = {.threads = o.threads > 1 ? o.threads : 1, .direct = !o.buffered_io};
     if (st == DSQ_OK && !o.dry_run) {
         ws2.batch = (uint64_t)ws2.threads * BATCH_PER_THREAD;
         while (ws2.batch > (uint64_t)ws2.threads * 2 && ws2.batch * max_slab > BATCH_MAX_BYTES) ws2.batch /= 2;

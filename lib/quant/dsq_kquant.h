@@ -88,6 +88,12 @@ void dsq_kquant_decode_block(dsq_encoding enc, const void *blk, float out[DSQ_KQ
 void dsq_kquant_decode_rows(dsq_encoding enc, const void *data, uint64_t cols, uint64_t row0, uint64_t nrows,
                             float *out, bool avx2);
 
+/* The quantity the encoder minimises, summed over rows × cols in double: Σ w·(x − decoded)² with
+ * w = importance_c·sqrt(σ² + x²), σ² the mean x² of the value's super-block (importance NULL: w = 1,
+ * the same as dsq_kquant_weighted_sse). */
+double dsq_kquant_objective(dsq_encoding enc, const float *x, uint64_t rows, uint64_t cols, const float *importance,
+                            const void *blocks);
+
 /* Σ_c importance_c·(x_c − decoded_c)² over rows × cols (importance NULL: weight 1), in double. */
 double dsq_kquant_weighted_sse(dsq_encoding enc, const float *x, uint64_t rows, uint64_t cols, const float *importance,
                                const void *blocks);
