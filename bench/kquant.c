@@ -4,6 +4,9 @@
  * tensors.  Without an imatrix both are measured with w = 1 (ggml then uses its own weighting rule).
  * ggml comes from libggml-base.so of @node-llama-cpp/linux-x64@3.22.1 (`make bench` installs it into
  * .cache/npm; DSQ_GGML_LIB overrides the path); dsq itself never links it.
+ * Speed: "Mv/s" is millions of values encoded per second of this thread's CPU time (CLOCK_THREAD_CPUTIME_ID:
+ * on a shared machine wall time measures the neighbours), one thread, for both encoders; the last
+ * table sums them per type.
  * Usage: build/bench/kquant [rows]   (default 256 rows × 4096 columns per tensor) */
 #include <dlfcn.h>
 #include <math.h>
@@ -31,7 +34,7 @@ static double gauss(void) {
 
 static double now(void) {
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
@@ -89,10 +92,12 @@ int main(int argc, char **argv) {
     static const dsq_encoding encs[] = {DSQ_ENC_Q2_K, DSQ_ENC_Q3_K, DSQ_ENC_Q4_K,
                                         DSQ_ENC_Q5_K, DSQ_ENC_Q6_K, DSQ_ENC_IQ4_XS};
     static const char *names[] = {"q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs"};
-    printf("%llu x %llu per tensor; relative importance-weighted RMS error (lower is better); s = encode seconds\n",
+    printf("%llu x %llu per tensor; relative importance-weighted RMS error (lower is better); Mv/s = million values "
+           "encoded per CPU second\n",
            (unsigned long long)rows, (unsigned long long)cols);
-    printf("%-5s %-28s %-9s %10s %10s %7s %7s %7s\n", "type", "tensor", "imatrix", "dsq", "llama.cpp", "ratio", "dsq s",
-           "ggml s");
+    printf("%-5s %-28s %-9s %10s %10s %7s %8s %9s\n", "type", "tensor", "imatrix", "dsq", "llama.cpp", "ratio", "dsq Mv/s",
+           "ggml Mv/s");
+    double tsum[6][2] = {{0}}, worst[6] = {0};
     for (int kind = 0; kind < 3; kind++) {
         const char *what = fill(kind, x, rows, cols);
         /* an imatrix like Σx² of real activations: log-normal per column, a few hot columns */
@@ -111,11 +116,18 @@ int main(int argc, char **argv) {
                 double t3 = now();
                 gt(dsq_kquant_ggml_type(encs[i]))->to_float(blk, y, (int64_t)(rows * cols));
                 double theirs = rel_rms(x, y, rows, cols, w);
-                printf("%-5s %-28s %-9s %10.6f %10.6f %7.4f %7.2f %7.2f\n", names[i], what, wi ? "yes" : "no", ours,
-                       theirs, ours / theirs, t1 - t0, t3 - t2);
+                double mv = (double)(rows * cols) * 1e-6;
+                printf("%-5s %-28s %-9s %10.6f %10.6f %7.4f %8.2f %9.2f\n", names[i], what, wi ? "yes" : "no", ours,
+                       theirs, ours / theirs, mv / (t1 - t0), mv / (t3 - t2));
+                tsum[i][0] += t1 - t0, tsum[i][1] += t3 - t2, worst[i] = ours / theirs > worst[i] ? ours / theirs : worst[i];
                 fflush(stdout);
             }
     }
+    printf("\nper type over the 6 tensors: encode speed (Mv/s of CPU time) and the worst error ratio\n");
+    printf("%-6s %9s %9s %11s\n", "type", "dsq", "llama.cpp", "worst ratio");
+    for (int i = 0; i < 6; i++)
+        printf("%-6s %9.2f %9.2f %11.4f\n", names[i], 6e-6 * (double)(rows * cols) / tsum[i][0],
+               6e-6 * (double)(rows * cols) / tsum[i][1], worst[i]);
     free(x), free(y), free(imp), free(blk);
     dlclose(lib);
     return 0;

@@ -18,7 +18,7 @@ bool dsq_cmd_is_gguf_path(const char *p) {
 
 void dsq_cmd_gguf_help(const char *cmd) {
     printf("usage: dsq %s %s OUT.gguf [--recipe NAME] [--imatrix FILE] [--no-mtp] [--split-max-size SIZE]\n"
-           "                  [--threads N] [--dry-run] [--overwrite] [--json]\n\n"
+           "                  [--threads N] [--dry-run] [--overwrite] [--buffered-io] [--json]\n\n"
            "Writes a GGUF for llama.cpp's deepseek4 architecture (hparams, tensor names and ne shapes of\n"
            "llama.cpp build 10257, MTP blocks as blk.N.nextn.*, tokenizer.ggml.* from tokenizer.json,\n"
            "general.* and dsq.* provenance), tensor by tensor with one slab of rows in memory, published\n"
@@ -32,6 +32,7 @@ void dsq_cmd_gguf_help(const char *cmd) {
            "  --split-max-size SIZE llama.cpp split files OUT-0000i-of-0000n.gguf of at most SIZE (K/M/G/T)\n"
            "  --dry-run             print tensors, files and bytes; write nothing\n"
            "  --overwrite           replace existing outputs\n"
+           "  --buffered-io         write through the page cache (default: tensor data by O_DIRECT)\n"
            "  --json                one JSON object on stdout\n");
 }
 
@@ -86,6 +87,7 @@ int dsq_cmd_gguf_out(const char *cmd, int argc, char **argv) {
         DSQ_OPT_ENUM("--format", &format, formats),
         DSQ_OPT_FLAG("--dry-run", &o.dry_run),
         DSQ_OPT_FLAG("--overwrite", &o.overwrite),
+        DSQ_OPT_FLAG("--buffered-io", &o.buffered_io),
         DSQ_OPT_FLAG("--json", &json),
         DSQ_OPT_END,
     };

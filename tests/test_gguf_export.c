@@ -359,6 +359,58 @@ static void test_repack_every_byte(void **state) {
     }
 }
 
+/* Re-quantization to Q8_0 follows ggml's rule: each block's F16 d is f16(amax/127) (saturated), every
+ * code is the nearest integer to x/d within ±127 (so |x − d·q| ≤ d/2 unless clamped), the stats are
+ * those of the stored values, and a NaN or Inf in the source is refused naming its element. */
+static void test_q8_0_rule(void **state) {
+    (void)state;
+    enum { ROWS = 3, COLS = 96 };
+    float x[ROWS * COLS];
+    uint64_t z = 0x9e37;
+    for (int i = 0; i < ROWS * COLS; i++) {
+        z = z * 6364136223846793005ull + 1442695040888963407ull;
+        x[i] = (float)((double)(z >> 40) / (double)(1ull << 24) - 0.5) * (i < COLS ? 0.02f : 3.0f);
+    }
+    for (int i = 32; i < 64; i++) x[i] = 0.0f;     /* an all-zero block: d = 0, codes 0 */
+    for (int i = 64; i < 96; i++) x[i] = 1e9f * (float)(i % 3 - 1); /* amax/127 beyond F16: d = 65504 */
+    x[COLS + 5] = 0.25f * 127.0f;                  /* a block whose amax/127 = 0.25 exactly */
+    dsq_qtensor q = {DSQ_ENC_F32, ROWS, COLS, 0, x, NULL, NULL, 0};
+    uint8_t out[ROWS * COLS / 32 * 34];
+    dsq_ggml_stats st = {0};
+    dsq_err e = DSQ_ERR_INIT;
+    if (dsq_ggml_encode_rows(&q, 0, ROWS, DSQ_GGMLT_Q8_0, out, &st, "t", &e)) fail_msg("%s", e.msg);
+    double sse = 0;
+    for (int b = 0; b < ROWS * COLS / 32; b++) {
+        const float *v = x + 32 * b;
+        const uint8_t *o = out + 34 * b;
+        float amax = 0;
+        for (int i = 0; i < 32; i++) amax = fabsf(v[i]) > amax ? fabsf(v[i]) : amax;
+        float want = amax / 127.0f < 65504.0f ? amax / 127.0f : 65504.0f;
+        uint16_t h = (uint16_t)(o[0] | o[1] << 8);
+        assert_int_equal(h, dsq_f16_from_f32(want));
+        float d = dsq_f16_to_f32(h);
+        for (int i = 0; i < 32; i++) {
+            int c = (int8_t)o[2 + i];
+            float y = (float)c * d;
+            assert_true(c >= -127 && c <= 127);
+            if (c != 127 && c != -127 && !(fabsf(y - v[i]) <= 0.5f * d))
+                fail_msg("block %d value %d: %g stored as %d x %g", b, i, (double)v[i], c, (double)d);
+            sse += ((double)y - v[i]) * ((double)y - v[i]);
+        }
+    }
+    assert_int_equal(st.values, ROWS * COLS);
+    assert_true(fabs(st.sum_sq_err - sse) <= 1e-9 * sse);
+    x[2 * COLS + 7] = NAN;
+    dsq_ggml_stats st2 = {0};
+    assert_int_equal(dsq_ggml_encode_rows(&q, 0, ROWS, DSQ_GGMLT_Q8_0, out, &st2, "t", &e), DSQ_ERR_NONFINITE);
+    if (!strstr(e.msg, "t: element [2, 7]") || !strstr(e.msg, "NaN")) fail_msg("%s", e.msg);
+    dsq_err_clear(&e);
+    x[2 * COLS + 7] = -INFINITY;
+    assert_int_equal(dsq_ggml_encode_rows(&q, 1, 2, DSQ_GGMLT_Q8_0, out, &st2, "t", &e), DSQ_ERR_NONFINITE);
+    if (!strstr(e.msg, "t: element [2, 7]") || !strstr(e.msg, "infinit")) fail_msg("%s", e.msg);
+    dsq_err_clear(&e);
+}
+
 /* The k-quant twins: q2_k..q6_k / iq4_xs are ggml's own blocks, so every byte value survives
  * dsq → GGML → dsq, and the block sizes the GGUF side uses are the k-quant codec's. */
 static void test_repack_kquant(void **state) {
@@ -452,8 +504,9 @@ static void test_keep_kquant(void **state) {
 }
 
 /* The gguf-q4_k-moe recipe: gate/up stacks (256 columns) are Q4_K, ffn_down_exps (128 columns, not a
- * multiple of 256) takes the documented Q8_0 fallback; --imatrix weights the fit: the importance-
- * weighted squared error of every Q4_K stack against the source is lower with it than without. */
+ * multiple of 256) takes the documented Q8_0 fallback; --imatrix weights the fit: the encoder's
+ * objective (dsq_kquant_objective: importance·sqrt(σ² + x²)-weighted squared error) of every Q4_K
+ * stack against the source is lower with it than without. */
 static void test_q4_k_recipe_imatrix(void **state) {
     (void)state;
     char *errs = NULL;
@@ -497,8 +550,8 @@ static void test_q4_k_recipe_imatrix(void **state) {
                 float *src = decode(&v, &n);
                 const float *imp = dsq_imatrix_importance(im, cn, cols);
                 assert_non_null(imp);
-                sa += dsq_kquant_weighted_sse(DSQ_ENC_Q4_K, src, rows, cols, imp, ta->data + x * eb);
-                sb += dsq_kquant_weighted_sse(DSQ_ENC_Q4_K, src, rows, cols, imp, tb->data + x * eb);
+                sa += dsq_kquant_objective(DSQ_ENC_Q4_K, src, rows, cols, imp, ta->data + x * eb);
+                sb += dsq_kquant_objective(DSQ_ENC_Q4_K, src, rows, cols, imp, tb->data + x * eb);
                 free(src);
             }
             compared++;
@@ -514,7 +567,7 @@ static void test_q4_k_recipe_imatrix(void **state) {
 
 /* --threads N encodes slabs in parallel and writes them in order: the tensors (names, types, bytes)
  * and the reported error sums are the same for 1, 2 and 3 threads (3: batches that do not divide the
- * units), for a re-quantizing recipe (FP8 → Q8_0, MXFP4 experts → Q8_0) and a k-quant one. */
+ * units; with --buffered-io, the others by O_DIRECT), for a re-quantizing recipe (FP8 → Q8_0, MXFP4 experts → Q8_0) and a k-quant one. */
 static void test_threads_same_bytes(void **state) {
     (void)state;
     static const char *const R[] = {"gguf-q8_0", "gguf-q4_k-moe"};
@@ -527,14 +580,17 @@ static void test_threads_same_bytes(void **state) {
             snprintf(name, sizeof name, "thr%d-%d.gguf", r, t + 1);
             path[t] = dsq_test_join(g_dir, name);
             char *errs = NULL;
-            if (dsq_test_run(&js[t], &errs, "convert '%s' '%s' --recipe %s --threads %d --json", g_ck, path[t], R[r], t + 1))
+            /* the third run also writes through the page cache: O_DIRECT (the default) or not, same bytes */
+            if (dsq_test_run(&js[t], &errs, "convert '%s' '%s' --recipe %s --threads %d%s --json", g_ck, path[t], R[r],
+                             t + 1, t == 2 ? " --buffered-io" : ""))
                 fail_msg("%s --threads %d: %s", R[r], t + 1, errs);
             free(errs);
             if (dsq_gguf_open(path[t], &g[t], &e) != DSQ_OK) fail_msg("%s", e.msg);
         }
         for (int t = 1; t < 3; t++) {
-            /* the JSON after the output path: sizes, values, error sums, types */
-            const char *a = strstr(js[0], "\"dry_run\""), *b = strstr(js[t], "\"dry_run\"");
+            /* the JSON after the file sizes (the header records the command line): tensor bytes, values,
+             * error sums, types */
+            const char *a = strstr(js[0], "\"tensor_bytes\""), *b = strstr(js[t], "\"tensor_bytes\"");
             assert_non_null(a);
             assert_non_null(b);
             assert_string_equal(a, b);
@@ -546,7 +602,7 @@ static void test_threads_same_bytes(void **state) {
                 assert_int_equal(x->type, y->type);
                 assert_int_equal(x->n_bytes, y->n_bytes);
                 if (memcmp(x->data, y->data, x->n_bytes))
-                    fail_msg("%s: %s differs between --threads 1 and %d", R[r], x->name, t + 1);
+                    fail_msg("%s: %s differs between --threads 1 and %d%s", R[r], x->name, t + 1, t == 2 ? " --buffered-io" : "");
                 requant += x->type == DSQ_GGMLT_Q8_0 || x->type == DSQ_GGMLT_Q4_K;
             }
             assert_true(requant > 40); /* the comparison covered the re-quantized matrices */
@@ -559,7 +615,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_repack_kquant),     cmocka_unit_test(test_keep_kquant),
         cmocka_unit_test(test_q4_k_recipe_imatrix),
-        cmocka_unit_test(test_keep_release_mxfp4), cmocka_unit_test(test_keep_int8_q8_0),
+        cmocka_unit_test(test_keep_release_mxfp4), cmocka_unit_test(test_keep_int8_q8_0), cmocka_unit_test(test_q8_0_rule),
         cmocka_unit_test(test_keep_int4_q4_0),     cmocka_unit_test(test_convert_split_no_mtp),
         cmocka_unit_test(test_unmappable),        cmocka_unit_test(test_repack_every_byte),
         cmocka_unit_test(test_verify_inspect),    cmocka_unit_test(test_tokenizer),

@@ -279,13 +279,11 @@ static void test_calibrate_convert(void **state) {
             assert_memory_equal(raw[0] + off, raw[1] + off, n);
             continue;
         }
-        double ep = 0, ei = 0;
-        for (uint64_t i = e * R * C; i < (e + 1) * R * C; i++) {
-            double w = imp[i % C], dp = (double)plain[i] - src[i], di = (double)withi[i] - src[i];
-            ep += w * dp * dp, ei += w * di * di;
-        }
-        printf("  expert %llu: importance-weighted error with / without imatrix %.4f\n", (unsigned long long)e,
-               ei / ep);
+        /* the encoder's objective: importance·sqrt(σ² + x²)-weighted squared error (dsq_kquant.h) */
+        double ep = dsq_kquant_objective(DSQ_ENC_Q4_K, src + e * R * C, R, C, imp, raw[0] + off);
+        double ei = dsq_kquant_objective(DSQ_ENC_Q4_K, src + e * R * C, R, C, imp, raw[1] + off);
+        printf("  expert %llu: weighted error (the encoder's objective) with / without imatrix %.4f\n",
+               (unsigned long long)e, ei / ep);
         assert_true(ei < ep);
         weighted++;
     }

@@ -109,29 +109,46 @@ static void test_avx2_decode(void **state) {
         }
 }
 
-/* The encoder's AVX2 error evaluation gives the same bytes as the scalar one (gaussian, outliers,
- * tiny and huge values, with and without importance). */
+/* The encoder's AVX2 search (error evaluation, code sums, IQ4_XS codebook lookup) gives the same bytes
+ * as the scalar one: gaussian, outliers, tiny and huge values, all zeros, constant rows, a dynamic
+ * range of 2^90 inside one block, sparse blocks, NaN/±Inf (allow_nonfinite); with importance (random,
+ * 0 on whole sub-blocks, near FLT_MAX, subnormal) and without. */
+enum { TWIN_KINDS = 10, TWIN_IMPS = 4 };
+static void twin_fill(rng *r, int kind, float *x) {
+    float sigma = kind == 2 ? 1e-6f : kind == 3 ? 2e4f : 0.05f;
+    fill_gauss(r, x, ROWS * COLS, sigma);
+    for (int i = 0; i < ROWS * COLS; i++) {
+        if (kind == 1 && i % 61 == 0) x[i] *= 30.0f;
+        if (kind == 4) x[i] = 0.0f;
+        if (kind == 5) x[i] = (i / COLS) % 2 ? -0.375f : 1.5e-3f; /* constant rows, both signs */
+        if (kind == 6) x[i] *= (i % 3 == 0) ? 0x1p45f : (i % 3 == 1) ? 0x1p-45f : 1.0f;
+        if (kind == 7 && i % 16 != 0) x[i] = 0.0f;
+        if (kind == 8 && i % 97 == 0) x[i] = i % 3 == 0 ? NAN : i % 3 == 1 ? INFINITY : -INFINITY;
+        if (kind == 9) x[i] = (float)(i % 7) * 0.125f - 0.375f; /* a few exact levels: ties everywhere */
+    }
+}
 static void test_encode_isa_twins(void **state) {
     (void)state;
     if (dsq_codec_best_isa() != DSQ_ISA_AVX2) skip();
     rng r = {31};
-    float x[ROWS * COLS], imp[COLS];
-    for (int c = 0; c < COLS; c++) imp[c] = (float)exp(2.0 * rng_gauss(&r));
-    for (int kind = 0; kind < 4; kind++) {
-        float sigma = kind == 2 ? 1e-6f : kind == 3 ? 2e4f : 0.05f;
-        fill_gauss(&r, x, ROWS * COLS, sigma);
-        if (kind == 1)
-            for (int i = 0; i < ROWS * COLS; i += 61) x[i] *= 30.0f;
+    float x[ROWS * COLS], imps[TWIN_IMPS][COLS];
+    for (int c = 0; c < COLS; c++) {
+        imps[0][c] = (float)exp(2.0 * rng_gauss(&r));
+        imps[1][c] = (c / 16) % 3 == 1 ? 0.0f : imps[0][c]; /* whole sub-blocks without weight */
+        imps[2][c] = 3e38f * (float)(0.5 + 0.5 * rng_unit(&r));
+        imps[3][c] = 0x1p-140f * (float)(1 + c % 5); /* subnormal */
+    }
+    for (int kind = 0; kind < TWIN_KINDS; kind++) {
+        twin_fill(&r, kind, x);
         for (int i = 0; i < NK; i++)
-            for (int wi = 0; wi < 2; wi++) {
+            for (int wi = 0; wi <= TWIN_IMPS; wi++) {
+                const float *imp = wi ? imps[wi - 1] : NULL;
                 size_t n = (size_t)ROWS * COLS / DSQ_KQ_BLOCK * (size_t)kbytes[i];
                 uint8_t *a = malloc(n), *b = malloc(n);
-                assert_int_equal(
-                    dsq__kquant_encode_isa(kencs[i], x, ROWS, COLS, wi ? imp : NULL, false, a, DSQ_ISA_SCALAR, NULL),
-                    DSQ_OK);
-                assert_int_equal(
-                    dsq__kquant_encode_isa(kencs[i], x, ROWS, COLS, wi ? imp : NULL, false, b, DSQ_ISA_AVX2, NULL),
-                    DSQ_OK);
+                assert_int_equal(dsq__kquant_encode_isa(kencs[i], x, ROWS, COLS, imp, true, a, DSQ_ISA_SCALAR, NULL),
+                                 DSQ_OK);
+                assert_int_equal(dsq__kquant_encode_isa(kencs[i], x, ROWS, COLS, imp, true, b, DSQ_ISA_AVX2, NULL),
+                                 DSQ_OK);
                 if (memcmp(a, b, n) != 0)
                     fail_msg("%s kind %d importance %d: scalar and AVX2 bytes differ", knames[i], kind, wi);
                 free(a), free(b);
@@ -175,8 +192,9 @@ static void test_kernel_twins(void **state) {
     }
 }
 
-/* Importance steers the encoder: on the importance-weighted error, encoding with the importance beats
- * encoding without it; on plain squared error, the unweighted encoding wins. */
+/* Importance steers the encoder: on the importance-weighted error and on the encoder's objective,
+ * encoding with the importance beats encoding without it; on plain squared error, the unweighted
+ * encoding wins. */
 static void test_importance_used(void **state) {
     (void)state;
     rng r = {9};
@@ -194,6 +212,10 @@ static void test_importance_used(void **state) {
         double pb = dsq_kquant_weighted_sse(kencs[i], x, ROWS, COLS, NULL, b);
         assert_true(wa < wb);
         assert_true(pb < pa);
+        /* and on the encoder's own objective (importance·sqrt(σ² + x²)) */
+        assert_true(dsq_kquant_objective(kencs[i], x, ROWS, COLS, imp, a) <
+                    dsq_kquant_objective(kencs[i], x, ROWS, COLS, imp, b));
+        assert_true(dsq_kquant_objective(kencs[i], x, ROWS, COLS, NULL, a) == pa);
         free(a), free(b);
     }
 }

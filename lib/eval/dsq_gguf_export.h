@@ -39,6 +39,8 @@ typedef struct dsq_gguf_export_options {
     const char *command_line;  /* recorded as dsq.command (may be NULL) */
     struct dsq_imatrix *imatrix; /* NULL, or importance for the k-quant targets (borrowed; names are
                                   * checkpoint names, dsq_imatrix.h); other types ignore it */
+    bool buffered_io;          /* write through the page cache (default: tensor data by O_DIRECT where the
+                                * filesystem allows it, as `dsq convert` writes .dsq files) */
     int threads;               /* encoding threads (0: 1); the output bytes and stats do not depend on it.
                                 * Memory: 2 batches of up to 16 slabs of DSQ_CODEC_SLAB_ROWS output rows per
                                 * thread (at most 64 MiB each unless 2 per thread pass it), one f32 slab

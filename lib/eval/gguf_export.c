@@ -600,6 +600,7 @@ static void stats_add(dsq_gguf_export_stats *stats, const dsq_ggml_stats *gs) {
  * buffers so the batch encoded last is written while the next one is encoded. */
 typedef struct wscratch {
     int threads;
+    bool direct;         /* O_DIRECT output: a write blocks until it is on disk */
     uint64_t batch;      /* units per batch */
     uint8_t *buf[2];     /* [batch][slab rows][row bytes] each */
     uint8_t *tmp;        /* M_COLS: one slab of one part */
@@ -662,10 +663,12 @@ static dsq_status write_rows(dsq_gguf_writer *w, const otensor *t, wscratch *s, 
     const float **imp = dsq_calloc((size_t)t->n_parts, sizeof *imp);
     DSQ_RETURN_IF(!imp, err, DSQ_ERR_NOMEM, "out of memory");
     for (int p = 0; p < t->n_parts; p++) imp[p] = importance_of(imx, t, &t->parts[p]);
-    /* a byte reorder of the stored twin is bound by the write: threads would only wait (and spin) */
+    /* a byte reorder of the stored twin is bound by the write: with buffered writes (the kernel's
+     * writeback overlaps them) threads would only wait (and spin); an O_DIRECT write blocks until
+     * the bytes are on disk, so a second thread reads and reorders the next batch meanwhile */
     uint32_t twin;
     bool par = s->threads > 1 &&
-               !(dsq_ggml_twin_of(t->parts[0].enc, t->parts[0].group, &twin) && twin == t->type);
+               (s->direct || !(dsq_ggml_twin_of(t->parts[0].enc, t->parts[0].group, &twin) && twin == t->type));
     dsq_status st = DSQ_OK;
     uint64_t prev_u0 = 0, prev_n = 0; /* the batch waiting to be written, in buf[prev_slot] */
     int slot = 0;
@@ -749,14 +752,14 @@ dsq_status dsq_gguf_export(const char *src, const char *out, const dsq_gguf_expo
         if (rb * slab > max_slab) max_slab = rb * slab;
         if (st == DSQ_OK && t->type < DSQ_GGUF_EXPORT_TYPES) stats->by_type[t->type]++;
     }
-    dsq_gguf_writer_options wo = {.overwrite = o.overwrite, .split_max_bytes = o.split_max_bytes};
+    dsq_gguf_writer_options wo = {.overwrite = o.overwrite, .split_max_bytes = o.split_max_bytes, .direct = !o.buffered_io};
     dsq_gguf_plan gp = {0};
     if (st == DSQ_OK) st = o.dry_run ? dsq_gguf_writer_plan(w, &wo, &gp, err) : dsq_gguf_writer_begin(w, out, &wo, &gp, err);
     stats->tensors = p.n;
     stats->files = gp.n_files;
     stats->bytes = gp.total_bytes;
     stats->tensor_bytes = gp.tensor_bytes;
-    wscratch ws2 = {.threads = o.threads > 1 ? o.threads : 1};
+    wscratch ws2 = {.threads = o.threads > 1 ? o.threads : 1, .direct = !o.buffered_io};
     if (st == DSQ_OK && !o.dry_run) {
         ws2.batch = (uint64_t)ws2.threads * BATCH_PER_THREAD;
         while (ws2.batch > (uint64_t)ws2.threads * 2 && ws2.batch * max_slab > BATCH_MAX_BYTES) ws2.batch /= 2;
@@ -777,8 +780,12 @@ dsq_status dsq_gguf_export(const char *src, const char *out, const dsq_gguf_expo
         dsq_progress pr;
         dsq_progress_begin(&pr, "gguf", gp.tensor_bytes);
         pr.enabled = pr.enabled && o.progress;
+        /* readahead: the next tensor's source bytes are asked for (madvise WILLNEED) while this one is
+         * encoded, so its reads are not one page fault at a time */
+        for (int k = 0; p.n && k < p.t[0].n_parts && ws->prefetch; k++) ws->prefetch(ws, &p.t[0].parts[k]);
         for (size_t i = 0; i < p.n && st == DSQ_OK; i++) {
             const otensor *t = &p.t[i];
+            for (int k = 0; i + 1 < p.n && k < p.t[i + 1].n_parts && ws->prefetch; k++) ws->prefetch(ws, &p.t[i + 1].parts[k]);
             st = t->mode == M_COLS ? write_cols(w, t, ws2.buf[0], ws2.tmp, slab / (uint64_t)t->n_parts, o.imatrix, stats, &pr, err)
                                    : write_rows(w, t, &ws2, slab, o.imatrix, stats, &pr, err);
             for (int k = 0; k < p.t[i].n_parts && ws->release; k++) ws->release(ws, &p.t[i].parts[k]);

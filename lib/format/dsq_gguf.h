@@ -181,6 +181,7 @@ typedef struct dsq_gguf_writer_options {
     uint64_t split_max_bytes; /* 0: one file; else start a new file before a tensor that would
                                * take the current one over this size (every file holds ≥ 1 tensor) */
     uint32_t alignment;       /* 0: DSQ_GGUF_DEFAULT_ALIGN (written as general.alignment otherwise) */
+    bool direct;              /* tensor data by O_DIRECT where the filesystem allows it (dsq_afile_options) */
 } dsq_gguf_writer_options;
 
 dsq_status dsq_gguf_writer_create(dsq_gguf_writer **out, dsq_err *err);

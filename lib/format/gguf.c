@@ -917,7 +917,8 @@ dsq_status dsq_gguf_writer_begin(dsq_gguf_writer *w, const char *path, const dsq
     for (uint32_t i = 0; i < w->n_files; i++) {
         char *p = dsq_gguf_split_path(path, i + 1, w->n_files);
         if (!p) return dsq_err_set(err, DSQ_ERR_NOMEM, "gguf writer: out of memory");
-        dsq_afile_options ao = {.overwrite = opt && opt->overwrite, .preallocate = w->files[i].size};
+        dsq_afile_options ao = {.overwrite = opt && opt->overwrite, .preallocate = w->files[i].size,
+                                .direct = opt && opt->direct};
         dsq_status st = dsq_afile_open(p, &ao, &w->files[i].f, err);
         dsq_free(p);
         if (st != DSQ_OK) return st;

@@ -35,14 +35,22 @@
  * tests/test_kquant_ggml.c checks bit equality against ggml's own to_float.
  *
  * Encoders (ours): per super-block, minimise Σ w_c·(x_c − x̂_c)² over codes, integer scales/mins and
- * the F16 super-scales, where w_c is the importance of input column c (an imatrix's Σx² per column)
- * or 1 without one (plain squared error).  Search, per super-block:
+ * the F16 super-scales, where w_c = imp_c·sqrt(σ² + x_c²) with an importance imp_c of input column c
+ * (an imatrix's Σx²/count per column) and σ² the super-block's mean x² (ggml's weighting), or 1
+ * without one (plain squared error).  Search, per super-block:
  *   1. each sub-block: real-valued scale (and min ≥ 0) from candidate ranges (the plain max/min rule
- *      and shrunk ones), each followed by weighted least squares with the codes fixed;
+ *      and shrunk ones), each followed by up to 3 rounds of nearest codes → weighted least squares
+ *      with the codes fixed; one pass per round computes the codes and their sums, the errors come
+ *      from the expanded sums, and a chain stops when it reaches codes an earlier one had;
  *   2. super-scales: candidates around max(s_j)/scale_max (and the negative-range twin for the
  *      signed types), sub-block scales rounded to integers, best total error kept;
  *   3. coordinate search: each sub-block's integer scale/min ±1, then least squares for (d, dmin)
  *      with the integer scales and codes fixed (F16-rounded), repeated while the error drops.
+ * Steps 2 and 3 evaluate the decoded values exactly (f32, as the decoder), with the weighted squared
+ * error of a sub-block summed in f32 over eight lanes (weights scaled per super-block to a largest
+ * of 1, so no finite importance overflows them).  The AVX2 twins of every pass (the error, the code
+ * sums, the IQ4_XS codebook lookup by counting the midpoints exceeded) perform the scalar twins'
+ * IEEE operations in the same order: the bytes do not depend on the CPU (tests/test_kquant.c).
  * Codes are always the nearest for the final dequantized sub-block scale and min.  All-zero blocks
  * store zeros.  Non-finite inputs (only with allow_nonfinite) take no part in the fit (weight 0); NaN
  * is stored as the code nearest 0 and ±Inf as the block's largest finite magnitude.
@@ -79,6 +87,12 @@ void dsq_kquant_decode_block(dsq_encoding enc, const void *blk, float out[DSQ_KQ
  * FMA), which give the same floats as the scalar ones. */
 void dsq_kquant_decode_rows(dsq_encoding enc, const void *data, uint64_t cols, uint64_t row0, uint64_t nrows,
                             float *out, bool avx2);
+
+/* The quantity the encoder minimises, summed over rows × cols in double: Σ w·(x − decoded)² with
+ * w = importance_c·sqrt(σ² + x²), σ² the mean x² of the value's super-block (importance NULL: w = 1,
+ * the same as dsq_kquant_weighted_sse). */
+double dsq_kquant_objective(dsq_encoding enc, const float *x, uint64_t rows, uint64_t cols, const float *importance,
+                            const void *blocks);
 
 /* Σ_c importance_c·(x_c − decoded_c)² over rows × cols (importance NULL: weight 1), in double. */
 double dsq_kquant_weighted_sse(dsq_encoding enc, const float *x, uint64_t rows, uint64_t cols, const float *importance,

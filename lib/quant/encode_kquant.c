@@ -52,129 +52,156 @@ int dsq_kquant_ggml_type(dsq_encoding enc) {
  * The weighted squared error is summed in f64 in four lanes (element i into lane i % 4), added
  * (l0 + l1) + (l2 + l3): the AVX2 twin performs the same IEEE operations, so the encoded bytes do not
  * depend on the CPU. */
+static double sub_eval_nl(const kq_spec *k, const float *x, const float *w, float S, int8_t *q);
+/* the eight f32 lanes of sub_eval, added in one fixed order (the AVX2 twin stores its lanes and calls it) */
+static double lanes8(const float l[8]) { return (double)(((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))); }
+
 static double sub_eval_scalar(const kq_spec *k, const float *x, const float *w, float S, float M, int8_t *q) {
     float inv = S != 0.0f ? 1.0f / S : 0.0f, qlo = (float)k->qlo, qhi = (float)k->qhi;
-    double acc[4] = {0, 0, 0, 0};
+    float acc[8] = {0};
     for (int i = 0; i < k->sub; i++) {
         float t = (x[i] + M) * inv;
         t = t > qlo ? t : qlo;                  /* _mm256_max_ps(t, qlo): NaN → qlo */
         t = t < qhi ? t : qhi;                  /* _mm256_min_ps(t, qhi) */
         float qi = (t + 0x1.8p23f) - 0x1.8p23f; /* RNE for |t| ≤ 2^22 (t is clamped to ±32): no libm call */
-        float y = S * qi - M;
-        double dd = (double)x[i] - (double)y;
-        acc[i & 3] += (double)w[i] * dd * dd;
+        float y = S * qi - M, dd = x[i] - y;
+        acc[i & 7] += (w[i] * dd) * dd;
         if (q) q[i] = (int8_t)qi;
     }
-    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    return lanes8(acc);
 }
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+/* sub_eval_scalar's code: t clamped to [lo, hi], RNE by the magic number */
+__attribute__((target("avx2"))) static inline __m256 rne_clamped8(__m256 t, __m256 lo, __m256 hi, __m256 magic) {
+    t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
+    return _mm256_sub_ps(_mm256_add_ps(t, magic), magic);
+}
+/* sub_eval_nl's value: kv[b] with b = the number of midpoints t exceeds (NaN exceeds none), summed as
+ * kv[0] + Σ (kv[c+1] − kv[c]) over the midpoints exceeded: small integers, exact in f32 */
+__attribute__((target("avx2"))) static inline __m256 nl_value8(__m256 t) {
+    __m256 v = _mm256_set1_ps((float)kv_iq4nl[0]);
+    for (int c = 0; c < 15; c++) {
+        __m256 gt = _mm256_cmp_ps(t, _mm256_set1_ps(iq4nl_mid[c]), _CMP_GT_OQ);
+        v = _mm256_add_ps(v, _mm256_and_ps(gt, _mm256_set1_ps((float)(kv_iq4nl[c + 1] - kv_iq4nl[c]))));
+    }
+    return v;
+}
 __attribute__((target("avx2"))) static double sub_eval_avx2(const kq_spec *k, const float *x, const float *w, float S,
                                                             float M, int8_t *q) {
     float inv = S != 0.0f ? 1.0f / S : 0.0f;
     __m256 vinv = _mm256_set1_ps(inv), vS = _mm256_set1_ps(S), vM = _mm256_set1_ps(M);
     __m256 lo = _mm256_set1_ps((float)k->qlo), hi = _mm256_set1_ps((float)k->qhi), magic = _mm256_set1_ps(0x1.8p23f);
-    __m256d acc = _mm256_setzero_pd();
+    __m256 acc = _mm256_setzero_ps();
     for (int i = 0; i < k->sub; i += 8) {
         __m256 xv = _mm256_loadu_ps(x + i);
         __m256 t = _mm256_mul_ps(_mm256_add_ps(xv, vM), vinv);
-        t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
-        __m256 qi = _mm256_sub_ps(_mm256_add_ps(t, magic), magic);
+        __m256 qi = k->nl ? nl_value8(t) : rne_clamped8(t, lo, hi, magic);
         __m256 y = _mm256_sub_ps(_mm256_mul_ps(vS, qi), vM);
-        __m256 wv = _mm256_loadu_ps(w + i);
-        __m256d d0 =
-            _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(xv)), _mm256_cvtps_pd(_mm256_castps256_ps128(y)));
-        __m256d d1 =
-            _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(xv, 1)), _mm256_cvtps_pd(_mm256_extractf128_ps(y, 1)));
-        __m256d w0 = _mm256_cvtps_pd(_mm256_castps256_ps128(wv)), w1 = _mm256_cvtps_pd(_mm256_extractf128_ps(wv, 1));
-        acc = _mm256_add_pd(acc, _mm256_mul_pd(_mm256_mul_pd(w0, d0), d0));
-        acc = _mm256_add_pd(acc, _mm256_mul_pd(_mm256_mul_pd(w1, d1), d1));
+        __m256 d = _mm256_sub_ps(xv, y);
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(w + i), d), d));
         if (q) {
             int32_t qq[8];
             _mm256_storeu_si256((__m256i *)(void *)qq, _mm256_cvtps_epi32(qi));
             for (int j = 0; j < 8; j++) q[i + j] = (int8_t)qq[j];
         }
     }
-    double l[4];
-    _mm256_storeu_pd(l, acc);
-    return (l[0] + l[1]) + (l[2] + l[3]);
+    float l[8];
+    _mm256_storeu_ps(l, acc);
+    return lanes8(l);
 }
 #else
 static double sub_eval_avx2(const kq_spec *k, const float *x, const float *w, float S, float M, int8_t *q) {
-    return sub_eval_scalar(k, x, w, S, M, q);
+    return k->nl ? sub_eval_nl(k, x, w, S, q) : sub_eval_scalar(k, x, w, S, M, q);
 }
 #endif
 
 /* IQ4_XS: the nearest codebook value to x/S (ties to the lower value); q receives the VALUE. */
 static double sub_eval_nl(const kq_spec *k, const float *x, const float *w, float S, int8_t *q) {
     float inv = S != 0.0f ? 1.0f / S : 0.0f;
-    double acc[4] = {0, 0, 0, 0};
+    float acc[8] = {0};
     for (int i = 0; i < k->sub; i++) {
         float t = x[i] * inv;
         int b = 0; /* the last code whose lower midpoint t exceeds (midpoints ascend): binary search */
         for (int step = 8; step; step >>= 1)
             if (b + step < 16 && t > iq4nl_mid[b + step - 1]) b += step;
-        float y = S * (float)kv_iq4nl[b];
-        double dd = (double)x[i] - (double)y;
-        acc[i & 3] += (double)w[i] * dd * dd;
+        float y = S * (float)kv_iq4nl[b], dd = x[i] - y; /* the AVX2 twin's S·q − 0: the same float */
+        acc[i & 7] += (w[i] * dd) * dd;
         if (q) q[i] = kv_iq4nl[b];
     }
-    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    return lanes8(acc);
 }
 
 static inline double sub_eval(const kq_spec *k, const float *x, const float *w, float S, float M, int8_t *q) {
-    if (k->nl) return sub_eval_nl(k, x, w, S, q);
-    return k->avx2 ? sub_eval_avx2(k, x, w, S, M, q) : sub_eval_scalar(k, x, w, S, M, q);
+    if (k->avx2) return sub_eval_avx2(k, x, w, S, M, q);
+    return k->nl ? sub_eval_nl(k, x, w, S, q) : sub_eval_scalar(k, x, w, S, M, q);
 }
 
-/* The sums of the sub-block least squares: Σwq², Σwq, Σw, Σwqx, Σwx in f64, four lanes each
+/* For the codes nearest to (S, M), as sub_eval chooses them: out[0] = Σwq², out[1] = Σwq, out[3] = Σwqx
+ * (out[2] = Σw and out[4] = Σwx do not depend on the codes: the caller fills them), in f64, four lanes
  * (element i into lane i % 4, lanes added (l0 + l1) + (l2 + l3)), as the AVX2 twin. */
-static void lsq_sums_scalar(int n, const float *x, const float *w, const int8_t *q, double out[5]) {
-    double a[5][4] = {{0}};
-    for (int i = 0; i < n; i++) {
-        double wi = w[i], qi = q[i], xi = x[i];
-        a[0][i & 3] += wi * qi * qi, a[1][i & 3] += wi * qi, a[2][i & 3] += wi, a[3][i & 3] += wi * qi * xi,
-            a[4][i & 3] += wi * xi;
+static void code_sums_scalar(const kq_spec *k, const float *x, const float *w, float S, float M, double out[5]) {
+    float inv = S != 0.0f ? 1.0f / S : 0.0f, qlo = (float)k->qlo, qhi = (float)k->qhi;
+    double a[3][4] = {{0}};
+    for (int i = 0; i < k->sub; i++) {
+        float qi;
+        if (k->nl) {
+            float t = x[i] * inv;
+            int b = 0;
+            for (int step = 8; step; step >>= 1)
+                if (b + step < 16 && t > iq4nl_mid[b + step - 1]) b += step;
+            qi = (float)kv_iq4nl[b];
+        } else {
+            float t = (x[i] + M) * inv;
+            t = t > qlo ? t : qlo;
+            t = t < qhi ? t : qhi;
+            qi = (t + 0x1.8p23f) - 0x1.8p23f;
+        }
+        double wq = (double)w[i] * (double)qi;
+        a[0][i & 3] += wq * (double)qi, a[1][i & 3] += wq, a[2][i & 3] += wq * (double)x[i];
     }
-    for (int s = 0; s < 5; s++) out[s] = (a[s][0] + a[s][1]) + (a[s][2] + a[s][3]);
+    out[0] = (a[0][0] + a[0][1]) + (a[0][2] + a[0][3]);
+    out[1] = (a[1][0] + a[1][1]) + (a[1][2] + a[1][3]);
+    out[3] = (a[2][0] + a[2][1]) + (a[2][2] + a[2][3]);
 }
 #if defined(__x86_64__) || defined(__i386__)
-__attribute__((target("avx2"))) static void lsq_sums_avx2(int n, const float *x, const float *w, const int8_t *q,
-                                                          double out[5]) {
-    __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0, a4 = a0;
-    for (int i = 0; i < n; i += 4) {
-        int32_t qi;
-        memcpy(&qi, q + i, 4);
-        __m256d qv = _mm256_cvtepi32_pd(_mm_cvtepi8_epi32(_mm_cvtsi32_si128(qi)));
-        __m256d wv = _mm256_cvtps_pd(_mm_loadu_ps(w + i)), xv = _mm256_cvtps_pd(_mm_loadu_ps(x + i));
-        __m256d wq = _mm256_mul_pd(wv, qv);
-        a0 = _mm256_add_pd(a0, _mm256_mul_pd(wq, qv));
-        a1 = _mm256_add_pd(a1, wq);
-        a2 = _mm256_add_pd(a2, wv);
-        a3 = _mm256_add_pd(a3, _mm256_mul_pd(wq, xv));
-        a4 = _mm256_add_pd(a4, _mm256_mul_pd(wv, xv));
+__attribute__((target("avx2"))) static void code_sums_avx2(const kq_spec *k, const float *x, const float *w, float S,
+                                                           float M, double out[5]) {
+    float inv = S != 0.0f ? 1.0f / S : 0.0f;
+    __m256 vinv = _mm256_set1_ps(inv), vM = _mm256_set1_ps(M);
+    __m256 lo = _mm256_set1_ps((float)k->qlo), hi = _mm256_set1_ps((float)k->qhi), magic = _mm256_set1_ps(0x1.8p23f);
+    __m256d a0 = _mm256_setzero_pd(), a1 = a0, a3 = a0;
+    for (int i = 0; i < k->sub; i += 8) {
+        __m256 xv = _mm256_loadu_ps(x + i), wv = _mm256_loadu_ps(w + i);
+        __m256 t = k->nl ? _mm256_mul_ps(xv, vinv) : _mm256_mul_ps(_mm256_add_ps(xv, vM), vinv);
+        __m256 qi = k->nl ? nl_value8(t) : rne_clamped8(t, lo, hi, magic);
+        for (int h = 0; h < 2; h++) {
+            __m128 qh = h ? _mm256_extractf128_ps(qi, 1) : _mm256_castps256_ps128(qi);
+            __m128 wh = h ? _mm256_extractf128_ps(wv, 1) : _mm256_castps256_ps128(wv);
+            __m128 xh = h ? _mm256_extractf128_ps(xv, 1) : _mm256_castps256_ps128(xv);
+            __m256d qd = _mm256_cvtps_pd(qh), wq = _mm256_mul_pd(_mm256_cvtps_pd(wh), qd);
+            a0 = _mm256_add_pd(a0, _mm256_mul_pd(wq, qd));
+            a1 = _mm256_add_pd(a1, wq);
+            a3 = _mm256_add_pd(a3, _mm256_mul_pd(wq, _mm256_cvtps_pd(xh)));
+        }
     }
-    __m256d v[5] = {a0, a1, a2, a3, a4};
-    for (int s = 0; s < 5; s++) {
-        double l[4];
-        _mm256_storeu_pd(l, v[s]);
-        out[s] = (l[0] + l[1]) + (l[2] + l[3]);
-    }
+    double l[4];
+    _mm256_storeu_pd(l, a0);
+    out[0] = (l[0] + l[1]) + (l[2] + l[3]);
+    _mm256_storeu_pd(l, a1);
+    out[1] = (l[0] + l[1]) + (l[2] + l[3]);
+    _mm256_storeu_pd(l, a3);
+    out[3] = (l[0] + l[1]) + (l[2] + l[3]);
 }
 #else
-static void lsq_sums_avx2(int n, const float *x, const float *w, const int8_t *q, double out[5]) {
-    lsq_sums_scalar(n, x, w, q, out);
+static void code_sums_avx2(const kq_spec *k, const float *x, const float *w, float S, float M, double out[5]) {
+    code_sums_scalar(k, x, w, S, M, out);
 }
 #endif
 
-/* Weighted least squares of (s, m) in x ≈ s·q − m with the codes fixed; m ≥ 0 (asymmetric) or 0. */
-static bool sub_lsq(const kq_spec *k, const float *x, const float *w, const int8_t *q, float *s, float *m) {
-    double sums[5];
-    if (k->avx2)
-        lsq_sums_avx2(k->sub, x, w, q, sums);
-    else
-        lsq_sums_scalar(k->sub, x, w, q, sums);
+/* Weighted least squares of (s, m) in x ≈ s·q − m from code_sums (and Σw, Σwx); m ≥ 0 (asymmetric) or 0. */
+static bool lsq_solve(const kq_spec *k, const double sums[5], double *s, double *m) {
     double A = sums[0], B = sums[1], C = sums[2], D = sums[3], E = sums[4];
     if (!(A > 0)) return false;
     double sv = D / A, mv = 0;
@@ -187,25 +214,42 @@ static bool sub_lsq(const kq_spec *k, const float *x, const float *w, const int8
         if (mv < 0) mv = 0, sv = D / A;
         if (!(sv > 0)) return false;
     }
-    *s = (float)sv, *m = (float)mv;
-    return isfinite(*s) && isfinite(*m);
+    *s = sv, *m = mv;
+    return isfinite(sv) && isfinite(mv) && isfinite((float)sv) && isfinite((float)mv);
+}
+
+/* Σw(x − (s·q − m))² for the codes whose sums these are (xx = Σwx²), expanded: no pass over the data. */
+static double lsq_err(const double sums[5], double xx, double s, double m) {
+    double A = sums[0], B = sums[1], C = sums[2], D = sums[3], E = sums[4];
+    return xx + s * s * A + m * m * C - 2.0 * s * D + 2.0 * m * E - 2.0 * s * m * B;
 }
 
 static const float sub_factors[] = {1.0f, 0.96f, 0.92f, 0.88f, 0.84f, 0.80f, 0.76f, 0.72f, 0.68f, 0.64f, 1.04f, 1.08f};
+enum { SUB_ITERS = 3 };
 
 /* Real-valued scale (and min ≥ 0) of one sub-block: candidate ranges, each refined by least squares
- * with the codes fixed, the lowest weighted error kept. */
+ * with the codes fixed (up to SUB_ITERS rounds of nearest codes → least squares), the lowest weighted
+ * error kept.  One pass over the values per round: the codes and their sums; the errors of the
+ * candidate and of its least-squares point come from the sums (lsq_err).  The result only seeds the
+ * integer search of encode_super, which evaluates the decoded values exactly. */
 static void fit_sub(const kq_spec *k, const float *x, const float *w, float *s_out, float *m_out) {
-    int8_t q[32];
-    float best_s = 0, best_m = 0;
-    double best_e = INFINITY;
+    double best_s = 0, best_m = 0, best_e = INFINITY, sums[5];
+    enum { MAX_SEEN = 48 };
+    double seen_sums[MAX_SEEN][3];
+    int n_seen = 0;
     int nb = k->mhi ? 1 : 2;
     float lo = 0, hi = x[0], xm = 0; /* lo = min(0, min x): the min is never positive */
+    double l[3][4] = {{0}}; /* Σwx², Σw, Σwx: four lanes as code_sums */
     for (int i = 0; i < k->sub; i++) {
         lo = x[i] < lo ? x[i] : lo;
         hi = x[i] > hi ? x[i] : hi;
         if (fabsf(x[i]) > fabsf(xm)) xm = x[i];
+        double wx = (double)w[i] * (double)x[i];
+        l[0][i & 3] += wx * (double)x[i], l[1][i & 3] += (double)w[i], l[2][i & 3] += wx;
     }
+    double xx = (l[0][0] + l[0][1]) + (l[0][2] + l[0][3]);
+    sums[2] = (l[1][0] + l[1][1]) + (l[1][2] + l[1][3]);
+    sums[4] = (l[2][0] + l[2][1]) + (l[2][2] + l[2][3]);
     if (k->mhi) {
         if (!(hi > lo)) { /* a constant block */
             *s_out = 0, *m_out = -lo;
@@ -219,20 +263,31 @@ static void fit_sub(const kq_spec *k, const float *x, const float *w, float *s_o
         /* asymmetric: [lo, hi] onto [0, qhi]; symmetric: the extreme onto qlo (b = 0) or qhi */
         float base = k->mhi ? (hi - lo) / (float)k->qhi : xm / (float)(b == 0 ? k->qlo : k->qhi);
         for (size_t f = 0; f < sizeof sub_factors / sizeof sub_factors[0]; f++) {
-            float s = base * sub_factors[f], m = k->mhi ? -lo : 0.0f;
-            double e = sub_eval(k, x, w, s, m, q);
-            for (int it = 0; it < 3; it++) {
-                if (e < best_e) best_e = e, best_s = s, best_m = m;
-                float s2, m2;
-                if (!sub_lsq(k, x, w, q, &s2, &m2) || (s2 == s && m2 == m)) break;
-                double e2 = sub_eval(k, x, w, s2, m2, q);
-                if (!(e2 < e)) break;
-                s = s2, m = m2, e = e2;
+            double s = base * sub_factors[f], m = k->mhi ? -lo : 0.0f;
+            for (int it = 0; it < SUB_ITERS; it++) {
+                if (k->avx2)
+                    code_sums_avx2(k, x, w, (float)s, (float)m, sums);
+                else
+                    code_sums_scalar(k, x, w, (float)s, (float)m, sums);
+                /* codes seen before (same sums) lead where that chain led: nothing new to find */
+                bool seen = false;
+                for (int v = 0; v < n_seen && !seen; v++)
+                    seen = seen_sums[v][0] == sums[0] && seen_sums[v][1] == sums[1] && seen_sums[v][2] == sums[3];
+                if (seen) break;
+                if (n_seen < MAX_SEEN)
+                    seen_sums[n_seen][0] = sums[0], seen_sums[n_seen][1] = sums[1], seen_sums[n_seen++][2] = sums[3];
+                double e = lsq_err(sums, xx, (float)s, (float)m), s2, m2;
+                if (e < best_e) best_e = e, best_s = (float)s, best_m = (float)m;
+                if (!lsq_solve(k, sums, &s2, &m2)) break;
+                double e2 = lsq_err(sums, xx, (float)s2, (float)m2);
+                if (!(e2 < best_e) && it > 0) break;
+                if (e2 < best_e) best_e = e2, best_s = (float)s2, best_m = (float)m2;
+                if ((float)s2 == (float)s && (float)m2 == (float)m) break;
+                s = s2, m = m2;
             }
-            if (e < best_e) best_e = e, best_s = s, best_m = m;
         }
     }
-    *s_out = best_s, *m_out = best_m;
+    *s_out = (float)best_s, *m_out = (float)best_m;
 }
 
 /* ---- super-block ---------------------------------------------------------------------------------- */
@@ -314,7 +369,7 @@ static bool super_lsq(const kq_spec *k, const float *x, const float *w, const kq
     return isfinite(*d) && isfinite(*dmin);
 }
 
-static const float d_factors[] = {1.0f, 0.97f, 1.03f, 0.94f, 0.91f};
+static const float d_factors[] = {1.0f, 0.97f, 1.03f};
 static const float dmin_factors[] = {1.0f, 0.95f, 1.05f};
 
 static void encode_super(const kq_spec *k, const float *x, const float *w, kq_state *out, int8_t *q) {
@@ -460,6 +515,7 @@ static void encode_block(const kq_spec *k, const float *src, const float *imp, u
     for (int i = 0; i < DSQ_KQ_BLOCK; i++)
         if (dsq__finite(src[i]) && fabsf(src[i]) > amax) amax = fabsf(src[i]);
     double wsum = 0;
+    float wmax = 0;
     for (int i = 0; i < DSQ_KQ_BLOCK; i++) {
         w[i] = imp ? imp[i] : 1.0f;
         x[i] = src[i];
@@ -467,6 +523,24 @@ static void encode_block(const kq_spec *k, const float *src, const float *imp, u
             x[i] = src[i] != src[i] ? 0.0f : copysignf(amax, src[i]);
             w[i] = 0.0f;
         }
+    }
+    /* with an imatrix, w = importance · sqrt(σ² + x²), σ² the block's mean x² (ggml's weighting in
+     * quantize_row_q*_K_impl): on the trained tiny V4 the plain importance lowered the weighted
+     * error but raised KL at q2_k/q3_k (the fit gave up large weights of quiet columns); this form
+     * lowered KL at q2_k, q3_k and q4_k (docs/interop.md) */
+    if (imp) {
+        double sx2 = 0;
+        for (int i = 0; i < DSQ_KQ_BLOCK; i++) sx2 += dsq__finite(src[i]) ? (double)x[i] * x[i] : 0.0;
+        float sig2 = (float)(sx2 / DSQ_KQ_BLOCK);
+        for (int i = 0; i < DSQ_KQ_BLOCK; i++) w[i] *= sqrtf(sig2 + x[i] * x[i]);
+    }
+    for (int i = 0; i < DSQ_KQ_BLOCK; i++) wmax = w[i] > wmax ? w[i] : wmax;
+    /* weights scaled to a largest of 1: the f32 error sums of sub_eval neither overflow nor underflow
+     * for any finite importance (the minimiser does not change) */
+    float wscale = wmax > 0 ? 1.0f / wmax : 1.0f;
+    if (!isfinite(wscale)) wscale = 0x1p126f; /* wmax subnormal */
+    for (int i = 0; i < DSQ_KQ_BLOCK; i++) {
+        w[i] *= wscale;
         wsum += w[i];
     }
     /* a sub-block without weight still gets a sensible fit, at a weight too small to sway the rest */
@@ -520,6 +594,29 @@ dsq_status dsq__kquant_encode_isa(dsq_encoding enc, const float *x, uint64_t row
                          (uint8_t *)dst + (r * nb + b) * (uint64_t)k->bytes);
     }
     return DSQ_OK;
+}
+
+double dsq_kquant_objective(dsq_encoding enc, const float *x, uint64_t rows, uint64_t cols, const float *importance,
+                            const void *blocks) {
+    int bb = dsq_kquant_block_bytes(enc);
+    float y[DSQ_KQ_BLOCK];
+    double e = 0;
+    uint64_t nb = cols / DSQ_KQ_BLOCK;
+    for (uint64_t r = 0; r < rows; r++)
+        for (uint64_t b = 0; b < nb; b++) {
+            const float *xb = x + r * cols + b * DSQ_KQ_BLOCK;
+            dsq_kquant_decode_block(enc, (const uint8_t *)blocks + (r * nb + b) * (uint64_t)bb, y);
+            double sx2 = 0;
+            for (int i = 0; i < DSQ_KQ_BLOCK; i++) sx2 += (double)xb[i] * xb[i];
+            for (int i = 0; i < DSQ_KQ_BLOCK; i++) {
+                double d = (double)xb[i] - (double)y[i];
+                double w = importance ? (double)importance[b * DSQ_KQ_BLOCK + (uint64_t)i] *
+                                            sqrt(sx2 / DSQ_KQ_BLOCK + (double)xb[i] * xb[i])
+                                      : 1.0;
+                e += w * d * d;
+            }
+        }
+    return e;
 }
 
 double dsq_kquant_weighted_sse(dsq_encoding enc, const float *x, uint64_t rows, uint64_t cols, const float *importance,
