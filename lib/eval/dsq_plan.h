@@ -49,7 +49,8 @@ typedef struct dsq_plan_option {
  * of q = ceil(budget / cells) bytes, each option's bytes rounded UP to whole cells (so every choice the
  * DP makes fits; with q = 1 it is the exact optimum), then a greedy fill of the bytes the rounding left:
  * repeatedly the single-group change with the largest cost decrease per extra byte that still fits.
- * choice[g] receives the option index.  DSQ_ERR_RANGE when even the smallest options exceed the
+ * (When the rounding leaves no mix in the cells although the smallest one fits, the fill starts from the
+ * smallest mix.)  choice[g] receives the option index.  DSQ_ERR_RANGE when even the smallest options exceed the
  * budget (the message gives their total); DSQ_ERR_ARG for a malformed table. */
 dsq_status dsq_plan_knapsack(const dsq_plan_option *const *opts, const int *n_opts, int n_groups, uint64_t budget,
                              uint32_t cells, int *choice, dsq_err *err);

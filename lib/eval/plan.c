@@ -63,18 +63,25 @@ dsq_status dsq_plan_knapsack(const dsq_plan_option *const *opts, const int *n_op
         dp = nx, nx = t;
     }
     dsq_status st = DSQ_OK;
-    if (!isfinite(dp[C]))
-        st = dsq_err_set(err, DSQ_ERR_RANGE,
-                         "plan: no mix fits %llu bytes once sizes are rounded to %llu-byte cells (raise the budget "
-                         "or the cells)",
-                         (unsigned long long)budget, (unsigned long long)q);
-    else {
+    if (!isfinite(dp[C])) {
+        /* the rounding made every mix too big although the smallest one fits: start from it */
+        for (int g = 0; g < n_groups; g++) {
+            int b = 0;
+            for (int o = 1; o < n_opts[g]; o++)
+                if (opts[g][o].bytes < opts[g][b].bytes ||
+                    (opts[g][o].bytes == opts[g][b].bytes && opts[g][o].cost < opts[g][b].cost))
+                    b = o;
+            choice[g] = b;
+        }
+    } else {
         size_t c = (size_t)C;
         for (int g = n_groups - 1; g >= 0; g--) {
             int o = pick[(size_t)g * W + c];
             choice[g] = o;
             c -= (size_t)(opts[g][o].bytes / q + (opts[g][o].bytes % q != 0));
         }
+    }
+    {
         /* greedy fill of the bytes left by the rounding */
         uint64_t used = 0;
         for (int g = 0; g < n_groups; g++) used += opts[g][choice[g]].bytes;
@@ -610,6 +617,20 @@ static dsq_status run(planner *P) {
                   "plan: %s: --target-size %llu is below the bytes of the tensors outside the groups (%llu)", o->src,
                   (unsigned long long)r->budget_bytes, (unsigned long long)r->fixed_bytes);
 
+    /* infeasible budgets fail before any measurement */
+    uint64_t lo = r->fixed_bytes;
+    for (int gi = 0; gi < r->n_groups; gi++) {
+        uint64_t mb = UINT64_MAX;
+        for (int k = 0; k < r->groups[gi].n_cands; k++)
+            if (r->groups[gi].cands[k].bytes < mb) mb = r->groups[gi].cands[k].bytes;
+        lo += mb;
+    }
+    DSQ_RETURN_IF(lo > r->budget_bytes, P->err, DSQ_ERR_RANGE,
+                  "plan: %s: the budget of %llu bytes is below the smallest mix of these candidates (%llu bytes, "
+                  "%.4f bits per quantizable weight)",
+                  o->src, (unsigned long long)r->budget_bytes, (unsigned long long)lo,
+                  8.0 * (double)(lo - r->fixed_bytes) / (double)r->group_elements);
+
     /* chunks: BOS + n_ctx - 1 text tokens each */
     uint32_t n_ctx = o->n_ctx ? o->n_ctx : 512;
     DSQ_RETURN_IF(n_ctx < 3 || n_ctx > c->max_position_embeddings, P->err, DSQ_ERR_ARG,
@@ -652,21 +673,6 @@ static dsq_status run(planner *P) {
         n_opts[gi] = r->groups[gi].n_cands;
     }
     if (!st) st = dsq_plan_knapsack(opts, n_opts, n, r->budget_bytes - r->fixed_bytes, o->cells, choice, P->err);
-    if (st == DSQ_ERR_RANGE) {
-        dsq_err_clear(P->err);
-        uint64_t lo = r->fixed_bytes;
-        for (int gi = 0; gi < n; gi++) {
-            uint64_t m = UINT64_MAX;
-            for (int k = 0; k < r->groups[gi].n_cands; k++)
-                if (r->groups[gi].cands[k].bytes < m) m = r->groups[gi].cands[k].bytes;
-            lo += m;
-        }
-        st = dsq_err_set(P->err, DSQ_ERR_RANGE,
-                         "plan: %s: the budget of %llu bytes is below the smallest mix of these candidates (%llu bytes, "
-                         "%.4f bits per quantizable weight)",
-                         o->src, (unsigned long long)r->budget_bytes, (unsigned long long)lo,
-                         8.0 * (double)(lo - r->fixed_bytes) / (double)r->group_elements);
-    }
     uint64_t gbytes = 0;
     for (int gi = 0; gi < n && !st; gi++) {
         dsq_plan_group *g = &r->groups[gi];
