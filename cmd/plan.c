@@ -22,6 +22,9 @@ static void help(void) {
            "  --target-bpw B         budget in bits per quantizable (group) weight\n"
            "  --candidates LIST      comma-separated encodings (default %s)\n"
            "  --out RECIPE.json      write the recipe (else printed only)\n"
+           "  --table FILE           sensitivity cache: read the KLs from FILE when it exists, else measure and\n"
+           "                         write them there (several budgets, one measurement; delete it when the\n"
+           "                         imatrix or the text change)\n"
            "  --overwrite            replace RECIPE.json\n"
            "  --json                 one JSON object on stdout\n",
            DSQ_PLAN_DEFAULT_CANDIDATES);
@@ -82,7 +85,7 @@ int dsq_cmd_plan(int argc, char **argv) {
     dsq_score_options so;
     dsq_score_options_default(&so);
     so.max_chunks = 4;
-    const char *pos[2] = {NULL, NULL}, *tokens = NULL, *out = NULL, *imx_path = NULL, *cands = NULL;
+    const char *pos[2] = {NULL, NULL}, *tokens = NULL, *out = NULL, *imx_path = NULL, *cands = NULL, *table = NULL;
     int npos = 0;
     bool overwrite = false, json = false;
     uint64_t target_size = 0;
@@ -100,6 +103,8 @@ int dsq_cmd_plan(int argc, char **argv) {
             imx_path = argv[++i];
         else if (!strcmp(a, "--candidates") && i + 1 < argc)
             cands = argv[++i];
+        else if (!strcmp(a, "--table") && i + 1 < argc)
+            table = argv[++i];
         else if (!strcmp(a, "--target-size") && i + 1 < argc) {
             if (!dsq_cmd_parse_size(argv[++i], &target_size) || !target_size)
                 return dsq_cmd_usage_error(me, "--target-size '%s' is not a size", argv[i]);
@@ -135,7 +140,7 @@ int dsq_cmd_plan(int argc, char **argv) {
     if (s == DSQ_OK) {
         dsq_plan_options po = {.src = pos[0], .imatrix = imx, .tokens = ids, .n_tokens = n, .n_ctx = so.n_ctx,
                                .max_chunks = so.max_chunks, .candidates = cands, .target_bytes = target_size,
-                               .target_bpw = target_bpw, .eval = so.eval, .progress = json ? NULL : progress};
+                               .target_bpw = target_bpw, .eval = so.eval, .table = table, .progress = json ? NULL : progress};
         s = dsq_plan_run(&po, &res, &e);
     }
     if (s == DSQ_OK) s = dsq_plan_recipe(res, &rc, &e);

@@ -68,6 +68,12 @@ typedef struct dsq_plan_options {
     double target_bpw;       /* budget in bits per quantizable weight, or 0 (exactly one is set) */
     uint32_t cells;          /* knapsack cells (0 = DSQ_PLAN_DEFAULT_CELLS) */
     dsq_eval_options eval;   /* numerics, threads (device must be cpu) */
+    /* sensitivity table cache (may be NULL): when the file exists, the KLs are read from it (it must hold
+     * every group × candidate (DSQ_ERR_MISSING) and name the same source and scored positions
+     * (DSQ_ERR_ARG)) instead of measured; when absent, the measured table is written there.
+     * Lets several budgets share one measurement (bench/quality.sh).  Delete it when the imatrix or
+     * the calibration text change: the file does not record them. */
+    const char *table;
     /* called after each group × candidate measurement (may be NULL) */
     void (*progress)(void *user, const char *group, const char *encoding, double kl, int done, int total);
     void *user;

@@ -5,9 +5,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "dsq_codec.h"
 #include "dsq_convert.h"
+#include "dsq_json.h"
 #include "dsq_kquant.h"
 #include "dsq_metrics.h"
 #include "dsq_plan.h"
@@ -489,6 +491,87 @@ static dsq_status sensitivities(planner *P) {
     return st;
 }
 
+/* ---- the sensitivity table cache ---------------------------------------------------------------- */
+
+static dsq_status table_load(planner *P, const char *text, size_t len) {
+    const char *f = P->opt->table;
+    cJSON *j = NULL;
+    DSQ_TRY(dsq_json_parse(text, len, f, &j, P->err));
+    dsq_status st = DSQ_OK;
+    const cJSON *src = cJSON_GetObjectItemCaseSensitive(j, "source");
+    const cJSON *groups = cJSON_GetObjectItemCaseSensitive(j, "groups");
+    uint64_t pos = 0;
+    if (!cJSON_IsString(src) || !dsq_json_u64(cJSON_GetObjectItemCaseSensitive(j, "positions"), &pos) ||
+        !cJSON_IsArray(groups))
+        st = dsq_err_set(P->err, DSQ_ERR_JSON, "%s: not a dsq plan table (source, positions, groups)", f);
+    else if (strcmp(src->valuestring, P->opt->src) || pos != P->r->positions)
+        st = dsq_err_set(P->err, DSQ_ERR_ARG, "%s: table of %s over %llu positions, this plan is %s over %llu", f,
+                         src->valuestring, (unsigned long long)pos, P->opt->src, (unsigned long long)P->r->positions);
+    for (int gi = 0; gi < P->r->n_groups && !st; gi++) {
+        dsq_plan_group *g = &P->r->groups[gi];
+        const cJSON *jg = NULL, *it;
+        cJSON_ArrayForEach(it, groups) {
+            const cJSON *n = cJSON_GetObjectItemCaseSensitive(it, "group");
+            if (cJSON_IsString(n) && !strcmp(n->valuestring, g->name)) jg = it;
+        }
+        const cJSON *cands = jg ? cJSON_GetObjectItemCaseSensitive(jg, "candidates") : NULL;
+        for (int k = 1; k < g->n_cands && !st; k++) {
+            bool found = false;
+            cJSON_ArrayForEach(it, cands) {
+                const cJSON *n = cJSON_GetObjectItemCaseSensitive(it, "encoding");
+                double kl;
+                if (cJSON_IsString(n) && !strcmp(n->valuestring, g->cands[k].name) &&
+                    dsq_json_f64(cJSON_GetObjectItemCaseSensitive(it, "kl"), &kl) && isfinite(kl) && kl >= 0)
+                    g->cands[k].kl = kl, found = true;
+            }
+            if (!found)
+                st = dsq_err_set(P->err, DSQ_ERR_MISSING, "%s: no KL for group %s, candidate %s", f, g->name,
+                                 g->cands[k].name);
+        }
+    }
+    cJSON_Delete(j);
+    return st;
+}
+
+static dsq_status table_save(planner *P) {
+    cJSON *j = cJSON_CreateObject(), *groups = cJSON_CreateArray();
+    bool ok = j && groups && cJSON_AddStringToObject(j, "source", P->opt->src) &&
+              cJSON_AddNumberToObject(j, "positions", (double)P->r->positions);
+    if (groups) cJSON_AddItemToObject(j, "groups", groups);
+    for (int gi = 0; gi < P->r->n_groups && ok; gi++) {
+        const dsq_plan_group *g = &P->r->groups[gi];
+        cJSON *jg = cJSON_CreateObject(), *cands = cJSON_CreateArray();
+        ok = jg && cands && cJSON_AddItemToArray(groups, jg) && cJSON_AddStringToObject(jg, "group", g->name);
+        if (cands) cJSON_AddItemToObject(jg, "candidates", cands);
+        for (int k = 1; k < g->n_cands && ok; k++) {
+            cJSON *c = cJSON_CreateObject();
+            ok = c && cJSON_AddItemToArray(cands, c) && cJSON_AddStringToObject(c, "encoding", g->cands[k].name) &&
+                 cJSON_AddNumberToObject(c, "kl", g->cands[k].kl);
+        }
+    }
+    char *text = ok ? cJSON_Print(j) : NULL;
+    cJSON_Delete(j);
+    DSQ_RETURN_IF(!text, P->err, DSQ_ERR_NOMEM, "plan: out of memory writing %s", P->opt->table);
+    dsq_status st = dsq_write_file_atomic(P->opt->table, text, strlen(text), false, P->err);
+    cJSON_free(text);
+    return st;
+}
+
+/* Sensitivities from the table cache, or measured (and saved there). */
+static dsq_status sensitivities_cached(planner *P) {
+    if (!P->opt->table) return sensitivities(P);
+    char *text = NULL;
+    size_t len = 0;
+    if (access(P->opt->table, F_OK) == 0) {
+        dsq_status st = dsq_read_file(P->opt->table, 64u << 20, &text, &len, P->err);
+        if (!st) st = table_load(P, text, len);
+        dsq_free(text);
+        return st;
+    }
+    DSQ_TRY(sensitivities(P));
+    return table_save(P);
+}
+
 /* The whole mix at once: KL of the main model (+ MTP block's, reported separately in the sum). */
 static dsq_status measure_mix(planner *P) {
     dsq_plan_result *r = P->r;
@@ -658,7 +741,7 @@ static dsq_status run(planner *P) {
     r->positions = nch * T;
     DSQ_TRY(main_pass(P, 0, true, NULL));
     if (c->n_mtp_layers > 0) DSQ_TRY(mtp_pass(P, true, NULL));
-    DSQ_TRY(sensitivities(P));
+    DSQ_TRY(sensitivities_cached(P));
 
     /* choose */
     int n = r->n_groups;
