@@ -45,7 +45,7 @@ EOF
 }
 plan() { # NAME BUDGET-OPTION VALUE
   "$DSQ" plan "$M" "$M/calib.txt" --imatrix "$OUT/calib.imatrix" --chunks "$PLAN_CHUNKS" --table "$OUT/plan-table.json" \
-    "$2" "$3" --out "$OUT/plan-$1.json" --overwrite --json 2>/dev/null > "$OUT/plan-$1.out"
+    "$2" "$3" --out "$OUT/plan-$1.json" --overwrite --json > "$OUT/plan-$1.out"
   "$DSQ" convert "$M" "$OUT/plan-$1.dsq" --recipe "$OUT/plan-$1.json" --imatrix "$OUT/calib.imatrix" --overwrite >/dev/null
   builds+=("$OUT/plan-$1.dsq")
   python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print('plan %-12s %9d bytes  %.3f bpw  predicted KL %.4g  measured (calib) %.4g' % (sys.argv[2], j['total_bytes'], j['bpw'], j['predicted_kl'], j['measured_kl']))" "$OUT/plan-$1.out" "$1" 2>/dev/null || true
@@ -55,7 +55,8 @@ for u in "q4_k int4-g32" "q3_k int2-g32-asym" "q2_k int2-g64-asym"; do
   set -- $u
   uniform_recipe "$1" "$1" "$2"
   "$DSQ" convert "$M" "$OUT/uniform-$1.dsq" --recipe "$OUT/uniform-$1.json" --imatrix "$OUT/calib.imatrix" --overwrite >/dev/null
-  size=$("$DSQ" convert "$M" "$OUT/x.dsq" --recipe "$OUT/uniform-$1.json" --dry-run --json | sed -n 's/.*"bytes_out": \([0-9]*\).*/\1/p')
+  size=$("$DSQ" convert "$M" "$OUT/x.dsq" --recipe "$OUT/uniform-$1.json" --dry-run --json | grep -o '"bytes_out": [0-9]*' |
+    head -1 | grep -o '[0-9]*$')
   builds+=("$OUT/uniform-$1.dsq")
   plan "size-of-$1" --target-size "$size"
   echo "uniform $1: $size bytes"
