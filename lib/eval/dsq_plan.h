@@ -32,7 +32,7 @@
 #include "dsq_recipe.h"
 #include "dsq_v4.h"
 
-#define DSQ_PLAN_DEFAULT_CANDIDATES "q2_k,q3_k,q4_k,q5_k,q6_k,int2-g64-asym,int2-g32-asym,int4-g32,int8-g32"
+#define DSQ_PLAN_DEFAULT_CANDIDATES "q2_k,q3_k,q4_k,q5_k,q6_k,int2-g128-asym,int2-g64-asym,int2-g32-asym,int4-g32,int8-g32"
 enum {
     DSQ_PLAN_MAX_CANDIDATES = 32,
     DSQ_PLAN_DEFAULT_CELLS = 1 << 16, /* knapsack budget cells (see dsq_plan_knapsack) */
