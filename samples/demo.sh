@@ -35,7 +35,7 @@ echo
 echo "== dsq plan: per-group sensitivity, then the least predicted KL at 4.0 bits per quantizable weight"
 # candidates that all have lossless GGUF twins, so the planned build exports as it is
 "$DSQ" plan "$MODEL" "$MODEL/calib.txt" --imatrix "$OUT/calib.imatrix" --target-bpw 4.0 \
-  --candidates q2_k,q3_k,q4_k,q6_k,int4-g32,int8-g32 --ctx 256 --chunks 1 --out "$OUT/plan-4bpw.json" --overwrite \
+  --candidates q2_k,q4_k,int4-g32,int8-g32 --ctx 128 --chunks 1 --out "$OUT/plan-4bpw.json" --overwrite \
   2>/dev/null
 
 echo
