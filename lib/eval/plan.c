@@ -121,6 +121,7 @@ typedef struct planner {
     dsq_recipe_target cand[DSQ_PLAN_MAX_CANDIDATES];
     char cand_name[DSQ_PLAN_MAX_CANDIDATES][32];
     int n_cand;
+    int cap_groups;        /* size of r->groups (fixed by make_groups) */
     /* reference pass, per chunk */
     int n_chunks;
     int64_t T;             /* tokens per chunk */
@@ -150,13 +151,12 @@ static dsq_status add_tensor(planner *P, dsq_plan_group *g, const char *fmt, ...
 
 static dsq_plan_group *new_group(planner *P, int block, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static dsq_plan_group *new_group(planner *P, int block, const char *fmt, ...) {
-    dsq_plan_group *ng = dsq_realloc(P->r->groups, (size_t)(P->r->n_groups + 1) * sizeof *ng);
-    if (!ng) {
-        dsq_err_set(P->err, DSQ_ERR_NOMEM, "plan: out of memory");
+    /* make_groups sized the array: pointers to earlier groups stay valid while later ones are added */
+    if (P->r->n_groups == P->cap_groups) {
+        dsq_err_set(P->err, DSQ_ERR_STATE, "plan: more groups than planned (%d)", P->cap_groups);
         return NULL;
     }
-    P->r->groups = ng;
-    dsq_plan_group *g = &ng[P->r->n_groups++];
+    dsq_plan_group *g = &P->r->groups[P->r->n_groups++];
     memset(g, 0, sizeof *g);
     va_list ap;
     va_start(ap, fmt);
@@ -172,10 +172,13 @@ static dsq_plan_group *new_group(planner *P, int block, const char *fmt, ...) {
 
 static dsq_status make_groups(planner *P) {
     const dsq_v4_config *c = P->c;
-    NEW_GROUP(ge, -1, "embed");
-    DSQ_TRY(add_tensor(P, ge, "embed.weight"));
     /* V4 has one MTP block; later ones would be fed by the previous one's streams (not scored here) */
     int nb = c->n_layers + (c->n_mtp_layers > 0 ? 1 : 0);
+    P->cap_groups = 2 + 4 * nb;
+    P->r->groups = dsq_calloc((size_t)P->cap_groups, sizeof *P->r->groups);
+    DSQ_RETURN_IF(!P->r->groups, P->err, DSQ_ERR_NOMEM, "plan: out of memory");
+    NEW_GROUP(ge, -1, "embed");
+    DSQ_TRY(add_tensor(P, ge, "embed.weight"));
     for (int b = 0; b < nb; b++) {
         char pre[32];
         if (b < c->n_layers) snprintf(pre, sizeof pre, "layers.%d.", b);
