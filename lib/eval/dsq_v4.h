@@ -203,6 +203,14 @@ typedef struct dsq_v4_item {
 dsq_status dsq_v4_forward(const dsq_v4_model *m, const dsq_eval_options *opt, dsq_v4_item *items, int n_items,
                           dsq_err *err);
 
+/* dsq_v4_forward resumed at block `start_block` (0 < start_block <= n_layers; n_layers runs the head
+ * alone): start_streams[i] [n_tokens][hc][dim] are the streams entering that block for item i (the
+ * layer_out[start_block - 1] of an earlier pass over the same tokens).  Blocks before it are skipped and
+ * their caches stay empty, so sequences fed this way are only good for this one call (dsq plan's
+ * sensitivity runs).  start_block 0 is dsq_v4_forward. */
+dsq_status dsq_v4_forward_from(const dsq_v4_model *m, const dsq_eval_options *opt, dsq_v4_item *items, int n_items,
+                               int start_block, const float *const *start_streams, dsq_err *err);
+
 /* Layer-streaming evaluation with a memory cap: groups the items so that the activations and caches
  * of a group plus the largest block's weights (or the embedding + head) fit in `memory_budget` bytes (0 = no cap: one
  * group), then runs each group layer-major, prefetching block i+1 (madvise WILLNEED) while block i runs and releasing

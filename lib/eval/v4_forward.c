@@ -461,7 +461,8 @@ static dsq_status seq_adopt_kv(const run *r, dsq_v4_seq *s, int64_t pos) {
 }
 
 /* Run a group of items layer-major; prefetch/release hints when `stream` is set. */
-static dsq_status forward_group(const run *r, dsq_v4_item *items, int n_items, bool stream) {
+static dsq_status forward_group(const run *r, dsq_v4_item *items, int n_items, bool stream, int start,
+                                const float *const *start_streams) {
     const dsq_v4_config *c = r->c;
     const dsq_v4_model *m = r->m;
     size_t D = (size_t)c->dim, HD = (size_t)c->hc_mult * D;
@@ -486,12 +487,14 @@ static dsq_status forward_group(const run *r, dsq_v4_item *items, int n_items, b
         off += items[i].n_tokens;
     }
     /* spec §4.1: h = embed[token], copied to every stream */
-    for (int64_t t = 0; t < n; t++) {
+    for (int64_t t = 0; t < n && !start; t++) {
         float *x = X + (size_t)t * HD;
         embed_rows(r, tok + t, 1, x, D);
         for (int j = 1; j < c->hc_mult; j++) memcpy(x + (size_t)j * D, x, sizeof(float) * D);
     }
-    for (int b = 0; b < c->n_layers; b++) {
+    for (int i = 0; i < n_items && start; i++)
+        memcpy(X + (size_t)segs[i].off * HD, start_streams[i], sizeof(float) * HD * (size_t)segs[i].T);
+    for (int b = start; b < c->n_layers; b++) {
         CHECK(poll_stop(r));
         if (stream && b + 1 < c->n_layers) dsq_v4_block_prefetch(m, b + 1);
         CHECK(dsq_v4_model_check_block(m, b, r->err));
@@ -523,7 +526,23 @@ dsq_status dsq_v4_forward(const dsq_v4_model *m, const dsq_eval_options *opt, ds
     for (int i = 0; i < n_items; i++)
         DSQ_RETURN_IF(items[i].n_tokens < 0 || !items[i].seq || (items[i].n_tokens > 0 && !items[i].tokens), err,
                       DSQ_ERR_ARG, "forward: item %d is malformed", i);
-    return forward_group(&r, items, n_items, false);
+    return forward_group(&r, items, n_items, false, 0, NULL);
+}
+
+dsq_status dsq_v4_forward_from(const dsq_v4_model *m, const dsq_eval_options *opt, dsq_v4_item *items, int n_items,
+                               int start_block, const float *const *start_streams, dsq_err *err) {
+    DSQ_RETURN_IF(start_block < 0 || start_block > m->cfg.n_layers || (start_block > 0 && !start_streams), err,
+                  DSQ_ERR_ARG, "forward: start block %d is not in [0, %d] or has no streams", start_block,
+                  m->cfg.n_layers);
+    for (int i = 0; i < n_items && start_block > 0; i++)
+        DSQ_RETURN_IF(!start_streams[i], err, DSQ_ERR_ARG, "forward: item %d has no start streams", i);
+    if (start_block == 0) return dsq_v4_forward(m, opt, items, n_items, err);
+    run r;
+    DSQ_TRY(run_init(&r, m, opt, err));
+    for (int i = 0; i < n_items; i++)
+        DSQ_RETURN_IF(items[i].n_tokens < 0 || !items[i].seq || (items[i].n_tokens > 0 && !items[i].tokens), err,
+                      DSQ_ERR_ARG, "forward: item %d is malformed", i);
+    return forward_group(&r, items, n_items, false, start_block, start_streams);
 }
 
 uint64_t dsq_v4_item_bytes(const dsq_v4_model *m, int64_t n_tokens) {
@@ -570,7 +589,7 @@ dsq_status dsq_v4_forward_streaming(const dsq_v4_model *m, const dsq_eval_option
             j++;
         }
         dsq_v4_block_prefetch(m, 0);
-        DSQ_TRY(forward_group(&r, items + i, j - i, true));
+        DSQ_TRY(forward_group(&r, items + i, j - i, true, 0, NULL));
         i = j;
     }
     return DSQ_OK;
