@@ -90,41 +90,24 @@ int dsq_cmd_plan(int argc, char **argv) {
     bool overwrite = false, json = false;
     uint64_t target_size = 0;
     double target_bpw = 0;
-    for (int i = 1; i < argc; i++) {
-        int r = dsq__cmd_score_option(me, argc, argv, &i, &so);
-        if (r < 0) return DSQ_EXIT_USAGE;
-        if (r > 0) continue;
-        const char *a = argv[i];
-        if (!strcmp(a, "--out") && i + 1 < argc)
-            out = argv[++i];
-        else if (!strcmp(a, "--tokens") && i + 1 < argc)
-            tokens = argv[++i];
-        else if (!strcmp(a, "--imatrix") && i + 1 < argc)
-            imx_path = argv[++i];
-        else if (!strcmp(a, "--candidates") && i + 1 < argc)
-            cands = argv[++i];
-        else if (!strcmp(a, "--table") && i + 1 < argc)
-            table = argv[++i];
-        else if (!strcmp(a, "--target-size") && i + 1 < argc) {
-            if (!dsq_cmd_parse_size(argv[++i], &target_size) || !target_size)
-                return dsq_cmd_usage_error(me, "--target-size '%s' is not a size", argv[i]);
-        } else if (!strcmp(a, "--target-bpw") && i + 1 < argc) {
-            char *end;
-            target_bpw = strtod(argv[++i], &end);
-            if (*end || !(target_bpw > 0 && target_bpw <= 64))
-                return dsq_cmd_usage_error(me, "--target-bpw '%s' is not a number in (0, 64]", argv[i]);
-        } else if (!strcmp(a, "--overwrite"))
-            overwrite = true;
-        else if (!strcmp(a, "--json"))
-            json = true;
-        else if (a[0] == '-' && a[1])
-            return dsq_cmd_usage_error(me, "unknown or incomplete option '%s'", a);
-        else if (npos < 2)
-            pos[npos++] = a;
-        else
-            return dsq_cmd_usage_error(me, "unexpected argument '%s'", a);
-    }
-    if (npos < 1) return dsq_cmd_usage_error(me, "missing SRC");
+    dsq__cmd_score_table st;
+    dsq__cmd_score_opts(&so, &st);
+    dsq_opt opts[] = {
+        DSQ_OPT_STR("--out", &out),
+        DSQ_OPT_STR("--tokens", &tokens),
+        DSQ_OPT_STR("--imatrix", &imx_path),
+        DSQ_OPT_STR("--candidates", &cands),
+        DSQ_OPT_STR("--table", &table),
+        DSQ_OPT_SIZE("--target-size", &target_size, 1, UINT64_MAX),
+        DSQ_OPT_DOUBLE("--target-bpw", &target_bpw, 0, 64, DSQ_OPT_GT_MIN),
+        DSQ_OPT_FLAG("--overwrite", &overwrite),
+        DSQ_OPT_FLAG("--json", &json),
+        DSQ_OPT_MORE(st.score),
+        DSQ_OPT_END,
+    };
+    dsq_opt_spec spec = {.cmd = me, .opts = opts, .pos = pos, .max_pos = 2, .min_pos = 1, .missing = "missing SRC"};
+    int rc0 = dsq_opt_parse_cmd(&spec, argc, argv, &npos);
+    if (rc0) return rc0;
     if ((npos == 2) == (tokens != NULL)) return dsq_cmd_usage_error(me, "give CALIB.txt or --tokens FILE");
     if ((target_size > 0) == (target_bpw > 0)) return dsq_cmd_usage_error(me, "give one of --target-size and --target-bpw");
     dsq_signals_install();
