@@ -153,7 +153,7 @@ static void gptq_progress(void *user, int layer, int n_layers, double seconds, s
 /* Layer-by-layer GPTQ over the calibration tokens (lib/eval/dsq_gptq_calib.h). */
 static dsq_status run_gptq(const char *src, const dsq_recipe *recipe, const char *text, const char *tokens, uint64_t ctx,
                            uint64_t chunks, double damp, uint64_t block, bool act_order, int expert_batch, int threads, bool json,
-                           dsq_gptq_result **out, dsq_err *err) {
+                           const char *spill, dsq_gptq_result **out, dsq_err *err) {
     dsq_gptq_calib_options go;
     memset(&go, 0, sizeof go);
     dsq_gptq_options_default(&go.gptq);
@@ -161,6 +161,7 @@ static dsq_status run_gptq(const char *src, const dsq_recipe *recipe, const char
     go.gptq.block = (int)block;
     go.gptq.act_order = act_order;
     go.expert_batch = expert_batch;
+    go.spill = spill;
     go.gptq.threads = threads;
     dsq_score_options_default(&go.score);
     go.score.n_ctx = (uint32_t)ctx;
@@ -183,11 +184,15 @@ static void gptq_summary(const dsq_gptq_result *r, bool json) {
     int layers;
     double spl;
     dsq_gptq_result_stats(r, &tokens, &layers, &spl);
+    dsq_gptq_memory mem;
+    dsq_gptq_result_memory(r, &mem);
     for (size_t i = 0; i < n; i++) count[dsq_gptq_result_at(r, i)->method]++;
     if (json) {
         printf("\"gptq\": {\"calibration_tokens\": %llu, \"layers\": %d, \"seconds_per_layer\": %.3f, \"gptq\": %zu, "
-               "\"imatrix\": %zu, \"plain\": %zu, \"weights\": [",
-               (unsigned long long)tokens, layers, spl, count[0], count[1], count[2]);
+               "\"imatrix\": %zu, \"plain\": %zu, \"spill_bytes\": %llu, \"held_peak_bytes\": %llu, "
+               "\"largest_weight_bytes\": %llu, \"weights\": [",
+               (unsigned long long)tokens, layers, spl, count[0], count[1], count[2],
+               (unsigned long long)mem.spill_bytes, (unsigned long long)mem.held_peak, (unsigned long long)mem.largest);
         for (size_t i = 0; i < n; i++) {
             const dsq_gptq_entry *e = dsq_gptq_result_at(r, i);
             printf("%s{\"name\": \"%s\", \"method\": \"%s\", \"rows\": %llu}", i ? ", " : "", e->name,
@@ -199,6 +204,11 @@ static void gptq_summary(const dsq_gptq_result *r, bool json) {
     printf("gptq: %llu calibration tokens, %d layers, %.1f s per layer; %zu weights by GPTQ, %zu by importance-"
            "weighted rounding, %zu plain (fewer than %d rows per input column for GPTQ)\n",
            (unsigned long long)tokens, layers, spl, count[0], count[1], count[2], DSQ_GPTQ_MIN_ROWS_PER_COL);
+    char a[32], b[32];
+    human((double)mem.spill_bytes, a, sizeof a);
+    human((double)mem.held_peak, b, sizeof b);
+    printf("gptq: quantized weights spilled to a temporary file next to the output (%s, removed), at most %s in "
+           "memory at once\n", a, b);
     for (size_t i = 0; i < n; i++) {
         const dsq_gptq_entry *e = dsq_gptq_result_at(r, i);
         if (e->method != DSQ_GPTQ_METHOD_GPTQ)
@@ -357,8 +367,14 @@ int dsq_cmd_convert(int argc, char **argv) {
         print_plan(plan, pos[1], json);
     } else if (s == DSQ_OK) {
         dsq_signals_install();
-        if (gptq) s = run_gptq(src_abs, recipe, calib, calib_tokens, calib_ctx, calib_chunks, damp, gblock, act_order,
-                               (int)ebatch, (int)threads, json, &gres, &err);
+        char *spill = NULL; /* OUT.gptq-spill, next to the output (lib/eval/dsq_gptq_calib.h) */
+        if (gptq && !(spill = dsq_malloc(strlen(pos[1]) + 16)))
+            s = dsq_err_set(&err, DSQ_ERR_NOMEM, "out of memory");
+        if (spill) sprintf(spill, "%s.gptq-spill", pos[1]);
+        if (gptq && s == DSQ_OK)
+            s = run_gptq(src_abs, recipe, calib, calib_tokens, calib_ctx, calib_chunks, damp, gblock, act_order,
+                         (int)ebatch, (int)threads, json, spill, &gres, &err);
+        dsq_free(spill); /* the result keeps only its descriptor (the name is unlinked at creation) */
         if (gptq && s == DSQ_OK) dsq_convert_plan_set_pre_encoded(plan, dsq_gptq_result_lookup, gres);
         signal(SIGXFSZ, SIG_IGN); /* `ulimit -f`: writes fail with EFBIG instead of killing us */
         dsq_convert_stats st;

@@ -18,9 +18,13 @@
  * reads those from the checkpoint.
  *
  * Memory: one layer's Hessians at a time (cols²·8 bytes each; with expert_batch, the non-expert ones and
- * expert_batch experts' at a time), plus the quantized weights kept for
- * the forward pass and the writer (their stored size).  Results are deterministic: same checkpoint,
- * recipe, tokens and options give the same bytes whatever the thread count. */
+ * expert_batch experts' at a time) and the matrix being quantized.  With a spill file (options.spill)
+ * each quantized weight is appended to it as soon as it is encoded and its heap copy freed: the heap
+ * holds at most one quantized weight (dsq_gptq_memory.held_peak), and the forward passes and the
+ * converter read the earlier weights through a read-only mapping of the file (page cache, reclaimable,
+ * like the checkpoint's own mapping).  Without one they stay on the heap (their stored size: ~110 GB
+ * at 3 bits for V4-Flash).  Results are deterministic: same checkpoint, recipe, tokens and options give
+ * the same bytes whatever the thread count, spilled or not. */
 #ifndef DSQ_GPTQ_CALIB_H
 #define DSQ_GPTQ_CALIB_H
 
@@ -43,6 +47,11 @@ typedef struct dsq_gptq_calib_options {
      * with E experts then takes ceil(E / expert_batch) passes and holds at most expert_batch experts'
      * Hessians; the bytes do not depend on it */
     int expert_batch;
+    /* spill file for the quantized weights (NULL: keep them on the heap).  Created with O_EXCL and
+     * O_NOFOLLOW (a stale file or symbolic link of that name, left by a killed run, is removed first;
+     * anything else there is an error) and unlinked at once, so it never outlives the process; its
+     * directory needs room for the quantized weights' stored size. */
+    const char *spill;
     /* one line per layer done (may be NULL) */
     void (*progress)(void *user, int layer, int n_layers, double seconds, size_t weights);
     void *user;
@@ -68,6 +77,14 @@ size_t dsq_gptq_result_count(const dsq_gptq_result *r);
 const dsq_gptq_entry *dsq_gptq_result_at(const dsq_gptq_result *r, size_t i); /* name order */
 /* The stored form of weight `name`, or NULL (matches dsq_convert_options.pre_encoded; user = result). */
 const dsq_qtensor *dsq_gptq_result_lookup(void *user, const char *name);
+/* Bytes of quantized weights: held = on the heap now; held_peak = most ever on the heap at once;
+ * held_after_layer = most on the heap at the end of a layer; largest = the largest single weight's
+ * stored bytes; spill_bytes = the spill file's size (0 without one).  With a spill file held and
+ * held_after_layer are 0 and held_peak = largest. */
+typedef struct dsq_gptq_memory {
+    uint64_t held, held_peak, held_after_layer, largest, spill_bytes;
+} dsq_gptq_memory;
+void dsq_gptq_result_memory(const dsq_gptq_result *r, dsq_gptq_memory *m);
 /* Calibration tokens per forward pass (chunks × ctx, BOS included: every one feeds the Hessians),
  * layers run, and seconds per layer (forward passes + quantization). */
 void dsq_gptq_result_stats(const dsq_gptq_result *r, uint64_t *tokens, int *layers, double *seconds_per_layer);

@@ -1,8 +1,13 @@
 /* Layer-by-layer GPTQ over a checkpoint (dsq_gptq_calib.h). */
+#include <errno.h>
+#include <fcntl.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "dsq_gptq_calib.h"
 #include "dsq_imatrix.h"
@@ -21,7 +26,8 @@ const char *dsq_gptq_method_name(dsq_gptq_method m) {
 typedef struct entry {
     dsq_gptq_entry e;
     char *name;
-    uint8_t *mem;
+    uint8_t *mem;  /* the stored bytes on the heap (data, scales, mins), or NULL once spilled */
+    uint64_t off;  /* spilled: offset of the same bytes in the spill file */
     dsq_codec_layout lay;
 } entry;
 
@@ -31,7 +37,85 @@ struct dsq_gptq_result {
     uint64_t tokens;
     int layers;
     double seconds;
+    /* spill file (fd >= 0): unlinked right after creation; mapped read-only up to spill_len */
+    int fd;
+    char *spill_path; /* for messages */
+    uint64_t spill_len;
+    uint8_t *map;
+    size_t map_len;
+    dsq_gptq_memory mem;
 };
+
+static uint64_t entry_bytes(const entry *e) { return e->lay.data_bytes + e->lay.scale_bytes + e->lay.min_bytes; }
+
+/* Point e's tensor at its bytes (heap or mapping). */
+static void entry_point(const dsq_gptq_result *r, entry *e) {
+    uint8_t *base = e->mem ? e->mem : r->map + e->off;
+    e->e.tensor.data = base;
+    e->e.tensor.scales = e->lay.scale_bytes ? base + e->lay.data_bytes : NULL;
+    e->e.tensor.mins = e->lay.min_bytes ? base + e->lay.data_bytes + e->lay.scale_bytes : NULL;
+}
+
+/* Create the spill file at `path` (O_EXCL, never following a link; a stale file or link of that name from
+ * a killed run is removed first) and unlink it at once: its space is returned when the descriptor is
+ * closed, however the process ends. */
+static dsq_status spill_open(dsq_gptq_result *r, const char *path, dsq_err *err) {
+    int fd = -1;
+    for (int tries = 0; fd < 0; tries++) {
+        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd >= 0) break;
+        int e = errno;
+        struct stat st;
+        if (e != EEXIST || tries > 0 || lstat(path, &st) != 0)
+            return dsq_err_set(err, DSQ_ERR_IO, "%s: cannot create the GPTQ spill file: %s", path, strerror(e));
+        DSQ_RETURN_IF(!S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode), err, DSQ_ERR_IO,
+                      "%s: exists and is not a regular file (a stale GPTQ spill file would be); remove it", path);
+        DSQ_RETURN_IF(unlink(path) != 0 && errno != ENOENT, err, DSQ_ERR_IO,
+                      "%s: cannot remove the stale GPTQ spill file: %s", path, strerror(errno));
+    }
+    r->fd = fd;
+    r->spill_path = dsq_strdup(path);
+    if (unlink(path) != 0 || !r->spill_path) { /* the descriptor is closed by dsq_gptq_result_free */
+        if (!r->spill_path) return dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory");
+        return dsq_err_set(err, DSQ_ERR_IO, "%s: cannot unlink the GPTQ spill file: %s", path, strerror(errno));
+    }
+    return DSQ_OK;
+}
+
+/* Append e's heap bytes to the spill file (64-byte aligned) and free them. */
+static dsq_status spill_entry(dsq_gptq_result *r, entry *e, dsq_err *err) {
+    uint64_t n = entry_bytes(e), off = (r->spill_len + 63) & ~(uint64_t)63, end;
+    DSQ_RETURN_IF(!dsq_add_u64(off, n, &end) || end > (uint64_t)SIZE_MAX, err, DSQ_ERR_RANGE,
+                  "%s: GPTQ spill file too large", r->spill_path);
+    for (uint64_t done = 0; done < n;) {
+        ssize_t w = pwrite(r->fd, e->mem + done, (size_t)(n - done), (off_t)(off + done));
+        if (w < 0 && errno == EINTR) continue;
+        DSQ_RETURN_IF(w <= 0, err, DSQ_ERR_IO, "%s: writing %s to the GPTQ spill file: %s", r->spill_path, e->name,
+                      w < 0 ? strerror(errno) : "no progress");
+        done += (uint64_t)w;
+    }
+    dsq_free(e->mem);
+    e->mem = NULL;
+    e->off = off;
+    r->spill_len = end;
+    r->mem.held -= n;
+    r->mem.spill_bytes = end;
+    return DSQ_OK;
+}
+
+/* Map the spill file as written so far (read-only) and re-point every spilled entry. */
+static dsq_status spill_remap(dsq_gptq_result *r, dsq_err *err) {
+    if (r->fd < 0 || r->spill_len == r->map_len) return DSQ_OK;
+    if (r->map) munmap(r->map, r->map_len);
+    r->map = NULL, r->map_len = 0;
+    void *m = mmap(NULL, (size_t)r->spill_len, PROT_READ, MAP_SHARED, r->fd, 0);
+    DSQ_RETURN_IF(m == MAP_FAILED, err, DSQ_ERR_IO, "%s: cannot map the GPTQ spill file (%llu bytes): %s",
+                  r->spill_path, (unsigned long long)r->spill_len, strerror(errno));
+    r->map = m, r->map_len = (size_t)r->spill_len;
+    for (size_t i = 0; i < r->n; i++)
+        if (!r->v[i].mem) entry_point(r, &r->v[i]);
+    return DSQ_OK;
+}
 
 static int entry_cmp(const void *a, const void *b) { return strcmp(((const entry *)a)->name, ((const entry *)b)->name); }
 
@@ -45,8 +129,12 @@ void dsq_gptq_result_free(dsq_gptq_result *r) {
     if (!r) return;
     for (size_t i = 0; i < r->n; i++) dsq_free(r->v[i].name), dsq_free(r->v[i].mem);
     dsq_free(r->v);
+    if (r->map) munmap(r->map, r->map_len);
+    if (r->fd >= 0) close(r->fd);
+    dsq_free(r->spill_path);
     dsq_free(r);
 }
+void dsq_gptq_result_memory(const dsq_gptq_result *r, dsq_gptq_memory *m) { *m = r->mem; }
 size_t dsq_gptq_result_count(const dsq_gptq_result *r) { return r ? r->n : 0; }
 const dsq_gptq_entry *dsq_gptq_result_at(const dsq_gptq_result *r, size_t i) { return i < r->n ? &r->v[i].e : NULL; }
 const dsq_qtensor *dsq_gptq_result_lookup(void *user, const char *name) {
@@ -279,6 +367,11 @@ static dsq_status quantize_one(dsq_gptq_result *r, const dsq_gptq_calib_options 
     }
     e->e = (dsq_gptq_entry){e->name, m, rows_seen, layer, dsq_qtensor_view(&b)};
     r->n++;
+    uint64_t nb = entry_bytes(e);
+    r->mem.held += nb;
+    if (r->mem.held > r->mem.held_peak) r->mem.held_peak = r->mem.held;
+    if (nb > r->mem.largest) r->mem.largest = nb;
+    if (r->fd >= 0) DSQ_TRY(spill_entry(r, e, err));
     return DSQ_OK;
 }
 
@@ -317,7 +410,8 @@ static dsq_status quantize_layer(dsq_gptq_result *r, const dsq_gptq_calib_option
     }
     qsort(r->v, r->n, sizeof *r->v, entry_cmp);
     for (size_t i = 0; i < r->n; i++) r->v[i].e.name = r->v[i].name; /* entries moved: names are stable pointers */
-    return DSQ_OK;
+    if (r->mem.held > r->mem.held_after_layer) r->mem.held_after_layer = r->mem.held;
+    return spill_remap(r, err); /* the next pass's overlay and the converter read the spilled weights here */
 }
 
 dsq_status dsq_gptq_calibrate(const char *src, const dsq_recipe *recipe, const int32_t *tokens, uint64_t n_tokens,
@@ -325,9 +419,11 @@ dsq_status dsq_gptq_calibrate(const char *src, const dsq_recipe *recipe, const i
     *out = NULL;
     dsq_gptq_result *r = dsq_calloc(1, sizeof *r);
     DSQ_RETURN_IF(!r, err, DSQ_ERR_NOMEM, "out of memory");
+    r->fd = -1;
     dsq_v4_config cfg;
     dsq_wsrc *plain = NULL;
     dsq_status s = dsq_wsrc_open_path(src, &cfg, &plain, err);
+    if (s == DSQ_OK && o->spill) s = spill_open(r, o->spill, err);
     collect c;
     memset(&c, 0, sizeof c);
     c.recipe = recipe;
