@@ -367,6 +367,7 @@ int dsq_cmd_convert(int argc, char **argv) {
         print_plan(plan, pos[1], json);
     } else if (s == DSQ_OK) {
         dsq_signals_install();
+        signal(SIGXFSZ, SIG_IGN); /* `ulimit -f`: writes (spill file, output) fail with EFBIG instead of killing us */
         char *spill = NULL; /* OUT.gptq-spill, next to the output (lib/eval/dsq_gptq_calib.h) */
         if (gptq && !(spill = dsq_malloc(strlen(pos[1]) + 16)))
             s = dsq_err_set(&err, DSQ_ERR_NOMEM, "out of memory");
@@ -376,7 +377,6 @@ int dsq_cmd_convert(int argc, char **argv) {
                          (int)ebatch, (int)threads, json, spill, &gres, &err);
         dsq_free(spill); /* the result keeps only its descriptor (the name is unlinked at creation) */
         if (gptq && s == DSQ_OK) dsq_convert_plan_set_pre_encoded(plan, dsq_gptq_result_lookup, gres);
-        signal(SIGXFSZ, SIG_IGN); /* `ulimit -f`: writes fail with EFBIG instead of killing us */
         dsq_convert_stats st;
         s = dsq_convert_run(plan, &st, &err);
         if (s == DSQ_OK) {
