@@ -237,7 +237,6 @@ int dsq_cmd_convert(int argc, char **argv) {
     /* 0 = not given (both bounds start at 1 or above 0), for the "needs --method gptq" check */
     uint64_t calib_ctx = 0, calib_chunks = 0, gblock = 0, ebatch = 0;
     double damp = 0;
-    bool chunks_given = false;
     const char *chunks_s = NULL;
     uint64_t chunk_bytes = 0;
     bool resume = false, dry = false, overwrite = false, force = false, nonfinite = false, json = false, buffered = false;
@@ -272,7 +271,6 @@ int dsq_cmd_convert(int argc, char **argv) {
     if (rc) return rc;
     bool gptq = method == 1;
     if (chunks_s) { /* 0 = every chunk the calibration text holds */
-        chunks_given = true;
         if (!dsq_opt_parse_u64(chunks_s, &calib_chunks) || calib_chunks > UINT32_MAX)
             rc = dsq_cmd_usage_error("convert", "--calib-chunks needs an integer 0..%u (0 = all), not '%s'",
                                      UINT32_MAX, chunks_s);
@@ -280,7 +278,7 @@ int dsq_cmd_convert(int argc, char **argv) {
     if (!rc && !recipe_name) rc = dsq_cmd_usage_error("convert", "--recipe is required");
     if (!rc && gptq && !calib == !calib_tokens)
         rc = dsq_cmd_usage_error("convert", "--method gptq needs --calib TEXT or --calib-tokens FILE (one of them)");
-    if (!rc && !gptq && (calib || calib_tokens || calib_ctx || chunks_given || damp > 0 || gblock || act_order || ebatch))
+    if (!rc && !gptq && (calib || calib_tokens || calib_ctx || chunks_s || damp > 0 || gblock || act_order || ebatch))
         rc = dsq_cmd_usage_error("convert", "--calib, --calib-tokens, --calib-ctx, --calib-chunks, --gptq-damp, "
                                             "--gptq-block, --gptq-expert-batch and --act-order need --method gptq");
     if (rc) {

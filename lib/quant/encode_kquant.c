@@ -596,8 +596,10 @@ dsq_status dsq__kquant_encode_isa(dsq_encoding enc, const float *x, uint64_t row
     return DSQ_OK;
 }
 
-double dsq_kquant_objective(dsq_encoding enc, const float *x, uint64_t rows, uint64_t cols, const float *importance,
-                            const void *blocks) {
+/* Σ w·(x − decoded)² over every block; w = importance (1 without), times sqrt(σ² + x²) with `sigma`
+ * (σ² = the block's mean x²: the encoder's objective). */
+static double block_error(dsq_encoding enc, const float *x, uint64_t rows, uint64_t cols, const float *importance,
+                          const void *blocks, bool sigma) {
     int bb = dsq_kquant_block_bytes(enc);
     float y[DSQ_KQ_BLOCK];
     double e = 0;
@@ -607,31 +609,24 @@ double dsq_kquant_objective(dsq_encoding enc, const float *x, uint64_t rows, uin
             const float *xb = x + r * cols + b * DSQ_KQ_BLOCK;
             dsq_kquant_decode_block(enc, (const uint8_t *)blocks + (r * nb + b) * (uint64_t)bb, y);
             double sx2 = 0;
-            for (int i = 0; i < DSQ_KQ_BLOCK; i++) sx2 += (double)xb[i] * xb[i];
+            if (sigma)
+                for (int i = 0; i < DSQ_KQ_BLOCK; i++) sx2 += (double)xb[i] * xb[i];
             for (int i = 0; i < DSQ_KQ_BLOCK; i++) {
                 double d = (double)xb[i] - (double)y[i];
-                double w = importance ? (double)importance[b * DSQ_KQ_BLOCK + (uint64_t)i] *
-                                            sqrt(sx2 / DSQ_KQ_BLOCK + (double)xb[i] * xb[i])
-                                      : 1.0;
+                double w = importance ? (double)importance[b * DSQ_KQ_BLOCK + (uint64_t)i] : 1.0;
+                if (importance && sigma) w *= sqrt(sx2 / DSQ_KQ_BLOCK + (double)xb[i] * xb[i]);
                 e += w * d * d;
             }
         }
     return e;
 }
 
+double dsq_kquant_objective(dsq_encoding enc, const float *x, uint64_t rows, uint64_t cols, const float *importance,
+                            const void *blocks) {
+    return block_error(enc, x, rows, cols, importance, blocks, true);
+}
+
 double dsq_kquant_weighted_sse(dsq_encoding enc, const float *x, uint64_t rows, uint64_t cols, const float *importance,
                                const void *blocks) {
-    int bb = dsq_kquant_block_bytes(enc);
-    float y[DSQ_KQ_BLOCK];
-    double e = 0;
-    uint64_t nb = cols / DSQ_KQ_BLOCK;
-    for (uint64_t r = 0; r < rows; r++)
-        for (uint64_t b = 0; b < nb; b++) {
-            dsq_kquant_decode_block(enc, (const uint8_t *)blocks + (r * nb + b) * (uint64_t)bb, y);
-            for (int i = 0; i < DSQ_KQ_BLOCK; i++) {
-                double d = (double)x[r * cols + b * DSQ_KQ_BLOCK + (uint64_t)i] - (double)y[i];
-                e += (importance ? (double)importance[b * DSQ_KQ_BLOCK + (uint64_t)i] : 1.0) * d * d;
-            }
-        }
-    return e;
+    return block_error(enc, x, rows, cols, importance, blocks, false);
 }
