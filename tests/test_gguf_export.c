@@ -411,6 +411,42 @@ static void test_q8_0_rule(void **state) {
     dsq_err_clear(&e);
 }
 
+/* The Q8_0 encoder's AVX2 twin gives the scalar code's bytes and stats sums exactly: random rows of
+ * many magnitudes, zero blocks, blocks whose d saturates F16 or is an F16 subnormal, and values on
+ * the rounding ties (k + 0.5 steps). */
+static void test_q8_0_twins(void **state) {
+    (void)state;
+    enum { ROWS = 9, COLS = 1024 };
+    float *x = malloc(sizeof(float) * ROWS * COLS);
+    uint8_t *a = malloc(ROWS * COLS / 32 * 34), *b = malloc(ROWS * COLS / 32 * 34);
+    assert_true(x && a && b);
+    uint64_t z = 0x51ab;
+    for (int i = 0; i < ROWS * COLS; i++) {
+        z = z * 6364136223846793005ull + 1442695040888963407ull;
+        double u = (double)(z >> 40) / (double)(1ull << 24) - 0.5;
+        int blk = i / 32;
+        float scale = blk % 7 == 0 ? 1e-7f : blk % 7 == 1 ? 3e9f : blk % 7 == 2 ? 0.0f : ldexpf(1.0f, blk % 23 - 11);
+        x[i] = (float)u * scale;
+    }
+    for (int i = 0; i < 32; i++) x[5 * 32 + i] = (float)(i - 16) + 0.5f; /* half-integers */
+    for (int i = 0; i < 32; i++) x[6 * 32 + i] = i == 3 ? 127.0f : (float)i - 15.5f; /* d = 1: every x / d a tie */
+    dsq_ggml_stats sa = {0}, sb = {0};
+    dsq__ggml_q8_0_rows(x, ROWS, COLS, a, COLS / 32 * 34, &sa, DSQ_ISA_SCALAR);
+    dsq__ggml_q8_0_rows(x, ROWS, COLS, b, COLS / 32 * 34, &sb, DSQ_ISA_AVX2);
+    assert_memory_equal(a, b, ROWS * COLS / 32 * 34);
+    assert_true(sa.sum_sq_err == sb.sum_sq_err && sa.sum_sq_ref == sb.sum_sq_ref && sa.max_abs_err == sb.max_abs_err);
+    assert_true(sa.sum_sq_err > 0 && sa.sum_sq_ref > 0);
+    /* the public path (AUTO) writes the same bytes */
+    dsq_qtensor q = {DSQ_ENC_F32, ROWS, COLS, 0, x, NULL, NULL, 0};
+    dsq_err e = DSQ_ERR_INIT;
+    memset(b, 0, ROWS * COLS / 32 * 34);
+    if (dsq_ggml_encode_rows(&q, 0, ROWS, DSQ_GGMLT_Q8_0, b, NULL, "t", &e)) fail_msg("%s", e.msg);
+    assert_memory_equal(a, b, ROWS * COLS / 32 * 34);
+    for (int i = 0; i < 32; i++) /* the d = 1 block: round half to even */
+        if (i != 3) assert_int_equal((int8_t)a[6 * 34 + 2 + i], (int)nearbyintf((float)i - 15.5f));
+    free(x), free(a), free(b);
+}
+
 /* The k-quant twins: q2_k..q6_k / iq4_xs are ggml's own blocks, so every byte value survives
  * dsq → GGML → dsq, and the block sizes the GGUF side uses are the k-quant codec's. */
 static void test_repack_kquant(void **state) {
@@ -615,7 +651,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_repack_kquant),     cmocka_unit_test(test_keep_kquant),
         cmocka_unit_test(test_q4_k_recipe_imatrix),
-        cmocka_unit_test(test_keep_release_mxfp4), cmocka_unit_test(test_keep_int8_q8_0), cmocka_unit_test(test_q8_0_rule),
+        cmocka_unit_test(test_keep_release_mxfp4), cmocka_unit_test(test_keep_int8_q8_0), cmocka_unit_test(test_q8_0_rule), cmocka_unit_test(test_q8_0_twins),
         cmocka_unit_test(test_keep_int4_q4_0),     cmocka_unit_test(test_convert_split_no_mtp),
         cmocka_unit_test(test_unmappable),        cmocka_unit_test(test_repack_every_byte),
         cmocka_unit_test(test_verify_inspect),    cmocka_unit_test(test_tokenizer),

@@ -68,6 +68,12 @@ dsq_status dsq_ggml_encode_rows_s(const dsq_qtensor *src, uint64_t row0, uint64_
 dsq_status dsq_ggml_encode_rows(const dsq_qtensor *src, uint64_t row0, uint64_t nrows, uint32_t type, uint8_t *out,
                                 dsq_ggml_stats *stats, const char *name, dsq_err *err);
 
+/* Internal (tests): Q8_0 by ggml's rule of x [nrows][cols] (finite, cols a multiple of 32) into out
+ * (rows orow bytes apart), the stored values' error added to stats (may be NULL), with the scalar
+ * code or the AVX2 twin (isa; AUTO = the best): the same bytes and the same sums. */
+void dsq__ggml_q8_0_rows(const float *x, uint64_t nrows, uint64_t cols, uint8_t *out, uint64_t orow,
+                         dsq_ggml_stats *stats, dsq_isa isa);
+
 /* Unpack `rows` rows of GGML blocks into the twin encoding's buffers (dst->enc/group from
  * dsq_ggml_encoding_of, buffers sized by dsq_codec_layout_of).  The inverse of the reorder above:
  * packing then unpacking gives the source bytes. */

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "codec_internal.h"
 #include "dsq_ggml.h"
 #include "dsq_kquant.h"
 #include "dsq_numeric.h"
@@ -169,11 +170,32 @@ static void add_err(const float *x, const float *y, uint64_t n, dsq_ggml_stats *
  * stored step).  No scale search: on gaussian rows the int8-g32 search (10 candidates + 2 least-squares
  * steps) gave a 5% lower relative RMS error (0.51% vs 0.53%), not worth its 13 passes at 8 bits; the
  * bytes are what llama-quantize writes up to that rounding of d (docs/interop.md).
- * x: [nrows][cols] (cols a multiple of 32), all finite (dsq_codec_decode checked); out rows orow bytes apart.
- * The decoded values feed stats (no second decode). */
-static void q8_0_rows(const float *x, uint64_t nrows, uint64_t cols, uint8_t *out, uint64_t orow,
-                      dsq_ggml_stats *stats) {
-    float y[GBLOCK];
+ *
+ * Two twins with the same IEEE operations per element: q8_0_rows_scalar and q8_0_rows_avx2 (eight
+ * values per instruction).  The stats of the stored values are summed in eight f64 lanes (value i of
+ * a block into lane i % 8, blocks in order) over the whole slab and added to *stats once, so both
+ * twins give the same bytes and the same sums (tests/test_gguf_export.c compares them). */
+typedef struct q8_lanes {
+    double e[8], r[8], m[8];
+} q8_lanes;
+
+static void q8_lanes_add(const q8_lanes *l, dsq_ggml_stats *stats) {
+    stats->sum_sq_err += ((l->e[0] + l->e[4]) + (l->e[1] + l->e[5])) + ((l->e[2] + l->e[6]) + (l->e[3] + l->e[7]));
+    stats->sum_sq_ref += ((l->r[0] + l->r[4]) + (l->r[1] + l->r[5])) + ((l->r[2] + l->r[6]) + (l->r[3] + l->r[7]));
+    for (int k = 0; k < 8; k++) stats->max_abs_err = l->m[k] > stats->max_abs_err ? l->m[k] : stats->max_abs_err;
+}
+
+/* d of one block: f16(amax/127) saturated; returns the stored F16 bits, *d its value */
+static inline uint16_t q8_0_scale(float amax, float *d) {
+    float d0 = amax / 127.0f;
+    uint16_t h = dsq_f16_from_f32(d0 < 65504.0f ? d0 : 65504.0f);
+    *d = dsq_f16_to_f32(h);
+    return h;
+}
+
+/* x: [nrows][cols] (cols a multiple of 32), all finite (dsq_codec_decode checked); out rows orow
+ * bytes apart; l receives the stats lanes (NULL: none). */
+static void q8_0_rows_scalar(const float *x, uint64_t nrows, uint64_t cols, uint8_t *out, uint64_t orow, q8_lanes *l) {
     for (uint64_t r = 0; r < nrows; r++)
         for (uint64_t c0 = 0; c0 < cols; c0 += GBLOCK) {
             const float *v = x + r * cols + c0;
@@ -183,9 +205,9 @@ static void q8_0_rows(const float *x, uint64_t nrows, uint64_t cols, uint8_t *ou
                 float a = fabsf(v[i]);
                 amax = a > amax ? a : amax;
             }
-            float d0 = amax / 127.0f;
-            uint16_t h = dsq_f16_from_f32(d0 < 65504.0f ? d0 : 65504.0f);
-            float d = dsq_f16_to_f32(h), id = d > 0.0f ? 1.0f / d : 0.0f;
+            float d;
+            uint16_t h = q8_0_scale(amax, &d);
+            float id = d > 0.0f ? 1.0f / d : 0.0f;
             o[0] = (uint8_t)h, o[1] = (uint8_t)(h >> 8);
             for (int i = 0; i < GBLOCK; i++) {
                 float t = v[i] * id;
@@ -193,10 +215,104 @@ static void q8_0_rows(const float *x, uint64_t nrows, uint64_t cols, uint8_t *ou
                 t = t < 127.0f ? t : 127.0f;
                 float q = (t + 0x1.8p23f) - 0x1.8p23f; /* RNE for |t| ≤ 2^22 */
                 o[2 + i] = (uint8_t)(int8_t)q;
-                y[i] = q * d;
+                if (l) {
+                    double xv = v[i], dd = (double)(q * d) - xv;
+                    l->e[i & 7] += dd * dd, l->r[i & 7] += xv * xv;
+                    dd = dd < 0 ? -dd : dd;
+                    l->m[i & 7] = dd > l->m[i & 7] ? dd : l->m[i & 7];
+                }
             }
-            if (stats) add_err(v, y, GBLOCK, stats);
         }
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+/* f64 lanes k..k+3 of the stats from four values (x, stored y) */
+__attribute__((target("avx2"), always_inline)) static inline void q8_acc4(__m128 xv, __m128 yv, __m256d *e, __m256d *r,
+                                                                         __m256d *m) {
+    __m256d xd = _mm256_cvtps_pd(xv), dd = _mm256_sub_pd(_mm256_cvtps_pd(yv), xd);
+    *e = _mm256_add_pd(*e, _mm256_mul_pd(dd, dd));
+    *r = _mm256_add_pd(*r, _mm256_mul_pd(xd, xd));
+    __m256d a = _mm256_andnot_pd(_mm256_set1_pd(-0.0), dd);
+    *m = _mm256_max_pd(a, *m); /* the scalar twin's a > m ? a : m (no NaN here) */
+}
+
+/* codes of eight values x·id (clamped, RNE) as int32; *y the stored values q·d */
+__attribute__((target("avx2"), always_inline)) static inline __m256i q8_codes8(__m256 xv, __m256 vid, __m256 vd,
+                                                                             __m256 *y) {
+    const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f), magic = _mm256_set1_ps(0x1.8p23f);
+    __m256 t = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(xv, vid), lo), hi);
+    __m256 q = _mm256_sub_ps(_mm256_add_ps(t, magic), magic);
+    *y = _mm256_mul_ps(q, vd);
+    return _mm256_cvtps_epi32(q); /* q is an integer: exact */
+}
+
+__attribute__((target("avx2,fma,f16c"))) static void q8_0_rows_avx2(const float *x, uint64_t nrows, uint64_t cols,
+                                                                    uint8_t *out, uint64_t orow, q8_lanes *l) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    __m256d e0 = _mm256_setzero_pd(), e1 = e0, r0 = e0, r1 = e0, m0 = e0, m1 = e0;
+    if (l) {
+        e0 = _mm256_loadu_pd(l->e), e1 = _mm256_loadu_pd(l->e + 4);
+        r0 = _mm256_loadu_pd(l->r), r1 = _mm256_loadu_pd(l->r + 4);
+        m0 = _mm256_loadu_pd(l->m), m1 = _mm256_loadu_pd(l->m + 4);
+    }
+    for (uint64_t r = 0; r < nrows; r++)
+        for (uint64_t c0 = 0; c0 < cols; c0 += GBLOCK) {
+            const float *v = x + r * cols + c0;
+            uint8_t *o = out + r * orow + c0 / GBLOCK * 34;
+            __m256 x0 = _mm256_loadu_ps(v), x1 = _mm256_loadu_ps(v + 8), x2 = _mm256_loadu_ps(v + 16),
+                   x3 = _mm256_loadu_ps(v + 24);
+            __m256 a = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(x0, absmask), _mm256_and_ps(x1, absmask)),
+                                     _mm256_max_ps(_mm256_and_ps(x2, absmask), _mm256_and_ps(x3, absmask)));
+            __m128 a4 = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+            a4 = _mm_max_ps(a4, _mm_movehl_ps(a4, a4));
+            a4 = _mm_max_ss(a4, _mm_shuffle_ps(a4, a4, 1));
+            float amax = _mm_cvtss_f32(a4); /* the max is exact: any order */
+            /* d = f16(min(amax/127, 65504)) by the F16C instruction (RNE, as dsq_f16_from_f32) */
+            float d0 = amax / 127.0f;
+            __m128i h8 = _mm_cvtps_ph(_mm_set_ss(d0 < 65504.0f ? d0 : 65504.0f), _MM_FROUND_TO_NEAREST_INT);
+            float d = _mm_cvtss_f32(_mm_cvtph_ps(h8)), id = d > 0.0f ? 1.0f / d : 0.0f;
+            uint16_t h = (uint16_t)_mm_extract_epi16(h8, 0);
+            o[0] = (uint8_t)h, o[1] = (uint8_t)(h >> 8);
+            __m256 vid = _mm256_set1_ps(id), vd = _mm256_set1_ps(d), y0, y1, y2, y3;
+            __m256i q0 = q8_codes8(x0, vid, vd, &y0), q1 = q8_codes8(x1, vid, vd, &y1);
+            __m256i q2 = q8_codes8(x2, vid, vd, &y2), q3 = q8_codes8(x3, vid, vd, &y3);
+            if (l) {
+#define Q8_ACC(X, Y)                                                                                                  \
+    q8_acc4(_mm256_castps256_ps128(X), _mm256_castps256_ps128(Y), &e0, &r0, &m0);                                     \
+    q8_acc4(_mm256_extractf128_ps(X, 1), _mm256_extractf128_ps(Y, 1), &e1, &r1, &m1)
+                Q8_ACC(x0, y0);
+                Q8_ACC(x1, y1);
+                Q8_ACC(x2, y2);
+                Q8_ACC(x3, y3);
+#undef Q8_ACC
+            }
+            /* 32 int32 codes in ±127 → 32 int8 in order (the packs interleave 128-bit halves: a permute) */
+            __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(q0, q1), _mm256_packs_epi32(q2, q3));
+            _mm256_storeu_si256((__m256i *)(void *)(o + 2), _mm256_permutevar8x32_epi32(b, perm));
+        }
+    if (l) {
+        _mm256_storeu_pd(l->e, e0), _mm256_storeu_pd(l->e + 4, e1);
+        _mm256_storeu_pd(l->r, r0), _mm256_storeu_pd(l->r + 4, r1);
+        _mm256_storeu_pd(l->m, m0), _mm256_storeu_pd(l->m + 4, m1);
+    }
+}
+#else
+static void q8_0_rows_avx2(const float *x, uint64_t nrows, uint64_t cols, uint8_t *out, uint64_t orow, q8_lanes *l) {
+    q8_0_rows_scalar(x, nrows, cols, out, orow, l);
+}
+#endif
+
+void dsq__ggml_q8_0_rows(const float *x, uint64_t nrows, uint64_t cols, uint8_t *out, uint64_t orow,
+                         dsq_ggml_stats *stats, dsq_isa isa) {
+    q8_lanes l;
+    memset(&l, 0, sizeof l);
+    if (dsq__isa_resolve(isa) == DSQ_ISA_AVX2)
+        q8_0_rows_avx2(x, nrows, cols, out, orow, stats ? &l : NULL);
+    else
+        q8_0_rows_scalar(x, nrows, cols, out, orow, stats ? &l : NULL);
+    if (stats) q8_lanes_add(&l, stats);
 }
 
 /* Grow scratch buffer *p (capacity *cap bytes) to at least n bytes; the old contents are dropped. */
@@ -285,15 +401,30 @@ dsq_status dsq_ggml_encode_rows_s(const dsq_qtensor *src, uint64_t row0, uint64_
                   "%s: integer tensor cannot become ggml type %u", nm, type);
     uint64_t bytes;
     DSQ_RETURN_IF(!dsq_mul_u64(n, sizeof(float), &bytes) || bytes > SIZE_MAX / 2, err, DSQ_ERR_OVERFLOW, "%s: slab too big", nm);
+    dsq_codec_options co = {.name = name};
+    if (type == DSQ_GGMLT_Q8_0 && src->cols % GBLOCK == 0) {
+        /* a few rows at a time (<= 64 KiB of f32, at least one row), encoded while they are in cache:
+         * one pass over the slab instead of a decode pass and an encode pass over memory */
+        uint64_t rc = ((uint64_t)64 << 10) / (src->cols * sizeof(float)), xb;
+        rc = rc ? rc : 1;
+        rc = rc < nrows ? rc : nrows;
+        DSQ_RETURN_IF(!dsq_mul_u64(rc * src->cols, sizeof(float), &xb), err, DSQ_ERR_OVERFLOW, "%s: slab too big", nm);
+        float *xc = grow((void **)&scr->x, &scr->x_cap, (size_t)xb);
+        DSQ_RETURN_IF(!xc, err, DSQ_ERR_NOMEM, "%s: out of memory", nm);
+        for (uint64_t r = 0; r < nrows; r += rc) {
+            uint64_t m = nrows - r < rc ? nrows - r : rc;
+            DSQ_TRY(dsq_codec_decode(src, row0 + r, m, xc, &co, err)); /* refuses NaN/Inf */
+            dsq__ggml_q8_0_rows(xc, m, src->cols, out + r * orow, orow, stats, DSQ_ISA_AUTO);
+        }
+        if (stats) stats->values += n;
+        return DSQ_OK;
+    }
     float *x = grow((void **)&scr->x, &scr->x_cap, (size_t)bytes);
     DSQ_RETURN_IF(!x, err, DSQ_ERR_NOMEM, "%s: out of memory", nm);
-    dsq_codec_options co = {.name = name};
     dsq_status st = dsq_codec_decode(src, row0, nrows, x, &co, err);
     uint8_t *codes = NULL, *scales = NULL;
     if (st == DSQ_OK && dsq_ggml_is_kquant(type)) {
         st = kquant_rows(type, x, nrows, src->cols, importance, out, stats, scr, nm, err);
-    } else if (st == DSQ_OK && type == DSQ_GGMLT_Q8_0 && src->cols % GBLOCK == 0) {
-        q8_0_rows(x, nrows, src->cols, out, orow, stats); /* x is finite: dsq_codec_decode refuses NaN/Inf */
     } else if (st == DSQ_OK && (type == DSQ_GGMLT_Q8_0 || type == DSQ_GGMLT_Q4_0 || type == DSQ_GGMLT_MXFP4)) {
         dsq_encoding e = type == DSQ_GGMLT_Q8_0 ? DSQ_ENC_INT8_G : type == DSQ_GGMLT_Q4_0 ? DSQ_ENC_INT4_G : DSQ_ENC_MXFP4;
         int g = e == DSQ_ENC_MXFP4 ? 0 : GBLOCK;
