@@ -6,7 +6,8 @@
  * $DSQ_BENCH_RECIPES (default "release fp8 int4 gguf-bf16-mxfp4 gguf-mxfp4-moe
  * gguf-q8_0 gguf-q4_k-moe") selects the recipes (NAME+buffered: with --buffered-io instead of the
  * default O_DIRECT output; a gguf-* recipe writes OUT.gguf through `dsq convert SRC OUT.gguf`),
- * $DSQ_BENCH_THREADS (default 2) the threads.
+ * NAME+imatrix with --imatrix $DSQ_BENCH_IMATRIX (k-quant recipes weight their fit by it; make one with
+ * `dsq calibrate MODEL TEXT --out FILE`), $DSQ_BENCH_THREADS (default 2) the threads.
  *
  * Baselines: "the time to read the source and write the same number of bytes".  `copy` is a plain
  * copy of every file of the checkpoint (16 MiB reads and writes, fdatasync); a recipe's output can be
@@ -190,16 +191,29 @@ int main(void) {
         long rss = 0;
         uint64_t out_bytes = 0;
         int rc = 0;
-        /* "NAME+buffered": the recipe with --buffered-io */
+        /* "NAME+buffered": the recipe with --buffered-io; "NAME+imatrix": with --imatrix $DSQ_BENCH_IMATRIX
+         * (modifiers combine: NAME+imatrix+buffered) */
         char recipe[64];
         snprintf(recipe, sizeof recipe, "%s", r);
-        char *plus = strchr(recipe, '+');
-        bool buffered = plus && !strcmp(plus, "+buffered");
-        if (plus) *plus = 0;
+        bool buffered = false, with_imx = false;
+        for (char *plus = strrchr(recipe, '+'); plus; plus = strrchr(recipe, '+')) {
+            buffered |= !strcmp(plus, "+buffered");
+            with_imx |= !strcmp(plus, "+imatrix");
+            *plus = 0;
+        }
+        const char *imx = getenv("DSQ_BENCH_IMATRIX");
+        if (with_imx && (!imx || !*imx)) {
+            fprintf(stderr, "bench/convert: %s needs DSQ_BENCH_IMATRIX (an imatrix of the model: dsq calibrate)\n", r);
+            fails++;
+            continue;
+        }
         for (int rep = 0; rep < reps && rc == 0; rep++) {
             unlink(dst);
-            const char *argv[] = {bin,   "convert", model, dst, "--recipe", recipe, "--threads", threads,
-                                  buffered ? "--buffered-io" : NULL, NULL};
+            const char *argv[12] = {bin, "convert", model, dst, "--recipe", recipe, "--threads", threads};
+            int ac = 8;
+            if (buffered) argv[ac++] = "--buffered-io";
+            if (with_imx) argv[ac++] = "--imatrix", argv[ac++] = imx;
+            argv[ac] = NULL;
             double t;
             long rss1 = 0;
             rc = run(argv, &t, &rss1);
