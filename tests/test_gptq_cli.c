@@ -44,6 +44,28 @@ static int teardown(void **state) {
 #define RECIPE "--recipe int4 --override '*.experts.*.w1.weight=q4_k' --override '*.experts.*.w3.weight=q4_k'"
 #define CALIB "--method gptq --calib %s --calib-chunks 4 --calib-ctx 256"
 
+/* One Hessian factorisation per distinct input in convert's JSON: every GPTQ'd w3 has a GPTQ'd w1 and
+ * shares its factor, so "factorisations" = GPTQ'd weights − GPTQ'd w3s; returns the w3s counted. */
+static size_t check_shared_factors(const char *so) {
+    size_t n_gptq = 0, n_w3 = 0;
+    for (const char *q = strstr(so, "\"weights\": ["); (q = strstr(q, "{\"name\": \"")) != NULL; q++) {
+        const char *nm = q + 10, *end = strchr(nm, '"');
+        assert_non_null(end);
+        if (strncmp(end, "\", \"method\": \"gptq\"", 19)) continue;
+        n_gptq++;
+        if (end - nm > 10 && !strncmp(end - 10, ".w3.weight", 10)) {
+            char w1[300];
+            snprintf(w1, sizeof w1, "\"name\": \"%.*s1.weight\", \"method\": \"gptq\"", (int)(end - nm - 8), nm);
+            assert_non_null(strstr(so, w1));
+            n_w3++;
+        }
+    }
+    const char *fp = strstr(so, "\"factorisations\": ");
+    assert_non_null(fp);
+    assert_int_equal(strtoull(fp + 18, NULL, 10), n_gptq - n_w3);
+    return n_w3;
+}
+
 static void test_gptq_convert(void **state) {
     (void)state;
     char *a = dsq_test_join(tmp, "a.dsq"), *b = dsq_test_join(tmp, "b.dsq"), *so = NULL, *se = NULL;
@@ -55,7 +77,16 @@ static void test_gptq_convert(void **state) {
     assert_non_null(strstr(so, "\"method\": \"gptq\""));
     assert_non_null(strstr(so, "\"method\": \"imatrix\""));
     assert_non_null(strstr(so, "\"name\": \"layers.0.ffn.experts.0.w1.weight\""));
+    check_shared_factors(so);
     free(so), free(se);
+    /* 3,072 calibration tokens (~770 rows per expert, 2 per input column of w1 needed): w1/w3 pairs GPTQ'd
+     * from one factor */
+    char *c = dsq_test_join(tmp, "c.dsq"), *full = dsq_test_join(model, "calib.txt");
+    rc = dsq_test_run(&so, &se, "convert %s %s " RECIPE " --method gptq --calib %s --calib-chunks 12 --calib-ctx 256 "
+                      "--threads 2 --json", model, c, full);
+    assert_int_equal(rc, 0);
+    assert_true(check_shared_factors(so) >= 8);
+    free(so), free(se), free(c), free(full);
     assert_int_equal(dsq_test_run(NULL, &se, "verify %s", a), 0);
     free(se);
     /* it evaluates, to a sane perplexity (the source scores about 19 on this text) */

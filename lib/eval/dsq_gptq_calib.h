@@ -88,5 +88,10 @@ void dsq_gptq_result_memory(const dsq_gptq_result *r, dsq_gptq_memory *m);
 /* Calibration tokens per forward pass (chunks × ctx, BOS included: every one feeds the Hessians),
  * layers run, and seconds per layer (forward passes + quantization). */
 void dsq_gptq_result_stats(const dsq_gptq_result *r, uint64_t *tokens, int *layers, double *seconds_per_layer);
+/* Hessians factored (one per distinct input: an expert's w1 and w3 share one factor; weights that fall
+ * back to importance need none), and the seconds spent factoring and quantizing (encoding included)
+ * over all layers; the rest of the per-layer time is the calibration forward passes and H sums. */
+void dsq_gptq_result_timing(const dsq_gptq_result *r, uint64_t *factorisations, double *factor_seconds,
+                            double *quantize_seconds);
 
 #endif

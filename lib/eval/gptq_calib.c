@@ -35,6 +35,8 @@ struct dsq_gptq_result {
     entry *v; /* sorted by name once a layer is done */
     size_t n, cap;
     uint64_t tokens;
+    uint64_t factorisations; /* Hessians factored (one per distinct input: w1/w3 share one) */
+    double factor_seconds, quantize_seconds;
     int layers;
     double seconds;
     /* spill file (fd >= 0): unlinked right after creation; mapped read-only up to spill_len */
@@ -140,6 +142,12 @@ const dsq_gptq_entry *dsq_gptq_result_at(const dsq_gptq_result *r, size_t i) { r
 const dsq_qtensor *dsq_gptq_result_lookup(void *user, const char *name) {
     entry *e = find(user, name);
     return e ? &e->e.tensor : NULL;
+}
+void dsq_gptq_result_timing(const dsq_gptq_result *r, uint64_t *factorisations, double *factor_seconds,
+                            double *quantize_seconds) {
+    *factorisations = r->factorisations;
+    *factor_seconds = r->factor_seconds;
+    *quantize_seconds = r->quantize_seconds;
 }
 void dsq_gptq_result_stats(const dsq_gptq_result *r, uint64_t *tokens, int *layers, double *seconds_per_layer) {
     *tokens = r->tokens;
@@ -316,10 +324,11 @@ static void collect_clear(collect *c) {
     c->h = NULL, c->n = c->cap = 0;
 }
 
-/* Quantize `name` (its source view v) with Hessian h (rows_seen rows; NULL: none) into a new entry. */
+/* Quantize `name` (its source view v) into a new entry: by GPTQ from the factor f of its inputs' H when f is
+ * given, else by importance diag(h)/rows_seen (h NULL: none). */
 static dsq_status quantize_one(dsq_gptq_result *r, const dsq_gptq_calib_options *o, const dsq_wview *v, const char *name,
-                               dsq_encoding enc, int group, const double *h, uint64_t rows_seen, int layer,
-                               dsq_err *err) {
+                               dsq_encoding enc, int group, const dsq_gptq_factor *f, const double *h,
+                               uint64_t rows_seen, int layer, dsq_err *err) {
     uint64_t rows = v->shape[0], cols = v->shape[1];
     if (r->n == r->cap) {
         size_t cap = r->cap ? 2 * r->cap : 256;
@@ -331,22 +340,20 @@ static dsq_status quantize_one(dsq_gptq_result *r, const dsq_gptq_calib_options 
     memset(e, 0, sizeof *e);
     DSQ_TRY(dsq_codec_layout_of(enc, rows, cols, group, &e->lay, err));
     float *w = dsq_malloc(rows * cols * sizeof *w);
-    double *hc = h ? dsq_malloc(cols * cols * sizeof *hc) : NULL;
     e->mem = dsq_calloc(1, (size_t)(e->lay.data_bytes + e->lay.scale_bytes + e->lay.min_bytes) + 1);
     e->name = dsq_strdup(name);
     dsq_status s = DSQ_OK;
-    if (!w || (h && !hc) || !e->mem || !e->name) s = dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", name);
+    if (!w || !e->mem || !e->name) s = dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", name);
     dsq_qtensor src = dsq__qtensor_of(v);
     if (s == DSQ_OK) s = dsq_codec_decode(&src, 0, rows, w, NULL, err);
     dsq_qtensor_buf b = {enc, rows, cols, group, e->mem, e->lay.scale_bytes ? e->mem + e->lay.data_bytes : NULL,
                          e->lay.min_bytes ? e->mem + e->lay.data_bytes + e->lay.scale_bytes : NULL, 0};
     dsq_gptq_method m = DSQ_GPTQ_METHOD_PLAIN;
-    if (s == DSQ_OK && h && rows_seen >= (uint64_t)DSQ_GPTQ_MIN_ROWS_PER_COL * cols) {
-        memcpy(hc, h, cols * cols * sizeof *hc);
+    if (s == DSQ_OK && f) {
         dsq_gptq_options go = o->gptq;
         go.name = name;
         m = DSQ_GPTQ_METHOD_GPTQ;
-        s = dsq_gptq_quantize(&go, hc, rows_seen, w, &b, err);
+        s = dsq_gptq_quantize_factored(&go, f, w, &b, err);
     } else if (s == DSQ_OK) {
         float *imp = NULL;
         if (h && rows_seen >= DSQ_IMATRIX_MIN_ROWS) {
@@ -360,7 +367,6 @@ static dsq_status quantize_one(dsq_gptq_result *r, const dsq_gptq_calib_options 
         dsq_free(imp);
     }
     dsq_free(w);
-    dsq_free(hc);
     if (s != DSQ_OK) {
         dsq_free(e->mem), dsq_free(e->name);
         return s;
@@ -392,21 +398,42 @@ static dsq_status quantize_layer(dsq_gptq_result *r, const dsq_gptq_calib_option
         }
     for (size_t i = 0; i < c->n; i++) {
         const hess *h = &c->h[i];
-        dsq_wview v;
-        dsq_encoding enc;
-        int group;
-        DSQ_TRY(src->get(src, h->name, &v, err));
-        if (lossy_target(recipe, h->name, v.enc, &enc, &group))
-            DSQ_TRY(quantize_one(r, o, &v, h->name, enc, group, h->h, h->rows, layer, err));
+        /* the weights fed by this H: itself and, for an expert's w1, its w3 (same input) */
+        const char *names[2] = {h->name, NULL};
         char w3[256];
         size_t n = strlen(h->name);
-        if (n >= 10 && n < sizeof w3 && !strcmp(h->name + n - 10, ".w1.weight")) { /* its w3 shares H */
+        if (n >= 10 && n < sizeof w3 && !strcmp(h->name + n - 10, ".w1.weight")) {
             memcpy(w3, h->name, n + 1);
             w3[n - 8] = '3';
-            if (src->get(src, w3, &v, NULL) == DSQ_OK && v.rank == 2 && v.shape[1] == h->cols &&
-                lossy_target(recipe, w3, v.enc, &enc, &group))
-                DSQ_TRY(quantize_one(r, o, &v, w3, enc, group, h->h, h->rows, layer, err));
+            names[1] = w3;
         }
+        dsq_wview v[2];
+        dsq_encoding enc[2];
+        int group[2];
+        bool todo[2] = {false, false};
+        for (int k = 0; k < 2 && names[k]; k++) {
+            dsq_status gs = src->get(src, names[k], &v[k], k == 0 ? err : NULL);
+            if (k == 0) DSQ_TRY(gs);
+            todo[k] = gs == DSQ_OK && v[k].rank == 2 && v[k].shape[1] == h->cols &&
+                      lossy_target(recipe, names[k], v[k].enc, &enc[k], &group[k]);
+        }
+        /* one factorisation (the O(cols³) part) for every weight this H feeds */
+        dsq_gptq_factor *f = NULL;
+        if ((todo[0] || todo[1]) && h->rows >= (uint64_t)DSQ_GPTQ_MIN_ROWS_PER_COL * h->cols) {
+            dsq_gptq_options go = o->gptq;
+            go.name = h->name;
+            double t0 = dsq_now();
+            DSQ_TRY(dsq_gptq_factor_create(&go, h->h, h->cols, h->rows, &f, err));
+            r->factor_seconds += dsq_now() - t0;
+            r->factorisations++;
+        }
+        dsq_status s = DSQ_OK;
+        double t1 = dsq_now();
+        for (int k = 0; k < 2 && s == DSQ_OK; k++)
+            if (todo[k]) s = quantize_one(r, o, &v[k], names[k], enc[k], group[k], f, h->h, h->rows, layer, err);
+        r->quantize_seconds += dsq_now() - t1;
+        dsq_gptq_factor_free(f);
+        DSQ_TRY(s);
     }
     qsort(r->v, r->n, sizeof *r->v, entry_cmp);
     for (size_t i = 0; i < r->n; i++) r->v[i].e.name = r->v[i].name; /* entries moved: names are stable pointers */
