@@ -45,8 +45,9 @@ static int teardown(void **state) {
 #define CALIB "--method gptq --calib %s --calib-chunks 4 --calib-ctx 256"
 
 /* One Hessian factorisation per distinct input in convert's JSON: every GPTQ'd w3 has a GPTQ'd w1 and
- * shares its factor, so "factorisations" = GPTQ'd weights − GPTQ'd w3s; returns the w3s counted. */
-static size_t check_shared_factors(const char *so) {
+ * shares its factor, so "factorisations" = GPTQ'd weights − GPTQ'd w3s + `windows` (the extra row
+ * windows of wo_a: o_groups − 1 per GPTQ'd wo_a); returns the w3s counted. */
+static size_t check_shared_factors(const char *so, size_t windows) {
     size_t n_gptq = 0, n_w3 = 0;
     for (const char *q = strstr(so, "\"weights\": ["); (q = strstr(q, "{\"name\": \"")) != NULL; q++) {
         const char *nm = q + 10, *end = strchr(nm, '"');
@@ -62,7 +63,7 @@ static size_t check_shared_factors(const char *so) {
     }
     const char *fp = strstr(so, "\"factorisations\": ");
     assert_non_null(fp);
-    assert_int_equal(strtoull(fp + 18, NULL, 10), n_gptq - n_w3);
+    assert_int_equal(strtoull(fp + 18, NULL, 10), n_gptq - n_w3 + windows);
     return n_w3;
 }
 
@@ -77,15 +78,30 @@ static void test_gptq_convert(void **state) {
     assert_non_null(strstr(so, "\"method\": \"gptq\""));
     assert_non_null(strstr(so, "\"method\": \"imatrix\""));
     assert_non_null(strstr(so, "\"name\": \"layers.0.ffn.experts.0.w1.weight\""));
-    check_shared_factors(so);
+    check_shared_factors(so, 0);
     free(so), free(se);
     /* 3,072 calibration tokens (~770 rows per expert, 2 per input column of w1 needed): w1/w3 pairs GPTQ'd
-     * from one factor */
+     * from one factor.  wo_a in NVFP4: GPTQ per output group (2 groups of 128 rows, each with the
+     * attention output of its own heads as input, one H and one factor each, one tensor scale) */
     char *c = dsq_test_join(tmp, "c.dsq"), *full = dsq_test_join(model, "calib.txt");
-    rc = dsq_test_run(&so, &se, "convert %s %s " RECIPE " --method gptq --calib %s --calib-chunks 12 --calib-ctx 256 "
-                      "--threads 2 --json", model, c, full);
+    rc = dsq_test_run(&so, &se, "convert %s %s " RECIPE " --override '*.wo_a.weight=nvfp4' --method gptq --calib %s "
+                      "--calib-chunks 12 --calib-ctx 256 --threads 2 --json", model, c, full);
     assert_int_equal(rc, 0);
-    assert_true(check_shared_factors(so) >= 8);
+    for (int L = 0; L < 4; L++) {
+        char want[128];
+        snprintf(want, sizeof want, "\"name\": \"layers.%d.attn.wo_a.weight\", \"method\": \"gptq\", \"rows\": 3072", L);
+        assert_non_null(strstr(so, want));
+    }
+    assert_true(check_shared_factors(so, 4) >= 8);
+    free(so), free(se);
+    assert_int_equal(dsq_test_run(&so, &se, "verify %s", c), 0);
+    free(so), free(se);
+    rc = dsq_test_run(&so, &se, "eval ppl %s %s --ctx 256 --chunks 2 --json --threads 1", c, calib);
+    assert_int_equal(rc, 0);
+    const char *pc = strstr(so, "\"ppl\": ");
+    assert_non_null(pc);
+    double pplc = atof(pc + 7);
+    assert_true(pplc > 1 && pplc < 100);
     free(so), free(se), free(c), free(full);
     assert_int_equal(dsq_test_run(NULL, &se, "verify %s", a), 0);
     free(se);

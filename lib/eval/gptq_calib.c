@@ -1,5 +1,6 @@
 /* Layer-by-layer GPTQ over a checkpoint (dsq_gptq_calib.h). */
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <omp.h>
 #include <stdio.h>
@@ -222,6 +223,7 @@ static dsq_status open_overlay(const char *src, const dsq_gptq_result *res, dsq_
 
 typedef struct hess {
     char *name;       /* the weight whose inputs are summed (w1 for a w1/w3 pair) */
+    uint64_t row0, nrows; /* a row window of it (wo_a's groups: dsq_linear_rows_observer); nrows 0: all rows */
     uint64_t cols, rows;
     double *h;        /* [cols][cols], upper triangle summed, mirrored before use */
 } hess;
@@ -257,8 +259,8 @@ static bool w1_of(const char *name, char *buf, size_t cap) {
     return true;
 }
 
-static void observe(void *user, const char *weight, const float *x, size_t ldx, int64_t n, uint64_t cols) {
-    collect *c = user;
+static void observe_win(collect *c, const char *weight, uint64_t row0, uint64_t nrows, const float *x, size_t ldx,
+                        int64_t n, uint64_t cols) {
     if (c->st != DSQ_OK || strncmp(weight, c->prefix, strlen(c->prefix))) return;
     int ex = -1, used = 0;
     if (sscanf(weight + strlen(c->prefix), "ffn.experts.%d.%n", &ex, &used) == 1 && used > 0) {
@@ -273,12 +275,13 @@ static void observe(void *user, const char *weight, const float *x, size_t ldx, 
     }
     hess *h = NULL;
     for (size_t i = 0; i < c->n && !h; i++)
-        if (!strcmp(c->h[i].name, weight)) h = &c->h[i];
+        if (!strcmp(c->h[i].name, weight) && c->h[i].row0 == row0 && c->h[i].nrows == nrows) h = &c->h[i];
     if (!h) {
         dsq_wview v;
         dsq_encoding enc;
         int group;
         if (c->src->get(c->src, weight, &v, NULL) != DSQ_OK || v.rank != 2 || v.shape[1] != cols ||
+            (nrows && (row0 >= v.shape[0] || nrows > v.shape[0] - row0)) ||
             !lossy_target(c->recipe, weight, v.enc, &enc, &group))
             return;
         if (c->n == c->cap) {
@@ -290,6 +293,7 @@ static void observe(void *user, const char *weight, const float *x, size_t ldx, 
         h = &c->h[c->n];
         memset(h, 0, sizeof *h);
         h->name = dsq_strdup(weight);
+        h->row0 = row0, h->nrows = nrows;
         h->cols = cols;
         h->h = dsq_calloc(cols * cols, sizeof *h->h);
         if (!h->name || !h->h) {
@@ -318,17 +322,53 @@ nomem:
     snprintf(c->msg, sizeof c->msg, "out of memory for the Hessian of %s", weight);
 }
 
+static void observe(void *user, const char *weight, const float *x, size_t ldx, int64_t n, uint64_t cols) {
+    observe_win(user, weight, 0, 0, x, ldx, n, cols);
+}
+static void observe_rows(void *user, const char *weight, uint64_t row0, uint64_t nrows, const float *x, size_t ldx,
+                         int64_t n, uint64_t cols) {
+    if (nrows > 0) observe_win(user, weight, row0, nrows, x, ldx, n, cols);
+}
+
 static void collect_clear(collect *c) {
     for (size_t i = 0; i < c->n; i++) dsq_free(c->h[i].name), dsq_free(c->h[i].h);
     dsq_free(c->h);
     c->h = NULL, c->n = c->cap = 0;
 }
 
-/* Quantize `name` (its source view v) into a new entry: by GPTQ from the factor f of its inputs' H when f is
- * given, else by importance diag(h)/rows_seen (h NULL: none). */
+/* One row window of a weight and what quantizes it: GPTQ from the factor f of its inputs' H when f is
+ * given, else importance diag(h)/rows_seen (h NULL or rows_seen < DSQ_IMATRIX_MIN_ROWS: plain). */
+typedef struct window {
+    uint64_t row0, nrows;
+    const dsq_gptq_factor *f;
+    const double *h;
+    uint64_t rows_seen;
+} window;
+
+/* The layout of rows [row0, row0 + nrows) of an enc/cols/group tensor is that of an [nrows][cols] one
+ * starting at these byte offsets (data rows, then scale/min rows): true for every row-major encoding
+ * when row0 and nrows are whole parameter rows (block_rows: 128 for the 128x128 FP8 forms, else 1). */
+static bool window_view(const dsq_qtensor_buf *b, const dsq_codec_layout *full, uint64_t row0, uint64_t nrows,
+                        dsq_qtensor_buf *out, dsq_err *err) {
+    dsq_codec_layout l;
+    if (dsq_codec_layout_of(b->enc, nrows, b->cols, b->group, &l, err) != DSQ_OK) return false;
+    uint64_t br = full->block_rows ? full->block_rows : 1;
+    if (row0 % br || (nrows % br && row0 + nrows != b->rows) || l.row_bytes != full->row_bytes ||
+        l.scale_cols != full->scale_cols)
+        return false;
+    *out = *b;
+    out->rows = nrows;
+    out->data = (uint8_t *)b->data + row0 * full->row_bytes;
+    if (b->scales) out->scales = (uint8_t *)b->scales + (row0 / br) * full->scale_cols * (uint64_t)full->scale_size;
+    if (b->mins) out->mins = (uint8_t *)b->mins + (row0 / br) * full->scale_cols * (uint64_t)full->min_size;
+    return true;
+}
+
+/* Quantize `name` (its source view v) into a new entry, window by window (one window of all rows for an
+ * ordinary linear; wo_a's groups for the grouped output projection, NVFP4's tensor scale then fixed
+ * from the whole weight first).  The entry's method and rows are its windows' worst. */
 static dsq_status quantize_one(dsq_gptq_result *r, const dsq_gptq_calib_options *o, const dsq_wview *v, const char *name,
-                               dsq_encoding enc, int group, const dsq_gptq_factor *f, const double *h,
-                               uint64_t rows_seen, int layer, dsq_err *err) {
+                               dsq_encoding enc, int group, const window *win, size_t nwin, int layer, dsq_err *err) {
     uint64_t rows = v->shape[0], cols = v->shape[1];
     if (r->n == r->cap) {
         size_t cap = r->cap ? 2 * r->cap : 256;
@@ -348,24 +388,43 @@ static dsq_status quantize_one(dsq_gptq_result *r, const dsq_gptq_calib_options 
     if (s == DSQ_OK) s = dsq_codec_decode(&src, 0, rows, w, NULL, err);
     dsq_qtensor_buf b = {enc, rows, cols, group, e->mem, e->lay.scale_bytes ? e->mem + e->lay.data_bytes : NULL,
                          e->lay.min_bytes ? e->mem + e->lay.data_bytes + e->lay.scale_bytes : NULL, 0};
-    dsq_gptq_method m = DSQ_GPTQ_METHOD_PLAIN;
-    if (s == DSQ_OK && f) {
-        dsq_gptq_options go = o->gptq;
-        go.name = name;
-        m = DSQ_GPTQ_METHOD_GPTQ;
-        s = dsq_gptq_quantize_factored(&go, f, w, &b, err);
-    } else if (s == DSQ_OK) {
-        float *imp = NULL;
-        if (h && rows_seen >= DSQ_IMATRIX_MIN_ROWS) {
-            imp = dsq_malloc(cols * sizeof *imp);
-            if (!imp) s = dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", name);
-            for (uint64_t c = 0; imp && c < cols; c++) imp[c] = (float)(h[c * cols + c] / (double)rows_seen);
-            m = DSQ_GPTQ_METHOD_IMATRIX;
-        }
-        dsq_codec_options co = {.name = name, .importance = imp};
-        if (s == DSQ_OK) s = dsq_codec_encode(&b, w, 0, rows, &co, err);
-        dsq_free(imp);
+    if (s == DSQ_OK && enc == DSQ_ENC_NVFP4 && nwin > 1) { /* one tensor scale over every window */
+        float amax = 0;
+        for (uint64_t i = 0; i < rows * cols; i++) amax = fabsf(w[i]) > amax ? fabsf(w[i]) : amax;
+        b.tensor_scale = dsq_codec_nvfp4_tensor_scale(amax);
     }
+    dsq_gptq_method m = DSQ_GPTQ_METHOD_GPTQ;
+    uint64_t rows_seen = UINT64_MAX;
+    float *imp = NULL;
+    for (size_t k = 0; s == DSQ_OK && k < nwin; k++) {
+        const window *x = &win[k];
+        float *wx = w + x->row0 * cols;
+        rows_seen = x->rows_seen < rows_seen ? x->rows_seen : rows_seen;
+        if (x->f) {
+            dsq_qtensor_buf bw;
+            if (!window_view(&b, &e->lay, x->row0, x->nrows, &bw, err)) {
+                s = dsq_err_set(err, DSQ_ERR_STATE, "%s: GPTQ: rows %llu..%llu are not whole parameter rows", name,
+                                (unsigned long long)x->row0, (unsigned long long)(x->row0 + x->nrows));
+                break;
+            }
+            dsq_gptq_options go = o->gptq;
+            go.name = name;
+            s = dsq_gptq_quantize_factored(&go, x->f, wx, &bw, err);
+            b.tensor_scale = bw.tensor_scale;
+            continue;
+        }
+        dsq_gptq_method mk = DSQ_GPTQ_METHOD_PLAIN;
+        if (x->h && x->rows_seen >= DSQ_IMATRIX_MIN_ROWS) {
+            if (!imp) imp = dsq_malloc(cols * sizeof *imp);
+            if (!imp) s = dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", name);
+            for (uint64_t c = 0; imp && c < cols; c++) imp[c] = (float)(x->h[c * cols + c] / (double)x->rows_seen);
+            mk = DSQ_GPTQ_METHOD_IMATRIX;
+        }
+        if (mk > m) m = mk;
+        dsq_codec_options co = {.name = name, .importance = mk == DSQ_GPTQ_METHOD_IMATRIX ? imp : NULL};
+        if (s == DSQ_OK) s = dsq_codec_encode(&b, wx, x->row0, x->nrows, &co, err);
+    }
+    dsq_free(imp);
     dsq_free(w);
     if (s != DSQ_OK) {
         dsq_free(e->mem), dsq_free(e->name);
@@ -387,17 +446,71 @@ static void symmetrize(double *h, uint64_t n) {
         for (uint64_t j = 0; j < i; j++) h[i * n + j] = h[j * n + i];
 }
 
+static int hess_cmp(const hess *a, const hess *b) {
+    int k = strcmp(a->name, b->name);
+    return k ? k : a->row0 < b->row0 ? -1 : a->row0 > b->row0;
+}
+
+/* A weight run over row windows (wo_a): the windows h[0 .. nw-1] (sorted by row0), one factor each. */
+static dsq_status quantize_windows(dsq_gptq_result *r, const dsq_gptq_calib_options *o, const dsq_recipe *recipe,
+                                   const dsq_wsrc *src, const hess *h, size_t nw, int layer, dsq_err *err) {
+    dsq_wview v;
+    dsq_encoding enc;
+    int group;
+    DSQ_TRY(src->get(src, h[0].name, &v, err));
+    if (v.rank != 2 || !lossy_target(recipe, h[0].name, v.enc, &enc, &group)) return DSQ_OK;
+    /* the windows tile the rows, each of whole parameter rows: else the recipe's encoder (no entry) */
+    dsq_codec_layout full;
+    DSQ_TRY(dsq_codec_layout_of(enc, v.shape[0], v.shape[1], group, &full, err));
+    uint64_t next = 0, br = full.block_rows ? full.block_rows : 1;
+    for (size_t k = 0; k < nw; k++) {
+        if (h[k].row0 != next || h[k].row0 % br || (h[k].nrows % br && h[k].row0 + h[k].nrows != v.shape[0]))
+            return DSQ_OK;
+        next += h[k].nrows;
+    }
+    if (next != v.shape[0]) return DSQ_OK;
+    window *win = dsq_calloc(nw, sizeof *win);
+    DSQ_RETURN_IF(!win, err, DSQ_ERR_NOMEM, "out of memory");
+    dsq_status s = DSQ_OK;
+    for (size_t k = 0; k < nw && s == DSQ_OK; k++) {
+        win[k] = (window){h[k].row0, h[k].nrows, NULL, h[k].h, h[k].rows};
+        if (h[k].rows >= (uint64_t)DSQ_GPTQ_MIN_ROWS_PER_COL * h[k].cols) {
+            dsq_gptq_options go = o->gptq;
+            go.name = h[k].name;
+            double t0 = dsq_now();
+            dsq_gptq_factor *f = NULL;
+            s = dsq_gptq_factor_create(&go, h[k].h, h[k].cols, h[k].rows, &f, err);
+            win[k].f = f;
+            r->factor_seconds += dsq_now() - t0;
+            r->factorisations += s == DSQ_OK;
+        }
+    }
+    double t1 = dsq_now();
+    if (s == DSQ_OK) s = quantize_one(r, o, &v, h[0].name, enc, group, win, nw, layer, err);
+    r->quantize_seconds += dsq_now() - t1;
+    for (size_t k = 0; k < nw; k++) dsq_gptq_factor_free((dsq_gptq_factor *)win[k].f);
+    dsq_free(win);
+    return s;
+}
+
 static dsq_status quantize_layer(dsq_gptq_result *r, const dsq_gptq_calib_options *o, const dsq_recipe *recipe,
                                  const dsq_wsrc *src, collect *c, int layer, dsq_err *err) {
     for (size_t i = 0; i < c->n; i++) symmetrize(c->h[i].h, c->h[i].cols);
     /* names in a fixed order whatever order the forward pass reported them in */
     for (size_t i = 1; i < c->n; i++)
-        for (size_t j = i; j > 0 && strcmp(c->h[j - 1].name, c->h[j].name) > 0; j--) {
+        for (size_t j = i; j > 0 && hess_cmp(&c->h[j - 1], &c->h[j]) > 0; j--) {
             hess t = c->h[j];
             c->h[j] = c->h[j - 1], c->h[j - 1] = t;
         }
     for (size_t i = 0; i < c->n; i++) {
         const hess *h = &c->h[i];
+        if (h->nrows) { /* row windows of one weight */
+            size_t nw = 1;
+            while (i + nw < c->n && c->h[i + nw].nrows && !strcmp(c->h[i + nw].name, h->name)) nw++;
+            DSQ_TRY(quantize_windows(r, o, recipe, src, h, nw, layer, err));
+            i += nw - 1;
+            continue;
+        }
         /* the weights fed by this H: itself and, for an expert's w1, its w3 (same input) */
         const char *names[2] = {h->name, NULL};
         char w3[256];
@@ -430,7 +543,10 @@ static dsq_status quantize_layer(dsq_gptq_result *r, const dsq_gptq_calib_option
         dsq_status s = DSQ_OK;
         double t1 = dsq_now();
         for (int k = 0; k < 2 && s == DSQ_OK; k++)
-            if (todo[k]) s = quantize_one(r, o, &v[k], names[k], enc[k], group[k], f, h->h, h->rows, layer, err);
+            if (todo[k]) {
+                window whole = {0, v[k].shape[0], f, h->h, h->rows};
+                s = quantize_one(r, o, &v[k], names[k], enc[k], group[k], &whole, 1, layer, err);
+            }
         r->quantize_seconds += dsq_now() - t1;
         dsq_gptq_factor_free(f);
         DSQ_TRY(s);
@@ -475,6 +591,7 @@ dsq_status dsq_gptq_calibrate(const char *src, const dsq_recipe *recipe, const i
             c.st = DSQ_OK;
             dsq_score_options so = o->score;
             so.eval.observe = observe;
+            so.eval.observe_rows = observe_rows;
             so.eval.observe_user = &c;
             so.progress = NULL;
             dsq_ppl_result pr;
