@@ -43,7 +43,7 @@ static void help(void) {
            "  --calib TEXT | --calib-tokens FILE   calibration text (tokenized with SRC's tokenizer) or ids\n"
            "  --calib-ctx N         tokens per calibration chunk (default 512)\n"
            "  --calib-chunks N      calibration chunks at most (default 0: every complete chunk)\n"
-           "  --gptq-damp F         damping as a fraction of the mean Hessian diagonal (default 0.01)\n"
+           "  --gptq-damp F         damping as a fraction of the mean Hessian diagonal (default 0.3)\n"
            "  --gptq-block N        lazy-update block in columns (default 128)\n"
            "  --act-order           quantize columns by decreasing Hessian diagonal\n"
            "  --gptq-expert-batch N routed experts per calibration pass (default 0: a whole layer); bounds\n"

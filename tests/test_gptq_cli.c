@@ -92,7 +92,12 @@ static void test_gptq_convert(void **state) {
         snprintf(want, sizeof want, "\"name\": \"layers.%d.attn.wo_a.weight\", \"method\": \"gptq\", \"rows\": 3072", L);
         assert_non_null(strstr(so, want));
     }
-    assert_true(check_shared_factors(so, 4) >= 8);
+    /* MTP block 0 too: its inputs come from the quantized main model's output (3,060 positions: the
+     * block predicts from position 1 on) */
+    assert_non_null(strstr(so, "\"name\": \"mtp.0.attn.wo_a.weight\", \"method\": \"gptq\", \"rows\": 3060"));
+    assert_non_null(strstr(so, "\"name\": \"mtp.0.ffn.experts.0.w3.weight\", \"method\": \"gptq\""));
+    assert_non_null(strstr(so, "\"layers\": 5,"));
+    assert_true(check_shared_factors(so, 5) >= 8);
     free(so), free(se);
     assert_int_equal(dsq_test_run(&so, &se, "verify %s", c), 0);
     free(so), free(se);
@@ -223,7 +228,7 @@ static void test_gptq_spill(void **state) {
     dsq_test_write(spill, "stale", 5);
     probe ps = {spill, 0, 0};
     assert_int_equal(calib_run(rc, ids.ids, ids.n, spill, &ps, &sp, &err), DSQ_OK);
-    assert_int_equal(ps.layers, 4);
+    assert_int_equal(ps.layers, 5); /* 4 layers and the MTP block */
     assert_int_equal(ps.present, 0);
     assert_int_equal(lstat(spill, &st), -1);
     dsq_gptq_result_memory(sp, &ms);

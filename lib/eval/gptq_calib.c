@@ -1,7 +1,7 @@
 /* Layer-by-layer GPTQ over a checkpoint (dsq_gptq_calib.h). */
 #include <errno.h>
-#include <math.h>
 #include <fcntl.h>
+#include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +12,7 @@
 
 #include "dsq_gptq_calib.h"
 #include "dsq_imatrix.h"
+#include "dsq_metrics.h"
 #include "dsq_v4.h"
 #include "dsq_wsrc.h"
 #include "v4_internal.h"
@@ -557,6 +558,49 @@ static dsq_status quantize_layer(dsq_gptq_result *r, const dsq_gptq_calib_option
     return spill_remap(r, err); /* the next pass's overlay and the converter read the spilled weights here */
 }
 
+/* One calibration pass of MTP block 0 (spec §4.9): per chunk (the scorer's chunks: BOS, then n_ctx − 1
+ * text tokens), the main model (every main layer already quantized, served by the overlay) gives the
+ * last hidden stream, unobserved; then the MTP block runs on it and the next tokens with the observer. */
+static dsq_status mtp_pass(const char *src, const dsq_gptq_result *r, const dsq_gptq_calib_options *o,
+                           const int32_t *tokens, uint64_t n_tokens, collect *c, dsq_err *err) {
+    dsq_wsrc *ov = NULL;
+    dsq_v4_model *m = NULL;
+    dsq_v4_config cfg;
+    dsq_status s = open_overlay(src, r, &cfg, &ov, err);
+    cfg.n_mtp_layers = 1;
+    if (s == DSQ_OK) s = dsq_v4_model_create(ov, &cfg, &m, err);
+    int32_t bos = !o->score.no_bos && cfg.bos_token_id >= 0 && (uint64_t)cfg.bos_token_id < cfg.vocab_size
+                      ? (int32_t)cfg.bos_token_id
+                      : -1;
+    dsq_ppl_plan plan;
+    if (s == DSQ_OK) s = dsq_ppl_plan_make(n_tokens, o->score.n_ctx, o->score.max_chunks, bos, &plan, err);
+    int32_t *buf = NULL;
+    float *hidden = NULL;
+    if (s == DSQ_OK) {
+        buf = dsq_malloc(plan.n_ctx * sizeof *buf);
+        hidden = dsq_malloc((size_t)plan.n_ctx * (size_t)cfg.hc_mult * cfg.dim * sizeof *hidden);
+        if (!buf || !hidden) s = dsq_err_set(err, DSQ_ERR_NOMEM, "out of memory for the MTP calibration");
+    }
+    for (uint32_t k = 0; s == DSQ_OK && k < plan.n_chunks; k++) {
+        const int32_t *t = tokens + (size_t)k * plan.stride;
+        if (bos >= 0) buf[0] = bos, memcpy(buf + 1, t, (plan.n_ctx - 1) * sizeof *buf);
+        else memcpy(buf, t, plan.n_ctx * sizeof *buf);
+        dsq_v4_seq *seq = NULL;
+        s = dsq_v4_seq_create(m, &seq, err);
+        dsq_eval_options eo = o->score.eval;
+        eo.observe = NULL, eo.observe_rows = NULL;
+        dsq_v4_item it = {seq, buf, plan.n_ctx, NULL, hidden, NULL};
+        if (s == DSQ_OK) s = dsq_v4_forward(m, &eo, &it, 1, err);
+        eo.observe = observe, eo.observe_rows = observe_rows, eo.observe_user = c;
+        if (s == DSQ_OK) s = dsq_v4_mtp_forward(m, &eo, seq, 0, hidden, buf + 1, plan.n_ctx - 1, NULL, NULL, err);
+        dsq_v4_seq_free(seq);
+    }
+    dsq_free(buf);
+    dsq_free(hidden);
+    dsq_v4_model_close(m);
+    return s;
+}
+
 dsq_status dsq_gptq_calibrate(const char *src, const dsq_recipe *recipe, const int32_t *tokens, uint64_t n_tokens,
                               const dsq_gptq_calib_options *o, dsq_gptq_result **out, dsq_err *err) {
     *out = NULL;
@@ -607,7 +651,26 @@ dsq_status dsq_gptq_calibrate(const char *src, const dsq_recipe *recipe, const i
         double dt = dsq_now() - t0;
         r->seconds += dt;
         r->layers++;
-        if (s == DSQ_OK && o->progress) o->progress(o->user, L, cfg.n_layers, dt, r->n - before);
+        if (s == DSQ_OK && o->progress) o->progress(o->user, L, cfg.n_layers + (cfg.n_mtp_layers > 0), dt, r->n - before);
+    }
+    /* MTP block 0 after every main layer (its input is the quantized main model's output); later MTP
+     * blocks (V4 has one) keep the recipe's ordinary encoder */
+    if (cfg.n_mtp_layers > 0) {
+        double t0 = dsq_now();
+        size_t before = r->n;
+        for (int e0 = 0; s == DSQ_OK && e0 < E; e0 += batch) {
+            c.e0 = e0, c.e1 = e0 + batch;
+            snprintf(c.prefix, sizeof c.prefix, "mtp.0.");
+            c.st = DSQ_OK;
+            s = mtp_pass(src, r, o, tokens, n_tokens, &c, err);
+            if (s == DSQ_OK && c.st != DSQ_OK) s = dsq_err_set(err, c.st, "%s: %s", src, c.msg);
+            if (s == DSQ_OK) s = quantize_layer(r, o, recipe, plain, &c, cfg.n_layers, err);
+            collect_clear(&c);
+        }
+        double dt = dsq_now() - t0;
+        r->seconds += dt;
+        r->layers++;
+        if (s == DSQ_OK && o->progress) o->progress(o->user, cfg.n_layers, cfg.n_layers + 1, dt, r->n - before);
     }
     collect_clear(&c);
     dsq_wsrc_close(plain);

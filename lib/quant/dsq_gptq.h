@@ -44,10 +44,10 @@ enum {
      * mostly damping and GPTQ fits the few calibration tokens instead of the input distribution */
     DSQ_GPTQ_MIN_ROWS_PER_COL = 2,
 };
-#define DSQ_GPTQ_DEFAULT_DAMP 0.01
+#define DSQ_GPTQ_DEFAULT_DAMP 0.3 /* measured: docs/commands.md, GPTQ quality (bench/gptq_quality.sh) */
 
 typedef struct dsq_gptq_options {
-    double damp;    /* fraction of mean(diag H) added to the diagonal (default 0.01; 0 < damp ≤ 10) */
+    double damp;    /* fraction of mean(diag H) added to the diagonal (default 0.3; 0 < damp ≤ 10) */
     int block;      /* lazy-batch columns (default 128; 1 … DSQ_GPTQ_MAX_BLOCK) */
     bool act_order; /* columns by decreasing H[c][c] (default false: in order) */
     const char *name; /* tensor name for messages (may be NULL) */
