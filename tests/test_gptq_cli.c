@@ -260,7 +260,7 @@ static void test_gptq_spill(void **state) {
         assert_int_equal(!x->mins, !y->mins);
         if (l.min_bytes) assert_memory_equal(x->mins, y->mins, l.min_bytes);
     }
-    assert_int_equal(nvfp4, 4); /* one wq_a per layer: the tensor scale travels too */
+    assert_int_equal(nvfp4, 5); /* one wq_a per layer and the MTP block's: the tensor scale travels too */
     dsq_gptq_result_free(sp);
     sp = NULL;
 
