@@ -344,6 +344,7 @@ typedef struct window {
     const dsq_gptq_factor *f;
     const double *h;
     uint64_t rows_seen;
+    bool factor_here; /* f NULL: factor h here, just for this window (one factor in memory at a time) */
 } window;
 
 /* The layout of rows [row0, row0 + nrows) of an enc/cols/group tensor is that of an [nrows][cols] one
@@ -401,17 +402,30 @@ static dsq_status quantize_one(dsq_gptq_result *r, const dsq_gptq_calib_options 
         const window *x = &win[k];
         float *wx = w + x->row0 * cols;
         rows_seen = x->rows_seen < rows_seen ? x->rows_seen : rows_seen;
-        if (x->f) {
+        dsq_gptq_factor *own = NULL;
+        if (!x->f && x->factor_here) {
+            dsq_gptq_options go = o->gptq;
+            go.name = name;
+            double t0 = dsq_now();
+            s = dsq_gptq_factor_create(&go, x->h, cols, x->rows_seen, &own, err);
+            r->factor_seconds += dsq_now() - t0;
+            if (s != DSQ_OK) break;
+            r->factorisations++;
+        }
+        const dsq_gptq_factor *fx = x->f ? x->f : own;
+        if (fx) {
             dsq_qtensor_buf bw;
             if (!window_view(&b, &e->lay, x->row0, x->nrows, &bw, err)) {
+                dsq_gptq_factor_free(own);
                 s = dsq_err_set(err, DSQ_ERR_STATE, "%s: GPTQ: rows %llu..%llu are not whole parameter rows", name,
                                 (unsigned long long)x->row0, (unsigned long long)(x->row0 + x->nrows));
                 break;
             }
             dsq_gptq_options go = o->gptq;
             go.name = name;
-            s = dsq_gptq_quantize_factored(&go, x->f, wx, &bw, err);
+            s = dsq_gptq_quantize_factored(&go, fx, wx, &bw, err);
             b.tensor_scale = bw.tensor_scale;
+            dsq_gptq_factor_free(own);
             continue;
         }
         dsq_gptq_method mk = DSQ_GPTQ_METHOD_PLAIN;
@@ -452,7 +466,8 @@ static int hess_cmp(const hess *a, const hess *b) {
     return k ? k : a->row0 < b->row0 ? -1 : a->row0 > b->row0;
 }
 
-/* A weight run over row windows (wo_a): the windows h[0 .. nw-1] (sorted by row0), one factor each. */
+/* A weight run over row windows (wo_a): the windows h[0 .. nw-1] (sorted by row0), one factor each, made
+ * and freed window by window (one in memory at a time). */
 static dsq_status quantize_windows(dsq_gptq_result *r, const dsq_gptq_calib_options *o, const dsq_recipe *recipe,
                                    const dsq_wsrc *src, const hess *h, size_t nw, int layer, dsq_err *err) {
     dsq_wview v;
@@ -472,24 +487,12 @@ static dsq_status quantize_windows(dsq_gptq_result *r, const dsq_gptq_calib_opti
     if (next != v.shape[0]) return DSQ_OK;
     window *win = dsq_calloc(nw, sizeof *win);
     DSQ_RETURN_IF(!win, err, DSQ_ERR_NOMEM, "out of memory");
-    dsq_status s = DSQ_OK;
-    for (size_t k = 0; k < nw && s == DSQ_OK; k++) {
-        win[k] = (window){h[k].row0, h[k].nrows, NULL, h[k].h, h[k].rows};
-        if (h[k].rows >= (uint64_t)DSQ_GPTQ_MIN_ROWS_PER_COL * h[k].cols) {
-            dsq_gptq_options go = o->gptq;
-            go.name = h[k].name;
-            double t0 = dsq_now();
-            dsq_gptq_factor *f = NULL;
-            s = dsq_gptq_factor_create(&go, h[k].h, h[k].cols, h[k].rows, &f, err);
-            win[k].f = f;
-            r->factor_seconds += dsq_now() - t0;
-            r->factorisations += s == DSQ_OK;
-        }
-    }
-    double t1 = dsq_now();
-    if (s == DSQ_OK) s = quantize_one(r, o, &v, h[0].name, enc, group, win, nw, layer, err);
-    r->quantize_seconds += dsq_now() - t1;
-    for (size_t k = 0; k < nw; k++) dsq_gptq_factor_free((dsq_gptq_factor *)win[k].f);
+    for (size_t k = 0; k < nw; k++)
+        win[k] = (window){h[k].row0, h[k].nrows, NULL, h[k].h, h[k].rows,
+                          h[k].rows >= (uint64_t)DSQ_GPTQ_MIN_ROWS_PER_COL * h[k].cols};
+    double t1 = dsq_now(), f0 = r->factor_seconds;
+    dsq_status s = quantize_one(r, o, &v, h[0].name, enc, group, win, nw, layer, err);
+    r->quantize_seconds += dsq_now() - t1 - (r->factor_seconds - f0);
     dsq_free(win);
     return s;
 }
@@ -545,7 +548,7 @@ static dsq_status quantize_layer(dsq_gptq_result *r, const dsq_gptq_calib_option
         double t1 = dsq_now();
         for (int k = 0; k < 2 && s == DSQ_OK; k++)
             if (todo[k]) {
-                window whole = {0, v[k].shape[0], f, h->h, h->rows};
+                window whole = {0, v[k].shape[0], f, h->h, h->rows, false};
                 s = quantize_one(r, o, &v[k], names[k], enc[k], group[k], &whole, 1, layer, err);
             }
         r->quantize_seconds += dsq_now() - t1;
