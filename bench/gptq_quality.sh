@@ -43,7 +43,7 @@ for t in $TYPES; do
         "$DSQ" convert "$MODEL" "$b.dsq" "${ov[@]}" --method gptq --calib "$MODEL/calib.txt" --calib-ctx "$CTX" \
             --calib-chunks "$CHUNKS" "${dopt[@]}" $ACT --threads "$THREADS" --overwrite --json >"$b.json"
         end=$(date +%s.%N)
-        echo "$t gptq damp $d convert: $(echo "$end - $start" | bc) s; $(grep -o '"calibration_tokens": [0-9]*, "layers": [0-9]*, "seconds_per_layer": [0-9.]*, "gptq": [0-9]*, "imatrix": [0-9]*, "plain": [0-9]*' "$b.json")"
+        echo "$t gptq damp $d convert: $(echo "$end - $start" | bc) s; $(grep -o '"calibration_tokens": [0-9]*, "layers": [0-9]*, "seconds_per_layer": [0-9.]*, "gptq": [0-9]*, "imatrix": [0-9]*, "plain": [0-9]*, "factorisations": [0-9]*, "factor_seconds": [0-9.]*, "quantize_seconds": [0-9.]*' "$b.json")"
         builds+=("$b.dsq")
     done
 done
