@@ -118,7 +118,7 @@ static bool code_allowed(dsq_encoding e, int k) {
 
 /* ---- Cholesky ------------------------------------------------------------------------------------ */
 
-enum { CHOL_NB = 64, CHOL_TILE = 512 };
+enum { CHOL_NB = 64, CHOL_TILE = 512, LAZY_TILE = 256 };
 
 static int nthreads(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
 
@@ -616,15 +616,24 @@ dsq_status dsq_gptq_quantize_factored(const dsq_gptq_options *opt, const dsq_gpt
             i = j;
         }
         if (s != DSQ_OK || i2 == cols) break;
-        /* lazy update of the later columns: W[:, i2:] -= Err · U[i1:i2, i2:] */
-#pragma omp parallel for schedule(static) num_threads(nth) if (rows * (i2 - i1) * (cols - i2) > 65536)
-        for (uint64_t r = 0; r < rows; r++) {
-            float *wr = q.wp + r * cols;
-            const float *er = err_blk + r * B;
-            for (uint64_t i = i1; i < i2; i++) {
-                double e = er[i - i1];
-                const double *ui = u + i * cols;
-                for (uint64_t t = i2; t < cols; t++) wr[t] -= (float)(e * ui[t]);
+        /* lazy update of the later columns: W[:, i2:] -= Err · U[i1:i2, i2:], in column tiles so that a
+         * tile of U (block × LAZY_TILE doubles) stays in cache over a thread's rows; each element still
+         * takes the block's errors in order (the bytes do not depend on the tiling or the threads) */
+#pragma omp parallel num_threads(nth) if (rows * (i2 - i1) * (cols - i2) > 65536)
+        {
+            uint64_t nt = (uint64_t)omp_get_num_threads(), id = (uint64_t)omp_get_thread_num();
+            uint64_t r0 = rows * id / nt, r1 = rows * (id + 1) / nt;
+            for (uint64_t t0 = i2; t0 < cols; t0 += LAZY_TILE) {
+                uint64_t t1 = cols - t0 < LAZY_TILE ? cols : t0 + LAZY_TILE;
+                for (uint64_t r = r0; r < r1; r++) {
+                    float *wr = q.wp + r * cols;
+                    const float *er = err_blk + r * B;
+                    for (uint64_t i = i1; i < i2; i++) {
+                        const double e = er[i - i1], *ui = u + i * cols;
+#pragma omp simd
+                        for (uint64_t t = t0; t < t1; t++) wr[t] -= (float)(e * ui[t]);
+                    }
+                }
             }
         }
     }
