@@ -8,10 +8,10 @@
 # imatrix builds use importance for the k-quant tensors only (the int encoders take none), so for
 # int4-g32 and every w2 "imatrix" equals round-to-nearest.  GPTQ runs on every expert tensor.
 #
-# GPTQ damping: DAMP (default 0.1).  With 16 chunks (8,192 tokens, ~2,000 rows per expert, 8 per input
-# column of w1) the default 0.01 over-fits the calibration text at 4 bits (docs/commands.md, GPTQ).
+# GPTQ damping: DAMPS, a list of --gptq-damp values, one GPTQ build per type and value ("default": no
+# --gptq-damp, the converter's default; the default list).  Builds are named TYPE-gptq-dDAMP.dsq.
 #
-# usage: bench/gptq_quality.sh [OUTDIR]   (env: DSQ, MODEL, CHUNKS, CTX, THREADS, TYPES, DAMP, ACT_ORDER=1)
+# usage: bench/gptq_quality.sh [OUTDIR]   (env: DSQ, MODEL, CHUNKS, CTX, THREADS, TYPES, DAMPS, ACT_ORDER=1)
 set -euo pipefail
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} # a shared machine: spinning OpenMP threads cost more than they save
 DSQ=${DSQ:-build/dsq}
@@ -22,7 +22,7 @@ CTX=${CTX:-512}
 THREADS=${THREADS:-2}
 TYPES=${TYPES:-"q4_k q3_k q2_k int4-g32"}
 ACT=${ACT_ORDER:+--act-order}
-DAMP=${DAMP:-0.1}
+DAMPS=${DAMPS:-default}
 mkdir -p "$OUT"
 head -c 100000 "$MODEL/valid.txt" >"$OUT/valid100k.txt"
 imx="$OUT/calib.imatrix"
@@ -34,12 +34,18 @@ for t in $TYPES; do
         ov=(--recipe int4 --override "*.experts.*.w1.weight=$t" --override "*.experts.*.w3.weight=$t"); fi
     "$DSQ" convert "$MODEL" "$OUT/$t-rtn.dsq" "${ov[@]}" --threads "$THREADS" --overwrite >/dev/null
     "$DSQ" convert "$MODEL" "$OUT/$t-imatrix.dsq" "${ov[@]}" --imatrix "$imx" --threads "$THREADS" --overwrite >/dev/null
-    start=$(date +%s.%N)
-    "$DSQ" convert "$MODEL" "$OUT/$t-gptq.dsq" "${ov[@]}" --method gptq --calib "$MODEL/calib.txt" \
-        --calib-ctx "$CTX" --calib-chunks "$CHUNKS" --gptq-damp "$DAMP" $ACT --threads "$THREADS" --overwrite --json >"$OUT/$t-gptq.json"
-    end=$(date +%s.%N)
-    echo "$t gptq convert: $(echo "$end - $start" | bc) s; $(grep -o '"calibration_tokens": [0-9]*, "layers": [0-9]*, "seconds_per_layer": [0-9.]*, "gptq": [0-9]*, "imatrix": [0-9]*, "plain": [0-9]*' "$OUT/$t-gptq.json")"
-    builds+=("$OUT/$t-rtn.dsq" "$OUT/$t-imatrix.dsq" "$OUT/$t-gptq.dsq")
+    builds+=("$OUT/$t-rtn.dsq" "$OUT/$t-imatrix.dsq")
+    for d in $DAMPS; do
+        dopt=()
+        [ "$d" = default ] || dopt=(--gptq-damp "$d")
+        b="$OUT/$t-gptq-d$d"
+        start=$(date +%s.%N)
+        "$DSQ" convert "$MODEL" "$b.dsq" "${ov[@]}" --method gptq --calib "$MODEL/calib.txt" --calib-ctx "$CTX" \
+            --calib-chunks "$CHUNKS" "${dopt[@]}" $ACT --threads "$THREADS" --overwrite --json >"$b.json"
+        end=$(date +%s.%N)
+        echo "$t gptq damp $d convert: $(echo "$end - $start" | bc) s; $(grep -o '"calibration_tokens": [0-9]*, "layers": [0-9]*, "seconds_per_layer": [0-9.]*, "gptq": [0-9]*, "imatrix": [0-9]*, "plain": [0-9]*, "factorisations": [0-9]*, "factor_seconds": [0-9.]*, "quantize_seconds": [0-9.]*' "$b.json")"
+        builds+=("$b.dsq")
+    done
 done
 "$DSQ" compare "$MODEL" "${builds[@]}" --text "$OUT/valid100k.txt" --ctx 512 --out "$OUT/report" --overwrite \
     --threads "$THREADS" --json >"$OUT/compare.json"

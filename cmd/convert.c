@@ -43,7 +43,7 @@ static void help(void) {
            "  --calib TEXT | --calib-tokens FILE   calibration text (tokenized with SRC's tokenizer) or ids\n"
            "  --calib-ctx N         tokens per calibration chunk (default 512)\n"
            "  --calib-chunks N      calibration chunks at most (default 0: every complete chunk)\n"
-           "  --gptq-damp F         damping as a fraction of the mean Hessian diagonal (default 0.01)\n"
+           "  --gptq-damp F         damping as a fraction of the mean Hessian diagonal (default 0.3)\n"
            "  --gptq-block N        lazy-update block in columns (default 128)\n"
            "  --act-order           quantize columns by decreasing Hessian diagonal\n"
            "  --gptq-expert-batch N routed experts per calibration pass (default 0: a whole layer); bounds\n"
@@ -186,12 +186,16 @@ static void gptq_summary(const dsq_gptq_result *r, bool json) {
     dsq_gptq_result_stats(r, &tokens, &layers, &spl);
     dsq_gptq_memory mem;
     dsq_gptq_result_memory(r, &mem);
+    uint64_t nf;
+    double fs, qs;
+    dsq_gptq_result_timing(r, &nf, &fs, &qs);
     for (size_t i = 0; i < n; i++) count[dsq_gptq_result_at(r, i)->method]++;
     if (json) {
         printf("\"gptq\": {\"calibration_tokens\": %llu, \"layers\": %d, \"seconds_per_layer\": %.3f, \"gptq\": %zu, "
-               "\"imatrix\": %zu, \"plain\": %zu, \"spill_bytes\": %llu, \"held_peak_bytes\": %llu, "
+               "\"imatrix\": %zu, \"plain\": %zu, \"factorisations\": %llu, \"factor_seconds\": %.3f, "
+               "\"quantize_seconds\": %.3f, \"spill_bytes\": %llu, \"held_peak_bytes\": %llu, "
                "\"largest_weight_bytes\": %llu, \"weights\": [",
-               (unsigned long long)tokens, layers, spl, count[0], count[1], count[2],
+               (unsigned long long)tokens, layers, spl, count[0], count[1], count[2], (unsigned long long)nf, fs, qs,
                (unsigned long long)mem.spill_bytes, (unsigned long long)mem.held_peak, (unsigned long long)mem.largest);
         for (size_t i = 0; i < n; i++) {
             const dsq_gptq_entry *e = dsq_gptq_result_at(r, i);
@@ -204,6 +208,8 @@ static void gptq_summary(const dsq_gptq_result *r, bool json) {
     printf("gptq: %llu calibration tokens, %d layers, %.1f s per layer; %zu weights by GPTQ, %zu by importance-"
            "weighted rounding, %zu plain (fewer than %d rows per input column for GPTQ)\n",
            (unsigned long long)tokens, layers, spl, count[0], count[1], count[2], DSQ_GPTQ_MIN_ROWS_PER_COL);
+    printf("gptq: %llu Hessians factored (%.1f s), weights quantized in %.1f s (all layers)\n", (unsigned long long)nf, fs,
+           qs);
     char a[32], b[32];
     human((double)mem.spill_bytes, a, sizeof a);
     human((double)mem.held_peak, b, sizeof b);

@@ -3,6 +3,7 @@
  * below importance-weighted round-to-nearest, for every encoding family; the stored bytes decode to
  * exactly the values GPTQ reports; the thread count does not change the bytes. */
 #include <math.h>
+#include <omp.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -43,6 +44,67 @@ static void test_chol_inverse_known(void **state) {
     double bad[4] = {1, 2, 2, 1};
     assert_int_equal(dsq_gptq_chol_inverse_upper(bad, 2, &e), DSQ_ERR_RANGE);
     dsq_err_clear(&e);
+}
+
+/* A 700x700 SPD matrix (several 64-column blocks and two 512-column tiles, a partial last block): U upper
+ * with a positive diagonal and A·Uᵀ·U = I to 1e-9 (U is then the unique such factor), and the same
+ * bytes at 1 and 3 threads. */
+static void test_chol_inverse_blocked(void **state) {
+    (void)state;
+    enum { N = 700 };
+    double *a = malloc(sizeof(double) * N * N), *u = malloc(sizeof(double) * N * N), *u1 = malloc(sizeof(double) * N * N);
+    uint64_t x = 12345;
+    for (int i = 0; i < N; i++) /* A = B·Bᵀ/N + 0.1·I for B with entries in [-1, 1]: cond ~ 1e2..1e3 */
+        for (int j = 0; j <= i; j++) a[i * N + j] = 0;
+    double *b = malloc(sizeof(double) * N * N);
+    for (int i = 0; i < N * N; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        b[i] = (double)(x >> 11) / 4503599627370496.0 - 1.0;
+    }
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j <= i; j++) {
+            double t = 0;
+            for (int k = 0; k < N; k++) t += b[i * N + k] * b[j * N + k];
+            a[i * N + j] = a[j * N + i] = t / N + (i == j ? 0.1 : 0);
+        }
+    dsq_err e = DSQ_ERR_INIT;
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    memcpy(u1, a, sizeof(double) * N * N);
+    assert_int_equal(dsq_gptq_chol_inverse_upper(u1, N, &e), DSQ_OK);
+    omp_set_num_threads(3);
+    memcpy(u, a, sizeof(double) * N * N);
+    assert_int_equal(dsq_gptq_chol_inverse_upper(u, N, &e), DSQ_OK);
+    omp_set_num_threads(saved);
+    assert_memory_equal(u, u1, sizeof(double) * N * N);
+    for (int i = 0; i < N; i++) {
+        assert_true(u[i * N + i] > 0);
+        for (int j = 0; j < i; j++) assert_true(u[i * N + j] == 0.0);
+    }
+    /* M = Uᵀ·U (b reused), then A·M */
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < N; j++) {
+            double t = 0;
+            int k1 = i < j ? i : j;
+            for (int k = 0; k <= k1; k++) t += u[k * N + i] * u[k * N + j];
+            b[i * N + j] = t;
+        }
+    double worst = 0;
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < N; j++) {
+            double t = 0;
+            for (int k = 0; k < N; k++) t += a[i * N + k] * b[k * N + j];
+            double d = fabs(t - (i == j));
+            worst = d > worst ? d : worst;
+        }
+    fprintf(stderr, "700x700: max |A·UᵀU − I| = %.3g\n", worst);
+    assert_true(worst < 1e-9);
+    /* not positive definite (H[699][699] < 0, the first pivot of the reversed factorisation): refused */
+    memcpy(u, a, sizeof(double) * N * N);
+    u[(N - 1) * N + (N - 1)] = -1;
+    assert_int_equal(dsq_gptq_chol_inverse_upper(u, N, &e), DSQ_ERR_RANGE);
+    dsq_err_clear(&e);
+    free(a), free(u), free(u1), free(b);
 }
 
 enum { ROWS = 32, COLS = 256, TOK = 1024 };
@@ -176,6 +238,54 @@ static void test_gptq_threads(void **state) {
     free(a.mem), free(b.mem), free(q);
 }
 
+/* One factor, two weights (w1 and w3 of an expert share their input): each gives the same bytes as
+ * dsq_gptq_quantize with its own copy of H, and the factor is not changed by being used; h is not
+ * modified either. */
+static void test_gptq_shared_factor(void **state) {
+    fixture *f = *state;
+    dsq_gptq_options o;
+    dsq_gptq_options_default(&o);
+    o.block = 64;
+    dsq_err err = DSQ_ERR_INIT;
+    double *h = malloc(sizeof f->h);
+    memcpy(h, f->h, sizeof f->h);
+    dsq_gptq_factor *fac = NULL;
+    assert_int_equal(dsq_gptq_factor_create(&o, h, COLS, TOK, &fac, &err), DSQ_OK);
+    assert_memory_equal(h, f->h, sizeof f->h);
+    assert_int_equal(dsq_gptq_factor_cols(fac), COLS);
+    assert_true(dsq_gptq_factor_damp(fac) == o.damp);
+    float *w3 = malloc(sizeof f->w);
+    for (int i = 0; i < ROWS * COLS; i++) w3[i] = -0.7f * f->w[(i * 7) % (ROWS * COLS)];
+    const float *src[2] = {f->w, w3};
+    const dsq_encoding enc[2] = {DSQ_ENC_Q4_K, DSQ_ENC_INT4_G};
+    const int grp[2] = {0, 32};
+    for (int k = 0; k < 2; k++) {
+        encbuf a, b;
+        enc_alloc(&a, enc[k], grp[k]);
+        enc_alloc(&b, enc[k], grp[k]);
+        float *wa = malloc(sizeof f->w), *wb = malloc(sizeof f->w);
+        memcpy(wa, src[k], sizeof f->w);
+        memcpy(wb, src[k], sizeof f->w);
+        assert_int_equal(dsq_gptq_quantize_factored(&o, fac, wa, &a.b, &err), DSQ_OK);
+        assert_int_equal(dsq_gptq_quantize(&o, h, TOK, wb, &b.b, &err), DSQ_OK);
+        assert_memory_equal(h, f->h, sizeof f->h);
+        dsq_codec_layout l;
+        assert_int_equal(dsq_codec_layout_of(enc[k], ROWS, COLS, grp[k], &l, NULL), DSQ_OK);
+        assert_memory_equal(a.mem, b.mem, (size_t)(l.data_bytes + l.scale_bytes + l.min_bytes));
+        assert_memory_equal(wa, wb, sizeof f->w);
+        free(wa), free(wb), free(a.mem), free(b.mem);
+    }
+    /* a weight of another width is refused */
+    encbuf c;
+    enc_alloc(&c, DSQ_ENC_INT4_G, 32);
+    c.b.cols = COLS / 2;
+    assert_int_equal(dsq_gptq_quantize_factored(&o, fac, w3, &c.b, &err), DSQ_ERR_ARG);
+    assert_non_null(strstr(err.msg, "Hessian factor has 256"));
+    dsq_err_clear(&err);
+    free(c.mem), free(w3), free(h);
+    dsq_gptq_factor_free(fac);
+}
+
 static void test_gptq_bad_args(void **state) {
     fixture *f = *state;
     encbuf e;
@@ -216,6 +326,8 @@ static int teardown(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_chol_inverse_known),
+        cmocka_unit_test(test_chol_inverse_blocked),
+        cmocka_unit_test(test_gptq_shared_factor),
         cmocka_unit_test(test_gptq_beats_rtn),
         cmocka_unit_test(test_gptq_threads),
         cmocka_unit_test(test_gptq_bad_args),

@@ -44,6 +44,29 @@ static int teardown(void **state) {
 #define RECIPE "--recipe int4 --override '*.experts.*.w1.weight=q4_k' --override '*.experts.*.w3.weight=q4_k'"
 #define CALIB "--method gptq --calib %s --calib-chunks 4 --calib-ctx 256"
 
+/* One Hessian factorisation per distinct input in convert's JSON: every GPTQ'd w3 has a GPTQ'd w1 and
+ * shares its factor, so "factorisations" = GPTQ'd weights − GPTQ'd w3s + `windows` (the extra row
+ * windows of wo_a: o_groups − 1 per GPTQ'd wo_a); returns the w3s counted. */
+static size_t check_shared_factors(const char *so, size_t windows) {
+    size_t n_gptq = 0, n_w3 = 0;
+    for (const char *q = strstr(so, "\"weights\": ["); (q = strstr(q, "{\"name\": \"")) != NULL; q++) {
+        const char *nm = q + 10, *end = strchr(nm, '"');
+        assert_non_null(end);
+        if (strncmp(end, "\", \"method\": \"gptq\"", 19)) continue;
+        n_gptq++;
+        if (end - nm > 10 && !strncmp(end - 10, ".w3.weight", 10)) {
+            char w1[300];
+            snprintf(w1, sizeof w1, "\"name\": \"%.*s1.weight\", \"method\": \"gptq\"", (int)(end - nm - 8), nm);
+            assert_non_null(strstr(so, w1));
+            n_w3++;
+        }
+    }
+    const char *fp = strstr(so, "\"factorisations\": ");
+    assert_non_null(fp);
+    assert_int_equal(strtoull(fp + 18, NULL, 10), n_gptq - n_w3 + windows);
+    return n_w3;
+}
+
 static void test_gptq_convert(void **state) {
     (void)state;
     char *a = dsq_test_join(tmp, "a.dsq"), *b = dsq_test_join(tmp, "b.dsq"), *so = NULL, *se = NULL;
@@ -55,7 +78,36 @@ static void test_gptq_convert(void **state) {
     assert_non_null(strstr(so, "\"method\": \"gptq\""));
     assert_non_null(strstr(so, "\"method\": \"imatrix\""));
     assert_non_null(strstr(so, "\"name\": \"layers.0.ffn.experts.0.w1.weight\""));
+    check_shared_factors(so, 0);
     free(so), free(se);
+    /* 3,072 calibration tokens (~770 rows per expert, 2 per input column of w1 needed): w1/w3 pairs GPTQ'd
+     * from one factor.  wo_a in NVFP4: GPTQ per output group (2 groups of 128 rows, each with the
+     * attention output of its own heads as input, one H and one factor each, one tensor scale) */
+    char *c = dsq_test_join(tmp, "c.dsq"), *full = dsq_test_join(model, "calib.txt");
+    rc = dsq_test_run(&so, &se, "convert %s %s " RECIPE " --override '*.wo_a.weight=nvfp4' --method gptq --calib %s "
+                      "--calib-chunks 12 --calib-ctx 256 --threads 2 --json", model, c, full);
+    assert_int_equal(rc, 0);
+    for (int L = 0; L < 4; L++) {
+        char want[128];
+        snprintf(want, sizeof want, "\"name\": \"layers.%d.attn.wo_a.weight\", \"method\": \"gptq\", \"rows\": 3072", L);
+        assert_non_null(strstr(so, want));
+    }
+    /* MTP block 0 too: its inputs come from the quantized main model's output (3,060 positions: the
+     * block predicts from position 1 on) */
+    assert_non_null(strstr(so, "\"name\": \"mtp.0.attn.wo_a.weight\", \"method\": \"gptq\", \"rows\": 3060"));
+    assert_non_null(strstr(so, "\"name\": \"mtp.0.ffn.experts.0.w3.weight\", \"method\": \"gptq\""));
+    assert_non_null(strstr(so, "\"layers\": 5,"));
+    assert_true(check_shared_factors(so, 5) >= 8);
+    free(so), free(se);
+    assert_int_equal(dsq_test_run(&so, &se, "verify %s", c), 0);
+    free(so), free(se);
+    rc = dsq_test_run(&so, &se, "eval ppl %s %s --ctx 256 --chunks 2 --json --threads 1", c, calib);
+    assert_int_equal(rc, 0);
+    const char *pc = strstr(so, "\"ppl\": ");
+    assert_non_null(pc);
+    double pplc = atof(pc + 7);
+    assert_true(pplc > 1 && pplc < 100);
+    free(so), free(se), free(c), free(full);
     assert_int_equal(dsq_test_run(NULL, &se, "verify %s", a), 0);
     free(se);
     /* it evaluates, to a sane perplexity (the source scores about 19 on this text) */
@@ -176,7 +228,7 @@ static void test_gptq_spill(void **state) {
     dsq_test_write(spill, "stale", 5);
     probe ps = {spill, 0, 0};
     assert_int_equal(calib_run(rc, ids.ids, ids.n, spill, &ps, &sp, &err), DSQ_OK);
-    assert_int_equal(ps.layers, 4);
+    assert_int_equal(ps.layers, 5); /* 4 layers and the MTP block */
     assert_int_equal(ps.present, 0);
     assert_int_equal(lstat(spill, &st), -1);
     dsq_gptq_result_memory(sp, &ms);
@@ -208,7 +260,7 @@ static void test_gptq_spill(void **state) {
         assert_int_equal(!x->mins, !y->mins);
         if (l.min_bytes) assert_memory_equal(x->mins, y->mins, l.min_bytes);
     }
-    assert_int_equal(nvfp4, 4); /* one wq_a per layer: the tensor scale travels too */
+    assert_int_equal(nvfp4, 5); /* one wq_a per layer and the MTP block's: the tensor scale travels too */
     dsq_gptq_result_free(sp);
     sp = NULL;
 

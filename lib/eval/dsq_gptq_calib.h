@@ -8,14 +8,17 @@
  *   2. run the reference forward pass over the calibration chunks (dsq_score_ppl) with a linear
  *      observer that sums H = Σ x·xᵀ (double) for every linear of layer L whose recipe target is lossy
  *      (routed experts per expert from the tokens routed to it; w1 and w3 take the same input, so w3
- *      uses w1's H: one Hessian per expert for the pair);
+ *      uses w1's H: one Hessian per expert for the pair; the grouped output projection wo_a, run over
+ *      row windows, gets one H per output group from the rows observer);
  *   3. quantize each such weight: GPTQ when it saw at least DSQ_GPTQ_MIN_ROWS_PER_COL·cols token
- *      rows, otherwise importance-weighted rounding (the imatrix path: the codec's encoder with
- *      diag(H)/rows as importance when rows ≥ DSQ_IMATRIX_MIN_ROWS, plain squared error below);
+ *      rows (one dsq_gptq_factor per H: w1 and w3 share it; wo_a one per group, quantized into that
+ *      group's rows), otherwise importance-weighted rounding (the imatrix path: the codec's encoder
+ *      with diag(H)/rows as importance when rows ≥ DSQ_IMATRIX_MIN_ROWS, plain squared error below);
  *      then free layer L's statistics.
- * Weights the forward pass never reports (the grouped output projection wo_a, MTP blocks, experts
- * no token reached) are left to the converter's usual encoder; the forward pass for later layers
- * reads those from the checkpoint.
+ * Then MTP block 0 (when the model has one): per chunk the quantized main model gives its last hidden
+ * stream and dsq_v4_mtp_forward runs the block with the observer; its weights are quantized as a
+ * layer's (counted in `layers`).  Experts no token reached (and MTP blocks after the first) are left
+ * to the converter's usual encoder; the forward pass for later layers reads those from the checkpoint.
  *
  * Memory: one layer's Hessians at a time (cols²·8 bytes each; with expert_batch, the non-expert ones and
  * expert_batch experts' at a time) and the matrix being quantized.  With a spill file (options.spill)
@@ -88,5 +91,10 @@ void dsq_gptq_result_memory(const dsq_gptq_result *r, dsq_gptq_memory *m);
 /* Calibration tokens per forward pass (chunks × ctx, BOS included: every one feeds the Hessians),
  * layers run, and seconds per layer (forward passes + quantization). */
 void dsq_gptq_result_stats(const dsq_gptq_result *r, uint64_t *tokens, int *layers, double *seconds_per_layer);
+/* Hessians factored (one per distinct input: an expert's w1 and w3 share one factor; weights that fall
+ * back to importance need none), and the seconds spent factoring and quantizing (encoding included)
+ * over all layers; the rest of the per-layer time is the calibration forward passes and H sums. */
+void dsq_gptq_result_timing(const dsq_gptq_result *r, uint64_t *factorisations, double *factor_seconds,
+                            double *quantize_seconds);
 
 #endif

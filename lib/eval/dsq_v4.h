@@ -47,9 +47,14 @@ dsq_status dsq_device_check(const dsq_device *d, dsq_err *err);
  * matrix, before it runs: `weight` is the checkpoint name of the matrix (a routed expert's own name,
  * `layers.L.ffn.experts.E.w1.weight`), x holds n rows of `cols` inputs (row stride ldx).  Called
  * from the thread running the forward pass, one call at a time; linears run over row windows (the
- * grouped output projection wo_a) are not reported. */
+ * grouped output projection wo_a) are reported to observe_rows instead. */
 typedef void (*dsq_linear_observer)(void *user, const char *weight, const float *x, size_t ldx, int64_t n,
                                     uint64_t cols);
+/* Calibration hook for the linears run over row windows (the grouped output projection wo_a: rows
+ * [row0, row0 + n_rows) of `weight` multiply the attention output of their group): x holds n rows of
+ * `cols` inputs (the weight's width) for that window only.  Same threading as dsq_linear_observer. */
+typedef void (*dsq_linear_rows_observer)(void *user, const char *weight, uint64_t row0, uint64_t n_rows, const float *x,
+                                         size_t ldx, int64_t n, uint64_t cols);
 
 /* How much of the stored data a model trusts.  Defaults (all false, as dsq_v4_model_open):
  *   - at load, every scale (and min, and NVFP4 tensor scale) of every weight matrix is scanned:
@@ -114,6 +119,7 @@ typedef struct dsq_eval_options {
     bool force_scalar;        /* default false: use AVX2/FMA kernels when the CPU has them */
     dsq_linear_observer observe; /* default NULL: see dsq_linear_observer */
     void *observe_user;
+    dsq_linear_rows_observer observe_rows; /* default NULL; user = observe_user */
     dsq_v4_load_options load; /* what the commands open models with (dsq_v4_model_open_ex) */
 } dsq_eval_options;
 void dsq_eval_options_default(dsq_eval_options *o);

@@ -33,6 +33,7 @@ typedef struct dsq__run {
     const dsq__backend *be;
     dsq_linear_observer observe; /* calibration hook (dsq_eval_options) */
     void *observe_user;
+    dsq_linear_rows_observer observe_rows;
     dsq_err *err;
 } dsq__run;
 

@@ -254,9 +254,13 @@ static dsq_status attention_seg(const run *r, const v4_block_w *B, v4_layer_cach
         CHECK(BE->attention(r, B, q, keys, n_keys, p0 + t0, tc, oh));
         /* grouped low-rank output: u_g = wo_a_g · o_g (bf16 GEMM in release, input not quantized) */
         size_t gw = Hhd / (size_t)G;
-        for (int g = 0; g < G; g++)
+        for (int g = 0; g < G; g++) {
+            if (r->observe_rows && tc > 0)
+                r->observe_rows(r->observe_user, B->wo_a.name, (uint64_t)g * ol, (uint64_t)ol, oh + g * gw, Hhd, tc,
+                                B->wo_a.shape[1]);
             CHECK(lin_rows(r, LIN_BF16, &B->wo_a, (uint64_t)g * ol, (uint64_t)ol, oh + g * gw, Hhd, tc,
                            u + (size_t)g * ol, (size_t)G * ol));
+        }
         CHECK(lin(r, LIN_FP8, &B->wo_b, u, tc, out + (size_t)t0 * D));
     }
     /* window ring: the last min(T, W) kv rows at slot pos mod W (after the queries used the old ones) */
@@ -428,6 +432,7 @@ static dsq_status run_init(run *r, const dsq_v4_model *m, const dsq_eval_options
     r->shared_clamp = !opt->no_shared_clamp;
     r->observe = opt->observe;
     r->observe_user = opt->observe_user;
+    r->observe_rows = opt->observe_rows;
     DSQ_RETURN_IF((unsigned)opt->kv_cache >= DSQ_KV_CACHE_COUNT, err, DSQ_ERR_ARG, "unknown kv cache encoding %d",
                   (int)opt->kv_cache);
     r->kv = dsq_v4_eval_kv_cache(m, opt); /* the model's declared encoding unless --kv-cache chose one */

@@ -44,10 +44,10 @@ enum {
      * mostly damping and GPTQ fits the few calibration tokens instead of the input distribution */
     DSQ_GPTQ_MIN_ROWS_PER_COL = 2,
 };
-#define DSQ_GPTQ_DEFAULT_DAMP 0.01
+#define DSQ_GPTQ_DEFAULT_DAMP 0.3 /* measured: docs/commands.md, GPTQ quality (bench/gptq_quality.sh) */
 
 typedef struct dsq_gptq_options {
-    double damp;    /* fraction of mean(diag H) added to the diagonal (default 0.01; 0 < damp ≤ 10) */
+    double damp;    /* fraction of mean(diag H) added to the diagonal (default 0.3; 0 < damp ≤ 10) */
     int block;      /* lazy-batch columns (default 128; 1 … DSQ_GPTQ_MAX_BLOCK) */
     bool act_order; /* columns by decreasing H[c][c] (default false: in order) */
     const char *name; /* tensor name for messages (may be NULL) */
@@ -59,20 +59,38 @@ void dsq_gptq_options_default(dsq_gptq_options *o);
  * false for f32/f16/bf16/i64/i32. */
 bool dsq_gptq_supports(dsq_encoding e);
 
-/* In place: A [n][n] symmetric positive definite (row-major, double) ← the upper triangular U with
- * A⁻¹ = Uᵀ·U (lower triangle zeroed).  DSQ_ERR_RANGE when A is not positive definite (A is then
- * unspecified). */
+/* In place: A [n][n] symmetric positive definite (row-major, double; only its lower triangle is read) ←
+ * the upper triangular U with A⁻¹ = Uᵀ·U (lower triangle zeroed).  Without forming A⁻¹: one blocked
+ * Cholesky of the reversed A (J·A·J = L·Lᵀ) and one blocked triangular inverse, U = J·L⁻¹·J; OpenMP over
+ * cache tiles, the result independent of the thread count; 64·n doubles of scratch.  DSQ_ERR_RANGE when
+ * A is not positive definite (A is then unspecified). */
 dsq_status dsq_gptq_chol_inverse_upper(double *a, uint64_t n, dsq_err *err);
+
+/* The factor of one damped Hessian: the column order (act_order), diag(H)/n_rows, and U.  Every linear
+ * with the same input (an expert's w1 and w3, ...) is quantized from one factor: the factorisation, the
+ * O(cols³) part, is done once.  Memory: cols²·8 B (U) + 64·cols·8 B of scratch while it is made; h is
+ * not modified (nor kept).  A non-positive-definite damped H is retried with 10× the damping (up to
+ * three times) before DSQ_ERR_RANGE; non-finite h: DSQ_ERR_NONFINITE.  Uses o's damp, act_order,
+ * threads and name. */
+typedef struct dsq_gptq_factor dsq_gptq_factor;
+dsq_status dsq_gptq_factor_create(const dsq_gptq_options *o, const double *h, uint64_t cols, uint64_t n_rows,
+                                  dsq_gptq_factor **out, dsq_err *err);
+void dsq_gptq_factor_free(dsq_gptq_factor *f);
+double dsq_gptq_factor_damp(const dsq_gptq_factor *f); /* the damping used (the option's, or a retry's 10^k×) */
+uint64_t dsq_gptq_factor_cols(const dsq_gptq_factor *f);
 
 /* Quantize w [rows][cols] (f32, row-major) into dst (enc/rows/cols/group set, buffers sized by
  * dsq_codec_layout_of; NVFP4: tensor_scale 0 = chosen from w's largest |value|) with the GPTQ update
- * against h [cols][cols] (H = Σ x·xᵀ over n_rows ≥ 1 token rows, symmetric, double; used as scratch:
- * unspecified on return).  On success w holds the dequantized result (what dst decodes to, bit for
- * bit).  Memory: H's copy is not made (h is the scratch); the parameter groups in flight (one or two
- * in order; with act_order up to all of them) hold their representable values, at most
- * rows·cols·(codes per sub-block)/(sub-block width)·4 bytes.  A non-positive-definite damped H is
- * retried with 10× the damping (up to three times) before DSQ_ERR_RANGE.  Non-finite w or h:
- * DSQ_ERR_NONFINITE. */
+ * against the factor f of its inputs' H (f's cols = dst->cols).  On success w holds the dequantized
+ * result (what dst decodes to, bit for bit).  Memory: the parameter groups in flight (one or two in
+ * order; with act_order up to all of them) hold their representable values, at most
+ * rows·cols·(codes per sub-block)/(sub-block width)·4 bytes, plus w's permuted copy.  Non-finite w:
+ * DSQ_ERR_NONFINITE.  f is only read: several threads may share it. */
+dsq_status dsq_gptq_quantize_factored(const dsq_gptq_options *o, const dsq_gptq_factor *f, float *w,
+                                      dsq_qtensor_buf *dst, dsq_err *err);
+
+/* dsq_gptq_factor_create + dsq_gptq_quantize_factored + free, for one matrix: h [cols][cols] (H = Σ x·xᵀ
+ * over n_rows ≥ 1 token rows, symmetric, double) is not modified. */
 dsq_status dsq_gptq_quantize(const dsq_gptq_options *o, double *h, uint64_t n_rows, float *w, dsq_qtensor_buf *dst,
                              dsq_err *err);
 

@@ -118,57 +118,135 @@ static bool code_allowed(dsq_encoding e, int k) {
 
 /* ---- Cholesky ------------------------------------------------------------------------------------ */
 
-/* In place lower Cholesky factor L (A = L·Lᵀ) of A [n][n]; false when A is not positive definite. */
-static bool cholesky_lower(double *a, uint64_t n) {
-    for (uint64_t j = 0; j < n; j++) {
-        double d = a[j * n + j];
-        for (uint64_t k = 0; k < j; k++) d -= a[j * n + k] * a[j * n + k];
-        if (!(d > 0) || !isfinite(d)) return false;
-        double l = sqrt(d);
-        a[j * n + j] = l;
-#pragma omp parallel for schedule(static) if (n - j > 256)
-        for (uint64_t i = j + 1; i < n; i++) {
-            double s = a[i * n + j];
-            const double *ai = a + i * n, *aj = a + j * n;
-            for (uint64_t k = 0; k < j; k++) s -= ai[k] * aj[k];
-            a[i * n + j] = s / l;
+enum { CHOL_NB = 64, CHOL_TILE = 512, LAZY_TILE = 256 };
+
+static int nthreads(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
+
+/* In place lower Cholesky factor L (A = L·Lᵀ, lower triangle; the upper one is not read) of A [n][n],
+ * right-looking in column blocks of CHOL_NB: the block's columns are factored, the rows below solved
+ * against them, the panel packed transposed, and the trailing lower triangle updated by a rank-CHOL_NB
+ * product in cache tiles, rows over threads (each element is updated by one thread in a fixed order:
+ * the result does not depend on the thread count).  False when A is not positive definite. */
+static bool cholesky_lower_blocked(double *a, uint64_t n, double *pt, int threads) {
+    for (uint64_t k0 = 0; k0 < n; k0 += CHOL_NB) {
+        uint64_t k1 = n - k0 < CHOL_NB ? n : k0 + CHOL_NB, nb = k1 - k0;
+        for (uint64_t j = k0; j < k1; j++) { /* the diagonal block */
+            double d = a[j * n + j];
+            for (uint64_t k = k0; k < j; k++) d -= a[j * n + k] * a[j * n + k];
+            if (!(d > 0) || !isfinite(d)) return false;
+            double l = sqrt(d);
+            a[j * n + j] = l;
+            for (uint64_t i = j + 1; i < k1; i++) {
+                double t = a[i * n + j];
+                for (uint64_t k = k0; k < j; k++) t -= a[i * n + k] * a[j * n + k];
+                a[i * n + j] = t / l;
+            }
+        }
+        if (k1 == n) break;
+        uint64_t m = n - k1; /* rows below: solve against the block, pack Pᵀ [nb][m] */
+#pragma omp parallel for schedule(static) num_threads(threads) if (m * nb * nb > 65536)
+        for (uint64_t i = k1; i < n; i++) {
+            double *ai = a + i * n;
+            for (uint64_t j = k0; j < k1; j++) {
+                double t = ai[j];
+                const double *aj = a + j * n;
+                for (uint64_t k = k0; k < j; k++) t -= ai[k] * aj[k];
+                ai[j] = t / aj[j];
+                pt[(j - k0) * m + (i - k1)] = ai[j];
+            }
+        }
+        /* A[i][j] -= Σ_k P[i][k]·Pᵀ[k][j] for k1 ≤ j ≤ i: column tiles over threads, so that a tile of Pᵀ
+         * (CHOL_NB × CHOL_TILE) stays in cache while every row below it streams through once */
+        uint64_t tiles = dsq_ceil_div(m, CHOL_TILE);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (m * m * nb > (1u << 20))
+        for (uint64_t tj = 0; tj < tiles; tj++) {
+            uint64_t j0 = k1 + tj * CHOL_TILE, j1 = n - j0 < CHOL_TILE ? n : j0 + CHOL_TILE;
+            for (uint64_t i = j0; i < n; i++) {
+                double *ai = a + i * n;
+                const double *pi = ai + k0;
+                uint64_t e = i + 1 < j1 ? i + 1 : j1;
+                for (uint64_t k = 0; k < nb; k++) {
+                    const double f = pi[k], *pk = pt + k * m;
+#pragma omp simd
+                    for (uint64_t j = j0; j < e; j++) ai[j] -= f * pk[j - k1];
+                }
+            }
         }
     }
-    for (uint64_t i = 0; i < n; i++)
-        for (uint64_t j = i + 1; j < n; j++) a[i * n + j] = 0;
     return true;
 }
 
-dsq_status dsq_gptq_chol_inverse_upper(double *a, uint64_t n, dsq_err *err) {
-    DSQ_RETURN_IF(!cholesky_lower(a, n), err, DSQ_ERR_RANGE, "GPTQ: the damped Hessian is not positive definite");
-    /* L⁻¹ (lower) in place, column by column: solve L·y = e_j */
-    double *inv = dsq_calloc(n * n, sizeof *inv);
-    DSQ_RETURN_IF(!inv, err, DSQ_ERR_NOMEM, "GPTQ: no memory for a %llux%llu inverse", (unsigned long long)n,
-                  (unsigned long long)n);
-#pragma omp parallel for schedule(dynamic, 16) if (n > 256)
-    for (uint64_t j = 0; j < n; j++) {
-        inv[j * n + j] = 1.0 / a[j * n + j];
-        for (uint64_t i = j + 1; i < n; i++) {
-            double s = 0;
-            for (uint64_t k = j; k < i; k++) s += a[i * n + k] * inv[k * n + j];
-            inv[i * n + j] = -s / a[i * n + i];
+/* In place X = L⁻¹ (lower) of the lower triangular L [n][n] (the upper triangle is zeroed), by rows in
+ * blocks of CHOL_NB: row i of X is −(Σ_{k<i} L[i][k]·X[k][·])/L[i][i] with X[i][i] = 1/L[i][i]; a block's
+ * rows of L are copied to lb [CHOL_NB][n] first, then their sums over the earlier blocks' rows are formed
+ * in place, rows over threads, and the block finished row by row. */
+static void tri_inverse_lower_blocked(double *a, uint64_t n, double *lb, int threads) {
+    for (uint64_t i0 = 0; i0 < n; i0 += CHOL_NB) {
+        uint64_t i1 = n - i0 < CHOL_NB ? n : i0 + CHOL_NB;
+        for (uint64_t i = i0; i < i1; i++) {
+            memcpy(lb + (i - i0) * n, a + i * n, (size_t)(i + 1) * sizeof *lb);
+            memset(a + i * n, 0, (size_t)n * sizeof *a);
+        }
+        /* the earlier blocks: column tiles over threads, each row of X read once per block of rows */
+        uint64_t tiles = dsq_ceil_div(i0, CHOL_TILE);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (i0 * i0 * (i1 - i0) > (1u << 20))
+        for (uint64_t tj = 0; tj < tiles; tj++) {
+            uint64_t j0 = tj * CHOL_TILE, j1 = i0 - j0 < CHOL_TILE ? i0 : j0 + CHOL_TILE;
+            for (uint64_t k = j0; k < i0; k++) { /* X[k][j] = 0 for j > k */
+                const double *xk = a + k * n;
+                uint64_t e = k + 1 < j1 ? k + 1 : j1;
+                for (uint64_t i = i0; i < i1; i++) {
+                    double *acc = a + i * n;
+                    const double f = lb[(i - i0) * n + k];
+#pragma omp simd
+                    for (uint64_t j = j0; j < e; j++) acc[j] += f * xk[j];
+                }
+            }
+        }
+        for (uint64_t i = i0; i < i1; i++) { /* this block's own rows, in order */
+            double *acc = a + i * n;
+            const double *li = lb + (i - i0) * n;
+            for (uint64_t k = i0; k < i; k++) {
+                const double f = li[k], *xk = a + k * n;
+#pragma omp simd
+                for (uint64_t j = 0; j <= k; j++) acc[j] += f * xk[j];
+            }
+            double d = li[i];
+            for (uint64_t j = 0; j < i; j++) acc[j] = -acc[j] / d;
+            acc[i] = 1.0 / d;
         }
     }
-    /* A⁻¹ = L⁻ᵀ·L⁻¹: entry (i, j) = Σ_{k ≥ max(i,j)} inv[k][i]·inv[k][j] */
-#pragma omp parallel for schedule(dynamic, 16) if (n > 256)
-    for (uint64_t i = 0; i < n; i++)
-        for (uint64_t j = 0; j <= i; j++) {
-            double s = 0;
-            for (uint64_t k = i; k < n; k++) s += inv[k * n + i] * inv[k * n + j];
-            a[i * n + j] = a[j * n + i] = s;
-        }
-    dsq_free(inv);
-    /* upper U with A⁻¹ = Uᵀ·U: U = Mᵀ for the lower factor M of A⁻¹ */
-    DSQ_RETURN_IF(!cholesky_lower(a, n), err, DSQ_ERR_RANGE, "GPTQ: the inverse Hessian is not positive definite");
-    for (uint64_t i = 0; i < n; i++)
-        for (uint64_t j = i + 1; j < n; j++) a[i * n + j] = a[j * n + i], a[j * n + i] = 0;
+}
+
+/* Reverse both indices of A [n][n] in place: (i, j) ↔ (n−1−i, n−1−j) is the flat index k ↔ n²−1−k. */
+static void reverse_both(double *a, uint64_t n) {
+    for (uint64_t k = 0, e = n * n - 1; k < e; k++, e--) {
+        double t = a[k];
+        a[k] = a[e], a[e] = t;
+    }
+}
+
+/* A ← U (upper, A⁻¹ = Uᵀ·U) without forming A⁻¹: with J the reversal, J·A·J = L·Lᵀ (lower L), so
+ * A = R·Rᵀ for the upper R = J·L·J and A⁻¹ = R⁻ᵀ·R⁻¹: U = R⁻¹ = J·L⁻¹·J.  One Cholesky (n³/3) and one
+ * triangular inverse (n³/6) in place, CHOL_NB·n doubles of scratch. */
+static dsq_status chol_inverse_upper(double *a, uint64_t n, int threads, dsq_err *err) {
+    if (n == 0) return DSQ_OK;
+    DSQ_RETURN_IF(n > (1u << 24), err, DSQ_ERR_OVERFLOW, "GPTQ: a %llux%llu Hessian is too large", (unsigned long long)n,
+                  (unsigned long long)n);
+    threads = nthreads(threads);
+    double *tmp = dsq_malloc(CHOL_NB * n * sizeof *tmp); /* Pᵀ [CHOL_NB][n − k1], then L's rows [CHOL_NB][n] */
+    DSQ_RETURN_IF(!tmp, err, DSQ_ERR_NOMEM, "GPTQ: no memory for the factorisation of a %llux%llu Hessian",
+                  (unsigned long long)n, (unsigned long long)n);
+    reverse_both(a, n);
+    bool ok = cholesky_lower_blocked(a, n, tmp, threads);
+    if (ok) tri_inverse_lower_blocked(a, n, tmp, threads);
+    dsq_free(tmp);
+    DSQ_RETURN_IF(!ok, err, DSQ_ERR_RANGE, "GPTQ: the damped Hessian is not positive definite");
+    reverse_both(a, n);
     return DSQ_OK;
 }
+
+dsq_status dsq_gptq_chol_inverse_upper(double *a, uint64_t n, dsq_err *err) { return chol_inverse_upper(a, n, 0, err); }
 
 double dsq_gptq_output_error(const float *w, const float *q, uint64_t rows, uint64_t cols, const double *h) {
     double total = 0;
@@ -208,9 +286,9 @@ typedef struct gq {
     gq_group *g;
     float *wp;          /* [rows][cols] weights in quantization order */
     uint8_t *code;      /* [rows][cols] chosen code per element, original column order */
-    const float *imp;   /* [cols] diag(H)/n in original order (k-quant importance) */
-    uint64_t *perm;     /* position → original column */
-    uint64_t *pos;      /* original column → position */
+    const float *imp;   /* [cols] diag(H)/n in original order (k-quant importance), the factor's */
+    const uint64_t *perm; /* position → original column, the factor's */
+    const uint64_t *pos;  /* original column → position, the factor's */
     float ts;           /* NVFP4 tensor scale */
 } gq;
 
@@ -311,9 +389,6 @@ static void gq_free(gq *q) {
     dsq_free(q->g);
     dsq_free(q->wp);
     dsq_free(q->code);
-    dsq_free((void *)q->imp);
-    dsq_free(q->perm);
-    dsq_free(q->pos);
 }
 
 /* Copy the groups' bytes (codes set) into dst. */
@@ -343,25 +418,120 @@ static dsq_status assemble(gq *q, dsq_qtensor_buf *dst, dsq_err *err) {
     return DSQ_OK;
 }
 
-static dsq_status setup(gq *q, const dsq_gptq_options *o, double *h, uint64_t n_rows, const float *w,
-                        dsq_qtensor_buf *dst, dsq_err *err) {
+struct dsq_gptq_factor {
+    uint64_t cols, n_rows;
+    bool act_order;
+    double damp;    /* the damping that gave a positive definite H (the option's, or 10×, 100×, 1000× it) */
+    float *imp;     /* [cols] diag(H)/n_rows, original order */
+    uint64_t *perm; /* position → original column */
+    uint64_t *pos;  /* original column → position */
+    double *u;      /* [cols][cols] upper, (damped, permuted H)⁻¹ = Uᵀ·U */
+};
+
+void dsq_gptq_factor_free(dsq_gptq_factor *f) {
+    if (!f) return;
+    dsq_free(f->imp), dsq_free(f->perm), dsq_free(f->pos), dsq_free(f->u);
+    dsq_free(f);
+}
+double dsq_gptq_factor_damp(const dsq_gptq_factor *f) { return f->damp; }
+uint64_t dsq_gptq_factor_cols(const dsq_gptq_factor *f) { return f->cols; }
+
+/* H (permuted, damped) → U in place.  Dead columns (no input) get H[c][c] = 1. */
+static dsq_status factor_once(dsq_gptq_factor *f, const double *h, double damp, int threads, dsq_err *err) {
+    uint64_t n = f->cols;
+    double mean = 0;
+    for (uint64_t c = 0; c < n; c++) mean += h[c * n + c];
+    mean /= (double)n;
+    if (!(mean > 0)) mean = 1;
+    double *u = f->u;
+    for (uint64_t i = 0; i < n; i++)
+        for (uint64_t j = 0; j < n; j++) u[i * n + j] = h[f->perm[i] * n + f->perm[j]];
+    for (uint64_t i = 0; i < n; i++) {
+        if (u[i * n + i] == 0) u[i * n + i] = 1;
+        u[i * n + i] += damp * mean;
+    }
+    return chol_inverse_upper(u, n, threads, err);
+}
+
+dsq_status dsq_gptq_factor_create(const dsq_gptq_options *opt, const double *h, uint64_t cols, uint64_t n_rows,
+                                  dsq_gptq_factor **out, dsq_err *err) {
+    dsq_gptq_options o;
+    if (opt) o = *opt;
+    else dsq_gptq_options_default(&o);
+    const char *nm = o.name ? o.name : "tensor";
+    *out = NULL;
+    DSQ_RETURN_IF(!h, err, DSQ_ERR_ARG, "%s: GPTQ: missing Hessian", nm);
+    DSQ_RETURN_IF(!(o.damp > 0 && o.damp <= 10), err, DSQ_ERR_ARG, "%s: GPTQ: damping %g is outside (0, 10]", nm, o.damp);
+    DSQ_RETURN_IF(n_rows < 1, err, DSQ_ERR_ARG, "%s: GPTQ: no calibration rows", nm);
+    DSQ_RETURN_IF(cols < 1 || cols > (1u << 24), err, DSQ_ERR_ARG, "%s: GPTQ: %llu input columns", nm,
+                  (unsigned long long)cols);
+    dsq_gptq_factor *f = dsq_calloc(1, sizeof *f);
+    DSQ_RETURN_IF(!f, err, DSQ_ERR_NOMEM, "%s: GPTQ: out of memory", nm);
+    f->cols = cols, f->n_rows = n_rows, f->act_order = o.act_order;
+    f->imp = dsq_malloc(cols * sizeof *f->imp);
+    f->perm = dsq_malloc(cols * sizeof *f->perm);
+    f->pos = dsq_malloc(cols * sizeof *f->pos);
+    f->u = dsq_malloc(cols * cols * sizeof *f->u);
+    dsq_status s = DSQ_OK;
+    if (!f->imp || !f->perm || !f->pos || !f->u)
+        s = dsq_err_set(err, DSQ_ERR_NOMEM, "%s: GPTQ: out of memory for a %llux%llu Hessian", nm, (unsigned long long)cols,
+                        (unsigned long long)cols);
+    for (uint64_t c = 0; s == DSQ_OK && c < cols; c++) {
+        double d = h[c * cols + c];
+        if (!isfinite(d) || d < 0)
+            s = dsq_err_set(err, DSQ_ERR_NONFINITE, "%s: GPTQ: Hessian diagonal %llu is %g", nm, (unsigned long long)c, d);
+        else f->imp[c] = (float)(d / (double)n_rows), f->perm[c] = c;
+    }
+    for (uint64_t i = 0; s == DSQ_OK && i < cols * cols; i++)
+        if (!isfinite(h[i]))
+            s = dsq_err_set(err, DSQ_ERR_NONFINITE, "%s: GPTQ: Hessian [%llu, %llu] is NaN or infinite", nm,
+                            (unsigned long long)(i / cols), (unsigned long long)(i % cols));
+    if (s == DSQ_OK && o.act_order) { /* decreasing H[c][c], ties by column: a stable insertion sort */
+        for (uint64_t a = 1; a < cols; a++) {
+            uint64_t v = f->perm[a], b = a;
+            while (b > 0 && h[f->perm[b - 1] * cols + f->perm[b - 1]] < h[v * cols + v]) f->perm[b] = f->perm[b - 1], b--;
+            f->perm[b] = v;
+        }
+    }
+    if (s == DSQ_OK)
+        for (uint64_t i = 0; i < cols; i++) f->pos[f->perm[i]] = i;
+    double damp = o.damp;
+    for (int tries = 0; s == DSQ_OK; tries++) {
+        dsq_err local = DSQ_ERR_INIT;
+        s = factor_once(f, h, damp, o.threads, &local);
+        if (s != DSQ_ERR_RANGE || tries == 3) {
+            if (s != DSQ_OK) dsq_err_set(err, s, "%s: %s (damping %g)", nm, local.msg, damp);
+            dsq_err_clear(&local);
+            break;
+        }
+        dsq_err_clear(&local);
+        damp *= 10;
+    }
+    if (s != DSQ_OK) {
+        dsq_gptq_factor_free(f);
+        return s;
+    }
+    f->damp = damp;
+    *out = f;
+    return DSQ_OK;
+}
+
+static dsq_status setup(gq *q, const dsq_gptq_options *o, const dsq_gptq_factor *f, const float *w, dsq_qtensor_buf *dst,
+                        dsq_err *err) {
     const char *nm = o->name ? o->name : "tensor";
     uint64_t rows = dst->rows, cols = dst->cols;
     q->o = o, q->enc = dst->enc, q->group = dst->group, q->rows = rows, q->cols = cols;
     q->sh = shape_of(dst->enc, dst->group, cols);
     q->n_groups = dsq_ceil_div(cols, q->sh.width);
+    q->imp = f->imp, q->perm = f->perm, q->pos = f->pos;
     uint64_t rc;
     DSQ_RETURN_IF(!dsq_mul_u64(rows, cols, &rc) || rc > (1ull << 40), err, DSQ_ERR_OVERFLOW, "%s: GPTQ: %llux%llu is too large",
                   nm, (unsigned long long)rows, (unsigned long long)cols);
     q->g = dsq_calloc(q->n_groups, sizeof *q->g);
     q->wp = dsq_malloc(rc * sizeof *q->wp);
     q->code = dsq_malloc(rc);
-    float *imp = dsq_malloc(cols * sizeof *imp);
-    q->imp = imp;
-    q->perm = dsq_malloc(cols * sizeof *q->perm);
-    q->pos = dsq_malloc(cols * sizeof *q->pos);
-    DSQ_RETURN_IF(!q->g || !q->wp || !q->code || !imp || !q->perm || !q->pos, err, DSQ_ERR_NOMEM,
-                  "%s: GPTQ: out of memory for %llux%llu", nm, (unsigned long long)rows, (unsigned long long)cols);
+    DSQ_RETURN_IF(!q->g || !q->wp || !q->code, err, DSQ_ERR_NOMEM, "%s: GPTQ: out of memory for %llux%llu", nm,
+                  (unsigned long long)rows, (unsigned long long)cols);
     float amax = 0;
     for (uint64_t i = 0; i < rc; i++) {
         DSQ_RETURN_IF(!isfinite(w[i]), err, DSQ_ERR_NONFINITE, "%s: GPTQ: weight [%llu, %llu] is NaN or infinite", nm,
@@ -370,21 +540,6 @@ static dsq_status setup(gq *q, const dsq_gptq_options *o, double *h, uint64_t n_
     }
     q->ts = dst->enc == DSQ_ENC_NVFP4 ? (dst->tensor_scale > 0 ? dst->tensor_scale : dsq_codec_nvfp4_tensor_scale(amax)) : 0;
     if (q->enc == DSQ_ENC_NVFP4 && q->ts == 0) q->ts = 1.0f;
-    for (uint64_t c = 0; c < cols; c++) {
-        double d = h[c * cols + c];
-        DSQ_RETURN_IF(!isfinite(d) || d < 0, err, DSQ_ERR_NONFINITE, "%s: GPTQ: Hessian diagonal %llu is %g", nm,
-                      (unsigned long long)c, d);
-        imp[c] = (float)(d / (double)n_rows);
-        q->perm[c] = c;
-    }
-    if (o->act_order) { /* decreasing H[c][c], ties by column: a stable insertion-free sort */
-        for (uint64_t a = 1; a < cols; a++) {
-            uint64_t v = q->perm[a], b = a;
-            while (b > 0 && h[q->perm[b - 1] * cols + q->perm[b - 1]] < h[v * cols + v]) q->perm[b] = q->perm[b - 1], b--;
-            q->perm[b] = v;
-        }
-    }
-    for (uint64_t i = 0; i < cols; i++) q->pos[q->perm[i]] = i;
     for (uint64_t r = 0; r < rows; r++)
         for (uint64_t i = 0; i < cols; i++) q->wp[r * cols + i] = w[r * cols + q->perm[i]];
     for (uint64_t gi = 0; gi < q->n_groups; gi++) {
@@ -399,62 +554,30 @@ static dsq_status setup(gq *q, const dsq_gptq_options *o, double *h, uint64_t n_
     return DSQ_OK;
 }
 
-/* H (permuted, damped) → U in place.  Dead columns (no input) get H[c][c] = 1. */
-static dsq_status factor(const gq *q, double *h, double *u, double damp, dsq_err *err) {
-    uint64_t n = q->cols;
-    double mean = 0;
-    for (uint64_t c = 0; c < n; c++) mean += h[c * n + c];
-    mean /= (double)n;
-    if (!(mean > 0)) mean = 1;
-    for (uint64_t i = 0; i < n; i++)
-        for (uint64_t j = 0; j < n; j++) u[i * n + j] = h[q->perm[i] * n + q->perm[j]];
-    for (uint64_t i = 0; i < n; i++) {
-        if (u[i * n + i] == 0) u[i * n + i] = 1;
-        u[i * n + i] += damp * mean;
-    }
-    return dsq_gptq_chol_inverse_upper(u, n, err);
-}
-
-dsq_status dsq_gptq_quantize(const dsq_gptq_options *opt, double *h, uint64_t n_rows, float *w, dsq_qtensor_buf *dst,
-                             dsq_err *err) {
+dsq_status dsq_gptq_quantize_factored(const dsq_gptq_options *opt, const dsq_gptq_factor *f, float *w,
+                                      dsq_qtensor_buf *dst, dsq_err *err) {
     dsq_gptq_options o;
     if (opt) o = *opt;
     else dsq_gptq_options_default(&o);
     const char *nm = o.name ? o.name : "tensor";
-    DSQ_RETURN_IF(!dst || !h || !w, err, DSQ_ERR_ARG, "%s: GPTQ: missing argument", nm);
+    DSQ_RETURN_IF(!dst || !f || !w, err, DSQ_ERR_ARG, "%s: GPTQ: missing argument", nm);
     DSQ_RETURN_IF(!dsq_gptq_supports(dst->enc), err, DSQ_ERR_ARG, "%s: GPTQ: encoding %d is not a lossy block encoding",
                   nm, (int)dst->enc);
-    DSQ_RETURN_IF(!(o.damp > 0 && o.damp <= 10), err, DSQ_ERR_ARG, "%s: GPTQ: damping %g is outside (0, 10]", nm, o.damp);
     DSQ_RETURN_IF(o.block < 1 || o.block > DSQ_GPTQ_MAX_BLOCK, err, DSQ_ERR_ARG, "%s: GPTQ: block %d is outside 1..%d", nm,
                   o.block, DSQ_GPTQ_MAX_BLOCK);
-    DSQ_RETURN_IF(n_rows < 1, err, DSQ_ERR_ARG, "%s: GPTQ: no calibration rows", nm);
     uint64_t rows = dst->rows, cols = dst->cols;
     if (rows == 0 || cols == 0) return DSQ_OK;
+    DSQ_RETURN_IF(cols != f->cols, err, DSQ_ERR_ARG, "%s: GPTQ: %llu columns, but the Hessian factor has %llu", nm,
+                  (unsigned long long)cols, (unsigned long long)f->cols);
+    const double *u = f->u;
     gq q;
     memset(&q, 0, sizeof q);
-    double *u = NULL;
     float *err_blk = NULL;
-    dsq_status s = setup(&q, &o, h, n_rows, w, dst, err);
+    dsq_status s = setup(&q, &o, f, w, dst, err);
     uint64_t B = (uint64_t)o.block;
     if (s == DSQ_OK) {
-        u = dsq_malloc(cols * cols * sizeof *u);
         err_blk = dsq_malloc(rows * B * sizeof *err_blk);
-        if (!u || !err_blk) s = dsq_err_set(err, DSQ_ERR_NOMEM, "%s: GPTQ: out of memory for a %llux%llu Hessian", nm,
-                                            (unsigned long long)cols, (unsigned long long)cols);
-    }
-    if (s == DSQ_OK) {
-        double damp = o.damp;
-        for (int tries = 0;; tries++) {
-            dsq_err local = DSQ_ERR_INIT;
-            s = factor(&q, h, u, damp, &local);
-            if (s != DSQ_ERR_RANGE || tries == 3) {
-                if (s != DSQ_OK) dsq_err_set(err, s, "%s: %s (damping %g)", nm, local.msg, damp);
-                dsq_err_clear(&local);
-                break;
-            }
-            dsq_err_clear(&local);
-            damp *= 10;
-        }
+        if (!err_blk) s = dsq_err_set(err, DSQ_ERR_NOMEM, "%s: GPTQ: out of memory", nm);
     }
     int nth = o.threads > 0 ? o.threads : omp_get_max_threads();
     int nc = q.sh.ncodes;
@@ -493,15 +616,24 @@ dsq_status dsq_gptq_quantize(const dsq_gptq_options *opt, double *h, uint64_t n_
             i = j;
         }
         if (s != DSQ_OK || i2 == cols) break;
-        /* lazy update of the later columns: W[:, i2:] -= Err · U[i1:i2, i2:] */
-#pragma omp parallel for schedule(static) num_threads(nth) if (rows * (i2 - i1) * (cols - i2) > 65536)
-        for (uint64_t r = 0; r < rows; r++) {
-            float *wr = q.wp + r * cols;
-            const float *er = err_blk + r * B;
-            for (uint64_t i = i1; i < i2; i++) {
-                double e = er[i - i1];
-                const double *ui = u + i * cols;
-                for (uint64_t t = i2; t < cols; t++) wr[t] -= (float)(e * ui[t]);
+        /* lazy update of the later columns: W[:, i2:] -= Err · U[i1:i2, i2:], in column tiles so that a
+         * tile of U (block × LAZY_TILE doubles) stays in cache over a thread's rows; each element still
+         * takes the block's errors in order (the bytes do not depend on the tiling or the threads) */
+#pragma omp parallel num_threads(nth) if (rows * (i2 - i1) * (cols - i2) > 65536)
+        {
+            uint64_t nt = (uint64_t)omp_get_num_threads(), id = (uint64_t)omp_get_thread_num();
+            uint64_t r0 = rows * id / nt, r1 = rows * (id + 1) / nt;
+            for (uint64_t t0 = i2; t0 < cols; t0 += LAZY_TILE) {
+                uint64_t t1 = cols - t0 < LAZY_TILE ? cols : t0 + LAZY_TILE;
+                for (uint64_t r = r0; r < r1; r++) {
+                    float *wr = q.wp + r * cols;
+                    const float *er = err_blk + r * B;
+                    for (uint64_t i = i1; i < i2; i++) {
+                        const double e = er[i - i1], *ui = u + i * cols;
+#pragma omp simd
+                        for (uint64_t t = t0; t < t1; t++) wr[t] -= (float)(e * ui[t]);
+                    }
+                }
             }
         }
     }
@@ -509,8 +641,26 @@ dsq_status dsq_gptq_quantize(const dsq_gptq_options *opt, double *h, uint64_t n_
     if (s == DSQ_OK)
         for (uint64_t r = 0; r < rows; r++)
             for (uint64_t i = 0; i < cols; i++) w[r * cols + q.perm[i]] = q.wp[r * cols + i];
-    dsq_free(u);
     dsq_free(err_blk);
     gq_free(&q);
+    return s;
+}
+
+dsq_status dsq_gptq_quantize(const dsq_gptq_options *opt, double *h, uint64_t n_rows, float *w, dsq_qtensor_buf *dst,
+                             dsq_err *err) {
+    dsq_gptq_options o;
+    if (opt) o = *opt;
+    else dsq_gptq_options_default(&o);
+    const char *nm = o.name ? o.name : "tensor";
+    DSQ_RETURN_IF(!dst || !h || !w, err, DSQ_ERR_ARG, "%s: GPTQ: missing argument", nm);
+    DSQ_RETURN_IF(!dsq_gptq_supports(dst->enc), err, DSQ_ERR_ARG, "%s: GPTQ: encoding %d is not a lossy block encoding",
+                  nm, (int)dst->enc);
+    DSQ_RETURN_IF(o.block < 1 || o.block > DSQ_GPTQ_MAX_BLOCK, err, DSQ_ERR_ARG, "%s: GPTQ: block %d is outside 1..%d", nm,
+                  o.block, DSQ_GPTQ_MAX_BLOCK);
+    if (dst->rows == 0 || dst->cols == 0) return DSQ_OK;
+    dsq_gptq_factor *f = NULL;
+    DSQ_TRY(dsq_gptq_factor_create(&o, h, dst->cols, n_rows, &f, err));
+    dsq_status s = dsq_gptq_quantize_factored(&o, f, w, dst, err);
+    dsq_gptq_factor_free(f);
     return s;
 }
