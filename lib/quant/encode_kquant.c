@@ -175,36 +175,90 @@ static inline void lanes_run(const kq_spec *k, int n, const float *x, const floa
         lanes_scalar(k, n, x, w, bc, L, sums, o0, o1, o2, q);
 }
 
-/* Weighted least squares of (s, m) in x ≈ s·q − m from the code sums (and Σw, Σwx); m ≥ 0 (asymmetric) or 0. */
-static bool lsq_solve(const kq_spec *k, const double sums[5], double *s, double *m) {
-    double A = sums[0], B = sums[1], C = sums[2], D = sums[3], E = sums[4];
-    if (!(A > 0)) return false;
-    double sv = D / A, mv = 0;
-    if (k->mhi) {
-        double det = A * C - B * B;
-        if (det > 0 && C > 0) {
-            sv = (D * C - B * E) / det;
-            mv = (sv * B - E) / C;
+/* One least-squares step for the sixteen lanes of a fit pass (sums A = Σwq², B = Σwq, D = Σwqx of each
+ * lane's codes; C = Σw, E = Σwx, xx = Σwx² of the sub-block): e = the error of the lane's (S, M), (s2, m2)
+ * = lsq_solve's point and e2 its error at the f32-rounded point, ok = lsq_solve succeeded.  Double
+ * precision; the vector twin performs the same IEEE operations per lane (both branches computed,
+ * one selected), so it gives the same numbers. */
+typedef struct kq_fit {
+    double e[KQ_LANES], s2[KQ_LANES], m2[KQ_LANES], e2[KQ_LANES];
+    int64_t ok[KQ_LANES];
+} kq_fit;
+#define KQ_LSQ_ERR(A, B, D, s, m) (xx + (s) * (s) * (A) + (m) * (m) * C - 2.0 * (s) * (D) + 2.0 * (m) * E - 2.0 * (s) * (m) * (B))
+static void fit_step_scalar(bool asym, const float *A, const float *B, const float *D, const kq_lanes *L, double C,
+                            double E, double xx, kq_fit *o) {
+    double iC = 1.0 / C;
+    for (int l = 0; l < KQ_LANES; l++) {
+        double a = A[l], b = B[l], d = D[l], s = L->S[l], m = L->M[l];
+        o->e[l] = KQ_LSQ_ERR(a, b, d, s, m);
+        double ia = 1.0 / a, sv = d * ia, mv = 0;
+        bool ok = true;
+        if (asym) {
+            double det = a * C - b * b;
+            if (det > 0 && C > 0) {
+                sv = (d * C - b * E) * (1.0 / det);
+                mv = (sv * b - E) * iC;
+            }
+            if (mv < 0) mv = 0, sv = d * ia;
+            ok = sv > 0;
         }
-        if (mv < 0) mv = 0, sv = D / A;
-        if (!(sv > 0)) return false;
+        ok = ok && a > 0 && isfinite(sv) && isfinite(mv) && isfinite((float)sv) && isfinite((float)mv);
+        double fs = (float)sv, fm = (float)mv;
+        o->s2[l] = sv, o->m2[l] = mv, o->ok[l] = ok, o->e2[l] = KQ_LSQ_ERR(a, b, d, fs, fm);
     }
-    *s = sv, *m = mv;
-    return isfinite(sv) && isfinite(mv) && isfinite((float)sv) && isfinite((float)mv);
 }
-
-/* Σw(x − (s·q − m))² for the codes whose sums these are (xx = Σwx²), expanded: no pass over the data. */
-static double lsq_err(const double sums[5], double xx, double s, double m) {
-    double A = sums[0], B = sums[1], C = sums[2], D = sums[3], E = sums[4];
-    return xx + s * s * A + m * m * C - 2.0 * s * D + 2.0 * m * E - 2.0 * s * m * B;
-}
+#if defined(__x86_64__) && defined(__GNUC__)
+typedef double kq_vd __attribute__((vector_size(128)));
+typedef int64_t kq_vl __attribute__((vector_size(128)));
+#define KQ_SEL(m, a, b) ((kq_vd)(((kq_vl)(a) & (m)) | ((kq_vl)(b) & ~(m))))
+#define KQ_FIN(v) ((v) - (v) == 0.0) /* finite: NaN and ±Inf give NaN */
+#define KQ_FIT_FN(name, tgt)                                                                                     \
+    __attribute__((target(tgt))) static void name(bool asym, const float *A, const float *B, const float *D,       \
+                                                  const kq_lanes *L, double C, double E, double xx, kq_fit *o) {  \
+        double iC = 1.0 / C;                                                                                     \
+        kq_vf fa, fb, fd, fs0, fm0;                                                                              \
+        memcpy(&fa, A, sizeof fa), memcpy(&fb, B, sizeof fb), memcpy(&fd, D, sizeof fd);                        \
+        memcpy(&fs0, L->S, sizeof fs0), memcpy(&fm0, L->M, sizeof fm0);                                          \
+        kq_vd a = __builtin_convertvector(fa, kq_vd), b = __builtin_convertvector(fb, kq_vd);                    \
+        kq_vd d = __builtin_convertvector(fd, kq_vd), s = __builtin_convertvector(fs0, kq_vd);                   \
+        kq_vd m = __builtin_convertvector(fm0, kq_vd), z = {0};                                                  \
+        kq_vd e = KQ_LSQ_ERR(a, b, d, s, m);                                                                     \
+        kq_vd ia = 1.0 / a, sv = d * ia, mv = z;                                                                 \
+        kq_vl ok = a > 0.0;                                                                                      \
+        if (asym) {                                                                                              \
+            kq_vd det = a * C - b * b;                                                                           \
+            kq_vd sv1 = (d * C - b * E) * (1.0 / det);                                                           \
+            kq_vd mv1 = (sv1 * b - E) * iC;                                                                      \
+            kq_vl use = (det > 0.0) & (kq_vl)(z + (C > 0 ? -1.0 : 0.0) != 0.0);                                  \
+            sv = KQ_SEL(use, sv1, sv), mv = KQ_SEL(use, mv1, mv);                                                \
+            kq_vl neg = mv < 0.0;                                                                                \
+            mv = KQ_SEL(neg, z, mv), sv = KQ_SEL(neg, d * ia, sv);                                               \
+            ok = ok & (sv > 0.0);                                                                                \
+        }                                                                                                        \
+        kq_vf svf = __builtin_convertvector(sv, kq_vf), mvf = __builtin_convertvector(mv, kq_vf);                \
+        kq_vd fs = __builtin_convertvector(svf, kq_vd), fm = __builtin_convertvector(mvf, kq_vd);                \
+        ok = ok & KQ_FIN(sv) & KQ_FIN(mv) & KQ_FIN(fs) & KQ_FIN(fm);                                             \
+        kq_vd e2 = KQ_LSQ_ERR(a, b, d, fs, fm);                                                                  \
+        memcpy(o->e, &e, sizeof e), memcpy(o->s2, &sv, sizeof sv), memcpy(o->m2, &mv, sizeof mv);                \
+        memcpy(o->e2, &e2, sizeof e2), memcpy(o->ok, &ok, sizeof ok);                                            \
+    }
+KQ_FIT_FN(fit_step_avx512, "avx512f")
+KQ_FIT_FN(fit_step_avx2, "avx2")
+#else
+#define fit_step_avx512 fit_step_scalar
+#define fit_step_avx2 fit_step_scalar
+#endif
 
 /* the sixteen starting scales of the sub-block fit, as factors of the plain range rule: asymmetric types
  * take all sixteen, symmetric ones the first eight on each side (extreme onto qlo, onto qhi) */
 static const float fit_factors[KQ_LANES] = {1.0f,  0.96f, 0.92f, 0.88f, 0.84f, 0.80f, 0.76f, 0.72f,
                                             0.68f, 0.64f, 0.60f, 1.04f, 1.08f, 0.56f, 0.52f, 1.12f};
 static const float fit_factors_sym[KQ_LANES / 2] = {1.0f, 0.94f, 0.88f, 0.82f, 0.76f, 0.70f, 0.64f, 1.06f};
-enum { SUB_ITERS = 3 };
+#include <stdlib.h>
+static int knob(const char *n, int d) { const char *v = getenv(n); return v ? atoi(v) : d; }
+static int K_SI = -1, K_CR, K_IT;
+static void knobs(void) { if (K_SI >= 0) return; K_SI = knob("KQ_SI", 3); K_CR = knob("KQ_CR", 4); K_IT = knob("KQ_IT", 4); }
+#define SUB_ITERS K_SI
 
 /* Real-valued scale (and min ≥ 0) of one sub-block: sixteen candidate ranges in the lanes of one pass,
  * each refined by least squares with the codes fixed (up to SUB_ITERS passes: nearest codes and their
@@ -241,21 +295,25 @@ static void fit_sub(const kq_spec *k, const float *x, const float *w, float *s_o
         cm[c] = k->mhi ? -lo : 0.0f;
     }
     kq_lanes L;
+    kq_fit o;
     float A[KQ_LANES], B[KQ_LANES], D[KQ_LANES];
     for (int it = 0; it < SUB_ITERS; it++) {
         for (int c = 0; c < KQ_LANES; c++) lane_set(&L, c, (float)cs[c], (float)cm[c]);
         lanes_run(k, k->sub, x, w, true, &L, true, A, B, D, NULL);
+        if (k->path == KQ_PATH_AVX512)
+            fit_step_avx512(k->mhi > 0, A, B, D, &L, C, E, xx, &o);
+        else if (k->path == KQ_PATH_AVX2)
+            fit_step_avx2(k->mhi > 0, A, B, D, &L, C, E, xx, &o);
+        else
+            fit_step_scalar(k->mhi > 0, A, B, D, &L, C, E, xx, &o);
         bool moved = false;
         for (int c = 0; c < KQ_LANES; c++) {
-            double sums[5] = {A[c], B[c], C, D[c], E}, s2, m2;
             float s = L.S[c], m = L.M[c];
-            double e = lsq_err(sums, xx, s, m);
-            if (e < best_e) best_e = e, best_s = s, best_m = m;
-            if (!lsq_solve(k, sums, &s2, &m2)) continue;
-            double e2 = lsq_err(sums, xx, (float)s2, (float)m2);
-            if (e2 < best_e) best_e = e2, best_s = (float)s2, best_m = (float)m2;
-            if ((float)s2 != s || (float)m2 != m) moved = true;
-            cs[c] = s2, cm[c] = m2;
+            if (o.e[c] < best_e) best_e = o.e[c], best_s = s, best_m = m;
+            if (!o.ok[c]) continue;
+            if (o.e2[c] < best_e) best_e = o.e2[c], best_s = (float)o.s2[c], best_m = (float)o.m2[c];
+            if ((float)o.s2[c] != s || (float)o.m2[c] != m) moved = true;
+            cs[c] = o.s2[c], cm[c] = o.m2[c];
         }
         if (!moved) break;
     }
@@ -284,10 +342,9 @@ static void eval_states(const kq_spec *k, const kq_block *bk, kq_state *const *s
     float e[KQ_LANES];
     int8_t qt[32 * KQ_LANES];
     for (int s0 = 0; s0 < n; s0 += per) {
-        for (int l = 0; l < KQ_LANES; l++) {
-            int s = s0 + l / ns, j = l % ns;
-            const kq_state *t = st[s < n ? s : s0];
-            lane_set(&L, l, t->d * (float)t->sc[j], t->dmin * (float)t->m[j]);
+        for (int p = 0; p < per; p++) {
+            const kq_state *t = st[s0 + p < n ? s0 + p : s0];
+            for (int j = 0; j < ns; j++) lane_set(&L, p * ns + j, t->d * (float)t->sc[j], t->dmin * (float)t->m[j]);
         }
         lanes_run(k, k->sub, bk->xt, bk->wt, false, &L, false, e, NULL, NULL, q ? qt : NULL);
         for (int s = s0; s < s0 + per && s < n; s++) {
@@ -317,7 +374,7 @@ static void round_scales(const kq_spec *k, kq_state *st, const float *s, const f
     }
 }
 
-enum { COORD_ROUNDS = 4 };
+#define COORD_ROUNDS K_CR
 /* Each sub-block's integer scale (and min) moved to its best ±1 neighbour (scale-major order, first
  * best kept) while its error drops, at most COORD_ROUNDS times; all sub-blocks of a neighbour offset in
  * one state pass. */
@@ -376,15 +433,16 @@ static bool super_lsq(const kq_spec *k, const float *x, const float *w, const kq
 
 static const float d_factors[] = {1.0f, 0.97f, 1.03f};
 static const float dmin_factors[] = {1.0f, 0.95f, 1.05f};
-enum { SUPER_ITERS = 4 };
+#define SUPER_ITERS K_IT
 
 static void encode_super(const kq_spec *k, const float *x, const float *w, kq_state *out, int8_t *q) {
     int ns = DSQ_KQ_BLOCK / k->sub;
     kq_block bk;
     bk.ns = ns;
-    for (int i = 0; i < k->sub; i++)
-        for (int l = 0; l < KQ_LANES; l++)
-            bk.xt[i * KQ_LANES + l] = x[(l % ns) * k->sub + i], bk.wt[i * KQ_LANES + l] = w[(l % ns) * k->sub + i];
+    for (int j = 0; j < ns; j++)
+        for (int i = 0; i < k->sub; i++)
+            for (int l = j; l < KQ_LANES; l += ns)
+                bk.xt[i * KQ_LANES + l] = x[j * k->sub + i], bk.wt[i * KQ_LANES + l] = w[j * k->sub + i];
     float s[MAX_SUB], m[MAX_SUB];
     float smax = 0, mmax = 0, sext = 0;
     for (int j = 0; j < ns; j++) {
@@ -398,7 +456,7 @@ static void encode_super(const kq_spec *k, const float *x, const float *w, kq_st
     kq_state cand[1 + 2 * 9], *pc[1 + 2 * 9];
     double ce[1 + 2 * 9];
     int nc = 0;
-    memset(cand, 0, sizeof cand);
+    memset(&cand[0], 0, sizeof cand[0]);
     pc[nc++] = &cand[0];
     int nd = sizeof d_factors / sizeof d_factors[0];
     int nm = k->mhi ? (int)(sizeof dmin_factors / sizeof dmin_factors[0]) : 1;
@@ -583,6 +641,7 @@ dsq_status dsq_kquant_encode(dsq_encoding enc, const float *x, uint64_t rows, ui
 dsq_status dsq__kquant_encode_isa(dsq_encoding enc, const float *x, uint64_t rows, uint64_t cols,
                                   const float *importance, bool allow_nonfinite, void *dst, dsq_isa isa, dsq_err *err) {
     int path = KQ_PATH_SCALAR;
+    knobs();
 #if defined(__x86_64__) && defined(__GNUC__)
     if (dsq__isa_resolve(isa) == DSQ_ISA_AVX2)
         path = __builtin_cpu_supports("avx512f") ? KQ_PATH_AVX512 : KQ_PATH_AVX2;
