@@ -176,69 +176,61 @@ static inline void lanes_run(const kq_spec *k, int n, const float *x, const floa
 }
 
 /* One least-squares step for the sixteen lanes of a fit pass (sums A = Σwq², B = Σwq, D = Σwqx of each
- * lane's codes; C = Σw, E = Σwx, xx = Σwx² of the sub-block): e = the error of the lane's (S, M), (s2, m2)
- * = lsq_solve's point and e2 its error at the f32-rounded point, ok = lsq_solve succeeded.  Double
- * precision; the vector twin performs the same IEEE operations per lane (both branches computed,
- * one selected), so it gives the same numbers. */
+ * lane's codes; C = Σw, E = Σwx, xx = Σwx² of the sub-block): e = the error of the lane's (S, M) from the
+ * expanded sums, (s2, m2) = the weighted least-squares point (m ≥ 0 for the asymmetric types, else 0)
+ * and e2 its error, ok = that point exists and is finite (asymmetric: s2 > 0).  In f32 (the fit only
+ * seeds the exact integer search); the vector twins perform the same IEEE operations per lane (both
+ * branches computed, one selected), so they give the same numbers as the scalar loop. */
 typedef struct kq_fit {
-    double e[KQ_LANES], s2[KQ_LANES], m2[KQ_LANES], e2[KQ_LANES];
-    int64_t ok[KQ_LANES];
+    float e[KQ_LANES], s2[KQ_LANES], m2[KQ_LANES], e2[KQ_LANES];
+    int32_t ok[KQ_LANES];
 } kq_fit;
-#define KQ_LSQ_ERR(A, B, D, s, m) (xx + (s) * (s) * (A) + (m) * (m) * C - 2.0 * (s) * (D) + 2.0 * (m) * E - 2.0 * (s) * (m) * (B))
-static void fit_step_scalar(bool asym, const float *A, const float *B, const float *D, const kq_lanes *L, double C,
-                            double E, double xx, kq_fit *o) {
-    double iC = 1.0 / C;
+#define KQ_LSQ_ERR(A, B, D, s, m) (xx + (s) * (s) * (A) + (m) * (m) * C - 2.0f * (s) * (D) + 2.0f * (m) * E - 2.0f * (s) * (m) * (B))
+static void fit_step_scalar(bool asym, const float *A, const float *B, const float *D, const kq_lanes *L, float C,
+                            float E, float xx, kq_fit *o) {
+    float iC = 1.0f / C;
     for (int l = 0; l < KQ_LANES; l++) {
-        double a = A[l], b = B[l], d = D[l], s = L->S[l], m = L->M[l];
+        float a = A[l], b = B[l], d = D[l], s = L->S[l], m = L->M[l];
         o->e[l] = KQ_LSQ_ERR(a, b, d, s, m);
-        double ia = 1.0 / a, sv = d * ia, mv = 0;
-        bool ok = true;
+        float ia = 1.0f / a, sv = d * ia, mv = 0;
+        bool ok = a > 0;
         if (asym) {
-            double det = a * C - b * b;
+            float det = a * C - b * b;
             if (det > 0 && C > 0) {
-                sv = (d * C - b * E) * (1.0 / det);
+                sv = (d * C - b * E) * (1.0f / det);
                 mv = (sv * b - E) * iC;
             }
             if (mv < 0) mv = 0, sv = d * ia;
-            ok = sv > 0;
+            ok = ok && sv > 0;
         }
-        ok = ok && a > 0 && isfinite(sv) && isfinite(mv) && isfinite((float)sv) && isfinite((float)mv);
-        double fs = (float)sv, fm = (float)mv;
-        o->s2[l] = sv, o->m2[l] = mv, o->ok[l] = ok, o->e2[l] = KQ_LSQ_ERR(a, b, d, fs, fm);
+        ok = ok && sv - sv == 0.0f && mv - mv == 0.0f; /* finite */
+        o->s2[l] = sv, o->m2[l] = mv, o->ok[l] = ok ? -1 : 0, o->e2[l] = KQ_LSQ_ERR(a, b, d, sv, mv);
     }
 }
 #if defined(__x86_64__) && defined(__GNUC__)
-typedef double kq_vd __attribute__((vector_size(128)));
-typedef int64_t kq_vl __attribute__((vector_size(128)));
-#define KQ_SEL(m, a, b) ((kq_vd)(((kq_vl)(a) & (m)) | ((kq_vl)(b) & ~(m))))
-#define KQ_FIN(v) ((v) - (v) == 0.0) /* finite: NaN and ±Inf give NaN */
+#define KQ_SEL(m, a, b) ((kq_vf)(((kq_vi)(a) & (m)) | ((kq_vi)(b) & ~(m))))
 #define KQ_FIT_FN(name, tgt)                                                                                     \
     __attribute__((target(tgt))) static void name(bool asym, const float *A, const float *B, const float *D,       \
-                                                  const kq_lanes *L, double C, double E, double xx, kq_fit *o) {  \
-        double iC = 1.0 / C;                                                                                     \
-        kq_vf fa, fb, fd, fs0, fm0;                                                                              \
-        memcpy(&fa, A, sizeof fa), memcpy(&fb, B, sizeof fb), memcpy(&fd, D, sizeof fd);                        \
-        memcpy(&fs0, L->S, sizeof fs0), memcpy(&fm0, L->M, sizeof fm0);                                          \
-        kq_vd a = __builtin_convertvector(fa, kq_vd), b = __builtin_convertvector(fb, kq_vd);                    \
-        kq_vd d = __builtin_convertvector(fd, kq_vd), s = __builtin_convertvector(fs0, kq_vd);                   \
-        kq_vd m = __builtin_convertvector(fm0, kq_vd), z = {0};                                                  \
-        kq_vd e = KQ_LSQ_ERR(a, b, d, s, m);                                                                     \
-        kq_vd ia = 1.0 / a, sv = d * ia, mv = z;                                                                 \
-        kq_vl ok = a > 0.0;                                                                                      \
+                                                  const kq_lanes *L, float C, float E, float xx, kq_fit *o) {     \
+        float iC = 1.0f / C;                                                                                     \
+        kq_vf a, b, d, s, m, z = {0};                                                                            \
+        memcpy(&a, A, sizeof a), memcpy(&b, B, sizeof b), memcpy(&d, D, sizeof d);                              \
+        memcpy(&s, L->S, sizeof s), memcpy(&m, L->M, sizeof m);                                                  \
+        kq_vf e = KQ_LSQ_ERR(a, b, d, s, m);                                                                     \
+        kq_vf ia = 1.0f / a, sv = d * ia, mv = z;                                                                \
+        kq_vi ok = a > 0.0f;                                                                                     \
         if (asym) {                                                                                              \
-            kq_vd det = a * C - b * b;                                                                           \
-            kq_vd sv1 = (d * C - b * E) * (1.0 / det);                                                           \
-            kq_vd mv1 = (sv1 * b - E) * iC;                                                                      \
-            kq_vl use = (det > 0.0) & (kq_vl)(z + (C > 0 ? -1.0 : 0.0) != 0.0);                                  \
+            kq_vf det = a * C - b * b;                                                                           \
+            kq_vf sv1 = (d * C - b * E) * (1.0f / det);                                                          \
+            kq_vf mv1 = (sv1 * b - E) * iC;                                                                      \
+            kq_vi use = (det > 0.0f) & (kq_vi)((z + (C > 0 ? 1.0f : 0.0f)) != 0.0f);                             \
             sv = KQ_SEL(use, sv1, sv), mv = KQ_SEL(use, mv1, mv);                                                \
-            kq_vl neg = mv < 0.0;                                                                                \
+            kq_vi neg = mv < 0.0f;                                                                               \
             mv = KQ_SEL(neg, z, mv), sv = KQ_SEL(neg, d * ia, sv);                                               \
-            ok = ok & (sv > 0.0);                                                                                \
+            ok = ok & (sv > 0.0f);                                                                               \
         }                                                                                                        \
-        kq_vf svf = __builtin_convertvector(sv, kq_vf), mvf = __builtin_convertvector(mv, kq_vf);                \
-        kq_vd fs = __builtin_convertvector(svf, kq_vd), fm = __builtin_convertvector(mvf, kq_vd);                \
-        ok = ok & KQ_FIN(sv) & KQ_FIN(mv) & KQ_FIN(fs) & KQ_FIN(fm);                                             \
-        kq_vd e2 = KQ_LSQ_ERR(a, b, d, fs, fm);                                                                  \
+        ok = ok & (sv - sv == 0.0f) & (mv - mv == 0.0f);                                                         \
+        kq_vf e2 = KQ_LSQ_ERR(a, b, d, sv, mv);                                                                  \
         memcpy(o->e, &e, sizeof e), memcpy(o->s2, &sv, sizeof sv), memcpy(o->m2, &mv, sizeof mv);                \
         memcpy(o->e2, &e2, sizeof e2), memcpy(o->ok, &ok, sizeof ok);                                            \
     }
@@ -256,8 +248,8 @@ static const float fit_factors[KQ_LANES] = {1.0f,  0.96f, 0.92f, 0.88f, 0.84f, 0
 static const float fit_factors_sym[KQ_LANES / 2] = {1.0f, 0.94f, 0.88f, 0.82f, 0.76f, 0.70f, 0.64f, 1.06f};
 #include <stdlib.h>
 static int knob(const char *n, int d) { const char *v = getenv(n); return v ? atoi(v) : d; }
-static int K_SI = -1, K_CR, K_IT;
-static void knobs(void) { if (K_SI >= 0) return; K_SI = knob("KQ_SI", 3); K_CR = knob("KQ_CR", 4); K_IT = knob("KQ_IT", 4); }
+static int K_SI = -1, K_CR, K_IT, K_ND, K_NM;
+static void knobs(void) { if (K_SI >= 0) return; K_SI = knob("KQ_SI", 3); K_CR = knob("KQ_CR", 4); K_IT = knob("KQ_IT", 4); K_ND = knob("KQ_ND", 3); K_NM = knob("KQ_NM", 3); }
 #define SUB_ITERS K_SI
 
 /* Real-valued scale (and min ≥ 0) of one sub-block: sixteen candidate ranges in the lanes of one pass,
@@ -267,17 +259,23 @@ static void knobs(void) { if (K_SI >= 0) return; K_SI = knob("KQ_SI", 3); K_CR =
 static void fit_sub(const kq_spec *k, const float *x, const float *w, float *s_out, float *m_out) {
     double best_s = 0, best_m = 0, best_e = INFINITY;
     float lo = 0, hi = x[0], xm = 0; /* lo = min(0, min x): the min is never positive */
-    double l[3][4] = {{0}};          /* Σwx², Σw, Σwx: four lanes, added (l0 + l1) + (l2 + l3) */
     for (int i = 0; i < k->sub; i++) {
         lo = x[i] < lo ? x[i] : lo;
         hi = x[i] > hi ? x[i] : hi;
         if (fabsf(x[i]) > fabsf(xm)) xm = x[i];
-        double wx = (double)w[i] * (double)x[i];
-        l[0][i & 3] += wx * (double)x[i], l[1][i & 3] += (double)w[i], l[2][i & 3] += wx;
     }
-    double xx = (l[0][0] + l[0][1]) + (l[0][2] + l[0][3]);
-    double C = (l[1][0] + l[1][1]) + (l[1][2] + l[1][3]);
-    double E = (l[2][0] + l[2][1]) + (l[2][2] + l[2][3]);
+    /* Σwx², Σw, Σwx in f32, element i into lane i % 8 (the same operations wherever this runs) */
+    typedef float v8 __attribute__((vector_size(32)));
+    v8 sxx = {0}, sw = {0}, swx = {0};
+    for (int i = 0; i < k->sub; i += 8) {
+        v8 xv, wv;
+        memcpy(&xv, x + i, sizeof xv), memcpy(&wv, w + i, sizeof wv);
+        v8 wx = wv * xv;
+        sxx = sxx + wx * xv, sw = sw + wv, swx = swx + wx;
+    }
+#define KQ_SUM8(v) ((((v)[0] + (v)[4]) + ((v)[1] + (v)[5])) + (((v)[2] + (v)[6]) + ((v)[3] + (v)[7])))
+    float xx = KQ_SUM8(sxx), C = KQ_SUM8(sw), E = KQ_SUM8(swx);
+#undef KQ_SUM8
     if (k->mhi) {
         if (!(hi > lo)) { /* a constant block */
             *s_out = 0, *m_out = -lo;
@@ -311,8 +309,8 @@ static void fit_sub(const kq_spec *k, const float *x, const float *w, float *s_o
             float s = L.S[c], m = L.M[c];
             if (o.e[c] < best_e) best_e = o.e[c], best_s = s, best_m = m;
             if (!o.ok[c]) continue;
-            if (o.e2[c] < best_e) best_e = o.e2[c], best_s = (float)o.s2[c], best_m = (float)o.m2[c];
-            if ((float)o.s2[c] != s || (float)o.m2[c] != m) moved = true;
+            if (o.e2[c] < best_e) best_e = o.e2[c], best_s = o.s2[c], best_m = o.m2[c];
+            if (o.s2[c] != s || o.m2[c] != m) moved = true;
             cs[c] = o.s2[c], cm[c] = o.m2[c];
         }
         if (!moved) break;
@@ -458,8 +456,8 @@ static void encode_super(const kq_spec *k, const float *x, const float *w, kq_st
     int nc = 0;
     memset(&cand[0], 0, sizeof cand[0]);
     pc[nc++] = &cand[0];
-    int nd = sizeof d_factors / sizeof d_factors[0];
-    int nm = k->mhi ? (int)(sizeof dmin_factors / sizeof dmin_factors[0]) : 1;
+    int nd = K_ND;
+    int nm = k->mhi ? K_NM : 1;
     for (int side = 0; side < (k->mhi ? 1 : 2); side++) {
         float dbase = k->mhi ? smax / (float)k->shi : sext / (float)(side == 0 ? k->shi : k->slo);
         for (int a = 0; a < nd; a++)
