@@ -259,11 +259,14 @@ static void knobs(void) { if (K_SI >= 0) return; K_SI = knob("KQ_SI", 3); K_CR =
 static void fit_sub(const kq_spec *k, const float *x, const float *w, float *s_out, float *m_out) {
     double best_s = 0, best_m = 0, best_e = INFINITY;
     float lo = 0, hi = x[0], xm = 0; /* lo = min(0, min x): the min is never positive */
-    for (int i = 0; i < k->sub; i++) {
-        lo = x[i] < lo ? x[i] : lo;
-        hi = x[i] > hi ? x[i] : hi;
-        if (fabsf(x[i]) > fabsf(xm)) xm = x[i];
-    }
+    if (k->mhi)
+        for (int i = 0; i < k->sub; i++) {
+            lo = x[i] < lo ? x[i] : lo;
+            hi = x[i] > hi ? x[i] : hi;
+        }
+    else
+        for (int i = 0; i < k->sub; i++)
+            if (fabsf(x[i]) > fabsf(xm)) xm = x[i];
     /* Σwx², Σw, Σwx in f32, element i into lane i % 8 (the same operations wherever this runs) */
     typedef float v8 __attribute__((vector_size(32)));
     v8 sxx = {0}, sw = {0}, swx = {0};
