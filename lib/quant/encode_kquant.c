@@ -587,18 +587,26 @@ static void pack(const kq_spec *k, const kq_state *st, const int8_t *q, uint8_t 
 
 /* One super-block: weights (importance or 1; non-finite values get weight 0 and are replaced by 0 or
  * the block's largest finite magnitude), then the search and the packing. */
+/* the sums here run over eight fixed lanes (element i into lane i % 8), combined in one order */
+#define KQ_SUM8(l) ((((l)[0] + (l)[4]) + ((l)[1] + (l)[5])) + (((l)[2] + (l)[6]) + ((l)[3] + (l)[7])))
 static void encode_block(const kq_spec *k, const float *src, const float *imp, uint8_t *dst) {
-    float x[DSQ_KQ_BLOCK], w[DSQ_KQ_BLOCK], amax = 0;
-    for (int i = 0; i < DSQ_KQ_BLOCK; i++)
-        if (dsq__finite(src[i]) && fabsf(src[i]) > amax) amax = fabsf(src[i]);
-    double wsum = 0;
-    float wmax = 0;
-    for (int i = 0; i < DSQ_KQ_BLOCK; i++) {
-        w[i] = imp ? imp[i] : 1.0f;
-        x[i] = src[i];
-        if (!dsq__finite(src[i])) {
-            x[i] = src[i] != src[i] ? 0.0f : copysignf(amax, src[i]);
-            w[i] = 0.0f;
+    float x[DSQ_KQ_BLOCK], w[DSQ_KQ_BLOCK];
+    bool fin[DSQ_KQ_BLOCK], all_fin = true;
+    for (int i = 0; i < DSQ_KQ_BLOCK; i++) all_fin &= fin[i] = dsq__finite(src[i]);
+    if (all_fin) {
+        memcpy(x, src, sizeof x);
+        for (int i = 0; i < DSQ_KQ_BLOCK; i++) w[i] = imp ? imp[i] : 1.0f;
+    } else {
+        float amax = 0;
+        for (int i = 0; i < DSQ_KQ_BLOCK; i++)
+            if (fin[i] && fabsf(src[i]) > amax) amax = fabsf(src[i]);
+        for (int i = 0; i < DSQ_KQ_BLOCK; i++) {
+            w[i] = imp ? imp[i] : 1.0f;
+            x[i] = src[i];
+            if (!fin[i]) {
+                x[i] = src[i] != src[i] ? 0.0f : copysignf(amax, src[i]);
+                w[i] = 0.0f;
+            }
         }
     }
     /* with an imatrix, w = importance · sqrt(σ² + x²), σ² the block's mean x² (ggml's weighting in
@@ -606,26 +614,31 @@ static void encode_block(const kq_spec *k, const float *src, const float *imp, u
      * error but raised KL at q2_k/q3_k (the fit gave up large weights of quiet columns); this form
      * lowered KL at q2_k, q3_k and q4_k (docs/interop.md) */
     if (imp) {
-        double sx2 = 0;
-        for (int i = 0; i < DSQ_KQ_BLOCK; i++) sx2 += dsq__finite(src[i]) ? (double)x[i] * x[i] : 0.0;
-        float sig2 = (float)(sx2 / DSQ_KQ_BLOCK);
+        double l8[8] = {0};
+        for (int i = 0; i < DSQ_KQ_BLOCK; i++) l8[i & 7] += fin[i] ? (double)x[i] * x[i] : 0.0;
+        float sig2 = (float)(KQ_SUM8(l8) / DSQ_KQ_BLOCK);
         for (int i = 0; i < DSQ_KQ_BLOCK; i++) w[i] *= sqrtf(sig2 + x[i] * x[i]);
     }
-    for (int i = 0; i < DSQ_KQ_BLOCK; i++) wmax = w[i] > wmax ? w[i] : wmax;
-    /* weights scaled to a largest of 1: the f32 error sums of sub_eval neither overflow nor underflow
-     * for any finite importance (the minimiser does not change) */
+    float m8[8] = {0};
+    for (int i = 0; i < DSQ_KQ_BLOCK; i++) m8[i & 7] = w[i] > m8[i & 7] ? w[i] : m8[i & 7];
+    float wmax = 0;
+    for (int l = 0; l < 8; l++) wmax = m8[l] > wmax ? m8[l] : wmax;
+    /* weights scaled to a largest of 1: the f32 error sums of the lane passes neither overflow nor
+     * underflow for any finite importance (the minimiser does not change) */
     float wscale = wmax > 0 ? 1.0f / wmax : 1.0f;
     if (!isfinite(wscale)) wscale = 0x1p126f; /* wmax subnormal */
+    double s8[8] = {0}, wsum;
     for (int i = 0; i < DSQ_KQ_BLOCK; i++) {
         w[i] *= wscale;
-        wsum += w[i];
+        s8[i & 7] += w[i];
     }
+    wsum = KQ_SUM8(s8);
     /* a sub-block without weight still gets a sensible fit, at a weight too small to sway the rest */
     float tiny = wsum > 0 ? (float)(wsum / DSQ_KQ_BLOCK * 1e-6) : 1.0f;
     for (int j = 0; j < DSQ_KQ_BLOCK; j += k->sub) {
-        double sw = 0;
-        for (int i = j; i < j + k->sub; i++) sw += w[i];
-        if (!(sw > 0))
+        double j8[8] = {0};
+        for (int i = 0; i < k->sub; i++) j8[i & 7] += w[j + i];
+        if (!(KQ_SUM8(j8) > 0))
             for (int i = j; i < j + k->sub; i++) w[i] = tiny;
     }
     kq_state st;
