@@ -360,6 +360,13 @@ static double eval_state(const kq_spec *k, const kq_block *bk, kq_state *st, int
     return t;
 }
 
+static bool same_scales(int ns, const kq_state *a, const kq_state *b) {
+    if (a->d != b->d || a->dmin != b->dmin) return false;
+    for (int j = 0; j < ns; j++)
+        if (a->sc[j] != b->sc[j] || a->m[j] != b->m[j]) return false;
+    return true;
+}
+
 static int clampi(long v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : (int)v; }
 
 /* Integer scales/mins for super-scales (d, dmin): nearest, clamped. */
@@ -467,22 +474,25 @@ static void encode_super(const kq_spec *k, const float *x, const float *w, kq_st
     double best_e = ce[0];
     for (int c = 1; c < nc; c++)
         if (ce[c] < best_e) best_e = ce[c], best = cand[c];
-    /* refine: integer scales by coordinate search, then (d, dmin) by least squares */
+    /* refine: integer scales by coordinate search (from the errors the candidate pass left in best.e),
+     * then (d, dmin) by least squares; qs is the state whose codes q holds */
     st = best;
-    eval_state(k, &bk, &st, q);
+    kq_state qs;
+    bool have_q = false;
     for (int it = 0; it < SUPER_ITERS; it++) {
         coord_search(k, &bk, &st);
         double e = eval_state(k, &bk, &st, q);
+        qs = st, have_q = true;
         if (e < best_e) best_e = e, best = st;
         kq_state t = st;
         if (!super_lsq(k, x, w, &st, q, &t.d, &t.dmin) || (t.d == st.d && t.dmin == st.dmin)) break;
         double e2 = eval_state(k, &bk, &t, NULL);
         if (!(e2 < best_e)) break;
         best_e = e2, best = t, st = t;
-        eval_state(k, &bk, &st, q);
+        if (it + 1 < SUPER_ITERS) eval_state(k, &bk, &st, q), qs = st;
     }
     *out = best;
-    eval_state(k, &bk, out, q);
+    if (!have_q || !same_scales(ns, &qs, out)) eval_state(k, &bk, out, q);
 }
 
 /* ---- packing (layouts in dsq_kquant.h) ------------------------------------------------------------ */
