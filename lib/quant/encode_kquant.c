@@ -253,7 +253,7 @@ enum { SUB_ITERS = 2 };
  * sums → least squares), the lowest weighted error kept; the errors come from the sums (lsq_err).  The
  * result only seeds the integer search of encode_super, which evaluates the decoded values exactly. */
 static void fit_sub(const kq_spec *k, const float *x, const float *w, float *s_out, float *m_out) {
-    double best_s = 0, best_m = 0, best_e = INFINITY;
+    float best_s = 0, best_m = 0, best_e = INFINITY;
     float lo = 0, hi = x[0], xm = 0; /* lo = min(0, min x): the min is never positive */
     if (k->mhi)
         for (int i = 0; i < k->sub; i++) {
@@ -284,18 +284,15 @@ static void fit_sub(const kq_spec *k, const float *x, const float *w, float *s_o
         *s_out = 0, *m_out = 0;
         return;
     }
-    double cs[KQ_LANES], cm[KQ_LANES];
+    kq_lanes L;
     for (int c = 0; c < KQ_LANES; c++) {
         /* asymmetric: [lo, hi] onto [0, qhi]; symmetric: the extreme onto qlo (c < 8) or qhi */
         float base = k->mhi ? (hi - lo) / (float)k->qhi : xm / (float)(c < KQ_LANES / 2 ? k->qlo : k->qhi);
-        cs[c] = base * (k->mhi ? fit_factors[c] : fit_factors_sym[c % (KQ_LANES / 2)]);
-        cm[c] = k->mhi ? -lo : 0.0f;
+        lane_set(&L, c, base * (k->mhi ? fit_factors[c] : fit_factors_sym[c % (KQ_LANES / 2)]), k->mhi ? -lo : 0.0f);
     }
-    kq_lanes L;
     kq_fit o;
     float A[KQ_LANES], B[KQ_LANES], D[KQ_LANES];
     for (int it = 0; it < SUB_ITERS; it++) {
-        for (int c = 0; c < KQ_LANES; c++) lane_set(&L, c, (float)cs[c], (float)cm[c]);
         lanes_run(k, k->sub, x, w, true, &L, true, A, B, D, NULL);
         if (k->path == KQ_PATH_AVX512)
             fit_step_avx512(k->mhi > 0, A, B, D, &L, C, E, xx, &o);
@@ -310,11 +307,11 @@ static void fit_sub(const kq_spec *k, const float *x, const float *w, float *s_o
             if (!o.ok[c]) continue;
             if (o.e2[c] < best_e) best_e = o.e2[c], best_s = o.s2[c], best_m = o.m2[c];
             if (o.s2[c] != s || o.m2[c] != m) moved = true;
-            cs[c] = o.s2[c], cm[c] = o.m2[c];
+            L.S[c] = o.s2[c], L.M[c] = o.m2[c];
         }
         if (!moved) break;
     }
-    *s_out = (float)best_s, *m_out = (float)best_m;
+    *s_out = best_s, *m_out = best_m;
 }
 
 /* ---- super-block ---------------------------------------------------------------------------------- */
