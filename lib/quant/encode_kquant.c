@@ -412,12 +412,17 @@ static void coord_search(const kq_spec *k, const kq_block *bk, kq_state *st) {
 /* Least squares of (d, dmin) with the integer scales, mins and codes fixed. */
 static bool super_lsq(const kq_spec *k, const float *x, const float *w, const kq_state *st, const int8_t *q, float *d,
                       float *dmin) {
-    double A = 0, B = 0, C = 0, D = 0, E = 0;
+    /* five sums in f64, element i into lane i % 4, lanes added (l0 + l1) + (l2 + l3) */
+    double l[5][4] = {{0}};
     for (int i = 0; i < DSQ_KQ_BLOCK; i++) {
-        int j = i / k->sub;
+        int j = i / k->sub, r = i & 3;
         double a = (double)st->sc[j] * q[i], b = st->m[j], wi = w[i];
-        A += wi * a * a, B += wi * a * b, C += wi * b * b, D += wi * a * x[i], E += wi * b * x[i];
+        l[0][r] += wi * a * a, l[1][r] += wi * a * b, l[2][r] += wi * b * b, l[3][r] += wi * a * x[i];
+        l[4][r] += wi * b * x[i];
     }
+    double A = (l[0][0] + l[0][1]) + (l[0][2] + l[0][3]), B = (l[1][0] + l[1][1]) + (l[1][2] + l[1][3]);
+    double C = (l[2][0] + l[2][1]) + (l[2][2] + l[2][3]), D = (l[3][0] + l[3][1]) + (l[3][2] + l[3][3]);
+    double E = (l[4][0] + l[4][1]) + (l[4][2] + l[4][3]);
     if (!(A > 0)) return false;
     double dv = D / A, mv = st->dmin;
     if (k->mhi && C > 0) {
@@ -556,9 +561,10 @@ static void pack(const kq_spec *k, const kq_state *st, const int8_t *q, uint8_t 
             sh |= (uint16_t)((u >> 4) << (2 * j));
         }
         b[2] = (uint8_t)sh, b[3] = (uint8_t)(sh >> 8);
+        uint8_t index_of[256] = {0}; /* code value + 128 → its index */
+        for (int c = 0; c < 16; c++) index_of[kv_iq4nl[c] + 128] = (uint8_t)c;
         for (int e = 0; e < DSQ_KQ_BLOCK; e++) {
-            int idx = 0;
-            while (idx < 15 && kv_iq4nl[idx] != q[e]) idx++;
+            int idx = index_of[q[e] + 128];
             int j = e / 32, l = e % 32;
             b[8 + 16 * j + (l & 15)] |= (uint8_t)(idx << (4 * (l >> 4)));
         }
