@@ -300,14 +300,30 @@ static void fit_sub(const kq_spec *k, const float *x, const float *w, float *s_o
             fit_step_avx2(k->mhi > 0, A, B, D, &L, C, E, xx, &o);
         else
             fit_step_scalar(k->mhi > 0, A, B, D, &L, C, E, xx, &o);
-        bool moved = false;
+        /* the lowest error in the order e[0], e2[0], e[1], e2[1], … (e2 only where ok; the first of
+         * equal ones; NaN never), if below the best so far: branch-free scans, then one search */
+        float lo_e = INFINITY;
+        int moved = 0;
         for (int c = 0; c < KQ_LANES; c++) {
-            float s = L.S[c], m = L.M[c];
-            if (o.e[c] < best_e) best_e = o.e[c], best_s = s, best_m = m;
-            if (!o.ok[c]) continue;
-            if (o.e2[c] < best_e) best_e = o.e2[c], best_s = o.s2[c], best_m = o.m2[c];
-            if (o.s2[c] != s || o.m2[c] != m) moved = true;
-            L.S[c] = o.s2[c], L.M[c] = o.m2[c];
+            float e2 = o.ok[c] ? o.e2[c] : INFINITY;
+            lo_e = o.e[c] < lo_e ? o.e[c] : lo_e;
+            lo_e = e2 < lo_e ? e2 : lo_e;
+        }
+        if (lo_e < best_e)
+            for (int c = 0; c < KQ_LANES; c++) {
+                if (o.e[c] == lo_e) {
+                    best_e = lo_e, best_s = L.S[c], best_m = L.M[c];
+                    break;
+                }
+                if (o.ok[c] && o.e2[c] == lo_e) {
+                    best_e = lo_e, best_s = o.s2[c], best_m = o.m2[c];
+                    break;
+                }
+            }
+        for (int c = 0; c < KQ_LANES; c++) {
+            int ok = o.ok[c] != 0;
+            moved |= ok & ((o.s2[c] != L.S[c]) | (o.m2[c] != L.M[c]));
+            L.S[c] = ok ? o.s2[c] : L.S[c], L.M[c] = ok ? o.m2[c] : L.M[c];
         }
         if (!moved) break;
     }
