@@ -109,11 +109,12 @@ static void test_avx2_decode(void **state) {
         }
 }
 
-/* The encoder's AVX2 search (error evaluation, code sums, IQ4_XS codebook lookup) gives the same bytes
- * as the scalar one: gaussian, outliers, tiny and huge values, all zeros, constant rows, a dynamic
- * range of 2^90 inside one block, sparse blocks, NaN/±Inf (allow_nonfinite); with importance (random,
- * 0 on whole sub-blocks, near FLT_MAX, subnormal) and without. */
-enum { TWIN_KINDS = 10, TWIN_IMPS = 4 };
+/* The encoder's AVX2 and AVX-512 lane passes (errors, code sums, IQ4_XS codebook lookup, the codes) give
+ * the same bytes as the scalar ones: gaussian, outliers, tiny and huge values (errors overflowing f32
+ * included), all zeros, constant rows, a dynamic range of 2^90 inside one block, sparse blocks, NaN/±Inf
+ * (allow_nonfinite), exact levels (ties); with importance (random, 0 on whole sub-blocks, near FLT_MAX,
+ * subnormal) and without. */
+enum { TWIN_KINDS = 11, TWIN_IMPS = 4 };
 static void twin_fill(rng *r, int kind, float *x) {
     float sigma = kind == 2 ? 1e-6f : kind == 3 ? 2e4f : 0.05f;
     fill_gauss(r, x, ROWS * COLS, sigma);
@@ -125,11 +126,13 @@ static void twin_fill(rng *r, int kind, float *x) {
         if (kind == 7 && i % 16 != 0) x[i] = 0.0f;
         if (kind == 8 && i % 97 == 0) x[i] = i % 3 == 0 ? NAN : i % 3 == 1 ? INFINITY : -INFINITY;
         if (kind == 9) x[i] = (float)(i % 7) * 0.125f - 0.375f; /* a few exact levels: ties everywhere */
+        if (kind == 10) x[i] *= 2e38f;                           /* squared errors overflow f32 */
     }
 }
 static void test_encode_isa_twins(void **state) {
     (void)state;
     if (dsq_codec_best_isa() != DSQ_ISA_AVX2) skip();
+    bool avx512 = __builtin_cpu_supports("avx512f");
     rng r = {31};
     float x[ROWS * COLS], imps[TWIN_IMPS][COLS];
     for (int c = 0; c < COLS; c++) {
@@ -144,14 +147,21 @@ static void test_encode_isa_twins(void **state) {
             for (int wi = 0; wi <= TWIN_IMPS; wi++) {
                 const float *imp = wi ? imps[wi - 1] : NULL;
                 size_t n = (size_t)ROWS * COLS / DSQ_KQ_BLOCK * (size_t)kbytes[i];
-                uint8_t *a = malloc(n), *b = malloc(n);
+                uint8_t *a = malloc(n), *b = malloc(n), *c = malloc(n);
                 assert_int_equal(dsq__kquant_encode_isa(kencs[i], x, ROWS, COLS, imp, true, a, DSQ_ISA_SCALAR, NULL),
                                  DSQ_OK);
-                assert_int_equal(dsq__kquant_encode_isa(kencs[i], x, ROWS, COLS, imp, true, b, DSQ_ISA_AVX2, NULL),
-                                 DSQ_OK);
+                assert_int_equal(dsq__kquant_encode_path(kencs[i], x, ROWS, COLS, imp, true, b, 1, NULL), DSQ_OK);
                 if (memcmp(a, b, n) != 0)
                     fail_msg("%s kind %d importance %d: scalar and AVX2 bytes differ", knames[i], kind, wi);
-                free(a), free(b);
+                if (avx512) {
+                    assert_int_equal(dsq__kquant_encode_path(kencs[i], x, ROWS, COLS, imp, true, c, 2, NULL), DSQ_OK);
+                    if (memcmp(a, c, n) != 0)
+                        fail_msg("%s kind %d importance %d: scalar and AVX-512 bytes differ", knames[i], kind, wi);
+                }
+                /* the default entry point takes the best path: the same bytes again */
+                assert_int_equal(dsq_kquant_encode(kencs[i], x, ROWS, COLS, imp, true, c, NULL), DSQ_OK);
+                assert_memory_equal(a, c, n);
+                free(a), free(b), free(c);
             }
     }
 }

@@ -145,6 +145,10 @@ void dsq__kq_decode_block_avx2(dsq_encoding enc, const uint8_t *blk, float *out)
 /* dsq_kquant_encode with the ISA of the error evaluation chosen (the bytes are the same for both). */
 dsq_status dsq__kquant_encode_isa(dsq_encoding enc, const float *x, uint64_t rows, uint64_t cols,
                                   const float *importance, bool allow_nonfinite, void *dst, dsq_isa isa, dsq_err *err);
+/* The same with the lane-pass twin named: 0 scalar, 1 AVX2, 2 AVX-512 (call 1/2 only where the CPU has
+ * it); every path gives the same bytes.  dsq__kquant_encode_isa picks AVX-512 where the CPU has it. */
+dsq_status dsq__kquant_encode_path(dsq_encoding enc, const float *x, uint64_t rows, uint64_t cols,
+                                   const float *importance, bool allow_nonfinite, void *dst, int path, dsq_err *err);
 /* Whether a block's F16 super-scales are finite. */
 bool dsq__kq_block_finite(dsq_encoding enc, const uint8_t *blk);
 

@@ -38,19 +38,20 @@
  * the F16 super-scales, where w_c = imp_c·sqrt(σ² + x_c²) with an importance imp_c of input column c
  * (an imatrix's Σx²/count per column) and σ² the super-block's mean x² (ggml's weighting), or 1
  * without one (plain squared error).  Search, per super-block:
- *   1. each sub-block: real-valued scale (and min ≥ 0) from candidate ranges (the plain max/min rule
- *      and shrunk ones), each followed by up to 3 rounds of nearest codes → weighted least squares
- *      with the codes fixed; one pass per round computes the codes and their sums, the errors come
- *      from the expanded sums, and a chain stops when it reaches codes an earlier one had;
- *   2. super-scales: candidates around max(s_j)/scale_max (and the negative-range twin for the
- *      signed types), sub-block scales rounded to integers, best total error kept;
- *   3. coordinate search: each sub-block's integer scale/min ±1, then least squares for (d, dmin)
- *      with the integer scales and codes fixed (F16-rounded), repeated while the error drops.
- * Steps 2 and 3 evaluate the decoded values exactly (f32, as the decoder), with the weighted squared
- * error of a sub-block summed in f32 over eight lanes (weights scaled per super-block to a largest
- * of 1, so no finite importance overflows them).  The AVX2 twins of every pass (the error, the code
- * sums, the IQ4_XS codebook lookup by counting the midpoints exceeded) perform the scalar twins'
- * IEEE operations in the same order: the bytes do not depend on the CPU (tests/test_kquant.c).
+ *   1. each sub-block: real-valued scale (and min ≥ 0) from sixteen candidate ranges (the plain max/min
+ *      rule and shrunk/stretched ones; symmetric types eight per sign), all sixteen in the lanes of one
+ *      pass that computes their nearest codes' sums, then weighted least squares with the codes fixed
+ *      (f32), a second pass from those points; the lowest error (from the expanded sums) kept;
+ *   2. super-scales: all zero, or the largest sub-block scale (and min) onto the top integer scale (and
+ *      min) (symmetric types: also the negative-range twin), sub-block scales rounded to integers;
+ *   3. one coordinate round (each sub-block's integer scale/min to its best ±1 neighbour), then least
+ *      squares for (d, dmin) with the integer scales and codes fixed (F16-rounded), kept if better.
+ * Steps 2 and 3 evaluate the decoded values exactly (f32, as the decoder).  Every error and code sum is
+ * an f32 sum in element order within one lane of a sixteen-lane pass (lanes = candidates of one
+ * sub-block, or the sub-blocks of one or two super-block states); weights are scaled per super-block to
+ * a largest of 1, so no finite importance overflows them.  The scalar loops are the reference; the
+ * AVX-512 and AVX2 twins (picked at run time) perform the same IEEE operations per lane, so the bytes do
+ * not depend on the CPU (tests/test_kquant.c compares all three).
  * Codes are always the nearest for the final dequantized sub-block scale and min.  All-zero blocks
  * store zeros.  Non-finite inputs (only with allow_nonfinite) take no part in the fit (weight 0); NaN
  * is stored as the code nearest 0 and ±Inf as the block's largest finite magnitude.

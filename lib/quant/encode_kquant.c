@@ -13,7 +13,7 @@ typedef struct kq_spec {
     int bytes, sub, ggml;
     int qlo, qhi, slo, shi, mhi;
     bool nl;   /* codes index the IQ4_NL codebook: the code VALUE is kv_iq4nl[index] (int8) */
-    bool avx2; /* set per call: sub_eval's AVX2 twin (same bytes) */
+    int path; /* set per call: KQ_PATH_* of the lane passes (same bytes) */
 } kq_spec;
 
 /* ggml's kvalues_iq4nl: the values of the 16 IQ4_XS codes (ascending) */
@@ -23,12 +23,12 @@ static const float iq4nl_mid[15] = {-115.5f, -93.5f, -74.0f, -57.0f, -42.0f, -28
                                     7.0f,    19.0f,  31.5f,  45.5f,  61.0f,  79.0f,  101.0f};
 
 static const kq_spec specs[] = {
-    {DSQ_ENC_Q2_K, 84, 16, 10, 0, 3, 0, 15, 15, false, false},
-    {DSQ_ENC_Q3_K, 110, 16, 11, -4, 3, -32, 31, 0, false, false},
-    {DSQ_ENC_Q4_K, 144, 32, 12, 0, 15, 0, 63, 63, false, false},
-    {DSQ_ENC_Q5_K, 176, 32, 13, 0, 31, 0, 63, 63, false, false},
-    {DSQ_ENC_Q6_K, 210, 16, 14, -32, 31, -128, 127, 0, false, false},
-    {DSQ_ENC_IQ4_XS, 136, 32, 23, -127, 113, -32, 31, 0, true, false},
+    {DSQ_ENC_Q2_K, 84, 16, 10, 0, 3, 0, 15, 15, false, 0},
+    {DSQ_ENC_Q3_K, 110, 16, 11, -4, 3, -32, 31, 0, false, 0},
+    {DSQ_ENC_Q4_K, 144, 32, 12, 0, 15, 0, 63, 63, false, 0},
+    {DSQ_ENC_Q5_K, 176, 32, 13, 0, 31, 0, 63, 63, false, 0},
+    {DSQ_ENC_Q6_K, 210, 16, 14, -32, 31, -128, 127, 0, false, 0},
+    {DSQ_ENC_IQ4_XS, 136, 32, 23, -127, 113, -32, 31, 0, true, 0},
 };
 enum { MAX_SUB = DSQ_KQ_BLOCK / 16 };
 
@@ -47,209 +47,234 @@ int dsq_kquant_ggml_type(dsq_encoding enc) {
     return k ? k->ggml : -1;
 }
 
-/* ---- error of one sub-block for a dequantized scale S and min M ------------------------------------
- * Codes are the nearest for the decoded value S·q − M; the value is evaluated as the decoder does.
- * The weighted squared error is summed in f64 in four lanes (element i into lane i % 4), added
- * (l0 + l1) + (l2 + l3): the AVX2 twin performs the same IEEE operations, so the encoded bytes do not
- * depend on the CPU. */
-static double sub_eval_nl(const kq_spec *k, const float *x, const float *w, float S, int8_t *q);
-/* the eight f32 lanes of sub_eval, added in one fixed order (the AVX2 twin stores its lanes and calls it) */
-static double lanes8(const float l[8]) { return (double)(((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))); }
+/* ---- exact sub-block errors and code sums, sixteen lanes per pass ---------------------------------------
+ * Lane l of a pass has its own dequantized scale S, min M (inv = 1/S, or 0 for S = 0) and reads its
+ * sub-block either from x/w directly (every lane the same sub-block: the candidates of one fit) or from
+ * the transposed copy xt[i·16 + l] (each lane its own sub-block: whole super-block states).  Per element
+ * the code is the nearest for S·q − M (t = (x + M)·inv clamped to [qlo, qhi], rounded half-to-even by the
+ * magic number; IQ4_XS: the codebook value whose midpoints t exceeds), and each lane sums, in f32, in
+ * element order (one sequential chain per lane):
+ *   error mode: Σ (w·(x − (S·q − M)))·(x − (S·q − M)), as the decoder evaluates S·q − M;
+ *   sums mode:  Σ (w·q)·q, Σ w·q, Σ (w·q)·x.
+ * The scalar loop is the reference; the AVX-512 and AVX2 twins (GCC vector extensions, no fused
+ * multiply-add: C11 mode contracts nothing) perform the same IEEE operations lane by lane, so the encoded
+ * bytes do not depend on the CPU (tests/test_kquant.c compares all three). */
+enum { KQ_LANES = 16 };
+enum { KQ_PATH_SCALAR = 0, KQ_PATH_AVX2 = 1, KQ_PATH_AVX512 = 2 };
+typedef struct kq_lanes {
+    float S[KQ_LANES], M[KQ_LANES];
+} kq_lanes;
+static inline void lane_set(kq_lanes *L, int l, float S, float M) { L->S[l] = S, L->M[l] = M; }
 
-static double sub_eval_scalar(const kq_spec *k, const float *x, const float *w, float S, float M, int8_t *q) {
-    float inv = S != 0.0f ? 1.0f / S : 0.0f, qlo = (float)k->qlo, qhi = (float)k->qhi;
-    float acc[8] = {0};
-    for (int i = 0; i < k->sub; i++) {
-        float t = (x[i] + M) * inv;
-        t = t > qlo ? t : qlo;                  /* _mm256_max_ps(t, qlo): NaN → qlo */
-        t = t < qhi ? t : qhi;                  /* _mm256_min_ps(t, qhi) */
-        float qi = (t + 0x1.8p23f) - 0x1.8p23f; /* RNE for |t| ≤ 2^22 (t is clamped to ±32): no libm call */
-        float y = S * qi - M, dd = x[i] - y;
-        acc[i & 7] += (w[i] * dd) * dd;
-        if (q) q[i] = (int8_t)qi;
-    }
-    return lanes8(acc);
+/* IQ4_XS: the codebook value of t (ties to the lower value; NaN → the lowest) */
+static inline float nl_value(float t) {
+    int b = 0; /* the last code whose lower midpoint t exceeds (midpoints ascend): binary search */
+    for (int step = 8; step; step >>= 1)
+        if (b + step < 16 && t > iq4nl_mid[b + step - 1]) b += step;
+    return (float)kv_iq4nl[b];
 }
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-/* sub_eval_scalar's code: t clamped to [lo, hi], RNE by the magic number */
-__attribute__((target("avx2"))) static inline __m256 rne_clamped8(__m256 t, __m256 lo, __m256 hi, __m256 magic) {
-    t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
-    return _mm256_sub_ps(_mm256_add_ps(t, magic), magic);
-}
-/* sub_eval_nl's value: kv[b] with b = the number of midpoints t exceeds (NaN exceeds none), summed as
- * kv[0] + Σ (kv[c+1] − kv[c]) over the midpoints exceeded: small integers, exact in f32 */
-__attribute__((target("avx2"))) static inline __m256 nl_value8(__m256 t) {
-    __m256 v = _mm256_set1_ps((float)kv_iq4nl[0]);
-    for (int c = 0; c < 15; c++) {
-        __m256 gt = _mm256_cmp_ps(t, _mm256_set1_ps(iq4nl_mid[c]), _CMP_GT_OQ);
-        v = _mm256_add_ps(v, _mm256_and_ps(gt, _mm256_set1_ps((float)(kv_iq4nl[c + 1] - kv_iq4nl[c]))));
-    }
-    return v;
-}
-__attribute__((target("avx2"))) static double sub_eval_avx2(const kq_spec *k, const float *x, const float *w, float S,
-                                                            float M, int8_t *q) {
-    float inv = S != 0.0f ? 1.0f / S : 0.0f;
-    __m256 vinv = _mm256_set1_ps(inv), vS = _mm256_set1_ps(S), vM = _mm256_set1_ps(M);
-    __m256 lo = _mm256_set1_ps((float)k->qlo), hi = _mm256_set1_ps((float)k->qhi), magic = _mm256_set1_ps(0x1.8p23f);
-    __m256 acc = _mm256_setzero_ps();
-    for (int i = 0; i < k->sub; i += 8) {
-        __m256 xv = _mm256_loadu_ps(x + i);
-        __m256 t = _mm256_mul_ps(_mm256_add_ps(xv, vM), vinv);
-        __m256 qi = k->nl ? nl_value8(t) : rne_clamped8(t, lo, hi, magic);
-        __m256 y = _mm256_sub_ps(_mm256_mul_ps(vS, qi), vM);
-        __m256 d = _mm256_sub_ps(xv, y);
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(w + i), d), d));
-        if (q) {
-            int32_t qq[8];
-            _mm256_storeu_si256((__m256i *)(void *)qq, _mm256_cvtps_epi32(qi));
-            for (int j = 0; j < 8; j++) q[i + j] = (int8_t)qq[j];
+/* n elements per lane; bc: every lane reads x[i], w[i] (else xt[i·16 + l]); sums: sums mode (o0, o1, o2)
+ * else error mode (o0; codes into q[i·16 + l] when q) */
+static void lanes_scalar(const kq_spec *k, int n, const float *x, const float *w, bool bc, const kq_lanes *L,
+                         bool sums, float *o0, float *o1, float *o2, int8_t *q) {
+    float qlo = (float)k->qlo, qhi = (float)k->qhi;
+    for (int l = 0; l < KQ_LANES; l++) {
+        float S = L->S[l], M = L->M[l], inv = S != 0.0f ? 1.0f / S : 0.0f, a = 0, b = 0, c = 0;
+        for (int i = 0; i < n; i++) {
+            float xi = bc ? x[i] : x[i * KQ_LANES + l], wi = bc ? w[i] : w[i * KQ_LANES + l];
+            float t = (xi + M) * inv, qi;
+            if (k->nl)
+                qi = nl_value(t);
+            else {
+                t = t > qlo ? t : qlo; /* NaN → qlo */
+                t = t < qhi ? t : qhi;
+                qi = (t + 0x1.8p23f) - 0x1.8p23f; /* RNE for |t| ≤ 2^22 (t is clamped to ±128): no libm call */
+            }
+            if (sums) {
+                float wq = wi * qi;
+                a += wq * qi, b += wq, c += wq * xi;
+            } else {
+                float y = S * qi - M, dd = xi - y;
+                a += (wi * dd) * dd;
+                if (q) q[i * KQ_LANES + l] = (int8_t)qi;
+            }
         }
+        o0[l] = a;
+        if (sums) o1[l] = b, o2[l] = c;
     }
-    float l[8];
-    _mm256_storeu_ps(l, acc);
-    return lanes8(l);
 }
+
+#if defined(__x86_64__) && defined(__GNUC__)
+typedef float kq_vf __attribute__((vector_size(64)));
+typedef int32_t kq_vi __attribute__((vector_size(64)));
+/* the body of a vector twin: XI/WI are the element's x and w (a float, broadcast by the vector
+ * operators, or a vector of sixteen lanes); a macro, not a function, so that no 64-byte vector crosses a
+ * call (its ABI differs between the AVX2 and AVX-512 instantiations) */
+#define KQ_LANES_BODY(XI, WI)                                                                                   \
+    do {                                                                                                        \
+        kq_vf S, M, inv, a = {0}, b = {0}, c = {0}, z = {0};                                                    \
+        memcpy(&S, L->S, sizeof S), memcpy(&M, L->M, sizeof M);                                                 \
+        kq_vi nz = S != 0.0f;                                                                                   \
+        inv = (kq_vf)((kq_vi)(1.0f / S) & nz); /* 1/S, or 0 for S = 0 */                                        \
+        kq_vf lo = z + (float)k->qlo, hi = z + (float)k->qhi;                                                   \
+        for (int i = 0; i < n; i++) {                                                                           \
+            kq_vf t = ((XI) + M) * inv, qi;                                                                     \
+            if (k->nl) {                                                                                        \
+                qi = z + (float)kv_iq4nl[0];                                                                    \
+                for (int cc = 0; cc < 15; cc++) {                                                               \
+                    kq_vi gt = t > iq4nl_mid[cc];                                                               \
+                    qi = qi + (kq_vf)(gt & (kq_vi)(z + (float)(kv_iq4nl[cc + 1] - kv_iq4nl[cc])));              \
+                }                                                                                               \
+            } else {                                                                                            \
+                kq_vi m1 = t > lo;                                                                              \
+                t = (kq_vf)(((kq_vi)t & m1) | ((kq_vi)lo & ~m1));                                               \
+                kq_vi m2 = t < hi;                                                                              \
+                t = (kq_vf)(((kq_vi)t & m2) | ((kq_vi)hi & ~m2));                                               \
+                qi = (t + 0x1.8p23f) - 0x1.8p23f;                                                               \
+            }                                                                                                   \
+            if (sums) {                                                                                         \
+                kq_vf wq = (WI) * qi;                                                                           \
+                a = a + wq * qi, b = b + wq, c = c + wq * (XI);                                                 \
+            } else {                                                                                            \
+                kq_vf y = S * qi - M, dd = (XI) - y;                                                            \
+                a = a + ((WI) * dd) * dd;                                                                       \
+                if (q) {                                                                                        \
+                    kq_vi qq = __builtin_convertvector(qi, kq_vi);                                              \
+                    for (int l = 0; l < KQ_LANES; l++) q[i * KQ_LANES + l] = (int8_t)qq[l];                     \
+                }                                                                                               \
+            }                                                                                                   \
+        }                                                                                                       \
+        memcpy(o0, &a, sizeof a);                                                                               \
+        if (sums) memcpy(o1, &b, sizeof b), memcpy(o2, &c, sizeof c);                                           \
+    } while (0)
+#define KQ_LOADV(p) ({ kq_vf v_; memcpy(&v_, (p), sizeof v_); v_; })
+#define KQ_LANES_FN(name, tgt)                                                                                   \
+    __attribute__((target(tgt))) static void name(const kq_spec *k, int n, const float *x, const float *w, bool bc, \
+                                                  const kq_lanes *L, bool sums, float *o0, float *o1, float *o2,     \
+                                                  int8_t *q) {                                                       \
+        if (bc)                                                                                                      \
+            KQ_LANES_BODY(x[i], w[i]);                                                                               \
+        else                                                                                                         \
+            KQ_LANES_BODY(KQ_LOADV(x + i * KQ_LANES), KQ_LOADV(w + i * KQ_LANES));                                   \
+    }
+KQ_LANES_FN(lanes_avx512, "avx512f")
+KQ_LANES_FN(lanes_avx2, "avx2")
 #else
-static double sub_eval_avx2(const kq_spec *k, const float *x, const float *w, float S, float M, int8_t *q) {
-    return k->nl ? sub_eval_nl(k, x, w, S, q) : sub_eval_scalar(k, x, w, S, M, q);
-}
+#define lanes_avx512 lanes_scalar
+#define lanes_avx2 lanes_scalar
 #endif
 
-/* IQ4_XS: the nearest codebook value to x/S (ties to the lower value); q receives the VALUE. */
-static double sub_eval_nl(const kq_spec *k, const float *x, const float *w, float S, int8_t *q) {
-    float inv = S != 0.0f ? 1.0f / S : 0.0f;
-    float acc[8] = {0};
-    for (int i = 0; i < k->sub; i++) {
-        float t = x[i] * inv;
-        int b = 0; /* the last code whose lower midpoint t exceeds (midpoints ascend): binary search */
-        for (int step = 8; step; step >>= 1)
-            if (b + step < 16 && t > iq4nl_mid[b + step - 1]) b += step;
-        float y = S * (float)kv_iq4nl[b], dd = x[i] - y; /* the AVX2 twin's S·q − 0: the same float */
-        acc[i & 7] += (w[i] * dd) * dd;
-        if (q) q[i] = kv_iq4nl[b];
-    }
-    return lanes8(acc);
+static inline void lanes_run(const kq_spec *k, int n, const float *x, const float *w, bool bc, const kq_lanes *L,
+                             bool sums, float *o0, float *o1, float *o2, int8_t *q) {
+    if (k->path == KQ_PATH_AVX512)
+        lanes_avx512(k, n, x, w, bc, L, sums, o0, o1, o2, q);
+    else if (k->path == KQ_PATH_AVX2)
+        lanes_avx2(k, n, x, w, bc, L, sums, o0, o1, o2, q);
+    else
+        lanes_scalar(k, n, x, w, bc, L, sums, o0, o1, o2, q);
 }
 
-static inline double sub_eval(const kq_spec *k, const float *x, const float *w, float S, float M, int8_t *q) {
-    if (k->avx2) return sub_eval_avx2(k, x, w, S, M, q);
-    return k->nl ? sub_eval_nl(k, x, w, S, q) : sub_eval_scalar(k, x, w, S, M, q);
-}
-
-/* For the codes nearest to (S, M), as sub_eval chooses them: out[0] = Σwq², out[1] = Σwq, out[3] = Σwqx
- * (out[2] = Σw and out[4] = Σwx do not depend on the codes: the caller fills them), in f64, four lanes
- * (element i into lane i % 4, lanes added (l0 + l1) + (l2 + l3)), as the AVX2 twin. */
-static void code_sums_scalar(const kq_spec *k, const float *x, const float *w, float S, float M, double out[5]) {
-    float inv = S != 0.0f ? 1.0f / S : 0.0f, qlo = (float)k->qlo, qhi = (float)k->qhi;
-    double a[3][4] = {{0}};
-    for (int i = 0; i < k->sub; i++) {
-        float qi;
-        if (k->nl) {
-            float t = x[i] * inv;
-            int b = 0;
-            for (int step = 8; step; step >>= 1)
-                if (b + step < 16 && t > iq4nl_mid[b + step - 1]) b += step;
-            qi = (float)kv_iq4nl[b];
-        } else {
-            float t = (x[i] + M) * inv;
-            t = t > qlo ? t : qlo;
-            t = t < qhi ? t : qhi;
-            qi = (t + 0x1.8p23f) - 0x1.8p23f;
+/* One least-squares step for the sixteen lanes of a fit pass (sums A = Σwq², B = Σwq, D = Σwqx of each
+ * lane's codes; C = Σw, E = Σwx, xx = Σwx² of the sub-block): e = the error of the lane's (S, M) from the
+ * expanded sums, (s2, m2) = the weighted least-squares point (m ≥ 0 for the asymmetric types, else 0)
+ * and e2 its error, ok = that point exists and is finite (asymmetric: s2 > 0).  In f32 (the fit only
+ * seeds the exact integer search); the vector twins perform the same IEEE operations per lane (both
+ * branches computed, one selected), so they give the same numbers as the scalar loop. */
+typedef struct kq_fit {
+    float e[KQ_LANES], s2[KQ_LANES], m2[KQ_LANES], e2[KQ_LANES];
+    int32_t ok[KQ_LANES];
+} kq_fit;
+#define KQ_LSQ_ERR(A, B, D, s, m) (xx + (s) * (s) * (A) + (m) * (m) * C - 2.0f * (s) * (D) + 2.0f * (m) * E - 2.0f * (s) * (m) * (B))
+static void fit_step_scalar(bool asym, const float *A, const float *B, const float *D, const kq_lanes *L, float C,
+                            float E, float xx, kq_fit *o) {
+    float iC = 1.0f / C;
+    for (int l = 0; l < KQ_LANES; l++) {
+        float a = A[l], b = B[l], d = D[l], s = L->S[l], m = L->M[l];
+        o->e[l] = KQ_LSQ_ERR(a, b, d, s, m);
+        float ia = 1.0f / a, sv = d * ia, mv = 0;
+        bool ok = a > 0;
+        if (asym) {
+            float det = a * C - b * b;
+            if (det > 0 && C > 0) {
+                sv = (d * C - b * E) * (1.0f / det);
+                mv = (sv * b - E) * iC;
+            }
+            if (mv < 0) mv = 0, sv = d * ia;
+            ok = ok && sv > 0;
         }
-        double wq = (double)w[i] * (double)qi;
-        a[0][i & 3] += wq * (double)qi, a[1][i & 3] += wq, a[2][i & 3] += wq * (double)x[i];
+        ok = ok && sv - sv == 0.0f && mv - mv == 0.0f; /* finite */
+        o->s2[l] = sv, o->m2[l] = mv, o->ok[l] = ok ? -1 : 0, o->e2[l] = KQ_LSQ_ERR(a, b, d, sv, mv);
     }
-    out[0] = (a[0][0] + a[0][1]) + (a[0][2] + a[0][3]);
-    out[1] = (a[1][0] + a[1][1]) + (a[1][2] + a[1][3]);
-    out[3] = (a[2][0] + a[2][1]) + (a[2][2] + a[2][3]);
 }
-#if defined(__x86_64__) || defined(__i386__)
-__attribute__((target("avx2"))) static void code_sums_avx2(const kq_spec *k, const float *x, const float *w, float S,
-                                                           float M, double out[5]) {
-    float inv = S != 0.0f ? 1.0f / S : 0.0f;
-    __m256 vinv = _mm256_set1_ps(inv), vM = _mm256_set1_ps(M);
-    __m256 lo = _mm256_set1_ps((float)k->qlo), hi = _mm256_set1_ps((float)k->qhi), magic = _mm256_set1_ps(0x1.8p23f);
-    __m256d a0 = _mm256_setzero_pd(), a1 = a0, a3 = a0;
-    for (int i = 0; i < k->sub; i += 8) {
-        __m256 xv = _mm256_loadu_ps(x + i), wv = _mm256_loadu_ps(w + i);
-        __m256 t = k->nl ? _mm256_mul_ps(xv, vinv) : _mm256_mul_ps(_mm256_add_ps(xv, vM), vinv);
-        __m256 qi = k->nl ? nl_value8(t) : rne_clamped8(t, lo, hi, magic);
-        for (int h = 0; h < 2; h++) {
-            __m128 qh = h ? _mm256_extractf128_ps(qi, 1) : _mm256_castps256_ps128(qi);
-            __m128 wh = h ? _mm256_extractf128_ps(wv, 1) : _mm256_castps256_ps128(wv);
-            __m128 xh = h ? _mm256_extractf128_ps(xv, 1) : _mm256_castps256_ps128(xv);
-            __m256d qd = _mm256_cvtps_pd(qh), wq = _mm256_mul_pd(_mm256_cvtps_pd(wh), qd);
-            a0 = _mm256_add_pd(a0, _mm256_mul_pd(wq, qd));
-            a1 = _mm256_add_pd(a1, wq);
-            a3 = _mm256_add_pd(a3, _mm256_mul_pd(wq, _mm256_cvtps_pd(xh)));
-        }
+#if defined(__x86_64__) && defined(__GNUC__)
+#define KQ_SEL(m, a, b) ((kq_vf)(((kq_vi)(a) & (m)) | ((kq_vi)(b) & ~(m))))
+#define KQ_FIT_FN(name, tgt)                                                                                     \
+    __attribute__((target(tgt))) static void name(bool asym, const float *A, const float *B, const float *D,       \
+                                                  const kq_lanes *L, float C, float E, float xx, kq_fit *o) {     \
+        float iC = 1.0f / C;                                                                                     \
+        kq_vf a, b, d, s, m, z = {0};                                                                            \
+        memcpy(&a, A, sizeof a), memcpy(&b, B, sizeof b), memcpy(&d, D, sizeof d);                              \
+        memcpy(&s, L->S, sizeof s), memcpy(&m, L->M, sizeof m);                                                  \
+        kq_vf e = KQ_LSQ_ERR(a, b, d, s, m);                                                                     \
+        kq_vf ia = 1.0f / a, sv = d * ia, mv = z;                                                                \
+        kq_vi ok = a > 0.0f;                                                                                     \
+        if (asym) {                                                                                              \
+            kq_vf det = a * C - b * b;                                                                           \
+            kq_vf sv1 = (d * C - b * E) * (1.0f / det);                                                          \
+            kq_vf mv1 = (sv1 * b - E) * iC;                                                                      \
+            kq_vi use = (det > 0.0f) & (kq_vi)((z + (C > 0 ? 1.0f : 0.0f)) != 0.0f);                             \
+            sv = KQ_SEL(use, sv1, sv), mv = KQ_SEL(use, mv1, mv);                                                \
+            kq_vi neg = mv < 0.0f;                                                                               \
+            mv = KQ_SEL(neg, z, mv), sv = KQ_SEL(neg, d * ia, sv);                                               \
+            ok = ok & (sv > 0.0f);                                                                               \
+        }                                                                                                        \
+        ok = ok & (sv - sv == 0.0f) & (mv - mv == 0.0f);                                                         \
+        kq_vf e2 = KQ_LSQ_ERR(a, b, d, sv, mv);                                                                  \
+        memcpy(o->e, &e, sizeof e), memcpy(o->s2, &sv, sizeof sv), memcpy(o->m2, &mv, sizeof mv);                \
+        memcpy(o->e2, &e2, sizeof e2), memcpy(o->ok, &ok, sizeof ok);                                            \
     }
-    double l[4];
-    _mm256_storeu_pd(l, a0);
-    out[0] = (l[0] + l[1]) + (l[2] + l[3]);
-    _mm256_storeu_pd(l, a1);
-    out[1] = (l[0] + l[1]) + (l[2] + l[3]);
-    _mm256_storeu_pd(l, a3);
-    out[3] = (l[0] + l[1]) + (l[2] + l[3]);
-}
+KQ_FIT_FN(fit_step_avx512, "avx512f")
+KQ_FIT_FN(fit_step_avx2, "avx2")
 #else
-static void code_sums_avx2(const kq_spec *k, const float *x, const float *w, float S, float M, double out[5]) {
-    code_sums_scalar(k, x, w, S, M, out);
-}
+#define fit_step_avx512 fit_step_scalar
+#define fit_step_avx2 fit_step_scalar
 #endif
 
-/* Weighted least squares of (s, m) in x ≈ s·q − m from code_sums (and Σw, Σwx); m ≥ 0 (asymmetric) or 0. */
-static bool lsq_solve(const kq_spec *k, const double sums[5], double *s, double *m) {
-    double A = sums[0], B = sums[1], C = sums[2], D = sums[3], E = sums[4];
-    if (!(A > 0)) return false;
-    double sv = D / A, mv = 0;
-    if (k->mhi) {
-        double det = A * C - B * B;
-        if (det > 0 && C > 0) {
-            sv = (D * C - B * E) / det;
-            mv = (sv * B - E) / C;
-        }
-        if (mv < 0) mv = 0, sv = D / A;
-        if (!(sv > 0)) return false;
-    }
-    *s = sv, *m = mv;
-    return isfinite(sv) && isfinite(mv) && isfinite((float)sv) && isfinite((float)mv);
-}
+/* the sixteen starting scales of the sub-block fit, as factors of the plain range rule: asymmetric types
+ * take all sixteen, symmetric ones the first eight on each side (extreme onto qlo, onto qhi) */
+static const float fit_factors[KQ_LANES] = {1.0f,  0.96f, 0.92f, 0.88f, 0.84f, 0.80f, 0.76f, 0.72f,
+                                            0.68f, 0.64f, 0.60f, 1.04f, 1.08f, 0.56f, 0.52f, 1.12f};
+static const float fit_factors_sym[KQ_LANES / 2] = {1.0f, 0.94f, 0.88f, 0.82f, 0.76f, 0.70f, 0.64f, 1.06f};
+enum { SUB_ITERS = 2 };
 
-/* Σw(x − (s·q − m))² for the codes whose sums these are (xx = Σwx²), expanded: no pass over the data. */
-static double lsq_err(const double sums[5], double xx, double s, double m) {
-    double A = sums[0], B = sums[1], C = sums[2], D = sums[3], E = sums[4];
-    return xx + s * s * A + m * m * C - 2.0 * s * D + 2.0 * m * E - 2.0 * s * m * B;
-}
-
-static const float sub_factors[] = {1.0f, 0.96f, 0.92f, 0.88f, 0.84f, 0.80f, 0.76f, 0.72f, 0.68f, 0.64f, 1.04f, 1.08f};
-enum { SUB_ITERS = 3 };
-
-/* Real-valued scale (and min ≥ 0) of one sub-block: candidate ranges, each refined by least squares
- * with the codes fixed (up to SUB_ITERS rounds of nearest codes → least squares), the lowest weighted
- * error kept.  One pass over the values per round: the codes and their sums; the errors of the
- * candidate and of its least-squares point come from the sums (lsq_err).  The result only seeds the
- * integer search of encode_super, which evaluates the decoded values exactly. */
+/* Real-valued scale (and min ≥ 0) of one sub-block: sixteen candidate ranges in the lanes of one pass,
+ * each refined by least squares with the codes fixed (up to SUB_ITERS passes: nearest codes and their
+ * sums → least squares), the lowest weighted error kept; the errors come from the sums (lsq_err).  The
+ * result only seeds the integer search of encode_super, which evaluates the decoded values exactly. */
 static void fit_sub(const kq_spec *k, const float *x, const float *w, float *s_out, float *m_out) {
-    double best_s = 0, best_m = 0, best_e = INFINITY, sums[5];
-    enum { MAX_SEEN = 48 };
-    double seen_sums[MAX_SEEN][3];
-    int n_seen = 0;
-    int nb = k->mhi ? 1 : 2;
+    float best_s = 0, best_m = 0, best_e = INFINITY;
     float lo = 0, hi = x[0], xm = 0; /* lo = min(0, min x): the min is never positive */
-    double l[3][4] = {{0}}; /* Σwx², Σw, Σwx: four lanes as code_sums */
-    for (int i = 0; i < k->sub; i++) {
-        lo = x[i] < lo ? x[i] : lo;
-        hi = x[i] > hi ? x[i] : hi;
-        if (fabsf(x[i]) > fabsf(xm)) xm = x[i];
-        double wx = (double)w[i] * (double)x[i];
-        l[0][i & 3] += wx * (double)x[i], l[1][i & 3] += (double)w[i], l[2][i & 3] += wx;
+    if (k->mhi)
+        for (int i = 0; i < k->sub; i++) {
+            lo = x[i] < lo ? x[i] : lo;
+            hi = x[i] > hi ? x[i] : hi;
+        }
+    else
+        for (int i = 0; i < k->sub; i++)
+            if (fabsf(x[i]) > fabsf(xm)) xm = x[i];
+    /* Σwx², Σw, Σwx in f32, element i into lane i % 8 (the same operations wherever this runs) */
+    typedef float v8 __attribute__((vector_size(32)));
+    v8 sxx = {0}, sw = {0}, swx = {0};
+    for (int i = 0; i < k->sub; i += 8) {
+        v8 xv, wv;
+        memcpy(&xv, x + i, sizeof xv), memcpy(&wv, w + i, sizeof wv);
+        v8 wx = wv * xv;
+        sxx = sxx + wx * xv, sw = sw + wv, swx = swx + wx;
     }
-    double xx = (l[0][0] + l[0][1]) + (l[0][2] + l[0][3]);
-    sums[2] = (l[1][0] + l[1][1]) + (l[1][2] + l[1][3]);
-    sums[4] = (l[2][0] + l[2][1]) + (l[2][2] + l[2][3]);
+#define KQ_SUM8(v) ((((v)[0] + (v)[4]) + ((v)[1] + (v)[5])) + (((v)[2] + (v)[6]) + ((v)[3] + (v)[7])))
+    float xx = KQ_SUM8(sxx), C = KQ_SUM8(sw), E = KQ_SUM8(swx);
+#undef KQ_SUM8
     if (k->mhi) {
         if (!(hi > lo)) { /* a constant block */
             *s_out = 0, *m_out = -lo;
@@ -259,35 +284,50 @@ static void fit_sub(const kq_spec *k, const float *x, const float *w, float *s_o
         *s_out = 0, *m_out = 0;
         return;
     }
-    for (int b = 0; b < nb; b++) {
-        /* asymmetric: [lo, hi] onto [0, qhi]; symmetric: the extreme onto qlo (b = 0) or qhi */
-        float base = k->mhi ? (hi - lo) / (float)k->qhi : xm / (float)(b == 0 ? k->qlo : k->qhi);
-        for (size_t f = 0; f < sizeof sub_factors / sizeof sub_factors[0]; f++) {
-            double s = base * sub_factors[f], m = k->mhi ? -lo : 0.0f;
-            for (int it = 0; it < SUB_ITERS; it++) {
-                if (k->avx2)
-                    code_sums_avx2(k, x, w, (float)s, (float)m, sums);
-                else
-                    code_sums_scalar(k, x, w, (float)s, (float)m, sums);
-                /* codes seen before (same sums) lead where that chain led: nothing new to find */
-                bool seen = false;
-                for (int v = 0; v < n_seen && !seen; v++)
-                    seen = seen_sums[v][0] == sums[0] && seen_sums[v][1] == sums[1] && seen_sums[v][2] == sums[3];
-                if (seen) break;
-                if (n_seen < MAX_SEEN)
-                    seen_sums[n_seen][0] = sums[0], seen_sums[n_seen][1] = sums[1], seen_sums[n_seen++][2] = sums[3];
-                double e = lsq_err(sums, xx, (float)s, (float)m), s2, m2;
-                if (e < best_e) best_e = e, best_s = (float)s, best_m = (float)m;
-                if (!lsq_solve(k, sums, &s2, &m2)) break;
-                double e2 = lsq_err(sums, xx, (float)s2, (float)m2);
-                if (!(e2 < best_e) && it > 0) break;
-                if (e2 < best_e) best_e = e2, best_s = (float)s2, best_m = (float)m2;
-                if ((float)s2 == (float)s && (float)m2 == (float)m) break;
-                s = s2, m = m2;
-            }
-        }
+    kq_lanes L;
+    for (int c = 0; c < KQ_LANES; c++) {
+        /* asymmetric: [lo, hi] onto [0, qhi]; symmetric: the extreme onto qlo (c < 8) or qhi */
+        float base = k->mhi ? (hi - lo) / (float)k->qhi : xm / (float)(c < KQ_LANES / 2 ? k->qlo : k->qhi);
+        lane_set(&L, c, base * (k->mhi ? fit_factors[c] : fit_factors_sym[c % (KQ_LANES / 2)]), k->mhi ? -lo : 0.0f);
     }
-    *s_out = (float)best_s, *m_out = (float)best_m;
+    kq_fit o;
+    float A[KQ_LANES], B[KQ_LANES], D[KQ_LANES];
+    for (int it = 0; it < SUB_ITERS; it++) {
+        lanes_run(k, k->sub, x, w, true, &L, true, A, B, D, NULL);
+        if (k->path == KQ_PATH_AVX512)
+            fit_step_avx512(k->mhi > 0, A, B, D, &L, C, E, xx, &o);
+        else if (k->path == KQ_PATH_AVX2)
+            fit_step_avx2(k->mhi > 0, A, B, D, &L, C, E, xx, &o);
+        else
+            fit_step_scalar(k->mhi > 0, A, B, D, &L, C, E, xx, &o);
+        /* the lowest error in the order e[0], e2[0], e[1], e2[1], … (e2 only where ok; the first of
+         * equal ones; NaN never), if below the best so far: branch-free scans, then one search */
+        float lo_e = INFINITY;
+        int moved = 0;
+        for (int c = 0; c < KQ_LANES; c++) {
+            float e2 = o.ok[c] ? o.e2[c] : INFINITY;
+            lo_e = o.e[c] < lo_e ? o.e[c] : lo_e;
+            lo_e = e2 < lo_e ? e2 : lo_e;
+        }
+        if (lo_e < best_e)
+            for (int c = 0; c < KQ_LANES; c++) {
+                if (o.e[c] == lo_e) {
+                    best_e = lo_e, best_s = L.S[c], best_m = L.M[c];
+                    break;
+                }
+                if (o.ok[c] && o.e2[c] == lo_e) {
+                    best_e = lo_e, best_s = o.s2[c], best_m = o.m2[c];
+                    break;
+                }
+            }
+        for (int c = 0; c < KQ_LANES; c++) {
+            int ok = o.ok[c] != 0;
+            moved |= ok & ((o.s2[c] != L.S[c]) | (o.m2[c] != L.M[c]));
+            L.S[c] = ok ? o.s2[c] : L.S[c], L.M[c] = ok ? o.m2[c] : L.M[c];
+        }
+        if (!moved) break;
+    }
+    *s_out = best_s, *m_out = best_m;
 }
 
 /* ---- super-block ---------------------------------------------------------------------------------- */
@@ -298,18 +338,46 @@ typedef struct kq_state {
     double e[MAX_SUB];
 } kq_state;
 
-static inline float sub_scale(const kq_state *st, int j) { return st->d * (float)st->sc[j]; }
-static inline float sub_min(const kq_state *st, int j) { return st->dmin * (float)st->m[j]; }
+/* the super-block transposed for state passes: xt[i·16 + l] = element i of sub-block l % ns */
+typedef struct kq_block {
+    int ns;
+    float xt[32 * KQ_LANES], wt[32 * KQ_LANES];
+} kq_block;
 
-static double state_eval(const kq_spec *k, const float *x, const float *w, kq_state *st, int8_t *q) {
-    double t = 0;
-    int ns = DSQ_KQ_BLOCK / k->sub;
-    for (int j = 0; j < ns; j++) {
-        st->e[j] =
-            sub_eval(k, x + j * k->sub, w + j * k->sub, sub_scale(st, j), sub_min(st, j), q ? q + j * k->sub : NULL);
-        t += st->e[j];
+/* Exact errors of n states (st[s]->e[j] and tot[s] = Σ_j e[j] in order, in double), 16/ns states per
+ * pass; codes q (element order) of st[0] when q (n = 1). */
+static void eval_states(const kq_spec *k, const kq_block *bk, kq_state *const *st, int n, double *tot, int8_t *q) {
+    int ns = bk->ns, per = KQ_LANES / ns;
+    kq_lanes L;
+    float e[KQ_LANES];
+    int8_t qt[32 * KQ_LANES];
+    for (int s0 = 0; s0 < n; s0 += per) {
+        for (int p = 0; p < per; p++) {
+            const kq_state *t = st[s0 + p < n ? s0 + p : s0];
+            for (int j = 0; j < ns; j++) lane_set(&L, p * ns + j, t->d * (float)t->sc[j], t->dmin * (float)t->m[j]);
+        }
+        lanes_run(k, k->sub, bk->xt, bk->wt, false, &L, false, e, NULL, NULL, q ? qt : NULL);
+        for (int s = s0; s < s0 + per && s < n; s++) {
+            double t = 0;
+            for (int j = 0; j < ns; j++) t += st[s]->e[j] = e[(s - s0) * ns + j];
+            if (tot) tot[s] = t;
+        }
     }
+    if (q)
+        for (int j = 0; j < ns; j++)
+            for (int i = 0; i < k->sub; i++) q[j * k->sub + i] = qt[i * KQ_LANES + j];
+}
+static double eval_state(const kq_spec *k, const kq_block *bk, kq_state *st, int8_t *q) {
+    double t;
+    eval_states(k, bk, &st, 1, &t, q);
     return t;
+}
+
+static bool same_scales(int ns, const kq_state *a, const kq_state *b) {
+    if (a->d != b->d || a->dmin != b->dmin) return false;
+    for (int j = 0; j < ns; j++)
+        if (a->sc[j] != b->sc[j] || a->m[j] != b->m[j]) return false;
+    return true;
 }
 
 static int clampi(long v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : (int)v; }
@@ -323,38 +391,54 @@ static void round_scales(const kq_spec *k, kq_state *st, const float *s, const f
     }
 }
 
-/* Each sub-block's integer scale (and min) moved by ±1 while its error drops. */
-static bool coord_search(const kq_spec *k, const float *x, const float *w, kq_state *st) {
-    int ns = DSQ_KQ_BLOCK / k->sub;
-    bool any = false;
-    for (int j = 0; j < ns; j++) {
-        const float *xj = x + j * k->sub, *wj = w + j * k->sub;
-        for (int round = 0; round < 4; round++) {
-            int bs = st->sc[j], bm = st->m[j];
-            bool moved = false;
-            for (int ds = -1; ds <= 1; ds++)
-                for (int dm = k->mhi ? -1 : 0; dm <= (k->mhi ? 1 : 0); dm++) {
-                    int s = bs + ds, mm = bm + dm;
-                    if ((ds == 0 && dm == 0) || s < k->slo || s > k->shi || mm < 0 || mm > k->mhi) continue;
-                    double e = sub_eval(k, xj, wj, st->d * (float)s, st->dmin * (float)mm, NULL);
-                    if (e < st->e[j]) st->e[j] = e, st->sc[j] = s, st->m[j] = mm, moved = true;
-                }
-            if (!moved) break;
-            any = true;
+enum { COORD_ROUNDS = 1 };
+/* Each sub-block's integer scale (and min) moved to its best ±1 neighbour (scale-major order, first
+ * best kept) while its error drops, at most COORD_ROUNDS times; all sub-blocks of a neighbour offset in
+ * one state pass. */
+static void coord_search(const kq_spec *k, const kq_block *bk, kq_state *st) {
+    int ns = bk->ns, no = 0, off[8][2];
+    for (int ds = -1; ds <= 1; ds++)
+        for (int dm = k->mhi ? -1 : 0; dm <= (k->mhi ? 1 : 0); dm++)
+            if (ds || dm) off[no][0] = ds, off[no++][1] = dm;
+    kq_state nb[8], *pn[8];
+    for (int round = 0; round < COORD_ROUNDS; round++) {
+        for (int o = 0; o < no; o++) {
+            nb[o] = *st, pn[o] = &nb[o];
+            for (int j = 0; j < ns; j++) {
+                nb[o].sc[j] = clampi(st->sc[j] + off[o][0], k->slo, k->shi);
+                nb[o].m[j] = clampi(st->m[j] + off[o][1], 0, k->mhi);
+            }
         }
+        eval_states(k, bk, pn, no, NULL, NULL);
+        bool moved = false;
+        int bs[MAX_SUB], bm[MAX_SUB];
+        for (int j = 0; j < ns; j++) {
+            bs[j] = st->sc[j], bm[j] = st->m[j];
+            for (int o = 0; o < no; o++) {
+                int s = st->sc[j] + off[o][0], mm = st->m[j] + off[o][1];
+                if (s < k->slo || s > k->shi || mm < 0 || mm > k->mhi) continue;
+                if (nb[o].e[j] < st->e[j]) st->e[j] = nb[o].e[j], bs[j] = s, bm[j] = mm, moved = true;
+            }
+        }
+        for (int j = 0; j < ns; j++) st->sc[j] = bs[j], st->m[j] = bm[j];
+        if (!moved) break;
     }
-    return any;
 }
 
 /* Least squares of (d, dmin) with the integer scales, mins and codes fixed. */
 static bool super_lsq(const kq_spec *k, const float *x, const float *w, const kq_state *st, const int8_t *q, float *d,
                       float *dmin) {
-    double A = 0, B = 0, C = 0, D = 0, E = 0;
+    /* five sums in f64, element i into lane i % 4, lanes added (l0 + l1) + (l2 + l3) */
+    double l[5][4] = {{0}};
     for (int i = 0; i < DSQ_KQ_BLOCK; i++) {
-        int j = i / k->sub;
+        int j = i / k->sub, r = i & 3;
         double a = (double)st->sc[j] * q[i], b = st->m[j], wi = w[i];
-        A += wi * a * a, B += wi * a * b, C += wi * b * b, D += wi * a * x[i], E += wi * b * x[i];
+        l[0][r] += wi * a * a, l[1][r] += wi * a * b, l[2][r] += wi * b * b, l[3][r] += wi * a * x[i];
+        l[4][r] += wi * b * x[i];
     }
+    double A = (l[0][0] + l[0][1]) + (l[0][2] + l[0][3]), B = (l[1][0] + l[1][1]) + (l[1][2] + l[1][3]);
+    double C = (l[2][0] + l[2][1]) + (l[2][2] + l[2][3]), D = (l[3][0] + l[3][1]) + (l[3][2] + l[3][3]);
+    double E = (l[4][0] + l[4][1]) + (l[4][2] + l[4][3]);
     if (!(A > 0)) return false;
     double dv = D / A, mv = st->dmin;
     if (k->mhi && C > 0) {
@@ -369,11 +453,16 @@ static bool super_lsq(const kq_spec *k, const float *x, const float *w, const kq
     return isfinite(*d) && isfinite(*dmin);
 }
 
-static const float d_factors[] = {1.0f, 0.97f, 1.03f};
-static const float dmin_factors[] = {1.0f, 0.95f, 1.05f};
+enum { SUPER_ITERS = 1 };
 
 static void encode_super(const kq_spec *k, const float *x, const float *w, kq_state *out, int8_t *q) {
     int ns = DSQ_KQ_BLOCK / k->sub;
+    kq_block bk;
+    bk.ns = ns;
+    for (int j = 0; j < ns; j++)
+        for (int i = 0; i < k->sub; i++)
+            for (int l = j; l < KQ_LANES; l += ns)
+                bk.xt[i * KQ_LANES + l] = x[j * k->sub + i], bk.wt[i * KQ_LANES + l] = w[j * k->sub + i];
     float s[MAX_SUB], m[MAX_SUB];
     float smax = 0, mmax = 0, sext = 0;
     for (int j = 0; j < ns; j++) {
@@ -382,40 +471,46 @@ static void encode_super(const kq_spec *k, const float *x, const float *w, kq_st
         mmax = m[j] > mmax ? m[j] : mmax;
         if (fabsf(s[j]) > fabsf(sext)) sext = s[j];
     }
-    kq_state best, st;
-    memset(&best, 0, sizeof best);
-    double best_e = state_eval(k, x, w, &best, NULL); /* all zero */
-    memset(&st, 0, sizeof st);
-    int nd = sizeof d_factors / sizeof d_factors[0];
-    int nm = k->mhi ? (int)(sizeof dmin_factors / sizeof dmin_factors[0]) : 1;
+    /* candidates: all zero, then the largest sub-block scale (and min) onto the top integer scale (and
+     * min); symmetric types also the negative super-scale that puts the extreme scale onto slo; the
+     * first lowest kept.  (The 3×3 grid of super-scales around these that this replaced moved
+     * bench/kquant's worst error ratios by < 0.5%.) */
+    kq_state cand[3], *pc[3];
+    double ce[3];
+    int nc = 0;
+    memset(&cand[0], 0, sizeof cand[0]);
+    pc[nc++] = &cand[0];
     for (int side = 0; side < (k->mhi ? 1 : 2); side++) {
-        /* symmetric types: the largest scale onto shi or onto slo (a negative super-scale) */
-        float dbase = k->mhi ? smax / (float)k->shi : sext / (float)(side == 0 ? k->shi : k->slo);
-        for (int a = 0; a < nd; a++)
-            for (int b = 0; b < nm; b++) {
-                st.d = dsq__f16r(dbase * d_factors[a]);
-                st.dmin = k->mhi ? dsq__f16r(mmax / (float)k->mhi * dmin_factors[b]) : 0.0f;
-                round_scales(k, &st, s, m);
-                double e = state_eval(k, x, w, &st, NULL);
-                if (e < best_e) best_e = e, best = st;
-            }
+        kq_state *st = &cand[nc];
+        st->d = dsq__f16r(k->mhi ? smax / (float)k->shi : sext / (float)(side == 0 ? k->shi : k->slo));
+        st->dmin = k->mhi ? dsq__f16r(mmax / (float)k->mhi) : 0.0f;
+        round_scales(k, st, s, m);
+        pc[nc++] = st;
     }
-    /* refine: integer scales by coordinate search, then (d, dmin) by least squares */
+    eval_states(k, &bk, pc, nc, ce, NULL);
+    kq_state best = cand[0], st;
+    double best_e = ce[0];
+    for (int c = 1; c < nc; c++)
+        if (ce[c] < best_e) best_e = ce[c], best = cand[c];
+    /* refine: integer scales by coordinate search (from the errors the candidate pass left in best.e),
+     * then (d, dmin) by least squares; qs is the state whose codes q holds */
     st = best;
-    state_eval(k, x, w, &st, q);
-    for (int it = 0; it < 4; it++) {
-        coord_search(k, x, w, &st);
-        double e = state_eval(k, x, w, &st, q);
+    kq_state qs;
+    bool have_q = false;
+    for (int it = 0; it < SUPER_ITERS; it++) {
+        coord_search(k, &bk, &st);
+        double e = eval_state(k, &bk, &st, q);
+        qs = st, have_q = true;
         if (e < best_e) best_e = e, best = st;
         kq_state t = st;
         if (!super_lsq(k, x, w, &st, q, &t.d, &t.dmin) || (t.d == st.d && t.dmin == st.dmin)) break;
-        double e2 = state_eval(k, x, w, &t, NULL);
+        double e2 = eval_state(k, &bk, &t, NULL);
         if (!(e2 < best_e)) break;
         best_e = e2, best = t, st = t;
-        state_eval(k, x, w, &st, q);
+        if (it + 1 < SUPER_ITERS) eval_state(k, &bk, &st, q), qs = st;
     }
     *out = best;
-    state_eval(k, x, w, out, q);
+    if (!have_q || !same_scales(ns, &qs, out)) eval_state(k, &bk, out, q);
 }
 
 /* ---- packing (layouts in dsq_kquant.h) ------------------------------------------------------------ */
@@ -482,9 +577,10 @@ static void pack(const kq_spec *k, const kq_state *st, const int8_t *q, uint8_t 
             sh |= (uint16_t)((u >> 4) << (2 * j));
         }
         b[2] = (uint8_t)sh, b[3] = (uint8_t)(sh >> 8);
+        uint8_t index_of[256] = {0}; /* code value + 128 → its index */
+        for (int c = 0; c < 16; c++) index_of[kv_iq4nl[c] + 128] = (uint8_t)c;
         for (int e = 0; e < DSQ_KQ_BLOCK; e++) {
-            int idx = 0;
-            while (idx < 15 && kv_iq4nl[idx] != q[e]) idx++;
+            int idx = index_of[q[e] + 128];
             int j = e / 32, l = e % 32;
             b[8 + 16 * j + (l & 15)] |= (uint8_t)(idx << (4 * (l >> 4)));
         }
@@ -510,18 +606,26 @@ static void pack(const kq_spec *k, const kq_state *st, const int8_t *q, uint8_t 
 
 /* One super-block: weights (importance or 1; non-finite values get weight 0 and are replaced by 0 or
  * the block's largest finite magnitude), then the search and the packing. */
+/* the sums here run over eight fixed lanes (element i into lane i % 8), combined in one order */
+#define KQ_SUM8(l) ((((l)[0] + (l)[4]) + ((l)[1] + (l)[5])) + (((l)[2] + (l)[6]) + ((l)[3] + (l)[7])))
 static void encode_block(const kq_spec *k, const float *src, const float *imp, uint8_t *dst) {
-    float x[DSQ_KQ_BLOCK], w[DSQ_KQ_BLOCK], amax = 0;
-    for (int i = 0; i < DSQ_KQ_BLOCK; i++)
-        if (dsq__finite(src[i]) && fabsf(src[i]) > amax) amax = fabsf(src[i]);
-    double wsum = 0;
-    float wmax = 0;
-    for (int i = 0; i < DSQ_KQ_BLOCK; i++) {
-        w[i] = imp ? imp[i] : 1.0f;
-        x[i] = src[i];
-        if (!dsq__finite(src[i])) {
-            x[i] = src[i] != src[i] ? 0.0f : copysignf(amax, src[i]);
-            w[i] = 0.0f;
+    float x[DSQ_KQ_BLOCK], w[DSQ_KQ_BLOCK];
+    bool fin[DSQ_KQ_BLOCK], all_fin = true;
+    for (int i = 0; i < DSQ_KQ_BLOCK; i++) all_fin &= fin[i] = dsq__finite(src[i]);
+    if (all_fin) {
+        memcpy(x, src, sizeof x);
+        for (int i = 0; i < DSQ_KQ_BLOCK; i++) w[i] = imp ? imp[i] : 1.0f;
+    } else {
+        float amax = 0;
+        for (int i = 0; i < DSQ_KQ_BLOCK; i++)
+            if (fin[i] && fabsf(src[i]) > amax) amax = fabsf(src[i]);
+        for (int i = 0; i < DSQ_KQ_BLOCK; i++) {
+            w[i] = imp ? imp[i] : 1.0f;
+            x[i] = src[i];
+            if (!fin[i]) {
+                x[i] = src[i] != src[i] ? 0.0f : copysignf(amax, src[i]);
+                w[i] = 0.0f;
+            }
         }
     }
     /* with an imatrix, w = importance · sqrt(σ² + x²), σ² the block's mean x² (ggml's weighting in
@@ -529,26 +633,31 @@ static void encode_block(const kq_spec *k, const float *src, const float *imp, u
      * error but raised KL at q2_k/q3_k (the fit gave up large weights of quiet columns); this form
      * lowered KL at q2_k, q3_k and q4_k (docs/interop.md) */
     if (imp) {
-        double sx2 = 0;
-        for (int i = 0; i < DSQ_KQ_BLOCK; i++) sx2 += dsq__finite(src[i]) ? (double)x[i] * x[i] : 0.0;
-        float sig2 = (float)(sx2 / DSQ_KQ_BLOCK);
+        double l8[8] = {0};
+        for (int i = 0; i < DSQ_KQ_BLOCK; i++) l8[i & 7] += fin[i] ? (double)x[i] * x[i] : 0.0;
+        float sig2 = (float)(KQ_SUM8(l8) / DSQ_KQ_BLOCK);
         for (int i = 0; i < DSQ_KQ_BLOCK; i++) w[i] *= sqrtf(sig2 + x[i] * x[i]);
     }
-    for (int i = 0; i < DSQ_KQ_BLOCK; i++) wmax = w[i] > wmax ? w[i] : wmax;
-    /* weights scaled to a largest of 1: the f32 error sums of sub_eval neither overflow nor underflow
-     * for any finite importance (the minimiser does not change) */
+    float m8[8] = {0};
+    for (int i = 0; i < DSQ_KQ_BLOCK; i++) m8[i & 7] = w[i] > m8[i & 7] ? w[i] : m8[i & 7];
+    float wmax = 0;
+    for (int l = 0; l < 8; l++) wmax = m8[l] > wmax ? m8[l] : wmax;
+    /* weights scaled to a largest of 1: the f32 error sums of the lane passes neither overflow nor
+     * underflow for any finite importance (the minimiser does not change) */
     float wscale = wmax > 0 ? 1.0f / wmax : 1.0f;
     if (!isfinite(wscale)) wscale = 0x1p126f; /* wmax subnormal */
+    double s8[8] = {0}, wsum;
     for (int i = 0; i < DSQ_KQ_BLOCK; i++) {
         w[i] *= wscale;
-        wsum += w[i];
+        s8[i & 7] += w[i];
     }
+    wsum = KQ_SUM8(s8);
     /* a sub-block without weight still gets a sensible fit, at a weight too small to sway the rest */
     float tiny = wsum > 0 ? (float)(wsum / DSQ_KQ_BLOCK * 1e-6) : 1.0f;
     for (int j = 0; j < DSQ_KQ_BLOCK; j += k->sub) {
-        double sw = 0;
-        for (int i = j; i < j + k->sub; i++) sw += w[i];
-        if (!(sw > 0))
+        double j8[8] = {0};
+        for (int i = 0; i < k->sub; i++) j8[i & 7] += w[j + i];
+        if (!(KQ_SUM8(j8) > 0))
             for (int i = j; i < j + k->sub; i++) w[i] = tiny;
     }
     kq_state st;
@@ -564,12 +673,22 @@ dsq_status dsq_kquant_encode(dsq_encoding enc, const float *x, uint64_t rows, ui
 
 dsq_status dsq__kquant_encode_isa(dsq_encoding enc, const float *x, uint64_t rows, uint64_t cols,
                                   const float *importance, bool allow_nonfinite, void *dst, dsq_isa isa, dsq_err *err) {
+    int path = KQ_PATH_SCALAR;
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (dsq__isa_resolve(isa) == DSQ_ISA_AVX2)
+        path = __builtin_cpu_supports("avx512f") ? KQ_PATH_AVX512 : KQ_PATH_AVX2;
+#endif
+    return dsq__kquant_encode_path(enc, x, rows, cols, importance, allow_nonfinite, dst, path, err);
+}
+
+dsq_status dsq__kquant_encode_path(dsq_encoding enc, const float *x, uint64_t rows, uint64_t cols,
+                                   const float *importance, bool allow_nonfinite, void *dst, int path, dsq_err *err) {
     const kq_spec *spec = spec_of(enc);
     kq_spec ks;
     const kq_spec *k = NULL;
     if (spec) {
         ks = *spec;
-        ks.avx2 = dsq__isa_resolve(isa) == DSQ_ISA_AVX2;
+        ks.path = path;
         k = &ks;
     }
     DSQ_RETURN_IF(!k, err, DSQ_ERR_ARG, "encoding %d is not a k-quant encoding", (int)enc);

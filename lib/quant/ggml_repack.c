@@ -346,8 +346,9 @@ static dsq_status kquant_rows(uint32_t type, const float *x, uint64_t nrows, uin
     if (!stats) return DSQ_OK;
     float *y = grow((void **)&scr->y, &scr->y_cap, (size_t)(cols * sizeof(float)));
     DSQ_RETURN_IF(!y, err, DSQ_ERR_NOMEM, "%s: out of memory", nm);
+    bool avx2 = dsq_codec_best_isa() == DSQ_ISA_AVX2; /* the same floats as the scalar decoder */
     for (uint64_t r = 0; r < nrows; r++) {
-        dsq_kquant_decode_rows(e, out, cols, r, 1, y, false);
+        dsq_kquant_decode_rows(e, out, cols, r, 1, y, avx2);
         add_err(x + r * cols, y, cols, stats);
     }
     return DSQ_OK;
