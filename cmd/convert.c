@@ -61,7 +61,9 @@ static void human(double b, char *out, size_t n) {
 #define EST_COPY_MBPS 800.0
 #define EST_ENCODE_MBPS 150.0
 
-static void print_plan(const dsq_convert_plan *p, const char *out, bool json) {
+/* gptq: the GPTQ'd weights are also spilled next to the output until it is published (docs/commands.md),
+ * at most the stored bytes of every re-encoded tensor: the free space must hold both. */
+static void print_plan(const dsq_convert_plan *p, const char *out, bool json, bool gptq) {
     struct fam {
         uint64_t tensors, in, out;
         char encs[256];
@@ -81,17 +83,21 @@ static void print_plan(const dsq_convert_plan *p, const char *out, bool json) {
             strcat(x->encs, e);
         }
     }
-    uint64_t in, bout, file;
+    uint64_t in, bout, file, spill = 0;
     dsq_convert_plan_totals(p, &in, &bout, &file);
-    uint64_t freeb = dsq_convert_plan_free_space(p);
+    for (size_t i = 0; gptq && i < dsq_convert_plan_count(p); i++) {
+        const dsq_convert_item *it = dsq_convert_plan_item(p, i);
+        if (!it->copy) spill += it->bytes_out;
+    }
+    uint64_t freeb = dsq_convert_plan_free_space(p), need = file + spill;
     double secs = dsq_convert_plan_estimate_seconds(p, EST_COPY_MBPS, EST_ENCODE_MBPS);
     if (json) {
         printf("{\"output\": ");
         dsq_cmd_json_str(stdout, out);
         printf(", \"tensors\": %zu, \"bytes_in\": %llu, \"bytes_out\": %llu, \"file_bytes\": %llu, \"free_bytes\": %llu, "
-               "\"estimated_seconds\": %.1f, \"families\": [",
+               "\"spill_bytes_max\": %llu, \"enough_space\": %s, \"estimated_seconds\": %.1f, \"families\": [",
                dsq_convert_plan_count(p), (unsigned long long)in, (unsigned long long)bout, (unsigned long long)file,
-               (unsigned long long)freeb, secs);
+               (unsigned long long)freeb, (unsigned long long)spill, freeb && freeb < need ? "false" : "true", secs);
         bool first = true;
         for (int k = 0; k < DSQ_FAMILY_COUNT; k++) {
             if (!f[k].tensors) continue;
@@ -112,13 +118,18 @@ static void print_plan(const dsq_convert_plan *p, const char *out, bool json) {
         printf("%-24s %-34s %8llu %14s %14s\n", dsq_family_name((dsq_family)k), f[k].encs,
                (unsigned long long)f[k].tensors, a, b);
     }
-    char a[32], b[32], c[32], d[32];
+    char a[32], b[32], c[32], d[32], e[64] = "";
     human((double)in, a, sizeof a);
     human((double)bout, b, sizeof b);
     human((double)file, c, sizeof c);
     human((double)freeb, d, sizeof d);
-    printf("total: %zu tensors, %s in -> %s stored; output file %s; free space %s%s; estimated time %.0f s\n",
-           dsq_convert_plan_count(p), a, b, c, d, freeb && freeb < file ? " (NOT ENOUGH)" : "", secs);
+    if (gptq) {
+        char h[32];
+        human((double)spill, h, sizeof h);
+        snprintf(e, sizeof e, " + GPTQ spill up to %s", h);
+    }
+    printf("total: %zu tensors, %s in -> %s stored; output file %s%s; free space %s%s; estimated time %.0f s\n",
+           dsq_convert_plan_count(p), a, b, c, e, d, freeb && freeb < need ? " (NOT ENOUGH)" : "", secs);
 }
 
 /* XXH3-64 of a whole (small) file. */
@@ -368,7 +379,7 @@ int dsq_cmd_convert(int argc, char **argv) {
     }
     if (s == DSQ_OK) s = dsq_convert_plan_make(&o, &plan, &err);
     if (s == DSQ_OK && dry) {
-        print_plan(plan, pos[1], json);
+        print_plan(plan, pos[1], json, gptq);
     } else if (s == DSQ_OK) {
         dsq_signals_install();
         signal(SIGXFSZ, SIG_IGN); /* `ulimit -f`: writes (spill file, output) fail with EFBIG instead of killing us */

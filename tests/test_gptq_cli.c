@@ -98,6 +98,33 @@ static void test_gptq_convert(void **state) {
     assert_non_null(strstr(so, "\"name\": \"mtp.0.ffn.experts.0.w3.weight\", \"method\": \"gptq\""));
     assert_non_null(strstr(so, "\"layers\": 5,"));
     assert_true(check_shared_factors(so, 5) >= 8);
+    /* --dry-run counts the spill: its bound covers the spill this run wrote, and the free-space check
+     * adds it (absent from the plan without --method gptq) */
+    const char *sb = strstr(so, "\"spill_bytes\": ");
+    assert_non_null(sb);
+    unsigned long long spilled = strtoull(sb + 15, NULL, 10);
+    assert_true(spilled > 0);
+    char *dso = NULL, *dse = NULL;
+    rc = dsq_test_run(&dso, &dse, "convert %s %s/dry.dsq " RECIPE " --override '*.wo_a.weight=nvfp4' --method gptq "
+                      "--calib %s --dry-run --json", model, tmp, full);
+    assert_int_equal(rc, 0);
+    const char *mx = strstr(dso, "\"spill_bytes_max\": ");
+    assert_non_null(mx);
+    unsigned long long bound = strtoull(mx + 19, NULL, 10);
+    assert_true(bound >= spilled);
+    const char *bo = strstr(dso, "\"bytes_out\": ");
+    assert_non_null(bo);
+    assert_true(bound < strtoull(bo + 13, NULL, 10)); /* the copied tensors are not spilled */
+    free(dso), free(dse);
+    rc = dsq_test_run(&dso, &dse, "convert %s %s/dry.dsq " RECIPE " --override '*.wo_a.weight=nvfp4' --method gptq "
+                      "--calib %s --dry-run", model, tmp, full);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(dso, "+ GPTQ spill up to "));
+    free(dso), free(dse);
+    rc = dsq_test_run(&dso, &dse, "convert %s %s/dry.dsq " RECIPE " --dry-run --json", model, tmp);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(dso, "\"spill_bytes_max\": 0,"));
+    free(dso), free(dse);
     free(so), free(se);
     assert_int_equal(dsq_test_run(&so, &se, "verify %s", c), 0);
     free(so), free(se);
