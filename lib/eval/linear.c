@@ -429,6 +429,95 @@ __attribute__((target("avx512f,avx512bw"))) static void fp8_rows4_avx512(const d
     pair_sums(a23, y + 2);
 }
 
+/* FP8 128x128, four rows, one token, with VBMI + GFNI (no float conversion, no scale product per
+ * weight).  The scale is moved onto x: xs[c] = x[c]·2^120·s (fp8_prescale, checked exact), and each
+ * code b = s.eeee.mmm becomes the f32 whose bits are s·2^31 | eeee·2^23 | mmm·2^20, i.e. the value
+ * v·2^-120 (an f32 subnormal when eeee = 0: m·2^-129 = v·2^-120 too).  The product (v·2^-120)·xs is
+ * the exact real v·s·x, the same real as the other twins' (v·s)·x (v·s is exact for e ≤ 134), so each
+ * FMA rounds the same value into the same 8-lane accumulator in the same column order: the bits of
+ * fp8_rows4_avx512 and of the scalar twin.  Two affine bit transforms (gf2p8affineqb) make bytes 2
+ * and 3 of those f32s for 64 codes at once; one two-source byte permute per 16 weights places them
+ * as [row A c..c+7 | row B c..c+7]. */
+enum { FP8_XS_MAX_E = 134 }; /* 2^120·2^(e-127) = 2^(e-7) is finite for e ≤ 134 */
+
+/* GF(2) 8×8 matrices, row of output bit i in byte 7-i: byte 3 of the f32 = s000 0eee (bits 7, 6..4
+ * of the code), byte 2 = emmm 0000 (bits 3, 2..0). */
+#define FP8_GF_B3 ((0x80ull << 0) | (0x40ull << 40) | (0x20ull << 48) | (0x10ull << 56))
+#define FP8_GF_B2 ((0x08ull << 0) | (0x04ull << 8) | (0x02ull << 16) | (0x01ull << 24))
+
+static bool cpu_has_vbmi_gfni(void) {
+    static int cached = -1;
+    int c = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (c < 0) {
+        __builtin_cpu_init();
+        c = dsq__cpu_has_avx512() && __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("gfni");
+        __atomic_store_n(&cached, c, __ATOMIC_RELAXED);
+    }
+    return c;
+}
+
+/* xs = x·2^120·s over the scale row rb of an e8m0 FP8 view (cols a multiple of 128).  False when
+ * some product is not exact (a scale byte above FP8_XS_MAX_E, x non-finite, a product that overflows
+ * or loses bits in the subnormal range): those rows take fp8_rows4_avx512. */
+static bool fp8_prescale(const dsq_wview *w, uint64_t rb, const float *x, float *xs) {
+    uint64_t cols = w->shape[1], nbk = cols / 128;
+    const uint8_t *sc = w->scale + rb * nbk;
+    for (uint64_t bk = 0; bk < nbk; bk++) {
+        if (sc[bk] > FP8_XS_MAX_E) return false;
+        uint32_t ku = (uint32_t)(sc[bk] + 120) << 23, iu = (uint32_t)(134 - sc[bk]) << 23;
+        float k, ik; /* 2^(e-7) and 2^(7-e) (a subnormal for e = 134: 2^-127 is 0x00400000) */
+        memcpy(&k, &ku, 4);
+        if (sc[bk] == 134) iu = 0x00400000u;
+        memcpy(&ik, &iu, 4);
+        bool ok = true;
+        for (uint64_t c = bk * 128; c < bk * 128 + 128; c++) {
+            float v = x[c] * k;
+            xs[c] = v;
+            ok &= isfinite(v) && v * ik == x[c];
+        }
+        if (!ok) return false;
+    }
+    return true;
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vbmi,gfni"))) static void fp8_rows4_vbmi(const dsq_wview *w, uint64_t r0,
+                                                                                       const float *xs, float *y) {
+    uint64_t cols = w->shape[1];
+    const uint8_t *p = w->data + r0 * cols;
+    const __m512i g3 = _mm512_set1_epi64((long long)FP8_GF_B3), g2 = _mm512_set1_epi64((long long)FP8_GF_B2);
+    /* dword j of output k: bytes 2, 3 = byte (8k + j) of B2, B3 for row A (j < 8), byte 32 + 8k + j - 8 for
+     * row B; index bit 6 picks B3; bytes 0, 1 zeroed by the mask */
+    __m512i ctl[4];
+    for (int k = 0; k < 4; k++) {
+        uint32_t d[16];
+        for (int j = 0; j < 16; j++) {
+            uint32_t i = (uint32_t)(j < 8 ? 8 * k + j : 32 + 8 * k + j - 8);
+            d[j] = (i << 16) | ((i | 64u) << 24);
+        }
+        ctl[k] = _mm512_loadu_si512(d);
+    }
+    const __mmask64 b23 = 0xCCCCCCCCCCCCCCCCull;
+    __m512 a01 = _mm512_setzero_ps(), a23 = a01;
+    for (uint64_t c = 0; c < cols; c += 32) {
+        if (c % 64 == 0)
+            for (int r = 0; r < 4; r++) _mm_prefetch((const char *)(p + (uint64_t)r * cols + c + PF_BYTES), _MM_HINT_T0);
+        __m512i r01 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + c))),
+                                         _mm256_loadu_si256((const __m256i *)(p + cols + c)), 1);
+        __m512i r23 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 2 * cols + c))),
+                                         _mm256_loadu_si256((const __m256i *)(p + 3 * cols + c)), 1);
+        __m512i h01 = _mm512_gf2p8affine_epi64_epi8(r01, g3, 0), l01 = _mm512_gf2p8affine_epi64_epi8(r01, g2, 0);
+        __m512i h23 = _mm512_gf2p8affine_epi64_epi8(r23, g3, 0), l23 = _mm512_gf2p8affine_epi64_epi8(r23, g2, 0);
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) {
+            __m512 xv = bcast8(xs + c + 8 * k);
+            a01 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_maskz_permutex2var_epi8(b23, l01, ctl[k], h01)), xv, a01);
+            a23 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_maskz_permutex2var_epi8(b23, l23, ctl[k], h23)), xv, a23);
+        }
+    }
+    pair_sums(a01, y);
+    pair_sums(a23, y + 2);
+}
+
 /* MXFP4, eight rows × NT tokens (NT ≤ FP4_NT): four row pairs, each decoded once per 32-column block
  * and applied to every token, so the few tokens an expert sees in a prefill cost one decode.  A pair's
  * 16-byte blocks are broadcast as [A | A | B | B] (128-bit lanes); an in-lane byte shuffle puts the byte
@@ -817,11 +906,17 @@ static dsq_status linear_tiles(const dsq__kern *k, const dsq_wview *w, uint64_t 
 #endif
     int tile_rows = bf16 ? 8 : ROW_TILE;
     bool avx512 = fused && dsq__cpu_has_avx512();
+    /* e8m0 FP8, one token: x pre-scaled per 128-row scale block (fp8_rows4_vbmi) */
+    bool fp8x = avx512 && w->enc == DSQ_ENC_FP8_B128 && cols % 128 == 0 && cpu_has_vbmi_gfni();
+    size_t tile_floats = ROW_TILE * (fused && n_rows % ROW_TILE == 0 ? 1 : cols);
     int64_t n_tiles = (int64_t)dsq_ceil_div(n_rows, (uint64_t)tile_rows);
 #pragma omp parallel num_threads(nt)
     {
-        /* the fused one-token path needs no scratch except for a last partial tile */
-        float *buf = dsq_malloc_aligned(sizeof(float) * ROW_TILE * (fused && n_rows % ROW_TILE == 0 ? 1 : cols));
+        /* the fused one-token path needs no scratch except for a last partial tile (and xs) */
+        float *buf = dsq_malloc_aligned(sizeof(float) * (tile_floats + (fp8x ? cols : 0)));
+        float *xs = buf ? buf + tile_floats : NULL;
+        uint64_t xs_rb = UINT64_MAX; /* the scale row xs holds */
+        bool xs_ok = false;
         if (!buf) {
 #pragma omp atomic write
             failed = true;
@@ -841,6 +936,14 @@ static dsq_status linear_tiles(const dsq__kern *k, const dsq_wview *w, uint64_t 
                 int nr = (int)(t1r - r0 < ROW_TILE ? t1r - r0 : ROW_TILE);
 #ifdef HAVE_X86
                 if (avx2 && fused && nr == ROW_TILE) {
+                    uint64_t ra = row0 + r0;
+                    if (fp8x && ra / 128 == (ra + 3) / 128) {
+                        if (ra / 128 != xs_rb) xs_rb = ra / 128, xs_ok = fp8_prescale(w, xs_rb, x, xs);
+                        if (xs_ok) {
+                            fp8_rows4_vbmi(w, ra, xs, y + r0);
+                            continue;
+                        }
+                    }
                     fused1_avx2(w, row0 + r0, x, y + r0, avx512);
                     continue;
                 }
