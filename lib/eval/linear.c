@@ -480,8 +480,10 @@ static bool fp8_prescale(const dsq_wview *w, uint64_t rb, const float *x, float 
     return true;
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vbmi,gfni"))) static void fp8_rows4_vbmi(const dsq_wview *w, uint64_t r0,
-                                                                                       const float *xs, float *y) {
+/* NP row pairs (2 rows each) from r0: NP = 8 keeps eight independent FMA chains in flight (each row's
+ * accumulator is one serial chain, so two pairs leave the FMA units waiting on its latency). */
+__attribute__((target("avx512f,avx512bw,avx512vbmi,gfni"), always_inline)) static inline void
+fp8_vbmi_body(const dsq_wview *w, uint64_t r0, const float *xs, float *y, const int NP) {
     uint64_t cols = w->shape[1];
     const uint8_t *p = w->data + r0 * cols;
     const __m512i g3 = _mm512_set1_epi64((long long)FP8_GF_B3), g2 = _mm512_set1_epi64((long long)FP8_GF_B2);
@@ -497,25 +499,41 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi,gfni"))) static void fp8_rows
         ctl[k] = _mm512_loadu_si512(d);
     }
     const __mmask64 b23 = 0xCCCCCCCCCCCCCCCCull;
-    __m512 a01 = _mm512_setzero_ps(), a23 = a01;
+    __m512 acc[8];
+#pragma GCC unroll 8
+    for (int q = 0; q < NP; q++) acc[q] = _mm512_setzero_ps();
     for (uint64_t c = 0; c < cols; c += 32) {
         if (c % 64 == 0)
-            for (int r = 0; r < 4; r++) _mm_prefetch((const char *)(p + (uint64_t)r * cols + c + PF_BYTES), _MM_HINT_T0);
-        __m512i r01 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + c))),
-                                         _mm256_loadu_si256((const __m256i *)(p + cols + c)), 1);
-        __m512i r23 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 2 * cols + c))),
-                                         _mm256_loadu_si256((const __m256i *)(p + 3 * cols + c)), 1);
-        __m512i h01 = _mm512_gf2p8affine_epi64_epi8(r01, g3, 0), l01 = _mm512_gf2p8affine_epi64_epi8(r01, g2, 0);
-        __m512i h23 = _mm512_gf2p8affine_epi64_epi8(r23, g3, 0), l23 = _mm512_gf2p8affine_epi64_epi8(r23, g2, 0);
+#pragma GCC unroll 16
+            for (int r = 0; r < 2 * NP; r++)
+                _mm_prefetch((const char *)(p + (uint64_t)r * cols + c + PF_BYTES), _MM_HINT_T0);
+        __m512 xv[4];
 #pragma GCC unroll 4
-        for (int k = 0; k < 4; k++) {
-            __m512 xv = bcast8(xs + c + 8 * k);
-            a01 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_maskz_permutex2var_epi8(b23, l01, ctl[k], h01)), xv, a01);
-            a23 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_maskz_permutex2var_epi8(b23, l23, ctl[k], h23)), xv, a23);
+        for (int k = 0; k < 4; k++) xv[k] = bcast8(xs + c + 8 * k);
+#pragma GCC unroll 8
+        for (int q = 0; q < NP; q++) {
+            const uint8_t *pa = p + (uint64_t)(2 * q) * cols + c;
+            __m512i raw = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)pa)),
+                                             _mm256_loadu_si256((const __m256i *)(pa + cols)), 1);
+            __m512i h = _mm512_gf2p8affine_epi64_epi8(raw, g3, 0), l = _mm512_gf2p8affine_epi64_epi8(raw, g2, 0);
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; k++)
+                acc[q] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_maskz_permutex2var_epi8(b23, l, ctl[k], h)), xv[k],
+                                         acc[q]);
         }
     }
-    pair_sums(a01, y);
-    pair_sums(a23, y + 2);
+#pragma GCC unroll 8
+    for (int q = 0; q < NP; q++) pair_sums(acc[q], y + 2 * q);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vbmi,gfni"))) static void fp8_rows4_vbmi(const dsq_wview *w, uint64_t r0,
+                                                                                       const float *xs, float *y) {
+    fp8_vbmi_body(w, r0, xs, y, 2);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vbmi,gfni"))) static void fp8_rows16_vbmi(const dsq_wview *w, uint64_t r0,
+                                                                                        const float *xs, float *y) {
+    fp8_vbmi_body(w, r0, xs, y, 8);
 }
 
 /* MXFP4, eight rows × NT tokens (NT ≤ FP4_NT): four row pairs, each decoded once per 32-column block
@@ -904,10 +922,10 @@ static dsq_status linear_tiles(const dsq__kern *k, const dsq_wview *w, uint64_t 
 #ifdef HAVE_X86
     bf16 = fused && w->enc == DSQ_ENC_BF16;
 #endif
-    int tile_rows = bf16 ? 8 : ROW_TILE;
     bool avx512 = fused && dsq__cpu_has_avx512();
-    /* e8m0 FP8, one token: x pre-scaled per 128-row scale block (fp8_rows4_vbmi) */
+    /* e8m0 FP8, one token: x pre-scaled per 128-row scale block, 16-row tiles (fp8_rows16_vbmi) */
     bool fp8x = avx512 && w->enc == DSQ_ENC_FP8_B128 && cols % 128 == 0 && cpu_has_vbmi_gfni();
+    int tile_rows = bf16 ? 8 : fp8x ? 16 : ROW_TILE;
     size_t tile_floats = ROW_TILE * (fused && n_rows % ROW_TILE == 0 ? 1 : cols);
     int64_t n_tiles = (int64_t)dsq_ceil_div(n_rows, (uint64_t)tile_rows);
 #pragma omp parallel num_threads(nt)
@@ -930,6 +948,14 @@ static dsq_status linear_tiles(const dsq__kern *k, const dsq_wview *w, uint64_t 
             if (bf16 && t1r - t0r == BF16_TILE) {
                 bf16_rows8(w, row0 + t0r, x, y + t0r);
                 continue;
+            }
+            uint64_t ta = row0 + t0r;
+            if (fp8x && t1r - t0r == 16 && ta / 128 == (ta + 15) / 128) {
+                if (ta / 128 != xs_rb) xs_rb = ta / 128, xs_ok = fp8_prescale(w, xs_rb, x, xs);
+                if (xs_ok) {
+                    fp8_rows16_vbmi(w, ta, xs, y + t0r);
+                    continue;
+                }
             }
 #endif
             for (uint64_t r0 = t0r; r0 < t1r; r0 += ROW_TILE) {
