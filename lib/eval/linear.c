@@ -2,6 +2,7 @@
  * per-thread scratch buffer and reduced against every token with an 8-lane FMA dot product.
  * AVX2/FMA twins are chosen at run time; the scalar twins compute the same bits (fmaf per lane,
  * the same final lane sum) so tests can compare them exactly. */
+#include <float.h>
 #include <math.h>
 #include <omp.h>
 #include <string.h>
@@ -458,10 +459,14 @@ static bool cpu_has_vbmi_gfni(void) {
 
 /* xs = x·2^120·s over the scale row rb of an e8m0 FP8 view (cols a multiple of 128).  False when
  * some product is not exact (a scale byte above FP8_XS_MAX_E, x non-finite, a product that overflows
- * or loses bits in the subnormal range): those rows take fp8_rows4_avx512. */
-static bool fp8_prescale(const dsq_wview *w, uint64_t rb, const float *x, float *xs) {
+ * or loses bits in the subnormal range): those rows take fp8_rows4_avx512.  (Powers of two: x·k is
+ * exact iff (x·k)·(1/k) == x.) */
+__attribute__((target("avx512f"))) static bool fp8_prescale(const dsq_wview *w, uint64_t rb, const float *x,
+                                                             float *xs) {
     uint64_t cols = w->shape[1], nbk = cols / 128;
     const uint8_t *sc = w->scale + rb * nbk;
+    const __m512 fmax = _mm512_set1_ps(FLT_MAX);
+    __mmask16 bad = 0;
     for (uint64_t bk = 0; bk < nbk; bk++) {
         if (sc[bk] > FP8_XS_MAX_E) return false;
         uint32_t ku = (uint32_t)(sc[bk] + 120) << 23, iu = (uint32_t)(134 - sc[bk]) << 23;
@@ -469,15 +474,16 @@ static bool fp8_prescale(const dsq_wview *w, uint64_t rb, const float *x, float 
         memcpy(&k, &ku, 4);
         if (sc[bk] == 134) iu = 0x00400000u;
         memcpy(&ik, &iu, 4);
-        bool ok = true;
-        for (uint64_t c = bk * 128; c < bk * 128 + 128; c++) {
-            float v = x[c] * k;
-            xs[c] = v;
-            ok &= isfinite(v) && v * ik == x[c];
+        __m512 kv = _mm512_set1_ps(k), ikv = _mm512_set1_ps(ik);
+        for (uint64_t c = bk * 128; c < bk * 128 + 128; c += 16) {
+            __m512 xv = _mm512_loadu_ps(x + c), v = _mm512_mul_ps(xv, kv);
+            _mm512_storeu_ps(xs + c, v);
+            /* exact iff scaling back gives x (NaN fails); x = ±inf would pass that, so x must be finite */
+            bad |= (__mmask16)~_mm512_cmp_ps_mask(_mm512_mul_ps(v, ikv), xv, _CMP_EQ_OQ);
+            bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(xv), fmax, _CMP_GT_OQ);
         }
-        if (!ok) return false;
     }
-    return true;
+    return bad == 0;
 }
 
 /* NP row pairs (2 rows each) from r0: NP = 8 keeps eight independent FMA chains in flight (each row's
