@@ -930,7 +930,10 @@ static dsq_status linear_tiles(const dsq__kern *k, const dsq_wview *w, uint64_t 
 #endif
     bool avx512 = fused && dsq__cpu_has_avx512();
     /* e8m0 FP8, one token: x pre-scaled per 128-row scale block, 16-row tiles (fp8_rows16_vbmi) */
-    bool fp8x = avx512 && w->enc == DSQ_ENC_FP8_B128 && cols % 128 == 0 && cpu_has_vbmi_gfni();
+    bool fp8x = false;
+#ifdef HAVE_X86
+    fp8x = avx512 && w->enc == DSQ_ENC_FP8_B128 && cols % 128 == 0 && cpu_has_vbmi_gfni();
+#endif
     int tile_rows = bf16 ? 8 : fp8x ? 16 : ROW_TILE;
     size_t tile_floats = ROW_TILE * (fused && n_rows % ROW_TILE == 0 ? 1 : cols);
     int64_t n_tiles = (int64_t)dsq_ceil_div(n_rows, (uint64_t)tile_rows);
@@ -941,6 +944,7 @@ static dsq_status linear_tiles(const dsq__kern *k, const dsq_wview *w, uint64_t 
         float *xs = buf ? buf + tile_floats : NULL;
         uint64_t xs_rb = UINT64_MAX; /* the scale row xs holds */
         bool xs_ok = false;
+        (void)xs, (void)xs_rb, (void)xs_ok; /* x86 only */
         if (!buf) {
 #pragma omp atomic write
             failed = true;
