@@ -430,7 +430,7 @@ __attribute__((target("avx512f,avx512bw"))) static void fp8_rows4_avx512(const d
     pair_sums(a23, y + 2);
 }
 
-/* FP8 128x128, four rows, one token, with VBMI + GFNI (no float conversion, no scale product per
+/* FP8 128x128, 4 or 16 rows, one token, with VBMI + GFNI (no float conversion, no scale product per
  * weight).  The scale is moved onto x: xs[c] = x[c]·2^120·s (fp8_prescale, checked exact), and each
  * code b = s.eeee.mmm becomes the f32 whose bits are s·2^31 | eeee·2^23 | mmm·2^20, i.e. the value
  * v·2^-120 (an f32 subnormal when eeee = 0: m·2^-129 = v·2^-120 too).  The product (v·2^-120)·xs is
