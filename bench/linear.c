@@ -6,7 +6,8 @@
  * CPU clock with one thread: on a machine shared with other jobs a kernel's CPU time moves far less
  * than its wall time (only caches and memory are shared), so before/after comparisons of a kernel hold
  * there.  Experts are read cold (32 different experts per pass, 142 MB ≫ the caches) unless
- * DSQ_BENCH_HOT=1 (one expert, from the caches: the kernel's compute rate). */
+ * DSQ_BENCH_HOT=1 (one expert and 256-row slices of the FP8 projections, from the caches: the
+ * kernels' compute rate). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +68,14 @@ int main(void) {
         w1[i] = B->w1[ex];
         w2[i] = B->w2[ex];
     }
+    /* hot: 256-row slices of the FP8 projections (256 KB and 2 MB), passed NE times */
+    dsq_wview wqb[NE], wob[NE];
+    for (int i = 0; i < NE; i++) {
+        wqb[i] = B->wq_b, wob[i] = B->wo_b;
+        wqb[i].shape[0] = wob[i].shape[0] = 256;
+        wqb[i].data_bytes = 256 * wqb[i].shape[1], wob[i].data_bytes = 256 * wob[i].shape[1];
+        wqb[i].scale_bytes = 2 * wqb[i].shape[1] / 128, wob[i].scale_bytes = 2 * wob[i].shape[1] / 128;
+    }
     dsq_wview head = m->head; /* the first 8192 rows: 64 MB */
     head.shape[0] = 8192;
     head.data_bytes = 8192 * head.shape[1] * 2;
@@ -78,8 +87,8 @@ int main(void) {
         int nt = toks[ti];
         rc |= run("expert w1 (mxfp4)", m->cpu_avx2, w1, NE, nt, reps);
         rc |= run("expert w2 (mxfp4)", m->cpu_avx2, w2, NE, nt, reps);
-        rc |= run("wq_b (fp8 128x128)", m->cpu_avx2, &B->wq_b, 1, nt, reps);
-        rc |= run("wo_b (fp8 128x128)", m->cpu_avx2, &B->wo_b, 1, nt, reps);
+        rc |= run("wq_b (fp8 128x128)", m->cpu_avx2, hot ? wqb : &B->wq_b, hot ? NE : 1, nt, reps);
+        rc |= run("wo_b (fp8 128x128)", m->cpu_avx2, hot ? wob : &B->wo_b, hot ? NE : 1, nt, reps);
         rc |= run("head slice (bf16)", m->cpu_avx2, &head, 1, nt, reps);
     }
     dsq_v4_model_close(m);

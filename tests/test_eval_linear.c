@@ -249,12 +249,62 @@ static void test_fp4_scale_chunks(void **state) {
     }
 }
 
+/* The one-token FP8 kernel that moves the block scale onto x (x·2^120·s, used when every product is
+ * exact): codes over the whole e4m3 range (subnormals, -0, ±448; no NaN codes), scale bytes at the
+ * edge of that path (134) and past it (135, the other kernel), 0 (2^-127) and ordinary ones; x with
+ * subnormal entries, signed zeros, and a block where x·2^120·s overflows (that scale row must take the
+ * other kernel, or its outputs turn infinite).  Every row window and thread count equals the scalar
+ * twin bit for bit. */
+static void test_fp8_prescaled_x(void **state) {
+    (void)state;
+    if (!dsq__cpu_has_avx2()) skip();
+    const uint64_t R = 264, C = 384; /* 3 scale rows (the last partial) × 3 scale columns */
+    rng g = {0xf8f8};
+    dsq_qtensor_buf b;
+    dsq_wview v = make_view("fp8-128x128", R, C, &g, &b);
+    uint8_t *codes = b.data, *sc = b.scales;
+    for (uint64_t i = 0; i < R * C; i++) {
+        uint8_t c = (uint8_t)rng_u64(&g);
+        codes[i] = (c & 0x7f) == 0x7f ? (uint8_t)(c ^ 1) : c; /* no NaN codes */
+    }
+    static const uint8_t scales[9] = {134, 120, 0, 127, 135, 110, 5, 134, 60};
+    memcpy(sc, scales, sizeof scales);
+    float x[384], ys[264], yv[264];
+    for (int variant = 0; variant < 3; variant++) {
+        for (uint64_t i = 0; i < C; i++) x[i] = ldexpf(rng_gauss(&g), -(int)(i % 9) - 2); /* |x| < 2 */
+        if (variant >= 1) {
+            x[7] = 0x1p-149f * 3, x[200] = -0x1p-140f, x[260] = 0x1p-149f * 5, x[300] = -0.0f, x[301] = 0.0f;
+        }
+        if (variant == 2) x[5] = 3.0f; /* ·2^127 overflows in scale rows 0 and 2 */
+        for (uint64_t row0 = 0; row0 <= 128; row0 += row0 == 0 ? 3 : 125) {
+            uint64_t n = R - row0;
+            dsq__kern ks = {false, 1};
+            assert_int_equal(dsq__linear(&ks, &v, row0, n, x, C, 1, ys, n, NULL), DSQ_OK);
+            for (uint64_t i = 0; i < n; i++) assert_true(isfinite(ys[i]));
+            for (int th = 1; th <= 2; th++) {
+                dsq__kern kv = {true, th};
+                memset(yv, 0xff, sizeof yv);
+                assert_int_equal(dsq__linear(&kv, &v, row0, n, x, C, 1, yv, n, NULL), DSQ_OK);
+                for (uint64_t i = 0; i < n; i++)
+                    if (memcmp(&ys[i], &yv[i], sizeof(float)) != 0) {
+                        fprintf(stderr, "fp8 prescaled x, variant %d rows %llu… threads %d: output %llu: vector %.9g, "
+                                        "scalar %.9g\n",
+                                variant, (unsigned long long)row0, th, (unsigned long long)i, yv[i], ys[i]);
+                        fail();
+                    }
+            }
+        }
+    }
+    qbuf_free(&b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vector_equals_scalar),
         cmocka_unit_test(test_fp8_huge_scale_block),
         cmocka_unit_test(test_multi_token_equals_scalar),
         cmocka_unit_test(test_fp4_scale_chunks),
+        cmocka_unit_test(test_fp8_prescaled_x),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

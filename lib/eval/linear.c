@@ -2,6 +2,7 @@
  * per-thread scratch buffer and reduced against every token with an 8-lane FMA dot product.
  * AVX2/FMA twins are chosen at run time; the scalar twins compute the same bits (fmaf per lane,
  * the same final lane sum) so tests can compare them exactly. */
+#include <float.h>
 #include <math.h>
 #include <omp.h>
 #include <string.h>
@@ -429,6 +430,118 @@ __attribute__((target("avx512f,avx512bw"))) static void fp8_rows4_avx512(const d
     pair_sums(a23, y + 2);
 }
 
+/* FP8 128x128, 4 or 16 rows, one token, with VBMI + GFNI (no float conversion, no scale product per
+ * weight).  The scale is moved onto x: xs[c] = x[c]·2^120·s (fp8_prescale, checked exact), and each
+ * code b = s.eeee.mmm becomes the f32 whose bits are s·2^31 | eeee·2^23 | mmm·2^20, i.e. the value
+ * v·2^-120 (an f32 subnormal when eeee = 0: m·2^-129 = v·2^-120 too).  The product (v·2^-120)·xs is
+ * the exact real v·s·x, the same real as the other twins' (v·s)·x (v·s is exact for e ≤ 134), so each
+ * FMA rounds the same value into the same 8-lane accumulator in the same column order: the bits of
+ * fp8_rows4_avx512 and of the scalar twin.  Two affine bit transforms (gf2p8affineqb) make bytes 2
+ * and 3 of those f32s for 64 codes at once; one two-source byte permute per 16 weights places them
+ * as [row A c..c+7 | row B c..c+7]. */
+enum { FP8_XS_MAX_E = 134 }; /* 2^120·2^(e-127) = 2^(e-7) is finite for e ≤ 134 */
+
+/* GF(2) 8×8 matrices, row of output bit i in byte 7-i: byte 3 of the f32 = s000 0eee (bits 7, 6..4
+ * of the code), byte 2 = emmm 0000 (bits 3, 2..0). */
+#define FP8_GF_B3 ((0x80ull << 0) | (0x40ull << 40) | (0x20ull << 48) | (0x10ull << 56))
+#define FP8_GF_B2 ((0x08ull << 0) | (0x04ull << 8) | (0x02ull << 16) | (0x01ull << 24))
+
+static bool cpu_has_vbmi_gfni(void) {
+    static int cached = -1;
+    int c = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (c < 0) {
+        __builtin_cpu_init();
+        c = dsq__cpu_has_avx512() && __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("gfni");
+        __atomic_store_n(&cached, c, __ATOMIC_RELAXED);
+    }
+    return c;
+}
+
+/* xs = x·2^120·s over the scale row rb of an e8m0 FP8 view (cols a multiple of 128).  False when
+ * some product is not exact (a scale byte above FP8_XS_MAX_E, x non-finite, a product that overflows
+ * or loses bits in the subnormal range): those rows take fp8_rows4_avx512.  (Powers of two: x·k is
+ * exact iff (x·k)·(1/k) == x.) */
+__attribute__((target("avx512f"))) static bool fp8_prescale(const dsq_wview *w, uint64_t rb, const float *x,
+                                                             float *xs) {
+    uint64_t cols = w->shape[1], nbk = cols / 128;
+    const uint8_t *sc = w->scale + rb * nbk;
+    const __m512 fmax = _mm512_set1_ps(FLT_MAX);
+    __mmask16 bad = 0;
+    for (uint64_t bk = 0; bk < nbk; bk++) {
+        if (sc[bk] > FP8_XS_MAX_E) return false;
+        uint32_t ku = (uint32_t)(sc[bk] + 120) << 23, iu = (uint32_t)(134 - sc[bk]) << 23;
+        float k, ik; /* 2^(e-7) and 2^(7-e) (a subnormal for e = 134: 2^-127 is 0x00400000) */
+        memcpy(&k, &ku, 4);
+        if (sc[bk] == 134) iu = 0x00400000u;
+        memcpy(&ik, &iu, 4);
+        __m512 kv = _mm512_set1_ps(k), ikv = _mm512_set1_ps(ik);
+        for (uint64_t c = bk * 128; c < bk * 128 + 128; c += 16) {
+            __m512 xv = _mm512_loadu_ps(x + c), v = _mm512_mul_ps(xv, kv);
+            _mm512_storeu_ps(xs + c, v);
+            /* exact iff scaling back gives x (NaN fails); x = ±inf would pass that, so x must be finite */
+            bad |= (__mmask16)~_mm512_cmp_ps_mask(_mm512_mul_ps(v, ikv), xv, _CMP_EQ_OQ);
+            bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(xv), fmax, _CMP_GT_OQ);
+        }
+    }
+    return bad == 0;
+}
+
+/* NP row pairs (2 rows each) from r0: NP = 8 keeps eight independent FMA chains in flight (each row's
+ * accumulator is one serial chain, so two pairs leave the FMA units waiting on its latency). */
+__attribute__((target("avx512f,avx512bw,avx512vbmi,gfni"), always_inline)) static inline void
+fp8_vbmi_body(const dsq_wview *w, uint64_t r0, const float *xs, float *y, const int NP) {
+    uint64_t cols = w->shape[1];
+    const uint8_t *p = w->data + r0 * cols;
+    const __m512i g3 = _mm512_set1_epi64((long long)FP8_GF_B3), g2 = _mm512_set1_epi64((long long)FP8_GF_B2);
+    /* dword j of output k: bytes 2, 3 = byte (8k + j) of B2, B3 for row A (j < 8), byte 32 + 8k + j - 8 for
+     * row B; index bit 6 picks B3; bytes 0, 1 zeroed by the mask */
+    __m512i ctl[4];
+    for (int k = 0; k < 4; k++) {
+        uint32_t d[16];
+        for (int j = 0; j < 16; j++) {
+            uint32_t i = (uint32_t)(j < 8 ? 8 * k + j : 32 + 8 * k + j - 8);
+            d[j] = (i << 16) | ((i | 64u) << 24);
+        }
+        ctl[k] = _mm512_loadu_si512(d);
+    }
+    const __mmask64 b23 = 0xCCCCCCCCCCCCCCCCull;
+    __m512 acc[8];
+#pragma GCC unroll 8
+    for (int q = 0; q < NP; q++) acc[q] = _mm512_setzero_ps();
+    for (uint64_t c = 0; c < cols; c += 32) {
+        if (c % 64 == 0)
+#pragma GCC unroll 16
+            for (int r = 0; r < 2 * NP; r++)
+                _mm_prefetch((const char *)(p + (uint64_t)r * cols + c + PF_BYTES), _MM_HINT_T0);
+        __m512 xv[4];
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) xv[k] = bcast8(xs + c + 8 * k);
+#pragma GCC unroll 8
+        for (int q = 0; q < NP; q++) {
+            const uint8_t *pa = p + (uint64_t)(2 * q) * cols + c;
+            __m512i raw = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)pa)),
+                                             _mm256_loadu_si256((const __m256i *)(pa + cols)), 1);
+            __m512i h = _mm512_gf2p8affine_epi64_epi8(raw, g3, 0), l = _mm512_gf2p8affine_epi64_epi8(raw, g2, 0);
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; k++)
+                acc[q] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_maskz_permutex2var_epi8(b23, l, ctl[k], h)), xv[k],
+                                         acc[q]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int q = 0; q < NP; q++) pair_sums(acc[q], y + 2 * q);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vbmi,gfni"))) static void fp8_rows4_vbmi(const dsq_wview *w, uint64_t r0,
+                                                                                       const float *xs, float *y) {
+    fp8_vbmi_body(w, r0, xs, y, 2);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vbmi,gfni"))) static void fp8_rows16_vbmi(const dsq_wview *w, uint64_t r0,
+                                                                                        const float *xs, float *y) {
+    fp8_vbmi_body(w, r0, xs, y, 8);
+}
+
 /* MXFP4, eight rows × NT tokens (NT ≤ FP4_NT): four row pairs, each decoded once per 32-column block
  * and applied to every token, so the few tokens an expert sees in a prefill cost one decode.  A pair's
  * 16-byte blocks are broadcast as [A | A | B | B] (128-bit lanes); an in-lane byte shuffle puts the byte
@@ -815,13 +928,23 @@ static dsq_status linear_tiles(const dsq__kern *k, const dsq_wview *w, uint64_t 
 #ifdef HAVE_X86
     bf16 = fused && w->enc == DSQ_ENC_BF16;
 #endif
-    int tile_rows = bf16 ? 8 : ROW_TILE;
     bool avx512 = fused && dsq__cpu_has_avx512();
+    /* e8m0 FP8, one token: x pre-scaled per 128-row scale block, 16-row tiles (fp8_rows16_vbmi) */
+    bool fp8x = false;
+#ifdef HAVE_X86
+    fp8x = avx512 && w->enc == DSQ_ENC_FP8_B128 && cols % 128 == 0 && cpu_has_vbmi_gfni();
+#endif
+    int tile_rows = bf16 ? 8 : fp8x ? 16 : ROW_TILE;
+    size_t tile_floats = ROW_TILE * (fused && n_rows % ROW_TILE == 0 ? 1 : cols);
     int64_t n_tiles = (int64_t)dsq_ceil_div(n_rows, (uint64_t)tile_rows);
 #pragma omp parallel num_threads(nt)
     {
-        /* the fused one-token path needs no scratch except for a last partial tile */
-        float *buf = dsq_malloc_aligned(sizeof(float) * ROW_TILE * (fused && n_rows % ROW_TILE == 0 ? 1 : cols));
+        /* the fused one-token path needs no scratch except for a last partial tile (and xs) */
+        float *buf = dsq_malloc_aligned(sizeof(float) * (tile_floats + (fp8x ? cols : 0)));
+        float *xs = buf ? buf + tile_floats : NULL;
+        uint64_t xs_rb = UINT64_MAX; /* the scale row xs holds */
+        bool xs_ok = false;
+        (void)xs, (void)xs_rb, (void)xs_ok; /* x86 only */
         if (!buf) {
 #pragma omp atomic write
             failed = true;
@@ -836,11 +959,27 @@ static dsq_status linear_tiles(const dsq__kern *k, const dsq_wview *w, uint64_t 
                 bf16_rows8(w, row0 + t0r, x, y + t0r);
                 continue;
             }
+            uint64_t ta = row0 + t0r;
+            if (fp8x && t1r - t0r == 16 && ta / 128 == (ta + 15) / 128) {
+                if (ta / 128 != xs_rb) xs_rb = ta / 128, xs_ok = fp8_prescale(w, xs_rb, x, xs);
+                if (xs_ok) {
+                    fp8_rows16_vbmi(w, ta, xs, y + t0r);
+                    continue;
+                }
+            }
 #endif
             for (uint64_t r0 = t0r; r0 < t1r; r0 += ROW_TILE) {
                 int nr = (int)(t1r - r0 < ROW_TILE ? t1r - r0 : ROW_TILE);
 #ifdef HAVE_X86
                 if (avx2 && fused && nr == ROW_TILE) {
+                    uint64_t ra = row0 + r0;
+                    if (fp8x && ra / 128 == (ra + 3) / 128) {
+                        if (ra / 128 != xs_rb) xs_rb = ra / 128, xs_ok = fp8_prescale(w, xs_rb, x, xs);
+                        if (xs_ok) {
+                            fp8_rows4_vbmi(w, ra, xs, y + r0);
+                            continue;
+                        }
+                    }
                     fused1_avx2(w, row0 + r0, x, y + r0, avx512);
                     continue;
                 }
