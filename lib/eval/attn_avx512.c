@@ -137,6 +137,23 @@ __attribute__((target("avx512f"))) void dsq__indexer_block16(const float *qi, co
     }
 }
 
+/* ---- dequantizing an index_fp4 key (backend_cpu.c unpack_row's values: e2m1 · UE8M0, one f32 multiply) ---- */
+
+__attribute__((target("avx512f"))) void dsq__unpack_fp4_avx512(const uint8_t *codes, const uint8_t *scales, int n,
+                                                                float *x) {
+    const __m512 lut = _mm512_loadu_ps(dsq_e2m1_lut);
+    const __m512i lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    for (int b = 0; b < n / DSQ_FP4_BLOCK; b++) {
+        __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(codes + 16 * b)));
+        __m512 lo = _mm512_permutexvar_ps(_mm512_and_si512(v, _mm512_set1_epi32(15)), lut); /* even dims */
+        __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut);                      /* odd dims */
+        __m512 sc = _mm512_set1_ps(dsq_e8m0_to_f32(scales[b]));
+        _mm512_storeu_ps(x + 32 * b, _mm512_mul_ps(_mm512_permutex2var_ps(lo, lo_idx, hi), sc));
+        _mm512_storeu_ps(x + 32 * b + 16, _mm512_mul_ps(_mm512_permutex2var_ps(lo, hi_idx, hi), sc));
+    }
+}
+
 /* ---- attention: one query, heads h0 … h0+nh-1 (nh % 4 == 0), shared key list -------------------- */
 
 /* z[h][j] = q_h · k_j in release order (sequential mul-then-add over d): Kt [hd][16] transposed block. */
@@ -319,6 +336,10 @@ __attribute__((target("avx512f"))) dsq_status dsq__attn_heads_avx512(const float
 }
 
 #else /* not x86: dsq__attn_fast_ok is false, these are never called */
+
+void dsq__unpack_fp4_avx512(const uint8_t *codes, const uint8_t *scales, int n, float *x) {
+    (void)codes, (void)scales, (void)n, (void)x;
+}
 
 void dsq__indexer_block16(const float *qi, const float *w, int nih, int ihd, bool release, const float *const *rows,
                           int nk, float *Kp, float *dots, float *scores) {

@@ -477,6 +477,8 @@ static void cpu_indexer_topk(const dsq__run *r, const float *qi, const float *w,
         /* AVX-512 (same bits): blocks of 16 keys, each dequantized once and scored for all heads */
         int64_t n_blk = (n_valid + 15) / 16;
         bool f32 = r->kv == DSQ_KV_CACHE_F32, failed = false;
+        /* index_fp4 keys (compact, fp4, int4 caches): the AVX-512 dequantizer when whole 32-blocks */
+        bool fp4 = !f32 && r->kv != DSQ_KV_CACHE_BF16 && r->kv != DSQ_KV_CACHE_COMPACT_IDX8 && ihd % DSQ_FP4_BLOCK == 0;
 #pragma omp parallel num_threads(r->k.threads) if (n_valid >= 512 && !omp_in_parallel())
         {
             /* scratch Kp [16·ihd], rows [16·ihd], dots [nih·16]: on the stack for small shapes */
@@ -499,7 +501,10 @@ static void cpu_indexer_topk(const dsq__run *r, const float *qi, const float *w,
                     if (f32) {
                         rows[i] = (const float *)(const void *)kp; /* read in place */
                     } else {
-                        unpack_row(r, true, kp, rowbuf + (size_t)i * ihd);
+                        if (fp4)
+                            dsq__unpack_fp4_avx512(kp, kp + ihd / 2, ihd, rowbuf + (size_t)i * ihd);
+                        else
+                            unpack_row(r, true, kp, rowbuf + (size_t)i * ihd);
                         rows[i] = rowbuf + (size_t)i * ihd;
                     }
                 }

@@ -61,6 +61,10 @@ dsq_status dsq__attn_heads_avx512(const float *q, int nh, int hd, const float *c
 void dsq__indexer_block16(const float *qi, const float *w, int nih, int ihd, bool release, const float *const *rows,
                           int nk, float *Kp, float *dots, float *scores);
 
+/* An index_fp4 key (n % 32 == 0 e2m1 codes, two per byte, low nibble first, UE8M0 per 32) → x [n]: the
+ * scalar unpack's values (AVX-512; only where dsq__indexer_fast_ok). */
+void dsq__unpack_fp4_avx512(const uint8_t *codes, const uint8_t *scales, int n, float *x);
+
 /* Little-endian unaligned loads. */
 static inline float dsq__ld_f32(const uint8_t *p) {
     float f;
