@@ -7,7 +7,8 @@
  *     t = a + b · (multiply-adds)
  * fitted on the 1K and 8K points: the 64K time predicted from the two short contexts against the measured
  * one.  The weights' part of a decode step (linear layers, MoE, head) does not depend on the context:
- * bench/forward measures it.
+ * bench/forward measures it.  Last, the fitted model summed over positions 1…N gives the attention + indexer
+ * time of a prefill of N tokens through the CSA + HCA slice of `dsq synth --from-layer 2 --layers 2`.
  *
  * Config: $DSQ_LONGCTX_CONFIG (default samples/configs/deepseek-v4-flash.json).  Environment:
  * DSQ_BENCH_THREADS (2), DSQ_BENCH_REPS (5; median and min-max reported), DSQ_LONGCTX_KV (compact). */
