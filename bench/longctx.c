@@ -7,7 +7,8 @@
  *     t = a + b · (multiply-adds)
  * fitted on the 1K and 8K points: the 64K time predicted from the two short contexts against the measured
  * one.  The weights' part of a decode step (linear layers, MoE, head) does not depend on the context:
- * bench/forward measures it.
+ * bench/forward measures it.  Last, the fitted model summed over positions 1…N gives the attention + indexer
+ * time of a prefill of N tokens through the CSA + HCA slice of `dsq synth --from-layer 2 --layers 2`.
  *
  * Config: $DSQ_LONGCTX_CONFIG (default samples/configs/deepseek-v4-flash.json).  Environment:
  * DSQ_BENCH_THREADS (2), DSQ_BENCH_REPS (5; median and min-max reported), DSQ_LONGCTX_KV (compact). */
@@ -185,6 +186,32 @@ int main(void) {
     for (int ci = 0; ci < N_CTX; ci++)
         printf("  %6lld tokens: %8.2f ms\n", (long long)ctx_len[ci],
                1e3 * (n_swa * tmed[0][ci] + n_csa * (tmed[1][ci] + tmed[2][ci]) + n_hca * tmed[3][ci]));
+    /* the V4-Flash slice of `dsq synth --from-layer 2 --layers 2` (one CSA, one HCA layer): a prefill of N tokens
+     * spends Σ_{p<N} (indexer(p) + CSA attention(p) + HCA attention(p)) here, each part t = a + b·MACs(p) with
+     * the a, b fitted above; the weights' part (projections, MoE, compressors) is the same per token at any
+     * context (bench/forward) and is not included */
+    double fa[4], fb[4];
+    for (int part = 0; part < 4; part++) {
+        double dm = macs[part][1] - macs[part][0];
+        fb[part] = dm > 0 ? (tmed[part][1] - tmed[part][0]) / dm : 0;
+        fa[part] = dm > 0 ? tmed[part][0] - fb[part] * macs[part][0] : 0.5 * (tmed[part][0] + tmed[part][1]);
+    }
+    printf("\nslice of one CSA + one HCA layer (dsq synth --from-layer 2 --layers 2), attention + indexer only, "
+           "from the fitted model (%s time of %d thread%s):\n",
+           clk == CLOCK_MONOTONIC ? "wall" : "CPU", threads, threads == 1 ? "" : "s");
+    for (int ci = 0; ci < N_CTX; ci++) {
+        double tot = 0, last = 0;
+        for (int64_t p = 1; p <= ctx_len[ci]; p++) {
+            double ncsa = (double)(p / 4), nsel = ncsa < (double)topk ? ncsa : (double)topk;
+            double t_idx = p >= 4 ? fa[1] + fb[1] * ncsa * nih * ihd : 0;
+            double t_csa = fa[2] + fb[2] * ((double)W + nsel) * H * hd * 2;
+            double t_hca = fa[3] + fb[3] * ((double)W + (double)(p / 128)) * H * hd * 2;
+            last = t_idx + t_csa + t_hca;
+            tot += last;
+        }
+        printf("  prefill %6lld tokens: %9.1f s (%7.2f ms per token on average); decode step at the end: %7.2f ms\n",
+               (long long)ctx_len[ci], tot, 1e3 * tot / (double)ctx_len[ci], 1e3 * last);
+    }
     free(sink), free(freqs), free(row), free(comp), free(ring), free(idx), free(q), free(oh), free(qi), free(iw);
     free(buf), free(sel), free(keys);
     return 0;

@@ -31,8 +31,8 @@ static dsq_status read_tokenizer(const char *path, const char *config, char **js
 }
 
 static void usage(void) {
-    printf("usage: dsq synth --config CONFIG --out DIR [--seed N] [--layers N] [--shard-size BYTES]\n"
-           "                 [--tokenizer FILE] [--threads N] [--overwrite] [--json]\n"
+    printf("usage: dsq synth --config CONFIG --out DIR [--seed N] [--layers N] [--from-layer K]\n"
+           "                 [--shard-size BYTES] [--tokenizer FILE] [--threads N] [--overwrite] [--json]\n"
            "\n"
            "Write a random DeepSeek-V4 checkpoint for CONFIG into DIR, in the exact release layout and\n"
            "dtypes: F8_E4M3 weights with E8M0 128x128 block scales, routed experts packed FP4 (I8) with\n"
@@ -45,7 +45,9 @@ static void usage(void) {
            "  --config FILE       config.json to follow (copied to DIR, adjusted by --layers)\n"
            "  --out DIR           output directory (created if missing)\n"
            "  --seed N            random seed (default 0)\n"
-           "  --layers N          keep only the first N main layers (MTP blocks kept)\n"
+           "  --layers N          keep only N main layers (from --from-layer; MTP blocks kept)\n"
+           "  --from-layer K      the first main layer kept (default 0): --from-layer 2 --layers 2 of\n"
+           "                      V4-Flash keeps its layers 2 (CSA) and 3 (HCA), renumbered 0 and 1\n"
            "  --shard-size BYTES  split into model-0000i-of-0000n.safetensors + index above this size\n"
            "                      (default 4G; suffixes K M G T)\n"
            "  --tokenizer FILE    copy this tokenizer.json into DIR (checked: it must load, and its ids\n"
@@ -69,6 +71,7 @@ int dsq_cmd_synth(int argc, char **argv) {
         DSQ_OPT_STR("--tokenizer", &tokenizer),
         DSQ_OPT_U64("--seed", &opt.seed, 0, UINT64_MAX),
         DSQ_OPT_INT("--layers", &opt.layers, 1, DSQ_MAX_LAYERS),
+        DSQ_OPT_INT("--from-layer", &opt.first_layer, 0, DSQ_MAX_LAYERS - 1),
         DSQ_OPT_SIZE("--shard-size", &opt.shard_size, 1, UINT64_MAX),
         DSQ_OPT_INT("--threads", &opt.threads, 1, 1024),
         DSQ_OPT_FLAG("--overwrite", &opt.overwrite),

@@ -653,6 +653,94 @@ static void test_indexer_threads_equal(void **state) {
     free(row), free(qi), free(w), free(keys), free(b1), free(b3);
 }
 
+/* The AVX-512 twins of attention and indexer scoring (attn_avx512.c) give the scalar twins' bits: random
+ * queries against packed caches in every encoding, both numerics, at the tiny model's shape and at
+ * V4-Flash's (H 64 × hd 512 reduced to 16 heads, indexer 64 × 128), with empty slots (NULL keys, a
+ * whole first chunk of them), a partial last key block, and 1 and 3 tokens. */
+static uint32_t twin_h = 7;
+static float twin_rand(void) { return (float)((twin_h = twin_h * 1664525u + 1013904223u) >> 8) / 8388608.0f - 1.0f; }
+
+static void twins_at(const dsq_v4_config *c, bool *ran_fast) {
+    int H = c->n_heads, hd = c->head_dim, nih = c->index_n_heads, ihd = c->index_head_dim, rd = c->rope_head_dim;
+    enum { NK = 150, NIDX = 1000, TC = 3 };
+    float *row = malloc(sizeof(float) * (size_t)(hd > ihd ? hd : ihd));
+    float *q = malloc(sizeof(float) * (size_t)TC * H * hd), *o1 = malloc(sizeof(float) * (size_t)TC * H * hd);
+    float *o2 = malloc(sizeof(float) * (size_t)TC * H * hd), *qi = malloc(sizeof(float) * (size_t)nih * ihd);
+    float *w = malloc(sizeof(float) * (size_t)nih), *sink = malloc(sizeof(float) * (size_t)H);
+    float *freqs = malloc(sizeof(float) * (size_t)rd);
+    uint8_t *kv = malloc((size_t)NK * (size_t)hd * 4), *idx = malloc((size_t)NIDX * (size_t)ihd * 4);
+    const uint8_t **keys = malloc(sizeof *keys * (size_t)NK * TC);
+    float *b1 = malloc(sizeof(float) * (NIDX + (size_t)ihd)), *b2 = malloc(sizeof(float) * (NIDX + (size_t)ihd));
+    int64_t s1[40], s2[40];
+    for (int i = 0; i < H; i++) sink[i] = twin_rand();
+    for (int i = 0; i < rd / 2; i++) freqs[i] = powf(10000.0f, -2.0f * (float)i / (float)rd);
+    v4_block_w B;
+    memset(&B, 0, sizeof B);
+    B.attn_sink = sink;
+    B.freqs = freqs;
+    for (int kvi = 0; kvi < DSQ_KV_CACHE_COUNT; kvi++)
+        for (int rel = 0; rel < 2; rel++) {
+            dsq_err e = DSQ_ERR_INIT;
+            dsq__run r = {0};
+            r.m = tiny;
+            r.c = c;
+            r.kv = (dsq_kv_cache)kvi;
+            r.rel = rel;
+            r.kv_bytes = (size_t)dsq_kv_entry_bytes(c, r.kv);
+            r.idx_bytes = (size_t)dsq_kv_index_bytes(c, r.kv);
+            r.err = &e;
+            r.k.threads = 2;
+            for (int j = 0; j < NK; j++) {
+                for (int i = 0; i < hd; i++) row[i] = twin_rand();
+                dsq__backend_cpu.cache_pack(&r, false, row, 1, kv + (size_t)j * r.kv_bytes);
+            }
+            for (int j = 0; j < NIDX; j++) {
+                for (int i = 0; i < ihd; i++) row[i] = twin_rand();
+                dsq__backend_cpu.cache_pack(&r, true, row, 1, idx + (size_t)j * r.idx_bytes);
+            }
+            for (int i = 0; i < TC * H * hd; i++) q[i] = 4.0f * twin_rand();
+            for (int i = 0; i < nih * ihd; i++) qi[i] = twin_rand();
+            for (int i = 0; i < nih; i++) w[i] = twin_rand();
+            /* token 0: all keys; token 1: the first 70 empty (a whole release chunk); token 2: every 5th empty */
+            for (int t = 0; t < TC; t++)
+                for (int j = 0; j < NK; j++)
+                    keys[(size_t)t * NK + j] =
+                        (t == 1 && j < 70) || (t == 2 && j % 5 == 0) ? NULL : kv + (size_t)((j * 7 + t) % NK) * r.kv_bytes;
+            for (int tc = 1; tc <= TC; tc += TC - 1) {
+                r.k.avx2 = false;
+                assert_int_equal(dsq__backend_cpu.attention(&r, &B, q, keys, NK, 200, tc, o1), DSQ_OK);
+                r.k.avx2 = dsq__cpu_has_avx2();
+                *ran_fast |= dsq__attn_fast_ok(&r.k, H, hd);
+                assert_int_equal(dsq__backend_cpu.attention(&r, &B, q, keys, NK, 200, tc, o2), DSQ_OK);
+                assert_memory_equal(o1, o2, sizeof(float) * (size_t)tc * H * hd);
+            }
+            for (int n = 37; n <= NIDX; n += NIDX - 37) { /* a partial block; several threads' blocks */
+                r.k.avx2 = false;
+                dsq__backend_cpu.indexer_topk(&r, qi, w, idx, n, 40, b1, s1);
+                r.k.avx2 = dsq__cpu_has_avx2();
+                *ran_fast |= dsq__indexer_fast_ok(&r.k, nih, ihd);
+                dsq__backend_cpu.indexer_topk(&r, qi, w, idx, n, 40, b2, s2);
+                assert_memory_equal(b1, b2, sizeof(float) * (size_t)n);
+                assert_memory_equal(s1, s2, sizeof s1);
+            }
+            dsq_err_clear(&e);
+        }
+    free(row), free(q), free(o1), free(o2), free(qi), free(w), free(sink), free(freqs), free(kv), free(idx);
+    free(keys), free(b1), free(b2);
+}
+
+static void test_simd_twins(void **state) {
+    bool fast = false;
+    dsq_v4_config c = *dsq_v4_model_config(tiny);
+    twins_at(&c, &fast);
+    c.n_heads = 16; /* V4-Flash: 64 heads; 16 keep the test short, the kernel works in groups of 16 */
+    c.head_dim = 512;
+    c.index_n_heads = 64;
+    c.index_head_dim = 128;
+    twins_at(&c, &fast);
+    if (dsq__cpu_has_avx512() && dsq__cpu_has_avx2()) assert_true(fast); /* the AVX-512 path was compared */
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pack_roundtrip),
@@ -666,6 +754,7 @@ int main(void) {
         cmocka_unit_test(test_recipe_kv_cache),
         cmocka_unit_test(test_cli_prefill_chunk),
         cmocka_unit_test(test_indexer_threads_equal),
+        cmocka_unit_test(test_simd_twins),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

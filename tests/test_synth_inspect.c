@@ -333,6 +333,67 @@ static void test_slices(void **state) {
     dsq_err_clear(&err);
 }
 
+/* --from-layer K --layers N keeps layers K … K+N-1 (renumbered from 0) with their compress ratios and hash
+ * routing, the MTP blocks kept: dsq_synth_config_text on the tiny, golden and V4-Flash configs, and the CLI
+ * on the tiny one (the result passes inspect --check). */
+static void slice_of(const char *path, int first, int layers, int want_layers, const int *want_ratios, int n_ratios,
+                     int want_hash) {
+    size_t len;
+    char *text = dsq_test_read(path, &len), *out = NULL;
+    dsq_err err = DSQ_ERR_INIT;
+    assert_int_equal(dsq_synth_config_text(text, len, path, first, layers, &out, &err), DSQ_OK);
+    dsq_v4_config c;
+    assert_int_equal(dsq_config_parse(out, strlen(out), path, &c, NULL, &err), DSQ_OK);
+    assert_int_equal(c.n_layers, want_layers);
+    assert_int_equal(c.n_compress_ratios, n_ratios);
+    for (int i = 0; i < n_ratios; i++) assert_int_equal(c.compress_ratios[i], want_ratios[i]);
+    assert_int_equal(c.n_hash_layers, want_hash);
+    free(text);
+    dsq_free(out);
+}
+
+static void test_layer_slice(void **state) {
+    /* v4-tiny: ratios 0 4 32 4 | MTP 0, one hash layer */
+    slice_of("samples/configs/v4-tiny.json", 1, 2, 2, (const int[]){4, 32, 0}, 3, 0);
+    slice_of("samples/configs/v4-tiny.json", 0, 2, 2, (const int[]){0, 4, 0}, 3, 1);
+    slice_of("samples/configs/v4-tiny.json", 3, 0, 1, (const int[]){4, 0}, 2, 0); /* 0: to the end */
+    /* the golden model's config */
+    char *golden = dsq_test_shared_path("golden/v4-tiny/model/config.json");
+    slice_of(golden, 2, 2, 2, (const int[]){32, 4, 0}, 3, 0);
+    free(golden);
+    /* V4-Flash: 0 0 4 128 4 128 … | MTP 0, three hash layers: layers 2-3 are a CSA (hash) and an HCA (score) */
+    slice_of("samples/configs/deepseek-v4-flash.json", 2, 2, 2, (const int[]){4, 128, 0}, 3, 1);
+    slice_of("samples/configs/deepseek-v4-flash.json", 41, 2, 2, (const int[]){128, 4, 0}, 3, 0);
+    /* out of range */
+    size_t len;
+    char *text = dsq_test_read("samples/configs/v4-tiny.json", &len), *out = NULL;
+    dsq_err err = DSQ_ERR_INIT;
+    assert_int_equal(dsq_synth_config_text(text, len, "tiny", 4, 1, &out, &err), DSQ_ERR_ARG);
+    assert_non_null(strstr(err.msg, "first layer 4 is not one of its 4 layers"));
+    assert_null(out);
+    dsq_err_clear(&err);
+    assert_int_equal(dsq_synth_config_text(text, len, "tiny", 2, 3, &out, &err), DSQ_ERR_ARG);
+    assert_non_null(strstr(err.msg, "cannot keep 3 layers of 4 from layer 2"));
+    dsq_err_clear(&err);
+    free(text);
+    /* the CLI: a CSA + HCA slice of the tiny model is a complete checkpoint */
+    char *dir = path2(dsq_test_tmp, "slice");
+    cJSON *j = run_json("synth --config samples/configs/v4-tiny.json --out '%s' --from-layer 1 --layers 2 --json%s",
+                        dir, "");
+    cJSON_Delete(j);
+    j = run_json("inspect '%s' --check --json%s", dir, "");
+    assert_int_equal((int)num(j, "n_layers"), 2);
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "check"), "ok")));
+    const char *kinds[] = {"CSA", "HCA"}, *routing[] = {"score", "score"};
+    expect_layers(j, "layers", 2, kinds, (const int[]){4, 32}, routing);
+    cJSON_Delete(j);
+    char *out2, *err2;
+    int rc = dsq_test_run(&out2, &err2, "synth --config samples/configs/v4-tiny.json --out '%s' --from-layer 4", dir);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(err2, "first layer 4 is not one of its 4 layers"));
+    free(out2), free(err2), free(dir);
+}
+
 /* A real-shaped V4-Flash derivative: every tensor has its V4-Flash shape except the expert count
  * (4 of 256, top-2) and the vocabulary (2,048 rows); --layers 4 keeps layers 0-1 (sliding, hash),
  * 2 (CSA, hash) and 3 (HCA, score) plus the MTP block.  ~1.05 GB on disk.  (`--layers 1` of the full
@@ -592,7 +653,7 @@ int main(void) {
         cmocka_unit_test(test_determinism),    cmocka_unit_test(test_slices),
         cmocka_unit_test(test_inspect_golden), cmocka_unit_test(test_inspect_configs),
         cmocka_unit_test(test_errors),         cmocka_unit_test(test_interrupt),
-        cmocka_unit_test(test_flash_shaped),
+        cmocka_unit_test(test_flash_shaped),   cmocka_unit_test(test_layer_slice),
     };
     return cmocka_run_group_tests(tests, dsq_test_tmp_setup, dsq_test_tmp_teardown);
 }

@@ -284,10 +284,61 @@ static void attend_heads(const dsq__run *r, const v4_block_w *B, const float *qt
     dsq_v4_rope_apply(o, hd, rd, cs, true, r->rel);
 }
 
+/* AVX-512 path (attn_avx512.c, same bits): one task per (token, group of G heads); each task scores its
+ * heads against the token's key list in blocks of 16 keys, then P·V over the list. */
+static dsq_status attention_fast(const dsq__run *r, const v4_block_w *B, const float *q, const uint8_t *const *keys,
+                                 int64_t n_keys, int64_t pos0, int64_t tc, float *oh) {
+    const dsq_v4_config *c = r->c;
+    int H = c->n_heads, hd = c->head_dim, rd = c->rope_head_dim, G = H % 16 == 0 ? 16 : 4, ng = H / G;
+    size_t Hhd = (size_t)H * hd, nk = (size_t)(n_keys > 0 ? n_keys : 1);
+    bool f32 = r->kv == DSQ_KV_CACHE_F32, failed = false;
+    float scale = 1.0f / sqrtf((float)hd);
+    const float **kp = dsq_malloc(sizeof *kp * nk * (size_t)(f32 ? tc : 1));
+    float *kbuf = f32 ? NULL : dsq_malloc(sizeof(float) * (size_t)hd * nk);
+    if (!kp || (!f32 && !kbuf)) {
+        dsq_free(kbuf);
+        dsq_free(kp);
+        return dsq_err_set(r->err, DSQ_ERR_NOMEM, "no memory to read %lld cache entries", (long long)n_keys);
+    }
+    for (int64_t t0 = 0; t0 < tc; t0 += f32 ? tc : 1) {
+        int64_t t1 = f32 ? tc : t0 + 1;
+        if (f32) {
+            for (size_t i = 0; i < (size_t)n_keys * (size_t)tc; i++) kp[i] = (const float *)(const void *)keys[i];
+        } else { /* packed: the token's keys dequantized once, shared by its H heads */
+            const uint8_t *const *kt = keys + (size_t)t0 * n_keys;
+#pragma omp parallel for num_threads(r->k.threads) if (n_keys > 16)
+            for (int64_t j = 0; j < n_keys; j++) {
+                kp[j] = kt[j] ? kbuf + (size_t)j * hd : NULL;
+                if (kt[j]) unpack_row(r, false, kt[j], kbuf + (size_t)j * hd);
+            }
+        }
+#pragma omp parallel for num_threads(r->k.threads) if ((t1 - t0) * ng > 1) collapse(2) schedule(dynamic)
+        for (int64_t t = t0; t < t1; t++)
+            for (int g = 0; g < ng; g++) {
+                const float *const *kl = f32 ? kp + (size_t)t * n_keys : kp;
+                float *ot = oh + (size_t)t * Hhd + (size_t)g * G * hd, cs[DSQ_V4_MAX_HEAD_DIM];
+                if (dsq__attn_heads_avx512(q + (size_t)t * Hhd + (size_t)g * G * hd, G, hd, kl, n_keys,
+                                           B->attn_sink + g * G, scale, r->rel, ot)) {
+#pragma omp atomic write
+                    failed = true;
+                    continue;
+                }
+                dsq_v4_rope_cos_sin(B->freqs, rd, pos0 + t, cs);
+                for (int h = 0; h < G; h++) dsq_v4_rope_apply(ot + (size_t)h * hd, hd, rd, cs, true, r->rel);
+            }
+        if (failed) break;
+    }
+    dsq_free(kbuf);
+    dsq_free(kp);
+    if (failed) return dsq_err_set(r->err, DSQ_ERR_NOMEM, "no memory for attention scores (%lld keys)", (long long)n_keys);
+    return DSQ_OK;
+}
+
 static dsq_status cpu_attention(const dsq__run *r, const v4_block_w *B, const float *q, const uint8_t *const *keys,
                                 int64_t n_keys, int64_t pos0, int64_t tc, float *oh) {
     const dsq_v4_config *c = r->c;
     int H = c->n_heads, hd = c->head_dim;
+    if (dsq__attn_fast_ok(&r->k, H, hd)) return attention_fast(r, B, q, keys, n_keys, pos0, tc, oh);
     size_t Hhd = (size_t)H * hd, nk = (size_t)(n_keys > 0 ? n_keys : 1);
     bool f32 = r->kv == DSQ_KV_CACHE_F32;
     /* f32 entries are read in place through kp [tc][n_keys]; packed ones: each query token's key list is
@@ -391,33 +442,81 @@ static void cpu_compressor(const dsq__run *r, const v4_block_w *B, const v4_comp
 
 /* ---- indexer (spec §4.6) ------------------------------------------------------------------------- */
 
+/* The scalar twin: the score of key j (dsq__dot per head; AVX-512 twin dsq__indexer_block16). */
+static float index_score_scalar(const dsq__run *r, const float *qi, const float *w, const uint8_t *keys, int64_t j) {
+    int nih = r->c->index_n_heads, ihd = r->c->index_head_dim;
+    float kf[DSQ_V4_MAX_HEAD_DIM]; /* [ihd] the key being scored, dequantized */
+    const uint8_t *kp = keys + (size_t)j * r->idx_bytes;
+    const float *kj = kf;
+    if (r->kv == DSQ_KV_CACHE_F32)
+        kj = (const float *)(const void *)kp; /* read in place */
+    else
+        unpack_row(r, true, kp, kf);
+    float s = 0;
+    for (int h = 0; h < nih; h++) {
+        float dot = dsq__dot(&r->k, qi + (size_t)h * ihd, kj, (size_t)ihd);
+        if (r->rel) {
+            /* spec §5 row 12: bf16(q·K), relu, bf16(·w_h), f32 head sum → bf16 */
+            dot = dsq_bf16_round(dot);
+            s += dsq_bf16_round(fmaxf(dot, 0.0f) * w[h]);
+        } else {
+            s += fmaxf(dot, 0.0f) * w[h];
+        }
+    }
+    return R(r, s);
+}
+
 static void cpu_indexer_topk(const dsq__run *r, const float *qi, const float *w, const uint8_t *keys, int64_t n_valid,
                              int64_t k_sel, float *buf, int64_t *out) {
     const dsq_v4_config *c = r->c;
     int nih = c->index_n_heads, ihd = c->index_head_dim;
+    bool scored = false;
     /* one score per key, independent of the others: a decode token (not already inside the per-token
      * parallel loop of attention_seg) splits the keys over the threads; the scores do not depend on it */
-#pragma omp parallel for num_threads(r->k.threads) if (n_valid >= 512 && !omp_in_parallel()) schedule(static)
-    for (int64_t j = 0; j < n_valid; j++) {
-        float kf[DSQ_V4_MAX_HEAD_DIM]; /* [ihd] the key being scored, dequantized */
-        const uint8_t *kp = keys + (size_t)j * r->idx_bytes;
-        const float *kj = kf;
-        if (r->kv == DSQ_KV_CACHE_F32)
-            kj = (const float *)(const void *)kp; /* read in place */
-        else
-            unpack_row(r, true, kp, kf);
-        float s = 0;
-        for (int h = 0; h < nih; h++) {
-            float dot = dsq__dot(&r->k, qi + (size_t)h * ihd, kj, (size_t)ihd);
-            if (r->rel) {
-                /* spec §5 row 12: bf16(q·K), relu, bf16(·w_h), f32 head sum → bf16 */
-                dot = dsq_bf16_round(dot);
-                s += dsq_bf16_round(fmaxf(dot, 0.0f) * w[h]);
-            } else {
-                s += fmaxf(dot, 0.0f) * w[h];
+    if (dsq__indexer_fast_ok(&r->k, nih, ihd)) {
+        /* AVX-512 (same bits): blocks of 16 keys, each dequantized once and scored for all heads */
+        int64_t n_blk = (n_valid + 15) / 16;
+        bool f32 = r->kv == DSQ_KV_CACHE_F32, failed = false;
+        /* index_fp4 keys (compact, fp4, int4 caches): the AVX-512 dequantizer when whole 32-blocks */
+        bool fp4 = !f32 && r->kv != DSQ_KV_CACHE_BF16 && r->kv != DSQ_KV_CACHE_COMPACT_IDX8 && ihd % DSQ_FP4_BLOCK == 0;
+#pragma omp parallel num_threads(r->k.threads) if (n_valid >= 512 && !omp_in_parallel())
+        {
+            /* scratch Kp [16·ihd], rows [16·ihd], dots [nih·16]: on the stack for small shapes */
+            float small[2 * 16 * 64 + 16 * 16], *big = NULL, *scr = small;
+            size_t need = (size_t)16 * ihd * 2 + (size_t)16 * nih;
+            if (need > sizeof small / sizeof small[0]) scr = big = dsq_malloc(sizeof(float) * need);
+            if (!scr) {
+#pragma omp atomic write
+                failed = true;
             }
+#pragma omp for schedule(static)
+            for (int64_t b = 0; b < n_blk; b++) {
+                if (!scr) continue;
+                float *Kp = scr, *rowbuf = scr + (size_t)16 * ihd, *dots = rowbuf + (size_t)16 * ihd;
+                int64_t j0 = b * 16;
+                int nk = n_valid - j0 < 16 ? (int)(n_valid - j0) : 16;
+                const float *rows[16];
+                for (int i = 0; i < nk; i++) {
+                    const uint8_t *kp = keys + (size_t)(j0 + i) * r->idx_bytes;
+                    if (f32) {
+                        rows[i] = (const float *)(const void *)kp; /* read in place */
+                    } else {
+                        if (fp4)
+                            dsq__unpack_fp4_avx512(kp, kp + ihd / 2, ihd, rowbuf + (size_t)i * ihd);
+                        else
+                            unpack_row(r, true, kp, rowbuf + (size_t)i * ihd);
+                        rows[i] = rowbuf + (size_t)i * ihd;
+                    }
+                }
+                dsq__indexer_block16(qi, w, nih, ihd, r->rel, rows, nk, Kp, dots, buf + j0);
+            }
+            dsq_free(big);
         }
-        buf[j] = R(r, s);
+        scored = !failed; /* no scratch: the scalar twin below gives the same scores */
+    }
+    if (!scored) {
+#pragma omp parallel for num_threads(r->k.threads) if (n_valid >= 512 && !omp_in_parallel()) schedule(static)
+        for (int64_t j = 0; j < n_valid; j++) buf[j] = index_score_scalar(r, qi, w, keys, j);
     }
     int64_t take = n_valid < k_sel ? n_valid : k_sel;
     dsq_v4_topk(buf, n_valid, take, out); /* spec §4.6 step 5: invalid entries (-inf) come last as -1 */

@@ -261,7 +261,10 @@ dsq_status dsq_eval_logits(const dsq_eval_logits_options *opt, dsq_eval_logits_r
     for (int64_t p0 = 0; p0 < P && !s; p0 += PC) {
         int64_t len = P - p0 < PC ? P - p0 : PC;
         for (int b = 0; step_lo && b < c->n_layers; b++) step_lo[b] = o.layer_out[b] + (size_t)p0 * HD;
-        dsq_v4_item it = {seq, tok + p0, len, opt->decode_from > 0 ? pre_logits : pre_logits + (size_t)p0 * V,
+        /* with decode_from only the last prefill call's logits are read: the others skip the head (at a
+         * real vocabulary it costs more than a layer per token) */
+        float *lg = opt->decode_from > 0 ? (p0 + len == P ? pre_logits : NULL) : pre_logits + (size_t)p0 * V;
+        dsq_v4_item it = {seq, tok + p0, len, lg,
                           o.hidden ? o.hidden + (size_t)p0 * HD : NULL, step_lo ? step_lo : o.layer_out};
         if (opt->memory_budget)
             s = dsq_v4_forward_streaming(m, &opt->eval, &it, 1, opt->memory_budget, err);

@@ -46,6 +46,25 @@ float dsq__dot(const dsq__kern *k, const float *a, const float *b, size_t n);
 void dsq__sparse_attention(const dsq__kern *kern, const float *q, const float *const *keys, int64_t n_keys, int hd,
                            float sink, float scale, bool release, float *out);
 
+/* AVX-512 twins of long-context attention and indexer scoring (attn_avx512.c), bit-identical to
+ * dsq__sparse_attention and the cpu backend's indexer scores.  *_fast_ok: the kernel settings ask for
+ * SIMD (k->avx2), the CPU has AVX-512 and the shape fits (heads % 4, hd % 16; indexer heads % 2, ihd % 8). */
+bool dsq__attn_fast_ok(const dsq__kern *k, int n_heads, int hd);
+bool dsq__indexer_fast_ok(const dsq__kern *k, int nih, int ihd);
+/* Attention with sinks of one query for nh heads (q, out [nh][hd]; sink [nh]) over a shared key list
+ * keys [n_keys] of f32 rows (NULL = empty slot): for each head the bits of dsq__sparse_attention.
+ * DSQ_ERR_NOMEM (nothing set in an err) when its scratch cannot be allocated. */
+dsq_status dsq__attn_heads_avx512(const float *q, int nh, int hd, const float *const *keys, int64_t n_keys,
+                                  const float *sink, float scale, bool release, float *out);
+/* Indexer scores (spec §4.6 step 3) of one query qi [nih][ihd] with head weights w [nih] against nk ≤ 16
+ * f32 key rows → scores[nk].  Scratch: Kp [16·ihd], dots [nih·16]. */
+void dsq__indexer_block16(const float *qi, const float *w, int nih, int ihd, bool release, const float *const *rows,
+                          int nk, float *Kp, float *dots, float *scores);
+
+/* An index_fp4 key (n % 32 == 0 e2m1 codes, two per byte, low nibble first, UE8M0 per 32) → x [n]: the
+ * scalar unpack's values (AVX-512; only where dsq__indexer_fast_ok). */
+void dsq__unpack_fp4_avx512(const uint8_t *codes, const uint8_t *scales, int n, float *x);
+
 /* Little-endian unaligned loads. */
 static inline float dsq__ld_f32(const uint8_t *p) {
     float f;

@@ -32,8 +32,10 @@
 
 typedef struct dsq_synth_options {
     uint64_t seed;       /* default 0 */
-    int layers;          /* keep the first N main layers (0 = all): compress_ratios = first N entries +
-                            the MTP (and later) entries, num_hash_layers = min(orig, N) */
+    int first_layer;     /* first main layer kept (0): a slice of the model's depth, renumbered from 0 */
+    int layers;          /* keep N main layers from first_layer (0 = all to the end): compress_ratios =
+                            entries first_layer … first_layer+N-1 + the MTP (and later) entries,
+                            num_hash_layers = how many of the kept layers were hash layers */
     uint64_t shard_size; /* split into model-0000i-of-0000n.safetensors + index when the total exceeds
                             this (0 = DSQ_SYNTH_DEFAULT_SHARD); otherwise one model.safetensors */
     bool overwrite;      /* replace existing outputs (and remove stale model*.safetensors / index) */
@@ -47,9 +49,11 @@ typedef struct dsq_synth_result {
     double seconds; /* wall time of generation + writing */
 } dsq_synth_result;
 
-/* The config.json text synth writes for `opt->layers` (a verbatim copy when layers is 0): heap,
- * NUL-terminated, freed with dsq_free.  Fails if the result does not parse as a V4 config. */
-dsq_status dsq_synth_config_text(const char *json, size_t len, const char *what, int layers, char **out, dsq_err *err);
+/* The config.json text synth writes for the slice of `layers` main layers from `first` (layers 0: to the
+ * end; a verbatim copy for the whole model): heap, NUL-terminated, freed with dsq_free.  Fails if the
+ * slice is out of range or the result does not parse as a V4 config. */
+dsq_status dsq_synth_config_text(const char *json, size_t len, const char *what, int first, int layers, char **out,
+                                 dsq_err *err);
 
 /* Write a random checkpoint for the config at `config_path` into directory `out_dir` (created if
  * missing): config.json, model.safetensors or shards + model.safetensors.index.json, each file

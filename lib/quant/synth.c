@@ -377,13 +377,18 @@ void dsq_synth_rows(const dsq_synth_gen *g, const dsq_inv_entry *e, uint64_t row
     }
 }
 
-dsq_status dsq_synth_config_text(const char *json, size_t len, const char *what, int layers, char **out, dsq_err *err) {
+dsq_status dsq_synth_config_text(const char *json, size_t len, const char *what, int first, int layers, char **out,
+                                 dsq_err *err) {
     *out = NULL;
     dsq_v4_config c;
     DSQ_TRY(dsq_config_parse(json, len, what, &c, NULL, err));
-    if (layers < 0 || layers > c.n_layers)
-        return dsq_err_set(err, DSQ_ERR_ARG, "%s: cannot keep %d layers of %d", what, layers, c.n_layers);
-    if (layers == 0 || layers == c.n_layers) { /* verbatim copy */
+    if (first < 0 || first >= c.n_layers)
+        return dsq_err_set(err, DSQ_ERR_ARG, "%s: first layer %d is not one of its %d layers", what, first, c.n_layers);
+    if (layers == 0) layers = c.n_layers - first; /* from `first` to the end */
+    if (layers < 0 || layers > c.n_layers - first)
+        return dsq_err_set(err, DSQ_ERR_ARG, "%s: cannot keep %d layers of %d from layer %d", what, layers, c.n_layers,
+                           first);
+    if (first == 0 && layers == c.n_layers) { /* verbatim copy */
         char *t = dsq_malloc(len + 1);
         if (!t) return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory", what);
         memcpy(t, json, len);
@@ -393,18 +398,21 @@ dsq_status dsq_synth_config_text(const char *json, size_t len, const char *what,
     }
     cJSON *root = NULL;
     DSQ_TRY(dsq_json_parse(json, len, what, &root, err));
-    /* compress_ratios: the first `layers` entries, then every entry from num_hidden_layers on (MTP and
+    /* compress_ratios: entries first … first+layers-1, then every entry from num_hidden_layers on (MTP and
      * any later blocks) */
     cJSON *ratios = cJSON_CreateArray();
     bool ok = ratios != NULL;
     for (int i = 0; ok && i < c.n_compress_ratios; i++)
-        if (i < layers || i >= c.n_layers) ok = cJSON_AddItemToArray(ratios, cJSON_CreateNumber(c.compress_ratios[i]));
+        if ((i >= first && i < first + layers) || i >= c.n_layers)
+            ok = cJSON_AddItemToArray(ratios, cJSON_CreateNumber(c.compress_ratios[i]));
     ok = ok && cJSON_ReplaceItemInObjectCaseSensitive(root, "compress_ratios", ratios);
     if (!ok) cJSON_Delete(ratios);
     ok = ok && cJSON_ReplaceItemInObjectCaseSensitive(root, "num_hidden_layers", cJSON_CreateNumber(layers));
+    /* hash layers are layers 0 … num_hash_layers-1: those inside the slice stay hash layers */
+    int hash_end = c.n_hash_layers < first + layers ? c.n_hash_layers : first + layers;
+    int n_hash = hash_end > first ? hash_end - first : 0;
     if (ok && cJSON_GetObjectItemCaseSensitive(root, "num_hash_layers"))
-        ok = cJSON_ReplaceItemInObjectCaseSensitive(
-            root, "num_hash_layers", cJSON_CreateNumber(c.n_hash_layers < layers ? c.n_hash_layers : layers));
+        ok = cJSON_ReplaceItemInObjectCaseSensitive(root, "num_hash_layers", cJSON_CreateNumber(n_hash));
     char *text = ok ? cJSON_Print(root) : NULL;
     cJSON_Delete(root);
     if (!text) return dsq_err_set(err, DSQ_ERR_NOMEM, "%s: out of memory adjusting the config", what);
@@ -615,7 +623,7 @@ dsq_status dsq_synth_write(const char *config_path, const char *out_dir, const d
     char *text = NULL, *cfg_text = NULL;
     size_t len = 0;
     DSQ_TRY(dsq_read_file(config_path, DSQ_CONFIG_MAX_BYTES, &text, &len, err));
-    dsq_status s = dsq_synth_config_text(text, len, config_path, opt.layers, &cfg_text, err);
+    dsq_status s = dsq_synth_config_text(text, len, config_path, opt.first_layer, opt.layers, &cfg_text, err);
     dsq_free(text);
     if (s != DSQ_OK) return s;
     dsq_v4_config c;
