@@ -284,22 +284,31 @@ static void attend_heads(const dsq__run *r, const v4_block_w *B, const float *qt
     dsq_v4_rope_apply(o, hd, rd, cs, true, r->rel);
 }
 
+/* The key lists of attention: f32 entries are read in place through kp [tc][n_keys]; packed ones are
+ * dequantized per query token into kbuf [n_keys][hd] (kp [n_keys] points into it). */
+static dsq_status key_lists_alloc(const dsq__run *r, bool f32, int64_t tc, int64_t n_keys, int hd, const float ***kp,
+                                  float **kbuf) {
+    size_t nk = (size_t)(n_keys > 0 ? n_keys : 1);
+    *kp = dsq_malloc(sizeof **kp * nk * (size_t)(f32 ? tc : 1));
+    *kbuf = f32 ? NULL : dsq_malloc(sizeof(float) * (size_t)hd * nk);
+    if (*kp && (f32 || *kbuf)) return DSQ_OK;
+    dsq_free(*kbuf);
+    dsq_free((void *)*kp);
+    return dsq_err_set(r->err, DSQ_ERR_NOMEM, "no memory to read %lld cache entries", (long long)n_keys);
+}
+
 /* AVX-512 path (attn_avx512.c, same bits): one task per (token, group of G heads); each task scores its
  * heads against the token's key list in blocks of 16 keys, then P·V over the list. */
 static dsq_status attention_fast(const dsq__run *r, const v4_block_w *B, const float *q, const uint8_t *const *keys,
                                  int64_t n_keys, int64_t pos0, int64_t tc, float *oh) {
     const dsq_v4_config *c = r->c;
     int H = c->n_heads, hd = c->head_dim, rd = c->rope_head_dim, G = H % 16 == 0 ? 16 : 4, ng = H / G;
-    size_t Hhd = (size_t)H * hd, nk = (size_t)(n_keys > 0 ? n_keys : 1);
+    size_t Hhd = (size_t)H * hd;
     bool f32 = r->kv == DSQ_KV_CACHE_F32, failed = false;
     float scale = 1.0f / sqrtf((float)hd);
-    const float **kp = dsq_malloc(sizeof *kp * nk * (size_t)(f32 ? tc : 1));
-    float *kbuf = f32 ? NULL : dsq_malloc(sizeof(float) * (size_t)hd * nk);
-    if (!kp || (!f32 && !kbuf)) {
-        dsq_free(kbuf);
-        dsq_free(kp);
-        return dsq_err_set(r->err, DSQ_ERR_NOMEM, "no memory to read %lld cache entries", (long long)n_keys);
-    }
+    const float **kp;
+    float *kbuf;
+    DSQ_TRY(key_lists_alloc(r, f32, tc, n_keys, hd, &kp, &kbuf));
     for (int64_t t0 = 0; t0 < tc; t0 += f32 ? tc : 1) {
         int64_t t1 = f32 ? tc : t0 + 1;
         if (f32) {
@@ -329,7 +338,7 @@ static dsq_status attention_fast(const dsq__run *r, const v4_block_w *B, const f
         if (failed) break;
     }
     dsq_free(kbuf);
-    dsq_free(kp);
+    dsq_free((void *)kp);
     if (failed) return dsq_err_set(r->err, DSQ_ERR_NOMEM, "no memory for attention scores (%lld keys)", (long long)n_keys);
     return DSQ_OK;
 }
@@ -339,17 +348,13 @@ static dsq_status cpu_attention(const dsq__run *r, const v4_block_w *B, const fl
     const dsq_v4_config *c = r->c;
     int H = c->n_heads, hd = c->head_dim;
     if (dsq__attn_fast_ok(&r->k, H, hd)) return attention_fast(r, B, q, keys, n_keys, pos0, tc, oh);
-    size_t Hhd = (size_t)H * hd, nk = (size_t)(n_keys > 0 ? n_keys : 1);
+    size_t Hhd = (size_t)H * hd;
     bool f32 = r->kv == DSQ_KV_CACHE_F32;
     /* f32 entries are read in place through kp [tc][n_keys]; packed ones: each query token's key list is
      * dequantized once into kbuf [n_keys][hd] and shared by its H heads (keys are shared, spec §4.4) */
-    const float **kp = dsq_malloc(sizeof *kp * nk * (size_t)(f32 ? tc : 1));
-    float *kbuf = f32 ? NULL : dsq_malloc(sizeof(float) * (size_t)hd * nk);
-    if (!kp || (!f32 && !kbuf)) {
-        dsq_free(kbuf);
-        dsq_free(kp);
-        return dsq_err_set(r->err, DSQ_ERR_NOMEM, "no memory to read %lld cache entries", (long long)n_keys);
-    }
+    const float **kp;
+    float *kbuf;
+    DSQ_TRY(key_lists_alloc(r, f32, tc, n_keys, hd, &kp, &kbuf));
     /* sparse attention with sink, then inverse RoPE at the query position */
     if (f32) {
         for (size_t i = 0; i < (size_t)n_keys * (size_t)tc; i++) kp[i] = (const float *)(const void *)keys[i];
@@ -372,7 +377,7 @@ static dsq_status cpu_attention(const dsq__run *r, const v4_block_w *B, const fl
         }
     }
     dsq_free(kbuf);
-    dsq_free(kp);
+    dsq_free((void *)kp);
     return DSQ_OK;
 }
 
