@@ -67,6 +67,19 @@ static size_t check_shared_factors(const char *so, size_t windows) {
     return n_w3;
 }
 
+/* The build verifies and evaluates, to a sane perplexity (the source scores about 19 on this text). */
+static void verifies_and_evaluates(const char *path) {
+    char *so = NULL, *se = NULL;
+    assert_int_equal(dsq_test_run(&so, &se, "verify %s", path), 0);
+    free(so), free(se);
+    assert_int_equal(dsq_test_run(&so, &se, "eval ppl %s %s --ctx 256 --chunks 2 --json --threads 1", path, calib), 0);
+    const char *p = strstr(so, "\"ppl\": ");
+    assert_non_null(p);
+    double ppl = atof(p + 7);
+    assert_true(ppl > 1 && ppl < 100);
+    free(so), free(se);
+}
+
 static void test_gptq_convert(void **state) {
     (void)state;
     char *a = dsq_test_join(tmp, "a.dsq"), *b = dsq_test_join(tmp, "b.dsq"), *so = NULL, *se = NULL;
@@ -126,25 +139,9 @@ static void test_gptq_convert(void **state) {
     assert_non_null(strstr(dso, "\"spill_bytes_max\": 0,"));
     free(dso), free(dse);
     free(so), free(se);
-    assert_int_equal(dsq_test_run(&so, &se, "verify %s", c), 0);
-    free(so), free(se);
-    rc = dsq_test_run(&so, &se, "eval ppl %s %s --ctx 256 --chunks 2 --json --threads 1", c, calib);
-    assert_int_equal(rc, 0);
-    const char *pc = strstr(so, "\"ppl\": ");
-    assert_non_null(pc);
-    double pplc = atof(pc + 7);
-    assert_true(pplc > 1 && pplc < 100);
-    free(so), free(se), free(c), free(full);
-    assert_int_equal(dsq_test_run(NULL, &se, "verify %s", a), 0);
-    free(se);
-    /* it evaluates, to a sane perplexity (the source scores about 19 on this text) */
-    rc = dsq_test_run(&so, &se, "eval ppl %s %s --ctx 256 --chunks 2 --json --threads 1", a, calib);
-    assert_int_equal(rc, 0);
-    const char *p = strstr(so, "\"ppl\": ");
-    assert_non_null(p);
-    double ppl = atof(p + 7);
-    assert_true(ppl > 1 && ppl < 100);
-    free(so), free(se);
+    verifies_and_evaluates(c);
+    free(c), free(full);
+    verifies_and_evaluates(a);
     /* the GGUF route: k-quant and int4 experts move into llama.cpp's Q4_K / Q4_0 blocks unchanged */
     char *g = dsq_test_join(tmp, "a.gguf");
     rc = dsq_test_run(&so, &se, "export %s %s", a, g);

@@ -554,17 +554,28 @@ static dsq_status setup(gq *q, const dsq_gptq_options *o, const dsq_gptq_factor 
     return DSQ_OK;
 }
 
+/* The options in force (opt or the defaults) and the checks both entry points make before any work:
+ * arguments present (have: the Hessian or its factor), a lossy block encoding, a block size in range;
+ * *name (may be NULL) receives the tensor name for messages. */
+static dsq_status gptq_opts(const dsq_gptq_options *opt, bool have, const float *w, const dsq_qtensor_buf *dst,
+                            dsq_gptq_options *o, const char **name, dsq_err *err) {
+    if (opt) *o = *opt;
+    else dsq_gptq_options_default(o);
+    const char *nm = o->name ? o->name : "tensor";
+    if (name) *name = nm;
+    DSQ_RETURN_IF(!dst || !have || !w, err, DSQ_ERR_ARG, "%s: GPTQ: missing argument", nm);
+    DSQ_RETURN_IF(!dsq_gptq_supports(dst->enc), err, DSQ_ERR_ARG, "%s: GPTQ: encoding %d is not a lossy block encoding",
+                  nm, (int)dst->enc);
+    DSQ_RETURN_IF(o->block < 1 || o->block > DSQ_GPTQ_MAX_BLOCK, err, DSQ_ERR_ARG, "%s: GPTQ: block %d is outside 1..%d",
+                  nm, o->block, DSQ_GPTQ_MAX_BLOCK);
+    return DSQ_OK;
+}
+
 dsq_status dsq_gptq_quantize_factored(const dsq_gptq_options *opt, const dsq_gptq_factor *f, float *w,
                                       dsq_qtensor_buf *dst, dsq_err *err) {
     dsq_gptq_options o;
-    if (opt) o = *opt;
-    else dsq_gptq_options_default(&o);
-    const char *nm = o.name ? o.name : "tensor";
-    DSQ_RETURN_IF(!dst || !f || !w, err, DSQ_ERR_ARG, "%s: GPTQ: missing argument", nm);
-    DSQ_RETURN_IF(!dsq_gptq_supports(dst->enc), err, DSQ_ERR_ARG, "%s: GPTQ: encoding %d is not a lossy block encoding",
-                  nm, (int)dst->enc);
-    DSQ_RETURN_IF(o.block < 1 || o.block > DSQ_GPTQ_MAX_BLOCK, err, DSQ_ERR_ARG, "%s: GPTQ: block %d is outside 1..%d", nm,
-                  o.block, DSQ_GPTQ_MAX_BLOCK);
+    const char *nm;
+    DSQ_TRY(gptq_opts(opt, f != NULL, w, dst, &o, &nm, err));
     uint64_t rows = dst->rows, cols = dst->cols;
     if (rows == 0 || cols == 0) return DSQ_OK;
     DSQ_RETURN_IF(cols != f->cols, err, DSQ_ERR_ARG, "%s: GPTQ: %llu columns, but the Hessian factor has %llu", nm,
@@ -649,14 +660,7 @@ dsq_status dsq_gptq_quantize_factored(const dsq_gptq_options *opt, const dsq_gpt
 dsq_status dsq_gptq_quantize(const dsq_gptq_options *opt, double *h, uint64_t n_rows, float *w, dsq_qtensor_buf *dst,
                              dsq_err *err) {
     dsq_gptq_options o;
-    if (opt) o = *opt;
-    else dsq_gptq_options_default(&o);
-    const char *nm = o.name ? o.name : "tensor";
-    DSQ_RETURN_IF(!dst || !h || !w, err, DSQ_ERR_ARG, "%s: GPTQ: missing argument", nm);
-    DSQ_RETURN_IF(!dsq_gptq_supports(dst->enc), err, DSQ_ERR_ARG, "%s: GPTQ: encoding %d is not a lossy block encoding",
-                  nm, (int)dst->enc);
-    DSQ_RETURN_IF(o.block < 1 || o.block > DSQ_GPTQ_MAX_BLOCK, err, DSQ_ERR_ARG, "%s: GPTQ: block %d is outside 1..%d", nm,
-                  o.block, DSQ_GPTQ_MAX_BLOCK);
+    DSQ_TRY(gptq_opts(opt, h != NULL, w, dst, &o, NULL, err));
     if (dst->rows == 0 || dst->cols == 0) return DSQ_OK;
     dsq_gptq_factor *f = NULL;
     DSQ_TRY(dsq_gptq_factor_create(&o, h, dst->cols, n_rows, &f, err));
