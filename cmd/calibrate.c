@@ -170,10 +170,5 @@ int dsq_cmd_calibrate(int argc, char **argv) {
     dsq_free(ids);
     dsq_v4_model_close(m);
     dsq_imatrix_free(imx);
-    if (s == DSQ_ERR_INTERRUPTED) {
-        dsq_err_print(&e, stderr, "dsq calibrate: ");
-        dsq_err_clear(&e);
-        return DSQ_EXIT_INTERRUPTED;
-    }
-    return s == DSQ_OK ? DSQ_EXIT_OK : dsq_cmd_fail(me, &e);
+    return dsq_cmd_exit(me, s, &e);
 }

@@ -22,6 +22,9 @@ enum { DSQ_EXIT_OK = 0, DSQ_EXIT_FAIL = 1, DSQ_EXIT_USAGE = 2, DSQ_EXIT_INTERRUP
 
 /* Print every problem in `e` as "dsq CMD: message" lines on stderr; returns DSQ_EXIT_FAIL. */
 int dsq_cmd_fail(const char *cmd, dsq_err *e);
+/* The exit code of status s: DSQ_EXIT_OK, or dsq_cmd_fail's report and DSQ_EXIT_INTERRUPTED (s is
+ * DSQ_ERR_INTERRUPTED: a signal stopped the command) or DSQ_EXIT_FAIL. */
+int dsq_cmd_exit(const char *cmd, dsq_status s, dsq_err *e);
 /* Print a one-line usage error and return DSQ_EXIT_USAGE. */
 int dsq_cmd_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -327,9 +327,6 @@ int dsq_cmd_compare(int argc, char **argv) {
     }
     for (int i = 0; i < R.n_builds; i++) dsq_free(names[i]);
     dsq_free(ref_name);
-    if (s != DSQ_OK) {
-        dsq_cmd_fail(me, &e);
-        return s == DSQ_ERR_INTERRUPTED ? DSQ_EXIT_INTERRUPTED : DSQ_EXIT_FAIL;
-    }
+    if (s != DSQ_OK) return dsq_cmd_exit(me, s, &e);
     return DSQ_EXIT_OK;
 }

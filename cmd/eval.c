@@ -71,11 +71,7 @@ static int cmd_logits(int argc, char **argv) {
     dsq_err e = DSQ_ERR_INIT;
     dsq_eval_logits_report r;
     dsq_status s = dsq_eval_logits(&o, &r, &e);
-    if (s == DSQ_ERR_INTERRUPTED) {
-        dsq_cmd_fail(me, &e);
-        return DSQ_EXIT_INTERRUPTED;
-    }
-    if (s) return dsq_cmd_fail(me, &e);
+    if (s) return dsq_cmd_exit(me, s, &e);
     double pre_tps = r.seconds_prefill > 0 ? r.prefill_tokens / r.seconds_prefill : 0;
     double dec_tps = r.seconds_decode > 0 ? r.decode_tokens / r.seconds_decode : 0;
     if (json) {

@@ -279,10 +279,6 @@ void dsq__cmd_print_kld(FILE *f, const dsq_kld_stats *s) {
     }
 }
 
-static int finish_fail(const char *me, dsq_status s, dsq_err *e) {
-    dsq_cmd_fail(me, e);
-    return s == DSQ_ERR_INTERRUPTED ? DSQ_EXIT_INTERRUPTED : DSQ_EXIT_FAIL;
-}
 
 static void progress_line(void *user, const dsq_score_progress *p) {
     fprintf(stderr, "%s: %llu/%llu positions, ppl %.5g ± %.3g\n", (const char *)user, (unsigned long long)p->done,
@@ -355,7 +351,7 @@ int dsq__eval_ppl(int argc, char **argv) {
     dsq_kv_cache kv_used = m ? dsq_v4_eval_kv_cache(m, &a.so.eval) : a.so.eval.kv_cache;
     dsq_free(ids);
     dsq_v4_model_close(m);
-    if (s != DSQ_OK) return finish_fail(me, s, &e);
+    if (s != DSQ_OK) return dsq_cmd_exit(me, s, &e);
     if (a.json) {
         printf("{\"numerics\": \"%s\", \"kv_cache\": \"%s\", \"ctx\": %u, \"chunks\": %u, \"tokens\": %llu, ",
                dsq_numerics_name(a.so.eval.numerics), dsq_kv_cache_name(kv_used), plan.n_ctx, plan.n_chunks, (unsigned long long)n);
@@ -442,7 +438,7 @@ int dsq__eval_kld(int argc, char **argv) {
     dsq_kv_cache kv_used = m ? dsq_v4_eval_kv_cache(m, &a.so.eval) : a.so.eval.kv_cache;
     dsq_free(ids);
     dsq_v4_model_close(m);
-    if (s != DSQ_OK) return finish_fail(me, s, &e);
+    if (s != DSQ_OK) return dsq_cmd_exit(me, s, &e);
     if (k.save_base) {
         if (a.json) {
             printf("{\"base\": ");
@@ -515,7 +511,7 @@ int dsq__eval_diff(int argc, char **argv) {
                                         dsq_score_text_bound(&a.so), &ids, &n, &e);
     if (s == DSQ_OK) s = dsq_score_diff_run(a.pos[0], a.pos[1], &a.so, ids, n, !own_only, &d, &e);
     dsq_free(ids);
-    if (s != DSQ_OK) return finish_fail(me, s, &e);
+    if (s != DSQ_OK) return dsq_cmd_exit(me, s, &e);
     if (a.json) {
         printf("{\"numerics\": \"%s\", \"blocks\": [", dsq_numerics_name(a.so.eval.numerics));
         for (int b = 0; b < d.n_blocks; b++) {
@@ -607,7 +603,7 @@ int dsq__eval_mc(int argc, char **argv) {
     dsq_v4_model_close(m);
     if (s != DSQ_OK) {
         dsq_mc_result_clear(&r);
-        return finish_fail(me, s, &e);
+        return dsq_cmd_exit(me, s, &e);
     }
     if (a.json) {
         printf(

@@ -137,9 +137,6 @@ int dsq_cmd_generate(int argc, char **argv) {
     dsq_tok_text_free(&rendered);
     dsq_tok_free(tok);
     dsq_v4_model_close(m);
-    if (s != DSQ_OK) {
-        dsq_cmd_fail(me, &e);
-        return s == DSQ_ERR_INTERRUPTED ? DSQ_EXIT_INTERRUPTED : DSQ_EXIT_FAIL;
-    }
+    if (s != DSQ_OK) return dsq_cmd_exit(me, s, &e);
     return DSQ_EXIT_OK;
 }

@@ -109,11 +109,7 @@ int dsq_cmd_gguf_out(const char *cmd, int argc, char **argv) {
     o.imatrix = imx;
     if (s == DSQ_OK) s = dsq_gguf_export(pos[0], pos[1], &o, &st, &err);
     dsq_imatrix_free(imx);
-    if (s == DSQ_ERR_INTERRUPTED) {
-        dsq_cmd_fail(cmd, &err);
-        return DSQ_EXIT_INTERRUPTED;
-    }
-    if (s != DSQ_OK) return dsq_cmd_fail(cmd, &err);
+    if (s != DSQ_OK) return dsq_cmd_exit(cmd, s, &err);
     print_stats(pos[1], &st, o.dry_run, json);
     dsq_err_clear(&err);
     return DSQ_EXIT_OK;

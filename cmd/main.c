@@ -38,6 +38,12 @@ int dsq_cmd_fail(const char *cmd, dsq_err *e) {
     return DSQ_EXIT_FAIL;
 }
 
+int dsq_cmd_exit(const char *cmd, dsq_status s, dsq_err *e) {
+    if (s == DSQ_OK) return DSQ_EXIT_OK;
+    dsq_cmd_fail(cmd, e);
+    return s == DSQ_ERR_INTERRUPTED ? DSQ_EXIT_INTERRUPTED : DSQ_EXIT_FAIL;
+}
+
 int dsq_cmd_usage_error(const char *cmd, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);

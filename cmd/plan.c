@@ -149,10 +149,5 @@ int dsq_cmd_plan(int argc, char **argv) {
     dsq_plan_free(res);
     dsq_free(ids);
     dsq_imatrix_free(imx);
-    if (s == DSQ_ERR_INTERRUPTED) {
-        dsq_err_print(&e, stderr, "dsq plan: ");
-        dsq_err_clear(&e);
-        return DSQ_EXIT_INTERRUPTED;
-    }
-    return s == DSQ_OK ? DSQ_EXIT_OK : dsq_cmd_fail(me, &e);
+    return dsq_cmd_exit(me, s, &e);
 }

@@ -98,11 +98,7 @@ int dsq_cmd_synth(int argc, char **argv) {
         dsq_free(tp);
     }
     dsq_free(tok_json);
-    if (s == DSQ_ERR_INTERRUPTED) {
-        dsq_cmd_fail(CMD, &err);
-        return DSQ_EXIT_INTERRUPTED;
-    }
-    if (s != DSQ_OK) return dsq_cmd_fail(CMD, &err);
+    if (s != DSQ_OK) return dsq_cmd_exit(CMD, s, &err);
     double mbps = r.seconds > 0 ? (double)r.bytes / r.seconds / 1e6 : 0;
     if (json) {
         printf("{\"out\":");
