@@ -508,25 +508,31 @@ fp8_vbmi_body(const dsq_wview *w, uint64_t r0, const float *xs, float *y, const 
     __m512 acc[8];
 #pragma GCC unroll 8
     for (int q = 0; q < NP; q++) acc[q] = _mm512_setzero_ps();
-    for (uint64_t c = 0; c < cols; c += 32) {
-        if (c % 64 == 0)
+    /* 64 columns (one cache line of each row) per step.  The prefetch runs one tile ahead and walks
+     * the next tile's bytes in address order (2·NP lines per step, so the whole next tile by the end
+     * of this one): one sequential stream instead of 2·NP row streams, measured 15-25% faster cold
+     * than a per-row prefetch PF_BYTES ahead (one and two threads); a prefetch never faults, so the
+     * last tile's reaching past the view is harmless. */
+    const uint8_t *next = p + (uint64_t)(2 * NP) * cols;
+    for (uint64_t c = 0; c < cols; c += 64) {
 #pragma GCC unroll 16
-            for (int r = 0; r < 2 * NP; r++)
-                _mm_prefetch((const char *)(p + (uint64_t)r * cols + c + PF_BYTES), _MM_HINT_T0);
-        __m512 xv[4];
-#pragma GCC unroll 4
-        for (int k = 0; k < 4; k++) xv[k] = bcast8(xs + c + 8 * k);
+        for (int i = 0; i < 2 * NP; i++) _mm_prefetch((const char *)(next + (c / 64 * 2 * NP + (uint64_t)i) * 64), _MM_HINT_T0);
+        __m512 xv[8];
 #pragma GCC unroll 8
-        for (int q = 0; q < NP; q++) {
-            const uint8_t *pa = p + (uint64_t)(2 * q) * cols + c;
-            __m512i raw = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)pa)),
-                                             _mm256_loadu_si256((const __m256i *)(pa + cols)), 1);
-            __m512i h = _mm512_gf2p8affine_epi64_epi8(raw, g3, 0), l = _mm512_gf2p8affine_epi64_epi8(raw, g2, 0);
+        for (int k = 0; k < 8; k++) xv[k] = bcast8(xs + c + 8 * k);
+#pragma GCC unroll 8
+        for (int q = 0; q < NP; q++)
+#pragma GCC unroll 2
+            for (int hf = 0; hf < 2; hf++) {
+                const uint8_t *pa = p + (uint64_t)(2 * q) * cols + c + 32 * (uint64_t)hf;
+                __m512i raw = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)pa)),
+                                                 _mm256_loadu_si256((const __m256i *)(pa + cols)), 1);
+                __m512i h = _mm512_gf2p8affine_epi64_epi8(raw, g3, 0), l = _mm512_gf2p8affine_epi64_epi8(raw, g2, 0);
 #pragma GCC unroll 4
-            for (int k = 0; k < 4; k++)
-                acc[q] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_maskz_permutex2var_epi8(b23, l, ctl[k], h)), xv[k],
-                                         acc[q]);
-        }
+                for (int k = 0; k < 4; k++)
+                    acc[q] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_maskz_permutex2var_epi8(b23, l, ctl[k], h)),
+                                             xv[4 * hf + k], acc[q]);
+            }
     }
 #pragma GCC unroll 8
     for (int q = 0; q < NP; q++) pair_sums(acc[q], y + 2 * q);
