@@ -25,6 +25,8 @@ static long env_long(const char *name, long def) {
     return s && *s ? atol(s) : def;
 }
 
+static double tv_s(struct timeval t) { return (double)t.tv_sec + (double)t.tv_usec * 1e-6; }
+
 /* ---- machine ceilings ------------------------------------------------------------------------- */
 
 /* Repeated samples of one quantity: median and spread (min, max). */
@@ -226,14 +228,19 @@ int main(int argc, char **argv) {
     int64_t pos = n_prefill;
     struct rusage ru0, ru1;
     getrusage(RUSAGE_SELF, &ru0);
+    double dec_cpu = 0; /* CPU seconds of the decode steps alone (the probes between blocks excluded) */
     for (int b = 0; b < reps; b++) {
         probe_run(&pr, 1, bw_s, &n_bw);
+        struct rusage rb0, rb1;
+        getrusage(RUSAGE_SELF, &rb0);
         t0 = dsq_now();
         for (int64_t s = 0; s < n_decode; s++, pos++) {
             dsq_v4_item st = {seq, tok + pos, 1, logits, NULL, NULL};
             if (dsq_v4_forward(m, &o, &st, 1, &e)) return 1;
         }
         dec_s[b] = (double)n_decode / (dsq_now() - t0);
+        getrusage(RUSAGE_SELF, &rb1);
+        dec_cpu += tv_s(rb1.ru_utime) + tv_s(rb1.ru_stime) - tv_s(rb0.ru_utime) - tv_s(rb0.ru_stime);
     }
     getrusage(RUSAGE_SELF, &ru1);
     probe_run(&pr, 2, bw_s, &n_bw);
@@ -243,10 +250,11 @@ int main(int argc, char **argv) {
            threads, bw.med, n_bw, bw.lo, bw.hi);
     printf("decode:  %.3f tok/s median of %d blocks of %lld steps (spread %.3f-%.3f), %.2f GB/s of weights; "
            "bandwidth ceiling %.3f tok/s; ratio %.2f (target 0.7, issue 11); page faults per step: %.1f major, "
-           "%.1f minor\n",
+           "%.1f minor; CPU %.1f ms per step (user + system, all threads: what load on a shared machine moves least)\n",
            dec.med, reps, (long long)n_decode, dec.lo, dec.hi, dec.med * wbytes / 1e9, ceiling, dec.med / ceiling,
            (double)(ru1.ru_majflt - ru0.ru_majflt) / (double)(n_decode * reps),
-           (double)(ru1.ru_minflt - ru0.ru_minflt) / (double)(n_decode * reps));
+           (double)(ru1.ru_minflt - ru0.ru_minflt) / (double)(n_decode * reps),
+           dec_cpu * 1e3 / (double)(n_decode * reps));
 
     /* where decode time goes: the BF16 head GEMV alone (one thread, all threads) and a plain read of
      * the same mapped bytes */
