@@ -284,6 +284,9 @@ __attribute__((target("avx2,fma,f16c"))) static void fp8_rows4(const dsq_wview *
     __m256 A0 = *a0, A1 = *a1, A2 = *a2, A3 = *a3;
     for (uint64_t bk = 0; bk < nbk; bk++) {
         float sc = w->enc == DSQ_ENC_FP8_B128 ? e8m0(w->scale[si0 + bk]) : dsq__ld_f32(w->scale + 4 * (si0 + bk));
+        /* the next four rows' bytes in address order, 512 per 128-column block: the whole next tile by
+         * the end of this one (see fp8_vbmi_body) */
+        for (int i = 0; i < 8; i++) _mm_prefetch((const char *)(base + 4 * cols + (bk * 8 + (uint64_t)i) * 64), _MM_HINT_T0);
         /* v·2^-8 exact, then one product with 256·s (exact unless it overflows, so the same rounding
          * as (v·2^-8·256)·s); absurd scales ≥ 2^119 keep the two products */
         bool one = sc <= 0x1p119f;
@@ -400,11 +403,8 @@ __attribute__((target("avx512f,avx512bw"))) static void fp8_rows4_avx512(const d
         float sc = e8 ? e8m0(w->scale[si0 + bk]) : dsq__ld_f32(w->scale + 4 * (si0 + bk));
         bool one = sc <= 0x1p119f; /* see fp8_rows4 */
         __m512 sv = _mm512_set1_ps(sc), kv = _mm512_set1_ps(256.0f * sc);
-        for (int r = 0; r < 4; r++) {
-            const char *pf = (const char *)(base + (uint64_t)r * cols + bk * 128 + PF_BYTES);
-            _mm_prefetch(pf, _MM_HINT_T0);
-            _mm_prefetch(pf + 64, _MM_HINT_T0);
-        }
+        /* the next tile in address order, as fp8_rows4 */
+        for (int i = 0; i < 8; i++) _mm_prefetch((const char *)(base + 4 * cols + (bk * 8 + (uint64_t)i) * 64), _MM_HINT_T0);
 #define FP8_W(v) (one ? _mm512_mul_ps(v, kv) : _mm512_mul_ps(_mm512_mul_ps(v, k256), sv))
         for (uint64_t c = bk * 128; c < bk * 128 + 128; c += 16) {
             __m512 x0 = bcast8(x + c), x1 = bcast8(x + c + 8);
