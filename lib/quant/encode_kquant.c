@@ -2,6 +2,9 @@
  * the search; the byte layouts are ggml's, the search is ours). */
 #include <math.h>
 #include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "codec_internal.h"
 #include "dsq_kquant.h"
@@ -175,70 +178,11 @@ static inline void lanes_run(const kq_spec *k, int n, const float *x, const floa
         lanes_scalar(k, n, x, w, bc, L, sums, o0, o1, o2, q);
 }
 
-/* One least-squares step for the sixteen lanes of a fit pass (sums A = Σwq², B = Σwq, D = Σwqx of each
- * lane's codes; C = Σw, E = Σwx, xx = Σwx² of the sub-block): e = the error of the lane's (S, M) from the
- * expanded sums, (s2, m2) = the weighted least-squares point (m ≥ 0 for the asymmetric types, else 0)
- * and e2 its error, ok = that point exists and is finite (asymmetric: s2 > 0).  In f32 (the fit only
- * seeds the exact integer search); the vector twins perform the same IEEE operations per lane (both
- * branches computed, one selected), so they give the same numbers as the scalar loop. */
-typedef struct kq_fit {
-    float e[KQ_LANES], s2[KQ_LANES], m2[KQ_LANES], e2[KQ_LANES];
-    int32_t ok[KQ_LANES];
-} kq_fit;
+/* the weighted error of (s, m) from the sums of a sub-block's codes (A = Σwq², B = Σwq, D = Σwqx) and
+ * of the sub-block (C = Σw, E = Σwx, xx = Σwx²) */
 #define KQ_LSQ_ERR(A, B, D, s, m) (xx + (s) * (s) * (A) + (m) * (m) * C - 2.0f * (s) * (D) + 2.0f * (m) * E - 2.0f * (s) * (m) * (B))
-static void fit_step_scalar(bool asym, const float *A, const float *B, const float *D, const kq_lanes *L, float C,
-                            float E, float xx, kq_fit *o) {
-    float iC = 1.0f / C;
-    for (int l = 0; l < KQ_LANES; l++) {
-        float a = A[l], b = B[l], d = D[l], s = L->S[l], m = L->M[l];
-        o->e[l] = KQ_LSQ_ERR(a, b, d, s, m);
-        float ia = 1.0f / a, sv = d * ia, mv = 0;
-        bool ok = a > 0;
-        if (asym) {
-            float det = a * C - b * b;
-            if (det > 0 && C > 0) {
-                sv = (d * C - b * E) * (1.0f / det);
-                mv = (sv * b - E) * iC;
-            }
-            if (mv < 0) mv = 0, sv = d * ia;
-            ok = ok && sv > 0;
-        }
-        ok = ok && sv - sv == 0.0f && mv - mv == 0.0f; /* finite */
-        o->s2[l] = sv, o->m2[l] = mv, o->ok[l] = ok ? -1 : 0, o->e2[l] = KQ_LSQ_ERR(a, b, d, sv, mv);
-    }
-}
 #if defined(__x86_64__) && defined(__GNUC__)
 #define KQ_SEL(m, a, b) ((kq_vf)(((kq_vi)(a) & (m)) | ((kq_vi)(b) & ~(m))))
-#define KQ_FIT_FN(name, tgt)                                                                                     \
-    __attribute__((target(tgt))) static void name(bool asym, const float *A, const float *B, const float *D,       \
-                                                  const kq_lanes *L, float C, float E, float xx, kq_fit *o) {     \
-        float iC = 1.0f / C;                                                                                     \
-        kq_vf a, b, d, s, m, z = {0};                                                                            \
-        memcpy(&a, A, sizeof a), memcpy(&b, B, sizeof b), memcpy(&d, D, sizeof d);                              \
-        memcpy(&s, L->S, sizeof s), memcpy(&m, L->M, sizeof m);                                                  \
-        kq_vf e = KQ_LSQ_ERR(a, b, d, s, m);                                                                     \
-        kq_vf ia = 1.0f / a, sv = d * ia, mv = z;                                                                \
-        kq_vi ok = a > 0.0f;                                                                                     \
-        if (asym) {                                                                                              \
-            kq_vf det = a * C - b * b;                                                                           \
-            kq_vf sv1 = (d * C - b * E) * (1.0f / det);                                                          \
-            kq_vf mv1 = (sv1 * b - E) * iC;                                                                      \
-            kq_vi use = (det > 0.0f) & (kq_vi)((z + (C > 0 ? 1.0f : 0.0f)) != 0.0f);                             \
-            sv = KQ_SEL(use, sv1, sv), mv = KQ_SEL(use, mv1, mv);                                                \
-            kq_vi neg = mv < 0.0f;                                                                               \
-            mv = KQ_SEL(neg, z, mv), sv = KQ_SEL(neg, d * ia, sv);                                               \
-            ok = ok & (sv > 0.0f);                                                                               \
-        }                                                                                                        \
-        ok = ok & (sv - sv == 0.0f) & (mv - mv == 0.0f);                                                         \
-        kq_vf e2 = KQ_LSQ_ERR(a, b, d, sv, mv);                                                                  \
-        memcpy(o->e, &e, sizeof e), memcpy(o->s2, &sv, sizeof sv), memcpy(o->m2, &mv, sizeof mv);                \
-        memcpy(o->e2, &e2, sizeof e2), memcpy(o->ok, &ok, sizeof ok);                                            \
-    }
-KQ_FIT_FN(fit_step_avx512, "avx512f")
-KQ_FIT_FN(fit_step_avx2, "avx2")
-#else
-#define fit_step_avx512 fit_step_scalar
-#define fit_step_avx2 fit_step_scalar
 #endif
 
 /* the sixteen starting scales of the sub-block fit, as factors of the plain range rule: asymmetric types
@@ -248,86 +192,179 @@ static const float fit_factors[KQ_LANES] = {1.0f,  0.96f, 0.92f, 0.88f, 0.84f, 0
 static const float fit_factors_sym[KQ_LANES / 2] = {1.0f, 0.94f, 0.88f, 0.82f, 0.76f, 0.70f, 0.64f, 1.06f};
 enum { SUB_ITERS = 2 };
 
-/* Real-valued scale (and min ≥ 0) of one sub-block: sixteen candidate ranges in the lanes of one pass,
- * each refined by least squares with the codes fixed (up to SUB_ITERS passes: nearest codes and their
- * sums → least squares), the lowest weighted error kept; the errors come from the sums (lsq_err).  The
- * result only seeds the integer search of encode_super, which evaluates the decoded values exactly. */
-static void fit_sub(const kq_spec *k, const float *x, const float *w, float *s_out, float *m_out) {
-    float best_s = 0, best_m = 0, best_e = INFINITY;
-    float lo = 0, hi = x[0], xm = 0; /* lo = min(0, min x): the min is never positive */
-    if (k->mhi)
-        for (int i = 0; i < k->sub; i++) {
-            lo = x[i] < lo ? x[i] : lo;
-            hi = x[i] > hi ? x[i] : hi;
+/* Real-valued scale (and min ≥ 0) of sixteen sub-blocks at once, lane l = sub-block l of the transposed
+ * copy xt[i·16 + l], wt[i·16 + l] (i < k->sub): per lane the sums Σwx², Σw, Σwx and the range (min(0,
+ * min x), max x; symmetric types the extreme value) in element order, then sixteen candidate starting
+ * ranges in turn (asymmetric: factors 0.52-1.12 of max−min; symmetric: eight per sign), each pass the
+ * nearest codes' sums and one weighted least-squares step (min ≥ 0), then a second pass from every
+ * candidate's least-squares point; the first lowest error in the order e(c), e2(c) of pass one, then of
+ * pass two, is kept.  Every step is the same IEEE operation per lane, so the scalar loop (the reference)
+ * and the vector twins give the same numbers.  The result only seeds the exact integer search of
+ * encode_super, which evaluates the decoded values exactly. */
+typedef struct kq_fitres {
+    float s[KQ_LANES], m[KQ_LANES], cw[KQ_LANES], cwx[KQ_LANES];
+} kq_fitres;
+static inline float fit_factor(const kq_spec *k, int c) {
+    return k->mhi ? fit_factors[c] : fit_factors_sym[c % (KQ_LANES / 2)];
+}
+static void fit_subs_scalar(const kq_spec *k, const float *xt, const float *wt, kq_fitres *o) {
+    int n = k->sub;
+    bool asym = k->mhi > 0;
+    float qlo = (float)k->qlo, qhi = (float)k->qhi;
+    for (int l = 0; l < KQ_LANES; l++) {
+        float lo = 0, hi = xt[l], xm = 0, xx = 0, C = 0, E = 0;
+        for (int i = 0; i < n; i++) {
+            float xi = xt[i * KQ_LANES + l], wi = wt[i * KQ_LANES + l];
+            lo = xi < lo ? xi : lo;
+            hi = xi > hi ? xi : hi;
+            xm = fabsf(xi) > fabsf(xm) ? xi : xm;
+            float wx = wi * xi;
+            xx = xx + wx * xi, C = C + wi, E = E + wx;
         }
-    else
-        for (int i = 0; i < k->sub; i++)
-            if (fabsf(x[i]) > fabsf(xm)) xm = x[i];
-    /* Σwx², Σw, Σwx in f32, element i into lane i % 8 (the same operations wherever this runs) */
-    typedef float v8 __attribute__((vector_size(32)));
-    v8 sxx = {0}, sw = {0}, swx = {0};
-    for (int i = 0; i < k->sub; i += 8) {
-        v8 xv, wv;
-        memcpy(&xv, x + i, sizeof xv), memcpy(&wv, w + i, sizeof wv);
-        v8 wx = wv * xv;
-        sxx = sxx + wx * xv, sw = sw + wv, swx = swx + wx;
-    }
-#define KQ_SUM8(v) ((((v)[0] + (v)[4]) + ((v)[1] + (v)[5])) + (((v)[2] + (v)[6]) + ((v)[3] + (v)[7])))
-    float xx = KQ_SUM8(sxx), C = KQ_SUM8(sw), E = KQ_SUM8(swx);
-#undef KQ_SUM8
-    if (k->mhi) {
-        if (!(hi > lo)) { /* a constant block */
-            *s_out = 0, *m_out = -lo;
-            return;
-        }
-    } else if (xm == 0.0f) {
-        *s_out = 0, *m_out = 0;
-        return;
-    }
-    kq_lanes L;
-    for (int c = 0; c < KQ_LANES; c++) {
-        /* asymmetric: [lo, hi] onto [0, qhi]; symmetric: the extreme onto qlo (c < 8) or qhi */
-        float base = k->mhi ? (hi - lo) / (float)k->qhi : xm / (float)(c < KQ_LANES / 2 ? k->qlo : k->qhi);
-        lane_set(&L, c, base * (k->mhi ? fit_factors[c] : fit_factors_sym[c % (KQ_LANES / 2)]), k->mhi ? -lo : 0.0f);
-    }
-    kq_fit o;
-    float A[KQ_LANES], B[KQ_LANES], D[KQ_LANES];
-    for (int it = 0; it < SUB_ITERS; it++) {
-        lanes_run(k, k->sub, x, w, true, &L, true, A, B, D, NULL);
-        if (k->path == KQ_PATH_AVX512)
-            fit_step_avx512(k->mhi > 0, A, B, D, &L, C, E, xx, &o);
-        else if (k->path == KQ_PATH_AVX2)
-            fit_step_avx2(k->mhi > 0, A, B, D, &L, C, E, xx, &o);
-        else
-            fit_step_scalar(k->mhi > 0, A, B, D, &L, C, E, xx, &o);
-        /* the lowest error in the order e[0], e2[0], e[1], e2[1], … (e2 only where ok; the first of
-         * equal ones; NaN never), if below the best so far: branch-free scans, then one search */
-        float lo_e = INFINITY;
-        int moved = 0;
-        for (int c = 0; c < KQ_LANES; c++) {
-            float e2 = o.ok[c] ? o.e2[c] : INFINITY;
-            lo_e = o.e[c] < lo_e ? o.e[c] : lo_e;
-            lo_e = e2 < lo_e ? e2 : lo_e;
-        }
-        if (lo_e < best_e)
+        float iC = 1.0f / C, best_s = 0, best_m = 0, best_e = INFINITY, S1[KQ_LANES], M1[KQ_LANES];
+        int mvd[KQ_LANES];
+        for (int it = 0; it < SUB_ITERS; it++)
             for (int c = 0; c < KQ_LANES; c++) {
-                if (o.e[c] == lo_e) {
-                    best_e = lo_e, best_s = L.S[c], best_m = L.M[c];
-                    break;
+                float S, M;
+                if (it == 0) {
+                    float base = asym ? (hi - lo) / qhi : xm / (c < KQ_LANES / 2 ? qlo : qhi);
+                    S = base * fit_factor(k, c), M = asym ? -lo : 0.0f;
+                } else {
+                    if (!mvd[c]) continue; /* the same point again: nothing new */
+                    S = S1[c], M = M1[c];
                 }
-                if (o.ok[c] && o.e2[c] == lo_e) {
-                    best_e = lo_e, best_s = o.s2[c], best_m = o.m2[c];
-                    break;
+                float inv = S != 0.0f ? 1.0f / S : 0.0f, a = 0, b = 0, d = 0;
+                for (int i = 0; i < n; i++) {
+                    float xi = xt[i * KQ_LANES + l], wi = wt[i * KQ_LANES + l];
+                    float t = (xi + M) * inv, qi;
+                    if (k->nl)
+                        qi = nl_value(t);
+                    else {
+                        t = t > qlo ? t : qlo;
+                        t = t < qhi ? t : qhi;
+                        qi = (t + 0x1.8p23f) - 0x1.8p23f;
+                    }
+                    float wq = wi * qi;
+                    a = a + wq * qi, b = b + wq, d = d + wq * xi;
                 }
+                float e = KQ_LSQ_ERR(a, b, d, S, M);
+                float ia = 1.0f / a, sv = d * ia, mv = 0;
+                bool ok = a > 0;
+                if (asym) {
+                    float det = a * C - b * b;
+                    if (det > 0 && C > 0) {
+                        sv = (d * C - b * E) * (1.0f / det);
+                        mv = (sv * b - E) * iC;
+                    }
+                    if (mv < 0) mv = 0, sv = d * ia;
+                    ok = ok && sv > 0;
+                }
+                ok = ok && sv - sv == 0.0f && mv - mv == 0.0f; /* finite */
+                float e2 = KQ_LSQ_ERR(a, b, d, sv, mv);
+                if (e < best_e) best_e = e, best_s = S, best_m = M;
+                if (ok && e2 < best_e) best_e = e2, best_s = sv, best_m = mv;
+                if (it == 0) mvd[c] = ok && (sv != S || mv != M), S1[c] = ok ? sv : S, M1[c] = ok ? mv : M;
             }
-        for (int c = 0; c < KQ_LANES; c++) {
-            int ok = o.ok[c] != 0;
-            moved |= ok & ((o.s2[c] != L.S[c]) | (o.m2[c] != L.M[c]));
-            L.S[c] = ok ? o.s2[c] : L.S[c], L.M[c] = ok ? o.m2[c] : L.M[c];
-        }
-        if (!moved) break;
+        if (asym ? !(hi > lo) : xm == 0.0f) /* a constant (or all-zero) sub-block */
+            best_s = 0, best_m = asym ? -lo : 0.0f;
+        o->s[l] = best_s, o->m[l] = best_m, o->cw[l] = C, o->cwx[l] = E;
     }
-    *s_out = best_s, *m_out = best_m;
+}
+#if defined(__x86_64__) && defined(__GNUC__)
+#define KQ_ABS(v) ((kq_vf)((kq_vi)(v) & 0x7fffffff))
+#define KQ_FITS_FN(name, tgt)                                                                                        \
+    __attribute__((target(tgt))) static void name(const kq_spec *k, const float *xt, const float *wt, kq_fitres *o) { \
+        int n = k->sub;                                                                                              \
+        bool asym = k->mhi > 0;                                                                                      \
+        kq_vf z = {0}, lo = z, hi = KQ_LOADV(xt), xm = z, xx = z, C = z, E = z;                                      \
+        kq_vf qlo = z + (float)k->qlo, qhi = z + (float)k->qhi;                                                      \
+        for (int i = 0; i < n; i++) {                                                                                \
+            kq_vf xi = KQ_LOADV(xt + i * KQ_LANES), wi = KQ_LOADV(wt + i * KQ_LANES);                                \
+            lo = KQ_SEL(xi < lo, xi, lo);                                                                            \
+            hi = KQ_SEL(xi > hi, xi, hi);                                                                            \
+            xm = KQ_SEL(KQ_ABS(xi) > KQ_ABS(xm), xi, xm);                                                            \
+            kq_vf wx = wi * xi;                                                                                      \
+            xx = xx + wx * xi, C = C + wi, E = E + wx;                                                               \
+        }                                                                                                            \
+        kq_vf iC = 1.0f / C, bs = z, bm = z, be = z + INFINITY, S1[KQ_LANES], M1[KQ_LANES];                          \
+        kq_vi Cpos = C > 0.0f;                                                                                       \
+        int mvd[KQ_LANES];                                                                                           \
+        for (int it = 0; it < SUB_ITERS; it++)                                                                       \
+            for (int c = 0; c < KQ_LANES; c++) {                                                                     \
+                kq_vf S, M;                                                                                          \
+                if (it == 0) {                                                                                       \
+                    kq_vf base;                                                                                      \
+                    if (asym)                                                                                        \
+                        base = (hi - lo) / qhi, M = -lo;                                                             \
+                    else                                                                                             \
+                        base = xm / (c < KQ_LANES / 2 ? qlo : qhi), M = z;                                           \
+                    S = base * fit_factor(k, c);                                                                     \
+                } else {                                                                                             \
+                    if (!mvd[c]) continue;                                                                           \
+                    S = S1[c], M = M1[c];                                                                            \
+                }                                                                                                    \
+                kq_vf inv = (kq_vf)((kq_vi)(1.0f / S) & (S != 0.0f)), a = z, b = z, d = z;                           \
+                for (int i = 0; i < n; i++) {                                                                        \
+                    kq_vf xi = KQ_LOADV(xt + i * KQ_LANES), wi = KQ_LOADV(wt + i * KQ_LANES);                        \
+                    kq_vf t = (xi + M) * inv, qi;                                                                    \
+                    if (k->nl) {                                                                                     \
+                        qi = z + (float)kv_iq4nl[0];                                                                 \
+                        for (int cc = 0; cc < 15; cc++) {                                                            \
+                            kq_vi gt = t > iq4nl_mid[cc];                                                            \
+                            qi = qi + (kq_vf)(gt & (kq_vi)(z + (float)(kv_iq4nl[cc + 1] - kv_iq4nl[cc])));           \
+                        }                                                                                            \
+                    } else {                                                                                         \
+                        t = KQ_SEL(t > qlo, t, qlo);                                                                 \
+                        t = KQ_SEL(t < qhi, t, qhi);                                                                 \
+                        qi = (t + 0x1.8p23f) - 0x1.8p23f;                                                            \
+                    }                                                                                                \
+                    kq_vf wq = wi * qi;                                                                              \
+                    a = a + wq * qi, b = b + wq, d = d + wq * xi;                                                    \
+                }                                                                                                    \
+                kq_vf e = KQ_LSQ_ERR(a, b, d, S, M);                                                                 \
+                kq_vf ia = 1.0f / a, sv = d * ia, mv = z;                                                            \
+                kq_vi ok = a > 0.0f;                                                                                 \
+                if (asym) {                                                                                          \
+                    kq_vf det = a * C - b * b;                                                                       \
+                    kq_vf sv1 = (d * C - b * E) * (1.0f / det);                                                      \
+                    kq_vf mv1 = (sv1 * b - E) * iC;                                                                  \
+                    kq_vi use = (det > 0.0f) & Cpos;                                                                 \
+                    sv = KQ_SEL(use, sv1, sv), mv = KQ_SEL(use, mv1, mv);                                            \
+                    kq_vi neg = mv < 0.0f;                                                                           \
+                    mv = KQ_SEL(neg, z, mv), sv = KQ_SEL(neg, d * ia, sv);                                           \
+                    ok = ok & (sv > 0.0f);                                                                           \
+                }                                                                                                    \
+                ok = ok & (sv - sv == 0.0f) & (mv - mv == 0.0f);                                                     \
+                kq_vf e2 = KQ_LSQ_ERR(a, b, d, sv, mv);                                                              \
+                kq_vi lt = e < be;                                                                                   \
+                be = KQ_SEL(lt, e, be), bs = KQ_SEL(lt, S, bs), bm = KQ_SEL(lt, M, bm);                              \
+                lt = ok & (e2 < be);                                                                                 \
+                be = KQ_SEL(lt, e2, be), bs = KQ_SEL(lt, sv, bs), bm = KQ_SEL(lt, mv, bm);                           \
+                if (it == 0) {                                                                                       \
+                    kq_vi mm = ok & ((sv != S) | (mv != M));                                                         \
+                    int any = 0;                                                                                     \
+                    for (int l = 0; l < KQ_LANES; l++) any |= mm[l];                                                 \
+                    mvd[c] = any != 0, S1[c] = KQ_SEL(ok, sv, S), M1[c] = KQ_SEL(ok, mv, M);                         \
+                }                                                                                                    \
+            }                                                                                                        \
+        kq_vi cst = asym ? ~(hi > lo) : (xm == 0.0f);                                                                \
+        bs = KQ_SEL(cst, z, bs), bm = KQ_SEL(cst, asym ? -lo : z, bm);                                               \
+        memcpy(o->s, &bs, sizeof bs), memcpy(o->m, &bm, sizeof bm);                                                  \
+        memcpy(o->cw, &C, sizeof C), memcpy(o->cwx, &E, sizeof E);                                                   \
+    }
+KQ_FITS_FN(fit_subs_avx512, "avx512f")
+KQ_FITS_FN(fit_subs_avx2, "avx2")
+#else
+#define fit_subs_avx512 fit_subs_scalar
+#define fit_subs_avx2 fit_subs_scalar
+#endif
+static void fit_subs(const kq_spec *k, const float *xt, const float *wt, kq_fitres *o) {
+    if (k->path == KQ_PATH_AVX512)
+        fit_subs_avx512(k, xt, wt, o);
+    else if (k->path == KQ_PATH_AVX2)
+        fit_subs_avx2(k, xt, wt, o);
+    else
+        fit_subs_scalar(k, xt, wt, o);
 }
 
 /* ---- super-block ---------------------------------------------------------------------------------- */
@@ -342,6 +379,7 @@ typedef struct kq_state {
 typedef struct kq_block {
     int ns;
     float xt[32 * KQ_LANES], wt[32 * KQ_LANES];
+    float cw[MAX_SUB], cwx[MAX_SUB]; /* Σw, Σwx of each sub-block (fit_sub) */
 } kq_block;
 
 /* Exact errors of n states (st[s]->e[j] and tot[s] = Σ_j e[j] in order, in double), 16/ns states per
@@ -425,20 +463,24 @@ static void coord_search(const kq_spec *k, const kq_block *bk, kq_state *st) {
     }
 }
 
-/* Least squares of (d, dmin) with the integer scales, mins and codes fixed. */
-static bool super_lsq(const kq_spec *k, const float *x, const float *w, const kq_state *st, const int8_t *q, float *d,
-                      float *dmin) {
-    /* five sums in f64, element i into lane i % 4, lanes added (l0 + l1) + (l2 + l3) */
-    double l[5][4] = {{0}};
-    for (int i = 0; i < DSQ_KQ_BLOCK; i++) {
-        int j = i / k->sub, r = i & 3;
-        double a = (double)st->sc[j] * q[i], b = st->m[j], wi = w[i];
-        l[0][r] += wi * a * a, l[1][r] += wi * a * b, l[2][r] += wi * b * b, l[3][r] += wi * a * x[i];
-        l[4][r] += wi * b * x[i];
+/* Least squares of (d, dmin) with the integer scales and mins fixed and the codes those give: one
+ * sums-mode state pass gives each sub-block's Σwq², Σwq, Σwqx of the state's codes (the codes the
+ * error pass gives for the same S, M); with the sub-block's Σw, Σwx (fit_sub) they combine in f64
+ * into the five sums of the (d, dmin) normal equations (decoded value d·sc·q − dmin·m). */
+static bool super_lsq(const kq_spec *k, const kq_block *bk, const kq_state *st, float *d, float *dmin) {
+    int ns = bk->ns;
+    kq_lanes L;
+    float sa[KQ_LANES], sb[KQ_LANES], sd[KQ_LANES];
+    for (int l = 0; l < KQ_LANES; l++) {
+        int j = l % ns;
+        lane_set(&L, l, st->d * (float)st->sc[j], st->dmin * (float)st->m[j]);
     }
-    double A = (l[0][0] + l[0][1]) + (l[0][2] + l[0][3]), B = (l[1][0] + l[1][1]) + (l[1][2] + l[1][3]);
-    double C = (l[2][0] + l[2][1]) + (l[2][2] + l[2][3]), D = (l[3][0] + l[3][1]) + (l[3][2] + l[3][3]);
-    double E = (l[4][0] + l[4][1]) + (l[4][2] + l[4][3]);
+    lanes_run(k, k->sub, bk->xt, bk->wt, false, &L, true, sa, sb, sd, NULL);
+    double A = 0, B = 0, C = 0, D = 0, E = 0;
+    for (int j = 0; j < ns; j++) {
+        double a = st->sc[j], b = st->m[j];
+        A += a * a * sa[j], B += a * b * sb[j], C += b * b * bk->cw[j], D += a * sd[j], E += b * bk->cwx[j];
+    }
     if (!(A > 0)) return false;
     double dv = D / A, mv = st->dmin;
     if (k->mhi && C > 0) {
@@ -455,18 +497,13 @@ static bool super_lsq(const kq_spec *k, const float *x, const float *w, const kq
 
 enum { SUPER_ITERS = 1 };
 
-static void encode_super(const kq_spec *k, const float *x, const float *w, kq_state *out, int8_t *q) {
+/* The search of one super-block: bk its transposed copy (with the sub-blocks' Σw, Σwx), s/m the
+ * sub-blocks' real-valued fit (fit_subs); the chosen state into out, its codes into q. */
+static void encode_super(const kq_spec *k, const kq_block *bk, const float *s, const float *m, kq_state *out,
+                         int8_t *q) {
     int ns = DSQ_KQ_BLOCK / k->sub;
-    kq_block bk;
-    bk.ns = ns;
-    for (int j = 0; j < ns; j++)
-        for (int i = 0; i < k->sub; i++)
-            for (int l = j; l < KQ_LANES; l += ns)
-                bk.xt[i * KQ_LANES + l] = x[j * k->sub + i], bk.wt[i * KQ_LANES + l] = w[j * k->sub + i];
-    float s[MAX_SUB], m[MAX_SUB];
     float smax = 0, mmax = 0, sext = 0;
     for (int j = 0; j < ns; j++) {
-        fit_sub(k, x + j * k->sub, w + j * k->sub, &s[j], &m[j]);
         smax = s[j] > smax ? s[j] : smax;
         mmax = m[j] > mmax ? m[j] : mmax;
         if (fabsf(s[j]) > fabsf(sext)) sext = s[j];
@@ -487,7 +524,7 @@ static void encode_super(const kq_spec *k, const float *x, const float *w, kq_st
         round_scales(k, st, s, m);
         pc[nc++] = st;
     }
-    eval_states(k, &bk, pc, nc, ce, NULL);
+    eval_states(k, bk, pc, nc, ce, NULL);
     kq_state best = cand[0], st;
     double best_e = ce[0];
     for (int c = 1; c < nc; c++)
@@ -498,19 +535,19 @@ static void encode_super(const kq_spec *k, const float *x, const float *w, kq_st
     kq_state qs;
     bool have_q = false;
     for (int it = 0; it < SUPER_ITERS; it++) {
-        coord_search(k, &bk, &st);
-        double e = eval_state(k, &bk, &st, q);
+        coord_search(k, bk, &st);
+        double e = eval_state(k, bk, &st, q);
         qs = st, have_q = true;
         if (e < best_e) best_e = e, best = st;
         kq_state t = st;
-        if (!super_lsq(k, x, w, &st, q, &t.d, &t.dmin) || (t.d == st.d && t.dmin == st.dmin)) break;
-        double e2 = eval_state(k, &bk, &t, NULL);
+        if (!super_lsq(k, bk, &st, &t.d, &t.dmin) || (t.d == st.d && t.dmin == st.dmin)) break;
+        double e2 = eval_state(k, bk, &t, NULL);
         if (!(e2 < best_e)) break;
         best_e = e2, best = t, st = t;
-        if (it + 1 < SUPER_ITERS) eval_state(k, &bk, &st, q), qs = st;
+        if (it + 1 < SUPER_ITERS) eval_state(k, bk, &st, q), qs = st;
     }
     *out = best;
-    if (!have_q || !same_scales(ns, &qs, out)) eval_state(k, &bk, out, q);
+    if (!have_q || !same_scales(ns, &qs, out)) eval_state(k, bk, out, q);
 }
 
 /* ---- packing (layouts in dsq_kquant.h) ------------------------------------------------------------ */
@@ -604,21 +641,44 @@ static void pack(const kq_spec *k, const kq_state *st, const int8_t *q, uint8_t 
 
 /* ---- driver ----------------------------------------------------------------------------------------- */
 
-/* One super-block: weights (importance or 1; non-finite values get weight 0 and are replaced by 0 or
- * the block's largest finite magnitude), then the search and the packing. */
-/* the sums here run over eight fixed lanes (element i into lane i % 8), combined in one order */
+/* The weights of one super-block (importance or 1; non-finite values get weight 0 and are replaced by 0
+ * or the block's largest finite magnitude) into x, w.  The sums run over eight fixed lanes (element i
+ * into lane i % 8, as eight-wide vector operations here: the same IEEE operations on every CPU),
+ * combined in one order. */
 #define KQ_SUM8(l) ((((l)[0] + (l)[4]) + ((l)[1] + (l)[5])) + (((l)[2] + (l)[6]) + ((l)[3] + (l)[7])))
-static void encode_block(const kq_spec *k, const float *src, const float *imp, uint8_t *dst) {
-    float x[DSQ_KQ_BLOCK], w[DSQ_KQ_BLOCK];
-    bool fin[DSQ_KQ_BLOCK], all_fin = true;
-    for (int i = 0; i < DSQ_KQ_BLOCK; i++) all_fin &= fin[i] = dsq__finite(src[i]);
+typedef float kq_v8 __attribute__((vector_size(32)));
+typedef int32_t kq_v8i __attribute__((vector_size(32)));
+typedef double kq_v8d __attribute__((vector_size(64)));
+#define KQ_LD8(p) ({ kq_v8 v_; memcpy(&v_, (p), sizeof v_); v_; })
+static void prep_block(const kq_spec *k, const float *src, const float *imp, float *x, float *w) {
+    kq_v8i bad = {0};
+    for (int i = 0; i < DSQ_KQ_BLOCK; i += 8) {
+        kq_v8i b;
+        memcpy(&b, src + i, sizeof b);
+        bad |= (b & 0x7f800000) == 0x7f800000;
+    }
+    bool all_fin = true;
+    for (int l = 0; l < 8; l++) all_fin &= bad[l] == 0;
+    double l8[8] = {0};
     if (all_fin) {
-        memcpy(x, src, sizeof x);
-        for (int i = 0; i < DSQ_KQ_BLOCK; i++) w[i] = imp ? imp[i] : 1.0f;
+        memcpy(x, src, DSQ_KQ_BLOCK * sizeof(float));
+        if (imp) {
+            memcpy(w, imp, DSQ_KQ_BLOCK * sizeof(float));
+            kq_v8d a = {0};
+            for (int i = 0; i < DSQ_KQ_BLOCK; i += 8) {
+                kq_v8d xd = __builtin_convertvector(KQ_LD8(x + i), kq_v8d);
+                a = a + xd * xd;
+            }
+            memcpy(l8, &a, sizeof a);
+        } else
+            for (int i = 0; i < DSQ_KQ_BLOCK; i++) w[i] = 1.0f;
     } else {
+        bool fin[DSQ_KQ_BLOCK];
         float amax = 0;
-        for (int i = 0; i < DSQ_KQ_BLOCK; i++)
+        for (int i = 0; i < DSQ_KQ_BLOCK; i++) {
+            fin[i] = dsq__finite(src[i]);
             if (fin[i] && fabsf(src[i]) > amax) amax = fabsf(src[i]);
+        }
         for (int i = 0; i < DSQ_KQ_BLOCK; i++) {
             w[i] = imp ? imp[i] : 1.0f;
             x[i] = src[i];
@@ -626,44 +686,105 @@ static void encode_block(const kq_spec *k, const float *src, const float *imp, u
                 x[i] = src[i] != src[i] ? 0.0f : copysignf(amax, src[i]);
                 w[i] = 0.0f;
             }
+            l8[i & 7] += fin[i] ? (double)x[i] * x[i] : 0.0;
         }
     }
     /* with an imatrix, w = importance · sqrt(σ² + x²), σ² the block's mean x² (ggml's weighting in
      * quantize_row_q*_K_impl): on the trained tiny V4 the plain importance lowered the weighted
      * error but raised KL at q2_k/q3_k (the fit gave up large weights of quiet columns); this form
-     * lowered KL at q2_k, q3_k and q4_k (docs/interop.md) */
+     * lowered KL at q2_k, q3_k and q4_k (docs/interop.md).  The square root is correctly rounded
+     * (IEEE) in both forms below. */
     if (imp) {
-        double l8[8] = {0};
-        for (int i = 0; i < DSQ_KQ_BLOCK; i++) l8[i & 7] += fin[i] ? (double)x[i] * x[i] : 0.0;
         float sig2 = (float)(KQ_SUM8(l8) / DSQ_KQ_BLOCK);
+#if defined(__x86_64__)
+        __m128 s2 = _mm_set1_ps(sig2);
+        for (int i = 0; i < DSQ_KQ_BLOCK; i += 4) {
+            __m128 xv = _mm_loadu_ps(x + i);
+            _mm_storeu_ps(w + i, _mm_mul_ps(_mm_loadu_ps(w + i), _mm_sqrt_ps(_mm_add_ps(s2, _mm_mul_ps(xv, xv)))));
+        }
+#else
         for (int i = 0; i < DSQ_KQ_BLOCK; i++) w[i] *= sqrtf(sig2 + x[i] * x[i]);
+#endif
     }
-    float m8[8] = {0};
-    for (int i = 0; i < DSQ_KQ_BLOCK; i++) m8[i & 7] = w[i] > m8[i & 7] ? w[i] : m8[i & 7];
+    kq_v8 m8 = {0};
+    for (int i = 0; i < DSQ_KQ_BLOCK; i += 8) {
+        kq_v8 wv = KQ_LD8(w + i);
+        kq_v8i gt = wv > m8;
+        m8 = (kq_v8)(((kq_v8i)wv & gt) | ((kq_v8i)m8 & ~gt));
+    }
     float wmax = 0;
     for (int l = 0; l < 8; l++) wmax = m8[l] > wmax ? m8[l] : wmax;
     /* weights scaled to a largest of 1: the f32 error sums of the lane passes neither overflow nor
      * underflow for any finite importance (the minimiser does not change) */
     float wscale = wmax > 0 ? 1.0f / wmax : 1.0f;
     if (!isfinite(wscale)) wscale = 0x1p126f; /* wmax subnormal */
-    double s8[8] = {0}, wsum;
-    for (int i = 0; i < DSQ_KQ_BLOCK; i++) {
-        w[i] *= wscale;
-        s8[i & 7] += w[i];
-    }
-    wsum = KQ_SUM8(s8);
     /* a sub-block without weight still gets a sensible fit, at a weight too small to sway the rest */
-    float tiny = wsum > 0 ? (float)(wsum / DSQ_KQ_BLOCK * 1e-6) : 1.0f;
-    for (int j = 0; j < DSQ_KQ_BLOCK; j += k->sub) {
-        double j8[8] = {0};
-        for (int i = 0; i < k->sub; i++) j8[i & 7] += w[j + i];
-        if (!(KQ_SUM8(j8) > 0))
-            for (int i = j; i < j + k->sub; i++) w[i] = tiny;
+    kq_v8d s8 = {0}, j8[MAX_SUB];
+    int ns = DSQ_KQ_BLOCK / k->sub;
+    for (int j = 0; j < ns; j++) {
+        j8[j] = (kq_v8d){0};
+        for (int i = j * k->sub; i < (j + 1) * k->sub; i += 8) {
+            kq_v8 wv = KQ_LD8(w + i) * wscale;
+            memcpy(w + i, &wv, sizeof wv);
+            kq_v8d wd = __builtin_convertvector(wv, kq_v8d);
+            s8 = s8 + wd, j8[j] = j8[j] + wd;
+        }
     }
-    kq_state st;
-    int8_t q[DSQ_KQ_BLOCK];
-    encode_super(k, x, w, &st, q);
-    pack(k, &st, q, dst);
+    double wsum = KQ_SUM8(s8);
+    float tiny = wsum > 0 ? (float)(wsum / DSQ_KQ_BLOCK * 1e-6) : 1.0f;
+    for (int j = 0; j < ns; j++)
+        if (!(KQ_SUM8(j8[j]) > 0))
+            for (int i = j * k->sub; i < (j + 1) * k->sub; i++) w[i] = tiny;
+}
+
+/* The transposed copy of a super-block for state passes: xt[i·16 + l] = element i of sub-block l % ns. */
+static void transpose_block(const kq_spec *k, const float *x, const float *w, kq_block *bk) {
+    int ns = DSQ_KQ_BLOCK / k->sub;
+    bk->ns = ns;
+    for (int i = 0; i < k->sub; i++)
+        for (int l = 0; l < KQ_LANES; l++) {
+            int j = l % ns;
+            bk->xt[i * KQ_LANES + l] = x[j * k->sub + i], bk->wt[i * KQ_LANES + l] = w[j * k->sub + i];
+        }
+}
+
+/* Blocks b0 … b0+n−1 (n ≤ 16/ns) of the flat block list (nb blocks per row): weights, one fit of all
+ * their sub-blocks (sixteen lanes; a missing block's lanes repeat the first block), the searches and
+ * the packing. */
+static void encode_blocks(const kq_spec *k, const float *x, const float *importance, uint64_t nb, uint64_t b0,
+                          int n, uint8_t *dst) {
+    int ns = DSQ_KQ_BLOCK / k->sub, per = KQ_LANES / ns;
+    float xb[2][DSQ_KQ_BLOCK], wb[2][DSQ_KQ_BLOCK];
+    kq_block bk[2];
+    for (int u = 0; u < per; u++) {
+        if (u >= n) {
+            bk[u] = bk[0];
+            continue;
+        }
+        uint64_t b = b0 + (uint64_t)u;
+        prep_block(k, x + b * DSQ_KQ_BLOCK, importance ? importance + (b % nb) * DSQ_KQ_BLOCK : NULL, xb[u], wb[u]);
+        transpose_block(k, xb[u], wb[u], &bk[u]);
+    }
+    kq_fitres fr;
+    if (per == 1)
+        fit_subs(k, bk[0].xt, bk[0].wt, &fr);
+    else {
+        float fx[32 * KQ_LANES], fw[32 * KQ_LANES];
+        for (int i = 0; i < k->sub; i++)
+            for (int u = 0; u < 2; u++) {
+                memcpy(fx + i * KQ_LANES + u * ns, bk[u].xt + i * KQ_LANES, (size_t)ns * sizeof(float));
+                memcpy(fw + i * KQ_LANES + u * ns, bk[u].wt + i * KQ_LANES, (size_t)ns * sizeof(float));
+            }
+        fit_subs(k, fx, fw, &fr);
+    }
+    for (int u = 0; u < n; u++) {
+        memcpy(bk[u].cw, fr.cw + u * ns, (size_t)ns * sizeof(float));
+        memcpy(bk[u].cwx, fr.cwx + u * ns, (size_t)ns * sizeof(float));
+        kq_state st;
+        int8_t q[DSQ_KQ_BLOCK];
+        encode_super(k, &bk[u], fr.s + u * ns, fr.m + u * ns, &st, q);
+        pack(k, &st, q, dst + (b0 + (uint64_t)u) * (uint64_t)k->bytes);
+    }
 }
 
 dsq_status dsq_kquant_encode(dsq_encoding enc, const float *x, uint64_t rows, uint64_t cols, const float *importance,
@@ -702,16 +823,17 @@ dsq_status dsq__kquant_encode_path(dsq_encoding enc, const float *x, uint64_t ro
                           "importance of column %llu is %g (must be finite and >= 0)", (unsigned long long)c,
                           (double)importance[c]);
     uint64_t nb = cols / DSQ_KQ_BLOCK;
-    for (uint64_t r = 0; r < rows; r++) {
-        const float *xr = x + r * cols;
-        if (!allow_nonfinite)
+    if (!allow_nonfinite) /* before any byte is written */
+        for (uint64_t r = 0; r < rows; r++) {
+            const float *xr = x + r * cols;
             for (uint64_t c = 0; c < cols; c++)
                 DSQ_RETURN_IF(!dsq__finite(xr[c]), err, DSQ_ERR_NONFINITE, "element [%llu, %llu] is %s",
                               (unsigned long long)r, (unsigned long long)c, xr[c] != xr[c] ? "NaN" : "infinite");
-        for (uint64_t b = 0; b < nb; b++)
-            encode_block(k, xr + b * DSQ_KQ_BLOCK, importance ? importance + b * DSQ_KQ_BLOCK : NULL,
-                         (uint8_t *)dst + (r * nb + b) * (uint64_t)k->bytes);
-    }
+        }
+    /* the flat list of blocks (rows are contiguous), 16/ns per fit */
+    uint64_t total = rows * nb, per = (uint64_t)(KQ_LANES / (DSQ_KQ_BLOCK / k->sub));
+    for (uint64_t b0 = 0; b0 < total; b0 += per)
+        encode_blocks(k, x, importance, nb, b0, (int)(total - b0 < per ? total - b0 : per), (uint8_t *)dst);
     return DSQ_OK;
 }
 
