@@ -737,52 +737,44 @@ static void prep_block(const kq_spec *k, const float *src, const float *imp, flo
             for (int i = j * k->sub; i < (j + 1) * k->sub; i++) w[i] = tiny;
 }
 
-/* The transposed copy of a super-block for state passes: xt[i·16 + l] = element i of sub-block l % ns. */
-static void transpose_block(const kq_spec *k, const float *x, const float *w, kq_block *bk) {
-    int ns = DSQ_KQ_BLOCK / k->sub;
-    bk->ns = ns;
-    for (int i = 0; i < k->sub; i++)
-        for (int l = 0; l < KQ_LANES; l++) {
-            int j = l % ns;
-            bk->xt[i * KQ_LANES + l] = x[j * k->sub + i], bk->wt[i * KQ_LANES + l] = w[j * k->sub + i];
-        }
-}
-
 /* Blocks b0 … b0+n−1 (n ≤ 16/ns) of the flat block list (nb blocks per row): weights, one fit of all
- * their sub-blocks (sixteen lanes; a missing block's lanes repeat the first block), the searches and
- * the packing. */
+ * their sub-blocks (lane u·ns + j = sub-block j of block u; a missing block's lanes repeat the first
+ * block), the searches and the packing.  A block's state passes read bk[u].xt[i·16 + l] = element i of
+ * its sub-block l % ns. */
 static void encode_blocks(const kq_spec *k, const float *x, const float *importance, uint64_t nb, uint64_t b0,
                           int n, uint8_t *dst) {
-    int ns = DSQ_KQ_BLOCK / k->sub, per = KQ_LANES / ns;
+    int ns = DSQ_KQ_BLOCK / k->sub, per = KQ_LANES / ns, sub = k->sub;
     float xb[2][DSQ_KQ_BLOCK], wb[2][DSQ_KQ_BLOCK];
     kq_block bk[2];
+    float *fx = bk[0].xt, *fw = bk[0].wt, fxb[32 * KQ_LANES], fwb[32 * KQ_LANES];
+    if (per > 1) fx = fxb, fw = fwb;
     for (int u = 0; u < per; u++) {
-        if (u >= n) {
-            bk[u] = bk[0];
-            continue;
+        int v = u < n ? u : 0;
+        if (u == v) {
+            uint64_t b = b0 + (uint64_t)u;
+            prep_block(k, x + b * DSQ_KQ_BLOCK, importance ? importance + (b % nb) * DSQ_KQ_BLOCK : NULL, xb[u], wb[u]);
         }
-        uint64_t b = b0 + (uint64_t)u;
-        prep_block(k, x + b * DSQ_KQ_BLOCK, importance ? importance + (b % nb) * DSQ_KQ_BLOCK : NULL, xb[u], wb[u]);
-        transpose_block(k, xb[u], wb[u], &bk[u]);
+        for (int j = 0; j < ns; j++)
+            for (int i = 0; i < sub; i++)
+                fx[i * KQ_LANES + u * ns + j] = xb[v][j * sub + i], fw[i * KQ_LANES + u * ns + j] = wb[v][j * sub + i];
     }
     kq_fitres fr;
-    if (per == 1)
-        fit_subs(k, bk[0].xt, bk[0].wt, &fr);
-    else {
-        float fx[32 * KQ_LANES], fw[32 * KQ_LANES];
-        for (int i = 0; i < k->sub; i++)
-            for (int u = 0; u < 2; u++) {
-                memcpy(fx + i * KQ_LANES + u * ns, bk[u].xt + i * KQ_LANES, (size_t)ns * sizeof(float));
-                memcpy(fw + i * KQ_LANES + u * ns, bk[u].wt + i * KQ_LANES, (size_t)ns * sizeof(float));
-            }
-        fit_subs(k, fx, fw, &fr);
-    }
+    fit_subs(k, fx, fw, &fr);
     for (int u = 0; u < n; u++) {
-        memcpy(bk[u].cw, fr.cw + u * ns, (size_t)ns * sizeof(float));
-        memcpy(bk[u].cwx, fr.cwx + u * ns, (size_t)ns * sizeof(float));
+        kq_block *bu = &bk[u];
+        bu->ns = ns;
+        if (per > 1)
+            for (int i = 0; i < sub; i++) {
+                memcpy(bu->xt + i * KQ_LANES, fx + i * KQ_LANES + u * ns, 8 * sizeof(float));
+                memcpy(bu->xt + i * KQ_LANES + 8, fx + i * KQ_LANES + u * ns, 8 * sizeof(float));
+                memcpy(bu->wt + i * KQ_LANES, fw + i * KQ_LANES + u * ns, 8 * sizeof(float));
+                memcpy(bu->wt + i * KQ_LANES + 8, fw + i * KQ_LANES + u * ns, 8 * sizeof(float));
+            }
+        memcpy(bu->cw, fr.cw + u * ns, (size_t)ns * sizeof(float));
+        memcpy(bu->cwx, fr.cwx + u * ns, (size_t)ns * sizeof(float));
         kq_state st;
         int8_t q[DSQ_KQ_BLOCK];
-        encode_super(k, &bk[u], fr.s + u * ns, fr.m + u * ns, &st, q);
+        encode_super(k, bu, fr.s + u * ns, fr.m + u * ns, &st, q);
         pack(k, &st, q, dst + (b0 + (uint64_t)u) * (uint64_t)k->bytes);
     }
 }
