@@ -78,9 +78,10 @@ static inline float nl_value(float t) {
 }
 
 /* n elements per lane; bc: every lane reads x[i], w[i] (else xt[i·16 + l]); sums: sums mode (o0, o1, o2)
- * else error mode (o0; codes into q[i·16 + l] when q) */
+ * else error mode (o0; with q, the codes of lanes l < nq into q[l·n + i]: element order when lane l is
+ * sub-block l) */
 static void lanes_scalar(const kq_spec *k, int n, const float *x, const float *w, bool bc, const kq_lanes *L,
-                         bool sums, float *o0, float *o1, float *o2, int8_t *q) {
+                         bool sums, float *o0, float *o1, float *o2, int8_t *q, int nq) {
     float qlo = (float)k->qlo, qhi = (float)k->qhi;
     for (int l = 0; l < KQ_LANES; l++) {
         float S = L->S[l], M = L->M[l], inv = S != 0.0f ? 1.0f / S : 0.0f, a = 0, b = 0, c = 0;
@@ -100,7 +101,7 @@ static void lanes_scalar(const kq_spec *k, int n, const float *x, const float *w
             } else {
                 float y = S * qi - M, dd = xi - y;
                 a += (wi * dd) * dd;
-                if (q) q[i * KQ_LANES + l] = (int8_t)qi;
+                if (q && l < nq) q[l * n + i] = (int8_t)qi;
             }
         }
         o0[l] = a;
@@ -144,7 +145,7 @@ typedef int32_t kq_vi __attribute__((vector_size(64)));
                 a = a + ((WI) * dd) * dd;                                                                       \
                 if (q) {                                                                                        \
                     kq_vi qq = __builtin_convertvector(qi, kq_vi);                                              \
-                    for (int l = 0; l < KQ_LANES; l++) q[i * KQ_LANES + l] = (int8_t)qq[l];                     \
+                    for (int l = 0; l < nq; l++) q[l * n + i] = (int8_t)qq[l];                                  \
                 }                                                                                               \
             }                                                                                                   \
         }                                                                                                       \
@@ -155,7 +156,7 @@ typedef int32_t kq_vi __attribute__((vector_size(64)));
 #define KQ_LANES_FN(name, tgt)                                                                                   \
     __attribute__((target(tgt))) static void name(const kq_spec *k, int n, const float *x, const float *w, bool bc, \
                                                   const kq_lanes *L, bool sums, float *o0, float *o1, float *o2,     \
-                                                  int8_t *q) {                                                       \
+                                                  int8_t *q, int nq) {                                               \
         if (bc)                                                                                                      \
             KQ_LANES_BODY(x[i], w[i]);                                                                               \
         else                                                                                                         \
@@ -169,13 +170,13 @@ KQ_LANES_FN(lanes_avx2, "avx2")
 #endif
 
 static inline void lanes_run(const kq_spec *k, int n, const float *x, const float *w, bool bc, const kq_lanes *L,
-                             bool sums, float *o0, float *o1, float *o2, int8_t *q) {
+                             bool sums, float *o0, float *o1, float *o2, int8_t *q, int nq) {
     if (k->path == KQ_PATH_AVX512)
-        lanes_avx512(k, n, x, w, bc, L, sums, o0, o1, o2, q);
+        lanes_avx512(k, n, x, w, bc, L, sums, o0, o1, o2, q, nq);
     else if (k->path == KQ_PATH_AVX2)
-        lanes_avx2(k, n, x, w, bc, L, sums, o0, o1, o2, q);
+        lanes_avx2(k, n, x, w, bc, L, sums, o0, o1, o2, q, nq);
     else
-        lanes_scalar(k, n, x, w, bc, L, sums, o0, o1, o2, q);
+        lanes_scalar(k, n, x, w, bc, L, sums, o0, o1, o2, q, nq);
 }
 
 /* the weighted error of (s, m) from the sums of a sub-block's codes (A = Σwq², B = Σwq, D = Σwqx) and
@@ -388,22 +389,18 @@ static void eval_states(const kq_spec *k, const kq_block *bk, kq_state *const *s
     int ns = bk->ns, per = KQ_LANES / ns;
     kq_lanes L;
     float e[KQ_LANES];
-    int8_t qt[32 * KQ_LANES];
     for (int s0 = 0; s0 < n; s0 += per) {
         for (int p = 0; p < per; p++) {
             const kq_state *t = st[s0 + p < n ? s0 + p : s0];
             for (int j = 0; j < ns; j++) lane_set(&L, p * ns + j, t->d * (float)t->sc[j], t->dmin * (float)t->m[j]);
         }
-        lanes_run(k, k->sub, bk->xt, bk->wt, false, &L, false, e, NULL, NULL, q ? qt : NULL);
+        lanes_run(k, k->sub, bk->xt, bk->wt, false, &L, false, e, NULL, NULL, q, ns);
         for (int s = s0; s < s0 + per && s < n; s++) {
             double t = 0;
             for (int j = 0; j < ns; j++) t += st[s]->e[j] = e[(s - s0) * ns + j];
             if (tot) tot[s] = t;
         }
     }
-    if (q)
-        for (int j = 0; j < ns; j++)
-            for (int i = 0; i < k->sub; i++) q[j * k->sub + i] = qt[i * KQ_LANES + j];
 }
 static double eval_state(const kq_spec *k, const kq_block *bk, kq_state *st, int8_t *q) {
     double t;
@@ -475,7 +472,7 @@ static bool super_lsq(const kq_spec *k, const kq_block *bk, const kq_state *st, 
         int j = l % ns;
         lane_set(&L, l, st->d * (float)st->sc[j], st->dmin * (float)st->m[j]);
     }
-    lanes_run(k, k->sub, bk->xt, bk->wt, false, &L, true, sa, sb, sd, NULL);
+    lanes_run(k, k->sub, bk->xt, bk->wt, false, &L, true, sa, sb, sd, NULL, 0);
     double A = 0, B = 0, C = 0, D = 0, E = 0;
     for (int j = 0; j < ns; j++) {
         double a = st->sc[j], b = st->m[j];
@@ -598,11 +595,15 @@ static void pack(const kq_spec *k, const kq_state *st, const int8_t *q, uint8_t 
             sc[j + 4] = (uint8_t)(st->m[j] | ((st->m[j + 4] >> 4) << 6));
             sc[j + 8] = (uint8_t)((st->sc[j + 4] & 15) | ((st->m[j + 4] & 15) << 4));
         }
-        for (int e = 0; e < DSQ_KQ_BLOCK; e++) {
-            int j = e / 32, l = e % 32;
-            qs[32 * (j / 2) + l] |= (uint8_t)((q[e] & 15) << (4 * (j & 1)));
-            if (five) qh[l] |= (uint8_t)(((q[e] >> 4) & 1) << j);
-        }
+        for (int jj = 0; jj < 4; jj++) /* sub-blocks 2jj (low nibbles) and 2jj + 1 (high) */
+            for (int l = 0; l < 32; l++)
+                qs[32 * jj + l] = (uint8_t)((q[64 * jj + l] & 15) | ((q[64 * jj + 32 + l] & 15) << 4));
+        if (five)
+            for (int l = 0; l < 32; l++) {
+                unsigned h = 0;
+                for (int j = 0; j < 8; j++) h |= (unsigned)((q[32 * j + l] >> 4) & 1) << j;
+                qh[l] = (uint8_t)h;
+            }
         return;
     }
     case DSQ_ENC_IQ4_XS: {
@@ -646,30 +647,44 @@ static void pack(const kq_spec *k, const kq_state *st, const int8_t *q, uint8_t 
  * into lane i % 8, as eight-wide vector operations here: the same IEEE operations on every CPU),
  * combined in one order. */
 #define KQ_SUM8(l) ((((l)[0] + (l)[4]) + ((l)[1] + (l)[5])) + (((l)[2] + (l)[6]) + ((l)[3] + (l)[7])))
-typedef float kq_v8 __attribute__((vector_size(32)));
-typedef int32_t kq_v8i __attribute__((vector_size(32)));
-typedef double kq_v8d __attribute__((vector_size(64)));
-#define KQ_LD8(p) ({ kq_v8 v_; memcpy(&v_, (p), sizeof v_); v_; })
+/* 128-bit generic vectors (the library's baseline x86-64 code lowers wider ones element by element):
+ * lanes 0-3 of the eight in h[0], 4-7 in h[1] (doubles: two per vector, h[0] … h[3]) */
+typedef float kq_v4 __attribute__((vector_size(16)));
+typedef int32_t kq_v4i __attribute__((vector_size(16)));
+typedef double kq_v2d __attribute__((vector_size(16)));
+#define KQ_LD4(p) ({ kq_v4 v_; memcpy(&v_, (p), sizeof v_); v_; })
+static inline void kq_add_d(kq_v2d *h, kq_v4 lo, kq_v4 hi) { /* h[0..3] += (double) of the 8 lanes */
+    h[0] += __builtin_convertvector(__builtin_shufflevector(lo, lo, 0, 1), kq_v2d);
+    h[1] += __builtin_convertvector(__builtin_shufflevector(lo, lo, 2, 3), kq_v2d);
+    h[2] += __builtin_convertvector(__builtin_shufflevector(hi, hi, 0, 1), kq_v2d);
+    h[3] += __builtin_convertvector(__builtin_shufflevector(hi, hi, 2, 3), kq_v2d);
+}
+static inline void kq_add_dsq(kq_v2d *h, kq_v4 lo, kq_v4 hi) { /* h[0..3] += (double)x · (double)x */
+    kq_v2d d0 = __builtin_convertvector(__builtin_shufflevector(lo, lo, 0, 1), kq_v2d);
+    kq_v2d d1 = __builtin_convertvector(__builtin_shufflevector(lo, lo, 2, 3), kq_v2d);
+    kq_v2d d2 = __builtin_convertvector(__builtin_shufflevector(hi, hi, 0, 1), kq_v2d);
+    kq_v2d d3 = __builtin_convertvector(__builtin_shufflevector(hi, hi, 2, 3), kq_v2d);
+    h[0] += d0 * d0, h[1] += d1 * d1, h[2] += d2 * d2, h[3] += d3 * d3;
+}
+static inline void kq_unpack_d(const kq_v2d *h, double *l8) {
+    for (int l = 0; l < 8; l++) l8[l] = h[l / 2][l % 2];
+}
 static void prep_block(const kq_spec *k, const float *src, const float *imp, float *x, float *w) {
-    kq_v8i bad = {0};
-    for (int i = 0; i < DSQ_KQ_BLOCK; i += 8) {
-        kq_v8i b;
+    kq_v4i bad = {0};
+    for (int i = 0; i < DSQ_KQ_BLOCK; i += 4) {
+        kq_v4i b;
         memcpy(&b, src + i, sizeof b);
         bad |= (b & 0x7f800000) == 0x7f800000;
     }
-    bool all_fin = true;
-    for (int l = 0; l < 8; l++) all_fin &= bad[l] == 0;
+    bool all_fin = (bad[0] | bad[1] | bad[2] | bad[3]) == 0;
     double l8[8] = {0};
     if (all_fin) {
         memcpy(x, src, DSQ_KQ_BLOCK * sizeof(float));
         if (imp) {
             memcpy(w, imp, DSQ_KQ_BLOCK * sizeof(float));
-            kq_v8d a = {0};
-            for (int i = 0; i < DSQ_KQ_BLOCK; i += 8) {
-                kq_v8d xd = __builtin_convertvector(KQ_LD8(x + i), kq_v8d);
-                a = a + xd * xd;
-            }
-            memcpy(l8, &a, sizeof a);
+            kq_v2d h[4] = {{0}};
+            for (int i = 0; i < DSQ_KQ_BLOCK; i += 8) kq_add_dsq(h, KQ_LD4(x + i), KQ_LD4(x + i + 4));
+            kq_unpack_d(h, l8);
         } else
             for (int i = 0; i < DSQ_KQ_BLOCK; i++) w[i] = 1.0f;
     } else {
@@ -706,34 +721,39 @@ static void prep_block(const kq_spec *k, const float *src, const float *imp, flo
         for (int i = 0; i < DSQ_KQ_BLOCK; i++) w[i] *= sqrtf(sig2 + x[i] * x[i]);
 #endif
     }
-    kq_v8 m8 = {0};
-    for (int i = 0; i < DSQ_KQ_BLOCK; i += 8) {
-        kq_v8 wv = KQ_LD8(w + i);
-        kq_v8i gt = wv > m8;
-        m8 = (kq_v8)(((kq_v8i)wv & gt) | ((kq_v8i)m8 & ~gt));
+    kq_v4 m4 = {0}; /* the largest weight: w > m ? w : m per lane (an order-free maximum) */
+    for (int i = 0; i < DSQ_KQ_BLOCK; i += 4) {
+        kq_v4 wv = KQ_LD4(w + i);
+        kq_v4i gt = wv > m4;
+        m4 = (kq_v4)(((kq_v4i)wv & gt) | ((kq_v4i)m4 & ~gt));
     }
     float wmax = 0;
-    for (int l = 0; l < 8; l++) wmax = m8[l] > wmax ? m8[l] : wmax;
+    for (int l = 0; l < 4; l++) wmax = m4[l] > wmax ? m4[l] : wmax;
     /* weights scaled to a largest of 1: the f32 error sums of the lane passes neither overflow nor
      * underflow for any finite importance (the minimiser does not change) */
     float wscale = wmax > 0 ? 1.0f / wmax : 1.0f;
     if (!isfinite(wscale)) wscale = 0x1p126f; /* wmax subnormal */
     /* a sub-block without weight still gets a sensible fit, at a weight too small to sway the rest */
-    kq_v8d s8 = {0}, j8[MAX_SUB];
+    kq_v2d s8[4] = {{0}};
+    double jsum[MAX_SUB];
     int ns = DSQ_KQ_BLOCK / k->sub;
     for (int j = 0; j < ns; j++) {
-        j8[j] = (kq_v8d){0};
+        kq_v2d j8[4] = {{0}};
         for (int i = j * k->sub; i < (j + 1) * k->sub; i += 8) {
-            kq_v8 wv = KQ_LD8(w + i) * wscale;
-            memcpy(w + i, &wv, sizeof wv);
-            kq_v8d wd = __builtin_convertvector(wv, kq_v8d);
-            s8 = s8 + wd, j8[j] = j8[j] + wd;
+            kq_v4 lo = KQ_LD4(w + i) * wscale, hi = KQ_LD4(w + i + 4) * wscale;
+            memcpy(w + i, &lo, sizeof lo), memcpy(w + i + 4, &hi, sizeof hi);
+            kq_add_d(s8, lo, hi), kq_add_d(j8, lo, hi);
         }
+        double t[8];
+        kq_unpack_d(j8, t);
+        jsum[j] = KQ_SUM8(t);
     }
-    double wsum = KQ_SUM8(s8);
+    double t8[8];
+    kq_unpack_d(s8, t8);
+    double wsum = KQ_SUM8(t8);
     float tiny = wsum > 0 ? (float)(wsum / DSQ_KQ_BLOCK * 1e-6) : 1.0f;
     for (int j = 0; j < ns; j++)
-        if (!(KQ_SUM8(j8[j]) > 0))
+        if (!(jsum[j] > 0))
             for (int i = j * k->sub; i < (j + 1) * k->sub; i++) w[i] = tiny;
 }
 
