@@ -208,8 +208,7 @@ typedef struct kq_fitres {
 static inline float fit_factor(const kq_spec *k, int c) {
     return k->mhi ? fit_factors[c] : fit_factors_sym[c % (KQ_LANES / 2)];
 }
-static void fit_subs_scalar(const kq_spec *k, const float *xt, const float *wt, kq_fitres *o) {
-    int n = k->sub;
+static void fit_subs_scalar(const kq_spec *k, const float *xt, const float *wt, int n, kq_fitres *o) {
     bool asym = k->mhi > 0;
     float qlo = (float)k->qlo, qhi = (float)k->qhi;
     for (int l = 0; l < KQ_LANES; l++) {
@@ -274,8 +273,8 @@ static void fit_subs_scalar(const kq_spec *k, const float *xt, const float *wt, 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define KQ_ABS(v) ((kq_vf)((kq_vi)(v) & 0x7fffffff))
 #define KQ_FITS_FN(name, tgt)                                                                                        \
-    __attribute__((target(tgt))) static void name(const kq_spec *k, const float *xt, const float *wt, kq_fitres *o) { \
-        int n = k->sub;                                                                                              \
+    __attribute__((target(tgt))) static void name(const kq_spec *k, const float *xt, const float *wt, int n,          \
+                                                  kq_fitres *o) {                                                    \
         bool asym = k->mhi > 0;                                                                                      \
         kq_vf z = {0}, lo = z, hi = KQ_LOADV(xt), xm = z, xx = z, C = z, E = z;                                      \
         kq_vf qlo = z + (float)k->qlo, qhi = z + (float)k->qhi;                                                      \
@@ -359,13 +358,13 @@ KQ_FITS_FN(fit_subs_avx2, "avx2")
 #define fit_subs_avx512 fit_subs_scalar
 #define fit_subs_avx2 fit_subs_scalar
 #endif
-static void fit_subs(const kq_spec *k, const float *xt, const float *wt, kq_fitres *o) {
+static void fit_subs(const kq_spec *k, const float *xt, const float *wt, int n, kq_fitres *o) {
     if (k->path == KQ_PATH_AVX512)
-        fit_subs_avx512(k, xt, wt, o);
+        fit_subs_avx512(k, xt, wt, n, o);
     else if (k->path == KQ_PATH_AVX2)
-        fit_subs_avx2(k, xt, wt, o);
+        fit_subs_avx2(k, xt, wt, n, o);
     else
-        fit_subs_scalar(k, xt, wt, o);
+        fit_subs_scalar(k, xt, wt, n, o);
 }
 
 /* ---- super-block ---------------------------------------------------------------------------------- */
@@ -376,16 +375,20 @@ typedef struct kq_state {
     double e[MAX_SUB];
 } kq_state;
 
-/* the super-block transposed for state passes: xt[i·16 + l] = element i of sub-block l % ns */
+/* the super-block transposed for state passes: xt[i·16 + l] = element i of sub-block l % ns (the codes
+ * pass); ax/aw the same sub-blocks as na (value, summed weight) pairs per lane when aggregate() found
+ * few distinct values (else ax/aw = xt/wt, na = the sub-block size): every error and sum pass */
 typedef struct kq_block {
-    int ns;
+    int ns, na;
     float xt[32 * KQ_LANES], wt[32 * KQ_LANES];
-    float cw[MAX_SUB], cwx[MAX_SUB]; /* Σw, Σwx of each sub-block (fit_sub) */
+    float at[32 * KQ_LANES], awt[32 * KQ_LANES];
+    const float *ax, *aw;
+    float cw[MAX_SUB], cwx[MAX_SUB]; /* Σw, Σwx of each sub-block (fit_subs) */
 } kq_block;
 
 /* Exact errors of n states (st[s]->e[j] and tot[s] = Σ_j e[j] in order, in double), 16/ns states per
- * pass; codes q (element order) of st[0] when q (n = 1). */
-static void eval_states(const kq_spec *k, const kq_block *bk, kq_state *const *st, int n, double *tot, int8_t *q) {
+ * pass, over the aggregated pairs. */
+static void eval_states(const kq_spec *k, const kq_block *bk, kq_state *const *st, int n, double *tot) {
     int ns = bk->ns, per = KQ_LANES / ns;
     kq_lanes L;
     float e[KQ_LANES];
@@ -394,7 +397,7 @@ static void eval_states(const kq_spec *k, const kq_block *bk, kq_state *const *s
             const kq_state *t = st[s0 + p < n ? s0 + p : s0];
             for (int j = 0; j < ns; j++) lane_set(&L, p * ns + j, t->d * (float)t->sc[j], t->dmin * (float)t->m[j]);
         }
-        lanes_run(k, k->sub, bk->xt, bk->wt, false, &L, false, e, NULL, NULL, q, ns);
+        lanes_run(k, bk->na, bk->ax, bk->aw, false, &L, false, e, NULL, NULL, NULL, 0);
         for (int s = s0; s < s0 + per && s < n; s++) {
             double t = 0;
             for (int j = 0; j < ns; j++) t += st[s]->e[j] = e[(s - s0) * ns + j];
@@ -402,17 +405,20 @@ static void eval_states(const kq_spec *k, const kq_block *bk, kq_state *const *s
         }
     }
 }
-static double eval_state(const kq_spec *k, const kq_block *bk, kq_state *st, int8_t *q) {
+static double eval_state(const kq_spec *k, const kq_block *bk, kq_state *st) {
     double t;
-    eval_states(k, bk, &st, 1, &t, q);
+    eval_states(k, bk, &st, 1, &t);
     return t;
 }
-
-static bool same_scales(int ns, const kq_state *a, const kq_state *b) {
-    if (a->d != b->d || a->dmin != b->dmin) return false;
-    for (int j = 0; j < ns; j++)
-        if (a->sc[j] != b->sc[j] || a->m[j] != b->m[j]) return false;
-    return true;
+/* the codes of a state (element order), from the full transposed copy */
+static void state_codes(const kq_spec *k, const kq_block *bk, const kq_state *st, int8_t *q) {
+    kq_lanes L;
+    float e[KQ_LANES];
+    for (int l = 0; l < KQ_LANES; l++) {
+        int j = l % bk->ns;
+        lane_set(&L, l, st->d * (float)st->sc[j], st->dmin * (float)st->m[j]);
+    }
+    lanes_run(k, k->sub, bk->xt, bk->wt, false, &L, false, e, NULL, NULL, q, bk->ns);
 }
 
 static int clampi(long v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : (int)v; }
@@ -444,7 +450,7 @@ static void coord_search(const kq_spec *k, const kq_block *bk, kq_state *st) {
                 nb[o].m[j] = clampi(st->m[j] + off[o][1], 0, k->mhi);
             }
         }
-        eval_states(k, bk, pn, no, NULL, NULL);
+        eval_states(k, bk, pn, no, NULL);
         bool moved = false;
         int bs[MAX_SUB], bm[MAX_SUB];
         for (int j = 0; j < ns; j++) {
@@ -472,7 +478,7 @@ static bool super_lsq(const kq_spec *k, const kq_block *bk, const kq_state *st, 
         int j = l % ns;
         lane_set(&L, l, st->d * (float)st->sc[j], st->dmin * (float)st->m[j]);
     }
-    lanes_run(k, k->sub, bk->xt, bk->wt, false, &L, true, sa, sb, sd, NULL, 0);
+    lanes_run(k, bk->na, bk->ax, bk->aw, false, &L, true, sa, sb, sd, NULL, 0);
     double A = 0, B = 0, C = 0, D = 0, E = 0;
     for (int j = 0; j < ns; j++) {
         double a = st->sc[j], b = st->m[j];
@@ -521,30 +527,27 @@ static void encode_super(const kq_spec *k, const kq_block *bk, const float *s, c
         round_scales(k, st, s, m);
         pc[nc++] = st;
     }
-    eval_states(k, bk, pc, nc, ce, NULL);
+    eval_states(k, bk, pc, nc, ce);
     kq_state best = cand[0], st;
     double best_e = ce[0];
     for (int c = 1; c < nc; c++)
         if (ce[c] < best_e) best_e = ce[c], best = cand[c];
     /* refine: integer scales by coordinate search (from the errors the candidate pass left in best.e),
-     * then (d, dmin) by least squares; qs is the state whose codes q holds */
+     * then (d, dmin) by least squares */
     st = best;
-    kq_state qs;
-    bool have_q = false;
     for (int it = 0; it < SUPER_ITERS; it++) {
         coord_search(k, bk, &st);
-        double e = eval_state(k, bk, &st, q);
-        qs = st, have_q = true;
+        double e = eval_state(k, bk, &st);
         if (e < best_e) best_e = e, best = st;
         kq_state t = st;
         if (!super_lsq(k, bk, &st, &t.d, &t.dmin) || (t.d == st.d && t.dmin == st.dmin)) break;
-        double e2 = eval_state(k, bk, &t, NULL);
+        double e2 = eval_state(k, bk, &t);
         if (!(e2 < best_e)) break;
         best_e = e2, best = t, st = t;
-        if (it + 1 < SUPER_ITERS) eval_state(k, bk, &st, q), qs = st;
+        if (it + 1 < SUPER_ITERS) eval_state(k, bk, &st);
     }
     *out = best;
-    if (!have_q || !same_scales(ns, &qs, out)) eval_state(k, bk, out, q);
+    state_codes(k, bk, out, q);
 }
 
 /* ---- packing (layouts in dsq_kquant.h) ------------------------------------------------------------ */
@@ -757,6 +760,71 @@ static void prep_block(const kq_spec *k, const float *src, const float *imp, flo
             for (int i = j * k->sub; i < (j + 1) * k->sub; i++) w[i] = tiny;
 }
 
+/* Few distinct values (issue 13: an FP4 expert decodes to at most 15 values, s·e2m1, per 32 columns):
+ * every pass except the codes pass sums per element terms that depend on x only through the code of x,
+ * so the sub-block's elements of one value can enter as one (value, summed weight) pair.  When every
+ * one of the sixteen lanes (sub-blocks, xt[i·16 + l], i < n) holds only zeros and normal values whose
+ * mantissa is 0 or 0.5 (e2m1's 1 and 1.5) over four binades, each value has one of 17 keys (zero; sign,
+ * binade above the lane's lowest, mantissa bit) and the lane's pairs are written in key order to
+ * at/aw[c·16 + l] (weights summed in element order; a short lane padded with its first value at
+ * weight 0, which adds nothing and moves no range), cnt[l] = its count.  Returns the longest count, or
+ * 0 (no aggregation) when some lane does not qualify or nothing would be saved.  The same operations
+ * on every CPU (no vector twin: its output is the input of the twins). */
+enum { KQ_BINS = 17 };
+static int aggregate(int n, const float *xt, const float *wt, float *at, float *aw, int *cnt) {
+    kq_v4i bad[4], emin[4], emax[4];
+    for (int g = 0; g < 4; g++) bad[g] = (kq_v4i){0}, emin[g] = (kq_v4i){0} + 255, emax[g] = (kq_v4i){0};
+    for (int i = 0; i < n; i++)
+        for (int g = 0; g < 4; g++) {
+            kq_v4i b;
+            memcpy(&b, xt + i * KQ_LANES + 4 * g, sizeof b);
+            kq_v4i nz = (b & 0x7fffffff) != 0, E = (b >> 23) & 0xff;
+            bad[g] |= nz & (((b & 0x3fffff) != 0) | (E == 0));
+            kq_v4i lt = nz & (E < emin[g]), gt = nz & (E > emax[g]);
+            emin[g] = (E & lt) | (emin[g] & ~lt), emax[g] = (E & gt) | (emax[g] & ~gt);
+        }
+    for (int l = 0; l < KQ_LANES; l++) {
+        int g = l / 4, r = l % 4;
+        if (bad[g][r] || (emax[g][r] >= emin[g][r] && emax[g][r] - emin[g][r] > 3)) return 0;
+    }
+    /* keys, four lanes at a time; then the weights into their bins in element order */
+    uint8_t key[32 * KQ_LANES];
+    for (int i = 0; i < n; i++)
+        for (int g = 0; g < 4; g++) {
+            kq_v4i b;
+            memcpy(&b, xt + i * KQ_LANES + 4 * g, sizeof b);
+            kq_v4i nz = (b & 0x7fffffff) != 0;
+            kq_v4i kk = (1 + ((b >> 31) & 1) * 8 + (((b >> 23) & 0xff) - emin[g]) * 2 + ((b >> 22) & 1)) & nz;
+            for (int r = 0; r < 4; r++) key[i * KQ_LANES + 4 * g + r] = (uint8_t)kk[r];
+        }
+    float W[KQ_LANES][KQ_BINS] = {{0}};
+    uint32_t seen[KQ_LANES] = {0};
+    for (int i = 0; i < n; i++)
+        for (int l = 0; l < KQ_LANES; l++) {
+            int kk = key[i * KQ_LANES + l];
+            W[l][kk] += wt[i * KQ_LANES + l];
+            seen[l] |= 1u << kk;
+        }
+    int nmax = 0;
+    for (int l = 0; l < KQ_LANES; l++) {
+        int c = 0, e0 = emin[l / 4][l % 4];
+        for (uint32_t m = seen[l]; m; m &= m - 1, c++) {
+            int kk = __builtin_ctz(m);
+            uint32_t bits = 0; /* the value of key kk: zero, or sign, binade e0 + (kk−1)/2 % 4, mantissa bit */
+            if (kk) bits = (uint32_t)((kk - 1) / 8) << 31 | (uint32_t)(e0 + ((kk - 1) % 8) / 2) << 23 | (uint32_t)((kk - 1) % 2) << 22;
+            float v;
+            memcpy(&v, &bits, 4);
+            at[c * KQ_LANES + l] = v, aw[c * KQ_LANES + l] = W[l][kk];
+        }
+        cnt[l] = c;
+        nmax = c > nmax ? c : nmax;
+    }
+    if (nmax >= n) return 0;
+    for (int l = 0; l < KQ_LANES; l++)
+        for (int c = cnt[l]; c < nmax; c++) at[c * KQ_LANES + l] = at[l], aw[c * KQ_LANES + l] = 0.0f;
+    return nmax;
+}
+
 /* Blocks b0 … b0+n−1 (n ≤ 16/ns) of the flat block list (nb blocks per row): weights, one fit of all
  * their sub-blocks (lane u·ns + j = sub-block j of block u; a missing block's lanes repeat the first
  * block), the searches and the packing.  A block's state passes read bk[u].xt[i·16 + l] = element i of
@@ -779,7 +847,9 @@ static void encode_blocks(const kq_spec *k, const float *x, const float *importa
                 fx[i * KQ_LANES + u * ns + j] = xb[v][j * sub + i], fw[i * KQ_LANES + u * ns + j] = wb[v][j * sub + i];
     }
     kq_fitres fr;
-    fit_subs(k, fx, fw, &fr);
+    float ax[32 * KQ_LANES], aw[32 * KQ_LANES];
+    int cnt[KQ_LANES], na = aggregate(sub, fx, fw, ax, aw, cnt);
+    fit_subs(k, na ? ax : fx, na ? aw : fw, na ? na : sub, &fr);
     for (int u = 0; u < n; u++) {
         kq_block *bu = &bk[u];
         bu->ns = ns;
@@ -790,6 +860,20 @@ static void encode_blocks(const kq_spec *k, const float *x, const float *importa
                 memcpy(bu->wt + i * KQ_LANES, fw + i * KQ_LANES + u * ns, 8 * sizeof(float));
                 memcpy(bu->wt + i * KQ_LANES + 8, fw + i * KQ_LANES + u * ns, 8 * sizeof(float));
             }
+        bu->ax = bu->xt, bu->aw = bu->wt, bu->na = sub;
+        if (na && per == 1)
+            bu->ax = ax, bu->aw = aw, bu->na = na;
+        else if (na) { /* this block's lanes of the pairs, duplicated as its state layout */
+            int nu = 0;
+            for (int j = 0; j < ns; j++) nu = cnt[u * ns + j] > nu ? cnt[u * ns + j] : nu;
+            for (int i = 0; i < nu; i++) {
+                memcpy(bu->at + i * KQ_LANES, ax + i * KQ_LANES + u * ns, 8 * sizeof(float));
+                memcpy(bu->at + i * KQ_LANES + 8, ax + i * KQ_LANES + u * ns, 8 * sizeof(float));
+                memcpy(bu->awt + i * KQ_LANES, aw + i * KQ_LANES + u * ns, 8 * sizeof(float));
+                memcpy(bu->awt + i * KQ_LANES + 8, aw + i * KQ_LANES + u * ns, 8 * sizeof(float));
+            }
+            bu->ax = bu->at, bu->aw = bu->awt, bu->na = nu;
+        }
         memcpy(bu->cw, fr.cw + u * ns, (size_t)ns * sizeof(float));
         memcpy(bu->cwx, fr.cwx + u * ns, (size_t)ns * sizeof(float));
         kq_state st;
