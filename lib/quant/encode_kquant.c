@@ -444,7 +444,7 @@ static void coord_search(const kq_spec *k, const kq_block *bk, kq_state *st) {
     kq_state nb[8], *pn[8];
     for (int round = 0; round < COORD_ROUNDS; round++) {
         for (int o = 0; o < no; o++) {
-            nb[o] = *st, pn[o] = &nb[o];
+            nb[o].d = st->d, nb[o].dmin = st->dmin, pn[o] = &nb[o]; /* eval_states fills e */
             for (int j = 0; j < ns; j++) {
                 nb[o].sc[j] = clampi(st->sc[j] + off[o][0], k->slo, k->shi);
                 nb[o].m[j] = clampi(st->m[j] + off[o][1], 0, k->mhi);
@@ -771,6 +771,13 @@ static void prep_block(const kq_spec *k, const float *src, const float *imp, flo
  * 0 (no aggregation) when some lane does not qualify or nothing would be saved.  The same operations
  * on every CPU (no vector twin: its output is the input of the twins). */
 enum { KQ_BINS = 17 };
+/* the bits of key k's value less the lane's lowest binade: 0 (zero), else sign (k−1)/8, binade
+ * ((k−1) % 8)/2 above the lowest, mantissa bit (k−1) % 2 */
+#define KQ_KB(k) ((uint32_t)(((k) - 1) / 8) << 31 | (uint32_t)((((k) - 1) % 8) / 2) << 23 | (uint32_t)(((k) - 1) % 2) << 22)
+static const uint32_t key_bits[KQ_BINS] = {0,       KQ_KB(1),  KQ_KB(2),  KQ_KB(3),  KQ_KB(4),  KQ_KB(5),
+                                           KQ_KB(6), KQ_KB(7),  KQ_KB(8),  KQ_KB(9),  KQ_KB(10), KQ_KB(11),
+                                           KQ_KB(12), KQ_KB(13), KQ_KB(14), KQ_KB(15), KQ_KB(16)};
+#undef KQ_KB
 static int aggregate(int n, const float *xt, const float *wt, float *at, float *aw, int *cnt) {
     kq_v4i bad[4], emin[4], emax[4];
     for (int g = 0; g < 4; g++) bad[g] = (kq_v4i){0}, emin[g] = (kq_v4i){0} + 255, emax[g] = (kq_v4i){0};
@@ -807,11 +814,11 @@ static int aggregate(int n, const float *xt, const float *wt, float *at, float *
         }
     int nmax = 0;
     for (int l = 0; l < KQ_LANES; l++) {
-        int c = 0, e0 = emin[l / 4][l % 4];
+        int c = 0;
+        uint32_t e0 = (uint32_t)emin[l / 4][l % 4] << 23;
         for (uint32_t m = seen[l]; m; m &= m - 1, c++) {
             int kk = __builtin_ctz(m);
-            uint32_t bits = 0; /* the value of key kk: zero, or sign, binade e0 + (kk−1)/2 % 4, mantissa bit */
-            if (kk) bits = (uint32_t)((kk - 1) / 8) << 31 | (uint32_t)(e0 + ((kk - 1) % 8) / 2) << 23 | (uint32_t)((kk - 1) % 2) << 22;
+            uint32_t bits = key_bits[kk] + (kk ? e0 : 0); /* the value of key kk */
             float v;
             memcpy(&v, &bits, 4);
             at[c * KQ_LANES + l] = v, aw[c * KQ_LANES + l] = W[l][kk];
