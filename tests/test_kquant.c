@@ -273,6 +273,10 @@ static void test_hostile(void **state) {
                          DSQ_ERR_NONFINITE);
         assert_non_null(strstr(err.msg, "[0, 300]"));
         dsq_err_clear(&err);
+        /* two rows of one block each: the element is named by row and column */
+        assert_int_equal(dsq_kquant_encode(kencs[i], x, 2, DSQ_KQ_BLOCK, NULL, false, blk, &err), DSQ_ERR_NONFINITE);
+        assert_non_null(strstr(err.msg, "[1, 44] is NaN"));
+        dsq_err_clear(&err);
         assert_int_equal(dsq_kquant_encode(kencs[i], x, 1, 2 * DSQ_KQ_BLOCK, NULL, true, blk, NULL), DSQ_OK);
         dsq_kquant_decode_block(kencs[i], blk + kbytes[i], y);
         for (int e = 0; e < DSQ_KQ_BLOCK; e++) assert_true(isfinite(y[e]));

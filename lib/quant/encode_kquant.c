@@ -672,7 +672,8 @@ static inline void kq_add_dsq(kq_v2d *h, kq_v4 lo, kq_v4 hi) { /* h[0..3] += (do
 static inline void kq_unpack_d(const kq_v2d *h, double *l8) {
     for (int l = 0; l < 8; l++) l8[l] = h[l / 2][l % 2];
 }
-static void prep_block(const kq_spec *k, const float *src, const float *imp, float *x, float *w) {
+/* returns whether every value of the block is finite */
+static bool prep_block(const kq_spec *k, const float *src, const float *imp, float *x, float *w) {
     kq_v4i bad = {0};
     for (int i = 0; i < DSQ_KQ_BLOCK; i += 4) {
         kq_v4i b;
@@ -758,6 +759,7 @@ static void prep_block(const kq_spec *k, const float *src, const float *imp, flo
     for (int j = 0; j < ns; j++)
         if (!(jsum[j] > 0))
             for (int i = j * k->sub; i < (j + 1) * k->sub; i++) w[i] = tiny;
+    return all_fin;
 }
 
 /* Few distinct values (issue 13: an FP4 expert decodes to at most 15 values, s·e2m1, per 32 columns):
@@ -835,9 +837,10 @@ static int aggregate(int n, const float *xt, const float *wt, float *at, float *
 /* Blocks b0 … b0+n−1 (n ≤ 16/ns) of the flat block list (nb blocks per row): weights, one fit of all
  * their sub-blocks (lane u·ns + j = sub-block j of block u; a missing block's lanes repeat the first
  * block), the searches and the packing.  A block's state passes read bk[u].xt[i·16 + l] = element i of
- * its sub-block l % ns. */
-static void encode_blocks(const kq_spec *k, const float *x, const float *importance, uint64_t nb, uint64_t b0,
-                          int n, uint8_t *dst) {
+ * its sub-block l % ns.  Without allow_nonfinite, a block holding NaN/Inf stops the call before its bytes
+ * are written: returns its index (else -1). */
+static int64_t encode_blocks(const kq_spec *k, const float *x, const float *importance, uint64_t nb, uint64_t b0,
+                             int n, bool allow_nonfinite, uint8_t *dst) {
     int ns = DSQ_KQ_BLOCK / k->sub, per = KQ_LANES / ns, sub = k->sub;
     float xb[2][DSQ_KQ_BLOCK], wb[2][DSQ_KQ_BLOCK];
     kq_block bk[2];
@@ -847,7 +850,10 @@ static void encode_blocks(const kq_spec *k, const float *x, const float *importa
         int v = u < n ? u : 0;
         if (u == v) {
             uint64_t b = b0 + (uint64_t)u;
-            prep_block(k, x + b * DSQ_KQ_BLOCK, importance ? importance + (b % nb) * DSQ_KQ_BLOCK : NULL, xb[u], wb[u]);
+            if (!prep_block(k, x + b * DSQ_KQ_BLOCK, importance ? importance + (b % nb) * DSQ_KQ_BLOCK : NULL, xb[u],
+                            wb[u]) &&
+                !allow_nonfinite)
+                return (int64_t)b;
         }
         for (int j = 0; j < ns; j++)
             for (int i = 0; i < sub; i++)
@@ -888,6 +894,7 @@ static void encode_blocks(const kq_spec *k, const float *x, const float *importa
         encode_super(k, bu, fr.s + u * ns, fr.m + u * ns, &st, q);
         pack(k, &st, q, dst + (b0 + (uint64_t)u) * (uint64_t)k->bytes);
     }
+    return -1;
 }
 
 dsq_status dsq_kquant_encode(dsq_encoding enc, const float *x, uint64_t rows, uint64_t cols, const float *importance,
@@ -926,17 +933,17 @@ dsq_status dsq__kquant_encode_path(dsq_encoding enc, const float *x, uint64_t ro
                           "importance of column %llu is %g (must be finite and >= 0)", (unsigned long long)c,
                           (double)importance[c]);
     uint64_t nb = cols / DSQ_KQ_BLOCK;
-    if (!allow_nonfinite) /* before any byte is written */
-        for (uint64_t r = 0; r < rows; r++) {
-            const float *xr = x + r * cols;
-            for (uint64_t c = 0; c < cols; c++)
-                DSQ_RETURN_IF(!dsq__finite(xr[c]), err, DSQ_ERR_NONFINITE, "element [%llu, %llu] is %s",
-                              (unsigned long long)r, (unsigned long long)c, xr[c] != xr[c] ? "NaN" : "infinite");
-        }
     /* the flat list of blocks (rows are contiguous), 16/ns per fit */
     uint64_t total = rows * nb, per = (uint64_t)(KQ_LANES / (DSQ_KQ_BLOCK / k->sub));
-    for (uint64_t b0 = 0; b0 < total; b0 += per)
-        encode_blocks(k, x, importance, nb, b0, (int)(total - b0 < per ? total - b0 : per), (uint8_t *)dst);
+    for (uint64_t b0 = 0; b0 < total; b0 += per) {
+        int64_t bad = encode_blocks(k, x, importance, nb, b0, (int)(total - b0 < per ? total - b0 : per),
+                                    allow_nonfinite, (uint8_t *)dst);
+        if (bad >= 0) /* the first non-finite element (blocks run in row order) */
+            for (uint64_t i = (uint64_t)bad * DSQ_KQ_BLOCK;; i++)
+                DSQ_RETURN_IF(!dsq__finite(x[i]), err, DSQ_ERR_NONFINITE, "element [%llu, %llu] is %s",
+                              (unsigned long long)(i / cols), (unsigned long long)(i % cols),
+                              x[i] != x[i] ? "NaN" : "infinite");
+    }
     return DSQ_OK;
 }
 

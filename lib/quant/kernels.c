@@ -198,7 +198,14 @@ dsq_status dsq_codec_decode(const dsq_qtensor *src, uint64_t row0, uint64_t nrow
         if (avx) dsq__decode_span_avx2(&v, row0 + i, 0, cols, o_row);
         else dsq__decode_span_scalar(&v, row0 + i, 0, cols, o_row);
         if (o.allow_nonfinite) continue;
-        for (uint64_t c = 0; c < cols; c++)
+        /* branch-free first (vectorizes): the loop naming the element runs only on a row that has one */
+        uint32_t bad = 0;
+        for (uint64_t c = 0; c < cols; c++) {
+            uint32_t b;
+            memcpy(&b, o_row + c, 4);
+            bad |= (b & 0x7f800000u) == 0x7f800000u;
+        }
+        for (uint64_t c = 0; bad && c < cols; c++)
             if (!dsq__finite(o_row[c]))
                 return dsq_err_set(err, DSQ_ERR_NONFINITE, "%s: element [%llu, %llu] decodes to %s", nm,
                                    (unsigned long long)(row0 + i), (unsigned long long)c,
