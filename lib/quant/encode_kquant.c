@@ -375,9 +375,9 @@ typedef struct kq_state {
     double e[MAX_SUB];
 } kq_state;
 
-/* the super-block transposed for state passes: xt[i·16 + l] = element i of sub-block l % ns (the codes
- * pass); ax/aw the same sub-blocks as na (value, summed weight) pairs per lane when aggregate() found
- * few distinct values (else ax/aw = xt/wt, na = the sub-block size): every error and sum pass */
+/* the super-block for state passes: ax/aw[i·16 + l] = pair i of sub-block l % ns, na pairs per lane
+ * (aggregate()), or (no aggregation) ax/aw = xt/wt, element i of sub-block l % ns, na = the sub-block
+ * size; the final codes come from the fit layout (encode_blocks) */
 typedef struct kq_block {
     int ns, na;
     float xt[32 * KQ_LANES], wt[32 * KQ_LANES];
@@ -409,16 +409,6 @@ static double eval_state(const kq_spec *k, const kq_block *bk, kq_state *st) {
     double t;
     eval_states(k, bk, &st, 1, &t);
     return t;
-}
-/* the codes of a state (element order), from the full transposed copy */
-static void state_codes(const kq_spec *k, const kq_block *bk, const kq_state *st, int8_t *q) {
-    kq_lanes L;
-    float e[KQ_LANES];
-    for (int l = 0; l < KQ_LANES; l++) {
-        int j = l % bk->ns;
-        lane_set(&L, l, st->d * (float)st->sc[j], st->dmin * (float)st->m[j]);
-    }
-    lanes_run(k, k->sub, bk->xt, bk->wt, false, &L, false, e, NULL, NULL, q, bk->ns);
 }
 
 static int clampi(long v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : (int)v; }
@@ -502,8 +492,7 @@ enum { SUPER_ITERS = 1 };
 
 /* The search of one super-block: bk its transposed copy (with the sub-blocks' Σw, Σwx), s/m the
  * sub-blocks' real-valued fit (fit_subs); the chosen state into out, its codes into q. */
-static void encode_super(const kq_spec *k, const kq_block *bk, const float *s, const float *m, kq_state *out,
-                         int8_t *q) {
+static void encode_super(const kq_spec *k, const kq_block *bk, const float *s, const float *m, kq_state *out) {
     int ns = DSQ_KQ_BLOCK / k->sub;
     float smax = 0, mmax = 0, sext = 0;
     for (int j = 0; j < ns; j++) {
@@ -547,7 +536,6 @@ static void encode_super(const kq_spec *k, const kq_block *bk, const float *s, c
         if (it + 1 < SUPER_ITERS) eval_state(k, bk, &st);
     }
     *out = best;
-    state_codes(k, bk, out, q);
 }
 
 /* ---- packing (layouts in dsq_kquant.h) ------------------------------------------------------------ */
@@ -863,10 +851,11 @@ static int64_t encode_blocks(const kq_spec *k, const float *x, const float *impo
     float ax[32 * KQ_LANES], aw[32 * KQ_LANES];
     int cnt[KQ_LANES], na = aggregate(sub, fx, fw, ax, aw, cnt);
     fit_subs(k, na ? ax : fx, na ? aw : fw, na ? na : sub, &fr);
+    kq_state st[2];
     for (int u = 0; u < n; u++) {
         kq_block *bu = &bk[u];
         bu->ns = ns;
-        if (per > 1)
+        if (per > 1 && !na)
             for (int i = 0; i < sub; i++) {
                 memcpy(bu->xt + i * KQ_LANES, fx + i * KQ_LANES + u * ns, 8 * sizeof(float));
                 memcpy(bu->xt + i * KQ_LANES + 8, fx + i * KQ_LANES + u * ns, 8 * sizeof(float));
@@ -889,11 +878,20 @@ static int64_t encode_blocks(const kq_spec *k, const float *x, const float *impo
         }
         memcpy(bu->cw, fr.cw + u * ns, (size_t)ns * sizeof(float));
         memcpy(bu->cwx, fr.cwx + u * ns, (size_t)ns * sizeof(float));
-        kq_state st;
-        int8_t q[DSQ_KQ_BLOCK];
-        encode_super(k, bu, fr.s + u * ns, fr.m + u * ns, &st, q);
-        pack(k, &st, q, dst + (b0 + (uint64_t)u) * (uint64_t)k->bytes);
+        encode_super(k, bu, fr.s + u * ns, fr.m + u * ns, &st[u]);
     }
+    /* the codes of every block's chosen state in one pass over the fit layout (lane u·ns + j: block u's
+     * sub-block j, codes to q[(u·ns + j)·sub + i], i.e. block u's in element order at q + 256u) */
+    kq_lanes L;
+    float e[KQ_LANES];
+    int8_t q[KQ_LANES * 32];
+    for (int l = 0; l < KQ_LANES; l++) {
+        const kq_state *t = &st[l / ns < n ? l / ns : 0];
+        int j = l % ns;
+        lane_set(&L, l, t->d * (float)t->sc[j], t->dmin * (float)t->m[j]);
+    }
+    lanes_run(k, sub, fx, fw, false, &L, false, e, NULL, NULL, q, KQ_LANES);
+    for (int u = 0; u < n; u++) pack(k, &st[u], q + u * DSQ_KQ_BLOCK, dst + (b0 + (uint64_t)u) * (uint64_t)k->bytes);
     return -1;
 }
 
