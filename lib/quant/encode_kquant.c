@@ -110,15 +110,20 @@ static void lanes_scalar(const kq_spec *k, int n, const float *x, const float *w
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-typedef float kq_vf __attribute__((vector_size(64)));
-typedef int32_t kq_vi __attribute__((vector_size(64)));
-/* the body of a vector twin: XI/WI are the element's x and w (a float, broadcast by the vector
- * operators, or a vector of sixteen lanes); a macro, not a function, so that no 64-byte vector crosses a
- * call (its ABI differs between the AVX2 and AVX-512 instantiations) */
+/* The vector twins declare kq_vf/kq_vi locally: sixteen lanes (AVX-512) or eight (AVX2, the sixteen
+ * lanes as two halves at offset off: the lanes are independent, and 64-byte vectors were lowered
+ * badly for AVX2, slower than the scalar loop).
+ * The body of a vector twin: XI/WI are the element's x and w (a float, broadcast by the vector
+ * operators, or a vector of NL lanes from lane off); a macro, not a function, so that no vector crosses
+ * a call (its ABI differs between the instantiations) */
+#define KQ_VTYPES(VB)                                                                                           \
+    typedef float kq_vf __attribute__((vector_size(VB)));                                                      \
+    typedef int32_t kq_vi __attribute__((vector_size(VB)));                                                    \
+    enum { NL = (VB) / 4 }
 #define KQ_LANES_BODY(XI, WI)                                                                                   \
     do {                                                                                                        \
         kq_vf S, M, inv, a = {0}, b = {0}, c = {0}, z = {0};                                                    \
-        memcpy(&S, L->S, sizeof S), memcpy(&M, L->M, sizeof M);                                                 \
+        memcpy(&S, L->S + off, sizeof S), memcpy(&M, L->M + off, sizeof M);                                     \
         kq_vi nz = S != 0.0f;                                                                                   \
         inv = (kq_vf)((kq_vi)(1.0f / S) & nz); /* 1/S, or 0 for S = 0 */                                        \
         kq_vf lo = z + (float)k->qlo, hi = z + (float)k->qhi;                                                   \
@@ -145,25 +150,28 @@ typedef int32_t kq_vi __attribute__((vector_size(64)));
                 a = a + ((WI) * dd) * dd;                                                                       \
                 if (q) {                                                                                        \
                     kq_vi qq = __builtin_convertvector(qi, kq_vi);                                              \
-                    for (int l = 0; l < nq; l++) q[l * n + i] = (int8_t)qq[l];                                  \
+                    for (int l = 0; l < NL && l + off < nq; l++) q[(l + off) * n + i] = (int8_t)qq[l];          \
                 }                                                                                               \
             }                                                                                                   \
         }                                                                                                       \
-        memcpy(o0, &a, sizeof a);                                                                               \
-        if (sums) memcpy(o1, &b, sizeof b), memcpy(o2, &c, sizeof c);                                           \
+        memcpy(o0 + off, &a, sizeof a);                                                                         \
+        if (sums) memcpy(o1 + off, &b, sizeof b), memcpy(o2 + off, &c, sizeof c);                               \
     } while (0)
 #define KQ_LOADV(p) ({ kq_vf v_; memcpy(&v_, (p), sizeof v_); v_; })
-#define KQ_LANES_FN(name, tgt)                                                                                   \
+#define KQ_LANES_FN(name, tgt, VB)                                                                               \
     __attribute__((target(tgt))) static void name(const kq_spec *k, int n, const float *x, const float *w, bool bc, \
                                                   const kq_lanes *L, bool sums, float *o0, float *o1, float *o2,     \
                                                   int8_t *q, int nq) {                                               \
-        if (bc)                                                                                                      \
-            KQ_LANES_BODY(x[i], w[i]);                                                                               \
-        else                                                                                                         \
-            KQ_LANES_BODY(KQ_LOADV(x + i * KQ_LANES), KQ_LOADV(w + i * KQ_LANES));                                   \
+        KQ_VTYPES(VB);                                                                                               \
+        for (int off = 0; off < KQ_LANES; off += NL) {                                                               \
+            if (bc)                                                                                                  \
+                KQ_LANES_BODY(x[i], w[i]);                                                                           \
+            else                                                                                                     \
+                KQ_LANES_BODY(KQ_LOADV(x + i * KQ_LANES + off), KQ_LOADV(w + i * KQ_LANES + off));                   \
+        }                                                                                                            \
     }
-KQ_LANES_FN(lanes_avx512, "avx512f")
-KQ_LANES_FN(lanes_avx2, "avx2")
+KQ_LANES_FN(lanes_avx512, "avx512f", 64)
+KQ_LANES_FN(lanes_avx2, "avx2", 32)
 #else
 #define lanes_avx512 lanes_scalar
 #define lanes_avx2 lanes_scalar
@@ -272,14 +280,16 @@ static void fit_subs_scalar(const kq_spec *k, const float *xt, const float *wt, 
 }
 #if defined(__x86_64__) && defined(__GNUC__)
 #define KQ_ABS(v) ((kq_vf)((kq_vi)(v) & 0x7fffffff))
-#define KQ_FITS_FN(name, tgt)                                                                                        \
+#define KQ_FITS_FN(name, tgt, VB)                                                                                    \
     __attribute__((target(tgt))) static void name(const kq_spec *k, const float *xt, const float *wt, int n,          \
                                                   kq_fitres *o) {                                                    \
+        KQ_VTYPES(VB);                                                                                               \
         bool asym = k->mhi > 0;                                                                                      \
-        kq_vf z = {0}, lo = z, hi = KQ_LOADV(xt), xm = z, xx = z, C = z, E = z;                                      \
+        for (int off = 0; off < KQ_LANES; off += NL) {                                                               \
+        kq_vf z = {0}, lo = z, hi = KQ_LOADV(xt + off), xm = z, xx = z, C = z, E = z;                                \
         kq_vf qlo = z + (float)k->qlo, qhi = z + (float)k->qhi;                                                      \
         for (int i = 0; i < n; i++) {                                                                                \
-            kq_vf xi = KQ_LOADV(xt + i * KQ_LANES), wi = KQ_LOADV(wt + i * KQ_LANES);                                \
+            kq_vf xi = KQ_LOADV(xt + i * KQ_LANES + off), wi = KQ_LOADV(wt + i * KQ_LANES + off);                    \
             lo = KQ_SEL(xi < lo, xi, lo);                                                                            \
             hi = KQ_SEL(xi > hi, xi, hi);                                                                            \
             xm = KQ_SEL(KQ_ABS(xi) > KQ_ABS(xm), xi, xm);                                                            \
@@ -305,7 +315,7 @@ static void fit_subs_scalar(const kq_spec *k, const float *xt, const float *wt, 
                 }                                                                                                    \
                 kq_vf inv = (kq_vf)((kq_vi)(1.0f / S) & (S != 0.0f)), a = z, b = z, d = z;                           \
                 for (int i = 0; i < n; i++) {                                                                        \
-                    kq_vf xi = KQ_LOADV(xt + i * KQ_LANES), wi = KQ_LOADV(wt + i * KQ_LANES);                        \
+                    kq_vf xi = KQ_LOADV(xt + i * KQ_LANES + off), wi = KQ_LOADV(wt + i * KQ_LANES + off);            \
                     kq_vf t = (xi + M) * inv, qi;                                                                    \
                     if (k->nl) {                                                                                     \
                         qi = z + (float)kv_iq4nl[0];                                                                 \
@@ -343,17 +353,18 @@ static void fit_subs_scalar(const kq_spec *k, const float *xt, const float *wt, 
                 if (it == 0) {                                                                                       \
                     kq_vi mm = ok & ((sv != S) | (mv != M));                                                         \
                     int any = 0;                                                                                     \
-                    for (int l = 0; l < KQ_LANES; l++) any |= mm[l];                                                 \
+                    for (int l = 0; l < NL; l++) any |= mm[l];                                                       \
                     mvd[c] = any != 0, S1[c] = KQ_SEL(ok, sv, S), M1[c] = KQ_SEL(ok, mv, M);                         \
                 }                                                                                                    \
             }                                                                                                        \
         kq_vi cst = asym ? ~(hi > lo) : (xm == 0.0f);                                                                \
         bs = KQ_SEL(cst, z, bs), bm = KQ_SEL(cst, asym ? -lo : z, bm);                                               \
-        memcpy(o->s, &bs, sizeof bs), memcpy(o->m, &bm, sizeof bm);                                                  \
-        memcpy(o->cw, &C, sizeof C), memcpy(o->cwx, &E, sizeof E);                                                   \
+        memcpy(o->s + off, &bs, sizeof bs), memcpy(o->m + off, &bm, sizeof bm);                                      \
+        memcpy(o->cw + off, &C, sizeof C), memcpy(o->cwx + off, &E, sizeof E);                                       \
+        }                                                                                                            \
     }
-KQ_FITS_FN(fit_subs_avx512, "avx512f")
-KQ_FITS_FN(fit_subs_avx2, "avx2")
+KQ_FITS_FN(fit_subs_avx512, "avx512f", 64)
+KQ_FITS_FN(fit_subs_avx2, "avx2", 32)
 #else
 #define fit_subs_avx512 fit_subs_scalar
 #define fit_subs_avx2 fit_subs_scalar
