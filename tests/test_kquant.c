@@ -112,9 +112,11 @@ static void test_avx2_decode(void **state) {
 /* The encoder's AVX2 and AVX-512 lane passes (errors, code sums, IQ4_XS codebook lookup, the codes) give
  * the same bytes as the scalar ones: gaussian, outliers, tiny and huge values (errors overflowing f32
  * included), all zeros, constant rows, a dynamic range of 2^90 inside one block, sparse blocks, NaN/±Inf
- * (allow_nonfinite), exact levels (ties); with importance (random, 0 on whole sub-blocks, near FLT_MAX,
+ * (allow_nonfinite), exact levels (ties), FP4-shaped blocks (a power of two per 32 columns times e2m1
+ * values, ±0 included: the encoder's (value, summed weight) pairs) at ordinary, huge and tiny scales,
+ * and one with a NaN; with importance (random, 0 on whole sub-blocks, near FLT_MAX,
  * subnormal) and without. */
-enum { TWIN_KINDS = 11, TWIN_IMPS = 4 };
+enum { TWIN_KINDS = 14, TWIN_IMPS = 4 };
 static void twin_fill(rng *r, int kind, float *x) {
     float sigma = kind == 2 ? 1e-6f : kind == 3 ? 2e4f : 0.05f;
     fill_gauss(r, x, ROWS * COLS, sigma);
@@ -127,6 +129,12 @@ static void twin_fill(rng *r, int kind, float *x) {
         if (kind == 8 && i % 97 == 0) x[i] = i % 3 == 0 ? NAN : i % 3 == 1 ? INFINITY : -INFINITY;
         if (kind == 9) x[i] = (float)(i % 7) * 0.125f - 0.375f; /* a few exact levels: ties everywhere */
         if (kind == 10) x[i] *= 2e38f;                           /* squared errors overflow f32 */
+        if (kind >= 11) { /* FP4-shaped: scale 2^e per 32 columns (2^±120 for kind 12), e2m1 value, sign */
+            static const float e2m1[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+            int e = kind == 12 ? ((i / 32) % 2 ? 120 : -120) : -8 + (int)((i / 32) % 5);
+            x[i] = ((i * 7 + i / 5) % 3 ? 1.0f : -1.0f) * ldexpf(e2m1[(i * 13 + i / 32) % 8], e);
+            if (kind == 13 && i % 301 == 0) x[i] = NAN;
+        }
     }
 }
 static void test_encode_isa_twins(void **state) {
@@ -264,6 +272,10 @@ static void test_hostile(void **state) {
         assert_int_equal(dsq_kquant_encode(kencs[i], x, 1, 2 * DSQ_KQ_BLOCK, NULL, false, blk, &err),
                          DSQ_ERR_NONFINITE);
         assert_non_null(strstr(err.msg, "[0, 300]"));
+        dsq_err_clear(&err);
+        /* two rows of one block each: the element is named by row and column */
+        assert_int_equal(dsq_kquant_encode(kencs[i], x, 2, DSQ_KQ_BLOCK, NULL, false, blk, &err), DSQ_ERR_NONFINITE);
+        assert_non_null(strstr(err.msg, "[1, 44] is NaN"));
         dsq_err_clear(&err);
         assert_int_equal(dsq_kquant_encode(kencs[i], x, 1, 2 * DSQ_KQ_BLOCK, NULL, true, blk, NULL), DSQ_OK);
         dsq_kquant_decode_block(kencs[i], blk + kbytes[i], y);

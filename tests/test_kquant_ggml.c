@@ -240,10 +240,20 @@ static void test_not_worse_than_ggml(void **state) {
     enum { R = 32, C = 1024 };
     float *x = malloc(sizeof(float) * R * C), imp[C];
     for (int c = 0; c < C; c++) imp[c] = (float)exp(1.5 * rng_gauss(&r));
-    for (int kind = 0; kind < 2; kind++) {
+    /* third tensor: FP4-shaped (an MXFP4 expert decoded: a power-of-two scale per 32 columns times an
+     * e2m1 value), which the encoder passes as (value, summed weight) pairs */
+    static const float e2m1[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+    for (int kind = 0; kind < 3; kind++) {
+        float s32 = 0;
         for (int i = 0; i < R * C; i++) {
             float v = 0.02f * rng_gauss(&r);
             x[i] = kind == 1 && rng_unit(&r) < 0.003 ? 12 * v : v; /* second tensor: sparse outliers */
+            if (kind == 2) {
+                if (i % 32 == 0) s32 = ldexpf(1.0f, -9 + (int)(rng_unit(&r) * 3));
+                float g = fabsf(rng_gauss(&r)) * 2.0f; /* mostly small codes, as trained weights */
+                int c = g < 0.25f ? 0 : g < 0.75f ? 1 : g < 1.25f ? 2 : g < 1.75f ? 3 : g < 2.5f ? 4 : g < 3.5f ? 5 : g < 5 ? 6 : 7;
+                x[i] = (rng_unit(&r) < 0.5 ? -1.0f : 1.0f) * s32 * e2m1[c];
+            }
         }
         for (int i = 0; i < NK; i++) {
             int bb = dsq_kquant_block_bytes(kencs[i]);

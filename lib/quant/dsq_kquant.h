@@ -39,19 +39,24 @@
  * (an imatrix's Σx²/count per column) and σ² the super-block's mean x² (ggml's weighting), or 1
  * without one (plain squared error).  Search, per super-block:
  *   1. each sub-block: real-valued scale (and min ≥ 0) from sixteen candidate ranges (the plain max/min
- *      rule and shrunk/stretched ones; symmetric types eight per sign), all sixteen in the lanes of one
- *      pass that computes their nearest codes' sums, then weighted least squares with the codes fixed
- *      (f32), a second pass from those points; the lowest error (from the expanded sums) kept;
+ *      rule and shrunk/stretched ones; symmetric types eight per sign), each in one pass that computes
+ *      its nearest codes' sums, then weighted least squares with the codes fixed (f32), a second pass
+ *      from every candidate's least-squares point; the lowest error (from the expanded sums) kept;
  *   2. super-scales: all zero, or the largest sub-block scale (and min) onto the top integer scale (and
  *      min) (symmetric types: also the negative-range twin), sub-block scales rounded to integers;
  *   3. one coordinate round (each sub-block's integer scale/min to its best ±1 neighbour), then least
  *      squares for (d, dmin) with the integer scales and codes fixed (F16-rounded), kept if better.
  * Steps 2 and 3 evaluate the decoded values exactly (f32, as the decoder).  Every error and code sum is
- * an f32 sum in element order within one lane of a sixteen-lane pass (lanes = candidates of one
- * sub-block, or the sub-blocks of one or two super-block states); weights are scaled per super-block to
- * a largest of 1, so no finite importance overflows them.  The scalar loops are the reference; the
- * AVX-512 and AVX2 twins (picked at run time) perform the same IEEE operations per lane, so the bytes do
- * not depend on the CPU (tests/test_kquant.c compares all three).
+ * an f32 sum within one lane of a sixteen-lane pass: in step 1 the lanes are sixteen sub-blocks (two
+ * super-blocks of 32-value sub-blocks, one of 16-value ones) and the candidates a loop, so the range
+ * scans, the least-squares step and the pick of the best are lane-wise too; in steps 2-3 the lanes
+ * are the sub-blocks of one or two super-block states.  Sub-blocks shaped like a decoded FP4 expert
+ * (zeros and values with a 1-bit mantissa over four binades: s·e2m1) enter those passes as (value,
+ * summed weight) pairs, ~14 instead of 32 per lane on the V4-Flash experts (the final codes pass reads
+ * every element).  Weights are scaled per super-block to a largest of 1, so no finite importance
+ * overflows them.  The scalar loops are the reference; the AVX-512 and AVX2 twins (picked at run time)
+ * perform the same IEEE operations per lane, so the bytes do not depend on the CPU (tests/test_kquant.c
+ * compares all three).
  * Codes are always the nearest for the final dequantized sub-block scale and min.  All-zero blocks
  * store zeros.  Non-finite inputs (only with allow_nonfinite) take no part in the fit (weight 0); NaN
  * is stored as the code nearest 0 and ±Inf as the block's largest finite magnitude.

@@ -420,13 +420,27 @@ dsq_status dsq_ggml_encode_rows_s(const dsq_qtensor *src, uint64_t row0, uint64_
         if (stats) stats->values += n;
         return DSQ_OK;
     }
+    if (dsq_ggml_is_kquant(type)) {
+        /* as Q8_0: a few rows (<= 64 KiB of f32) decoded and encoded while they are in cache */
+        uint64_t rc = ((uint64_t)64 << 10) / (src->cols * sizeof(float)), xb;
+        rc = rc ? rc : 1;
+        rc = rc < nrows ? rc : nrows;
+        DSQ_RETURN_IF(!dsq_mul_u64(rc * src->cols, sizeof(float), &xb), err, DSQ_ERR_OVERFLOW, "%s: slab too big", nm);
+        float *xc = grow((void **)&scr->x, &scr->x_cap, (size_t)xb);
+        DSQ_RETURN_IF(!xc, err, DSQ_ERR_NOMEM, "%s: out of memory", nm);
+        for (uint64_t r = 0; r < nrows; r += rc) {
+            uint64_t m = nrows - r < rc ? nrows - r : rc;
+            DSQ_TRY(dsq_codec_decode(src, row0 + r, m, xc, &co, err)); /* refuses NaN/Inf */
+            DSQ_TRY(kquant_rows(type, xc, m, src->cols, importance, out + r * orow, stats, scr, nm, err));
+        }
+        if (stats) stats->values += n;
+        return DSQ_OK;
+    }
     float *x = grow((void **)&scr->x, &scr->x_cap, (size_t)bytes);
     DSQ_RETURN_IF(!x, err, DSQ_ERR_NOMEM, "%s: out of memory", nm);
     dsq_status st = dsq_codec_decode(src, row0, nrows, x, &co, err);
     uint8_t *codes = NULL, *scales = NULL;
-    if (st == DSQ_OK && dsq_ggml_is_kquant(type)) {
-        st = kquant_rows(type, x, nrows, src->cols, importance, out, stats, scr, nm, err);
-    } else if (st == DSQ_OK && (type == DSQ_GGMLT_Q8_0 || type == DSQ_GGMLT_Q4_0 || type == DSQ_GGMLT_MXFP4)) {
+    if (st == DSQ_OK && (type == DSQ_GGMLT_Q8_0 || type == DSQ_GGMLT_Q4_0 || type == DSQ_GGMLT_MXFP4)) {
         dsq_encoding e = type == DSQ_GGMLT_Q8_0 ? DSQ_ENC_INT8_G : type == DSQ_GGMLT_Q4_0 ? DSQ_ENC_INT4_G : DSQ_ENC_MXFP4;
         int g = e == DSQ_ENC_MXFP4 ? 0 : GBLOCK;
         dsq_codec_layout T;

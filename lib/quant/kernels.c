@@ -198,7 +198,18 @@ dsq_status dsq_codec_decode(const dsq_qtensor *src, uint64_t row0, uint64_t nrow
         if (avx) dsq__decode_span_avx2(&v, row0 + i, 0, cols, o_row);
         else dsq__decode_span_scalar(&v, row0 + i, 0, cols, o_row);
         if (o.allow_nonfinite) continue;
-        for (uint64_t c = 0; c < cols; c++)
+        /* branch-free first (vectorizes): the loop naming the element runs only on a row that has one */
+        typedef uint32_t u32x4 __attribute__((vector_size(16)));
+        u32x4 acc = {0};
+        uint64_t c0 = 0;
+        for (; c0 + 4 <= cols; c0 += 4) {
+            u32x4 b;
+            memcpy(&b, o_row + c0, sizeof b);
+            acc |= (u32x4)((b & 0x7f800000u) == 0x7f800000u);
+        }
+        uint32_t bad = acc[0] | acc[1] | acc[2] | acc[3];
+        for (; c0 < cols; c0++) bad |= !dsq__finite(o_row[c0]);
+        for (uint64_t c = 0; bad && c < cols; c++)
             if (!dsq__finite(o_row[c]))
                 return dsq_err_set(err, DSQ_ERR_NONFINITE, "%s: element [%llu, %llu] decodes to %s", nm,
                                    (unsigned long long)(row0 + i), (unsigned long long)c,
