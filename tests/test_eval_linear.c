@@ -1,8 +1,8 @@
 /* The evaluator's linear kernel (lib/eval/linear.c, dsq__linear): the vector one-token kernels
  * (AVX2, and the AVX-512 row-pair twins where the CPU has them: 8-row BF16 tiles, 4-row FP8 and
- * MXFP4 tiles, the eight-row MXFP4 kernel with and without VBMI) give the same bits as the scalar twin, for every encoding the model uses, row counts
- * that leave partial tiles, column counts that are and are not multiples of the blocks, one and two
- * threads, and for several tokens (the dequantize-then-tile path). */
+ * MXFP4 tiles, the eight-row MXFP4 kernel with and without VBMI) give the same bits as the scalar twin, for every
+ * encoding the model uses, row counts that leave partial tiles, column counts that are and are not multiples of the
+ * blocks, one and two threads, and for several tokens (the dequantize-then-tile path). */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>

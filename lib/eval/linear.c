@@ -544,8 +544,8 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi,gfni"))) static void fp8_rows
 
 /* The block scales of eight rows (row r at s + r·nb), nbk ≤ 16 blocks, as floats: 16 at a time (a
  * scalar decode per block and row costs a third of an MXFP4 kernel's time), e8m0()'s values. */
-__attribute__((target("avx512f,avx512bw"), always_inline)) static inline void fp4_scales8(const uint8_t *s, uint64_t nb,
-                                                                                         uint64_t nbk, float sc[8][16]) {
+__attribute__((target("avx512f,avx512bw"), always_inline)) static inline void
+fp4_scales8(const uint8_t *s, uint64_t nb, uint64_t nbk, float sc[8][16]) {
     for (int r = 0; r < 8; r++) {
         const uint8_t *sr = s + (uint64_t)r * nb;
         if (nbk < 16) {
@@ -714,7 +714,7 @@ fp4v_rows8_body(const dsq_wview *w, uint64_t r0, const float *x, size_t ldx, flo
 }
 
 #define FP4V_ROWS8(nt)                                                                                                 \
-    __attribute__((target("avx512f,avx512bw,avx512vbmi"))) static void fp4v_rows8_##nt(                              \
+    __attribute__((target("avx512f,avx512bw,avx512vbmi"))) static void fp4v_rows8_##nt(                                \
         const dsq_wview *w, uint64_t r0, const float *x, size_t ldx, float *y, size_t ldy) {                           \
         fp4v_rows8_body(w, r0, x, ldx, y, ldy, nt);                                                                    \
     }
@@ -740,8 +740,8 @@ static bool fp4_use_vbmi(void) {
 }
 
 /* Eight rows, any token count: groups of up to FP4_NT tokens, each group decoding the weights again. */
-static void fp4_rows8(const dsq_wview *w, uint64_t r0, const float *x, size_t ldx, int64_t n_tok, float *y,
-                      size_t ldy, bool vbmi) {
+static void fp4_rows8(const dsq_wview *w, uint64_t r0, const float *x, size_t ldx, int64_t n_tok, float *y, size_t ldy,
+                      bool vbmi) {
     for (int64_t t0 = 0; t0 < n_tok; t0 += FP4_NT) {
         int64_t nt = n_tok - t0 < FP4_NT ? n_tok - t0 : FP4_NT;
         const float *xt = x + (size_t)t0 * ldx;

@@ -300,7 +300,8 @@ static dsq_status moe(const run *r, const v4_block_w *B, const float *a, const i
     int E = c->n_routed_experts, K = c->n_activated_experts;
     size_t D = (size_t)c->dim, I = (size_t)c->moe_inter_dim;
     dsq_status st = DSQ_OK;
-    float *z = NULL, *wsel = NULL, *xg = NULL, *gb = NULL, *ub = NULL, *yb = NULL, *wg = NULL, *ys = NULL, *scr = NULL, *wts = NULL;
+    float *z = NULL, *wsel = NULL, *xg = NULL, *gb = NULL, *ub = NULL, *yb = NULL, *wg = NULL, *ys = NULL, *scr = NULL,
+          *wts = NULL;
     int *isel = NULL, *ids = NULL;
     int64_t *rows = NULL, *top = NULL;
     float *biased = NULL;
