@@ -5,6 +5,7 @@
  *  - several sequences in one batch equal each sequence run alone (bit-identical);
  *  - layer-streaming evaluation with a memory budget equals the token-major path (bit-identical);
  *  - AVX2 kernels equal the scalar twins (bit-identical);
+ *  - a decode step's routed experts in one backend call (routed1) equal the generic path (bit-identical);
  *  - fixed rules: top-k ties, the shared-expert clamp switch, ids outside the vocabulary;
  *  - weights in other lib/quant codecs; validation of missing/misshaped/NaN weights. */
 #include "dsq_codec.h"
@@ -280,6 +281,55 @@ static void test_synth_decode_equals_prefill(void **state) {
     free(m1);
     free(m2);
     free(hidden);
+    free(pre);
+    free(tok);
+    dsq_v4_model_close(m);
+    dsq_test_rmdir(dir);
+    free(dir);
+}
+
+/* Counts the routed-expert linears it sees (an observer also makes the forward pass take the generic
+ * one-linear-per-call MoE path). */
+static void count_routed(void *user, const char *weight, const float *x, size_t ldx, int64_t n, uint64_t cols) {
+    (void)x, (void)ldx, (void)n, (void)cols;
+    if (strstr(weight, ".experts.")) ++*(long *)user;
+}
+
+/* A decode step's routed experts run in one backend call (routed1: whole experts per thread when the
+ * thread count divides top-k, else one after another with every thread); its logits must be those of the
+ * generic path (one linear per call, taken with an observer) and of the prefill, bit for bit: synth
+ * model with top-3 of 6 experts (hash layers included, where a token may list an expert twice), 1, 2
+ * (3 % 2 != 0: the experts in turn) and 3 threads (one expert each). */
+static void test_synth_routed1_equals_generic(void **state) {
+    char *dir = NULL;
+    dsq_v4_model *m = eu_open_synth(3, false, 11, &dir);
+    dsq_v4_config c = *dsq_v4_model_config(m);
+    assert_int_equal(c.n_activated_experts, 3);
+    int64_t n = dsq_test_asan() ? 24 : 64, split = 8;
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)n);
+    for (int64_t i = 0; i < n; i++) tok[i] = (int32_t)((i * 53 + 7 * i * i) % (int64_t)c.vocab_size);
+    size_t V = c.vocab_size;
+    dsq_eval_options o;
+    eu_opts(&o);
+    float *pre = run_split(m, &o, tok, n, n, 1);
+    long seen = 0;
+    o.observe = count_routed, o.observe_user = &seen;
+    float *gen = run_split(m, &o, tok, n, split, 1);
+    assert_true(seen >= 3 * 3 * (n - split)); /* every decode step's experts went one linear at a time */
+    assert_memory_equal(gen, pre, sizeof(float) * V * (size_t)n);
+    o.observe = NULL, o.observe_user = NULL;
+    for (int th = 1; th <= 3; th++) {
+        o.threads = th;
+        float *lg = run_split(m, &o, tok, n, split, 1);
+        for (size_t i = 0; i < V * (size_t)n; i++)
+            if (memcmp(&lg[i], &gen[i], sizeof(float)) != 0) {
+                fprintf(stderr, "threads %d: token %zu logit %zu: routed1 %.9g, generic %.9g\n", th, i / V, i % V,
+                        lg[i], gen[i]);
+                fail();
+            }
+        free(lg);
+    }
+    free(gen);
     free(pre);
     free(tok);
     dsq_v4_model_close(m);
@@ -575,6 +625,7 @@ int main(void) {
         cmocka_unit_test(test_topk_ties),
         cmocka_unit_test(test_model_validation),
         cmocka_unit_test(test_synth_decode_equals_prefill),
+        cmocka_unit_test(test_synth_routed1_equals_generic),
     };
     int rc = cmocka_run_group_tests_name("eval_decode_tiny", tiny_tests, setup_tiny, teardown_tiny);
     rc |= cmocka_run_group_tests_name("eval_decode_synth", other, NULL, NULL);

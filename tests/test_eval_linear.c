@@ -1,8 +1,8 @@
 /* The evaluator's linear kernel (lib/eval/linear.c, dsq__linear): the vector one-token kernels
  * (AVX2, and the AVX-512 row-pair twins where the CPU has them: 8-row BF16 tiles, 4-row FP8 and
- * MXFP4 tiles) give the same bits as the scalar twin, for every encoding the model uses, row counts
- * that leave partial tiles, column counts that are and are not multiples of the blocks, one and two
- * threads, and for several tokens (the dequantize-then-tile path). */
+ * MXFP4 tiles, the eight-row MXFP4 kernel with and without VBMI) give the same bits as the scalar twin, for every
+ * encoding the model uses, row counts that leave partial tiles, column counts that are and are not multiples of the
+ * blocks, one and two threads, and for several tokens (the dequantize-then-tile path). */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -299,6 +299,20 @@ static void test_fp8_prescaled_x(void **state) {
     qbuf_free(&b);
 }
 
+/* Where the CPU has VBMI, the MXFP4 few-token path runs its VBMI twin; the AVX-512 F+BW kernel it
+ * replaces (still the one CPUs without VBMI take) must keep giving the scalar twin's bits too: the
+ * MXFP4 cases above again with VBMI forbidden. */
+static void test_fp4_without_vbmi(void **state) {
+    if (!dsq__cpu_has_avx2()) skip();
+    dsq__linear_fp4_vbmi(false);
+    static const lcase cases[] = {{"mxfp4", 13, 64}, {"mxfp4", 136, 256}, {"mxfp4", 7, 96}, {"mxfp4", 24, 32}};
+    rng g = {0x5eed1234};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_case(&cases[i], &g);
+    test_multi_token_equals_scalar(state);
+    test_fp4_scale_chunks(state);
+    dsq__linear_fp4_vbmi(true);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vector_equals_scalar),
@@ -306,6 +320,7 @@ int main(void) {
         cmocka_unit_test(test_multi_token_equals_scalar),
         cmocka_unit_test(test_fp4_scale_chunks),
         cmocka_unit_test(test_fp8_prescaled_x),
+        cmocka_unit_test(test_fp4_without_vbmi),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

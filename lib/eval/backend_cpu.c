@@ -575,6 +575,39 @@ static void cpu_swiglu_rows(const dsq__run *r, float *g, const float *u, int64_t
         }
 }
 
+/* One token's routed experts (decode): with T threads dividing k, each thread runs whole experts (w1, w3,
+ * SwiGLU, w2) one after another with a one-thread linear, in one parallel region, instead of one region
+ * and a row split per linear (3k regions per layer, each a fork, a join and a barrier); otherwise the
+ * experts run in turn with every thread.  dsq__linear's bits do not depend on the thread count or the
+ * token count, and SwiGLU is per row, so ys[i] is what the generic path gives that row. */
+static dsq_status cpu_routed1(const dsq__run *r, const v4_block_w *B, const int *ids, const float *wts, int k,
+                              const float *x, float *scratch, float *ys) {
+    size_t D = (size_t)r->c->dim, I = (size_t)r->c->moe_inter_dim;
+    int T = r->k.threads;
+    bool split = T > 1 && k % T == 0;
+    dsq__kern k1 = {r->k.avx2, 1};
+    const dsq__kern *kk = split ? &k1 : &r->k;
+    dsq_status st = DSQ_OK;
+#pragma omp parallel for num_threads(split ? T : 1) schedule(static)
+    for (int i = 0; i < k; i++) {
+        const int e = ids[i];
+        float *g = scratch + (size_t)i * 2 * I, *u = g + I, *y = ys + (size_t)i * D;
+        dsq_err err = DSQ_ERR_INIT;
+        dsq_status s = dsq__linear(kk, &B->w1[e], 0, I, x, D, 1, g, I, &err);
+        if (!s) s = dsq__linear(kk, &B->w3[e], 0, I, x, D, 1, u, I, &err);
+        if (!s) {
+            cpu_swiglu_rows(r, g, u, 1, I, &wts[i], true);
+            s = dsq__linear(kk, &B->w2[e], 0, D, g, I, 1, y, D, &err);
+        }
+        if (s) {
+#pragma omp critical(dsq_routed1)
+            if (!st) st = dsq_err_set(r->err, s, "%s", err.msg);
+        }
+        dsq_err_clear(&err);
+    }
+    return st;
+}
+
 const dsq__backend dsq__backend_cpu = {
     .name = "cpu",
     .impl = NULL,
@@ -593,5 +626,6 @@ const dsq__backend dsq__backend_cpu = {
     .attention = cpu_attention,
     .route = cpu_route,
     .swiglu_rows = cpu_swiglu_rows,
+    .routed1 = cpu_routed1,
     .close = NULL,
 };

@@ -93,6 +93,12 @@ struct dsq__backend {
     /* MoE expert activation (spec §8.18): g[t][i] ← round(swiglu(g, u) · weight[t]) for n rows of I. */
     void (*swiglu_rows)(const dsq__run *r, float *g, const float *u, int64_t n, size_t I, const float *weight,
                         bool clamp);
+    /* Optional (NULL: moe runs every routed expert through linear and swiglu_rows): one token's k routed
+     * experts of block B, ids[i] ascending (a repeated id runs again), weights wts[i], input x [D]:
+     * ys[i][D] = w2 · round(swiglu(w1·x, w3·x, clamped) · wts[i]), the bits the generic path gives each row.
+     * scratch [k][2·I].  Not called in release numerics or with an observer. */
+    dsq_status (*routed1)(const dsq__run *r, const v4_block_w *B, const int *ids, const float *wts, int k,
+                          const float *x, float *scratch, float *ys);
 
     void (*close)(dsq__backend *be); /* accepts NULL; not called for the static cpu table */
 };

@@ -300,8 +300,9 @@ static dsq_status moe(const run *r, const v4_block_w *B, const float *a, const i
     int E = c->n_routed_experts, K = c->n_activated_experts;
     size_t D = (size_t)c->dim, I = (size_t)c->moe_inter_dim;
     dsq_status st = DSQ_OK;
-    float *z = NULL, *wsel = NULL, *xg = NULL, *gb = NULL, *ub = NULL, *yb = NULL, *wg = NULL;
-    int *isel = NULL;
+    float *z = NULL, *wsel = NULL, *xg = NULL, *gb = NULL, *ub = NULL, *yb = NULL, *wg = NULL, *ys = NULL, *scr = NULL,
+          *wts = NULL;
+    int *isel = NULL, *ids = NULL;
     int64_t *rows = NULL, *top = NULL;
     float *biased = NULL;
     ALLOC(top, K);
@@ -325,8 +326,25 @@ static dsq_status moe(const run *r, const v4_block_w *B, const float *a, const i
     ALLOC(wg, most);
     ALLOC(rows, most);
     memset(f, 0, sizeof(float) * D * (size_t)n);
+    bool one = n == 1 && BE->routed1 && !r->rel && !r->observe;
+    if (one) {
+        /* one token (decode): its K experts in one backend call, in the order below (ascending id, a
+         * repeated id twice); ys[i] are the rows expert_ffn would give, summed in the same order */
+        ALLOC(ids, K);
+        ALLOC(wts, K);
+        ALLOC(ys, (int64_t)K * (int64_t)D);
+        ALLOC(scr, (int64_t)K * 2 * (int64_t)I);
+        int k1 = 0;
+        for (int e = 0; e < E; e++)
+            for (int k = 0; k < K; k++)
+                if (isel[k] == e) ids[k1] = e, wts[k1++] = wsel[k];
+        CHECK(poll_stop(r));
+        CHECK(BE->routed1(r, B, ids, wts, k1, a, scr, ys));
+        for (int i = 0; i < k1; i++)
+            for (size_t d = 0; d < D; d++) f[d] += ys[(size_t)i * D + d];
+    }
     /* routed experts in ascending id order: each token accumulates its experts in that order */
-    for (int e = 0; e < E; e++) {
+    for (int e = 0; e < E && !one; e++) {
         int64_t ne = 0;
         for (int64_t t = 0; t < n; t++)
             for (int k = 0; k < K; k++)
@@ -360,6 +378,10 @@ done:
     dsq_free(rows);
     dsq_free(top);
     dsq_free(biased);
+    dsq_free(ids);
+    dsq_free(wts);
+    dsq_free(ys);
+    dsq_free(scr);
     return st;
 }
 

@@ -29,6 +29,10 @@ bool dsq__cpu_has_avx512(void);
 dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, uint64_t n_rows, const float *x,
                        size_t ldx, int64_t n_tok, float *y, size_t ldy, dsq_err *err);
 
+/* Tests: allow (default) or forbid the VBMI twin of the MXFP4 few-token kernel, so the AVX-512 F+BW
+ * kernel it replaces stays covered on CPUs that have VBMI (both give the same bits). */
+void dsq__linear_fp4_vbmi(bool allow);
+
 /* Release FP8-linear (spec §5) through lib/quant: q [n_tok][cols] e4m3 values and sa
  * [n_tok][ceil(cols/128)] scales of the 1×128-quantized input; y as in dsq__linear.  OpenMP across rows. */
 void dsq__fp8_linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, uint64_t n_rows, const float *q,
