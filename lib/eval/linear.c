@@ -551,6 +551,19 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi,gfni"))) static void fp8_rows
     fp8_vbmi_body(w, r0, xs, y, 8);
 }
 
+/* Software prefetch of the eight-row tile after the one at c0 (codes) / s0 (scales), during block b of
+ * the current one: the next tile's scales at its first block, one line of each of its rows every four
+ * blocks.  A tile's rows are eight short streams (1-2 KB) that the hardware prefetcher barely starts on
+ * before they end, so an expert read once per decode step from memory ran at 2/3 of its cached rate.
+ * (Past the matrix's end the addresses are only prefetched, never read.) */
+__attribute__((always_inline)) static inline void fp4_prefetch_next(const uint8_t *c0, const uint8_t *s0, uint64_t lb, uint64_t nb, uint64_t b) {
+    if (b == 0)
+        for (uint64_t o = 0; o < 8 * nb; o += 64) _mm_prefetch((const char *)(s0 + 8 * nb + o), _MM_HINT_T0);
+    if (b % 4 == 0)
+#pragma GCC unroll 8
+        for (int r = 8; r < 16; r++) _mm_prefetch((const char *)(c0 + (uint64_t)r * lb + b * 16), _MM_HINT_T0);
+}
+
 /* The block scales of eight rows (row r at s + r·nb), nbk ≤ 16 blocks, as floats: 16 at a time (a
  * scalar decode per block and row costs a third of an MXFP4 kernel's time), e8m0()'s values. */
 __attribute__((target("avx512f,avx512bw"), always_inline)) static inline void
@@ -601,18 +614,11 @@ fp4_rows8_body(const dsq_wview *w, uint64_t r0, const float *x, size_t ldx, floa
     float sc[8][16]; /* the eight rows' block scales, 16 blocks at a time */
     for (uint64_t b0 = 0; b0 < nb; b0 += 16) {
         uint64_t nbk = nb - b0 < 16 ? nb - b0 : 16;
-        if (b0 == 0) /* the next tile's scales (see below) */
-            for (uint64_t o = 0; o < 8 * nb; o += 64) _mm_prefetch((const char *)(s0 + 8 * nb + o), _MM_HINT_T0);
         fp4_scales8(s0 + b0, nb, nbk, sc);
         for (uint64_t bb = 0; bb < nbk; bb++) {
             uint64_t b = b0 + bb;
             const float *xb = x + b * 32;
-            /* the next tile's eight rows (the next 8·lb bytes), one line per row every four blocks: a tile's rows
-             * are eight short streams (1-2 KB) that the hardware prefetcher barely starts on before they
-             * end, so an expert read once per decode step from memory ran at 2/3 of its cached rate */
-            if (b % 4 == 0)
-#pragma GCC unroll 8
-                for (int r = 8; r < 16; r++) _mm_prefetch((const char *)(c0 + (uint64_t)r * lb + b * 16), _MM_HINT_T0);
+            fp4_prefetch_next(c0, s0, lb, nb, b);
 #pragma GCC unroll 4
             for (int p = 0; p < 4; p++) {
                 const uint8_t *pa = c0 + (uint64_t)(2 * p) * lb + b * 16;
@@ -686,15 +692,11 @@ fp4v_rows8_body(const dsq_wview *w, uint64_t r0, const float *x, size_t ldx, flo
     float sc[8][16]; /* the eight rows' block scales, 16 blocks at a time */
     for (uint64_t b0 = 0; b0 < nb; b0 += 16) {
         uint64_t nbk = nb - b0 < 16 ? nb - b0 : 16;
-        if (b0 == 0) /* the next tile's scales (see fp4_rows8_body) */
-            for (uint64_t o = 0; o < 8 * nb; o += 64) _mm_prefetch((const char *)(s0 + 8 * nb + o), _MM_HINT_T0);
         fp4_scales8(s0 + b0, nb, nbk, sc);
         for (uint64_t bb = 0; bb < nbk; bb++) {
             uint64_t b = b0 + bb;
             const float *xb = x + b * 32;
-            if (b % 4 == 0) /* the next tile's rows (see fp4_rows8_body) */
-#pragma GCC unroll 8
-                for (int r = 8; r < 16; r++) _mm_prefetch((const char *)(c0 + (uint64_t)r * lb + b * 16), _MM_HINT_T0);
+            fp4_prefetch_next(c0, s0, lb, nb, b);
 #pragma GCC unroll 4
             for (int p = 0; p < 4; p++) {
                 const uint8_t *pa = c0 + (uint64_t)(2 * p) * lb + b * 16;
