@@ -411,6 +411,39 @@ static void test_q8_0_rule(void **state) {
     dsq_err_clear(&e);
 }
 
+/* A k-quant target refuses NaN/Inf with the element's absolute place (rows are decoded and encoded a
+ * few at a time: here four rows of 4096 columns per chunk, the NaN in the second chunk), and an
+ * all-finite slab still converts with the same bytes as row by row. */
+static void test_kquant_nonfinite(void **state) {
+    (void)state;
+    enum { ROWS = 8, COLS = 4096 };
+    float *x = malloc(sizeof(float) * ROWS * COLS);
+    uint8_t *a = malloc(ROWS * COLS / 256 * 144), *b = malloc(ROWS * COLS / 256 * 144);
+    assert_true(x && a && b);
+    uint64_t z = 0x9a1;
+    for (int i = 0; i < ROWS * COLS; i++) {
+        z = z * 6364136223846793005ull + 1442695040888963407ull;
+        x[i] = (float)((double)(z >> 40) / (double)(1ull << 24) - 0.5);
+    }
+    dsq_qtensor q = {DSQ_ENC_F32, ROWS, COLS, 0, x, NULL, NULL, 0};
+    dsq_err e = DSQ_ERR_INIT;
+    dsq_ggml_stats st = {0};
+    if (dsq_ggml_encode_rows(&q, 0, ROWS, DSQ_GGMLT_Q4_K, a, &st, "t", &e)) fail_msg("%s", e.msg);
+    for (int r = 0; r < ROWS; r++)
+        if (dsq_ggml_encode_rows(&q, (uint64_t)r, 1, DSQ_GGMLT_Q4_K, b + r * (COLS / 256 * 144), NULL, "t", &e))
+            fail_msg("%s", e.msg);
+    assert_memory_equal(a, b, ROWS * COLS / 256 * 144);
+    x[6 * COLS + 300] = NAN;
+    assert_int_equal(dsq_ggml_encode_rows(&q, 0, ROWS, DSQ_GGMLT_Q4_K, a, &st, "t", &e), DSQ_ERR_NONFINITE);
+    if (!strstr(e.msg, "t: element [6, 300]") || !strstr(e.msg, "NaN")) fail_msg("%s", e.msg);
+    dsq_err_clear(&e);
+    x[6 * COLS + 300] = INFINITY;
+    assert_int_equal(dsq_ggml_encode_rows(&q, 5, 3, DSQ_GGMLT_Q4_K, a, &st, "t", &e), DSQ_ERR_NONFINITE);
+    if (!strstr(e.msg, "t: element [6, 300]") || !strstr(e.msg, "infinit")) fail_msg("%s", e.msg);
+    dsq_err_clear(&e);
+    free(x), free(a), free(b);
+}
+
 /* The Q8_0 encoder's AVX2 twin gives the scalar code's bytes and stats sums exactly: random rows of
  * many magnitudes, zero blocks, blocks whose d saturates F16 or is an F16 subnormal, and values on
  * the rounding ties (k + 0.5 steps). */
@@ -687,7 +720,7 @@ int main(void) {
         cmocka_unit_test(test_repack_kquant),     cmocka_unit_test(test_keep_kquant),
         cmocka_unit_test(test_q4_k_recipe_imatrix),
         cmocka_unit_test(test_keep_release_mxfp4), cmocka_unit_test(test_keep_int8_q8_0), cmocka_unit_test(test_q8_0_rule), cmocka_unit_test(test_q8_0_twins),
-        cmocka_unit_test(test_err_stats_twins),
+        cmocka_unit_test(test_err_stats_twins), cmocka_unit_test(test_kquant_nonfinite),
         cmocka_unit_test(test_keep_int4_q4_0),     cmocka_unit_test(test_convert_split_no_mtp),
         cmocka_unit_test(test_unmappable),        cmocka_unit_test(test_repack_every_byte),
         cmocka_unit_test(test_verify_inspect),    cmocka_unit_test(test_tokenizer),
