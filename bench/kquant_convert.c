@@ -68,7 +68,8 @@ int main(int argc, char **argv) {
         dsq_wview v;
         uint64_t rb;
         if (ws->get(ws, name, &v, &err) != DSQ_OK || v.rank != 2 || !dsq_ggml_row_bytes(type, v.shape[1], &rb)) {
-            fprintf(stderr, "kquant_convert: %s: %s\n", name, err.msg[0] ? err.msg : "not a matrix of this type's rows");
+            fprintf(stderr, "kquant_convert: %s: %s\n", name,
+                    err.msg[0] ? err.msg : "not a matrix of this type's rows");
             return 1;
         }
         uint64_t rows = v.shape[0] < maxrows ? v.shape[0] : maxrows, cols = v.shape[1];
@@ -83,8 +84,8 @@ int main(int argc, char **argv) {
             dsq_ggml_stats st = {0};
             double t0 = now();
             for (uint64_t r0 = 0; r0 < rows; r0 += CALL_ROWS)
-                if (dsq_ggml_encode_rows_s(&q, r0, rows - r0 < CALL_ROWS ? rows - r0 : CALL_ROWS, type, imp, out + r0 * rb,
-                                           &st, &scr, name, &err) != DSQ_OK) {
+                if (dsq_ggml_encode_rows_s(&q, r0, rows - r0 < CALL_ROWS ? rows - r0 : CALL_ROWS, type, imp,
+                                           out + r0 * rb, &st, &scr, name, &err) != DSQ_OK) {
                     fprintf(stderr, "kquant_convert: %s\n", err.msg);
                     return 1;
                 }
