@@ -411,6 +411,39 @@ static void test_q8_0_rule(void **state) {
     dsq_err_clear(&e);
 }
 
+/* A k-quant target refuses NaN/Inf with the element's absolute place (rows are decoded and encoded a
+ * few at a time: here four rows of 4096 columns per chunk, the NaN in the second chunk), and an
+ * all-finite slab still converts with the same bytes as row by row. */
+static void test_kquant_nonfinite(void **state) {
+    (void)state;
+    enum { ROWS = 8, COLS = 4096 };
+    float *x = malloc(sizeof(float) * ROWS * COLS);
+    uint8_t *a = malloc(ROWS * COLS / 256 * 144), *b = malloc(ROWS * COLS / 256 * 144);
+    assert_true(x && a && b);
+    uint64_t z = 0x9a1;
+    for (int i = 0; i < ROWS * COLS; i++) {
+        z = z * 6364136223846793005ull + 1442695040888963407ull;
+        x[i] = (float)((double)(z >> 40) / (double)(1ull << 24) - 0.5);
+    }
+    dsq_qtensor q = {DSQ_ENC_F32, ROWS, COLS, 0, x, NULL, NULL, 0};
+    dsq_err e = DSQ_ERR_INIT;
+    dsq_ggml_stats st = {0};
+    if (dsq_ggml_encode_rows(&q, 0, ROWS, DSQ_GGMLT_Q4_K, a, &st, "t", &e)) fail_msg("%s", e.msg);
+    for (int r = 0; r < ROWS; r++)
+        if (dsq_ggml_encode_rows(&q, (uint64_t)r, 1, DSQ_GGMLT_Q4_K, b + r * (COLS / 256 * 144), NULL, "t", &e))
+            fail_msg("%s", e.msg);
+    assert_memory_equal(a, b, ROWS * COLS / 256 * 144);
+    x[6 * COLS + 300] = NAN;
+    assert_int_equal(dsq_ggml_encode_rows(&q, 0, ROWS, DSQ_GGMLT_Q4_K, a, &st, "t", &e), DSQ_ERR_NONFINITE);
+    if (!strstr(e.msg, "t: element [6, 300]") || !strstr(e.msg, "NaN")) fail_msg("%s", e.msg);
+    dsq_err_clear(&e);
+    x[6 * COLS + 300] = INFINITY;
+    assert_int_equal(dsq_ggml_encode_rows(&q, 5, 3, DSQ_GGMLT_Q4_K, a, &st, "t", &e), DSQ_ERR_NONFINITE);
+    if (!strstr(e.msg, "t: element [6, 300]") || !strstr(e.msg, "infinit")) fail_msg("%s", e.msg);
+    dsq_err_clear(&e);
+    free(x), free(a), free(b);
+}
+
 /* The Q8_0 encoder's AVX2 twin gives the scalar code's bytes and stats sums exactly: random rows of
  * many magnitudes, zero blocks, blocks whose d saturates F16 or is an F16 subnormal, and values on
  * the rounding ties (k + 0.5 steps). */
@@ -445,6 +478,41 @@ static void test_q8_0_twins(void **state) {
     for (int i = 0; i < 32; i++) /* the d = 1 block: round half to even */
         if (i != 3) assert_int_equal((int8_t)a[6 * 34 + 2 + i], (int)nearbyintf((float)i - 15.5f));
     free(x), free(a), free(b);
+}
+
+/* The error statistics' twins (scalar, AVX2) give the same sums and maximum bit for bit: values over
+ * many magnitudes, exact matches (d = ±0), a NaN and an infinity among the stored values (never the
+ * maximum), and a length that is not a multiple of the four lanes. */
+static void test_err_stats_twins(void **state) {
+    (void)state;
+    enum { N = 4099 };
+    float *x = malloc(sizeof(float) * N), *y = malloc(sizeof(float) * N);
+    assert_true(x && y);
+    uint64_t z = 0x7e11;
+    for (int i = 0; i < N; i++) {
+        z = z * 6364136223846793005ull + 1442695040888963407ull;
+        double u = (double)(z >> 40) / (double)(1ull << 24) - 0.5;
+        x[i] = (float)u * ldexpf(1.0f, i % 41 - 20);
+        y[i] = i % 5 == 0 ? x[i] : x[i] + (float)(u * u) * ldexpf(1.0f, i % 37 - 24);
+        if (i % 11 == 0) y[i] = -0.0f, x[i] = 0.0f;
+    }
+    y[1001] = NAN, y[2002] = -NAN, y[3003] = INFINITY;
+    y[4087] = x[4087] + 1e3f, y[4091] = NAN; /* the largest finite error, then a NaN, in one lane */
+    for (int pass = 0; pass < 3; pass++) {
+        uint64_t n = pass == 0 ? N : pass == 1 ? 1000 : 4095; /* everything; finite only; no infinity */
+        if (pass == 2) y[3003] = x[3003];
+        dsq_ggml_stats sa = {1, 0, 0.25, 0.5, 0.0}, sb = sa;
+        dsq__ggml_err_stats(x, y, n, &sa, DSQ_ISA_SCALAR);
+        dsq__ggml_err_stats(x, y, n, &sb, DSQ_ISA_AVX2);
+        assert_memory_equal(&sa.sum_sq_err, &sb.sum_sq_err, sizeof(double));
+        assert_memory_equal(&sa.sum_sq_ref, &sb.sum_sq_ref, sizeof(double));
+        assert_memory_equal(&sa.max_abs_err, &sb.max_abs_err, sizeof(double));
+        assert_true(sa.max_abs_err > 0 && sa.sum_sq_ref > 0.5);
+        assert_true(pass ? isfinite(sa.max_abs_err) : isinf(sa.max_abs_err)); /* the infinity is taken */
+        assert_true(pass == 1 ? isfinite(sa.sum_sq_err) : !isfinite(sa.sum_sq_err));
+        if (pass == 2) assert_true(sa.max_abs_err >= 999.0); /* not dropped with the NaN after it */
+    }
+    free(x), free(y);
 }
 
 /* The k-quant twins: q2_k..q6_k / iq4_xs are ggml's own blocks, so every byte value survives
@@ -652,6 +720,7 @@ int main(void) {
         cmocka_unit_test(test_repack_kquant),     cmocka_unit_test(test_keep_kquant),
         cmocka_unit_test(test_q4_k_recipe_imatrix),
         cmocka_unit_test(test_keep_release_mxfp4), cmocka_unit_test(test_keep_int8_q8_0), cmocka_unit_test(test_q8_0_rule), cmocka_unit_test(test_q8_0_twins),
+        cmocka_unit_test(test_err_stats_twins), cmocka_unit_test(test_kquant_nonfinite),
         cmocka_unit_test(test_keep_int4_q4_0),     cmocka_unit_test(test_convert_split_no_mtp),
         cmocka_unit_test(test_unmappable),        cmocka_unit_test(test_repack_every_byte),
         cmocka_unit_test(test_verify_inspect),    cmocka_unit_test(test_tokenizer),

@@ -74,6 +74,10 @@ dsq_status dsq_ggml_encode_rows(const dsq_qtensor *src, uint64_t row0, uint64_t 
 void dsq__ggml_q8_0_rows(const float *x, uint64_t nrows, uint64_t cols, uint8_t *out, uint64_t orow,
                          dsq_ggml_stats *stats, dsq_isa isa);
 
+/* Internal (tests): the re-quantization error of n values (x source, y stored) added to stats, by
+ * the scalar loop or the AVX2 twin (isa; AUTO = the best): the same sums. */
+void dsq__ggml_err_stats(const float *x, const float *y, uint64_t n, dsq_ggml_stats *stats, dsq_isa isa);
+
 /* Unpack `rows` rows of GGML blocks into the twin encoding's buffers (dst->enc/group from
  * dsq_ggml_encoding_of, buffers sized by dsq_codec_layout_of).  The inverse of the reorder above:
  * packing then unpacking gives the source bytes. */
