@@ -357,6 +357,21 @@ void dsq_ggml_scratch_free(dsq_ggml_scratch *s) {
     memset(s, 0, sizeof *s);
 }
 
+/* The chunk the Q8_0 and k-quant paths decode and encode while it is in cache: *rc rows (<= 64 KiB of
+ * f32, at least one row, at most nrows) in scr's f32 buffer *xc; one pass over the slab instead of a
+ * decode pass and an encode pass over memory. */
+static dsq_status chunk_buf(uint64_t cols, uint64_t nrows, dsq_ggml_scratch *scr, uint64_t *rc, float **xc,
+                            const char *nm, dsq_err *err) {
+    uint64_t r = ((uint64_t)64 << 10) / (cols * sizeof(float)), xb;
+    r = r ? r : 1;
+    r = r < nrows ? r : nrows;
+    DSQ_RETURN_IF(!dsq_mul_u64(r * cols, sizeof(float), &xb), err, DSQ_ERR_OVERFLOW, "%s: slab too big", nm);
+    *xc = grow((void **)&scr->x, &scr->x_cap, (size_t)xb);
+    DSQ_RETURN_IF(!*xc, err, DSQ_ERR_NOMEM, "%s: out of memory", nm);
+    *rc = r;
+    return DSQ_OK;
+}
+
 /* k-quant re-quantization of x [nrows][cols] (decoded source) into out; error sums into stats. */
 static dsq_status kquant_rows(uint32_t type, const float *x, uint64_t nrows, uint64_t cols, const float *importance,
                               uint8_t *out, dsq_ggml_stats *stats, dsq_ggml_scratch *scr, const char *nm, dsq_err *err) {
@@ -431,14 +446,9 @@ dsq_status dsq_ggml_encode_rows_s(const dsq_qtensor *src, uint64_t row0, uint64_
     DSQ_RETURN_IF(!dsq_mul_u64(n, sizeof(float), &bytes) || bytes > SIZE_MAX / 2, err, DSQ_ERR_OVERFLOW, "%s: slab too big", nm);
     dsq_codec_options co = {.name = name};
     if (type == DSQ_GGMLT_Q8_0 && src->cols % GBLOCK == 0) {
-        /* a few rows at a time (<= 64 KiB of f32, at least one row), encoded while they are in cache:
-         * one pass over the slab instead of a decode pass and an encode pass over memory */
-        uint64_t rc = ((uint64_t)64 << 10) / (src->cols * sizeof(float)), xb;
-        rc = rc ? rc : 1;
-        rc = rc < nrows ? rc : nrows;
-        DSQ_RETURN_IF(!dsq_mul_u64(rc * src->cols, sizeof(float), &xb), err, DSQ_ERR_OVERFLOW, "%s: slab too big", nm);
-        float *xc = grow((void **)&scr->x, &scr->x_cap, (size_t)xb);
-        DSQ_RETURN_IF(!xc, err, DSQ_ERR_NOMEM, "%s: out of memory", nm);
+        uint64_t rc;
+        float *xc;
+        DSQ_TRY(chunk_buf(src->cols, nrows, scr, &rc, &xc, nm, err));
         for (uint64_t r = 0; r < nrows; r += rc) {
             uint64_t m = nrows - r < rc ? nrows - r : rc;
             DSQ_TRY(dsq_codec_decode(src, row0 + r, m, xc, &co, err)); /* refuses NaN/Inf */
@@ -448,13 +458,9 @@ dsq_status dsq_ggml_encode_rows_s(const dsq_qtensor *src, uint64_t row0, uint64_
         return DSQ_OK;
     }
     if (dsq_ggml_is_kquant(type)) {
-        /* as Q8_0: a few rows (<= 64 KiB of f32) decoded and encoded while they are in cache */
-        uint64_t rc = ((uint64_t)64 << 10) / (src->cols * sizeof(float)), xb;
-        rc = rc ? rc : 1;
-        rc = rc < nrows ? rc : nrows;
-        DSQ_RETURN_IF(!dsq_mul_u64(rc * src->cols, sizeof(float), &xb), err, DSQ_ERR_OVERFLOW, "%s: slab too big", nm);
-        float *xc = grow((void **)&scr->x, &scr->x_cap, (size_t)xb);
-        DSQ_RETURN_IF(!xc, err, DSQ_ERR_NOMEM, "%s: out of memory", nm);
+        uint64_t rc;
+        float *xc;
+        DSQ_TRY(chunk_buf(src->cols, nrows, scr, &rc, &xc, nm, err));
         /* the decode skips its own NaN/Inf scan: the encoder's weight prep refuses non-finite values
          * anyway, and on that refusal the rows are decoded again with the scan, whose error (the
          * element and what it decodes to) is the one reported, as before (the scan was ~1.4% of a
