@@ -585,7 +585,8 @@ static dsq_status cpu_routed1(const dsq__run *r, const v4_block_w *B, const int 
     size_t D = (size_t)r->c->dim, I = (size_t)r->c->moe_inter_dim;
     int T = r->k.threads;
     bool split = T > 1 && k % T == 0;
-    dsq__kern k1 = {r->k.avx2, 1};
+    dsq__kern k1 = r->k;
+    k1.threads = 1;
     const dsq__kern *kk = split ? &k1 : &r->k;
     dsq_status st = DSQ_OK;
 #pragma omp parallel for num_threads(split ? T : 1) schedule(static)
