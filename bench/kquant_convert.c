@@ -19,20 +19,9 @@
 #include "dsq_ggml.h"
 #include "dsq_kquant.h"
 #include "dsq_wsrc.h"
+#include "kquant_bench.h"
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static uint64_t rs = 99;
-static double unit(void) {
-    rs = rs * 6364136223846793005ull + 1442695040888963407ull;
-    return ((double)(rs >> 11) + 0.5) * 0x1p-53;
-}
-
-enum { CALL_ROWS = 64, MAX_NAMES = 64 };
+enum { CALL_ROWS = 64 };
 
 int main(int argc, char **argv) {
     const char *shared = getenv("DSQ_SHARED") ? getenv("DSQ_SHARED") : "../shared";
@@ -48,19 +37,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "kquant_convert: %s\n", reps < 1 ? "REPS must be >= 1" : err.msg);
         return 1;
     }
-    char names[MAX_NAMES][128];
-    int nn = 0;
-    if (argc > 5)
-        for (int a = 5; a < argc && nn < MAX_NAMES; a++) snprintf(names[nn++], sizeof names[0], "%s", argv[a]);
-    else
-        for (int l = 0; l < 2; l++)
-            for (int e = 0; e < 4; e++)
-                for (int m = 1; m <= 3; m += 2) {
-                    dsq_wview v;
-                    snprintf(names[nn], sizeof names[0], "layers.%d.ffn.experts.%d.w%d.weight", l, e, m);
-                    if (ws->get(ws, names[nn], &v, NULL) == DSQ_OK && v.rank == 2 && v.shape[1] % DSQ_KQ_BLOCK == 0)
-                        nn++;
-                }
+    char names[KB_MAX_NAMES][KB_NAME];
+    int nn = kb_names(ws, argc, argv, 5, names);
     double secs = 0, values = 0;
     uint64_t h = 1469598103934665603ull;
     for (int t = 0; t < nn; t++) {
@@ -77,19 +55,18 @@ int main(int argc, char **argv) {
         float *imp = malloc(sizeof(float) * cols);
         uint8_t *out = malloc(rows * rb);
         if (!imp || !out) return 1;
-        for (uint64_t c = 0; c < cols; c++) /* log-normal importance, as bench/kquant_real */
-            imp[c] = (float)exp(1.5 * sqrt(-2.0 * log(unit())) * cos(2 * M_PI * unit()));
+        kb_importance(imp, cols);
         dsq_ggml_scratch scr = {0};
         for (int r = 0; r < reps; r++) {
             dsq_ggml_stats st = {0};
-            double t0 = now();
+            double t0 = kb_now();
             for (uint64_t r0 = 0; r0 < rows; r0 += CALL_ROWS)
                 if (dsq_ggml_encode_rows_s(&q, r0, rows - r0 < CALL_ROWS ? rows - r0 : CALL_ROWS, type, imp,
                                            out + r0 * rb, &st, &scr, name, &err) != DSQ_OK) {
                     fprintf(stderr, "kquant_convert: %s\n", err.msg);
                     return 1;
                 }
-            secs += now() - t0, values += (double)(rows * cols);
+            secs += kb_now() - t0, values += (double)(rows * cols);
             if (r == 0) {
                 for (uint64_t i = 0; i < rows * rb; i++) h = (h ^ out[i]) * 1099511628211ull;
                 printf("%s: %.17g %.17g %.17g %llu\n", name, st.sum_sq_err, st.sum_sq_ref, st.max_abs_err,

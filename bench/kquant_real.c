@@ -21,23 +21,12 @@
 #include "dsq_codec.h"
 #include "dsq_kquant.h"
 #include "dsq_wsrc.h"
+#include "kquant_bench.h"
 
 typedef size_t (*quantize_chunk_fn)(int type, const float *src, void *dst, int64_t start, int64_t nrows,
                                     int64_t n_per_row, const float *imatrix);
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static uint64_t rs = 99;
-static double unit(void) {
-    rs = rs * 6364136223846793005ull + 1442695040888963407ull;
-    return ((double)(rs >> 11) + 0.5) * 0x1p-53;
-}
-
-enum { NT = 6, MAX_NAMES = 64 };
+enum { NT = 6 };
 
 int main(int argc, char **argv) {
     const char *shared = getenv("DSQ_SHARED") ? getenv("DSQ_SHARED") : "../shared";
@@ -60,19 +49,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "kquant_real: %s\n", qc ? err.msg : "no ggml_quantize_chunk");
         return 1;
     }
-    char names[MAX_NAMES][128];
-    int nn = 0;
-    if (argc > 3)
-        for (int a = 3; a < argc && nn < MAX_NAMES; a++) snprintf(names[nn++], sizeof names[0], "%s", argv[a]);
-    else
-        for (int l = 0; l < 2; l++)
-            for (int e = 0; e < 4; e++)
-                for (int m = 1; m <= 3; m += 2) {
-                    dsq_wview v;
-                    snprintf(names[nn], sizeof names[0], "layers.%d.ffn.experts.%d.w%d.weight", l, e, m);
-                    if (ws->get(ws, names[nn], &v, NULL) == DSQ_OK && v.rank == 2 && v.shape[1] % DSQ_KQ_BLOCK == 0)
-                        nn++;
-                }
+    char names[KB_MAX_NAMES][KB_NAME];
+    int nn = kb_names(ws, argc, argv, 3, names);
     static const dsq_encoding encs[NT] = {DSQ_ENC_Q2_K, DSQ_ENC_Q3_K, DSQ_ENC_Q4_K,
                                           DSQ_ENC_Q5_K, DSQ_ENC_Q6_K, DSQ_ENC_IQ4_XS};
     static const char *tn[NT] = {"q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs"};
@@ -93,19 +71,18 @@ int main(int argc, char **argv) {
             fprintf(stderr, "kquant_real: %s: %s\n", names[t], err.msg);
             return 1;
         }
-        for (uint64_t c = 0; c < cols; c++) /* log-normal importance, as bench/kquant */
-            imp[c] = (float)exp(1.5 * sqrt(-2.0 * log(unit())) * cos(2 * M_PI * unit()));
+        kb_importance(imp, cols);
         values += (double)(rows * cols);
         for (int i = 0; i < NT; i++)
             for (int wi = 0; wi < 2; wi++) {
                 const float *w = wi ? imp : NULL;
-                double t0 = now();
+                double t0 = kb_now();
                 if (dsq_kquant_encode(encs[i], x, rows, cols, w, false, blk, NULL) != DSQ_OK) return 1;
-                double t1 = now();
+                double t1 = kb_now();
                 double ours = dsq_kquant_weighted_sse(encs[i], x, rows, cols, w, blk);
-                double t2 = now();
+                double t2 = kb_now();
                 qc(dsq_kquant_ggml_type(encs[i]), x, blk, 0, (int64_t)rows, (int64_t)cols, w);
-                double t3 = now();
+                double t3 = kb_now();
                 double theirs = dsq_kquant_weighted_sse(encs[i], x, rows, cols, w, blk);
                 double r = theirs > 0 ? sqrt(ours / theirs) : ours > 0 ? INFINITY : 1.0;
                 t_ours[i] += t1 - t0, t_ggml[i] += t3 - t2;
