@@ -299,7 +299,9 @@ static void count_routed(void *user, const char *weight, const float *x, size_t 
  * thread count divides top-k, else one after another with every thread); its logits must be those of the
  * generic path (one linear per call, taken with an observer) and of the prefill, bit for bit: synth
  * model with top-3 of 6 experts (hash layers included, where a token may list an expert twice), 1, 2
- * (3 % 2 != 0: the experts in turn) and 3 threads (one expert each). */
+ * (3 % 2 != 0: the experts in turn) and 3 threads (one expert each).  The same runs cover linear1_multi
+ * (wkv with wq_a, wo_a's groups, the shared w1 with w3, cut between 2 and 3 threads at 16-row steps),
+ * which an observer also turns off. */
 static void test_synth_routed1_equals_generic(void **state) {
     char *dir = NULL;
     dsq_v4_model *m = eu_open_synth(3, false, 11, &dir);

@@ -609,6 +609,48 @@ static dsq_status cpu_routed1(const dsq__run *r, const v4_block_w *B, const int 
     return st;
 }
 
+/* Several one-token linear jobs in one parallel region: the jobs' rows, laid end to end and weighted
+ * by their column counts, are cut into T equal parts at 16-row steps (whole one-token tiles), and each
+ * thread runs its part with a one-thread linear, in job order.  A run of consecutive rows of one view
+ * (wo_a's groups) becomes one contiguous stream per thread instead of a fork, a row split and a join per
+ * job.  dsq__linear gives a row the same bits whichever call or thread computes it. */
+static dsq_status cpu_linear1_multi(const dsq__run *r, const dsq__lin_job *jobs, int n_jobs) {
+    double total = 0;
+    for (int j = 0; j < n_jobs; j++) total += (double)jobs[j].n_rows * (double)jobs[j].w->shape[1];
+    int T = r->k.threads > 1 && total >= 65536.0 ? r->k.threads : 1;
+    dsq__kern k1 = r->k;
+    k1.threads = 1;
+    dsq_status st = DSQ_OK;
+#pragma omp parallel num_threads(T)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        double lo = total * t / nt, hi = t == nt - 1 ? INFINITY : total * (t + 1) / nt, base = 0;
+        dsq_err err = DSQ_ERR_INIT;
+        dsq_status s = DSQ_OK;
+        for (int j = 0; j < n_jobs && !s; j++) {
+            const dsq__lin_job *jb = &jobs[j];
+            double c = (double)jb->w->shape[1], end = base + (double)jb->n_rows * c;
+            if (hi > base && lo < end) {
+                /* the cut at a cost position: the nearest 16-row step of this job (the same expression for
+                 * the thread that ends there and the one that starts there) */
+#define CUT(pos) ((pos) <= base ? 0 : (pos) >= end ? jb->n_rows : ((uint64_t)(((pos) - base) / c) + 8) / 16 * 16)
+                uint64_t a = CUT(lo), b = CUT(hi);
+#undef CUT
+                if (b > jb->n_rows) b = jb->n_rows;
+                if (b > a) s = dsq__linear(&k1, jb->w, jb->row0 + a, b - a, jb->x, (size_t)jb->w->shape[1], 1,
+                                           jb->y + a, b - a, &err);
+            }
+            base = end;
+        }
+        if (s) {
+#pragma omp critical(dsq_linear1_multi)
+            if (!st) st = dsq_err_set(r->err, s, "%s", err.msg);
+        }
+        dsq_err_clear(&err);
+    }
+    return st;
+}
+
 const dsq__backend dsq__backend_cpu = {
     .name = "cpu",
     .impl = NULL,
@@ -628,5 +670,6 @@ const dsq__backend dsq__backend_cpu = {
     .route = cpu_route,
     .swiglu_rows = cpu_swiglu_rows,
     .routed1 = cpu_routed1,
+    .linear1_multi = cpu_linear1_multi,
     .close = NULL,
 };

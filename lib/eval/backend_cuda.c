@@ -221,6 +221,7 @@ dsq_status dsq__backend_cuda_open(const dsq_v4_model *m, int index, dsq__backend
     cb->be.linear = cuda_linear;
     cb->be.fp8_linear = cuda_fp8_linear;
     cb->be.routed1 = NULL; /* the routed experts through cuda_linear */
+    cb->be.linear1_multi = NULL;
     cb->be.close = cuda_close;
     *out = &cb->be;
     return DSQ_OK;

@@ -20,6 +20,14 @@
 
 typedef struct dsq__backend dsq__backend;
 
+/* One job of linear1_multi: y[i] = W[row0 + i] · x for i < n_rows (one token; y dense). */
+typedef struct dsq__lin_job {
+    const dsq_wview *w;
+    uint64_t row0, n_rows;
+    const float *x;
+    float *y;
+} dsq__lin_job;
+
 /* One forward call's settings: what every op needs besides its arrays. */
 typedef struct dsq__run {
     const dsq_v4_model *m;
@@ -99,6 +107,10 @@ struct dsq__backend {
      * scratch [k][2·I].  Not called in release numerics or with an observer. */
     dsq_status (*routed1)(const dsq__run *r, const v4_block_w *B, const int *ids, const float *wts, int k,
                           const float *x, float *scratch, float *ys);
+    /* Optional (NULL: the caller runs each job through linear): several one-token linear jobs at once
+     * (wkv with wq_a, wo_a's G groups, the shared expert's w1 with w3), each with the bits linear gives
+     * it.  Not called in release numerics or with an observer. */
+    dsq_status (*linear1_multi)(const dsq__run *r, const dsq__lin_job *jobs, int n_jobs);
 
     void (*close)(dsq__backend *be); /* accepts NULL; not called for the static cpu table */
 };

@@ -17,6 +17,7 @@
 #include "v4_backend.h"
 
 enum { Q_CHUNK = 64 }; /* tokens per pass of the q path / attention (bounds the [T][H·hd] buffers) */
+enum { WO_GROUPS_MAX = 64 }; /* wo_a groups run as one linear1_multi call (o_groups is 8 in V4-Flash and V4-Pro) */
 
 /* The spec's operations go through r->be (v4_backend.h): the cpu backend unless opt->device says otherwise. */
 typedef dsq__run run;
@@ -88,6 +89,10 @@ static dsq_status lin(const run *r, lin_mode mode, const dsq_wview *w, const flo
     if (r->observe && n > 0) r->observe(r->observe_user, w->name, x, (size_t)w->shape[1], n, w->shape[1]);
     return lin_rows(r, mode, w, 0, w->shape[0], x, (size_t)w->shape[1], n, y, (size_t)w->shape[0]);
 }
+
+/* One-token linear jobs in one backend call (exact numerics, where every mode is the plain linear; not
+ * with an observer, so a calibration pass and the tests see the one-linear-at-a-time path). */
+static bool multi_ok(const run *r) { return BE->linear1_multi && !r->rel && !r->observe && !r->observe_rows; }
 
 /* ---- hyper-connections (spec §4.2) ------------------------------------------------------------------ */
 
@@ -173,7 +178,15 @@ static dsq_status attention_seg(const run *r, const v4_block_w *B, v4_layer_cach
 
     /* kv path: wkv → kv_norm → RoPE → (release) FP8 simulation of the non-rope dims */
     ALLOC(kv, (int64_t)hd * T);
-    CHECK(lin(r, LIN_FP8, &B->wkv, a, T, kv));
+    ALLOC(qa, (int64_t)ql * (T < Q_CHUNK ? T : Q_CHUNK));
+    /* one token: wkv and wq_a (both on a) in one call; the q path below skips wq_a */
+    bool qa_done = T == 1 && multi_ok(r);
+    if (qa_done) {
+        dsq__lin_job jobs[2] = {{&B->wkv, 0, B->wkv.shape[0], a, kv}, {&B->wq_a, 0, B->wq_a.shape[0], a, qa}};
+        CHECK(BE->linear1_multi(r, jobs, 2));
+    } else {
+        CHECK(lin(r, LIN_FP8, &B->wkv, a, T, kv));
+    }
     BE->kv_rows(r, B, kv, p0, T);
     /* every split reads the same packed entries: the segment's own rows go through the cache encoding too */
     ALLOC(kvc, (int64_t)kvb * T);
@@ -193,7 +206,6 @@ static dsq_status attention_seg(const run *r, const v4_block_w *B, v4_layer_cach
     int64_t n_cl = ratio == 0 ? 0 : csa ? (n_comp < c->index_topk ? n_comp : c->index_topk) : n_comp;
     int64_t n_keys = n_win + n_cl;
     int64_t TC = T < Q_CHUNK ? T : Q_CHUNK;
-    ALLOC(qa, (int64_t)ql * TC);
     ALLOC(q, (int64_t)Hhd * TC);
     ALLOC(oh, (int64_t)Hhd * TC);
     ALLOC(u, (int64_t)G * ol * TC);
@@ -208,7 +220,7 @@ static dsq_status attention_seg(const run *r, const v4_block_w *B, v4_layer_cach
         int64_t tc = T - t0 < TC ? T - t0 : TC;
         const float *at = a + (size_t)t0 * D;
         /* q path: wq_a → q_norm (qr) → wq_b → per-head norm → RoPE */
-        CHECK(lin(r, LIN_FP8, &B->wq_a, at, tc, qa));
+        if (!qa_done) CHECK(lin(r, LIN_FP8, &B->wq_a, at, tc, qa));
         BE->norm_rows(r, qa, B->q_norm, tc, ql, (size_t)ql);
         CHECK(lin(r, LIN_FP8, &B->wq_b, qa, tc, q));
         if (csa) {
@@ -254,12 +266,20 @@ static dsq_status attention_seg(const run *r, const v4_block_w *B, v4_layer_cach
         CHECK(BE->attention(r, B, q, keys, n_keys, p0 + t0, tc, oh));
         /* grouped low-rank output: u_g = wo_a_g · o_g (bf16 GEMM in release, input not quantized) */
         size_t gw = Hhd / (size_t)G;
-        for (int g = 0; g < G; g++) {
+        for (int g = 0; g < G; g++)
             if (r->observe_rows && tc > 0)
                 r->observe_rows(r->observe_user, B->wo_a.name, (uint64_t)g * ol, (uint64_t)ol, oh + g * gw, Hhd, tc,
                                 B->wo_a.shape[1]);
-            CHECK(lin_rows(r, LIN_BF16, &B->wo_a, (uint64_t)g * ol, (uint64_t)ol, oh + g * gw, Hhd, tc,
-                           u + (size_t)g * ol, (size_t)G * ol));
+        if (tc == 1 && multi_ok(r) && G <= WO_GROUPS_MAX) {
+            /* one token: the G groups in one call (u is [G·ol], the groups' rows are contiguous) */
+            dsq__lin_job jobs[WO_GROUPS_MAX];
+            for (int g = 0; g < G; g++)
+                jobs[g] = (dsq__lin_job){&B->wo_a, (uint64_t)g * ol, (uint64_t)ol, oh + g * gw, u + (size_t)g * ol};
+            CHECK(BE->linear1_multi(r, jobs, G));
+        } else {
+            for (int g = 0; g < G; g++)
+                CHECK(lin_rows(r, LIN_BF16, &B->wo_a, (uint64_t)g * ol, (uint64_t)ol, oh + g * gw, Hhd, tc,
+                               u + (size_t)g * ol, (size_t)G * ol));
         }
         CHECK(lin(r, LIN_FP8, &B->wo_b, u, tc, out + (size_t)t0 * D));
     }
@@ -287,8 +307,13 @@ static dsq_status expert_ffn(const run *r, const dsq_wview *w1, const dsq_wview 
                              float *y) {
     dsq_status st;
     size_t I = (size_t)w1->shape[0];
-    DSQ_TRY(lin(r, LIN_FP8, w1, x, n, gbuf));
-    DSQ_TRY(lin(r, LIN_FP8, w3, x, n, ubuf));
+    if (n == 1 && multi_ok(r)) { /* one token: w1 and w3 in one call */
+        dsq__lin_job jobs[2] = {{w1, 0, w1->shape[0], x, gbuf}, {w3, 0, w3->shape[0], x, ubuf}};
+        DSQ_TRY(BE->linear1_multi(r, jobs, 2));
+    } else {
+        DSQ_TRY(lin(r, LIN_FP8, w1, x, n, gbuf));
+        DSQ_TRY(lin(r, LIN_FP8, w3, x, n, ubuf));
+    }
     BE->swiglu_rows(r, gbuf, ubuf, n, I, weight, clamp);
     st = lin(r, LIN_FP8, w2, gbuf, n, y);
     return st;
