@@ -575,31 +575,56 @@ static void cpu_swiglu_rows(const dsq__run *r, float *g, const float *u, int64_t
         }
 }
 
-/* One token's routed experts (decode): with T threads dividing k, each thread runs whole experts (w1, w3,
- * SwiGLU, w2) one after another with a one-thread linear, in one parallel region, instead of one region
- * and a row split per linear (3k regions per layer, each a fork, a join and a barrier); otherwise the
- * experts run in turn with every thread.  dsq__linear's bits do not depend on the thread count or the
- * token count, and SwiGLU is per row, so ys[i] is what the generic path gives that row. */
+/* Row i·n/T of n rows, at a 16-row step (whole one-token tiles); n itself for i = T. */
+static uint64_t row_cut(uint64_t n, int i, int T) {
+    if (i >= T) return n;
+    uint64_t c = (n * (uint64_t)i / (uint64_t)T + 8) / 16 * 16;
+    return c < n ? c : n;
+}
+
+/* One token's routed experts (decode), then the shared expert when `shared`: with T threads dividing k,
+ * each thread runs whole routed experts (w1, w3, SwiGLU, w2) one after another with a one-thread linear,
+ * then its share of the shared expert's w1 and w3 rows (and SwiGLU on them), and after a barrier its
+ * share of w2's rows, all in one parallel region, instead of one region and a row split per linear (3k + 3
+ * regions per layer, each a fork, a join and a barrier); otherwise the experts run in turn with every
+ * thread.  dsq__linear's bits do not depend on the thread count, the token count or the row range, and
+ * SwiGLU is per element, so ys[i] is what the generic path gives that row. */
 static dsq_status cpu_routed1(const dsq__run *r, const v4_block_w *B, const int *ids, const float *wts, int k,
-                              const float *x, float *scratch, float *ys) {
+                              bool shared, const float *x, float *scratch, float *ys) {
     size_t D = (size_t)r->c->dim, I = (size_t)r->c->moe_inter_dim;
+    size_t Is = shared ? (size_t)B->sw1.shape[0] : 0;
     int T = r->k.threads;
     bool split = T > 1 && k % T == 0;
     dsq__kern k1 = r->k;
     k1.threads = 1;
     const dsq__kern *kk = split ? &k1 : &r->k;
+    float *sg = scratch + (size_t)k * 2 * I, *su = sg + Is, *sy = ys + (size_t)k * D;
     dsq_status st = DSQ_OK;
-#pragma omp parallel for num_threads(split ? T : 1) schedule(static)
-    for (int i = 0; i < k; i++) {
-        const int e = ids[i];
-        float *g = scratch + (size_t)i * 2 * I, *u = g + I, *y = ys + (size_t)i * D;
+#pragma omp parallel num_threads(split ? T : 1)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
         dsq_err err = DSQ_ERR_INIT;
-        dsq_status s = dsq__linear(kk, &B->w1[e], 0, I, x, D, 1, g, I, &err);
-        if (!s) s = dsq__linear(kk, &B->w3[e], 0, I, x, D, 1, u, I, &err);
-        if (!s) {
-            cpu_swiglu_rows(r, g, u, 1, I, &wts[i], true);
-            s = dsq__linear(kk, &B->w2[e], 0, D, g, I, 1, y, D, &err);
+        dsq_status s = DSQ_OK;
+#pragma omp for schedule(static) nowait
+        for (int i = 0; i < k; i++) {
+            const int e = ids[i];
+            float *g = scratch + (size_t)i * 2 * I, *u = g + I, *y = ys + (size_t)i * D;
+            if (!s) s = dsq__linear(kk, &B->w1[e], 0, I, x, D, 1, g, I, &err);
+            if (!s) s = dsq__linear(kk, &B->w3[e], 0, I, x, D, 1, u, I, &err);
+            if (!s) {
+                cpu_swiglu_rows(r, g, u, 1, I, &wts[i], true);
+                s = dsq__linear(kk, &B->w2[e], 0, D, g, I, 1, y, D, &err);
+            }
         }
+        uint64_t a = row_cut(Is, t, nt), b = row_cut(Is, t + 1, nt);
+        if (shared && !s && b > a) {
+            s = dsq__linear(kk, &B->sw1, a, b - a, x, D, 1, sg + a, b - a, &err);
+            if (!s) s = dsq__linear(kk, &B->sw3, a, b - a, x, D, 1, su + a, b - a, &err);
+            if (!s) cpu_swiglu_rows(r, sg + a, su + a, 1, b - a, NULL, r->shared_clamp);
+        }
+#pragma omp barrier
+        a = row_cut(D, t, nt), b = row_cut(D, t + 1, nt);
+        if (shared && !s && b > a) s = dsq__linear(kk, &B->sw2, a, b - a, sg, Is, 1, sy + a, b - a, &err);
         if (s) {
 #pragma omp critical(dsq_routed1)
             if (!st) st = dsq_err_set(r->err, s, "%s", err.msg);

@@ -103,10 +103,11 @@ struct dsq__backend {
                         bool clamp);
     /* Optional (NULL: moe runs every routed expert through linear and swiglu_rows): one token's k routed
      * experts of block B, ids[i] ascending (a repeated id runs again), weights wts[i], input x [D]:
-     * ys[i][D] = w2 · round(swiglu(w1·x, w3·x, clamped) · wts[i]), the bits the generic path gives each row.
-     * scratch [k][2·I].  Not called in release numerics or with an observer. */
+     * ys[i][D] = w2 · round(swiglu(w1·x, w3·x, clamped) · wts[i]), the bits the generic path gives each row;
+     * with `shared`, also the shared expert in ys[k][D] (clamped as r->shared_clamp says, no weight).
+     * scratch [k][2·I] (+ 2·I_shared).  Not called in release numerics or with an observer. */
     dsq_status (*routed1)(const dsq__run *r, const v4_block_w *B, const int *ids, const float *wts, int k,
-                          const float *x, float *scratch, float *ys);
+                          bool shared, const float *x, float *scratch, float *ys);
     /* Optional (NULL: the caller runs each job through linear): several one-token linear jobs at once
      * (wkv with wq_a, wo_a's G groups, the shared expert's w1 with w3), each with the bits linear gives
      * it.  Not called in release numerics or with an observer. */

@@ -357,16 +357,17 @@ static dsq_status moe(const run *r, const v4_block_w *B, const float *a, const i
          * repeated id twice); ys[i] are the rows expert_ffn would give, summed in the same order */
         ALLOC(ids, K);
         ALLOC(wts, K);
-        ALLOC(ys, (int64_t)K * (int64_t)D);
-        ALLOC(scr, (int64_t)K * 2 * (int64_t)I);
+        ALLOC(ys, (int64_t)(K + 1) * (int64_t)D);
+        ALLOC(scr, (int64_t)K * 2 * (int64_t)I + 2 * (int64_t)B->sw1.shape[0]);
         int k1 = 0;
         for (int e = 0; e < E; e++)
             for (int k = 0; k < K; k++)
                 if (isel[k] == e) ids[k1] = e, wts[k1++] = wsel[k];
         CHECK(poll_stop(r));
-        CHECK(BE->routed1(r, B, ids, wts, k1, a, scr, ys));
+        CHECK(BE->routed1(r, B, ids, wts, k1, true, a, scr, ys));
         for (int i = 0; i < k1; i++)
             for (size_t d = 0; d < D; d++) f[d] += ys[(size_t)i * D + d];
+        for (size_t d = 0; d < D; d++) f[d] = R(r, f[d] + ys[(size_t)k1 * D + d]); /* the shared expert last */
     }
     /* routed experts in ascending id order: each token accumulates its experts in that order */
     for (int e = 0; e < E && !one; e++) {
@@ -388,9 +389,11 @@ static dsq_status moe(const run *r, const v4_block_w *B, const float *a, const i
             for (size_t d = 0; d < D; d++) ft[d] += yt[d];
         }
     }
-    /* shared expert last */
-    CHECK(expert_ffn(r, &B->sw1, &B->sw2, &B->sw3, a, n, NULL, r->shared_clamp, gb, ub, yb));
-    for (size_t i = 0; i < D * (size_t)n; i++) f[i] = R(r, f[i] + yb[i]);
+    /* shared expert last (routed1 ran it with the routed ones) */
+    if (!one) {
+        CHECK(expert_ffn(r, &B->sw1, &B->sw2, &B->sw3, a, n, NULL, r->shared_clamp, gb, ub, yb));
+        for (size_t i = 0; i < D * (size_t)n; i++) f[i] = R(r, f[i] + yb[i]);
+    }
 done:
     dsq_free(z);
     dsq_free(isel);
