@@ -1085,7 +1085,10 @@ static dsq_status linear_tiles(const dsq__kern *k, const dsq_wview *w, uint64_t 
 #pragma omp atomic write
             failed = true;
         }
-#pragma omp for schedule(static)
+        /* guided: each thread streams large contiguous runs of tiles first (the next-tile prefetch keeps
+         * working), then smaller ones, so a thread the OS preempts for a while (on a 2-vCPU VM, 20-40 ms
+         * stalls were seen) leaves its last tiles to the other instead of holding the region */
+#pragma omp for schedule(guided)
         for (int64_t tile = 0; tile < n_tiles; tile++) {
             if (!buf) continue;
             uint64_t t0r = (uint64_t)tile * (uint64_t)tile_rows;
@@ -1157,7 +1160,7 @@ dsq_status dsq__linear(const dsq__kern *k, const dsq_wview *w, uint64_t row0, ui
         int64_t n8 = (int64_t)(n_rows / 8);
         bool vbmi = fp4_use_vbmi();
         double work = (double)n_rows * (double)w->shape[1] * (double)n_tok;
-#pragma omp parallel for num_threads(work < 65536.0 ? 1 : k->threads) schedule(static)
+#pragma omp parallel for num_threads(work < 65536.0 ? 1 : k->threads) schedule(guided)
         for (int64_t i = 0; i < n8; i++)
             fp4_rows8(w, row0 + (uint64_t)i * 8, x, ldx, n_tok, y + (size_t)i * 8, ldy, vbmi);
         uint64_t done = (uint64_t)n8 * 8;
