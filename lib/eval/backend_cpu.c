@@ -587,7 +587,8 @@ static uint64_t row_cut(uint64_t n, int i, int T) {
  * then its share of the shared expert's w1 and w3 rows (and SwiGLU on them), and after a barrier its
  * share of w2's rows, all in one parallel region, instead of one region and a row split per linear (3k + 3
  * regions per layer, each a fork, a join and a barrier); otherwise the experts run in turn with every
- * thread.  dsq__linear's bits do not depend on the thread count, the token count or the row range, and
+ * thread.  The routed experts are handed out one at a time (a preempted thread's share goes to the
+ * other).  dsq__linear's bits do not depend on the thread count, the token count or the row range, and
  * SwiGLU is per element, so ys[i] is what the generic path gives that row. */
 static dsq_status cpu_routed1(const dsq__run *r, const v4_block_w *B, const int *ids, const float *wts, int k,
                               bool shared, const float *x, float *scratch, float *ys) {
@@ -605,7 +606,7 @@ static dsq_status cpu_routed1(const dsq__run *r, const v4_block_w *B, const int 
         int t = omp_get_thread_num(), nt = omp_get_num_threads();
         dsq_err err = DSQ_ERR_INIT;
         dsq_status s = DSQ_OK;
-#pragma omp for schedule(static) nowait
+#pragma omp for schedule(dynamic, 1) nowait
         for (int i = 0; i < k; i++) {
             const int e = ids[i];
             float *g = scratch + (size_t)i * 2 * I, *u = g + I, *y = ys + (size_t)i * D;
