@@ -575,12 +575,15 @@ static void cpu_swiglu_rows(const dsq__run *r, float *g, const float *u, int64_t
         }
 }
 
-/* Row i·n/T of n rows, at a 16-row step (whole one-token tiles); n itself for i = T. */
-static uint64_t row_cut(uint64_t n, int i, int T) {
-    if (i >= T) return n;
-    uint64_t c = (n * (uint64_t)i / (uint64_t)T + 8) / 16 * 16;
+/* Where threads split n rows: row `row` rounded to the nearest 16-row step (whole one-token tiles), at
+ * most n. */
+static uint64_t step16(uint64_t row, uint64_t n) {
+    uint64_t c = (row + 8) / 16 * 16;
     return c < n ? c : n;
 }
+
+/* The first row of thread i of T over n rows (n for i = T). */
+static uint64_t row_cut(uint64_t n, int i, int T) { return i >= T ? n : step16(n * (uint64_t)i / (uint64_t)T, n); }
 
 /* One token's routed experts (decode), then the shared expert when `shared`: with T threads dividing k,
  * each thread runs whole routed experts (w1, w3, SwiGLU, w2) one after another with a one-thread linear,
@@ -657,12 +660,10 @@ static dsq_status cpu_linear1_multi(const dsq__run *r, const dsq__lin_job *jobs,
             const dsq__lin_job *jb = &jobs[j];
             double c = (double)jb->w->shape[1], end = base + (double)jb->n_rows * c;
             if (hi > base && lo < end) {
-                /* the cut at a cost position: the nearest 16-row step of this job (the same expression for
-                 * the thread that ends there and the one that starts there) */
-#define CUT(pos) ((pos) <= base ? 0 : (pos) >= end ? jb->n_rows : ((uint64_t)(((pos) - base) / c) + 8) / 16 * 16)
-                uint64_t a = CUT(lo), b = CUT(hi);
-#undef CUT
-                if (b > jb->n_rows) b = jb->n_rows;
+                /* the cuts at cost positions lo and hi: the same expression for the thread that ends at a
+                 * position and the one that starts there */
+                uint64_t a = lo <= base ? 0 : step16((uint64_t)((lo - base) / c), jb->n_rows);
+                uint64_t b = hi >= end ? jb->n_rows : step16((uint64_t)((hi - base) / c), jb->n_rows);
                 if (b > a) s = dsq__linear(&k1, jb->w, jb->row0 + a, b - a, jb->x, (size_t)jb->w->shape[1], 1,
                                            jb->y + a, b - a, &err);
             }
