@@ -109,8 +109,8 @@ struct dsq__backend {
     dsq_status (*routed1)(const dsq__run *r, const v4_block_w *B, const int *ids, const float *wts, int k,
                           bool shared, const float *x, float *scratch, float *ys);
     /* Optional (NULL: the caller runs each job through linear): several one-token linear jobs at once
-     * (wkv with wq_a, wo_a's G groups, the shared expert's w1 with w3), each with the bits linear gives
-     * it.  Not called in release numerics or with an observer. */
+     * (wkv with wq_a, wo_a's G groups, an expert's w1 with w3 when it sees one token), each with the bits
+     * linear gives it.  Not called in release numerics or with an observer. */
     dsq_status (*linear1_multi)(const dsq__run *r, const dsq__lin_job *jobs, int n_jobs);
 
     void (*close)(dsq__backend *be); /* accepts NULL; not called for the static cpu table */
