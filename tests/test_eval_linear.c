@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "codec_util.h"
+#include "v4_backend.h"
 #include "v4_internal.h"
 
 typedef struct lcase {
@@ -302,6 +303,76 @@ static void test_fp8_prescaled_x(void **state) {
 /* Where the CPU has VBMI, the MXFP4 few-token path runs its VBMI twin; the AVX-512 F+BW kernel it
  * replaces (still the one CPUs without VBMI take) must keep giving the scalar twin's bits too: the
  * MXFP4 cases above again with VBMI forbidden. */
+/* The cpu backend's linear1_multi (several one-token jobs in one parallel region, rows cut between
+ * threads by cost at 16-row steps) gives every job the bits one dsq__linear per job gives: jobs of
+ * different encodings and widths, row windows (row0 > 0), row counts that are not multiples of 16, an
+ * empty job, 1-4 threads, scalar and vector kernels. */
+static void test_linear1_multi_equals_linear(void **state) {
+    (void)state;
+    static const lcase cases[] = {
+        {"fp8-128x128", 300, 256}, {"mxfp4", 37, 128}, {"bf16", 17, 64}, {"f32", 1, 40}, {"fp8-128x128", 144, 1024},
+    };
+    enum { NC = sizeof cases / sizeof cases[0] };
+    rng g = {0x51a7e};
+    dsq_qtensor_buf b[NC];
+    dsq_wview v[NC];
+    float *x[NC];
+    for (int i = 0; i < NC; i++) {
+        const lcase *c = &cases[i];
+        dsq_encoding enc;
+        int group;
+        assert_int_equal(dsq_codec_parse(c->enc, &enc, &group, NULL), DSQ_OK);
+        assert_int_equal(qbuf_alloc(&b[i], enc, c->rows, c->cols, group), 0);
+        float *w = malloc(sizeof(float) * c->rows * c->cols);
+        for (uint64_t j = 0; j < c->rows * c->cols; j++) w[j] = ldexpf(rng_gauss(&g), (int)(j % 13) - 6);
+        assert_int_equal(dsq_codec_encode(&b[i], w, 0, c->rows, NULL, NULL), DSQ_OK);
+        free(w);
+        dsq_codec_layout L;
+        assert_int_equal(dsq_codec_layout_of(enc, c->rows, c->cols, group, &L, NULL), DSQ_OK);
+        v[i] = (dsq_wview){.name = c->enc, .enc = enc, .rank = 2, .shape = {c->rows, c->cols}, .data = b[i].data,
+                           .data_bytes = L.data_bytes, .scale = b[i].scales, .scale_bytes = L.scale_bytes,
+                           .group = group};
+        x[i] = malloc(sizeof(float) * c->cols);
+        for (uint64_t j = 0; j < c->cols; j++) x[i][j] = ldexpf(rng_gauss(&g), (int)(j % 7) - 3);
+    }
+    /* (view, row0, n_rows): windows, a partial tile, an empty job, one row */
+    static const struct { int v; uint64_t row0, n; } spec[] = {
+        {0, 0, 300}, {1, 5, 32}, {2, 0, 17}, {0, 128, 0}, {3, 0, 1}, {4, 16, 128}, {0, 7, 93}, {1, 0, 37},
+    };
+    enum { NJ = sizeof spec / sizeof spec[0] };
+    dsq__lin_job jobs[NJ];
+    float *ref[NJ], *out[NJ];
+    for (int j = 0; j < NJ; j++) {
+        size_t n = spec[j].n ? spec[j].n : 1;
+        ref[j] = malloc(sizeof(float) * n);
+        out[j] = malloc(sizeof(float) * n);
+        dsq__kern ks = {false, 1};
+        if (spec[j].n)
+            assert_int_equal(dsq__linear(&ks, &v[spec[j].v], spec[j].row0, spec[j].n, x[spec[j].v],
+                                         v[spec[j].v].shape[1], 1, ref[j], spec[j].n, NULL),
+                             DSQ_OK);
+        jobs[j] = (dsq__lin_job){&v[spec[j].v], spec[j].row0, spec[j].n, x[spec[j].v], out[j]};
+    }
+    for (int vec = 0; vec < 2; vec++)
+        for (int th = 1; th <= 4; th++) {
+            dsq_err err = DSQ_ERR_INIT;
+            dsq__run r = {.k = {vec && dsq__cpu_has_avx2(), th}, .err = &err};
+            for (int j = 0; j < NJ; j++) memset(out[j], 0xff, sizeof(float) * (spec[j].n ? spec[j].n : 1));
+            assert_int_equal(dsq__backend_cpu.linear1_multi(&r, jobs, NJ), DSQ_OK);
+            for (int j = 0; j < NJ; j++)
+                for (uint64_t i = 0; i < spec[j].n; i++)
+                    if (memcmp(&out[j][i], &ref[j][i], sizeof(float)) != 0) {
+                        fprintf(stderr, "job %d (%s rows %llu+%llu) %s threads %d: row %llu: multi %.9g, linear %.9g\n", j,
+                                cases[spec[j].v].enc, (unsigned long long)spec[j].row0, (unsigned long long)spec[j].n,
+                                vec ? "vector" : "scalar", th, (unsigned long long)i, out[j][i], ref[j][i]);
+                        fail();
+                    }
+            dsq_err_clear(&err);
+        }
+    for (int j = 0; j < NJ; j++) free(ref[j]), free(out[j]);
+    for (int i = 0; i < NC; i++) free(x[i]), qbuf_free(&b[i]);
+}
+
 static void test_fp4_without_vbmi(void **state) {
     if (!dsq__cpu_has_avx2()) skip();
     dsq__linear_fp4_vbmi(false);
@@ -321,6 +392,7 @@ int main(void) {
         cmocka_unit_test(test_fp4_scale_chunks),
         cmocka_unit_test(test_fp8_prescaled_x),
         cmocka_unit_test(test_fp4_without_vbmi),
+        cmocka_unit_test(test_linear1_multi_equals_linear),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
