@@ -318,7 +318,7 @@ int main(int argc, char **argv) {
         double med = ns % 2 ? step_ms[ns / 2] : 0.5 * (step_ms[ns / 2 - 1] + step_ms[ns / 2]);
         double roof_ms = (double)wbytes / (bw.med * 1e9) * 1e3;
         printf("decode steps: %.2f ms median of %d (p10 %.2f, p90 %.2f, max %.2f); bandwidth roof %.2f ms; "
-               "ratio by step %.2f\n",
+               "ratio by step %.2f (target 0.7, issue 11)\n",
                med, ns, step_ms[ns / 10], step_ms[ns * 9 / 10], step_ms[ns - 1], roof_ms, roof_ms / med);
     }
     free(step_ms);
