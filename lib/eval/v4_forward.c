@@ -337,22 +337,23 @@ static dsq_status moe(const run *r, const v4_block_w *B, const float *a, const i
     ALLOC(wsel, (int64_t)K * n);
     CHECK(lin(r, LIN_F32, &B->gate, a, n, z));
     BE->route(r, B, z, tok, n, isel, wsel, biased, top);
-    /* gather buffers sized for the busiest expert (a token may list an expert twice: two rows) */
-    int64_t most = n;
-    for (int e = 0; e < E; e++) {
-        int64_t ne = 0;
-        for (int64_t i = 0; i < (int64_t)K * n; i++) ne += isel[i] == e;
-        if (ne > most) most = ne;
-    }
-    ALLOC(xg, (int64_t)D * most);
-    ALLOC(gb, (int64_t)I * most);
-    ALLOC(ub, (int64_t)I * most);
-    ALLOC(yb, (int64_t)D * most);
-    ALLOC(wg, most);
-    ALLOC(rows, most);
     memset(f, 0, sizeof(float) * D * (size_t)n);
     bool one = n == 1 && BE->routed1 && !r->rel && !r->observe;
-    if (one) {
+    if (!one) {
+        /* gather buffers sized for the busiest expert (a token may list an expert twice: two rows) */
+        int64_t most = n;
+        for (int e = 0; e < E; e++) {
+            int64_t ne = 0;
+            for (int64_t i = 0; i < (int64_t)K * n; i++) ne += isel[i] == e;
+            if (ne > most) most = ne;
+        }
+        ALLOC(xg, (int64_t)D * most);
+        ALLOC(gb, (int64_t)I * most);
+        ALLOC(ub, (int64_t)I * most);
+        ALLOC(yb, (int64_t)D * most);
+        ALLOC(wg, most);
+        ALLOC(rows, most);
+    } else {
         /* one token (decode): its K experts in one backend call, in the order below (ascending id, a
          * repeated id twice); ys[i] are the rows expert_ffn would give, summed in the same order */
         ALLOC(ids, K);
