@@ -564,6 +564,13 @@ __attribute__((always_inline)) static inline void fp4_prefetch_next(const uint8_
         for (int r = 8; r < 16; r++) _mm_prefetch((const char *)(c0 + (uint64_t)r * lb + b * 16), _MM_HINT_T0);
 }
 
+/* A row pair's 16-byte blocks (row A at pa, row B at pa + lb) as [A | A | B | B] (128-bit lanes). */
+__attribute__((target("avx512f"), always_inline)) static inline __m512i fp4_pair_aabb(const uint8_t *pa, uint64_t lb) {
+    return _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)pa))),
+        _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(pa + lb))), 1);
+}
+
 /* The block scales of eight rows (row r at s + r·nb), nbk ≤ 16 blocks, as floats: 16 at a time (a
  * scalar decode per block and row costs a third of an MXFP4 kernel's time), e8m0()'s values. */
 __attribute__((target("avx512f,avx512bw"), always_inline)) static inline void
@@ -622,9 +629,7 @@ fp4_rows8_body(const dsq_wview *w, uint64_t r0, const float *x, size_t ldx, floa
 #pragma GCC unroll 4
             for (int p = 0; p < 4; p++) {
                 const uint8_t *pa = c0 + (uint64_t)(2 * p) * lb + b * 16;
-                __m512i q = _mm512_inserti64x4(
-                    _mm512_castsi256_si512(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)pa))),
-                    _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(pa + lb))), 1);
+                __m512i q = fp4_pair_aabb(pa, lb);
                 __m512 sv = pair_scale(sc[2 * p][bb], sc[2 * p + 1][bb]);
                 __m512i sel = sel0;
 #pragma GCC unroll 4
@@ -700,9 +705,7 @@ fp4v_rows8_body(const dsq_wview *w, uint64_t r0, const float *x, size_t ldx, flo
 #pragma GCC unroll 4
             for (int p = 0; p < 4; p++) {
                 const uint8_t *pa = c0 + (uint64_t)(2 * p) * lb + b * 16;
-                __m512i q = _mm512_inserti64x4(
-                    _mm512_castsi256_si512(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)pa))),
-                    _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(pa + lb))), 1);
+                __m512i q = fp4_pair_aabb(pa, lb);
                 /* (q >> sh) & 15 | rb */
                 __m512i n = _mm512_ternarylogic_epi32(_mm512_srlv_epi64(q, sh), m0f, rb, 0xEA);
                 __m512 ta = _mm512_mul_ps(tab, _mm512_set1_ps(sc[2 * p][bb]));
