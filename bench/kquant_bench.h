@@ -1,10 +1,12 @@
 /* Shared by bench/kquant_real.c and bench/kquant_convert.c: CPU-time clock, the seeded uniform and
- * log-normal importance both benches draw, and the tensor list (argv, or the first experts' w1/w3). */
+ * log-normal importance both benches draw, the source checkpoint (argv[1], or the trained tiny model)
+ * and the tensor list (argv, or the first experts' w1/w3). */
 #ifndef DSQ_BENCH_KQUANT_BENCH_H
 #define DSQ_BENCH_KQUANT_BENCH_H
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
 
 #include "dsq_kquant.h"
@@ -27,6 +29,14 @@ static inline double kb_unit(void) {
 /* log-normal importance per column (sigma 1.5), as bench/kquant */
 static inline void kb_importance(float *imp, uint64_t cols) {
     for (uint64_t c = 0; c < cols; c++) imp[c] = (float)exp(1.5 * sqrt(-2.0 * log(kb_unit())) * cos(2 * M_PI * kb_unit()));
+}
+
+/* The checkpoint to read: argv[1], else $DSQ_SHARED (default ../shared)/models/v4-tiny-trained in buf. */
+static inline const char *kb_source(int argc, char **argv, char *buf, size_t n) {
+    if (argc > 1) return argv[1];
+    const char *shared = getenv("DSQ_SHARED") ? getenv("DSQ_SHARED") : "../shared";
+    snprintf(buf, n, "%s/models/v4-tiny-trained", shared);
+    return buf;
 }
 
 enum { KB_MAX_NAMES = 64, KB_NAME = 128 };

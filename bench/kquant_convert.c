@@ -24,10 +24,8 @@
 enum { CALL_ROWS = 64 };
 
 int main(int argc, char **argv) {
-    const char *shared = getenv("DSQ_SHARED") ? getenv("DSQ_SHARED") : "../shared";
     char defsrc[4096];
-    snprintf(defsrc, sizeof defsrc, "%s/models/v4-tiny-trained", shared);
-    const char *src = argc > 1 ? argv[1] : defsrc;
+    const char *src = kb_source(argc, argv, defsrc, sizeof defsrc);
     uint64_t maxrows = argc > 2 ? strtoull(argv[2], NULL, 10) : 256;
     int reps = argc > 3 ? atoi(argv[3]) : 2;
     uint32_t type = argc > 4 ? (uint32_t)strtoul(argv[4], NULL, 10) : DSQ_GGMLT_Q4_K;

@@ -29,10 +29,8 @@ typedef size_t (*quantize_chunk_fn)(int type, const float *src, void *dst, int64
 enum { NT = 6 };
 
 int main(int argc, char **argv) {
-    const char *shared = getenv("DSQ_SHARED") ? getenv("DSQ_SHARED") : "../shared";
     char defsrc[4096];
-    snprintf(defsrc, sizeof defsrc, "%s/models/v4-tiny-trained", shared);
-    const char *src = argc > 1 ? argv[1] : defsrc;
+    const char *src = kb_source(argc, argv, defsrc, sizeof defsrc);
     uint64_t maxrows = argc > 2 ? strtoull(argv[2], NULL, 10) : 128;
     const char *p = getenv("DSQ_GGML_LIB");
     if (!p) p = ".cache/npm/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/libggml-base.so";
